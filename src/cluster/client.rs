@@ -1,0 +1,257 @@
+//! Sending shard requests to the right node.
+//!
+//! [`ShardClient`] holds one gRPC channel per node (shared by every
+//! connection of the router) and a cached leader per group. A request goes to
+//! the cached leader, or to the replicas in turn; a not-leader answer corrects
+//! the cache and the request is retried there at once. Retrying stops at a
+//! deadline, after which the client sees `-CLUSTERDOWN`, so no request hangs.
+//!
+//! A write is retried only when it surely was not applied (the node said it is
+//! not the leader, does not host the group, or could not be reached at all);
+//! a write that timed out at the leader has an unknown outcome and is
+//! reported, never resent.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::routes::{RouteView, TableRoute};
+use super::ClusterError;
+use crate::proto::shard_service_client::ShardServiceClient;
+use crate::proto::{ExecuteRequest, StatusRequest};
+use crate::shard::command::{OpReply, ShardRequest};
+use crate::shard::network::Transport;
+use crate::shard::status::NodeStatus;
+use crate::shard::ShardError;
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Total time a request may spend finding a leader and being served.
+    pub request_timeout: Duration,
+    /// Time one RPC may take (the node bounds its own waits below this).
+    pub rpc_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            request_timeout: Duration::from_secs(5),
+            rpc_timeout: Duration::from_secs(4),
+        }
+    }
+}
+
+pub struct ShardClient {
+    transport: Arc<Transport>,
+    routes: watch::Receiver<Arc<RouteView>>,
+    leaders: Mutex<HashMap<u64, u64>>,
+    config: ClientConfig,
+    /// Spreads eventual reads over replicas.
+    next: std::sync::atomic::AtomicUsize,
+}
+
+/// How a failed attempt should be handled.
+enum Attempt {
+    /// Try again (at `leader` if known).
+    Retry { leader: Option<u64> },
+    /// Stop and report this.
+    Fail(ClusterError),
+}
+
+impl ShardClient {
+    pub fn new(routes: watch::Receiver<Arc<RouteView>>, config: ClientConfig) -> Arc<ShardClient> {
+        Arc::new(ShardClient {
+            transport: Transport::new(),
+            routes,
+            leaders: Mutex::new(HashMap::new()),
+            config,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    pub fn routes(&self) -> Arc<RouteView> {
+        self.routes.borrow().clone()
+    }
+
+    pub fn routes_receiver(&self) -> watch::Receiver<Arc<RouteView>> {
+        self.routes.clone()
+    }
+
+    pub fn cached_leader(&self, gid: u64) -> Option<u64> {
+        self.leaders.lock().ok()?.get(&gid).copied()
+    }
+
+    fn set_leader(&self, gid: u64, leader: Option<u64>) {
+        if let Ok(mut l) = self.leaders.lock() {
+            match leader {
+                Some(n) => l.insert(gid, n),
+                None => l.remove(&gid),
+            };
+        }
+    }
+
+    fn client(&self, node: u64) -> Result<ShardServiceClient<tonic::transport::Channel>, String> {
+        let addr = self
+            .routes()
+            .addrs
+            .get(&node)
+            .cloned()
+            .ok_or_else(|| format!("node {node} has no known address"))?;
+        let ch = self.transport.channel(&addr)?;
+        Ok(ShardServiceClient::new(ch)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX))
+    }
+
+    /// Run `req` on shard `shard` of `table`.
+    pub async fn execute(
+        &self,
+        table: &TableRoute,
+        shard: usize,
+        req: ShardRequest,
+    ) -> Result<OpReply, ClusterError> {
+        let sd = table
+            .desc
+            .shards
+            .get(shard)
+            .ok_or_else(|| ClusterError::Internal(format!("no shard {shard}")))?;
+        let gid = sd.group_id;
+        let no_quorum = || ClusterError::NoQuorum {
+            group: gid,
+            table: table.desc.name.clone(),
+        };
+        let eventual = matches!(
+            req,
+            ShardRequest::Read {
+                linearizable: false,
+                ..
+            }
+        );
+        let payload =
+            bincode::serialize(&req).map_err(|e| ClusterError::Internal(e.to_string()))?;
+        let deadline = Instant::now() + self.config.request_timeout;
+        let n = sd.replicas.len().max(1);
+        let mut turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut hint = if eventual {
+            None
+        } else {
+            self.cached_leader(gid)
+        };
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let target = match hint.take() {
+                Some(l) if sd.replicas.contains(&l) => l,
+                _ => {
+                    turn += 1;
+                    sd.replicas[turn % n]
+                }
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(no_quorum());
+            }
+            match self
+                .attempt(
+                    target,
+                    gid,
+                    &payload,
+                    remaining.min(self.config.rpc_timeout),
+                    eventual,
+                )
+                .await
+            {
+                Ok(reply) => {
+                    if !eventual {
+                        self.set_leader(gid, Some(target));
+                    }
+                    return Ok(reply);
+                }
+                Err(Attempt::Fail(ClusterError::NoQuorum { .. })) => return Err(no_quorum()),
+                Err(Attempt::Fail(e)) => return Err(e),
+                Err(Attempt::Retry { leader }) => {
+                    if !eventual {
+                        self.set_leader(gid, leader);
+                    }
+                    if let Some(l) = leader {
+                        if l != target {
+                            hint = Some(l);
+                            continue;
+                        }
+                    }
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining.is_zero() {
+                        return Err(no_quorum());
+                    }
+                    tokio::time::sleep(backoff.min(remaining)).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(300));
+                }
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        node: u64,
+        gid: u64,
+        payload: &[u8],
+        timeout: Duration,
+        eventual: bool,
+    ) -> Result<OpReply, Attempt> {
+        let mut client = self
+            .client(node)
+            .map_err(|_| Attempt::Retry { leader: None })?;
+        let req = ExecuteRequest {
+            group_id: gid,
+            request: payload.to_vec(),
+        };
+        let reply = match tokio::time::timeout(timeout, client.execute(req)).await {
+            // The RPC timed out: for a write the outcome is unknown.
+            Err(_) => {
+                return Err(if eventual {
+                    Attempt::Retry { leader: None }
+                } else {
+                    Attempt::Fail(ClusterError::NoQuorum {
+                        group: gid,
+                        table: String::new(),
+                    })
+                })
+            }
+            Ok(Err(status)) => {
+                tracing::debug!(node, group = gid, "rpc failed: {status}");
+                return Err(Attempt::Retry { leader: None });
+            }
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let result: Result<OpReply, ShardError> = bincode::deserialize(&reply.reply)
+            .map_err(|e| Attempt::Fail(ClusterError::Internal(format!("bad reply: {e}"))))?;
+        match result {
+            Ok(r) => Ok(r),
+            Err(ShardError::NotLeader { leader, addr: _ }) => Err(Attempt::Retry { leader }),
+            Err(ShardError::UnknownGroup(_)) => Err(Attempt::Retry { leader: None }),
+            Err(ShardError::Unavailable(_)) => Err(Attempt::Retry { leader: None }),
+            Err(ShardError::NoQuorum(_)) => Err(Attempt::Retry { leader: None }),
+            Err(ShardError::Timeout) => Err(Attempt::Fail(ClusterError::NoQuorum {
+                group: gid,
+                table: String::new(),
+            })),
+            Err(ShardError::Storage(e)) => Err(Attempt::Fail(ClusterError::Internal(e))),
+            Err(ShardError::BadRequest(e)) => Err(Attempt::Fail(ClusterError::Internal(e))),
+        }
+    }
+
+    /// Ask a node about its replicas (all when `gids` is empty).
+    pub async fn node_status(&self, node: u64, gids: Vec<u64>) -> Result<NodeStatus, ClusterError> {
+        let mut client = self.client(node).map_err(ClusterError::Internal)?;
+        let reply = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.status(StatusRequest { group_ids: gids }),
+        )
+        .await
+        .map_err(|_| ClusterError::Internal(format!("node {node} did not answer")))?
+        .map_err(|s| ClusterError::Internal(format!("node {node}: {}", s.message())))?;
+        serde_json::from_slice(&reply.into_inner().json)
+            .map_err(|e| ClusterError::Internal(e.to_string()))
+    }
+}

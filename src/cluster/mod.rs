@@ -1,0 +1,40 @@
+//! The router's side of the cluster: slots, the routing view mirrored from
+//! etcd, the client that sends shard requests to leaders, and table
+//! administration (creation, bootstrap of `default`).
+//!
+//! Owns no durable state: everything here can be rebuilt from etcd.
+
+pub mod admin;
+pub mod client;
+pub mod routes;
+pub mod slot;
+
+use crate::meta::MetaError;
+
+/// Errors of the routing layer, each mapped to one RESP error prefix.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClusterError {
+    /// No leader or no majority within the request deadline.
+    #[error("CLUSTERDOWN shard {group} of table {table} has no quorum")]
+    NoQuorum { group: u64, table: String },
+    /// Transient; the client should retry.
+    #[error("TRYAGAIN {0}")]
+    TryAgain(String),
+    #[error("ERR unknown table '{0}'")]
+    UnknownTable(String),
+    #[error("ERR table '{name}' is {state}, not available")]
+    TableNotAvailable { name: String, state: &'static str },
+    #[error("ERR {0}")]
+    Invalid(String),
+    #[error("ERR metadata: {0}")]
+    Meta(#[from] MetaError),
+    #[error("ERR internal: {0}")]
+    Internal(String),
+}
+
+impl ClusterError {
+    /// The RESP error text (prefix word included).
+    pub fn resp_message(&self) -> String {
+        self.to_string()
+    }
+}

@@ -1,0 +1,158 @@
+//! Configuration of each process, from a TOML file (`--config`) with command
+//! line flags on top. Every field has a default, so a file may set any subset.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Options shared by nodes and routers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// RESP listen address.
+    pub listen: String,
+    /// etcd endpoints, e.g. `["http://127.0.0.1:2379"]`.
+    pub etcd: Vec<String>,
+    /// Cluster name: the etcd prefix is `/shoal/<cluster>/`.
+    pub cluster: String,
+    /// Password clients must send with AUTH (none when empty).
+    pub requirepass: Option<String>,
+    /// Shards and replicas of `TABLE.CREATE` without them, and of `default`.
+    pub default_shards: usize,
+    pub default_replicas: usize,
+    /// Connected clients at most; more are refused with an error.
+    pub max_clients: usize,
+    /// Largest bulk string a client may send (bytes).
+    pub max_bulk_len: usize,
+    /// Most arguments in one command.
+    pub max_args: usize,
+    /// Longest inline command (bytes).
+    pub max_inline_len: usize,
+    /// Largest value a key may hold (bytes).
+    pub max_value_len: usize,
+    /// Time a request may spend finding a leader and being served (ms).
+    pub request_timeout_ms: u64,
+    /// Log filter (`RUST_LOG` syntax); `RUST_LOG` wins when set.
+    pub log_level: String,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            listen: "127.0.0.1:6379".into(),
+            etcd: vec!["http://127.0.0.1:2379".into()],
+            cluster: "default".into(),
+            requirepass: None,
+            default_shards: 8,
+            default_replicas: 3,
+            max_clients: 10_000,
+            max_bulk_len: 64 * 1024 * 1024,
+            max_args: 1024 * 1024,
+            max_inline_len: 64 * 1024,
+            max_value_len: 16 * 1024 * 1024,
+            request_timeout_ms: 5_000,
+            log_level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: u64,
+    /// gRPC listen address (also what other nodes and routers dial).
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub etcd: Vec<String>,
+    pub cluster: String,
+    /// `always` (default) or `never` (benchmarks only: acknowledged writes
+    /// may be lost on power failure).
+    pub fsync: String,
+    /// Raft heartbeat interval (ms). Heartbeats are per group.
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Log entries since the last snapshot that trigger a new one.
+    pub snapshot_threshold: u64,
+    /// Log entries kept behind a snapshot (so slightly lagging followers
+    /// catch up from the log rather than a snapshot).
+    pub snapshot_keep_logs: u64,
+    /// Time a write may wait for its commit (ms).
+    pub write_timeout_ms: u64,
+    /// Time a linearizable read may wait for the leadership check (ms).
+    pub read_timeout_ms: u64,
+    /// TTL of the liveness lease in etcd (s).
+    pub lease_ttl_s: i64,
+    pub log_level: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: 0,
+            listen: "127.0.0.1:7001".into(),
+            data_dir: PathBuf::from("./data"),
+            etcd: vec!["http://127.0.0.1:2379".into()],
+            cluster: "default".into(),
+            fsync: "always".into(),
+            heartbeat_ms: 250,
+            election_timeout_min_ms: 1_000,
+            election_timeout_max_ms: 2_000,
+            snapshot_threshold: 10_000,
+            snapshot_keep_logs: 1_000,
+            write_timeout_ms: 3_000,
+            read_timeout_ms: 3_000,
+            lease_ttl_s: 4,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// Read a TOML config file, or the defaults when `path` is `None`.
+pub fn load<T: for<'a> Deserialize<'a> + Default>(path: Option<&Path>) -> anyhow::Result<T> {
+    match path {
+        None => Ok(T::default()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", p.display()))?;
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("bad config {}: {e}", p.display()))
+        }
+    }
+}
+
+/// Split `--etcd a,b` into endpoints, adding `http://` where missing.
+pub fn parse_endpoints(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            if e.contains("://") {
+                e.to_string()
+            } else {
+                format!("http://{e}")
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+        let r: RouterConfig = load(Some(&dir.join("router.toml"))).unwrap();
+        assert_eq!(r.default_shards, 8);
+        let n: NodeConfig = load(Some(&dir.join("node.toml"))).unwrap();
+        assert_eq!(n.fsync, "always");
+    }
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            parse_endpoints("127.0.0.1:2379, http://h:1"),
+            vec!["http://127.0.0.1:2379", "http://h:1"]
+        );
+    }
+}

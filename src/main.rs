@@ -1,0 +1,185 @@
+//! The `shoal` binary: `dev`, `node`, `router` and `status`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use shoal::config::{self, NodeConfig, RouterConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "A distributed key-value store that speaks the Redis protocol"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a whole local cluster: etcd, nodes and a router.
+    Dev {
+        #[arg(long, default_value_t = 6379)]
+        port: u16,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value = "./.shoal-dev")]
+        data_dir: PathBuf,
+    },
+    /// Run a node hosting shard replicas.
+    Node {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        id: Option<u64>,
+        #[arg(long)]
+        listen: Option<String>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// etcd endpoints, comma separated.
+        #[arg(long)]
+        etcd: Option<String>,
+        #[arg(long)]
+        cluster: Option<String>,
+        /// always | never (never: benchmarks only).
+        #[arg(long)]
+        fsync: Option<String>,
+        /// Log entries between snapshots.
+        #[arg(long)]
+        snapshot_threshold: Option<u64>,
+        #[arg(long)]
+        log_level: Option<String>,
+    },
+    /// Run a RESP router.
+    Router {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        listen: Option<String>,
+        #[arg(long)]
+        etcd: Option<String>,
+        #[arg(long)]
+        cluster: Option<String>,
+        #[arg(long)]
+        requirepass: Option<String>,
+        #[arg(long)]
+        default_shards: Option<usize>,
+        #[arg(long)]
+        default_replicas: Option<usize>,
+        #[arg(long)]
+        log_level: Option<String>,
+    },
+    /// Print nodes, tables, shards, leaders and replica lag.
+    Status {
+        #[arg(long, default_value = "http://127.0.0.1:2379")]
+        etcd: String,
+        #[arg(long, default_value = "default")]
+        cluster: String,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run(Cli::parse()).await {
+        eprintln!("shoal: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev {
+            port,
+            nodes,
+            data_dir,
+        } => {
+            shoal::init_logging("info");
+            shoal::dev::run(shoal::dev::DevOpts {
+                port,
+                nodes,
+                data_dir,
+                bin: std::env::current_exe()?,
+            })
+            .await
+        }
+        Command::Node {
+            config,
+            id,
+            listen,
+            data_dir,
+            etcd,
+            cluster,
+            fsync,
+            snapshot_threshold,
+            log_level,
+        } => {
+            let mut c: NodeConfig = config::load(config.as_deref())?;
+            if let Some(v) = id {
+                c.id = v;
+            }
+            if let Some(v) = listen {
+                c.listen = v;
+            }
+            if let Some(v) = data_dir {
+                c.data_dir = v;
+            }
+            if let Some(v) = etcd {
+                c.etcd = config::parse_endpoints(&v);
+            }
+            if let Some(v) = cluster {
+                c.cluster = v;
+            }
+            if let Some(v) = fsync {
+                c.fsync = v;
+            }
+            if let Some(v) = snapshot_threshold {
+                c.snapshot_threshold = v;
+                c.snapshot_keep_logs = c.snapshot_keep_logs.min(v / 2);
+            }
+            if let Some(v) = log_level {
+                c.log_level = v;
+            }
+            shoal::init_logging(&c.log_level);
+            shoal::node::run(c).await
+        }
+        Command::Router {
+            config,
+            listen,
+            etcd,
+            cluster,
+            requirepass,
+            default_shards,
+            default_replicas,
+            log_level,
+        } => {
+            let mut c: RouterConfig = config::load(config.as_deref())?;
+            if let Some(v) = listen {
+                c.listen = v;
+            }
+            if let Some(v) = etcd {
+                c.etcd = config::parse_endpoints(&v);
+            }
+            if let Some(v) = cluster {
+                c.cluster = v;
+            }
+            if requirepass.is_some() {
+                c.requirepass = requirepass;
+            }
+            if let Some(v) = default_shards {
+                c.default_shards = v;
+            }
+            if let Some(v) = default_replicas {
+                c.default_replicas = v;
+            }
+            if let Some(v) = log_level {
+                c.log_level = v;
+            }
+            shoal::init_logging(&c.log_level);
+            shoal::router::run(c).await
+        }
+        Command::Status { etcd, cluster } => {
+            shoal::status::run(config::parse_endpoints(&etcd), cluster).await
+        }
+    }
+}

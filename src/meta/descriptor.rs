@@ -1,0 +1,163 @@
+//! Table descriptors (the routing truth stored in etcd) and the pure
+//! decisions made about them: slot ranges, replica placement, validation.
+
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::slot::SLOTS;
+
+/// Lifecycle of a table; only `Available` tables are routable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableState {
+    Creating,
+    Available,
+    Deleting,
+}
+
+impl TableState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableState::Creating => "creating",
+            TableState::Available => "available",
+            TableState::Deleting => "deleting",
+        }
+    }
+}
+
+/// One shard: a Raft group owning an inclusive slot range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardDescriptor {
+    pub group_id: u64,
+    /// `[first, last]`, inclusive at both ends.
+    pub slots: [u16; 2],
+    /// Node ids hosting a replica. The first one initializes the group.
+    pub replicas: Vec<u64>,
+}
+
+/// The value of `tables/<name>` in etcd. Field names are a stable interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableDescriptor {
+    pub name: String,
+    pub table_id: u64,
+    pub db_index: u32,
+    pub state: TableState,
+    pub replicas: usize,
+    pub shards: Vec<ShardDescriptor>,
+    /// Unix milliseconds.
+    pub created_at: u64,
+}
+
+impl TableDescriptor {
+    /// Index of the shard owning `slot`. Slot ranges are sorted and cover
+    /// 0..=16383, so this is a binary search.
+    pub fn shard_for_slot(&self, slot: u16) -> usize {
+        self.shards
+            .partition_point(|s| s.slots[1] < slot)
+            .min(self.shards.len().saturating_sub(1))
+    }
+}
+
+/// Split the slot space into `n` contiguous, nearly equal ranges.
+pub fn slot_ranges(n: usize) -> Vec<[u16; 2]> {
+    let n = n.clamp(1, SLOTS as usize);
+    let total = SLOTS as usize;
+    (0..n)
+        .map(|i| {
+            let first = i * total / n;
+            let last = (i + 1) * total / n - 1;
+            [first as u16, last as u16]
+        })
+        .collect()
+}
+
+/// Choose `replicas` distinct nodes for each of `shards` shards, spreading
+/// load: each shard takes the least-loaded live nodes, ties broken at random.
+pub fn place_replicas(live: &[u64], shards: usize, replicas: usize) -> Option<Vec<Vec<u64>>> {
+    if replicas == 0 || live.len() < replicas {
+        return None;
+    }
+    let mut rng = rand::thread_rng();
+    let mut load: Vec<(u64, usize)> = live.iter().map(|id| (*id, 0)).collect();
+    let mut out = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        load.shuffle(&mut rng);
+        load.sort_by_key(|(_, n)| *n);
+        let chosen: Vec<u64> = load[..replicas].iter().map(|(id, _)| *id).collect();
+        for entry in load[..replicas].iter_mut() {
+            entry.1 += 1;
+        }
+        // Spread the initializer (first replica) too.
+        let mut chosen = chosen;
+        chosen.shuffle(&mut rng);
+        out.push(chosen);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_ranges_cover_everything_disjointly() {
+        for n in [1usize, 2, 3, 7, 8, 16, 1000, 16384] {
+            let r = slot_ranges(n);
+            assert_eq!(r.len(), n);
+            assert_eq!(r[0][0], 0);
+            assert_eq!(r[n - 1][1], 16383);
+            for w in r.windows(2) {
+                assert_eq!(w[0][1] + 1, w[1][0]);
+            }
+            for s in &r {
+                assert!(s[0] <= s[1]);
+            }
+        }
+    }
+
+    #[test]
+    fn shard_lookup_matches_ranges() {
+        let shards = slot_ranges(8)
+            .into_iter()
+            .enumerate()
+            .map(|(i, slots)| ShardDescriptor {
+                group_id: i as u64,
+                slots,
+                replicas: vec![],
+            })
+            .collect();
+        let t = TableDescriptor {
+            name: "t".into(),
+            table_id: 1,
+            db_index: 0,
+            state: TableState::Available,
+            replicas: 3,
+            shards,
+            created_at: 0,
+        };
+        for slot in [0u16, 2047, 2048, 8191, 16383] {
+            let i = t.shard_for_slot(slot);
+            let s = &t.shards[i];
+            assert!(s.slots[0] <= slot && slot <= s.slots[1], "slot {slot}");
+        }
+    }
+
+    #[test]
+    fn placement_is_distinct_and_balanced() {
+        let live = [1, 2, 3, 4, 5];
+        let p = place_replicas(&live, 10, 3).unwrap();
+        let mut count = std::collections::HashMap::new();
+        for shard in &p {
+            let mut s = shard.clone();
+            s.sort();
+            s.dedup();
+            assert_eq!(s.len(), 3);
+            for id in shard {
+                *count.entry(*id).or_insert(0) += 1;
+            }
+        }
+        // 30 replicas over 5 nodes: exactly 6 each.
+        assert!(count.values().all(|c| *c == 6), "{count:?}");
+        assert!(place_replicas(&[1, 2], 1, 3).is_none());
+    }
+}

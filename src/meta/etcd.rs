@@ -1,0 +1,391 @@
+//! The etcd client: key layout, membership and liveness, counters, table
+//! records, and [`Meta::follow`], which mirrors a key prefix in memory.
+//!
+//! Layout under `/shoal/<cluster>/` (DESIGN section 3):
+//! `members/<id>`, `live/<id>` (leased), `tables/<name>`, `ids/<counter>`.
+//! Every metadata change is a compare-and-swap transaction; readers follow
+//! watches and never poll etcd on a request path.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::descriptor::TableDescriptor;
+use super::MetaError;
+
+/// `members/<id>`: persistent membership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub rpc_addr: String,
+    pub joined_at: u64,
+}
+
+/// `live/<id>`: present while the node holds its lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveInfo {
+    pub rpc_addr: String,
+    pub started_at: u64,
+    pub version: String,
+}
+
+/// A prefix's keys (without the prefix) and values, as of `revision`.
+#[derive(Debug, Clone, Default)]
+pub struct PrefixState {
+    pub revision: i64,
+    /// key suffix -> (value, mod_revision)
+    pub entries: BTreeMap<String, (Vec<u8>, i64)>,
+}
+
+impl PrefixState {
+    /// Decode every value as JSON, skipping (and logging) undecodable ones.
+    pub fn decoded<T: for<'a> Deserialize<'a>>(&self) -> Vec<(String, T, i64)> {
+        self.entries
+            .iter()
+            .filter_map(|(k, (v, rev))| match serde_json::from_slice::<T>(v) {
+                Ok(t) => Some((k.clone(), t, *rev)),
+                Err(e) => {
+                    tracing::warn!(key = %k, "undecodable metadata value: {e}");
+                    None
+                }
+            })
+            .collect()
+    }
+}
+
+#[derive(Clone)]
+pub struct Meta {
+    client: Client,
+    prefix: String,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Meta {
+    /// Connect to etcd (`endpoints` like `http://127.0.0.1:2379`).
+    pub async fn connect(endpoints: &[String], cluster: &str) -> Result<Meta, MetaError> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+        let client = tokio::time::timeout(
+            Duration::from_secs(10),
+            Client::connect(endpoints, Some(opts)),
+        )
+        .await
+        .map_err(|_| MetaError::Etcd(format!("cannot reach etcd at {}", endpoints.join(","))))??;
+        Ok(Meta {
+            client,
+            prefix: format!("/shoal/{cluster}/"),
+        })
+    }
+
+    pub fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client.kv_client()
+    }
+
+    /// Write `members/<id>` (keeping the original `joined_at`).
+    pub async fn register_member(&self, id: u64, rpc_addr: &str) -> Result<(), MetaError> {
+        let key = self.key(&format!("members/{id}"));
+        let existing = self.kv().get(key.clone(), None).await?;
+        let joined_at = existing
+            .kvs()
+            .first()
+            .and_then(|kv| serde_json::from_slice::<MemberInfo>(kv.value()).ok())
+            .map_or_else(now_ms, |m| m.joined_at);
+        let info = MemberInfo {
+            id,
+            rpc_addr: rpc_addr.to_string(),
+            joined_at,
+        };
+        self.kv().put(key, serde_json::to_vec(&info)?, None).await?;
+        Ok(())
+    }
+
+    /// Hold `live/<id>` under a lease for as long as the returned task runs,
+    /// re-granting the lease if it is ever lost (etcd restarted, long pause).
+    pub fn spawn_liveness(
+        &self,
+        id: u64,
+        rpc_addr: String,
+        ttl_secs: i64,
+    ) -> tokio::task::JoinHandle<()> {
+        let meta = self.clone();
+        tokio::spawn(async move {
+            let info = LiveInfo {
+                rpc_addr,
+                started_at: now_ms(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            loop {
+                if let Err(e) = meta.hold_lease(id, &info, ttl_secs).await {
+                    tracing::warn!("liveness lease lost: {e}; re-registering");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    }
+
+    async fn hold_lease(&self, id: u64, info: &LiveInfo, ttl: i64) -> Result<(), MetaError> {
+        let mut lease = self.client.lease_client();
+        let grant = lease.grant(ttl, None).await?;
+        let lease_id = grant.id();
+        self.kv()
+            .put(
+                self.key(&format!("live/{id}")),
+                serde_json::to_vec(info)?,
+                Some(PutOptions::new().with_lease(lease_id)),
+            )
+            .await?;
+        tracing::info!(node = id, lease = lease_id, "registered as live");
+        let (mut keeper, mut stream) = lease.keep_alive(lease_id).await?;
+        let period = Duration::from_millis((ttl as u64 * 1000) / 3);
+        loop {
+            keeper.keep_alive().await?;
+            match tokio::time::timeout(period * 2, stream.message()).await {
+                Ok(Ok(Some(resp))) if resp.ttl() > 0 => {}
+                Ok(Ok(Some(_))) => return Err(MetaError::Etcd("lease expired".into())),
+                Ok(Ok(None)) => return Err(MetaError::Etcd("keep-alive stream closed".into())),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(MetaError::Etcd("keep-alive timed out".into())),
+            }
+            tokio::time::sleep(period).await;
+        }
+    }
+
+    /// Read every key under `rest` (a prefix relative to the cluster prefix).
+    pub async fn load_prefix(&self, rest: &str) -> Result<PrefixState, MetaError> {
+        let full = self.key(rest);
+        let resp = self
+            .kv()
+            .get(full.clone(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let entries = resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let k = String::from_utf8_lossy(kv.key());
+                let suffix = k.strip_prefix(&full).unwrap_or(&k).to_string();
+                (suffix, (kv.value().to_vec(), kv.mod_revision()))
+            })
+            .collect();
+        Ok(PrefixState { revision, entries })
+    }
+
+    /// Mirror a prefix in memory: load it, then follow a watch from the
+    /// loaded revision; on any watch failure, reload and watch again. The
+    /// receiver always holds a complete, consistent state.
+    pub async fn follow(&self, rest: &str) -> Result<watch::Receiver<Arc<PrefixState>>, MetaError> {
+        let initial = self.load_prefix(rest).await?;
+        tracing::info!(prefix = %self.key(rest), revision = initial.revision, "watching");
+        let (tx, rx) = watch::channel(Arc::new(initial));
+        let meta = self.clone();
+        let rest = rest.to_string();
+        tokio::spawn(async move {
+            loop {
+                if tx.is_closed() {
+                    return;
+                }
+                if let Err(e) = meta.watch_into(&rest, &tx).await {
+                    tracing::warn!(prefix = %meta.key(&rest), "watch lost: {e}; reloading");
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                match meta.load_prefix(&rest).await {
+                    Ok(state) => {
+                        tracing::info!(prefix = %meta.key(&rest), revision = state.revision, "watching");
+                        tx.send_replace(Arc::new(state));
+                    }
+                    Err(e) => tracing::warn!("reload of {rest} failed: {e}"),
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn watch_into(
+        &self,
+        rest: &str,
+        tx: &watch::Sender<Arc<PrefixState>>,
+    ) -> Result<(), MetaError> {
+        let full = self.key(rest);
+        let from = tx.borrow().revision + 1;
+        let (_watcher, mut stream) = self
+            .client
+            .watch_client()
+            .watch(
+                full.clone(),
+                Some(WatchOptions::new().with_prefix().with_start_revision(from)),
+            )
+            .await?;
+        while let Some(resp) = stream.message().await? {
+            if resp.canceled() {
+                return Err(MetaError::Etcd(format!(
+                    "watch canceled: {}",
+                    resp.cancel_reason()
+                )));
+            }
+            if resp.events().is_empty() {
+                continue;
+            }
+            let mut state = (**tx.borrow()).clone();
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let k = String::from_utf8_lossy(kv.key());
+                let suffix = k.strip_prefix(&full).unwrap_or(&k).to_string();
+                match ev.event_type() {
+                    EventType::Put => {
+                        state
+                            .entries
+                            .insert(suffix, (kv.value().to_vec(), kv.mod_revision()));
+                    }
+                    EventType::Delete => {
+                        state.entries.remove(&suffix);
+                    }
+                }
+                state.revision = state.revision.max(kv.mod_revision());
+            }
+            if let Some(h) = resp.header() {
+                state.revision = state.revision.max(h.revision());
+            }
+            tx.send_replace(Arc::new(state));
+        }
+        Err(MetaError::Etcd("watch stream ended".into()))
+    }
+
+    pub async fn members(&self) -> Result<BTreeMap<u64, MemberInfo>, MetaError> {
+        let s = self.load_prefix("members/").await?;
+        Ok(s.decoded::<MemberInfo>()
+            .into_iter()
+            .map(|(_, m, _)| (m.id, m))
+            .collect())
+    }
+
+    pub async fn live_nodes(&self) -> Result<BTreeMap<u64, LiveInfo>, MetaError> {
+        let s = self.load_prefix("live/").await?;
+        Ok(s.decoded::<LiveInfo>()
+            .into_iter()
+            .filter_map(|(k, l, _)| k.parse::<u64>().ok().map(|id| (id, l)))
+            .collect())
+    }
+
+    /// Reserve `n` consecutive ids from counter `ids/<name>`; returns the first.
+    /// Ids start at 1 and are never handed out twice.
+    pub async fn alloc_ids(&self, name: &str, n: u64) -> Result<u64, MetaError> {
+        let key = self.key(&format!("ids/{name}"));
+        for _ in 0..100 {
+            let resp = self.kv().get(key.clone(), None).await?;
+            let (current, cmp) = match resp.kvs().first() {
+                Some(kv) => {
+                    let v = std::str::from_utf8(kv.value())
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .ok_or_else(|| MetaError::Corrupt(format!("counter {key}")))?;
+                    (
+                        v,
+                        Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),
+                    )
+                }
+                None => (
+                    0,
+                    Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                ),
+            };
+            let next = current + n;
+            let txn = Txn::new().when(vec![cmp]).and_then(vec![TxnOp::put(
+                key.clone(),
+                next.to_string(),
+                None,
+            )]);
+            if self.kv().txn(txn).await?.succeeded() {
+                return Ok(current + 1);
+            }
+        }
+        Err(MetaError::Etcd(format!("counter {key} is too contended")))
+    }
+
+    /// Write a new table record; `false` if the name is taken.
+    pub async fn create_table_record(&self, desc: &TableDescriptor) -> Result<bool, MetaError> {
+        let key = self.key(&format!("tables/{}", desc.name));
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(vec![TxnOp::put(key, serde_json::to_vec(desc)?, None)]);
+        Ok(self.kv().txn(txn).await?.succeeded())
+    }
+
+    /// Replace a table record if it is still at `mod_revision`.
+    pub async fn cas_table(
+        &self,
+        desc: &TableDescriptor,
+        mod_revision: i64,
+    ) -> Result<bool, MetaError> {
+        let key = self.key(&format!("tables/{}", desc.name));
+        let txn = Txn::new()
+            .when(vec![Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then(vec![TxnOp::put(key, serde_json::to_vec(desc)?, None)]);
+        Ok(self.kv().txn(txn).await?.succeeded())
+    }
+
+    /// Delete a table record if it is still at `mod_revision`.
+    pub async fn delete_table_record(
+        &self,
+        name: &str,
+        mod_revision: i64,
+    ) -> Result<bool, MetaError> {
+        let key = self.key(&format!("tables/{name}"));
+        let txn = Txn::new()
+            .when(vec![Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then(vec![TxnOp::delete(key, None)]);
+        Ok(self.kv().txn(txn).await?.succeeded())
+    }
+
+    pub async fn get_table(&self, name: &str) -> Result<Option<(TableDescriptor, i64)>, MetaError> {
+        let resp = self
+            .kv()
+            .get(self.key(&format!("tables/{name}")), None)
+            .await?;
+        match resp.kvs().first() {
+            Some(kv) => Ok(Some((
+                serde_json::from_slice(kv.value())?,
+                kv.mod_revision(),
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn tables(&self) -> Result<Vec<(TableDescriptor, i64)>, MetaError> {
+        let s = self.load_prefix("tables/").await?;
+        Ok(s.decoded::<TableDescriptor>()
+            .into_iter()
+            .map(|(_, t, rev)| (t, rev))
+            .collect())
+    }
+}

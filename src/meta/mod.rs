@@ -1,0 +1,32 @@
+//! Cluster metadata in etcd: layout, table descriptors, membership and
+//! liveness, watches, and the reconciler that makes a node host exactly the
+//! replicas etcd assigns to it.
+//!
+//! etcd is the one source of truth for which tables exist and where their
+//! shards live. Nothing here is on a request path: routers and nodes mirror
+//! what they need through watches ([`etcd::Meta::follow`]).
+
+pub mod descriptor;
+pub mod etcd;
+pub mod reconcile;
+
+/// Errors of the metadata layer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MetaError {
+    #[error("etcd: {0}")]
+    Etcd(String),
+    #[error("corrupt metadata: {0}")]
+    Corrupt(String),
+}
+
+impl From<etcd_client::Error> for MetaError {
+    fn from(e: etcd_client::Error) -> Self {
+        MetaError::Etcd(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for MetaError {
+    fn from(e: serde_json::Error) -> Self {
+        MetaError::Corrupt(e.to_string())
+    }
+}

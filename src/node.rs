@@ -1,0 +1,134 @@
+//! `shoal node`: opens the node's RocksDB, reopens the replicas it hosts,
+//! serves the gRPC services, registers in etcd under a lease and runs the
+//! reconciler that creates and deletes replicas as etcd says.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::config::NodeConfig;
+use crate::meta::etcd::Meta;
+use crate::meta::reconcile;
+use crate::proto::raft_service_server::RaftServiceServer;
+use crate::proto::shard_service_server::ShardServiceServer;
+use crate::shard::engine::Engine;
+use crate::shard::host::{Host, HostConfig};
+use crate::shard::network::Transport;
+use crate::shard::service::NodeService;
+
+/// openraft settings for every group on a node.
+pub fn raft_config(c: &NodeConfig) -> anyhow::Result<openraft::Config> {
+    let cfg = openraft::Config {
+        cluster_name: format!("shoal-{}", c.cluster),
+        heartbeat_interval: c.heartbeat_ms,
+        election_timeout_min: c.election_timeout_min_ms,
+        election_timeout_max: c.election_timeout_max_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(c.snapshot_threshold),
+        max_in_snapshot_log_to_keep: c.snapshot_keep_logs,
+        install_snapshot_timeout: 5_000,
+        ..Default::default()
+    };
+    cfg.validate().context("invalid raft settings")
+}
+
+pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
+    anyhow::ensure!(c.id > 0, "--id must be a positive integer");
+    let fsync = match c.fsync.as_str() {
+        "always" => true,
+        "never" => {
+            tracing::warn!(
+                "fsync = never: acknowledged writes can be lost on power failure (benchmarks only)"
+            );
+            false
+        }
+        other => anyhow::bail!("fsync must be 'always' or 'never', not '{other}'"),
+    };
+    std::fs::create_dir_all(&c.data_dir)
+        .with_context(|| format!("cannot create data dir {}", c.data_dir.display()))?;
+    let db_path = c.data_dir.join("db");
+    let engine = {
+        let path = db_path.clone();
+        tokio::task::spawn_blocking(move || Engine::open(&path, fsync)).await?
+    }
+    .with_context(|| format!("cannot open RocksDB at {}", db_path.display()))?;
+    let engine = Arc::new(engine);
+    let host = Host::new(
+        c.id,
+        engine,
+        Transport::new(),
+        HostConfig {
+            raft: Arc::new(raft_config(&c)?),
+            write_timeout: Duration::from_millis(c.write_timeout_ms),
+            read_timeout: Duration::from_millis(c.read_timeout_ms),
+        },
+    );
+
+    let listener = tokio::net::TcpListener::bind(&c.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", c.listen))?;
+    let addr = listener.local_addr()?;
+    let meta = Meta::connect(&c.etcd, &c.cluster).await?;
+    // Peers must be known before replicas start talking.
+    for (id, m) in meta.members().await? {
+        host.transport.set_peer(id, m.rpc_addr);
+    }
+    let reopened = host.open_recorded().await?;
+    tracing::info!(node = c.id, %addr, replicas = reopened, "node up");
+
+    let service = NodeService { host: host.clone() };
+    let server = tonic::transport::Server::builder()
+        .add_service(
+            RaftServiceServer::new(service.clone())
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            ShardServiceServer::new(service)
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .serve_with_incoming(tokio_stream_incoming(listener));
+    let server = tokio::spawn(server);
+
+    meta.register_member(c.id, &c.listen).await?;
+    let _liveness = meta.spawn_liveness(c.id, c.listen.clone(), c.lease_ttl_s);
+    let reconciler = tokio::spawn(reconcile::run(meta.clone(), host.clone()));
+
+    tokio::select! {
+        r = server => { r??; }
+        r = reconciler => { r??; anyhow::bail!("reconciler stopped"); }
+        _ = shutdown_signal() => { tracing::info!(node = c.id, "shutting down"); }
+    }
+    for r in host.replicas() {
+        let _ = r.raft.shutdown().await;
+    }
+    Ok(())
+}
+
+fn tokio_stream_incoming(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |l| async move {
+        let r = l.accept().await.map(|(s, _)| {
+            let _ = s.set_nodelay(true);
+            s
+        });
+        Some((r, l))
+    })
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,16 @@
+//! The Redis protocol side of a router.
+//!
+//! * [`frame`]: requests off the wire, with hard limits (redis-protocol does
+//!   the decoding).
+//! * [`args`]: a typed cursor over one request's arguments.
+//! * [`reply`]: replies as values, encoded to RESP2 or RESP3 at the edge.
+//! * [`commands`]: the command table (arity, flags, key positions).
+//! * [`session`]: per-connection state and command execution.
+//! * [`server`]: the TCP listener and connection loop.
+
+pub mod args;
+pub mod commands;
+pub mod frame;
+pub mod reply;
+pub mod server;
+pub mod session;

@@ -1,0 +1,60 @@
+//! `shoal router`: connects to etcd, mirrors the routing metadata, bootstraps
+//! table `default` when the cluster is new, and serves RESP.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::cluster::admin;
+use crate::cluster::client::{ClientConfig, ShardClient};
+use crate::cluster::routes;
+use crate::config::RouterConfig;
+use crate::meta::etcd::Meta;
+use crate::resp::server;
+use crate::resp::session::{ClientRegistry, Shared};
+
+pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        [1, 3, 5].contains(&c.default_replicas),
+        "default_replicas must be 1, 3 or 5"
+    );
+    anyhow::ensure!(
+        (1..=16384).contains(&c.default_shards),
+        "default_shards must be between 1 and 16384"
+    );
+    let listener = tokio::net::TcpListener::bind(&c.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (port in use?)", c.listen))?;
+    let meta = Meta::connect(&c.etcd, &c.cluster).await?;
+    let view = routes::follow(&meta).await?;
+    let timeout = Duration::from_millis(c.request_timeout_ms);
+    let client = ShardClient::new(
+        view,
+        ClientConfig {
+            request_timeout: timeout,
+            rpc_timeout: timeout,
+        },
+    );
+    tokio::spawn(admin::ensure_default_table(
+        meta.clone(),
+        client.clone(),
+        c.default_shards,
+        c.default_replicas,
+    ));
+    tracing::info!(listen = %listener.local_addr()?, "router up");
+    let shared = Arc::new(Shared {
+        client,
+        meta,
+        config: c,
+        clients: ClientRegistry::default(),
+        started: Instant::now(),
+        commands_processed: AtomicU64::new(0),
+    });
+    tokio::select! {
+        r = server::serve(listener, shared) => r.context("listener failed")?,
+        _ = crate::node::shutdown_signal() => tracing::info!("router shutting down"),
+    }
+    Ok(())
+}

@@ -1,0 +1,323 @@
+//! The node's one RocksDB instance, and the only module that talks to it.
+//!
+//! Every Raft group on a node shares one database with three column families:
+//!
+//! | column family | key | value |
+//! |---|---|---|
+//! | `raft_log`   | group id (8, BE) ++ log index (8, BE) | bincode(openraft `Entry`) |
+//! | `raft_state` | group id (8, BE) ++ tag (1)            | vote, committed, purged, applied, snapshot, replica record |
+//! | `data`       | group id (8, BE) ++ user key           | [`Stored`](super::command::Stored) encoding |
+//!
+//! There is never a column family per group: opening hundreds of them makes
+//! start-up slow, and a group's keys are one contiguous range anyway, which
+//! makes deleting a group one range delete per family.
+//!
+//! Writes go through one writer thread that merges whatever is queued into a
+//! single `WriteBatch` and a single fsync: log appends from many groups share
+//! one sync (group commit). Every write is acknowledged only after RocksDB
+//! accepted it, synced when the caller asked for durability. Reads and writes
+//! never run on async worker threads: callers use [`Engine::read`] (a blocking
+//! task) or [`Engine::write`] (the writer thread).
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use rocksdb::{
+    ColumnFamilyDescriptor, DBWithThreadMode, MultiThreaded, Options, WriteBatch, WriteOptions,
+};
+
+/// Multi-threaded mode: column family handles can be used from any thread.
+type DB = DBWithThreadMode<MultiThreaded>;
+
+pub const CF_LOG: &str = "raft_log";
+pub const CF_STATE: &str = "raft_state";
+pub const CF_DATA: &str = "data";
+
+/// A column family, by role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cf {
+    Log,
+    State,
+    Data,
+}
+
+impl Cf {
+    fn name(self) -> &'static str {
+        match self {
+            Cf::Log => CF_LOG,
+            Cf::State => CF_STATE,
+            Cf::Data => CF_DATA,
+        }
+    }
+}
+
+/// Tags of the per-group records in `raft_state`.
+pub mod tag {
+    /// The replica exists on this node (value: JSON `ReplicaRecord`).
+    pub const REPLICA: u8 = 0;
+    pub const VOTE: u8 = 1;
+    pub const COMMITTED: u8 = 2;
+    pub const PURGED: u8 = 3;
+    /// Last applied log id and membership, written with the data they describe.
+    pub const APPLIED: u8 = 4;
+    pub const SNAPSHOT_META: u8 = 5;
+    pub const SNAPSHOT_DATA: u8 = 6;
+}
+
+/// One change in a write batch.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Put(Cf, Vec<u8>, Vec<u8>),
+    Delete(Cf, Vec<u8>),
+    /// Delete `[from, to)`.
+    DeleteRange(Cf, Vec<u8>, Vec<u8>),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("the storage writer has stopped")]
+    WriterGone,
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+type Done = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
+
+struct WriteJob {
+    ops: Vec<Op>,
+    sync: bool,
+    done: Done,
+}
+
+/// Handle to the node's database. Cheap to share behind an `Arc`.
+pub struct Engine {
+    db: Arc<DB>,
+    writer: mpsc::Sender<WriteJob>,
+    /// `false` only for benchmarks (`fsync = "never"`); reported at start-up.
+    fsync: bool,
+}
+
+/// The 8-byte prefix of every key of a group.
+pub fn group_prefix(gid: u64) -> [u8; 8] {
+    gid.to_be_bytes()
+}
+
+/// `[start, end)` covering every key of a group in any column family.
+pub fn group_range(gid: u64) -> (Vec<u8>, Vec<u8>) {
+    let start = gid.to_be_bytes().to_vec();
+    let end = match gid.checked_add(1) {
+        Some(next) => next.to_be_bytes().to_vec(),
+        None => vec![0xff; 9],
+    };
+    (start, end)
+}
+
+pub fn log_key(gid: u64, index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&gid.to_be_bytes());
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+pub fn state_key(gid: u64, tag: u8) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.extend_from_slice(&gid.to_be_bytes());
+    k.push(tag);
+    k
+}
+
+pub fn data_key(gid: u64, user_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + user_key.len());
+    k.extend_from_slice(&gid.to_be_bytes());
+    k.extend_from_slice(user_key);
+    k
+}
+
+impl Engine {
+    /// Open (or create) the database under `path` and start the writer thread.
+    pub fn open(path: &Path, fsync: bool) -> Result<Engine, EngineError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(4);
+        let cfs = [CF_LOG, CF_STATE, CF_DATA].map(|name| {
+            let mut cf_opts = Options::default();
+            cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(name, cf_opts)
+        });
+        let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
+        let (tx, rx) = mpsc::channel::<WriteJob>();
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("shoal-rocksdb-writer".into())
+            .spawn(move || writer_loop(writer_db, rx, fsync))
+            .map_err(|e| EngineError::Corrupt(format!("cannot start writer thread: {e}")))?;
+        Ok(Engine {
+            db,
+            writer: tx,
+            fsync,
+        })
+    }
+
+    pub fn fsync(&self) -> bool {
+        self.fsync
+    }
+
+    /// Queue a batch; `done` runs on the writer thread once it is written
+    /// (and synced, if `sync`). Batches are written in submission order.
+    pub fn submit(&self, ops: Vec<Op>, sync: bool, done: Done) {
+        let job = WriteJob { ops, sync, done };
+        if let Err(mpsc::SendError(job)) = self.writer.send(job) {
+            (job.done)(Err(EngineError::WriterGone));
+        }
+    }
+
+    /// Write a batch and wait until it is written (and synced, if `sync`).
+    pub async fn write(&self, ops: Vec<Op>, sync: bool) -> Result<(), EngineError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(
+            ops,
+            sync,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.await.map_err(|_| EngineError::WriterGone)?
+    }
+
+    /// Run a read against the database on a blocking thread.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, EngineError>
+    where
+        F: FnOnce(&DbView) -> Result<T, EngineError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let view = DbView {
+            db: self.db.clone(),
+        };
+        tokio::task::spawn_blocking(move || f(&view))
+            .await
+            .map_err(|e| EngineError::Corrupt(format!("read task failed: {e}")))?
+    }
+
+    /// Synchronous view, for code already on a blocking thread.
+    pub fn view(&self) -> DbView {
+        DbView {
+            db: self.db.clone(),
+        }
+    }
+}
+
+/// A key-value pair read from RocksDB.
+pub type Row = (Box<[u8]>, Box<[u8]>);
+
+/// Read access to the database; only ever used off the async workers.
+#[derive(Clone)]
+pub struct DbView {
+    db: Arc<DB>,
+}
+
+impl DbView {
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        let handle = self.cf(cf)?;
+        Ok(self.db.get_cf(&handle, key)?)
+    }
+
+    /// Key-value pairs with `start <= key < end`, in key order, at most `limit`.
+    pub fn scan(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Row>, EngineError> {
+        let handle = self.cf(cf)?;
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_upper_bound(end.to_vec());
+        let iter = self.db.iterator_cf_opt(
+            &handle,
+            ro,
+            rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            if out.len() >= limit {
+                break;
+            }
+            out.push(item?);
+        }
+        Ok(out)
+    }
+
+    /// The last key-value pair with `start <= key < end`.
+    pub fn last_in(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<Row>, EngineError> {
+        let handle = self.cf(cf)?;
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_lower_bound(start.to_vec());
+        ro.set_iterate_upper_bound(end.to_vec());
+        let mut iter = self
+            .db
+            .iterator_cf_opt(&handle, ro, rocksdb::IteratorMode::End);
+        match iter.next() {
+            Some(item) => Ok(Some(item?)),
+            None => Ok(None),
+        }
+    }
+
+    fn cf(&self, cf: Cf) -> Result<Arc<rocksdb::BoundColumnFamily<'_>>, EngineError> {
+        self.db
+            .cf_handle(cf.name())
+            .ok_or_else(|| EngineError::Corrupt(format!("missing column family {}", cf.name())))
+    }
+}
+
+impl std::fmt::Debug for DbView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DbView")
+    }
+}
+
+/// Merge queued jobs into one batch and one sync; report to each job.
+fn writer_loop(db: Arc<DB>, rx: mpsc::Receiver<WriteJob>, fsync: bool) {
+    const MAX_JOBS: usize = 512;
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_JOBS {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let result = write_jobs(&db, &jobs, fsync);
+        for job in jobs {
+            (job.done)(result.clone());
+        }
+    }
+}
+
+fn write_jobs(db: &DB, jobs: &[WriteJob], fsync: bool) -> Result<(), EngineError> {
+    let mut batch = WriteBatch::default();
+    let mut sync = false;
+    for job in jobs {
+        sync |= job.sync;
+        for op in &job.ops {
+            match op {
+                Op::Put(cf, k, v) => batch.put_cf(&handle(db, *cf)?, k, v),
+                Op::Delete(cf, k) => batch.delete_cf(&handle(db, *cf)?, k),
+                Op::DeleteRange(cf, from, to) => batch.delete_range_cf(&handle(db, *cf)?, from, to),
+            }
+        }
+    }
+    let mut wo = WriteOptions::default();
+    wo.set_sync(sync && fsync);
+    db.write_opt(batch, &wo)?;
+    Ok(())
+}
+
+fn handle(db: &DB, cf: Cf) -> Result<Arc<rocksdb::BoundColumnFamily<'_>>, EngineError> {
+    db.cf_handle(cf.name())
+        .ok_or_else(|| EngineError::Corrupt(format!("missing column family {}", cf.name())))
+}

@@ -1,0 +1,318 @@
+//! The replicas a node hosts: creating, opening, serving and destroying them.
+//!
+//! [`Host`] owns every shard replica on the node. A replica is recorded in
+//! RocksDB (`raft_state`, tag `REPLICA`) before its Raft group starts, so a
+//! node restarted after `kill -9` reopens exactly the replicas it had and they
+//! rejoin their groups from their own logs. Which replicas *should* exist is
+//! decided elsewhere (the reconciler in `meta::reconcile`); this module only
+//! carries that out, and serves reads and writes on the replicas it has.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, ServerState};
+use serde::{Deserialize, Serialize};
+
+use super::command::{apply_read, OpReply, ShardRequest, Stored};
+use super::engine::{data_key, state_key, tag, Cf, Engine, Op};
+use super::network::{NetworkFactory, Transport};
+use super::store::{destroy_group, LogStore, StateMachine};
+use super::types::{NodeId, Raft};
+use super::ShardError;
+
+/// What the node records about a replica it hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaRecord {
+    pub group_id: u64,
+    pub table: String,
+    pub shard: u32,
+}
+
+pub struct Replica {
+    pub record: ReplicaRecord,
+    pub raft: Raft,
+    pub sm: StateMachine,
+}
+
+/// Timeouts and Raft settings for every group on the node.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub raft: Arc<openraft::Config>,
+    /// How long a write may wait for its commit before the client is told
+    /// the shard is unavailable.
+    pub write_timeout: Duration,
+    /// How long a linearizable read may wait for the leadership check.
+    pub read_timeout: Duration,
+}
+
+pub struct Host {
+    pub node_id: NodeId,
+    pub engine: Arc<Engine>,
+    pub transport: Arc<Transport>,
+    config: HostConfig,
+    replicas: RwLock<HashMap<u64, Arc<Replica>>>,
+    /// Serializes create/remove so two reconcile passes cannot race.
+    lifecycle: tokio::sync::Mutex<()>,
+}
+
+impl Host {
+    pub fn new(
+        node_id: NodeId,
+        engine: Arc<Engine>,
+        transport: Arc<Transport>,
+        config: HostConfig,
+    ) -> Arc<Host> {
+        Arc::new(Host {
+            node_id,
+            engine,
+            transport,
+            config,
+            replicas: RwLock::new(HashMap::new()),
+            lifecycle: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn get(&self, gid: u64) -> Option<Arc<Replica>> {
+        self.replicas.read().ok()?.get(&gid).cloned()
+    }
+
+    pub fn group_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .replicas
+            .read()
+            .map(|r| r.keys().copied().collect())
+            .unwrap_or_default();
+        ids.sort_unstable();
+        ids
+    }
+
+    pub fn replicas(&self) -> Vec<Arc<Replica>> {
+        let mut v: Vec<Arc<Replica>> = self
+            .replicas
+            .read()
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by_key(|r| r.record.group_id);
+        v
+    }
+
+    /// Reopen every replica recorded on disk (start-up after a stop or crash).
+    pub async fn open_recorded(&self) -> Result<usize, ShardError> {
+        let records = self
+            .engine
+            .read(|db| {
+                let rows = db.scan(Cf::State, &[], &[0xff; 9], usize::MAX)?;
+                Ok(rows
+                    .into_iter()
+                    .filter(|(k, _)| k.len() == 9 && k[8] == tag::REPLICA)
+                    .filter_map(|(_, v)| serde_json::from_slice::<ReplicaRecord>(&v).ok())
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        let n = records.len();
+        for record in records {
+            self.start(record).await?;
+        }
+        Ok(n)
+    }
+
+    /// Make sure this node hosts a replica of the group. `members` is the
+    /// group's initial membership; when `initializer` is set and the group has
+    /// never been initialized, this replica initializes it (exactly one
+    /// replica of a new group does, the first in the descriptor).
+    pub async fn ensure(
+        &self,
+        record: ReplicaRecord,
+        members: BTreeMap<NodeId, BasicNode>,
+        initializer: bool,
+    ) -> Result<(), ShardError> {
+        let replica = match self.get(record.group_id) {
+            Some(r) => r,
+            None => {
+                let _guard = self.lifecycle.lock().await;
+                match self.get(record.group_id) {
+                    Some(r) => r,
+                    None => {
+                        let json = serde_json::to_vec(&record)
+                            .map_err(|e| ShardError::Storage(e.to_string()))?;
+                        self.engine
+                            .write(
+                                vec![Op::Put(
+                                    Cf::State,
+                                    state_key(record.group_id, tag::REPLICA),
+                                    json,
+                                )],
+                                true,
+                            )
+                            .await?;
+                        let r = self.start(record.clone()).await?;
+                        tracing::info!(
+                            group = record.group_id,
+                            table = %record.table,
+                            shard = record.shard,
+                            "replica created"
+                        );
+                        r
+                    }
+                }
+            }
+        };
+        if initializer && !replica.raft.is_initialized().await.unwrap_or(true) {
+            match replica.raft.initialize(members).await {
+                Ok(()) => tracing::info!(group = record.group_id, "group initialized"),
+                Err(e) => tracing::debug!(group = record.group_id, "initialize: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn start(&self, record: ReplicaRecord) -> Result<Arc<Replica>, ShardError> {
+        let gid = record.group_id;
+        let log = LogStore::new(self.engine.clone(), gid);
+        let sm = StateMachine::open(self.engine.clone(), gid).await?;
+        let network = NetworkFactory {
+            transport: self.transport.clone(),
+            gid,
+        };
+        let raft = Raft::new(
+            self.node_id,
+            self.config.raft.clone(),
+            network,
+            log,
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| ShardError::Storage(format!("cannot start group {gid}: {e}")))?;
+        spawn_leader_logger(gid, raft.clone());
+        let replica = Arc::new(Replica { record, raft, sm });
+        if let Ok(mut map) = self.replicas.write() {
+            map.insert(gid, replica.clone());
+        }
+        Ok(replica)
+    }
+
+    /// Stop the group's replica and delete its log, state and data.
+    pub async fn remove(&self, gid: u64) -> Result<(), ShardError> {
+        let _guard = self.lifecycle.lock().await;
+        let replica = self.replicas.write().ok().and_then(|mut m| m.remove(&gid));
+        if let Some(r) = &replica {
+            let _ = r.raft.shutdown().await;
+        }
+        destroy_group(&self.engine, gid).await?;
+        tracing::info!(group = gid, "replica removed and its data deleted");
+        Ok(())
+    }
+
+    /// Serve a router's request on the replica of `gid`.
+    pub async fn execute(&self, gid: u64, req: ShardRequest) -> Result<OpReply, ShardError> {
+        let replica = self.get(gid).ok_or(ShardError::UnknownGroup(gid))?;
+        match req {
+            ShardRequest::Write(cmd) => {
+                self.check_leader(&replica)?;
+                match tokio::time::timeout(
+                    self.config.write_timeout,
+                    replica.raft.client_write(cmd),
+                )
+                .await
+                {
+                    Err(_) => Err(ShardError::Timeout),
+                    Ok(Ok(resp)) => Ok(resp.data),
+                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                        Err(self.not_leader(f.leader_id, f.leader_node))
+                    }
+                    Ok(Err(e)) => Err(ShardError::Unavailable(e.to_string())),
+                }
+            }
+            ShardRequest::Read {
+                op,
+                linearizable,
+                now_ms,
+            } => {
+                if linearizable {
+                    self.check_leader(&replica)?;
+                    match tokio::time::timeout(
+                        self.config.read_timeout,
+                        replica.raft.ensure_linearizable(),
+                    )
+                    .await
+                    {
+                        Err(_) => return Err(ShardError::Timeout),
+                        Ok(Ok(_)) => {}
+                        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                            return Err(self.not_leader(f.leader_id, f.leader_node))
+                        }
+                        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                            return Err(ShardError::NoQuorum(e.to_string()))
+                        }
+                        Ok(Err(e)) => return Err(ShardError::Unavailable(e.to_string())),
+                    }
+                }
+                let reply = self
+                    .engine
+                    .read(move |db| {
+                        let mut error = None;
+                        let reply = apply_read(&op, now_ms, &mut |key| match db
+                            .get(Cf::Data, &data_key(gid, key))
+                        {
+                            Ok(raw) => raw.and_then(|r| Stored::decode(&r)),
+                            Err(e) => {
+                                error = Some(e);
+                                None
+                            }
+                        });
+                        match error {
+                            Some(e) => Err(e),
+                            None => Ok(reply),
+                        }
+                    })
+                    .await?;
+                Ok(reply)
+            }
+        }
+    }
+
+    /// Fail fast when this replica knows it is not the leader.
+    fn check_leader(&self, replica: &Replica) -> Result<(), ShardError> {
+        let m = replica.raft.metrics().borrow().clone();
+        if m.state == ServerState::Leader {
+            return Ok(());
+        }
+        let node = m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+        Err(self.not_leader(m.current_leader, node))
+    }
+
+    fn not_leader(&self, leader: Option<NodeId>, node: Option<BasicNode>) -> ShardError {
+        let leader = leader.filter(|l| *l != self.node_id);
+        ShardError::NotLeader {
+            leader,
+            addr: leader.and_then(|l| self.transport.peer_addr(l).or_else(|| node.map(|n| n.addr))),
+        }
+    }
+}
+
+/// One log line per leadership change of a group, not per request.
+fn spawn_leader_logger(gid: u64, raft: Raft) {
+    let mut rx = raft.metrics();
+    tokio::spawn(async move {
+        let mut last = None;
+        loop {
+            let (leader, term) = {
+                let m = rx.borrow_and_update();
+                (m.current_leader, m.current_term)
+            };
+            if leader != last {
+                if let Some(l) = leader {
+                    tracing::info!(group = gid, leader = l, term, "leader elected");
+                }
+                last = leader;
+            }
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+}

@@ -1,0 +1,64 @@
+//! The node side: shard replicas, each an openraft group over the node's one
+//! RocksDB.
+//!
+//! * [`command`]: shard commands as values and the deterministic apply logic.
+//! * [`engine`]: the RocksDB instance (column families, key layout, the
+//!   group-commit writer thread). Nothing else touches RocksDB.
+//! * [`store`]: openraft's log storage and state machine for one group.
+//! * [`network`]: Raft messages between nodes over gRPC, routed by group id.
+//! * [`host`]: the replicas this node hosts; serving requests on them.
+//! * [`service`]: the gRPC services (RaftService, ShardService).
+//! * [`status`]: what a node reports about its replicas.
+//!
+//! This layer never decides *which* replicas should exist (that is
+//! `meta::reconcile`), and never speaks RESP.
+
+pub mod command;
+pub mod engine;
+pub mod host;
+pub mod network;
+pub mod service;
+pub mod status;
+pub mod store;
+pub mod types;
+
+use serde::{Deserialize, Serialize};
+
+/// Errors of the shard layer, as a router sees them. Retryable ones
+/// (`NotLeader`, `UnknownGroup`) are distinct from those that end a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ShardError {
+    /// This replica is not the leader; `leader` is who is, when known.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        leader: Option<u64>,
+        addr: Option<String>,
+    },
+    /// The leader could not reach a majority.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    /// The request was not answered in time; for a write the outcome is unknown.
+    #[error("timed out waiting for the shard")]
+    Timeout,
+    /// This node does not host the group (not created yet, or dropped).
+    #[error("group {0} is not hosted here")]
+    UnknownGroup(u64),
+    #[error("shard unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage error: {0}")]
+    Storage(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+}
+
+impl From<engine::EngineError> for ShardError {
+    fn from(e: engine::EngineError) -> Self {
+        ShardError::Storage(e.to_string())
+    }
+}
+
+impl From<types::StorageError> for ShardError {
+    fn from(e: types::StorageError) -> Self {
+        ShardError::Storage(e.to_string())
+    }
+}

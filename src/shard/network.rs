@@ -1,0 +1,212 @@
+//! Raft transport between nodes: one gRPC connection per peer, shared by
+//! every group.
+//!
+//! [`Transport`] is node-wide: it knows each peer's address (kept fresh from
+//! etcd's member list) and holds one lazily connected tonic channel per
+//! address. Each group gets a [`NetworkFactory`] that stamps its group id on
+//! every message, so the peer's single `RaftService` can dispatch it.
+//! Messages are openraft's own request/response types, bincode-encoded.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::AnyError;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::Channel;
+
+use super::types::{Node, NodeId, TypeConfig};
+use crate::proto::raft_service_client::RaftServiceClient;
+use crate::proto::RaftMessage;
+
+/// Peer addresses and one channel per address, shared by all groups of a node.
+#[derive(Default)]
+pub struct Transport {
+    peers: RwLock<HashMap<NodeId, String>>,
+    channels: RwLock<HashMap<String, Channel>>,
+}
+
+impl Transport {
+    pub fn new() -> Arc<Transport> {
+        Arc::new(Transport::default())
+    }
+
+    /// Record (or correct) where a node listens.
+    pub fn set_peer(&self, id: NodeId, addr: String) {
+        if let Ok(mut peers) = self.peers.write() {
+            peers.insert(id, addr);
+        }
+    }
+
+    pub fn peer_addr(&self, id: NodeId) -> Option<String> {
+        self.peers.read().ok()?.get(&id).cloned()
+    }
+
+    /// A channel to `addr`, created on first use (connection is lazy and
+    /// re-established by tonic after failures).
+    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
+        if let Some(ch) = self.channels.read().ok().and_then(|c| c.get(addr).cloned()) {
+            return Ok(ch);
+        }
+        let endpoint = Channel::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad address {addr}: {e}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let ch = endpoint.connect_lazy();
+        if let Ok(mut chans) = self.channels.write() {
+            chans.entry(addr.to_string()).or_insert_with(|| ch.clone());
+        }
+        Ok(ch)
+    }
+}
+
+/// Creates per-peer clients for one group.
+pub struct NetworkFactory {
+    pub transport: Arc<Transport>,
+    pub gid: u64,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = GroupNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> GroupNetwork {
+        GroupNetwork {
+            transport: self.transport.clone(),
+            gid: self.gid,
+            target,
+            fallback_addr: node.addr.clone(),
+        }
+    }
+}
+
+/// A client from one group's replica to the same group's replica on `target`.
+pub struct GroupNetwork {
+    transport: Arc<Transport>,
+    gid: u64,
+    target: NodeId,
+    /// Address recorded in the Raft membership; etcd's member list wins.
+    fallback_addr: String,
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransportError(String);
+
+impl GroupNetwork {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: Rpc,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let addr = self
+            .transport
+            .peer_addr(self.target)
+            .unwrap_or_else(|| self.fallback_addr.clone());
+        let channel = self
+            .transport
+            .channel(&addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(e))))?;
+        let payload =
+            bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let msg = RaftMessage {
+            group_id: self.gid,
+            payload,
+        };
+        let mut client = RaftServiceClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let fut = async {
+            match rpc {
+                Rpc::Append => client.append_entries(msg).await,
+                Rpc::Vote => client.vote(msg).await,
+                Rpc::Snapshot => client.install_snapshot(msg).await,
+            }
+        };
+        let reply = match tokio::time::timeout(ttl, fut).await {
+            Err(_) => {
+                return Err(RPCError::Network(NetworkError::new(&TransportError(
+                    format!("rpc to node {} timed out after {ttl:?}", self.target),
+                ))))
+            }
+            Ok(Err(status)) => {
+                // Connection failures and a peer that does not host the group
+                // (yet) are "unreachable": openraft backs off instead of spinning.
+                return Err(RPCError::Unreachable(Unreachable::new(&TransportError(
+                    format!("node {} at {addr}: {}", self.target, status.message()),
+                ))));
+            }
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> = bincode::deserialize(&reply.payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for GroupNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.call(Rpc::Append, &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(Rpc::Snapshot, &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
+    }
+}
+
+/// Encode a server-side result for the wire (used by the RaftService).
+pub fn encode_result<T: Serialize, E: Serialize>(r: &Result<T, E>) -> Vec<u8> {
+    bincode::serialize(r).unwrap_or_else(|e| {
+        // Encoding our own values cannot fail short of a bug; answer with an
+        // error the peer can at least decode as "not this".
+        tracing::error!("cannot encode raft reply: {e}");
+        Vec::new()
+    })
+}
+
+/// Wraps an arbitrary message as an openraft `AnyError` (for logging).
+pub fn any_error(msg: impl std::fmt::Display) -> AnyError {
+    AnyError::error(msg.to_string())
+}

@@ -1,0 +1,61 @@
+//! What a node reports about itself and its replicas (`ShardService.Status`),
+//! read by routers (is there a leader yet?) and by `shoal status`.
+
+use serde::{Deserialize, Serialize};
+
+use super::host::Host;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node_id: u64,
+    pub groups: Vec<GroupStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub group_id: u64,
+    pub table: String,
+    pub shard: u32,
+    /// "leader", "follower", "candidate", "learner" or "shutdown".
+    pub role: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    /// On the leader: each replica's matched log index.
+    pub replication: Vec<(u64, u64)>,
+}
+
+/// Status of the requested groups (all when `gids` is empty).
+pub fn node_status(host: &Host, gids: &[u64]) -> NodeStatus {
+    let groups = host
+        .replicas()
+        .into_iter()
+        .filter(|r| gids.is_empty() || gids.contains(&r.record.group_id))
+        .map(|r| {
+            let m = r.raft.metrics().borrow().clone();
+            GroupStatus {
+                group_id: r.record.group_id,
+                table: r.record.table.clone(),
+                shard: r.record.shard,
+                role: format!("{:?}", m.state).to_lowercase(),
+                leader: m.current_leader,
+                term: m.current_term,
+                last_log_index: m.last_log_index.unwrap_or(0),
+                applied_index: m.last_applied.map_or(0, |l| l.index),
+                replication: m
+                    .replication
+                    .map(|r| {
+                        r.iter()
+                            .map(|(id, l)| (*id, l.map_or(0, |l| l.index)))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    NodeStatus {
+        node_id: host.node_id,
+        groups,
+    }
+}

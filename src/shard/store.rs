@@ -1,0 +1,499 @@
+//! openraft storage for one shard group, over the node's shared [`Engine`].
+//!
+//! [`LogStore`] keeps the group's Raft log and vote in the `raft_log` and
+//! `raft_state` column families; every write goes through the engine's writer
+//! thread, so vote saves, appends, truncations and purges reach disk in the
+//! order openraft issued them, and appends are acknowledged (the
+//! `LogFlushed` callback) only once synced.
+//!
+//! [`StateMachine`] applies committed entries with the pure
+//! [`apply_write`](super::command::apply_write): the data changes of a whole
+//! batch of entries and the new `last_applied` go into one `WriteBatch`, so
+//! after a crash the data and the applied index always agree. Snapshots are a
+//! full copy of the group's data range taken under the state-machine lock.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, StorageIOError,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use super::command::{apply_write, OpReply, Stored};
+use super::engine::{self, data_key, group_range, log_key, state_key, tag, Cf, Engine, Op};
+use super::types::{
+    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
+};
+
+fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::new(subject, verb, AnyError::error(e.to_string())).into()
+}
+
+fn read_err(e: impl std::fmt::Display) -> StorageError {
+    io_err(ErrorSubject::Store, ErrorVerb::Read, e)
+}
+
+fn write_err(e: impl std::fmt::Display) -> StorageError {
+    io_err(ErrorSubject::Store, ErrorVerb::Write, e)
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
+    bincode::serialize(v).map_err(write_err)
+}
+
+fn decode<T: for<'a> Deserialize<'a>>(raw: &[u8]) -> Result<T, StorageError> {
+    bincode::deserialize(raw).map_err(read_err)
+}
+
+/// The Raft log and vote of one group.
+#[derive(Clone)]
+pub struct LogStore {
+    engine: Arc<Engine>,
+    gid: u64,
+}
+
+impl LogStore {
+    pub fn new(engine: Arc<Engine>, gid: u64) -> LogStore {
+        LogStore { engine, gid }
+    }
+
+    async fn read_state<T: for<'a> Deserialize<'a> + Send + 'static>(
+        &self,
+        t: u8,
+    ) -> Result<Option<T>, StorageError> {
+        let key = state_key(self.gid, t);
+        let raw = self
+            .engine
+            .read(move |db| db.get(Cf::State, &key))
+            .await
+            .map_err(read_err)?;
+        raw.map(|r| decode(&r)).transpose()
+    }
+
+    async fn put_state<T: Serialize>(&self, t: u8, v: &T, sync: bool) -> Result<(), StorageError> {
+        let op = Op::Put(Cf::State, state_key(self.gid, t), encode(v)?);
+        self.engine.write(vec![op], sync).await.map_err(write_err)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let gid = self.gid;
+        let rows = self
+            .engine
+            .read(move |db| {
+                db.scan(
+                    Cf::Log,
+                    &log_key(gid, start),
+                    &log_key(gid, end),
+                    usize::MAX,
+                )
+            })
+            .await
+            .map_err(read_err)?;
+        rows.iter().map(|(_, v)| decode::<Entry>(v)).collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.read_state(tag::PURGED).await?;
+        let gid = self.gid;
+        let last = self
+            .engine
+            .read(move |db| {
+                let (start, end) = group_range(gid);
+                db.last_in(Cf::Log, &start, &end)
+            })
+            .await
+            .map_err(read_err)?;
+        let last_log_id = match last {
+            Some((_, v)) => Some(decode::<Entry>(&v)?.log_id),
+            None => last_purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.put_state(tag::VOTE, vote, true).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.read_state(tag::VOTE).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.put_state(tag::COMMITTED, &committed, false).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self
+            .read_state::<Option<LogId>>(tag::COMMITTED)
+            .await?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut ops = Vec::new();
+        for entry in entries {
+            ops.push(Op::Put(
+                Cf::Log,
+                log_key(self.gid, entry.log_id.index),
+                encode(&entry)?,
+            ));
+        }
+        self.engine.submit(
+            ops,
+            true,
+            Box::new(move |r| {
+                callback.log_io_completed(r.map_err(|e| std::io::Error::other(e.to_string())))
+            }),
+        );
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let (_, end) = group_range(self.gid);
+        let op = Op::DeleteRange(Cf::Log, log_key(self.gid, log_id.index), end);
+        self.engine.write(vec![op], true).await.map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let ops = vec![
+            Op::Put(
+                Cf::State,
+                state_key(self.gid, tag::PURGED),
+                encode(&log_id)?,
+            ),
+            Op::DeleteRange(
+                Cf::Log,
+                log_key(self.gid, 0),
+                log_key(self.gid, log_id.index + 1),
+            ),
+        ];
+        self.engine.write(ops, false).await.map_err(write_err)
+    }
+}
+
+/// What a snapshot holds: every live key-value pair of the group.
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    /// (user key, `Stored` encoding)
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+struct SmInner {
+    engine: Arc<Engine>,
+    gid: u64,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    snapshot_seq: u64,
+}
+
+/// The state machine of one group. Cloning shares it.
+#[derive(Clone)]
+pub struct StateMachine {
+    inner: Arc<Mutex<SmInner>>,
+}
+
+impl StateMachine {
+    /// Load the applied state of a group (empty for a new group).
+    pub async fn open(engine: Arc<Engine>, gid: u64) -> Result<StateMachine, StorageError> {
+        let key = state_key(gid, tag::APPLIED);
+        let raw = engine
+            .read(move |db| db.get(Cf::State, &key))
+            .await
+            .map_err(read_err)?;
+        let (applied, membership) = match raw {
+            Some(raw) => decode::<(Option<LogId>, StoredMembership)>(&raw)?,
+            None => (None, StoredMembership::default()),
+        };
+        Ok(StateMachine {
+            inner: Arc::new(Mutex::new(SmInner {
+                engine,
+                gid,
+                applied,
+                membership,
+                snapshot_seq: 0,
+            })),
+        })
+    }
+
+    /// Last applied log index (0 when nothing is applied yet).
+    pub async fn applied_index(&self) -> u64 {
+        self.inner.lock().await.applied.map_or(0, |l| l.index)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let inner = self.inner.lock().await;
+        Ok((inner.applied, inner.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<OpReply>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inner = self.inner.lock().await;
+        let gid = inner.gid;
+        let view = inner.engine.view();
+        let mut applied = inner.applied;
+        let mut membership = inner.membership.clone();
+        // Computing the changes reads the database: do it on a blocking thread.
+        let (replies, ops, applied, membership) = tokio::task::spawn_blocking(move || {
+            let mut overlay: HashMap<Bytes, Option<Stored>> = HashMap::new();
+            let mut replies = Vec::with_capacity(entries.len());
+            let mut read_error = None;
+            for entry in &entries {
+                applied = Some(entry.log_id);
+                match &entry.payload {
+                    EntryPayload::Blank => replies.push(OpReply::Ok),
+                    EntryPayload::Membership(m) => {
+                        membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                        replies.push(OpReply::Ok);
+                    }
+                    EntryPayload::Normal(cmd) => {
+                        let mut read = |key: &[u8]| -> Option<Stored> {
+                            if let Some(v) = overlay.get(key) {
+                                return v.clone();
+                            }
+                            match view.get(Cf::Data, &data_key(gid, key)) {
+                                Ok(raw) => raw.and_then(|r| Stored::decode(&r)),
+                                Err(e) => {
+                                    read_error = Some(e);
+                                    None
+                                }
+                            }
+                        };
+                        let (reply, changes) = apply_write(cmd, entry.log_id.index, &mut read);
+                        for (k, v) in changes {
+                            overlay.insert(k, v);
+                        }
+                        replies.push(reply);
+                    }
+                }
+            }
+            if let Some(e) = read_error {
+                return Err(read_err(e));
+            }
+            let mut ops: Vec<Op> = overlay
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Some(v) => Op::Put(Cf::Data, data_key(gid, &k), v.encode()),
+                    None => Op::Delete(Cf::Data, data_key(gid, &k)),
+                })
+                .collect();
+            ops.push(Op::Put(
+                Cf::State,
+                state_key(gid, tag::APPLIED),
+                encode(&(applied, membership.clone()))?,
+            ));
+            Ok((replies, ops, applied, membership))
+        })
+        .await
+        .map_err(write_err)??;
+        // Data and last_applied in one batch. Not synced: the log is, and
+        // re-applying committed entries after a crash gives the same result.
+        inner.engine.write(ops, false).await.map_err(write_err)?;
+        inner.applied = applied;
+        inner.membership = membership;
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let mut inner = self.inner.lock().await;
+        let gid = inner.gid;
+        let bytes = snapshot.into_inner();
+        let data: SnapshotData = decode(&bytes)?;
+        let (start, end) = group_range(gid);
+        let mut ops = vec![Op::DeleteRange(Cf::Data, start, end)];
+        for (k, v) in data.pairs {
+            ops.push(Op::Put(Cf::Data, data_key(gid, &k), v));
+        }
+        ops.push(Op::Put(
+            Cf::State,
+            state_key(gid, tag::APPLIED),
+            encode(&(meta.last_log_id, meta.last_membership.clone()))?,
+        ));
+        ops.push(Op::Put(
+            Cf::State,
+            state_key(gid, tag::SNAPSHOT_META),
+            encode(meta)?,
+        ));
+        ops.push(Op::Put(
+            Cf::State,
+            state_key(gid, tag::SNAPSHOT_DATA),
+            bytes,
+        ));
+        inner.engine.write(ops, true).await.map_err(write_err)?;
+        inner.applied = meta.last_log_id;
+        inner.membership = meta.last_membership.clone();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let inner = self.inner.lock().await;
+        let gid = inner.gid;
+        let (meta, data) = inner
+            .engine
+            .read(move |db| {
+                Ok((
+                    db.get(Cf::State, &state_key(gid, tag::SNAPSHOT_META))?,
+                    db.get(Cf::State, &state_key(gid, tag::SNAPSHOT_DATA))?,
+                ))
+            })
+            .await
+            .map_err(read_err)?;
+        match (meta, data) {
+            (Some(meta), Some(data)) => Ok(Some(Snapshot {
+                meta: decode(&meta)?,
+                snapshot: Box::new(Cursor::new(data)),
+            })),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// Copies the group's data while holding the state-machine lock, so no
+    /// entry is applied half way through the copy.
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let mut inner = self.inner.lock().await;
+        let gid = inner.gid;
+        inner.snapshot_seq += 1;
+        let meta = SnapshotMeta {
+            last_log_id: inner.applied,
+            last_membership: inner.membership.clone(),
+            snapshot_id: format!(
+                "{gid}-{}-{}",
+                inner.applied.map_or(0, |l| l.index),
+                inner.snapshot_seq
+            ),
+        };
+        let bytes = inner
+            .engine
+            .read(move |db| {
+                let (start, end) = group_range(gid);
+                let rows = db.scan(Cf::Data, &start, &end, usize::MAX)?;
+                let pairs = rows
+                    .into_iter()
+                    .map(|(k, v)| (k[8..].to_vec(), v.into_vec()))
+                    .collect();
+                bincode::serialize(&SnapshotData { pairs })
+                    .map_err(|e| engine::EngineError::Corrupt(e.to_string()))
+            })
+            .await
+            .map_err(read_err)?;
+        let ops = vec![
+            Op::Put(
+                Cf::State,
+                state_key(gid, tag::SNAPSHOT_META),
+                encode(&meta)?,
+            ),
+            Op::Put(Cf::State, state_key(gid, tag::SNAPSHOT_DATA), bytes.clone()),
+        ];
+        inner.engine.write(ops, false).await.map_err(write_err)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+/// Remove every trace of a group: log, state, snapshot and data.
+pub async fn destroy_group(engine: &Engine, gid: u64) -> Result<(), engine::EngineError> {
+    let (start, end) = group_range(gid);
+    let ops = vec![
+        Op::DeleteRange(Cf::Log, start.clone(), end.clone()),
+        Op::DeleteRange(Cf::State, start.clone(), end.clone()),
+        Op::DeleteRange(Cf::Data, start, end),
+    ];
+    engine.write(ops, true).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::testing::{StoreBuilder, Suite};
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+            let dir = tempfile::tempdir().map_err(write_err)?;
+            let engine = Arc::new(Engine::open(dir.path(), true).map_err(write_err)?);
+            // A non-zero group id, with a neighbour group's keys around it, so
+            // range bounds are exercised.
+            let log = LogStore::new(engine.clone(), 7);
+            let sm = StateMachine::open(engine, 7).await?;
+            Ok((dir, log, sm))
+        }
+    }
+
+    #[test]
+    fn openraft_storage_suite() -> Result<(), StorageError> {
+        Suite::test_all(Builder)?;
+        Ok(())
+    }
+}
