@@ -9,6 +9,8 @@
 //! * [`server`]: the TCP listener and connection loop.
 
 pub mod args;
+pub mod cmd_string;
+pub mod cmd_table;
 pub mod commands;
 pub mod frame;
 pub mod reply;

@@ -10,22 +10,18 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::args::{ArgError, Args};
 use super::commands::{lookup, COMMANDS};
 use super::reply::{Protocol, Reply};
-use crate::cluster::admin::{self, TableSpec};
 use crate::cluster::client::ShardClient;
 use crate::cluster::routes::TableRoute;
-use crate::cluster::slot::slot;
 use crate::cluster::ClusterError;
 use crate::config::RouterConfig;
-use crate::meta::descriptor::TableState;
-use crate::meta::etcd::{now_ms, Meta};
-use crate::shard::command::{Expiry, OpReply, ReadOp, SetCond, ShardRequest, WriteCmd, WriteOp};
+use crate::meta::etcd::Meta;
 
 /// What the router shares between connections.
 pub struct Shared {
@@ -130,27 +126,27 @@ pub enum After {
 }
 
 pub struct Session {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     pub id: u64,
     pub protocol: Protocol,
-    table: String,
-    db: u32,
-    readonly: bool,
-    authenticated: bool,
-    name: String,
+    pub(super) table: String,
+    pub(super) db: u32,
+    pub(super) readonly: bool,
+    pub(super) authenticated: bool,
+    pub(super) name: String,
 }
 
-fn wrong_args(name: &str) -> Reply {
+pub(super) fn wrong_args(name: &str) -> Reply {
     Reply::error(format!(
         "ERR wrong number of arguments for '{name}' command"
     ))
 }
 
-fn arg_err(e: ArgError) -> Reply {
+pub(super) fn arg_err(e: ArgError) -> Reply {
     Reply::error(e.message())
 }
 
-fn cluster_err(e: ClusterError) -> Reply {
+pub(super) fn cluster_err(e: ClusterError) -> Reply {
     Reply::error(e.resp_message())
 }
 
@@ -354,7 +350,7 @@ impl Session {
         self.shared.clients.update(self.id, |c| c.name = name);
     }
 
-    fn use_table(&mut self, name: &str, db: u32) {
+    pub(super) fn use_table(&mut self, name: &str, db: u32) {
         self.table = name.to_string();
         self.db = db;
         let name = name.to_string();
@@ -385,148 +381,6 @@ impl Session {
                 Reply::ok()
             }
             None => Reply::error(format!("ERR no table has database index {index}")),
-        }
-    }
-
-    fn table_use(&mut self, args: &mut Args) -> Reply {
-        let name = match args.next_string() {
-            Ok(n) => n,
-            Err(e) => return arg_err(e),
-        };
-        let view = self.shared.client.routes();
-        match view.table(&name) {
-            Some(t) if t.desc.state != TableState::Deleting => {
-                let db = t.desc.db_index;
-                self.use_table(&name, db);
-                Reply::ok()
-            }
-            _ => cluster_err(ClusterError::UnknownTable(name)),
-        }
-    }
-
-    fn table_list(&self) -> Reply {
-        let view = self.shared.client.routes();
-        let mut names: Vec<&String> = view
-            .tables
-            .iter()
-            .filter(|(_, t)| t.desc.state != TableState::Deleting)
-            .map(|(n, _)| n)
-            .collect();
-        names.sort();
-        Reply::Array(names.into_iter().map(|n| Reply::bulk(n.clone())).collect())
-    }
-
-    async fn table_describe(&self, args: &mut Args) -> Reply {
-        let name = match args.next_string() {
-            Ok(n) => n,
-            Err(e) => return arg_err(e),
-        };
-        let view = self.shared.client.routes();
-        let Some(t) = view.table(&name) else {
-            return cluster_err(ClusterError::UnknownTable(name));
-        };
-        let d = &t.desc;
-        let shards = d
-            .shards
-            .iter()
-            .map(|s| {
-                Reply::Map(vec![
-                    (Reply::bulk("group_id"), Reply::Int(s.group_id as i64)),
-                    (
-                        Reply::bulk("slots"),
-                        Reply::Array(vec![
-                            Reply::Int(s.slots[0] as i64),
-                            Reply::Int(s.slots[1] as i64),
-                        ]),
-                    ),
-                    (
-                        Reply::bulk("replicas"),
-                        Reply::Array(s.replicas.iter().map(|r| Reply::Int(*r as i64)).collect()),
-                    ),
-                    (
-                        Reply::bulk("leader"),
-                        match self.shared.client.cached_leader(s.group_id) {
-                            Some(l) => Reply::Int(l as i64),
-                            None => Reply::Nil,
-                        },
-                    ),
-                ])
-            })
-            .collect();
-        Reply::Map(vec![
-            (Reply::bulk("name"), Reply::bulk(d.name.clone())),
-            (Reply::bulk("table_id"), Reply::Int(d.table_id as i64)),
-            (Reply::bulk("db_index"), Reply::Int(d.db_index as i64)),
-            (Reply::bulk("state"), Reply::bulk(d.state.as_str())),
-            (Reply::bulk("replicas"), Reply::Int(d.replicas as i64)),
-            (Reply::bulk("shards"), Reply::Array(shards)),
-        ])
-    }
-
-    async fn table_create(&self, args: &mut Args) -> Reply {
-        let name = match args.next_string() {
-            Ok(n) => n,
-            Err(e) => return arg_err(e),
-        };
-        let shards = if args.remaining() > 0 {
-            match args.next_i64() {
-                Ok(n) if (1..=16384).contains(&n) => n as usize,
-                _ => return Reply::error("ERR shards must be between 1 and 16384"),
-            }
-        } else {
-            self.shared.config.default_shards
-        };
-        let replicas = if args.remaining() > 0 {
-            match args.next_i64() {
-                Ok(n) if [1, 3, 5].contains(&n) => n as usize,
-                _ => return Reply::error("ERR replicas must be 1, 3 or 5"),
-            }
-        } else {
-            self.shared.config.default_replicas
-        };
-        if let Err(e) = args.finish() {
-            return arg_err(e);
-        }
-        if !valid_table_name(&name) {
-            return Reply::error(
-                "ERR invalid table name: use 1 to 64 characters from a-z A-Z 0-9 _ - .",
-            );
-        }
-        let spec = TableSpec {
-            name: name.clone(),
-            shards,
-            replicas,
-            db_index: None,
-        };
-        let meta = &self.shared.meta;
-        if let Err(e) = admin::create_record(meta, &spec).await {
-            return cluster_err(e);
-        }
-        if let Err(e) =
-            admin::finish_creation(meta, &self.shared.client, &name, Duration::from_secs(30)).await
-        {
-            return cluster_err(e);
-        }
-        // Reply only once this router can route to it.
-        let mut rx = self.shared.client.routes_receiver();
-        let ready = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                if rx
-                    .borrow_and_update()
-                    .table(&name)
-                    .is_some_and(|t| t.desc.state == TableState::Available)
-                {
-                    return;
-                }
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
-        .await;
-        match ready {
-            Ok(()) => Reply::ok(),
-            Err(_) => Reply::error("TRYAGAIN table created but not yet visible to this router"),
         }
     }
 
@@ -723,199 +577,6 @@ impl Session {
         }
         Reply::Verbatim(text)
     }
-
-    /// The table this connection works in, if it is routable.
-    fn current_table(&self) -> Result<Arc<TableRoute>, ClusterError> {
-        let view = self.shared.client.routes();
-        match view.table(&self.table) {
-            Some(t) => match t.desc.state {
-                TableState::Available => Ok(t.clone()),
-                TableState::Creating => Err(ClusterError::TryAgain(format!(
-                    "table '{}' is being created",
-                    self.table
-                ))),
-                TableState::Deleting => Err(ClusterError::TableNotAvailable {
-                    name: self.table.clone(),
-                    state: "being dropped",
-                }),
-            },
-            None if self.table == "default" => Err(ClusterError::TryAgain(
-                "the cluster is starting: table 'default' is not created yet".into(),
-            )),
-            None => Err(ClusterError::UnknownTable(self.table.clone())),
-        }
-    }
-
-    fn read(&self, op: ReadOp) -> ShardRequest {
-        ShardRequest::Read {
-            op,
-            linearizable: !self.readonly,
-            now_ms: now_ms(),
-        }
-    }
-
-    async fn data(&mut self, name: &str, args: &mut Args) -> Reply {
-        let table = match self.current_table() {
-            Ok(t) => t,
-            Err(e) => return cluster_err(e),
-        };
-        let max_value = self.shared.config.max_value_len;
-        match name {
-            "get" => {
-                let key = args.next_bytes().unwrap_or_default();
-                let req = self.read(ReadOp::Get { key: key.clone() });
-                self.one(&table, &key, req).await
-            }
-            "set" => match parse_set(args, max_value) {
-                Ok(op) => {
-                    let key = op.keys()[0].clone();
-                    let req = ShardRequest::Write(WriteCmd {
-                        now_ms: now_ms(),
-                        op,
-                    });
-                    self.one(&table, &key, req).await
-                }
-                Err(r) => r,
-            },
-            "del" | "unlink" => {
-                let keys = args.rest();
-                self.fan_out_sum(&table, keys, |keys| {
-                    ShardRequest::Write(WriteCmd {
-                        now_ms: now_ms(),
-                        op: WriteOp::Del { keys },
-                    })
-                })
-                .await
-            }
-            "exists" => {
-                let keys = args.rest();
-                let readonly = self.readonly;
-                self.fan_out_sum(&table, keys, |keys| ShardRequest::Read {
-                    op: ReadOp::Exists { keys },
-                    linearizable: !readonly,
-                    now_ms: now_ms(),
-                })
-                .await
-            }
-            _ => Reply::error(format!("ERR unknown command '{name}'")),
-        }
-    }
-
-    async fn one(&self, table: &TableRoute, key: &[u8], req: ShardRequest) -> Reply {
-        let shard = table.desc.shard_for_slot(slot(key));
-        match self.shared.client.execute(table, shard, req).await {
-            Ok(r) => op_reply(r),
-            Err(e) => cluster_err(e),
-        }
-    }
-
-    /// Split keys by shard, run one request per shard in parallel, and add up
-    /// the integer replies (DEL, EXISTS).
-    async fn fan_out_sum(
-        &self,
-        table: &Arc<TableRoute>,
-        keys: Vec<Bytes>,
-        make: impl Fn(Vec<Bytes>) -> ShardRequest,
-    ) -> Reply {
-        let mut by_shard: BTreeMap<usize, Vec<Bytes>> = BTreeMap::new();
-        for k in keys {
-            by_shard
-                .entry(table.desc.shard_for_slot(slot(&k)))
-                .or_default()
-                .push(k);
-        }
-        let calls = by_shard.into_iter().map(|(shard, keys)| {
-            let req = make(keys);
-            let client = self.shared.client.clone();
-            let table = table.clone();
-            async move { client.execute(&table, shard, req).await }
-        });
-        let mut total = 0;
-        for r in futures::future::join_all(calls).await {
-            match r {
-                Ok(OpReply::Int(n)) => total += n,
-                Ok(other) => return op_reply(other),
-                Err(e) => return cluster_err(e),
-            }
-        }
-        Reply::Int(total)
-    }
-}
-
-/// SET key value [NX|XX] [GET] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]
-fn parse_set(args: &mut Args, max_value: usize) -> Result<WriteOp, Reply> {
-    let key = args.next_bytes().map_err(arg_err)?;
-    let value = args.next_bytes().map_err(arg_err)?;
-    if value.len() > max_value {
-        return Err(Reply::error("ERR value is too large"));
-    }
-    let mut cond = SetCond::Always;
-    let mut expiry = Expiry::Clear;
-    let mut expiry_set = false;
-    let mut get = false;
-    let syntax = || Reply::error("ERR syntax error");
-    while let Some(opt) = args.peek_upper() {
-        let _ = args.next_bytes();
-        match opt.as_str() {
-            "NX" if cond == SetCond::Always => cond = SetCond::IfAbsent,
-            "XX" if cond == SetCond::Always => cond = SetCond::IfPresent,
-            "GET" => get = true,
-            "KEEPTTL" if !expiry_set => {
-                expiry = Expiry::Keep;
-                expiry_set = true;
-            }
-            "EX" | "PX" | "EXAT" | "PXAT" if !expiry_set => {
-                let n = args
-                    .next_i64()
-                    .map_err(|_| Reply::error("ERR value is not an integer or out of range"))?;
-                if n <= 0 {
-                    return Err(Reply::error(format!(
-                        "ERR invalid expire time in '{}' command",
-                        "set"
-                    )));
-                }
-                let now = now_ms() as i64;
-                let at = match opt.as_str() {
-                    "EX" => n.checked_mul(1000).and_then(|ms| ms.checked_add(now)),
-                    "PX" => n.checked_add(now),
-                    "EXAT" => n.checked_mul(1000),
-                    _ => Some(n),
-                };
-                let Some(at) = at else {
-                    return Err(Reply::error("ERR invalid expire time in 'set' command"));
-                };
-                expiry = Expiry::At(at as u64);
-                expiry_set = true;
-            }
-            _ => return Err(syntax()),
-        }
-    }
-    Ok(WriteOp::Set {
-        key,
-        value,
-        expiry,
-        cond,
-        get,
-    })
-}
-
-fn op_reply(r: OpReply) -> Reply {
-    match r {
-        OpReply::Ok => Reply::ok(),
-        OpReply::Nil => Reply::Nil,
-        OpReply::Int(n) => Reply::Int(n),
-        OpReply::Bulk(b) => Reply::Bulk(b),
-        OpReply::Array(items) => Reply::Array(items.into_iter().map(op_reply).collect()),
-        OpReply::Error(e) => Reply::Error(e),
-    }
-}
-
-/// Table names: 1 to 64 characters of `[A-Za-z0-9_.-]`.
-pub fn valid_table_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
 /// Redis-style glob match (`*`, `?`, `[abc]`, `\` escapes).
@@ -971,51 +632,5 @@ mod tests {
         assert!(!glob_match(b"h[^e]llo", b"hello"));
         assert!(glob_match(b"h[a-c]llo", b"hbllo"));
         assert!(!glob_match(b"save", b"saves"));
-    }
-
-    #[test]
-    fn table_names() {
-        assert!(valid_table_name("orders_2024.v1-a"));
-        assert!(!valid_table_name(""));
-        assert!(!valid_table_name("has space"));
-        assert!(!valid_table_name(&"x".repeat(65)));
-    }
-
-    #[test]
-    fn set_options() {
-        let parse = |s: &str| {
-            let parts: Vec<Bytes> = s
-                .split(' ')
-                .map(|p| Bytes::copy_from_slice(p.as_bytes()))
-                .collect();
-            parse_set(
-                &mut {
-                    let mut a = Args::new(parts);
-                    let _ = &mut a;
-                    a
-                },
-                100,
-            )
-        };
-        assert!(matches!(
-            parse("set k v NX"),
-            Ok(WriteOp::Set {
-                cond: SetCond::IfAbsent,
-                ..
-            })
-        ));
-        assert!(parse("set k v NX XX").is_err());
-        assert!(parse("set k v EX 10 PX 5").is_err());
-        assert!(parse("set k v EX 0").is_err());
-        assert!(parse("set k v EX notanumber").is_err());
-        assert!(matches!(
-            parse("set k v KEEPTTL GET"),
-            Ok(WriteOp::Set {
-                expiry: Expiry::Keep,
-                get: true,
-                ..
-            })
-        ));
-        assert!(parse(&format!("set k {}", "x".repeat(101))).is_err());
     }
 }

@@ -1,0 +1,177 @@
+//! Table commands: TABLE.CREATE, TABLE.DROP, TABLE.LIST, TABLE.DESCRIBE,
+//! TABLE.USE. Validation happens here; the etcd side lives in
+//! `cluster::admin`.
+
+use std::time::Duration;
+
+use super::args::Args;
+use super::reply::Reply;
+use super::session::{arg_err, cluster_err, Session};
+use crate::cluster::admin::{self, TableSpec};
+use crate::cluster::ClusterError;
+use crate::meta::descriptor::TableState;
+
+impl Session {
+    pub(super) fn table_use(&mut self, args: &mut Args) -> Reply {
+        let name = match args.next_string() {
+            Ok(n) => n,
+            Err(e) => return arg_err(e),
+        };
+        let view = self.shared.client.routes();
+        match view.table(&name) {
+            Some(t) if t.desc.state != TableState::Deleting => {
+                let db = t.desc.db_index;
+                self.use_table(&name, db);
+                Reply::ok()
+            }
+            _ => cluster_err(ClusterError::UnknownTable(name)),
+        }
+    }
+
+    pub(super) fn table_list(&self) -> Reply {
+        let view = self.shared.client.routes();
+        let mut names: Vec<&String> = view
+            .tables
+            .iter()
+            .filter(|(_, t)| t.desc.state != TableState::Deleting)
+            .map(|(n, _)| n)
+            .collect();
+        names.sort();
+        Reply::Array(names.into_iter().map(|n| Reply::bulk(n.clone())).collect())
+    }
+
+    pub(super) async fn table_describe(&self, args: &mut Args) -> Reply {
+        let name = match args.next_string() {
+            Ok(n) => n,
+            Err(e) => return arg_err(e),
+        };
+        let view = self.shared.client.routes();
+        let Some(t) = view.table(&name) else {
+            return cluster_err(ClusterError::UnknownTable(name));
+        };
+        let d = &t.desc;
+        let shards = d
+            .shards
+            .iter()
+            .map(|s| {
+                Reply::Map(vec![
+                    (Reply::bulk("group_id"), Reply::Int(s.group_id as i64)),
+                    (
+                        Reply::bulk("slots"),
+                        Reply::Array(vec![
+                            Reply::Int(s.slots[0] as i64),
+                            Reply::Int(s.slots[1] as i64),
+                        ]),
+                    ),
+                    (
+                        Reply::bulk("replicas"),
+                        Reply::Array(s.replicas.iter().map(|r| Reply::Int(*r as i64)).collect()),
+                    ),
+                    (
+                        Reply::bulk("leader"),
+                        match self.shared.client.cached_leader(s.group_id) {
+                            Some(l) => Reply::Int(l as i64),
+                            None => Reply::Nil,
+                        },
+                    ),
+                ])
+            })
+            .collect();
+        Reply::Map(vec![
+            (Reply::bulk("name"), Reply::bulk(d.name.clone())),
+            (Reply::bulk("table_id"), Reply::Int(d.table_id as i64)),
+            (Reply::bulk("db_index"), Reply::Int(d.db_index as i64)),
+            (Reply::bulk("state"), Reply::bulk(d.state.as_str())),
+            (Reply::bulk("replicas"), Reply::Int(d.replicas as i64)),
+            (Reply::bulk("shards"), Reply::Array(shards)),
+        ])
+    }
+
+    pub(super) async fn table_create(&self, args: &mut Args) -> Reply {
+        let name = match args.next_string() {
+            Ok(n) => n,
+            Err(e) => return arg_err(e),
+        };
+        let shards = if args.remaining() > 0 {
+            match args.next_i64() {
+                Ok(n) if (1..=16384).contains(&n) => n as usize,
+                _ => return Reply::error("ERR shards must be between 1 and 16384"),
+            }
+        } else {
+            self.shared.config.default_shards
+        };
+        let replicas = if args.remaining() > 0 {
+            match args.next_i64() {
+                Ok(n) if [1, 3, 5].contains(&n) => n as usize,
+                _ => return Reply::error("ERR replicas must be 1, 3 or 5"),
+            }
+        } else {
+            self.shared.config.default_replicas
+        };
+        if let Err(e) = args.finish() {
+            return arg_err(e);
+        }
+        if !valid_table_name(&name) {
+            return Reply::error(
+                "ERR invalid table name: use 1 to 64 characters from a-z A-Z 0-9 _ - .",
+            );
+        }
+        let spec = TableSpec {
+            name: name.clone(),
+            shards,
+            replicas,
+            db_index: None,
+        };
+        let meta = &self.shared.meta;
+        if let Err(e) = admin::create_record(meta, &spec).await {
+            return cluster_err(e);
+        }
+        if let Err(e) =
+            admin::finish_creation(meta, &self.shared.client, &name, Duration::from_secs(30)).await
+        {
+            return cluster_err(e);
+        }
+        // Reply only once this router can route to it.
+        let mut rx = self.shared.client.routes_receiver();
+        let ready = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if rx
+                    .borrow_and_update()
+                    .table(&name)
+                    .is_some_and(|t| t.desc.state == TableState::Available)
+                {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        match ready {
+            Ok(()) => Reply::ok(),
+            Err(_) => Reply::error("TRYAGAIN table created but not yet visible to this router"),
+        }
+    }
+}
+
+/// Table names: 1 to 64 characters of `[A-Za-z0-9_.-]`.
+pub fn valid_table_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names() {
+        assert!(valid_table_name("orders_2024.v1-a"));
+        assert!(!valid_table_name(""));
+        assert!(!valid_table_name("has space"));
+        assert!(!valid_table_name(&"x".repeat(65)));
+    }
+}
