@@ -389,6 +389,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         inner.engine.write(ops, true).await.map_err(write_err)?;
         inner.applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
+        tracing::info!(
+            group = gid,
+            index = meta.last_log_id.map_or(0, |l| l.index),
+            "snapshot installed"
+        );
         Ok(())
     }
 

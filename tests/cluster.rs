@@ -1,0 +1,255 @@
+//! Replication end to end, against real etcd and real `shoal node` /
+//! `shoal router` processes: writes survive a leader's SIGKILL, a shard
+//! without a majority answers `-CLUSTERDOWN` in bounded time, a restarted
+//! node catches up (from the log, or by snapshot when it fell far behind).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use redis::{Connection, RedisResult};
+use shoal::cluster::client::{ClientConfig, ShardClient};
+use shoal::cluster::routes;
+use shoal::cluster::slot::slot;
+use shoal::devcluster::{ClusterOpts, LocalCluster};
+use shoal::meta::descriptor::TableDescriptor;
+use shoal::meta::etcd::Meta;
+
+fn start(dir: &tempfile::TempDir, shards: u32, node_args: &[&str]) -> LocalCluster {
+    let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_shoal"), dir.path());
+    opts.default_shards = shards;
+    opts.node_args = node_args.iter().map(|s| s.to_string()).collect();
+    LocalCluster::start(opts).expect("cluster starts")
+}
+
+fn connect(cluster: &LocalCluster) -> Connection {
+    let client = redis::Client::open(format!("redis://{}/", cluster.router_addr())).unwrap();
+    let con = client.get_connection().unwrap();
+    con.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    con
+}
+
+fn set(con: &mut Connection, k: &str, v: &str) -> RedisResult<()> {
+    redis::cmd("SET").arg(k).arg(v).query(con)
+}
+
+fn get(con: &mut Connection, k: &str) -> RedisResult<Option<String>> {
+    redis::cmd("GET").arg(k).query(con)
+}
+
+/// Table `default` and each shard's current leader, asked of the nodes.
+fn leaders(cluster: &LocalCluster) -> (TableDescriptor, HashMap<u64, u64>) {
+    let etcd = cluster.etcd_url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let meta = Meta::connect(&[etcd], "default").await.unwrap();
+        let (table, _) = meta.get_table("default").await.unwrap().unwrap();
+        let client = ShardClient::new(
+            routes::follow(&meta).await.unwrap(),
+            ClientConfig::default(),
+        );
+        let mut out = HashMap::new();
+        for node in meta.live_nodes().await.unwrap().keys() {
+            if let Ok(status) = client.node_status(*node, vec![]).await {
+                for g in status.groups {
+                    if g.role == "leader" {
+                        out.insert(g.group_id, *node);
+                    }
+                }
+            }
+        }
+        (table, out)
+    })
+}
+
+/// Keys of the form `<prefix><n>` that fall in shard `shard` of `table`.
+fn keys_in_shard(table: &TableDescriptor, shard: usize, prefix: &str, n: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .filter(|k| table.shard_for_slot(slot(k.as_bytes())) == shard)
+        .take(n)
+        .collect()
+}
+
+fn read_all(con: &mut Connection, keys: &[(String, String)]) {
+    for (k, v) in keys {
+        assert_eq!(get(con, k).unwrap().as_deref(), Some(v.as_str()), "key {k}");
+    }
+}
+
+#[test]
+fn writes_survive_leader_kill_and_restarted_node_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start(&dir, 8, &[]);
+    let mut con = connect(&cluster);
+
+    let mut written = Vec::new();
+    for i in 0..1000 {
+        let (k, v) = (format!("key:{i}"), format!("value-{i}"));
+        set(&mut con, &k, &v).unwrap();
+        written.push((k, v));
+    }
+    read_all(&mut con, &written);
+
+    // SIGKILL the leader of shard 0.
+    let (table, leaders) = leaders(&cluster);
+    let victim = leaders[&table.shards[0].group_id];
+    cluster.kill_node(victim).unwrap();
+    let killed_at = Instant::now();
+
+    // Writes to that shard succeed again within a few seconds.
+    let probe = keys_in_shard(&table, 0, "after-kill:", 1).remove(0);
+    loop {
+        match set(&mut con, &probe, "x") {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(
+                    killed_at.elapsed() < Duration::from_secs(20),
+                    "no write to shard 0 for 20 s after killing its leader: {e}\n{}",
+                    cluster.logs()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    let failover = killed_at.elapsed();
+    eprintln!("failover of shard 0 took {failover:?}");
+
+    // Every acknowledged key still reads back, and more writes go everywhere.
+    read_all(&mut con, &written);
+    for i in 0..200 {
+        let (k, v) = (format!("while-down:{i}"), format!("v{i}"));
+        set(&mut con, &k, &v).unwrap();
+        written.push((k, v));
+    }
+
+    // Restart the killed node, then stop one of the others: the majority now
+    // includes the restarted node, which must have caught up.
+    cluster.start_node(victim).unwrap();
+    let other = (1..=3).find(|n| *n != victim).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.stop_node(other).unwrap();
+    let mut con = connect(&cluster);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (k, v) in &written {
+        loop {
+            match get(&mut con, k) {
+                Ok(got) => {
+                    assert_eq!(got.as_deref(), Some(v.as_str()), "key {k}");
+                    break;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("retrying {k}: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("{k}: {e}\n{}", cluster.logs()),
+            }
+        }
+    }
+}
+
+#[test]
+fn shard_without_majority_answers_clusterdown_in_bounded_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start(&dir, 2, &[]);
+    let mut con = connect(&cluster);
+    set(&mut con, "k", "before").unwrap();
+
+    cluster.stop_node(1).unwrap();
+    cluster.stop_node(2).unwrap();
+
+    for attempt in ["SET", "GET"] {
+        let started = Instant::now();
+        let result: RedisResult<Option<String>> = if attempt == "SET" {
+            redis::cmd("SET").arg("k").arg("during").query(&mut con)
+        } else {
+            redis::cmd("GET").arg("k").query(&mut con)
+        };
+        let err = result.expect_err("no majority: the command must fail");
+        assert_eq!(err.code(), Some("CLUSTERDOWN"), "{attempt}: {err}");
+        assert!(
+            err.to_string().contains("has no quorum"),
+            "{attempt}: {err}"
+        );
+        // The router's request timeout is 5 s; allow for a slow machine.
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{attempt} took {:?}",
+            started.elapsed()
+        );
+    }
+
+    // A majority again: writes and reads succeed.
+    cluster.start_node(2).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match set(&mut con, "k", "after") {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("waiting for quorum: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("no recovery: {e}\n{}", cluster.logs()),
+        }
+    }
+    assert_eq!(get(&mut con, "k").unwrap().as_deref(), Some("after"));
+}
+
+#[test]
+fn lagging_replica_catches_up_by_snapshot_install() {
+    let dir = tempfile::tempdir().unwrap();
+    // One shard, a tiny snapshot threshold: the log behind a snapshot is purged
+    // quickly, so a replica that missed it can only catch up by snapshot.
+    let mut cluster = start(&dir, 1, &["--snapshot-threshold", "20"]);
+    let mut con = connect(&cluster);
+    let (table, leaders) = leaders(&cluster);
+    let leader = leaders[&table.shards[0].group_id];
+    let lagging = (1..=3).find(|n| *n != leader).unwrap();
+    cluster.stop_node(lagging).unwrap();
+
+    let mut written = Vec::new();
+    for i in 0..300 {
+        let (k, v) = (format!("snap:{i}"), format!("v{i}"));
+        set(&mut con, &k, &v).unwrap();
+        written.push((k, v));
+    }
+
+    cluster.start_node(lagging).unwrap();
+    let log = cluster
+        .node_dir(lagging)
+        .join(format!("node-{lagging}.log"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("snapshot installed") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {lagging} never installed a snapshot\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Leave the caught-up replica in the majority, and read everything.
+    let other = (1..=3).find(|n| *n != lagging && *n != leader).unwrap();
+    cluster.stop_node(leader).unwrap();
+    let _ = other;
+    let mut con = connect(&cluster);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (k, v) in &written {
+        loop {
+            match get(&mut con, k) {
+                Ok(got) => {
+                    assert_eq!(got.as_deref(), Some(v.as_str()), "key {k}");
+                    break;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("retrying {k}: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("{k}: {e}\n{}", cluster.logs()),
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Byte-level tests of the router: raw RESP in, exact reply bytes out, for
+//! the connection commands and GET/SET/DEL/EXISTS, pipelining, malformed
+//! input and oversized lengths. One single-node cluster serves every case.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use shoal::devcluster::{ClusterOpts, LocalCluster};
+
+/// One cluster for every case: starting one takes seconds, and the cases
+/// use disjoint keys. The cluster (and its temp dir) is dropped at the end,
+/// also when a case panics.
+#[test]
+fn router_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_shoal"), dir.path());
+    opts.nodes = 1;
+    opts.default_replicas = 1;
+    opts.default_shards = 4;
+    // Small limits make the oversized cases cheap to send.
+    opts.router_args = vec!["--config".into(), write_router_config(dir.path())];
+    let cluster = LocalCluster::start(opts).expect("cluster starts");
+    let addr = cluster.router_addr();
+    connection_commands(&addr);
+    get_set_del_exists(&addr);
+    pipelined_replies_come_back_in_order(&addr);
+    resp3_after_hello(&addr);
+    malformed_input_gets_protocol_error_and_close(&addr);
+}
+
+fn write_router_config(dir: &std::path::Path) -> String {
+    let path = dir.join("router-limits.toml");
+    std::fs::write(
+        &path,
+        "max_bulk_len = 1048576\nmax_args = 1000\nmax_inline_len = 4096\nmax_value_len = 65536\n",
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+fn conn(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s
+}
+
+fn cmd(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Send `request`, expect exactly `reply` back.
+fn roundtrip(s: &mut TcpStream, request: &[u8], reply: &[u8]) {
+    s.write_all(request).unwrap();
+    let mut got = vec![0u8; reply.len()];
+    s.read_exact(&mut got).unwrap_or_else(|e| {
+        panic!(
+            "reading reply to {:?}: {e}",
+            String::from_utf8_lossy(request)
+        )
+    });
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(reply),
+        "request {:?}",
+        String::from_utf8_lossy(request)
+    );
+}
+
+/// The server closed the connection (after what was already read).
+fn assert_closed(s: &mut TcpStream) {
+    let mut rest = Vec::new();
+    let n = s.read_to_end(&mut rest).expect("connection closes");
+    assert_eq!(
+        n,
+        0,
+        "unexpected bytes: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
+fn connection_commands(addr: &str) {
+    let mut s = conn(addr);
+    roundtrip(&mut s, &cmd(&[b"PING"]), b"+PONG\r\n");
+    roundtrip(&mut s, &cmd(&[b"ping", b"hello"]), b"$5\r\nhello\r\n");
+    roundtrip(&mut s, &cmd(&[b"ECHO", b"a\r\nb"]), b"$4\r\na\r\nb\r\n");
+    roundtrip(
+        &mut s,
+        &cmd(&[b"ECHO"]),
+        b"-ERR wrong number of arguments for 'echo' command\r\n",
+    );
+    roundtrip(
+        &mut s,
+        &cmd(&[b"NOSUCH", b"x"]),
+        b"-ERR unknown command 'nosuch', with args beginning with: 'x' \r\n",
+    );
+    roundtrip(&mut s, &cmd(&[b"SELECT", b"0"]), b"+OK\r\n");
+    roundtrip(
+        &mut s,
+        &cmd(&[b"SELECT", b"x"]),
+        b"-ERR value is not an integer or out of range\r\n",
+    );
+    // Inline commands, as typed into telnet.
+    roundtrip(&mut s, b"PING\r\n", b"+PONG\r\n");
+    roundtrip(&mut s, b"ECHO \"two words\"\n", b"$9\r\ntwo words\r\n");
+    roundtrip(&mut s, &cmd(&[b"QUIT"]), b"+OK\r\n");
+    assert_closed(&mut s);
+}
+
+fn get_set_del_exists(addr: &str) {
+    let mut s = conn(addr);
+    roundtrip(&mut s, &cmd(&[b"DEL", b"p:a", b"p:b", b"p:c"]), b":0\r\n");
+    roundtrip(&mut s, &cmd(&[b"GET", b"p:a"]), b"$-1\r\n");
+    roundtrip(&mut s, &cmd(&[b"SET", b"p:a", b"1"]), b"+OK\r\n");
+    roundtrip(&mut s, &cmd(&[b"SET", b"p:b", b"\x00bin\r\n"]), b"+OK\r\n");
+    roundtrip(&mut s, &cmd(&[b"GET", b"p:b"]), b"$6\r\n\x00bin\r\n\r\n");
+    roundtrip(
+        &mut s,
+        &cmd(&[b"EXISTS", b"p:a", b"p:b", b"p:c", b"p:a"]),
+        b":3\r\n",
+    );
+    roundtrip(&mut s, &cmd(&[b"SET", b"p:a", b"2", b"NX"]), b"$-1\r\n");
+    roundtrip(
+        &mut s,
+        &cmd(&[b"SET", b"p:a", b"3", b"XX", b"GET"]),
+        b"$1\r\n1\r\n",
+    );
+    roundtrip(&mut s, &cmd(&[b"GET", b"p:a"]), b"$1\r\n3\r\n");
+    roundtrip(
+        &mut s,
+        &cmd(&[b"SET", b"p:a", b"v", b"NX", b"XX"]),
+        b"-ERR syntax error\r\n",
+    );
+    roundtrip(
+        &mut s,
+        &cmd(&[b"GET"]),
+        b"-ERR wrong number of arguments for 'get' command\r\n",
+    );
+    roundtrip(&mut s, &cmd(&[b"DEL", b"p:a", b"p:b", b"p:c"]), b":2\r\n");
+    roundtrip(&mut s, &cmd(&[b"EXISTS", b"p:a"]), b":0\r\n");
+    // Values over max_value_len (64 KiB here) are refused, nothing stored.
+    let big = vec![b'x'; 65 * 1024];
+    roundtrip(
+        &mut s,
+        &cmd(&[b"SET", b"p:big", &big]),
+        b"-ERR value is too large\r\n",
+    );
+    roundtrip(&mut s, &cmd(&[b"EXISTS", b"p:big"]), b":0\r\n");
+}
+
+fn pipelined_replies_come_back_in_order(addr: &str) {
+    let mut s = conn(addr);
+    let mut batch = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..200 {
+        let k = format!("pipe:{i}");
+        let v = format!("v{i}");
+        batch.extend(cmd(&[b"SET", k.as_bytes(), v.as_bytes()]));
+        expected.extend_from_slice(b"+OK\r\n");
+        batch.extend(cmd(&[b"GET", k.as_bytes()]));
+        expected.extend(format!("${}\r\n{v}\r\n", v.len()).into_bytes());
+    }
+    batch.extend(cmd(&[b"PING"]));
+    expected.extend_from_slice(b"+PONG\r\n");
+    roundtrip(&mut s, &batch, &expected);
+}
+
+fn resp3_after_hello(addr: &str) {
+    let mut s = conn(addr);
+    s.write_all(&cmd(&[b"HELLO", b"3"])).unwrap();
+    let mut head = [0u8; 3];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"%7\r");
+    // Drain the rest of the map, then check RESP3 null.
+    let mut buf = vec![0u8; 4096];
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = s.read(&mut buf).unwrap();
+    roundtrip(&mut s, &cmd(&[b"GET", b"resp3:missing"]), b"_\r\n");
+    roundtrip(
+        &mut s,
+        &cmd(&[b"HELLO", b"4"]),
+        b"-NOPROTO unsupported protocol version\r\n",
+    );
+}
+
+fn malformed_input_gets_protocol_error_and_close(addr: &str) {
+    let cases: &[(&[u8], &[u8])] = &[
+        (
+            b"*1\r\n$abc\r\n",
+            b"-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*x\r\n",
+            b"-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+        (
+            b"*1\r\n+PING\r\n",
+            b"-ERR Protocol error: expected '$', got '+'\r\n",
+        ),
+        (
+            b"ECHO \"unbalanced\n",
+            b"-ERR Protocol error: unbalanced quotes in request\r\n",
+        ),
+        // Oversized lengths are refused on the header, before any data.
+        (
+            b"*1\r\n$999999999999\r\n",
+            b"-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*2000\r\n",
+            b"-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+    ];
+    for (request, reply) in cases {
+        let mut s = conn(addr);
+        roundtrip(&mut s, request, reply);
+        assert_closed(&mut s);
+    }
+    // An inline command longer than max_inline_len (4 KiB here).
+    let mut s = conn(addr);
+    let long = vec![b'a'; 5000];
+    roundtrip(
+        &mut s,
+        &long,
+        b"-ERR Protocol error: too big inline request\r\n",
+    );
+    assert_closed(&mut s);
+    // The router still serves everyone else.
+    let mut s = conn(addr);
+    roundtrip(&mut s, &cmd(&[b"PING"]), b"+PONG\r\n");
+}
