@@ -32,6 +32,10 @@ pub struct RouterConfig {
     pub max_value_len: usize,
     /// Time a request may spend finding a leader and being served (ms).
     pub request_timeout_ms: u64,
+    /// How long TABLE.CREATE waits for every shard to elect a leader before
+    /// rolling the creation back (ms). A creation older than twice this
+    /// whose creator died is rolled back by any router.
+    pub table_create_timeout_ms: u64,
     /// Log filter (`RUST_LOG` syntax); `RUST_LOG` wins when set.
     pub log_level: String,
 }
@@ -51,6 +55,7 @@ impl Default for RouterConfig {
             max_inline_len: 64 * 1024,
             max_value_len: 16 * 1024 * 1024,
             request_timeout_ms: 5_000,
+            table_create_timeout_ms: 30_000,
             log_level: "info".into(),
         }
     }

@@ -922,7 +922,7 @@ impl LocalCluster {
                 wanted: true,
             });
         }
-        let proc = cluster.spawn_router("router", router_port)?;
+        let proc = cluster.spawn_router("router", router_port, &[])?;
         cluster.routers.push(Member {
             port: router_port,
             proc,
@@ -960,7 +960,7 @@ impl LocalCluster {
         Proc::spawn(&format!("node-{id}"), cmd, &dir)
     }
 
-    fn spawn_router(&self, name: &str, port: u16) -> Result<Proc> {
+    fn spawn_router(&self, name: &str, port: u16, extra_args: &[&str]) -> Result<Proc> {
         let mut cmd = self.command("router");
         cmd.arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
@@ -970,7 +970,8 @@ impl LocalCluster {
             .arg(self.default_shards.to_string())
             .arg("--default-replicas")
             .arg(self.default_replicas.to_string())
-            .args(&self.router_args);
+            .args(&self.router_args)
+            .args(extra_args);
         Proc::spawn(name, cmd, &self.base_dir.join(name))
     }
 
@@ -1164,9 +1165,15 @@ impl LocalCluster {
     /// Start one more router on a free port; returns its address once it
     /// answers PING.
     pub fn add_router(&mut self) -> Result<String> {
+        self.add_router_with(&[])
+    }
+
+    /// Start one more router with extra command-line arguments (for example
+    /// a test failpoint); returns its address once it answers PING.
+    pub fn add_router_with(&mut self, extra_args: &[&str]) -> Result<String> {
         let port = free_port();
         let name = format!("router-{}", self.routers.len() + 1);
-        let proc = self.spawn_router(&name, port)?;
+        let proc = self.spawn_router(&name, port, extra_args)?;
         self.routers.push(Member {
             port,
             proc,

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod dev;
 pub mod devcluster;
+pub mod failpoint;
 pub mod meta;
 pub mod node;
 pub mod resp;

@@ -69,6 +69,9 @@ enum Command {
         default_replicas: Option<usize>,
         #[arg(long)]
         log_level: Option<String>,
+        /// Test only: abort at this failpoint (see src/failpoint.rs).
+        #[arg(long, hide = true)]
+        failpoint: Option<String>,
     },
     /// Print nodes, tables, shards, leaders and replica lag.
     Status {
@@ -152,7 +155,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             default_shards,
             default_replicas,
             log_level,
+            failpoint,
         } => {
+            if let Some(fp) = failpoint {
+                shoal::failpoint::arm(fp);
+            }
             let mut c: RouterConfig = config::load(config.as_deref())?;
             if let Some(v) = listen {
                 c.listen = v;

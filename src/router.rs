@@ -43,6 +43,11 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
         c.default_shards,
         c.default_replicas,
     ));
+    tokio::spawn(admin::janitor(
+        meta.clone(),
+        client.clone(),
+        Duration::from_millis(c.table_create_timeout_ms * 2),
+    ));
     tracing::info!(listen = %listener.local_addr()?, "router up");
     let shared = Arc::new(Shared {
         client,

@@ -118,6 +118,20 @@ pub async fn finish_creation(
 }
 
 async fn all_shards_have_leaders(client: &ShardClient, desc: &TableDescriptor) -> bool {
+    let leaders = shard_leaders(client, desc, true).await;
+    desc.shards
+        .iter()
+        .all(|s| leaders.contains_key(&s.group_id))
+}
+
+/// Each shard's current leader, asked of the nodes hosting the table (in
+/// parallel). With `applied`, only leaders that have applied an entry count
+/// (a new group's leader has then committed its membership).
+pub async fn shard_leaders(
+    client: &ShardClient,
+    desc: &TableDescriptor,
+    applied: bool,
+) -> std::collections::HashMap<u64, u64> {
     let mut nodes: Vec<u64> = desc
         .shards
         .iter()
@@ -126,17 +140,20 @@ async fn all_shards_have_leaders(client: &ShardClient, desc: &TableDescriptor) -
     nodes.sort_unstable();
     nodes.dedup();
     let gids: Vec<u64> = desc.shards.iter().map(|s| s.group_id).collect();
-    let mut led = std::collections::HashSet::new();
-    for node in nodes {
-        if let Ok(status) = client.node_status(node, gids.clone()).await {
-            for g in status.groups {
-                if g.role == "leader" && g.applied_index > 0 {
-                    led.insert(g.group_id);
-                }
+    let asks = nodes.into_iter().map(|node| {
+        let gids = gids.clone();
+        async move { (node, client.node_status(node, gids).await) }
+    });
+    let mut leaders = std::collections::HashMap::new();
+    for (node, status) in futures::future::join_all(asks).await {
+        let Ok(status) = status else { continue };
+        for g in status.groups {
+            if g.role == "leader" && (!applied || g.applied_index > 0) {
+                leaders.insert(g.group_id, node);
             }
         }
     }
-    gids.iter().all(|g| led.contains(g))
+    leaders
 }
 
 /// Bootstrap: create table `default` (db index 0) once enough nodes are
@@ -187,5 +204,124 @@ pub async fn ensure_default_table(
             Err(e) => tracing::warn!("bootstrap of table 'default': {e}"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Drop a table: move it to `deleting` (routers stop serving it at once),
+/// then finish the drop (see [`finish_drop`]).
+pub async fn drop_table(
+    meta: &Meta,
+    client: &ShardClient,
+    name: &str,
+    wait: Duration,
+) -> Result<(), ClusterError> {
+    loop {
+        let (desc, rev) = meta
+            .get_table(name)
+            .await?
+            .ok_or_else(|| ClusterError::UnknownTable(name.to_string()))?;
+        if desc.state == TableState::Deleting {
+            break;
+        }
+        let mut deleting = desc;
+        deleting.state = TableState::Deleting;
+        if meta.cas_table(&deleting, rev).await? {
+            tracing::info!(table = %name, "table dropping");
+            break;
+        }
+    }
+    finish_drop(meta, client, name, wait).await
+}
+
+/// Wait (up to `wait`) until no live node hosts a replica of the `deleting`
+/// table, then delete its record. A node that is down keeps its replicas
+/// until it returns; its reconciler then finds them unreferenced and deletes
+/// them, so the record need not wait for it.
+pub async fn finish_drop(
+    meta: &Meta,
+    client: &ShardClient,
+    name: &str,
+    wait: Duration,
+) -> Result<(), ClusterError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let Some((desc, rev)) = meta.get_table(name).await? else {
+            return Ok(());
+        };
+        if desc.state != TableState::Deleting {
+            return Err(ClusterError::Invalid(format!(
+                "table '{name}' is {}, not being dropped",
+                desc.state.as_str()
+            )));
+        }
+        let gids: Vec<u64> = desc.shards.iter().map(|s| s.group_id).collect();
+        let live = meta.live_nodes().await?;
+        let mut remaining = 0;
+        for node in live.keys() {
+            if let Ok(status) = client.node_status(*node, gids.clone()).await {
+                remaining += status.groups.len();
+            }
+        }
+        if remaining == 0 || Instant::now() >= deadline {
+            if meta.delete_table_record(name, rev).await? {
+                tracing::info!(table = %name, replicas_left = remaining, "table dropped");
+                return Ok(());
+            }
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Abandon a creation that did not finish: drop what was made of it.
+pub async fn rollback_creation(
+    meta: &Meta,
+    client: &ShardClient,
+    name: &str,
+    rev: i64,
+) -> Result<(), ClusterError> {
+    let Some((desc, current)) = meta.get_table(name).await? else {
+        return Ok(());
+    };
+    if desc.state != TableState::Creating || current != rev {
+        return Ok(());
+    }
+    let mut deleting = desc;
+    deleting.state = TableState::Deleting;
+    if meta.cas_table(&deleting, rev).await? {
+        tracing::warn!(table = %name, "rolling back a table creation that did not finish");
+        finish_drop(meta, client, name, Duration::from_secs(10)).await?;
+    }
+    Ok(())
+}
+
+/// Background duty of every router: roll back creations abandoned for longer
+/// than `stale_after` (their creator died: the client never saw `+OK`), and
+/// finish drops whose dropper died. Compare-and-swap makes concurrent
+/// janitors on several routers safe. Table `default` is completed by
+/// [`ensure_default_table`] instead.
+pub async fn janitor(meta: Meta, client: Arc<ShardClient>, stale_after: Duration) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let view = client.routes();
+        for t in view.tables.values() {
+            let d = &t.desc;
+            let result = match d.state {
+                TableState::Creating
+                    if d.name != "default"
+                        && now_ms().saturating_sub(d.created_at)
+                            > stale_after.as_millis() as u64 =>
+                {
+                    rollback_creation(&meta, &client, &d.name, t.mod_revision).await
+                }
+                TableState::Deleting => {
+                    finish_drop(&meta, &client, &d.name, Duration::from_secs(10)).await
+                }
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(table = %d.name, "janitor: {e}");
+            }
+        }
     }
 }

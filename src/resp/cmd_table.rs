@@ -28,6 +28,31 @@ impl Session {
         }
     }
 
+    pub(super) async fn table_drop(&mut self, args: &mut Args) -> Reply {
+        let name = match args.next_string() {
+            Ok(n) => n,
+            Err(e) => return arg_err(e),
+        };
+        let view = self.shared.client.routes();
+        if view.table(&name).is_none() {
+            return cluster_err(ClusterError::UnknownTable(name));
+        }
+        if name == "default" {
+            return Reply::error("ERR table 'default' cannot be dropped (use FLUSHDB to empty it)");
+        }
+        match admin::drop_table(
+            &self.shared.meta,
+            &self.shared.client,
+            &name,
+            Duration::from_secs(10),
+        )
+        .await
+        {
+            Ok(()) => Reply::ok(),
+            Err(e) => cluster_err(e),
+        }
+    }
+
     pub(super) fn table_list(&self) -> Reply {
         let view = self.shared.client.routes();
         let mut names: Vec<&String> = view
@@ -50,6 +75,7 @@ impl Session {
             return cluster_err(ClusterError::UnknownTable(name));
         };
         let d = &t.desc;
+        let leaders = admin::shard_leaders(&self.shared.client, d, false).await;
         let shards = d
             .shards
             .iter()
@@ -69,8 +95,8 @@ impl Session {
                     ),
                     (
                         Reply::bulk("leader"),
-                        match self.shared.client.cached_leader(s.group_id) {
-                            Some(l) => Reply::Int(l as i64),
+                        match leaders.get(&s.group_id) {
+                            Some(l) => Reply::Int(*l as i64),
                             None => Reply::Nil,
                         },
                     ),
@@ -123,13 +149,23 @@ impl Session {
             db_index: None,
         };
         let meta = &self.shared.meta;
-        if let Err(e) = admin::create_record(meta, &spec).await {
-            return cluster_err(e);
-        }
-        if let Err(e) =
-            admin::finish_creation(meta, &self.shared.client, &name, Duration::from_secs(30)).await
-        {
-            return cluster_err(e);
+        let desc = match admin::create_record(meta, &spec).await {
+            Ok(d) => d,
+            Err(e) => return cluster_err(e),
+        };
+        crate::failpoint::hit("table-create-after-record");
+        let timeout = Duration::from_millis(self.shared.config.table_create_timeout_ms);
+        if let Err(e) = admin::finish_creation(meta, &self.shared.client, &name, timeout).await {
+            // Never leave a half-made table behind: undo it.
+            if let Ok(Some((d, rev))) = meta.get_table(&name).await {
+                if d.table_id == desc.table_id {
+                    let _ = admin::rollback_creation(meta, &self.shared.client, &name, rev).await;
+                }
+            }
+            return Reply::error(format!(
+                "ERR table '{name}' could not be created and was rolled back: {}",
+                e.resp_message()
+            ));
         }
         // Reply only once this router can route to it.
         let mut rx = self.shared.client.routes_receiver();

@@ -116,6 +116,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     cmd("set", -3, WRITE, 1, 1, 1),
     cmd("table.create", -2, ADMIN, 0, 0, 0),
     cmd("table.describe", 2, ADMIN, 0, 0, 0),
+    cmd("table.drop", 2, ADMIN, 0, 0, 0),
     cmd("table.list", 1, ADMIN, 0, 0, 0),
     cmd("table.use", 2, &["fast", "loading", "stale"], 0, 0, 0),
     cmd("time", 1, &["loading", "stale", "fast"], 0, 0, 0),

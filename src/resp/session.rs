@@ -221,6 +221,7 @@ impl Session {
             }
             "table.use" => self.table_use(&mut args),
             "table.list" => self.table_list(),
+            "table.drop" => self.table_drop(&mut args).await,
             "table.describe" => self.table_describe(&mut args).await,
             "table.create" => self.table_create(&mut args).await,
             _ => self.data(&name, &mut args).await,
