@@ -357,7 +357,7 @@ fn two_routers_select_and_use() {
 #[test]
 fn bad_requests_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = start(&dir, None);
+    let cluster = start(&dir, None);
     let mut con = connect(&cluster.router_addr());
     ok(&mut con, &["TABLE.CREATE", "taken", "2", "3"]);
     let before = metadata(&cluster);
