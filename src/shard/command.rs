@@ -58,6 +58,15 @@ impl Stored {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ShardRequest {
     Write(WriteCmd),
+    /// A transaction step (one-phase, PREPARE, COMMIT, ABORT): a Raft entry.
+    Txn(super::txn::TxnEntry),
+    /// Linearizable read of keys' values, versions and lock state, from one
+    /// consistent view (WATCH, read-only transactions). Replies with one
+    /// `[value or nil, version, locked 0/1]` per key.
+    ReadVersions {
+        keys: Vec<Bytes>,
+        now_ms: u64,
+    },
     Read {
         op: ReadOp,
         /// Linearizable (leader + ReadIndex) or eventual (any replica).
@@ -92,7 +101,7 @@ pub struct WriteCmd {
     pub op: WriteOp,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WriteOp {
     Set {
         key: Bytes,
@@ -115,7 +124,7 @@ impl WriteOp {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ReadOp {
     Get {
         key: Bytes,
@@ -124,6 +133,22 @@ pub enum ReadOp {
     Exists {
         keys: Vec<Bytes>,
     },
+}
+
+impl ReadOp {
+    pub fn keys(&self) -> Vec<&Bytes> {
+        match self {
+            ReadOp::Get { key } => vec![key],
+            ReadOp::Exists { keys } => keys.iter().collect(),
+        }
+    }
+}
+
+/// What a Raft log entry of a shard carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LogCmd {
+    Write(WriteCmd),
+    Txn(super::txn::TxnEntry),
 }
 
 /// A shard's answer, turned into a RESP reply by the router.

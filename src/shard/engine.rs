@@ -63,6 +63,10 @@ pub mod tag {
     pub const APPLIED: u8 = 4;
     pub const SNAPSHOT_META: u8 = 5;
     pub const SNAPSHOT_DATA: u8 = 6;
+    /// `LOCK ++ user key` -> the transaction (id, 8 B BE) holding the key.
+    pub const LOCK: u8 = 7;
+    /// `PREPARED ++ txn id (8 B BE)` -> bincode `Prepared`.
+    pub const PREPARED: u8 = 8;
 }
 
 /// One change in a write batch.
@@ -126,6 +130,13 @@ pub fn state_key(gid: u64, tag: u8) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
     k.extend_from_slice(&gid.to_be_bytes());
     k.push(tag);
+    k
+}
+
+/// A per-group state key with a suffix: `gid ++ tag ++ suffix`.
+pub fn state_key_with(gid: u64, tag: u8, suffix: &[u8]) -> Vec<u8> {
+    let mut k = state_key(gid, tag);
+    k.extend_from_slice(suffix);
     k
 }
 
@@ -224,6 +235,17 @@ impl DbView {
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
         let handle = self.cf(cf)?;
         Ok(self.db.get_cf(&handle, key)?)
+    }
+
+    /// Several point reads from one consistent snapshot of the database.
+    pub fn get_many(&self, keys: &[(Cf, Vec<u8>)]) -> Result<Vec<Option<Vec<u8>>>, EngineError> {
+        let snapshot = self.db.snapshot();
+        keys.iter()
+            .map(|(cf, k)| {
+                let handle = self.cf(*cf)?;
+                Ok(snapshot.get_cf(&handle, k)?)
+            })
+            .collect()
     }
 
     /// Key-value pairs with `start <= key < end`, in key order, at most `limit`.

@@ -15,10 +15,11 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
 
-use super::command::{apply_read, OpReply, ShardRequest, Stored};
-use super::engine::{data_key, state_key, tag, Cf, Engine, Op};
+use super::command::{apply_read, LogCmd, OpReply, ShardRequest, Stored};
+use super::engine::{data_key, state_key, state_key_with, tag, Cf, Engine, Op};
 use super::network::{NetworkFactory, Transport};
 use super::store::{destroy_group, LogStore, StateMachine};
+use super::txn::version_of;
 use super::types::{NodeId, Raft};
 use super::ShardError;
 
@@ -209,45 +210,15 @@ impl Host {
     pub async fn execute(&self, gid: u64, req: ShardRequest) -> Result<OpReply, ShardError> {
         let replica = self.get(gid).ok_or(ShardError::UnknownGroup(gid))?;
         match req {
-            ShardRequest::Write(cmd) => {
-                self.check_leader(&replica)?;
-                match tokio::time::timeout(
-                    self.config.write_timeout,
-                    replica.raft.client_write(cmd),
-                )
-                .await
-                {
-                    Err(_) => Err(ShardError::Timeout),
-                    Ok(Ok(resp)) => Ok(resp.data),
-                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                        Err(self.not_leader(f.leader_id, f.leader_node))
-                    }
-                    Ok(Err(e)) => Err(ShardError::Unavailable(e.to_string())),
-                }
-            }
+            ShardRequest::Write(cmd) => self.propose(&replica, LogCmd::Write(cmd)).await,
+            ShardRequest::Txn(entry) => self.propose(&replica, LogCmd::Txn(entry)).await,
             ShardRequest::Read {
                 op,
                 linearizable,
                 now_ms,
             } => {
                 if linearizable {
-                    self.check_leader(&replica)?;
-                    match tokio::time::timeout(
-                        self.config.read_timeout,
-                        replica.raft.ensure_linearizable(),
-                    )
-                    .await
-                    {
-                        Err(_) => return Err(ShardError::Timeout),
-                        Ok(Ok(_)) => {}
-                        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                            return Err(self.not_leader(f.leader_id, f.leader_node))
-                        }
-                        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
-                            return Err(ShardError::NoQuorum(e.to_string()))
-                        }
-                        Ok(Err(e)) => return Err(ShardError::Unavailable(e.to_string())),
-                    }
+                    self.linearize(&replica).await?;
                 }
                 let reply = self
                     .engine
@@ -270,6 +241,70 @@ impl Host {
                     .await?;
                 Ok(reply)
             }
+            ShardRequest::ReadVersions { keys, now_ms } => {
+                self.linearize(&replica).await?;
+                self.engine
+                    .read(move |db| {
+                        let mut lookups = Vec::with_capacity(keys.len() * 2);
+                        for k in &keys {
+                            lookups.push((Cf::Data, data_key(gid, k)));
+                            lookups.push((Cf::State, state_key_with(gid, tag::LOCK, k)));
+                        }
+                        let found = db.get_many(&lookups)?;
+                        let rows = found
+                            .chunks(2)
+                            .map(|pair| {
+                                let value = pair[0]
+                                    .as_deref()
+                                    .and_then(Stored::decode)
+                                    .filter(|v| v.live_at(now_ms));
+                                OpReply::Array(vec![
+                                    value
+                                        .as_ref()
+                                        .map_or(OpReply::Nil, |v| OpReply::Bulk(v.data.clone())),
+                                    OpReply::Int(version_of(value.as_ref(), now_ms) as i64),
+                                    OpReply::Int(pair[1].is_some() as i64),
+                                ])
+                            })
+                            .collect();
+                        Ok(OpReply::Array(rows))
+                    })
+                    .await
+                    .map_err(ShardError::from)
+            }
+        }
+    }
+
+    /// Propose an entry on the leader and wait for its result.
+    async fn propose(&self, replica: &Replica, cmd: LogCmd) -> Result<OpReply, ShardError> {
+        self.check_leader(replica)?;
+        match tokio::time::timeout(self.config.write_timeout, replica.raft.client_write(cmd)).await
+        {
+            Err(_) => Err(ShardError::Timeout),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(self.not_leader(f.leader_id, f.leader_node))
+            }
+            Ok(Err(e)) => Err(ShardError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Confirm leadership with a quorum and wait until the state machine has
+    /// applied everything committed before now (ReadIndex).
+    async fn linearize(&self, replica: &Replica) -> Result<(), ShardError> {
+        self.check_leader(replica)?;
+        match tokio::time::timeout(self.config.read_timeout, replica.raft.ensure_linearizable())
+            .await
+        {
+            Err(_) => Err(ShardError::Timeout),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(self.not_leader(f.leader_id, f.leader_node))
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                Err(ShardError::NoQuorum(e.to_string()))
+            }
+            Ok(Err(e)) => Err(ShardError::Unavailable(e.to_string())),
         }
     }
 

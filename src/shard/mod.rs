@@ -20,6 +20,7 @@ pub mod network;
 pub mod service;
 pub mod status;
 pub mod store;
+pub mod txn;
 pub mod types;
 
 use serde::{Deserialize, Serialize};

@@ -27,8 +27,11 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::command::{apply_write, OpReply, Stored};
-use super::engine::{self, data_key, group_range, log_key, state_key, tag, Cf, Engine, Op};
+use super::command::{apply_write, LogCmd, OpReply, Stored};
+use super::engine::{
+    self, data_key, group_range, log_key, state_key, state_key_with, tag, Cf, DbView, Engine, Op,
+};
+use super::txn::{apply_txn, blocked_by_lock, Prepared, TxnChange, TxnView};
 use super::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
 };
@@ -216,11 +219,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// What a snapshot holds: every live key-value pair of the group.
+/// What a snapshot holds: every key-value pair of the group, and the state
+/// of transactions in progress (key locks and prepared transactions).
 #[derive(Serialize, Deserialize)]
 struct SnapshotData {
     /// (user key, `Stored` encoding)
     pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// (`raft_state` key without the group prefix, value) for LOCK and
+    /// PREPARED rows.
+    txn_state: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// `[start, end)` of the transaction-state rows (LOCK, PREPARED) of a group.
+fn txn_state_range(gid: u64) -> (Vec<u8>, Vec<u8>) {
+    (state_key(gid, tag::LOCK), state_key(gid, tag::PREPARED + 1))
 }
 
 struct SmInner {
@@ -229,6 +241,152 @@ struct SmInner {
     applied: Option<LogId>,
     membership: StoredMembership,
     snapshot_seq: u64,
+    /// Prepared transactions held: while 0, plain writes skip the lock check.
+    prepared_count: usize,
+}
+
+/// The group's state as a batch of entries sees it: the database with this
+/// batch's changes layered on top. Everything lands in one `WriteBatch`.
+struct Batch<'a> {
+    view: &'a DbView,
+    gid: u64,
+    data: HashMap<Bytes, Option<Stored>>,
+    locks: HashMap<Bytes, Option<u64>>,
+    prepared: HashMap<u64, Option<Prepared>>,
+    error: Option<engine::EngineError>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(view: &'a DbView, gid: u64) -> Batch<'a> {
+        Batch {
+            view,
+            gid,
+            data: HashMap::new(),
+            locks: HashMap::new(),
+            prepared: HashMap::new(),
+            error: None,
+        }
+    }
+
+    fn db_get(&mut self, cf: Cf, key: &[u8]) -> Option<Vec<u8>> {
+        match self.view.get(cf, key) {
+            Ok(v) => v,
+            Err(e) => {
+                self.error = Some(e);
+                None
+            }
+        }
+    }
+
+    fn record(&mut self, changes: Vec<TxnChange>) {
+        for c in changes {
+            match c {
+                TxnChange::Data(k, v) => {
+                    self.data.insert(k, v);
+                }
+                TxnChange::Lock(k, v) => {
+                    self.locks.insert(k, v);
+                }
+                TxnChange::Prepared(t, v) => {
+                    self.prepared.insert(t, v);
+                }
+            }
+        }
+    }
+
+    fn into_ops(self) -> Result<Vec<Op>, StorageError> {
+        if let Some(e) = self.error {
+            return Err(read_err(e));
+        }
+        let gid = self.gid;
+        let mut ops = Vec::with_capacity(self.data.len() + 1);
+        for (k, v) in self.data {
+            ops.push(match v {
+                Some(v) => Op::Put(Cf::Data, data_key(gid, &k), v.encode()),
+                None => Op::Delete(Cf::Data, data_key(gid, &k)),
+            });
+        }
+        for (k, v) in self.locks {
+            let key = state_key_with(gid, tag::LOCK, &k);
+            ops.push(match v {
+                Some(t) => Op::Put(Cf::State, key, t.to_be_bytes().to_vec()),
+                None => Op::Delete(Cf::State, key),
+            });
+        }
+        for (t, p) in self.prepared {
+            let key = state_key_with(gid, tag::PREPARED, &t.to_be_bytes());
+            ops.push(match p {
+                Some(p) => Op::Put(Cf::State, key, encode(&p)?),
+                None => Op::Delete(Cf::State, key),
+            });
+        }
+        Ok(ops)
+    }
+}
+
+impl TxnView for Batch<'_> {
+    fn get(&mut self, key: &[u8]) -> Option<Stored> {
+        if let Some(v) = self.data.get(key) {
+            return v.clone();
+        }
+        let raw = self.db_get(Cf::Data, &data_key(self.gid, key))?;
+        Stored::decode(&raw)
+    }
+
+    fn lock(&mut self, key: &[u8]) -> Option<u64> {
+        if let Some(v) = self.locks.get(key) {
+            return *v;
+        }
+        let raw = self.db_get(Cf::State, &state_key_with(self.gid, tag::LOCK, key))?;
+        Some(u64::from_be_bytes(raw.get(..8)?.try_into().ok()?))
+    }
+
+    fn prepared(&mut self, txn_id: u64) -> Option<Prepared> {
+        if let Some(p) = self.prepared.get(&txn_id) {
+            return p.clone();
+        }
+        let raw = self.db_get(
+            Cf::State,
+            &state_key_with(self.gid, tag::PREPARED, &txn_id.to_be_bytes()),
+        )?;
+        bincode::deserialize(&raw).ok()
+    }
+}
+
+/// Prepared transactions of a group stored in the database.
+pub fn load_prepared(view: &DbView, gid: u64) -> Result<Vec<Prepared>, engine::EngineError> {
+    let start = state_key(gid, tag::PREPARED);
+    let end = state_key(gid, tag::PREPARED + 1);
+    view.scan(Cf::State, &start, &end, usize::MAX)?
+        .into_iter()
+        .map(|(_, v)| {
+            bincode::deserialize(&v).map_err(|e| engine::EngineError::Corrupt(e.to_string()))
+        })
+        .collect()
+}
+
+/// How many prepared transactions the group holds once `ops` are written.
+fn count_prepared_after(view: &DbView, gid: u64, ops: &[Op]) -> Result<usize, StorageError> {
+    let start = state_key(gid, tag::PREPARED);
+    let end = state_key(gid, tag::PREPARED + 1);
+    let mut keys: std::collections::BTreeSet<Vec<u8>> = view
+        .scan(Cf::State, &start, &end, usize::MAX)
+        .map_err(read_err)?
+        .into_iter()
+        .map(|(k, _)| k.into_vec())
+        .collect();
+    for op in ops {
+        match op {
+            Op::Put(Cf::State, k, _) if k.starts_with(&start) => {
+                keys.insert(k.clone());
+            }
+            Op::Delete(Cf::State, k) if k.starts_with(&start) => {
+                keys.remove(k);
+            }
+            _ => {}
+        }
+    }
+    Ok(keys.len())
 }
 
 /// The state machine of one group. Cloning shares it.
@@ -249,6 +407,11 @@ impl StateMachine {
             Some(raw) => decode::<(Option<LogId>, StoredMembership)>(&raw)?,
             None => (None, StoredMembership::default()),
         };
+        let prepared_count = engine
+            .read(move |db| load_prepared(db, gid))
+            .await
+            .map_err(read_err)?
+            .len();
         Ok(StateMachine {
             inner: Arc::new(Mutex::new(SmInner {
                 engine,
@@ -256,6 +419,7 @@ impl StateMachine {
                 applied,
                 membership,
                 snapshot_seq: 0,
+                prepared_count,
             })),
         })
     }
@@ -288,64 +452,68 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let view = inner.engine.view();
         let mut applied = inner.applied;
         let mut membership = inner.membership.clone();
+        let mut prepared_count = inner.prepared_count;
         // Computing the changes reads the database: do it on a blocking thread.
-        let (replies, ops, applied, membership) = tokio::task::spawn_blocking(move || {
-            let mut overlay: HashMap<Bytes, Option<Stored>> = HashMap::new();
-            let mut replies = Vec::with_capacity(entries.len());
-            let mut read_error = None;
-            for entry in &entries {
-                applied = Some(entry.log_id);
-                match &entry.payload {
-                    EntryPayload::Blank => replies.push(OpReply::Ok),
-                    EntryPayload::Membership(m) => {
-                        membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                        replies.push(OpReply::Ok);
-                    }
-                    EntryPayload::Normal(cmd) => {
-                        let mut read = |key: &[u8]| -> Option<Stored> {
-                            if let Some(v) = overlay.get(key) {
-                                return v.clone();
-                            }
-                            match view.get(Cf::Data, &data_key(gid, key)) {
-                                Ok(raw) => raw.and_then(|r| Stored::decode(&r)),
-                                Err(e) => {
-                                    read_error = Some(e);
-                                    None
-                                }
-                            }
-                        };
-                        let (reply, changes) = apply_write(cmd, entry.log_id.index, &mut read);
-                        for (k, v) in changes {
-                            overlay.insert(k, v);
+        let (replies, ops, applied, membership, prepared_count) =
+            tokio::task::spawn_blocking(move || {
+                let mut batch = Batch::new(&view, gid);
+                let mut replies = Vec::with_capacity(entries.len());
+                let mut any_txn = false;
+                for entry in &entries {
+                    applied = Some(entry.log_id);
+                    let index = entry.log_id.index;
+                    match &entry.payload {
+                        EntryPayload::Blank => replies.push(OpReply::Ok),
+                        EntryPayload::Membership(m) => {
+                            membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                            replies.push(OpReply::Ok);
                         }
-                        replies.push(reply);
+                        EntryPayload::Normal(LogCmd::Write(cmd)) => {
+                            let keys = cmd.op.keys();
+                            let blocked = if prepared_count > 0 || any_txn {
+                                blocked_by_lock(&keys, &mut batch)
+                            } else {
+                                None
+                            };
+                            if let Some(reply) = blocked {
+                                replies.push(reply);
+                                continue;
+                            }
+                            let (reply, changes) = apply_write(cmd, index, &mut |k| batch.get(k));
+                            for (k, v) in changes {
+                                batch.data.insert(k, v);
+                            }
+                            replies.push(reply);
+                        }
+                        EntryPayload::Normal(LogCmd::Txn(t)) => {
+                            any_txn = true;
+                            let (reply, changes) = apply_txn(t, index, &mut batch);
+                            batch.record(changes);
+                            replies.push(reply);
+                        }
                     }
                 }
-            }
-            if let Some(e) = read_error {
-                return Err(read_err(e));
-            }
-            let mut ops: Vec<Op> = overlay
-                .into_iter()
-                .map(|(k, v)| match v {
-                    Some(v) => Op::Put(Cf::Data, data_key(gid, &k), v.encode()),
-                    None => Op::Delete(Cf::Data, data_key(gid, &k)),
-                })
-                .collect();
-            ops.push(Op::Put(
-                Cf::State,
-                state_key(gid, tag::APPLIED),
-                encode(&(applied, membership.clone()))?,
-            ));
-            Ok((replies, ops, applied, membership))
-        })
-        .await
-        .map_err(write_err)??;
+                let mut ops = batch.into_ops()?;
+                ops.push(Op::Put(
+                    Cf::State,
+                    state_key(gid, tag::APPLIED),
+                    encode(&(applied, membership.clone()))?,
+                ));
+                if any_txn {
+                    // Recount after this batch lands (the count only gates
+                    // the lock check of plain writes).
+                    prepared_count = count_prepared_after(&view, gid, &ops)?;
+                }
+                Ok::<_, StorageError>((replies, ops, applied, membership, prepared_count))
+            })
+            .await
+            .map_err(write_err)??;
         // Data and last_applied in one batch. Not synced: the log is, and
         // re-applying committed entries after a crash gives the same result.
         inner.engine.write(ops, false).await.map_err(write_err)?;
         inner.applied = applied;
         inner.membership = membership;
+        inner.prepared_count = prepared_count;
         Ok(replies)
     }
 
@@ -367,9 +535,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let bytes = snapshot.into_inner();
         let data: SnapshotData = decode(&bytes)?;
         let (start, end) = group_range(gid);
-        let mut ops = vec![Op::DeleteRange(Cf::Data, start, end)];
+        let (txn_start, txn_end) = txn_state_range(gid);
+        let mut ops = vec![
+            Op::DeleteRange(Cf::Data, start, end),
+            Op::DeleteRange(Cf::State, txn_start, txn_end),
+        ];
         for (k, v) in data.pairs {
             ops.push(Op::Put(Cf::Data, data_key(gid, &k), v));
+        }
+        let prepared_count = data
+            .txn_state
+            .iter()
+            .filter(|(k, _)| k.first() == Some(&tag::PREPARED))
+            .count();
+        for (k, v) in data.txn_state {
+            let mut key = gid.to_be_bytes().to_vec();
+            key.extend_from_slice(&k);
+            ops.push(Op::Put(Cf::State, key, v));
         }
         ops.push(Op::Put(
             Cf::State,
@@ -389,6 +571,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         inner.engine.write(ops, true).await.map_err(write_err)?;
         inner.applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
+        inner.prepared_count = prepared_count;
         tracing::info!(
             group = gid,
             index = meta.last_log_id.map_or(0, |l| l.index),
@@ -445,7 +628,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     .into_iter()
                     .map(|(k, v)| (k[8..].to_vec(), v.into_vec()))
                     .collect();
-                bincode::serialize(&SnapshotData { pairs })
+                let (txn_start, txn_end) = txn_state_range(gid);
+                let txn_state = db
+                    .scan(Cf::State, &txn_start, &txn_end, usize::MAX)?
+                    .into_iter()
+                    .map(|(k, v)| (k[8..].to_vec(), v.into_vec()))
+                    .collect();
+                bincode::serialize(&SnapshotData { pairs, txn_state })
                     .map_err(|e| engine::EngineError::Corrupt(e.to_string()))
             })
             .await

@@ -2,12 +2,12 @@
 
 use std::io::Cursor;
 
-use super::command::{OpReply, WriteCmd};
+use super::command::{LogCmd, OpReply};
 
 openraft::declare_raft_types!(
-    /// One shard group: log entries carry [`WriteCmd`]s, applying one yields an [`OpReply`].
+    /// One shard group: log entries carry [`LogCmd`]s, applying one yields an [`OpReply`].
     pub TypeConfig:
-        D = WriteCmd,
+        D = LogCmd,
         R = OpReply,
 );
 

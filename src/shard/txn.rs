@@ -1,0 +1,446 @@
+//! A shard's side of transactions: one-phase transactions on a single shard,
+//! and the participant's PREPARE / COMMIT / ABORT of two-phase commit.
+//!
+//! Everything here is pure and deterministic, like [`apply_write`]: the
+//! decision depends only on the log entry and the group's stored state (data,
+//! key locks, prepared transactions), which the caller exposes through
+//! [`TxnView`] and updates from the returned [`TxnChange`]s.
+//!
+//! * **One-phase** (all keys on this shard): check WATCHed versions and that
+//!   no key is locked, then run the queued operations in order; the whole
+//!   transaction is one Raft entry.
+//! * **PREPARE**: check versions and locks; on success lock every key the
+//!   transaction touches and remember its operations (staged, not applied);
+//!   vote yes (`Int(1)`) or no (`Int(0)`).
+//! * **COMMIT**: run the staged operations in order, release the locks, reply
+//!   with their results. **ABORT**: drop them and release the locks. Both are
+//!   idempotent: a second COMMIT/ABORT of the same transaction changes nothing.
+//! * Plain writes to a locked key are refused (`-TRYAGAIN`) without effect;
+//!   plain reads see the last committed value, never staged writes.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::command::{apply_read, apply_write, OpReply, ReadOp, Stored, WriteCmd, WriteOp};
+
+/// One queued operation of a transaction, as this shard runs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TxnOp {
+    Write(WriteOp),
+    Read(ReadOp),
+}
+
+impl TxnOp {
+    pub fn keys(&self) -> Vec<Bytes> {
+        match self {
+            TxnOp::Write(w) => w.keys().into_iter().cloned().collect(),
+            TxnOp::Read(r) => r.keys().into_iter().cloned().collect(),
+        }
+    }
+}
+
+/// A WATCHed key and the version it had (0: absent).
+pub type Watch = (Bytes, u64);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum TxnCmd {
+    OnePhase {
+        ops: Vec<TxnOp>,
+        watches: Vec<Watch>,
+    },
+    Prepare {
+        txn_id: u64,
+        ops: Vec<TxnOp>,
+        watches: Vec<Watch>,
+    },
+    Commit {
+        txn_id: u64,
+    },
+    Abort {
+        txn_id: u64,
+    },
+}
+
+/// A transaction log entry, stamped by its proposer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TxnEntry {
+    pub now_ms: u64,
+    pub cmd: TxnCmd,
+}
+
+/// A prepared (locked, staged) transaction, as stored by a participant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prepared {
+    pub txn_id: u64,
+    pub ops: Vec<TxnOp>,
+    pub keys: Vec<Bytes>,
+    /// The proposer's time at PREPARE: recovery acts on old ones.
+    pub prepared_at_ms: u64,
+}
+
+/// What a transaction may read of the group's state.
+pub trait TxnView {
+    /// The stored value (expired or not).
+    fn get(&mut self, key: &[u8]) -> Option<Stored>;
+    /// The transaction holding a lock on `key`.
+    fn lock(&mut self, key: &[u8]) -> Option<u64>;
+    fn prepared(&mut self, txn_id: u64) -> Option<Prepared>;
+}
+
+/// A change to make after applying a transaction entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TxnChange {
+    Data(Bytes, Option<Stored>),
+    Lock(Bytes, Option<u64>),
+    Prepared(u64, Option<Prepared>),
+}
+
+/// The reply of a one-phase transaction or COMMIT that lost a conflict.
+pub const CONFLICT: OpReply = OpReply::Nil;
+
+/// Version of a key as WATCH sees it: its last write's index, 0 when absent.
+pub fn version_of(v: Option<&Stored>, now_ms: u64) -> u64 {
+    match v {
+        Some(v) if v.live_at(now_ms) => v.version,
+        _ => 0,
+    }
+}
+
+fn unique_keys(ops: &[TxnOp]) -> Vec<Bytes> {
+    let mut keys: Vec<Bytes> = ops.iter().flat_map(|o| o.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Whether the watched versions hold and no key is locked by another
+/// transaction.
+fn admissible(
+    view: &mut dyn TxnView,
+    keys: &[Bytes],
+    watches: &[Watch],
+    me: Option<u64>,
+    now_ms: u64,
+) -> bool {
+    for (k, v) in watches {
+        if version_of(view.get(k).as_ref(), now_ms) != *v {
+            return false;
+        }
+    }
+    let watched = watches.iter().map(|(k, _)| k);
+    keys.iter()
+        .chain(watched)
+        .all(|k| view.lock(k).is_none_or(|holder| Some(holder) == me))
+}
+
+/// Run operations in order over the current values, each seeing the ones
+/// before it. Returns the replies and the net data changes.
+fn run_ops(
+    ops: &[TxnOp],
+    now_ms: u64,
+    index: u64,
+    view: &mut dyn TxnView,
+) -> (Vec<OpReply>, Vec<TxnChange>) {
+    let mut overlay: HashMap<Bytes, Option<Stored>> = HashMap::new();
+    let mut replies = Vec::with_capacity(ops.len());
+    for op in ops {
+        let mut read = |k: &[u8]| match overlay.get(k) {
+            Some(v) => v.clone(),
+            None => view.get(k),
+        };
+        match op {
+            TxnOp::Write(w) => {
+                let cmd = WriteCmd {
+                    now_ms,
+                    op: w.clone(),
+                };
+                let (reply, changes) = apply_write(&cmd, index, &mut read);
+                for (k, v) in changes {
+                    overlay.insert(k, v);
+                }
+                replies.push(reply);
+            }
+            TxnOp::Read(r) => replies.push(apply_read(r, now_ms, &mut read)),
+        }
+    }
+    let changes = overlay
+        .into_iter()
+        .map(|(k, v)| TxnChange::Data(k, v))
+        .collect();
+    (replies, changes)
+}
+
+/// Apply one transaction entry. Deterministic: see the module doc.
+pub fn apply_txn(
+    entry: &TxnEntry,
+    index: u64,
+    view: &mut dyn TxnView,
+) -> (OpReply, Vec<TxnChange>) {
+    let now = entry.now_ms;
+    match &entry.cmd {
+        TxnCmd::OnePhase { ops, watches } => {
+            let keys = unique_keys(ops);
+            if !admissible(view, &keys, watches, None, now) {
+                return (CONFLICT, Vec::new());
+            }
+            let (replies, changes) = run_ops(ops, now, index, view);
+            (OpReply::Array(replies), changes)
+        }
+        TxnCmd::Prepare {
+            txn_id,
+            ops,
+            watches,
+        } => {
+            if view.prepared(*txn_id).is_some() {
+                return (OpReply::Int(1), Vec::new());
+            }
+            let keys = unique_keys(ops);
+            if !admissible(view, &keys, watches, Some(*txn_id), now) {
+                return (OpReply::Int(0), Vec::new());
+            }
+            let mut changes: Vec<TxnChange> = keys
+                .iter()
+                .map(|k| TxnChange::Lock(k.clone(), Some(*txn_id)))
+                .collect();
+            changes.push(TxnChange::Prepared(
+                *txn_id,
+                Some(Prepared {
+                    txn_id: *txn_id,
+                    ops: ops.clone(),
+                    keys,
+                    prepared_at_ms: now,
+                }),
+            ));
+            (OpReply::Int(1), changes)
+        }
+        TxnCmd::Commit { txn_id } => {
+            let Some(p) = view.prepared(*txn_id) else {
+                return (OpReply::Nil, Vec::new());
+            };
+            let (replies, mut changes) = run_ops(&p.ops, now, index, view);
+            release(&p, &mut changes);
+            (OpReply::Array(replies), changes)
+        }
+        TxnCmd::Abort { txn_id } => {
+            let Some(p) = view.prepared(*txn_id) else {
+                return (OpReply::Ok, Vec::new());
+            };
+            let mut changes = Vec::new();
+            release(&p, &mut changes);
+            (OpReply::Ok, changes)
+        }
+    }
+}
+
+fn release(p: &Prepared, changes: &mut Vec<TxnChange>) {
+    for k in &p.keys {
+        changes.push(TxnChange::Lock(k.clone(), None));
+    }
+    changes.push(TxnChange::Prepared(p.txn_id, None));
+}
+
+/// A plain write may not touch a key locked by a prepared transaction.
+pub fn blocked_by_lock(keys: &[&Bytes], view: &mut dyn TxnView) -> Option<OpReply> {
+    keys.iter().find(|k| view.lock(k).is_some()).map(|k| {
+        OpReply::Error(format!(
+            "TRYAGAIN key '{}' is locked by a transaction in progress",
+            String::from_utf8_lossy(k)
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::command::{Expiry, SetCond};
+
+    #[derive(Default)]
+    struct Mem {
+        data: HashMap<Bytes, Stored>,
+        locks: HashMap<Bytes, u64>,
+        prepared: HashMap<u64, Prepared>,
+    }
+
+    impl TxnView for Mem {
+        fn get(&mut self, key: &[u8]) -> Option<Stored> {
+            self.data.get(key).cloned()
+        }
+        fn lock(&mut self, key: &[u8]) -> Option<u64> {
+            self.locks.get(key).copied()
+        }
+        fn prepared(&mut self, txn_id: u64) -> Option<Prepared> {
+            self.prepared.get(&txn_id).cloned()
+        }
+    }
+
+    impl Mem {
+        fn apply(&mut self, index: u64, cmd: TxnCmd) -> OpReply {
+            let entry = TxnEntry { now_ms: 1000, cmd };
+            let (reply, changes) = apply_txn(&entry, index, self);
+            for c in changes {
+                match c {
+                    TxnChange::Data(k, Some(v)) => {
+                        self.data.insert(k, v);
+                    }
+                    TxnChange::Data(k, None) => {
+                        self.data.remove(&k);
+                    }
+                    TxnChange::Lock(k, Some(t)) => {
+                        self.locks.insert(k, t);
+                    }
+                    TxnChange::Lock(k, None) => {
+                        self.locks.remove(&k);
+                    }
+                    TxnChange::Prepared(t, Some(p)) => {
+                        self.prepared.insert(t, p);
+                    }
+                    TxnChange::Prepared(t, None) => {
+                        self.prepared.remove(&t);
+                    }
+                }
+            }
+            reply
+        }
+    }
+
+    fn set(k: &str, v: &str) -> TxnOp {
+        TxnOp::Write(WriteOp::Set {
+            key: Bytes::copy_from_slice(k.as_bytes()),
+            value: Bytes::copy_from_slice(v.as_bytes()),
+            expiry: Expiry::Clear,
+            cond: SetCond::Always,
+            get: false,
+        })
+    }
+
+    fn get(k: &str) -> TxnOp {
+        TxnOp::Read(ReadOp::Get {
+            key: Bytes::copy_from_slice(k.as_bytes()),
+        })
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn one_phase_runs_in_order_and_reads_its_own_writes() {
+        let mut m = Mem::default();
+        let r = m.apply(
+            5,
+            TxnCmd::OnePhase {
+                ops: vec![get("a"), set("a", "1"), get("a")],
+                watches: vec![],
+            },
+        );
+        assert_eq!(
+            r,
+            OpReply::Array(vec![OpReply::Nil, OpReply::Ok, OpReply::Bulk(b("1"))])
+        );
+        assert_eq!(m.data[&b("a")].version, 5);
+    }
+
+    #[test]
+    fn watch_conflict_changes_nothing() {
+        let mut m = Mem::default();
+        m.apply(
+            1,
+            TxnCmd::OnePhase {
+                ops: vec![set("a", "1")],
+                watches: vec![],
+            },
+        );
+        // Watched while absent (0) but now at version 1: conflict.
+        let r = m.apply(
+            2,
+            TxnCmd::OnePhase {
+                ops: vec![set("a", "2")],
+                watches: vec![(b("a"), 0)],
+            },
+        );
+        assert_eq!(r, CONFLICT);
+        assert_eq!(m.data[&b("a")].data, b("1"));
+        let r = m.apply(
+            3,
+            TxnCmd::OnePhase {
+                ops: vec![set("a", "2")],
+                watches: vec![(b("a"), 1)],
+            },
+        );
+        assert_eq!(r, OpReply::Array(vec![OpReply::Ok]));
+    }
+
+    #[test]
+    fn prepare_locks_commit_applies_abort_releases() {
+        let mut m = Mem::default();
+        let prep = |id, ops| TxnCmd::Prepare {
+            txn_id: id,
+            ops,
+            watches: vec![],
+        };
+        assert_eq!(
+            m.apply(1, prep(7, vec![set("a", "1"), get("b")])),
+            OpReply::Int(1)
+        );
+        // Staged, not applied; both keys locked.
+        assert!(m.data.is_empty());
+        assert_eq!(m.locks.len(), 2);
+        // Idempotent prepare; a second transaction on a locked key votes no.
+        assert_eq!(m.apply(2, prep(7, vec![set("a", "1")])), OpReply::Int(1));
+        assert_eq!(m.apply(3, prep(8, vec![set("b", "x")])), OpReply::Int(0));
+        // One-phase on a locked key is a conflict; plain writes are refused.
+        assert_eq!(
+            m.apply(
+                4,
+                TxnCmd::OnePhase {
+                    ops: vec![set("a", "z")],
+                    watches: vec![]
+                }
+            ),
+            CONFLICT
+        );
+        let k = b("a");
+        assert!(blocked_by_lock(&[&k], &mut m).is_some());
+        // Commit applies in order and releases.
+        assert_eq!(
+            m.apply(5, TxnCmd::Commit { txn_id: 7 }),
+            OpReply::Array(vec![OpReply::Ok, OpReply::Nil])
+        );
+        assert_eq!(m.data[&b("a")].data, b("1"));
+        assert_eq!(m.data[&b("a")].version, 5);
+        assert!(m.locks.is_empty() && m.prepared.is_empty());
+        // Commit again: nothing happens.
+        assert_eq!(m.apply(6, TxnCmd::Commit { txn_id: 7 }), OpReply::Nil);
+        assert_eq!(m.data[&b("a")].version, 5);
+
+        assert_eq!(m.apply(7, prep(9, vec![set("c", "1")])), OpReply::Int(1));
+        assert_eq!(m.apply(8, TxnCmd::Abort { txn_id: 9 }), OpReply::Ok);
+        assert!(m.locks.is_empty() && m.prepared.is_empty());
+        assert!(!m.data.contains_key(&b("c")));
+        assert!(blocked_by_lock(&[&k], &mut m).is_none());
+    }
+
+    #[test]
+    fn prepare_checks_watched_versions() {
+        let mut m = Mem::default();
+        m.apply(
+            1,
+            TxnCmd::OnePhase {
+                ops: vec![set("a", "1")],
+                watches: vec![],
+            },
+        );
+        let r = m.apply(
+            2,
+            TxnCmd::Prepare {
+                txn_id: 1,
+                ops: vec![set("b", "1")],
+                watches: vec![(b("a"), 0)],
+            },
+        );
+        assert_eq!(r, OpReply::Int(0));
+        assert!(m.locks.is_empty());
+    }
+}
