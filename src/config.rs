@@ -88,6 +88,9 @@ pub struct NodeConfig {
     pub read_timeout_ms: u64,
     /// TTL of the liveness lease in etcd (s).
     pub lease_ttl_s: i64,
+    /// A prepared transaction older than this (ms) is resolved from its etcd
+    /// record by the shard leader: no lock outlives its coordinator longer.
+    pub txn_recovery_timeout_ms: u64,
     pub log_level: String,
 }
 
@@ -108,6 +111,7 @@ impl Default for NodeConfig {
             write_timeout_ms: 3_000,
             read_timeout_ms: 3_000,
             lease_ttl_s: 4,
+            txn_recovery_timeout_ms: 5_000,
             log_level: "info".into(),
         }
     }

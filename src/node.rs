@@ -94,6 +94,11 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
     meta.register_member(c.id, &c.listen).await?;
     let _liveness = meta.spawn_liveness(c.id, c.listen.clone(), c.lease_ttl_s);
     let reconciler = tokio::spawn(reconcile::run(meta.clone(), host.clone()));
+    tokio::spawn(crate::meta::txn_recovery::run(
+        meta.clone(),
+        host.clone(),
+        Duration::from_millis(c.txn_recovery_timeout_ms),
+    ));
 
     tokio::select! {
         r = server => { r??; }

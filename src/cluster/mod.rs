@@ -8,6 +8,7 @@ pub mod admin;
 pub mod client;
 pub mod routes;
 pub mod slot;
+pub mod txn;
 
 use crate::meta::MetaError;
 

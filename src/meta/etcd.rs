@@ -60,6 +60,34 @@ impl PrefixState {
     }
 }
 
+/// Decision state of a distributed transaction (`txns/<id>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TxnState {
+    Pending,
+    Committed,
+    Aborted,
+}
+
+/// A shard taking part in a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Participant {
+    pub table: String,
+    pub group_id: u64,
+}
+
+/// `txns/<id>`: the decision record of a two-phase commit. Swapping `state`
+/// from `pending` to `committed` is the commit point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnRecord {
+    pub txn_id: u64,
+    pub state: TxnState,
+    pub participants: Vec<Participant>,
+    /// The keys, for operators (lossy UTF-8).
+    pub keys: Vec<String>,
+    pub created_at: u64,
+}
+
 #[derive(Clone)]
 pub struct Meta {
     client: Client,
@@ -387,5 +415,69 @@ impl Meta {
             .into_iter()
             .map(|(_, t, rev)| (t, rev))
             .collect())
+    }
+
+    /// Write a new transaction record; `false` if the id is taken.
+    pub async fn create_txn(&self, rec: &TxnRecord) -> Result<bool, MetaError> {
+        let key = self.key(&format!("txns/{}", rec.txn_id));
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(vec![TxnOp::put(key, serde_json::to_vec(rec)?, None)]);
+        Ok(self.kv().txn(txn).await?.succeeded())
+    }
+
+    pub async fn get_txn(&self, txn_id: u64) -> Result<Option<(TxnRecord, i64)>, MetaError> {
+        let resp = self
+            .kv()
+            .get(self.key(&format!("txns/{txn_id}")), None)
+            .await?;
+        match resp.kvs().first() {
+            Some(kv) => Ok(Some((
+                serde_json::from_slice(kv.value())?,
+                kv.mod_revision(),
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// Move a pending transaction to `to` (compare-and-swap). Returns the
+    /// state the record ends in: `to`, or what someone else decided first.
+    /// `None` when there is no record.
+    pub async fn decide_txn(
+        &self,
+        txn_id: u64,
+        to: TxnState,
+    ) -> Result<Option<TxnState>, MetaError> {
+        loop {
+            let Some((mut rec, rev)) = self.get_txn(txn_id).await? else {
+                return Ok(None);
+            };
+            if rec.state != TxnState::Pending {
+                return Ok(Some(rec.state));
+            }
+            rec.state = to;
+            let key = self.key(&format!("txns/{txn_id}"));
+            let txn = Txn::new()
+                .when(vec![Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    rev,
+                )])
+                .and_then(vec![TxnOp::put(key, serde_json::to_vec(&rec)?, None)]);
+            if self.kv().txn(txn).await?.succeeded() {
+                return Ok(Some(to));
+            }
+        }
+    }
+
+    pub async fn delete_txn(&self, txn_id: u64) -> Result<(), MetaError> {
+        self.kv()
+            .delete(self.key(&format!("txns/{txn_id}")), None)
+            .await?;
+        Ok(())
     }
 }

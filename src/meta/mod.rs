@@ -9,6 +9,7 @@
 pub mod descriptor;
 pub mod etcd;
 pub mod reconcile;
+pub mod txn_recovery;
 
 /// Errors of the metadata layer.
 #[derive(Debug, Clone, thiserror::Error)]

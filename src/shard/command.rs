@@ -60,9 +60,10 @@ pub enum ShardRequest {
     Write(WriteCmd),
     /// A transaction step (one-phase, PREPARE, COMMIT, ABORT): a Raft entry.
     Txn(super::txn::TxnEntry),
-    /// Linearizable read of keys' values, versions and lock state, from one
-    /// consistent view (WATCH, read-only transactions). Replies with one
-    /// `[value or nil, version, locked 0/1]` per key.
+    /// Linearizable read of keys' stored values (with version and expiry)
+    /// and lock state, from one consistent view of the shard (WATCH,
+    /// read-only transactions). Replies with one `[Stored encoding or nil,
+    /// locked 0/1]` per key.
     ReadVersions {
         keys: Vec<Bytes>,
         now_ms: u64,

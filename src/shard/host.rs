@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
@@ -19,7 +20,6 @@ use super::command::{apply_read, LogCmd, OpReply, ShardRequest, Stored};
 use super::engine::{data_key, state_key, state_key_with, tag, Cf, Engine, Op};
 use super::network::{NetworkFactory, Transport};
 use super::store::{destroy_group, LogStore, StateMachine};
-use super::txn::version_of;
 use super::types::{NodeId, Raft};
 use super::ShardError;
 
@@ -241,7 +241,7 @@ impl Host {
                     .await?;
                 Ok(reply)
             }
-            ShardRequest::ReadVersions { keys, now_ms } => {
+            ShardRequest::ReadVersions { keys, now_ms: _ } => {
                 self.linearize(&replica).await?;
                 self.engine
                     .read(move |db| {
@@ -254,15 +254,10 @@ impl Host {
                         let rows = found
                             .chunks(2)
                             .map(|pair| {
-                                let value = pair[0]
-                                    .as_deref()
-                                    .and_then(Stored::decode)
-                                    .filter(|v| v.live_at(now_ms));
                                 OpReply::Array(vec![
-                                    value
-                                        .as_ref()
-                                        .map_or(OpReply::Nil, |v| OpReply::Bulk(v.data.clone())),
-                                    OpReply::Int(version_of(value.as_ref(), now_ms) as i64),
+                                    pair[0].as_ref().map_or(OpReply::Nil, |raw| {
+                                        OpReply::Bulk(Bytes::copy_from_slice(raw))
+                                    }),
                                     OpReply::Int(pair[1].is_some() as i64),
                                 ])
                             })
