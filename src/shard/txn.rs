@@ -196,7 +196,12 @@ pub fn apply_txn(
             if view.prepared(*txn_id).is_some() {
                 return (OpReply::Int(1), Vec::new());
             }
-            let keys = unique_keys(ops);
+            // Watched keys are locked too, so they cannot change between the
+            // version check and COMMIT.
+            let mut keys = unique_keys(ops);
+            keys.extend(watches.iter().map(|(k, _)| k.clone()));
+            keys.sort();
+            keys.dedup();
             if !admissible(view, &keys, watches, Some(*txn_id), now) {
                 return (OpReply::Int(0), Vec::new());
             }

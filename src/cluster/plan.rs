@@ -1,0 +1,155 @@
+//! A data command compiled for the cluster: the operations it runs on each
+//! shard of one table, and how their replies combine into the command's
+//! reply.
+//!
+//! The same [`Plan`] runs alone (each part as its own shard request, in
+//! parallel) or inside a transaction (every part of every queued command
+//! becomes part of one per-shard transaction); merging is pure and shared.
+
+use std::sync::Arc;
+
+use super::routes::TableRoute;
+use crate::shard::command::OpReply;
+use crate::shard::txn::TxnOp;
+
+/// One shard's share of a command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Part {
+    pub shard: usize,
+    pub op: TxnOp,
+}
+
+/// How the parts' replies make the command's reply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Merge {
+    /// The single part's reply.
+    Single,
+    /// SETNX: `OK` becomes 1, nil becomes 0.
+    SetNx,
+    /// Integers added up (DEL, EXISTS, TOUCH, UNLINK).
+    Sum,
+    /// MGET: part `i` answers an array whose element `j` goes to position
+    /// `positions[i][j]` of a reply of `len` elements.
+    Gather {
+        positions: Vec<Vec<usize>>,
+        len: usize,
+    },
+    /// Every part answers OK: the command answers OK (MSET over shards).
+    AllOk,
+}
+
+/// What kind of atomicity a multi-part command needs outside MULTI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Atomicity {
+    /// Parts are independent (DEL or MGET over shards, as in Redis Cluster
+    /// clients that split them).
+    None,
+    /// All parts or none (MSET): run as a transaction when parts span shards.
+    AllOrNothing,
+    /// MSETNX: all or none, and only if no key exists.
+    AllIfAbsent,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub table: Arc<TableRoute>,
+    pub parts: Vec<Part>,
+    pub merge: Merge,
+    pub atomicity: Atomicity,
+}
+
+impl Plan {
+    pub fn is_read_only(&self) -> bool {
+        self.parts.iter().all(|p| matches!(p.op, TxnOp::Read(_)))
+    }
+
+    pub fn shards(&self) -> usize {
+        let mut s: Vec<usize> = self.parts.iter().map(|p| p.shard).collect();
+        s.sort_unstable();
+        s.dedup();
+        s.len()
+    }
+}
+
+/// Combine the parts' replies (one per part, in part order).
+pub fn merge(merge: &Merge, replies: Vec<OpReply>) -> OpReply {
+    // An error from any part is the command's reply.
+    if let Some(e) = replies.iter().find(|r| matches!(r, OpReply::Error(_))) {
+        return e.clone();
+    }
+    match merge {
+        Merge::Single => replies.into_iter().next().unwrap_or(OpReply::Nil),
+        Merge::SetNx => match replies.into_iter().next() {
+            Some(OpReply::Ok) => OpReply::Int(1),
+            Some(OpReply::Nil) => OpReply::Int(0),
+            Some(other) => other,
+            None => OpReply::Nil,
+        },
+        Merge::Sum => OpReply::Int(
+            replies
+                .iter()
+                .map(|r| match r {
+                    OpReply::Int(n) => *n,
+                    _ => 0,
+                })
+                .sum(),
+        ),
+        Merge::Gather { positions, len } => {
+            let mut out = vec![OpReply::Nil; *len];
+            for (part, reply) in positions.iter().zip(replies) {
+                if let OpReply::Array(items) = reply {
+                    for (pos, item) in part.iter().zip(items) {
+                        if let Some(slot) = out.get_mut(*pos) {
+                            *slot = item;
+                        }
+                    }
+                }
+            }
+            OpReply::Array(out)
+        }
+        Merge::AllOk => {
+            if replies.iter().all(|r| *r == OpReply::Ok) {
+                OpReply::Ok
+            } else {
+                replies
+                    .into_iter()
+                    .find(|r| *r != OpReply::Ok)
+                    .unwrap_or(OpReply::Ok)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn merges() {
+        assert_eq!(
+            merge(&Merge::Sum, vec![OpReply::Int(2), OpReply::Int(3)]),
+            OpReply::Int(5)
+        );
+        assert_eq!(merge(&Merge::SetNx, vec![OpReply::Ok]), OpReply::Int(1));
+        assert_eq!(merge(&Merge::SetNx, vec![OpReply::Nil]), OpReply::Int(0));
+        let b = |s: &str| OpReply::Bulk(Bytes::copy_from_slice(s.as_bytes()));
+        let gathered = merge(
+            &Merge::Gather {
+                positions: vec![vec![0, 2], vec![1]],
+                len: 3,
+            },
+            vec![
+                OpReply::Array(vec![b("a"), b("c")]),
+                OpReply::Array(vec![b("b")]),
+            ],
+        );
+        assert_eq!(gathered, OpReply::Array(vec![b("a"), b("b"), b("c")]));
+        assert_eq!(
+            merge(&Merge::AllOk, vec![OpReply::Ok, OpReply::Ok]),
+            OpReply::Ok
+        );
+        let err = OpReply::Error("WRONGTYPE x".into());
+        assert_eq!(merge(&Merge::Sum, vec![OpReply::Int(1), err.clone()]), err);
+    }
+}
