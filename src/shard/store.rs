@@ -291,6 +291,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Computing the changes reads the database: do it on a blocking thread.
         let (replies, ops, applied, membership) = tokio::task::spawn_blocking(move || {
             let mut overlay: HashMap<Bytes, Option<Stored>> = HashMap::new();
+            // Set by FLUSHDB: every key not in the overlay is gone.
+            let mut cleared = false;
             let mut replies = Vec::with_capacity(entries.len());
             let mut read_error = None;
             for entry in &entries {
@@ -302,9 +304,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         replies.push(OpReply::Ok);
                     }
                     EntryPayload::Normal(cmd) => {
+                        if cmd.op.clears_group() {
+                            overlay.clear();
+                            cleared = true;
+                        }
                         let mut read = |key: &[u8]| -> Option<Stored> {
                             if let Some(v) = overlay.get(key) {
                                 return v.clone();
+                            }
+                            if cleared {
+                                return None;
                             }
                             match view.get(Cf::Data, &data_key(gid, key)) {
                                 Ok(raw) => raw.and_then(|r| Stored::decode(&r)),
@@ -325,13 +334,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if let Some(e) = read_error {
                 return Err(read_err(e));
             }
-            let mut ops: Vec<Op> = overlay
-                .into_iter()
-                .map(|(k, v)| match v {
-                    Some(v) => Op::Put(Cf::Data, data_key(gid, &k), v.encode()),
-                    None => Op::Delete(Cf::Data, data_key(gid, &k)),
-                })
-                .collect();
+            // A flush is one range delete, before the batch's later writes.
+            let mut ops: Vec<Op> = Vec::with_capacity(overlay.len() + 2);
+            if cleared {
+                let (start, end) = group_range(gid);
+                ops.push(Op::DeleteRange(Cf::Data, start, end));
+            }
+            ops.extend(overlay.into_iter().map(|(k, v)| match v {
+                Some(v) => Op::Put(Cf::Data, data_key(gid, &k), v.encode()),
+                None => Op::Delete(Cf::Data, data_key(gid, &k)),
+            }));
             ops.push(Op::Put(
                 Cf::State,
                 state_key(gid, tag::APPLIED),
