@@ -279,21 +279,10 @@ impl Session {
                     Err(e) => cluster_err(e),
                 }
             }
-            "dbsize" => {
-                let req = self.read(ReadOp::DbSize);
-                match self.all_shards(&table, |_| req.clone()).await {
-                    Ok(replies) => Reply::Int(
-                        replies
-                            .iter()
-                            .map(|r| match r {
-                                OpReply::Int(n) => *n,
-                                _ => 0,
-                            })
-                            .sum(),
-                    ),
-                    Err(r) => r,
-                }
-            }
+            "dbsize" => match self.table_dbsize(&table).await {
+                Ok(n) => Reply::Int(n),
+                Err(r) => r,
+            },
             "flushdb" => match parse_flush(args) {
                 Ok(()) => match self.flush_table(&table).await {
                     Ok(()) => Reply::ok(),
@@ -430,6 +419,20 @@ impl Session {
             }
         }
         Reply::Array(out)
+    }
+
+    /// Live keys in a table (DBSIZE), for INFO keyspace.
+    pub(super) async fn table_dbsize(&self, table: &Arc<TableRoute>) -> Result<i64, Reply> {
+        routable(table).map_err(cluster_err)?;
+        let req = self.read(ReadOp::DbSize);
+        let replies = self.all_shards(table, |_| req.clone()).await?;
+        Ok(replies
+            .iter()
+            .map(|r| match r {
+                OpReply::Int(n) => *n,
+                _ => 0,
+            })
+            .sum())
     }
 
     async fn flush_table(&self, table: &Arc<TableRoute>) -> Result<(), Reply> {
