@@ -493,6 +493,9 @@ impl Session {
         };
         match sub.as_str() {
             "id" => Reply::Int(self.id as i64),
+            "setname" if args.remaining() != 1 => {
+                Reply::error("ERR wrong number of arguments for 'client|setname' command")
+            }
             "setname" => match args.next_string() {
                 Ok(n) if n.contains(' ') || n.contains('\n') => Reply::error(
                     "ERR Client names cannot contain spaces, newlines or special characters.",
