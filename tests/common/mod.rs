@@ -14,17 +14,6 @@ use shoal::devcluster::{free_port, resp_request, wait_tcp, ClusterOpts, LocalClu
 
 /// Start a cluster under `dir` and wait until it accepts writes.
 pub fn cluster(dir: &Path, nodes: usize, shards: u32, replicas: u32) -> LocalCluster {
-    cluster_with(dir, nodes, shards, replicas, &[])
-}
-
-/// [`cluster`] with extra `shoal node` flags.
-pub fn cluster_with(
-    dir: &Path,
-    nodes: usize,
-    shards: u32,
-    replicas: u32,
-    node_flags: &[&str],
-) -> LocalCluster {
     let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_shoal"), dir);
     opts.nodes = nodes;
     opts.default_shards = shards;
