@@ -30,6 +30,8 @@ pub struct RouterConfig {
     pub max_inline_len: usize,
     /// Largest value a key may hold (bytes).
     pub max_value_len: usize,
+    /// Replies a client may leave unread (bytes) before it is disconnected.
+    pub max_output_len: usize,
     /// Time a request may spend finding a leader and being served (ms).
     pub request_timeout_ms: u64,
     /// How long TABLE.CREATE waits for every shard to elect a leader before
@@ -54,6 +56,7 @@ impl Default for RouterConfig {
             max_args: 1024 * 1024,
             max_inline_len: 64 * 1024,
             max_value_len: 16 * 1024 * 1024,
+            max_output_len: 64 * 1024 * 1024,
             request_timeout_ms: 5_000,
             table_create_timeout_ms: 30_000,
             log_level: "info".into(),

@@ -63,6 +63,7 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
             read_timeout: Duration::from_millis(c.read_timeout_ms),
         },
     );
+    crate::shard::host::spawn_expiry_purger(host.clone(), Duration::from_secs(1));
 
     let listener = tokio::net::TcpListener::bind(&c.listen)
         .await

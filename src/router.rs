@@ -13,7 +13,7 @@ use crate::cluster::routes;
 use crate::config::RouterConfig;
 use crate::meta::etcd::Meta;
 use crate::resp::server;
-use crate::resp::session::{ClientRegistry, Shared};
+use crate::resp::session::{ClientRegistry, RuntimeLimits, Shared};
 
 pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -52,6 +52,7 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         client,
         meta,
+        limits: RuntimeLimits::new(&c),
         config: c,
         clients: ClientRegistry::default(),
         started: Instant::now(),

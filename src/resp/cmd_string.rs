@@ -1,38 +1,55 @@
-//! Data commands: the string family. Each command is parsed into a shard
-//! request value (`shard::command`), routed by key slot, and the shard's
-//! answer turned into a reply.
+//! Data commands: the string family and the keyspace commands. Each command
+//! is parsed into a shard request value (`shard::command`), routed by key
+//! slot, and the shard's answer turned into a reply.
+//!
+//! Multi-key commands split their keys by shard and send one request per
+//! shard, all in parallel (MGET reassembles the answers in key order).
+//! Keyspace commands (KEYS, SCAN, DBSIZE, FLUSHDB, FLUSHALL) go to every
+//! shard. MSET/MSETNX whose keys span shards are refused rather than applied
+//! half way; they become atomic with cross-shard transactions.
+//!
+//! SCAN cursors: a Redis cursor is one unsigned 64-bit number, but a position
+//! inside a shard is a key. The cursor is `shard << 48 | token`, where token
+//! 0 means "from the start of the shard" and any other token names the last
+//! key returned, remembered in a bounded router-wide table
+//! ([`ScanCursors`]). A cursor this router does not know (another router's,
+//! or evicted) restarts its shard from the beginning: keys may then repeat,
+//! which SCAN allows, but are never missed.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use bytes::Bytes;
 
-use super::args::Args;
+use super::args::{parse_f64, Args};
 use super::reply::Reply;
-use super::session::{arg_err, cluster_err, Session};
+use super::session::{arg_err, cluster_err, wrong_args, Session};
 use crate::cluster::routes::TableRoute;
 use crate::cluster::slot::slot;
 use crate::cluster::ClusterError;
 use crate::meta::descriptor::TableState;
 use crate::meta::etcd::now_ms;
-use crate::shard::command::{Expiry, OpReply, ReadOp, SetCond, ShardRequest, WriteCmd, WriteOp};
+use crate::shard::command::{
+    ExpireCond, Expiry, OpReply, ReadOp, SetCond, ShardRequest, WriteCmd, WriteOp,
+};
+
+const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
+const ERR_SYNTAX: &str = "ERR syntax error";
+const ERR_MULTI_SHARD: &str = "ERR MSET/MSETNX keys must be in one shard until cross-shard transactions land; use a hash tag such as {user1}";
+
+fn write(op: WriteOp) -> ShardRequest {
+    ShardRequest::Write(WriteCmd {
+        now_ms: now_ms(),
+        op,
+    })
+}
 
 impl Session {
     /// The table this connection works in, if it is routable.
     fn current_table(&self) -> Result<Arc<TableRoute>, ClusterError> {
         let view = self.shared.client.routes();
         match view.table(&self.table) {
-            Some(t) => match t.desc.state {
-                TableState::Available => Ok(t.clone()),
-                TableState::Creating => Err(ClusterError::TryAgain(format!(
-                    "table '{}' is being created",
-                    self.table
-                ))),
-                TableState::Deleting => Err(ClusterError::TableNotAvailable {
-                    name: self.table.clone(),
-                    state: "being dropped",
-                }),
-            },
+            Some(t) => routable(t).map(|_| t.clone()),
             None if self.table == "default" => Err(ClusterError::TryAgain(
                 "the cluster is starting: table 'default' is not created yet".into(),
             )),
@@ -49,48 +66,250 @@ impl Session {
     }
 
     pub(super) async fn data(&mut self, name: &str, args: &mut Args) -> Reply {
+        if name == "flushall" {
+            return self.flushall(args).await;
+        }
         let table = match self.current_table() {
             Ok(t) => t,
             Err(e) => return cluster_err(e),
         };
         let max_value = self.shared.config.max_value_len;
+        let key = |args: &mut Args| args.next_bytes().unwrap_or_default();
         match name {
             "get" => {
-                let key = args.next_bytes().unwrap_or_default();
+                let key = key(args);
                 let req = self.read(ReadOp::Get { key: key.clone() });
                 self.one(&table, &key, req).await
             }
             "set" => match parse_set(args, max_value) {
                 Ok(op) => {
                     let key = op.keys()[0].clone();
-                    let req = ShardRequest::Write(WriteCmd {
-                        now_ms: now_ms(),
-                        op,
-                    });
-                    self.one(&table, &key, req).await
+                    self.one(&table, &key, write(op)).await
                 }
                 Err(r) => r,
             },
+            "setnx" | "getset" => {
+                let key = key(args);
+                let value = args.next_bytes().unwrap_or_default();
+                if value.len() > max_value {
+                    return Reply::error("ERR value is too large");
+                }
+                let nx = name == "setnx";
+                let op = WriteOp::Set {
+                    key: key.clone(),
+                    value,
+                    expiry: Expiry::Clear,
+                    cond: if nx {
+                        SetCond::IfAbsent
+                    } else {
+                        SetCond::Always
+                    },
+                    get: !nx,
+                };
+                match (self.one(&table, &key, write(op)).await, nx) {
+                    (Reply::Status(_), true) => Reply::Int(1),
+                    (Reply::Nil, true) => Reply::Int(0),
+                    (r, _) => r,
+                }
+            }
+            "getdel" => {
+                let key = key(args);
+                let op = WriteOp::GetDel { key: key.clone() };
+                self.one(&table, &key, write(op)).await
+            }
+            "getex" => {
+                let key = key(args);
+                let expiry = match parse_getex(args) {
+                    Ok(e) => e,
+                    Err(r) => return r,
+                };
+                let req = match expiry {
+                    // Plain GETEX is a read (and works under READONLY).
+                    Expiry::Keep => self.read(ReadOp::Get { key: key.clone() }),
+                    _ => write(WriteOp::GetEx {
+                        key: key.clone(),
+                        expiry,
+                    }),
+                };
+                self.one(&table, &key, req).await
+            }
+            "incr" | "decr" | "incrby" | "decrby" => {
+                let key = key(args);
+                let by = match name {
+                    "incr" => 1,
+                    "decr" => -1,
+                    _ => match args.next_i64() {
+                        Err(_) => return Reply::error(ERR_NOT_INTEGER),
+                        Ok(n) if name == "incrby" => n,
+                        Ok(n) => match n.checked_neg() {
+                            Some(n) => n,
+                            None => return Reply::error("ERR decrement would overflow"),
+                        },
+                    },
+                };
+                let op = WriteOp::IncrBy {
+                    key: key.clone(),
+                    by,
+                };
+                self.one(&table, &key, write(op)).await
+            }
+            "incrbyfloat" => {
+                let key = key(args);
+                let by = args.next_bytes().unwrap_or_default();
+                if parse_f64(&by).is_none() {
+                    return Reply::error("ERR value is not a valid float");
+                }
+                let op = WriteOp::IncrByFloat {
+                    key: key.clone(),
+                    by,
+                };
+                self.one(&table, &key, write(op)).await
+            }
+            "append" => {
+                let key = key(args);
+                let value = args.next_bytes().unwrap_or_default();
+                let op = WriteOp::Append {
+                    key: key.clone(),
+                    value,
+                    max_len: max_value as u64,
+                };
+                self.one(&table, &key, write(op)).await
+            }
+            "strlen" => {
+                let key = key(args);
+                let req = self.read(ReadOp::StrLen { key: key.clone() });
+                self.one(&table, &key, req).await
+            }
+            "getrange" | "substr" => {
+                let key = key(args);
+                let (Ok(start), Ok(end)) = (args.next_i64(), args.next_i64()) else {
+                    return Reply::error(ERR_NOT_INTEGER);
+                };
+                let req = self.read(ReadOp::GetRange {
+                    key: key.clone(),
+                    start,
+                    end,
+                });
+                self.one(&table, &key, req).await
+            }
+            "setrange" => {
+                let key = key(args);
+                let offset = match args.next_i64() {
+                    Ok(n) if n < 0 => return Reply::error("ERR offset is out of range"),
+                    Ok(n) => n as u64,
+                    Err(_) => return Reply::error(ERR_NOT_INTEGER),
+                };
+                let value = args.next_bytes().unwrap_or_default();
+                let op = WriteOp::SetRange {
+                    key: key.clone(),
+                    offset,
+                    value,
+                    max_len: max_value as u64,
+                };
+                self.one(&table, &key, write(op)).await
+            }
+            "expire" | "pexpire" | "expireat" | "pexpireat" => {
+                let key = key(args);
+                let (at_ms, cond) = match parse_expire(name, args, now_ms() as i64) {
+                    Ok(v) => v,
+                    Err(r) => return r,
+                };
+                let op = WriteOp::Expire {
+                    key: key.clone(),
+                    at_ms,
+                    cond,
+                };
+                self.one(&table, &key, write(op)).await
+            }
+            "ttl" | "pttl" => {
+                let key = key(args);
+                let req = self.read(ReadOp::Ttl {
+                    key: key.clone(),
+                    ms: name == "pttl",
+                });
+                self.one(&table, &key, req).await
+            }
+            "persist" => {
+                let key = key(args);
+                let op = WriteOp::Persist { key: key.clone() };
+                self.one(&table, &key, write(op)).await
+            }
+            "type" => {
+                let key = key(args);
+                let req = self.read(ReadOp::Type { key: key.clone() });
+                self.one(&table, &key, req).await
+            }
             "del" | "unlink" => {
                 let keys = args.rest();
-                self.fan_out_sum(&table, keys, |keys| {
-                    ShardRequest::Write(WriteCmd {
-                        now_ms: now_ms(),
-                        op: WriteOp::Del { keys },
-                    })
-                })
-                .await
+                self.fan_out_sum(&table, keys, |keys| write(WriteOp::Del { keys }))
+                    .await
             }
-            "exists" => {
+            "exists" | "touch" => {
                 let keys = args.rest();
-                let readonly = self.readonly;
-                self.fan_out_sum(&table, keys, |keys| ShardRequest::Read {
-                    op: ReadOp::Exists { keys },
-                    linearizable: !readonly,
-                    now_ms: now_ms(),
-                })
-                .await
+                self.fan_out_sum(&table, keys, |keys| self.read(ReadOp::Exists { keys }))
+                    .await
             }
+            "mget" => self.mget(&table, args.rest()).await,
+            "mset" | "msetnx" => {
+                let rest = args.rest();
+                if !rest.len().is_multiple_of(2) {
+                    return wrong_args(name);
+                }
+                let mut pairs = Vec::with_capacity(rest.len() / 2);
+                let mut it = rest.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    if v.len() > max_value {
+                        return Reply::error("ERR value is too large");
+                    }
+                    pairs.push((k, v));
+                }
+                let shard = table.desc.shard_for_slot(slot(&pairs[0].0));
+                if pairs
+                    .iter()
+                    .any(|(k, _)| table.desc.shard_for_slot(slot(k)) != shard)
+                {
+                    return Reply::error(ERR_MULTI_SHARD);
+                }
+                let op = WriteOp::MSet {
+                    pairs,
+                    nx: name == "msetnx",
+                };
+                match self.shared.client.execute(&table, shard, write(op)).await {
+                    Ok(r) => op_reply(r),
+                    Err(e) => cluster_err(e),
+                }
+            }
+            "dbsize" => match self.table_dbsize(&table).await {
+                Ok(n) => Reply::Int(n),
+                Err(r) => r,
+            },
+            "flushdb" => match parse_flush(args) {
+                Ok(()) => match self.flush_table(&table).await {
+                    Ok(()) => Reply::ok(),
+                    Err(r) => r,
+                },
+                Err(r) => r,
+            },
+            "keys" => {
+                let pattern = args.next_bytes().unwrap_or_default();
+                let everything = &pattern[..] == b"*";
+                let req = self.read(ReadOp::Scan {
+                    after: Bytes::new(),
+                    count: u64::MAX,
+                    pattern: (!everything).then_some(pattern),
+                });
+                match self.all_shards(&table, |_| req.clone()).await {
+                    Ok(replies) => {
+                        let mut keys = Vec::new();
+                        for r in replies {
+                            keys.extend(scan_reply(r).1.into_iter().map(Reply::Bulk));
+                        }
+                        Reply::Array(keys)
+                    }
+                    Err(r) => r,
+                }
+            }
+            "scan" => self.scan(&table, args).await,
             _ => Reply::error(format!("ERR unknown command '{name}'")),
         }
     }
@@ -103,37 +322,428 @@ impl Session {
         }
     }
 
+    /// Group key positions by shard: shard -> (index in the request, key).
+    fn by_shard(table: &TableRoute, keys: Vec<Bytes>) -> BTreeMap<usize, Vec<(usize, Bytes)>> {
+        let mut by_shard: BTreeMap<usize, Vec<(usize, Bytes)>> = BTreeMap::new();
+        for (i, k) in keys.into_iter().enumerate() {
+            by_shard
+                .entry(table.desc.shard_for_slot(slot(&k)))
+                .or_default()
+                .push((i, k));
+        }
+        by_shard
+    }
+
+    /// Run one request per listed shard, in parallel; replies in the order
+    /// of `shards`. The first routing error or shard error becomes the reply.
+    async fn on_shards(
+        &self,
+        table: &Arc<TableRoute>,
+        reqs: Vec<(usize, ShardRequest)>,
+    ) -> Result<Vec<OpReply>, Reply> {
+        let calls = reqs.into_iter().map(|(shard, req)| {
+            let client = self.shared.client.clone();
+            let table = table.clone();
+            async move { client.execute(&table, shard, req).await }
+        });
+        let mut out = Vec::new();
+        for r in futures::future::join_all(calls).await {
+            match r {
+                Ok(OpReply::Error(e)) => return Err(Reply::Error(e)),
+                Ok(r) => out.push(r),
+                Err(e) => return Err(cluster_err(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The same kind of request on every shard of the table.
+    async fn all_shards(
+        &self,
+        table: &Arc<TableRoute>,
+        make: impl Fn(usize) -> ShardRequest,
+    ) -> Result<Vec<OpReply>, Reply> {
+        let reqs = (0..table.desc.shards.len()).map(|s| (s, make(s))).collect();
+        self.on_shards(table, reqs).await
+    }
+
     /// Split keys by shard, run one request per shard in parallel, and add up
-    /// the integer replies (DEL, EXISTS).
+    /// the integer replies (DEL, EXISTS, TOUCH).
     async fn fan_out_sum(
         &self,
         table: &Arc<TableRoute>,
         keys: Vec<Bytes>,
         make: impl Fn(Vec<Bytes>) -> ShardRequest,
     ) -> Reply {
-        let mut by_shard: BTreeMap<usize, Vec<Bytes>> = BTreeMap::new();
-        for k in keys {
-            by_shard
-                .entry(table.desc.shard_for_slot(slot(&k)))
-                .or_default()
-                .push(k);
+        let reqs = Self::by_shard(table, keys)
+            .into_iter()
+            .map(|(shard, keys)| (shard, make(keys.into_iter().map(|(_, k)| k).collect())))
+            .collect();
+        match self.on_shards(table, reqs).await {
+            Ok(replies) => Reply::Int(
+                replies
+                    .iter()
+                    .map(|r| match r {
+                        OpReply::Int(n) => *n,
+                        _ => 0,
+                    })
+                    .sum(),
+            ),
+            Err(r) => r,
         }
-        let calls = by_shard.into_iter().map(|(shard, keys)| {
-            let req = make(keys);
-            let client = self.shared.client.clone();
-            let table = table.clone();
-            async move { client.execute(&table, shard, req).await }
-        });
-        let mut total = 0;
-        for r in futures::future::join_all(calls).await {
-            match r {
-                Ok(OpReply::Int(n)) => total += n,
-                Ok(other) => return op_reply(other),
-                Err(e) => return cluster_err(e),
+    }
+
+    /// MGET: one request per shard, answers put back in key order.
+    async fn mget(&self, table: &Arc<TableRoute>, keys: Vec<Bytes>) -> Reply {
+        let n = keys.len();
+        let groups: Vec<(usize, Vec<(usize, Bytes)>)> =
+            Self::by_shard(table, keys).into_iter().collect();
+        let reqs = groups
+            .iter()
+            .map(|(shard, keys)| {
+                let keys = keys.iter().map(|(_, k)| k.clone()).collect();
+                (*shard, self.read(ReadOp::MGet { keys }))
+            })
+            .collect();
+        let replies = match self.on_shards(table, reqs).await {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+        let mut out = vec![Reply::Nil; n];
+        for ((_, keys), reply) in groups.iter().zip(replies) {
+            let OpReply::Array(values) = reply else {
+                return Reply::error("ERR internal: bad MGET reply");
+            };
+            for ((i, _), v) in keys.iter().zip(values) {
+                out[*i] = op_reply(v);
             }
         }
-        Reply::Int(total)
+        Reply::Array(out)
     }
+
+    /// Live keys in a table (DBSIZE), for INFO keyspace.
+    pub(super) async fn table_dbsize(&self, table: &Arc<TableRoute>) -> Result<i64, Reply> {
+        routable(table).map_err(cluster_err)?;
+        let req = self.read(ReadOp::DbSize);
+        let replies = self.all_shards(table, |_| req.clone()).await?;
+        Ok(replies
+            .iter()
+            .map(|r| match r {
+                OpReply::Int(n) => *n,
+                _ => 0,
+            })
+            .sum())
+    }
+
+    async fn flush_table(&self, table: &Arc<TableRoute>) -> Result<(), Reply> {
+        self.all_shards(table, |_| write(WriteOp::FlushGroup))
+            .await
+            .map(|_| ())
+    }
+
+    /// FLUSHALL: FLUSHDB on every available table.
+    async fn flushall(&self, args: &mut Args) -> Reply {
+        if let Err(r) = parse_flush(args) {
+            return r;
+        }
+        let view = self.shared.client.routes();
+        let mut tables: Vec<&Arc<TableRoute>> = view
+            .tables
+            .values()
+            .filter(|t| t.desc.state == TableState::Available)
+            .collect();
+        tables.sort_by_key(|t| t.desc.db_index);
+        let flushes = tables.into_iter().map(|t| self.flush_table(t));
+        for r in futures::future::join_all(flushes).await {
+            if let Err(r) = r {
+                return r;
+            }
+        }
+        Reply::ok()
+    }
+
+    /// SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]
+    async fn scan(&self, table: &Arc<TableRoute>, args: &mut Args) -> Reply {
+        let cursor = match args.next_bytes().ok().and_then(|c| parse_cursor(&c)) {
+            Some(c) => c,
+            None => return Reply::error("ERR invalid cursor"),
+        };
+        let mut count = 10u64;
+        let mut pattern = None;
+        let mut only_strings = true;
+        while let Some(opt) = args.peek_upper() {
+            let _ = args.next_bytes();
+            match opt.as_str() {
+                "COUNT" => match args.next_i64() {
+                    Ok(n) if n < 1 => return Reply::error(ERR_SYNTAX),
+                    Ok(n) => count = n as u64,
+                    Err(super::args::ArgError::NotInteger) => return Reply::error(ERR_NOT_INTEGER),
+                    Err(_) => return Reply::error(ERR_SYNTAX),
+                },
+                "MATCH" => match args.next_bytes() {
+                    Ok(p) => pattern = (&p[..] != b"*").then_some(p),
+                    Err(_) => return Reply::error(ERR_SYNTAX),
+                },
+                "TYPE" => match args.next_bytes() {
+                    Ok(t) => only_strings = t.eq_ignore_ascii_case(b"string"),
+                    Err(_) => return Reply::error(ERR_SYNTAX),
+                },
+                _ => return Reply::error(ERR_SYNTAX),
+            }
+        }
+        let shards = table.desc.shards.len();
+        let (mut shard, token) = decode_cursor(cursor);
+        let mut after = if token == 0 {
+            Bytes::new()
+        } else {
+            SCAN_CURSORS.get(token).unwrap_or_default()
+        };
+        let mut keys = Vec::new();
+        while shard < shards {
+            let req = self.read(ReadOp::Scan {
+                after: after.clone(),
+                count,
+                pattern: pattern.clone(),
+            });
+            let reply = match self.shared.client.execute(table, shard, req).await {
+                Ok(r) => r,
+                Err(e) => return cluster_err(e),
+            };
+            if let OpReply::Error(e) = reply {
+                return Reply::Error(e);
+            }
+            let (next, page) = scan_reply(reply);
+            if only_strings {
+                keys.extend(page.into_iter().map(Reply::Bulk));
+            }
+            match next {
+                Some(last) => {
+                    let cursor = encode_cursor(shard, SCAN_CURSORS.put(last));
+                    return scan_result(cursor, keys);
+                }
+                None => {
+                    shard += 1;
+                    after = Bytes::new();
+                    // Skip over exhausted shards while nothing is found yet.
+                    if !keys.is_empty() {
+                        break;
+                    }
+                }
+            }
+        }
+        let cursor = if shard >= shards {
+            0
+        } else {
+            encode_cursor(shard, 0)
+        };
+        scan_result(cursor, keys)
+    }
+}
+
+/// Whether a table may be served.
+fn routable(t: &TableRoute) -> Result<(), ClusterError> {
+    match t.desc.state {
+        TableState::Available => Ok(()),
+        TableState::Creating => Err(ClusterError::TryAgain(format!(
+            "table '{}' is being created",
+            t.desc.name
+        ))),
+        TableState::Deleting => Err(ClusterError::TableNotAvailable {
+            name: t.desc.name.clone(),
+            state: "being dropped",
+        }),
+    }
+}
+
+fn scan_result(cursor: u64, keys: Vec<Reply>) -> Reply {
+    Reply::Array(vec![Reply::bulk(cursor.to_string()), Reply::Array(keys)])
+}
+
+/// A shard's SCAN page: (last examined key if more remain, keys).
+fn scan_reply(r: OpReply) -> (Option<Bytes>, Vec<Bytes>) {
+    let OpReply::Array(mut parts) = r else {
+        return (None, Vec::new());
+    };
+    let keys = match parts.pop() {
+        Some(OpReply::Array(keys)) => keys
+            .into_iter()
+            .filter_map(|k| match k {
+                OpReply::Bulk(b) => Some(b),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let next = match parts.pop() {
+        Some(OpReply::Bulk(b)) => Some(b),
+        _ => None,
+    };
+    (next, keys)
+}
+
+/// Bits of a SCAN cursor that hold the position token.
+const TOKEN_BITS: u32 = 48;
+const TOKEN_MASK: u64 = (1 << TOKEN_BITS) - 1;
+
+/// `shard << 48 | token`.
+pub fn encode_cursor(shard: usize, token: u64) -> u64 {
+    ((shard as u64) << TOKEN_BITS) | (token & TOKEN_MASK)
+}
+
+/// (shard, token) of a cursor.
+pub fn decode_cursor(cursor: u64) -> (usize, u64) {
+    ((cursor >> TOKEN_BITS) as usize, cursor & TOKEN_MASK)
+}
+
+/// Redis's cursor parsing (`strtoull`, digits only).
+fn parse_cursor(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// SCAN positions handed out by this router: token -> last key returned.
+/// Bounded: the oldest are forgotten first (a forgotten cursor restarts its
+/// shard).
+pub struct ScanCursors {
+    inner: Mutex<(HashMap<u64, Bytes>, VecDeque<u64>)>,
+    capacity: usize,
+}
+
+static SCAN_CURSORS: LazyLock<ScanCursors> = LazyLock::new(|| ScanCursors::new(100_000));
+
+impl ScanCursors {
+    pub fn new(capacity: usize) -> ScanCursors {
+        ScanCursors {
+            inner: Mutex::new((HashMap::new(), VecDeque::new())),
+            capacity,
+        }
+    }
+
+    /// A token for `key`: a non-zero 47-bit hash of it, so the same
+    /// position always gets the same cursor.
+    pub fn token(key: &[u8]) -> u64 {
+        // FNV-1a: stable across processes.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in key {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        (h & (TOKEN_MASK >> 1)) + 1
+    }
+
+    pub fn put(&self, key: Bytes) -> u64 {
+        let token = Self::token(&key);
+        if let Ok(mut g) = self.inner.lock() {
+            let (map, order) = &mut *g;
+            if map.insert(token, key).is_none() {
+                order.push_back(token);
+            }
+            while order.len() > self.capacity {
+                if let Some(old) = order.pop_front() {
+                    map.remove(&old);
+                }
+            }
+        }
+        token
+    }
+
+    pub fn get(&self, token: u64) -> Option<Bytes> {
+        self.inner.lock().ok()?.0.get(&token).cloned()
+    }
+}
+
+/// FLUSHDB / FLUSHALL [ASYNC|SYNC]
+fn parse_flush(args: &mut Args) -> Result<(), Reply> {
+    match args.remaining() {
+        0 => Ok(()),
+        1 => match args.peek_upper().as_deref() {
+            Some("ASYNC") | Some("SYNC") => Ok(()),
+            _ => Err(Reply::error(ERR_SYNTAX)),
+        },
+        _ => Err(Reply::error(ERR_SYNTAX)),
+    }
+}
+
+/// GETEX key [EX s|PX ms|EXAT s|PXAT ms|PERSIST]: `Keep` for none.
+fn parse_getex(args: &mut Args) -> Result<Expiry, Reply> {
+    let mut expiry = Expiry::Keep;
+    let mut seen = false;
+    while let Some(opt) = args.peek_upper() {
+        let _ = args.next_bytes();
+        match opt.as_str() {
+            "PERSIST" if !seen => expiry = Expiry::Clear,
+            "EX" | "PX" | "EXAT" | "PXAT" if !seen => {
+                let n = args.next_i64().map_err(|e| match e {
+                    super::args::ArgError::NotInteger => Reply::error(ERR_NOT_INTEGER),
+                    _ => Reply::error(ERR_SYNTAX),
+                })?;
+                expiry = Expiry::At(deadline("getex", &opt, n, now_ms() as i64)?);
+            }
+            _ => return Err(Reply::error(ERR_SYNTAX)),
+        }
+        seen = true;
+    }
+    Ok(expiry)
+}
+
+/// The absolute deadline of SET/GETEX's EX/PX/EXAT/PXAT `n` (which must be
+/// positive), or Redis's "invalid expire time" error.
+fn deadline(command: &str, opt: &str, n: i64, now: i64) -> Result<u64, Reply> {
+    let invalid = || Reply::error(format!("ERR invalid expire time in '{command}' command"));
+    if n <= 0 {
+        return Err(invalid());
+    }
+    let at = match opt {
+        "EX" => n.checked_mul(1000).and_then(|ms| ms.checked_add(now)),
+        "PX" => n.checked_add(now),
+        "EXAT" => n.checked_mul(1000),
+        _ => Some(n),
+    };
+    at.map(|t| t as u64).ok_or_else(invalid)
+}
+
+/// EXPIRE/PEXPIRE/EXPIREAT/PEXPIREAT key time [NX|XX|GT|LT]: the absolute
+/// deadline in ms (possibly in the past: the key is then deleted) and the
+/// condition, with Redis's checks in Redis's order.
+pub fn parse_expire(name: &str, args: &mut Args, now: i64) -> Result<(i64, ExpireCond), Reply> {
+    let time = args.next_bytes().unwrap_or_default();
+    let mut cond = ExpireCond::default();
+    while args.remaining() > 0 {
+        let opt = args.next_bytes().unwrap_or_default();
+        match opt.to_ascii_uppercase().as_slice() {
+            b"NX" => cond.nx = true,
+            b"XX" => cond.xx = true,
+            b"GT" => cond.gt = true,
+            b"LT" => cond.lt = true,
+            _ => {
+                return Err(Reply::error(format!(
+                    "ERR Unsupported option {}",
+                    String::from_utf8_lossy(&opt)
+                )))
+            }
+        }
+    }
+    if cond.nx && (cond.xx || cond.gt || cond.lt) {
+        return Err(Reply::error(
+            "ERR NX and XX, GT or LT options at the same time are not compatible",
+        ));
+    }
+    if cond.gt && cond.lt {
+        return Err(Reply::error(
+            "ERR GT and LT options at the same time are not compatible",
+        ));
+    }
+    let mut when = super::args::parse_i64(&time).ok_or_else(|| Reply::error(ERR_NOT_INTEGER))?;
+    let invalid = || Reply::error(format!("ERR invalid expire time in '{name}' command"));
+    if name == "expire" || name == "expireat" {
+        when = when.checked_mul(1000).ok_or_else(invalid)?;
+    }
+    if name == "expire" || name == "pexpire" {
+        when = when.checked_add(now).ok_or_else(invalid)?;
+    }
+    Ok((when, cond))
 }
 
 /// SET key value [NX|XX] [GET] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]
@@ -199,6 +809,7 @@ fn op_reply(r: OpReply) -> Reply {
         OpReply::Nil => Reply::Nil,
         OpReply::Int(n) => Reply::Int(n),
         OpReply::Bulk(b) => Reply::Bulk(b),
+        OpReply::Status(s) => Reply::Status(s),
         OpReply::Array(items) => Reply::Array(items.into_iter().map(op_reply).collect()),
         OpReply::Error(e) => Reply::Error(e),
     }
@@ -244,5 +855,76 @@ mod tests {
             })
         ));
         assert!(parse(&format!("set k {}", "x".repeat(101))).is_err());
+    }
+
+    fn args(s: &str) -> Args {
+        Args::new(
+            s.split(' ')
+                .map(|p| Bytes::copy_from_slice(p.as_bytes()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn scan_cursor_encoding() {
+        for (shard, token) in [(0, 0), (0, 1), (7, 12345), (16383, TOKEN_MASK)] {
+            let c = encode_cursor(shard, token);
+            assert_eq!(decode_cursor(c), (shard, token));
+        }
+        assert_eq!(encode_cursor(0, 0), 0, "shard 0 from the start is cursor 0");
+        assert_eq!(encode_cursor(1, 0), 1 << 48);
+        let t = ScanCursors::token(b"user:1");
+        assert!(t != 0 && t <= TOKEN_MASK);
+        assert_eq!(t, ScanCursors::token(b"user:1"));
+        let reg = ScanCursors::new(2);
+        let t1 = reg.put(Bytes::from("a"));
+        let t2 = reg.put(Bytes::from("b"));
+        assert_eq!(reg.get(t1), Some(Bytes::from("a")));
+        reg.put(Bytes::from("c"));
+        assert_eq!(reg.get(t1), None, "oldest forgotten");
+        assert_eq!(reg.get(t2), Some(Bytes::from("b")));
+        assert_eq!(parse_cursor(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_cursor(b"-1"), None);
+        assert_eq!(parse_cursor(b"1x"), None);
+    }
+
+    #[test]
+    fn expire_options() {
+        let p = |s: &str| {
+            let mut a = args(s);
+            a.next_bytes().unwrap();
+            let name = a.name().to_string();
+            parse_expire(&name, &mut a, 1_000)
+        };
+        assert_eq!(p("expire k 10").unwrap(), (11_000, ExpireCond::default()));
+        assert_eq!(p("pexpire k 10").unwrap().0, 1_010);
+        assert_eq!(p("expireat k 10").unwrap().0, 10_000);
+        assert_eq!(p("pexpireat k -10").unwrap().0, -10);
+        let e = |s: &str| match p(s) {
+            Err(Reply::Error(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            e("expire k 10 NX XX"),
+            "ERR NX and XX, GT or LT options at the same time are not compatible"
+        );
+        assert_eq!(
+            e("expire k 10 gt lt"),
+            "ERR GT and LT options at the same time are not compatible"
+        );
+        assert_eq!(e("expire k 10 foo"), "ERR Unsupported option foo");
+        assert_eq!(
+            e("expire k x"),
+            "ERR value is not an integer or out of range"
+        );
+        assert_eq!(
+            e("expire k 9223372036854775807"),
+            "ERR invalid expire time in 'expire' command"
+        );
+        assert_eq!(
+            e("pexpire k 9223372036854775807"),
+            "ERR invalid expire time in 'pexpire' command"
+        );
+        assert!(p("expire k 10 xx gt").is_ok());
     }
 }

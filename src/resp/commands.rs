@@ -71,11 +71,13 @@ const fn cmd(
 
 const READ: &[&str] = &["readonly", "fast"];
 const WRITE: &[&str] = &["write", "denyoom"];
+const WRITE_FAST: &[&str] = &["write", "denyoom", "fast"];
 const CONN: &[&str] = &["fast", "loading", "stale", "no-auth"];
 const ADMIN: &[&str] = &["admin", "loading", "stale"];
 
 /// Every command, sorted by name.
 pub static COMMANDS: &[CommandSpec] = &[
+    cmd("append", 3, WRITE, 1, 1, 1),
     cmd(
         "auth",
         -2,
@@ -94,13 +96,35 @@ pub static COMMANDS: &[CommandSpec] = &[
     ),
     cmd("command", -1, &["loading", "stale"], 0, 0, 0),
     cmd("config", -2, ADMIN, 0, 0, 0),
+    cmd("dbsize", 1, READ, 0, 0, 0),
+    cmd("decr", 2, WRITE_FAST, 1, 1, 1),
+    cmd("decrby", 3, WRITE_FAST, 1, 1, 1),
     cmd("del", -2, &["write"], 1, -1, 1),
     cmd("echo", 2, &["fast"], 0, 0, 0),
     cmd("exists", -2, READ, 1, -1, 1),
+    cmd("expire", -3, WRITE_FAST, 1, 1, 1),
+    cmd("expireat", -3, WRITE_FAST, 1, 1, 1),
+    cmd("flushall", -1, &["write"], 0, 0, 0),
+    cmd("flushdb", -1, &["write"], 0, 0, 0),
     cmd("get", 2, READ, 1, 1, 1),
+    cmd("getdel", 2, WRITE_FAST, 1, 1, 1),
+    cmd("getex", -2, WRITE_FAST, 1, 1, 1),
+    cmd("getrange", 4, &["readonly"], 1, 1, 1),
+    cmd("getset", 3, WRITE_FAST, 1, 1, 1),
     cmd("hello", -1, CONN, 0, 0, 0),
+    cmd("incr", 2, WRITE_FAST, 1, 1, 1),
+    cmd("incrby", 3, WRITE_FAST, 1, 1, 1),
+    cmd("incrbyfloat", 3, WRITE_FAST, 1, 1, 1),
     cmd("info", -1, &["loading", "stale"], 0, 0, 0),
+    cmd("keys", 2, &["readonly"], 0, 0, 0),
+    cmd("mget", -2, READ, 1, -1, 1),
+    cmd("mset", -3, WRITE, 1, -1, 2),
+    cmd("msetnx", -3, WRITE, 1, -1, 2),
+    cmd("persist", 2, &["write", "fast"], 1, 1, 1),
+    cmd("pexpire", -3, WRITE_FAST, 1, 1, 1),
+    cmd("pexpireat", -3, WRITE_FAST, 1, 1, 1),
     cmd("ping", -1, &["fast"], 0, 0, 0),
+    cmd("pttl", 2, READ, 1, 1, 1),
     cmd("quit", -1, CONN, 0, 0, 0),
     cmd("readonly", 1, &["fast", "loading", "stale"], 0, 0, 0),
     cmd("readwrite", 1, &["fast", "loading", "stale"], 0, 0, 0),
@@ -112,14 +136,22 @@ pub static COMMANDS: &[CommandSpec] = &[
         0,
         0,
     ),
+    cmd("scan", -2, &["readonly"], 0, 0, 0),
     cmd("select", 2, &["loading", "stale", "fast"], 0, 0, 0),
     cmd("set", -3, WRITE, 1, 1, 1),
+    cmd("setnx", 3, WRITE_FAST, 1, 1, 1),
+    cmd("setrange", 4, WRITE, 1, 1, 1),
+    cmd("strlen", 2, READ, 1, 1, 1),
+    cmd("substr", 4, &["readonly"], 1, 1, 1),
     cmd("table.create", -2, ADMIN, 0, 0, 0),
     cmd("table.describe", 2, ADMIN, 0, 0, 0),
     cmd("table.drop", 2, ADMIN, 0, 0, 0),
     cmd("table.list", 1, ADMIN, 0, 0, 0),
     cmd("table.use", 2, &["fast", "loading", "stale"], 0, 0, 0),
     cmd("time", 1, &["loading", "stale", "fast"], 0, 0, 0),
+    cmd("touch", -2, READ, 1, -1, 1),
+    cmd("ttl", 2, READ, 1, 1, 1),
+    cmd("type", 2, READ, 1, 1, 1),
     cmd("unlink", -2, &["write", "fast"], 1, -1, 1),
 ];
 

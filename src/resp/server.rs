@@ -2,16 +2,18 @@
 //! them through a [`Session`] in order and writes the replies back.
 //!
 //! Pipelining falls out of the loop: every complete request already in the
-//! read buffer is executed before the replies are flushed in one write.
-//! Limits are enforced here: the client count, and (through
+//! read buffer is executed, and replies are written while more requests are
+//! read. Limits are enforced here: the client count, and (through
 //! [`frame::parse_request`]) bulk length, argument count and inline length;
-//! a reply buffer past `max_output` closes the connection.
+//! unread replies past `max_output_len` close the connection.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 
 use super::frame::{self, Limits};
 use super::reply::Reply;
@@ -36,26 +38,52 @@ async fn connection(
     peer: String,
     shared: Arc<Shared>,
 ) -> std::io::Result<()> {
-    let Some(id) = shared.clients.register(peer, shared.config.max_clients) else {
+    let max_clients = shared.limits.max_clients.load(Ordering::Relaxed);
+    let Some(id) = shared.clients.register(peer, max_clients) else {
         let mut out = BytesMut::new();
         Reply::error("ERR max number of clients reached").encode(Default::default(), &mut out);
         socket.write_all(&out).await?;
         return Ok(());
     };
-    let result = run(&mut socket, Session::new(shared.clone(), id), &shared).await;
+    let kill = shared.clients.kill_handle(id).unwrap_or_default();
+    let result = run(
+        &mut socket,
+        Session::new(shared.clone(), id),
+        &shared,
+        &kill,
+    )
+    .await;
     shared.clients.unregister(id);
     result
 }
 
-async fn run(socket: &mut TcpStream, mut session: Session, shared: &Shared) -> std::io::Result<()> {
-    let limits = Limits {
-        max_bulk_len: shared.config.max_bulk_len,
-        max_args: shared.config.max_args,
-        max_inline_len: shared.config.max_inline_len,
-    };
+/// The connection loop. Requests are executed in order as they complete in
+/// the read buffer; replies collect in `wbuf`, which is written to the
+/// socket *while* the loop keeps reading, so a client may pipeline freely.
+/// What bounds memory: `rbuf` only ever holds one incomplete request (whose
+/// size the framing limits cap), and `wbuf` holds the replies the client has
+/// not read yet. A client that stops reading while it keeps sending makes
+/// `wbuf` grow; past `max_output_len` it is disconnected (Redis's
+/// `client-output-buffer-limit`).
+/// Buffers bigger than this are reallocated once drained.
+const SHRINK_ABOVE: usize = 1024 * 1024;
+
+async fn run(
+    socket: &mut TcpStream,
+    mut session: Session,
+    shared: &Shared,
+    kill: &Notify,
+) -> std::io::Result<()> {
+    let max_output = shared.config.max_output_len;
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let mut wbuf = BytesMut::with_capacity(16 * 1024);
+    let (mut rd, mut wr) = socket.split();
     loop {
+        let limits = Limits {
+            max_bulk_len: shared.limits.max_bulk_len.load(Ordering::Relaxed),
+            max_args: shared.config.max_args,
+            max_inline_len: shared.config.max_inline_len,
+        };
         loop {
             match frame::parse_request(&mut rbuf, &limits) {
                 Ok(Some(parts)) if parts.is_empty() => continue,
@@ -63,29 +91,43 @@ async fn run(socket: &mut TcpStream, mut session: Session, shared: &Shared) -> s
                     let (reply, after) = session.handle(parts).await;
                     reply.encode(session.protocol, &mut wbuf);
                     if after == After::Close {
-                        socket.write_all(&wbuf).await?;
+                        wr.write_all(&wbuf).await?;
                         return Ok(());
                     }
-                    // Don't let one pipeline build an unbounded reply buffer.
-                    if wbuf.len() >= 1024 * 1024 {
-                        socket.write_all(&wbuf).await?;
-                        wbuf.clear();
+                    if wbuf.len() > max_output {
+                        tracing::warn!(
+                            client = session.id,
+                            pending = wbuf.len(),
+                            "closing client: output buffer over max_output_len (client not reading)"
+                        );
+                        return Ok(());
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
                     Reply::error(format!("ERR {e}")).encode(session.protocol, &mut wbuf);
-                    socket.write_all(&wbuf).await?;
+                    wr.write_all(&wbuf).await?;
                     return Ok(());
                 }
             }
         }
-        if !wbuf.is_empty() {
-            socket.write_all(&wbuf).await?;
-            wbuf.clear();
+        tokio::select! {
+            r = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => {
+                r?;
+            }
+            r = rd.read_buf(&mut rbuf) => {
+                if r? == 0 {
+                    return Ok(());
+                }
+            }
+            _ = kill.notified() => return Ok(()),
         }
-        if socket.read_buf(&mut rbuf).await? == 0 {
-            return Ok(());
+        // Give back what a burst of big replies or requests grew.
+        if wbuf.is_empty() && wbuf.capacity() > SHRINK_ABOVE {
+            wbuf = BytesMut::with_capacity(16 * 1024);
+        }
+        if rbuf.is_empty() && rbuf.capacity() > SHRINK_ABOVE {
+            rbuf = BytesMut::with_capacity(16 * 1024);
         }
     }
 }

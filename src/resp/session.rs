@@ -8,7 +8,7 @@
 //! to a socket.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -31,6 +31,24 @@ pub struct Shared {
     pub clients: ClientRegistry,
     pub started: Instant,
     pub commands_processed: AtomicU64,
+    /// Limits CONFIG SET may change at run time (initialised from `config`).
+    pub limits: RuntimeLimits,
+}
+
+/// The limits an operator may change with CONFIG SET while the router runs.
+#[derive(Debug)]
+pub struct RuntimeLimits {
+    pub max_clients: AtomicUsize,
+    pub max_bulk_len: AtomicUsize,
+}
+
+impl RuntimeLimits {
+    pub fn new(c: &RouterConfig) -> RuntimeLimits {
+        RuntimeLimits {
+            max_clients: AtomicUsize::new(c.max_clients),
+            max_bulk_len: AtomicUsize::new(c.max_bulk_len),
+        }
+    }
 }
 
 /// Connected clients, for CLIENT LIST and the client limit.
@@ -51,6 +69,8 @@ pub struct ClientInfo {
     pub last_cmd: String,
     pub lib_name: String,
     pub lib_ver: String,
+    /// Signalled by CLIENT KILL; the connection loop closes on it.
+    pub kill: Arc<tokio::sync::Notify>,
 }
 
 impl ClientRegistry {
@@ -72,6 +92,30 @@ impl ClientRegistry {
             },
         );
         Some(id)
+    }
+
+    /// The kill switch of a client (its connection loop waits on it).
+    pub fn kill_handle(&self, id: u64) -> Option<Arc<tokio::sync::Notify>> {
+        self.clients.lock().ok()?.get(&id).map(|c| c.kill.clone())
+    }
+
+    /// CLIENT KILL: signal every client matching; returns how many.
+    fn kill(&self, id: Option<u64>, addr: Option<&str>, skip: Option<u64>) -> i64 {
+        let Ok(map) = self.clients.lock() else {
+            return 0;
+        };
+        let mut n = 0;
+        for c in map.values() {
+            if id.is_some_and(|i| i != c.id)
+                || addr.is_some_and(|a| a != c.addr)
+                || skip == Some(c.id)
+            {
+                continue;
+            }
+            c.kill.notify_one();
+            n += 1;
+        }
+        n
     }
 
     pub fn unregister(&self, id: u64) {
@@ -209,7 +253,7 @@ impl Session {
             "command" => self.command(&mut args),
             "client" => self.client(&mut args),
             "config" => self.config(&mut args),
-            "info" => self.info(&mut args),
+            "info" => self.info(&mut args).await,
             "time" => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -450,6 +494,9 @@ impl Session {
         };
         match sub.as_str() {
             "id" => Reply::Int(self.id as i64),
+            "setname" if args.remaining() != 1 => {
+                Reply::error("ERR wrong number of arguments for 'client|setname' command")
+            }
             "setname" => match args.next_string() {
                 Ok(n) if n.contains(' ') || n.contains('\n') => Reply::error(
                     "ERR Client names cannot contain spaces, newlines or special characters.",
@@ -479,10 +526,105 @@ impl Session {
                 }
                 Reply::ok()
             }
+            "kill" => self.client_kill(args),
             "list" => Reply::Verbatim(self.shared.clients.list()),
             "info" => Reply::Verbatim(self.shared.clients.info(self.id)),
             _ => Reply::error(format!("ERR unknown subcommand '{sub}'. Try CLIENT HELP.")),
         }
+    }
+
+    /// CLIENT KILL addr | CLIENT KILL [ID id] [ADDR addr] [SKIPME yes|no]
+    fn client_kill(&self, args: &mut Args) -> Reply {
+        let clients = &self.shared.clients;
+        if args.remaining() == 1 {
+            let addr = args.next_string().unwrap_or_default();
+            return match clients.kill(None, Some(&addr), None) {
+                0 => Reply::error("ERR No such client"),
+                _ => Reply::ok(),
+            };
+        }
+        let (mut id, mut addr, mut skipme) = (None, None, true);
+        while args.remaining() > 0 {
+            let opt = args.next_string().unwrap_or_default().to_ascii_lowercase();
+            let Ok(value) = args.next_string() else {
+                return Reply::error("ERR syntax error");
+            };
+            match opt.as_str() {
+                "id" => match value.parse::<u64>() {
+                    Ok(i) if i > 0 => id = Some(i),
+                    _ => return Reply::error("ERR client-id should be greater than 0"),
+                },
+                "addr" => addr = Some(value),
+                "skipme" => match value.to_ascii_lowercase().as_str() {
+                    "yes" => skipme = true,
+                    "no" => skipme = false,
+                    _ => return Reply::error("ERR syntax error"),
+                },
+                _ => return Reply::error("ERR syntax error"),
+            }
+        }
+        let skip = skipme.then_some(self.id);
+        Reply::Int(clients.kill(id, addr.as_deref(), skip))
+    }
+
+    /// The CONFIG parameters this router has, with their current values.
+    fn config_params(&self) -> Vec<(&'static str, String)> {
+        let c = &self.shared.config;
+        let l = &self.shared.limits;
+        vec![
+            ("appendonly", "no".into()),
+            ("databases", "16".into()),
+            (
+                "maxclients",
+                l.max_clients.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "proto-max-bulk-len",
+                l.max_bulk_len.load(Ordering::Relaxed).to_string(),
+            ),
+            ("save", String::new()),
+            ("timeout", "0".into()),
+            ("shoal-max-value-len", c.max_value_len.to_string()),
+            ("shoal-max-output-len", c.max_output_len.to_string()),
+        ]
+    }
+
+    /// CONFIG SET parameter value [parameter value ...]: only `maxclients`
+    /// and `proto-max-bulk-len` change at run time.
+    fn config_set(&self, args: &mut Args) -> Reply {
+        let rest = args.rest();
+        if rest.is_empty() || !rest.len().is_multiple_of(2) {
+            return Reply::error("ERR wrong number of arguments for 'config|set' command");
+        }
+        let mut updates = Vec::new();
+        for pair in rest.chunks(2) {
+            let name = String::from_utf8_lossy(&pair[0]).to_ascii_lowercase();
+            let value = super::args::parse_i64(&pair[1]).filter(|v| *v > 0);
+            let target = match name.as_str() {
+                "maxclients" => &self.shared.limits.max_clients,
+                "proto-max-bulk-len" => &self.shared.limits.max_bulk_len,
+                _ if self.config_params().iter().any(|(k, _)| *k == name) => {
+                    return Reply::error(format!(
+                        "ERR CONFIG SET failed (possibly related to argument '{name}') - can't set immutable config"
+                    ))
+                }
+                _ => {
+                    return Reply::error(format!(
+                        "ERR Unknown option or number of arguments for CONFIG SET - '{name}'"
+                    ))
+                }
+            };
+            let Some(value) = value else {
+                return Reply::error(format!(
+                    "ERR CONFIG SET failed (possibly related to argument '{name}') - argument couldn't be parsed into an integer"
+                ));
+            };
+            updates.push((target, value as usize));
+        }
+        for (target, value) in updates {
+            target.store(value, Ordering::Relaxed);
+        }
+        Reply::ok()
     }
 
     fn config(&self, args: &mut Args) -> Reply {
@@ -490,18 +632,13 @@ impl Session {
             Ok(s) => s.to_ascii_lowercase(),
             Err(e) => return arg_err(e),
         };
-        if sub != "get" {
-            return Reply::error(format!("ERR unknown subcommand '{sub}'. Try CONFIG HELP."));
+        match sub.as_str() {
+            "get" => {}
+            "set" => return self.config_set(args),
+            "resetstat" => return Reply::ok(),
+            _ => return Reply::error(format!("ERR unknown subcommand '{sub}'. Try CONFIG HELP.")),
         }
-        let c = &self.shared.config;
-        let params: Vec<(&str, String)> = vec![
-            ("appendonly", "no".into()),
-            ("databases", "16".into()),
-            ("maxclients", c.max_clients.to_string()),
-            ("proto-max-bulk-len", c.max_bulk_len.to_string()),
-            ("save", String::new()),
-            ("timeout", "0".into()),
-        ];
+        let params = self.config_params();
         let mut out = Vec::new();
         for pattern in args.rest() {
             let pattern = String::from_utf8_lossy(&pattern).to_ascii_lowercase();
@@ -518,7 +655,7 @@ impl Session {
         Reply::Map(out)
     }
 
-    fn info(&self, args: &mut Args) -> Reply {
+    async fn info(&self, args: &mut Args) -> Reply {
         let wanted: Vec<String> = args
             .rest()
             .iter()
@@ -546,7 +683,13 @@ impl Session {
             text.push_str(&format!(
                 "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
                 shared.clients.count(),
-                shared.config.max_clients
+                shared.limits.max_clients.load(Ordering::Relaxed)
+            ));
+        }
+        if show("memory") {
+            let rss = resident_bytes();
+            text.push_str(&format!(
+                "# Memory\r\nused_memory:{rss}\r\nused_memory_rss:{rss}\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n\r\n"
             ));
         }
         if show("stats") {
@@ -576,8 +719,36 @@ impl Session {
             }
             text.push_str("\r\n");
         }
+        if show("keyspace") {
+            text.push_str("# Keyspace\r\n");
+            let view = shared.client.routes();
+            let mut tables: Vec<&Arc<TableRoute>> = view.tables.values().collect();
+            tables.sort_by_key(|t| t.desc.db_index);
+            for t in tables {
+                if let Ok(n) = self.table_dbsize(t).await {
+                    if n > 0 {
+                        text.push_str(&format!(
+                            "db{}:keys={n},expires=0,avg_ttl=0\r\n",
+                            t.desc.db_index
+                        ));
+                    }
+                }
+            }
+            text.push_str("\r\n");
+        }
         Reply::Verbatim(text)
     }
+}
+
+/// This process's resident memory in bytes (0 where /proc is missing).
+pub fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(0) as u64
 }
 
 /// Redis-style glob match (`*`, `?`, `[abc]`, `\` escapes).

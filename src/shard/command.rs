@@ -15,6 +15,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::resp::args::{parse_f64, parse_i64};
+
 /// A stored value: the user bytes plus what the store needs to know about them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stored {
@@ -102,6 +104,19 @@ pub struct WriteCmd {
     pub op: WriteOp,
 }
 
+/// EXPIRE's NX / XX / GT / LT options (Redis allows XX with GT or LT).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpireCond {
+    /// Only when the key has no expiry.
+    pub nx: bool,
+    /// Only when the key has an expiry.
+    pub xx: bool,
+    /// Only when the new expiry is later (no expiry counts as infinite).
+    pub gt: bool,
+    /// Only when the new expiry is earlier (no expiry counts as infinite).
+    pub lt: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WriteOp {
     Set {
@@ -114,14 +129,74 @@ pub enum WriteOp {
     },
     /// DEL / UNLINK: number of keys removed.
     Del { keys: Vec<Bytes> },
+    /// MSET (`Ok`) or, with `nx`, MSETNX (`Int(1)` if all were set, `Int(0)`
+    /// if any key existed and nothing was set). All keys are in this shard.
+    MSet {
+        pairs: Vec<(Bytes, Bytes)>,
+        nx: bool,
+    },
+    /// GETDEL: the value (or nil), and the key is gone.
+    GetDel { key: Bytes },
+    /// GETEX: the value, with the expiry changed when `expiry` is given
+    /// (`Expiry::Clear` is PERSIST; `Keep` changes nothing).
+    GetEx { key: Bytes, expiry: Expiry },
+    /// INCR / DECR / INCRBY / DECRBY.
+    IncrBy { key: Bytes, by: i64 },
+    /// INCRBYFLOAT; the increment as the client sent it (validated text).
+    IncrByFloat { key: Bytes, by: Bytes },
+    /// APPEND; `max_len` is the largest value allowed.
+    Append {
+        key: Bytes,
+        value: Bytes,
+        max_len: u64,
+    },
+    /// SETRANGE; `max_len` is the largest value allowed.
+    SetRange {
+        key: Bytes,
+        offset: u64,
+        value: Bytes,
+        max_len: u64,
+    },
+    /// EXPIRE family, with the absolute deadline computed by the proposer.
+    /// A deadline at or before `now_ms` deletes the key.
+    Expire {
+        key: Bytes,
+        at_ms: i64,
+        cond: ExpireCond,
+    },
+    /// PERSIST: 1 if an expiry was removed.
+    Persist { key: Bytes },
+    /// Background purge: delete those of `keys` that are expired at the
+    /// stamped time (a key rewritten since it was found is left alone).
+    PurgeExpired { keys: Vec<Bytes> },
+    /// FLUSHDB / FLUSHALL on this shard: every key of the group goes. The
+    /// state machine carries this out as one range delete; see
+    /// [`WriteOp::clears_group`].
+    FlushGroup,
 }
 
 impl WriteOp {
     pub fn keys(&self) -> Vec<&Bytes> {
         match self {
-            WriteOp::Set { key, .. } => vec![key],
-            WriteOp::Del { keys } => keys.iter().collect(),
+            WriteOp::Set { key, .. }
+            | WriteOp::GetDel { key }
+            | WriteOp::GetEx { key, .. }
+            | WriteOp::IncrBy { key, .. }
+            | WriteOp::IncrByFloat { key, .. }
+            | WriteOp::Append { key, .. }
+            | WriteOp::SetRange { key, .. }
+            | WriteOp::Expire { key, .. }
+            | WriteOp::Persist { key } => vec![key],
+            WriteOp::Del { keys } | WriteOp::PurgeExpired { keys } => keys.iter().collect(),
+            WriteOp::MSet { pairs, .. } => pairs.iter().map(|(k, _)| k).collect(),
+            WriteOp::FlushGroup => Vec::new(),
         }
+    }
+
+    /// Whether applying this op removes every key of the group (done by the
+    /// state machine with a range delete, before the entry's other changes).
+    pub fn clears_group(&self) -> bool {
+        matches!(self, WriteOp::FlushGroup)
     }
 }
 
@@ -130,17 +205,58 @@ pub enum ReadOp {
     Get {
         key: Bytes,
     },
-    /// EXISTS: how many of the keys exist (a key named twice counts twice).
+    /// EXISTS / TOUCH: how many of the keys exist (a key named twice counts
+    /// twice).
     Exists {
         keys: Vec<Bytes>,
     },
+    /// MGET: one bulk or nil per key, in order.
+    MGet {
+        keys: Vec<Bytes>,
+    },
+    StrLen {
+        key: Bytes,
+    },
+    GetRange {
+        key: Bytes,
+        start: i64,
+        end: i64,
+    },
+    /// TTL (`ms: false`, seconds rounded) or PTTL.
+    Ttl {
+        key: Bytes,
+        ms: bool,
+    },
+    /// TYPE: `string` or `none`.
+    Type {
+        key: Bytes,
+    },
+    /// One page of the group's keys, in key order, strictly after `after`
+    /// (empty: from the start). At most `count` stored keys are examined;
+    /// expired keys and keys not matching `pattern` are skipped. Served by
+    /// the host from an iterator over the group's range, filtered by
+    /// [`scan_page`]. Reply: `[Bulk(next), Array(keys)]` where `next` is the
+    /// last key examined, or nil when the group is exhausted.
+    Scan {
+        after: Bytes,
+        count: u64,
+        pattern: Option<Bytes>,
+    },
+    /// DBSIZE: live keys in the group.
+    DbSize,
 }
 
 impl ReadOp {
+    /// The keys the read looks at (none for whole-group reads).
     pub fn keys(&self) -> Vec<&Bytes> {
         match self {
-            ReadOp::Get { key } => vec![key],
-            ReadOp::Exists { keys } => keys.iter().collect(),
+            ReadOp::Get { key }
+            | ReadOp::StrLen { key }
+            | ReadOp::GetRange { key, .. }
+            | ReadOp::Ttl { key, .. }
+            | ReadOp::Type { key } => vec![key],
+            ReadOp::Exists { keys } | ReadOp::MGet { keys } => keys.iter().collect(),
+            ReadOp::Scan { .. } | ReadOp::DbSize => Vec::new(),
         }
     }
 }
@@ -159,10 +275,18 @@ pub enum OpReply {
     Nil,
     Int(i64),
     Bulk(Bytes),
+    /// A simple string (`+string` for TYPE).
+    Status(String),
     Array(Vec<OpReply>),
     /// A Redis error text with its prefix (`ERR ...`, `WRONGTYPE ...`).
     Error(String),
 }
+
+pub const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
+pub const ERR_OVERFLOW: &str = "ERR increment or decrement would overflow";
+pub const ERR_NOT_FLOAT: &str = "ERR value is not a valid float";
+pub const ERR_NAN_INF: &str = "ERR increment would produce NaN or Infinity";
+pub const ERR_TOO_BIG: &str = "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
 
 /// The changes one write makes: each key to a new value or to nothing.
 pub type Changes = Vec<(Bytes, Option<Stored>)>;
@@ -172,13 +296,30 @@ pub type Changes = Vec<(Bytes, Option<Stored>)>;
 /// `read` returns the stored value of a key as of just before this write
 /// (the caller layers earlier writes of the same batch over the database).
 /// `index` is the Raft log index of the entry: it becomes the version of every
-/// value written. Returns the reply and the changes to make.
+/// value written. Returns the reply and the changes to make. (For
+/// [`WriteOp::FlushGroup`] the caller clears the group first; the changes
+/// are then empty.)
 pub fn apply_write(
     cmd: &WriteCmd,
     index: u64,
     read: &mut dyn FnMut(&[u8]) -> Option<Stored>,
 ) -> (OpReply, Changes) {
     let now = cmd.now_ms;
+    let mut live = |key: &[u8]| read(key).filter(|v| v.live_at(now));
+    let put = |key: &Bytes, data: Bytes, expire_at_ms: u64| {
+        (
+            key.clone(),
+            Some(Stored {
+                version: index,
+                expire_at_ms,
+                data,
+            }),
+        )
+    };
+    let bulk_or_nil = |v: &Option<Stored>| match v {
+        Some(v) => OpReply::Bulk(v.data.clone()),
+        None => OpReply::Nil,
+    };
     match &cmd.op {
         WriteOp::Set {
             key,
@@ -187,18 +328,18 @@ pub fn apply_write(
             cond,
             get,
         } => {
-            let old = read(key).filter(|v| v.live_at(now));
+            let old = live(key);
             let allowed = match cond {
                 SetCond::Always => true,
                 SetCond::IfAbsent => old.is_none(),
                 SetCond::IfPresent => old.is_some(),
             };
-            let old_reply = || match &old {
-                Some(v) => OpReply::Bulk(v.data.clone()),
-                None => OpReply::Nil,
-            };
             if !allowed {
-                let reply = if *get { old_reply() } else { OpReply::Nil };
+                let reply = if *get {
+                    bulk_or_nil(&old)
+                } else {
+                    OpReply::Nil
+                };
                 return (reply, Vec::new());
             }
             let expire_at_ms = match expiry {
@@ -206,18 +347,14 @@ pub fn apply_write(
                 Expiry::Keep => old.as_ref().map_or(0, |v| v.expire_at_ms),
                 Expiry::At(t) => *t,
             };
-            let reply = if *get { old_reply() } else { OpReply::Ok };
+            let reply = if *get { bulk_or_nil(&old) } else { OpReply::Ok };
             // An expiry already in the past deletes the key (Redis semantics).
             let new = if expire_at_ms != 0 && expire_at_ms <= now {
-                None
+                (key.clone(), None)
             } else {
-                Some(Stored {
-                    version: index,
-                    expire_at_ms,
-                    data: value.clone(),
-                })
+                put(key, value.clone(), expire_at_ms)
             };
-            (reply, vec![(key.clone(), new)])
+            (reply, vec![new])
         }
         WriteOp::Del { keys } => {
             let mut removed = 0;
@@ -236,10 +373,306 @@ pub fn apply_write(
             }
             (OpReply::Int(removed), changes)
         }
+        WriteOp::PurgeExpired { keys } => {
+            let mut changes: Changes = Vec::new();
+            for key in keys {
+                if changes.iter().any(|(k, _)| k == key) {
+                    continue;
+                }
+                if matches!(read(key), Some(v) if !v.live_at(now)) {
+                    changes.push((key.clone(), None));
+                }
+            }
+            (OpReply::Int(changes.len() as i64), changes)
+        }
+        WriteOp::MSet { pairs, nx } => {
+            if *nx && pairs.iter().any(|(k, _)| live(k).is_some()) {
+                return (OpReply::Int(0), Vec::new());
+            }
+            // A key named twice takes its last value.
+            let mut changes: Changes = Vec::new();
+            for (k, v) in pairs {
+                changes.retain(|(c, _)| c != k);
+                changes.push(put(k, v.clone(), 0));
+            }
+            let reply = if *nx { OpReply::Int(1) } else { OpReply::Ok };
+            (reply, changes)
+        }
+        WriteOp::GetDel { key } => match live(key) {
+            Some(v) => (OpReply::Bulk(v.data), vec![(key.clone(), None)]),
+            None => (OpReply::Nil, Vec::new()),
+        },
+        WriteOp::GetEx { key, expiry } => {
+            let Some(v) = live(key) else {
+                return (OpReply::Nil, Vec::new());
+            };
+            let reply = OpReply::Bulk(v.data.clone());
+            let change = match expiry {
+                Expiry::Keep => return (reply, Vec::new()),
+                Expiry::Clear if v.expire_at_ms == 0 => return (reply, Vec::new()),
+                Expiry::Clear => put(key, v.data, 0),
+                Expiry::At(t) if *t <= now => (key.clone(), None),
+                Expiry::At(t) => put(key, v.data, *t),
+            };
+            (reply, vec![change])
+        }
+        WriteOp::IncrBy { key, by } => {
+            let old = live(key);
+            let current = match &old {
+                None => 0,
+                Some(v) => match parse_i64(&v.data) {
+                    Some(n) => n,
+                    None => return (OpReply::Error(ERR_NOT_INTEGER.into()), Vec::new()),
+                },
+            };
+            let Some(new) = current.checked_add(*by) else {
+                return (OpReply::Error(ERR_OVERFLOW.into()), Vec::new());
+            };
+            let ttl = old.map_or(0, |v| v.expire_at_ms);
+            (
+                OpReply::Int(new),
+                vec![put(key, Bytes::from(new.to_string()), ttl)],
+            )
+        }
+        WriteOp::IncrByFloat { key, by } => {
+            let old = live(key);
+            let current: &[u8] = old.as_ref().map_or(b"0", |v| &v.data[..]);
+            match incr_float(current, by) {
+                Ok(text) => {
+                    let ttl = old.as_ref().map_or(0, |v| v.expire_at_ms);
+                    let text = Bytes::from(text);
+                    (OpReply::Bulk(text.clone()), vec![put(key, text, ttl)])
+                }
+                Err(e) => (OpReply::Error(e.into()), Vec::new()),
+            }
+        }
+        WriteOp::Append {
+            key,
+            value,
+            max_len,
+        } => {
+            let old = live(key);
+            let old_len = old.as_ref().map_or(0, |v| v.data.len());
+            let total = old_len as u64 + value.len() as u64;
+            if total > *max_len {
+                return (OpReply::Error(ERR_TOO_BIG.into()), Vec::new());
+            }
+            let mut data = Vec::with_capacity(total as usize);
+            if let Some(v) = &old {
+                data.extend_from_slice(&v.data);
+            }
+            data.extend_from_slice(value);
+            let ttl = old.map_or(0, |v| v.expire_at_ms);
+            (
+                OpReply::Int(total as i64),
+                vec![put(key, Bytes::from(data), ttl)],
+            )
+        }
+        WriteOp::SetRange {
+            key,
+            offset,
+            value,
+            max_len,
+        } => {
+            let old = live(key);
+            let old_len = old.as_ref().map_or(0, |v| v.data.len());
+            if value.is_empty() {
+                return (OpReply::Int(old_len as i64), Vec::new());
+            }
+            let end = offset.saturating_add(value.len() as u64);
+            if end > *max_len {
+                return (OpReply::Error(ERR_TOO_BIG.into()), Vec::new());
+            }
+            let end = end as usize;
+            let mut data = old.as_ref().map_or_else(Vec::new, |v| v.data.to_vec());
+            if data.len() < end {
+                data.resize(end, 0);
+            }
+            data[*offset as usize..end].copy_from_slice(value);
+            let len = data.len() as i64;
+            let ttl = old.map_or(0, |v| v.expire_at_ms);
+            (OpReply::Int(len), vec![put(key, Bytes::from(data), ttl)])
+        }
+        WriteOp::Expire { key, at_ms, cond } => {
+            let Some(v) = live(key) else {
+                return (OpReply::Int(0), Vec::new());
+            };
+            if !expire_allowed(v.expire_at_ms, *at_ms, *cond) {
+                return (OpReply::Int(0), Vec::new());
+            }
+            let change = if *at_ms <= now as i64 {
+                (key.clone(), None)
+            } else {
+                put(key, v.data, *at_ms as u64)
+            };
+            (OpReply::Int(1), vec![change])
+        }
+        WriteOp::Persist { key } => match live(key) {
+            Some(v) if v.expire_at_ms != 0 => (OpReply::Int(1), vec![put(key, v.data, 0)]),
+            _ => (OpReply::Int(0), Vec::new()),
+        },
+        WriteOp::FlushGroup => (OpReply::Ok, Vec::new()),
+    }
+}
+
+/// Whether EXPIRE's condition lets a key whose expiry is `current` (0: none)
+/// get the deadline `new`. A key without expiry counts as expiring never.
+pub fn expire_allowed(current: u64, new: i64, cond: ExpireCond) -> bool {
+    let infinite = current == 0;
+    !(cond.nx && !infinite
+        || cond.xx && infinite
+        || cond.gt && (infinite || new <= current as i64)
+        || cond.lt && !infinite && new >= current as i64)
+}
+
+/// INCRBYFLOAT on texts: `current + by`, printed like Redis (fixed notation,
+/// at most 17 decimals, trailing zeros trimmed).
+///
+/// Redis adds in `long double` and prints with `%.17Lf`; for the decimal
+/// inputs people use (`10.50` + `0.1`) that is the exact decimal sum, which
+/// plain `f64` would miss (`10.6` vs `10.599999999999999645`). So the sum is
+/// done exactly in decimal when both operands fit in 30 significant digits,
+/// and in `f64` otherwise.
+pub fn incr_float(current: &[u8], by: &[u8]) -> Result<String, &'static str> {
+    let a = parse_f64(current).ok_or(ERR_NOT_FLOAT)?;
+    let b = parse_f64(by).ok_or(ERR_NOT_FLOAT)?;
+    let sum = a + b;
+    if !sum.is_finite() {
+        return Err(ERR_NAN_INF);
+    }
+    if let (Some(x), Some(y)) = (Decimal::parse(current), Decimal::parse(by)) {
+        if let Some(d) = x.add(&y).map(|d| d.round(17)) {
+            if d.significant_digits() <= 19 {
+                return Ok(d.to_fixed());
+            }
+        }
+    }
+    let s = format!("{:.17}", sum);
+    Ok(trim_fraction(&s))
+}
+
+fn trim_fraction(s: &str) -> String {
+    if !s.contains('.') {
+        return s.to_string();
+    }
+    let t = s.trim_end_matches('0').trim_end_matches('.');
+    if t == "-0" || t.is_empty() {
+        "0".to_string()
+    } else {
+        t.to_string()
+    }
+}
+
+/// An exact decimal `mantissa * 10^-scale`, for INCRBYFLOAT.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Decimal {
+    mantissa: i128,
+    scale: u32,
+}
+
+impl Decimal {
+    /// Plain or exponent decimal text (`-1.5`, `.5`, `3e2`), at most 30
+    /// significant digits and a scale within 0..=60; `None` otherwise.
+    fn parse(s: &[u8]) -> Option<Decimal> {
+        let s = std::str::from_utf8(s).ok()?;
+        let (neg, body) = match s.as_bytes().first()? {
+            b'-' => (true, &s[1..]),
+            b'+' => (false, &s[1..]),
+            _ => (false, s),
+        };
+        let (mant, exp) = match body.find(['e', 'E']) {
+            Some(i) => (&body[..i], body[i + 1..].parse::<i32>().ok()?),
+            None => (body, 0),
+        };
+        let (int, frac) = mant.split_once('.').unwrap_or((mant, ""));
+        let digits: String = format!("{int}{frac}");
+        if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        let digits = digits.trim_start_matches('0');
+        if digits.len() > 30 {
+            return None;
+        }
+        let mut m: i128 = if digits.is_empty() {
+            0
+        } else {
+            digits.parse().ok()?
+        };
+        let mut scale = frac.len() as i32 - exp;
+        if scale < 0 {
+            m = m.checked_mul(10i128.checked_pow((-scale) as u32)?)?;
+            scale = 0;
+        }
+        if scale > 60 || m.abs() >= 10i128.pow(36) {
+            return None;
+        }
+        Some(Decimal {
+            mantissa: if neg { -m } else { m },
+            scale: scale as u32,
+        })
+    }
+
+    fn rescale(&self, scale: u32) -> Option<i128> {
+        self.mantissa
+            .checked_mul(10i128.checked_pow(scale - self.scale)?)
+    }
+
+    fn add(&self, other: &Decimal) -> Option<Decimal> {
+        let scale = self.scale.max(other.scale);
+        let m = self.rescale(scale)?.checked_add(other.rescale(scale)?)?;
+        Some(Decimal { mantissa: m, scale })
+    }
+
+    /// Rounded (half away from zero) to at most `decimals` places.
+    fn round(self, decimals: u32) -> Decimal {
+        let (mut m, mut scale) = (self.mantissa, self.scale);
+        if scale > decimals {
+            let div = 10i128.pow(scale - decimals);
+            let (q, r) = (m / div, m % div);
+            m = if r.abs() * 2 >= div {
+                q + m.signum()
+            } else {
+                q
+            };
+            scale = decimals;
+        }
+        Decimal { mantissa: m, scale }
+    }
+
+    fn significant_digits(&self) -> usize {
+        let digits = self.mantissa.unsigned_abs().to_string();
+        digits.trim_end_matches('0').len()
+    }
+
+    /// Fixed notation, trailing zeros trimmed.
+    fn to_fixed(self) -> String {
+        let (m, scale) = (self.mantissa, self.scale);
+        let neg = m < 0;
+        let digits = m.unsigned_abs().to_string();
+        let scale = scale as usize;
+        let text = if scale == 0 {
+            digits
+        } else if digits.len() > scale {
+            format!(
+                "{}.{}",
+                &digits[..digits.len() - scale],
+                &digits[digits.len() - scale..]
+            )
+        } else {
+            format!("0.{}{}", "0".repeat(scale - digits.len()), digits)
+        };
+        let text = trim_fraction(&text);
+        if neg && text != "0" {
+            format!("-{text}")
+        } else {
+            text
+        }
     }
 }
 
 /// Serve a read from the current values. Pure, like [`apply_write`].
+/// ([`ReadOp::Scan`] and [`ReadOp::DbSize`] need the whole range; the host
+/// serves them with [`scan_page`] and [`count_live`].)
 pub fn apply_read(
     op: &ReadOp,
     now_ms: u64,
@@ -254,6 +687,150 @@ pub fn apply_read(
         ReadOp::Exists { keys } => {
             OpReply::Int(keys.iter().filter(|k| live(k).is_some()).count() as i64)
         }
+        ReadOp::MGet { keys } => OpReply::Array(
+            keys.iter()
+                .map(|k| match live(k) {
+                    Some(v) => OpReply::Bulk(v.data),
+                    None => OpReply::Nil,
+                })
+                .collect(),
+        ),
+        ReadOp::StrLen { key } => OpReply::Int(live(key).map_or(0, |v| v.data.len() as i64)),
+        ReadOp::GetRange { key, start, end } => {
+            let data = live(key).map(|v| v.data).unwrap_or_default();
+            OpReply::Bulk(get_range(&data, *start, *end))
+        }
+        ReadOp::Ttl { key, ms } => match live(key) {
+            None => OpReply::Int(-2),
+            Some(v) if v.expire_at_ms == 0 => OpReply::Int(-1),
+            Some(v) => {
+                let left = (v.expire_at_ms - now_ms) as i64;
+                OpReply::Int(if *ms { left } else { (left + 500) / 1000 })
+            }
+        },
+        ReadOp::Type { key } => OpReply::Status(
+            if live(key).is_some() {
+                "string"
+            } else {
+                "none"
+            }
+            .to_string(),
+        ),
+        ReadOp::Scan { .. } | ReadOp::DbSize => {
+            OpReply::Error("ERR scan needs the host's range iterator".into())
+        }
+    }
+}
+
+/// GETRANGE's slice, with Redis's negative-index rules.
+pub fn get_range(data: &Bytes, start: i64, end: i64) -> Bytes {
+    let len = data.len() as i64;
+    if (start < 0 && end < 0 && start > end) || len == 0 {
+        return Bytes::new();
+    }
+    let mut start = if start < 0 { len + start } else { start };
+    let mut end = if end < 0 { len + end } else { end };
+    start = start.max(0);
+    end = end.max(0);
+    if end >= len {
+        end = len - 1;
+    }
+    if start > end {
+        return Bytes::new();
+    }
+    data.slice(start as usize..=end as usize)
+}
+
+/// One page of a SCAN over a group's stored pairs, given in key order
+/// (strictly after the cursor). Examines at most `count` pairs (at least
+/// one); skips expired ones and those not matching `pattern`. Returns
+/// `[Bulk(last examined key) | Nil when the input ran out, Array(keys)]`.
+pub fn scan_page<I>(rows: I, now_ms: u64, count: u64, pattern: Option<&[u8]>) -> OpReply
+where
+    I: IntoIterator<Item = (Bytes, Stored)>,
+{
+    let mut keys = Vec::new();
+    let mut examined = 0u64;
+    let mut last = None;
+    let mut rows = rows.into_iter();
+    loop {
+        if examined >= count.max(1) {
+            break;
+        }
+        let Some((k, v)) = rows.next() else {
+            return OpReply::Array(vec![OpReply::Nil, OpReply::Array(keys)]);
+        };
+        examined += 1;
+        if v.live_at(now_ms) && pattern.is_none_or(|p| glob_match(p, &k)) {
+            keys.push(OpReply::Bulk(k.clone()));
+        }
+        last = Some(k);
+    }
+    let next = match last {
+        Some(k) => OpReply::Bulk(k),
+        None => OpReply::Nil,
+    };
+    OpReply::Array(vec![next, OpReply::Array(keys)])
+}
+
+/// DBSIZE of one group: the live pairs among `rows`.
+pub fn count_live<I>(rows: I, now_ms: u64) -> i64
+where
+    I: IntoIterator<Item = Stored>,
+{
+    rows.into_iter().filter(|v| v.live_at(now_ms)).count() as i64
+}
+
+/// Redis-style glob match (`*`, `?`, `[abc]`, `[^a-z]`, `\` escapes), as
+/// Redis's `stringmatchlen`.
+pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
+    match pattern.first() {
+        None => s.is_empty(),
+        Some(b'*') => {
+            // Collapse runs of '*'.
+            let rest = &pattern[1..];
+            if rest.is_empty() {
+                return true;
+            }
+            (0..=s.len()).any(|i| glob_match(rest, &s[i..]))
+        }
+        Some(b'?') => !s.is_empty() && glob_match(&pattern[1..], &s[1..]),
+        Some(b'[') => {
+            let Some(end) = pattern
+                .iter()
+                .skip(1)
+                .position(|&c| c == b']')
+                .map(|p| p + 1)
+            else {
+                return !s.is_empty() && s[0] == b'[' && glob_match(&pattern[1..], &s[1..]);
+            };
+            let class = &pattern[1..end];
+            let (negate, class) = match class.first() {
+                Some(b'^') => (true, &class[1..]),
+                _ => (false, class),
+            };
+            let Some(&c) = s.first() else { return false };
+            let mut hit = false;
+            let mut i = 0;
+            while i < class.len() {
+                if class[i] == b'\\' && i + 1 < class.len() {
+                    hit |= class[i + 1] == c;
+                    i += 2;
+                } else if i + 2 < class.len() && class[i + 1] == b'-' {
+                    let (lo, hi) = (class[i].min(class[i + 2]), class[i].max(class[i + 2]));
+                    hit |= lo <= c && c <= hi;
+                    i += 3;
+                } else {
+                    hit |= class[i] == c;
+                    i += 1;
+                }
+            }
+            hit != negate && glob_match(&pattern[end + 1..], &s[1..])
+        }
+        Some(b'\\') if pattern.len() > 1 => {
+            !s.is_empty() && s[0] == pattern[1] && glob_match(&pattern[2..], &s[1..])
+        }
+        Some(&c) => !s.is_empty() && s[0] == c && glob_match(&pattern[1..], &s[1..]),
     }
 }
 
@@ -385,6 +962,350 @@ mod tests {
         };
         assert_eq!(run(&mut db, 3, del), OpReply::Int(1));
         assert!(!db.contains_key(&Bytes::from("a")));
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn w(db: &mut HashMap<Bytes, Stored>, now_ms: u64, op: WriteOp) -> OpReply {
+        let index = db.values().map(|v| v.version).max().unwrap_or(0) + 1;
+        run(db, index, WriteCmd { now_ms, op })
+    }
+
+    fn r(db: &HashMap<Bytes, Stored>, now_ms: u64, op: ReadOp) -> OpReply {
+        apply_read(&op, now_ms, &mut |k| db.get(k).cloned())
+    }
+
+    fn put(db: &mut HashMap<Bytes, Stored>, k: &str, v: &str, expire_at_ms: u64) {
+        db.insert(
+            b(k),
+            Stored {
+                version: 1,
+                expire_at_ms,
+                data: b(v),
+            },
+        );
+    }
+
+    fn err(s: &str) -> OpReply {
+        OpReply::Error(s.to_string())
+    }
+
+    #[test]
+    fn incr_rules() {
+        let mut db = HashMap::new();
+        let incr = |by| WriteOp::IncrBy { key: b("n"), by };
+        assert_eq!(w(&mut db, 0, incr(1)), OpReply::Int(1));
+        assert_eq!(w(&mut db, 0, incr(-5)), OpReply::Int(-4));
+        assert_eq!(db[&b("n")].data, b("-4"));
+        put(&mut db, "n", &i64::MAX.to_string(), 0);
+        assert_eq!(w(&mut db, 0, incr(1)), err(ERR_OVERFLOW));
+        put(&mut db, "n", &i64::MIN.to_string(), 0);
+        assert_eq!(w(&mut db, 0, incr(-1)), err(ERR_OVERFLOW));
+        assert_eq!(db[&b("n")].data, b(&i64::MIN.to_string()));
+        for bad in [
+            "abc",
+            " 1",
+            "1 ",
+            "+1",
+            "01",
+            "1.0",
+            "",
+            "99999999999999999999",
+        ] {
+            put(&mut db, "n", bad, 0);
+            assert_eq!(w(&mut db, 0, incr(1)), err(ERR_NOT_INTEGER), "{bad:?}");
+        }
+        // INCR keeps the expiry; an expired value counts as absent.
+        put(&mut db, "n", "10", 500);
+        assert_eq!(w(&mut db, 100, incr(1)), OpReply::Int(11));
+        assert_eq!(db[&b("n")].expire_at_ms, 500);
+        assert_eq!(w(&mut db, 600, incr(1)), OpReply::Int(1));
+        assert_eq!(db[&b("n")].expire_at_ms, 0);
+    }
+
+    #[test]
+    fn incr_float_formatting() {
+        let cases = [
+            ("10.50", "0.1", "10.6"),
+            ("0.1", "0.2", "0.3"),
+            ("5.0e3", "2.0e2", "5200"),
+            ("3", "-3", "0"),
+            ("1", "-1.5", "-0.5"),
+            ("0", "1e-20", "0"),
+            ("0", "0.000000000000000015", "0.00000000000000002"),
+            ("1.0", "1", "2"),
+            ("-0", "0", "0"),
+            // Beyond long double's ~19 digits Redis loses the 1 too.
+            ("1e20", "1", "100000000000000000000"),
+        ];
+        for (cur, by, want) in cases {
+            assert_eq!(
+                incr_float(cur.as_bytes(), by.as_bytes()),
+                Ok(want.to_string()),
+                "{cur} + {by}"
+            );
+        }
+        assert_eq!(incr_float(b"abc", b"1"), Err(ERR_NOT_FLOAT));
+        assert_eq!(incr_float(b"1", b"x"), Err(ERR_NOT_FLOAT));
+        assert_eq!(incr_float(b"1.7e308", b"1.7e308"), Err(ERR_NAN_INF));
+        let mut db = HashMap::new();
+        let op = WriteOp::IncrByFloat {
+            key: b("f"),
+            by: b("1.5"),
+        };
+        assert_eq!(w(&mut db, 0, op.clone()), OpReply::Bulk(b("1.5")));
+        assert_eq!(w(&mut db, 0, op), OpReply::Bulk(b("3")));
+    }
+
+    #[test]
+    fn getrange_negative_indexes() {
+        let v = b("Hello World");
+        let g = |s, e| get_range(&v, s, e);
+        assert_eq!(g(0, 4), b("Hello"));
+        assert_eq!(g(-3, -1), b("rld"));
+        assert_eq!(g(0, -1), b("Hello World"));
+        assert_eq!(g(10, 100), b("d"));
+        assert_eq!(g(-100, 2), b("Hel"));
+        assert_eq!(g(5, 3), b(""));
+        assert_eq!(g(-1, -5), b(""));
+        assert_eq!(g(20, 30), b(""));
+        assert_eq!(get_range(&b(""), 0, -1), b(""));
+        let db = HashMap::new();
+        let op = ReadOp::GetRange {
+            key: b("missing"),
+            start: 0,
+            end: -1,
+        };
+        assert_eq!(r(&db, 0, op), OpReply::Bulk(b("")));
+    }
+
+    #[test]
+    fn setrange_pads_and_append_caps() {
+        let mut db = HashMap::new();
+        let sr = |offset, v: &str| WriteOp::SetRange {
+            key: b("k"),
+            offset,
+            value: b(v),
+            max_len: 16,
+        };
+        assert_eq!(w(&mut db, 0, sr(0, "")), OpReply::Int(0));
+        assert!(db.is_empty());
+        assert_eq!(w(&mut db, 0, sr(3, "ab")), OpReply::Int(5));
+        assert_eq!(db[&b("k")].data, Bytes::from_static(b"\0\0\0ab"));
+        assert_eq!(w(&mut db, 0, sr(1, "X")), OpReply::Int(5));
+        assert_eq!(db[&b("k")].data, Bytes::from_static(b"\0X\0ab"));
+        assert_eq!(w(&mut db, 0, sr(15, "ab")), err(ERR_TOO_BIG));
+        assert_eq!(w(&mut db, 0, sr(u64::MAX, "ab")), err(ERR_TOO_BIG));
+        let ap = |v: &str| WriteOp::Append {
+            key: b("a"),
+            value: b(v),
+            max_len: 4,
+        };
+        assert_eq!(w(&mut db, 0, ap("abc")), OpReply::Int(3));
+        assert_eq!(w(&mut db, 0, ap("d")), OpReply::Int(4));
+        assert_eq!(w(&mut db, 0, ap("e")), err(ERR_TOO_BIG));
+        assert_eq!(db[&b("a")].data, b("abcd"));
+    }
+
+    #[test]
+    fn expire_conditions() {
+        let nx = ExpireCond {
+            nx: true,
+            ..Default::default()
+        };
+        let xx = ExpireCond {
+            xx: true,
+            ..Default::default()
+        };
+        let gt = ExpireCond {
+            gt: true,
+            ..Default::default()
+        };
+        let lt = ExpireCond {
+            lt: true,
+            ..Default::default()
+        };
+        let xx_lt = ExpireCond {
+            xx: true,
+            lt: true,
+            ..Default::default()
+        };
+        // (current expiry, new, cond, allowed)
+        let table = [
+            (0, 100, nx, true),
+            (50, 100, nx, false),
+            (0, 100, xx, false),
+            (50, 100, xx, true),
+            (0, 100, gt, false),
+            (50, 100, gt, true),
+            (100, 100, gt, false),
+            (0, 100, lt, true),
+            (200, 100, lt, true),
+            (50, 100, lt, false),
+            (0, 100, xx_lt, false),
+            (200, 100, xx_lt, true),
+        ];
+        for (cur, new, cond, want) in table {
+            assert_eq!(expire_allowed(cur, new, cond), want, "{cur} {new} {cond:?}");
+        }
+        let mut db = HashMap::new();
+        let ex = |at_ms, cond| WriteOp::Expire {
+            key: b("k"),
+            at_ms,
+            cond,
+        };
+        assert_eq!(w(&mut db, 10, ex(100, nx)), OpReply::Int(0));
+        put(&mut db, "k", "v", 0);
+        assert_eq!(w(&mut db, 10, ex(100, nx)), OpReply::Int(1));
+        assert_eq!(db[&b("k")].expire_at_ms, 100);
+        assert_eq!(w(&mut db, 10, ex(50, gt)), OpReply::Int(0));
+        assert_eq!(w(&mut db, 10, ex(500, gt)), OpReply::Int(1));
+        assert_eq!(db[&b("k")].expire_at_ms, 500);
+        assert_eq!(
+            w(&mut db, 10, WriteOp::Persist { key: b("k") }),
+            OpReply::Int(1)
+        );
+        assert_eq!(
+            w(&mut db, 10, WriteOp::Persist { key: b("k") }),
+            OpReply::Int(0)
+        );
+        // A deadline in the past (even negative) deletes the key.
+        assert_eq!(
+            w(&mut db, 10, ex(-5, ExpireCond::default())),
+            OpReply::Int(1)
+        );
+        assert!(db.is_empty());
+    }
+
+    #[test]
+    fn ttl_and_type() {
+        let mut db = HashMap::new();
+        put(&mut db, "p", "v", 0);
+        put(&mut db, "t", "v", 10_400);
+        let ttl = |k: &str, ms| ReadOp::Ttl { key: b(k), ms };
+        assert_eq!(r(&db, 0, ttl("missing", false)), OpReply::Int(-2));
+        assert_eq!(r(&db, 0, ttl("p", false)), OpReply::Int(-1));
+        assert_eq!(r(&db, 0, ttl("p", true)), OpReply::Int(-1));
+        assert_eq!(r(&db, 0, ttl("t", true)), OpReply::Int(10_400));
+        assert_eq!(r(&db, 0, ttl("t", false)), OpReply::Int(10));
+        assert_eq!(r(&db, 300, ttl("t", false)), OpReply::Int(10));
+        assert_eq!(r(&db, 10_400, ttl("t", false)), OpReply::Int(-2));
+        let ty = |k: &str| ReadOp::Type { key: b(k) };
+        assert_eq!(r(&db, 0, ty("p")), OpReply::Status("string".into()));
+        assert_eq!(r(&db, 0, ty("nope")), OpReply::Status("none".into()));
+        assert_eq!(r(&db, 10_400, ty("t")), OpReply::Status("none".into()));
+    }
+
+    #[test]
+    fn getex_getdel_mset_purge() {
+        let mut db = HashMap::new();
+        put(&mut db, "k", "v", 0);
+        let getex = |expiry| WriteOp::GetEx {
+            key: b("k"),
+            expiry,
+        };
+        assert_eq!(
+            w(&mut db, 10, getex(Expiry::At(100))),
+            OpReply::Bulk(b("v"))
+        );
+        assert_eq!(db[&b("k")].expire_at_ms, 100);
+        assert_eq!(w(&mut db, 10, getex(Expiry::Clear)), OpReply::Bulk(b("v")));
+        assert_eq!(db[&b("k")].expire_at_ms, 0);
+        assert_eq!(w(&mut db, 10, getex(Expiry::At(5))), OpReply::Bulk(b("v")));
+        assert!(db.is_empty());
+        put(&mut db, "k", "v", 0);
+        assert_eq!(
+            w(&mut db, 0, WriteOp::GetDel { key: b("k") }),
+            OpReply::Bulk(b("v"))
+        );
+        assert_eq!(w(&mut db, 0, WriteOp::GetDel { key: b("k") }), OpReply::Nil);
+        let pairs = vec![(b("a"), b("1")), (b("b"), b("2")), (b("a"), b("3"))];
+        assert_eq!(
+            w(
+                &mut db,
+                0,
+                WriteOp::MSet {
+                    pairs: pairs.clone(),
+                    nx: false
+                }
+            ),
+            OpReply::Ok
+        );
+        assert_eq!(db[&b("a")].data, b("3"));
+        assert_eq!(
+            w(&mut db, 0, WriteOp::MSet { pairs, nx: true }),
+            OpReply::Int(0)
+        );
+        let pairs = vec![(b("c"), b("1")), (b("d"), b("2"))];
+        assert_eq!(
+            w(&mut db, 0, WriteOp::MSet { pairs, nx: true }),
+            OpReply::Int(1)
+        );
+        let mget = ReadOp::MGet {
+            keys: vec![b("a"), b("x"), b("d")],
+        };
+        assert_eq!(
+            r(&db, 0, mget),
+            OpReply::Array(vec![
+                OpReply::Bulk(b("3")),
+                OpReply::Nil,
+                OpReply::Bulk(b("2"))
+            ])
+        );
+        // Purge removes only keys expired at the stamped time.
+        put(&mut db, "e1", "v", 50);
+        put(&mut db, "e2", "v", 500);
+        let purge = WriteOp::PurgeExpired {
+            keys: vec![b("e1"), b("e2"), b("a"), b("zz")],
+        };
+        assert_eq!(w(&mut db, 100, purge), OpReply::Int(1));
+        assert!(!db.contains_key(&b("e1")) && db.contains_key(&b("e2")));
+    }
+
+    #[test]
+    fn scan_pages_and_globs() {
+        let row = |k: &str, exp| {
+            (
+                b(k),
+                Stored {
+                    version: 1,
+                    expire_at_ms: exp,
+                    data: b("v"),
+                },
+            )
+        };
+        let rows = vec![row("a1", 0), row("a2", 5), row("b1", 0), row("a3", 0)];
+        let page = scan_page(rows.clone(), 10, 2, None);
+        assert_eq!(
+            page,
+            OpReply::Array(vec![
+                OpReply::Bulk(b("a2")),
+                OpReply::Array(vec![OpReply::Bulk(b("a1"))])
+            ])
+        );
+        let page = scan_page(rows.clone(), 10, 10, Some(b"a*"));
+        assert_eq!(
+            page,
+            OpReply::Array(vec![
+                OpReply::Nil,
+                OpReply::Array(vec![OpReply::Bulk(b("a1")), OpReply::Bulk(b("a3"))])
+            ])
+        );
+        // Exactly `count` rows left: the page still reports a next key; the
+        // following (empty) page ends the group.
+        let page = scan_page(rows.clone(), 0, 4, None);
+        assert!(matches!(page, OpReply::Array(ref p) if p[0] == OpReply::Bulk(b("a3"))));
+        assert_eq!(count_live(rows.into_iter().map(|(_, v)| v), 10), 3);
+        assert!(glob_match(b"h?llo", b"hello"));
+        assert!(glob_match(b"h*llo", b"heeeello"));
+        assert!(glob_match(b"h[ae]llo", b"hallo"));
+        assert!(!glob_match(b"h[^e]llo", b"hello"));
+        assert!(glob_match(b"h[a-b]llo", b"hbllo"));
+        assert!(glob_match(b"h\\*", b"h*"));
+        assert!(!glob_match(b"h\\*", b"hx"));
+        assert!(glob_match(b"**", b""));
     }
 
     #[test]

@@ -274,6 +274,24 @@ impl DbView {
         Ok(out)
     }
 
+    /// Lazily iterate the pairs with `start <= key < end`, in key order.
+    pub fn iter(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<impl Iterator<Item = Result<Row, EngineError>> + '_, EngineError> {
+        let handle = self.cf(cf)?;
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_upper_bound(end.to_vec());
+        let iter = self.db.iterator_cf_opt(
+            &handle,
+            ro,
+            rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward),
+        );
+        Ok(iter.map(|item| item.map_err(EngineError::from)))
+    }
+
     /// The last key-value pair with `start <= key < end`.
     pub fn last_in(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<Row>, EngineError> {
         let handle = self.cf(cf)?;

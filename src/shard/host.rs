@@ -16,8 +16,13 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
 
-use super::command::{apply_read, LogCmd, OpReply, ShardRequest, Stored};
-use super::engine::{data_key, state_key, state_key_with, tag, Cf, Engine, Op};
+use super::command::{
+    apply_read, count_live, scan_page, LogCmd, OpReply, ReadOp, ShardRequest, Stored, WriteCmd,
+    WriteOp,
+};
+use super::engine::{
+    data_key, group_range, state_key, state_key_with, tag, Cf, DbView, Engine, EngineError, Op,
+};
 use super::network::{NetworkFactory, Transport};
 use super::store::{destroy_group, LogStore, StateMachine};
 use super::types::{NodeId, Raft};
@@ -222,22 +227,7 @@ impl Host {
                 }
                 let reply = self
                     .engine
-                    .read(move |db| {
-                        let mut error = None;
-                        let reply = apply_read(&op, now_ms, &mut |key| match db
-                            .get(Cf::Data, &data_key(gid, key))
-                        {
-                            Ok(raw) => raw.and_then(|r| Stored::decode(&r)),
-                            Err(e) => {
-                                error = Some(e);
-                                None
-                            }
-                        });
-                        match error {
-                            Some(e) => Err(e),
-                            None => Ok(reply),
-                        }
-                    })
+                    .read(move |db| serve_read(db, gid, &op, now_ms))
                     .await?;
                 Ok(reply)
             }
@@ -322,6 +312,136 @@ impl Host {
             addr: leader.and_then(|l| self.transport.peer_addr(l).or_else(|| node.map(|n| n.addr))),
         }
     }
+}
+
+/// Serve a read on a blocking thread: point reads through [`apply_read`],
+/// SCAN and DBSIZE by iterating the group's data range.
+fn serve_read(db: &DbView, gid: u64, op: &ReadOp, now_ms: u64) -> Result<OpReply, EngineError> {
+    match op {
+        ReadOp::Scan {
+            after,
+            count,
+            pattern,
+        } => {
+            let (start, end) = group_range(gid);
+            // Strictly after `after`: the smallest key above it is after ++ 0.
+            let from = if after.is_empty() {
+                start
+            } else {
+                let mut k = data_key(gid, after);
+                k.push(0);
+                k
+            };
+            let mut error = None;
+            let rows = db.iter(Cf::Data, &from, &end)?.map_while(|r| match r {
+                Ok((k, v)) => Some((
+                    bytes::Bytes::copy_from_slice(&k[8..]),
+                    Stored::decode(&v).unwrap_or(Stored {
+                        version: 0,
+                        expire_at_ms: 0,
+                        data: Default::default(),
+                    }),
+                )),
+                Err(e) => {
+                    error = Some(e);
+                    None
+                }
+            });
+            let reply = scan_page(rows, now_ms, *count, pattern.as_deref());
+            error.map_or(Ok(reply), Err)
+        }
+        ReadOp::DbSize => {
+            let (start, end) = group_range(gid);
+            let mut error = None;
+            let rows = db.iter(Cf::Data, &start, &end)?.map_while(|r| match r {
+                Ok((_, v)) => Stored::decode(&v),
+                Err(e) => {
+                    error = Some(e);
+                    None
+                }
+            });
+            let n = count_live(rows, now_ms);
+            error.map_or(Ok(OpReply::Int(n)), Err)
+        }
+        _ => {
+            let mut error = None;
+            let reply = apply_read(op, now_ms, &mut |key| match db
+                .get(Cf::Data, &data_key(gid, key))
+            {
+                Ok(raw) => raw.and_then(|r| Stored::decode(&r)),
+                Err(e) => {
+                    error = Some(e);
+                    None
+                }
+            });
+            error.map_or(Ok(reply), Err)
+        }
+    }
+}
+
+/// Expired keys looked at per group per pass of the purger.
+const PURGE_SCAN: usize = 1000;
+
+/// Background expiry: on every group this node leads, look through the next
+/// [`PURGE_SCAN`] stored keys (resuming where the last pass stopped,
+/// wrapping at the end) and propose a [`WriteOp::PurgeExpired`] for those
+/// found expired. Expired keys already read as missing everywhere; this only
+/// reclaims their space. The entry carries the proposer's time and the state
+/// machine re-checks each key, so a key rewritten meanwhile survives.
+pub fn spawn_expiry_purger(host: Arc<Host>, period: Duration) {
+    tokio::spawn(async move {
+        let mut cursors: HashMap<u64, Vec<u8>> = HashMap::new();
+        loop {
+            tokio::time::sleep(period).await;
+            for replica in host.replicas() {
+                if replica.raft.metrics().borrow().state != ServerState::Leader {
+                    continue;
+                }
+                let gid = replica.record.group_id;
+                let after = cursors.remove(&gid).unwrap_or_default();
+                let now = crate::meta::etcd::now_ms();
+                let found = host
+                    .engine
+                    .read(move |db| {
+                        let (start, end) = group_range(gid);
+                        let from = if after.is_empty() {
+                            start
+                        } else {
+                            let mut k = data_key(gid, &after);
+                            k.push(0);
+                            k
+                        };
+                        let mut expired = Vec::new();
+                        let mut last = None;
+                        for row in db.iter(Cf::Data, &from, &end)?.take(PURGE_SCAN) {
+                            let (k, v) = row?;
+                            if matches!(Stored::decode(&v), Some(s) if !s.live_at(now)) {
+                                expired.push(bytes::Bytes::copy_from_slice(&k[8..]));
+                            }
+                            last = Some(k[8..].to_vec());
+                        }
+                        Ok((expired, last))
+                    })
+                    .await;
+                let Ok((expired, last)) = found else { continue };
+                if let Some(last) = last {
+                    cursors.insert(gid, last);
+                }
+                if expired.is_empty() {
+                    continue;
+                }
+                let n = expired.len();
+                let cmd = WriteCmd {
+                    now_ms: now,
+                    op: WriteOp::PurgeExpired { keys: expired },
+                };
+                match replica.raft.client_write(LogCmd::Write(cmd)).await {
+                    Ok(_) => tracing::debug!(group = gid, keys = n, "purged expired keys"),
+                    Err(e) => tracing::debug!(group = gid, "expiry purge failed: {e}"),
+                }
+            }
+        }
+    });
 }
 
 /// One log line per leadership change of a group, not per request.

@@ -253,6 +253,8 @@ struct Batch<'a> {
     data: HashMap<Bytes, Option<Stored>>,
     locks: HashMap<Bytes, Option<u64>>,
     prepared: HashMap<u64, Option<Prepared>>,
+    /// Set by FLUSHDB: every data key not in `data` is gone.
+    cleared: bool,
     error: Option<engine::EngineError>,
 }
 
@@ -264,8 +266,15 @@ impl<'a> Batch<'a> {
             data: HashMap::new(),
             locks: HashMap::new(),
             prepared: HashMap::new(),
+            cleared: false,
             error: None,
         }
+    }
+
+    /// FLUSHDB: drop every data key of the group (one range delete).
+    fn clear(&mut self) {
+        self.data.clear();
+        self.cleared = true;
     }
 
     fn db_get(&mut self, cf: Cf, key: &[u8]) -> Option<Vec<u8>> {
@@ -299,7 +308,12 @@ impl<'a> Batch<'a> {
             return Err(read_err(e));
         }
         let gid = self.gid;
-        let mut ops = Vec::with_capacity(self.data.len() + 1);
+        let mut ops = Vec::with_capacity(self.data.len() + 2);
+        // A flush is one range delete, before the batch's later writes.
+        if self.cleared {
+            let (start, end) = group_range(gid);
+            ops.push(Op::DeleteRange(Cf::Data, start, end));
+        }
         for (k, v) in self.data {
             ops.push(match v {
                 Some(v) => Op::Put(Cf::Data, data_key(gid, &k), v.encode()),
@@ -328,6 +342,9 @@ impl TxnView for Batch<'_> {
     fn get(&mut self, key: &[u8]) -> Option<Stored> {
         if let Some(v) = self.data.get(key) {
             return v.clone();
+        }
+        if self.cleared {
+            return None;
         }
         let raw = self.db_get(Cf::Data, &data_key(self.gid, key))?;
         Stored::decode(&raw)
@@ -478,6 +495,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             if let Some(reply) = blocked {
                                 replies.push(reply);
                                 continue;
+                            }
+                            if cmd.op.clears_group() {
+                                batch.clear();
                             }
                             let (reply, changes) = apply_write(cmd, index, &mut |k| batch.get(k));
                             for (k, v) in changes {

@@ -1,0 +1,245 @@
+//! Helpers shared by the integration tests: a raw RESP connection that reads
+//! whole replies as bytes, a throwaway `redis-server` to compare against, and
+//! extra routers with their own configuration.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use shoal::devcluster::{free_port, resp_request, wait_tcp, ClusterOpts, LocalCluster, Proc};
+
+/// Start a cluster under `dir` and wait until it accepts writes.
+pub fn cluster(dir: &Path, nodes: usize, shards: u32, replicas: u32) -> LocalCluster {
+    let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_shoal"), dir);
+    opts.nodes = nodes;
+    opts.default_shards = shards;
+    opts.default_replicas = replicas;
+    opts.node_args = vec!["--log-level".into(), "warn".into()];
+    LocalCluster::start(opts).expect("cluster starts")
+}
+
+/// Encode a command as a RESP multibulk request.
+pub fn encode(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Length of the first complete RESP2/RESP3 reply in `buf`, if complete.
+pub fn reply_len(buf: &[u8]) -> Option<usize> {
+    let line_end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let head = buf.first()?;
+    let after_line = line_end + 2;
+    let num = || -> Option<i64> { std::str::from_utf8(&buf[1..line_end]).ok()?.parse().ok() };
+    match head {
+        b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => Some(after_line),
+        b'$' | b'!' | b'=' => {
+            let n = num()?;
+            if n < 0 {
+                return Some(after_line);
+            }
+            let end = after_line + n as usize + 2;
+            (buf.len() >= end).then_some(end)
+        }
+        b'*' | b'~' | b'>' | b'%' | b'|' => {
+            let n = num()?;
+            if n < 0 {
+                return Some(after_line);
+            }
+            let items = if matches!(head, b'%' | b'|') {
+                2 * n
+            } else {
+                n
+            };
+            let mut pos = after_line;
+            for _ in 0..items {
+                pos += reply_len(&buf[pos..])?;
+            }
+            if *head == b'|' {
+                // An attribute precedes the actual reply.
+                pos += reply_len(&buf[pos..])?;
+            }
+            Some(pos)
+        }
+        _ => None,
+    }
+}
+
+/// A raw RESP connection.
+pub struct Conn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    pub fn connect(addr: &str) -> Conn {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, args: &[&[u8]]) {
+        self.stream.write_all(&encode(args)).expect("write");
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Read one whole reply (raw bytes); `None` when the server closed.
+    pub fn read_reply(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(n) = reply_len(&self.buf) {
+                return Some(self.buf.drain(..n).collect());
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Send a command and read its reply.
+    pub fn cmd(&mut self, args: &[&[u8]]) -> Vec<u8> {
+        self.send(args);
+        self.read_reply().expect("a reply")
+    }
+
+    /// `cmd` with space-separated textual arguments.
+    pub fn line(&mut self, line: &str) -> Vec<u8> {
+        let parts = split(line);
+        let refs: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+        self.cmd(&refs)
+    }
+
+    /// Whether the server closed the connection (reads EOF or reset).
+    pub fn is_closed(&mut self, within: Duration) -> bool {
+        self.stream.set_read_timeout(Some(within)).unwrap();
+        let mut chunk = vec![0u8; 1 << 20];
+        let deadline = Instant::now() + within;
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return false
+                }
+                Err(_) => return true,
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+        }
+    }
+}
+
+/// Split a command line on spaces; `""` is an empty argument.
+pub fn split(line: &str) -> Vec<Vec<u8>> {
+    line.split(' ')
+        .map(|p| {
+            if p == "\"\"" {
+                Vec::new()
+            } else {
+                p.as_bytes().to_vec()
+            }
+        })
+        .collect()
+}
+
+/// Printable form of reply bytes, for assertion messages.
+pub fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).replace("\r\n", "\\r\\n")
+}
+
+/// A throwaway `redis-server` on a free port, killed on drop.
+pub struct RedisServer {
+    pub addr: String,
+    _proc: Proc,
+}
+
+impl RedisServer {
+    pub fn start(dir: &Path) -> RedisServer {
+        let port = free_port();
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+        ])
+        .arg(dir);
+        let proc = Proc::spawn("redis-server", cmd, dir).expect("redis-server starts");
+        let addr = format!("127.0.0.1:{port}");
+        wait_tcp(&addr, Duration::from_secs(10)).expect("redis-server listens");
+        RedisServer { addr, _proc: proc }
+    }
+}
+
+/// An extra router for `cluster` with its own TOML configuration and flags.
+pub fn extra_router(
+    cluster: &LocalCluster,
+    dir: &Path,
+    toml: &str,
+    flags: &[&str],
+) -> (String, Proc) {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("router.toml");
+    std::fs::write(&config, toml).unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
+    cmd.arg("router")
+        .arg("--config")
+        .arg(&config)
+        .arg("--listen")
+        .arg(&addr)
+        .arg("--etcd")
+        .arg(cluster.etcd_url())
+        .args(flags);
+    let proc = Proc::spawn("router", cmd, dir).expect("router starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match resp_request(&addr, &["PING"], Duration::from_secs(2)) {
+            Ok(r) if r == "+PONG" || r.starts_with("-NOAUTH") => break,
+            _ if Instant::now() > deadline => panic!("router {addr} did not answer"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    (addr, proc)
+}
+
+/// Poll `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
