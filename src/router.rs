@@ -57,6 +57,7 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
         clients: ClientRegistry::default(),
         started: Instant::now(),
         commands_processed: AtomicU64::new(0),
+        txn_stats: Default::default(),
     });
     tokio::select! {
         r = server::serve(listener, shared) => r.context("listener failed")?,

@@ -167,7 +167,11 @@ fn redis_semantics_and_error_replies() {
     raw(&mut s, &["SET", "x:1", "a"], "+QUEUED\r\n");
     raw(&mut s, &["SET", "y:2", "b"], "+QUEUED\r\n");
     raw(&mut s, &["GET", "x:1"], "+QUEUED\r\n");
-    raw(&mut s, &["WATCH", "x:1"], "-ERR WATCH inside MULTI is not allowed\r\n");
+    raw(
+        &mut s,
+        &["WATCH", "x:1"],
+        "-ERR WATCH inside MULTI is not allowed\r\n",
+    );
     raw(&mut s, &["EXEC"], "*3\r\n+OK\r\n+OK\r\n$1\r\na\r\n");
     // DISCARD drops the queue.
     raw(&mut s, &["MULTI"], "+OK\r\n");
@@ -177,8 +181,16 @@ fn redis_semantics_and_error_replies() {
     // A bad command while queueing aborts the transaction at EXEC.
     raw(&mut s, &["MULTI"], "+OK\r\n");
     raw(&mut s, &["SET", "x:1", "never"], "+QUEUED\r\n");
-    raw(&mut s, &["GET"], "-ERR wrong number of arguments for 'get' command\r\n");
-    raw(&mut s, &["NOSUCH"], "-ERR unknown command 'nosuch', with args beginning with: \r\n");
+    raw(
+        &mut s,
+        &["GET"],
+        "-ERR wrong number of arguments for 'get' command\r\n",
+    );
+    raw(
+        &mut s,
+        &["NOSUCH"],
+        "-ERR unknown command 'nosuch', with args beginning with: \r\n",
+    );
     raw(
         &mut s,
         &["EXEC"],
@@ -217,18 +229,24 @@ fn redis_semantics_and_error_replies() {
     );
     // Cross-shard MSET is all-or-nothing through the same path.
     let keys: Vec<String> = (0..20).map(|i| format!("m:{i}")).collect();
-    assert!(keys.iter().any(|k| slot(k.as_bytes()) < 8192) && keys.iter().any(|k| slot(k.as_bytes()) >= 8192));
+    assert!(
+        keys.iter().any(|k| slot(k.as_bytes()) < 8192)
+            && keys.iter().any(|k| slot(k.as_bytes()) >= 8192)
+    );
     let mut args = vec!["MSET"];
     for k in &keys {
         args.push(k);
         args.push("v");
     }
     ok(&mut other, &args);
-    let n: i64 = redis::from_redis_value(&q(&mut other, &{
-        let mut a = vec!["EXISTS"];
-        a.extend(keys.iter().map(|k| k.as_str()));
-        a
-    }).unwrap())
+    let n: i64 = redis::from_redis_value(
+        &q(&mut other, &{
+            let mut a = vec!["EXISTS"];
+            a.extend(keys.iter().map(|k| k.as_str()));
+            a
+        })
+        .unwrap(),
+    )
     .unwrap();
     assert_eq!(n, 20);
 }
@@ -251,7 +269,9 @@ fn bank_invariant_under_concurrent_transfers_and_snapshots() {
             let mut con = connect(&addr);
             let mut seed = t * 7919 + 1;
             while !stop.load(Ordering::Relaxed) {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let from = (seed >> 33) as usize % ACCOUNTS;
                 let to = (from + 1 + (seed >> 17) as usize % (ACCOUNTS - 1)) % ACCOUNTS;
                 match transfer(&mut con, from, to, (seed % 10) as i64 + 1) {
@@ -261,10 +281,7 @@ fn bank_invariant_under_concurrent_transfers_and_snapshots() {
                     Ok(false) => {}
                     Err(e) => {
                         // TRYAGAIN while a key is locked: retry later.
-                        assert!(
-                            e.code() == Some("TRYAGAIN"),
-                            "transfer failed: {e}"
-                        );
+                        assert!(e.code() == Some("TRYAGAIN"), "transfer failed: {e}");
                         let _ = q(&mut con, &["DISCARD"]);
                         let _ = q(&mut con, &["UNWATCH"]);
                     }
@@ -289,7 +306,10 @@ fn bank_invariant_under_concurrent_transfers_and_snapshots() {
     for h in handles {
         h.join().unwrap();
     }
-    let (c, s) = (committed.load(Ordering::Relaxed), snapshots.load(Ordering::Relaxed));
+    let (c, s) = (
+        committed.load(Ordering::Relaxed),
+        snapshots.load(Ordering::Relaxed),
+    );
     eprintln!("{c} transfers committed, {s} consistent snapshots");
     assert!(c > 20, "too few transfers committed: {c}");
     assert!(s > 5, "too few snapshots: {s}");
@@ -303,19 +323,23 @@ fn coordinator_dies_at(failpoint: &str, applied: bool) {
     let mut cluster = start(&dir);
     let mut con = connect(&cluster.router_addr());
     setup_bank(&mut con);
-    let doomed = cluster.add_router_with(&["--failpoint", failpoint]).unwrap();
+    let doomed = cluster
+        .add_router_with(&["--failpoint", failpoint])
+        .unwrap();
     let mut dying = connect(&doomed);
     let (from, to) = (0, ACCOUNTS - 1);
     let r = transfer(&mut dying, from, to, 30);
-    assert!(r.is_err(), "{failpoint}: the coordinator should have died: {r:?}");
+    assert!(
+        r.is_err(),
+        "{failpoint}: the coordinator should have died: {r:?}"
+    );
 
     // Within the recovery timeout every lock is released: plain reads and a
     // snapshot work, and the transfer is all or nothing.
     let start = Instant::now();
     let sum = eventually("snapshot after recovery", || {
-        snapshot_sum(&mut con).and_then(|s| {
-            s.ok_or_else(|| (redis::ErrorKind::TryAgain, "conflict").into())
-        })
+        snapshot_sum(&mut con)
+            .and_then(|s| s.ok_or_else(|| (redis::ErrorKind::TryAgain, "conflict").into()))
     });
     assert_eq!(sum, START * ACCOUNTS as i64);
     let (a, b) = (balance(&mut con, from), balance(&mut con, to));
@@ -385,9 +409,8 @@ fn participant_leader_killed_during_transfers() {
     eprintln!("{n} transfers committed around the kill");
     let mut con = connect(&addr);
     let sum = eventually("final snapshot", || {
-        snapshot_sum(&mut con).and_then(|s| {
-            s.ok_or_else(|| (redis::ErrorKind::TryAgain, "conflict").into())
-        })
+        snapshot_sum(&mut con)
+            .and_then(|s| s.ok_or_else(|| (redis::ErrorKind::TryAgain, "conflict").into()))
     });
     assert_eq!(sum, START * ACCOUNTS as i64);
     assert_eq!(total(&mut con), START * ACCOUNTS as i64);

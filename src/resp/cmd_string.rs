@@ -18,24 +18,27 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::args::{parse_f64, Args};
 use super::reply::Reply;
 use super::session::{arg_err, cluster_err, wrong_args, Session};
+use crate::cluster::plan::{merge, Atomicity, Merge, Part, Plan};
 use crate::cluster::routes::TableRoute;
 use crate::cluster::slot::slot;
+use crate::cluster::txn::{self, Outcome, ShardKeys, ShardWork};
 use crate::cluster::ClusterError;
 use crate::meta::descriptor::TableState;
 use crate::meta::etcd::now_ms;
 use crate::shard::command::{
     ExpireCond, Expiry, OpReply, ReadOp, SetCond, ShardRequest, WriteCmd, WriteOp,
 };
+use crate::shard::txn::TxnOp;
 
 const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
 const ERR_SYNTAX: &str = "ERR syntax error";
-const ERR_MULTI_SHARD: &str = "ERR MSET/MSETNX keys must be in one shard until cross-shard transactions land; use a hash tag such as {user1}";
 
 fn write(op: WriteOp) -> ShardRequest {
     ShardRequest::Write(WriteCmd {
@@ -47,13 +50,18 @@ fn write(op: WriteOp) -> ShardRequest {
 impl Session {
     /// The table this connection works in, if it is routable.
     fn current_table(&self) -> Result<Arc<TableRoute>, ClusterError> {
+        self.table_named(&self.table)
+    }
+
+    /// A table by name, if it is routable.
+    pub(super) fn table_named(&self, name: &str) -> Result<Arc<TableRoute>, ClusterError> {
         let view = self.shared.client.routes();
-        match view.table(&self.table) {
+        match view.table(name) {
             Some(t) => routable(t).map(|_| t.clone()),
-            None if self.table == "default" => Err(ClusterError::TryAgain(
+            None if name == "default" => Err(ClusterError::TryAgain(
                 "the cluster is starting: table 'default' is not created yet".into(),
             )),
-            None => Err(ClusterError::UnknownTable(self.table.clone())),
+            None => Err(ClusterError::UnknownTable(name.to_string())),
         }
     }
 
@@ -73,212 +81,7 @@ impl Session {
             Ok(t) => t,
             Err(e) => return cluster_err(e),
         };
-        let max_value = self.shared.config.max_value_len;
-        let key = |args: &mut Args| args.next_bytes().unwrap_or_default();
         match name {
-            "get" => {
-                let key = key(args);
-                let req = self.read(ReadOp::Get { key: key.clone() });
-                self.one(&table, &key, req).await
-            }
-            "set" => match parse_set(args, max_value) {
-                Ok(op) => {
-                    let key = op.keys()[0].clone();
-                    self.one(&table, &key, write(op)).await
-                }
-                Err(r) => r,
-            },
-            "setnx" | "getset" => {
-                let key = key(args);
-                let value = args.next_bytes().unwrap_or_default();
-                if value.len() > max_value {
-                    return Reply::error("ERR value is too large");
-                }
-                let nx = name == "setnx";
-                let op = WriteOp::Set {
-                    key: key.clone(),
-                    value,
-                    expiry: Expiry::Clear,
-                    cond: if nx {
-                        SetCond::IfAbsent
-                    } else {
-                        SetCond::Always
-                    },
-                    get: !nx,
-                };
-                match (self.one(&table, &key, write(op)).await, nx) {
-                    (Reply::Status(_), true) => Reply::Int(1),
-                    (Reply::Nil, true) => Reply::Int(0),
-                    (r, _) => r,
-                }
-            }
-            "getdel" => {
-                let key = key(args);
-                let op = WriteOp::GetDel { key: key.clone() };
-                self.one(&table, &key, write(op)).await
-            }
-            "getex" => {
-                let key = key(args);
-                let expiry = match parse_getex(args) {
-                    Ok(e) => e,
-                    Err(r) => return r,
-                };
-                let req = match expiry {
-                    // Plain GETEX is a read (and works under READONLY).
-                    Expiry::Keep => self.read(ReadOp::Get { key: key.clone() }),
-                    _ => write(WriteOp::GetEx {
-                        key: key.clone(),
-                        expiry,
-                    }),
-                };
-                self.one(&table, &key, req).await
-            }
-            "incr" | "decr" | "incrby" | "decrby" => {
-                let key = key(args);
-                let by = match name {
-                    "incr" => 1,
-                    "decr" => -1,
-                    _ => match args.next_i64() {
-                        Err(_) => return Reply::error(ERR_NOT_INTEGER),
-                        Ok(n) if name == "incrby" => n,
-                        Ok(n) => match n.checked_neg() {
-                            Some(n) => n,
-                            None => return Reply::error("ERR decrement would overflow"),
-                        },
-                    },
-                };
-                let op = WriteOp::IncrBy {
-                    key: key.clone(),
-                    by,
-                };
-                self.one(&table, &key, write(op)).await
-            }
-            "incrbyfloat" => {
-                let key = key(args);
-                let by = args.next_bytes().unwrap_or_default();
-                if parse_f64(&by).is_none() {
-                    return Reply::error("ERR value is not a valid float");
-                }
-                let op = WriteOp::IncrByFloat {
-                    key: key.clone(),
-                    by,
-                };
-                self.one(&table, &key, write(op)).await
-            }
-            "append" => {
-                let key = key(args);
-                let value = args.next_bytes().unwrap_or_default();
-                let op = WriteOp::Append {
-                    key: key.clone(),
-                    value,
-                    max_len: max_value as u64,
-                };
-                self.one(&table, &key, write(op)).await
-            }
-            "strlen" => {
-                let key = key(args);
-                let req = self.read(ReadOp::StrLen { key: key.clone() });
-                self.one(&table, &key, req).await
-            }
-            "getrange" | "substr" => {
-                let key = key(args);
-                let (Ok(start), Ok(end)) = (args.next_i64(), args.next_i64()) else {
-                    return Reply::error(ERR_NOT_INTEGER);
-                };
-                let req = self.read(ReadOp::GetRange {
-                    key: key.clone(),
-                    start,
-                    end,
-                });
-                self.one(&table, &key, req).await
-            }
-            "setrange" => {
-                let key = key(args);
-                let offset = match args.next_i64() {
-                    Ok(n) if n < 0 => return Reply::error("ERR offset is out of range"),
-                    Ok(n) => n as u64,
-                    Err(_) => return Reply::error(ERR_NOT_INTEGER),
-                };
-                let value = args.next_bytes().unwrap_or_default();
-                let op = WriteOp::SetRange {
-                    key: key.clone(),
-                    offset,
-                    value,
-                    max_len: max_value as u64,
-                };
-                self.one(&table, &key, write(op)).await
-            }
-            "expire" | "pexpire" | "expireat" | "pexpireat" => {
-                let key = key(args);
-                let (at_ms, cond) = match parse_expire(name, args, now_ms() as i64) {
-                    Ok(v) => v,
-                    Err(r) => return r,
-                };
-                let op = WriteOp::Expire {
-                    key: key.clone(),
-                    at_ms,
-                    cond,
-                };
-                self.one(&table, &key, write(op)).await
-            }
-            "ttl" | "pttl" => {
-                let key = key(args);
-                let req = self.read(ReadOp::Ttl {
-                    key: key.clone(),
-                    ms: name == "pttl",
-                });
-                self.one(&table, &key, req).await
-            }
-            "persist" => {
-                let key = key(args);
-                let op = WriteOp::Persist { key: key.clone() };
-                self.one(&table, &key, write(op)).await
-            }
-            "type" => {
-                let key = key(args);
-                let req = self.read(ReadOp::Type { key: key.clone() });
-                self.one(&table, &key, req).await
-            }
-            "del" | "unlink" => {
-                let keys = args.rest();
-                self.fan_out_sum(&table, keys, |keys| write(WriteOp::Del { keys }))
-                    .await
-            }
-            "exists" | "touch" => {
-                let keys = args.rest();
-                self.fan_out_sum(&table, keys, |keys| self.read(ReadOp::Exists { keys }))
-                    .await
-            }
-            "mget" => self.mget(&table, args.rest()).await,
-            "mset" | "msetnx" => {
-                let rest = args.rest();
-                if !rest.len().is_multiple_of(2) {
-                    return wrong_args(name);
-                }
-                let mut pairs = Vec::with_capacity(rest.len() / 2);
-                let mut it = rest.into_iter();
-                while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    if v.len() > max_value {
-                        return Reply::error("ERR value is too large");
-                    }
-                    pairs.push((k, v));
-                }
-                let shard = table.desc.shard_for_slot(slot(&pairs[0].0));
-                if pairs
-                    .iter()
-                    .any(|(k, _)| table.desc.shard_for_slot(slot(k)) != shard)
-                {
-                    return Reply::error(ERR_MULTI_SHARD);
-                }
-                let op = WriteOp::MSet {
-                    pairs,
-                    nx: name == "msetnx",
-                };
-                match self.shared.client.execute(&table, shard, write(op)).await {
-                    Ok(r) => op_reply(r),
-                    Err(e) => cluster_err(e),
-                }
-            }
             "dbsize" => match self.table_dbsize(&table).await {
                 Ok(n) => Reply::Int(n),
                 Err(r) => r,
@@ -310,28 +113,124 @@ impl Session {
                 }
             }
             "scan" => self.scan(&table, args).await,
-            _ => Reply::error(format!("ERR unknown command '{name}'")),
+            _ => match compile(name, args, &table, self.shared.config.max_value_len) {
+                Ok(plan) => self.run_plan(plan).await,
+                Err(r) => r,
+            },
         }
     }
 
-    async fn one(&self, table: &TableRoute, key: &[u8], req: ShardRequest) -> Reply {
-        let shard = table.desc.shard_for_slot(slot(key));
-        match self.shared.client.execute(table, shard, req).await {
-            Ok(r) => op_reply(r),
-            Err(e) => cluster_err(e),
+    /// Run a compiled command outside MULTI.
+    pub(super) async fn run_plan(&self, plan: Plan) -> Reply {
+        if plan.shards() > 1 {
+            match plan.atomicity {
+                Atomicity::AllOrNothing => return self.run_atomic(plan).await,
+                Atomicity::AllIfAbsent => return self.run_set_if_absent(plan).await,
+                Atomicity::None => {}
+            }
+        }
+        let calls = plan.parts.iter().map(|part| {
+            let req = match &part.op {
+                TxnOp::Write(w) => write(w.clone()),
+                TxnOp::Read(r) => self.read(r.clone()),
+            };
+            self.execute_waiting_for_locks(&plan.table, part.shard, req)
+        });
+        let mut replies = Vec::with_capacity(plan.parts.len());
+        for r in futures::future::join_all(calls).await {
+            match r {
+                Ok(r) => replies.push(r),
+                Err(e) => return cluster_err(e),
+            }
+        }
+        op_reply(merge(&plan.merge, replies))
+    }
+
+    /// Execute a request; a write refused because a transaction holds one of
+    /// its keys is retried for a short while (it had no effect), then the
+    /// client gets the `-TRYAGAIN`.
+    async fn execute_waiting_for_locks(
+        &self,
+        table: &TableRoute,
+        shard: usize,
+        req: ShardRequest,
+    ) -> Result<OpReply, ClusterError> {
+        let deadline = Instant::now() + LOCK_WAIT;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let reply = self
+                .shared
+                .client
+                .execute(table, shard, req.clone())
+                .await?;
+            let locked = matches!(&reply, OpReply::Error(e) if e.starts_with("TRYAGAIN"));
+            if !locked || Instant::now() >= deadline {
+                return Ok(reply);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
 
-    /// Group key positions by shard: shard -> (index in the request, key).
-    fn by_shard(table: &TableRoute, keys: Vec<Bytes>) -> BTreeMap<usize, Vec<(usize, Bytes)>> {
-        let mut by_shard: BTreeMap<usize, Vec<(usize, Bytes)>> = BTreeMap::new();
-        for (i, k) in keys.into_iter().enumerate() {
-            by_shard
-                .entry(table.desc.shard_for_slot(slot(&k)))
-                .or_default()
-                .push((i, k));
+    /// MSET over several shards: one transaction, all or nothing.
+    async fn run_atomic(&self, plan: Plan) -> Reply {
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            let work = shard_work(std::slice::from_ref(&plan), &[]);
+            let n = plan.parts.len();
+            let stats = &self.shared.txn_stats;
+            match txn::execute(&self.shared.client, &self.shared.meta, work, n, stats).await {
+                Ok(Outcome::Committed(replies)) => return op_reply(merge(&plan.merge, replies)),
+                Ok(Outcome::Conflict) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Ok(Outcome::Conflict) => {
+                    return Reply::error("TRYAGAIN keys are locked by other transactions")
+                }
+                Err(e) => return cluster_err(e),
+            }
         }
-        by_shard
+    }
+
+    /// MSETNX over several shards: check that no key exists, then set them
+    /// all in one transaction that WATCHes every key as absent.
+    async fn run_set_if_absent(&self, plan: Plan) -> Reply {
+        let keys: Vec<Bytes> = plan.parts.iter().flat_map(|p| p.op.keys()).collect();
+        for _ in 0..5 {
+            let reads = shard_keys(&plan.table, &keys);
+            let snapshot = match txn::snapshot_read(&self.shared.client, &reads).await {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                Err(e) => return cluster_err(e),
+            };
+            let now = now_ms();
+            if snapshot.values().any(|v| v.live_at(now)) {
+                return Reply::Int(0);
+            }
+            let mut set_all = plan.clone();
+            for p in set_all.parts.iter_mut() {
+                if let TxnOp::Write(WriteOp::MSet { nx, .. }) = &mut p.op {
+                    *nx = false;
+                }
+            }
+            let watches: Vec<WatchedKey> = keys
+                .iter()
+                .map(|k| WatchedKey {
+                    table: plan.table.clone(),
+                    key: k.clone(),
+                    version: 0,
+                })
+                .collect();
+            let work = shard_work(std::slice::from_ref(&set_all), &watches);
+            let n = set_all.parts.len();
+            let stats = &self.shared.txn_stats;
+            match txn::execute(&self.shared.client, &self.shared.meta, work, n, stats).await {
+                Ok(Outcome::Committed(_)) => return Reply::Int(1),
+                Ok(Outcome::Conflict) => continue,
+                Err(e) => return cluster_err(e),
+            }
+        }
+        Reply::Int(0)
     }
 
     /// Run one request per listed shard, in parallel; replies in the order
@@ -365,60 +264,6 @@ impl Session {
     ) -> Result<Vec<OpReply>, Reply> {
         let reqs = (0..table.desc.shards.len()).map(|s| (s, make(s))).collect();
         self.on_shards(table, reqs).await
-    }
-
-    /// Split keys by shard, run one request per shard in parallel, and add up
-    /// the integer replies (DEL, EXISTS, TOUCH).
-    async fn fan_out_sum(
-        &self,
-        table: &Arc<TableRoute>,
-        keys: Vec<Bytes>,
-        make: impl Fn(Vec<Bytes>) -> ShardRequest,
-    ) -> Reply {
-        let reqs = Self::by_shard(table, keys)
-            .into_iter()
-            .map(|(shard, keys)| (shard, make(keys.into_iter().map(|(_, k)| k).collect())))
-            .collect();
-        match self.on_shards(table, reqs).await {
-            Ok(replies) => Reply::Int(
-                replies
-                    .iter()
-                    .map(|r| match r {
-                        OpReply::Int(n) => *n,
-                        _ => 0,
-                    })
-                    .sum(),
-            ),
-            Err(r) => r,
-        }
-    }
-
-    /// MGET: one request per shard, answers put back in key order.
-    async fn mget(&self, table: &Arc<TableRoute>, keys: Vec<Bytes>) -> Reply {
-        let n = keys.len();
-        let groups: Vec<(usize, Vec<(usize, Bytes)>)> =
-            Self::by_shard(table, keys).into_iter().collect();
-        let reqs = groups
-            .iter()
-            .map(|(shard, keys)| {
-                let keys = keys.iter().map(|(_, k)| k.clone()).collect();
-                (*shard, self.read(ReadOp::MGet { keys }))
-            })
-            .collect();
-        let replies = match self.on_shards(table, reqs).await {
-            Ok(r) => r,
-            Err(r) => return r,
-        };
-        let mut out = vec![Reply::Nil; n];
-        for ((_, keys), reply) in groups.iter().zip(replies) {
-            let OpReply::Array(values) = reply else {
-                return Reply::error("ERR internal: bad MGET reply");
-            };
-            for ((i, _), v) in keys.iter().zip(values) {
-                out[*i] = op_reply(v);
-            }
-        }
-        Reply::Array(out)
     }
 
     /// Live keys in a table (DBSIZE), for INFO keyspace.
@@ -537,6 +382,347 @@ impl Session {
             encode_cursor(shard, 0)
         };
         scan_result(cursor, keys)
+    }
+}
+
+/// How long a write waits for a key locked by a transaction.
+const LOCK_WAIT: Duration = Duration::from_millis(1000);
+
+/// A WATCHed key: its table, and its version when WATCH ran (0: absent).
+#[derive(Debug, Clone)]
+pub struct WatchedKey {
+    pub table: Arc<TableRoute>,
+    pub key: Bytes,
+    pub version: u64,
+}
+
+/// The per-shard work of a transaction made of `plans` (in order), with the
+/// WATCHed keys. Operation indexes count parts across all plans.
+pub fn shard_work(plans: &[Plan], watches: &[WatchedKey]) -> Vec<ShardWork> {
+    let mut work: Vec<ShardWork> = Vec::new();
+    let slot_of = |table: &Arc<TableRoute>, shard: usize, work: &mut Vec<ShardWork>| match work
+        .iter()
+        .position(|w| w.table.desc.table_id == table.desc.table_id && w.shard == shard)
+    {
+        Some(i) => i,
+        None => {
+            work.push(ShardWork {
+                table: table.clone(),
+                shard,
+                ops: Vec::new(),
+                watches: Vec::new(),
+            });
+            work.len() - 1
+        }
+    };
+    let mut index = 0;
+    for plan in plans {
+        for part in &plan.parts {
+            let i = slot_of(&plan.table, part.shard, &mut work);
+            work[i].ops.push((index, part.op.clone()));
+            index += 1;
+        }
+    }
+    for w in watches {
+        let shard = w.table.desc.shard_for_slot(slot(&w.key));
+        let i = slot_of(&w.table, shard, &mut work);
+        work[i].watches.push((w.key.clone(), w.version));
+    }
+    work
+}
+
+/// Keys grouped by the shard of `table` that owns them.
+pub fn shard_keys(table: &Arc<TableRoute>, keys: &[Bytes]) -> Vec<ShardKeys> {
+    let mut out: Vec<ShardKeys> = Vec::new();
+    for k in keys {
+        let shard = table.desc.shard_for_slot(slot(k));
+        match out.iter_mut().find(|s| s.shard == shard) {
+            Some(s) => s.keys.push(k.clone()),
+            None => out.push(ShardKeys {
+                table: table.clone(),
+                shard,
+                keys: vec![k.clone()],
+            }),
+        }
+    }
+    out
+}
+
+/// Compile a per-key data command (everything but the keyspace commands
+/// KEYS, SCAN, DBSIZE, FLUSHDB, FLUSHALL) against `table`.
+pub fn compile(
+    name: &str,
+    args: &mut Args,
+    table: &Arc<TableRoute>,
+    max_value: usize,
+) -> Result<Plan, Reply> {
+    let key = |args: &mut Args| args.next_bytes().unwrap_or_default();
+    let single = |key: &Bytes, op: TxnOp| Plan {
+        table: table.clone(),
+        parts: vec![Part {
+            shard: table.desc.shard_for_slot(slot(key)),
+            op,
+        }],
+        merge: Merge::Single,
+        atomicity: Atomicity::None,
+    };
+    let w = TxnOp::Write;
+    let r = TxnOp::Read;
+    let plan = match name {
+        "get" => {
+            let key = key(args);
+            single(&key, r(ReadOp::Get { key: key.clone() }))
+        }
+        "set" => {
+            let op = parse_set(args, max_value)?;
+            let key = op.keys()[0].clone();
+            single(&key, w(op))
+        }
+        "setnx" | "getset" => {
+            let key = key(args);
+            let value = args.next_bytes().unwrap_or_default();
+            if value.len() > max_value {
+                return Err(Reply::error("ERR value is too large"));
+            }
+            let nx = name == "setnx";
+            let op = WriteOp::Set {
+                key: key.clone(),
+                value,
+                expiry: Expiry::Clear,
+                cond: if nx {
+                    SetCond::IfAbsent
+                } else {
+                    SetCond::Always
+                },
+                get: !nx,
+            };
+            let mut plan = single(&key, w(op));
+            if nx {
+                plan.merge = Merge::SetNx;
+            }
+            plan
+        }
+        "getdel" => {
+            let key = key(args);
+            single(&key, w(WriteOp::GetDel { key: key.clone() }))
+        }
+        "getex" => {
+            let key = key(args);
+            let expiry = parse_getex(args)?;
+            let op = match expiry {
+                // Plain GETEX is a read (and works under READONLY).
+                Expiry::Keep => r(ReadOp::Get { key: key.clone() }),
+                _ => w(WriteOp::GetEx {
+                    key: key.clone(),
+                    expiry,
+                }),
+            };
+            single(&key, op)
+        }
+        "incr" | "decr" | "incrby" | "decrby" => {
+            let key = key(args);
+            let by = match name {
+                "incr" => 1,
+                "decr" => -1,
+                _ => match args.next_i64() {
+                    Err(_) => return Err(Reply::error(ERR_NOT_INTEGER)),
+                    Ok(n) if name == "incrby" => n,
+                    Ok(n) => match n.checked_neg() {
+                        Some(n) => n,
+                        None => return Err(Reply::error("ERR decrement would overflow")),
+                    },
+                },
+            };
+            single(
+                &key,
+                w(WriteOp::IncrBy {
+                    key: key.clone(),
+                    by,
+                }),
+            )
+        }
+        "incrbyfloat" => {
+            let key = key(args);
+            let by = args.next_bytes().unwrap_or_default();
+            if parse_f64(&by).is_none() {
+                return Err(Reply::error("ERR value is not a valid float"));
+            }
+            single(
+                &key,
+                w(WriteOp::IncrByFloat {
+                    key: key.clone(),
+                    by,
+                }),
+            )
+        }
+        "append" => {
+            let key = key(args);
+            let value = args.next_bytes().unwrap_or_default();
+            let op = WriteOp::Append {
+                key: key.clone(),
+                value,
+                max_len: max_value as u64,
+            };
+            single(&key, w(op))
+        }
+        "strlen" => {
+            let key = key(args);
+            single(&key, r(ReadOp::StrLen { key: key.clone() }))
+        }
+        "getrange" | "substr" => {
+            let key = key(args);
+            let (Ok(start), Ok(end)) = (args.next_i64(), args.next_i64()) else {
+                return Err(Reply::error(ERR_NOT_INTEGER));
+            };
+            single(
+                &key,
+                r(ReadOp::GetRange {
+                    key: key.clone(),
+                    start,
+                    end,
+                }),
+            )
+        }
+        "setrange" => {
+            let key = key(args);
+            let offset = match args.next_i64() {
+                Ok(n) if n < 0 => return Err(Reply::error("ERR offset is out of range")),
+                Ok(n) => n as u64,
+                Err(_) => return Err(Reply::error(ERR_NOT_INTEGER)),
+            };
+            let value = args.next_bytes().unwrap_or_default();
+            let op = WriteOp::SetRange {
+                key: key.clone(),
+                offset,
+                value,
+                max_len: max_value as u64,
+            };
+            single(&key, w(op))
+        }
+        "expire" | "pexpire" | "expireat" | "pexpireat" => {
+            let key = key(args);
+            let (at_ms, cond) = parse_expire(name, args, now_ms() as i64)?;
+            let op = WriteOp::Expire {
+                key: key.clone(),
+                at_ms,
+                cond,
+            };
+            single(&key, w(op))
+        }
+        "ttl" | "pttl" => {
+            let key = key(args);
+            let op = ReadOp::Ttl {
+                key: key.clone(),
+                ms: name == "pttl",
+            };
+            single(&key, r(op))
+        }
+        "persist" => {
+            let key = key(args);
+            single(&key, w(WriteOp::Persist { key: key.clone() }))
+        }
+        "type" => {
+            let key = key(args);
+            single(&key, r(ReadOp::Type { key: key.clone() }))
+        }
+        "del" | "unlink" => per_shard(table, args.rest(), Merge::Sum, |keys| {
+            w(WriteOp::Del { keys })
+        }),
+        "exists" | "touch" => per_shard(table, args.rest(), Merge::Sum, |keys| {
+            r(ReadOp::Exists { keys })
+        }),
+        "mget" => {
+            let keys = args.rest();
+            let n = keys.len();
+            let groups = by_shard(table, keys);
+            let positions = groups
+                .values()
+                .map(|ks| ks.iter().map(|(i, _)| *i).collect())
+                .collect();
+            Plan {
+                table: table.clone(),
+                parts: groups
+                    .into_iter()
+                    .map(|(shard, ks)| Part {
+                        shard,
+                        op: r(ReadOp::MGet {
+                            keys: ks.into_iter().map(|(_, k)| k).collect(),
+                        }),
+                    })
+                    .collect(),
+                merge: Merge::Gather { positions, len: n },
+                atomicity: Atomicity::None,
+            }
+        }
+        "mset" | "msetnx" => {
+            let rest = args.rest();
+            if !rest.len().is_multiple_of(2) {
+                return Err(wrong_args(name));
+            }
+            let nx = name == "msetnx";
+            let mut by: BTreeMap<usize, Vec<(Bytes, Bytes)>> = BTreeMap::new();
+            let mut it = rest.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                if v.len() > max_value {
+                    return Err(Reply::error("ERR value is too large"));
+                }
+                by.entry(table.desc.shard_for_slot(slot(&k)))
+                    .or_default()
+                    .push((k, v));
+            }
+            let multi = by.len() > 1;
+            Plan {
+                table: table.clone(),
+                parts: by
+                    .into_iter()
+                    .map(|(shard, pairs)| Part {
+                        shard,
+                        op: w(WriteOp::MSet { pairs, nx }),
+                    })
+                    .collect(),
+                merge: if multi { Merge::AllOk } else { Merge::Single },
+                atomicity: if nx {
+                    Atomicity::AllIfAbsent
+                } else {
+                    Atomicity::AllOrNothing
+                },
+            }
+        }
+        _ => return Err(Reply::error(format!("ERR unknown command '{name}'"))),
+    };
+    Ok(plan)
+}
+
+/// Group key positions by shard: shard -> (index in the request, key).
+fn by_shard(table: &TableRoute, keys: Vec<Bytes>) -> BTreeMap<usize, Vec<(usize, Bytes)>> {
+    let mut by_shard: BTreeMap<usize, Vec<(usize, Bytes)>> = BTreeMap::new();
+    for (i, k) in keys.into_iter().enumerate() {
+        by_shard
+            .entry(table.desc.shard_for_slot(slot(&k)))
+            .or_default()
+            .push((i, k));
+    }
+    by_shard
+}
+
+/// One part per shard holding some of `keys`.
+fn per_shard(
+    table: &Arc<TableRoute>,
+    keys: Vec<Bytes>,
+    merge: Merge,
+    op: impl Fn(Vec<Bytes>) -> TxnOp,
+) -> Plan {
+    Plan {
+        table: table.clone(),
+        parts: by_shard(table, keys)
+            .into_iter()
+            .map(|(shard, ks)| Part {
+                shard,
+                op: op(ks.into_iter().map(|(_, k)| k).collect()),
+            })
+            .collect(),
+        merge,
+        atomicity: Atomicity::None,
     }
 }
 
@@ -803,7 +989,7 @@ fn parse_set(args: &mut Args, max_value: usize) -> Result<WriteOp, Reply> {
     })
 }
 
-fn op_reply(r: OpReply) -> Reply {
+pub(super) fn op_reply(r: OpReply) -> Reply {
     match r {
         OpReply::Ok => Reply::ok(),
         OpReply::Nil => Reply::Nil,

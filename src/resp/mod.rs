@@ -11,6 +11,7 @@
 pub mod args;
 pub mod cmd_string;
 pub mod cmd_table;
+pub mod cmd_txn;
 pub mod commands;
 pub mod frame;
 pub mod reply;

@@ -33,6 +33,8 @@ pub struct Shared {
     pub commands_processed: AtomicU64,
     /// Limits CONFIG SET may change at run time (initialised from `config`).
     pub limits: RuntimeLimits,
+    /// Transactions coordinated by this router, for INFO.
+    pub txn_stats: crate::cluster::txn::TxnStats,
 }
 
 /// The limits an operator may change with CONFIG SET while the router runs.
@@ -178,6 +180,10 @@ pub struct Session {
     pub(super) readonly: bool,
     pub(super) authenticated: bool,
     pub(super) name: String,
+    /// Inside MULTI: the queued transaction.
+    pub(super) multi: Option<super::cmd_txn::MultiState>,
+    /// WATCHed keys with their versions.
+    pub(super) watches: Vec<super::cmd_string::WatchedKey>,
 }
 
 pub(super) fn wrong_args(name: &str) -> Reply {
@@ -206,6 +212,8 @@ impl Session {
             readonly: false,
             authenticated,
             name: String::new(),
+            multi: None,
+            watches: Vec::new(),
         }
     }
 
@@ -217,9 +225,11 @@ impl Session {
             .commands_processed
             .fetch_add(1, Ordering::Relaxed);
         let Some(spec) = lookup(&name) else {
+            self.queue_failed();
             return (self.unknown_command(&args), After::Continue);
         };
         if !spec.arity_ok(args.len()) {
+            self.queue_failed();
             return (wrong_args(&name), After::Continue);
         }
         if !self.authenticated && !spec.flags.contains(&"no-auth") {
@@ -231,7 +241,15 @@ impl Session {
         self.shared
             .clients
             .update(self.id, |c| c.last_cmd = name.clone());
+        if self.queues(&name) {
+            return (self.queue(&name, &mut args), After::Continue);
+        }
         let reply = match name.as_str() {
+            "multi" => self.multi(),
+            "exec" => self.exec().await,
+            "discard" => self.discard(),
+            "watch" => self.watch(&mut args).await,
+            "unwatch" => self.unwatch(),
             "ping" => self.ping(&mut args),
             "echo" => args.next_bytes().map(Reply::Bulk).unwrap_or_else(arg_err),
             "quit" => return (Reply::ok(), After::Close),
@@ -287,6 +305,8 @@ impl Session {
     }
 
     fn reset(&mut self) {
+        self.multi = None;
+        self.watches.clear();
         self.protocol = Protocol::Resp2;
         self.table = "default".into();
         self.db = 0;

@@ -1,0 +1,391 @@
+//! MULTI, EXEC, DISCARD, WATCH, UNWATCH with Redis semantics, over the
+//! cluster's transaction manager (`cluster::txn`).
+//!
+//! Commands are checked and compiled when queued (a bad one answers its error
+//! and makes EXEC answer `-EXECABORT`), each bound to the table current at its
+//! place in the queue: `TABLE.USE` and `SELECT` are queued like any command
+//! and take effect in order at EXEC. At EXEC a queue of reads only becomes a
+//! consistent snapshot read (no locks); anything else becomes one
+//! transaction: one Raft entry when a single shard is involved, two-phase
+//! commit otherwise. A WATCHed key that changed, or a key locked by another
+//! transaction, makes EXEC answer a null array, which clients treat as
+//! "retry".
+
+use bytes::Bytes;
+
+use super::args::Args;
+use super::cmd_string::{compile, op_reply, shard_keys, shard_work, WatchedKey};
+use super::reply::Reply;
+use super::session::{cluster_err, Session};
+use crate::cluster::plan::{merge, Atomicity, Plan};
+use crate::cluster::txn::{self, Outcome, ShardKeys};
+use crate::cluster::ClusterError;
+use crate::meta::descriptor::TableState;
+use crate::meta::etcd::now_ms;
+use crate::shard::command::{apply_read, OpReply, ShardRequest, Stored};
+use crate::shard::txn::{version_of, TxnOp};
+
+/// A transaction being queued.
+#[derive(Debug, Default)]
+pub struct MultiState {
+    queued: Vec<Queued>,
+    /// A command failed to queue: EXEC will answer EXECABORT.
+    failed: bool,
+    /// Table current at the end of the queue (TABLE.USE / SELECT inside).
+    table: String,
+    db: u32,
+}
+
+#[derive(Debug)]
+enum Queued {
+    Plan(Plan),
+    /// A command whose reply is known when queued (PING, ECHO, UNWATCH).
+    Fixed(Reply),
+    /// TABLE.USE / SELECT: switch the connection's table at this point.
+    Use {
+        table: String,
+        db: u32,
+    },
+}
+
+/// Commands that cannot be part of a transaction here.
+const NOT_QUEUEABLE: &[&str] = &[
+    "auth",
+    "client",
+    "command",
+    "config",
+    "dbsize",
+    "flushall",
+    "flushdb",
+    "hello",
+    "info",
+    "keys",
+    "readonly",
+    "readwrite",
+    "scan",
+    "table.create",
+    "table.describe",
+    "table.drop",
+    "table.list",
+    "time",
+];
+
+const QUEUED: &str = "QUEUED";
+
+impl Session {
+    /// Whether this command is queued rather than run (inside MULTI).
+    pub(super) fn queues(&self, name: &str) -> bool {
+        self.multi.is_some()
+            && !matches!(
+                name,
+                "exec" | "discard" | "multi" | "watch" | "quit" | "reset"
+            )
+    }
+
+    /// Note a command that failed to queue (unknown, wrong arity).
+    pub(super) fn queue_failed(&mut self) {
+        if let Some(m) = self.multi.as_mut() {
+            m.failed = true;
+        }
+    }
+
+    pub(super) fn multi(&mut self) -> Reply {
+        if self.multi.is_some() {
+            return Reply::error("ERR MULTI calls can not be nested");
+        }
+        self.multi = Some(MultiState {
+            table: self.table.clone(),
+            db: self.db,
+            ..Default::default()
+        });
+        Reply::ok()
+    }
+
+    pub(super) fn discard(&mut self) -> Reply {
+        if self.multi.take().is_none() {
+            return Reply::error("ERR DISCARD without MULTI");
+        }
+        self.watches.clear();
+        Reply::ok()
+    }
+
+    pub(super) fn unwatch(&mut self) -> Reply {
+        self.watches.clear();
+        Reply::ok()
+    }
+
+    /// Queue one command inside MULTI.
+    pub(super) fn queue(&mut self, name: &str, args: &mut Args) -> Reply {
+        let reply = self.try_queue(name, args);
+        if reply.is_error() {
+            self.queue_failed();
+        }
+        reply
+    }
+
+    fn try_queue(&mut self, name: &str, args: &mut Args) -> Reply {
+        let Some(m) = self.multi.as_ref() else {
+            return Reply::error("ERR internal: not in MULTI");
+        };
+        let queued = match name {
+            "ping" => Queued::Fixed(match args.next_bytes() {
+                Ok(msg) => Reply::Bulk(msg),
+                Err(_) => Reply::status("PONG"),
+            }),
+            "echo" => Queued::Fixed(Reply::Bulk(args.next_bytes().unwrap_or_default())),
+            "unwatch" => Queued::Fixed(Reply::ok()),
+            "select" | "table.use" => {
+                let view = self.shared.client.routes();
+                let target = if name == "select" {
+                    match args.next_i64() {
+                        Ok(0) => Some(("default".to_string(), 0)),
+                        Ok(i) if i > 0 && i <= u32::MAX as i64 => view
+                            .table_by_index(i as u32)
+                            .map(|t| (t.desc.name.clone(), i as u32)),
+                        Ok(_) => return Reply::error("ERR DB index is out of range"),
+                        Err(_) => {
+                            return Reply::error("ERR value is not an integer or out of range")
+                        }
+                    }
+                } else {
+                    let n = args.next_string().unwrap_or_default();
+                    match view
+                        .table(&n)
+                        .filter(|t| t.desc.state != TableState::Deleting)
+                    {
+                        Some(t) => Some((n.clone(), t.desc.db_index)),
+                        None => return cluster_err(ClusterError::UnknownTable(n)),
+                    }
+                };
+                match target {
+                    Some((table, db)) => Queued::Use { table, db },
+                    None => return Reply::error("ERR no table has this database index"),
+                }
+            }
+            _ if NOT_QUEUEABLE.contains(&name) => {
+                return Reply::error(format!(
+                    "ERR {} is not supported inside MULTI",
+                    name.to_ascii_uppercase()
+                ))
+            }
+            _ => {
+                let table = match self.table_named(&m.table) {
+                    Ok(t) => t,
+                    Err(e) => return cluster_err(e),
+                };
+                let plan = match compile(name, args, &table, self.shared.config.max_value_len) {
+                    Ok(p) => p,
+                    Err(r) => return r,
+                };
+                if plan.atomicity == Atomicity::AllIfAbsent && plan.shards() > 1 {
+                    return Reply::error(
+                        "ERR MSETNX inside MULTI needs its keys in one shard; use a hash tag such as {user1}",
+                    );
+                }
+                Queued::Plan(plan)
+            }
+        };
+        let Some(m) = self.multi.as_mut() else {
+            return Reply::error("ERR internal: not in MULTI");
+        };
+        if let Queued::Use { table, db } = &queued {
+            m.table = table.clone();
+            m.db = *db;
+        }
+        m.queued.push(queued);
+        Reply::status(QUEUED)
+    }
+
+    /// WATCH key [key ...]: remember each key's version, read linearizably.
+    pub(super) async fn watch(&mut self, args: &mut Args) -> Reply {
+        if self.multi.is_some() {
+            return Reply::error("ERR WATCH inside MULTI is not allowed");
+        }
+        let table = match self.table_named(&self.table.clone()) {
+            Ok(t) => t,
+            Err(e) => return cluster_err(e),
+        };
+        let keys = args.rest();
+        let reads = shard_keys(&table, &keys);
+        let now = now_ms();
+        let calls = reads.iter().map(|r| {
+            let req = ShardRequest::ReadVersions {
+                keys: r.keys.clone(),
+                now_ms: now,
+            };
+            self.shared.client.execute(&r.table, r.shard, req)
+        });
+        let results = futures::future::join_all(calls).await;
+        for (r, result) in reads.iter().zip(results) {
+            let rows = match result {
+                Ok(OpReply::Array(rows)) => rows,
+                Ok(other) => return op_reply(other),
+                Err(e) => return cluster_err(e),
+            };
+            for (key, row) in r.keys.iter().zip(rows) {
+                let stored = match row {
+                    OpReply::Array(fields) => match fields.first() {
+                        Some(OpReply::Bulk(raw)) => Stored::decode(raw),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                self.watches.push(WatchedKey {
+                    table: table.clone(),
+                    key: key.clone(),
+                    version: version_of(stored.as_ref(), now),
+                });
+            }
+        }
+        Reply::ok()
+    }
+
+    pub(super) async fn exec(&mut self) -> Reply {
+        let Some(m) = self.multi.take() else {
+            return Reply::error("ERR EXEC without MULTI");
+        };
+        let watches = std::mem::take(&mut self.watches);
+        if m.failed {
+            return Reply::error("EXECABORT Transaction discarded because of previous errors.");
+        }
+        // A table dropped or re-created since queueing: nothing runs.
+        let view = self.shared.client.routes();
+        for q in &m.queued {
+            if let Queued::Plan(p) = q {
+                let same = view.table(&p.table.desc.name).is_some_and(|t| {
+                    t.desc.table_id == p.table.desc.table_id
+                        && t.desc.state == TableState::Available
+                });
+                if !same {
+                    return Reply::error(format!(
+                        "EXECABORT table '{}' was dropped or changed while the transaction was queued",
+                        p.table.desc.name
+                    ));
+                }
+            }
+        }
+        let plans: Vec<Plan> = m
+            .queued
+            .iter()
+            .filter_map(|q| match q {
+                Queued::Plan(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect();
+        let outcome = if plans.iter().all(Plan::is_read_only) {
+            self.exec_snapshot(&plans, &watches).await
+        } else {
+            self.exec_write(plans, &watches).await
+        };
+        let mut replies = match outcome {
+            Ok(Some(r)) => r.into_iter(),
+            Ok(None) => return Reply::NilArray,
+            Err(e) => return cluster_err(e),
+        };
+        let mut out = Vec::with_capacity(m.queued.len());
+        for q in m.queued {
+            out.push(match q {
+                Queued::Plan(_) => replies.next().map_or(Reply::Nil, op_reply),
+                Queued::Fixed(r) => r,
+                Queued::Use { table, db } => {
+                    self.use_table(&table, db);
+                    Reply::ok()
+                }
+            });
+        }
+        Reply::Array(out)
+    }
+
+    /// Reads only: a consistent snapshot of every key, no locks.
+    async fn exec_snapshot(
+        &self,
+        plans: &[Plan],
+        watches: &[WatchedKey],
+    ) -> Result<Option<Vec<OpReply>>, ClusterError> {
+        let mut reads: Vec<ShardKeys> = Vec::new();
+        let mut add =
+            |table: &std::sync::Arc<crate::cluster::routes::TableRoute>, keys: Vec<Bytes>| {
+                for sk in shard_keys(table, &keys) {
+                    match reads.iter_mut().find(|r| {
+                        r.table.desc.table_id == table.desc.table_id && r.shard == sk.shard
+                    }) {
+                        Some(r) => r.keys.extend(sk.keys),
+                        None => reads.push(sk),
+                    }
+                }
+            };
+        for p in plans {
+            add(
+                &p.table,
+                p.parts.iter().flat_map(|part| part.op.keys()).collect(),
+            );
+        }
+        for w in watches {
+            add(&w.table, vec![w.key.clone()]);
+        }
+        for r in reads.iter_mut() {
+            r.keys.sort();
+            r.keys.dedup();
+        }
+        if reads.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let Some(snapshot) = txn::snapshot_read(&self.shared.client, &reads).await? else {
+            return Ok(None);
+        };
+        let now = now_ms();
+        for w in watches {
+            let v = snapshot.get(&(w.table.desc.name.clone(), w.key.clone()));
+            if version_of(v, now) != w.version {
+                return Ok(None);
+            }
+        }
+        let mut out = Vec::with_capacity(plans.len());
+        for p in plans {
+            let name = p.table.desc.name.clone();
+            let replies = p
+                .parts
+                .iter()
+                .map(|part| match &part.op {
+                    TxnOp::Read(op) => apply_read(op, now, &mut |k| {
+                        snapshot
+                            .get(&(name.clone(), Bytes::copy_from_slice(k)))
+                            .cloned()
+                    }),
+                    TxnOp::Write(_) => {
+                        OpReply::Error("ERR internal: write in a read-only transaction".into())
+                    }
+                })
+                .collect();
+            out.push(merge(&p.merge, replies));
+        }
+        Ok(Some(out))
+    }
+
+    /// Anything that writes: one transaction over every shard involved.
+    async fn exec_write(
+        &self,
+        plans: Vec<Plan>,
+        watches: &[WatchedKey],
+    ) -> Result<Option<Vec<OpReply>>, ClusterError> {
+        let work = shard_work(&plans, watches);
+        let n: usize = plans.iter().map(|p| p.parts.len()).sum();
+        let outcome = txn::execute(
+            &self.shared.client,
+            &self.shared.meta,
+            work,
+            n,
+            &self.shared.txn_stats,
+        )
+        .await?;
+        let Outcome::Committed(replies) = outcome else {
+            return Ok(None);
+        };
+        let mut replies = replies.into_iter();
+        let out = plans
+            .iter()
+            .map(|p| merge(&p.merge, replies.by_ref().take(p.parts.len()).collect()))
+            .collect();
+        Ok(Some(out))
+    }
+}
