@@ -249,6 +249,16 @@ fn redis_semantics_and_error_replies() {
     )
     .unwrap();
     assert_eq!(n, 20);
+    let info: String =
+        redis::from_redis_value(&q(&mut other, &["INFO", "transactions"]).unwrap()).unwrap();
+    assert!(info.contains("# Transactions"), "{info}");
+    let committed: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("txn_committed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(committed >= 5, "{info}");
+    assert!(info.contains("txn_conflicts:1"), "{info}");
 }
 
 #[test]
@@ -354,6 +364,15 @@ fn coordinator_dies_at(failpoint: &str, applied: bool) {
         q(&mut con, &["SET", &acct(from), &a.to_string()])
     });
     assert!(start.elapsed() < Duration::from_secs(30));
+    // INFO reports what the nodes recovered.
+    let info: String =
+        redis::from_redis_value(&q(&mut con, &["INFO", "transactions"]).unwrap()).unwrap();
+    let recovered: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("txn_recovered_by_nodes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no recovery counter in {info}"));
+    assert!(recovered >= 1, "{failpoint}: {info}");
 }
 
 #[test]

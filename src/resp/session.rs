@@ -718,6 +718,29 @@ impl Session {
                 shared.commands_processed.load(Ordering::Relaxed)
             ));
         }
+        if show("transactions") {
+            // Recovered transactions are counted by the nodes that resolved them.
+            let view = shared.client.routes();
+            let asks = view
+                .live
+                .iter()
+                .map(|n| shared.client.node_status(*n, vec![u64::MAX]));
+            let recovered: u64 = futures::future::join_all(asks)
+                .await
+                .into_iter()
+                .filter_map(Result::ok)
+                .map(|s| s.txn_recovered)
+                .sum();
+            let t = &shared.txn_stats;
+            text.push_str(&format!(
+                "# Transactions\r\ntxn_committed:{}\r\ntxn_aborted:{}\r\ntxn_conflicts:{}\r\ntxn_one_phase:{}\r\ntxn_recovered_by_nodes:{}\r\n\r\n",
+                t.committed.load(Ordering::Relaxed),
+                t.aborted.load(Ordering::Relaxed),
+                t.conflicts.load(Ordering::Relaxed),
+                t.one_phase.load(Ordering::Relaxed),
+                recovered,
+            ));
+        }
         if show("cluster") {
             let view = shared.client.routes();
             let mut tables: Vec<&Arc<TableRoute>> = view.tables.values().collect();

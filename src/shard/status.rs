@@ -9,6 +9,10 @@ use super::host::Host;
 pub struct NodeStatus {
     pub node_id: u64,
     pub groups: Vec<GroupStatus>,
+    /// Transactions this node's leaders resolved after their coordinator
+    /// disappeared (since the node started).
+    #[serde(default)]
+    pub txn_recovered: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,5 +61,7 @@ pub fn node_status(host: &Host, gids: &[u64]) -> NodeStatus {
     NodeStatus {
         node_id: host.node_id,
         groups,
+        txn_recovered: crate::meta::txn_recovery::RECOVERED
+            .load(std::sync::atomic::Ordering::Relaxed),
     }
 }
