@@ -10,6 +10,8 @@ use super::session::{arg_err, cluster_err, Session};
 use crate::cluster::admin::{self, TableSpec};
 use crate::cluster::ClusterError;
 use crate::meta::descriptor::TableState;
+use crate::meta::etcd::now_ms;
+use crate::shard::command::{OpReply, ReadOp, ShardRequest};
 
 impl Session {
     pub(super) fn table_use(&mut self, args: &mut Args) -> Reply {
@@ -76,10 +78,22 @@ impl Session {
         };
         let d = &t.desc;
         let leaders = admin::shard_leaders(&self.shared.client, d, false).await;
+        // Live keys per shard (eventual counts from any replica; nil when a
+        // shard cannot answer).
+        let counts = futures::future::join_all((0..d.shards.len()).map(|i| {
+            let req = ShardRequest::Read {
+                op: ReadOp::DbSize,
+                linearizable: false,
+                now_ms: now_ms(),
+            };
+            self.shared.client.execute(t, i, req)
+        }))
+        .await;
         let shards = d
             .shards
             .iter()
-            .map(|s| {
+            .zip(counts)
+            .map(|(s, count)| {
                 Reply::Map(vec![
                     (Reply::bulk("group_id"), Reply::Int(s.group_id as i64)),
                     (
@@ -98,6 +112,13 @@ impl Session {
                         match leaders.get(&s.group_id) {
                             Some(l) => Reply::Int(*l as i64),
                             None => Reply::Nil,
+                        },
+                    ),
+                    (
+                        Reply::bulk("keys"),
+                        match count {
+                            Ok(OpReply::Int(n)) => Reply::Int(n),
+                            _ => Reply::Nil,
                         },
                     ),
                 ])
