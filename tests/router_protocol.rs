@@ -169,6 +169,28 @@ fn pipelined_replies_come_back_in_order(addr: &str) {
     batch.extend(cmd(&[b"PING"]));
     expected.extend_from_slice(b"+PONG\r\n");
     roundtrip(&mut s, &batch, &expected);
+
+    // Same key, reads and writes interleaved in one pipeline: applied in
+    // order (they share a shard, so they share one Raft entry).
+    let mut batch = Vec::new();
+    for c in [
+        &[&b"SET"[..], b"pipe:n", b"1"][..],
+        &[b"INCR", b"pipe:n"],
+        &[b"GET", b"pipe:n"],
+        &[b"INCRBY", b"pipe:n", b"10"],
+        &[b"SET", b"pipe:n", b"x", b"GET"],
+        &[b"GET", b"pipe:n"],
+        &[b"INCR", b"pipe:n"],
+        &[b"DEL", b"pipe:n"],
+        &[b"GET", b"pipe:n"],
+    ] {
+        batch.extend(cmd(c));
+    }
+    roundtrip(
+        &mut s,
+        &batch,
+        b"+OK\r\n:2\r\n$1\r\n2\r\n:12\r\n$2\r\n12\r\n$1\r\nx\r\n-ERR value is not an integer or out of range\r\n:1\r\n$-1\r\n",
+    );
 }
 
 fn resp3_after_hello(addr: &str) {

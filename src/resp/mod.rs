@@ -14,6 +14,7 @@ pub mod cmd_table;
 pub mod cmd_txn;
 pub mod commands;
 pub mod frame;
+pub mod pipeline;
 pub mod reply;
 pub mod server;
 pub mod session;

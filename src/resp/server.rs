@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use super::frame::{self, Limits};
+use super::pipeline::MAX_GROUP;
 use super::reply::Reply;
 use super::session::{After, Session, Shared};
 
@@ -84,31 +85,48 @@ async fn run(
             max_args: shared.config.max_args,
             max_inline_len: shared.config.max_inline_len,
         };
+        // Every complete request in the buffer is executed as one pipeline
+        // (see `pipeline.rs`); a protocol error comes after the requests
+        // before it have been answered.
         loop {
-            match frame::parse_request(&mut rbuf, &limits) {
-                Ok(Some(parts)) if parts.is_empty() => continue,
-                Ok(Some(parts)) => {
-                    let (reply, after) = session.handle(parts).await;
+            let mut requests = Vec::new();
+            let mut broken = None;
+            while requests.len() < MAX_GROUP {
+                match frame::parse_request(&mut rbuf, &limits) {
+                    Ok(Some(parts)) if parts.is_empty() => continue,
+                    Ok(Some(parts)) => requests.push(parts),
+                    Ok(None) => break,
+                    Err(e) => {
+                        broken = Some(e);
+                        break;
+                    }
+                }
+            }
+            let more = requests.len() == MAX_GROUP;
+            if !requests.is_empty() {
+                for (reply, after) in session.handle_many(requests).await {
                     reply.encode(session.protocol, &mut wbuf);
                     if after == After::Close {
                         wr.write_all(&wbuf).await?;
                         return Ok(());
                     }
-                    if wbuf.len() > max_output {
-                        tracing::warn!(
-                            client = session.id,
-                            pending = wbuf.len(),
-                            "closing client: output buffer over max_output_len (client not reading)"
-                        );
-                        return Ok(());
-                    }
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    Reply::error(format!("ERR {e}")).encode(session.protocol, &mut wbuf);
-                    wr.write_all(&wbuf).await?;
+                if wbuf.len() > max_output {
+                    tracing::warn!(
+                        client = session.id,
+                        pending = wbuf.len(),
+                        "closing client: output buffer over max_output_len (client not reading)"
+                    );
                     return Ok(());
                 }
+            }
+            if let Some(e) = broken {
+                Reply::error(format!("ERR {e}")).encode(session.protocol, &mut wbuf);
+                wr.write_all(&wbuf).await?;
+                return Ok(());
+            }
+            if !more {
+                break;
             }
         }
         tokio::select! {

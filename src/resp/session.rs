@@ -164,7 +164,7 @@ impl ClientRegistry {
 }
 
 /// What the connection should do after a reply.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum After {
     Continue,
     /// Send the reply, then close the connection (QUIT).

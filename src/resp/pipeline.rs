@@ -1,0 +1,172 @@
+//! Pipelined requests of one connection, executed together.
+//!
+//! A client that pipelines sends many commands before reading replies. Run
+//! one after another, each costs a full Raft round trip. Here the plain data
+//! commands of a pipeline that touch a single shard each are grouped by
+//! shard: a group with a write becomes **one** one-phase transaction entry
+//! (its operations applied in pipeline order, atomically), a group of reads
+//! runs its reads concurrently, and different shards proceed in parallel.
+//! Replies still come back in request order.
+//!
+//! Order is kept where Redis clients can see it: commands on the same shard
+//! (hence on the same key) apply in pipeline order. Commands on different
+//! shards may complete in any order, as with a Redis Cluster client that
+//! pipelines to several nodes. Anything else (connection commands, MULTI,
+//! multi-shard commands, table changes) ends the group and runs alone, in
+//! order.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use super::args::Args;
+use super::cmd_string::{compile, op_reply};
+use super::commands::lookup;
+use super::reply::Reply;
+use super::session::{cluster_err, After, Session};
+use crate::cluster::plan::{merge, Plan};
+use crate::meta::etcd::now_ms;
+use crate::shard::command::{OpReply, ShardRequest, WriteCmd};
+use crate::shard::txn::{TxnCmd, TxnEntry, TxnOp};
+
+/// Most requests executed as one group.
+pub const MAX_GROUP: usize = 512;
+
+impl Session {
+    /// Execute pipelined requests; one reply per request, in order. Stops
+    /// after a request that closes the connection (QUIT).
+    pub async fn handle_many(&mut self, requests: Vec<Vec<Bytes>>) -> Vec<(Reply, After)> {
+        let mut out: Vec<(Reply, After)> = Vec::with_capacity(requests.len());
+        let mut group: Vec<(usize, Plan)> = Vec::new();
+        for parts in requests {
+            match self.single_shard_plan(&parts) {
+                Some(plan) => {
+                    out.push((Reply::Nil, After::Continue));
+                    group.push((out.len() - 1, plan));
+                }
+                None => {
+                    self.flush_group(&mut group, &mut out).await;
+                    let (reply, after) = self.handle(parts).await;
+                    out.push((reply, after));
+                    if after == After::Close {
+                        return out;
+                    }
+                }
+            }
+        }
+        self.flush_group(&mut group, &mut out).await;
+        out
+    }
+
+    /// The plan of a plain single-shard data command that may join a group.
+    fn single_shard_plan(&self, parts: &[Bytes]) -> Option<Plan> {
+        if self.multi.is_some() || !self.authenticated {
+            return None;
+        }
+        let mut args = Args::new(parts.to_vec());
+        let spec = lookup(args.name())?;
+        if !spec.arity_ok(args.len()) || spec.first_key <= 0 {
+            return None;
+        }
+        let table = self.table_named(&self.table).ok()?;
+        let name = args.name().to_string();
+        let plan = compile(&name, &mut args, &table, self.shared.config.max_value_len).ok()?;
+        (plan.parts.len() == 1).then_some(plan)
+    }
+
+    async fn flush_group(&self, group: &mut Vec<(usize, Plan)>, out: &mut [(Reply, After)]) {
+        if group.is_empty() {
+            return;
+        }
+        let plans = std::mem::take(group);
+        self.shared
+            .commands_processed
+            .fetch_add(plans.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if plans.len() == 1 {
+            let (i, plan) = plans.into_iter().next().expect("one plan");
+            out[i].0 = self.run_plan(plan).await;
+            return;
+        }
+        let table = plans[0].1.table.clone();
+        let mut by_shard: BTreeMap<usize, Vec<(usize, Plan)>> = BTreeMap::new();
+        for (i, plan) in plans {
+            by_shard
+                .entry(plan.parts[0].shard)
+                .or_default()
+                .push((i, plan));
+        }
+        let runs = by_shard.into_iter().map(|(shard, plans)| {
+            let table = table.clone();
+            async move {
+                let replies = self.run_shard_group(&table, shard, &plans).await;
+                plans
+                    .into_iter()
+                    .zip(replies)
+                    .map(|((i, _), r)| (i, r))
+                    .collect::<Vec<_>>()
+            }
+        });
+        for results in futures::future::join_all(runs).await {
+            for (i, reply) in results {
+                out[i].0 = reply;
+            }
+        }
+    }
+
+    /// One shard's share of a pipeline: one entry when anything writes.
+    async fn run_shard_group(
+        &self,
+        table: &crate::cluster::routes::TableRoute,
+        shard: usize,
+        plans: &[(usize, Plan)],
+    ) -> Vec<Reply> {
+        if plans.len() == 1 {
+            return vec![self.run_plan(plans[0].1.clone()).await];
+        }
+        let ops: Vec<TxnOp> = plans.iter().map(|(_, p)| p.parts[0].op.clone()).collect();
+        if ops.iter().any(|op| matches!(op, TxnOp::Write(_))) {
+            let entry = ShardRequest::Txn(TxnEntry {
+                now_ms: now_ms(),
+                cmd: TxnCmd::OnePhase {
+                    ops,
+                    watches: Vec::new(),
+                },
+            });
+            match self.shared.client.execute(table, shard, entry).await {
+                Ok(OpReply::Array(replies)) if replies.len() == plans.len() => {
+                    return plans
+                        .iter()
+                        .zip(replies)
+                        .map(|((_, p), r)| op_reply(merge(&p.merge, vec![r])))
+                        .collect();
+                }
+                Err(e) => return plans.iter().map(|_| cluster_err(e.clone())).collect(),
+                // A key is locked by a transaction: run them one by one,
+                // each waiting for its lock like any single command.
+                Ok(_) => {}
+            }
+            let mut out = Vec::with_capacity(plans.len());
+            for (_, p) in plans {
+                out.push(self.run_plan(p.clone()).await);
+            }
+            return out;
+        }
+        // Reads only: concurrently.
+        futures::future::join_all(plans.iter().map(|(_, p)| {
+            let req = match &p.parts[0].op {
+                TxnOp::Write(w) => ShardRequest::Write(WriteCmd {
+                    now_ms: now_ms(),
+                    op: w.clone(),
+                }),
+                TxnOp::Read(r) => self.read(r.clone()),
+            };
+            async move {
+                match self.shared.client.execute(table, shard, req).await {
+                    Ok(r) => op_reply(merge(&p.merge, vec![r])),
+                    Err(e) => cluster_err(e),
+                }
+            }
+        }))
+        .await
+    }
+}
