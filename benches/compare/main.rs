@@ -138,6 +138,13 @@ fn main() -> Result<()> {
             format!("{secs} (redis-benchmark: sized by a calibration run to about that)"),
         ),
         (
+            "redis-benchmark".into(),
+            format!(
+                "`redis-benchmark -h 127.0.0.1 -p <port> -c {} -d {} -r {keyspace} -P <1|16> -n <calibrated> -t <set|get> -e`",
+                args.clients, args.value_size
+            ),
+        ),
+        (
             "our client".into(),
             format!(
                 "`benches/compare/load.rs`, {} tokio thread(s), one request in flight per connection",
@@ -170,6 +177,9 @@ fn main() -> Result<()> {
     }
     if !args.no_scale {
         eprintln!("\n== scale probe ==");
+        rep.notes.push(
+            "scale probe: 1-replica groups have no followers, so they send no heartbeats; idle 3-replica groups cost more (each leader heartbeats its 2 followers every `heartbeat_ms`, 250 ms by default)".into(),
+        );
         rep.scale = scale::run(&scale::Probe {
             bin: &bin,
             dir: &dir.join("scale"),

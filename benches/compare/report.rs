@@ -422,7 +422,7 @@ impl Report {
         let _ = writeln!(out, "\n## Results\n");
         let _ = writeln!(
             out,
-            "Latencies in milliseconds. *server CPU s*: CPU seconds of the system's server processes during the row (calibration and warm-up included); *ops per CPU s*: measured ops/s × wall time ÷ that. *client CPU %*: our load client's CPU, in % of one core (a client near 100 % is itself the limit).\n"
+            "Latencies in milliseconds. *server CPU s*: CPU seconds of the system's server processes during the row (redis-benchmark: the measured run, not its calibration; our client: warm-up included); *ops per CPU s*: ops/s × the row's wall time ÷ that, i.e. how much work one server CPU second buys. *errors*: error replies (redis-benchmark prints at most one a second, so there it is a lower bound). *client CPU %*: our load client's CPU, in % of one core (a client near 100 % is itself the limit).\n"
         );
         out += &self.results_table().markdown();
         let _ = writeln!(out, "\n![latency percentiles](latest.svg)\n");
