@@ -406,8 +406,12 @@ fn run_load(
             check_alive(&mut sys)?;
         }
     }
-    // Slot: cross-shard MULTI/EXEC (two-phase commit) goes here once shoal
-    // implements it; the report already carries a placeholder row.
+    // ---- SLOT: cross-shard MULTI/EXEC -----------------------------------
+    // Once shoal implements two-phase commit (DESIGN.md section 6), add a
+    // `load::Op::MultiExec` (MULTI, SET on keys of two shards, EXEC) run on
+    // redis and shoal here, and on etcd as a Txn of the same puts; then drop
+    // the placeholder row in `report::Report::results_table`.
+    // ----------------------------------------------------------------------
 
     for s in System::ALL {
         for (name, pid) in sys.pids(s) {
