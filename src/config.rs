@@ -35,9 +35,11 @@ pub struct RouterConfig {
     /// Time a request may spend finding a leader and being served (ms).
     pub request_timeout_ms: u64,
     /// How long TABLE.CREATE waits for every shard to elect a leader before
-    /// rolling the creation back (ms). A creation older than twice this
-    /// whose creator died is rolled back by any router.
+    /// rolling the creation back (ms).
     pub table_create_timeout_ms: u64,
+    /// A creation still unfinished this long after it began (its creator
+    /// died) is rolled back by any router's janitor (ms).
+    pub table_stale_after_ms: u64,
     /// Log filter (`RUST_LOG` syntax); `RUST_LOG` wins when set.
     pub log_level: String,
 }
@@ -59,6 +61,7 @@ impl Default for RouterConfig {
             max_output_len: 64 * 1024 * 1024,
             request_timeout_ms: 5_000,
             table_create_timeout_ms: 30_000,
+            table_stale_after_ms: 60_000,
             log_level: "info".into(),
         }
     }

@@ -1186,6 +1186,13 @@ impl LocalCluster {
         Ok(router.addr())
     }
 
+    /// Router `index`'s process id (an index into
+    /// [`LocalCluster::router_addrs`]), while it runs.
+    pub fn router_pid(&mut self, index: usize) -> Option<u32> {
+        let router = self.routers.get_mut(index)?;
+        router.proc.is_running().then(|| router.proc.pid())
+    }
+
     /// kill -9 router `index` (an index into [`LocalCluster::router_addrs`]).
     pub fn kill_router(&mut self, index: usize) -> Result<()> {
         let router = &mut self.routers[index];

@@ -24,6 +24,11 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
         (1..=16384).contains(&c.default_shards),
         "default_shards must be between 1 and 16384"
     );
+    if c.table_stale_after_ms < c.table_create_timeout_ms {
+        tracing::warn!(
+            "table_stale_after_ms < table_create_timeout_ms: a slow creation may be rolled back while its creator still waits"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(&c.listen)
         .await
         .with_context(|| format!("cannot listen on {} (port in use?)", c.listen))?;
@@ -46,7 +51,7 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
     tokio::spawn(admin::janitor(
         meta.clone(),
         client.clone(),
-        Duration::from_millis(c.table_create_timeout_ms * 2),
+        Duration::from_millis(c.table_stale_after_ms),
     ));
     tracing::info!(listen = %listener.local_addr()?, "router up");
     let shared = Arc::new(Shared {

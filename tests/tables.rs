@@ -295,8 +295,8 @@ fn node_down_during_drop_cleans_up_when_it_returns() {
 #[test]
 fn creator_killed_half_way_leaves_no_routable_table() {
     let dir = tempfile::tempdir().unwrap();
-    // Creations abandoned for 2 x 1.5 s are rolled back by any router.
-    let mut cluster = start(&dir, Some("table_create_timeout_ms = 1500\n"));
+    // Creations abandoned for 3 s are rolled back by any router.
+    let mut cluster = start(&dir, Some("table_stale_after_ms = 3000\n"));
     let doomed = cluster
         .add_router_with(&["--failpoint", "table-create-after-record"])
         .unwrap();
@@ -321,7 +321,13 @@ fn creator_killed_half_way_leaves_no_routable_table() {
         table(c, "half").is_none()
     });
     let mut con = connect(&cluster.router_addr());
-    ok(&mut con, &["TABLE.CREATE", "half", "4", "3"]);
+    // (A creation slower than the 3 s stale limit of this test is rolled back
+    // by the janitor itself; on a loaded machine, try again.)
+    let mut attempts = 0;
+    while let Err(e) = run(&mut con, &["TABLE.CREATE", "half", "4", "3"]) {
+        attempts += 1;
+        assert!(attempts < 3, "TABLE.CREATE half keeps failing: {e}");
+    }
     ok(&mut con, &["TABLE.USE", "half"]);
     ok(&mut con, &["SET", "k", "v"]);
 }

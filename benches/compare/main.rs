@@ -1,0 +1,638 @@
+//! `bench/compare`: shoal side by side with redis-server and etcd, on
+//! loopback, in one run (issue #7). See bench/README.md.
+//!
+//! It starts a redis-server (no persistence), a 3-member etcd cluster and a
+//! shoal cluster (3 nodes, 3 replicas, fsync on, from the release binary via
+//! `devcluster::LocalCluster`), fills the same key space in each, then runs
+//! one workload after another, one system after another:
+//! * redis-benchmark SET / GET, plain and `-P 16`, on redis and shoal;
+//! * our own client (`load.rs`) for SET / GET / READONLY GET on all three,
+//!   so that shoal and etcd are compared by the same client;
+//! * then a scale probe on a separate single-node cluster (`scale.rs`).
+//!
+//! A benchmark, not a test: `harness = false`, never run by `cargo test`.
+//! Nothing here bends a measurement: fsync stays on, replicas stay 3.
+
+mod load;
+mod procs;
+mod redis_bench;
+mod report;
+mod scale;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use shoal::devcluster::{ClusterOpts, LocalCluster};
+
+use report::{Group, ProcRow, Report, Row, System, Target};
+
+#[derive(Parser, Debug)]
+#[command(about = "shoal vs redis-server vs etcd, side by side (issue #7)")]
+struct Args {
+    /// A ~1 minute smoke run: short workloads, small key space, 100-replica
+    /// scale step only.
+    #[arg(long)]
+    quick: bool,
+    /// Measured seconds per workload and system (default 5; quick 1.5).
+    #[arg(long)]
+    secs: Option<f64>,
+    /// Concurrent connections of every client.
+    #[arg(long, default_value_t = 50)]
+    clients: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 64)]
+    value_size: usize,
+    /// Distinct keys (default 100000; quick 10000). All are written before
+    /// the measured workloads, so every GET finds its key.
+    #[arg(long)]
+    keyspace: Option<u64>,
+    /// Worker threads of our load client (1: single-threaded, like
+    /// redis-benchmark).
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// The shoal binary (build it with `cargo build --release --bin shoal`).
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// Working directory for the servers' data and logs (wiped at start).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Where latest.md and latest.svg go.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Replica counts of the scale probe (default 100,1000; quick 100).
+    #[arg(long, value_delimiter = ',')]
+    scale_steps: Option<Vec<usize>>,
+    /// Seconds of CPU measurement at rest in the scale probe (default 10).
+    #[arg(long)]
+    idle_secs: Option<f64>,
+    /// Skip the scale probe.
+    #[arg(long)]
+    no_scale: bool,
+    /// Skip the throughput/latency workloads (run only the scale probe).
+    #[arg(long)]
+    no_load: bool,
+    /// Accepted for `cargo bench` compatibility.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let bin = args
+        .bin
+        .clone()
+        .unwrap_or_else(|| root.join("target/release/shoal"));
+    if !bin.is_file() {
+        bail!(
+            "{} does not exist: run `cargo build --release --bin shoal` first (bench/compare does)",
+            bin.display()
+        );
+    }
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| root.join("target/bench-run"));
+    prepare_dir(&dir)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| root.join("bench/results"));
+    fs::create_dir_all(&out)?;
+
+    let secs = args.secs.unwrap_or(if args.quick { 1.5 } else { 5.0 });
+    let keyspace = args
+        .keyspace
+        .unwrap_or(if args.quick { 10_000 } else { 100_000 });
+    let steps = args.scale_steps.clone().unwrap_or(if args.quick {
+        vec![100]
+    } else {
+        vec![100, 1000]
+    });
+    let idle =
+        Duration::from_secs_f64(
+            args.idle_secs
+                .unwrap_or(if args.quick { 5.0 } else { 10.0 }),
+        );
+
+    let mut rep = Report {
+        started: sh("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]),
+        mode: if args.quick { "quick" } else { "default" }.into(),
+        ..Default::default()
+    };
+    rep.machine = machine(&dir);
+    rep.settings = vec![
+        ("clients (connections)".into(), args.clients.to_string()),
+        ("value size".into(), format!("{} B", args.value_size)),
+        (
+            "key space".into(),
+            format!("{keyspace} keys `key:<12 digits>`, all written before the workloads"),
+        ),
+        (
+            "measured seconds per row".into(),
+            format!("{secs} (redis-benchmark: sized by a calibration run to about that)"),
+        ),
+        (
+            "redis-benchmark".into(),
+            format!(
+                "`redis-benchmark -h 127.0.0.1 -p <port> -c {} -d {} -r {keyspace} -P <1|16> -n <calibrated> -t <set|get> -e`",
+                args.clients, args.value_size
+            ),
+        ),
+        (
+            "our client".into(),
+            format!(
+                "`benches/compare/load.rs`, {} tokio thread(s), one request in flight per connection",
+                args.client_threads
+            ),
+        ),
+        (
+            "redis-server".into(),
+            format!("{} — `--save '' --appendonly no`", first_line("redis-server", &["--version"])),
+        ),
+        (
+            "etcd".into(),
+            format!(
+                "{} — 3 members on loopback, default settings (WAL fsync on every commit); our client connects worker i to member i mod 3",
+                first_line("etcd", &["--version"])
+            ),
+        ),
+        (
+            "shoal".into(),
+            format!(
+                "{} (commit {}) — 3 nodes, table `default` 8 shards x 3 replicas, `--fsync always`, 1 router, default settings",
+                bin.display(),
+                sh("git", &["-C", &root.display().to_string(), "rev-parse", "--short", "HEAD"])
+            ),
+        ),
+    ];
+
+    if !args.no_load {
+        run_load(&args, &bin, &dir, secs, keyspace, &mut rep)?;
+    }
+    if !args.no_scale {
+        eprintln!("\n== scale probe ==");
+        rep.notes.push(
+            "scale probe: 1-replica groups have no followers, so they send no heartbeats; idle 3-replica groups cost more (each leader heartbeats its 2 followers every `heartbeat_ms`, 250 ms by default)".into(),
+        );
+        rep.scale = scale::run(&scale::Probe {
+            bin: &bin,
+            dir: &dir.join("scale"),
+            steps: &steps,
+            idle,
+        })?;
+    }
+    rep.machine
+        .push(("load average at the end".into(), loadavg()));
+    rep.targets = targets(&rep);
+
+    let text = rep.text();
+    println!("{text}");
+    fs::write(out.join("latest.md"), rep.markdown())?;
+    fs::write(out.join("latest.svg"), rep.svg())?;
+    println!(
+        "wrote {} and {}",
+        out.join("latest.md").display(),
+        out.join("latest.svg").display()
+    );
+    Ok(())
+}
+
+/// The servers of the three systems, each with its processes by name.
+struct Systems {
+    redis: procs::Redis,
+    etcd: procs::EtcdCluster,
+    shoal: LocalCluster,
+}
+
+impl Systems {
+    /// (name, pid) of every server process of `s`.
+    fn pids(&mut self, s: System) -> Vec<(String, u32)> {
+        match s {
+            System::Redis => vec![("redis-server".into(), self.redis.proc.pid())],
+            System::Etcd => self
+                .etcd
+                .members
+                .iter()
+                .map(|p| (p.name().to_string(), p.pid()))
+                .collect(),
+            System::Shoal => {
+                let mut v: Vec<(String, u32)> = (1..=self.shoal.node_count() as u64)
+                    .filter_map(|id| self.shoal.node_pid(id).map(|p| (format!("node-{id}"), p)))
+                    .collect();
+                if let Some(p) = self.shoal.router_pid(0) {
+                    v.push(("router".into(), p));
+                }
+                v.push((
+                    "etcd (metadata, 1 member)".into(),
+                    self.shoal.etcd_mut().proc().pid(),
+                ));
+                v
+            }
+        }
+    }
+
+    fn cpu(&mut self, s: System) -> f64 {
+        self.pids(s)
+            .iter()
+            .filter_map(|(_, pid)| procs::sample(*pid))
+            .map(|x| x.cpu_s)
+            .sum()
+    }
+
+    fn resp_addr(&self, s: System) -> Option<String> {
+        match s {
+            System::Redis => Some(self.redis.addr.clone()),
+            System::Shoal => Some(self.shoal.router_addr()),
+            System::Etcd => None,
+        }
+    }
+
+    fn load_target(&self, s: System) -> load::Target {
+        match s {
+            System::Etcd => load::Target::Etcd {
+                endpoints: self.etcd.endpoints.clone(),
+            },
+            _ => load::Target::Resp {
+                addr: self.resp_addr(s).unwrap_or_default(),
+                readonly_cmd: s == System::Shoal,
+            },
+        }
+    }
+}
+
+fn run_load(
+    args: &Args,
+    bin: &Path,
+    dir: &Path,
+    secs: f64,
+    keyspace: u64,
+    rep: &mut Report,
+) -> Result<()> {
+    eprintln!("== starting redis-server, a 3-member etcd cluster, shoal (3 nodes) ==");
+    let redis = procs::Redis::start(&dir.join("redis"))?;
+    let etcd = procs::EtcdCluster::start(&dir.join("etcd"), 3)?;
+    let mut opts = ClusterOpts::new(bin, dir.join("shoal"));
+    opts.nodes = 3;
+    opts.default_shards = 8;
+    opts.default_replicas = 3;
+    opts.node_args = vec!["--fsync".into(), "always".into()];
+    opts.ready_timeout = Duration::from_secs(120);
+    let shoal = LocalCluster::start(opts).context("shoal cluster")?;
+    let mut sys = Systems { redis, etcd, shoal };
+    eprintln!(
+        "redis {}  etcd {}  shoal router {}",
+        sys.redis.addr,
+        sys.etcd.endpoints.join(","),
+        sys.shoal.router_addr()
+    );
+
+    for s in System::ALL {
+        // Filling goes through the same protocol as the load.
+        let t = sys.load_target(s);
+        let took = load::fill(&t, keyspace, args.value_size, args.clients)
+            .with_context(|| format!("filling {}", s.name()))?;
+        eprintln!("filled {keyspace} keys into {} in {took:.1} s", s.name());
+        rep.notes.push(format!(
+            "fill: {keyspace} keys written into {} in {took:.1} s (pipelined RESP, 16 deep / etcd txns of 100 puts)",
+            s.name()
+        ));
+    }
+
+    // redis-benchmark rows: redis and shoal.
+    for (test, pipeline) in [("set", 1), ("get", 1), ("set", 16), ("get", 16)] {
+        let workload = if pipeline > 1 {
+            format!("{} -P {pipeline}", test.to_uppercase())
+        } else {
+            test.to_uppercase()
+        };
+        for s in [System::Redis, System::Shoal] {
+            let addr = sys.resp_addr(s).unwrap_or_default();
+            let params = redis_bench::Params {
+                addr: &addr,
+                test,
+                clients: args.clients,
+                value_size: args.value_size,
+                keyspace,
+                pipeline,
+            };
+            eprintln!("{workload:<14} redis-benchmark  {}", s.name());
+            let requests = redis_bench::calibrate(&params, secs)?;
+            let cpu0 = sys.cpu(s);
+            let t0 = Instant::now();
+            let r = redis_bench::run_once(&params, requests)?;
+            let wall_s = t0.elapsed().as_secs_f64();
+            let server_cpu_s = sys.cpu(s) - cpu0;
+            eprintln!(
+                "  {:.0} ops/s  p50 {} ms  p99 {} ms  p99.9 {} ms",
+                r.ops_per_sec, r.p50_ms, r.p99_ms, r.p999_ms
+            );
+            rep.rows.push(Row {
+                workload: workload.clone(),
+                client: "redis-benchmark",
+                system: s,
+                variant: String::new(),
+                ops_per_sec: r.ops_per_sec,
+                p50_ms: r.p50_ms,
+                p99_ms: r.p99_ms,
+                p999_ms: r.p999_ms,
+                server_cpu_s,
+                wall_s,
+                client_cpu_pct: None,
+                errors: r.errors_seen,
+            });
+            check_alive(&mut sys)?;
+        }
+    }
+
+    // Our client: all three systems.
+    for op in [load::Op::Set, load::Op::Get, load::Op::ReadOnlyGet] {
+        for s in System::ALL {
+            let spec = load::Spec {
+                op,
+                clients: args.clients,
+                value_size: args.value_size,
+                keyspace,
+                warmup: Duration::from_secs_f64((secs / 5.0).clamp(0.5, 1.0)),
+                duration: Duration::from_secs_f64(secs),
+                threads: args.client_threads,
+            };
+            let variant = match (op, s) {
+                (load::Op::ReadOnlyGet, System::Redis) => {
+                    "plain GET: no READONLY outside cluster mode"
+                }
+                (load::Op::ReadOnlyGet, System::Etcd) => "serializable range",
+                (load::Op::ReadOnlyGet, System::Shoal) => "READONLY connection",
+                (load::Op::Get, System::Etcd) => "linearizable range",
+                (load::Op::Set, System::Etcd) => "put",
+                _ => "",
+            };
+            eprintln!("{:<14} shoal-load       {}", op.name(), s.name());
+            let target = sys.load_target(s);
+            let cpu0 = sys.cpu(s);
+            let r = load::run(&target, &spec)?;
+            let server_cpu_s = sys.cpu(s) - cpu0;
+            if let Some(e) = &r.first_error {
+                eprintln!("  {} errors, the first: {e}", r.errors);
+            }
+            let window = (spec.warmup + spec.duration).as_secs_f64();
+            eprintln!(
+                "  {:.0} ops/s  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  client CPU {:.0} %",
+                r.ops_per_sec(),
+                r.percentile_ms(0.5),
+                r.percentile_ms(0.99),
+                r.percentile_ms(0.999),
+                100.0 * r.client_cpu_s / window
+            );
+            rep.rows.push(Row {
+                workload: op.name().into(),
+                client: "shoal-load",
+                system: s,
+                variant: variant.into(),
+                ops_per_sec: r.ops_per_sec(),
+                p50_ms: r.percentile_ms(0.5),
+                p99_ms: r.percentile_ms(0.99),
+                p999_ms: r.percentile_ms(0.999),
+                server_cpu_s,
+                wall_s: window,
+                client_cpu_pct: Some(100.0 * r.client_cpu_s / window),
+                errors: r.errors,
+            });
+            check_alive(&mut sys)?;
+        }
+    }
+    // ---- SLOT: cross-shard MULTI/EXEC -----------------------------------
+    // Once shoal implements two-phase commit (DESIGN.md section 6), add a
+    // `load::Op::MultiExec` (MULTI, SET on keys of two shards, EXEC) run on
+    // redis and shoal here, and on etcd as a Txn of the same puts; then drop
+    // the placeholder row in `report::Report::results_table`.
+    // ----------------------------------------------------------------------
+
+    for s in System::ALL {
+        for (name, pid) in sys.pids(s) {
+            if let Some(x) = procs::sample(pid) {
+                rep.procs.push(ProcRow {
+                    system: s,
+                    name,
+                    pid,
+                    cpu_s: x.cpu_s,
+                    hwm_mib: x.hwm_kib as f64 / 1024.0,
+                });
+            }
+        }
+    }
+    eprintln!("stopping the servers");
+    sys.shoal.shutdown();
+    Ok(())
+}
+
+fn check_alive(sys: &mut Systems) -> Result<()> {
+    let exits = sys.shoal.unexpected_exits();
+    if !exits.is_empty() {
+        let text: Vec<String> = exits.iter().map(|e| e.to_string()).collect();
+        bail!(
+            "a shoal process exited during the benchmark:\n{}",
+            text.join("\n")
+        );
+    }
+    for p in std::iter::once(&mut sys.redis.proc).chain(sys.etcd.members.iter_mut()) {
+        if !p.is_running() {
+            bail!(
+                "{} exited during the benchmark; log: {}",
+                p.name(),
+                p.log_path().display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The run directory is ours alone: wiped at start, but only if it is
+/// empty or was made by an earlier run (it holds our marker file).
+fn prepare_dir(dir: &Path) -> Result<()> {
+    let marker = dir.join(".shoal-bench-run");
+    if dir.exists() {
+        let empty = fs::read_dir(dir)?.next().is_none();
+        if !empty && !marker.exists() {
+            bail!(
+                "{} exists and was not made by bench/compare; pick another --dir",
+                dir.display()
+            );
+        }
+        fs::remove_dir_all(dir)?;
+    }
+    fs::create_dir_all(dir)?;
+    fs::write(
+        &marker,
+        "made by bench/compare; wiped at the start of every run\n",
+    )?;
+    Ok(())
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn first_line(cmd: &str, args: &[&str]) -> String {
+    sh(cmd, args).lines().next().unwrap_or_default().to_string()
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn machine(dir: &Path) -> Vec<(String, String)> {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let (fs_type, fsync) = fsync_probe(dir);
+    vec![
+        ("nproc".into(), nproc.to_string()),
+        ("CPU".into(), model),
+        (
+            "memory".into(),
+            format!("{:.1} GiB", mem_kib as f64 / 1048576.0),
+        ),
+        (
+            "kernel".into(),
+            fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        ),
+        (
+            "data directory".into(),
+            format!("{} ({fs_type})", dir.display()),
+        ),
+        ("fsync latency of the data directory".into(), fsync),
+        (
+            "load average at the start".into(),
+            format!(
+                "{} (the machine is shared: other work skews every figure)",
+                loadavg()
+            ),
+        ),
+    ]
+}
+
+/// p50/p99 of 200 × (write 4 KiB + fdatasync) in `dir`: what a durable
+/// commit costs on this disk, the floor under every replicated write.
+fn fsync_probe(dir: &Path) -> (String, String) {
+    let fs_type = sh("stat", &["-f", "-c", "%T", &dir.display().to_string()]);
+    let path = dir.join("fsync-probe");
+    let measure = || -> Result<Vec<u64>> {
+        let mut f = fs::File::create(&path)?;
+        let block = vec![0u8; 4096];
+        let mut lat = Vec::new();
+        for _ in 0..200 {
+            let t = Instant::now();
+            f.write_all(&block)?;
+            f.sync_data()?;
+            lat.push(t.elapsed().as_micros() as u64);
+        }
+        lat.sort_unstable();
+        Ok(lat)
+    };
+    let text = match measure() {
+        Ok(lat) => format!(
+            "p50 {:.2} ms, p99 {:.2} ms (4 KiB append + fdatasync, 200 times)",
+            load::percentile(&lat, 0.5) as f64 / 1000.0,
+            load::percentile(&lat, 0.99) as f64 / 1000.0
+        ),
+        Err(e) => format!("not measured: {e}"),
+    };
+    let _ = fs::remove_file(&path);
+    (fs_type, text)
+}
+
+/// Each target of issue #7 against the figures of this run.
+fn targets(rep: &Report) -> Vec<Target> {
+    let g = |w: &str, c: &'static str| Group {
+        workload: w.into(),
+        client: c,
+    };
+    let ops = |r: &Row| r.ops_per_sec;
+    let p999 = |r: &Row| r.p999_ms;
+    let at_least = |name: &str, want: f64, v: Option<f64>| Target {
+        name: name.into(),
+        wanted: format!("≥ {want}x"),
+        measured: v.map_or("—".into(), |v| format!("{v:.2}x")),
+        met: v.map(|v| v >= want),
+    };
+    let mut out = vec![
+        at_least(
+            "SET (3 replicas, fsync) vs redis-server, redis-benchmark",
+            0.5,
+            rep.ratio(&g("SET", "redis-benchmark"), System::Redis, ops),
+        ),
+        at_least(
+            "SET (3 replicas, fsync) vs etcd put, our client",
+            5.0,
+            rep.ratio(&g("SET", "shoal-load"), System::Etcd, ops),
+        ),
+        at_least(
+            "linearizable GET vs redis-server, redis-benchmark",
+            0.6,
+            rep.ratio(&g("GET", "redis-benchmark"), System::Redis, ops),
+        ),
+        at_least(
+            "READONLY GET vs redis-server GET, our client",
+            0.8,
+            rep.ratio(&g("READONLY GET", "shoal-load"), System::Redis, ops),
+        ),
+        at_least(
+            "pipelined SET (-P 16) vs redis-server, redis-benchmark",
+            0.5,
+            rep.ratio(&g("SET -P 16", "redis-benchmark"), System::Redis, ops),
+        ),
+    ];
+    let set = rep.ratio(&g("SET", "redis-benchmark"), System::Redis, p999);
+    let get = rep.ratio(&g("GET", "redis-benchmark"), System::Redis, p999);
+    out.push(Target {
+        name: "p99.9 latency vs redis-server at 50 clients (SET, GET; redis-benchmark)".into(),
+        wanted: "≤ 3x".into(),
+        measured: format!(
+            "SET {}, GET {}",
+            set.map_or("—".into(), |v| format!("{v:.1}x")),
+            get.map_or("—".into(), |v| format!("{v:.1}x"))
+        ),
+        met: match (set, get) {
+            (Some(a), Some(b)) => Some(a <= 3.0 && b <= 3.0),
+            _ => None,
+        },
+    });
+    let big = rep.scale.iter().find(|s| s.replicas >= 1000);
+    out.push(Target {
+        name: "1,000 idle shard replicas on one node".into(),
+        wanted: "< 5% of a core, < 512 MiB RSS".into(),
+        measured: big.map_or("— (run without --quick)".into(), |s| {
+            format!("{:.1}% of a core, {:.0} MiB", s.idle_cpu_pct, s.rss_mib)
+        }),
+        met: big.map(|s| s.idle_cpu_pct < 5.0 && s.rss_mib < 512.0),
+    });
+    out
+}
