@@ -200,6 +200,17 @@ impl Engine {
         rx.await.map_err(|_| EngineError::WriterGone)?
     }
 
+    /// Write a batch right away, from the calling (blocking) thread, without
+    /// waiting in the writer's queue behind synced log appends. For the state
+    /// machine, whose writes need no sync (the log is the durable record) and
+    /// are ordered by the state-machine lock.
+    pub fn write_direct(&self, ops: &[Op]) -> Result<(), EngineError> {
+        let mut batch = WriteBatch::default();
+        add_ops(&self.db, &mut batch, ops)?;
+        self.db.write_opt(batch, &WriteOptions::default())?;
+        Ok(())
+    }
+
     /// Run a read against the database on a blocking thread.
     pub async fn read<T, F>(&self, f: F) -> Result<T, EngineError>
     where
@@ -343,17 +354,22 @@ fn write_jobs(db: &DB, jobs: &[WriteJob], fsync: bool) -> Result<(), EngineError
     let mut sync = false;
     for job in jobs {
         sync |= job.sync;
-        for op in &job.ops {
-            match op {
-                Op::Put(cf, k, v) => batch.put_cf(&handle(db, *cf)?, k, v),
-                Op::Delete(cf, k) => batch.delete_cf(&handle(db, *cf)?, k),
-                Op::DeleteRange(cf, from, to) => batch.delete_range_cf(&handle(db, *cf)?, from, to),
-            }
-        }
+        add_ops(db, &mut batch, &job.ops)?;
     }
     let mut wo = WriteOptions::default();
     wo.set_sync(sync && fsync);
     db.write_opt(batch, &wo)?;
+    Ok(())
+}
+
+fn add_ops(db: &DB, batch: &mut WriteBatch, ops: &[Op]) -> Result<(), EngineError> {
+    for op in ops {
+        match op {
+            Op::Put(cf, k, v) => batch.put_cf(&handle(db, *cf)?, k, v),
+            Op::Delete(cf, k) => batch.delete_cf(&handle(db, *cf)?, k),
+            Op::DeleteRange(cf, from, to) => batch.delete_range_cf(&handle(db, *cf)?, from, to),
+        }
+    }
     Ok(())
 }
 

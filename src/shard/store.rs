@@ -467,11 +467,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut inner = self.inner.lock().await;
         let gid = inner.gid;
         let view = inner.engine.view();
+        let engine = inner.engine.clone();
         let mut applied = inner.applied;
         let mut membership = inner.membership.clone();
         let mut prepared_count = inner.prepared_count;
         // Computing the changes reads the database: do it on a blocking thread.
-        let (replies, ops, applied, membership, prepared_count) =
+        let (replies, applied, membership, prepared_count) =
             tokio::task::spawn_blocking(move || {
                 let mut batch = Batch::new(&view, gid);
                 let mut replies = Vec::with_capacity(entries.len());
@@ -524,13 +525,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     // the lock check of plain writes).
                     prepared_count = count_prepared_after(&view, gid, &ops)?;
                 }
-                Ok::<_, StorageError>((replies, ops, applied, membership, prepared_count))
+                // Data and last_applied in one batch. Not synced: the log is,
+                // and re-applying committed entries after a crash gives the
+                // same result.
+                engine.write_direct(&ops).map_err(write_err)?;
+                Ok::<_, StorageError>((replies, applied, membership, prepared_count))
             })
             .await
             .map_err(write_err)??;
-        // Data and last_applied in one batch. Not synced: the log is, and
-        // re-applying committed entries after a crash gives the same result.
-        inner.engine.write(ops, false).await.map_err(write_err)?;
         inner.applied = applied;
         inner.membership = membership;
         inner.prepared_count = prepared_count;
