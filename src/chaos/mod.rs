@@ -469,3 +469,71 @@ fn drive(cfg: &RunConfig, cluster: &mut LocalCluster, started: Instant) -> Resul
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::history::{Op, Ret};
+    use super::*;
+
+    fn op(id: u64, client: u32, call: Call, invoke: u64, complete: u64, ret: Ret) -> Op {
+        Op {
+            id,
+            client,
+            call,
+            invoke,
+            complete,
+            outcome: Outcome::Ok(ret),
+        }
+    }
+
+    /// The counterexample of bug 1 (docs/RELIABILITY.md): a SET in flight
+    /// across a leader kill, resent by the router and applied twice.
+    fn double_applied_set() -> History {
+        let k = || "m:2:3".to_string();
+        let set = |id, c, v, i, r| op(id, c, Call::Set { key: k(), value: v }, i, r, Ret::Done);
+        let get = |id, c, v, i, r| op(id, c, Call::Get { key: k() }, i, r, Ret::Value(Some(v)));
+        History {
+            ops: vec![
+                set(4701, 2, 3000001143, 24_228_995, 28_224_185),
+                get(4713, 3, 3000001143, 27_912_531, 27_977_968),
+                set(4727, 3, 4000001169, 28_102_937, 28_105_837),
+                get(4735, 3, 4000001169, 28_118_328, 28_119_502),
+                set(4751, 3, 4000001193, 28_174_281, 28_177_297),
+                get(4762, 0, 3000001143, 28_225_921, 28_227_621),
+            ],
+            faults: vec![],
+        }
+    }
+
+    #[test]
+    fn the_double_applied_set_of_bug_1_is_caught_and_survives_a_save() {
+        let h = double_applied_set();
+        let mut report = Report::default();
+        check_history(&h, &[], 0, &mut report);
+        assert!(!report.passed());
+        assert_eq!(report.violations.len(), 1);
+        assert_eq!(report.violations[0].checker, "linearizability");
+
+        // Saved and re-checked from the file, as `shoal-chaos check` does.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.json");
+        let saved = Saved {
+            seed: 2,
+            config: RunConfig::new("shoal", 2, Duration::from_secs(1)),
+            accounts: vec![],
+            bank_total: 0,
+            violations: report.violations.clone(),
+            history: h.clone(),
+        };
+        std::fs::write(&path, serde_json::to_vec(&saved).unwrap()).unwrap();
+        let again = check_file(&path).unwrap();
+        assert_eq!(again.violations, report.violations);
+
+        // Without the second application (the last GET sees the newest value), it passes.
+        let mut good = h;
+        good.ops[5].outcome = Outcome::Ok(Ret::Value(Some(4000001193)));
+        let mut report = Report::default();
+        check_history(&good, &[], 0, &mut report);
+        assert!(report.passed(), "{report}");
+    }
+}
