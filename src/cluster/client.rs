@@ -8,8 +8,10 @@
 //!
 //! A write is retried only when it surely was not applied (the node said it is
 //! not the leader, does not host the group, or could not be reached at all);
-//! a write that timed out at the leader has an unknown outcome and is
-//! reported, never resent.
+//! a write that timed out at the leader, or whose connection broke after it
+//! was sent (the leader died mid-request), has an unknown outcome and is
+//! reported, never resent: the entry may already be in the log of a majority,
+//! and resending it would apply it twice (found by the chaos harness).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -129,6 +131,10 @@ impl ShardClient {
                 ..
             }
         );
+        let resend_safe = matches!(
+            req,
+            ShardRequest::Read { .. } | ShardRequest::ReadVersions { .. }
+        );
         let payload =
             bincode::serialize(&req).map_err(|e| ClusterError::Internal(e.to_string()))?;
         let deadline = Instant::now() + self.config.request_timeout;
@@ -159,6 +165,7 @@ impl ShardClient {
                     &payload,
                     remaining.min(self.config.rpc_timeout),
                     eventual,
+                    resend_safe,
                 )
                 .await
             {
@@ -198,6 +205,7 @@ impl ShardClient {
         payload: &[u8],
         timeout: Duration,
         eventual: bool,
+        resend_safe: bool,
     ) -> Result<OpReply, Attempt> {
         let mut client = self
             .client(node)
@@ -220,6 +228,12 @@ impl ShardClient {
             }
             Ok(Err(status)) => {
                 tracing::debug!(node, group = gid, "rpc failed: {status}");
+                if !resend_safe && !never_sent(&status) {
+                    return Err(Attempt::Fail(ClusterError::TryAgain(format!(
+                        "the connection to node {node} broke during a write to shard {gid}: \
+                         it may or may not have been applied"
+                    ))));
+                }
                 return Err(Attempt::Retry { leader: None });
             }
             Ok(Ok(r)) => r.into_inner(),
@@ -253,5 +267,72 @@ impl ShardClient {
         .map_err(|s| ClusterError::Internal(format!("node {node}: {}", s.message())))?;
         serde_json::from_slice(&reply.into_inner().json)
             .map_err(|e| ClusterError::Internal(e.to_string()))
+    }
+}
+
+/// Whether a failed RPC surely never reached the node: the connection could
+/// not be made (refused, unreachable, connect timeout). Any other transport
+/// error may have happened after the request was delivered.
+fn never_sent(status: &tonic::Status) -> bool {
+    let connect_failure = |text: &str| {
+        text.contains("tcp connect error")
+            || text.contains("error trying to connect")
+            || text.contains("Connection refused")
+    };
+    let mut err: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = err {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        if connect_failure(&e.to_string()) {
+            return true;
+        }
+        err = e.source();
+    }
+    connect_failure(status.message())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::ExecuteRequest;
+
+    async fn call(addr: &str) -> tonic::Status {
+        let ch = Transport::new().channel(addr).unwrap();
+        ShardServiceClient::new(ch)
+            .execute(ExecuteRequest {
+                group_id: 1,
+                request: vec![],
+            })
+            .await
+            .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_never_sent_but_a_broken_one_may_be() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        assert!(never_sent(&call(&addr).await));
+
+        // A server that accepts, reads the request, then dies mid-call.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = [0u8; 4096];
+                    let _ = tokio::time::timeout(Duration::from_millis(300), async {
+                        while s.read(&mut buf).await.unwrap_or(0) > 0 {}
+                    })
+                    .await;
+                });
+            }
+        });
+        let status = call(&addr).await;
+        assert!(!never_sent(&status), "{status:?}");
     }
 }

@@ -1,0 +1,457 @@
+//! The checkers a run's history goes through. Each is a pure function from a
+//! [`History`] to a list of [`Violation`]s:
+//!
+//! * [`registers`]: every key's GET/SET/INCR operations (final reads
+//!   included) are linearizable (see [`super::linearizability`]).
+//! * [`lost_writes`]: on keys only ever SET (with unique values), the value
+//!   read after every fault healed is the value of a write that no
+//!   acknowledged write strictly followed; nil only if no write was
+//!   acknowledged.
+//! * [`readonly_reads`]: a READONLY read returns nil or a value some SET on
+//!   that key wrote, invoked before the read returned.
+//! * [`bank`]: every committed snapshot of the accounts sums to the starting
+//!   total, with no negative and no missing balance.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::history::{Call, History, Op, Outcome, Ret};
+use super::linearizability::{self, Verdict};
+
+/// A broken promise, with the evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    /// `linearizability`, `lost-write`, `readonly`, `bank`.
+    pub checker: String,
+    pub key: Option<String>,
+    pub message: String,
+    /// The operations involved (for a key: all of its operations).
+    pub ops: Vec<Op>,
+}
+
+/// Outcome of [`registers`].
+#[derive(Debug, Clone, Default)]
+pub struct RegisterSummary {
+    pub keys: usize,
+    pub ops: usize,
+    /// Keys whose search ran out of budget (neither passed nor failed).
+    pub undecided: Vec<String>,
+    pub violations: Vec<Violation>,
+}
+
+/// Search steps allowed per key.
+pub const KEY_BUDGET: u64 = 20_000_000;
+
+/// Linearizability of every key's register operations.
+pub fn registers(h: &History, budget: u64) -> RegisterSummary {
+    let mut sum = RegisterSummary::default();
+    for (key, ops) in h.by_key() {
+        let regs = match linearizability::intervals(&ops) {
+            Ok(r) => r,
+            Err(e) => {
+                sum.violations
+                    .push(violation("linearizability", key, e, &ops));
+                continue;
+            }
+        };
+        if regs.is_empty() {
+            continue;
+        }
+        sum.keys += 1;
+        sum.ops += regs.len();
+        match linearizability::check(&regs, None, budget) {
+            Verdict::Linearizable => {}
+            Verdict::Undecided => sum.undecided.push(key.to_string()),
+            Verdict::Violation { stuck_at, depth } => sum.violations.push(violation(
+                "linearizability",
+                key,
+                format!(
+                    "no linearization of {} operations on {key}: the deepest attempt \
+                     ordered {depth} of them and got stuck at the return at t={stuck_at}µs",
+                    regs.len()
+                ),
+                &ops,
+            )),
+        }
+    }
+    sum
+}
+
+fn violation(checker: &str, key: &str, message: String, ops: &[&Op]) -> Violation {
+    Violation {
+        checker: checker.into(),
+        key: Some(key.into()),
+        message,
+        ops: ops.iter().map(|o| (*o).clone()).collect(),
+    }
+}
+
+/// No acknowledged SET is lost: checked on every key that has a final read
+/// and only SETs (no INCR), whose values are unique.
+pub fn lost_writes(h: &History) -> (usize, Vec<Violation>) {
+    let mut checked = 0;
+    let mut out = Vec::new();
+    for (key, ops) in h.by_key() {
+        if ops.iter().any(|o| matches!(o.call, Call::Incr { .. })) {
+            continue;
+        }
+        let Some(fin) = ops
+            .iter()
+            .filter(|o| matches!(o.call, Call::FinalGet { .. }))
+            .find_map(|o| o.value())
+        else {
+            continue;
+        };
+        checked += 1;
+        let sets: Vec<&&Op> = ops
+            .iter()
+            .filter(|o| matches!(o.call, Call::Set { .. }))
+            .collect();
+        let acked = || sets.iter().filter(|o| o.is_ok());
+        let problem = match fin {
+            None => acked().next().map(|a| {
+                format!(
+                    "final value is nil, but SET {key} (op {}) was acknowledged",
+                    a.id
+                )
+            }),
+            Some(v) => {
+                let writer = sets
+                    .iter()
+                    .find(|o| matches!(o.call, Call::Set { value, .. } if value == v));
+                match writer {
+                    None => Some(format!("final value {v} was never written")),
+                    // An unknown write may apply at any time: nothing follows it for sure.
+                    Some(w) if !w.is_ok() => None,
+                    Some(w) => acked().find(|a| a.invoke > w.complete).map(|a| {
+                        format!(
+                            "final value {v} comes from op {} (done at {}µs), but op {} \
+                             (SET, acknowledged, invoked at {}µs) came after it and was lost",
+                            w.id, w.complete, a.id, a.invoke
+                        )
+                    }),
+                }
+            }
+        };
+        if let Some(message) = problem {
+            out.push(violation("lost-write", key, message, &ops));
+        }
+    }
+    (checked, out)
+}
+
+/// READONLY reads return only values that were written.
+pub fn readonly_reads(h: &History) -> (usize, Vec<Violation>) {
+    let mut checked = 0;
+    let mut out = Vec::new();
+    for (key, ops) in h.by_key() {
+        let has_incr = ops.iter().any(|o| matches!(o.call, Call::Incr { .. }));
+        for ro in ops.iter().filter(|o| matches!(o.call, Call::RoGet { .. })) {
+            let v = match &ro.outcome {
+                Outcome::Ok(Ret::Value(v)) => *v,
+                Outcome::Ok(other) => {
+                    out.push(violation(
+                        "readonly",
+                        key,
+                        format!("READONLY GET (op {}) returned {other:?}", ro.id),
+                        &ops,
+                    ));
+                    continue;
+                }
+                _ => continue,
+            };
+            checked += 1;
+            let Some(v) = v else { continue };
+            let written = ops.iter().any(|w| {
+                w.invoke < ro.complete
+                    && match (&w.call, &w.outcome) {
+                        (Call::Set { value, .. }, _) => *value == v,
+                        (Call::Incr { .. }, Outcome::Ok(Ret::Value(r))) => *r == Some(v),
+                        _ => false,
+                    }
+            });
+            // With an INCR of unknown outcome the value is not known: skip.
+            let incr_unknown = has_incr
+                && ops
+                    .iter()
+                    .any(|w| matches!(w.call, Call::Incr { .. }) && !w.is_ok());
+            if !written && !incr_unknown {
+                out.push(violation(
+                    "readonly",
+                    key,
+                    format!(
+                        "READONLY GET (op {}) returned {v}, which no write invoked before it wrote",
+                        ro.id
+                    ),
+                    &ops,
+                ));
+            }
+        }
+    }
+    (checked, out)
+}
+
+/// The bank invariant: every ok snapshot (read-only MULTI/EXEC over all
+/// accounts, or the final one) sums to `total` with no nil or negative
+/// balance. Returns the number of snapshots checked.
+pub fn bank(h: &History, accounts: &[String], total: i64) -> (usize, Vec<Violation>) {
+    let mut checked = 0;
+    let mut out = Vec::new();
+    for op in &h.ops {
+        let Call::Snapshot { keys } = &op.call else {
+            continue;
+        };
+        let values = match &op.outcome {
+            Outcome::Ok(Ret::Values(v)) => v,
+            Outcome::Ok(Ret::Conflict) | Outcome::Fail(_) | Outcome::Unknown(_) => continue,
+            Outcome::Ok(other) => {
+                out.push(bank_violation(
+                    h,
+                    op,
+                    format!("snapshot returned {other:?}"),
+                ));
+                continue;
+            }
+        };
+        checked += 1;
+        if keys.as_slice() != accounts || values.len() != accounts.len() {
+            out.push(bank_violation(
+                h,
+                op,
+                format!("snapshot of {keys:?} returned {} values", values.len()),
+            ));
+            continue;
+        }
+        let balances: HashMap<&str, Option<i64>> = keys
+            .iter()
+            .map(String::as_str)
+            .zip(values.iter().copied())
+            .collect();
+        let problem = if values.iter().any(Option::is_none) {
+            Some(format!("snapshot has a missing account: {balances:?}"))
+        } else if values.iter().flatten().any(|&b| b < 0) {
+            Some(format!("snapshot has a negative balance: {balances:?}"))
+        } else {
+            let sum: i64 = values.iter().flatten().sum();
+            (sum != total).then(|| format!("snapshot sums to {sum}, not {total}: {balances:?}"))
+        };
+        if let Some(p) = problem {
+            out.push(bank_violation(h, op, p));
+        }
+    }
+    (checked, out)
+}
+
+/// A bank violation's evidence: the snapshot and the transfers that overlap
+/// it or completed in the second before it.
+fn bank_violation(h: &History, snap: &Op, message: String) -> Violation {
+    let ops = h
+        .ops
+        .iter()
+        .filter(|o| {
+            o.id == snap.id
+                || (matches!(o.call, Call::Transfer { .. })
+                    && o.invoke <= snap.complete
+                    && o.complete + 1_000_000 >= snap.invoke)
+        })
+        .cloned()
+        .collect();
+    Violation {
+        checker: "bank".into(),
+        key: None,
+        message: format!("op {}: {message}", snap.id),
+        ops,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(id: u64, call: Call, invoke: u64, complete: u64, outcome: Outcome) -> Op {
+        Op {
+            id,
+            client: 0,
+            call,
+            invoke,
+            complete,
+            outcome,
+        }
+    }
+
+    fn set(id: u64, key: &str, value: i64, t: u64, ok: bool) -> Op {
+        let outcome = if ok {
+            Outcome::Ok(Ret::Done)
+        } else {
+            Outcome::Unknown("timeout".into())
+        };
+        op(
+            id,
+            Call::Set {
+                key: key.into(),
+                value,
+            },
+            t,
+            t + 5,
+            outcome,
+        )
+    }
+
+    fn get(id: u64, key: &str, v: Option<i64>, t: u64) -> Op {
+        op(
+            id,
+            Call::Get { key: key.into() },
+            t,
+            t + 5,
+            Outcome::Ok(Ret::Value(v)),
+        )
+    }
+
+    fn fin(id: u64, key: &str, v: Option<i64>, t: u64) -> Op {
+        op(
+            id,
+            Call::FinalGet { key: key.into() },
+            t,
+            t + 5,
+            Outcome::Ok(Ret::Value(v)),
+        )
+    }
+
+    fn ro(id: u64, key: &str, v: Option<i64>, t: u64) -> Op {
+        op(
+            id,
+            Call::RoGet { key: key.into() },
+            t,
+            t + 5,
+            Outcome::Ok(Ret::Value(v)),
+        )
+    }
+
+    fn hist(ops: Vec<Op>) -> History {
+        History {
+            ops,
+            faults: vec![],
+        }
+    }
+
+    #[test]
+    fn registers_flags_a_stale_read_and_passes_a_good_history() {
+        let good = hist(vec![
+            set(0, "k", 1, 0, true),
+            get(1, "k", Some(1), 10),
+            set(2, "k", 2, 20, false),
+            get(3, "k", Some(1), 30),
+            fin(4, "k", Some(2), 100),
+            set(5, "j", 9, 0, true),
+        ]);
+        let s = registers(&good, KEY_BUDGET);
+        assert!(s.violations.is_empty(), "{:?}", s.violations);
+        assert_eq!(s.keys, 2);
+        let bad = hist(vec![
+            set(0, "k", 1, 0, true),
+            set(1, "k", 2, 10, true),
+            get(2, "k", Some(1), 20),
+        ]);
+        let s = registers(&bad, KEY_BUDGET);
+        assert_eq!(s.violations.len(), 1);
+        assert_eq!(s.violations[0].key.as_deref(), Some("k"));
+        assert_eq!(s.violations[0].ops.len(), 3);
+    }
+
+    #[test]
+    fn lost_writes_flags_a_vanished_acknowledged_write() {
+        // Good: the last acknowledged write survives; an unknown write may win.
+        let good = hist(vec![
+            set(0, "a", 1, 0, true),
+            set(1, "a", 2, 10, true),
+            fin(2, "a", Some(2), 100),
+            set(3, "b", 1, 0, true),
+            set(4, "b", 2, 10, false),
+            fin(5, "b", Some(2), 100),
+            // Concurrent acknowledged writes: either may be last.
+            set(6, "c", 1, 0, true),
+            set(7, "c", 2, 1, true),
+            fin(8, "c", Some(1), 100),
+        ]);
+        let (n, v) = lost_writes(&good);
+        assert_eq!((n, v.len()), (3, 0), "{v:?}");
+        let bad = hist(vec![
+            set(0, "a", 1, 0, true),
+            set(1, "a", 2, 10, true),
+            fin(2, "a", Some(1), 100),
+            set(3, "b", 1, 0, true),
+            fin(4, "b", None, 100),
+            fin(5, "c", Some(3), 100),
+        ]);
+        let (n, v) = lost_writes(&bad);
+        assert_eq!(n, 3);
+        let keys: Vec<_> = v.iter().map(|v| v.key.clone().unwrap()).collect();
+        assert_eq!(keys, vec!["a", "b", "c"]);
+    }
+
+    #[test]
+    fn readonly_reads_must_return_written_values() {
+        let good = hist(vec![
+            ro(0, "k", None, 0),
+            set(1, "k", 1, 10, false),
+            ro(2, "k", Some(1), 12),
+            ro(3, "k", None, 20),
+        ]);
+        let (n, v) = readonly_reads(&good);
+        assert_eq!((n, v.len()), (3, 0));
+        let bad = hist(vec![
+            set(1, "k", 1, 10, true),
+            ro(2, "k", Some(5), 20),
+            // Read of a value written only later.
+            ro(3, "k", Some(7), 30),
+            set(4, "k", 7, 100, true),
+        ]);
+        let (_, v) = readonly_reads(&bad);
+        assert_eq!(v.len(), 2);
+    }
+
+    #[test]
+    fn bank_sum_must_hold_in_every_snapshot() {
+        let accounts: Vec<String> = vec!["a".into(), "b".into()];
+        let snap = |id, vals: Vec<Option<i64>>| {
+            op(
+                id,
+                Call::Snapshot {
+                    keys: accounts.clone(),
+                },
+                id * 10,
+                id * 10 + 5,
+                Outcome::Ok(Ret::Values(vals)),
+            )
+        };
+        let transfer = op(
+            1,
+            Call::Transfer {
+                from: "a".into(),
+                to: "b".into(),
+                amount: 10,
+            },
+            9,
+            12,
+            Outcome::Ok(Ret::Committed),
+        );
+        let good = hist(vec![
+            snap(0, vec![Some(100), Some(100)]),
+            transfer.clone(),
+            snap(2, vec![Some(90), Some(110)]),
+        ]);
+        assert_eq!(bank(&good, &accounts, 200), (2, vec![]));
+        // A torn snapshot: the debit is visible, the credit is not.
+        let bad = hist(vec![
+            transfer,
+            snap(2, vec![Some(90), Some(100)]),
+            snap(3, vec![Some(90), None]),
+            snap(4, vec![Some(-10), Some(210)]),
+        ]);
+        let (n, v) = bank(&bad, &accounts, 200);
+        assert_eq!((n, v.len()), (3, 3));
+        assert!(v[0].message.contains("sums to 190"));
+        assert_eq!(v[0].ops.len(), 2, "the overlapping transfer is evidence");
+    }
+}
