@@ -250,6 +250,9 @@ impl ShardClient {
                 group: gid,
                 table: String::new(),
             })),
+            Err(ShardError::OutcomeUnknown(e)) => Err(Attempt::Fail(ClusterError::TryAgain(
+                format!("the write to shard {gid} may or may not have been applied: {e}"),
+            ))),
             Err(ShardError::Storage(e)) => Err(Attempt::Fail(ClusterError::Internal(e))),
             Err(ShardError::BadRequest(e)) => Err(Attempt::Fail(ClusterError::Internal(e))),
         }

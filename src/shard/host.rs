@@ -290,7 +290,8 @@ impl Host {
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Err(self.not_leader(f.leader_id, f.leader_node))
             }
-            Ok(Err(e)) => Err(ShardError::Unavailable(e.to_string())),
+            // The entry may have been appended before the failure.
+            Ok(Err(e)) => Err(ShardError::OutcomeUnknown(e.to_string())),
         }
     }
 

@@ -46,6 +46,10 @@ pub enum ShardError {
     UnknownGroup(u64),
     #[error("shard unavailable: {0}")]
     Unavailable(String),
+    /// A write was proposed but failed before its result was known (e.g. the
+    /// replica shut down): it may still commit, so it must not be resent.
+    #[error("write outcome unknown: {0}")]
+    OutcomeUnknown(String),
     #[error("storage error: {0}")]
     Storage(String),
     #[error("bad request: {0}")]
