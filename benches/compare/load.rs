@@ -26,6 +26,12 @@ pub enum Op {
     /// which has no READONLY outside cluster mode, plain GET). etcd: a
     /// serializable range read (any member answers from its local state).
     ReadOnlyGet,
+    /// MULTI, SET, SET, EXEC with both keys in one shard (a hash tag); etcd:
+    /// a Txn of the two puts.
+    MultiOneShard,
+    /// The same with the keys in two different shards (two-phase commit in
+    /// shoal, assuming the default 8 equal shards).
+    MultiCrossShard,
 }
 
 impl Op {
@@ -34,6 +40,24 @@ impl Op {
             Op::Set => "SET",
             Op::Get => "GET",
             Op::ReadOnlyGet => "READONLY GET",
+            Op::MultiOneShard => "MULTI 2 SET 1 shard",
+            Op::MultiCrossShard => "MULTI 2 SET 2 shards",
+        }
+    }
+
+    /// The two keys of a transaction starting from key number `i`.
+    pub fn txn_keys(self, i: u64) -> (String, String) {
+        match self {
+            Op::MultiOneShard => (format!("{{key:{i}}}a"), format!("{{key:{i}}}b")),
+            _ => {
+                let a = key(i);
+                let shard = |k: &str| shoal::cluster::slot::slot(k.as_bytes()) / 2048;
+                let b = (1..)
+                    .map(|d| key(i.wrapping_add(d)))
+                    .find(|b| shard(b) != shard(&a))
+                    .unwrap_or_default();
+                (a, b)
+            }
         }
     }
 }
@@ -408,18 +432,37 @@ impl Conn {
         };
         match self {
             Conn::Resp(mut c) => loop {
-                let k = key(rng.below(spec.keyspace));
+                let n = rng.below(spec.keyspace);
+                let k = key(n);
                 c.out.clear();
+                let mut replies = 1;
                 match spec.op {
                     Op::Set => encode(&mut c.out, &[b"SET", k.as_bytes(), &val]),
                     Op::Get | Op::ReadOnlyGet => encode(&mut c.out, &[b"GET", k.as_bytes()]),
+                    Op::MultiOneShard | Op::MultiCrossShard => {
+                        let (a, b) = spec.op.txn_keys(n);
+                        encode(&mut c.out, &[b"MULTI"]);
+                        encode(&mut c.out, &[b"SET", a.as_bytes(), &val]);
+                        encode(&mut c.out, &[b"SET", b.as_bytes(), &val]);
+                        encode(&mut c.out, &[b"EXEC"]);
+                        replies = 4;
+                    }
                 }
                 let started = Instant::now();
                 if started >= deadline {
                     break w;
                 }
                 let outcome = match c.stream.write_all(&c.out).await {
-                    Ok(()) => c.read_reply().await,
+                    Ok(()) => {
+                        let mut r = Ok(());
+                        for _ in 0..replies {
+                            r = c.read_reply().await;
+                            if r.is_err() {
+                                break;
+                            }
+                        }
+                        r
+                    }
                     Err(e) => Err(e.into()),
                 };
                 let broken = outcome
@@ -431,12 +474,21 @@ impl Conn {
                 }
             },
             Conn::Etcd(mut kv) => loop {
-                let k = key(rng.below(spec.keyspace));
+                let n = rng.below(spec.keyspace);
+                let k = key(n);
                 let started = Instant::now();
                 if started >= deadline {
                     break w;
                 }
                 let outcome = match spec.op {
+                    Op::MultiOneShard | Op::MultiCrossShard => {
+                        let (a, b) = spec.op.txn_keys(n);
+                        let txn = etcd_client::Txn::new().and_then(vec![
+                            etcd_client::TxnOp::put(a, val.clone(), None),
+                            etcd_client::TxnOp::put(b, val.clone(), None),
+                        ]);
+                        kv.txn(txn).await.map(drop)
+                    }
                     Op::Set => kv.put(k, val.clone(), None).await.map(drop),
                     Op::Get => kv.get(k, None).await.map(drop),
                     Op::ReadOnlyGet => kv

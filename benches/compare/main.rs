@@ -351,7 +351,13 @@ fn run_load(
     }
 
     // Our client: all three systems.
-    for op in [load::Op::Set, load::Op::Get, load::Op::ReadOnlyGet] {
+    for op in [
+        load::Op::Set,
+        load::Op::Get,
+        load::Op::ReadOnlyGet,
+        load::Op::MultiOneShard,
+        load::Op::MultiCrossShard,
+    ] {
         for s in System::ALL {
             let spec = load::Spec {
                 op,
@@ -370,6 +376,11 @@ fn run_load(
                 (load::Op::ReadOnlyGet, System::Shoal) => "READONLY connection",
                 (load::Op::Get, System::Etcd) => "linearizable range",
                 (load::Op::Set, System::Etcd) => "put",
+                (load::Op::MultiOneShard | load::Op::MultiCrossShard, System::Etcd) => {
+                    "Txn of 2 puts"
+                }
+                (load::Op::MultiCrossShard, System::Shoal) => "two-phase commit",
+                (load::Op::MultiOneShard, System::Shoal) => "one Raft entry",
                 _ => "",
             };
             eprintln!("{:<14} shoal-load       {}", op.name(), s.name());
@@ -406,12 +417,6 @@ fn run_load(
             check_alive(&mut sys)?;
         }
     }
-    // ---- SLOT: cross-shard MULTI/EXEC -----------------------------------
-    // Once shoal implements two-phase commit (DESIGN.md section 6), add a
-    // `load::Op::MultiExec` (MULTI, SET on keys of two shards, EXEC) run on
-    // redis and shoal here, and on etcd as a Txn of the same puts; then drop
-    // the placeholder row in `report::Report::results_table`.
-    // ----------------------------------------------------------------------
 
     for s in System::ALL {
         for (name, pid) in sys.pids(s) {

@@ -279,22 +279,6 @@ impl Report {
                 ]);
             }
         }
-        // The slot for cross-shard transactions (issue: MULTI/EXEC).
-        rows.push(vec![
-            "MULTI/EXEC cross-shard".into(),
-            "—".into(),
-            "(slot reserved: not implemented in shoal yet)".into(),
-            "—".into(),
-            "—".into(),
-            "—".into(),
-            "—".into(),
-            "—".into(),
-            "—".into(),
-            "—".into(),
-            "—".into(),
-            "—".into(),
-            "—".into(),
-        ]);
         Table {
             head: head.iter().map(|s| s.to_string()).collect(),
             rows,

@@ -339,14 +339,18 @@ impl Host {
 
     /// Fail fast when this replica knows it is not the leader.
     fn check_leader(&self, replica: &Replica) -> Result<(), ShardError> {
-        let m = replica.raft.metrics().borrow().clone();
-        if m.state == ServerState::Leader {
-            return Ok(());
-        }
-        let node = m
-            .current_leader
-            .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
-        Err(self.not_leader(m.current_leader, node))
+        let rx = replica.raft.metrics();
+        let (leader, node) = {
+            let m = rx.borrow();
+            if m.state == ServerState::Leader {
+                return Ok(());
+            }
+            let node = m
+                .current_leader
+                .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+            (m.current_leader, node)
+        };
+        Err(self.not_leader(leader, node))
     }
 
     fn not_leader(&self, leader: Option<NodeId>, node: Option<BasicNode>) -> ShardError {
