@@ -38,6 +38,16 @@ pub struct RouterConfig {
     /// rolling the creation back (ms). A creation older than twice this
     /// whose creator died is rolled back by any router.
     pub table_create_timeout_ms: u64,
+    /// Take part in the rebalancer election (one router at a time moves
+    /// replicas for node join, drain and repair).
+    pub rebalance: bool,
+    /// How often the elected rebalancer looks at the cluster (ms).
+    pub rebalance_interval_ms: u64,
+    /// A node not live for this long (ms) is considered dead: its replicas
+    /// are re-created on other nodes from the surviving majority.
+    pub repair_after_ms: u64,
+    /// Replica moves touching one node at once.
+    pub max_moves_per_node: usize,
     /// Log filter (`RUST_LOG` syntax); `RUST_LOG` wins when set.
     pub log_level: String,
 }
@@ -59,6 +69,10 @@ impl Default for RouterConfig {
             max_output_len: 64 * 1024 * 1024,
             request_timeout_ms: 5_000,
             table_create_timeout_ms: 30_000,
+            rebalance: true,
+            rebalance_interval_ms: 1_000,
+            repair_after_ms: 300_000,
+            max_moves_per_node: 2,
             log_level: "info".into(),
         }
     }

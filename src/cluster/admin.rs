@@ -61,6 +61,8 @@ pub async fn create_record(meta: &Meta, spec: &TableSpec) -> Result<TableDescrip
                 group_id: first_group + i as u64,
                 slots,
                 replicas,
+                learners: vec![],
+                moving: None,
             })
             .collect(),
         created_at: now_ms(),
