@@ -492,3 +492,55 @@ fn first_router_aborted(dir: &tempfile::TempDir) -> bool {
     std::fs::read_to_string(dir.path().join("router/router.log"))
         .is_ok_and(|l| l.contains("failpoint rebalance-after-learner"))
 }
+
+/// The rebalancer dies after adding a learner, and the learner's node dies
+/// too: the next rebalancer undoes the move (learner out of the group, then
+/// out of the descriptor) and the shards keep their three replicas.
+#[test]
+fn half_made_move_to_a_dead_node_is_undone() {
+    let _serial = serial();
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start(&dir, 3, 4, &["--failpoint", "rebalance-after-learner"]);
+    let router = cluster.router_addr();
+    let obs = Observer::new(&cluster);
+    let data = write_keys(&router, "k", 200);
+
+    cluster.add_node().unwrap();
+    wait_for(
+        "first rebalancer hits its failpoint",
+        &mut cluster,
+        Duration::from_secs(60),
+        || first_router_aborted(&dir),
+    );
+    cluster.kill_node(4).unwrap();
+    wait_for(
+        "node 4 not live",
+        &mut cluster,
+        Duration::from_secs(20),
+        || {
+            !obs.rt
+                .block_on(obs.meta.live_nodes())
+                .unwrap()
+                .contains_key(&4)
+        },
+    );
+    let (second, _p2) = common::extra_router(&cluster, &dir.path().join("router-b"), "", &[]);
+    wait_for(
+        "moves undone",
+        &mut cluster,
+        Duration::from_secs(60),
+        || {
+            let t = obs.table();
+            t.shards.iter().all(|s| !s.replicas.contains(&4)) && obs.memberships_match(&t).is_ok()
+        },
+    );
+    let log = std::fs::read_to_string(dir.path().join("router-b/router.log")).unwrap();
+    assert!(log.contains("replica move undone"), "{log}");
+    read_all(&second, &data);
+    let _ = router;
+    eprintln!(
+        "half_made_move_to_a_dead_node_is_undone: {:?}",
+        started.elapsed()
+    );
+}

@@ -469,6 +469,20 @@ async fn step(
     if !st.joint && !voters.contains(&mv.to) && matched + CAUGHT_UP_LAG < st.last_log_index {
         return Ok(Step::Again);
     }
+    // The leader's matched index may be stale: make sure the new replica
+    // answers right now before making it a voter.
+    if !voters.contains(&mv.to) {
+        let reachable = client
+            .node_status(mv.to, vec![gid])
+            .await
+            .is_ok_and(|s| s.groups.iter().any(|g| g.group_id == gid));
+        if !reachable {
+            return Err(ClusterError::TryAgain(format!(
+                "new replica on node {} does not answer",
+                mv.to
+            )));
+        }
+    }
     client
         .change_membership(leader, gid, &MembershipChange::SetVoters(target.clone()))
         .await?;
