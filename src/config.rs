@@ -40,6 +40,16 @@ pub struct RouterConfig {
     /// A creation still unfinished this long after it began (its creator
     /// died) is rolled back by any router's janitor (ms).
     pub table_stale_after_ms: u64,
+    /// Take part in the rebalancer election (one router at a time moves
+    /// replicas for node join, drain and repair).
+    pub rebalance: bool,
+    /// How often the elected rebalancer looks at the cluster (ms).
+    pub rebalance_interval_ms: u64,
+    /// A node not live for this long (ms) is considered dead: its replicas
+    /// are re-created on other nodes from the surviving majority.
+    pub repair_after_ms: u64,
+    /// Replica moves touching one node at once.
+    pub max_moves_per_node: usize,
     /// Log filter (`RUST_LOG` syntax); `RUST_LOG` wins when set.
     pub log_level: String,
 }
@@ -62,6 +72,10 @@ impl Default for RouterConfig {
             request_timeout_ms: 5_000,
             table_create_timeout_ms: 30_000,
             table_stale_after_ms: 60_000,
+            rebalance: true,
+            rebalance_interval_ms: 1_000,
+            repair_after_ms: 300_000,
+            max_moves_per_node: 2,
             log_level: "info".into(),
         }
     }

@@ -1162,6 +1162,34 @@ impl LocalCluster {
         wait_member(node, PROC_START_TIMEOUT, tcp_accepts)
     }
 
+    /// Start one more node: the next id (`node_count() + 1`), a free port
+    /// (saved in ports.json), the same arguments as the others. It registers
+    /// in etcd and, once live, the rebalancer moves replicas to it. Returns
+    /// its id once it accepts connections.
+    pub fn add_node(&mut self) -> Result<u64> {
+        let id = self.nodes.len() as u64 + 1;
+        let mut saved = SavedPorts::load(&self.base_dir);
+        let mut taken: BTreeSet<u16> = self
+            .nodes
+            .iter()
+            .chain(self.routers.iter())
+            .map(|m| m.port)
+            .chain([self.etcd.client_port(), self.etcd.peer_port()])
+            .collect();
+        let port = pick_port(saved.nodes.get(&id).copied(), &mut taken);
+        saved.nodes.insert(id, port);
+        saved.save(&self.base_dir)?;
+        let proc = self.spawn_node(id, port)?;
+        self.nodes.push(Member {
+            port,
+            proc,
+            wanted: true,
+        });
+        let node = self.nodes.last_mut().expect("just pushed");
+        wait_member(node, PROC_START_TIMEOUT, tcp_accepts)?;
+        Ok(id)
+    }
+
     /// Start one more router on a free port; returns its address once it
     /// answers PING.
     pub fn add_router(&mut self) -> Result<String> {

@@ -27,8 +27,10 @@ enum Command {
         #[arg(long, default_value = "./.shoal-dev")]
         data_dir: PathBuf,
     },
-    /// Run a node hosting shard replicas.
+    /// Run a node hosting shard replicas (or `node drain <id>`).
     Node {
+        #[command(subcommand)]
+        action: Option<NodeAction>,
         #[arg(long)]
         config: Option<PathBuf>,
         #[arg(long)]
@@ -67,6 +69,12 @@ enum Command {
         default_shards: Option<usize>,
         #[arg(long)]
         default_replicas: Option<usize>,
+        /// A node down this long (ms) has its replicas re-created elsewhere.
+        #[arg(long)]
+        repair_after_ms: Option<u64>,
+        /// Replica moves touching one node at once.
+        #[arg(long)]
+        max_moves_per_node: Option<usize>,
         #[arg(long)]
         log_level: Option<String>,
         /// Test only: abort at this failpoint (see src/failpoint.rs).
@@ -79,6 +87,22 @@ enum Command {
         etcd: String,
         #[arg(long, default_value = "default")]
         cluster: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeAction {
+    /// Move every replica off node <id>, then mark it removed (it can then be
+    /// stopped). Refuses when the other live nodes cannot hold the replicas.
+    Drain {
+        id: u64,
+        #[arg(long, default_value = "http://127.0.0.1:2379")]
+        etcd: String,
+        #[arg(long, default_value = "default")]
+        cluster: String,
+        /// Return once the drain has started instead of waiting for its end.
+        #[arg(long)]
+        no_wait: bool,
     },
 }
 
@@ -107,6 +131,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Node {
+            action:
+                Some(NodeAction::Drain {
+                    id,
+                    etcd,
+                    cluster,
+                    no_wait,
+                }),
+            ..
+        } => shoal::status::drain(config::parse_endpoints(&etcd), cluster, id, !no_wait).await,
+        Command::Node {
+            action: None,
             config,
             id,
             listen,
@@ -154,6 +189,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             requirepass,
             default_shards,
             default_replicas,
+            repair_after_ms,
+            max_moves_per_node,
             log_level,
             failpoint,
         } => {
@@ -178,6 +215,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(v) = default_replicas {
                 c.default_replicas = v;
+            }
+            if let Some(v) = repair_after_ms {
+                c.repair_after_ms = v;
+            }
+            if let Some(v) = max_moves_per_node {
+                c.max_moves_per_node = v;
             }
             if let Some(v) = log_level {
                 c.log_level = v;

@@ -53,6 +53,24 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
         client.clone(),
         Duration::from_millis(c.table_stale_after_ms),
     ));
+    if c.rebalance {
+        let me = format!(
+            "{}/pid{}/{}",
+            listener.local_addr()?,
+            std::process::id(),
+            crate::meta::etcd::now_ms()
+        );
+        tokio::spawn(crate::cluster::rebalance::run(
+            meta.clone(),
+            client.clone(),
+            crate::cluster::rebalance::RebalanceConfig {
+                interval: Duration::from_millis(c.rebalance_interval_ms),
+                repair_after: Duration::from_millis(c.repair_after_ms),
+                max_moves_per_node: c.max_moves_per_node,
+            },
+            me,
+        ));
+    }
     tracing::info!(listen = %listener.local_addr()?, "router up");
     let shared = Arc::new(Shared {
         client,

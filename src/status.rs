@@ -6,12 +6,43 @@ use std::time::Duration;
 
 use crate::cluster::client::{ClientConfig, ShardClient};
 use crate::cluster::routes;
-use crate::meta::etcd::Meta;
+use crate::meta::etcd::{MemberState, Meta};
 
 pub async fn run(etcd: Vec<String>, cluster: String) -> anyhow::Result<()> {
     let meta = Meta::connect(&etcd, &cluster).await?;
     print!("{}", report(&meta).await?);
     Ok(())
+}
+
+/// `shoal node drain <id>`: start the drain (or say why it cannot), then,
+/// with `wait`, report progress until the node holds nothing and is removed.
+pub async fn drain(etcd: Vec<String>, cluster: String, id: u64, wait: bool) -> anyhow::Result<()> {
+    let meta = Meta::connect(&etcd, &cluster).await?;
+    crate::cluster::rebalance::drain(&meta, id)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_start_matches("ERR ")))?;
+    println!("node {id}: draining (a router's rebalancer moves its replicas off)");
+    if !wait {
+        return Ok(());
+    }
+    let mut last = usize::MAX;
+    loop {
+        let members = meta.members().await?;
+        if members.get(&id).map(|m| m.state) == Some(MemberState::Removed) {
+            println!("node {id}: removed; it holds no replica and can be stopped");
+            return Ok(());
+        }
+        let tables: Vec<_> = meta.tables().await?.into_iter().map(|(t, _)| t).collect();
+        let left = crate::cluster::rebalance::replicas_per_node(&tables)
+            .get(&id)
+            .copied()
+            .unwrap_or(0);
+        if left != last {
+            println!("node {id}: {left} replica(s) left");
+            last = left;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 pub async fn report(meta: &Meta) -> anyhow::Result<String> {
@@ -32,9 +63,10 @@ pub async fn report(meta: &Meta) -> anyhow::Result<String> {
         let is_live = live.contains_key(id);
         writeln!(
             out,
-            "  node {id}  {}  {}",
+            "  node {id}  {}  {}  {}",
             m.rpc_addr,
-            if is_live { "live" } else { "down" }
+            if is_live { "live" } else { "down" },
+            m.state.as_str()
         )?;
         if is_live {
             if let Ok(s) = client.node_status(*id, vec![]).await {
@@ -44,6 +76,12 @@ pub async fn report(meta: &Meta) -> anyhow::Result<String> {
     }
     let mut tables = meta.tables().await?;
     tables.sort_by_key(|(t, _)| t.db_index);
+    let descs: Vec<_> = tables.iter().map(|(t, _)| t.clone()).collect();
+    let moves = crate::cluster::rebalance::describe_moves(&client, &descs).await;
+    writeln!(out, "moves in progress: {}", moves.len())?;
+    for m in moves {
+        writeln!(out, "  {m}")?;
+    }
     writeln!(out, "tables:")?;
     for (t, _) in tables {
         writeln!(
@@ -57,7 +95,7 @@ pub async fn report(meta: &Meta) -> anyhow::Result<String> {
         )?;
         for (i, s) in t.shards.iter().enumerate() {
             let groups: Vec<_> = s
-                .replicas
+                .all_nodes()
                 .iter()
                 .filter_map(|n| {
                     statuses
@@ -69,7 +107,7 @@ pub async fn report(meta: &Meta) -> anyhow::Result<String> {
             let leader = groups.iter().find(|(_, g)| g.role == "leader");
             let head = leader.map_or(0, |(_, g)| g.last_log_index);
             let replicas: Vec<String> = s
-                .replicas
+                .all_nodes()
                 .iter()
                 .map(|n| match groups.iter().find(|(id, _)| id == n) {
                     Some((_, g)) => format!(

@@ -24,7 +24,19 @@ pub struct TableSpec {
 
 /// Write the descriptor of a new table in state `creating`.
 pub async fn create_record(meta: &Meta, spec: &TableSpec) -> Result<TableDescriptor, ClusterError> {
-    let live: Vec<u64> = meta.live_nodes().await?.keys().copied().collect();
+    // Draining and removed nodes take no new replicas.
+    let members = meta.members().await?;
+    let live: Vec<u64> = meta
+        .live_nodes()
+        .await?
+        .keys()
+        .copied()
+        .filter(|id| {
+            members
+                .get(id)
+                .is_none_or(|m| m.state == crate::meta::etcd::MemberState::Active)
+        })
+        .collect();
     let placement = place_replicas(&live, spec.shards, spec.replicas).ok_or_else(|| {
         ClusterError::Invalid(format!(
             "cannot place {} replicas: only {} live node(s)",
@@ -61,6 +73,8 @@ pub async fn create_record(meta: &Meta, spec: &TableSpec) -> Result<TableDescrip
                 group_id: first_group + i as u64,
                 slots,
                 replicas,
+                learners: vec![],
+                moving: None,
             })
             .collect(),
         created_at: now_ms(),

@@ -22,8 +22,9 @@ use tokio::sync::watch;
 use super::routes::{RouteView, TableRoute};
 use super::ClusterError;
 use crate::proto::shard_service_client::ShardServiceClient;
-use crate::proto::{ExecuteRequest, StatusRequest};
+use crate::proto::{ChangeMembershipRequest, ExecuteRequest, StatusRequest};
 use crate::shard::command::{OpReply, ShardRequest};
+use crate::shard::host::MembershipChange;
 use crate::shard::network::Transport;
 use crate::shard::status::NodeStatus;
 use crate::shard::ShardError;
@@ -148,7 +149,8 @@ impl ShardClient {
         let mut backoff = Duration::from_millis(20);
         loop {
             let target = match hint.take() {
-                Some(l) if sd.replicas.contains(&l) => l,
+                // A replica being added by a move may already lead.
+                Some(l) if sd.replicas.contains(&l) || sd.learners.contains(&l) => l,
                 _ => {
                     turn += 1;
                     sd.replicas[turn % n]
@@ -255,6 +257,45 @@ impl ShardClient {
             ))),
             Err(ShardError::Storage(e)) => Err(Attempt::Fail(ClusterError::Internal(e))),
             Err(ShardError::BadRequest(e)) => Err(Attempt::Fail(ClusterError::Internal(e))),
+        }
+    }
+
+    /// Run one membership step on `node`, which must lead group `gid`.
+    /// Returns the group's voters afterwards. Not retried: the rebalancer
+    /// re-reads the group's state and decides again.
+    pub async fn change_membership(
+        &self,
+        node: u64,
+        gid: u64,
+        change: &MembershipChange,
+    ) -> Result<Vec<u64>, ClusterError> {
+        let mut client = self.client(node).map_err(ClusterError::Internal)?;
+        let req = ChangeMembershipRequest {
+            group_id: gid,
+            change: bincode::serialize(change)
+                .map_err(|e| ClusterError::Internal(e.to_string()))?,
+        };
+        let reply = tokio::time::timeout(Duration::from_secs(30), client.change_membership(req))
+            .await
+            .map_err(|_| ClusterError::TryAgain(format!("node {node} did not answer in time")))?
+            .map_err(|s| ClusterError::TryAgain(format!("node {node}: {}", s.message())))?;
+        let result: Result<OpReply, ShardError> =
+            bincode::deserialize(&reply.into_inner().reply)
+                .map_err(|e| ClusterError::Internal(format!("bad reply: {e}")))?;
+        match result {
+            Ok(OpReply::Array(v)) => Ok(v
+                .into_iter()
+                .filter_map(|r| match r {
+                    OpReply::Int(i) => Some(i as u64),
+                    _ => None,
+                })
+                .collect()),
+            Ok(other) => Err(ClusterError::Internal(format!(
+                "unexpected reply {other:?}"
+            ))),
+            Err(e) => Err(ClusterError::TryAgain(format!(
+                "group {gid} on node {node}: {e}"
+            ))),
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod client;
 pub mod plan;
+pub mod rebalance;
 pub mod routes;
 pub mod slot;
 pub mod txn;

@@ -31,8 +31,58 @@ pub struct ShardDescriptor {
     pub group_id: u64,
     /// `[first, last]`, inclusive at both ends.
     pub slots: [u16; 2],
-    /// Node ids hosting a replica. The first one initializes the group.
+    /// Node ids hosting a voting replica. While the table is `creating`, the
+    /// first one initializes the group; afterwards order carries no meaning.
     pub replicas: Vec<u64>,
+    /// Nodes hosting a replica that is not (yet) a voter: the target of a
+    /// move in progress. Their replica starts uninitialized and catches up
+    /// from the leader (snapshot + log).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learners: Vec<u64>,
+    /// The move in progress on this shard, if any (at most one per shard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving: Option<ShardMove>,
+}
+
+/// A replica move recorded in the descriptor before any membership step, so
+/// whoever finds it (the next rebalancer) can finish or undo it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMove {
+    /// The node receiving the new replica (listed in `learners` until promoted).
+    pub to: u64,
+    /// The replica leaving (`None`: only add).
+    pub from: Option<u64>,
+    /// Why: `balance`, `drain`, `repair`.
+    pub reason: String,
+    /// Unix milliseconds when the move was recorded.
+    pub started_at: u64,
+}
+
+impl ShardDescriptor {
+    /// The voters once the move in progress completes.
+    pub fn target_voters(&self) -> Vec<u64> {
+        let mut v = self.replicas.clone();
+        if let Some(m) = &self.moving {
+            match m.from.and_then(|f| v.iter().position(|x| *x == f)) {
+                // The new replica takes the leaving one's place.
+                Some(i) => v[i] = m.to,
+                None if !v.contains(&m.to) => v.push(m.to),
+                None => {}
+            }
+        }
+        v
+    }
+
+    /// Every node that hosts (or is about to host) a replica of the shard.
+    pub fn all_nodes(&self) -> Vec<u64> {
+        let mut v = self.replicas.clone();
+        for l in &self.learners {
+            if !v.contains(l) {
+                v.push(*l);
+            }
+        }
+        v
+    }
 }
 
 /// The value of `tables/<name>` in etcd. Field names are a stable interface.
@@ -124,6 +174,8 @@ mod tests {
                 group_id: i as u64,
                 slots,
                 replicas: vec![],
+                learners: vec![],
+                moving: None,
             })
             .collect();
         let t = TableDescriptor {

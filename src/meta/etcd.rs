@@ -26,6 +26,53 @@ pub struct MemberInfo {
     pub id: u64,
     pub rpc_addr: String,
     pub joined_at: u64,
+    /// `active` (receives replicas), `draining` (replicas are moving off it)
+    /// or `removed` (drained: holds nothing, may be stopped).
+    #[serde(default)]
+    pub state: MemberState,
+}
+
+/// Whether a member takes part in placement.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    #[default]
+    Active,
+    Draining,
+    Removed,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Active => "active",
+            MemberState::Draining => "draining",
+            MemberState::Removed => "removed",
+        }
+    }
+}
+
+/// Held while this process is the one elected for a duty (see
+/// [`Meta::campaign`]). `lost` turns true once the lease is gone; writes that
+/// must come from the elected process compare [`Leadership::value`].
+pub struct Leadership {
+    pub key: String,
+    pub value: String,
+    pub lease_id: i64,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl Leadership {
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
 }
 
 /// `live/<id>`: present while the node holds its lease.
@@ -132,15 +179,17 @@ impl Meta {
     pub async fn register_member(&self, id: u64, rpc_addr: &str) -> Result<(), MetaError> {
         let key = self.key(&format!("members/{id}"));
         let existing = self.kv().get(key.clone(), None).await?;
-        let joined_at = existing
+        let old = existing
             .kvs()
             .first()
-            .and_then(|kv| serde_json::from_slice::<MemberInfo>(kv.value()).ok())
-            .map_or_else(now_ms, |m| m.joined_at);
+            .and_then(|kv| serde_json::from_slice::<MemberInfo>(kv.value()).ok());
+        // A drained (removed) node that is started again stays removed: it
+        // takes no replicas until an operator decides otherwise.
         let info = MemberInfo {
             id,
             rpc_addr: rpc_addr.to_string(),
-            joined_at,
+            joined_at: old.as_ref().map_or_else(now_ms, |m| m.joined_at),
+            state: old.map_or(MemberState::Active, |m| m.state),
         };
         self.kv().put(key, serde_json::to_vec(&info)?, None).await?;
         Ok(())
@@ -303,6 +352,128 @@ impl Meta {
             .into_iter()
             .map(|(_, m, _)| (m.id, m))
             .collect())
+    }
+
+    /// Move member `id` to `state` (compare-and-swap on its record). Returns
+    /// the previous state; an error if there is no such member.
+    pub async fn set_member_state(
+        &self,
+        id: u64,
+        state: MemberState,
+    ) -> Result<MemberState, MetaError> {
+        let key = self.key(&format!("members/{id}"));
+        loop {
+            let resp = self.kv().get(key.clone(), None).await?;
+            let kv = resp
+                .kvs()
+                .first()
+                .ok_or_else(|| MetaError::Corrupt(format!("no member {id}")))?;
+            let mut info: MemberInfo = serde_json::from_slice(kv.value())?;
+            let before = info.state;
+            if before == state {
+                return Ok(before);
+            }
+            info.state = state;
+            let txn = Txn::new()
+                .when(vec![Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                )])
+                .and_then(vec![TxnOp::put(
+                    key.clone(),
+                    serde_json::to_vec(&info)?,
+                    None,
+                )]);
+            if self.kv().txn(txn).await?.succeeded() {
+                tracing::info!(
+                    node = id,
+                    from = before.as_str(),
+                    to = state.as_str(),
+                    "member state changed"
+                );
+                return Ok(before);
+            }
+        }
+    }
+
+    /// Try once to become the holder of duty `name` (key `elect/<name>`):
+    /// the key is created under a fresh lease of `ttl` seconds only if absent.
+    /// `None` when someone else holds it. The lease is kept alive by a task
+    /// until the returned [`Leadership`] is dropped or the lease is lost.
+    pub async fn campaign(
+        &self,
+        name: &str,
+        value: &str,
+        ttl: i64,
+    ) -> Result<Option<Leadership>, MetaError> {
+        let key = self.key(&format!("elect/{name}"));
+        let mut lease = self.client.lease_client();
+        let lease_id = lease.grant(ttl, None).await?.id();
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(vec![TxnOp::put(
+                key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(lease_id)),
+            )]);
+        if !self.kv().txn(txn).await?.succeeded() {
+            let _ = lease.revoke(lease_id).await;
+            return Ok(None);
+        }
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = lost.clone();
+        let (mut keeper, mut stream) = lease.keep_alive(lease_id).await?;
+        let period = Duration::from_millis((ttl as u64 * 1000) / 3);
+        let keeper = tokio::spawn(async move {
+            loop {
+                let alive = async {
+                    keeper.keep_alive().await.ok()?;
+                    match tokio::time::timeout(period * 2, stream.message()).await {
+                        Ok(Ok(Some(r))) if r.ttl() > 0 => Some(()),
+                        _ => None,
+                    }
+                };
+                if alive.await.is_none() {
+                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+                tokio::time::sleep(period).await;
+            }
+        });
+        Ok(Some(Leadership {
+            key,
+            value: value.to_string(),
+            lease_id,
+            lost,
+            keeper,
+        }))
+    }
+
+    /// Give up a duty at once (instead of letting its lease expire).
+    pub async fn resign(&self, l: Leadership) {
+        let _ = self.client.lease_client().revoke(l.lease_id).await;
+    }
+
+    /// [`Meta::cas_table`], and only while `leader` still holds its duty.
+    pub async fn cas_table_as(
+        &self,
+        desc: &TableDescriptor,
+        mod_revision: i64,
+        leader: &Leadership,
+    ) -> Result<bool, MetaError> {
+        let key = self.key(&format!("tables/{}", desc.name));
+        let txn = Txn::new()
+            .when(vec![
+                Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision),
+                Compare::value(leader.key.clone(), CompareOp::Equal, leader.value.clone()),
+            ])
+            .and_then(vec![TxnOp::put(key, serde_json::to_vec(desc)?, None)]);
+        Ok(self.kv().txn(txn).await?.succeeded())
     }
 
     pub async fn live_nodes(&self) -> Result<BTreeMap<u64, LiveInfo>, MetaError> {

@@ -1,6 +1,11 @@
 //! Reconcile, don't trust events: a node compares the replicas it hosts with
 //! what etcd assigns to it and closes the gap, on start and after every change
 //! it sees. [`plan`] is the pure decision; [`run`] drives it.
+//!
+//! A node listed in a shard's `learners` (the target of a replica move) gets
+//! an *uninitialized* replica that the group's leader then fills; a replica
+//! whose node is no longer listed (a finished move away, a dropped table) is
+//! stopped and its data deleted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -32,7 +37,7 @@ pub fn plan(me: u64, tables: &[TableDescriptor], hosted: &[u64]) -> (Vec<Wanted>
             continue;
         }
         for (i, s) in t.shards.iter().enumerate() {
-            if s.replicas.contains(&me) {
+            if s.replicas.contains(&me) || s.learners.contains(&me) {
                 wanted.push(Wanted {
                     record: ReplicaRecord {
                         group_id: s.group_id,
@@ -40,7 +45,11 @@ pub fn plan(me: u64, tables: &[TableDescriptor], hosted: &[u64]) -> (Vec<Wanted>
                         shard: i as u32,
                     },
                     members: s.replicas.clone(),
-                    initializer: s.replicas.first() == Some(&me),
+                    // Only a group that was never initialized may be: once a
+                    // table is available every group has its membership, and a
+                    // replica added by a move must wait for the leader to
+                    // reach it (initializing it would start a second group).
+                    initializer: t.state == TableState::Creating && s.replicas.first() == Some(&me),
                 });
             }
         }
@@ -126,6 +135,8 @@ mod tests {
                     group_id,
                     slots: [0, 16383],
                     replicas,
+                    learners: vec![],
+                    moving: None,
                 })
                 .collect(),
             created_at: 0,
@@ -137,7 +148,7 @@ mod tests {
         let tables = vec![
             table(
                 "a",
-                TableState::Available,
+                TableState::Creating,
                 vec![(1, vec![1, 2, 3]), (2, vec![2, 3, 4])],
             ),
             table("b", TableState::Creating, vec![(5, vec![3, 1, 2])]),
@@ -150,6 +161,24 @@ mod tests {
         assert!(!wanted[1].initializer);
         assert_eq!(wanted[1].record.table, "b");
         assert_eq!(remove, vec![7, 9]);
+    }
+
+    #[test]
+    fn learners_get_uninitialized_replicas_and_available_groups_are_never_initialized() {
+        let mut t = table("a", TableState::Available, vec![(1, vec![1, 2, 3])]);
+        t.shards[0].learners = vec![4];
+        let (wanted, remove) = plan(4, std::slice::from_ref(&t), &[]);
+        assert_eq!(wanted.len(), 1);
+        assert!(!wanted[0].initializer);
+        assert!(remove.is_empty());
+        let (wanted, _) = plan(1, std::slice::from_ref(&t), &[1]);
+        assert!(!wanted[0].initializer, "an available table's group exists");
+        // The move finished: 1 is no longer listed and deletes its replica.
+        t.shards[0].replicas = vec![4, 2, 3];
+        t.shards[0].learners.clear();
+        let (wanted, remove) = plan(1, &[t], &[1]);
+        assert!(wanted.is_empty());
+        assert_eq!(remove, vec![1]);
     }
 
     #[test]

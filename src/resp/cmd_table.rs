@@ -55,6 +55,20 @@ impl Session {
         }
     }
 
+    /// `CLUSTER.DRAIN <node>`: start moving every replica off the node
+    /// (refused, with the reason, when the others cannot hold them). Replies
+    /// once the drain is recorded; the node is `removed` when it is empty.
+    pub(super) async fn cluster_drain(&mut self, args: &mut Args) -> Reply {
+        let id = match args.next_u64() {
+            Ok(n) => n,
+            Err(e) => return arg_err(e),
+        };
+        match crate::cluster::rebalance::drain(&self.shared.meta, id).await {
+            Ok(()) => Reply::ok(),
+            Err(e) => cluster_err(e),
+        }
+    }
+
     pub(super) fn table_list(&self) -> Reply {
         let view = self.shared.client.routes();
         let mut names: Vec<&String> = view

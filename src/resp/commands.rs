@@ -94,6 +94,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         0,
         0,
     ),
+    cmd("cluster.drain", 2, ADMIN, 0, 0, 0),
     cmd("command", -1, &["loading", "stale"], 0, 0, 0),
     cmd("config", -2, ADMIN, 0, 0, 0),
     cmd("dbsize", 1, READ, 0, 0, 0),

@@ -286,6 +286,7 @@ impl Session {
             "table.drop" => self.table_drop(&mut args).await,
             "table.describe" => self.table_describe(&mut args).await,
             "table.create" => self.table_create(&mut args).await,
+            "cluster.drain" => self.cluster_drain(&mut args).await,
             _ => self.data(&name, &mut args).await,
         };
         (reply, After::Continue)
@@ -750,6 +751,12 @@ impl Session {
                 view.live.len(),
                 tables.len()
             ));
+            let descs: Vec<_> = tables.iter().map(|t| t.desc.clone()).collect();
+            let moves = crate::cluster::rebalance::describe_moves(&shared.client, &descs).await;
+            text.push_str(&format!("moves_in_progress:{}\r\n", moves.len()));
+            for (i, m) in moves.iter().enumerate() {
+                text.push_str(&format!("move{i}:{m}\r\n"));
+            }
             for t in tables {
                 text.push_str(&format!(
                     "table_{}:db={},state={},shards={},replicas={}\r\n",

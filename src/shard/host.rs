@@ -57,6 +57,20 @@ struct ReadBatcher {
     round: tokio::sync::Mutex<()>,
 }
 
+/// A membership step of a replica move, run by the group's leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add a non-voting replica and start replicating to it (returns at
+    /// once; progress shows in the leader's status). A no-op when the node
+    /// is already a member.
+    AddLearner { id: NodeId, addr: String },
+    /// Make exactly these nodes the voters (joint consensus inside openraft);
+    /// members left out are removed, learners outside the set too.
+    SetVoters(Vec<NodeId>),
+    /// Remove a learner (undo of a move that did not finish).
+    RemoveLearner(NodeId),
+}
+
 /// Timeouts and Raft settings for every group on the node.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
@@ -277,6 +291,79 @@ impl Host {
                     .await
                     .map_err(ShardError::from)
             }
+        }
+    }
+
+    /// Run one membership step on this node's replica, which must lead the
+    /// group. Replies `Ok` with the voters after the step.
+    pub async fn change_membership(
+        &self,
+        gid: u64,
+        change: MembershipChange,
+    ) -> Result<OpReply, ShardError> {
+        let replica = self.get(gid).ok_or(ShardError::UnknownGroup(gid))?;
+        self.check_leader(&replica)?;
+        let raft = &replica.raft;
+        let membership = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let fut = async {
+            match &change {
+                MembershipChange::AddLearner { id, addr } => {
+                    if membership.get_node(id).is_some() {
+                        return Ok(None);
+                    }
+                    self.transport.set_peer(*id, addr.clone());
+                    raft.add_learner(*id, BasicNode { addr: addr.clone() }, false)
+                        .await
+                        .map(Some)
+                }
+                MembershipChange::SetVoters(voters) => {
+                    let set: std::collections::BTreeSet<NodeId> = voters.iter().copied().collect();
+                    let current: std::collections::BTreeSet<NodeId> =
+                        membership.voter_ids().collect();
+                    let uniform = membership.get_joint_config().len() == 1;
+                    let no_learners = membership.learner_ids().next().is_none();
+                    if uniform && current == set && no_learners {
+                        return Ok(None);
+                    }
+                    raft.change_membership(openraft::ChangeMembers::ReplaceAllVoters(set), false)
+                        .await
+                        .map(Some)
+                }
+                MembershipChange::RemoveLearner(id) => {
+                    if !membership.learner_ids().any(|l| l == *id) {
+                        return Ok(None);
+                    }
+                    let set = std::collections::BTreeSet::from([*id]);
+                    raft.change_membership(openraft::ChangeMembers::RemoveNodes(set), false)
+                        .await
+                        .map(Some)
+                }
+            }
+        };
+        match tokio::time::timeout(self.config.write_timeout * 3, fut).await {
+            Err(_) => Err(ShardError::Timeout),
+            Ok(Ok(_)) => {
+                let voters: Vec<NodeId> = raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .collect();
+                tracing::info!(group = gid, ?change, ?voters, "membership changed");
+                Ok(OpReply::Array(
+                    voters.into_iter().map(|v| OpReply::Int(v as i64)).collect(),
+                ))
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(self.not_leader(f.leader_id, f.leader_node))
+            }
+            Ok(Err(e)) => Err(ShardError::Unavailable(e.to_string())),
         }
     }
 

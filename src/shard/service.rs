@@ -13,7 +13,9 @@ use super::status::node_status;
 use super::ShardError;
 use crate::proto::raft_service_server::RaftService;
 use crate::proto::shard_service_server::ShardService;
-use crate::proto::{ExecuteReply, ExecuteRequest, RaftMessage, StatusReply, StatusRequest};
+use crate::proto::{
+    ChangeMembershipRequest, ExecuteReply, ExecuteRequest, RaftMessage, StatusReply, StatusRequest,
+};
 
 #[derive(Clone)]
 pub struct NodeService {
@@ -81,6 +83,20 @@ impl ShardService for NodeService {
         let msg = req.into_inner();
         let result: Result<OpReply, ShardError> = match decode::<ShardRequest>(&msg.request) {
             Ok(request) => self.host.execute(msg.group_id, request).await,
+            Err(e) => Err(ShardError::BadRequest(e.message().to_string())),
+        };
+        Ok(Response::new(ExecuteReply {
+            reply: encode_result(&result),
+        }))
+    }
+
+    async fn change_membership(
+        &self,
+        req: Request<ChangeMembershipRequest>,
+    ) -> Result<Response<ExecuteReply>, Status> {
+        let msg = req.into_inner();
+        let result: Result<OpReply, ShardError> = match decode(&msg.change) {
+            Ok(change) => self.host.change_membership(msg.group_id, change).await,
             Err(e) => Err(ShardError::BadRequest(e.message().to_string())),
         };
         Ok(Response::new(ExecuteReply {

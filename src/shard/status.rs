@@ -28,6 +28,15 @@ pub struct GroupStatus {
     pub applied_index: u64,
     /// On the leader: each replica's matched log index.
     pub replication: Vec<(u64, u64)>,
+    /// Voters of the group's effective membership (as this replica knows it).
+    #[serde(default)]
+    pub voters: Vec<u64>,
+    /// Learners (replicas being added) of that membership.
+    #[serde(default)]
+    pub learners: Vec<u64>,
+    /// The membership is a joint configuration (a change half way).
+    #[serde(default)]
+    pub joint: bool,
 }
 
 /// Status of the requested groups (all when `gids` is empty).
@@ -38,7 +47,11 @@ pub fn node_status(host: &Host, gids: &[u64]) -> NodeStatus {
         .filter(|r| gids.is_empty() || gids.contains(&r.record.group_id))
         .map(|r| {
             let m = r.raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
             GroupStatus {
+                voters: membership.voter_ids().collect(),
+                learners: membership.learner_ids().collect(),
+                joint: membership.get_joint_config().len() > 1,
                 group_id: r.record.group_id,
                 table: r.record.table.clone(),
                 shard: r.record.shard,
