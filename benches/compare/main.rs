@@ -86,7 +86,9 @@ fn main() -> Result<()> {
     if !args.bench {
         // `cargo test --all-targets` runs bench targets too, without
         // `--bench`: this is a benchmark, not a test.
-        println!("compare: a benchmark; run it with bench/compare (or cargo bench --bench compare)");
+        println!(
+            "compare: a benchmark; run it with bench/compare (or cargo bench --bench compare)"
+        );
         return Ok(());
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

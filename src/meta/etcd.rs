@@ -519,17 +519,39 @@ impl Meta {
         Err(MetaError::Etcd(format!("counter {key} is too contended")))
     }
 
-    /// Write a new table record; `false` if the name is taken.
-    pub async fn create_table_record(&self, desc: &TableDescriptor) -> Result<bool, MetaError> {
-        let key = self.key(&format!("tables/{}", desc.name));
+    /// Put `value` at `key` only if the key does not exist.
+    async fn put_if_absent(&self, key: String, value: Vec<u8>) -> Result<bool, MetaError> {
         let txn = Txn::new()
             .when(vec![Compare::create_revision(
                 key.clone(),
                 CompareOp::Equal,
                 0,
             )])
-            .and_then(vec![TxnOp::put(key, serde_json::to_vec(desc)?, None)]);
+            .and_then(vec![TxnOp::put(key, value, None)]);
         Ok(self.kv().txn(txn).await?.succeeded())
+    }
+
+    /// Put `value` at `key` only if the key is still at `mod_revision`.
+    async fn put_if_revision(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        mod_revision: i64,
+    ) -> Result<bool, MetaError> {
+        let txn = Txn::new()
+            .when(vec![Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then(vec![TxnOp::put(key, value, None)]);
+        Ok(self.kv().txn(txn).await?.succeeded())
+    }
+
+    /// Write a new table record; `false` if the name is taken.
+    pub async fn create_table_record(&self, desc: &TableDescriptor) -> Result<bool, MetaError> {
+        let key = self.key(&format!("tables/{}", desc.name));
+        self.put_if_absent(key, serde_json::to_vec(desc)?).await
     }
 
     /// Replace a table record if it is still at `mod_revision`.
@@ -539,14 +561,8 @@ impl Meta {
         mod_revision: i64,
     ) -> Result<bool, MetaError> {
         let key = self.key(&format!("tables/{}", desc.name));
-        let txn = Txn::new()
-            .when(vec![Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                mod_revision,
-            )])
-            .and_then(vec![TxnOp::put(key, serde_json::to_vec(desc)?, None)]);
-        Ok(self.kv().txn(txn).await?.succeeded())
+        self.put_if_revision(key, serde_json::to_vec(desc)?, mod_revision)
+            .await
     }
 
     /// Delete a table record if it is still at `mod_revision`.
@@ -591,14 +607,7 @@ impl Meta {
     /// Write a new transaction record; `false` if the id is taken.
     pub async fn create_txn(&self, rec: &TxnRecord) -> Result<bool, MetaError> {
         let key = self.key(&format!("txns/{}", rec.txn_id));
-        let txn = Txn::new()
-            .when(vec![Compare::create_revision(
-                key.clone(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then(vec![TxnOp::put(key, serde_json::to_vec(rec)?, None)]);
-        Ok(self.kv().txn(txn).await?.succeeded())
+        self.put_if_absent(key, serde_json::to_vec(rec)?).await
     }
 
     pub async fn get_txn(&self, txn_id: u64) -> Result<Option<(TxnRecord, i64)>, MetaError> {
@@ -632,14 +641,10 @@ impl Meta {
             }
             rec.state = to;
             let key = self.key(&format!("txns/{txn_id}"));
-            let txn = Txn::new()
-                .when(vec![Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    rev,
-                )])
-                .and_then(vec![TxnOp::put(key, serde_json::to_vec(&rec)?, None)]);
-            if self.kv().txn(txn).await?.succeeded() {
+            if self
+                .put_if_revision(key, serde_json::to_vec(&rec)?, rev)
+                .await?
+            {
                 return Ok(Some(to));
             }
         }

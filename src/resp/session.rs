@@ -664,7 +664,7 @@ impl Session {
         for pattern in args.rest() {
             let pattern = String::from_utf8_lossy(&pattern).to_ascii_lowercase();
             for (k, v) in &params {
-                if glob_match(pattern.as_bytes(), k.as_bytes())
+                if crate::shard::command::glob_match(pattern.as_bytes(), k.as_bytes())
                     && !out
                         .iter()
                         .any(|(name, _): &(Reply, Reply)| *name == Reply::bulk(*k))
@@ -799,60 +799,4 @@ pub fn resident_bytes() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     pages * page.max(0) as u64
-}
-
-/// Redis-style glob match (`*`, `?`, `[abc]`, `\` escapes).
-pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
-    match pattern.first() {
-        None => s.is_empty(),
-        Some(b'*') => (0..=s.len()).any(|i| glob_match(&pattern[1..], &s[i..])),
-        Some(b'?') => !s.is_empty() && glob_match(&pattern[1..], &s[1..]),
-        Some(b'[') => {
-            let Some(end) = pattern.iter().position(|&c| c == b']') else {
-                return !s.is_empty() && s[0] == b'[' && glob_match(&pattern[1..], &s[1..]);
-            };
-            let class = &pattern[1..end];
-            let (negate, class) = match class.first() {
-                Some(b'^') => (true, &class[1..]),
-                _ => (false, class),
-            };
-            let Some(&c) = s.first() else { return false };
-            let mut hit = false;
-            let mut i = 0;
-            while i < class.len() {
-                if i + 2 < class.len() && class[i + 1] == b'-' {
-                    if class[i] <= c && c <= class[i + 2] {
-                        hit = true;
-                    }
-                    i += 3;
-                } else {
-                    if class[i] == c {
-                        hit = true;
-                    }
-                    i += 1;
-                }
-            }
-            hit != negate && glob_match(&pattern[end + 1..], &s[1..])
-        }
-        Some(b'\\') if pattern.len() > 1 => {
-            !s.is_empty() && s[0] == pattern[1] && glob_match(&pattern[2..], &s[1..])
-        }
-        Some(&c) => !s.is_empty() && s[0] == c && glob_match(&pattern[1..], &s[1..]),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob_match(b"*", b"anything"));
-        assert!(glob_match(b"app*", b"appendonly"));
-        assert!(glob_match(b"h?llo", b"hello"));
-        assert!(glob_match(b"h[ae]llo", b"hallo"));
-        assert!(!glob_match(b"h[^e]llo", b"hello"));
-        assert!(glob_match(b"h[a-c]llo", b"hbllo"));
-        assert!(!glob_match(b"save", b"saves"));
-    }
 }
