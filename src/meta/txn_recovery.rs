@@ -48,6 +48,9 @@ pub async fn run(meta: Meta, host: Arc<Host>, timeout: Duration) {
             if !replica.raft.metrics().borrow().state.is_leader() {
                 continue;
             }
+            if !replica.sm.has_prepared().await {
+                continue;
+            }
             let gid = replica.record.group_id;
             let prepared = match host.engine.read(move |db| load_prepared(db, gid)).await {
                 Ok(p) => p,
