@@ -766,6 +766,23 @@ impl Session {
                     t.desc.shards.len(),
                     t.desc.replicas
                 ));
+                // Each shard: group, slot range, replicas, the leader this
+                // router last reached (`?` before any request went there).
+                for (i, sd) in t.desc.shards.iter().enumerate() {
+                    let replicas: Vec<String> = sd.replicas.iter().map(|r| r.to_string()).collect();
+                    text.push_str(&format!(
+                        "shard_{}_{i}:group={},slots={}-{},replicas={},leader={}\r\n",
+                        t.desc.name,
+                        sd.group_id,
+                        sd.slots[0],
+                        sd.slots[1],
+                        replicas.join("/"),
+                        shared
+                            .client
+                            .cached_leader(sd.group_id)
+                            .map_or("?".to_string(), |l| l.to_string())
+                    ));
+                }
             }
             text.push_str("\r\n");
         }
