@@ -100,13 +100,6 @@ struct WriteJob {
 pub struct Engine {
     db: Arc<DB>,
     writer: mpsc::Sender<WriteJob>,
-    /// `false` only for benchmarks (`fsync = "never"`); reported at start-up.
-    fsync: bool,
-}
-
-/// The 8-byte prefix of every key of a group.
-pub fn group_prefix(gid: u64) -> [u8; 8] {
-    gid.to_be_bytes()
 }
 
 /// `[start, end)` covering every key of a group in any column family.
@@ -167,15 +160,7 @@ impl Engine {
             .name("shoal-rocksdb-writer".into())
             .spawn(move || writer_loop(writer_db, rx, fsync))
             .map_err(|e| EngineError::Corrupt(format!("cannot start writer thread: {e}")))?;
-        Ok(Engine {
-            db,
-            writer: tx,
-            fsync,
-        })
-    }
-
-    pub fn fsync(&self) -> bool {
-        self.fsync
+        Ok(Engine { db, writer: tx })
     }
 
     /// Queue a batch; `done` runs on the writer thread once it is written

@@ -19,7 +19,6 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::AnyError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
@@ -204,9 +203,4 @@ pub fn encode_result<T: Serialize, E: Serialize>(r: &Result<T, E>) -> Vec<u8> {
         tracing::error!("cannot encode raft reply: {e}");
         Vec::new()
     })
-}
-
-/// Wraps an arbitrary message as an openraft `AnyError` (for logging).
-pub fn any_error(msg: impl std::fmt::Display) -> AnyError {
-    AnyError::error(msg.to_string())
 }

@@ -445,11 +445,6 @@ impl StateMachine {
     pub async fn has_prepared(&self) -> bool {
         self.inner.lock().await.prepared_count > 0
     }
-
-    /// Last applied log index (0 when nothing is applied yet).
-    pub async fn applied_index(&self) -> u64 {
-        self.inner.lock().await.applied.map_or(0, |l| l.index)
-    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
