@@ -4,7 +4,7 @@
 //! protocol version, READONLY flag, name, authentication) and turns each
 //! request into a [`Reply`] value: connection commands are answered here,
 //! data commands become shard requests sent through the
-//! [`ShardClient`](crate::cluster::client::ShardClient). Nothing here writes
+//! `ShardClient`. Nothing here writes
 //! to a socket.
 
 use std::collections::BTreeMap;

@@ -518,7 +518,7 @@ fn serve_read(db: &DbView, gid: u64, op: &ReadOp, now_ms: u64) -> Result<OpReply
 const PURGE_SCAN: usize = 1000;
 
 /// Background expiry: on every group this node leads, look through the next
-/// [`PURGE_SCAN`] stored keys (resuming where the last pass stopped,
+/// `PURGE_SCAN` stored keys (resuming where the last pass stopped,
 /// wrapping at the end) and propose a [`WriteOp::PurgeExpired`] for those
 /// found expired. Expired keys already read as missing everywhere; this only
 /// reclaims their space. The entry carries the proposer's time and the state

@@ -7,7 +7,7 @@
 //! `LogFlushed` callback) only once synced.
 //!
 //! [`StateMachine`] applies committed entries with the pure
-//! [`apply_write`](super::command::apply_write): the data changes of a whole
+//! `apply_write`: the data changes of a whole
 //! batch of entries and the new `last_applied` go into one `WriteBatch`, so
 //! after a crash the data and the applied index always agree. Snapshots are a
 //! full copy of the group's data range taken under the state-machine lock.
