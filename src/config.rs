@@ -137,6 +137,28 @@ impl Default for NodeConfig {
     }
 }
 
+/// `shoal dev`: a whole local cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevConfig {
+    /// Router (RESP) port on 127.0.0.1.
+    pub port: u16,
+    /// Node processes, ids 1..=nodes.
+    pub nodes: usize,
+    /// etcd's data, every node's RocksDB and every log live under here.
+    pub data_dir: PathBuf,
+}
+
+impl Default for DevConfig {
+    fn default() -> Self {
+        DevConfig {
+            port: 6379,
+            nodes: 3,
+            data_dir: PathBuf::from("./.shoal-dev"),
+        }
+    }
+}
+
 /// Read a TOML config file, or the defaults when `path` is `None`.
 pub fn load<T: for<'a> Deserialize<'a> + Default>(path: Option<&Path>) -> anyhow::Result<T> {
     match path {
@@ -175,6 +197,8 @@ mod tests {
         assert_eq!(r.default_shards, 8);
         let n: NodeConfig = load(Some(&dir.join("node.toml"))).unwrap();
         assert_eq!(n.fsync, "always");
+        let d: DevConfig = load(Some(&dir.join("dev.toml"))).unwrap();
+        assert_eq!((d.port, d.nodes), (6379, 3));
     }
 
     #[test]

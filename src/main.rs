@@ -20,12 +20,18 @@ struct Cli {
 enum Command {
     /// Start a whole local cluster: etcd, nodes and a router.
     Dev {
-        #[arg(long, default_value_t = 6379)]
-        port: u16,
-        #[arg(long, default_value_t = 3)]
-        nodes: usize,
-        #[arg(long, default_value = "./.shoal-dev")]
-        data_dir: PathBuf,
+        /// TOML file with `port`, `nodes`, `data_dir` (flags win).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Router port on 127.0.0.1 (default 6379).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Number of nodes (default 3).
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Where etcd, the nodes and the logs keep their data (default ./.shoal-dev).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Run a node hosting shard replicas (or `node drain <id>`).
     Node {
@@ -117,15 +123,17 @@ async fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev {
+            config,
             port,
             nodes,
             data_dir,
         } => {
+            let c: config::DevConfig = config::load(config.as_deref())?;
             shoal::init_logging("info");
             shoal::dev::run(shoal::dev::DevOpts {
-                port,
-                nodes,
-                data_dir,
+                port: port.unwrap_or(c.port),
+                nodes: nodes.unwrap_or(c.nodes),
+                data_dir: data_dir.unwrap_or(c.data_dir),
                 bin: std::env::current_exe()?,
             })
             .await
