@@ -3,11 +3,14 @@
 //! missed a drop, a creator killed half way, two routers, and every error
 //! case leaving etcd unchanged.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use redis::{Connection, RedisResult, Value};
+use common::{connect, ok, run};
+use redis::{Connection, Value};
 use shoal::cluster::client::{ClientConfig, ShardClient};
 use shoal::cluster::routes;
 use shoal::devcluster::{ClusterOpts, LocalCluster};
@@ -24,28 +27,6 @@ fn start(dir: &tempfile::TempDir, router_config: Option<&str>) -> LocalCluster {
         opts.router_args = vec!["--config".into(), path.display().to_string()];
     }
     LocalCluster::start(opts).expect("cluster starts")
-}
-
-fn connect(addr: &str) -> Connection {
-    let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
-    let con = client.get_connection().unwrap();
-    con.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    con
-}
-
-fn run(con: &mut Connection, args: &[&str]) -> RedisResult<Value> {
-    let mut c = redis::cmd(args[0]);
-    for a in &args[1..] {
-        c.arg(*a);
-    }
-    c.query(con)
-}
-
-fn ok(con: &mut Connection, args: &[&str]) {
-    match run(con, args) {
-        Ok(Value::Okay) => {}
-        other => panic!("{args:?}: expected OK, got {other:?}"),
-    }
 }
 
 /// The error reply as the server sent it: `CODE detail`.

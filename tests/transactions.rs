@@ -3,12 +3,15 @@
 //! snapshots over two tables, a coordinator killed at each step of two-phase
 //! commit, and a participant's leader killed mid-transaction.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{connect, ok, run};
 use redis::{Connection, RedisResult, Value};
 use shoal::cluster::slot::slot;
 use shoal::devcluster::{ClusterOpts, LocalCluster};
@@ -24,28 +27,6 @@ fn start(dir: &tempfile::TempDir) -> LocalCluster {
     std::fs::write(&node_conf, "txn_recovery_timeout_ms = 2000\n").unwrap();
     opts.node_args = vec!["--config".into(), node_conf.display().to_string()];
     LocalCluster::start(opts).expect("cluster starts")
-}
-
-fn connect(addr: &str) -> Connection {
-    let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
-    let con = client.get_connection().unwrap();
-    con.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    con
-}
-
-fn q(con: &mut Connection, args: &[&str]) -> RedisResult<Value> {
-    let mut c = redis::cmd(args[0]);
-    for a in &args[1..] {
-        c.arg(*a);
-    }
-    c.query(con)
-}
-
-fn ok(con: &mut Connection, args: &[&str]) {
-    match q(con, args) {
-        Ok(Value::Okay) => {}
-        other => panic!("{args:?}: expected OK, got {other:?}"),
-    }
 }
 
 /// Raw RESP exchange: send `request`, expect exactly `reply`.
@@ -84,24 +65,25 @@ fn setup_bank(con: &mut Connection) {
 
 fn balance(con: &mut Connection, i: usize) -> i64 {
     ok(con, &["TABLE.USE", table_of(i)]);
-    let v: Option<String> = redis::from_redis_value(&q(con, &["GET", &acct(i)]).unwrap()).unwrap();
+    let v: Option<String> =
+        redis::from_redis_value(&run(con, &["GET", &acct(i)]).unwrap()).unwrap();
     v.unwrap().parse().unwrap()
 }
 
 /// One WATCH/MULTI transfer; `Ok(true)` committed, `Ok(false)` conflict.
 fn transfer(con: &mut Connection, from: usize, to: usize, amount: i64) -> RedisResult<bool> {
-    q(con, &["TABLE.USE", table_of(from)])?;
-    q(con, &["WATCH", &acct(from)])?;
-    q(con, &["TABLE.USE", table_of(to)])?;
-    q(con, &["WATCH", &acct(to)])?;
+    run(con, &["TABLE.USE", table_of(from)])?;
+    run(con, &["WATCH", &acct(from)])?;
+    run(con, &["TABLE.USE", table_of(to)])?;
+    run(con, &["WATCH", &acct(to)])?;
     let a = balance(con, from);
     let b = balance(con, to);
-    q(con, &["MULTI"])?;
-    q(con, &["TABLE.USE", table_of(from)])?;
-    q(con, &["SET", &acct(from), &(a - amount).to_string()])?;
-    q(con, &["TABLE.USE", table_of(to)])?;
-    q(con, &["SET", &acct(to), &(b + amount).to_string()])?;
-    match q(con, &["EXEC"])? {
+    run(con, &["MULTI"])?;
+    run(con, &["TABLE.USE", table_of(from)])?;
+    run(con, &["SET", &acct(from), &(a - amount).to_string()])?;
+    run(con, &["TABLE.USE", table_of(to)])?;
+    run(con, &["SET", &acct(to), &(b + amount).to_string()])?;
+    match run(con, &["EXEC"])? {
         Value::Nil => Ok(false),
         Value::Array(r) => {
             assert_eq!(r.len(), 4, "{r:?}");
@@ -113,12 +95,12 @@ fn transfer(con: &mut Connection, from: usize, to: usize, amount: i64) -> RedisR
 
 /// A read-only MULTI over every account: their sum, or None on conflict.
 fn snapshot_sum(con: &mut Connection) -> RedisResult<Option<i64>> {
-    q(con, &["MULTI"])?;
+    run(con, &["MULTI"])?;
     for i in 0..ACCOUNTS {
-        q(con, &["TABLE.USE", table_of(i)])?;
-        q(con, &["GET", &acct(i)])?;
+        run(con, &["TABLE.USE", table_of(i)])?;
+        run(con, &["GET", &acct(i)])?;
     }
-    match q(con, &["EXEC"])? {
+    match run(con, &["EXEC"])? {
         Value::Nil => Ok(None),
         Value::Array(items) => {
             let mut sum = 0;
@@ -240,7 +222,7 @@ fn redis_semantics_and_error_replies() {
     }
     ok(&mut other, &args);
     let n: i64 = redis::from_redis_value(
-        &q(&mut other, &{
+        &run(&mut other, &{
             let mut a = vec!["EXISTS"];
             a.extend(keys.iter().map(|k| k.as_str()));
             a
@@ -250,7 +232,7 @@ fn redis_semantics_and_error_replies() {
     .unwrap();
     assert_eq!(n, 20);
     let info: String =
-        redis::from_redis_value(&q(&mut other, &["INFO", "transactions"]).unwrap()).unwrap();
+        redis::from_redis_value(&run(&mut other, &["INFO", "transactions"]).unwrap()).unwrap();
     assert!(info.contains("# Transactions"), "{info}");
     let committed: u64 = info
         .lines()
@@ -292,8 +274,8 @@ fn bank_invariant_under_concurrent_transfers_and_snapshots() {
                     Err(e) => {
                         // TRYAGAIN while a key is locked: retry later.
                         assert!(e.code() == Some("TRYAGAIN"), "transfer failed: {e}");
-                        let _ = q(&mut con, &["DISCARD"]);
-                        let _ = q(&mut con, &["UNWATCH"]);
+                        let _ = run(&mut con, &["DISCARD"]);
+                        let _ = run(&mut con, &["UNWATCH"]);
                     }
                 }
             }
@@ -360,13 +342,13 @@ fn coordinator_dies_at(failpoint: &str, applied: bool) {
     }
     // The keys are writable again: no lock outlived the recovery timeout.
     eventually("write after recovery", || {
-        q(&mut con, &["TABLE.USE", table_of(from)])?;
-        q(&mut con, &["SET", &acct(from), &a.to_string()])
+        run(&mut con, &["TABLE.USE", table_of(from)])?;
+        run(&mut con, &["SET", &acct(from), &a.to_string()])
     });
     assert!(start.elapsed() < Duration::from_secs(30));
     // INFO reports what the nodes recovered.
     let info: String =
-        redis::from_redis_value(&q(&mut con, &["INFO", "transactions"]).unwrap()).unwrap();
+        redis::from_redis_value(&run(&mut con, &["INFO", "transactions"]).unwrap()).unwrap();
     let recovered: u64 = info
         .lines()
         .find_map(|l| l.strip_prefix("txn_recovered_by_nodes:"))

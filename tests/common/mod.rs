@@ -243,3 +243,29 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A `redis` crate connection to a router, with a generous read timeout
+/// (commands may wait out a leader election).
+pub fn connect(addr: &str) -> redis::Connection {
+    let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+    let con = client.get_connection().unwrap();
+    con.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    con
+}
+
+/// Run a command given as words.
+pub fn run(con: &mut redis::Connection, args: &[&str]) -> redis::RedisResult<redis::Value> {
+    let mut c = redis::cmd(args[0]);
+    for a in &args[1..] {
+        c.arg(*a);
+    }
+    c.query(con)
+}
+
+/// Run a command that must answer `+OK`.
+pub fn ok(con: &mut redis::Connection, args: &[&str]) {
+    match run(con, args) {
+        Ok(redis::Value::Okay) => {}
+        other => panic!("{args:?}: expected OK, got {other:?}"),
+    }
+}
