@@ -76,6 +76,28 @@ fn read_all(con: &mut Connection, keys: &[(String, String)]) {
     }
 }
 
+/// Every key reads back its value through a new connection, retrying while
+/// the remaining nodes elect leaders (up to 30 s in all).
+fn read_all_eventually(cluster: &mut LocalCluster, keys: &[(String, String)]) {
+    let mut con = connect(cluster);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (k, v) in keys {
+        loop {
+            match get(&mut con, k) {
+                Ok(got) => {
+                    assert_eq!(got.as_deref(), Some(v.as_str()), "key {k}");
+                    break;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("retrying {k}: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("{k}: {e}\n{}", cluster.logs()),
+            }
+        }
+    }
+}
+
 #[test]
 fn writes_survive_leader_kill_and_restarted_node_catches_up() {
     let dir = tempfile::tempdir().unwrap();
@@ -128,23 +150,7 @@ fn writes_survive_leader_kill_and_restarted_node_catches_up() {
     let other = (1..=3).find(|n| *n != victim).unwrap();
     std::thread::sleep(Duration::from_secs(3));
     cluster.stop_node(other).unwrap();
-    let mut con = connect(&cluster);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for (k, v) in &written {
-        loop {
-            match get(&mut con, k) {
-                Ok(got) => {
-                    assert_eq!(got.as_deref(), Some(v.as_str()), "key {k}");
-                    break;
-                }
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("retrying {k}: {e}");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => panic!("{k}: {e}\n{}", cluster.logs()),
-            }
-        }
-    }
+    read_all_eventually(&mut cluster, &written);
 }
 
 #[test]
@@ -232,24 +238,6 @@ fn lagging_replica_catches_up_by_snapshot_install() {
     }
 
     // Leave the caught-up replica in the majority, and read everything.
-    let other = (1..=3).find(|n| *n != lagging && *n != leader).unwrap();
     cluster.stop_node(leader).unwrap();
-    let _ = other;
-    let mut con = connect(&cluster);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for (k, v) in &written {
-        loop {
-            match get(&mut con, k) {
-                Ok(got) => {
-                    assert_eq!(got.as_deref(), Some(v.as_str()), "key {k}");
-                    break;
-                }
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("retrying {k}: {e}");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => panic!("{k}: {e}\n{}", cluster.logs()),
-            }
-        }
-    }
+    read_all_eventually(&mut cluster, &written);
 }

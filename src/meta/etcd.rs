@@ -582,11 +582,12 @@ impl Meta {
         Ok(self.kv().txn(txn).await?.succeeded())
     }
 
-    pub async fn get_table(&self, name: &str) -> Result<Option<(TableDescriptor, i64)>, MetaError> {
-        let resp = self
-            .kv()
-            .get(self.key(&format!("tables/{name}")), None)
-            .await?;
+    /// A JSON record and its mod revision, if the key exists.
+    async fn get_json<T: for<'a> Deserialize<'a>>(
+        &self,
+        rest: &str,
+    ) -> Result<Option<(T, i64)>, MetaError> {
+        let resp = self.kv().get(self.key(rest), None).await?;
         match resp.kvs().first() {
             Some(kv) => Ok(Some((
                 serde_json::from_slice(kv.value())?,
@@ -594,6 +595,10 @@ impl Meta {
             ))),
             None => Ok(None),
         }
+    }
+
+    pub async fn get_table(&self, name: &str) -> Result<Option<(TableDescriptor, i64)>, MetaError> {
+        self.get_json(&format!("tables/{name}")).await
     }
 
     pub async fn tables(&self) -> Result<Vec<(TableDescriptor, i64)>, MetaError> {
@@ -611,17 +616,7 @@ impl Meta {
     }
 
     pub async fn get_txn(&self, txn_id: u64) -> Result<Option<(TxnRecord, i64)>, MetaError> {
-        let resp = self
-            .kv()
-            .get(self.key(&format!("txns/{txn_id}")), None)
-            .await?;
-        match resp.kvs().first() {
-            Some(kv) => Ok(Some((
-                serde_json::from_slice(kv.value())?,
-                kv.mod_revision(),
-            ))),
-            None => Ok(None),
-        }
+        self.get_json(&format!("txns/{txn_id}")).await
     }
 
     /// Move a pending transaction to `to` (compare-and-swap). Returns the

@@ -252,22 +252,7 @@ impl DbView {
         end: &[u8],
         limit: usize,
     ) -> Result<Vec<Row>, EngineError> {
-        let handle = self.cf(cf)?;
-        let mut ro = rocksdb::ReadOptions::default();
-        ro.set_iterate_upper_bound(end.to_vec());
-        let iter = self.db.iterator_cf_opt(
-            &handle,
-            ro,
-            rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward),
-        );
-        let mut out = Vec::new();
-        for item in iter {
-            if out.len() >= limit {
-                break;
-            }
-            out.push(item?);
-        }
-        Ok(out)
+        self.iter(cf, start, end)?.take(limit).collect()
     }
 
     /// Lazily iterate the pairs with `start <= key < end`, in key order.
