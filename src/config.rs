@@ -1,6 +1,7 @@
 //! Configuration of each process, from a TOML file (`--config`) with command
 //! line flags on top. Every field has a default, so a file may set any subset.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,10 @@ pub struct RouterConfig {
     pub repair_after_ms: u64,
     /// Replica moves touching one node at once.
     pub max_moves_per_node: usize,
+    /// Dial a node's advertised address through another one, e.g.
+    /// `"10.0.0.5:7001" = "127.0.0.1:17001"` (NAT, a local tunnel, or the
+    /// chaos harness's fault-injecting links). Flag: `--dial-via FROM=TO`.
+    pub dial_via: BTreeMap<String, String>,
     /// Log filter (`RUST_LOG` syntax); `RUST_LOG` wins when set.
     pub log_level: String,
 }
@@ -76,6 +81,7 @@ impl Default for RouterConfig {
             rebalance_interval_ms: 1_000,
             repair_after_ms: 300_000,
             max_moves_per_node: 2,
+            dial_via: BTreeMap::new(),
             log_level: "info".into(),
         }
     }
@@ -111,6 +117,10 @@ pub struct NodeConfig {
     /// A prepared transaction older than this (ms) is resolved from its etcd
     /// record by the shard leader: no lock outlives its coordinator longer.
     pub txn_recovery_timeout_ms: u64,
+    /// Dial a node's advertised address through another one, e.g.
+    /// `"10.0.0.5:7001" = "127.0.0.1:17001"` (NAT, a local tunnel, or the
+    /// chaos harness's fault-injecting links). Flag: `--dial-via FROM=TO`.
+    pub dial_via: BTreeMap<String, String>,
     pub log_level: String,
 }
 
@@ -132,6 +142,7 @@ impl Default for NodeConfig {
             read_timeout_ms: 3_000,
             lease_ttl_s: 4,
             txn_recovery_timeout_ms: 5_000,
+            dial_via: BTreeMap::new(),
             log_level: "info".into(),
         }
     }
@@ -169,6 +180,19 @@ pub fn load<T: for<'a> Deserialize<'a> + Default>(path: Option<&Path>) -> anyhow
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("bad config {}: {e}", p.display()))
         }
     }
+}
+
+/// Parse `--dial-via FROM=TO` flags into `dial_via` entries.
+pub fn parse_dial_via(flags: &[String], into: &mut BTreeMap<String, String>) -> anyhow::Result<()> {
+    for f in flags {
+        match f.split_once('=') {
+            Some((from, to)) if !from.is_empty() && !to.is_empty() => {
+                into.insert(from.to_string(), to.to_string());
+            }
+            _ => anyhow::bail!("--dial-via wants FROM=TO (host:port=host:port), not {f:?}"),
+        }
+    }
+    Ok(())
 }
 
 /// Split `--etcd a,b` into endpoints, adding `http://` where missing.

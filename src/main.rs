@@ -56,6 +56,9 @@ enum Command {
         /// Log entries between snapshots.
         #[arg(long)]
         snapshot_threshold: Option<u64>,
+        /// Dial node address FROM through TO (repeatable): `--dial-via FROM=TO`.
+        #[arg(long, value_name = "FROM=TO")]
+        dial_via: Vec<String>,
         #[arg(long)]
         log_level: Option<String>,
     },
@@ -81,6 +84,9 @@ enum Command {
         /// Replica moves touching one node at once.
         #[arg(long)]
         max_moves_per_node: Option<usize>,
+        /// Dial node address FROM through TO (repeatable): `--dial-via FROM=TO`.
+        #[arg(long, value_name = "FROM=TO")]
+        dial_via: Vec<String>,
         #[arg(long)]
         log_level: Option<String>,
         /// Test only: abort at this failpoint (see src/failpoint.rs).
@@ -158,6 +164,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cluster,
             fsync,
             snapshot_threshold,
+            dial_via,
             log_level,
         } => {
             let mut c: NodeConfig = config::load(config.as_deref())?;
@@ -183,6 +190,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 c.snapshot_threshold = v;
                 c.snapshot_keep_logs = c.snapshot_keep_logs.min(v / 2);
             }
+            config::parse_dial_via(&dial_via, &mut c.dial_via)?;
             if let Some(v) = log_level {
                 c.log_level = v;
             }
@@ -199,6 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             default_replicas,
             repair_after_ms,
             max_moves_per_node,
+            dial_via,
             log_level,
             failpoint,
         } => {
@@ -230,6 +239,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(v) = max_moves_per_node {
                 c.max_moves_per_node = v;
             }
+            config::parse_dial_via(&dial_via, &mut c.dial_via)?;
             if let Some(v) = log_level {
                 c.log_level = v;
             }

@@ -56,7 +56,7 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
     let host = Host::new(
         c.id,
         engine,
-        Transport::new(),
+        Transport::with_dial_via(c.dial_via.clone()),
         HostConfig {
             raft: Arc::new(raft_config(&c)?),
             write_timeout: Duration::from_millis(c.write_timeout_ms),

@@ -39,7 +39,10 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
         view,
         ClientConfig {
             request_timeout: timeout,
-            rpc_timeout: timeout,
+            // Below the request's deadline, so a read whose node did not
+            // answer still has time to try another replica.
+            rpc_timeout: timeout.mul_f64(0.75),
+            dial_via: c.dial_via.clone(),
         },
     );
     tokio::spawn(admin::ensure_default_table(

@@ -54,6 +54,7 @@ pub async fn report(meta: &Meta) -> anyhow::Result<String> {
         ClientConfig {
             request_timeout: Duration::from_secs(2),
             rpc_timeout: Duration::from_secs(2),
+            ..ClientConfig::default()
         },
     );
     let mut out = String::new();

@@ -51,6 +51,7 @@ pub fn run(p: &Probe) -> Result<Vec<ScaleRow>> {
                 ClientConfig {
                     request_timeout: Duration::from_secs(2),
                     rpc_timeout: Duration::from_secs(2),
+                    ..ClientConfig::default()
                 },
             ),
         ))

@@ -6,12 +6,15 @@
 //! Kinds: SIGKILL of a node then restart; SIGKILL of a shard leader with the
 //! failover time measured (kill → first acknowledged SET on that shard);
 //! SIGSTOP/SIGCONT of a node; SIGKILL of a router and a new router in its
-//! place; an etcd restart. Network partitions are not implemented (see
-//! docs/RELIABILITY.md).
+//! place; an etcd restart; network partitions through the cluster's
+//! cuttable links ([`crate::devcluster::links`]): one node isolated, the
+//! nodes split into a majority and a minority with each router on one side,
+//! or one router cut off from some nodes.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +22,7 @@ use super::history::Recorder;
 use super::resp::{Conn, Value};
 use super::workload::Routers;
 use crate::cluster::slot::slot;
+use crate::devcluster::links::node_endpoint;
 use crate::devcluster::LocalCluster;
 
 /// A kind of fault the run may inject.
@@ -30,16 +34,34 @@ pub enum FaultKind {
     PauseNode,
     KillRouter,
     RestartEtcd,
+    /// One node cut off from every other node and every router.
+    IsolateNode,
+    /// The nodes split into a majority and a minority; each router on one
+    /// side.
+    SplitNodes,
+    /// One router cut off from some nodes.
+    CutRouter,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 5] = [
+    pub const ALL: [FaultKind; 8] = [
         FaultKind::KillNode,
         FaultKind::KillLeader,
         FaultKind::PauseNode,
         FaultKind::KillRouter,
         FaultKind::RestartEtcd,
+        FaultKind::IsolateNode,
+        FaultKind::SplitNodes,
+        FaultKind::CutRouter,
     ];
+
+    /// Whether this kind needs the cluster's links ([`LocalCluster::links`]).
+    pub fn is_partition(self) -> bool {
+        matches!(
+            self,
+            FaultKind::IsolateNode | FaultKind::SplitNodes | FaultKind::CutRouter
+        )
+    }
 
     pub fn parse(s: &str) -> Option<FaultKind> {
         FaultKind::ALL.into_iter().find(|k| k.name() == s)
@@ -52,6 +74,9 @@ impl FaultKind {
             FaultKind::PauseNode => "pause-node",
             FaultKind::KillRouter => "kill-router",
             FaultKind::RestartEtcd => "restart-etcd",
+            FaultKind::IsolateNode => "isolate-node",
+            FaultKind::SplitNodes => "split-nodes",
+            FaultKind::CutRouter => "cut-router",
         }
     }
 }
@@ -77,6 +102,48 @@ pub enum Fault {
     /// SIGKILL one router, start a new one.
     KillRouter,
     RestartEtcd,
+    /// Cut the network between `sides` (node ids, and routers by their
+    /// index among the live ones, 0 or 1): every endpoint on one side from
+    /// every endpoint on another. Endpoints on no side keep every link.
+    /// Healed after `lasts`.
+    Partition {
+        sides: Vec<Side>,
+        lasts: Duration,
+    },
+}
+
+/// One side of a partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Side {
+    pub nodes: Vec<u64>,
+    /// Slots in the injector's list of live routers.
+    pub routers: Vec<usize>,
+}
+
+/// Endpoint pairs to cut so that no endpoint of one side reaches one of
+/// another (pure). `router` names a live router slot.
+pub fn partition_cuts(sides: &[Side], router: impl Fn(usize) -> String) -> Vec<(String, String)> {
+    let names = |s: &Side| -> Vec<String> {
+        s.nodes
+            .iter()
+            .map(|&n| node_endpoint(n))
+            .chain(s.routers.iter().map(|&r| router(r)))
+            .collect()
+    };
+    let mut cuts = Vec::new();
+    for (i, a) in sides.iter().enumerate() {
+        for b in &sides[i + 1..] {
+            for x in names(a) {
+                for y in names(b) {
+                    // Routers never dial routers: no link to cut.
+                    if x.starts_with("node-") || y.starts_with("node-") {
+                        cuts.push((x.clone(), y));
+                    }
+                }
+            }
+        }
+    }
+    cuts
 }
 
 /// The next fault (pure): a kind among `kinds` weighted towards node faults,
@@ -91,6 +158,7 @@ pub fn next_fault(rng: &mut impl Rng, nodes: usize, kinds: &[FaultKind]) -> Opti
                 FaultKind::PauseNode => 3,
                 FaultKind::KillRouter => 1,
                 FaultKind::RestartEtcd => 1,
+                FaultKind::IsolateNode | FaultKind::SplitNodes | FaultKind::CutRouter => 2,
             };
             (k, w)
         })
@@ -141,6 +209,62 @@ pub fn next_fault(rng: &mut impl Rng, nodes: usize, kinds: &[FaultKind]) -> Opti
         },
         FaultKind::KillRouter => Fault::KillRouter,
         FaultKind::RestartEtcd => Fault::RestartEtcd,
+        FaultKind::IsolateNode => {
+            let id = node(rng);
+            Fault::Partition {
+                sides: vec![
+                    Side {
+                        nodes: vec![id],
+                        routers: vec![],
+                    },
+                    Side {
+                        nodes: (1..=nodes as u64).filter(|&n| n != id).collect(),
+                        routers: vec![0, 1],
+                    },
+                ],
+                lasts: Duration::from_millis(rng.gen_range(1_000..8_000)),
+            }
+        }
+        FaultKind::SplitNodes => {
+            let mut ids: Vec<u64> = (1..=nodes as u64).collect();
+            ids.shuffle(rng);
+            let minority = ids.split_off(nodes - (nodes - 1) / 2);
+            let mut sides = vec![
+                Side {
+                    nodes: ids,
+                    routers: vec![],
+                },
+                Side {
+                    nodes: minority,
+                    routers: vec![],
+                },
+            ];
+            for r in 0..2 {
+                sides[rng.gen_range(0..2)].routers.push(r);
+            }
+            Fault::Partition {
+                sides,
+                lasts: Duration::from_millis(rng.gen_range(1_000..8_000)),
+            }
+        }
+        FaultKind::CutRouter => {
+            let mut ids: Vec<u64> = (1..=nodes as u64).collect();
+            ids.shuffle(rng);
+            ids.truncate(rng.gen_range(1..=nodes));
+            Fault::Partition {
+                sides: vec![
+                    Side {
+                        nodes: vec![],
+                        routers: vec![rng.gen_range(0..2)],
+                    },
+                    Side {
+                        nodes: ids,
+                        routers: vec![],
+                    },
+                ],
+                lasts: Duration::from_millis(rng.gen_range(1_000..8_000)),
+            }
+        }
     })
 }
 
@@ -232,6 +356,9 @@ pub struct FaultStats {
     pub pause_node: u64,
     pub kill_router: u64,
     pub restart_etcd: u64,
+    /// Network partitions (isolate-node, split-nodes, cut-router).
+    #[serde(default)]
+    pub partition: u64,
     /// Leader kill → first acknowledged write on that shard (ms).
     pub failover_ms: Vec<u64>,
     /// Leader kills after which no write succeeded within the probe limit.
@@ -240,7 +367,12 @@ pub struct FaultStats {
 
 impl FaultStats {
     pub fn total(&self) -> u64 {
-        self.kill_node + self.kill_leader + self.pause_node + self.kill_router + self.restart_etcd
+        self.kill_node
+            + self.kill_leader
+            + self.pause_node
+            + self.kill_router
+            + self.restart_etcd
+            + self.partition
     }
 
     /// (median, max) failover in ms.
@@ -332,6 +464,37 @@ impl<'a> Injector<'a> {
                 self.cluster.etcd_mut().restart()?;
                 self.rec.fault("etcd is back");
             }
+            Fault::Partition { sides, lasts } => {
+                let names: Vec<String> = self
+                    .live_routers
+                    .iter()
+                    .map(|&i| self.cluster.router_name(i).unwrap_or("?").to_string())
+                    .collect();
+                let router = |slot: usize| names.get(slot).cloned().unwrap_or_default();
+                let cuts = partition_cuts(sides, router);
+                let Some(links) = self.cluster.links() else {
+                    bail!("a partition needs a cluster started with links");
+                };
+                self.stats.partition += 1;
+                let shown: Vec<String> = sides
+                    .iter()
+                    .map(|s| {
+                        s.nodes
+                            .iter()
+                            .map(|&n| node_endpoint(n))
+                            .chain(s.routers.iter().map(|&r| router(r)))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .collect();
+                self.rec.fault(format!("partition {}", shown.join(" | ")));
+                for (a, b) in &cuts {
+                    links.cut(a, b);
+                }
+                std::thread::sleep(*lasts);
+                links.heal();
+                self.rec.fault("partition healed");
+            }
         }
         Ok(())
     }
@@ -413,6 +576,9 @@ impl<'a> Injector<'a> {
 
     /// After the run: every node running and not paused, two routers.
     pub fn heal(&mut self) -> Result<()> {
+        if let Some(links) = self.cluster.links() {
+            links.heal();
+        }
         for id in 1..=self.cluster.node_count() as u64 {
             let _ = self.cluster.resume_node(id);
             if self.cluster.node_pid(id).is_none() {
@@ -467,6 +633,69 @@ mod tests {
             next_fault(&mut rng, 3, &[FaultKind::RestartEtcd]),
             Some(Fault::RestartEtcd)
         ));
+    }
+
+    #[test]
+    fn partitions_leave_a_majority_and_cut_only_across_sides() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let kinds = [
+            FaultKind::IsolateNode,
+            FaultKind::SplitNodes,
+            FaultKind::CutRouter,
+        ];
+        let mut seen = [0; 3];
+        for nodes in [3usize, 5] {
+            for _ in 0..300 {
+                let Some(Fault::Partition { sides, lasts }) = next_fault(&mut rng, nodes, &kinds)
+                else {
+                    panic!("only partitions were asked for");
+                };
+                assert!(lasts >= Duration::from_secs(1) && lasts < Duration::from_secs(8));
+                let mut all: Vec<u64> = sides.iter().flat_map(|s| s.nodes.clone()).collect();
+                all.sort_unstable();
+                all.dedup();
+                let listed: usize = sides.iter().map(|s| s.nodes.len()).sum();
+                assert_eq!(all.len(), listed, "a node on two sides: {sides:?}");
+                // Some side keeps a majority of the nodes, unless only a
+                // router is cut off.
+                let majority = sides.iter().any(|s| s.nodes.len() > nodes / 2);
+                let router_only = sides.iter().any(|s| s.nodes.is_empty());
+                assert!(majority || router_only, "{sides:?}");
+                match (sides[0].nodes.len(), sides[0].routers.len()) {
+                    (1, 0) => seen[0] += 1,
+                    (0, 1) => seen[2] += 1,
+                    _ => seen[1] += 1,
+                }
+            }
+        }
+        assert!(
+            seen.iter().all(|&n| n > 50),
+            "every shape is drawn: {seen:?}"
+        );
+
+        let sides = vec![
+            Side {
+                nodes: vec![2],
+                routers: vec![1],
+            },
+            Side {
+                nodes: vec![1, 3],
+                routers: vec![0],
+            },
+        ];
+        let names = ["router", "router-3"];
+        let cuts = partition_cuts(&sides, |i| names[i].to_string());
+        let want: Vec<(String, String)> = [
+            ("node-2", "node-1"),
+            ("node-2", "node-3"),
+            ("node-2", "router"),
+            ("router-3", "node-1"),
+            ("router-3", "node-3"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(cuts, want, "every cross pair but router–router");
     }
 
     #[test]

@@ -157,13 +157,14 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  faults       {} (kill-node {}, kill-leader {}, pause-node {}, kill-router {}, restart-etcd {})",
+            "  faults       {} (kill-node {}, kill-leader {}, pause-node {}, kill-router {}, restart-etcd {}, partition {})",
             fs.total(),
             fs.kill_node,
             fs.kill_leader,
             fs.pause_node,
             fs.kill_router,
-            fs.restart_etcd
+            fs.restart_etcd,
+            fs.partition
         )?;
         match fs.failover() {
             Some((med, max)) => writeln!(
@@ -295,6 +296,7 @@ pub fn run(cfg: &RunConfig) -> Result<Report> {
     opts.nodes = cfg.nodes;
     opts.default_shards = cfg.shards;
     opts.default_replicas = cfg.replicas;
+    opts.links = cfg.fault_kinds.iter().any(|k| k.is_partition());
     let mut cluster = LocalCluster::start(opts).context("starting the cluster")?;
     cluster.add_router().context("starting the second router")?;
     let result = drive(cfg, &mut cluster, started);

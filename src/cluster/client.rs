@@ -12,6 +12,13 @@
 //! was sent (the leader died mid-request), has an unknown outcome and is
 //! reported, never resent: the entry may already be in the log of a majority,
 //! and resending it would apply it twice (found by the chaos harness).
+//!
+//! A node that did not answer at all (an RPC timeout: partitioned, paused)
+//! or could not be reached is a *suspect* for [`SUSPECT_FOR`]: it is dropped
+//! as cached leader and skipped while other replicas remain, so requests move
+//! to the majority instead of waiting on a dead link again and again (found
+//! by the chaos harness's partitions). Reads are resent to another replica
+//! after such a timeout; writes are not (their outcome is unknown).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,6 +42,8 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Time one RPC may take (the node bounds its own waits below this).
     pub rpc_timeout: Duration,
+    /// Advertised node address → address dialled (see `RouterConfig::dial_via`).
+    pub dial_via: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ClientConfig {
@@ -42,12 +51,18 @@ impl Default for ClientConfig {
         ClientConfig {
             request_timeout: Duration::from_secs(5),
             rpc_timeout: Duration::from_secs(4),
+            dial_via: Default::default(),
         }
     }
 }
 
+/// How long a node that did not answer is avoided.
+pub const SUSPECT_FOR: Duration = Duration::from_secs(5);
+
 pub struct ShardClient {
     transport: Arc<Transport>,
+    /// Node → until when it is avoided (it did not answer an RPC).
+    suspects: Mutex<HashMap<u64, Instant>>,
     routes: watch::Receiver<Arc<RouteView>>,
     leaders: Mutex<HashMap<u64, u64>>,
     config: ClientConfig,
@@ -66,7 +81,8 @@ enum Attempt {
 impl ShardClient {
     pub fn new(routes: watch::Receiver<Arc<RouteView>>, config: ClientConfig) -> Arc<ShardClient> {
         Arc::new(ShardClient {
-            transport: Transport::new(),
+            transport: Transport::with_dial_via(config.dial_via.clone()),
+            suspects: Mutex::new(HashMap::new()),
             routes,
             leaders: Mutex::new(HashMap::new()),
             config,
@@ -92,6 +108,31 @@ impl ShardClient {
                 Some(n) => l.insert(gid, n),
                 None => l.remove(&gid),
             };
+        }
+    }
+
+    fn is_suspect(&self, node: u64) -> bool {
+        self.suspects
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&node).copied())
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// `node` did not answer: avoid it for a while, and stop taking it for
+    /// the leader of `gid`.
+    fn suspect(&self, node: u64, gid: u64) {
+        if let Ok(mut s) = self.suspects.lock() {
+            s.insert(node, Instant::now() + SUSPECT_FOR);
+        }
+        if self.cached_leader(gid) == Some(node) {
+            self.set_leader(gid, None);
+        }
+    }
+
+    fn answered(&self, node: u64) {
+        if let Ok(mut s) = self.suspects.lock() {
+            s.remove(&node);
         }
     }
 
@@ -141,21 +182,44 @@ impl ShardClient {
         let deadline = Instant::now() + self.config.request_timeout;
         let n = sd.replicas.len().max(1);
         let mut turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A suspect cached leader is not asked first; a leader named by a
+        // not-leader reply is, unless it already failed this request (it
+        // may have come back and still lead).
         let mut hint = if eventual {
             None
         } else {
-            self.cached_leader(gid)
+            self.cached_leader(gid).filter(|&l| !self.is_suspect(l))
         };
+        let mut tried: Vec<u64> = Vec::new();
         let mut backoff = Duration::from_millis(20);
         loop {
             let target = match hint.take() {
                 // A replica being added by a move may already lead.
-                Some(l) if sd.replicas.contains(&l) || sd.learners.contains(&l) => l,
+                Some(l)
+                    if (sd.replicas.contains(&l) || sd.learners.contains(&l))
+                        && !(tried.contains(&l) && self.is_suspect(l)) =>
+                {
+                    l
+                }
                 _ => {
-                    turn += 1;
-                    sd.replicas[turn % n]
+                    // The next replica in turn that is not a suspect (or
+                    // just the next one if all are).
+                    let mut pick = None;
+                    for _ in 0..n {
+                        turn += 1;
+                        let r = sd.replicas[turn % n];
+                        if !self.is_suspect(r) {
+                            pick = Some(r);
+                            break;
+                        }
+                    }
+                    pick.unwrap_or_else(|| {
+                        turn += 1;
+                        sd.replicas[turn % n]
+                    })
                 }
             };
+            tried.push(target);
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(no_quorum());
@@ -217,19 +281,22 @@ impl ShardClient {
             request: payload.to_vec(),
         };
         let reply = match tokio::time::timeout(timeout, client.execute(req)).await {
-            // The RPC timed out: for a write the outcome is unknown.
+            // No answer in time: for a write the outcome is unknown; a read
+            // may go to another replica.
             Err(_) => {
-                return Err(if eventual {
+                self.suspect(node, gid);
+                return Err(if eventual || resend_safe {
                     Attempt::Retry { leader: None }
                 } else {
                     Attempt::Fail(ClusterError::NoQuorum {
                         group: gid,
                         table: String::new(),
                     })
-                })
+                });
             }
             Ok(Err(status)) => {
                 tracing::debug!(node, group = gid, "rpc failed: {status}");
+                self.suspect(node, gid);
                 if !resend_safe && !never_sent(&status) {
                     return Err(Attempt::Fail(ClusterError::TryAgain(format!(
                         "the connection to node {node} broke during a write to shard {gid}: \
@@ -238,7 +305,10 @@ impl ShardClient {
                 }
                 return Err(Attempt::Retry { leader: None });
             }
-            Ok(Ok(r)) => r.into_inner(),
+            Ok(Ok(r)) => {
+                self.answered(node);
+                r.into_inner()
+            }
         };
         let result: Result<OpReply, ShardError> = bincode::deserialize(&reply.reply)
             .map_err(|e| Attempt::Fail(ClusterError::Internal(format!("bad reply: {e}"))))?;

@@ -30,6 +30,8 @@ use crate::proto::RaftMessage;
 /// Peer addresses and one channel per address, shared by all groups of a node.
 #[derive(Default)]
 pub struct Transport {
+    /// Advertised address → address actually dialled (`dial_via`).
+    dial_via: HashMap<String, String>,
     peers: RwLock<HashMap<NodeId, String>>,
     channels: RwLock<HashMap<String, Channel>>,
 }
@@ -37,6 +39,14 @@ pub struct Transport {
 impl Transport {
     pub fn new() -> Arc<Transport> {
         Arc::new(Transport::default())
+    }
+
+    /// A transport that dials `to` whenever it is asked for `from`.
+    pub fn with_dial_via(dial_via: impl IntoIterator<Item = (String, String)>) -> Arc<Transport> {
+        Arc::new(Transport {
+            dial_via: dial_via.into_iter().collect(),
+            ..Transport::default()
+        })
     }
 
     /// Record (or correct) where a node listens.
@@ -50,13 +60,15 @@ impl Transport {
         self.peers.read().ok()?.get(&id).cloned()
     }
 
-    /// A channel to `addr`, created on first use (connection is lazy and
-    /// re-established by tonic after failures).
+    /// A channel to `addr` (or to where `dial_via` sends it), created on
+    /// first use (connection is lazy and re-established by tonic after
+    /// failures).
     pub fn channel(&self, addr: &str) -> Result<Channel, String> {
         if let Some(ch) = self.channels.read().ok().and_then(|c| c.get(addr).cloned()) {
             return Ok(ch);
         }
-        let endpoint = Channel::from_shared(format!("http://{addr}"))
+        let dial = self.dial_via.get(addr).map_or(addr, String::as_str);
+        let endpoint = Channel::from_shared(format!("http://{dial}"))
             .map_err(|e| format!("bad address {addr}: {e}"))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)

@@ -29,6 +29,10 @@
 //! * stdin is /dev/null: a child in the foreground group must never read the
 //!   terminal.
 //!
+//! With [`ClusterOpts::links`], every node and router dials the nodes
+//! through fault-injecting proxies ([`links`]), so tests can cut the network
+//! between any two of them.
+//!
 //! Everything here is blocking (std::process, std::net); call it from
 //! `spawn_blocking` in async code. It never talks to anything but 127.0.0.1.
 
@@ -48,6 +52,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
+
+pub mod links;
+use links::{node_endpoint, Links};
 
 /// How long [`Proc::terminate`] waits after SIGTERM before it sends SIGKILL.
 pub const TERM_GRACE: Duration = Duration::from_secs(5);
@@ -624,6 +631,10 @@ pub struct ClusterOpts {
     pub wait_ready: bool,
     /// How long `start` waits for that.
     pub ready_timeout: Duration,
+    /// Route every node→node and router→node connection through a proxy
+    /// that [`LocalCluster::links`] can cut (network partitions). Nodes
+    /// added later are dialled directly by the processes started before.
+    pub links: bool,
 }
 
 impl ClusterOpts {
@@ -641,6 +652,7 @@ impl ClusterOpts {
             router_args: Vec::new(),
             wait_ready: true,
             ready_timeout: Duration::from_secs(60),
+            links: false,
         }
     }
 }
@@ -845,6 +857,7 @@ pub struct LocalCluster {
     router_args: Vec<String>,
     default_shards: u32,
     default_replicas: u32,
+    links: Option<Links>,
     _lock: DirLock,
 }
 
@@ -894,6 +907,15 @@ impl LocalCluster {
             saved.nodes.insert(id, port);
         }
         saved.save(&base_dir)?;
+        let links = opts.links.then(|| {
+            let links = Links::new();
+            for (&id, &port) in &saved.nodes {
+                if id <= opts.nodes as u64 {
+                    links.set_node_port(id, port);
+                }
+            }
+            links
+        });
 
         let etcd = Etcd::start(
             &base_dir.join("etcd"),
@@ -911,6 +933,7 @@ impl LocalCluster {
             router_args: opts.router_args,
             default_shards: opts.default_shards,
             default_replicas: opts.default_replicas,
+            links,
             _lock: lock,
         };
         for id in 1..=opts.nodes as u64 {
@@ -957,7 +980,10 @@ impl LocalCluster {
             .arg("--etcd")
             .arg(self.etcd.client_url())
             .args(&self.node_args);
-        Proc::spawn(&format!("node-{id}"), cmd, &dir)
+        if let Some(links) = &self.links {
+            cmd.args(links.dial_args(&node_endpoint(id))?);
+        }
+        Proc::spawn(&node_endpoint(id), cmd, &dir)
     }
 
     fn spawn_router(&self, name: &str, port: u16, extra_args: &[&str]) -> Result<Proc> {
@@ -972,6 +998,9 @@ impl LocalCluster {
             .arg(self.default_replicas.to_string())
             .args(&self.router_args)
             .args(extra_args);
+        if let Some(links) = &self.links {
+            cmd.args(links.dial_args(name)?);
+        }
         Proc::spawn(name, cmd, &self.base_dir.join(name))
     }
 
@@ -1152,6 +1181,9 @@ impl LocalCluster {
             saved.nodes.insert(id, port);
             saved.save(&self.base_dir)?;
         }
+        if let Some(links) = &self.links {
+            links.set_node_port(id, port);
+        }
         let proc = self.spawn_node(id, port)?;
         let node = self.node(id);
         *node = Member {
@@ -1179,6 +1211,9 @@ impl LocalCluster {
         let port = pick_port(saved.nodes.get(&id).copied(), &mut taken);
         saved.nodes.insert(id, port);
         saved.save(&self.base_dir)?;
+        if let Some(links) = &self.links {
+            links.set_node_port(id, port);
+        }
         let proc = self.spawn_node(id, port)?;
         self.nodes.push(Member {
             port,
@@ -1219,6 +1254,18 @@ impl LocalCluster {
     pub fn router_pid(&mut self, index: usize) -> Option<u32> {
         let router = self.routers.get_mut(index)?;
         router.proc.is_running().then(|| router.proc.pid())
+    }
+
+    /// Router `index`'s name (`router`, `router-2`, ...): its endpoint in
+    /// [`LocalCluster::links`].
+    pub fn router_name(&self, index: usize) -> Option<&str> {
+        Some(self.routers.get(index)?.proc.name())
+    }
+
+    /// The cuttable links between processes, when started with
+    /// [`ClusterOpts::links`].
+    pub fn links(&self) -> Option<&Links> {
+        self.links.as_ref()
     }
 
     /// kill -9 router `index` (an index into [`LocalCluster::router_addrs`]).

@@ -1,0 +1,141 @@
+//! Network partitions (issue #6) through the local cluster's cuttable links
+//! (`ClusterOpts::links`): every node→node and router→node connection runs
+//! through a proxy the test cuts and heals. A shard leader cut off from the
+//! other nodes loses its shard to the majority; a router that can only reach
+//! the old leader gets errors, never the value from before the partition
+//! (no split brain, no stale linearizable read); after the heal the old
+//! leader has the majority's write.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{connect, run};
+use redis::Value as RedisValue;
+use shoal::chaos::faults::{key_in, parse_describe, ShardInfo};
+use shoal::chaos::resp::Conn;
+use shoal::devcluster::links::node_endpoint;
+use shoal::devcluster::{ClusterOpts, LocalCluster};
+
+fn shards(router: &str) -> Vec<ShardInfo> {
+    let mut c = Conn::connect(router, Duration::from_secs(10)).unwrap();
+    parse_describe(&c.call(&["TABLE.DESCRIBE", "default"]).unwrap()).unwrap()
+}
+
+fn text(v: &redis::RedisResult<RedisValue>) -> Option<String> {
+    match v {
+        Ok(RedisValue::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+        Ok(RedisValue::SimpleString(s)) => Some(s.clone()),
+        Ok(RedisValue::Okay) => Some("OK".into()),
+        _ => None,
+    }
+}
+
+#[test]
+fn an_isolated_leader_loses_its_shard_and_serves_no_stale_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_shoal"), dir.path());
+    opts.default_shards = 2;
+    opts.links = true;
+    opts.node_args = vec!["--log-level".into(), "warn".into()];
+    let mut cluster = LocalCluster::start(opts).expect("cluster starts");
+    let majority_router = cluster.router_addr();
+    let minority_router = cluster.add_router().expect("second router");
+    assert_eq!(cluster.router_name(1), Some("router-2"));
+
+    let mut shard = None;
+    assert!(common::wait_until(Duration::from_secs(30), || {
+        shard = shards(&majority_router)
+            .into_iter()
+            .find(|s| s.leader.is_some());
+        shard.is_some()
+    }));
+    let shard = shard.unwrap();
+    let old = shard.leader.unwrap();
+    let others: Vec<u64> = shard
+        .replicas
+        .iter()
+        .copied()
+        .filter(|&n| n != old)
+        .collect();
+    let key = key_in(shard.slots, "partition");
+    let mut m = connect(&majority_router);
+    assert_eq!(
+        text(&run(&mut m, &["SET", &key, "before"])).as_deref(),
+        Some("OK")
+    );
+
+    // Old leader | other nodes; router-2 on the old leader's side, router
+    // on the majority's.
+    let links = cluster.links().expect("started with links");
+    links.cut(&node_endpoint(old), "router");
+    for &n in &others {
+        links.cut(&node_endpoint(old), &node_endpoint(n));
+        links.cut("router-2", &node_endpoint(n));
+    }
+    let cut_at = Instant::now();
+    let mut writes = 0;
+    assert!(
+        common::wait_until(Duration::from_secs(40), || {
+            writes += 1;
+            text(&run(&mut m, &["SET", &key, "after"])).as_deref() == Some("OK")
+        }),
+        "the majority never took a write for group {} after its leader {old} was cut off:\n{}",
+        shard.group,
+        cluster.logs()
+    );
+    println!(
+        "majority took a write {} ms after the cut ({writes} tries)",
+        cut_at.elapsed().as_millis()
+    );
+    assert_eq!(text(&run(&mut m, &["GET", &key])).as_deref(), Some("after"));
+
+    // Through router-2 only the old leader is reachable: it must not answer
+    // a linearizable read (it would be "before": stale) nor take a write.
+    let mut s = connect(&minority_router);
+    let t = Instant::now();
+    let read = run(&mut s, &["GET", &key]);
+    assert!(
+        read.is_err(),
+        "old leader {old} answered a linearizable GET across the partition: {read:?}"
+    );
+    println!(
+        "minority GET failed after {} ms: {read:?}",
+        t.elapsed().as_millis()
+    );
+    let write = run(&mut s, &["SET", &key, "minority"]);
+    assert!(write.is_err(), "the minority took a write: {write:?}");
+
+    links.heal();
+    let mut seen = None;
+    assert!(
+        common::wait_until(Duration::from_secs(30), || {
+            seen = text(&run(&mut s, &["GET", &key]));
+            seen.is_some()
+        }),
+        "router-2 cannot read after the heal"
+    );
+    assert_eq!(
+        seen.as_deref(),
+        Some("after"),
+        "the minority's write or a stale value survived"
+    );
+
+    // The old leader caught up: with router-2 reaching only it again, an
+    // eventual (READONLY) read returns the majority's write.
+    for &n in &others {
+        links.cut("router-2", &node_endpoint(n));
+    }
+    let mut r = connect(&minority_router);
+    assert_eq!(text(&run(&mut r, &["READONLY"])).as_deref(), Some("OK"));
+    let mut last = None;
+    assert!(
+        common::wait_until(Duration::from_secs(30), || {
+            last = text(&run(&mut r, &["GET", &key]));
+            last.as_deref() == Some("after")
+        }),
+        "old leader {old} did not catch up after the heal: READONLY GET says {last:?}"
+    );
+    links.heal();
+    cluster.shutdown();
+}
