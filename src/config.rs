@@ -232,4 +232,19 @@ mod tests {
             vec!["http://127.0.0.1:2379", "http://h:1"]
         );
     }
+
+    #[test]
+    fn dial_via_from_flags_and_toml() {
+        let mut m = BTreeMap::new();
+        parse_dial_via(&["a:1=b:2".into(), "c:3=d:4".into()], &mut m).unwrap();
+        assert_eq!(m.get("a:1").map(String::as_str), Some("b:2"));
+        assert_eq!(m.len(), 2);
+        for bad in ["a:1", "=b:2", "a:1="] {
+            let err = parse_dial_via(&[bad.into()], &mut m).unwrap_err();
+            assert!(err.to_string().contains("FROM=TO"), "{err}");
+        }
+        let n: NodeConfig =
+            toml::from_str("[dial_via]\n\"10.0.0.5:7001\" = \"127.0.0.1:17001\"\n").unwrap();
+        assert_eq!(n.dial_via["10.0.0.5:7001"], "127.0.0.1:17001");
+    }
 }

@@ -1,7 +1,8 @@
 //! A short randomized chaos run (issue #6): 3 nodes, 2 routers, real etcd;
-//! register (and, once MULTI exists, bank) workloads while nodes are killed,
-//! paused and restarted, leaders killed, a router replaced and etcd
-//! restarted; then every checker. The seed is printed; `CHAOS_SEED=<n>`
+//! register and bank workloads while nodes are killed, paused and
+//! restarted, leaders killed, a router replaced, etcd restarted and the
+//! network partitioned (nodes isolated, split, routers cut off); then every
+//! checker. The seed is printed; `CHAOS_SEED=<n>`
 //! repeats it, `CHAOS_SECONDS=<n>` changes the length (default 75).
 
 use std::time::Duration;
