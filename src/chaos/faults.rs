@@ -9,7 +9,8 @@
 //! place; an etcd restart; network partitions through the cluster's
 //! cuttable links ([`crate::devcluster::links`]): one node isolated, the
 //! nodes split into a majority and a minority with each router on one side,
-//! or one router cut off from some nodes.
+//! or one router cut off from some nodes; and replica moves under all of
+//! these (`join-drain`: an extra node joins, is later drained, then stopped).
 
 use std::time::{Duration, Instant};
 
@@ -41,10 +42,14 @@ pub enum FaultKind {
     SplitNodes,
     /// One router cut off from some nodes.
     CutRouter,
+    /// Replica moves under the other faults: a new node joins (the
+    /// rebalancer moves replicas onto it); the next time, it is drained
+    /// (they move off again); the next, once empty, it is stopped.
+    JoinDrain,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::KillNode,
         FaultKind::KillLeader,
         FaultKind::PauseNode,
@@ -53,6 +58,7 @@ impl FaultKind {
         FaultKind::IsolateNode,
         FaultKind::SplitNodes,
         FaultKind::CutRouter,
+        FaultKind::JoinDrain,
     ];
 
     /// Whether this kind needs the cluster's links ([`LocalCluster::links`]).
@@ -77,6 +83,7 @@ impl FaultKind {
             FaultKind::IsolateNode => "isolate-node",
             FaultKind::SplitNodes => "split-nodes",
             FaultKind::CutRouter => "cut-router",
+            FaultKind::JoinDrain => "join-drain",
         }
     }
 }
@@ -110,6 +117,9 @@ pub enum Fault {
         sides: Vec<Side>,
         lasts: Duration,
     },
+    /// The next step of a join → drain → stop cycle of an extra node. Not
+    /// healed: the moves it starts run on under the faults that follow.
+    JoinDrain,
 }
 
 /// One side of a partition.
@@ -159,6 +169,7 @@ pub fn next_fault(rng: &mut impl Rng, nodes: usize, kinds: &[FaultKind]) -> Opti
                 FaultKind::KillRouter => 1,
                 FaultKind::RestartEtcd => 1,
                 FaultKind::IsolateNode | FaultKind::SplitNodes | FaultKind::CutRouter => 2,
+                FaultKind::JoinDrain => 1,
             };
             (k, w)
         })
@@ -209,6 +220,7 @@ pub fn next_fault(rng: &mut impl Rng, nodes: usize, kinds: &[FaultKind]) -> Opti
         },
         FaultKind::KillRouter => Fault::KillRouter,
         FaultKind::RestartEtcd => Fault::RestartEtcd,
+        FaultKind::JoinDrain => Fault::JoinDrain,
         FaultKind::IsolateNode => {
             let id = node(rng);
             Fault::Partition {
@@ -359,6 +371,17 @@ pub struct FaultStats {
     /// Network partitions (isolate-node, split-nodes, cut-router).
     #[serde(default)]
     pub partition: u64,
+    /// Extra nodes joined (replicas moved onto them) and drained (moved off).
+    #[serde(default)]
+    pub joins: u64,
+    #[serde(default)]
+    pub drains: u64,
+    /// Drained nodes found empty and stopped.
+    #[serde(default)]
+    pub drains_done: u64,
+    /// Replicas extra nodes held when their drain began (moved onto them).
+    #[serde(default)]
+    pub replicas_moved_on: u64,
     /// Leader kill → first acknowledged write on that shard (ms).
     pub failover_ms: Vec<u64>,
     /// Leader kills after which no write succeeded within the probe limit.
@@ -373,6 +396,8 @@ impl FaultStats {
             + self.kill_router
             + self.restart_etcd
             + self.partition
+            + self.joins
+            + self.drains
     }
 
     /// (median, max) failover in ms.
@@ -394,6 +419,18 @@ pub struct Injector<'a> {
     pub stats: FaultStats,
     /// Indexes (into `cluster.router_addrs()`) of routers that run.
     pub live_routers: Vec<usize>,
+    /// Where the join → drain → stop cycle of an extra node stands.
+    pub extra: Extra,
+    /// Extra nodes drained and stopped on purpose (not restarted by heal).
+    pub retired: Vec<u64>,
+}
+
+/// The extra node of [`Fault::JoinDrain`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extra {
+    None,
+    Joined(u64),
+    Draining(u64),
 }
 
 impl<'a> Injector<'a> {
@@ -405,6 +442,8 @@ impl<'a> Injector<'a> {
             rec,
             stats: FaultStats::default(),
             live_routers,
+            extra: Extra::None,
+            retired: Vec::new(),
         }
     }
 
@@ -464,6 +503,7 @@ impl<'a> Injector<'a> {
                 self.cluster.etcd_mut().restart()?;
                 self.rec.fault("etcd is back");
             }
+            Fault::JoinDrain => self.join_drain()?,
             Fault::Partition { sides, lasts } => {
                 let names: Vec<String> = self
                     .live_routers
@@ -471,6 +511,14 @@ impl<'a> Injector<'a> {
                     .map(|&i| self.cluster.router_name(i).unwrap_or("?").to_string())
                     .collect();
                 let router = |slot: usize| names.get(slot).cloned().unwrap_or_default();
+                // A joined extra node goes with the side that has most nodes.
+                let mut sides = sides.clone();
+                if let Extra::Joined(e) | Extra::Draining(e) = self.extra {
+                    if let Some(big) = sides.iter_mut().max_by_key(|s| s.nodes.len()) {
+                        big.nodes.push(e);
+                    }
+                }
+                let sides = &sides;
                 let cuts = partition_cuts(sides, router);
                 let Some(links) = self.cluster.links() else {
                     bail!("a partition needs a cluster started with links");
@@ -574,12 +622,69 @@ impl<'a> Injector<'a> {
         Ok(())
     }
 
-    /// After the run: every node running and not paused, two routers.
+    fn join_drain(&mut self) -> Result<()> {
+        match self.extra {
+            Extra::None => {
+                let id = self.cluster.add_node().context("adding a node")?;
+                self.stats.joins += 1;
+                self.rec
+                    .fault(format!("node {id} joins: replicas move onto it"));
+                self.extra = Extra::Joined(id);
+            }
+            Extra::Joined(id) => {
+                let held = self
+                    .describe()
+                    .map(|d| d.iter().filter(|s| s.replicas.contains(&id)).count())
+                    .unwrap_or(0);
+                self.stats.replicas_moved_on += held as u64;
+                let reply = self
+                    .routers
+                    .all()
+                    .first()
+                    .ok_or_else(|| anyhow!("no router"))
+                    .and_then(|addr| Ok(Conn::connect(addr, Duration::from_secs(10))?))
+                    .and_then(|mut c| Ok(c.call(&["CLUSTER.DRAIN", &id.to_string()])?));
+                match reply {
+                    Ok(Value::Simple(s)) if s == "OK" => {
+                        self.stats.drains += 1;
+                        self.rec.fault(format!(
+                            "drain node {id}: its {held} replicas move off it"
+                        ));
+                        self.extra = Extra::Draining(id);
+                    }
+                    other => self
+                        .rec
+                        .fault(format!("drain of node {id} not started: {other:?}")),
+                }
+            }
+            Extra::Draining(id) => {
+                let holds = self.describe()?.iter().any(|s| s.replicas.contains(&id));
+                if holds {
+                    self.rec
+                        .fault(format!("drain of node {id} still running"));
+                } else {
+                    self.stats.drains_done += 1;
+                    self.rec
+                        .fault(format!("node {id} drained: holds no replica; stopping it"));
+                    self.cluster.stop_node(id)?;
+                    self.retired.push(id);
+                    self.extra = Extra::None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After the run: every node running and not paused (but retired extra
+    /// nodes), two routers.
     pub fn heal(&mut self) -> Result<()> {
         if let Some(links) = self.cluster.links() {
             links.heal();
         }
         for id in 1..=self.cluster.node_count() as u64 {
+            if self.retired.contains(&id) {
+                continue;
+            }
             let _ = self.cluster.resume_node(id);
             if self.cluster.node_pid(id).is_none() {
                 self.rec.fault(format!("heal: start node {id}"));

@@ -157,14 +157,19 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  faults       {} (kill-node {}, kill-leader {}, pause-node {}, kill-router {}, restart-etcd {}, partition {})",
+            "  faults       {} (kill-node {}, kill-leader {}, pause-node {}, kill-router {}, restart-etcd {}, partition {}, \
+             join {}, drain {} ({} finished, {} replicas had moved onto joined nodes))",
             fs.total(),
             fs.kill_node,
             fs.kill_leader,
             fs.pause_node,
             fs.kill_router,
             fs.restart_etcd,
-            fs.partition
+            fs.partition,
+            fs.joins,
+            fs.drains,
+            fs.drains_done,
+            fs.replicas_moved_on
         )?;
         match fs.failover() {
             Some((med, max)) => writeln!(

@@ -64,6 +64,9 @@ const ETCD_START_TIMEOUT: Duration = Duration::from_secs(30);
 const PROC_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lines of each log shown by [`LocalCluster::logs`] and in error messages.
 const LOG_TAIL_LINES: usize = 40;
+/// With [`ClusterOpts::links`]: nodes [`LocalCluster::add_node`] may add
+/// whose ports (and proxies) are planned when the cluster starts.
+pub const SPARE_LINKED_NODES: usize = 4;
 /// The key written (and deleted again) to prove the cluster accepts writes.
 pub const READY_KEY: &str = "__shoal_ready";
 
@@ -632,8 +635,9 @@ pub struct ClusterOpts {
     /// How long `start` waits for that.
     pub ready_timeout: Duration,
     /// Route every node→node and router→node connection through a proxy
-    /// that [`LocalCluster::links`] can cut (network partitions). Nodes
-    /// added later are dialled directly by the processes started before.
+    /// that [`LocalCluster::links`] can cut (network partitions). Ports of
+    /// [`SPARE_LINKED_NODES`] nodes added later are planned at start, so
+    /// those are behind the links too (unless their port was taken by then).
     pub links: bool,
 }
 
@@ -902,7 +906,10 @@ impl LocalCluster {
         let mut saved = SavedPorts::load(&base_dir);
         saved.etcd_client = Some(pick_port(saved.etcd_client, &mut taken));
         saved.etcd_peer = Some(pick_port(saved.etcd_peer, &mut taken));
-        for id in 1..=opts.nodes as u64 {
+        // With links, ports for a few nodes added later are planned now, so
+        // that every process dials those through its proxies too.
+        let planned = opts.nodes + if opts.links { SPARE_LINKED_NODES } else { 0 };
+        for id in 1..=planned as u64 {
             let port = pick_port(saved.nodes.get(&id).copied(), &mut taken);
             saved.nodes.insert(id, port);
         }
@@ -910,7 +917,7 @@ impl LocalCluster {
         let links = opts.links.then(|| {
             let links = Links::new();
             for (&id, &port) in &saved.nodes {
-                if id <= opts.nodes as u64 {
+                if id <= planned as u64 {
                     links.set_node_port(id, port);
                 }
             }
