@@ -647,9 +647,8 @@ impl<'a> Injector<'a> {
                 match reply {
                     Ok(Value::Simple(s)) if s == "OK" => {
                         self.stats.drains += 1;
-                        self.rec.fault(format!(
-                            "drain node {id}: its {held} replicas move off it"
-                        ));
+                        self.rec
+                            .fault(format!("drain node {id}: its {held} replicas move off it"));
                         self.extra = Extra::Draining(id);
                     }
                     other => self
@@ -660,8 +659,7 @@ impl<'a> Injector<'a> {
             Extra::Draining(id) => {
                 let holds = self.describe()?.iter().any(|s| s.replicas.contains(&id));
                 if holds {
-                    self.rec
-                        .fault(format!("drain of node {id} still running"));
+                    self.rec.fault(format!("drain of node {id} still running"));
                 } else {
                     self.stats.drains_done += 1;
                     self.rec
