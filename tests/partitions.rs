@@ -4,7 +4,9 @@
 //! other nodes loses its shard to the majority; a router that can only reach
 //! the old leader gets errors, never the value from before the partition
 //! (no split brain, no stale linearizable read); after the heal the old
-//! leader has the majority's write.
+//! leader has the majority's write. A leader cut off from its peers but not
+//! from the routers does not hold its shard hostage: it refuses requests
+//! once it has not heard from a majority for a lease, so routers move on.
 
 mod common;
 
@@ -31,26 +33,32 @@ fn text(v: &redis::RedisResult<RedisValue>) -> Option<String> {
     }
 }
 
-#[test]
-fn an_isolated_leader_loses_its_shard_and_serves_no_stale_read() {
-    let dir = tempfile::tempdir().unwrap();
+fn linked_cluster(dir: &tempfile::TempDir) -> LocalCluster {
     let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_shoal"), dir.path());
     opts.default_shards = 2;
     opts.links = true;
     opts.node_args = vec!["--log-level".into(), "warn".into()];
-    let mut cluster = LocalCluster::start(opts).expect("cluster starts");
+    LocalCluster::start(opts).expect("cluster starts")
+}
+
+fn led_shard(router: &str) -> ShardInfo {
+    let mut shard = None;
+    assert!(common::wait_until(Duration::from_secs(30), || {
+        shard = shards(router).into_iter().find(|s| s.leader.is_some());
+        shard.is_some()
+    }));
+    shard.unwrap()
+}
+
+#[test]
+fn an_isolated_leader_loses_its_shard_and_serves_no_stale_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = linked_cluster(&dir);
     let majority_router = cluster.router_addr();
     let minority_router = cluster.add_router().expect("second router");
     assert_eq!(cluster.router_name(1), Some("router-2"));
 
-    let mut shard = None;
-    assert!(common::wait_until(Duration::from_secs(30), || {
-        shard = shards(&majority_router)
-            .into_iter()
-            .find(|s| s.leader.is_some());
-        shard.is_some()
-    }));
-    let shard = shard.unwrap();
+    let shard = led_shard(&majority_router);
     let old = shard.leader.unwrap();
     let others: Vec<u64> = shard
         .replicas
@@ -138,4 +146,43 @@ fn an_isolated_leader_loses_its_shard_and_serves_no_stale_read() {
     );
     links.heal();
     cluster.shutdown();
+}
+
+#[test]
+fn a_leader_cut_from_its_peers_but_not_from_routers_gives_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = linked_cluster(&dir);
+    let router = cluster.router_addr();
+    let shard = led_shard(&router);
+    let old = shard.leader.unwrap();
+    let key = key_in(shard.slots, "peers-cut");
+    let mut c = connect(&router);
+    // The router now caches `old` as the group's leader.
+    assert_eq!(
+        text(&run(&mut c, &["SET", &key, "before"])).as_deref(),
+        Some("OK")
+    );
+
+    let links = cluster.links().expect("started with links");
+    for &n in shard.replicas.iter().filter(|&&n| n != old) {
+        links.cut(&node_endpoint(old), &node_endpoint(n));
+    }
+    let cut_at = Instant::now();
+    let mut replies = Vec::new();
+    let took = common::wait_until(Duration::from_secs(30), || {
+        let r = run(&mut c, &["SET", &key, "after"]);
+        let ok = text(&r).as_deref() == Some("OK");
+        replies.push(format!("{:>6} ms {r:?}", cut_at.elapsed().as_millis()));
+        ok
+    });
+    println!("replies after the cut:\n{}", replies.join("\n"));
+    assert!(
+        took,
+        "the router kept sending group {}'s writes to its cut-off leader {old}:\n{}",
+        shard.group,
+        replies.join("\n")
+    );
+    assert_eq!(text(&run(&mut c, &["GET", &key])).as_deref(), Some("after"));
+    links.heal();
+    assert_eq!(text(&run(&mut c, &["GET", &key])).as_deref(), Some("after"));
 }

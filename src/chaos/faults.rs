@@ -223,6 +223,13 @@ pub fn next_fault(rng: &mut impl Rng, nodes: usize, kinds: &[FaultKind]) -> Opti
         FaultKind::JoinDrain => Fault::JoinDrain,
         FaultKind::IsolateNode => {
             let id = node(rng);
+            // Half the time the routers still reach it: cut off from its
+            // peers only.
+            let routers = if rng.gen_bool(0.5) {
+                vec![0, 1]
+            } else {
+                vec![]
+            };
             Fault::Partition {
                 sides: vec![
                     Side {
@@ -231,7 +238,7 @@ pub fn next_fault(rng: &mut impl Rng, nodes: usize, kinds: &[FaultKind]) -> Opti
                     },
                     Side {
                         nodes: (1..=nodes as u64).filter(|&n| n != id).collect(),
-                        routers: vec![0, 1],
+                        routers,
                     },
                 ],
                 lasts: Duration::from_millis(rng.gen_range(1_000..8_000)),

@@ -318,10 +318,17 @@ impl ShardClient {
             Err(ShardError::UnknownGroup(_)) => Err(Attempt::Retry { leader: None }),
             Err(ShardError::Unavailable(_)) => Err(Attempt::Retry { leader: None }),
             Err(ShardError::NoQuorum(_)) => Err(Attempt::Retry { leader: None }),
-            Err(ShardError::Timeout) => Err(Attempt::Fail(ClusterError::NoQuorum {
-                group: gid,
-                table: String::new(),
-            })),
+            Err(ShardError::Timeout) => {
+                // The leader could not commit in time: maybe it is cut off
+                // from its peers. Ask the replicas afresh next time.
+                if self.cached_leader(gid) == Some(node) {
+                    self.set_leader(gid, None);
+                }
+                Err(Attempt::Fail(ClusterError::NoQuorum {
+                    group: gid,
+                    table: String::new(),
+                }))
+            }
             Err(ShardError::OutcomeUnknown(e)) => Err(Attempt::Fail(ClusterError::TryAgain(
                 format!("the write to shard {gid} may or may not have been applied: {e}"),
             ))),

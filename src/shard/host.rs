@@ -424,13 +424,27 @@ impl Host {
         }
     }
 
-    /// Fail fast when this replica knows it is not the leader.
+    /// Fail fast when this replica knows it is not the leader, or leads but
+    /// has not heard from a majority for longer than the leader lease (it is
+    /// probably cut off, and the others may have elected a new leader):
+    /// nothing is proposed, so the router may safely try elsewhere instead of
+    /// waiting out a commit that cannot happen. openraft has no CheckQuorum
+    /// step-down (databendlabs/openraft#1898 suggests exactly this admission
+    /// check).
     fn check_leader(&self, replica: &Replica) -> Result<(), ShardError> {
         let rx = replica.raft.metrics();
         let (leader, node) = {
             let m = rx.borrow();
             if m.state == ServerState::Leader {
-                return Ok(());
+                let voters = m.membership_config.membership().voter_ids().count();
+                let lease = self.config.raft.election_timeout_max;
+                return match m.millis_since_quorum_ack {
+                    Some(ms) if voters > 1 && ms > lease => Err(ShardError::NoQuorum(format!(
+                        "leader {} has not heard from a majority for {ms} ms",
+                        self.node_id
+                    ))),
+                    _ => Ok(()),
+                };
             }
             let node = m
                 .current_leader
