@@ -111,7 +111,17 @@ impl Links {
         if let Some(&port) = proxies.get(&(from.to_string(), to)) {
             return Ok(port);
         }
-        let listener = TcpListener::bind("127.0.0.1:0").context("binding a link proxy")?;
+        // A port from the cluster's own allocator, never one planned for a
+        // node that has not bound it yet (found by a chaos run whose node
+        // found its port taken by a proxy).
+        let mut bound = None;
+        for _ in 0..20 {
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", super::free_port())) {
+                bound = Some(l);
+                break;
+            }
+        }
+        let listener = bound.context("binding a link proxy")?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let shared = self.shared.clone();

@@ -41,6 +41,20 @@ pub struct Replica {
     pub raft: Raft,
     pub sm: StateMachine,
     reads: ReadBatcher,
+    /// Set by [`Host::remove`] before the group's data is deleted: a read
+    /// that overlapped the deletion must not be answered (found by the chaos
+    /// harness: a GET on the leader that was just moved off answered nil).
+    removed: std::sync::atomic::AtomicBool,
+}
+
+impl Replica {
+    fn check_not_removed(&self) -> Result<(), ShardError> {
+        if self.removed.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(ShardError::UnknownGroup(self.record.group_id))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// Shares one ReadIndex round among the linearizable reads waiting for it.
@@ -226,6 +240,7 @@ impl Host {
             raft,
             sm,
             reads: ReadBatcher::default(),
+            removed: Default::default(),
         });
         if let Ok(mut map) = self.replicas.write() {
             map.insert(gid, replica.clone());
@@ -238,6 +253,7 @@ impl Host {
         let _guard = self.lifecycle.lock().await;
         let replica = self.replicas.write().ok().and_then(|mut m| m.remove(&gid));
         if let Some(r) = &replica {
+            r.removed.store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = r.raft.shutdown().await;
         }
         destroy_group(&self.engine, gid).await?;
@@ -248,16 +264,41 @@ impl Host {
     /// Serve a router's request on the replica of `gid`.
     pub async fn execute(&self, gid: u64, req: ShardRequest) -> Result<OpReply, ShardError> {
         let replica = self.get(gid).ok_or(ShardError::UnknownGroup(gid))?;
+        self.serve(&replica, req).await
+    }
+
+    /// Serve `req` on `replica`. A read answers only if the replica was not
+    /// removed before it finished reading (its data may be half deleted).
+    async fn serve(&self, replica: &Replica, req: ShardRequest) -> Result<OpReply, ShardError> {
+        // Writes are not checked: a committed write must not be reported as
+        // never applied.
+        let read = matches!(
+            req,
+            ShardRequest::Read { .. } | ShardRequest::ReadVersions { .. }
+        );
+        let reply = self.serve_unchecked(replica, req).await?;
+        if read {
+            replica.check_not_removed()?;
+        }
+        Ok(reply)
+    }
+
+    async fn serve_unchecked(
+        &self,
+        replica: &Replica,
+        req: ShardRequest,
+    ) -> Result<OpReply, ShardError> {
+        let gid = replica.record.group_id;
         match req {
-            ShardRequest::Write(cmd) => self.propose(&replica, LogCmd::Write(cmd)).await,
-            ShardRequest::Txn(entry) => self.propose(&replica, LogCmd::Txn(entry)).await,
+            ShardRequest::Write(cmd) => self.propose(replica, LogCmd::Write(cmd)).await,
+            ShardRequest::Txn(entry) => self.propose(replica, LogCmd::Txn(entry)).await,
             ShardRequest::Read {
                 op,
                 linearizable,
                 now_ms,
             } => {
                 if linearizable {
-                    self.linearize(&replica).await?;
+                    self.linearize(replica).await?;
                 }
                 let reply = self
                     .engine
@@ -266,7 +307,7 @@ impl Host {
                 Ok(reply)
             }
             ShardRequest::ReadVersions { keys, now_ms: _ } => {
-                self.linearize(&replica).await?;
+                self.linearize(replica).await?;
                 self.engine
                     .read(move |db| {
                         let mut lookups = Vec::with_capacity(keys.len() * 2);
@@ -675,7 +716,79 @@ fn spawn_leader_logger(gid: u64, raft: Raft) {
 
 #[cfg(test)]
 mod tests {
-    use super::PurgeState;
+    use super::*;
+    use crate::shard::command::{ReadOp, SetCond, WriteCmd, WriteOp};
+
+    /// A node with one single-replica group, leading it.
+    async fn one_group_host(dir: &std::path::Path) -> (Arc<Host>, u64) {
+        let engine = Arc::new(Engine::open(dir, false).unwrap());
+        let raft = crate::node::raft_config(&crate::config::NodeConfig::default()).unwrap();
+        let host = Host::new(
+            1,
+            engine,
+            Transport::new(),
+            HostConfig {
+                raft: Arc::new(raft),
+                write_timeout: Duration::from_secs(5),
+                read_timeout: Duration::from_secs(5),
+            },
+        );
+        let record = ReplicaRecord {
+            group_id: 7,
+            table: "t".into(),
+            shard: 0,
+        };
+        let members = BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]);
+        host.ensure(record, members, true).await.unwrap();
+        let raft = host.get(7).unwrap().raft.clone();
+        raft.wait(Some(Duration::from_secs(10)))
+            .state(ServerState::Leader, "leads")
+            .await
+            .unwrap();
+        (host, 7)
+    }
+
+    #[tokio::test]
+    async fn a_read_overlapping_the_removal_of_its_replica_is_not_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (host, gid) = one_group_host(dir.path()).await;
+        let set = ShardRequest::Write(WriteCmd {
+            now_ms: 1,
+            op: WriteOp::Set {
+                key: Bytes::from_static(b"k"),
+                value: Bytes::from_static(b"v"),
+                expiry: crate::shard::command::Expiry::Clear,
+                cond: SetCond::Always,
+                get: false,
+            },
+        });
+        host.execute(gid, set).await.unwrap();
+        let get = || ShardRequest::Read {
+            op: ReadOp::Get {
+                key: Bytes::from_static(b"k"),
+            },
+            linearizable: false,
+            now_ms: 2,
+        };
+        assert_eq!(
+            host.execute(gid, get()).await.unwrap(),
+            OpReply::Bulk(Bytes::from_static(b"v"))
+        );
+        // A request that found the replica just before it was removed (the
+        // group moved away) reads after its data is gone: it must not
+        // answer nil, but send the router elsewhere.
+        let stale = host.get(gid).unwrap();
+        host.remove(gid).await.unwrap();
+        let got = host.serve(&stale, get()).await;
+        assert!(
+            matches!(got, Err(ShardError::UnknownGroup(g)) if g == gid),
+            "{got:?}"
+        );
+        assert!(matches!(
+            host.execute(gid, get()).await,
+            Err(ShardError::UnknownGroup(_))
+        ));
+    }
 
     #[test]
     fn purger_skips_groups_with_nothing_to_expire() {
