@@ -1,5 +1,6 @@
-//! Fault-injecting TCP links between the processes of a [`LocalCluster`]
-//! (super::LocalCluster), for network partitions in the chaos harness.
+//! Fault-injecting TCP links between the processes of a
+//! [`LocalCluster`](super::LocalCluster), for network partitions in the
+//! chaos harness.
 //!
 //! Every process that dials nodes (each node, each router) gets its own
 //! proxy per destination node and is started with `--dial-via
@@ -15,7 +16,7 @@
 //! A proxy whose node is down accepts and closes at once (connection refused).
 //!
 //! Blocking threads, like the rest of this module's parent: one thread per
-//! proxy and two per connection, all ending within [`POLL`] of the drop of
+//! proxy and two per connection, all ending within 50 ms of the drop of
 //! [`Links`].
 
 use std::collections::{BTreeSet, HashMap};
