@@ -67,20 +67,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Some(Cmd::Check { file }) => match chaos::check_file(&file) {
-            Ok(r) => {
-                println!("{r}");
-                if r.passed() {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                }
-            }
+            Ok(r) => report(&r),
             Err(e) => {
                 eprintln!("shoal-chaos: {e:#}");
                 ExitCode::from(2)
             }
         },
         None => run(cli.run),
+    }
+}
+
+/// Print the report; exit 0 if every check passed, else 1.
+fn report(r: &chaos::Report) -> ExitCode {
+    println!("{r}");
+    if r.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -116,14 +119,7 @@ fn run(a: RunArgs) -> ExitCode {
         cfg.fault_kinds = kinds;
     }
     match chaos::run(&cfg) {
-        Ok(r) => {
-            println!("{r}");
-            if r.passed() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
+        Ok(r) => report(&r),
         Err(e) => {
             eprintln!("shoal-chaos: harness error (seed {seed}): {e:#}");
             ExitCode::from(2)

@@ -130,16 +130,21 @@ pub struct Side {
     pub routers: Vec<usize>,
 }
 
+impl Side {
+    /// The links endpoints on this side; `router` names a live router slot.
+    pub fn endpoints(&self, router: impl Fn(usize) -> String) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|&n| node_endpoint(n))
+            .chain(self.routers.iter().map(|&r| router(r)))
+            .collect()
+    }
+}
+
 /// Endpoint pairs to cut so that no endpoint of one side reaches one of
 /// another (pure). `router` names a live router slot.
 pub fn partition_cuts(sides: &[Side], router: impl Fn(usize) -> String) -> Vec<(String, String)> {
-    let names = |s: &Side| -> Vec<String> {
-        s.nodes
-            .iter()
-            .map(|&n| node_endpoint(n))
-            .chain(s.routers.iter().map(|&r| router(r)))
-            .collect()
-    };
+    let names = |s: &Side| s.endpoints(&router);
     let mut cuts = Vec::new();
     for (i, a) in sides.iter().enumerate() {
         for b in &sides[i + 1..] {
@@ -533,14 +538,7 @@ impl<'a> Injector<'a> {
                 self.stats.partition += 1;
                 let shown: Vec<String> = sides
                     .iter()
-                    .map(|s| {
-                        s.nodes
-                            .iter()
-                            .map(|&n| node_endpoint(n))
-                            .chain(s.routers.iter().map(|&r| router(r)))
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    })
+                    .map(|s| s.endpoints(router).join(" "))
                     .collect();
                 self.rec.fault(format!("partition {}", shown.join(" | ")));
                 for (a, b) in &cuts {
@@ -554,7 +552,8 @@ impl<'a> Injector<'a> {
         Ok(())
     }
 
-    fn describe(&self) -> Result<Vec<ShardInfo>> {
+    /// One command on a fresh connection to the first live router.
+    fn call_router(&self, args: &[&str]) -> Result<Value> {
         let addr = self
             .routers
             .all()
@@ -562,7 +561,11 @@ impl<'a> Injector<'a> {
             .cloned()
             .ok_or_else(|| anyhow!("no router"))?;
         let mut c = Conn::connect(&addr, Duration::from_secs(10))?;
-        parse_describe(&c.call(&["TABLE.DESCRIBE", "default"])?)
+        Ok(c.call(args)?)
+    }
+
+    fn describe(&self) -> Result<Vec<ShardInfo>> {
+        parse_describe(&self.call_router(&["TABLE.DESCRIBE", "default"])?)
     }
 
     fn kill_leader(&mut self, down: Duration, rng: &mut impl Rng) -> Result<()> {
@@ -644,13 +647,7 @@ impl<'a> Injector<'a> {
                     .map(|d| d.iter().filter(|s| s.replicas.contains(&id)).count())
                     .unwrap_or(0);
                 self.stats.replicas_moved_on += held as u64;
-                let reply = self
-                    .routers
-                    .all()
-                    .first()
-                    .ok_or_else(|| anyhow!("no router"))
-                    .and_then(|addr| Ok(Conn::connect(addr, Duration::from_secs(10))?))
-                    .and_then(|mut c| Ok(c.call(&["CLUSTER.DRAIN", &id.to_string()])?));
+                let reply = self.call_router(&["CLUSTER.DRAIN", &id.to_string()]);
                 match reply {
                     Ok(Value::Simple(s)) if s == "OK" => {
                         self.stats.drains += 1;
