@@ -99,7 +99,23 @@ struct WriteJob {
 /// Handle to the node's database. Cheap to share behind an `Arc`.
 pub struct Engine {
     db: Arc<DB>,
-    writer: mpsc::Sender<WriteJob>,
+    /// `None` only while dropping.
+    writer: Option<mpsc::Sender<WriteJob>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Dropping the engine stops the writer thread and waits for it, so the
+/// database is closed when the drop returns (a process that exits while
+/// another thread still closes RocksDB can abort in its destructors).
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.writer = None;
+        if let Some(t) = self.writer_thread.take() {
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
 }
 
 /// `[start, end)` covering every key of a group in any column family.
@@ -156,18 +172,26 @@ impl Engine {
         let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
         let (tx, rx) = mpsc::channel::<WriteJob>();
         let writer_db = db.clone();
-        std::thread::Builder::new()
+        let writer_thread = std::thread::Builder::new()
             .name("shoal-rocksdb-writer".into())
             .spawn(move || writer_loop(writer_db, rx, fsync))
             .map_err(|e| EngineError::Corrupt(format!("cannot start writer thread: {e}")))?;
-        Ok(Engine { db, writer: tx })
+        Ok(Engine {
+            db,
+            writer: Some(tx),
+            writer_thread: Some(writer_thread),
+        })
     }
 
     /// Queue a batch; `done` runs on the writer thread once it is written
     /// (and synced, if `sync`). Batches are written in submission order.
     pub fn submit(&self, ops: Vec<Op>, sync: bool, done: Done) {
         let job = WriteJob { ops, sync, done };
-        if let Err(mpsc::SendError(job)) = self.writer.send(job) {
+        let Some(writer) = &self.writer else {
+            (job.done)(Err(EngineError::WriterGone));
+            return;
+        };
+        if let Err(mpsc::SendError(job)) = writer.send(job) {
             (job.done)(Err(EngineError::WriterGone));
         }
     }
