@@ -6,7 +6,8 @@
 //! (no split brain, no stale linearizable read); after the heal the old
 //! leader has the majority's write. A leader cut off from its peers but not
 //! from the routers does not hold its shard hostage: it refuses requests
-//! once it has not heard from a majority for a lease, so routers move on.
+//! once it has not heard from a majority for a lease, so routers move on;
+//! the write it took before that answers that its outcome is unknown.
 
 mod common;
 
@@ -175,7 +176,19 @@ fn a_leader_cut_from_its_peers_but_not_from_routers_gives_way() {
         links.cut(&node_endpoint(old), &node_endpoint(n));
     }
     let cut_at = Instant::now();
-    let mut replies = Vec::new();
+    // The leader still holds its lease, so it takes the first write and
+    // cannot commit it: the client is told the outcome is unknown (the
+    // write sits in the old leader's log and could commit after a heal).
+    let first = run(&mut c, &["SET", &key, "after"]);
+    let err = first
+        .as_ref()
+        .expect_err("a cut-off leader committed a write");
+    assert_eq!(err.code(), Some("CLUSTERDOWN"), "{err}");
+    assert!(
+        err.to_string().contains("may or may not have been applied"),
+        "a timed-out write must say its outcome is unknown: {err}"
+    );
+    let mut replies = vec![format!("{:>6} ms {first:?}", cut_at.elapsed().as_millis())];
     let took = common::wait_until(Duration::from_secs(30), || {
         let r = run(&mut c, &["SET", &key, "after"]);
         let ok = text(&r).as_deref() == Some("OK");

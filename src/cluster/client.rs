@@ -242,6 +242,12 @@ impl ShardClient {
                     return Ok(reply);
                 }
                 Err(Attempt::Fail(ClusterError::NoQuorum { .. })) => return Err(no_quorum()),
+                Err(Attempt::Fail(ClusterError::WriteTimedOut { .. })) => {
+                    return Err(ClusterError::WriteTimedOut {
+                        group: gid,
+                        table: table.desc.name.clone(),
+                    })
+                }
                 Err(Attempt::Fail(e)) => return Err(e),
                 Err(Attempt::Retry { leader }) => {
                     if !eventual {
@@ -288,10 +294,7 @@ impl ShardClient {
                 return Err(if eventual || resend_safe {
                     Attempt::Retry { leader: None }
                 } else {
-                    Attempt::Fail(ClusterError::NoQuorum {
-                        group: gid,
-                        table: String::new(),
-                    })
+                    Attempt::Fail(timed_out(gid, resend_safe))
                 });
             }
             Ok(Err(status)) => {
@@ -324,10 +327,7 @@ impl ShardClient {
                 if self.cached_leader(gid) == Some(node) {
                     self.set_leader(gid, None);
                 }
-                Err(Attempt::Fail(ClusterError::NoQuorum {
-                    group: gid,
-                    table: String::new(),
-                }))
+                Err(Attempt::Fail(timed_out(gid, resend_safe)))
             }
             Err(ShardError::OutcomeUnknown(e)) => Err(Attempt::Fail(ClusterError::TryAgain(
                 format!("the write to shard {gid} may or may not have been applied: {e}"),
@@ -388,6 +388,18 @@ impl ShardClient {
         .map_err(|s| ClusterError::Internal(format!("node {node}: {}", s.message())))?;
         serde_json::from_slice(&reply.into_inner().json)
             .map_err(|e| ClusterError::Internal(e.to_string()))
+    }
+}
+
+/// The error for a request that got no answer in time. A read simply
+/// failed; a write may still commit later, so its outcome is unknown and
+/// the message says so.
+fn timed_out(gid: u64, read: bool) -> ClusterError {
+    let (group, table) = (gid, String::new());
+    if read {
+        ClusterError::NoQuorum { group, table }
+    } else {
+        ClusterError::WriteTimedOut { group, table }
     }
 }
 

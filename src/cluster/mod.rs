@@ -20,6 +20,14 @@ pub enum ClusterError {
     /// No leader or no majority within the request deadline.
     #[error("CLUSTERDOWN shard {group} of table {table} has no quorum")]
     NoQuorum { group: u64, table: String },
+    /// A write was sent but no answer came within the deadline: the shard
+    /// may have lost its majority, and the write may still commit later
+    /// (for instance after a partition heals), so its outcome is unknown.
+    #[error(
+        "CLUSTERDOWN shard {group} of table {table} has no quorum: the write timed out \
+         and may or may not have been applied"
+    )]
+    WriteTimedOut { group: u64, table: String },
     /// Transient; the client should retry.
     #[error("TRYAGAIN {0}")]
     TryAgain(String),
