@@ -184,6 +184,19 @@ impl Host {
                 match self.get(record.group_id) {
                     Some(r) => r,
                     None => {
+                        // A group this node hosted before and removed may
+                        // have left rows behind (an older version wrote the
+                        // applied index back after the deletion): a new
+                        // replica starts from nothing, or it would skip the
+                        // entries it believes it applied.
+                        let gid = record.group_id;
+                        let recorded = self
+                            .engine
+                            .read(move |db| db.get(Cf::State, &state_key(gid, tag::REPLICA)))
+                            .await?;
+                        if recorded.is_none() {
+                            destroy_group(&self.engine, gid).await?;
+                        }
                         let json = serde_json::to_vec(&record)
                             .map_err(|e| ShardError::Storage(e.to_string()))?;
                         self.engine
@@ -255,6 +268,9 @@ impl Host {
         if let Some(r) = &replica {
             r.removed.store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = r.raft.shutdown().await;
+            // The shutdown leaves openraft's state-machine worker running
+            // the applies queued to it: fence them off before deleting.
+            r.sm.close().await;
         }
         destroy_group(&self.engine, gid).await?;
         tracing::info!(group = gid, "replica removed and its data deleted");
@@ -788,6 +804,107 @@ mod tests {
             host.execute(gid, get()).await,
             Err(ShardError::UnknownGroup(_))
         ));
+    }
+
+    /// Every row of group `gid` in the `raft_state` column family.
+    async fn state_rows(host: &Host, gid: u64) -> Vec<Vec<u8>> {
+        host.engine
+            .read(move |db| {
+                let (start, end) = group_range(gid);
+                Ok(db
+                    .scan(Cf::State, &start, &end, usize::MAX)?
+                    .into_iter()
+                    .map(|(k, _)| k.into_vec())
+                    .collect())
+            })
+            .await
+            .unwrap()
+    }
+
+    fn set_entry(index: u64, key: &'static [u8]) -> crate::shard::types::Entry {
+        openraft::Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(9, 1), index),
+            payload: openraft::EntryPayload::Normal(LogCmd::Write(WriteCmd {
+                now_ms: 1,
+                op: WriteOp::Set {
+                    key: Bytes::from_static(key),
+                    value: Bytes::from_static(b"late"),
+                    expiry: crate::shard::command::Expiry::Clear,
+                    cond: SetCond::Always,
+                    get: false,
+                },
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_apply_still_queued_when_its_replica_is_removed_writes_nothing() {
+        use openraft::storage::RaftStateMachine;
+        let dir = tempfile::tempdir().unwrap();
+        let (host, gid) = one_group_host(dir.path()).await;
+        // openraft's state-machine worker holds its own handle and keeps
+        // applying what was queued to it after `Raft::shutdown` returns.
+        let mut worker_sm = host.get(gid).unwrap().sm.clone();
+        host.remove(gid).await.unwrap();
+        assert_eq!(state_rows(&host, gid).await, Vec::<Vec<u8>>::new());
+        let late = worker_sm.apply(vec![set_entry(1000, b"k")]).await;
+        assert!(
+            late.is_err(),
+            "a removed replica applied an entry: {late:?}"
+        );
+        assert_eq!(
+            state_rows(&host, gid).await,
+            Vec::<Vec<u8>>::new(),
+            "the late apply left the group's applied index behind"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replica_created_again_on_a_node_starts_from_nothing() {
+        use openraft::storage::RaftStateMachine;
+        let dir = tempfile::tempdir().unwrap();
+        let (host, gid) = one_group_host(dir.path()).await;
+        host.remove(gid).await.unwrap();
+        // What a late apply left behind before the fence existed: the
+        // applied index (and a row) of the removed group.
+        let applied = Some(openraft::LogId::new(
+            openraft::CommittedLeaderId::new(9, 1),
+            1000,
+        ));
+        let row = bincode::serialize(&(applied, crate::shard::types::StoredMembership::default()))
+            .unwrap();
+        host.engine
+            .write(
+                vec![
+                    Op::Put(Cf::State, state_key(gid, tag::APPLIED), row),
+                    Op::Put(Cf::Data, data_key(gid, b"k"), b"stale".to_vec()),
+                ],
+                true,
+            )
+            .await
+            .unwrap();
+        // The group moves back onto this node: a learner, not initialized.
+        let record = ReplicaRecord {
+            group_id: gid,
+            table: "t".into(),
+            shard: 0,
+        };
+        host.ensure(record, BTreeMap::new(), false).await.unwrap();
+        let mut sm = host.get(gid).unwrap().sm.clone();
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(
+            applied, None,
+            "the new replica would skip the entries up to {applied:?}"
+        );
+        let rows = host
+            .engine
+            .read(move |db| {
+                let (start, end) = group_range(gid);
+                db.scan(Cf::Data, &start, &end, usize::MAX)
+            })
+            .await
+            .unwrap();
+        assert!(rows.is_empty(), "stale data survived: {} rows", rows.len());
     }
 
     #[test]

@@ -410,6 +410,9 @@ fn count_prepared_after(view: &DbView, gid: u64, ops: &[Op]) -> Result<usize, St
 #[derive(Clone)]
 pub struct StateMachine {
     inner: Arc<Mutex<SmInner>>,
+    /// Set by [`StateMachine::close`]: nothing is written any more. Held
+    /// for reading by an apply while it writes, so closing waits for it.
+    closed: Arc<std::sync::RwLock<bool>>,
 }
 
 impl StateMachine {
@@ -438,7 +441,36 @@ impl StateMachine {
                 snapshot_seq: 0,
                 prepared_count,
             })),
+            closed: Arc::new(std::sync::RwLock::new(false)),
         })
+    }
+
+    /// Stop writing: every later apply, snapshot install or snapshot build
+    /// fails without touching the database, and an apply that is writing
+    /// is waited for. Called before a removed replica's data is deleted.
+    ///
+    /// openraft's `Raft::shutdown` joins only its core task; the
+    /// state-machine worker keeps applying the entries already queued to
+    /// it. Without this fence a late apply wrote the group's applied index
+    /// back after the deletion, and a replica later re-created on the node
+    /// believed it already held entries it never got (data loss, found by
+    /// the chaos harness: docs/RELIABILITY.md, bug 6).
+    pub async fn close(&self) {
+        let _inner = self.inner.lock().await;
+        let closed = self.closed.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(mut c) = closed.write() {
+                *c = true;
+            }
+        })
+        .await;
+    }
+
+    fn check_open(&self) -> Result<(), StorageError> {
+        match self.closed.read() {
+            Ok(c) if !*c => Ok(()),
+            _ => Err(write_err(closed_err())),
+        }
     }
 
     /// Whether the group holds prepared transactions (from memory: no I/O).
@@ -465,6 +497,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(Vec::new());
         }
         let mut inner = self.inner.lock().await;
+        self.check_open()?;
+        let closed = self.closed.clone();
         let gid = inner.gid;
         let view = inner.engine.view();
         let engine = inner.engine.clone();
@@ -527,8 +561,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 // Data and last_applied in one batch. Not synced: the log is,
                 // and re-applying committed entries after a crash gives the
-                // same result.
+                // same result. Not once the replica is closed (removed).
+                let fence = closed.read().map_err(|_| write_err(closed_err()))?;
+                if *fence {
+                    return Err(write_err(closed_err()));
+                }
                 engine.write_direct(&ops).map_err(write_err)?;
+                drop(fence);
                 Ok::<_, StorageError>((replies, applied, membership, prepared_count))
             })
             .await
@@ -553,6 +592,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let mut inner = self.inner.lock().await;
+        self.check_open()?;
         let gid = inner.gid;
         let bytes = snapshot.into_inner();
         let data: SnapshotData = decode(&bytes)?;
@@ -630,6 +670,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     /// entry is applied half way through the copy.
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let mut inner = self.inner.lock().await;
+        self.check_open()?;
         let gid = inner.gid;
         inner.snapshot_seq += 1;
         let meta = SnapshotMeta {
@@ -675,6 +716,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             snapshot: Box::new(Cursor::new(bytes)),
         })
     }
+}
+
+fn closed_err() -> std::io::Error {
+    std::io::Error::other("the replica was removed: its state machine is closed")
 }
 
 /// Remove every trace of a group: log, state, snapshot and data.
