@@ -117,6 +117,9 @@ pub struct NodeConfig {
     /// A prepared transaction older than this (ms) is resolved from its etcd
     /// record by the shard leader: no lock outlives its coordinator longer.
     pub txn_recovery_timeout_ms: u64,
+    /// Largest snapshot a replica accepts from its leader (bytes); a larger
+    /// one is refused chunk by chunk, before it is buffered.
+    pub max_snapshot_len: u64,
     /// Dial a node's advertised address through another one, e.g.
     /// `"10.0.0.5:7001" = "127.0.0.1:17001"` (NAT, a local tunnel, or the
     /// chaos harness's fault-injecting links). Flag: `--dial-via FROM=TO`.
@@ -142,6 +145,7 @@ impl Default for NodeConfig {
             read_timeout_ms: 3_000,
             lease_ttl_s: 4,
             txn_recovery_timeout_ms: 5_000,
+            max_snapshot_len: 8 * 1024 * 1024 * 1024,
             dial_via: BTreeMap::new(),
             log_level: "info".into(),
         }

@@ -1,7 +1,8 @@
 //! Test-only failpoints: a process started with `--failpoint <name>` (or
-//! `SHOAL_FAILPOINT=<name>`) aborts when it reaches the named point, so tests
-//! can kill a coordinator exactly half way through an operation. Unarmed, a
-//! point costs one check, and points sit on admin paths only.
+//! `SHOAL_FAILPOINT=<name>`) aborts when it reaches the named point ([`hit`]),
+//! so tests can kill a coordinator exactly half way through an operation, or
+//! misbehaves while [`armed`] (e.g. corrupts the snapshots it sends).
+//! Unarmed, a point costs one check of a static.
 
 use std::sync::OnceLock;
 
@@ -14,9 +15,17 @@ pub fn arm(name: String) {
 
 /// Abort the process if the failpoint `name` is armed.
 pub fn hit(name: &str) {
-    let armed = ARMED.get_or_init(|| std::env::var("SHOAL_FAILPOINT").ok());
-    if armed.as_deref() == Some(name) {
+    if armed(name) {
         eprintln!("failpoint {name}: aborting");
         std::process::abort();
     }
+}
+
+/// Whether the point `name` is armed (for points that misbehave rather
+/// than abort).
+pub fn armed(name: &str) -> bool {
+    ARMED
+        .get_or_init(|| std::env::var("SHOAL_FAILPOINT").ok())
+        .as_deref()
+        == Some(name)
 }

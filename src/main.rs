@@ -61,6 +61,9 @@ enum Command {
         dial_via: Vec<String>,
         #[arg(long)]
         log_level: Option<String>,
+        /// Test only: arm this failpoint (see src/failpoint.rs).
+        #[arg(long, hide = true)]
+        failpoint: Option<String>,
     },
     /// Run a RESP router.
     Router {
@@ -166,7 +169,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             snapshot_threshold,
             dial_via,
             log_level,
+            failpoint,
         } => {
+            if let Some(fp) = failpoint {
+                shoal::failpoint::arm(fp);
+            }
             let mut c: NodeConfig = config::load(config.as_deref())?;
             if let Some(v) = id {
                 c.id = v;

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::config::NodeConfig;
-use crate::meta::etcd::Meta;
+use crate::meta::etcd::{ClusterRecord, Meta};
+use crate::meta::identity;
 use crate::meta::reconcile;
 use crate::proto::raft_service_server::RaftServiceServer;
 use crate::proto::shard_service_server::ShardServiceServer;
@@ -74,10 +75,11 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
     for (id, m) in meta.members().await? {
         host.transport.set_peer(id, m.rpc_addr);
     }
+    let cluster = check_identity(&meta, &c, &host).await?;
     let reopened = host.open_recorded().await?;
     tracing::info!(node = c.id, %addr, replicas = reopened, "node up");
 
-    let service = NodeService { host: host.clone() };
+    let service = NodeService::new(host.clone(), c.max_snapshot_len);
     let server = tonic::transport::Server::builder()
         .add_service(
             RaftServiceServer::new(service.clone())
@@ -94,7 +96,7 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
 
     meta.register_member(c.id, &c.listen).await?;
     let _liveness = meta.spawn_liveness(c.id, c.listen.clone(), c.lease_ttl_s);
-    let reconciler = tokio::spawn(reconcile::run(meta.clone(), host.clone()));
+    let reconciler = tokio::spawn(reconcile::run(meta.clone(), host.clone(), cluster));
     tokio::spawn(crate::meta::txn_recovery::run(
         meta.clone(),
         host.clone(),
@@ -110,6 +112,48 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
         let _ = r.raft.shutdown().await;
     }
     Ok(())
+}
+
+/// Make sure the data dir belongs to the cluster of the etcd prefix (see
+/// `meta::identity`): stamp a fresh one, refuse a foreign one. Returns the
+/// cluster record the node runs under.
+async fn check_identity(meta: &Meta, c: &NodeConfig, host: &Host) -> anyhow::Result<ClusterRecord> {
+    let stamp = identity::read_stamp(&c.data_dir)?;
+    let record = meta.cluster_record().await.with_context(|| {
+        format!(
+            "the cluster record {} in etcd is unreadable; fix or restore it",
+            meta.key("cluster")
+        )
+    })?;
+    let hosted: Vec<u64> = host.recorded().await?.iter().map(|r| r.group_id).collect();
+    let mut known = std::collections::BTreeSet::new();
+    if stamp.is_none() && !hosted.is_empty() {
+        for (t, _) in meta.tables().await? {
+            known.extend(t.shards.iter().map(|s| s.group_id));
+        }
+        known.extend(meta.tombstones().await?.into_keys());
+    }
+    let decision = identity::check(&identity::Found {
+        cluster: &c.cluster,
+        prefix: &meta.key(""),
+        data_dir: &c.data_dir,
+        stamp: stamp.as_ref(),
+        record: record.as_ref(),
+        hosted: &hosted,
+        known: &known,
+    });
+    let record = match decision {
+        identity::Decision::Proceed => record.expect("proceed implies a record"),
+        identity::Decision::Stamp => record.expect("stamp implies a record"),
+        identity::Decision::CreateAndStamp => meta.create_cluster_record(&c.cluster).await?,
+        identity::Decision::Refuse(why) => anyhow::bail!("refusing to start: {why}"),
+    };
+    if stamp.as_ref().map(|s| &s.id) != Some(&record.id) {
+        identity::write_stamp(&c.data_dir, &identity::Stamp::from(&record))
+            .with_context(|| format!("cannot stamp data dir {}", c.data_dir.display()))?;
+        tracing::info!(cluster = %record.name, id = %record.id, "data dir stamped with its cluster");
+    }
+    Ok(record)
 }
 
 fn tokio_stream_incoming(

@@ -75,8 +75,56 @@ pub async fn report(meta: &Meta) -> anyhow::Result<String> {
             }
         }
     }
-    let mut tables = meta.tables().await?;
+    match meta.cluster_record().await {
+        Ok(Some(r)) => writeln!(out, "cluster: {} (id {})", r.name, r.id)?,
+        Ok(None) => writeln!(
+            out,
+            "cluster: NO RECORD at {} (nodes holding data refuse to start, running ones change nothing)",
+            meta.key("cluster")
+        )?,
+        Err(e) => writeln!(out, "cluster: RECORD UNREADABLE at {}: {e}", meta.key("cluster"))?,
+    }
+    let (mut tables, unreadable) = meta.tables_checked().await?;
     tables.sort_by_key(|(t, _)| t.db_index);
+    if !unreadable.is_empty() {
+        writeln!(
+            out,
+            "unreadable table records (no replica of these is created or deleted until fixed):"
+        )?;
+        for (name, e) in &unreadable {
+            writeln!(out, "  {}: ERROR {e}", meta.key(&format!("tables/{name}")))?;
+        }
+    }
+    let mut orphans = Vec::new();
+    for (node, st) in &statuses {
+        for g in &st.groups {
+            if let Some(why) = &g.orphaned {
+                orphans.push(format!(
+                    "  node {node} group {} (table '{}', shard {}) {}: orphaned (kept): {why}",
+                    g.group_id, g.table, g.shard, g.role
+                ));
+            }
+        }
+    }
+    orphans.sort();
+    writeln!(out, "orphaned replicas: {}", orphans.len())?;
+    for o in orphans {
+        writeln!(out, "{o}")?;
+    }
+    match meta.tombstones().await {
+        Ok(ts) if !ts.is_empty() => {
+            writeln!(out, "dropped groups awaiting cleanup: {}", ts.len())?;
+            for t in ts.values() {
+                writeln!(
+                    out,
+                    "  group {} (table '{}') on nodes {:?}",
+                    t.group_id, t.table, t.nodes
+                )?;
+            }
+        }
+        Ok(_) => {}
+        Err(e) => writeln!(out, "tombstones: ERROR {e}")?,
+    }
     let descs: Vec<_> = tables.iter().map(|(t, _)| t.clone()).collect();
     let moves = crate::cluster::rebalance::describe_moves(&client, &descs).await;
     writeln!(out, "moves in progress: {}", moves.len())?;

@@ -237,9 +237,7 @@ pub async fn drop_table(
         if desc.state == TableState::Deleting {
             break;
         }
-        let mut deleting = desc;
-        deleting.state = TableState::Deleting;
-        if meta.cas_table(&deleting, rev).await? {
+        if meta.mark_table_deleting(&desc, rev).await? {
             tracing::info!(table = %name, "table dropping");
             break;
         }
@@ -249,8 +247,9 @@ pub async fn drop_table(
 
 /// Wait (up to `wait`) until no live node hosts a replica of the `deleting`
 /// table, then delete its record. A node that is down keeps its replicas
-/// until it returns; its reconciler then finds them unreferenced and deletes
-/// them, so the record need not wait for it.
+/// until it returns; its reconciler then finds the group's tombstone (written
+/// with `deleting`, and outliving the record) and deletes them, so the record
+/// need not wait for it.
 pub async fn finish_drop(
     meta: &Meta,
     client: &ShardClient,
@@ -300,9 +299,7 @@ pub async fn rollback_creation(
     if desc.state != TableState::Creating || current != rev {
         return Ok(());
     }
-    let mut deleting = desc;
-    deleting.state = TableState::Deleting;
-    if meta.cas_table(&deleting, rev).await? {
+    if meta.mark_table_deleting(&desc, rev).await? {
         tracing::warn!(table = %name, "rolling back a table creation that did not finish");
         finish_drop(meta, client, name, Duration::from_secs(10)).await?;
     }
@@ -315,8 +312,15 @@ pub async fn rollback_creation(
 /// janitors on several routers safe. Table `default` is completed by
 /// [`ensure_default_table`] instead.
 pub async fn janitor(meta: Meta, client: Arc<ShardClient>, stale_after: Duration) {
+    let mut round = 0u64;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        round += 1;
+        if round.is_multiple_of(10) {
+            if let Err(e) = release_tombstones_of_gone_nodes(&meta).await {
+                tracing::warn!("janitor: tombstones: {e}");
+            }
+        }
         let view = client.routes();
         for t in view.tables.values() {
             let d = &t.desc;
@@ -338,4 +342,22 @@ pub async fn janitor(meta: Meta, client: Arc<ShardClient>, stale_after: Duration
             }
         }
     }
+}
+
+/// A tombstone waits for every node on it to confirm; a node that was
+/// drained and removed (or whose member record is gone) never will, and
+/// holds no replica: confirm for it.
+async fn release_tombstones_of_gone_nodes(meta: &Meta) -> Result<(), ClusterError> {
+    let members = meta.members().await?;
+    for (gid, t) in meta.tombstones().await? {
+        for node in t.nodes {
+            let gone = members
+                .get(&node)
+                .is_none_or(|m| m.state == crate::meta::etcd::MemberState::Removed);
+            if gone {
+                meta.ack_tombstone(gid, node).await?;
+            }
+        }
+    }
+    Ok(())
 }

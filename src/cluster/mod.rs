@@ -33,6 +33,10 @@ pub enum ClusterError {
     TryAgain(String),
     #[error("ERR unknown table '{0}'")]
     UnknownTable(String),
+    /// The table's record in etcd does not decode: not served until an
+    /// operator fixes it (`shoal status` shows it).
+    #[error("CLUSTERDOWN the metadata record of table '{name}' is unreadable ({error}); see shoal status")]
+    UnreadableTable { name: String, error: String },
     #[error("ERR table '{name}' is {state}, not available")]
     TableNotAvailable { name: String, state: &'static str },
     #[error("ERR {0}")]

@@ -26,6 +26,9 @@ pub struct RouteView {
     /// node id -> gRPC address (from `members/`, corrected by `live/`).
     pub addrs: BTreeMap<u64, String>,
     pub live: BTreeSet<u64>,
+    /// Table records that do not decode: name -> error. Such a table is not
+    /// served (and is never mistaken for a missing one).
+    pub unreadable: BTreeMap<String, String>,
 }
 
 impl RouteView {
@@ -39,7 +42,9 @@ impl RouteView {
 
     fn build(tables: &PrefixState, members: &PrefixState, live: &PrefixState) -> RouteView {
         let mut view = RouteView::default();
-        for (_, desc, rev) in tables.decoded::<TableDescriptor>() {
+        let (decoded, unreadable) = tables.decode_all::<TableDescriptor>();
+        view.unreadable = unreadable;
+        for (_, desc, rev) in decoded {
             if desc.state != TableState::Deleting {
                 view.by_index.insert(desc.db_index, desc.name.clone());
             }

@@ -83,6 +83,10 @@ pub struct LiveInfo {
     pub version: String,
 }
 
+/// [`PrefixState::decode_all`]: (key, value, mod revision) of the values
+/// that decode, and key -> error of those that do not.
+pub type Decoded<T> = (Vec<(String, T, i64)>, BTreeMap<String, String>);
+
 /// A prefix's keys (without the prefix) and values, as of `revision`.
 #[derive(Debug, Clone, Default)]
 pub struct PrefixState {
@@ -92,7 +96,25 @@ pub struct PrefixState {
 }
 
 impl PrefixState {
+    /// Decode every value as JSON, and list the keys whose value does not
+    /// decode with the error. Callers that act on absence (the reconciler)
+    /// must treat an undecodable key as present-but-unknown, never as absent.
+    pub fn decode_all<T: for<'a> Deserialize<'a>>(&self) -> Decoded<T> {
+        let mut ok = Vec::new();
+        let mut bad = BTreeMap::new();
+        for (k, (v, rev)) in &self.entries {
+            match serde_json::from_slice::<T>(v) {
+                Ok(t) => ok.push((k.clone(), t, *rev)),
+                Err(e) => {
+                    bad.insert(k.clone(), e.to_string());
+                }
+            }
+        }
+        (ok, bad)
+    }
+
     /// Decode every value as JSON, skipping (and logging) undecodable ones.
+    /// Only for readers that never delete anything on absence.
     pub fn decoded<T: for<'a> Deserialize<'a>>(&self) -> Vec<(String, T, i64)> {
         self.entries
             .iter()
@@ -105,6 +127,36 @@ impl PrefixState {
             })
             .collect()
     }
+}
+
+/// `cluster`: who this prefix belongs to. Created once, by the first node
+/// that starts with an empty data dir; every node stamps its data dir with
+/// it and refuses to start against a prefix whose record differs (or is
+/// missing while it holds replicas). See [`super::identity`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    /// The cluster name (the `<cluster>` of the prefix).
+    pub name: String,
+    /// Random, made once: tells a wiped-and-recreated prefix from the
+    /// original.
+    pub id: String,
+    pub created_at: u64,
+}
+
+/// `tombstones/<group_id>`: written by TABLE.DROP in the same etcd
+/// transaction that moves the table to `deleting`, and outliving the
+/// descriptor. It is one of the only two things that let a node delete a
+/// replica's data (the other: the group's own Raft membership no longer
+/// holding the node). Each node in `nodes` removes itself once it holds no
+/// replica of the group; the last one deletes the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    pub group_id: u64,
+    pub table: String,
+    pub table_id: u64,
+    /// Nodes that may still hold a replica and have not confirmed.
+    pub nodes: Vec<u64>,
+    pub dropped_at: u64,
 }
 
 /// Decision state of a distributed transaction (`txns/<id>`).
@@ -582,6 +634,132 @@ impl Meta {
         Ok(self.kv().txn(txn).await?.succeeded())
     }
 
+    /// Move a table to `deleting` if its record is still at `mod_revision`,
+    /// and write a tombstone for each of its groups in the same transaction,
+    /// so no replica can be deleted before the drop is recorded and none is
+    /// forgotten after the descriptor is gone.
+    pub async fn mark_table_deleting(
+        &self,
+        desc: &TableDescriptor,
+        mod_revision: i64,
+    ) -> Result<bool, MetaError> {
+        use super::descriptor::TableState;
+        let key = self.key(&format!("tables/{}", desc.name));
+        let mut deleting = desc.clone();
+        deleting.state = TableState::Deleting;
+        let mut ops = vec![TxnOp::put(
+            key.clone(),
+            serde_json::to_vec(&deleting)?,
+            None,
+        )];
+        let now = now_ms();
+        for s in &desc.shards {
+            let mut nodes = s.all_nodes();
+            if let Some(m) = &s.moving {
+                nodes.push(m.to);
+            }
+            nodes.sort_unstable();
+            nodes.dedup();
+            let t = Tombstone {
+                group_id: s.group_id,
+                table: desc.name.clone(),
+                table_id: desc.table_id,
+                nodes,
+                dropped_at: now,
+            };
+            ops.push(TxnOp::put(
+                self.key(&format!("tombstones/{}", s.group_id)),
+                serde_json::to_vec(&t)?,
+                None,
+            ));
+        }
+        let txn = Txn::new()
+            .when(vec![Compare::mod_revision(
+                key,
+                CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then(ops);
+        Ok(self.kv().txn(txn).await?.succeeded())
+    }
+
+    /// Node `node` holds no replica of tombstoned group `gid` any more:
+    /// take it off the tombstone, and delete the tombstone once nobody is
+    /// left on it.
+    pub async fn ack_tombstone(&self, gid: u64, node: u64) -> Result<(), MetaError> {
+        let key = self.key(&format!("tombstones/{gid}"));
+        loop {
+            let resp = self.kv().get(key.clone(), None).await?;
+            let Some(kv) = resp.kvs().first() else {
+                return Ok(());
+            };
+            let mut t: Tombstone = serde_json::from_slice(kv.value())?;
+            if !t.nodes.contains(&node) {
+                return Ok(());
+            }
+            t.nodes.retain(|n| *n != node);
+            let cmp = Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision());
+            let op = if t.nodes.is_empty() {
+                TxnOp::delete(key.clone(), None)
+            } else {
+                TxnOp::put(key.clone(), serde_json::to_vec(&t)?, None)
+            };
+            if self
+                .kv()
+                .txn(Txn::new().when(vec![cmp]).and_then(vec![op]))
+                .await?
+                .succeeded()
+            {
+                if t.nodes.is_empty() {
+                    tracing::info!(group = gid, table = %t.table, "tombstone removed: every node confirmed");
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    /// Every tombstone, by group id. An undecodable one is an error: it
+    /// cannot be confirmed, and must not be mistaken for "none".
+    pub async fn tombstones(&self) -> Result<BTreeMap<u64, Tombstone>, MetaError> {
+        let s = self.load_prefix("tombstones/").await?;
+        let (ok, bad) = s.decode_all::<Tombstone>();
+        if let Some((k, e)) = bad.into_iter().next() {
+            return Err(MetaError::Corrupt(format!("tombstone {k}: {e}")));
+        }
+        Ok(ok.into_iter().map(|(_, t, _)| (t.group_id, t)).collect())
+    }
+
+    /// The prefix's cluster record. `Corrupt` if it does not decode.
+    pub async fn cluster_record(&self) -> Result<Option<ClusterRecord>, MetaError> {
+        Ok(self
+            .get_json::<ClusterRecord>("cluster")
+            .await?
+            .map(|(r, _)| r))
+    }
+
+    /// Create the prefix's cluster record unless one exists; returns the
+    /// record that is there afterwards (ours, or the one that won a race).
+    pub async fn create_cluster_record(&self, name: &str) -> Result<ClusterRecord, MetaError> {
+        let rec = ClusterRecord {
+            name: name.to_string(),
+            id: format!(
+                "{:016x}{:016x}",
+                rand::random::<u64>(),
+                rand::random::<u64>()
+            ),
+            created_at: now_ms(),
+        };
+        if self
+            .put_if_absent(self.key("cluster"), serde_json::to_vec(&rec)?)
+            .await?
+        {
+            tracing::info!(cluster = %name, id = %rec.id, "cluster record created");
+        }
+        self.cluster_record().await?.ok_or_else(|| {
+            MetaError::Etcd("the cluster record vanished right after its creation".into())
+        })
+    }
+
     /// A JSON record and its mod revision, if the key exists.
     async fn get_json<T: for<'a> Deserialize<'a>>(
         &self,
@@ -599,6 +777,16 @@ impl Meta {
 
     pub async fn get_table(&self, name: &str) -> Result<Option<(TableDescriptor, i64)>, MetaError> {
         self.get_json(&format!("tables/{name}")).await
+    }
+
+    /// Every table record: those that decode, and the names of those that
+    /// do not with their error.
+    pub async fn tables_checked(
+        &self,
+    ) -> Result<(Vec<(TableDescriptor, i64)>, BTreeMap<String, String>), MetaError> {
+        let s = self.load_prefix("tables/").await?;
+        let (ok, bad) = s.decode_all::<TableDescriptor>();
+        Ok((ok.into_iter().map(|(_, t, rev)| (t, rev)).collect(), bad))
     }
 
     pub async fn tables(&self) -> Result<Vec<(TableDescriptor, i64)>, MetaError> {

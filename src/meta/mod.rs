@@ -8,6 +8,7 @@
 
 pub mod descriptor;
 pub mod etcd;
+pub mod identity;
 pub mod placement;
 pub mod reconcile;
 pub mod txn_recovery;

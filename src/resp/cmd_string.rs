@@ -58,6 +58,10 @@ impl Session {
         let view = self.shared.client.routes();
         match view.table(name) {
             Some(t) => routable(t).map(|_| t.clone()),
+            None if view.unreadable.contains_key(name) => Err(ClusterError::UnreadableTable {
+                name: name.to_string(),
+                error: view.unreadable[name].clone(),
+            }),
             None if name == "default" => Err(ClusterError::TryAgain(
                 "the cluster is starting: table 'default' is not created yet".into(),
             )),

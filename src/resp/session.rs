@@ -757,6 +757,24 @@ impl Session {
             for (i, m) in moves.iter().enumerate() {
                 text.push_str(&format!("move{i}:{m}\r\n"));
             }
+            // Replicas no readable record names: kept, never deleted.
+            let mut orphans = Vec::new();
+            for node in view.live.iter() {
+                if let Ok(st) = shared.client.node_status(*node, vec![]).await {
+                    for g in st.groups {
+                        if let Some(why) = g.orphaned {
+                            orphans.push(format!(
+                                "node={node},group={},table={},status=orphaned (kept),why={why}",
+                                g.group_id, g.table
+                            ));
+                        }
+                    }
+                }
+            }
+            text.push_str(&format!("orphaned_replicas:{}\r\n", orphans.len()));
+            for (i, o) in orphans.iter().enumerate() {
+                text.push_str(&format!("orphan{i}:{o}\r\n"));
+            }
             for t in tables {
                 text.push_str(&format!(
                     "table_{}:db={},state={},shards={},replicas={}\r\n",

@@ -104,6 +104,9 @@ pub struct Host {
     replicas: RwLock<HashMap<u64, Arc<Replica>>>,
     /// Serializes create/remove so two reconcile passes cannot race.
     lifecycle: tokio::sync::Mutex<()>,
+    /// Replicas the reconciler keeps although no readable record names them
+    /// (orphaned), with why; shown by `shoal status` and `INFO cluster`.
+    kept: RwLock<BTreeMap<u64, String>>,
 }
 
 impl Host {
@@ -120,7 +123,85 @@ impl Host {
             config,
             replicas: RwLock::new(HashMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
+            kept: RwLock::new(BTreeMap::new()),
         })
+    }
+
+    /// Record which replicas are kept as orphans, and why (replaces the
+    /// previous set).
+    pub fn set_kept(&self, kept: BTreeMap<u64, String>) {
+        if let Ok(mut k) = self.kept.write() {
+            *k = kept;
+        }
+    }
+
+    /// Why the replica of `gid` is kept as an orphan, if it is.
+    pub fn kept_reason(&self, gid: u64) -> Option<String> {
+        self.kept.read().ok()?.get(&gid).cloned()
+    }
+
+    /// Positive evidence that this node is no longer part of group `gid`
+    /// (a move or drain finished), or `None`. Evidence is: the replica here
+    /// never held anything; or its applied (committed) membership leaves this
+    /// node out; or the group's leader, asked among `peers`, has a settled
+    /// membership that leaves this node out. The descriptor alone is never
+    /// enough to delete data.
+    pub async fn left_group(&self, gid: u64, peers: &[NodeId]) -> Option<String> {
+        use openraft::storage::RaftStateMachine;
+        let replica = self.get(gid)?;
+        let me = self.node_id;
+        let m = replica.raft.metrics().borrow().clone();
+        let effective = m.membership_config.membership();
+        if m.last_log_index.is_none()
+            && m.last_applied.is_none()
+            && effective.nodes().next().is_none()
+        {
+            return Some("its replica here was never initialized and holds nothing".into());
+        }
+        if let Ok((_, applied)) = replica.sm.clone().applied_state().await {
+            let mem = applied.membership();
+            let uniform = mem.get_joint_config().len() == 1;
+            if uniform && mem.nodes().next().is_some() && mem.get_node(&me).is_none() {
+                let voters: Vec<NodeId> = mem.voter_ids().collect();
+                return Some(format!(
+                    "its committed membership, voters {voters:?}, no longer holds this node"
+                ));
+            }
+        }
+        for &peer in peers.iter().filter(|p| **p != me) {
+            let Some(addr) = self.transport.peer_addr(peer) else {
+                continue;
+            };
+            let Ok(channel) = self.transport.channel(&addr) else {
+                continue;
+            };
+            let mut client = crate::proto::shard_service_client::ShardServiceClient::new(channel);
+            let ask = client.status(crate::proto::StatusRequest {
+                group_ids: vec![gid],
+            });
+            let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(2), ask).await else {
+                continue;
+            };
+            let Ok(status) =
+                serde_json::from_slice::<super::status::NodeStatus>(&reply.into_inner().json)
+            else {
+                continue;
+            };
+            for g in status.groups.iter().filter(|g| g.group_id == gid) {
+                if g.role == "leader"
+                    && !g.joint
+                    && !g.voters.is_empty()
+                    && !g.voters.contains(&me)
+                    && !g.learners.contains(&me)
+                {
+                    return Some(format!(
+                        "the group's leader, node {peer}, has voters {:?} without this node",
+                        g.voters
+                    ));
+                }
+            }
+        }
+        None
     }
 
     pub fn get(&self, gid: u64) -> Option<Arc<Replica>> {
@@ -147,19 +228,31 @@ impl Host {
         v
     }
 
-    /// Reopen every replica recorded on disk (start-up after a stop or crash).
-    pub async fn open_recorded(&self) -> Result<usize, ShardError> {
-        let records = self
-            .engine
+    /// The replicas recorded on disk (whether started or not). A record that
+    /// does not decode is an error, not a replica less.
+    pub async fn recorded(&self) -> Result<Vec<ReplicaRecord>, ShardError> {
+        self.engine
             .read(|db| {
                 let rows = db.scan(Cf::State, &[], &[0xff; 9], usize::MAX)?;
-                Ok(rows
-                    .into_iter()
+                rows.into_iter()
                     .filter(|(k, _)| k.len() == 9 && k[8] == tag::REPLICA)
-                    .filter_map(|(_, v)| serde_json::from_slice::<ReplicaRecord>(&v).ok())
-                    .collect::<Vec<_>>())
+                    .map(|(k, v)| {
+                        serde_json::from_slice::<ReplicaRecord>(&v).map_err(|e| {
+                            EngineError::Corrupt(format!(
+                                "replica record of group {}: {e}",
+                                u64::from_be_bytes(k[..8].try_into().unwrap_or_default())
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
             })
-            .await?;
+            .await
+            .map_err(ShardError::from)
+    }
+
+    /// Reopen every replica recorded on disk (start-up after a stop or crash).
+    pub async fn open_recorded(&self) -> Result<usize, ShardError> {
+        let records = self.recorded().await?;
         let n = records.len();
         for record in records {
             self.start(record).await?;

@@ -8,6 +8,7 @@
 //! * [`network`]: Raft messages between nodes over gRPC, routed by group id.
 //! * [`host`]: the replicas this node hosts; serving requests on them.
 //! * [`service`]: the gRPC services (RaftService, ShardService).
+//! * [`snapshot`]: the snapshot envelope (version, checksum) and its check.
 //! * [`status`]: what a node reports about its replicas.
 //!
 //! This layer never decides *which* replicas should exist (that is
@@ -18,6 +19,7 @@ pub mod engine;
 pub mod host;
 pub mod network;
 pub mod service;
+pub mod snapshot;
 pub mod status;
 pub mod store;
 pub mod txn;

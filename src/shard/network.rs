@@ -195,7 +195,35 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(Rpc::Snapshot, &rpc, option.hard_ttl()).await
+        // Test only: corrupt every snapshot this node sends until a receiver
+        // has refused one (a send lost to a transient error does not count).
+        static REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let mut rpc = rpc;
+        let corrupt = rpc.done
+            && !rpc.data.is_empty()
+            && crate::failpoint::armed("snapshot-send-corrupt")
+            && !REFUSED.load(std::sync::atomic::Ordering::SeqCst);
+        if corrupt {
+            let last = rpc.data.len() - 1;
+            rpc.data[last] ^= 0x01;
+            tracing::warn!(
+                group = self.gid,
+                "failpoint snapshot-send-corrupt: corrupting a snapshot chunk"
+            );
+        }
+        let reply = self.call(Rpc::Snapshot, &rpc, option.hard_ttl()).await;
+        if corrupt
+            && matches!(
+                &reply,
+                Err(RPCError::RemoteError(RemoteError {
+                    source: RaftError::APIError(InstallSnapshotError::SnapshotMismatch(_)),
+                    ..
+                }))
+            )
+        {
+            REFUSED.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        reply
     }
 
     async fn vote(

@@ -6,10 +6,16 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use openraft::error::{InstallSnapshotError, RaftError, SnapshotMismatch};
+use openraft::raft::InstallSnapshotRequest;
+use openraft::SnapshotSegmentId;
+
 use super::command::{OpReply, ShardRequest};
 use super::host::Host;
 use super::network::encode_result;
+use super::snapshot::Receiver;
 use super::status::node_status;
+use super::types::TypeConfig;
 use super::ShardError;
 use crate::proto::raft_service_server::RaftService;
 use crate::proto::shard_service_server::ShardService;
@@ -20,6 +26,20 @@ use crate::proto::{
 #[derive(Clone)]
 pub struct NodeService {
     pub host: Arc<Host>,
+    /// Snapshots being received, checked chunk by chunk.
+    pub snapshots: Arc<Receiver>,
+    /// Largest snapshot accepted, in bytes.
+    pub max_snapshot_len: u64,
+}
+
+impl NodeService {
+    pub fn new(host: Arc<Host>, max_snapshot_len: u64) -> NodeService {
+        NodeService {
+            host,
+            snapshots: Arc::default(),
+            max_snapshot_len,
+        }
+    }
 }
 
 fn decode<T: for<'a> serde::Deserialize<'a>>(raw: &[u8]) -> Result<T, Status> {
@@ -65,8 +85,36 @@ impl RaftService for NodeService {
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let msg = req.into_inner();
-        let raft = self.raft(msg.group_id)?;
-        let res = raft.install_snapshot(decode(&msg.payload)?).await;
+        let gid = msg.group_id;
+        let raft = self.raft(gid)?;
+        let req: InstallSnapshotRequest<TypeConfig> = decode(&msg.payload)?;
+        let checked = self.snapshots.chunk(
+            gid,
+            &req.meta.snapshot_id,
+            req.offset,
+            &req.data,
+            req.done,
+            self.max_snapshot_len,
+        );
+        let res = match checked {
+            Ok(_) => raft.install_snapshot(req).await,
+            Err(e) => {
+                // Refused before openraft saw the last chunk: answer as
+                // openraft does to a chunk out of place, so the leader sends
+                // the snapshot again from the start.
+                tracing::error!(group = gid, snapshot = %req.meta.snapshot_id, "snapshot refused: {e}; the leader will send it again");
+                let at = |offset| SnapshotSegmentId {
+                    id: req.meta.snapshot_id.clone(),
+                    offset,
+                };
+                Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(
+                    SnapshotMismatch {
+                        expect: at(0),
+                        got: at(req.offset),
+                    },
+                )))
+            }
+        };
         Ok(Response::new(RaftMessage {
             group_id: msg.group_id,
             payload: encode_result(&res),

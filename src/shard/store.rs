@@ -595,7 +595,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.check_open()?;
         let gid = inner.gid;
         let bytes = snapshot.into_inner();
-        let data: SnapshotData = decode(&bytes)?;
+        // The receiving service checked the envelope already; a snapshot
+        // that fails here was damaged on this node: refuse it.
+        let payload = super::snapshot::open(&bytes).map_err(|e| {
+            tracing::error!(group = gid, "snapshot refused at install: {e}");
+            read_err(e)
+        })?;
+        let data: SnapshotData = decode(payload)?;
         let (start, end) = group_range(gid);
         let (txn_start, txn_end) = txn_state_range(gid);
         let mut ops = vec![
@@ -656,10 +662,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(read_err)?;
         match (meta, data) {
-            (Some(meta), Some(data)) => Ok(Some(Snapshot {
-                meta: decode(&meta)?,
-                snapshot: Box::new(Cursor::new(data)),
-            })),
+            (Some(meta), Some(data)) => {
+                if let Err(e) = super::snapshot::open(&data) {
+                    // Never send a damaged snapshot: without one, openraft
+                    // builds a fresh one from the data.
+                    tracing::error!(
+                        group = gid,
+                        "stored snapshot is unusable ({e}): building a new one"
+                    );
+                    return Ok(None);
+                }
+                Ok(Some(Snapshot {
+                    meta: decode(&meta)?,
+                    snapshot: Box::new(Cursor::new(data)),
+                }))
+            }
             _ => Ok(None),
         }
     }
@@ -698,6 +715,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     .map(|(k, v)| (k[8..].to_vec(), v.into_vec()))
                     .collect();
                 bincode::serialize(&SnapshotData { pairs, txn_state })
+                    .map(|payload| super::snapshot::seal(&payload))
                     .map_err(|e| engine::EngineError::Corrupt(e.to_string()))
             })
             .await
