@@ -283,10 +283,13 @@ fn a_node_started_with_a_wrong_cluster_refuses_and_keeps_its_data() {
 
     // Started right, it reopens both replicas with their data.
     cluster.start_node(1).unwrap();
-    let log = node_log(&cluster, 1);
+    let reopened = wait_until(Duration::from_secs(20), || {
+        node_log(&cluster, 1).contains("replicas=2")
+    });
     assert!(
-        log.contains("replicas=2"),
-        "node 1 did not reopen its replicas:\n{log}"
+        reopened,
+        "node 1 did not reopen its replicas:\n{}",
+        node_log(&cluster, 1)
     );
     // Only node 1 left: its replicas answer READONLY reads with every key.
     let ok = wait_until(Duration::from_secs(30), || {
