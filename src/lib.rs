@@ -9,7 +9,6 @@
 // at every call site would only add noise.
 #![allow(clippy::result_large_err)]
 
-pub mod chaos;
 pub mod cluster;
 pub mod config;
 pub mod dev;

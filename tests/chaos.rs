@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use shoal::chaos::{self, RunConfig};
+use shoal_chaos::{self as chaos, RunConfig};
 
 #[test]
 fn short_randomized_chaos_run_passes_every_check() {

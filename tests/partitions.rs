@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::{connect, run};
 use redis::Value as RedisValue;
-use shoal::chaos::faults::{key_in, parse_describe, ShardInfo};
-use shoal::chaos::resp::Conn;
+use shoal_chaos::faults::{key_in, parse_describe, ShardInfo};
+use shoal_chaos::resp::Conn;
 use shoal::devcluster::links::node_endpoint;
 use shoal::devcluster::{ClusterOpts, LocalCluster};
 

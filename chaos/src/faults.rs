@@ -7,7 +7,7 @@
 //! failover time measured (kill → first acknowledged SET on that shard);
 //! SIGSTOP/SIGCONT of a node; SIGKILL of a router and a new router in its
 //! place; an etcd restart; network partitions through the cluster's
-//! cuttable links ([`crate::devcluster::links`]): one node isolated, the
+//! cuttable links ([`shoal::devcluster::links`]): one node isolated, the
 //! nodes split into a majority and a minority with each router on one side,
 //! or one router cut off from some nodes; and replica moves under all of
 //! these (`join-drain`: an extra node joins, is later drained, then stopped).
@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 use super::history::Recorder;
 use super::resp::{Conn, Value};
 use super::workload::Routers;
-use crate::cluster::slot::slot;
-use crate::devcluster::links::node_endpoint;
-use crate::devcluster::LocalCluster;
+use shoal::cluster::slot::slot;
+use shoal::devcluster::links::node_endpoint;
+use shoal::devcluster::LocalCluster;
 
 /// A kind of fault the run may inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

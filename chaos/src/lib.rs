@@ -1,4 +1,5 @@
-//! The chaos harness (issue #6): a real cluster (etcd, nodes, two routers),
+//! The chaos harness (issue #6), a crate of its own that the `shoal` binary
+//! never links: a real cluster (etcd, nodes, two routers),
 //! concurrent clients whose every operation is recorded, faults injected at
 //! random from a seed, then checkers over the recorded history.
 //!
@@ -32,7 +33,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::devcluster::{ClusterOpts, LocalCluster};
+use shoal::devcluster::{ClusterOpts, LocalCluster};
 use checks::Violation;
 use faults::{FaultKind, FaultStats, Injector};
 use history::{Call, History, Outcome, Recorder};

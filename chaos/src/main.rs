@@ -1,13 +1,13 @@
 //! `shoal-chaos`: long chaos runs against a local cluster of real processes
 //! (`scripts/chaos` builds and calls it), and re-checking of a saved
-//! violation. See `shoal::chaos` and docs/RELIABILITY.md.
+//! violation. See the `shoal_chaos` crate and docs/RELIABILITY.md.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use shoal::chaos::{self, faults::FaultKind, RunConfig, Toggle};
+use shoal_chaos::{self as chaos, faults::FaultKind, RunConfig, Toggle};
 
 #[derive(Parser)]
 #[command(about = "Chaos runs: workloads + random faults on a local shoal cluster, then checkers")]
