@@ -32,7 +32,21 @@ pub struct RouterConfig {
     /// Largest value a key may hold (bytes).
     pub max_value_len: usize,
     /// Replies a client may leave unread (bytes) before it is disconnected.
+    /// Also what a pipeline may have in flight: big reads run
+    /// `max_output_len / max_value_len` at a time.
     pub max_output_len: usize,
+    /// Unparsed input a client may have buffered (bytes) before it is
+    /// disconnected (Redis `client-query-buffer-limit`).
+    pub client_query_buffer_limit: usize,
+    /// Close a client idle this many seconds; 0: never (Redis `timeout`).
+    pub timeout: u64,
+    /// TCP keepalive probes on client sockets after this many idle seconds;
+    /// 0: off (Redis `tcp-keepalive`).
+    pub tcp_keepalive: u64,
+    /// Commands one MULTI may queue; one more aborts the transaction.
+    pub max_multi_commands: usize,
+    /// Keys one connection may WATCH at once.
+    pub max_watch_keys: usize,
     /// Time a request may spend finding a leader and being served (ms).
     pub request_timeout_ms: u64,
     /// How long TABLE.CREATE waits for every shard to elect a leader before
@@ -74,6 +88,11 @@ impl Default for RouterConfig {
             max_inline_len: 64 * 1024,
             max_value_len: 16 * 1024 * 1024,
             max_output_len: 64 * 1024 * 1024,
+            client_query_buffer_limit: 1024 * 1024 * 1024,
+            timeout: 0,
+            tcp_keepalive: 300,
+            max_multi_commands: 10_000,
+            max_watch_keys: 10_000,
             request_timeout_ms: 5_000,
             table_create_timeout_ms: 30_000,
             table_stale_after_ms: 60_000,
@@ -223,6 +242,9 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
         let r: RouterConfig = load(Some(&dir.join("router.toml"))).unwrap();
         assert_eq!(r.default_shards, 8);
+        assert_eq!((r.timeout, r.tcp_keepalive), (0, 300));
+        assert_eq!(r.client_query_buffer_limit, 1 << 30);
+        assert_eq!((r.max_multi_commands, r.max_watch_keys), (10_000, 10_000));
         let n: NodeConfig = load(Some(&dir.join("node.toml"))).unwrap();
         assert_eq!(n.fsync, "always");
         let d: DevConfig = load(Some(&dir.join("dev.toml"))).unwrap();

@@ -17,6 +17,7 @@ pub mod failpoint;
 pub mod meta;
 pub mod node;
 pub mod resp;
+pub mod rlimit;
 pub mod router;
 pub mod shard;
 pub mod status;

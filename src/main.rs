@@ -87,6 +87,12 @@ enum Command {
         /// Replica moves touching one node at once.
         #[arg(long)]
         max_moves_per_node: Option<usize>,
+        /// Close clients idle this many seconds (0: never).
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// TCP keepalive on client sockets after this many idle seconds (0: off).
+        #[arg(long)]
+        tcp_keepalive: Option<u64>,
         /// Dial node address FROM through TO (repeatable): `--dial-via FROM=TO`.
         #[arg(long, value_name = "FROM=TO")]
         dial_via: Vec<String>,
@@ -202,6 +208,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 c.log_level = v;
             }
             shoal::init_logging(&c.log_level);
+            shoal::rlimit::raise_nofile_limit_logged();
             shoal::node::run(c).await
         }
         Command::Router {
@@ -214,6 +221,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             default_replicas,
             repair_after_ms,
             max_moves_per_node,
+            timeout,
+            tcp_keepalive,
             dial_via,
             log_level,
             failpoint,
@@ -246,11 +255,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(v) = max_moves_per_node {
                 c.max_moves_per_node = v;
             }
+            if let Some(v) = timeout {
+                c.timeout = v;
+            }
+            if let Some(v) = tcp_keepalive {
+                c.tcp_keepalive = v;
+            }
             config::parse_dial_via(&dial_via, &mut c.dial_via)?;
             if let Some(v) = log_level {
                 c.log_level = v;
             }
             shoal::init_logging(&c.log_level);
+            shoal::rlimit::raise_nofile_limit_logged();
             shoal::router::run(c).await
         }
         Command::Status { etcd, cluster } => {

@@ -24,6 +24,10 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
         (1..=16384).contains(&c.default_shards),
         "default_shards must be between 1 and 16384"
     );
+    anyhow::ensure!(
+        c.client_query_buffer_limit > 0 && c.max_multi_commands > 0 && c.max_watch_keys > 0,
+        "client_query_buffer_limit, max_multi_commands and max_watch_keys must be positive"
+    );
     if c.table_stale_after_ms < c.table_create_timeout_ms {
         tracing::warn!(
             "table_stale_after_ms < table_create_timeout_ms: a slow creation may be rolled back while its creator still waits"
@@ -86,7 +90,7 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
         txn_stats: Default::default(),
     });
     tokio::select! {
-        r = server::serve(listener, shared) => r.context("listener failed")?,
+        never = server::serve(listener, shared) => match never {},
         _ = crate::node::shutdown_signal() => tracing::info!("router shutting down"),
     }
     Ok(())

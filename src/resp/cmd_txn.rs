@@ -10,6 +10,14 @@
 //! commit otherwise. A WATCHed key that changed, or a key locked by another
 //! transaction, makes EXEC answer a null array, which clients treat as
 //! "retry".
+//!
+//! Both lists a client grows here are capped: a MULTI queues at most
+//! `shoal-max-multi-commands` commands (one more is a queueing error, so EXEC
+//! answers `-EXECABORT`), and a connection WATCHes at most
+//! `shoal-max-watch-keys` keys (a WATCH past it is refused whole, and the
+//! next EXEC aborts: it would run without the checks its client asked for).
+
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
@@ -96,6 +104,7 @@ impl Session {
         self.multi = Some(MultiState {
             table: self.table.clone(),
             db: self.db,
+            failed: self.watch_refused,
             ..Default::default()
         });
         Reply::ok()
@@ -105,12 +114,12 @@ impl Session {
         if self.multi.take().is_none() {
             return Reply::error("ERR DISCARD without MULTI");
         }
-        self.watches.clear();
-        Reply::ok()
+        self.unwatch()
     }
 
     pub(super) fn unwatch(&mut self) -> Reply {
         self.watches.clear();
+        self.watch_refused = false;
         Reply::ok()
     }
 
@@ -127,6 +136,16 @@ impl Session {
         let Some(m) = self.multi.as_ref() else {
             return Reply::error("ERR internal: not in MULTI");
         };
+        let cap = self
+            .shared
+            .limits
+            .max_multi_commands
+            .load(Ordering::Relaxed);
+        if m.queued.len() >= cap {
+            return Reply::error(format!(
+                "ERR MULTI queue is full: at most {cap} commands per transaction (shoal-max-multi-commands)"
+            ));
+        }
         let queued = match name {
             "ping" => Queued::Fixed(match args.next_bytes() {
                 Ok(msg) => Reply::Bulk(msg),
@@ -201,11 +220,18 @@ impl Session {
         if self.multi.is_some() {
             return Reply::error("ERR WATCH inside MULTI is not allowed");
         }
+        let keys = args.rest();
+        let cap = self.shared.limits.max_watch_keys.load(Ordering::Relaxed);
+        if self.watches.len().saturating_add(keys.len()) > cap {
+            self.watch_refused = true;
+            return Reply::error(format!(
+                "ERR too many WATCHed keys: at most {cap} per connection (shoal-max-watch-keys); the next EXEC will abort"
+            ));
+        }
         let table = match self.table_named(&self.table.clone()) {
             Ok(t) => t,
             Err(e) => return cluster_err(e),
         };
-        let keys = args.rest();
         let reads = shard_keys(&table, &keys);
         let now = now_ms();
         let calls = reads.iter().map(|r| {
@@ -245,6 +271,7 @@ impl Session {
             return Reply::error("ERR EXEC without MULTI");
         };
         let watches = std::mem::take(&mut self.watches);
+        self.watch_refused = false;
         if m.failed {
             return Reply::error("EXECABORT Transaction discarded because of previous errors.");
         }

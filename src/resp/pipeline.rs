@@ -14,8 +14,15 @@
 //! pipelines to several nodes. Anything else (connection commands, MULTI,
 //! multi-shard commands, table changes) ends the group and runs alone, in
 //! order.
+//!
+//! Replies are bounded as they are produced: the connection passes what is
+//! left of its output budget (`max_output_len` minus the replies the client
+//! has not read), a group admits requests only while the worst case of
+//! their replies fits it (a value read counts `max_value_len`), and
+//! execution stops once the replies produced have spent it. So a pipeline of
+//! big reads runs a few at a time, never 512 at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 
@@ -26,27 +33,58 @@ use super::reply::Reply;
 use super::session::{cluster_err, After, Session};
 use crate::cluster::plan::{merge, Plan};
 use crate::meta::etcd::now_ms;
-use crate::shard::command::{OpReply, ShardRequest, WriteCmd};
+use crate::shard::command::{OpReply, ReadOp, ShardRequest, WriteCmd, WriteOp};
 use crate::shard::txn::{TxnCmd, TxnEntry, TxnOp};
 
 /// Most requests executed as one group.
 pub const MAX_GROUP: usize = 512;
 
+/// What a reply that carries no stored value may take (status, integer,
+/// nil, short error), for the output budget.
+const SMALL_REPLY: usize = 64;
+
 impl Session {
-    /// Execute pipelined requests; one reply per request, in order. Stops
-    /// after a request that closes the connection (QUIT).
-    pub async fn handle_many(&mut self, requests: Vec<Vec<Bytes>>) -> Vec<(Reply, After)> {
-        let mut out: Vec<(Reply, After)> = Vec::with_capacity(requests.len());
+    /// Execute requests from the front of `pending`, in order; one reply per
+    /// request taken off it. Stops when `pending` is empty, after a request
+    /// that closes the connection (QUIT), or when the next request's worst
+    /// case (with the group's) would not fit `budget` bytes of replies, or
+    /// the replies produced already fill it. At least one request runs, so
+    /// a caller that loops always progresses; its output check then decides.
+    pub async fn handle_many(
+        &mut self,
+        pending: &mut VecDeque<Vec<Bytes>>,
+        budget: usize,
+    ) -> Vec<(Reply, After)> {
+        let max_value = self.shared.config.max_value_len;
+        let mut out: Vec<(Reply, After)> = Vec::new();
         let mut group: Vec<(usize, Plan)> = Vec::new();
-        for parts in requests {
-            match self.single_shard_plan(&parts) {
+        // Bytes of the replies produced, and the worst case of the group's.
+        let (mut used, mut reserved) = (0usize, 0usize);
+        while let Some(parts) = pending.front() {
+            match self.single_shard_plan(parts) {
                 Some(plan) => {
+                    let bound = reply_bound(&plan, max_value);
+                    if !out.is_empty()
+                        && used.saturating_add(reserved).saturating_add(bound) > budget
+                    {
+                        break;
+                    }
+                    pending.pop_front();
+                    reserved = reserved.saturating_add(bound);
                     out.push((Reply::Nil, After::Continue));
                     group.push((out.len() - 1, plan));
                 }
                 None => {
-                    self.flush_group(&mut group, &mut out).await;
+                    used += self.flush_group(&mut group, &mut out).await;
+                    reserved = 0;
+                    if !out.is_empty() && used >= budget {
+                        break;
+                    }
+                    let Some(parts) = pending.pop_front() else {
+                        break;
+                    };
                     let (reply, after) = self.handle(parts).await;
+                    used += reply.size_hint();
                     out.push((reply, after));
                     if after == After::Close {
                         return out;
@@ -74,11 +112,21 @@ impl Session {
         (plan.parts.len() == 1).then_some(plan)
     }
 
-    async fn flush_group(&self, group: &mut Vec<(usize, Plan)>, out: &mut [(Reply, After)]) {
+    /// Run the group, filling its replies into `out`; returns their size.
+    async fn flush_group(
+        &self,
+        group: &mut Vec<(usize, Plan)>,
+        out: &mut [(Reply, After)],
+    ) -> usize {
         if group.is_empty() {
-            return;
+            return 0;
         }
-        let plans = std::mem::take(group);
+        let slots: Vec<usize> = group.iter().map(|(i, _)| *i).collect();
+        self.run_group(std::mem::take(group), out).await;
+        slots.into_iter().map(|i| out[i].0.size_hint()).sum()
+    }
+
+    async fn run_group(&self, plans: Vec<(usize, Plan)>, out: &mut [(Reply, After)]) {
         self.shared
             .commands_processed
             .fetch_add(plans.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -169,4 +217,28 @@ impl Session {
         }))
         .await
     }
+}
+
+/// The most bytes `plan`'s reply can take: a stored value counts as
+/// `max_value` (the largest a key may hold), anything else as small.
+fn reply_bound(plan: &Plan, max_value: usize) -> usize {
+    let value = max_value.max(SMALL_REPLY);
+    plan.parts
+        .iter()
+        .map(|part| match &part.op {
+            TxnOp::Read(
+                ReadOp::Exists { .. }
+                | ReadOp::StrLen { .. }
+                | ReadOp::Ttl { .. }
+                | ReadOp::Type { .. },
+            ) => SMALL_REPLY,
+            TxnOp::Read(ReadOp::MGet { keys }) => value.saturating_mul(keys.len()),
+            // GET, GETRANGE and any read added later: a value.
+            TxnOp::Read(_) => value,
+            TxnOp::Write(
+                WriteOp::Set { get: true, .. } | WriteOp::GetDel { .. } | WriteOp::GetEx { .. },
+            ) => value,
+            TxnOp::Write(_) => SMALL_REPLY,
+        })
+        .fold(0, usize::saturating_add)
 }

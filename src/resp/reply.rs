@@ -103,6 +103,26 @@ impl Reply {
         matches!(self, Reply::Error(_))
     }
 
+    /// About how many bytes the encoded reply takes (exact for payloads,
+    /// generous for headers), for output budgets; cheaper than encoding.
+    pub fn size_hint(&self) -> usize {
+        let items = |items: &[Reply]| items.iter().map(Reply::size_hint).sum::<usize>();
+        match self {
+            Reply::Status(s) | Reply::Error(s) => s.len() + 3,
+            Reply::Verbatim(s) => s.len() + 32,
+            Reply::Bulk(b) => b.len() + 24,
+            Reply::Int(_) | Reply::Double(_) => 48,
+            Reply::Nil | Reply::NilArray | Reply::Bool(_) => 8,
+            Reply::Array(v) | Reply::Set(v) => 24 + items(v),
+            Reply::Map(pairs) => {
+                24 + pairs
+                    .iter()
+                    .map(|(k, v)| k.size_hint() + v.size_hint())
+                    .sum::<usize>()
+            }
+        }
+    }
+
     /// Append this reply's wire bytes for `proto` to `out`.
     ///
     /// Subtrees the `redis-protocol` encoders can express exactly are encoded
@@ -536,6 +556,23 @@ mod tests {
             enc(&r, Protocol::Resp3),
             b"%1\r\n$1\r\nm\r\n*1\r\n%1\r\n$1\r\nk\r\n,0.5\r\n"
         );
+    }
+
+    #[test]
+    fn size_hint_covers_the_encoding() {
+        for (r, _, _) in cases() {
+            for proto in [Protocol::Resp2, Protocol::Resp3] {
+                let n = enc(&r, proto).len();
+                assert!(
+                    r.size_hint() >= n,
+                    "{r:?} {proto:?}: {} < {n}",
+                    r.size_hint()
+                );
+            }
+        }
+        let big = Reply::Array(vec![Reply::bulk(vec![b'x'; 100_000]); 3]);
+        let n = enc(&big, Protocol::Resp2).len();
+        assert!(big.size_hint() >= n && big.size_hint() < n + 200);
     }
 
     #[test]

@@ -1,36 +1,148 @@
 //! The router's RESP listener: accepts connections, frames requests, runs
 //! them through a [`Session`] in order and writes the replies back.
 //!
-//! Pipelining falls out of the loop: every complete request already in the
-//! read buffer is executed, and replies are written while more requests are
-//! read. Limits are enforced here: the client count, and (through
-//! [`frame::parse_request`]) bulk length, argument count and inline length;
-//! unread replies past `max_output_len` close the connection.
+//! This module owns the sockets and the per-connection buffers, and with
+//! them the limits that are about connections rather than commands:
+//!
+//! * the accept loop never ends: a failed accept (EMFILE when the process is
+//!   out of file descriptors, ENFILE, ENOBUFS) is logged at most every few
+//!   seconds and retried after a backoff of 10 ms doubling up to 1 s;
+//! * the client count (`maxclients`);
+//! * TCP keepalive on every accepted socket (`tcp-keepalive` seconds);
+//! * a client idle longer than `timeout` seconds is closed (0: never);
+//! * unparsed input over `client-query-buffer-limit` closes the connection;
+//! * unread replies over `max_output_len` close it; each pipeline step gets
+//!   what is left of that budget, so replies stop being produced once it is
+//!   spent (see [`Session::handle_many`]).
+//!
+//! Request framing and its limits (bulk length, argument count, inline
+//! length, Redis's caps before AUTH) belong to [`frame`](super::frame).
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
+use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
-use super::frame::{self, Limits};
+use super::frame::{Limits, ProtocolError, RequestParser};
 use super::pipeline::MAX_GROUP;
 use super::reply::Reply;
 use super::session::{After, Session, Shared};
 
-/// Accept connections until the listener fails.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+/// Accept connections for ever; failed accepts are logged (rate-limited)
+/// and retried after a growing pause.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> Infallible {
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let (socket, peer) = listener.accept().await?;
-        let _ = socket.set_nodelay(true);
+        let (socket, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff.succeeded();
+                accepted
+            }
+            // The connection died in the backlog: nothing is wrong with us.
+            Err(e) if is_connection_error(&e) => {
+                tracing::debug!("accept: {e}");
+                continue;
+            }
+            Err(e) => {
+                let (delay, log) = backoff.failed(std::time::Instant::now());
+                if let Some(suppressed) = log {
+                    tracing::warn!(
+                        retry_in_ms = delay.as_millis() as u64,
+                        suppressed,
+                        "accept failed: {e}; backing off (out of file descriptors? raise the open-file limit or lower maxclients)"
+                    );
+                }
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        configure(&socket, shared.limits.tcp_keepalive.load(Ordering::Relaxed));
         let shared = shared.clone();
         tokio::spawn(async move {
             if let Err(e) = connection(socket, peer.to_string(), shared).await {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
         });
+    }
+}
+
+/// Accept errors that concern one pending connection, not the listener.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    ) || e.raw_os_error() == Some(libc::EPROTO)
+}
+
+/// Shortest and longest wait after a failed accept.
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one accept-failure log line per this interval.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Backoff and log throttling for failed accepts. Pure bookkeeping: the
+/// accept loop does the sleeping and the logging.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    /// The last wait (zero after a successful accept).
+    delay: Duration,
+    /// When a failure was last logged.
+    logged_at: Option<std::time::Instant>,
+    /// Failures not logged since then.
+    suppressed: u64,
+}
+
+impl AcceptBackoff {
+    fn succeeded(&mut self) {
+        self.delay = Duration::ZERO;
+    }
+
+    /// A failed accept at `now`: how long to wait, and `Some(n)` when it is
+    /// to be logged (`n`: failures left unlogged before it).
+    fn failed(&mut self, now: std::time::Instant) -> (Duration, Option<u64>) {
+        self.delay = (self.delay * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+        let log = match self.logged_at {
+            Some(at) if now.duration_since(at) < LOG_EVERY => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.logged_at = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        };
+        (self.delay, log)
+    }
+}
+
+/// Socket options of an accepted client: no Nagle delay, and keepalive
+/// probes after `keepalive_s` idle seconds (every third of that, three
+/// times, as Redis does) so dead peers are noticed; 0 leaves keepalive off.
+fn configure(socket: &TcpStream, keepalive_s: u64) {
+    let _ = socket.set_nodelay(true);
+    if keepalive_s == 0 {
+        return;
+    }
+    let idle = Duration::from_secs(keepalive_s);
+    let keepalive = TcpKeepalive::new().with_time(idle);
+    #[cfg(target_os = "linux")]
+    let keepalive = keepalive
+        .with_interval((idle / 3).max(Duration::from_secs(1)))
+        .with_retries(3);
+    if let Err(e) = SockRef::from(socket).set_tcp_keepalive(&keepalive) {
+        tracing::debug!("cannot set TCP keepalive: {e}");
     }
 }
 
@@ -58,17 +170,35 @@ async fn connection(
     result
 }
 
+/// Initial size of the read and write buffers.
+const BUF_START: usize = 16 * 1024;
+/// Buffers bigger than this are reallocated once drained.
+const SHRINK_ABOVE: usize = 1024 * 1024;
+/// Replies pending past this are written out (without waiting) between
+/// pipeline steps, so a reading client gets them while the rest runs.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// The framing limits for this client now.
+fn frame_limits(shared: &Shared, authenticated: bool) -> Limits {
+    Limits {
+        max_bulk_len: shared.limits.max_bulk_len.load(Ordering::Relaxed),
+        max_args: shared.config.max_args,
+        max_inline_len: shared.config.max_inline_len,
+        unauthenticated: !authenticated,
+    }
+}
+
 /// The connection loop. Requests are executed in order as they complete in
 /// the read buffer; replies collect in `wbuf`, which is written to the
 /// socket *while* the loop keeps reading, so a client may pipeline freely.
-/// What bounds memory: `rbuf` only ever holds one incomplete request (whose
-/// size the framing limits cap), and `wbuf` holds the replies the client has
-/// not read yet. A client that stops reading while it keeps sending makes
-/// `wbuf` grow; past `max_output_len` it is disconnected (Redis's
-/// `client-output-buffer-limit`).
-/// Buffers bigger than this are reallocated once drained.
-const SHRINK_ABOVE: usize = 1024 * 1024;
-
+///
+/// What bounds memory: `rbuf` holds the unparsed rest of the input, at most
+/// `client-query-buffer-limit` (plus one read); `pending` at most
+/// [`MAX_GROUP`] parsed requests; `wbuf` the replies the client has not read
+/// yet, at most `max_output_len` plus one reply, and the replies being
+/// produced are kept within what is left of that (see
+/// [`Session::handle_many`]). Past either limit the client is disconnected
+/// (Redis's `client-query-buffer-limit` and `client-output-buffer-limit`).
 async fn run(
     socket: &mut TcpStream,
     mut session: Session,
@@ -76,40 +206,43 @@ async fn run(
     kill: &Notify,
 ) -> std::io::Result<()> {
     let max_output = shared.config.max_output_len;
-    let mut rbuf = BytesMut::with_capacity(16 * 1024);
-    let mut wbuf = BytesMut::with_capacity(16 * 1024);
+    let mut rbuf = BytesMut::with_capacity(BUF_START);
+    let mut wbuf = BytesMut::with_capacity(BUF_START);
+    let mut parser = RequestParser::default();
+    let mut pending: VecDeque<Vec<Bytes>> = VecDeque::new();
+    let mut broken: Option<ProtocolError> = None;
+    let mut timeout = shared.limits.timeout.subscribe();
+    let mut timeout_live = true;
+    let mut last_active = Instant::now();
     let (mut rd, mut wr) = socket.split();
     loop {
-        let limits = Limits {
-            max_bulk_len: shared.limits.max_bulk_len.load(Ordering::Relaxed),
-            max_args: shared.config.max_args,
-            max_inline_len: shared.config.max_inline_len,
-        };
-        // Every complete request in the buffer is executed as one pipeline
+        // Execute every complete request in the buffer, MAX_GROUP at a time
         // (see `pipeline.rs`); a protocol error comes after the requests
         // before it have been answered.
         loop {
-            let mut requests = Vec::new();
-            let mut broken = None;
-            while requests.len() < MAX_GROUP {
-                match frame::parse_request(&mut rbuf, &limits) {
-                    Ok(Some(parts)) if parts.is_empty() => continue,
-                    Ok(Some(parts)) => requests.push(parts),
+            // Before AUTH one request at a time: its outcome decides the
+            // limits of the next one.
+            while broken.is_none()
+                && pending.len() < MAX_GROUP
+                && (session.authenticated || pending.is_empty())
+            {
+                let limits = frame_limits(shared, session.authenticated);
+                match parser.parse(&mut rbuf, &limits) {
+                    Ok(Some(parts)) if parts.is_empty() => {}
+                    Ok(Some(parts)) => pending.push_back(parts),
                     Ok(None) => break,
-                    Err(e) => {
-                        broken = Some(e);
-                        break;
-                    }
+                    Err(e) => broken = Some(e),
                 }
             }
-            let more = requests.len() == MAX_GROUP;
-            if !requests.is_empty() {
-                for (reply, after) in session.handle_many(requests).await {
-                    reply.encode(session.protocol, &mut wbuf);
-                    if after == After::Close {
-                        wr.write_all(&wbuf).await?;
-                        return Ok(());
-                    }
+            if pending.is_empty() {
+                break;
+            }
+            let budget = max_output.saturating_sub(wbuf.len());
+            for (reply, after) in session.handle_many(&mut pending, budget).await {
+                reply.encode(session.protocol, &mut wbuf);
+                if after == After::Close {
+                    wr.write_all(&wbuf).await?;
+                    return Ok(());
                 }
                 if wbuf.len() > max_output {
                     tracing::warn!(
@@ -120,32 +253,104 @@ async fn run(
                     return Ok(());
                 }
             }
-            if let Some(e) = broken {
-                Reply::error(format!("ERR {e}")).encode(session.protocol, &mut wbuf);
-                wr.write_all(&wbuf).await?;
-                return Ok(());
-            }
-            if !more {
-                break;
+            // Executing counts as activity (a slow command is not idleness).
+            last_active = Instant::now();
+            if wbuf.len() >= FLUSH_AT {
+                match wr.try_write(&wbuf) {
+                    Ok(n) => wbuf.advance(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
+        if let Some(e) = broken {
+            Reply::error(format!("ERR {e}")).encode(session.protocol, &mut wbuf);
+            wr.write_all(&wbuf).await?;
+            return Ok(());
+        }
+        let query_limit = shared.limits.query_buffer_limit.load(Ordering::Relaxed);
+        if rbuf.len() > query_limit {
+            tracing::warn!(
+                client = session.id,
+                unparsed = rbuf.len(),
+                "closing client: query buffer over client-query-buffer-limit"
+            );
+            return Ok(());
+        }
+        let idle_secs = *timeout.borrow_and_update();
+        let idle_deadline = (idle_secs > 0)
+            .then(|| last_active.checked_add(Duration::from_secs(idle_secs)))
+            .flatten();
         tokio::select! {
             r = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => {
                 r?;
+                last_active = Instant::now();
             }
             r = rd.read_buf(&mut rbuf) => {
                 if r? == 0 {
                     return Ok(());
                 }
+                last_active = Instant::now();
             }
             _ = kill.notified() => return Ok(()),
+            _ = tokio::time::sleep_until(idle_deadline.unwrap_or(last_active)),
+                if idle_deadline.is_some() =>
+            {
+                tracing::debug!(client = session.id, "closing client idle for {idle_secs} s (timeout)");
+                return Ok(());
+            }
+            // CONFIG SET timeout: recompute the deadline.
+            r = timeout.changed(), if timeout_live => timeout_live = r.is_ok(),
         }
         // Give back what a burst of big replies or requests grew.
         if wbuf.is_empty() && wbuf.capacity() > SHRINK_ABOVE {
-            wbuf = BytesMut::with_capacity(16 * 1024);
+            wbuf = BytesMut::with_capacity(BUF_START);
         }
         if rbuf.is_empty() && rbuf.capacity() > SHRINK_ABOVE {
-            rbuf = BytesMut::with_capacity(16 * 1024);
+            rbuf = BytesMut::with_capacity(BUF_START);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_backoff_doubles_to_a_cap_and_resets() {
+        let mut b = AcceptBackoff::default();
+        let now = std::time::Instant::now();
+        let delays: Vec<u64> = (0..10)
+            .map(|_| b.failed(now).0.as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+        b.succeeded();
+        assert_eq!(b.failed(now).0, BACKOFF_MIN);
+    }
+
+    #[test]
+    fn accept_failures_are_logged_at_most_every_interval() {
+        let mut b = AcceptBackoff::default();
+        let t0 = std::time::Instant::now();
+        assert_eq!(b.failed(t0).1, Some(0));
+        for i in 1..=5 {
+            assert_eq!(b.failed(t0 + Duration::from_secs(i)).1, None);
+        }
+        // Ten seconds after the last logged one: logged, with the count.
+        assert_eq!(b.failed(t0 + LOG_EVERY).1, Some(5));
+        assert_eq!(b.failed(t0 + LOG_EVERY).1, None);
+    }
+
+    #[test]
+    fn per_connection_accept_errors_are_not_backed_off() {
+        assert!(is_connection_error(&io::Error::from(
+            io::ErrorKind::ConnectionAborted
+        )));
+        assert!(!is_connection_error(&io::Error::from_raw_os_error(
+            libc::EMFILE
+        )));
+        assert!(!is_connection_error(&io::Error::from_raw_os_error(
+            libc::ENFILE
+        )));
     }
 }

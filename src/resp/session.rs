@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
+use tokio::sync::watch;
 
 use super::args::{ArgError, Args};
 use super::commands::{lookup, COMMANDS};
@@ -37,11 +38,23 @@ pub struct Shared {
     pub txn_stats: crate::cluster::txn::TxnStats,
 }
 
-/// The limits an operator may change with CONFIG SET while the router runs.
+/// The limits an operator may change with CONFIG SET while the router runs
+/// (initialised from the [`RouterConfig`] fields of the same names).
 #[derive(Debug)]
 pub struct RuntimeLimits {
     pub max_clients: AtomicUsize,
     pub max_bulk_len: AtomicUsize,
+    /// Idle seconds before a client is closed (0: never). A watch channel,
+    /// so waiting connections see a change at once.
+    pub timeout: watch::Sender<u64>,
+    /// TCP keepalive of sockets accepted from now on (s; 0: off).
+    pub tcp_keepalive: AtomicU64,
+    /// Unparsed input a client may have buffered (bytes).
+    pub query_buffer_limit: AtomicUsize,
+    /// Commands one MULTI may queue.
+    pub max_multi_commands: AtomicUsize,
+    /// Keys one connection may WATCH at once.
+    pub max_watch_keys: AtomicUsize,
 }
 
 impl RuntimeLimits {
@@ -49,6 +62,32 @@ impl RuntimeLimits {
         RuntimeLimits {
             max_clients: AtomicUsize::new(c.max_clients),
             max_bulk_len: AtomicUsize::new(c.max_bulk_len),
+            timeout: watch::Sender::new(c.timeout),
+            tcp_keepalive: AtomicU64::new(c.tcp_keepalive),
+            query_buffer_limit: AtomicUsize::new(c.client_query_buffer_limit),
+            max_multi_commands: AtomicUsize::new(c.max_multi_commands),
+            max_watch_keys: AtomicUsize::new(c.max_watch_keys),
+        }
+    }
+}
+
+/// Where CONFIG SET stores a parameter.
+enum Setting<'a> {
+    Size(&'a AtomicUsize),
+    Secs(&'a AtomicU64),
+    Watched(&'a watch::Sender<u64>),
+}
+
+impl Setting<'_> {
+    fn store(&self, v: u64) {
+        match self {
+            Setting::Size(a) => {
+                a.store(usize::try_from(v).unwrap_or(usize::MAX), Ordering::Relaxed)
+            }
+            Setting::Secs(a) => a.store(v, Ordering::Relaxed),
+            Setting::Watched(w) => {
+                w.send_replace(v);
+            }
         }
     }
 }
@@ -184,6 +223,9 @@ pub struct Session {
     pub(super) multi: Option<super::cmd_txn::MultiState>,
     /// WATCHed keys with their versions.
     pub(super) watches: Vec<super::cmd_string::WatchedKey>,
+    /// A WATCH was refused (too many keys): the next transaction aborts,
+    /// since it would run without all the checks its client asked for.
+    pub(super) watch_refused: bool,
 }
 
 pub(super) fn wrong_args(name: &str) -> Reply {
@@ -214,6 +256,7 @@ impl Session {
             name: String::new(),
             multi: None,
             watches: Vec::new(),
+            watch_refused: false,
         }
     }
 
@@ -308,6 +351,7 @@ impl Session {
     fn reset(&mut self) {
         self.multi = None;
         self.watches.clear();
+        self.watch_refused = false;
         self.protocol = Protocol::Resp2;
         self.table = "default".into();
         self.db = 0;
@@ -592,26 +636,45 @@ impl Session {
     fn config_params(&self) -> Vec<(&'static str, String)> {
         let c = &self.shared.config;
         let l = &self.shared.limits;
+        let size = |a: &AtomicUsize| a.load(Ordering::Relaxed).to_string();
         vec![
             ("appendonly", "no".into()),
             ("databases", "16".into()),
-            (
-                "maxclients",
-                l.max_clients.load(Ordering::Relaxed).to_string(),
-            ),
-            (
-                "proto-max-bulk-len",
-                l.max_bulk_len.load(Ordering::Relaxed).to_string(),
-            ),
+            ("maxclients", size(&l.max_clients)),
+            ("proto-max-bulk-len", size(&l.max_bulk_len)),
+            ("client-query-buffer-limit", size(&l.query_buffer_limit)),
             ("save", String::new()),
-            ("timeout", "0".into()),
+            ("timeout", l.timeout.borrow().to_string()),
+            (
+                "tcp-keepalive",
+                l.tcp_keepalive.load(Ordering::Relaxed).to_string(),
+            ),
             ("shoal-max-value-len", c.max_value_len.to_string()),
             ("shoal-max-output-len", c.max_output_len.to_string()),
+            ("shoal-max-multi-commands", size(&l.max_multi_commands)),
+            ("shoal-max-watch-keys", size(&l.max_watch_keys)),
         ]
     }
 
-    /// CONFIG SET parameter value [parameter value ...]: only `maxclients`
-    /// and `proto-max-bulk-len` change at run time.
+    /// A parameter CONFIG SET may change: where it goes, its smallest value,
+    /// and whether it is a size (`1mb`, `2gb` accepted, as in Redis).
+    fn setting(&self, name: &str) -> Option<(Setting<'_>, u64, bool)> {
+        let l = &self.shared.limits;
+        Some(match name {
+            "maxclients" => (Setting::Size(&l.max_clients), 1, false),
+            "proto-max-bulk-len" => (Setting::Size(&l.max_bulk_len), 1, true),
+            "client-query-buffer-limit" => (Setting::Size(&l.query_buffer_limit), 1, true),
+            "timeout" => (Setting::Watched(&l.timeout), 0, false),
+            "tcp-keepalive" => (Setting::Secs(&l.tcp_keepalive), 0, false),
+            "shoal-max-multi-commands" => (Setting::Size(&l.max_multi_commands), 1, false),
+            "shoal-max-watch-keys" => (Setting::Size(&l.max_watch_keys), 1, false),
+            _ => return None,
+        })
+    }
+
+    /// CONFIG SET parameter value [parameter value ...]: the limits in
+    /// [`RuntimeLimits`] change at run time; all values are checked before
+    /// any is applied.
     fn config_set(&self, args: &mut Args) -> Reply {
         let rest = args.rest();
         if rest.is_empty() || !rest.len().is_multiple_of(2) {
@@ -620,30 +683,30 @@ impl Session {
         let mut updates = Vec::new();
         for pair in rest.chunks(2) {
             let name = String::from_utf8_lossy(&pair[0]).to_ascii_lowercase();
-            let value = super::args::parse_i64(&pair[1]).filter(|v| *v > 0);
-            let target = match name.as_str() {
-                "maxclients" => &self.shared.limits.max_clients,
-                "proto-max-bulk-len" => &self.shared.limits.max_bulk_len,
-                _ if self.config_params().iter().any(|(k, _)| *k == name) => {
+            let Some((target, min, sized)) = self.setting(&name) else {
+                if self.config_params().iter().any(|(k, _)| *k == name) {
                     return Reply::error(format!(
                         "ERR CONFIG SET failed (possibly related to argument '{name}') - can't set immutable config"
-                    ))
+                    ));
                 }
-                _ => {
-                    return Reply::error(format!(
-                        "ERR Unknown option or number of arguments for CONFIG SET - '{name}'"
-                    ))
-                }
-            };
-            let Some(value) = value else {
                 return Reply::error(format!(
-                    "ERR CONFIG SET failed (possibly related to argument '{name}') - argument couldn't be parsed into an integer"
+                    "ERR Unknown option or number of arguments for CONFIG SET - '{name}'"
                 ));
             };
-            updates.push((target, value as usize));
+            let value = if sized {
+                parse_memory(&pair[1])
+            } else {
+                super::args::parse_i64(&pair[1]).and_then(|v| u64::try_from(v).ok())
+            };
+            let Some(value) = value.filter(|v| *v >= min) else {
+                return Reply::error(format!(
+                    "ERR CONFIG SET failed (possibly related to argument '{name}') - argument couldn't be parsed into an integer of at least {min}"
+                ));
+            };
+            updates.push((target, value));
         }
         for (target, value) in updates {
-            target.store(value, Ordering::Relaxed);
+            target.store(value);
         }
         Reply::ok()
     }
@@ -825,6 +888,25 @@ impl Session {
     }
 }
 
+/// A size as Redis's `memtoull` reads it: digits with an optional unit,
+/// `k`/`m`/`g` (powers of 1000) or `kb`/`mb`/`gb` (powers of 1024), any case.
+fn parse_memory(s: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(s).ok()?.to_ascii_lowercase();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    let scale: u64 = match unit {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1024,
+        "m" => 1000 * 1000,
+        "mb" => 1024 * 1024,
+        "g" => 1000 * 1000 * 1000,
+        "gb" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(scale)
+}
+
 /// This process's resident memory in bytes (0 where /proc is missing).
 pub fn resident_bytes() -> u64 {
     let pages = std::fs::read_to_string("/proc/self/statm")
@@ -834,4 +916,30 @@ pub fn resident_bytes() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     pages * page.max(0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory(b"1048576"), Some(1 << 20));
+        assert_eq!(parse_memory(b"1mb"), Some(1 << 20));
+        assert_eq!(parse_memory(b"1MB"), Some(1 << 20));
+        assert_eq!(parse_memory(b"2k"), Some(2000));
+        assert_eq!(parse_memory(b"1gb"), Some(1 << 30));
+        assert_eq!(parse_memory(b"7b"), Some(7));
+        for bad in [
+            &b""[..],
+            b"mb",
+            b"-1",
+            b"1.5mb",
+            b"1tb",
+            b" 1",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(parse_memory(bad), None, "{bad:?}");
+        }
+    }
 }
