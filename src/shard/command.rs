@@ -141,7 +141,7 @@ const SHOWN_KEY_BYTES: usize = 128;
 
 /// A key quoted for a one-line message, like Redis's `sdscatrepr`: control
 /// and non-ASCII bytes escaped (so no CR/LF reaches a RESP error line), cut
-/// after [`SHOWN_KEY_BYTES`] bytes.
+/// after 128 bytes.
 pub fn printable(key: &[u8]) -> String {
     let mut out = String::with_capacity(key.len().min(SHOWN_KEY_BYTES) + 2);
     out.push('"');
