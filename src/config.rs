@@ -144,6 +144,31 @@ pub struct NodeConfig {
     /// chaos harness's fault-injecting links). Flag: `--dial-via FROM=TO`.
     pub dial_via: BTreeMap<String, String>,
     pub log_level: String,
+    /// Largest value a key may hold (bytes), enforced by the shard leader
+    /// on every write whatever the router allowed (at least 1024).
+    pub max_value_len: u64,
+    /// Largest reply the node builds for one request (bytes): a SCAN page
+    /// ends there, a bigger MGET is refused.
+    pub max_reply_len: usize,
+}
+
+impl NodeConfig {
+    /// The limits the node enforces on requests.
+    pub fn limits(&self) -> anyhow::Result<crate::shard::command::Limits> {
+        // INCRBYFLOAT's longest result (about 330 bytes) always fits.
+        anyhow::ensure!(
+            self.max_value_len >= 1024,
+            "max_value_len must be at least 1024 bytes"
+        );
+        anyhow::ensure!(
+            self.max_reply_len >= 1024,
+            "max_reply_len must be at least 1024 bytes"
+        );
+        Ok(crate::shard::command::Limits {
+            max_value_len: self.max_value_len,
+            max_reply_len: self.max_reply_len,
+        })
+    }
 }
 
 impl Default for NodeConfig {
@@ -167,6 +192,8 @@ impl Default for NodeConfig {
             max_snapshot_len: 8 * 1024 * 1024 * 1024,
             dial_via: BTreeMap::new(),
             log_level: "info".into(),
+            max_value_len: 16 * 1024 * 1024,
+            max_reply_len: 64 * 1024 * 1024,
         }
     }
 }
@@ -247,6 +274,15 @@ mod tests {
         assert_eq!((r.max_multi_commands, r.max_watch_keys), (10_000, 10_000));
         let n: NodeConfig = load(Some(&dir.join("node.toml"))).unwrap();
         assert_eq!(n.fsync, "always");
+        assert_eq!(
+            n.limits().unwrap(),
+            crate::shard::command::Limits::default()
+        );
+        let tiny = NodeConfig {
+            max_value_len: 100,
+            ..NodeConfig::default()
+        };
+        assert!(tiny.limits().is_err());
         let d: DevConfig = load(Some(&dir.join("dev.toml"))).unwrap();
         assert_eq!((d.port, d.nodes), (6379, 3));
     }

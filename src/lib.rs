@@ -14,6 +14,7 @@ pub mod config;
 pub mod dev;
 pub mod devcluster;
 pub mod failpoint;
+pub mod glob;
 pub mod meta;
 pub mod node;
 pub mod resp;

@@ -56,6 +56,12 @@ enum Command {
         /// Log entries between snapshots.
         #[arg(long)]
         snapshot_threshold: Option<u64>,
+        /// Largest value a key may hold (bytes), enforced by this node.
+        #[arg(long)]
+        max_value_len: Option<u64>,
+        /// Largest reply this node builds for one request (bytes).
+        #[arg(long)]
+        max_reply_len: Option<usize>,
         /// Dial node address FROM through TO (repeatable): `--dial-via FROM=TO`.
         #[arg(long, value_name = "FROM=TO")]
         dial_via: Vec<String>,
@@ -173,6 +179,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cluster,
             fsync,
             snapshot_threshold,
+            max_value_len,
+            max_reply_len,
             dial_via,
             log_level,
             failpoint,
@@ -181,6 +189,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 shoal::failpoint::arm(fp);
             }
             let mut c: NodeConfig = config::load(config.as_deref())?;
+            if let Some(v) = max_value_len {
+                c.max_value_len = v;
+            }
+            if let Some(v) = max_reply_len {
+                c.max_reply_len = v;
+            }
             if let Some(v) = id {
                 c.id = v;
             }

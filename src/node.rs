@@ -62,6 +62,7 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
             raft: Arc::new(raft_config(&c)?),
             write_timeout: Duration::from_millis(c.write_timeout_ms),
             read_timeout: Duration::from_millis(c.read_timeout_ms),
+            limits: c.limits()?,
         },
     );
     crate::shard::host::spawn_expiry_purger(host.clone(), Duration::from_secs(1));

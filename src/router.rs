@@ -47,6 +47,8 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
             // answer still has time to try another replica.
             rpc_timeout: timeout.mul_f64(0.75),
             dial_via: c.dial_via.clone(),
+            // Headroom for the framing around a page (cursor, headers).
+            max_reply_len: c.max_output_len.saturating_sub(4096).max(1024),
         },
     );
     tokio::spawn(admin::ensure_default_table(

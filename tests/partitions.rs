@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use common::{connect, run};
 use redis::Value as RedisValue;
-use shoal_chaos::faults::{key_in, parse_describe, ShardInfo};
-use shoal_chaos::resp::Conn;
 use shoal::devcluster::links::node_endpoint;
 use shoal::devcluster::{ClusterOpts, LocalCluster};
+use shoal_chaos::faults::{key_in, parse_describe, ShardInfo};
+use shoal_chaos::resp::Conn;
 
 fn shards(router: &str) -> Vec<ShardInfo> {
     let mut c = Conn::connect(router, Duration::from_secs(10)).unwrap();

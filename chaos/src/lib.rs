@@ -33,10 +33,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use shoal::devcluster::{ClusterOpts, LocalCluster};
 use checks::Violation;
 use faults::{FaultKind, FaultStats, Injector};
 use history::{Call, History, Outcome, Recorder};
+use shoal::devcluster::{ClusterOpts, LocalCluster};
 use workload::{Bounds, KeySpace, Mix, Routers};
 
 /// On, off, or on when the cluster supports it.

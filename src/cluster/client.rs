@@ -44,6 +44,9 @@ pub struct ClientConfig {
     pub rpc_timeout: Duration,
     /// Advertised node address → address dialled (see `RouterConfig::dial_via`).
     pub dial_via: std::collections::BTreeMap<String, String>,
+    /// Largest reply a node should build for one request (bytes; sent with
+    /// each request, the node also applies its own limit).
+    pub max_reply_len: usize,
 }
 
 impl Default for ClientConfig {
@@ -52,6 +55,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(5),
             rpc_timeout: Duration::from_secs(4),
             dial_via: Default::default(),
+            max_reply_len: 64 * 1024 * 1024,
         }
     }
 }
@@ -156,6 +160,20 @@ impl ShardClient {
         shard: usize,
         req: ShardRequest,
     ) -> Result<OpReply, ClusterError> {
+        let max_reply = self.config.max_reply_len;
+        self.execute_bounded(table, shard, req, max_reply).await
+    }
+
+    /// [`ShardClient::execute`] taking a reply of at most `max_reply` bytes:
+    /// the node builds nothing bigger (a SCAN page ends sooner, an MGET is
+    /// refused).
+    pub async fn execute_bounded(
+        &self,
+        table: &TableRoute,
+        shard: usize,
+        req: ShardRequest,
+        max_reply: usize,
+    ) -> Result<OpReply, ClusterError> {
         let sd = table
             .desc
             .shards
@@ -179,6 +197,12 @@ impl ShardClient {
         );
         let payload =
             bincode::serialize(&req).map_err(|e| ClusterError::Internal(e.to_string()))?;
+        let request = ExecuteRequest {
+            group_id: gid,
+            request: payload,
+            // 0 means "no limit but the node's own".
+            max_reply_len: (max_reply as u64).max(1),
+        };
         let deadline = Instant::now() + self.config.request_timeout;
         let n = sd.replicas.len().max(1);
         let mut turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -227,8 +251,7 @@ impl ShardClient {
             match self
                 .attempt(
                     target,
-                    gid,
-                    &payload,
+                    &request,
                     remaining.min(self.config.rpc_timeout),
                     eventual,
                     resend_safe,
@@ -273,20 +296,16 @@ impl ShardClient {
     async fn attempt(
         &self,
         node: u64,
-        gid: u64,
-        payload: &[u8],
+        req: &ExecuteRequest,
         timeout: Duration,
         eventual: bool,
         resend_safe: bool,
     ) -> Result<OpReply, Attempt> {
+        let gid = req.group_id;
         let mut client = self
             .client(node)
             .map_err(|_| Attempt::Retry { leader: None })?;
-        let req = ExecuteRequest {
-            group_id: gid,
-            request: payload.to_vec(),
-        };
-        let reply = match tokio::time::timeout(timeout, client.execute(req)).await {
+        let reply = match tokio::time::timeout(timeout, client.execute(req.clone())).await {
             // No answer in time: for a write the outcome is unknown; a read
             // may go to another replica.
             Err(_) => {
@@ -334,6 +353,7 @@ impl ShardClient {
             ))),
             Err(ShardError::Storage(e)) => Err(Attempt::Fail(ClusterError::Internal(e))),
             Err(ShardError::BadRequest(e)) => Err(Attempt::Fail(ClusterError::Internal(e))),
+            Err(ShardError::Corrupt(c)) => Err(Attempt::Fail(ClusterError::Corrupt(c))),
         }
     }
 
@@ -438,6 +458,7 @@ mod tests {
             .execute(ExecuteRequest {
                 group_id: 1,
                 request: vec![],
+                max_reply_len: 0,
             })
             .await
             .unwrap_err()

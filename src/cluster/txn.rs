@@ -93,6 +93,8 @@ pub async fn execute(
                 stats.committed.fetch_add(1, Ordering::Relaxed);
                 Ok(Outcome::Committed(replies))
             }
+            // Refused before proposing, or a corrupt record: nothing ran.
+            OpReply::Error(e) => Err(ClusterError::Refused(e)),
             _ => {
                 stats.conflicts.fetch_add(1, Ordering::Relaxed);
                 Ok(Outcome::Conflict)
@@ -145,6 +147,10 @@ pub async fn execute(
     for v in &votes {
         match v {
             Ok(OpReply::Int(1)) => {}
+            Ok(OpReply::Error(e)) => {
+                all_yes = false;
+                failure.get_or_insert_with(|| ClusterError::Refused(e.clone()));
+            }
             Ok(_) => all_yes = false,
             Err(e) => {
                 all_yes = false;
@@ -199,6 +205,9 @@ pub async fn execute(
     for (w, r) in work.iter().zip(results) {
         match r {
             Ok(OpReply::Array(rs)) => place(&mut replies, &w.ops, rs)?,
+            // This shard could not run its part (a corrupt prepared record):
+            // say so rather than "replies lost".
+            Ok(OpReply::Error(e)) => return Err(ClusterError::Refused(e)),
             // Committed, but this shard's replies are not to be had (it was
             // committed by recovery meanwhile, or is unreachable now).
             Ok(_) | Err(_) => {
@@ -297,7 +306,10 @@ async fn read_versions(
                 return Err(ClusterError::Internal("bad ReadVersions row".into()));
             };
             let value = match fields.first() {
-                Some(OpReply::Bulk(raw)) => Stored::decode(raw),
+                // The node checked it; unreadable here is a bug, not "absent".
+                Some(OpReply::Bulk(raw)) => Some(Stored::decode(raw).map_err(|e| {
+                    ClusterError::Internal(format!("a shard sent an unreadable value: {e}"))
+                })?),
                 _ => None,
             };
             let locked = matches!(fields.get(1), Some(OpReply::Int(1)));

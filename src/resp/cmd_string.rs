@@ -5,8 +5,14 @@
 //! Multi-key commands split their keys by shard and send one request per
 //! shard, all in parallel (MGET reassembles the answers in key order).
 //! Keyspace commands (KEYS, SCAN, DBSIZE, FLUSHDB, FLUSHALL) go to every
-//! shard. MSET/MSETNX whose keys span shards are refused rather than applied
-//! half way; they become atomic with cross-shard transactions.
+//! shard. MSET/MSETNX whose keys span shards run as one transaction.
+//!
+//! Fan-out replies are bounded before they are built: every request tells
+//! the node the router's output limit (`max_output_len`), so a node never
+//! builds a bigger page or MGET answer; KEYS walks each shard page by page
+//! and stops as soon as the keys gathered pass the limit; an MGET whose
+//! reply cannot fit is refused before it is sent. The client then gets
+//! `-ERR reply too large: ...` instead of a reply the connection would drop.
 //!
 //! SCAN cursors: a Redis cursor is one unsigned 64-bit number, but a position
 //! inside a shard is a key. The cursor is `shard << 48 | token`, where token
@@ -17,6 +23,7 @@
 //! which SCAN allows, but are never missed.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,7 +40,8 @@ use crate::cluster::ClusterError;
 use crate::meta::descriptor::TableState;
 use crate::meta::etcd::now_ms;
 use crate::shard::command::{
-    ExpireCond, Expiry, OpReply, ReadOp, SetCond, ShardRequest, WriteCmd, WriteOp,
+    reply_too_large, ExpireCond, Expiry, OpReply, ReadOp, SetCond, ShardRequest, WriteCmd, WriteOp,
+    MAX_SCAN_COUNT,
 };
 use crate::shard::txn::TxnOp;
 
@@ -100,21 +108,7 @@ impl Session {
             "keys" => {
                 let pattern = args.next_bytes().unwrap_or_default();
                 let everything = &pattern[..] == b"*";
-                let req = self.read(ReadOp::Scan {
-                    after: Bytes::new(),
-                    count: u64::MAX,
-                    pattern: (!everything).then_some(pattern),
-                });
-                match self.all_shards(&table, |_| req.clone()).await {
-                    Ok(replies) => {
-                        let mut keys = Vec::new();
-                        for r in replies {
-                            keys.extend(scan_reply(r).1.into_iter().map(Reply::Bulk));
-                        }
-                        Reply::Array(keys)
-                    }
-                    Err(r) => r,
-                }
+                self.keys(&table, (!everything).then_some(pattern)).await
             }
             "scan" => self.scan(&table, args).await,
             _ => match compile(name, args, &table, self.shared.config.max_value_len) {
@@ -124,8 +118,70 @@ impl Session {
         }
     }
 
+    /// KEYS: every shard walked page by page, in parallel, until the keys
+    /// gathered pass the output limit (then the reply is the error, and no
+    /// more pages are asked for). Each page is at most an equal share of
+    /// the limit, so no more than twice the limit is ever held.
+    async fn keys(&self, table: &Arc<TableRoute>, pattern: Option<Bytes>) -> Reply {
+        let limit = self.shared.config.max_output_len;
+        let shards = table.desc.shards.len();
+        let page_budget = (limit / shards.max(1)).max(64 * 1024);
+        let gathered = AtomicUsize::new(0);
+        let walks = (0..shards).map(|shard| {
+            let (gathered, pattern) = (&gathered, pattern.clone());
+            async move {
+                let mut keys = Vec::new();
+                let mut after = Bytes::new();
+                while gathered.load(Ordering::Relaxed) < limit {
+                    let req = self.read(ReadOp::Scan {
+                        after,
+                        count: MAX_SCAN_COUNT,
+                        pattern: pattern.clone(),
+                    });
+                    let reply = self
+                        .shared
+                        .client
+                        .execute_bounded(table, shard, req, page_budget)
+                        .await
+                        .map_err(cluster_err)?;
+                    if let OpReply::Error(e) = reply {
+                        return Err(Reply::Error(e));
+                    }
+                    let (next, page) = scan_reply(reply);
+                    let size: usize = page.iter().map(|k| bulk_size(k.len())).sum();
+                    gathered.fetch_add(size, Ordering::Relaxed);
+                    keys.extend(page.into_iter().map(Reply::Bulk));
+                    match next {
+                        Some(last) => after = last,
+                        None => break,
+                    }
+                }
+                Ok(keys)
+            }
+        });
+        let mut keys = Vec::new();
+        for r in futures::future::join_all(walks).await {
+            match r {
+                Ok(k) => keys.extend(k),
+                Err(reply) => return reply,
+            }
+        }
+        // The keys plus the array's header.
+        if gathered.load(Ordering::Relaxed).saturating_add(16) > limit {
+            return Reply::error(reply_too_large("KEYS", limit));
+        }
+        Reply::Array(keys)
+    }
+
     /// Run a compiled command outside MULTI.
     pub(super) async fn run_plan(&self, plan: Plan) -> Reply {
+        let limit = self.shared.config.max_output_len;
+        if let Merge::Gather { len, .. } = &plan.merge {
+            // Even all nils (5 bytes each) would not fit: refuse unsent.
+            if len.saturating_mul(5) > limit {
+                return Reply::error(reply_too_large("MGET", limit));
+            }
+        }
         if plan.shards() > 1 {
             match plan.atomicity {
                 Atomicity::AllOrNothing => return self.run_atomic(plan).await,
@@ -141,11 +197,21 @@ impl Session {
             self.execute_waiting_for_locks(&plan.table, part.shard, req)
         });
         let mut replies = Vec::with_capacity(plan.parts.len());
+        let mut size = 0usize;
         for r in futures::future::join_all(calls).await {
             match r {
-                Ok(r) => replies.push(r),
+                Ok(r) => {
+                    // Each part was bounded by the node; their sum may not be.
+                    size = size.saturating_add(r.resp_size());
+                    replies.push(r)
+                }
                 Err(e) => return cluster_err(e),
             }
+        }
+        // Only a read is refused here: a write's reply comes after its
+        // effect, and an error would claim it did not happen.
+        if size > limit && plan.is_read_only() {
+            return Reply::error(reply_too_large(&plan_name(&plan), limit));
         }
         op_reply(merge(&plan.merge, replies))
     }
@@ -270,7 +336,27 @@ impl Session {
         self.on_shards(table, reqs).await
     }
 
-    /// Live keys in a table (DBSIZE), for INFO keyspace.
+    /// Keys stored in a table, for INFO keyspace: the sum of the counters
+    /// the shards keep (any replica; no key is read). Approximate: expired
+    /// keys not yet purged count, and a lagging replica may answer.
+    pub(super) async fn table_key_count(&self, table: &Arc<TableRoute>) -> Result<i64, Reply> {
+        routable(table).map_err(cluster_err)?;
+        let req = ShardRequest::Read {
+            op: ReadOp::KeyCount,
+            linearizable: false,
+            now_ms: now_ms(),
+        };
+        let replies = self.all_shards(table, |_| req.clone()).await?;
+        Ok(replies
+            .iter()
+            .map(|r| match r {
+                OpReply::Int(n) => *n,
+                _ => 0,
+            })
+            .sum())
+    }
+
+    /// Live keys in a table (DBSIZE): exact, every shard counts its keys.
     pub(super) async fn table_dbsize(&self, table: &Arc<TableRoute>) -> Result<i64, Reply> {
         routable(table).map_err(cluster_err)?;
         let req = self.read(ReadOp::DbSize);
@@ -323,9 +409,10 @@ impl Session {
         while let Some(opt) = args.peek_upper() {
             let _ = args.next_bytes();
             match opt.as_str() {
+                // A hint: a shard page examines at most MAX_SCAN_COUNT keys.
                 "COUNT" => match args.next_i64() {
                     Ok(n) if n < 1 => return Reply::error(ERR_SYNTAX),
-                    Ok(n) => count = n as u64,
+                    Ok(n) => count = (n as u64).min(MAX_SCAN_COUNT),
                     Err(super::args::ArgError::NotInteger) => return Reply::error(ERR_NOT_INTEGER),
                     Err(_) => return Reply::error(ERR_SYNTAX),
                 },
@@ -742,6 +829,19 @@ fn routable(t: &TableRoute) -> Result<(), ClusterError> {
             name: t.desc.name.clone(),
             state: "being dropped",
         }),
+    }
+}
+
+/// Bytes of a RESP bulk string of `len` bytes.
+fn bulk_size(len: usize) -> usize {
+    OpReply::Bulk(Bytes::new()).resp_size() + len + len.checked_ilog10().unwrap_or(0) as usize
+}
+
+/// The command a plan runs, for an error message.
+fn plan_name(plan: &Plan) -> String {
+    match plan.parts.first().map(|p| &p.op) {
+        Some(TxnOp::Read(ReadOp::MGet { .. })) => "MGET".into(),
+        _ => "the reply".into(),
     }
 }
 

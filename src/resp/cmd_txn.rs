@@ -251,7 +251,15 @@ impl Session {
             for (key, row) in r.keys.iter().zip(rows) {
                 let stored = match row {
                     OpReply::Array(fields) => match fields.first() {
-                        Some(OpReply::Bulk(raw)) => Stored::decode(raw),
+                        // The node checked it; unreadable here is a bug, not "absent".
+                        Some(OpReply::Bulk(raw)) => match Stored::decode(raw) {
+                            Ok(s) => Some(s),
+                            Err(e) => {
+                                return cluster_err(ClusterError::Internal(format!(
+                                    "a shard sent an unreadable value: {e}"
+                                )))
+                            }
+                        },
                         _ => None,
                     },
                     _ => None,
@@ -367,6 +375,7 @@ impl Session {
                 return Ok(None);
             }
         }
+        let max_reply = self.shared.config.max_output_len;
         let mut out = Vec::with_capacity(plans.len());
         for p in plans {
             let name = p.table.desc.name.clone();
@@ -374,11 +383,12 @@ impl Session {
                 .parts
                 .iter()
                 .map(|part| match &part.op {
-                    TxnOp::Read(op) => apply_read(op, now, &mut |k| {
-                        snapshot
+                    TxnOp::Read(op) => apply_read(op, now, max_reply, &mut |k| {
+                        Ok(snapshot
                             .get(&(name.clone(), Bytes::copy_from_slice(k)))
-                            .cloned()
-                    }),
+                            .cloned())
+                    })
+                    .unwrap_or_else(|c| c.reply()),
                     TxnOp::Write(_) => {
                         OpReply::Error("ERR internal: write in a read-only transaction".into())
                     }

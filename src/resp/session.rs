@@ -725,9 +725,9 @@ impl Session {
         let params = self.config_params();
         let mut out = Vec::new();
         for pattern in args.rest() {
-            let pattern = String::from_utf8_lossy(&pattern).to_ascii_lowercase();
+            // Redis matches parameter names ignoring case.
             for (k, v) in &params {
-                if crate::shard::command::glob_match(pattern.as_bytes(), k.as_bytes())
+                if crate::glob::glob_match_nocase(&pattern, k.as_bytes())
                     && !out
                         .iter()
                         .any(|(name, _): &(Reply, Reply)| *name == Reply::bulk(*k))
@@ -873,7 +873,8 @@ impl Session {
             let mut tables: Vec<&Arc<TableRoute>> = view.tables.values().collect();
             tables.sort_by_key(|t| t.desc.db_index);
             for t in tables {
-                if let Ok(n) = self.table_dbsize(t).await {
+                // The nodes' key counters: INFO must not read every key.
+                if let Ok(n) = self.table_key_count(t).await {
                     if n > 0 {
                         text.push_str(&format!(
                             "db{}:keys={n},expires=0,avg_ttl=0\r\n",

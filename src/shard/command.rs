@@ -11,10 +11,27 @@
 //! anything else local, so every replica that applies the same log reaches the
 //! same data. Everything here is plain data in, plain data out: the storage
 //! module feeds it values and writes back what it returns.
+//!
+//! **Nothing from the wire is trusted.** Before a leader proposes a write it
+//! runs [`admit`] with its own [`Limits`]: values over the node's size limit
+//! are refused, and the limit of the writes that grow a value in place
+//! (APPEND, SETRANGE) is stamped into the entry by the leader, whatever the
+//! router put there. Replies are bounded too: SCAN pages and MGET stop at the
+//! node's reply limit instead of building an answer nobody may send.
+//!
+//! **Corruption is an error, never an absent key.** [`Stored::decode`]
+//! fails on a record it cannot read; every reader turns that into a
+//! [`Corrupt`] naming the group and the key, which becomes the command's
+//! error reply (`-ERR corrupt data at group <g> key <k>`) and an error log
+//! line. A write that meets a corrupt value writes nothing.
+
+use std::collections::HashSet;
+use std::fmt;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::glob::glob_match;
 use crate::resp::args::{parse_f64, parse_i64};
 
 /// A stored value: the user bytes plus what the store needs to know about them.
@@ -27,6 +44,13 @@ pub struct Stored {
     pub data: Bytes,
 }
 
+/// Why a stored value could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("a stored value needs at least 16 bytes, found {0}")]
+    TooShort(usize),
+}
+
 impl Stored {
     /// Encoding in the data column family: version (8, BE) ++ expiry (8, BE) ++ bytes.
     pub fn encode(&self) -> Vec<u8> {
@@ -37,15 +61,18 @@ impl Stored {
         v
     }
 
-    pub fn decode(raw: &[u8]) -> Option<Stored> {
-        if raw.len() < 16 {
-            return None;
-        }
-        let version = u64::from_be_bytes(raw[0..8].try_into().ok()?);
-        let expire_at_ms = u64::from_be_bytes(raw[8..16].try_into().ok()?);
-        Some(Stored {
-            version,
-            expire_at_ms,
+    pub fn decode(raw: &[u8]) -> Result<Stored, DecodeError> {
+        let (Some(version), Some(expiry)) = (raw.get(0..8), raw.get(8..16)) else {
+            return Err(DecodeError::TooShort(raw.len()));
+        };
+        let be = |b: &[u8]| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            u64::from_be_bytes(a)
+        };
+        Ok(Stored {
+            version: be(version),
+            expire_at_ms: be(expiry),
             data: Bytes::copy_from_slice(&raw[16..]),
         })
     }
@@ -53,6 +80,147 @@ impl Stored {
     /// Whether the value is still alive at `now_ms`.
     pub fn live_at(&self, now_ms: u64) -> bool {
         self.expire_at_ms == 0 || self.expire_at_ms > now_ms
+    }
+}
+
+/// Where a corrupt record was found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Place {
+    /// A value in the data column family.
+    Key(Bytes),
+    /// The lock row of a key.
+    Lock(Bytes),
+    /// A prepared transaction's record.
+    Prepared(u64),
+    /// A Raft log entry.
+    LogEntry(u64),
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Place::Key(k) => write!(f, "key {}", printable(k)),
+            Place::Lock(k) => write!(f, "lock of key {}", printable(k)),
+            Place::Prepared(t) => write!(f, "prepared transaction {t}"),
+            Place::LogEntry(i) => write!(f, "log entry {i}"),
+        }
+    }
+}
+
+/// A record of group `group` that does not decode: the reply of whatever
+/// command met it (the shard layer's one data error; its text is the RESP
+/// error, `ERR` prefix included).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("ERR corrupt data at group {group} {place}")]
+pub struct Corrupt {
+    pub group: u64,
+    pub place: Place,
+}
+
+impl Corrupt {
+    /// Report a corrupt record (an error log line with the group and the
+    /// place) and return the error to hand to the client.
+    pub fn found(group: u64, place: Place, why: &dyn fmt::Display) -> Corrupt {
+        tracing::error!(group, place = %place, "corrupt data: {why}");
+        Corrupt { group, place }
+    }
+
+    /// Decode a stored value of `key`, or report it corrupt.
+    pub fn check(group: u64, key: &[u8], raw: &[u8]) -> Result<Stored, Corrupt> {
+        Stored::decode(raw)
+            .map_err(|e| Corrupt::found(group, Place::Key(Bytes::copy_from_slice(key)), &e))
+    }
+
+    pub fn reply(&self) -> OpReply {
+        OpReply::Error(self.to_string())
+    }
+}
+
+/// Longest part of a key shown in an error or a log line.
+const SHOWN_KEY_BYTES: usize = 128;
+
+/// A key quoted for a one-line message, like Redis's `sdscatrepr`: control
+/// and non-ASCII bytes escaped (so no CR/LF reaches a RESP error line), cut
+/// after 128 bytes.
+pub fn printable(key: &[u8]) -> String {
+    let mut out = String::with_capacity(key.len().min(SHOWN_KEY_BYTES) + 2);
+    out.push('"');
+    for &c in key.iter().take(SHOWN_KEY_BYTES) {
+        match c {
+            b'\\' => out.push_str("\\\\"),
+            b'"' => out.push_str("\\\""),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x20..=0x7e => out.push(c as char),
+            _ => out.push_str(&format!("\\x{c:02x}")),
+        }
+    }
+    out.push('"');
+    if key.len() > SHOWN_KEY_BYTES {
+        out.push_str(&format!("... ({} bytes)", key.len()));
+    }
+    out
+}
+
+/// What a node enforces on requests, from its own configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest value a key may hold (bytes).
+    pub max_value_len: u64,
+    /// Largest reply the node builds for one request (bytes, RESP-encoded
+    /// estimate): a SCAN page ends there, an MGET over it is refused.
+    pub max_reply_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_value_len: 16 * 1024 * 1024,
+            max_reply_len: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// The error of a reply that would pass `limit` bytes.
+pub fn reply_too_large(what: &str, limit: usize) -> String {
+    format!("ERR reply too large: {what} would pass the {limit}-byte reply limit")
+}
+
+/// Check a write before the leader proposes it, against the node's own
+/// limits: a value over `max_value_len` is refused (the reply is the
+/// error; nothing is proposed), and APPEND / SETRANGE get the node's limit
+/// stamped into them, replacing whatever the sender chose. Apply enforces
+/// the stamped limit, so replicas agree even if their configurations do not.
+pub fn admit(op: &mut WriteOp, limits: &Limits) -> Result<(), OpReply> {
+    let max = limits.max_value_len;
+    let too_big = || Err(OpReply::Error(ERR_TOO_BIG.into()));
+    match op {
+        WriteOp::Set { value, .. } if value.len() as u64 > max => too_big(),
+        WriteOp::MSet { pairs, .. } if pairs.iter().any(|(_, v)| v.len() as u64 > max) => too_big(),
+        WriteOp::Append { value, max_len, .. } => {
+            *max_len = max;
+            if value.len() as u64 > max {
+                return too_big();
+            }
+            Ok(())
+        }
+        WriteOp::SetRange {
+            offset,
+            value,
+            max_len,
+            ..
+        } => {
+            *max_len = max;
+            if !value.is_empty() && offset.saturating_add(value.len() as u64) > max {
+                return too_big();
+            }
+            Ok(())
+        }
+        WriteOp::IncrByFloat { by, .. } if parse_f64(by).is_none() => {
+            Err(OpReply::Error(ERR_NOT_FLOAT.into()))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -144,13 +312,15 @@ pub enum WriteOp {
     IncrBy { key: Bytes, by: i64 },
     /// INCRBYFLOAT; the increment as the client sent it (validated text).
     IncrByFloat { key: Bytes, by: Bytes },
-    /// APPEND; `max_len` is the largest value allowed.
+    /// APPEND. `max_len`, the largest value allowed, is stamped by the
+    /// shard leader from its own configuration ([`admit`]) before it
+    /// proposes the entry; what a router sends there is overwritten.
     Append {
         key: Bytes,
         value: Bytes,
         max_len: u64,
     },
-    /// SETRANGE; `max_len` is the largest value allowed.
+    /// SETRANGE; `max_len` as for [`WriteOp::Append`].
     SetRange {
         key: Bytes,
         offset: u64,
@@ -232,18 +402,24 @@ pub enum ReadOp {
         key: Bytes,
     },
     /// One page of the group's keys, in key order, strictly after `after`
-    /// (empty: from the start). At most `count` stored keys are examined;
-    /// expired keys and keys not matching `pattern` are skipped. Served by
-    /// the host from an iterator over the group's range, filtered by
-    /// [`scan_page`]. Reply: `[Bulk(next), Array(keys)]` where `next` is the
-    /// last key examined, or nil when the group is exhausted.
+    /// (empty: from the start). At most `count` stored keys are examined
+    /// (the node clamps it to [`MAX_SCAN_COUNT`]), and the page also ends
+    /// once its keys reach the node's reply limit; expired keys and keys
+    /// not matching `pattern` are skipped. Served by the host from an
+    /// iterator over the group's range, filtered by [`scan_page`]. Reply:
+    /// `[Bulk(next), Array(keys)]` where `next` is the last key examined,
+    /// or nil when the group is exhausted.
     Scan {
         after: Bytes,
         count: u64,
         pattern: Option<Bytes>,
     },
-    /// DBSIZE: live keys in the group.
+    /// DBSIZE: live keys in the group (exact: reads every key).
     DbSize,
+    /// The keys the group stores, from the counter the state machine keeps
+    /// as it applies (no scan; expired keys not yet purged count, as in
+    /// Redis's INFO keyspace). For INFO. Reply: `Int`.
+    KeyCount,
 }
 
 impl ReadOp {
@@ -256,7 +432,7 @@ impl ReadOp {
             | ReadOp::Ttl { key, .. }
             | ReadOp::Type { key } => vec![key],
             ReadOp::Exists { keys } | ReadOp::MGet { keys } => keys.iter().collect(),
-            ReadOp::Scan { .. } | ReadOp::DbSize => Vec::new(),
+            ReadOp::Scan { .. } | ReadOp::DbSize | ReadOp::KeyCount => Vec::new(),
         }
     }
 }
@@ -282,6 +458,25 @@ pub enum OpReply {
     Error(String),
 }
 
+impl OpReply {
+    /// Bytes of this reply in RESP2 (what the router will send), computed
+    /// without encoding it.
+    pub fn resp_size(&self) -> usize {
+        // Type byte, a number, CRLF.
+        let head = |n: usize| 3 + n.checked_ilog10().unwrap_or(0) as usize + 1;
+        match self {
+            OpReply::Ok => 5,
+            OpReply::Nil => 5,
+            OpReply::Int(n) => head(n.unsigned_abs() as usize) + 1,
+            OpReply::Bulk(b) => head(b.len()) + b.len() + 2,
+            OpReply::Status(s) | OpReply::Error(s) => s.len() + 3,
+            OpReply::Array(items) => {
+                head(items.len()) + items.iter().map(OpReply::resp_size).sum::<usize>()
+            }
+        }
+    }
+}
+
 pub const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
 pub const ERR_OVERFLOW: &str = "ERR increment or decrement would overflow";
 pub const ERR_NOT_FLOAT: &str = "ERR value is not a valid float";
@@ -291,6 +486,10 @@ pub const ERR_TOO_BIG: &str = "ERR string exceeds maximum allowed size (proto-ma
 /// The changes one write makes: each key to a new value or to nothing.
 pub type Changes = Vec<(Bytes, Option<Stored>)>;
 
+/// How apply reads a key: its stored value (expired or not), `None` when
+/// absent, or the corruption found instead.
+pub type ReadFn<'a> = dyn FnMut(&[u8]) -> Result<Option<Stored>, Corrupt> + 'a;
+
 /// Apply one write to the current values, deterministically.
 ///
 /// `read` returns the stored value of a key as of just before this write
@@ -298,14 +497,25 @@ pub type Changes = Vec<(Bytes, Option<Stored>)>;
 /// `index` is the Raft log index of the entry: it becomes the version of every
 /// value written. Returns the reply and the changes to make. (For
 /// [`WriteOp::FlushGroup`] the caller clears the group first; the changes
-/// are then empty.)
-pub fn apply_write(
+/// are then empty.) A corrupt value met on the way makes the reply that
+/// error, with no changes at all.
+///
+/// Keys named several times (MSET, DEL, the purge) are de-duplicated with a
+/// hash set: linear, whatever the number of keys.
+pub fn apply_write(cmd: &WriteCmd, index: u64, read: &mut ReadFn<'_>) -> (OpReply, Changes) {
+    match write_result(cmd, index, read) {
+        Ok(r) => r,
+        Err(c) => (c.reply(), Vec::new()),
+    }
+}
+
+fn write_result(
     cmd: &WriteCmd,
     index: u64,
-    read: &mut dyn FnMut(&[u8]) -> Option<Stored>,
-) -> (OpReply, Changes) {
+    read: &mut ReadFn<'_>,
+) -> Result<(OpReply, Changes), Corrupt> {
     let now = cmd.now_ms;
-    let mut live = |key: &[u8]| read(key).filter(|v| v.live_at(now));
+    let mut live = |key: &[u8]| Ok::<_, Corrupt>(read(key)?.filter(|v| v.live_at(now)));
     let put = |key: &Bytes, data: Bytes, expire_at_ms: u64| {
         (
             key.clone(),
@@ -320,6 +530,7 @@ pub fn apply_write(
         Some(v) => OpReply::Bulk(v.data.clone()),
         None => OpReply::Nil,
     };
+    let nothing = |reply: OpReply| Ok((reply, Vec::new()));
     match &cmd.op {
         WriteOp::Set {
             key,
@@ -328,7 +539,10 @@ pub fn apply_write(
             cond,
             get,
         } => {
-            let old = live(key);
+            // A plain SET needs nothing of the old value (so it also
+            // repairs a corrupt one).
+            let blind = *cond == SetCond::Always && !*get && *expiry != Expiry::Keep;
+            let old = if blind { None } else { live(key)? };
             let allowed = match cond {
                 SetCond::Always => true,
                 SetCond::IfAbsent => old.is_none(),
@@ -340,7 +554,7 @@ pub fn apply_write(
                 } else {
                     OpReply::Nil
                 };
-                return (reply, Vec::new());
+                return nothing(reply);
             }
             let expire_at_ms = match expiry {
                 Expiry::Clear => 0,
@@ -354,96 +568,106 @@ pub fn apply_write(
             } else {
                 put(key, value.clone(), expire_at_ms)
             };
-            (reply, vec![new])
+            Ok((reply, vec![new]))
         }
         WriteOp::Del { keys } => {
             let mut removed = 0;
             let mut changes: Changes = Vec::new();
+            let mut seen: HashSet<&[u8]> = HashSet::with_capacity(keys.len());
             for key in keys {
-                if changes.iter().any(|(k, _)| k == key) {
+                if !seen.insert(key) {
                     continue;
                 }
                 // An expired value is purged too, but only a live one counts.
-                if let Some(v) = read(key) {
+                if let Some(v) = read(key)? {
                     if v.live_at(now) {
                         removed += 1;
                     }
                     changes.push((key.clone(), None));
                 }
             }
-            (OpReply::Int(removed), changes)
+            Ok((OpReply::Int(removed), changes))
         }
         WriteOp::PurgeExpired { keys } => {
             let mut changes: Changes = Vec::new();
+            let mut seen: HashSet<&[u8]> = HashSet::with_capacity(keys.len());
             for key in keys {
-                if changes.iter().any(|(k, _)| k == key) {
+                if !seen.insert(key) {
                     continue;
                 }
-                if matches!(read(key), Some(v) if !v.live_at(now)) {
+                if matches!(read(key)?, Some(v) if !v.live_at(now)) {
                     changes.push((key.clone(), None));
                 }
             }
-            (OpReply::Int(changes.len() as i64), changes)
+            Ok((OpReply::Int(changes.len() as i64), changes))
         }
         WriteOp::MSet { pairs, nx } => {
-            if *nx && pairs.iter().any(|(k, _)| live(k).is_some()) {
-                return (OpReply::Int(0), Vec::new());
+            if *nx {
+                for (k, _) in pairs {
+                    if live(k)?.is_some() {
+                        return nothing(OpReply::Int(0));
+                    }
+                }
             }
-            // A key named twice takes its last value.
-            let mut changes: Changes = Vec::new();
-            for (k, v) in pairs {
-                changes.retain(|(c, _)| c != k);
-                changes.push(put(k, v.clone(), 0));
+            // A key named twice takes its last value: walk backwards and
+            // keep each key's first sighting.
+            let mut seen: HashSet<&[u8]> = HashSet::with_capacity(pairs.len());
+            let mut changes: Changes = Vec::with_capacity(pairs.len());
+            for (k, v) in pairs.iter().rev() {
+                if seen.insert(k) {
+                    changes.push(put(k, v.clone(), 0));
+                }
             }
+            changes.reverse();
             let reply = if *nx { OpReply::Int(1) } else { OpReply::Ok };
-            (reply, changes)
+            Ok((reply, changes))
         }
-        WriteOp::GetDel { key } => match live(key) {
-            Some(v) => (OpReply::Bulk(v.data), vec![(key.clone(), None)]),
-            None => (OpReply::Nil, Vec::new()),
+        WriteOp::GetDel { key } => match live(key)? {
+            Some(v) => Ok((OpReply::Bulk(v.data), vec![(key.clone(), None)])),
+            None => nothing(OpReply::Nil),
         },
         WriteOp::GetEx { key, expiry } => {
-            let Some(v) = live(key) else {
-                return (OpReply::Nil, Vec::new());
+            let Some(v) = live(key)? else {
+                return nothing(OpReply::Nil);
             };
             let reply = OpReply::Bulk(v.data.clone());
             let change = match expiry {
-                Expiry::Keep => return (reply, Vec::new()),
-                Expiry::Clear if v.expire_at_ms == 0 => return (reply, Vec::new()),
+                Expiry::Keep => return nothing(reply),
+                Expiry::Clear if v.expire_at_ms == 0 => return nothing(reply),
                 Expiry::Clear => put(key, v.data, 0),
                 Expiry::At(t) if *t <= now => (key.clone(), None),
                 Expiry::At(t) => put(key, v.data, *t),
             };
-            (reply, vec![change])
+            Ok((reply, vec![change]))
         }
         WriteOp::IncrBy { key, by } => {
-            let old = live(key);
+            let old = live(key)?;
             let current = match &old {
                 None => 0,
                 Some(v) => match parse_i64(&v.data) {
                     Some(n) => n,
-                    None => return (OpReply::Error(ERR_NOT_INTEGER.into()), Vec::new()),
+                    None => return nothing(OpReply::Error(ERR_NOT_INTEGER.into())),
                 },
             };
             let Some(new) = current.checked_add(*by) else {
-                return (OpReply::Error(ERR_OVERFLOW.into()), Vec::new());
+                return nothing(OpReply::Error(ERR_OVERFLOW.into()));
             };
             let ttl = old.map_or(0, |v| v.expire_at_ms);
-            (
+            Ok((
                 OpReply::Int(new),
                 vec![put(key, Bytes::from(new.to_string()), ttl)],
-            )
+            ))
         }
         WriteOp::IncrByFloat { key, by } => {
-            let old = live(key);
+            let old = live(key)?;
             let current: &[u8] = old.as_ref().map_or(b"0", |v| &v.data[..]);
             match incr_float(current, by) {
                 Ok(text) => {
                     let ttl = old.as_ref().map_or(0, |v| v.expire_at_ms);
                     let text = Bytes::from(text);
-                    (OpReply::Bulk(text.clone()), vec![put(key, text, ttl)])
+                    Ok((OpReply::Bulk(text.clone()), vec![put(key, text, ttl)]))
                 }
-                Err(e) => (OpReply::Error(e.into()), Vec::new()),
+                Err(e) => nothing(OpReply::Error(e.into())),
             }
         }
         WriteOp::Append {
@@ -451,11 +675,11 @@ pub fn apply_write(
             value,
             max_len,
         } => {
-            let old = live(key);
+            let old = live(key)?;
             let old_len = old.as_ref().map_or(0, |v| v.data.len());
             let total = old_len as u64 + value.len() as u64;
             if total > *max_len {
-                return (OpReply::Error(ERR_TOO_BIG.into()), Vec::new());
+                return nothing(OpReply::Error(ERR_TOO_BIG.into()));
             }
             let mut data = Vec::with_capacity(total as usize);
             if let Some(v) = &old {
@@ -463,10 +687,10 @@ pub fn apply_write(
             }
             data.extend_from_slice(value);
             let ttl = old.map_or(0, |v| v.expire_at_ms);
-            (
+            Ok((
                 OpReply::Int(total as i64),
                 vec![put(key, Bytes::from(data), ttl)],
-            )
+            ))
         }
         WriteOp::SetRange {
             key,
@@ -474,14 +698,14 @@ pub fn apply_write(
             value,
             max_len,
         } => {
-            let old = live(key);
+            let old = live(key)?;
             let old_len = old.as_ref().map_or(0, |v| v.data.len());
             if value.is_empty() {
-                return (OpReply::Int(old_len as i64), Vec::new());
+                return nothing(OpReply::Int(old_len as i64));
             }
             let end = offset.saturating_add(value.len() as u64);
             if end > *max_len {
-                return (OpReply::Error(ERR_TOO_BIG.into()), Vec::new());
+                return nothing(OpReply::Error(ERR_TOO_BIG.into()));
             }
             let end = end as usize;
             let mut data = old.as_ref().map_or_else(Vec::new, |v| v.data.to_vec());
@@ -491,27 +715,27 @@ pub fn apply_write(
             data[*offset as usize..end].copy_from_slice(value);
             let len = data.len() as i64;
             let ttl = old.map_or(0, |v| v.expire_at_ms);
-            (OpReply::Int(len), vec![put(key, Bytes::from(data), ttl)])
+            Ok((OpReply::Int(len), vec![put(key, Bytes::from(data), ttl)]))
         }
         WriteOp::Expire { key, at_ms, cond } => {
-            let Some(v) = live(key) else {
-                return (OpReply::Int(0), Vec::new());
+            let Some(v) = live(key)? else {
+                return nothing(OpReply::Int(0));
             };
             if !expire_allowed(v.expire_at_ms, *at_ms, *cond) {
-                return (OpReply::Int(0), Vec::new());
+                return nothing(OpReply::Int(0));
             }
             let change = if *at_ms <= now as i64 {
                 (key.clone(), None)
             } else {
                 put(key, v.data, *at_ms as u64)
             };
-            (OpReply::Int(1), vec![change])
+            Ok((OpReply::Int(1), vec![change]))
         }
-        WriteOp::Persist { key } => match live(key) {
-            Some(v) if v.expire_at_ms != 0 => (OpReply::Int(1), vec![put(key, v.data, 0)]),
-            _ => (OpReply::Int(0), Vec::new()),
+        WriteOp::Persist { key } => match live(key)? {
+            Some(v) if v.expire_at_ms != 0 => Ok((OpReply::Int(1), vec![put(key, v.data, 0)])),
+            _ => nothing(OpReply::Int(0)),
         },
-        WriteOp::FlushGroup => (OpReply::Ok, Vec::new()),
+        WriteOp::FlushGroup => nothing(OpReply::Ok),
     }
 }
 
@@ -563,6 +787,25 @@ fn trim_fraction(s: &str) -> String {
     }
 }
 
+/// A decimal exponent (`[+-]digits`), clamped to ±10^9 so that no
+/// arithmetic on it can overflow; `None` when it is not one.
+fn parse_exponent(s: &str) -> Option<i64> {
+    let (neg, digits) = match s.as_bytes().first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    const CLAMP: i64 = 1_000_000_000;
+    let mut v: i64 = 0;
+    for c in digits.bytes() {
+        v = (v * 10 + i64::from(c - b'0')).min(CLAMP);
+    }
+    Some(if neg { -v } else { v })
+}
+
 /// An exact decimal `mantissa * 10^-scale`, for INCRBYFLOAT.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Decimal {
@@ -573,6 +816,8 @@ struct Decimal {
 impl Decimal {
     /// Plain or exponent decimal text (`-1.5`, `.5`, `3e2`), at most 30
     /// significant digits and a scale within 0..=60; `None` otherwise.
+    /// Exponents of any size are taken without overflow (`0e-2147483648`
+    /// is zero; `1e-99999999999` is out of range).
     fn parse(s: &[u8]) -> Option<Decimal> {
         let s = std::str::from_utf8(s).ok()?;
         let (neg, body) = match s.as_bytes().first()? {
@@ -581,7 +826,7 @@ impl Decimal {
             _ => (false, s),
         };
         let (mant, exp) = match body.find(['e', 'E']) {
-            Some(i) => (&body[..i], body[i + 1..].parse::<i32>().ok()?),
+            Some(i) => (&body[..i], parse_exponent(&body[i + 1..])?),
             None => (body, 0),
         };
         let (int, frac) = mant.split_once('.').unwrap_or((mant, ""));
@@ -598,9 +843,17 @@ impl Decimal {
         } else {
             digits.parse().ok()?
         };
-        let mut scale = frac.len() as i32 - exp;
+        if m == 0 {
+            return Some(Decimal {
+                mantissa: 0,
+                scale: 0,
+            });
+        }
+        // Both terms are bounded (the text, the clamped exponent): no overflow.
+        let mut scale = frac.len() as i64 - exp;
         if scale < 0 {
-            m = m.checked_mul(10i128.checked_pow((-scale) as u32)?)?;
+            let up = u32::try_from(-scale).ok()?;
+            m = m.checked_mul(10i128.checked_pow(up)?)?;
             scale = 0;
         }
         if scale > 60 || m.abs() >= 10i128.pow(36) {
@@ -627,9 +880,15 @@ impl Decimal {
     fn round(self, decimals: u32) -> Decimal {
         let (mut m, mut scale) = (self.mantissa, self.scale);
         if scale > decimals {
-            let div = 10i128.pow(scale - decimals);
+            let Some(div) = 10i128.checked_pow(scale - decimals) else {
+                // A divisor past i128 is far above any mantissa (< 10^37).
+                return Decimal {
+                    mantissa: 0,
+                    scale: decimals,
+                };
+            };
             let (q, r) = (m / div, m % div);
-            m = if r.abs() * 2 >= div {
+            m = if r.abs() >= div - r.abs() {
                 q + m.signum()
             } else {
                 q
@@ -671,55 +930,75 @@ impl Decimal {
 }
 
 /// Serve a read from the current values. Pure, like [`apply_write`].
-/// ([`ReadOp::Scan`] and [`ReadOp::DbSize`] need the whole range; the host
-/// serves them with [`scan_page`] and [`count_live`].)
+/// ([`ReadOp::Scan`], [`ReadOp::DbSize`] and [`ReadOp::KeyCount`] need the
+/// whole group; the host serves them, with [`scan_page`] and
+/// [`count_live`].) An MGET whose reply would pass `max_reply` bytes stops
+/// reading and answers the "reply too large" error. A corrupt value is the
+/// error, never an absent key.
 pub fn apply_read(
     op: &ReadOp,
     now_ms: u64,
-    read: &mut dyn FnMut(&[u8]) -> Option<Stored>,
-) -> OpReply {
-    let mut live = |key: &[u8]| read(key).filter(|v| v.live_at(now_ms));
-    match op {
-        ReadOp::Get { key } => match live(key) {
+    max_reply: usize,
+    read: &mut ReadFn<'_>,
+) -> Result<OpReply, Corrupt> {
+    let mut live = |key: &[u8]| Ok::<_, Corrupt>(read(key)?.filter(|v| v.live_at(now_ms)));
+    Ok(match op {
+        ReadOp::Get { key } => match live(key)? {
             Some(v) => OpReply::Bulk(v.data),
             None => OpReply::Nil,
         },
         ReadOp::Exists { keys } => {
-            OpReply::Int(keys.iter().filter(|k| live(k).is_some()).count() as i64)
+            let mut n = 0;
+            for k in keys {
+                n += live(k)?.is_some() as i64;
+            }
+            OpReply::Int(n)
         }
-        ReadOp::MGet { keys } => OpReply::Array(
-            keys.iter()
-                .map(|k| match live(k) {
+        ReadOp::MGet { keys } => {
+            let mut size = 0usize;
+            let mut out = Vec::with_capacity(keys.len());
+            for k in keys {
+                let item = match live(k)? {
                     Some(v) => OpReply::Bulk(v.data),
                     None => OpReply::Nil,
-                })
-                .collect(),
-        ),
-        ReadOp::StrLen { key } => OpReply::Int(live(key).map_or(0, |v| v.data.len() as i64)),
+                };
+                size = size.saturating_add(item.resp_size());
+                if size > max_reply {
+                    return Ok(OpReply::Error(reply_too_large("MGET", max_reply)));
+                }
+                out.push(item);
+            }
+            OpReply::Array(out)
+        }
+        ReadOp::StrLen { key } => OpReply::Int(live(key)?.map_or(0, |v| v.data.len() as i64)),
         ReadOp::GetRange { key, start, end } => {
-            let data = live(key).map(|v| v.data).unwrap_or_default();
+            let data = live(key)?.map(|v| v.data).unwrap_or_default();
             OpReply::Bulk(get_range(&data, *start, *end))
         }
-        ReadOp::Ttl { key, ms } => match live(key) {
+        ReadOp::Ttl { key, ms } => match live(key)? {
             None => OpReply::Int(-2),
             Some(v) if v.expire_at_ms == 0 => OpReply::Int(-1),
             Some(v) => {
-                let left = (v.expire_at_ms - now_ms) as i64;
-                OpReply::Int(if *ms { left } else { (left + 500) / 1000 })
+                let left = i64::try_from(v.expire_at_ms.saturating_sub(now_ms)).unwrap_or(i64::MAX);
+                OpReply::Int(if *ms {
+                    left
+                } else {
+                    left.saturating_add(500) / 1000
+                })
             }
         },
         ReadOp::Type { key } => OpReply::Status(
-            if live(key).is_some() {
+            if live(key)?.is_some() {
                 "string"
             } else {
                 "none"
             }
             .to_string(),
         ),
-        ReadOp::Scan { .. } | ReadOp::DbSize => {
+        ReadOp::Scan { .. } | ReadOp::DbSize | ReadOp::KeyCount => {
             OpReply::Error("ERR scan needs the host's range iterator".into())
         }
-    }
+    })
 }
 
 /// GETRANGE's slice, with Redis's negative-index rules.
@@ -741,97 +1020,72 @@ pub fn get_range(data: &Bytes, start: i64, end: i64) -> Bytes {
     data.slice(start as usize..=end as usize)
 }
 
+/// Most stored keys one SCAN page examines, whatever COUNT asks (SCAN's
+/// COUNT is a hint; KEYS walks a group page by page).
+pub const MAX_SCAN_COUNT: u64 = 100_000;
+
 /// One page of a SCAN over a group's stored pairs, given in key order
 /// (strictly after the cursor). Examines at most `count` pairs (at least
-/// one); skips expired ones and those not matching `pattern`. Returns
-/// `[Bulk(last examined key) | Nil when the input ran out, Array(keys)]`.
-pub fn scan_page<I>(rows: I, now_ms: u64, count: u64, pattern: Option<&[u8]>) -> OpReply
+/// one, at most [`MAX_SCAN_COUNT`]); skips expired ones and those not
+/// matching `pattern`. The page also ends before its keys would pass
+/// `max_reply` bytes (it holds at least one key), so no page is built
+/// bigger than the caller takes.
+/// Returns `[Bulk(last examined key) | Nil when the input ran out,
+/// Array(keys)]`, or the first error of the input.
+pub fn scan_page<I, E>(
+    rows: I,
+    now_ms: u64,
+    count: u64,
+    pattern: Option<&[u8]>,
+    max_reply: usize,
+) -> Result<OpReply, E>
 where
-    I: IntoIterator<Item = (Bytes, Stored)>,
+    I: IntoIterator<Item = Result<(Bytes, Stored), E>>,
 {
+    // A lone `*` is "everything" (as in Redis), the empty key included.
+    let pattern = pattern.filter(|p| *p != b"*");
+    let count = count.clamp(1, MAX_SCAN_COUNT);
     let mut keys = Vec::new();
+    let mut size = 0usize;
     let mut examined = 0u64;
     let mut last = None;
     let mut rows = rows.into_iter();
-    loop {
-        if examined >= count.max(1) {
-            break;
-        }
-        let Some((k, v)) = rows.next() else {
-            return OpReply::Array(vec![OpReply::Nil, OpReply::Array(keys)]);
+    while examined < count {
+        let Some(row) = rows.next() else {
+            return Ok(OpReply::Array(vec![OpReply::Nil, OpReply::Array(keys)]));
         };
-        examined += 1;
+        let (k, v) = row?;
         if v.live_at(now_ms) && pattern.is_none_or(|p| glob_match(p, &k)) {
-            keys.push(OpReply::Bulk(k.clone()));
+            let key = OpReply::Bulk(k.clone());
+            let grown = size.saturating_add(key.resp_size());
+            if grown > max_reply && !keys.is_empty() {
+                // Full: this key opens the next page (the cursor stays
+                // on the one before it).
+                break;
+            }
+            size = grown;
+            keys.push(key);
         }
+        examined += 1;
         last = Some(k);
     }
     let next = match last {
         Some(k) => OpReply::Bulk(k),
         None => OpReply::Nil,
     };
-    OpReply::Array(vec![next, OpReply::Array(keys)])
+    Ok(OpReply::Array(vec![next, OpReply::Array(keys)]))
 }
 
-/// DBSIZE of one group: the live pairs among `rows`.
-pub fn count_live<I>(rows: I, now_ms: u64) -> i64
+/// DBSIZE of one group: the live pairs among `rows`, or the first error.
+pub fn count_live<I, E>(rows: I, now_ms: u64) -> Result<i64, E>
 where
-    I: IntoIterator<Item = Stored>,
+    I: IntoIterator<Item = Result<Stored, E>>,
 {
-    rows.into_iter().filter(|v| v.live_at(now_ms)).count() as i64
-}
-
-/// Redis-style glob match (`*`, `?`, `[abc]`, `[^a-z]`, `\` escapes), as
-/// Redis's `stringmatchlen`.
-pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
-    match pattern.first() {
-        None => s.is_empty(),
-        Some(b'*') => {
-            // Collapse runs of '*'.
-            let rest = &pattern[1..];
-            if rest.is_empty() {
-                return true;
-            }
-            (0..=s.len()).any(|i| glob_match(rest, &s[i..]))
-        }
-        Some(b'?') => !s.is_empty() && glob_match(&pattern[1..], &s[1..]),
-        Some(b'[') => {
-            let Some(end) = pattern
-                .iter()
-                .skip(1)
-                .position(|&c| c == b']')
-                .map(|p| p + 1)
-            else {
-                return !s.is_empty() && s[0] == b'[' && glob_match(&pattern[1..], &s[1..]);
-            };
-            let class = &pattern[1..end];
-            let (negate, class) = match class.first() {
-                Some(b'^') => (true, &class[1..]),
-                _ => (false, class),
-            };
-            let Some(&c) = s.first() else { return false };
-            let mut hit = false;
-            let mut i = 0;
-            while i < class.len() {
-                if class[i] == b'\\' && i + 1 < class.len() {
-                    hit |= class[i + 1] == c;
-                    i += 2;
-                } else if i + 2 < class.len() && class[i + 1] == b'-' {
-                    let (lo, hi) = (class[i].min(class[i + 2]), class[i].max(class[i + 2]));
-                    hit |= lo <= c && c <= hi;
-                    i += 3;
-                } else {
-                    hit |= class[i] == c;
-                    i += 1;
-                }
-            }
-            hit != negate && glob_match(&pattern[end + 1..], &s[1..])
-        }
-        Some(b'\\') if pattern.len() > 1 => {
-            !s.is_empty() && s[0] == pattern[1] && glob_match(&pattern[2..], &s[1..])
-        }
-        Some(&c) => !s.is_empty() && s[0] == c && glob_match(&pattern[1..], &s[1..]),
+    let mut n = 0;
+    for v in rows {
+        n += v?.live_at(now_ms) as i64;
     }
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -841,7 +1095,7 @@ mod tests {
 
     fn run(db: &mut HashMap<Bytes, Stored>, index: u64, cmd: WriteCmd) -> OpReply {
         let snapshot = db.clone();
-        let (reply, changes) = apply_write(&cmd, index, &mut |k| snapshot.get(k).cloned());
+        let (reply, changes) = apply_write(&cmd, index, &mut |k| Ok(snapshot.get(k).cloned()));
         for (k, v) in changes {
             match v {
                 Some(v) => db.insert(k, v),
@@ -916,14 +1170,8 @@ mod tests {
         let get = ReadOp::Get {
             key: Bytes::from("k"),
         };
-        assert_eq!(
-            apply_read(&get, 99, &mut |k| db.get(k).cloned()),
-            OpReply::Bulk(Bytes::from("a"))
-        );
-        assert_eq!(
-            apply_read(&get, 100, &mut |k| db.get(k).cloned()),
-            OpReply::Nil
-        );
+        assert_eq!(r(&db, 99, get.clone()), OpReply::Bulk(Bytes::from("a")));
+        assert_eq!(r(&db, 100, get), OpReply::Nil);
         // NX sees an expired key as absent.
         assert_eq!(
             run(
@@ -974,7 +1222,7 @@ mod tests {
     }
 
     fn r(db: &HashMap<Bytes, Stored>, now_ms: u64, op: ReadOp) -> OpReply {
-        apply_read(&op, now_ms, &mut |k| db.get(k).cloned())
+        apply_read(&op, now_ms, usize::MAX, &mut |k| Ok(db.get(k).cloned())).unwrap()
     }
 
     fn put(db: &mut HashMap<Bytes, Stored>, k: &str, v: &str, expire_at_ms: u64) {
@@ -1277,7 +1525,8 @@ mod tests {
             )
         };
         let rows = vec![row("a1", 0), row("a2", 5), row("b1", 0), row("a3", 0)];
-        let page = scan_page(rows.clone(), 10, 2, None);
+        let ok = |rows: &Vec<(Bytes, Stored)>| rows.clone().into_iter().map(Ok::<_, ()>);
+        let page = scan_page(ok(&rows), 10, 2, None, usize::MAX).unwrap();
         assert_eq!(
             page,
             OpReply::Array(vec![
@@ -1285,7 +1534,7 @@ mod tests {
                 OpReply::Array(vec![OpReply::Bulk(b("a1"))])
             ])
         );
-        let page = scan_page(rows.clone(), 10, 10, Some(b"a*"));
+        let page = scan_page(ok(&rows), 10, 10, Some(b"a*"), usize::MAX).unwrap();
         assert_eq!(
             page,
             OpReply::Array(vec![
@@ -1295,17 +1544,220 @@ mod tests {
         );
         // Exactly `count` rows left: the page still reports a next key; the
         // following (empty) page ends the group.
-        let page = scan_page(rows.clone(), 0, 4, None);
+        let page = scan_page(ok(&rows), 0, 4, None, usize::MAX).unwrap();
         assert!(matches!(page, OpReply::Array(ref p) if p[0] == OpReply::Bulk(b("a3"))));
-        assert_eq!(count_live(rows.into_iter().map(|(_, v)| v), 10), 3);
-        assert!(glob_match(b"h?llo", b"hello"));
-        assert!(glob_match(b"h*llo", b"heeeello"));
-        assert!(glob_match(b"h[ae]llo", b"hallo"));
-        assert!(!glob_match(b"h[^e]llo", b"hello"));
-        assert!(glob_match(b"h[a-b]llo", b"hbllo"));
-        assert!(glob_match(b"h\\*", b"h*"));
-        assert!(!glob_match(b"h\\*", b"hx"));
-        assert!(glob_match(b"**", b""));
+        let live = rows.iter().map(|(_, v)| Ok::<_, ()>(v.clone()));
+        assert_eq!(count_live(live, 10), Ok(3));
+        // The page ends before its keys pass the byte budget (8 bytes each
+        // here); the next page starts with the key that did not fit.
+        let page = scan_page(ok(&rows), 0, 100, None, 20).unwrap();
+        assert_eq!(
+            page,
+            OpReply::Array(vec![
+                OpReply::Bulk(b("a2")),
+                OpReply::Array(vec![OpReply::Bulk(b("a1")), OpReply::Bulk(b("a2"))])
+            ])
+        );
+        let page = scan_page(ok(&rows), 0, 100, None, 1).unwrap();
+        assert_eq!(
+            page,
+            OpReply::Array(vec![
+                OpReply::Bulk(b("a1")),
+                OpReply::Array(vec![OpReply::Bulk(b("a1"))])
+            ])
+        );
+        // COUNT is clamped; an error in the input is the answer.
+        let many = (0..MAX_SCAN_COUNT + 10).map(|i| Ok::<_, ()>(row(&format!("k{i:07}"), 0)));
+        let page = scan_page(many, 0, u64::MAX, None, usize::MAX).unwrap();
+        assert!(matches!(page, OpReply::Array(ref p)
+            if matches!(&p[1], OpReply::Array(keys) if keys.len() as u64 == MAX_SCAN_COUNT)));
+        let broken = vec![Ok(row("a", 0)), Err("corrupt"), Ok(row("c", 0))];
+        assert_eq!(scan_page(broken, 0, 10, None, usize::MAX), Err("corrupt"));
+        // A lone `*` takes the empty key too.
+        let page = scan_page(vec![Ok::<_, ()>(row("", 0))], 0, 10, Some(b"*"), 99).unwrap();
+        assert_eq!(
+            page,
+            OpReply::Array(vec![
+                OpReply::Nil,
+                OpReply::Array(vec![OpReply::Bulk(b(""))])
+            ])
+        );
+    }
+
+    /// 200k keys, each named twice: quadratic de-duplication (the old
+    /// `Vec::retain` per pair) would take hours here; linear takes a blink.
+    #[test]
+    fn many_keys_dedup_in_linear_time() {
+        let n = 200_000;
+        let key = |i: usize| Bytes::from(format!("key:{i}"));
+        let mut pairs: Vec<(Bytes, Bytes)> = (0..n).map(|i| (key(i), b("old"))).collect();
+        pairs.extend((0..n).map(|i| (key(i), Bytes::from(i.to_string()))));
+        let mut db = HashMap::new();
+        let mset = WriteOp::MSet { pairs, nx: false };
+        assert_eq!(w(&mut db, 0, mset), OpReply::Ok);
+        assert_eq!(db.len(), n);
+        assert_eq!(db[&key(12345)].data, b("12345"), "the last value wins");
+        let mut keys: Vec<Bytes> = (0..n).map(key).collect();
+        keys.extend((0..n).map(key));
+        let exists = ReadOp::Exists { keys: keys.clone() };
+        assert_eq!(r(&db, 0, exists), OpReply::Int(2 * n as i64));
+        assert_eq!(
+            w(&mut db, 0, WriteOp::Del { keys: keys.clone() }),
+            OpReply::Int(n as i64)
+        );
+        assert!(db.is_empty());
+        let purge = WriteOp::PurgeExpired { keys };
+        assert_eq!(w(&mut db, 0, purge), OpReply::Int(0));
+    }
+
+    #[test]
+    fn huge_exponents_neither_panic_nor_overflow() {
+        // (current, increment, Redis 7.0's reply; checked with redis-cli).
+        let ok = [
+            ("1", "0e-2147483648", "1"),
+            ("10.1", "0e-99999999999999999999", "10.1"),
+            ("1", "0e2147483647", "1"),
+            ("0", "1e-60", "0"),
+            ("5", "-5e-50", "5"),
+            ("0e-2147483648", "1", "1"),
+        ];
+        for (cur, by, want) in ok {
+            assert_eq!(
+                incr_float(cur.as_bytes(), by.as_bytes()),
+                Ok(want.to_string()),
+                "{cur} + {by}"
+            );
+        }
+        for (cur, by, want) in [
+            ("1", "1e999999999999", ERR_NOT_FLOAT),
+            ("1", "1e-999999999999", ERR_NOT_FLOAT),
+            ("1", "-1e2147483648", ERR_NOT_FLOAT),
+            ("1e999999999999", "1", ERR_NOT_FLOAT),
+        ] {
+            assert_eq!(incr_float(cur.as_bytes(), by.as_bytes()), Err(want));
+        }
+        assert_eq!(parse_exponent("-2147483648"), Some(-1_000_000_000));
+        assert_eq!(parse_exponent("-12"), Some(-12));
+        assert_eq!(
+            parse_exponent("99999999999999999999999"),
+            Some(1_000_000_000)
+        );
+        assert_eq!(parse_exponent("+"), None);
+        // TTL of the farthest deadline there is.
+        let mut db = HashMap::new();
+        put(&mut db, "k", "v", i64::MAX as u64);
+        let ttl = ReadOp::Ttl {
+            key: b("k"),
+            ms: false,
+        };
+        assert_eq!(r(&db, 0, ttl), OpReply::Int(i64::MAX / 1000));
+    }
+
+    #[test]
+    fn admission_uses_the_nodes_limits() {
+        let limits = Limits {
+            max_value_len: 10,
+            max_reply_len: 100,
+        };
+        let too_big = Err(OpReply::Error(ERR_TOO_BIG.into()));
+        let mut set = WriteOp::Set {
+            key: b("k"),
+            value: b("01234567890"),
+            expiry: Expiry::Clear,
+            cond: SetCond::Always,
+            get: false,
+        };
+        assert_eq!(admit(&mut set, &limits), too_big);
+        let mut sr = WriteOp::SetRange {
+            key: b("k"),
+            offset: 5,
+            value: b("abc"),
+            max_len: u64::MAX,
+        };
+        assert_eq!(admit(&mut sr, &limits), Ok(()));
+        assert!(
+            matches!(sr, WriteOp::SetRange { max_len: 10, .. }),
+            "stamped"
+        );
+        let mut sr = WriteOp::SetRange {
+            key: b("k"),
+            offset: u64::MAX,
+            value: b("abc"),
+            max_len: u64::MAX,
+        };
+        assert_eq!(admit(&mut sr, &limits), too_big);
+        // SETRANGE with nothing to write checks no offset (as Redis).
+        let mut sr = WriteOp::SetRange {
+            key: b("k"),
+            offset: u64::MAX,
+            value: b(""),
+            max_len: 0,
+        };
+        assert_eq!(admit(&mut sr, &limits), Ok(()));
+        let mut ap = WriteOp::Append {
+            key: b("k"),
+            value: b("x"),
+            max_len: 1 << 40,
+        };
+        assert_eq!(admit(&mut ap, &limits), Ok(()));
+        assert!(matches!(ap, WriteOp::Append { max_len: 10, .. }), "stamped");
+        let mut f = WriteOp::IncrByFloat {
+            key: b("k"),
+            by: b("1e400"),
+        };
+        assert_eq!(
+            admit(&mut f, &limits),
+            Err(OpReply::Error(ERR_NOT_FLOAT.into()))
+        );
+    }
+
+    #[test]
+    fn reply_sizes_are_exact() {
+        let replies = [
+            (OpReply::Ok, "+OK\r\n"),
+            (OpReply::Nil, "$-1\r\n"),
+            (OpReply::Int(-12), ":-12\r\n"),
+            (OpReply::Int(7), ":7\r\n"),
+            (OpReply::Bulk(b("hello world")), "$11\r\nhello world\r\n"),
+            (OpReply::Bulk(b("")), "$0\r\n\r\n"),
+            (OpReply::Error("ERR x".into()), "-ERR x\r\n"),
+            (
+                OpReply::Array(vec![OpReply::Bulk(b("a")), OpReply::Nil]),
+                "*2\r\n$1\r\na\r\n$-1\r\n",
+            ),
+        ];
+        for (reply, wire) in replies {
+            // At least the wire size, and at most one byte over (the sign).
+            let size = reply.resp_size();
+            assert!(
+                size >= wire.len() && size <= wire.len() + 1,
+                "{reply:?}: {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn corrupt_errors_print_keys_safely() {
+        let c = Corrupt {
+            group: 3,
+            place: Place::Key(Bytes::from_static(b"a\r\n\"\\\x00\xff")),
+        };
+        assert_eq!(
+            c.to_string(),
+            "ERR corrupt data at group 3 key \"a\\r\\n\\\"\\\\\\x00\\xff\""
+        );
+        let long = printable(&vec![b'k'; 1000]);
+        assert!(long.len() < 200 && long.ends_with("(1000 bytes)"), "{long}");
+        let mut db = HashMap::new();
+        let mut read = |_: &[u8]| -> Result<Option<Stored>, Corrupt> { Err(c.clone()) };
+        let cmd = WriteCmd {
+            now_ms: 0,
+            op: WriteOp::IncrBy { key: b("k"), by: 1 },
+        };
+        assert_eq!(apply_write(&cmd, 1, &mut read), (c.reply(), Vec::new()));
+        assert!(apply_read(&ReadOp::Get { key: b("k") }, 0, 100, &mut read).is_err());
+        db.insert(b("k"), Stored::decode(&[0; 16]).unwrap());
+        assert_eq!(r(&db, 0, ReadOp::Get { key: b("k") }), OpReply::Bulk(b("")));
     }
 
     #[test]
@@ -1315,7 +1767,7 @@ mod tests {
             expire_at_ms: 99,
             data: Bytes::from_static(b"\x00\r\nbin"),
         };
-        assert_eq!(Stored::decode(&v.encode()), Some(v));
-        assert_eq!(Stored::decode(b"short"), None);
+        assert_eq!(Stored::decode(&v.encode()), Ok(v));
+        assert_eq!(Stored::decode(b"short"), Err(DecodeError::TooShort(5)));
     }
 }

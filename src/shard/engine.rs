@@ -67,6 +67,10 @@ pub mod tag {
     pub const LOCK: u8 = 7;
     /// `PREPARED ++ txn id (8 B BE)` -> bincode `Prepared`.
     pub const PREPARED: u8 = 8;
+    /// Keys stored in the group: applied index (8, BE) ++ count (8, BE),
+    /// written with the data; trusted only while the index is the
+    /// group's applied index.
+    pub const KEY_COUNT: u8 = 9;
 }
 
 /// One change in a write batch.
@@ -255,6 +259,12 @@ impl DbView {
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
         let handle = self.cf(cf)?;
         Ok(self.db.get_cf(&handle, key)?)
+    }
+
+    /// Whether `key` is present, without copying its value out.
+    pub fn exists(&self, cf: Cf, key: &[u8]) -> Result<bool, EngineError> {
+        let handle = self.cf(cf)?;
+        Ok(self.db.get_pinned_cf(&handle, key)?.is_some())
     }
 
     /// Several point reads from one consistent snapshot of the database.

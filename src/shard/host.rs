@@ -17,8 +17,8 @@ use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
 
 use super::command::{
-    apply_read, count_live, scan_page, LogCmd, OpReply, ReadOp, ShardRequest, Stored, WriteCmd,
-    WriteOp,
+    admit, apply_read, count_live, scan_page, Corrupt, Limits, LogCmd, OpReply, ReadOp,
+    ShardRequest, WriteCmd, WriteOp,
 };
 use super::engine::{
     data_key, group_range, state_key, state_key_with, tag, Cf, DbView, Engine, EngineError, Op,
@@ -94,6 +94,8 @@ pub struct HostConfig {
     pub write_timeout: Duration,
     /// How long a linearizable read may wait for the leadership check.
     pub read_timeout: Duration,
+    /// What this node enforces on requests, whatever a router allowed.
+    pub limits: Limits,
 }
 
 pub struct Host {
@@ -372,35 +374,77 @@ impl Host {
 
     /// Serve a router's request on the replica of `gid`.
     pub async fn execute(&self, gid: u64, req: ShardRequest) -> Result<OpReply, ShardError> {
+        self.execute_bounded(gid, req, usize::MAX).await
+    }
+
+    /// [`Host::execute`] for a caller that takes replies of at most
+    /// `max_reply` bytes (the node's own limit applies too).
+    pub async fn execute_bounded(
+        &self,
+        gid: u64,
+        req: ShardRequest,
+        max_reply: usize,
+    ) -> Result<OpReply, ShardError> {
         let replica = self.get(gid).ok_or(ShardError::UnknownGroup(gid))?;
-        self.serve(&replica, req).await
+        self.serve_bounded(&replica, req, max_reply).await
+    }
+
+    #[cfg(test)]
+    async fn serve(&self, replica: &Replica, req: ShardRequest) -> Result<OpReply, ShardError> {
+        self.serve_bounded(replica, req, usize::MAX).await
     }
 
     /// Serve `req` on `replica`. A read answers only if the replica was not
     /// removed before it finished reading (its data may be half deleted).
-    async fn serve(&self, replica: &Replica, req: ShardRequest) -> Result<OpReply, ShardError> {
+    async fn serve_bounded(
+        &self,
+        replica: &Replica,
+        req: ShardRequest,
+        max_reply: usize,
+    ) -> Result<OpReply, ShardError> {
         // Writes are not checked: a committed write must not be reported as
         // never applied.
         let read = matches!(
             req,
             ShardRequest::Read { .. } | ShardRequest::ReadVersions { .. }
         );
-        let reply = self.serve_unchecked(replica, req).await?;
+        let reply = self.serve_unchecked(replica, req, max_reply).await?;
         if read {
             replica.check_not_removed()?;
         }
         Ok(reply)
     }
 
+    /// Serve a request. Writes are checked against this node's [`Limits`]
+    /// before they are proposed ([`admit`]): a refusal is the reply and
+    /// nothing reaches the log. Reads build at most `max_reply` bytes (and
+    /// at most the node's own limit).
     async fn serve_unchecked(
         &self,
         replica: &Replica,
         req: ShardRequest,
+        max_reply: usize,
     ) -> Result<OpReply, ShardError> {
         let gid = replica.record.group_id;
+        let limits = self.config.limits;
+        let max_reply = max_reply.min(limits.max_reply_len);
         match req {
-            ShardRequest::Write(cmd) => self.propose(replica, LogCmd::Write(cmd)).await,
-            ShardRequest::Txn(entry) => self.propose(replica, LogCmd::Txn(entry)).await,
+            ShardRequest::Write(mut cmd) => match admit(&mut cmd.op, &limits) {
+                Ok(()) => self.propose(replica, LogCmd::Write(cmd)).await,
+                Err(refused) => Ok(refused),
+            },
+            ShardRequest::Txn(mut entry) => match entry.admit(&limits) {
+                Ok(()) => self.propose(replica, LogCmd::Txn(entry)).await,
+                Err(refused) => Ok(refused),
+            },
+            ShardRequest::Read {
+                op: ReadOp::KeyCount,
+                ..
+            } => {
+                // From the state machine's counter: any replica, no scan.
+                let n = replica.sm.key_count().await?;
+                Ok(OpReply::Int(n))
+            }
             ShardRequest::Read {
                 op,
                 linearizable,
@@ -409,11 +453,9 @@ impl Host {
                 if linearizable {
                     self.linearize(replica).await?;
                 }
-                let reply = self
-                    .engine
-                    .read(move |db| serve_read(db, gid, &op, now_ms))
-                    .await?;
-                Ok(reply)
+                self.engine
+                    .read(move |db| Ok(serve_read(db, gid, &op, now_ms, max_reply)))
+                    .await?
             }
             ShardRequest::ReadVersions { keys, now_ms: _ } => {
                 self.linearize(replica).await?;
@@ -425,21 +467,24 @@ impl Host {
                             lookups.push((Cf::State, state_key_with(gid, tag::LOCK, k)));
                         }
                         let found = db.get_many(&lookups)?;
-                        let rows = found
-                            .chunks(2)
-                            .map(|pair| {
-                                OpReply::Array(vec![
-                                    pair[0].as_ref().map_or(OpReply::Nil, |raw| {
-                                        OpReply::Bulk(Bytes::copy_from_slice(raw))
-                                    }),
-                                    OpReply::Int(pair[1].is_some() as i64),
-                                ])
-                            })
-                            .collect();
-                        Ok(OpReply::Array(rows))
+                        let mut rows = Vec::with_capacity(keys.len());
+                        for (key, pair) in keys.iter().zip(found.chunks(2)) {
+                            // The router decodes it: check it here first.
+                            if let Some(raw) = &pair[0] {
+                                if let Err(c) = Corrupt::check(gid, key, raw) {
+                                    return Ok(Err(ShardError::from(c)));
+                                }
+                            }
+                            rows.push(OpReply::Array(vec![
+                                pair[0].as_ref().map_or(OpReply::Nil, |raw| {
+                                    OpReply::Bulk(Bytes::copy_from_slice(raw))
+                                }),
+                                OpReply::Int(pair[1].is_some() as i64),
+                            ]));
+                        }
+                        Ok(Ok(OpReply::Array(rows)))
                     })
-                    .await
-                    .map_err(ShardError::from)
+                    .await?
             }
         }
     }
@@ -614,8 +659,17 @@ impl Host {
 }
 
 /// Serve a read on a blocking thread: point reads through [`apply_read`],
-/// SCAN and DBSIZE by iterating the group's data range.
-fn serve_read(db: &DbView, gid: u64, op: &ReadOp, now_ms: u64) -> Result<OpReply, EngineError> {
+/// SCAN and DBSIZE by iterating the group's data range. Replies stay within
+/// `max_reply` bytes (a SCAN page ends there, an MGET is refused). A value
+/// that does not decode is [`ShardError::Corrupt`], never an absent key, an
+/// empty value or a count that stops short.
+fn serve_read(
+    db: &DbView,
+    gid: u64,
+    op: &ReadOp,
+    now_ms: u64,
+    max_reply: usize,
+) -> Result<OpReply, ShardError> {
     match op {
         ReadOp::Scan {
             after,
@@ -631,49 +685,37 @@ fn serve_read(db: &DbView, gid: u64, op: &ReadOp, now_ms: u64) -> Result<OpReply
                 k.push(0);
                 k
             };
-            let mut error = None;
-            let rows = db.iter(Cf::Data, &from, &end)?.map_while(|r| match r {
-                Ok((k, v)) => Some((
-                    bytes::Bytes::copy_from_slice(&k[8..]),
-                    Stored::decode(&v).unwrap_or(Stored {
-                        version: 0,
-                        expire_at_ms: 0,
-                        data: Default::default(),
-                    }),
-                )),
-                Err(e) => {
-                    error = Some(e);
-                    None
-                }
+            let rows = db.iter(Cf::Data, &from, &end)?.map(|r| {
+                let (k, v) = r?;
+                let stored = Corrupt::check(gid, &k[8..], &v)?;
+                Ok::<_, ShardError>((Bytes::copy_from_slice(&k[8..]), stored))
             });
-            let reply = scan_page(rows, now_ms, *count, pattern.as_deref());
-            error.map_or(Ok(reply), Err)
+            scan_page(rows, now_ms, *count, pattern.as_deref(), max_reply)
         }
         ReadOp::DbSize => {
             let (start, end) = group_range(gid);
-            let mut error = None;
-            let rows = db.iter(Cf::Data, &start, &end)?.map_while(|r| match r {
-                Ok((_, v)) => Stored::decode(&v),
-                Err(e) => {
-                    error = Some(e);
-                    None
-                }
+            let rows = db.iter(Cf::Data, &start, &end)?.map(|r| {
+                let (k, v) = r?;
+                Ok::<_, ShardError>(Corrupt::check(gid, &k[8..], &v)?)
             });
-            let n = count_live(rows, now_ms);
-            error.map_or(Ok(OpReply::Int(n)), Err)
+            count_live(rows, now_ms).map(OpReply::Int)
         }
         _ => {
             let mut error = None;
-            let reply = apply_read(op, now_ms, &mut |key| match db
+            let reply = apply_read(op, now_ms, max_reply, &mut |key| match db
                 .get(Cf::Data, &data_key(gid, key))
             {
-                Ok(raw) => raw.and_then(|r| Stored::decode(&r)),
+                Ok(Some(raw)) => Corrupt::check(gid, key, &raw).map(Some),
+                Ok(None) => Ok(None),
                 Err(e) => {
                     error = Some(e);
-                    None
+                    Ok(None)
                 }
             });
-            error.map_or(Ok(reply), Err)
+            if let Some(e) = error {
+                return Err(e.into());
+            }
+            Ok(reply?)
         }
     }
 }
@@ -730,7 +772,8 @@ pub fn spawn_expiry_purger(host: Arc<Host>, period: Duration) {
                         for row in db.iter(Cf::Data, &from, &end)?.take(PURGE_SCAN) {
                             let (k, v) = row?;
                             page.examined += 1;
-                            if let Some(s) = Stored::decode(&v) {
+                            // A corrupt value is reported (logged) and left alone.
+                            if let Ok(s) = Corrupt::check(gid, &k[8..], &v) {
                                 if !s.live_at(now) {
                                     page.expired.push(bytes::Bytes::copy_from_slice(&k[8..]));
                                 } else if s.expire_at_ms != 0 {
@@ -840,6 +883,7 @@ mod tests {
                 raft: Arc::new(raft),
                 write_timeout: Duration::from_secs(5),
                 read_timeout: Duration::from_secs(5),
+                limits: Limits::default(),
             },
         );
         let record = ReplicaRecord {

@@ -1,7 +1,10 @@
 //! The node side: shard replicas, each an openraft group over the node's one
 //! RocksDB.
 //!
-//! * [`command`]: shard commands as values and the deterministic apply logic.
+//! * [`command`]: shard commands as values and the deterministic apply
+//!   logic, with the checks a leader makes before proposing and the
+//!   corruption error.
+//! * [`txn`]: one-phase transactions and the participant side of 2PC.
 //! * [`engine`]: the RocksDB instance (column families, key layout, the
 //!   group-commit writer thread). Nothing else touches RocksDB.
 //! * [`store`]: openraft's log storage and state machine for one group.
@@ -24,6 +27,9 @@ pub mod status;
 pub mod store;
 pub mod txn;
 pub mod types;
+
+#[cfg(test)]
+mod hostile_tests;
 
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +62,16 @@ pub enum ShardError {
     Storage(String),
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A stored record does not decode: reported to the client, never read
+    /// as an absent key. Not retried elsewhere (the router fails closed).
+    #[error("{0}")]
+    Corrupt(command::Corrupt),
+}
+
+impl From<command::Corrupt> for ShardError {
+    fn from(c: command::Corrupt) -> Self {
+        ShardError::Corrupt(c)
+    }
 }
 
 impl From<engine::EngineError> for ShardError {

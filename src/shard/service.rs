@@ -130,7 +130,15 @@ impl ShardService for NodeService {
     ) -> Result<Response<ExecuteReply>, Status> {
         let msg = req.into_inner();
         let result: Result<OpReply, ShardError> = match decode::<ShardRequest>(&msg.request) {
-            Ok(request) => self.host.execute(msg.group_id, request).await,
+            Ok(request) => {
+                let max_reply = match msg.max_reply_len {
+                    0 => usize::MAX,
+                    n => usize::try_from(n).unwrap_or(usize::MAX),
+                };
+                self.host
+                    .execute_bounded(msg.group_id, request, max_reply)
+                    .await
+            }
             Err(e) => Err(ShardError::BadRequest(e.message().to_string())),
         };
         Ok(Response::new(ExecuteReply {

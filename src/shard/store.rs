@@ -11,6 +11,12 @@
 //! batch of entries and the new `last_applied` go into one `WriteBatch`, so
 //! after a crash the data and the applied index always agree. Snapshots are a
 //! full copy of the group's data range taken under the state-machine lock.
+//!
+//! The state machine also keeps the number of keys the group stores, updated
+//! by each applied batch and written with it (for INFO keyspace, which must
+//! not scan); after a snapshot install it is unknown until counted once.
+//! A record that does not decode (value, lock, prepared transaction, log
+//! entry) is reported as corrupt, never read as absent.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -27,7 +33,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::command::{apply_write, LogCmd, OpReply, Stored};
+use super::command::{apply_write, Corrupt, LogCmd, OpReply, Place, Stored};
 use super::engine::{
     self, data_key, group_range, log_key, state_key, state_key_with, tag, Cf, DbView, Engine, Op,
 };
@@ -54,6 +60,20 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
 
 fn decode<T: for<'a> Deserialize<'a>>(raw: &[u8]) -> Result<T, StorageError> {
     bincode::deserialize(raw).map_err(read_err)
+}
+
+/// A log entry read back, or a storage error naming the group and index
+/// (and an error log line): a corrupt entry is never skipped, since this
+/// replica would then silently diverge from the others.
+fn decode_entry(gid: u64, key: &[u8], raw: &[u8]) -> Result<Entry, StorageError> {
+    bincode::deserialize(raw).map_err(|e| {
+        let index = key.get(8..16).map_or(0, |b| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            u64::from_be_bytes(a)
+        });
+        read_err(Corrupt::found(gid, Place::LogEntry(index), &e))
+    })
 }
 
 /// The Raft log and vote of one group.
@@ -118,7 +138,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             })
             .await
             .map_err(read_err)?;
-        rows.iter().map(|(_, v)| decode::<Entry>(v)).collect()
+        rows.iter().map(|(k, v)| decode_entry(gid, k, v)).collect()
     }
 }
 
@@ -137,7 +157,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
             .map_err(read_err)?;
         let last_log_id = match last {
-            Some((_, v)) => Some(decode::<Entry>(&v)?.log_id),
+            Some((k, v)) => Some(decode_entry(gid, &k, &v)?.log_id),
             None => last_purged,
         };
         Ok(LogState {
@@ -243,6 +263,24 @@ struct SmInner {
     snapshot_seq: u64,
     /// Prepared transactions held: while 0, plain writes skip the lock check.
     prepared_count: usize,
+    /// Keys the group stores, as `(applied index it is true at, count)`:
+    /// known only while that index is the applied one (a snapshot install
+    /// moves the applied index and so makes it unknown).
+    key_count: Option<(u64, i64)>,
+}
+
+fn applied_index(applied: &Option<LogId>) -> u64 {
+    applied.map_or(0, |l| l.index)
+}
+
+/// How a batch changed the number of keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyDelta {
+    /// Not tracked (the count was unknown).
+    Unknown,
+    By(i64),
+    /// The group was flushed: this many keys now.
+    Exactly(i64),
 }
 
 /// The group's state as a batch of entries sees it: the database with this
@@ -255,6 +293,9 @@ struct Batch<'a> {
     prepared: HashMap<u64, Option<Prepared>>,
     /// Set by FLUSHDB: every data key not in `data` is gone.
     cleared: bool,
+    /// Whether each key read from the database was there before this
+    /// batch (for the key count).
+    existed: HashMap<Bytes, bool>,
     error: Option<engine::EngineError>,
 }
 
@@ -267,6 +308,7 @@ impl<'a> Batch<'a> {
             locks: HashMap::new(),
             prepared: HashMap::new(),
             cleared: false,
+            existed: HashMap::new(),
             error: None,
         }
     }
@@ -301,6 +343,32 @@ impl<'a> Batch<'a> {
                 }
             }
         }
+    }
+
+    /// The key-count change of this batch (`track`: the count is known, so
+    /// keys written without being read are looked up).
+    fn key_delta(&mut self, track: bool) -> KeyDelta {
+        if self.cleared {
+            return KeyDelta::Exactly(self.data.values().filter(|v| v.is_some()).count() as i64);
+        }
+        if !track {
+            return KeyDelta::Unknown;
+        }
+        let mut delta = 0;
+        for (k, v) in &self.data {
+            let existed = match self.existed.get(k) {
+                Some(e) => *e,
+                None => match self.view.exists(Cf::Data, &data_key(self.gid, k)) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        self.error = Some(e);
+                        false
+                    }
+                },
+            };
+            delta += v.is_some() as i64 - existed as i64;
+        }
+        KeyDelta::By(delta)
     }
 
     fn into_ops(self) -> Result<Vec<Op>, StorageError> {
@@ -339,34 +407,53 @@ impl<'a> Batch<'a> {
 }
 
 impl TxnView for Batch<'_> {
-    fn get(&mut self, key: &[u8]) -> Option<Stored> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Stored>, Corrupt> {
         if let Some(v) = self.data.get(key) {
-            return v.clone();
+            return Ok(v.clone());
         }
         if self.cleared {
-            return None;
+            return Ok(None);
         }
-        let raw = self.db_get(Cf::Data, &data_key(self.gid, key))?;
-        Stored::decode(&raw)
+        let raw = self.db_get(Cf::Data, &data_key(self.gid, key));
+        self.existed
+            .entry(Bytes::copy_from_slice(key))
+            .or_insert(raw.is_some());
+        match raw {
+            Some(raw) => Corrupt::check(self.gid, key, &raw).map(Some),
+            None => Ok(None),
+        }
     }
 
-    fn lock(&mut self, key: &[u8]) -> Option<u64> {
+    fn lock(&mut self, key: &[u8]) -> Result<Option<u64>, Corrupt> {
         if let Some(v) = self.locks.get(key) {
-            return *v;
+            return Ok(*v);
         }
-        let raw = self.db_get(Cf::State, &state_key_with(self.gid, tag::LOCK, key))?;
-        Some(u64::from_be_bytes(raw.get(..8)?.try_into().ok()?))
+        let Some(raw) = self.db_get(Cf::State, &state_key_with(self.gid, tag::LOCK, key)) else {
+            return Ok(None);
+        };
+        match <[u8; 8]>::try_from(raw.as_slice()) {
+            Ok(id) => Ok(Some(u64::from_be_bytes(id))),
+            Err(_) => Err(Corrupt::found(
+                self.gid,
+                Place::Lock(Bytes::copy_from_slice(key)),
+                &format!("a lock holds 8 bytes, this one {}", raw.len()),
+            )),
+        }
     }
 
-    fn prepared(&mut self, txn_id: u64) -> Option<Prepared> {
+    fn prepared(&mut self, txn_id: u64) -> Result<Option<Prepared>, Corrupt> {
         if let Some(p) = self.prepared.get(&txn_id) {
-            return p.clone();
+            return Ok(p.clone());
         }
-        let raw = self.db_get(
+        let Some(raw) = self.db_get(
             Cf::State,
             &state_key_with(self.gid, tag::PREPARED, &txn_id.to_be_bytes()),
-        )?;
-        bincode::deserialize(&raw).ok()
+        ) else {
+            return Ok(None);
+        };
+        bincode::deserialize(&raw)
+            .map(Some)
+            .map_err(|e| Corrupt::found(self.gid, Place::Prepared(txn_id), &e))
     }
 }
 
@@ -432,6 +519,17 @@ impl StateMachine {
             .await
             .map_err(read_err)?
             .len();
+        let key = state_key(gid, tag::KEY_COUNT);
+        let recorded = engine
+            .read(move |db| db.get(Cf::State, &key))
+            .await
+            .map_err(read_err)?;
+        let key_count = match (applied, recorded.as_deref().and_then(decode_key_count)) {
+            // A group that never applied anything holds nothing.
+            (None, _) => Some((0, 0)),
+            (Some(a), Some((index, n))) if index == a.index => Some((index, n)),
+            _ => None,
+        };
         Ok(StateMachine {
             inner: Arc::new(Mutex::new(SmInner {
                 engine,
@@ -440,6 +538,7 @@ impl StateMachine {
                 membership,
                 snapshot_seq: 0,
                 prepared_count,
+                key_count,
             })),
             closed: Arc::new(std::sync::RwLock::new(false)),
         })
@@ -477,6 +576,48 @@ impl StateMachine {
     pub async fn has_prepared(&self) -> bool {
         self.inner.lock().await.prepared_count > 0
     }
+
+    /// Keys the group stores (expired ones not yet purged included), from
+    /// the count kept as entries apply. When it is unknown (after a
+    /// snapshot install, or on data written by an older version) the
+    /// group's keys are counted once, holding off applies meanwhile.
+    pub async fn key_count(&self) -> Result<i64, StorageError> {
+        let mut inner = self.inner.lock().await;
+        let at = applied_index(&inner.applied);
+        if let Some((index, n)) = inner.key_count {
+            if index == at {
+                return Ok(n);
+            }
+        }
+        let gid = inner.gid;
+        let n = inner
+            .engine
+            .read(move |db| {
+                let (start, end) = group_range(gid);
+                let mut n = 0i64;
+                for row in db.iter(Cf::Data, &start, &end)? {
+                    row?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+            .await
+            .map_err(read_err)?;
+        inner.key_count = Some((at, n));
+        Ok(n)
+    }
+}
+
+fn encode_key_count(index: u64, n: i64) -> Vec<u8> {
+    let mut v = index.to_be_bytes().to_vec();
+    v.extend_from_slice(&n.to_be_bytes());
+    v
+}
+
+fn decode_key_count(raw: &[u8]) -> Option<(u64, i64)> {
+    let index = u64::from_be_bytes(raw.get(0..8)?.try_into().ok()?);
+    let n = i64::from_be_bytes(raw.get(8..16)?.try_into().ok()?);
+    Some((index, n))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -505,8 +646,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut applied = inner.applied;
         let mut membership = inner.membership.clone();
         let mut prepared_count = inner.prepared_count;
+        let key_count = inner
+            .key_count
+            .filter(|(index, _)| *index == applied_index(&applied))
+            .map(|(_, n)| n);
         // Computing the changes reads the database: do it on a blocking thread.
-        let (replies, applied, membership, prepared_count) =
+        let (replies, applied, membership, prepared_count, key_count) =
             tokio::task::spawn_blocking(move || {
                 let mut batch = Batch::new(&view, gid);
                 let mut replies = Vec::with_capacity(entries.len());
@@ -548,12 +693,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         }
                     }
                 }
+                let key_count = match batch.key_delta(key_count.is_some()) {
+                    KeyDelta::Unknown => None,
+                    KeyDelta::By(d) => key_count.map(|n| n + d),
+                    KeyDelta::Exactly(n) => Some(n),
+                };
                 let mut ops = batch.into_ops()?;
                 ops.push(Op::Put(
                     Cf::State,
                     state_key(gid, tag::APPLIED),
                     encode(&(applied, membership.clone()))?,
                 ));
+                let key_count = key_count.map(|n| (applied_index(&applied), n));
+                if let Some((index, n)) = key_count {
+                    ops.push(Op::Put(
+                        Cf::State,
+                        state_key(gid, tag::KEY_COUNT),
+                        encode_key_count(index, n),
+                    ));
+                }
                 if any_txn {
                     // Recount after this batch lands (the count only gates
                     // the lock check of plain writes).
@@ -568,13 +726,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 engine.write_direct(&ops).map_err(write_err)?;
                 drop(fence);
-                Ok::<_, StorageError>((replies, applied, membership, prepared_count))
+                Ok::<_, StorageError>((replies, applied, membership, prepared_count, key_count))
             })
             .await
             .map_err(write_err)??;
         inner.applied = applied;
         inner.membership = membership;
         inner.prepared_count = prepared_count;
+        inner.key_count = key_count;
         Ok(replies)
     }
 

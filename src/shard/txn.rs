@@ -17,13 +17,22 @@
 //!   idempotent: a second COMMIT/ABORT of the same transaction changes nothing.
 //! * Plain writes to a locked key are refused (`-TRYAGAIN`) without effect;
 //!   plain reads see the last committed value, never staged writes.
+//!
+//! A record that does not decode (a value, a lock, a prepared transaction)
+//! is never taken for an absent one: the entry's reply is the
+//! [`Corrupt`] error and it changes nothing (a COMMIT of an unreadable
+//! prepared transaction keeps its locks). Inside a transaction, an
+//! operation that meets a corrupt value answers that error in its place
+//! and changes nothing, like a failing command inside Redis's EXEC.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::command::{apply_read, apply_write, OpReply, ReadOp, Stored, WriteCmd, WriteOp};
+use super::command::{
+    admit, apply_read, apply_write, Corrupt, Limits, OpReply, ReadOp, Stored, WriteCmd, WriteOp,
+};
 
 /// One queued operation of a transaction, as this shard runs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,13 +89,32 @@ pub struct Prepared {
     pub prepared_at_ms: u64,
 }
 
-/// What a transaction may read of the group's state.
+/// What a transaction may read of the group's state. Each read answers the
+/// record, its absence, or the corruption found in its place.
 pub trait TxnView {
     /// The stored value (expired or not).
-    fn get(&mut self, key: &[u8]) -> Option<Stored>;
+    fn get(&mut self, key: &[u8]) -> Result<Option<Stored>, Corrupt>;
     /// The transaction holding a lock on `key`.
-    fn lock(&mut self, key: &[u8]) -> Option<u64>;
-    fn prepared(&mut self, txn_id: u64) -> Option<Prepared>;
+    fn lock(&mut self, key: &[u8]) -> Result<Option<u64>, Corrupt>;
+    fn prepared(&mut self, txn_id: u64) -> Result<Option<Prepared>, Corrupt>;
+}
+
+impl TxnEntry {
+    /// The leader's check before proposing ([`admit`] on every write of a
+    /// one-phase transaction or PREPARE): the first refusal is the reply,
+    /// and nothing is proposed.
+    pub fn admit(&mut self, limits: &Limits) -> Result<(), OpReply> {
+        let ops = match &mut self.cmd {
+            TxnCmd::OnePhase { ops, .. } | TxnCmd::Prepare { ops, .. } => ops,
+            TxnCmd::Commit { .. } | TxnCmd::Abort { .. } => return Ok(()),
+        };
+        for op in ops {
+            if let TxnOp::Write(w) = op {
+                admit(w, limits)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A change to make after applying a transaction entry.
@@ -123,16 +151,18 @@ fn admissible(
     watches: &[Watch],
     me: Option<u64>,
     now_ms: u64,
-) -> bool {
+) -> Result<bool, Corrupt> {
     for (k, v) in watches {
-        if version_of(view.get(k).as_ref(), now_ms) != *v {
-            return false;
+        if version_of(view.get(k)?.as_ref(), now_ms) != *v {
+            return Ok(false);
         }
     }
-    let watched = watches.iter().map(|(k, _)| k);
-    keys.iter()
-        .chain(watched)
-        .all(|k| view.lock(k).is_none_or(|holder| Some(holder) == me))
+    for k in keys.iter().chain(watches.iter().map(|(k, _)| k)) {
+        if view.lock(k)?.is_some_and(|holder| Some(holder) != me) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Run operations in order over the current values, each seeing the ones
@@ -147,7 +177,7 @@ fn run_ops(
     let mut replies = Vec::with_capacity(ops.len());
     for op in ops {
         let mut read = |k: &[u8]| match overlay.get(k) {
-            Some(v) => v.clone(),
+            Some(v) => Ok(v.clone()),
             None => view.get(k),
         };
         match op {
@@ -162,7 +192,8 @@ fn run_ops(
                 }
                 replies.push(reply);
             }
-            TxnOp::Read(r) => replies.push(apply_read(r, now_ms, &mut read)),
+            TxnOp::Read(r) => replies
+                .push(apply_read(r, now_ms, usize::MAX, &mut read).unwrap_or_else(|c| c.reply())),
         }
     }
     let changes = overlay
@@ -178,12 +209,23 @@ pub fn apply_txn(
     index: u64,
     view: &mut dyn TxnView,
 ) -> (OpReply, Vec<TxnChange>) {
+    match txn_result(entry, index, view) {
+        Ok(r) => r,
+        Err(c) => (c.reply(), Vec::new()),
+    }
+}
+
+fn txn_result(
+    entry: &TxnEntry,
+    index: u64,
+    view: &mut dyn TxnView,
+) -> Result<(OpReply, Vec<TxnChange>), Corrupt> {
     let now = entry.now_ms;
-    match &entry.cmd {
+    Ok(match &entry.cmd {
         TxnCmd::OnePhase { ops, watches } => {
             let keys = unique_keys(ops);
-            if !admissible(view, &keys, watches, None, now) {
-                return (CONFLICT, Vec::new());
+            if !admissible(view, &keys, watches, None, now)? {
+                return Ok((CONFLICT, Vec::new()));
             }
             let (replies, changes) = run_ops(ops, now, index, view);
             (OpReply::Array(replies), changes)
@@ -193,8 +235,8 @@ pub fn apply_txn(
             ops,
             watches,
         } => {
-            if view.prepared(*txn_id).is_some() {
-                return (OpReply::Int(1), Vec::new());
+            if view.prepared(*txn_id)?.is_some() {
+                return Ok((OpReply::Int(1), Vec::new()));
             }
             // Watched keys are locked too, so they cannot change between the
             // version check and COMMIT.
@@ -202,8 +244,8 @@ pub fn apply_txn(
             keys.extend(watches.iter().map(|(k, _)| k.clone()));
             keys.sort();
             keys.dedup();
-            if !admissible(view, &keys, watches, Some(*txn_id), now) {
-                return (OpReply::Int(0), Vec::new());
+            if !admissible(view, &keys, watches, Some(*txn_id), now)? {
+                return Ok((OpReply::Int(0), Vec::new()));
             }
             let mut changes: Vec<TxnChange> = keys
                 .iter()
@@ -221,22 +263,22 @@ pub fn apply_txn(
             (OpReply::Int(1), changes)
         }
         TxnCmd::Commit { txn_id } => {
-            let Some(p) = view.prepared(*txn_id) else {
-                return (OpReply::Nil, Vec::new());
+            let Some(p) = view.prepared(*txn_id)? else {
+                return Ok((OpReply::Nil, Vec::new()));
             };
             let (replies, mut changes) = run_ops(&p.ops, now, index, view);
             release(&p, &mut changes);
             (OpReply::Array(replies), changes)
         }
         TxnCmd::Abort { txn_id } => {
-            let Some(p) = view.prepared(*txn_id) else {
-                return (OpReply::Ok, Vec::new());
+            let Some(p) = view.prepared(*txn_id)? else {
+                return Ok((OpReply::Ok, Vec::new()));
             };
             let mut changes = Vec::new();
             release(&p, &mut changes);
             (OpReply::Ok, changes)
         }
-    }
+    })
 }
 
 fn release(p: &Prepared, changes: &mut Vec<TxnChange>) {
@@ -246,14 +288,22 @@ fn release(p: &Prepared, changes: &mut Vec<TxnChange>) {
     changes.push(TxnChange::Prepared(p.txn_id, None));
 }
 
-/// A plain write may not touch a key locked by a prepared transaction.
+/// A plain write may not touch a key locked by a prepared transaction:
+/// the refusal to reply, if any (an unreadable lock refuses too).
 pub fn blocked_by_lock(keys: &[&Bytes], view: &mut dyn TxnView) -> Option<OpReply> {
-    keys.iter().find(|k| view.lock(k).is_some()).map(|k| {
-        OpReply::Error(format!(
-            "TRYAGAIN key '{}' is locked by a transaction in progress",
-            String::from_utf8_lossy(k)
-        ))
-    })
+    for k in keys {
+        match view.lock(k) {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                return Some(OpReply::Error(format!(
+                    "TRYAGAIN key {} is locked by a transaction in progress",
+                    super::command::printable(k)
+                )))
+            }
+            Err(c) => return Some(c.reply()),
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -269,14 +319,14 @@ mod tests {
     }
 
     impl TxnView for Mem {
-        fn get(&mut self, key: &[u8]) -> Option<Stored> {
-            self.data.get(key).cloned()
+        fn get(&mut self, key: &[u8]) -> Result<Option<Stored>, Corrupt> {
+            Ok(self.data.get(key).cloned())
         }
-        fn lock(&mut self, key: &[u8]) -> Option<u64> {
-            self.locks.get(key).copied()
+        fn lock(&mut self, key: &[u8]) -> Result<Option<u64>, Corrupt> {
+            Ok(self.locks.get(key).copied())
         }
-        fn prepared(&mut self, txn_id: u64) -> Option<Prepared> {
-            self.prepared.get(&txn_id).cloned()
+        fn prepared(&mut self, txn_id: u64) -> Result<Option<Prepared>, Corrupt> {
+            Ok(self.prepared.get(&txn_id).cloned())
         }
     }
 

@@ -1,0 +1,446 @@
+//! A node facing hostile or damaged input, one single-replica group on a
+//! real RocksDB: garbage written straight into the database must come back
+//! as `ERR corrupt data ...` from every path (never as an absent key, a
+//! short count or a silent no-op), requests over the node's own limits are
+//! refused before they are proposed, and the key counter follows every
+//! write.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::{BasicNode, ServerState};
+
+use super::command::{
+    Expiry, Limits, OpReply, ReadOp, SetCond, ShardRequest, WriteCmd, WriteOp, ERR_NOT_FLOAT,
+    ERR_TOO_BIG,
+};
+use super::engine::{data_key, state_key, state_key_with, tag, Cf, Engine, Op};
+use super::host::{Host, HostConfig, ReplicaRecord};
+use super::network::Transport;
+use super::store::StateMachine;
+use super::txn::{TxnCmd, TxnEntry, TxnOp};
+use super::ShardError;
+
+const GID: u64 = 7;
+
+async fn host_with(dir: &std::path::Path, limits: Limits) -> Arc<Host> {
+    let engine = Arc::new(Engine::open(dir, false).unwrap());
+    let raft = crate::node::raft_config(&crate::config::NodeConfig::default()).unwrap();
+    let host = Host::new(
+        1,
+        engine,
+        Transport::new(),
+        HostConfig {
+            raft: Arc::new(raft),
+            write_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(10),
+            limits,
+        },
+    );
+    let record = ReplicaRecord {
+        group_id: GID,
+        table: "t".into(),
+        shard: 0,
+    };
+    let members = BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]);
+    host.ensure(record, members, true).await.unwrap();
+    let raft = host.get(GID).unwrap().raft.clone();
+    raft.wait(Some(Duration::from_secs(20)))
+        .state(ServerState::Leader, "leads")
+        .await
+        .unwrap();
+    host
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn write(op: WriteOp) -> ShardRequest {
+    ShardRequest::Write(WriteCmd { now_ms: 1, op })
+}
+
+fn set(k: &str, v: &str) -> WriteOp {
+    WriteOp::Set {
+        key: b(k),
+        value: b(v),
+        expiry: Expiry::Clear,
+        cond: SetCond::Always,
+        get: false,
+    }
+}
+
+fn read(op: ReadOp) -> ShardRequest {
+    ShardRequest::Read {
+        op,
+        linearizable: true,
+        now_ms: 1,
+    }
+}
+
+fn txn(cmd: TxnCmd) -> ShardRequest {
+    ShardRequest::Txn(TxnEntry { now_ms: 1, cmd })
+}
+
+async fn put_raw(host: &Host, cf: Cf, key: Vec<u8>, value: &[u8]) {
+    host.engine
+        .write(vec![Op::Put(cf, key, value.to_vec())], true)
+        .await
+        .unwrap();
+}
+
+async fn raw(host: &Host, key: &[u8]) -> Option<Vec<u8>> {
+    let k = data_key(GID, key);
+    host.engine
+        .read(move |db| db.get(Cf::Data, &k))
+        .await
+        .unwrap()
+}
+
+async fn key_count(host: &Host) -> i64 {
+    match host.execute(GID, read(ReadOp::KeyCount)).await.unwrap() {
+        OpReply::Int(n) => n,
+        other => panic!("{other:?}"),
+    }
+}
+
+const CORRUPT_BAD: &str = "ERR corrupt data at group 7 key \"bad\\r\\n\"";
+
+fn is_corrupt(got: &Result<OpReply, ShardError>) -> bool {
+    matches!(got, Err(ShardError::Corrupt(c)) if c.to_string() == CORRUPT_BAD)
+}
+
+#[tokio::test]
+async fn corrupt_values_are_reported_by_every_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with(dir.path(), Limits::default()).await;
+    host.execute(GID, write(set("good", "1"))).await.unwrap();
+    // Shorter than the 16-byte header: undecodable. The key has CR LF in
+    // it, which the error must not pass through as is.
+    put_raw(&host, Cf::Data, data_key(GID, b"bad\r\n"), b"xx").await;
+    let bad = || b("bad\r\n");
+
+    // Reads: an error naming group and key, never nil or a short answer.
+    for op in [
+        ReadOp::Get { key: bad() },
+        ReadOp::StrLen { key: bad() },
+        ReadOp::Exists {
+            keys: vec![b("good"), bad()],
+        },
+        ReadOp::MGet {
+            keys: vec![b("good"), bad()],
+        },
+        ReadOp::Scan {
+            after: Bytes::new(),
+            count: 10,
+            pattern: None,
+        },
+        ReadOp::DbSize,
+    ] {
+        let got = host.execute(GID, read(op.clone())).await;
+        assert!(is_corrupt(&got), "{op:?}: {got:?}");
+    }
+    let watch = ShardRequest::ReadVersions {
+        keys: vec![bad()],
+        now_ms: 1,
+    };
+    assert!(is_corrupt(&host.execute(GID, watch).await));
+
+    // Writes that read the value: the reply is the error, nothing is written.
+    let corrupt = OpReply::Error(CORRUPT_BAD.into());
+    for op in [
+        WriteOp::IncrBy { key: bad(), by: 1 },
+        WriteOp::Append {
+            key: bad(),
+            value: b("x"),
+            max_len: 100,
+        },
+        WriteOp::Del {
+            keys: vec![b("good"), bad()],
+        },
+        WriteOp::GetDel { key: bad() },
+    ] {
+        let got = host.execute(GID, write(op.clone())).await.unwrap();
+        assert_eq!(got, corrupt, "{op:?}");
+    }
+    assert_eq!(raw(&host, b"bad\r\n").await.as_deref(), Some(&b"xx"[..]));
+    assert!(raw(&host, b"good").await.is_some(), "DEL wrote half");
+
+    // In a transaction, the operation that met it answers the error.
+    let one_phase = txn(TxnCmd::OnePhase {
+        ops: vec![
+            TxnOp::Write(set("t1", "v")),
+            TxnOp::Write(WriteOp::IncrBy { key: bad(), by: 1 }),
+            TxnOp::Read(ReadOp::Get { key: bad() }),
+        ],
+        watches: vec![],
+    });
+    assert_eq!(
+        host.execute(GID, one_phase).await.unwrap(),
+        OpReply::Array(vec![OpReply::Ok, corrupt.clone(), corrupt.clone()])
+    );
+    // A WATCH on it cannot be decided: the transaction is the error.
+    let watched = txn(TxnCmd::OnePhase {
+        ops: vec![TxnOp::Write(set("t2", "v"))],
+        watches: vec![(bad(), 0)],
+    });
+    assert_eq!(host.execute(GID, watched).await.unwrap(), corrupt);
+    assert!(raw(&host, b"t2").await.is_none());
+}
+
+#[tokio::test]
+async fn corrupt_transaction_records_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with(dir.path(), Limits::default()).await;
+    let prepare = |id| {
+        txn(TxnCmd::Prepare {
+            txn_id: id,
+            ops: vec![TxnOp::Write(set("a", "1"))],
+            watches: vec![],
+        })
+    };
+    assert_eq!(
+        host.execute(GID, prepare(5)).await.unwrap(),
+        OpReply::Int(1)
+    );
+    // The prepared record becomes unreadable: COMMIT must not be a no-op
+    // that looks like "already committed".
+    let rec = state_key_with(GID, tag::PREPARED, &5u64.to_be_bytes());
+    put_raw(&host, Cf::State, rec, b"\xff\xff garbage").await;
+    let commit = txn(TxnCmd::Commit { txn_id: 5 });
+    assert_eq!(
+        host.execute(GID, commit).await.unwrap(),
+        OpReply::Error("ERR corrupt data at group 7 prepared transaction 5".into())
+    );
+    assert!(raw(&host, b"a").await.is_none());
+    // Its lock stays: plain writes to the key are still refused.
+    let got = host.execute(GID, write(set("a", "2"))).await.unwrap();
+    assert!(
+        matches!(&got, OpReply::Error(e) if e.starts_with("TRYAGAIN")),
+        "{got:?}"
+    );
+
+    // A lock row that does not decode refuses the write with the error.
+    put_raw(&host, Cf::State, state_key_with(GID, tag::LOCK, b"l"), b"1").await;
+    assert_eq!(
+        host.execute(GID, write(set("l", "v"))).await.unwrap(),
+        OpReply::Error("ERR corrupt data at group 7 lock of key \"l\"".into())
+    );
+    assert!(raw(&host, b"l").await.is_none());
+}
+
+#[tokio::test]
+async fn the_node_enforces_its_own_value_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_value_len: 1024,
+        max_reply_len: 4096,
+    };
+    let host = host_with(dir.path(), limits).await;
+    let too_big = OpReply::Error(ERR_TOO_BIG.into());
+    let big = Bytes::from(vec![b'x'; 1025]);
+    let refused = [
+        WriteOp::Set {
+            key: b("k"),
+            value: big.clone(),
+            expiry: Expiry::Clear,
+            cond: SetCond::Always,
+            get: false,
+        },
+        WriteOp::MSet {
+            pairs: vec![(b("k"), b("v")), (b("k2"), big.clone())],
+            nx: false,
+        },
+        // The router's word on the limit counts for nothing.
+        WriteOp::SetRange {
+            key: b("k"),
+            offset: 1000,
+            value: b("0123456789012345678901234567890"),
+            max_len: u64::MAX,
+        },
+        WriteOp::Append {
+            key: b("k"),
+            value: big.clone(),
+            max_len: u64::MAX,
+        },
+    ];
+    for op in refused {
+        assert_eq!(host.execute(GID, write(op.clone())).await.unwrap(), too_big);
+    }
+    assert!(raw(&host, b"k").await.is_none() && raw(&host, b"k2").await.is_none());
+    // APPEND grows a value within the limit, then stops at it: the limit
+    // stamped by the leader decides, not the request's.
+    let append = |v: Bytes| WriteOp::Append {
+        key: b("a"),
+        value: v,
+        max_len: u64::MAX,
+    };
+    let half = Bytes::from(vec![b'y'; 600]);
+    assert_eq!(
+        host.execute(GID, write(append(half.clone())))
+            .await
+            .unwrap(),
+        OpReply::Int(600)
+    );
+    assert_eq!(
+        host.execute(GID, write(append(half))).await.unwrap(),
+        too_big
+    );
+    // In a transaction: refused whole, before anything is proposed.
+    let one_phase = txn(TxnCmd::OnePhase {
+        ops: vec![
+            TxnOp::Write(set("t", "small")),
+            TxnOp::Write(WriteOp::Set {
+                key: b("t2"),
+                value: big,
+                expiry: Expiry::Clear,
+                cond: SetCond::Always,
+                get: false,
+            }),
+        ],
+        watches: vec![],
+    });
+    assert_eq!(host.execute(GID, one_phase).await.unwrap(), too_big);
+    assert!(raw(&host, b"t").await.is_none());
+
+    // INCRBYFLOAT: the increment is checked before proposing, and huge
+    // exponents neither panic nor overflow.
+    let incr = |by: &str| WriteOp::IncrByFloat {
+        key: b("f"),
+        by: b(by),
+    };
+    assert_eq!(
+        host.execute(GID, write(incr("1e999999999999")))
+            .await
+            .unwrap(),
+        OpReply::Error(ERR_NOT_FLOAT.into())
+    );
+    assert_eq!(
+        host.execute(GID, write(incr("10.5"))).await.unwrap(),
+        OpReply::Bulk(b("10.5"))
+    );
+    assert_eq!(
+        host.execute(GID, write(incr("0e-2147483648")))
+            .await
+            .unwrap(),
+        OpReply::Bulk(b("10.5"))
+    );
+
+    // Replies: an MGET over the node's reply limit is refused; a SCAN page
+    // stops there.
+    let mut pairs = Vec::new();
+    for i in 0..20 {
+        pairs.push((b(&format!("m{i:02}")), Bytes::from(vec![b'z'; 500])));
+    }
+    let keys: Vec<Bytes> = pairs.iter().map(|(k, _)| k.clone()).collect();
+    let mset = WriteOp::MSet { pairs, nx: false };
+    assert_eq!(host.execute(GID, write(mset)).await.unwrap(), OpReply::Ok);
+    let got = host
+        .execute(GID, read(ReadOp::MGet { keys: keys.clone() }))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&got, OpReply::Error(e) if e.starts_with("ERR reply too large")),
+        "{got:?}"
+    );
+    let got = host
+        .execute_bounded(
+            GID,
+            read(ReadOp::MGet {
+                keys: keys[..2].to_vec(),
+            }),
+            100,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(&got, OpReply::Error(e) if e.starts_with("ERR reply too large")));
+    let scan = read(ReadOp::Scan {
+        after: Bytes::new(),
+        count: u64::MAX,
+        pattern: Some(b("m*")),
+    });
+    let OpReply::Array(page) = host.execute_bounded(GID, scan, 40).await.unwrap() else {
+        panic!("not a page");
+    };
+    assert!(matches!(&page[0], OpReply::Bulk(_)), "the page ends early");
+    assert!(
+        matches!(&page[1], OpReply::Array(k) if k.len() < 10),
+        "{page:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_key_counter_follows_writes_and_is_kept_with_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with(dir.path(), Limits::default()).await;
+    assert_eq!(key_count(&host).await, 0);
+    host.execute(GID, write(set("a", "1"))).await.unwrap();
+    host.execute(GID, write(set("a", "2"))).await.unwrap();
+    host.execute(GID, write(set("b", "1"))).await.unwrap();
+    assert_eq!(key_count(&host).await, 2);
+    let mset = WriteOp::MSet {
+        pairs: vec![(b("c"), b("1")), (b("a"), b("3")), (b("c"), b("2"))],
+        nx: false,
+    };
+    host.execute(GID, write(mset)).await.unwrap();
+    assert_eq!(key_count(&host).await, 3);
+    let del = WriteOp::Del {
+        keys: vec![b("a"), b("a"), b("zz")],
+    };
+    host.execute(GID, write(del)).await.unwrap();
+    assert_eq!(key_count(&host).await, 2);
+    // A transaction's writes count at COMMIT, not at PREPARE.
+    let prepare = txn(TxnCmd::Prepare {
+        txn_id: 9,
+        ops: vec![TxnOp::Write(set("t", "1")), TxnOp::Write(set("b", "2"))],
+        watches: vec![],
+    });
+    host.execute(GID, prepare).await.unwrap();
+    assert_eq!(key_count(&host).await, 2);
+    host.execute(GID, txn(TxnCmd::Commit { txn_id: 9 }))
+        .await
+        .unwrap();
+    assert_eq!(key_count(&host).await, 3);
+    // Same answer as the exact DBSIZE.
+    assert_eq!(
+        host.execute(GID, read(ReadOp::DbSize)).await.unwrap(),
+        OpReply::Int(3)
+    );
+    host.execute(GID, write(WriteOp::FlushGroup)).await.unwrap();
+    assert_eq!(key_count(&host).await, 0);
+    host.execute(GID, write(set("x", "1"))).await.unwrap();
+    host.execute(GID, write(set("y", "1"))).await.unwrap();
+    assert_eq!(key_count(&host).await, 2);
+
+    // A state machine opened again (a restart) trusts the count written
+    // with the data while it names the applied index...
+    let applied = host
+        .get(GID)
+        .unwrap()
+        .raft
+        .metrics()
+        .borrow()
+        .last_applied
+        .map_or(0, |l| l.index);
+    let record = |index: u64, n: i64| {
+        let mut v = index.to_be_bytes().to_vec();
+        v.extend_from_slice(&n.to_be_bytes());
+        v
+    };
+    let reopen = || StateMachine::open(host.engine.clone(), GID);
+    assert_eq!(reopen().await.unwrap().key_count().await.unwrap(), 2);
+    let at = state_key(GID, tag::KEY_COUNT);
+    put_raw(&host, Cf::State, at.clone(), &record(applied, 1000)).await;
+    assert_eq!(reopen().await.unwrap().key_count().await.unwrap(), 1000);
+    // ...and counts the keys once when it does not (after a snapshot
+    // install, or data written before the counter existed).
+    put_raw(&host, Cf::State, at.clone(), &record(applied - 1, 1000)).await;
+    assert_eq!(reopen().await.unwrap().key_count().await.unwrap(), 2);
+    host.engine
+        .write(vec![Op::Delete(Cf::State, at)], true)
+        .await
+        .unwrap();
+    assert_eq!(reopen().await.unwrap().key_count().await.unwrap(), 2);
+}
