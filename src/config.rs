@@ -152,25 +152,6 @@ pub struct NodeConfig {
     pub max_reply_len: usize,
 }
 
-impl NodeConfig {
-    /// The limits the node enforces on requests.
-    pub fn limits(&self) -> anyhow::Result<crate::shard::command::Limits> {
-        // INCRBYFLOAT's longest result (about 330 bytes) always fits.
-        anyhow::ensure!(
-            self.max_value_len >= 1024,
-            "max_value_len must be at least 1024 bytes"
-        );
-        anyhow::ensure!(
-            self.max_reply_len >= 1024,
-            "max_reply_len must be at least 1024 bytes"
-        );
-        Ok(crate::shard::command::Limits {
-            max_value_len: self.max_value_len,
-            max_reply_len: self.max_reply_len,
-        })
-    }
-}
-
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
@@ -274,15 +255,7 @@ mod tests {
         assert_eq!((r.max_multi_commands, r.max_watch_keys), (10_000, 10_000));
         let n: NodeConfig = load(Some(&dir.join("node.toml"))).unwrap();
         assert_eq!(n.fsync, "always");
-        assert_eq!(
-            n.limits().unwrap(),
-            crate::shard::command::Limits::default()
-        );
-        let tiny = NodeConfig {
-            max_value_len: 100,
-            ..NodeConfig::default()
-        };
-        assert!(tiny.limits().is_err());
+        assert_eq!(n.max_value_len, NodeConfig::default().max_value_len);
         let d: DevConfig = load(Some(&dir.join("dev.toml"))).unwrap();
         assert_eq!((d.port, d.nodes), (6379, 3));
     }

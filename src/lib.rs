@@ -9,6 +9,7 @@
 // at every call site would only add noise.
 #![allow(clippy::result_large_err)]
 
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod dev;
@@ -17,10 +18,13 @@ pub mod failpoint;
 pub mod glob;
 pub mod meta;
 pub mod node;
+pub mod num;
 pub mod resp;
 pub mod rlimit;
 pub mod router;
 pub mod shard;
+pub mod shutdown;
+pub mod slot;
 pub mod status;
 
 /// Generated gRPC code (proto/shoal.proto).

@@ -67,7 +67,7 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
             "{}/pid{}/{}",
             listener.local_addr()?,
             std::process::id(),
-            crate::meta::etcd::now_ms()
+            crate::clock::now_ms()
         );
         tokio::spawn(crate::cluster::rebalance::run(
             meta.clone(),
@@ -93,7 +93,7 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
     });
     tokio::select! {
         never = server::serve(listener, shared) => match never {},
-        _ = crate::node::shutdown_signal() => tracing::info!("router shutting down"),
+        _ = crate::shutdown::signal() => tracing::info!("router shutting down"),
     }
     Ok(())
 }

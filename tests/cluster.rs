@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use redis::{Connection, RedisResult};
 use shoal::cluster::client::{ClientConfig, ShardClient};
 use shoal::cluster::routes;
-use shoal::cluster::slot::slot;
 use shoal::devcluster::{ClusterOpts, LocalCluster};
 use shoal::meta::descriptor::TableDescriptor;
 use shoal::meta::etcd::Meta;
+use shoal::slot::slot;
 
 fn start(dir: &tempfile::TempDir, shards: u32, node_args: &[&str]) -> LocalCluster {
     let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_shoal"), dir.path());

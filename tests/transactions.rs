@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::{connect, ok, run};
 use redis::{Connection, RedisResult, Value};
-use shoal::cluster::slot::slot;
 use shoal::devcluster::{ClusterOpts, LocalCluster};
+use shoal::slot::slot;
 
 const ACCOUNTS: usize = 50;
 const START: i64 = 100;

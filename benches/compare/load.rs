@@ -51,7 +51,7 @@ impl Op {
             Op::MultiOneShard => (format!("{{key:{i}}}a"), format!("{{key:{i}}}b")),
             _ => {
                 let a = key(i);
-                let shard = |k: &str| shoal::cluster::slot::slot(k.as_bytes()) / 2048;
+                let shard = |k: &str| shoal::slot::slot(k.as_bytes()) / 2048;
                 let b = (1..)
                     .map(|d| key(i.wrapping_add(d)))
                     .find(|b| shard(b) != shard(&a))

@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 use super::history::Recorder;
 use super::resp::{Conn, Value};
 use super::workload::Routers;
-use shoal::cluster::slot::slot;
 use shoal::devcluster::links::node_endpoint;
 use shoal::devcluster::LocalCluster;
+use shoal::slot::slot;
 
 /// A kind of fault the run may inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

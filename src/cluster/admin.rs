@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use super::client::ShardClient;
 use super::ClusterError;
+use crate::clock::now_ms;
 use crate::meta::descriptor::{
     place_replicas, slot_ranges, ShardDescriptor, TableDescriptor, TableState,
 };
-use crate::meta::etcd::{now_ms, Meta};
+use crate::meta::etcd::Meta;
 
 /// Shape of a new table.
 #[derive(Debug, Clone)]

@@ -9,7 +9,6 @@ pub mod client;
 pub mod plan;
 pub mod rebalance;
 pub mod routes;
-pub mod slot;
 pub mod txn;
 
 use crate::meta::MetaError;

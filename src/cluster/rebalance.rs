@@ -40,8 +40,9 @@ use std::time::{Duration, Instant};
 
 use super::client::ShardClient;
 use super::ClusterError;
+use crate::clock::now_ms;
 use crate::meta::descriptor::{ShardDescriptor, ShardMove, TableDescriptor, TableState};
-use crate::meta::etcd::{now_ms, Leadership, MemberState, Meta};
+use crate::meta::etcd::{Leadership, MemberState, Meta};
 use crate::meta::placement::{self, Health};
 use crate::shard::host::MembershipChange;
 use crate::shard::status::GroupStatus;

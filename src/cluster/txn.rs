@@ -9,7 +9,7 @@
 //!   compare-and-swap of the record to `committed` (all voted yes) or
 //!   `aborted` is the commit point; then COMMIT/ABORT on every participant,
 //!   and the record is deleted. A coordinator dying anywhere leaves the rest
-//!   to the participants' recovery (`meta::txn_recovery`).
+//!   to the participants' recovery (`node::txn_recovery`).
 //!
 //! [`snapshot_read`] serves read-only transactions without locks, by the
 //! DynamoDB TransactGet scheme: read every key with its version, give up if a
@@ -25,7 +25,8 @@ use bytes::Bytes;
 use super::client::ShardClient;
 use super::routes::TableRoute;
 use super::ClusterError;
-use crate::meta::etcd::{now_ms, Meta, Participant, TxnRecord, TxnState};
+use crate::clock::now_ms;
+use crate::meta::etcd::{Meta, Participant, TxnRecord, TxnState};
 use crate::shard::command::{OpReply, ShardRequest, Stored};
 use crate::shard::txn::{TxnCmd, TxnEntry, TxnOp, Watch};
 

@@ -4,7 +4,7 @@
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::slot::SLOTS;
+use crate::slot::SLOTS;
 
 /// Lifecycle of a table; only `Available` tables are routable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

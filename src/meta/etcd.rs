@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use super::descriptor::TableDescriptor;
 use super::MetaError;
+use crate::clock::now_ms;
 
 /// `members/<id>`: persistent membership.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,13 +192,6 @@ pub struct TxnRecord {
 pub struct Meta {
     client: Client,
     prefix: String,
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Meta {

@@ -1,6 +1,6 @@
 //! Cluster metadata in etcd: layout, table descriptors, membership and
-//! liveness, watches, and the reconciler that makes a node host exactly the
-//! replicas etcd assigns to it.
+//! liveness, watches, the cluster identity. What nodes *do* with it (the
+//! reconciler, transaction recovery) lives next to the node, in `node/`.
 //!
 //! etcd is the one source of truth for which tables exist and where their
 //! shards live. Nothing here is on a request path: routers and nodes mirror
@@ -10,8 +10,6 @@ pub mod descriptor;
 pub mod etcd;
 pub mod identity;
 pub mod placement;
-pub mod reconcile;
-pub mod txn_recovery;
 
 /// Errors of the metadata layer.
 #[derive(Debug, Clone, thiserror::Error)]

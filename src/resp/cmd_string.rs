@@ -32,18 +32,18 @@ use bytes::Bytes;
 use super::args::{parse_f64, Args};
 use super::reply::Reply;
 use super::session::{arg_err, cluster_err, wrong_args, Session};
+use crate::clock::now_ms;
 use crate::cluster::plan::{merge, Atomicity, Merge, Part, Plan};
 use crate::cluster::routes::TableRoute;
-use crate::cluster::slot::slot;
 use crate::cluster::txn::{self, Outcome, ShardKeys, ShardWork};
 use crate::cluster::ClusterError;
 use crate::meta::descriptor::TableState;
-use crate::meta::etcd::now_ms;
 use crate::shard::command::{
     reply_too_large, ExpireCond, Expiry, OpReply, ReadOp, SetCond, ShardRequest, WriteCmd, WriteOp,
     MAX_SCAN_COUNT,
 };
 use crate::shard::txn::TxnOp;
+use crate::slot::slot;
 
 const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
 const ERR_SYNTAX: &str = "ERR syntax error";

@@ -7,10 +7,10 @@ use std::time::Duration;
 use super::args::Args;
 use super::reply::Reply;
 use super::session::{arg_err, cluster_err, Session};
+use crate::clock::now_ms;
 use crate::cluster::admin::{self, TableSpec};
 use crate::cluster::ClusterError;
 use crate::meta::descriptor::TableState;
-use crate::meta::etcd::now_ms;
 use crate::shard::command::{OpReply, ReadOp, ShardRequest};
 
 impl Session {

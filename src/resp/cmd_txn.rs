@@ -25,11 +25,11 @@ use super::args::Args;
 use super::cmd_string::{compile, op_reply, shard_keys, shard_work, WatchedKey};
 use super::reply::Reply;
 use super::session::{cluster_err, Session};
+use crate::clock::now_ms;
 use crate::cluster::plan::{merge, Atomicity, Plan};
 use crate::cluster::txn::{self, Outcome, ShardKeys};
 use crate::cluster::ClusterError;
 use crate::meta::descriptor::TableState;
-use crate::meta::etcd::now_ms;
 use crate::shard::command::{apply_read, OpReply, ShardRequest, Stored};
 use crate::shard::txn::{version_of, TxnOp};
 

@@ -26,7 +26,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use redis_protocol::resp2::{decode::decode_bytes_mut, types::BytesFrame};
 
-use crate::resp::args::parse_i64;
+use crate::num::parse_i64;
 
 /// Hard limits on what a client may send.
 #[derive(Debug, Clone, PartialEq, Eq)]

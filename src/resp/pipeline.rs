@@ -31,8 +31,8 @@ use super::cmd_string::{compile, op_reply};
 use super::commands::lookup;
 use super::reply::Reply;
 use super::session::{cluster_err, After, Session};
+use crate::clock::now_ms;
 use crate::cluster::plan::{merge, Plan};
-use crate::meta::etcd::now_ms;
 use crate::shard::command::{OpReply, ReadOp, ShardRequest, WriteCmd, WriteOp};
 use crate::shard::txn::{TxnCmd, TxnEntry, TxnOp};
 

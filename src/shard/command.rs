@@ -32,7 +32,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::glob::glob_match;
-use crate::resp::args::{parse_f64, parse_i64};
+use crate::num::{parse_f64, parse_i64};
 
 /// A stored value: the user bytes plus what the store needs to know about them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,9 +198,11 @@ pub fn admit(op: &mut WriteOp, limits: &Limits) -> Result<(), OpReply> {
     match op {
         WriteOp::Set { value, .. } if value.len() as u64 > max => too_big(),
         WriteOp::MSet { pairs, .. } if pairs.iter().any(|(_, v)| v.len() as u64 > max) => too_big(),
+        // The router may tighten the limit (its own max_value_len), never
+        // loosen it: the node's limit is stamped when the router's is higher.
         WriteOp::Append { value, max_len, .. } => {
-            *max_len = max;
-            if value.len() as u64 > max {
+            *max_len = (*max_len).min(max);
+            if value.len() as u64 > *max_len {
                 return too_big();
             }
             Ok(())
@@ -211,8 +213,8 @@ pub fn admit(op: &mut WriteOp, limits: &Limits) -> Result<(), OpReply> {
             max_len,
             ..
         } => {
-            *max_len = max;
-            if !value.is_empty() && offset.saturating_add(value.len() as u64) > max {
+            *max_len = (*max_len).min(max);
+            if !value.is_empty() && offset.saturating_add(value.len() as u64) > *max_len {
                 return too_big();
             }
             Ok(())
@@ -1701,6 +1703,17 @@ mod tests {
         };
         assert_eq!(admit(&mut ap, &limits), Ok(()));
         assert!(matches!(ap, WriteOp::Append { max_len: 10, .. }), "stamped");
+        // A router with a tighter limit keeps it.
+        let mut ap = WriteOp::Append {
+            key: b("k"),
+            value: b("x"),
+            max_len: 4,
+        };
+        assert_eq!(admit(&mut ap, &limits), Ok(()));
+        assert!(
+            matches!(ap, WriteOp::Append { max_len: 4, .. }),
+            "tightened"
+        );
         let mut f = WriteOp::IncrByFloat {
             key: b("k"),
             by: b("1e400"),

@@ -4,7 +4,7 @@
 //! RocksDB (`raft_state`, tag `REPLICA`) before its Raft group starts, so a
 //! node restarted after `kill -9` reopens exactly the replicas it had and they
 //! rejoin their groups from their own logs. Which replicas *should* exist is
-//! decided elsewhere (the reconciler in `meta::reconcile`); this module only
+//! decided elsewhere (the reconciler in `node::reconcile`); this module only
 //! carries that out, and serves reads and writes on the replicas it has.
 
 use std::collections::{BTreeMap, HashMap};
@@ -142,13 +142,13 @@ impl Host {
         self.kept.read().ok()?.get(&gid).cloned()
     }
 
-    /// Positive evidence that this node is no longer part of group `gid`
-    /// (a move or drain finished), or `None`. Evidence is: the replica here
-    /// never held anything; or its applied (committed) membership leaves this
-    /// node out; or the group's leader, asked among `peers`, has a settled
-    /// membership that leaves this node out. The descriptor alone is never
-    /// enough to delete data.
-    pub async fn left_group(&self, gid: u64, peers: &[NodeId]) -> Option<String> {
+    /// Evidence, from this replica alone, that this node is no longer part
+    /// of group `gid` (a move or drain finished), or `None`: the replica
+    /// never held anything, or its applied (committed) membership leaves
+    /// this node out. The reconciler asks the group's leader when this says
+    /// nothing (`node::reconcile`). The descriptor alone is never enough to
+    /// delete data.
+    pub async fn left_group_locally(&self, gid: u64) -> Option<String> {
         use openraft::storage::RaftStateMachine;
         let replica = self.get(gid)?;
         let me = self.node_id;
@@ -160,48 +160,14 @@ impl Host {
         {
             return Some("its replica here was never initialized and holds nothing".into());
         }
-        if let Ok((_, applied)) = replica.sm.clone().applied_state().await {
-            let mem = applied.membership();
-            let uniform = mem.get_joint_config().len() == 1;
-            if uniform && mem.nodes().next().is_some() && mem.get_node(&me).is_none() {
-                let voters: Vec<NodeId> = mem.voter_ids().collect();
-                return Some(format!(
-                    "its committed membership, voters {voters:?}, no longer holds this node"
-                ));
-            }
-        }
-        for &peer in peers.iter().filter(|p| **p != me) {
-            let Some(addr) = self.transport.peer_addr(peer) else {
-                continue;
-            };
-            let Ok(channel) = self.transport.channel(&addr) else {
-                continue;
-            };
-            let mut client = crate::proto::shard_service_client::ShardServiceClient::new(channel);
-            let ask = client.status(crate::proto::StatusRequest {
-                group_ids: vec![gid],
-            });
-            let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(2), ask).await else {
-                continue;
-            };
-            let Ok(status) =
-                serde_json::from_slice::<super::status::NodeStatus>(&reply.into_inner().json)
-            else {
-                continue;
-            };
-            for g in status.groups.iter().filter(|g| g.group_id == gid) {
-                if g.role == "leader"
-                    && !g.joint
-                    && !g.voters.is_empty()
-                    && !g.voters.contains(&me)
-                    && !g.learners.contains(&me)
-                {
-                    return Some(format!(
-                        "the group's leader, node {peer}, has voters {:?} without this node",
-                        g.voters
-                    ));
-                }
-            }
+        let (_, applied) = replica.sm.clone().applied_state().await.ok()?;
+        let mem = applied.membership();
+        let uniform = mem.get_joint_config().len() == 1;
+        if uniform && mem.nodes().next().is_some() && mem.get_node(&me).is_none() {
+            let voters: Vec<NodeId> = mem.voter_ids().collect();
+            return Some(format!(
+                "its committed membership, voters {voters:?}, no longer holds this node"
+            ));
         }
         None
     }
@@ -744,7 +710,7 @@ pub fn spawn_expiry_purger(host: Arc<Host>, period: Duration) {
                     m.last_applied.map_or(0, |l| l.index)
                 };
                 let gid = replica.record.group_id;
-                let now = crate::meta::etcd::now_ms();
+                let now = crate::clock::now_ms();
                 let st = states.entry(gid).or_default();
                 if st.quiet(applied, now) {
                     continue;
@@ -874,7 +840,7 @@ mod tests {
     /// A node with one single-replica group, leading it.
     async fn one_group_host(dir: &std::path::Path) -> (Arc<Host>, u64) {
         let engine = Arc::new(Engine::open(dir, false).unwrap());
-        let raft = crate::node::raft_config(&crate::config::NodeConfig::default()).unwrap();
+        let raft = crate::shard::raft_config(&crate::config::NodeConfig::default()).unwrap();
         let host = Host::new(
             1,
             engine,

@@ -27,7 +27,7 @@ const GID: u64 = 7;
 
 async fn host_with(dir: &std::path::Path, limits: Limits) -> Arc<Host> {
     let engine = Arc::new(Engine::open(dir, false).unwrap());
-    let raft = crate::node::raft_config(&crate::config::NodeConfig::default()).unwrap();
+    let raft = crate::shard::raft_config(&crate::config::NodeConfig::default()).unwrap();
     let host = Host::new(
         1,
         engine,

@@ -15,7 +15,7 @@
 //! * [`status`]: what a node reports about its replicas.
 //!
 //! This layer never decides *which* replicas should exist (that is
-//! `meta::reconcile`), and never speaks RESP.
+//! `node::reconcile`), and never speaks RESP.
 
 pub mod command;
 pub mod engine;
@@ -83,5 +83,57 @@ impl From<engine::EngineError> for ShardError {
 impl From<types::StorageError> for ShardError {
     fn from(e: types::StorageError) -> Self {
         ShardError::Storage(e.to_string())
+    }
+}
+
+/// The limits the node enforces on requests, from its config.
+pub fn limits(c: &crate::config::NodeConfig) -> anyhow::Result<command::Limits> {
+    // INCRBYFLOAT's longest result (about 330 bytes) always fits.
+    anyhow::ensure!(
+        c.max_value_len >= 1024,
+        "max_value_len must be at least 1024 bytes"
+    );
+    anyhow::ensure!(
+        c.max_reply_len >= 1024,
+        "max_reply_len must be at least 1024 bytes"
+    );
+    Ok(command::Limits {
+        max_value_len: c.max_value_len,
+        max_reply_len: c.max_reply_len,
+    })
+}
+
+/// openraft settings for every group on a node.
+pub fn raft_config(c: &crate::config::NodeConfig) -> anyhow::Result<openraft::Config> {
+    let cfg = openraft::Config {
+        cluster_name: format!("shoal-{}", c.cluster),
+        heartbeat_interval: c.heartbeat_ms,
+        election_timeout_min: c.election_timeout_min_ms,
+        election_timeout_max: c.election_timeout_max_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(c.snapshot_threshold),
+        max_in_snapshot_log_to_keep: c.snapshot_keep_logs,
+        install_snapshot_timeout: 5_000,
+        ..Default::default()
+    };
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("invalid raft settings: {e}"))
+}
+
+#[cfg(test)]
+mod config_tests {
+    use crate::config::NodeConfig;
+
+    #[test]
+    fn node_limits_come_from_the_config_and_tiny_ones_are_refused() {
+        assert_eq!(
+            crate::shard::limits(&NodeConfig::default()).unwrap(),
+            crate::shard::command::Limits::default()
+        );
+        let tiny = NodeConfig {
+            max_value_len: 100,
+            ..NodeConfig::default()
+        };
+        assert!(crate::shard::limits(&tiny).is_err());
+        assert!(crate::shard::raft_config(&NodeConfig::default()).is_ok());
     }
 }

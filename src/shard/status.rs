@@ -5,6 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use super::host::Host;
 
+/// Transactions this node's leaders resolved after their coordinator
+/// disappeared (counted by `node::txn_recovery`, reported in the status).
+pub static TXN_RECOVERED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub node_id: u64,
@@ -79,7 +83,6 @@ pub fn node_status(host: &Host, gids: &[u64]) -> NodeStatus {
     NodeStatus {
         node_id: host.node_id,
         groups,
-        txn_recovered: crate::meta::txn_recovery::RECOVERED
-            .load(std::sync::atomic::Ordering::Relaxed),
+        txn_recovered: TXN_RECOVERED.load(std::sync::atomic::Ordering::Relaxed),
     }
 }

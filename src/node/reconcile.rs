@@ -30,10 +30,13 @@ use std::time::Duration;
 
 use openraft::BasicNode;
 
-use super::descriptor::{TableDescriptor, TableState};
-use super::etcd::{ClusterRecord, MemberInfo, Meta, PrefixState, Tombstone};
-use super::MetaError;
+use crate::meta::descriptor::{TableDescriptor, TableState};
+use crate::meta::etcd::{ClusterRecord, MemberInfo, Meta, PrefixState, Tombstone};
+use crate::meta::MetaError;
+use crate::proto::shard_service_client::ShardServiceClient;
+use crate::proto::StatusRequest;
 use crate::shard::host::{Host, ReplicaRecord};
+use crate::shard::status::NodeStatus;
 
 /// How often the reconciler looks again without a change in etcd (replicas
 /// waiting for membership evidence, tombstones to confirm).
@@ -257,6 +260,44 @@ pub async fn run(meta: Meta, host: Arc<Host>, cluster: ClusterRecord) -> Result<
     }
 }
 
+/// Ask the group's other replicas (`peers`) for its status: evidence that
+/// this node left the group is its leader's settled membership without it.
+async fn leader_says_left(host: &Host, gid: u64, peers: &[u64]) -> Option<String> {
+    let me = host.node_id;
+    for &peer in peers.iter().filter(|p| **p != me) {
+        let Some(addr) = host.transport.peer_addr(peer) else {
+            continue;
+        };
+        let Ok(channel) = host.transport.channel(&addr) else {
+            continue;
+        };
+        let mut client = ShardServiceClient::new(channel);
+        let ask = client.status(StatusRequest {
+            group_ids: vec![gid],
+        });
+        let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(2), ask).await else {
+            continue;
+        };
+        let Ok(status) = serde_json::from_slice::<NodeStatus>(&reply.into_inner().json) else {
+            continue;
+        };
+        for g in status.groups.iter().filter(|g| g.group_id == gid) {
+            if g.role == "leader"
+                && !g.joint
+                && !g.voters.is_empty()
+                && !g.voters.contains(&me)
+                && !g.learners.contains(&me)
+            {
+                return Some(format!(
+                    "the group's leader, node {peer}, has voters {:?} without this node",
+                    g.voters
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// What was logged already, so each problem is logged once (again only when
 /// it changes).
 #[derive(Default)]
@@ -325,7 +366,11 @@ async fn reconcile_once(
         }
     }
     for (gid, peers) in &p.moved {
-        match host.left_group(*gid, peers).await {
+        let evidence = match host.left_group_locally(*gid).await {
+            Some(e) => Some(e),
+            None => leader_says_left(host, *gid, peers).await,
+        };
+        match evidence {
             Some(evidence) => {
                 tracing::info!(group = gid, "deleting replica: this node left the group ({evidence})");
                 if let Err(e) = host.remove(*gid).await {

@@ -2,6 +2,9 @@
 //! serves the gRPC services, registers in etcd under a lease and runs the
 //! reconciler that creates and deletes replicas as etcd says.
 
+pub mod reconcile;
+pub mod txn_recovery;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,28 +13,12 @@ use anyhow::Context;
 use crate::config::NodeConfig;
 use crate::meta::etcd::{ClusterRecord, Meta};
 use crate::meta::identity;
-use crate::meta::reconcile;
 use crate::proto::raft_service_server::RaftServiceServer;
 use crate::proto::shard_service_server::ShardServiceServer;
 use crate::shard::engine::Engine;
 use crate::shard::host::{Host, HostConfig};
 use crate::shard::network::Transport;
 use crate::shard::service::NodeService;
-
-/// openraft settings for every group on a node.
-pub fn raft_config(c: &NodeConfig) -> anyhow::Result<openraft::Config> {
-    let cfg = openraft::Config {
-        cluster_name: format!("shoal-{}", c.cluster),
-        heartbeat_interval: c.heartbeat_ms,
-        election_timeout_min: c.election_timeout_min_ms,
-        election_timeout_max: c.election_timeout_max_ms,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(c.snapshot_threshold),
-        max_in_snapshot_log_to_keep: c.snapshot_keep_logs,
-        install_snapshot_timeout: 5_000,
-        ..Default::default()
-    };
-    cfg.validate().context("invalid raft settings")
-}
 
 pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
     anyhow::ensure!(c.id > 0, "--id must be a positive integer");
@@ -59,10 +46,10 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
         engine,
         Transport::with_dial_via(c.dial_via.clone()),
         HostConfig {
-            raft: Arc::new(raft_config(&c)?),
+            raft: Arc::new(crate::shard::raft_config(&c)?),
             write_timeout: Duration::from_millis(c.write_timeout_ms),
             read_timeout: Duration::from_millis(c.read_timeout_ms),
-            limits: c.limits()?,
+            limits: crate::shard::limits(&c)?,
         },
     );
     crate::shard::host::spawn_expiry_purger(host.clone(), Duration::from_secs(1));
@@ -98,7 +85,7 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
     meta.register_member(c.id, &c.listen).await?;
     let _liveness = meta.spawn_liveness(c.id, c.listen.clone(), c.lease_ttl_s);
     let reconciler = tokio::spawn(reconcile::run(meta.clone(), host.clone(), cluster));
-    tokio::spawn(crate::meta::txn_recovery::run(
+    tokio::spawn(txn_recovery::run(
         meta.clone(),
         host.clone(),
         Duration::from_millis(c.txn_recovery_timeout_ms),
@@ -107,7 +94,7 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
     tokio::select! {
         r = server => { r??; }
         r = reconciler => { r??; anyhow::bail!("reconciler stopped"); }
-        _ = shutdown_signal() => { tracing::info!(node = c.id, "shutting down"); }
+        _ = crate::shutdown::signal() => { tracing::info!(node = c.id, "shutting down"); }
     }
     for r in host.replicas() {
         let _ = r.raft.shutdown().await;
@@ -167,19 +154,4 @@ fn tokio_stream_incoming(
         });
         Some((r, l))
     })
-}
-
-/// Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -8,12 +8,13 @@
 //! idempotent Raft entries, so racing a live coordinator is harmless. The
 //! decision is [`resolve`], a pure function; [`run`] drives it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::etcd::{now_ms, Meta, TxnState};
-use super::MetaError;
+use crate::clock::now_ms;
+use crate::meta::etcd::{Meta, TxnState};
+use crate::meta::MetaError;
 use crate::shard::command::ShardRequest;
 use crate::shard::host::Host;
 use crate::shard::store::load_prepared;
@@ -35,9 +36,6 @@ pub fn resolve(record: Option<TxnState>) -> Resolution {
         Some(TxnState::Pending) => Resolution::DecideAbort,
     }
 }
-
-/// Transactions this node resolved (for INFO / logs).
-pub static RECOVERED: AtomicU64 = AtomicU64::new(0);
 
 /// Check, every `timeout / 2`, the prepared transactions of the groups this
 /// node leads.
@@ -92,7 +90,7 @@ async fn recover_one(meta: &Meta, host: &Host, gid: u64, txn_id: u64) -> Result<
     };
     match host.execute(gid, ShardRequest::Txn(entry)).await {
         Ok(_) => {
-            RECOVERED.fetch_add(1, Ordering::Relaxed);
+            crate::shard::status::TXN_RECOVERED.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 group = gid,
                 txn = txn_id,
