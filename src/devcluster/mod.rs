@@ -37,8 +37,8 @@
 //! `spawn_blocking` in async code. It never talks to anything but 127.0.0.1.
 
 //!
-//! Files: [`ports`] (free ports, TCP and RESP probes), [`process`] ([`Proc`]
-//! and the spawner thread), [`etcd`] ([`Etcd`]), [`cluster`]
+//! Files: `ports.rs` (free ports, TCP and RESP probes), `process.rs`
+//! ([`Proc`] and the spawner thread), `etcd.rs` ([`Etcd`]), `cluster.rs`
 //! ([`LocalCluster`]), [`links`] (cuttable proxies).
 
 mod cluster;
