@@ -2,9 +2,11 @@
 //! records, and [`Meta::follow`], which mirrors a key prefix in memory.
 //!
 //! Layout under `/shoal/<cluster>/` (DESIGN section 3):
-//! `members/<id>`, `live/<id>` (leased), `tables/<name>`, `ids/<counter>`.
-//! Every metadata change is a compare-and-swap transaction; readers follow
-//! watches and never poll etcd on a request path.
+//! `members/<id>`, `live/<id>` (leased), `tables/<name>`, `ids/<counter>`,
+//! `tombstones/<group_id>`, `cluster` (the cluster record), `txns/<id>`
+//! (cross-shard transaction decisions). Every metadata change is a
+//! compare-and-swap transaction; readers follow watches and never poll etcd
+//! for a single-shard request.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! reconciler, transaction recovery) lives next to the node, in `node/`.
 //!
 //! etcd is the one source of truth for which tables exist and where their
-//! shards live. Nothing here is on a request path: routers and nodes mirror
+//! shards live. Single-shard requests never read it: routers and nodes mirror
 //! what they need through watches ([`etcd::Meta::follow`]).
 
 pub mod descriptor;

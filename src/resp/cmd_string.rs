@@ -5,7 +5,9 @@
 //! Multi-key commands split their keys by shard and send one request per
 //! shard, all in parallel (MGET reassembles the answers in key order).
 //! Keyspace commands (KEYS, SCAN, DBSIZE, FLUSHDB, FLUSHALL) go to every
-//! shard. MSET/MSETNX whose keys span shards run as one transaction.
+//! shard. MSET/MSETNX whose keys span shards run as one two-phase commit
+//! (`cluster::txn`), whose decision record is written to etcd: all keys are
+//! set, or none.
 //!
 //! Fan-out replies are bounded before they are built: every request tells
 //! the node the router's output limit (`max_output_len`), so a node never

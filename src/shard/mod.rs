@@ -15,7 +15,8 @@
 //! * [`status`]: what a node reports about its replicas.
 //!
 //! This layer never decides *which* replicas should exist (that is
-//! `node::reconcile`), and never speaks RESP.
+//! `node::reconcile`), and never parses or writes RESP bytes: its replies
+//! are values (`OpReply`), whose error texts are Redis's.
 
 pub mod command;
 pub mod engine;
