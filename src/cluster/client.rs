@@ -30,6 +30,7 @@ use super::routes::{RouteView, TableRoute};
 use super::ClusterError;
 use crate::proto::shard_service_client::ShardServiceClient;
 use crate::proto::{ChangeMembershipRequest, ExecuteRequest, StatusRequest};
+use crate::shard::codec::{self, Format};
 use crate::shard::command::{OpReply, ShardRequest};
 use crate::shard::host::MembershipChange;
 use crate::shard::network::Transport;
@@ -195,8 +196,8 @@ impl ShardClient {
             req,
             ShardRequest::Read { .. } | ShardRequest::ReadVersions { .. }
         );
-        let payload =
-            bincode::serialize(&req).map_err(|e| ClusterError::Internal(e.to_string()))?;
+        let payload = codec::encode(Format::ShardRequest, &req)
+            .map_err(|e| ClusterError::Internal(e.to_string()))?;
         let request = ExecuteRequest {
             group_id: gid,
             request: payload,
@@ -332,8 +333,9 @@ impl ShardClient {
                 r.into_inner()
             }
         };
-        let result: Result<OpReply, ShardError> = bincode::deserialize(&reply.reply)
-            .map_err(|e| Attempt::Fail(ClusterError::Internal(format!("bad reply: {e}"))))?;
+        let result: Result<OpReply, ShardError> =
+            codec::decode(Format::ShardReply, &reply.reply)
+                .map_err(|e| Attempt::Fail(ClusterError::Internal(format!("bad reply: {e}"))))?;
         match result {
             Ok(r) => Ok(r),
             Err(ShardError::NotLeader { leader, addr: _ }) => Err(Attempt::Retry { leader }),
@@ -369,7 +371,7 @@ impl ShardClient {
         let mut client = self.client(node).map_err(ClusterError::Internal)?;
         let req = ChangeMembershipRequest {
             group_id: gid,
-            change: bincode::serialize(change)
+            change: codec::encode(Format::MembershipChange, change)
                 .map_err(|e| ClusterError::Internal(e.to_string()))?,
         };
         let reply = tokio::time::timeout(Duration::from_secs(30), client.change_membership(req))
@@ -377,7 +379,7 @@ impl ShardClient {
             .map_err(|_| ClusterError::TryAgain(format!("node {node} did not answer in time")))?
             .map_err(|s| ClusterError::TryAgain(format!("node {node}: {}", s.message())))?;
         let result: Result<OpReply, ShardError> =
-            bincode::deserialize(&reply.into_inner().reply)
+            codec::decode(Format::ShardReply, &reply.into_inner().reply)
                 .map_err(|e| ClusterError::Internal(format!("bad reply: {e}")))?;
         match result {
             Ok(OpReply::Array(v)) => Ok(v

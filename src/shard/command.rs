@@ -3,7 +3,8 @@
 //! A router turns a RESP command into a [`ShardRequest`]: a [`WriteCmd`]
 //! (proposed to the shard's Raft log) or a [`ReadOp`] (served from a replica's
 //! data after the consistency check the request asks for). Both travel over
-//! gRPC as bincode and writes are stored in the Raft log as they are.
+//! gRPC and writes are stored in the Raft log as they are, in the versioned
+//! encodings of [`codec`].
 //!
 //! **Determinism rule.** [`apply_write`] decides the outcome of a write from
 //! the command (including the `now_ms` the *proposer* stamped into it) and the
@@ -31,6 +32,7 @@ use std::fmt;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::codec::{self, CodecError, Format};
 use crate::glob::glob_match;
 use crate::num::{parse_f64, parse_i64};
 
@@ -44,37 +46,20 @@ pub struct Stored {
     pub data: Bytes,
 }
 
-/// Why a stored value could not be decoded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("a stored value needs at least 16 bytes, found {0}")]
-    TooShort(usize),
-}
-
 impl Stored {
-    /// Encoding in the data column family: version (8, BE) ++ expiry (8, BE) ++ bytes.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(16 + self.data.len());
-        v.extend_from_slice(&self.version.to_be_bytes());
-        v.extend_from_slice(&self.expire_at_ms.to_be_bytes());
-        v.extend_from_slice(&self.data);
-        v
+    /// Encoding in the data column family (and in a `ReadVersions` reply):
+    /// the [`Format::Stored`] blob of the codec (header, then version and
+    /// expiry as varints, then the length-prefixed bytes).
+    pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        codec::encode(Format::Stored, self)
     }
 
-    pub fn decode(raw: &[u8]) -> Result<Stored, DecodeError> {
-        let (Some(version), Some(expiry)) = (raw.get(0..8), raw.get(8..16)) else {
-            return Err(DecodeError::TooShort(raw.len()));
-        };
-        let be = |b: &[u8]| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(b);
-            u64::from_be_bytes(a)
-        };
-        Ok(Stored {
-            version: be(version),
-            expire_at_ms: be(expiry),
-            data: Bytes::copy_from_slice(&raw[16..]),
-        })
+    /// A value written by this encoding. Values written by builds before
+    /// formats carried versions (version 8 B ++ expiry 8 B ++ bytes, whose
+    /// first byte is 0 for any log index below 2^56) are refused as
+    /// version 0, never misread.
+    pub fn decode(raw: &[u8]) -> Result<Stored, CodecError> {
+        codec::decode(Format::Stored, raw)
     }
 
     /// Whether the value is still alive at `now_ms`.
@@ -1769,7 +1754,8 @@ mod tests {
         };
         assert_eq!(apply_write(&cmd, 1, &mut read), (c.reply(), Vec::new()));
         assert!(apply_read(&ReadOp::Get { key: b("k") }, 0, 100, &mut read).is_err());
-        db.insert(b("k"), Stored::decode(&[0; 16]).unwrap());
+        // The smallest stored value: header, version 0, no expiry, no bytes.
+        db.insert(b("k"), Stored::decode(&[1, 11, 0, 0, 0]).unwrap());
         assert_eq!(r(&db, 0, ReadOp::Get { key: b("k") }), OpReply::Bulk(b("")));
     }
 
@@ -1780,7 +1766,34 @@ mod tests {
             expire_at_ms: 99,
             data: Bytes::from_static(b"\x00\r\nbin"),
         };
-        assert_eq!(Stored::decode(&v.encode()), Ok(v));
-        assert_eq!(Stored::decode(b"short"), Err(DecodeError::TooShort(5)));
+        assert_eq!(Stored::decode(&v.encode().unwrap()), Ok(v));
+        assert!(matches!(
+            Stored::decode(b"s"),
+            Err(CodecError::Truncated { len: 1, .. })
+        ));
+    }
+
+    /// The layout of builds before formats were versioned (index 8 B BE ++
+    /// expiry 8 B BE ++ bytes) is refused, whatever follows its first byte:
+    /// never read as some other value.
+    #[test]
+    fn unversioned_stored_values_are_refused() {
+        for (version, expiry, data) in [
+            (1u64, 0u64, &b""[..]),
+            (7, 99, b"v"),
+            (0x0b01, 0, b"\x01\x0b"),
+            ((1 << 56) - 1, u64::MAX, b"long value"),
+        ] {
+            let mut old = version.to_be_bytes().to_vec();
+            old.extend_from_slice(&expiry.to_be_bytes());
+            old.extend_from_slice(data);
+            let e = Stored::decode(&old).unwrap_err();
+            assert!(
+                matches!(e, CodecError::UnknownVersion { version: 0, .. }),
+                "{e}"
+            );
+            let c = Corrupt::check(3, b"k", &old).unwrap_err();
+            assert_eq!(c.to_string(), "ERR corrupt data at group 3 key \"k\"");
+        }
     }
 }

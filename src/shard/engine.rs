@@ -4,9 +4,15 @@
 //!
 //! | column family | key | value |
 //! |---|---|---|
-//! | `raft_log`   | group id (8, BE) ++ log index (8, BE) | bincode(openraft `Entry`) |
-//! | `raft_state` | group id (8, BE) ++ tag (1)            | vote, committed, purged, applied, snapshot, replica record |
-//! | `data`       | group id (8, BE) ++ user key           | [`Stored`](super::command::Stored) encoding |
+//! | `raft_log`   | group id (8, BE) ++ log index (8, BE) | openraft `Entry` |
+//! | `raft_state` | group id (8, BE) ++ tag (1)            | vote, committed, purged, applied, snapshot, locks, prepared transactions, key count, replica record |
+//! | `data`       | group id (8, BE) ++ user key           | [`Stored`](super::command::Stored) |
+//!
+//! Values are versioned [`codec`] blobs (the replica record is JSON, the
+//! snapshot an envelope around one). The `default` column family holds one
+//! row, the data-directory marker: a database with rows but without it was
+//! written by a build whose formats carried no version, and is refused at
+//! open instead of being misread.
 //!
 //! There is never a column family per group: opening hundreds of them makes
 //! start-up slow, and a group's keys are one contiguous range anyway, which
@@ -26,6 +32,8 @@ use std::sync::Arc;
 use rocksdb::{
     ColumnFamilyDescriptor, DBWithThreadMode, MultiThreaded, Options, WriteBatch, WriteOptions,
 };
+
+use super::codec::{self, Format};
 
 /// Multi-threaded mode: column family handles can be used from any thread.
 type DB = DBWithThreadMode<MultiThreaded>;
@@ -63,11 +71,11 @@ pub mod tag {
     pub const APPLIED: u8 = 4;
     pub const SNAPSHOT_META: u8 = 5;
     pub const SNAPSHOT_DATA: u8 = 6;
-    /// `LOCK ++ user key` -> the transaction (id, 8 B BE) holding the key.
+    /// `LOCK ++ user key` -> the transaction (id, `Format::Lock`) holding the key.
     pub const LOCK: u8 = 7;
-    /// `PREPARED ++ txn id (8 B BE)` -> bincode `Prepared`.
+    /// `PREPARED ++ txn id (8 B BE)` -> `Prepared` (`Format::Prepared`).
     pub const PREPARED: u8 = 8;
-    /// Keys stored in the group: applied index (8, BE) ++ count (8, BE),
+    /// Keys stored in the group: (applied index, count) (`Format::KeyCount`),
     /// written with the data; trusted only while the index is the
     /// group's applied index.
     pub const KEY_COUNT: u8 = 9;
@@ -90,6 +98,9 @@ pub enum EngineError {
     WriterGone,
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The data directory is not in formats this build reads.
+    #[error("unreadable data directory: {0}")]
+    Format(String),
 }
 
 type Done = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
@@ -174,6 +185,7 @@ impl Engine {
             ColumnFamilyDescriptor::new(name, cf_opts)
         });
         let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
+        check_marker(&db)?;
         let (tx, rx) = mpsc::channel::<WriteJob>();
         let writer_db = db.clone();
         let writer_thread = std::thread::Builder::new()
@@ -335,6 +347,42 @@ impl std::fmt::Debug for DbView {
     }
 }
 
+/// Key of the data-directory marker, in the `default` column family.
+const MARKER_KEY: &[u8] = b"shoal-formats";
+
+/// Check (or, on an empty database, write) the data-directory marker: rows
+/// without it were written by a build whose formats carried no version,
+/// and reading them could misread them.
+fn check_marker(db: &DB) -> Result<(), EngineError> {
+    if let Some(raw) = db.get(MARKER_KEY)? {
+        return codec::decode::<()>(Format::DataDir, &raw).map_err(|e| {
+            EngineError::Format(format!("{e}; this build cannot read this data directory"))
+        });
+    }
+    for cf in [Cf::Log, Cf::State, Cf::Data] {
+        let h = handle(db, cf)?;
+        if db
+            .iterator_cf(&h, rocksdb::IteratorMode::Start)
+            .next()
+            .transpose()?
+            .is_some()
+        {
+            return Err(EngineError::Format(format!(
+                "column family {} holds rows written by an earlier build whose formats \
+                 carried no version; this build cannot read them: re-create the data \
+                 directory",
+                cf.name()
+            )));
+        }
+    }
+    let marker =
+        codec::encode(Format::DataDir, &()).map_err(|e| EngineError::Format(e.to_string()))?;
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    db.put_opt(MARKER_KEY, marker, &wo)?;
+    Ok(())
+}
+
 /// Merge queued jobs into one batch and one sync; report to each job.
 fn writer_loop(db: Arc<DB>, rx: mpsc::Receiver<WriteJob>, fsync: bool) {
     const MAX_JOBS: usize = 512;
@@ -380,4 +428,58 @@ fn add_ops(db: &DB, batch: &mut WriteBatch, ops: &[Op]) -> Result<(), EngineErro
 fn handle(db: &DB, cf: Cf) -> Result<Arc<rocksdb::BoundColumnFamily<'_>>, EngineError> {
     db.cf_handle(cf.name())
         .ok_or_else(|| EngineError::Corrupt(format!("missing column family {}", cf.name())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_db(path: &Path) -> DB {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        DB::open_cf(&opts, path, [CF_LOG, CF_STATE, CF_DATA]).unwrap()
+    }
+
+    #[test]
+    fn a_new_directory_gets_the_marker_and_opens_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), false).unwrap();
+        drop(engine);
+        let db = raw_db(dir.path());
+        assert_eq!(db.get(MARKER_KEY).unwrap(), Some(vec![1, 21]));
+        drop(db);
+        Engine::open(dir.path(), false).unwrap();
+    }
+
+    /// Rows without the marker were written by a build whose formats
+    /// carried no version: the node refuses to start on them.
+    #[test]
+    fn an_unversioned_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = raw_db(dir.path());
+        let cf = db.cf_handle(CF_STATE).unwrap();
+        db.put_cf(&cf, state_key(1, tag::VOTE), [1, 0, 0, 0])
+            .unwrap();
+        drop(cf);
+        drop(db);
+        let e = Engine::open(dir.path(), false).err().unwrap();
+        assert!(
+            matches!(&e, EngineError::Format(m) if m.contains("earlier build")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_newer_marker_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = raw_db(dir.path());
+        db.put(MARKER_KEY, [2, Format::DataDir.tag()]).unwrap();
+        drop(db);
+        let e = Engine::open(dir.path(), false).err().unwrap();
+        assert!(
+            matches!(&e, EngineError::Format(m) if m.contains("version 2 is unknown")),
+            "{e}"
+        );
+    }
 }

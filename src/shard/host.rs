@@ -974,8 +974,11 @@ mod tests {
             openraft::CommittedLeaderId::new(9, 1),
             1000,
         ));
-        let row = bincode::serialize(&(applied, crate::shard::types::StoredMembership::default()))
-            .unwrap();
+        let row = crate::shard::codec::encode(
+            crate::shard::codec::Format::Applied,
+            &(applied, crate::shard::types::StoredMembership::default()),
+        )
+        .unwrap();
         host.engine
             .write(
                 vec![

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use openraft::{BasicNode, ServerState};
 
+use super::codec;
 use super::command::{
     Expiry, Limits, OpReply, ReadOp, SetCond, ShardRequest, WriteCmd, WriteOp, ERR_NOT_FLOAT,
     ERR_TOO_BIG,
@@ -231,6 +232,50 @@ async fn corrupt_transaction_records_are_reported() {
     assert!(raw(&host, b"l").await.is_none());
 }
 
+/// Records in the unversioned layouts of earlier builds, or in a format
+/// version newer than this build knows, are corrupt data: never read as
+/// some other value.
+#[tokio::test]
+async fn old_and_newer_formats_are_corrupt_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with(dir.path(), Limits::default()).await;
+    let old_value = [&7u64.to_be_bytes()[..], &0u64.to_be_bytes(), b"v"].concat();
+    let mut newer_value = super::command::Stored {
+        version: 7,
+        expire_at_ms: 0,
+        data: b("v"),
+    }
+    .encode()
+    .unwrap();
+    newer_value[0] += 1;
+    for (key, raw) in [("old", old_value), ("newer", newer_value)] {
+        put_raw(&host, Cf::Data, data_key(GID, key.as_bytes()), &raw).await;
+        let want = format!("ERR corrupt data at group 7 key \"{key}\"");
+        let got = host.execute(GID, read(ReadOp::Get { key: b(key) })).await;
+        assert!(
+            matches!(&got, Err(ShardError::Corrupt(c)) if c.to_string() == want),
+            "{key}: {got:?}"
+        );
+        let got = host
+            .execute(GID, write(WriteOp::IncrBy { key: b(key), by: 1 }))
+            .await
+            .unwrap();
+        assert_eq!(got, OpReply::Error(want), "{key}");
+    }
+    // A lock in the old layout (the transaction id, 8 bytes big-endian),
+    // met by a transaction (which always checks locks).
+    let lock = state_key_with(GID, tag::LOCK, b"l");
+    put_raw(&host, Cf::State, lock, &0x0109u64.to_be_bytes()).await;
+    let one_phase = txn(TxnCmd::OnePhase {
+        ops: vec![TxnOp::Write(set("l", "v"))],
+        watches: vec![],
+    });
+    assert_eq!(
+        host.execute(GID, one_phase).await.unwrap(),
+        OpReply::Error("ERR corrupt data at group 7 lock of key \"l\"".into())
+    );
+}
+
 #[tokio::test]
 async fn the_node_enforces_its_own_value_limit() {
     let dir = tempfile::tempdir().unwrap();
@@ -424,11 +469,7 @@ async fn the_key_counter_follows_writes_and_is_kept_with_the_data() {
         .borrow()
         .last_applied
         .map_or(0, |l| l.index);
-    let record = |index: u64, n: i64| {
-        let mut v = index.to_be_bytes().to_vec();
-        v.extend_from_slice(&n.to_be_bytes());
-        v
-    };
+    let record = |index: u64, n: i64| codec::encode(codec::Format::KeyCount, &(index, n)).unwrap();
     let reopen = || StateMachine::open(host.engine.clone(), GID);
     assert_eq!(reopen().await.unwrap().key_count().await.unwrap(), 2);
     let at = state_key(GID, tag::KEY_COUNT);
@@ -437,6 +478,11 @@ async fn the_key_counter_follows_writes_and_is_kept_with_the_data() {
     // ...and counts the keys once when it does not (after a snapshot
     // install, or data written before the counter existed).
     put_raw(&host, Cf::State, at.clone(), &record(applied - 1, 1000)).await;
+    assert_eq!(reopen().await.unwrap().key_count().await.unwrap(), 2);
+    // A row in the unversioned layout of earlier builds is an unknown
+    // count too, never a misread one.
+    let old = [applied.to_be_bytes(), 1000i64.to_be_bytes()].concat();
+    put_raw(&host, Cf::State, at.clone(), &old).await;
     assert_eq!(reopen().await.unwrap().key_count().await.unwrap(), 2);
     host.engine
         .write(vec![Op::Delete(Cf::State, at)], true)

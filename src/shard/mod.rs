@@ -1,6 +1,8 @@
 //! The node side: shard replicas, each an openraft group over the node's one
 //! RocksDB.
 //!
+//! * [`codec`]: every binary format (log entries, RPC payloads, stored
+//!   values, Raft state rows, snapshot data) with its version byte.
 //! * [`command`]: shard commands as values and the deterministic apply
 //!   logic, with the checks a leader makes before proposing and the
 //!   corruption error.
@@ -18,6 +20,7 @@
 //! `node::reconcile`), and never parses or writes RESP bytes: its replies
 //! are values (`OpReply`), whose error texts are Redis's.
 
+pub mod codec;
 pub mod command;
 pub mod engine;
 pub mod host;
@@ -29,6 +32,8 @@ pub mod store;
 pub mod txn;
 pub mod types;
 
+#[cfg(test)]
+mod format_tests;
 #[cfg(test)]
 mod hostile_tests;
 

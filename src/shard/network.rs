@@ -5,7 +5,8 @@
 //! etcd's member list) and holds one lazily connected tonic channel per
 //! address. Each group gets a [`NetworkFactory`] that stamps its group id on
 //! every message, so the peer's single `RaftService` can dispatch it.
-//! Messages are openraft's own request/response types, bincode-encoded.
+//! Messages are openraft's own request/response types, each in its own
+//! versioned [`codec`] format (`Format::RaftAppend`, ...).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -23,6 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
 
+use super::codec::{self, Format};
 use super::types::{Node, NodeId, TypeConfig};
 use crate::proto::raft_service_client::RaftServiceClient;
 use crate::proto::RaftMessage;
@@ -117,6 +119,17 @@ enum Rpc {
     Snapshot,
 }
 
+impl Rpc {
+    /// The formats of the request and of the reply.
+    fn formats(self) -> (Format, Format) {
+        match self {
+            Rpc::Append => (Format::RaftAppend, Format::RaftAppendReply),
+            Rpc::Vote => (Format::RaftVote, Format::RaftVoteReply),
+            Rpc::Snapshot => (Format::RaftSnapshot, Format::RaftSnapshotReply),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct TransportError(String);
@@ -141,8 +154,9 @@ impl GroupNetwork {
             .transport
             .channel(&addr)
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(e))))?;
+        let (req_format, reply_format) = rpc.formats();
         let payload =
-            bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            codec::encode(req_format, req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let msg = RaftMessage {
             group_id: self.gid,
             payload,
@@ -172,8 +186,9 @@ impl GroupNetwork {
             }
             Ok(Ok(reply)) => reply.into_inner(),
         };
-        let result: Result<Resp, RaftError<NodeId, E>> = bincode::deserialize(&reply.payload)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            codec::decode(reply_format, &reply.payload)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -235,12 +250,13 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
     }
 }
 
-/// Encode a server-side result for the wire (used by the RaftService).
-pub fn encode_result<T: Serialize, E: Serialize>(r: &Result<T, E>) -> Vec<u8> {
-    bincode::serialize(r).unwrap_or_else(|e| {
+/// Encode a server-side result for the wire, as `format` (used by the
+/// RaftService and the ShardService).
+pub fn encode_result<T: Serialize, E: Serialize>(format: Format, r: &Result<T, E>) -> Vec<u8> {
+    codec::encode(format, r).unwrap_or_else(|e| {
         // Encoding our own values cannot fail short of a bug; answer with an
         // error the peer can at least decode as "not this".
-        tracing::error!("cannot encode raft reply: {e}");
+        tracing::error!("cannot encode a reply: {e}");
         Vec::new()
     })
 }

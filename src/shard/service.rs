@@ -1,6 +1,7 @@
 //! gRPC services of a node: `RaftService` (peer replicas) and `ShardService`
 //! (routers, `shoal status`). Both only decode, dispatch by group id to the
-//! [`Host`], and encode; no decision is made here.
+//! [`Host`], and encode, each message in its own [`codec`] format; no
+//! decision is made here.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use openraft::error::{InstallSnapshotError, RaftError, SnapshotMismatch};
 use openraft::raft::InstallSnapshotRequest;
 use openraft::SnapshotSegmentId;
 
+use super::codec::{self, Format};
 use super::command::{OpReply, ShardRequest};
 use super::host::Host;
 use super::network::encode_result;
@@ -42,8 +44,8 @@ impl NodeService {
     }
 }
 
-fn decode<T: for<'a> serde::Deserialize<'a>>(raw: &[u8]) -> Result<T, Status> {
-    bincode::deserialize(raw).map_err(|e| Status::invalid_argument(format!("bad payload: {e}")))
+fn decode<T: serde::de::DeserializeOwned>(format: Format, raw: &[u8]) -> Result<T, Status> {
+    codec::decode(format, raw).map_err(|e| Status::invalid_argument(format!("bad payload: {e}")))
 }
 
 impl NodeService {
@@ -63,20 +65,22 @@ impl RaftService for NodeService {
     ) -> Result<Response<RaftMessage>, Status> {
         let msg = req.into_inner();
         let raft = self.raft(msg.group_id)?;
-        let res = raft.append_entries(decode(&msg.payload)?).await;
+        let res = raft
+            .append_entries(decode(Format::RaftAppend, &msg.payload)?)
+            .await;
         Ok(Response::new(RaftMessage {
             group_id: msg.group_id,
-            payload: encode_result(&res),
+            payload: encode_result(Format::RaftAppendReply, &res),
         }))
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let msg = req.into_inner();
         let raft = self.raft(msg.group_id)?;
-        let res = raft.vote(decode(&msg.payload)?).await;
+        let res = raft.vote(decode(Format::RaftVote, &msg.payload)?).await;
         Ok(Response::new(RaftMessage {
             group_id: msg.group_id,
-            payload: encode_result(&res),
+            payload: encode_result(Format::RaftVoteReply, &res),
         }))
     }
 
@@ -87,7 +91,7 @@ impl RaftService for NodeService {
         let msg = req.into_inner();
         let gid = msg.group_id;
         let raft = self.raft(gid)?;
-        let req: InstallSnapshotRequest<TypeConfig> = decode(&msg.payload)?;
+        let req: InstallSnapshotRequest<TypeConfig> = decode(Format::RaftSnapshot, &msg.payload)?;
         let checked = self.snapshots.chunk(
             gid,
             &req.meta.snapshot_id,
@@ -117,7 +121,7 @@ impl RaftService for NodeService {
         };
         Ok(Response::new(RaftMessage {
             group_id: msg.group_id,
-            payload: encode_result(&res),
+            payload: encode_result(Format::RaftSnapshotReply, &res),
         }))
     }
 }
@@ -129,20 +133,21 @@ impl ShardService for NodeService {
         req: Request<ExecuteRequest>,
     ) -> Result<Response<ExecuteReply>, Status> {
         let msg = req.into_inner();
-        let result: Result<OpReply, ShardError> = match decode::<ShardRequest>(&msg.request) {
-            Ok(request) => {
-                let max_reply = match msg.max_reply_len {
-                    0 => usize::MAX,
-                    n => usize::try_from(n).unwrap_or(usize::MAX),
-                };
-                self.host
-                    .execute_bounded(msg.group_id, request, max_reply)
-                    .await
-            }
-            Err(e) => Err(ShardError::BadRequest(e.message().to_string())),
-        };
+        let result: Result<OpReply, ShardError> =
+            match decode::<ShardRequest>(Format::ShardRequest, &msg.request) {
+                Ok(request) => {
+                    let max_reply = match msg.max_reply_len {
+                        0 => usize::MAX,
+                        n => usize::try_from(n).unwrap_or(usize::MAX),
+                    };
+                    self.host
+                        .execute_bounded(msg.group_id, request, max_reply)
+                        .await
+                }
+                Err(e) => Err(ShardError::BadRequest(e.message().to_string())),
+            };
         Ok(Response::new(ExecuteReply {
-            reply: encode_result(&result),
+            reply: encode_result(Format::ShardReply, &result),
         }))
     }
 
@@ -151,12 +156,13 @@ impl ShardService for NodeService {
         req: Request<ChangeMembershipRequest>,
     ) -> Result<Response<ExecuteReply>, Status> {
         let msg = req.into_inner();
-        let result: Result<OpReply, ShardError> = match decode(&msg.change) {
-            Ok(change) => self.host.change_membership(msg.group_id, change).await,
-            Err(e) => Err(ShardError::BadRequest(e.message().to_string())),
-        };
+        let result: Result<OpReply, ShardError> =
+            match decode(Format::MembershipChange, &msg.change) {
+                Ok(change) => self.host.change_membership(msg.group_id, change).await,
+                Err(e) => Err(ShardError::BadRequest(e.message().to_string())),
+            };
         Ok(Response::new(ExecuteReply {
-            reply: encode_result(&result),
+            reply: encode_result(Format::ShardReply, &result),
         }))
     }
 

@@ -16,7 +16,8 @@
 //! by each applied batch and written with it (for INFO keyspace, which must
 //! not scan); after a snapshot install it is unknown until counted once.
 //! A record that does not decode (value, lock, prepared transaction, log
-//! entry) is reported as corrupt, never read as absent.
+//! entry) is reported as corrupt, never read as absent. Every row written
+//! here is a versioned [`codec`] blob of its own [`Format`].
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -30,9 +31,11 @@ use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader,
     RaftSnapshotBuilder, StorageIOError,
 };
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use super::codec::{self, Format};
 use super::command::{apply_write, Corrupt, LogCmd, OpReply, Place, Stored};
 use super::engine::{
     self, data_key, group_range, log_key, state_key, state_key_with, tag, Cf, DbView, Engine, Op,
@@ -54,19 +57,19 @@ fn write_err(e: impl std::fmt::Display) -> StorageError {
     io_err(ErrorSubject::Store, ErrorVerb::Write, e)
 }
 
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
-    bincode::serialize(v).map_err(write_err)
+fn encode<T: Serialize>(kind: Format, v: &T) -> Result<Vec<u8>, StorageError> {
+    codec::encode(kind, v).map_err(write_err)
 }
 
-fn decode<T: for<'a> Deserialize<'a>>(raw: &[u8]) -> Result<T, StorageError> {
-    bincode::deserialize(raw).map_err(read_err)
+fn decode<T: DeserializeOwned>(kind: Format, raw: &[u8]) -> Result<T, StorageError> {
+    codec::decode(kind, raw).map_err(read_err)
 }
 
 /// A log entry read back, or a storage error naming the group and index
 /// (and an error log line): a corrupt entry is never skipped, since this
 /// replica would then silently diverge from the others.
 fn decode_entry(gid: u64, key: &[u8], raw: &[u8]) -> Result<Entry, StorageError> {
-    bincode::deserialize(raw).map_err(|e| {
+    codec::decode(Format::LogEntry, raw).map_err(|e| {
         let index = key.get(8..16).map_or(0, |b| {
             let mut a = [0u8; 8];
             a.copy_from_slice(b);
@@ -88,9 +91,10 @@ impl LogStore {
         LogStore { engine, gid }
     }
 
-    async fn read_state<T: for<'a> Deserialize<'a> + Send + 'static>(
+    async fn read_state<T: DeserializeOwned + Send + 'static>(
         &self,
         t: u8,
+        kind: Format,
     ) -> Result<Option<T>, StorageError> {
         let key = state_key(self.gid, t);
         let raw = self
@@ -98,11 +102,17 @@ impl LogStore {
             .read(move |db| db.get(Cf::State, &key))
             .await
             .map_err(read_err)?;
-        raw.map(|r| decode(&r)).transpose()
+        raw.map(|r| decode(kind, &r)).transpose()
     }
 
-    async fn put_state<T: Serialize>(&self, t: u8, v: &T, sync: bool) -> Result<(), StorageError> {
-        let op = Op::Put(Cf::State, state_key(self.gid, t), encode(v)?);
+    async fn put_state<T: Serialize>(
+        &self,
+        t: u8,
+        kind: Format,
+        v: &T,
+        sync: bool,
+    ) -> Result<(), StorageError> {
+        let op = Op::Put(Cf::State, state_key(self.gid, t), encode(kind, v)?);
         self.engine.write(vec![op], sync).await.map_err(write_err)
     }
 }
@@ -146,7 +156,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = self.read_state(tag::PURGED).await?;
+        let last_purged: Option<LogId> = self.read_state(tag::PURGED, Format::Purged).await?;
         let gid = self.gid;
         let last = self
             .engine
@@ -171,20 +181,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.put_state(tag::VOTE, vote, true).await
+        self.put_state(tag::VOTE, Format::Vote, vote, true).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.read_state(tag::VOTE).await
+        self.read_state(tag::VOTE, Format::Vote).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.put_state(tag::COMMITTED, &committed, false).await
+        self.put_state(tag::COMMITTED, Format::Committed, &committed, false)
+            .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         Ok(self
-            .read_state::<Option<LogId>>(tag::COMMITTED)
+            .read_state::<Option<LogId>>(tag::COMMITTED, Format::Committed)
             .await?
             .flatten())
     }
@@ -203,7 +214,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             ops.push(Op::Put(
                 Cf::Log,
                 log_key(self.gid, entry.log_id.index),
-                encode(&entry)?,
+                encode(Format::LogEntry, &entry)?,
             ));
         }
         self.engine.submit(
@@ -227,7 +238,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Op::Put(
                 Cf::State,
                 state_key(self.gid, tag::PURGED),
-                encode(&log_id)?,
+                encode(Format::Purged, &log_id)?,
             ),
             Op::DeleteRange(
                 Cf::Log,
@@ -240,14 +251,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 }
 
 /// What a snapshot holds: every key-value pair of the group, and the state
-/// of transactions in progress (key locks and prepared transactions).
-#[derive(Serialize, Deserialize)]
-struct SnapshotData {
+/// of transactions in progress (key locks and prepared transactions). The
+/// rows are copied as stored (each value in its own versioned format);
+/// this is encoded as [`Format::SnapshotData`] inside the snapshot envelope.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct SnapshotData {
     /// (user key, `Stored` encoding)
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(super) pairs: Vec<(Vec<u8>, Vec<u8>)>,
     /// (`raft_state` key without the group prefix, value) for LOCK and
     /// PREPARED rows.
-    txn_state: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(super) txn_state: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// `[start, end)` of the transaction-state rows (LOCK, PREPARED) of a group.
@@ -384,21 +397,21 @@ impl<'a> Batch<'a> {
         }
         for (k, v) in self.data {
             ops.push(match v {
-                Some(v) => Op::Put(Cf::Data, data_key(gid, &k), v.encode()),
+                Some(v) => Op::Put(Cf::Data, data_key(gid, &k), v.encode().map_err(write_err)?),
                 None => Op::Delete(Cf::Data, data_key(gid, &k)),
             });
         }
         for (k, v) in self.locks {
             let key = state_key_with(gid, tag::LOCK, &k);
             ops.push(match v {
-                Some(t) => Op::Put(Cf::State, key, t.to_be_bytes().to_vec()),
+                Some(t) => Op::Put(Cf::State, key, encode(Format::Lock, &t)?),
                 None => Op::Delete(Cf::State, key),
             });
         }
         for (t, p) in self.prepared {
             let key = state_key_with(gid, tag::PREPARED, &t.to_be_bytes());
             ops.push(match p {
-                Some(p) => Op::Put(Cf::State, key, encode(&p)?),
+                Some(p) => Op::Put(Cf::State, key, encode(Format::Prepared, &p)?),
                 None => Op::Delete(Cf::State, key),
             });
         }
@@ -431,14 +444,9 @@ impl TxnView for Batch<'_> {
         let Some(raw) = self.db_get(Cf::State, &state_key_with(self.gid, tag::LOCK, key)) else {
             return Ok(None);
         };
-        match <[u8; 8]>::try_from(raw.as_slice()) {
-            Ok(id) => Ok(Some(u64::from_be_bytes(id))),
-            Err(_) => Err(Corrupt::found(
-                self.gid,
-                Place::Lock(Bytes::copy_from_slice(key)),
-                &format!("a lock holds 8 bytes, this one {}", raw.len()),
-            )),
-        }
+        codec::decode(Format::Lock, &raw)
+            .map(Some)
+            .map_err(|e| Corrupt::found(self.gid, Place::Lock(Bytes::copy_from_slice(key)), &e))
     }
 
     fn prepared(&mut self, txn_id: u64) -> Result<Option<Prepared>, Corrupt> {
@@ -451,7 +459,7 @@ impl TxnView for Batch<'_> {
         ) else {
             return Ok(None);
         };
-        bincode::deserialize(&raw)
+        codec::decode(Format::Prepared, &raw)
             .map(Some)
             .map_err(|e| Corrupt::found(self.gid, Place::Prepared(txn_id), &e))
     }
@@ -464,7 +472,8 @@ pub fn load_prepared(view: &DbView, gid: u64) -> Result<Vec<Prepared>, engine::E
     view.scan(Cf::State, &start, &end, usize::MAX)?
         .into_iter()
         .map(|(_, v)| {
-            bincode::deserialize(&v).map_err(|e| engine::EngineError::Corrupt(e.to_string()))
+            codec::decode(Format::Prepared, &v)
+                .map_err(|e| engine::EngineError::Corrupt(e.to_string()))
         })
         .collect()
 }
@@ -511,7 +520,7 @@ impl StateMachine {
             .await
             .map_err(read_err)?;
         let (applied, membership) = match raw {
-            Some(raw) => decode::<(Option<LogId>, StoredMembership)>(&raw)?,
+            Some(raw) => decode::<(Option<LogId>, StoredMembership)>(Format::Applied, &raw)?,
             None => (None, StoredMembership::default()),
         };
         let prepared_count = engine
@@ -608,16 +617,12 @@ impl StateMachine {
     }
 }
 
-fn encode_key_count(index: u64, n: i64) -> Vec<u8> {
-    let mut v = index.to_be_bytes().to_vec();
-    v.extend_from_slice(&n.to_be_bytes());
-    v
-}
-
+/// The key count row; one that does not decode is an unknown count (the
+/// keys are counted again), never a wrong one.
 fn decode_key_count(raw: &[u8]) -> Option<(u64, i64)> {
-    let index = u64::from_be_bytes(raw.get(0..8)?.try_into().ok()?);
-    let n = i64::from_be_bytes(raw.get(8..16)?.try_into().ok()?);
-    Some((index, n))
+    codec::decode(Format::KeyCount, raw)
+        .map_err(|e| tracing::warn!("key count row unreadable ({e}): counting the keys again"))
+        .ok()
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -702,14 +707,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 ops.push(Op::Put(
                     Cf::State,
                     state_key(gid, tag::APPLIED),
-                    encode(&(applied, membership.clone()))?,
+                    encode(Format::Applied, &(applied, membership.clone()))?,
                 ));
                 let key_count = key_count.map(|n| (applied_index(&applied), n));
                 if let Some((index, n)) = key_count {
                     ops.push(Op::Put(
                         Cf::State,
                         state_key(gid, tag::KEY_COUNT),
-                        encode_key_count(index, n),
+                        encode(Format::KeyCount, &(index, n))?,
                     ));
                 }
                 if any_txn {
@@ -760,7 +765,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             tracing::error!(group = gid, "snapshot refused at install: {e}");
             read_err(e)
         })?;
-        let data: SnapshotData = decode(payload)?;
+        let data: SnapshotData = decode(Format::SnapshotData, payload)?;
         let (start, end) = group_range(gid);
         let (txn_start, txn_end) = txn_state_range(gid);
         let mut ops = vec![
@@ -783,12 +788,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         ops.push(Op::Put(
             Cf::State,
             state_key(gid, tag::APPLIED),
-            encode(&(meta.last_log_id, meta.last_membership.clone()))?,
+            encode(
+                Format::Applied,
+                &(meta.last_log_id, meta.last_membership.clone()),
+            )?,
         ));
         ops.push(Op::Put(
             Cf::State,
             state_key(gid, tag::SNAPSHOT_META),
-            encode(meta)?,
+            encode(Format::SnapshotMeta, meta)?,
         ));
         ops.push(Op::Put(
             Cf::State,
@@ -832,7 +840,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     return Ok(None);
                 }
                 Ok(Some(Snapshot {
-                    meta: decode(&meta)?,
+                    meta: decode(Format::SnapshotMeta, &meta)?,
                     snapshot: Box::new(Cursor::new(data)),
                 }))
             }
@@ -873,7 +881,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     .into_iter()
                     .map(|(k, v)| (k[8..].to_vec(), v.into_vec()))
                     .collect();
-                bincode::serialize(&SnapshotData { pairs, txn_state })
+                codec::encode(Format::SnapshotData, &SnapshotData { pairs, txn_state })
                     .map(|payload| super::snapshot::seal(&payload))
                     .map_err(|e| engine::EngineError::Corrupt(e.to_string()))
             })
@@ -883,7 +891,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             Op::Put(
                 Cf::State,
                 state_key(gid, tag::SNAPSHOT_META),
-                encode(&meta)?,
+                encode(Format::SnapshotMeta, &meta)?,
             ),
             Op::Put(Cf::State, state_key(gid, tag::SNAPSHOT_DATA), bytes.clone()),
         ];

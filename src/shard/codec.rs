@@ -1,0 +1,432 @@
+//! Every binary format shoal writes to disk or sends between its processes,
+//! and the one encoding they share.
+//!
+//! A blob starts with a two-byte header, **format version** then **kind
+//! tag**, followed by the value in [postcard](https://docs.rs/postcard)
+//! (a stable, documented wire format: varint integers, length-prefixed
+//! bytes and sequences, enum variants as varint indexes):
+//!
+//! ```text
+//! version (1 byte) | kind tag (1 byte) | postcard(value)
+//! ```
+//!
+//! * The **kind tag** says what the blob is ([`Format`]), so a log entry can
+//!   never be decoded as a stored value or a vote as a membership row.
+//! * The **version** is per kind and starts at 1. Version 0 is never
+//!   written: blobs from builds before formats carried versions (bincode 1,
+//!   and stored values whose first byte is the high byte of a log index) are
+//!   refused as [`CodecError::UnknownVersion`], never misread.
+//! * postcard is not self-describing, so a value decodes only as the exact
+//!   type it was written as: field order, enum variant order and field types
+//!   are the format. The rule: **change a type → bump its kind's version in
+//!   [`Format::version`], and keep a decoder for the old one**. When the old
+//!   bytes still decode as the new type (a variant appended at the end of an
+//!   enum: old builds cannot read the new variant, hence the bump), that
+//!   decoder is the new type: leave [`Format::same_type_since`] at the old
+//!   version. Otherwise read the header with [`split`], decode the old
+//!   version's payload with [`decode_payload`] into the old type and
+//!   convert, and move `same_type_since` up to the new version. The
+//!   golden-bytes tests (`src/shard/format_tests.rs`) pin the bytes of every
+//!   kind so that a change that alters an encoding cannot go unnoticed.
+//!   Types that go
+//!   through here must not use `#[serde(skip_serializing_if)]`, `untagged`
+//!   or `flatten`, nor anything that needs `deserialize_any`.
+//! * A decode must consume the whole payload: trailing bytes are an error.
+//!
+//! This module is a leaf: it knows the formats by kind, not the types in
+//! them, and maps nothing into other layers' errors (callers turn a
+//! [`CodecError`] into their own corrupt-data or bad-request error). JSON
+//! (etcd records, the node status, the replica record) is not handled here.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// What an encoded blob holds. The tag of each kind is fixed forever; a
+/// retired kind's tag is never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// An openraft `Entry` of a shard group (its payload a `LogCmd`), in
+    /// `raft_log`.
+    LogEntry,
+    /// The group's `Vote` (`raft_state`, tag VOTE).
+    Vote,
+    /// The last committed `Option<LogId>` (`raft_state`, tag COMMITTED).
+    Committed,
+    /// The last purged `LogId` (`raft_state`, tag PURGED).
+    Purged,
+    /// `(last applied Option<LogId>, StoredMembership)` (`raft_state`, tag
+    /// APPLIED), written with the data it describes.
+    Applied,
+    /// The stored snapshot's `SnapshotMeta` (`raft_state`, tag SNAPSHOT_META).
+    SnapshotMeta,
+    /// The payload inside the snapshot envelope (`snapshot.rs`): the group's
+    /// data and transaction state (`SnapshotData`).
+    SnapshotData,
+    /// A prepared transaction (`Prepared`, `raft_state`, tag PREPARED).
+    Prepared,
+    /// The transaction id (u64) holding a key's lock (`raft_state`, tag LOCK).
+    Lock,
+    /// `(applied index u64, key count i64)` (`raft_state`, tag KEY_COUNT).
+    KeyCount,
+    /// A value in the `data` column family (`Stored`); also what a
+    /// `ReadVersions` reply carries to the router.
+    Stored,
+    /// Router → node: a `ShardRequest` (`ShardService.Execute`).
+    ShardRequest,
+    /// Node → router: `Result<OpReply, ShardError>` (`ShardService.Execute`
+    /// and `ChangeMembership`).
+    ShardReply,
+    /// Router → node: a `MembershipChange` (`ShardService.ChangeMembership`).
+    MembershipChange,
+    /// Node → node: openraft `AppendEntriesRequest`.
+    RaftAppend,
+    /// Node → node: `Result<AppendEntriesResponse, RaftError>`.
+    RaftAppendReply,
+    /// Node → node: openraft `VoteRequest`.
+    RaftVote,
+    /// Node → node: `Result<VoteResponse, RaftError>`.
+    RaftVoteReply,
+    /// Node → node: openraft `InstallSnapshotRequest` (one chunk).
+    RaftSnapshot,
+    /// Node → node: `Result<InstallSnapshotResponse, RaftError<_, InstallSnapshotError>>`.
+    RaftSnapshotReply,
+    /// The marker row of a node's data directory (value `()`): its rows are
+    /// written in these versioned formats.
+    DataDir,
+}
+
+impl Format {
+    /// Every kind, for tests and diagnostics.
+    pub const ALL: [Format; 21] = [
+        Format::LogEntry,
+        Format::Vote,
+        Format::Committed,
+        Format::Purged,
+        Format::Applied,
+        Format::SnapshotMeta,
+        Format::SnapshotData,
+        Format::Prepared,
+        Format::Lock,
+        Format::KeyCount,
+        Format::Stored,
+        Format::ShardRequest,
+        Format::ShardReply,
+        Format::MembershipChange,
+        Format::RaftAppend,
+        Format::RaftAppendReply,
+        Format::RaftVote,
+        Format::RaftVoteReply,
+        Format::RaftSnapshot,
+        Format::RaftSnapshotReply,
+        Format::DataDir,
+    ];
+
+    /// The kind's tag, the second byte of every blob of this kind.
+    pub const fn tag(self) -> u8 {
+        match self {
+            Format::LogEntry => 1,
+            Format::Vote => 2,
+            Format::Committed => 3,
+            Format::Purged => 4,
+            Format::Applied => 5,
+            Format::SnapshotMeta => 6,
+            Format::SnapshotData => 7,
+            Format::Prepared => 8,
+            Format::Lock => 9,
+            Format::KeyCount => 10,
+            Format::Stored => 11,
+            Format::ShardRequest => 12,
+            Format::ShardReply => 13,
+            Format::MembershipChange => 14,
+            Format::RaftAppend => 15,
+            Format::RaftAppendReply => 16,
+            Format::RaftVote => 17,
+            Format::RaftVoteReply => 18,
+            Format::RaftSnapshot => 19,
+            Format::RaftSnapshotReply => 20,
+            Format::DataDir => 21,
+        }
+    }
+
+    /// `(same_type_since, version)` of each kind: the one table to edit
+    /// when a format changes.
+    const fn versions(self) -> (u8, u8) {
+        match self {
+            Format::LogEntry
+            | Format::Vote
+            | Format::Committed
+            | Format::Purged
+            | Format::Applied
+            | Format::SnapshotMeta
+            | Format::SnapshotData
+            | Format::Prepared
+            | Format::Lock
+            | Format::KeyCount
+            | Format::Stored
+            | Format::ShardRequest
+            | Format::ShardReply
+            | Format::MembershipChange
+            | Format::RaftAppend
+            | Format::RaftAppendReply
+            | Format::RaftVote
+            | Format::RaftVoteReply
+            | Format::RaftSnapshot
+            | Format::RaftSnapshotReply
+            | Format::DataDir => (1, 1),
+        }
+    }
+
+    /// The version this build writes (and the newest it reads). Bump it when
+    /// the kind's type changes, and keep a decoder for the old version.
+    pub const fn version(self) -> u8 {
+        self.versions().1
+    }
+
+    /// The oldest version whose payload [`decode`] reads as the current
+    /// type (the versions since then only appended enum variants). Older
+    /// versions need their own decoder ([`split`], [`decode_payload`]).
+    pub const fn same_type_since(self) -> u8 {
+        self.versions().0
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Format::LogEntry => "log entry",
+            Format::Vote => "vote",
+            Format::Committed => "committed log id",
+            Format::Purged => "purged log id",
+            Format::Applied => "applied state",
+            Format::SnapshotMeta => "snapshot meta",
+            Format::SnapshotData => "snapshot data",
+            Format::Prepared => "prepared transaction",
+            Format::Lock => "key lock",
+            Format::KeyCount => "key count",
+            Format::Stored => "stored value",
+            Format::ShardRequest => "shard request",
+            Format::ShardReply => "shard reply",
+            Format::MembershipChange => "membership change",
+            Format::RaftAppend => "raft append-entries request",
+            Format::RaftAppendReply => "raft append-entries reply",
+            Format::RaftVote => "raft vote request",
+            Format::RaftVoteReply => "raft vote reply",
+            Format::RaftSnapshot => "raft install-snapshot request",
+            Format::RaftSnapshotReply => "raft install-snapshot reply",
+            Format::DataDir => "data directory marker",
+        }
+    }
+
+    /// The kind a tag stands for.
+    pub fn from_tag(tag: u8) -> Option<Format> {
+        Format::ALL.into_iter().find(|f| f.tag() == tag)
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a blob could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// Shorter than the two-byte header.
+    #[error("{kind}: {len} bytes, shorter than the format header")]
+    Truncated { kind: Format, len: usize },
+    /// The blob is another kind of record.
+    #[error("expected a {kind} record, found {}", tag_name(*found))]
+    WrongKind { kind: Format, found: u8 },
+    /// A version this build cannot read: newer than it knows, an old one
+    /// whose decoder was dropped, or 0 (written before formats had versions).
+    #[error("{kind} format version {version} is unknown to this build (it reads version {}){}", kind.version(), unversioned_hint(*version))]
+    UnknownVersion { kind: Format, version: u8 },
+    /// The header is fine but the value does not decode (or leaves bytes over).
+    #[error("{kind} (format version {version}) does not decode: {reason}")]
+    Malformed {
+        kind: Format,
+        version: u8,
+        reason: String,
+    },
+    /// The value could not be encoded (a type that postcard cannot write:
+    /// a bug, caught by the golden-bytes tests).
+    #[error("cannot encode a {kind}: {reason}")]
+    Encode { kind: Format, reason: String },
+}
+
+fn tag_name(tag: u8) -> String {
+    match Format::from_tag(tag) {
+        Some(f) => format!("a {f} (tag {tag})"),
+        None => format!("unknown tag {tag}"),
+    }
+}
+
+fn unversioned_hint(version: u8) -> &'static str {
+    if version == 0 {
+        ": written by an earlier build whose formats carried no version"
+    } else {
+        ""
+    }
+}
+
+/// Bytes of the header (version, kind tag).
+pub const HEADER_LEN: usize = 2;
+
+/// Encode `v` as the current version of `kind`.
+pub fn encode<T: Serialize + ?Sized>(kind: Format, v: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(64);
+    out.push(kind.version());
+    out.push(kind.tag());
+    postcard::to_extend(v, out).map_err(|e| CodecError::Encode {
+        kind,
+        reason: e.to_string(),
+    })
+}
+
+/// Decode a blob of `kind` written in its current version (or an older one
+/// that the current type reads: [`Format::same_type_since`]).
+pub fn decode<T: DeserializeOwned>(kind: Format, raw: &[u8]) -> Result<T, CodecError> {
+    let (version, payload) = split(kind, raw)?;
+    if version < kind.same_type_since() {
+        return Err(CodecError::UnknownVersion { kind, version });
+    }
+    decode_payload(kind, version, payload)
+}
+
+/// Check the header of a blob of `kind`: its version (any from 1 to the
+/// current one) and the payload to decode. For a kind whose older versions
+/// are still read: match on the version, then [`decode_payload`] into the
+/// type of that version.
+pub fn split(kind: Format, raw: &[u8]) -> Result<(u8, &[u8]), CodecError> {
+    let [version, tag, payload @ ..] = raw else {
+        return Err(CodecError::Truncated {
+            kind,
+            len: raw.len(),
+        });
+    };
+    // Version 0 first: an unversioned record is reported as such, whatever
+    // its second byte.
+    if *version == 0 {
+        return Err(CodecError::UnknownVersion { kind, version: 0 });
+    }
+    if *tag != kind.tag() {
+        return Err(CodecError::WrongKind { kind, found: *tag });
+    }
+    if *version > kind.version() {
+        return Err(CodecError::UnknownVersion {
+            kind,
+            version: *version,
+        });
+    }
+    Ok((*version, payload))
+}
+
+/// Decode the payload of a `kind` blob of `version` (from [`split`]); the
+/// whole payload must be used.
+pub fn decode_payload<T: DeserializeOwned>(
+    kind: Format,
+    version: u8,
+    payload: &[u8],
+) -> Result<T, CodecError> {
+    let malformed = |reason: String| CodecError::Malformed {
+        kind,
+        version,
+        reason,
+    };
+    let (v, rest) = postcard::take_from_bytes(payload).map_err(|e| malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(malformed(format!("{} bytes left over", rest.len())));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_distinct_and_nonzero_and_round_trip() {
+        let mut seen = std::collections::HashSet::new();
+        for f in Format::ALL {
+            assert_ne!(f.tag(), 0, "{f}");
+            assert_ne!(f.version(), 0, "{f}");
+            assert!((1..=f.version()).contains(&f.same_type_since()), "{f}");
+            assert!(seen.insert(f.tag()), "tag {} used twice", f.tag());
+            assert_eq!(Format::from_tag(f.tag()), Some(f));
+        }
+        assert_eq!(Format::from_tag(0), None);
+    }
+
+    #[test]
+    fn header_then_postcard() {
+        let raw = encode(Format::Lock, &300u64).unwrap();
+        // Version 1, tag 9, then 300 as a varint.
+        assert_eq!(raw, [1, 9, 0xac, 0x02]);
+        assert_eq!(decode::<u64>(Format::Lock, &raw), Ok(300));
+    }
+
+    #[test]
+    fn unknown_versions_are_refused_never_misread() {
+        let mut raw = encode(Format::Lock, &7u64).unwrap();
+        raw[0] = 2;
+        let e = decode::<u64>(Format::Lock, &raw).unwrap_err();
+        assert_eq!(
+            e,
+            CodecError::UnknownVersion {
+                kind: Format::Lock,
+                version: 2
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "key lock format version 2 is unknown to this build (it reads version 1)"
+        );
+        raw[0] = 0;
+        let e = decode::<u64>(Format::Lock, &raw).unwrap_err();
+        assert!(
+            matches!(e, CodecError::UnknownVersion { version: 0, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("earlier build"), "{e}");
+        raw[0] = 255;
+        assert!(matches!(
+            decode::<u64>(Format::Lock, &raw),
+            Err(CodecError::UnknownVersion { version: 255, .. })
+        ));
+    }
+
+    #[test]
+    fn wrong_kinds_short_blobs_and_trailing_bytes_are_refused() {
+        let raw = encode(Format::Lock, &7u64).unwrap();
+        let e = decode::<u64>(Format::Vote, &raw).unwrap_err();
+        assert_eq!(
+            e,
+            CodecError::WrongKind {
+                kind: Format::Vote,
+                found: 9
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "expected a vote record, found a key lock (tag 9)"
+        );
+        for short in [&[][..], &[1][..]] {
+            assert!(matches!(
+                decode::<u64>(Format::Lock, short),
+                Err(CodecError::Truncated { .. })
+            ));
+        }
+        let mut long = raw.clone();
+        long.push(0);
+        assert!(matches!(
+            decode::<u64>(Format::Lock, &long),
+            Err(CodecError::Malformed { .. })
+        ));
+        // Header only: the value is missing.
+        assert!(matches!(
+            decode::<u64>(Format::Lock, &raw[..2]),
+            Err(CodecError::Malformed { .. })
+        ));
+    }
+}
