@@ -47,7 +47,7 @@ pub enum ClusterError {
     /// A shard met a record it cannot decode (`ERR corrupt data at group
     /// <g> key <k>`): reported as is, never retried.
     #[error("{0}")]
-    Corrupt(crate::shard::command::Corrupt),
+    Corrupt(crate::shard::value::Corrupt),
     /// A shard refused a transaction step with this error reply (its
     /// text, prefix included), e.g. a value over the node's size limit.
     #[error("{0}")]

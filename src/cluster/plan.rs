@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::routes::TableRoute;
 use crate::shard::command::OpReply;
-use crate::shard::txn::TxnOp;
+use crate::shard::command::TxnOp;
 
 /// One shard's share of a command.
 #[derive(Debug, Clone, PartialEq)]

@@ -27,8 +27,9 @@ use super::routes::TableRoute;
 use super::ClusterError;
 use crate::clock::now_ms;
 use crate::meta::etcd::{Meta, Participant, TxnRecord, TxnState};
-use crate::shard::command::{OpReply, ShardRequest, Stored};
-use crate::shard::txn::{TxnCmd, TxnEntry, TxnOp, Watch};
+use crate::shard::command::{OpReply, ShardRequest};
+use crate::shard::command::{TxnCmd, TxnEntry, TxnOp, Watch};
+use crate::shard::value::Stored;
 
 /// The part of a transaction on one shard: operations tagged with their
 /// position in the transaction, and the WATCHed keys this shard owns.

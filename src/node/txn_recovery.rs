@@ -16,9 +16,9 @@ use crate::clock::now_ms;
 use crate::meta::etcd::{Meta, TxnState};
 use crate::meta::MetaError;
 use crate::shard::command::ShardRequest;
+use crate::shard::command::{TxnCmd, TxnEntry};
 use crate::shard::host::Host;
 use crate::shard::store::load_prepared;
-use crate::shard::txn::{TxnCmd, TxnEntry};
 
 /// What to do with a stale prepared transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

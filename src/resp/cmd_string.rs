@@ -40,11 +40,11 @@ use crate::cluster::routes::TableRoute;
 use crate::cluster::txn::{self, Outcome, ShardKeys, ShardWork};
 use crate::cluster::ClusterError;
 use crate::meta::descriptor::TableState;
+use crate::shard::command::TxnOp;
 use crate::shard::command::{
     reply_too_large, ExpireCond, Expiry, OpReply, ReadOp, SetCond, ShardRequest, WriteCmd, WriteOp,
     MAX_SCAN_COUNT,
 };
-use crate::shard::txn::TxnOp;
 use crate::slot::slot;
 
 const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";

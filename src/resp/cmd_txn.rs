@@ -30,8 +30,11 @@ use crate::cluster::plan::{merge, Atomicity, Plan};
 use crate::cluster::txn::{self, Outcome, ShardKeys};
 use crate::cluster::ClusterError;
 use crate::meta::descriptor::TableState;
-use crate::shard::command::{apply_read, OpReply, ShardRequest, Stored};
-use crate::shard::txn::{version_of, TxnOp};
+use crate::shard::apply::apply_read;
+use crate::shard::command::TxnOp;
+use crate::shard::command::{OpReply, ShardRequest};
+use crate::shard::txn::version_of;
+use crate::shard::value::Stored;
 
 /// A transaction being queued.
 #[derive(Debug, Default)]

@@ -34,7 +34,7 @@ use super::session::{cluster_err, After, Session};
 use crate::clock::now_ms;
 use crate::cluster::plan::{merge, Plan};
 use crate::shard::command::{OpReply, ReadOp, ShardRequest, WriteCmd, WriteOp};
-use crate::shard::txn::{TxnCmd, TxnEntry, TxnOp};
+use crate::shard::command::{TxnCmd, TxnEntry, TxnOp};
 
 /// Most requests executed as one group.
 pub const MAX_GROUP: usize = 512;

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `raft_log`   | group id (8, BE) ++ log index (8, BE) | openraft `Entry` |
 //! | `raft_state` | group id (8, BE) ++ tag (1)            | vote, committed, purged, applied, snapshot, locks, prepared transactions, key count, replica record |
-//! | `data`       | group id (8, BE) ++ user key           | [`Stored`](super::command::Stored) |
+//! | `data`       | group id (8, BE) ++ user key           | [`Stored`](super::value::Stored) |
 //!
 //! Values are versioned [`codec`] blobs (the replica record is JSON, the
 //! snapshot an envelope around one). The `default` column family holds one

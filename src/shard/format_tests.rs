@@ -26,16 +26,17 @@ use serde::Serialize;
 
 use super::codec::{self, CodecError, Format};
 use super::command::{
-    Corrupt, ExpireCond, Expiry, LogCmd, OpReply, Place, ReadOp, SetCond, ShardRequest, Stored,
-    WriteCmd, WriteOp,
+    ExpireCond, Expiry, LogCmd, OpReply, ReadOp, SetCond, ShardRequest, WriteCmd, WriteOp,
 };
+use super::command::{TxnCmd, TxnEntry, TxnOp};
 use super::engine::tag;
 use super::host::MembershipChange;
 use super::store::SnapshotData;
-use super::txn::{Prepared, TxnCmd, TxnEntry, TxnOp};
+use super::txn::Prepared;
 use super::types::{
     Entry, LogId, Node, NodeId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
 };
+use super::value::{Corrupt, Place, Stored};
 use super::ShardError;
 
 fn hex(bytes: &[u8]) -> String {

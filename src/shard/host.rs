@@ -16,16 +16,15 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
 
-use super::command::{
-    admit, apply_read, count_live, scan_page, Corrupt, Limits, LogCmd, OpReply, ReadOp,
-    ShardRequest, WriteCmd, WriteOp,
-};
+use super::apply::{admit, apply_read, count_live, scan_page};
+use super::command::{Limits, LogCmd, OpReply, ReadOp, ShardRequest, WriteCmd, WriteOp};
 use super::engine::{
     data_key, group_range, state_key, state_key_with, tag, Cf, DbView, Engine, EngineError, Op,
 };
 use super::network::{NetworkFactory, Transport};
 use super::store::{destroy_group, LogStore, StateMachine};
 use super::types::{NodeId, Raft};
+use super::value::Corrupt;
 use super::ShardError;
 
 /// What the node records about a replica it hosts.

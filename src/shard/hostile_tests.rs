@@ -17,11 +17,11 @@ use super::command::{
     Expiry, Limits, OpReply, ReadOp, SetCond, ShardRequest, WriteCmd, WriteOp, ERR_NOT_FLOAT,
     ERR_TOO_BIG,
 };
+use super::command::{TxnCmd, TxnEntry, TxnOp};
 use super::engine::{data_key, state_key, state_key_with, tag, Cf, Engine, Op};
 use super::host::{Host, HostConfig, ReplicaRecord};
 use super::network::Transport;
 use super::store::StateMachine;
-use super::txn::{TxnCmd, TxnEntry, TxnOp};
 use super::ShardError;
 
 const GID: u64 = 7;
@@ -240,7 +240,7 @@ async fn old_and_newer_formats_are_corrupt_data() {
     let dir = tempfile::tempdir().unwrap();
     let host = host_with(dir.path(), Limits::default()).await;
     let old_value = [&7u64.to_be_bytes()[..], &0u64.to_be_bytes(), b"v"].concat();
-    let mut newer_value = super::command::Stored {
+    let mut newer_value = super::value::Stored {
         version: 7,
         expire_at_ms: 0,
         data: b("v"),

@@ -3,9 +3,10 @@
 //!
 //! * [`codec`]: every binary format (log entries, RPC payloads, stored
 //!   values, Raft state rows, snapshot data) with its version byte.
-//! * [`command`]: shard commands as values and the deterministic apply
-//!   logic, with the checks a leader makes before proposing and the
-//!   corruption error.
+//! * [`command`]: shard commands as values (the wire and log types).
+//! * [`apply`]: the pure, deterministic logic that applies them;
+//!   [`txn`] for transactions, [`decimal`] for INCRBYFLOAT's arithmetic.
+//! * [`value`]: a stored value, and the corruption error.
 //! * [`txn`]: one-phase transactions and the participant side of 2PC.
 //! * [`engine`]: the RocksDB instance (column families, key layout, the
 //!   group-commit writer thread). Nothing else touches RocksDB.
@@ -20,8 +21,10 @@
 //! `node::reconcile`), and never parses or writes RESP bytes: its replies
 //! are values (`OpReply`), whose error texts are Redis's.
 
+pub mod apply;
 pub mod codec;
 pub mod command;
+pub mod decimal;
 pub mod engine;
 pub mod host;
 pub mod network;
@@ -31,6 +34,7 @@ pub mod status;
 pub mod store;
 pub mod txn;
 pub mod types;
+pub mod value;
 
 #[cfg(test)]
 mod format_tests;
@@ -71,11 +75,11 @@ pub enum ShardError {
     /// A stored record does not decode: reported to the client, never read
     /// as an absent key. Not retried elsewhere (the router fails closed).
     #[error("{0}")]
-    Corrupt(command::Corrupt),
+    Corrupt(value::Corrupt),
 }
 
-impl From<command::Corrupt> for ShardError {
-    fn from(c: command::Corrupt) -> Self {
+impl From<value::Corrupt> for ShardError {
+    fn from(c: value::Corrupt) -> Self {
         ShardError::Corrupt(c)
     }
 }

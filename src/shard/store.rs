@@ -35,8 +35,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use super::apply::apply_write;
 use super::codec::{self, Format};
-use super::command::{apply_write, Corrupt, LogCmd, OpReply, Place, Stored};
+use super::command::{LogCmd, OpReply};
 use super::engine::{
     self, data_key, group_range, log_key, state_key, state_key_with, tag, Cf, DbView, Engine, Op,
 };
@@ -44,6 +45,7 @@ use super::txn::{apply_txn, blocked_by_lock, Prepared, TxnChange, TxnView};
 use super::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
 };
+use super::value::{Corrupt, Place, Stored};
 
 fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     StorageIOError::new(subject, verb, AnyError::error(e.to_string())).into()

@@ -30,54 +30,9 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::command::{
-    admit, apply_read, apply_write, Corrupt, Limits, OpReply, ReadOp, Stored, WriteCmd, WriteOp,
-};
-
-/// One queued operation of a transaction, as this shard runs it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum TxnOp {
-    Write(WriteOp),
-    Read(ReadOp),
-}
-
-impl TxnOp {
-    pub fn keys(&self) -> Vec<Bytes> {
-        match self {
-            TxnOp::Write(w) => w.keys().into_iter().cloned().collect(),
-            TxnOp::Read(r) => r.keys().into_iter().cloned().collect(),
-        }
-    }
-}
-
-/// A WATCHed key and the version it had (0: absent).
-pub type Watch = (Bytes, u64);
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum TxnCmd {
-    OnePhase {
-        ops: Vec<TxnOp>,
-        watches: Vec<Watch>,
-    },
-    Prepare {
-        txn_id: u64,
-        ops: Vec<TxnOp>,
-        watches: Vec<Watch>,
-    },
-    Commit {
-        txn_id: u64,
-    },
-    Abort {
-        txn_id: u64,
-    },
-}
-
-/// A transaction log entry, stamped by its proposer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TxnEntry {
-    pub now_ms: u64,
-    pub cmd: TxnCmd,
-}
+use super::apply::{admit, apply_read, apply_write};
+use super::command::{Limits, OpReply, TxnCmd, TxnEntry, TxnOp, Watch, WriteCmd};
+use super::value::{Corrupt, Stored};
 
 /// A prepared (locked, staged) transaction, as stored by a participant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -297,7 +252,7 @@ pub fn blocked_by_lock(keys: &[&Bytes], view: &mut dyn TxnView) -> Option<OpRepl
             Ok(Some(_)) => {
                 return Some(OpReply::Error(format!(
                     "TRYAGAIN key {} is locked by a transaction in progress",
-                    super::command::printable(k)
+                    super::value::printable(k)
                 )))
             }
             Err(c) => return Some(c.reply()),
@@ -310,6 +265,7 @@ pub fn blocked_by_lock(keys: &[&Bytes], view: &mut dyn TxnView) -> Option<OpRepl
 mod tests {
     use super::*;
     use crate::shard::command::{Expiry, SetCond};
+    use crate::shard::command::{ReadOp, WriteOp};
 
     #[derive(Default)]
     struct Mem {
