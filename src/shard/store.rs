@@ -935,3 +935,6 @@ mod tests {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod proptests;
