@@ -960,24 +960,64 @@ fn parse_flush(args: &mut Args) -> Result<(), Reply> {
 
 /// GETEX key [EX s|PX ms|EXAT s|PXAT ms|PERSIST]: `Keep` for none.
 fn parse_getex(args: &mut Args) -> Result<Expiry, Reply> {
-    let mut expiry = Expiry::Keep;
-    let mut seen = false;
+    let options = parse_string_options(args, false)?;
+    Ok(match option_deadline("getex", options.expire)? {
+        Some(at) => Expiry::At(at),
+        None if options.persist => Expiry::Clear,
+        None => Expiry::Keep,
+    })
+}
+
+/// The options of SET or GETEX (`set: false`).
+#[derive(Default)]
+struct StringOptions {
+    nx: bool,
+    xx: bool,
+    get: bool,
+    keepttl: bool,
+    persist: bool,
+    /// EX/PX/EXAT/PXAT and its argument, not yet checked.
+    expire: Option<(String, Bytes)>,
+}
+
+/// Read SET's or GETEX's options like Redis's
+/// `parseExtendedStringArgumentsOrReply`: a flag may be repeated, options
+/// that conflict (NX and XX, two different expiries, KEEPTTL or PERSIST
+/// with an expiry) or an expiry without its argument are a syntax error,
+/// and the same expiry option given twice counts once, the last. The
+/// expiry's number is checked only after every option was read
+/// ([`option_deadline`]), so a syntax error wins over a bad number.
+fn parse_string_options(args: &mut Args, set: bool) -> Result<StringOptions, Reply> {
+    let mut o = StringOptions::default();
     while let Some(opt) = args.peek_upper() {
         let _ = args.next_bytes();
+        let other_expiry = o.expire.as_ref().is_some_and(|(given, _)| *given != opt);
         match opt.as_str() {
-            "PERSIST" if !seen => expiry = Expiry::Clear,
-            "EX" | "PX" | "EXAT" | "PXAT" if !seen => {
-                let n = args.next_i64().map_err(|e| match e {
-                    super::args::ArgError::NotInteger => Reply::error(ERR_NOT_INTEGER),
-                    _ => Reply::error(ERR_SYNTAX),
-                })?;
-                expiry = Expiry::At(deadline("getex", &opt, n, now_ms() as i64)?);
+            "NX" if set && !o.xx => o.nx = true,
+            "XX" if set && !o.nx => o.xx = true,
+            "GET" if set => o.get = true,
+            "KEEPTTL" if set && o.expire.is_none() => o.keepttl = true,
+            "PERSIST" if !set && o.expire.is_none() => o.persist = true,
+            "EX" | "PX" | "EXAT" | "PXAT"
+                if !o.keepttl && !o.persist && !other_expiry && args.remaining() > 0 =>
+            {
+                let n = args.next_bytes().map_err(arg_err)?;
+                o.expire = Some((opt, n));
             }
             _ => return Err(Reply::error(ERR_SYNTAX)),
         }
-        seen = true;
     }
-    Ok(expiry)
+    Ok(o)
+}
+
+/// The absolute deadline of the expiry option read by
+/// [`parse_string_options`], if one was given, with Redis's checks.
+fn option_deadline(command: &str, expire: Option<(String, Bytes)>) -> Result<Option<u64>, Reply> {
+    let Some((opt, n)) = expire else {
+        return Ok(None);
+    };
+    let n = super::args::parse_i64(&n).ok_or_else(|| Reply::error(ERR_NOT_INTEGER))?;
+    deadline(command, &opt, n, now_ms() as i64).map(Some)
 }
 
 /// The absolute deadline of SET/GETEX's EX/PX/EXAT/PXAT `n` (which must be
@@ -1045,53 +1085,25 @@ fn parse_set(args: &mut Args, max_value: usize) -> Result<WriteOp, Reply> {
     if value.len() > max_value {
         return Err(Reply::error("ERR value is too large"));
     }
-    let mut cond = SetCond::Always;
-    let mut expiry = Expiry::Clear;
-    let mut expiry_set = false;
-    let mut get = false;
-    let syntax = || Reply::error("ERR syntax error");
-    while let Some(opt) = args.peek_upper() {
-        let _ = args.next_bytes();
-        match opt.as_str() {
-            "NX" if cond == SetCond::Always => cond = SetCond::IfAbsent,
-            "XX" if cond == SetCond::Always => cond = SetCond::IfPresent,
-            "GET" => get = true,
-            "KEEPTTL" if !expiry_set => {
-                expiry = Expiry::Keep;
-                expiry_set = true;
-            }
-            "EX" | "PX" | "EXAT" | "PXAT" if !expiry_set => {
-                let n = args
-                    .next_i64()
-                    .map_err(|_| Reply::error("ERR value is not an integer or out of range"))?;
-                if n <= 0 {
-                    return Err(Reply::error(format!(
-                        "ERR invalid expire time in '{}' command",
-                        "set"
-                    )));
-                }
-                let now = now_ms() as i64;
-                let at = match opt.as_str() {
-                    "EX" => n.checked_mul(1000).and_then(|ms| ms.checked_add(now)),
-                    "PX" => n.checked_add(now),
-                    "EXAT" => n.checked_mul(1000),
-                    _ => Some(n),
-                };
-                let Some(at) = at else {
-                    return Err(Reply::error("ERR invalid expire time in 'set' command"));
-                };
-                expiry = Expiry::At(at as u64);
-                expiry_set = true;
-            }
-            _ => return Err(syntax()),
-        }
-    }
+    let options = parse_string_options(args, true)?;
+    let expiry = match option_deadline("set", options.expire)? {
+        Some(at) => Expiry::At(at),
+        None if options.keepttl => Expiry::Keep,
+        None => Expiry::Clear,
+    };
+    let cond = if options.nx {
+        SetCond::IfAbsent
+    } else if options.xx {
+        SetCond::IfPresent
+    } else {
+        SetCond::Always
+    };
     Ok(WriteOp::Set {
         key,
         value,
         expiry,
         cond,
-        get,
+        get: options.get,
     })
 }
 
@@ -1220,3 +1232,6 @@ mod tests {
         assert!(p("expire k 10 xx gt").is_ok());
     }
 }
+
+#[cfg(test)]
+mod compile_tests;

@@ -967,3 +967,6 @@ mod tests {
         assert_eq!(parser.parse(&mut buf, &small), err("invalid bulk length"));
     }
 }
+
+#[cfg(test)]
+mod proptests;

@@ -945,3 +945,6 @@ mod tests {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod proptests;
