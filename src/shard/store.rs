@@ -809,6 +809,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         inner.applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
         inner.prepared_count = prepared_count;
+        // The data was replaced: count the keys again when next asked.
+        inner.key_count = None;
         tracing::info!(
             group = gid,
             index = meta.last_log_id.map_or(0, |l| l.index),
