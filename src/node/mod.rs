@@ -52,7 +52,7 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
             limits: crate::shard::limits(&c)?,
         },
     );
-    crate::shard::host::spawn_expiry_purger(host.clone(), Duration::from_secs(1));
+    crate::shard::purger::spawn_expiry_purger(host.clone(), Duration::from_secs(1));
 
     let listener = tokio::net::TcpListener::bind(&c.listen)
         .await

@@ -13,6 +13,7 @@
 //! * [`store`]: openraft's log storage and state machine for one group.
 //! * [`network`]: Raft messages between nodes over gRPC, routed by group id.
 //! * [`host`]: the replicas this node hosts; serving requests on them.
+//! * [`purger`]: background expiry on the groups this node leads.
 //! * [`service`]: the gRPC services (RaftService, ShardService).
 //! * [`snapshot`]: the snapshot envelope (version, checksum) and its check.
 //! * [`status`]: what a node reports about its replicas.
@@ -28,6 +29,7 @@ pub mod decimal;
 pub mod engine;
 pub mod host;
 pub mod network;
+pub mod purger;
 pub mod service;
 pub mod snapshot;
 pub mod status;
