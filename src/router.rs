@@ -90,6 +90,7 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
         started: Instant::now(),
         commands_processed: AtomicU64::new(0),
         txn_stats: Default::default(),
+        scan_cursors: crate::resp::scan::ScanCursors::new(100_000),
     });
     tokio::select! {
         never = server::serve(listener, shared) => match never {},

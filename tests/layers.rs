@@ -34,11 +34,6 @@ const LAYERS: &[(&str, u8)] = &[
     ("dev", 5),
 ];
 
-/// File-level import cycles that exist today and are to be removed (the
-/// command-table refactor). The test fails if a new cycle appears, and also
-/// when one of these is gone, so the list only shrinks.
-const KNOWN_CYCLES: &[&[&str]] = &[&["resp::cmd_string", "resp::cmd_txn", "resp::session"]];
-
 type Module = Vec<String>;
 
 fn source_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -288,22 +283,12 @@ fn cycles(edges: &BTreeMap<Module, BTreeSet<Module>>) -> Vec<Vec<String>> {
 }
 
 #[test]
-fn files_import_each_other_in_no_new_circle() {
+fn files_import_each_other_in_no_circle() {
     let g = graph();
     let found = cycles(&g.edges);
-    let known: Vec<Vec<String>> = KNOWN_CYCLES
-        .iter()
-        .map(|c| c.iter().map(|s| s.to_string()).collect())
-        .collect();
-    let new: Vec<_> = found.iter().filter(|c| !known.contains(c)).collect();
     assert!(
-        new.is_empty(),
-        "files that import each other in a circle: {new:?}"
-    );
-    let gone: Vec<_> = known.iter().filter(|c| !found.contains(c)).collect();
-    assert!(
-        gone.is_empty(),
-        "these circles are gone: take them off KNOWN_CYCLES: {gone:?}"
+        found.is_empty(),
+        "files that import each other in a circle: {found:?}"
     );
 }
 

@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use super::args::Args;
+use super::errors::{arg_err, cluster_err};
 use super::reply::Reply;
-use super::session::{arg_err, cluster_err, Session};
+use super::session::Session;
 use crate::clock::now_ms;
 use crate::cluster::admin::{self, TableSpec};
 use crate::cluster::ClusterError;

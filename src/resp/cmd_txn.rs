@@ -22,9 +22,10 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::args::Args;
-use super::cmd_string::{compile, op_reply, shard_keys, shard_work, WatchedKey};
+use super::compile::{compile, op_reply, shard_keys, shard_work, WatchedKey};
+use super::errors::cluster_err;
 use super::reply::Reply;
-use super::session::{cluster_err, Session};
+use super::session::{MultiState, Queued, Session};
 use crate::clock::now_ms;
 use crate::cluster::plan::{merge, Atomicity, Plan};
 use crate::cluster::txn::{self, Outcome, ShardKeys};
@@ -35,29 +36,6 @@ use crate::shard::command::TxnOp;
 use crate::shard::command::{OpReply, ShardRequest};
 use crate::shard::txn::version_of;
 use crate::shard::value::Stored;
-
-/// A transaction being queued.
-#[derive(Debug, Default)]
-pub struct MultiState {
-    queued: Vec<Queued>,
-    /// A command failed to queue: EXEC will answer EXECABORT.
-    failed: bool,
-    /// Table current at the end of the queue (TABLE.USE / SELECT inside).
-    table: String,
-    db: u32,
-}
-
-#[derive(Debug)]
-enum Queued {
-    Plan(Plan),
-    /// A command whose reply is known when queued (PING, ECHO, UNWATCH).
-    Fixed(Reply),
-    /// TABLE.USE / SELECT: switch the connection's table at this point.
-    Use {
-        table: String,
-        db: u32,
-    },
-}
 
 /// Commands that cannot be part of a transaction here.
 const NOT_QUEUEABLE: &[&str] = &[

@@ -5,7 +5,11 @@
 //! * [`args`]: a typed cursor over one request's arguments.
 //! * [`reply`]: replies as values, encoded to RESP2 or RESP3 at the edge.
 //! * [`commands`]: the command table (arity, flags, key positions).
-//! * [`session`]: per-connection state and command execution.
+//! * [`session`]: per-connection state and the commands of the connection.
+//! * [`compile`]: data commands parsed and planned into shard operations;
+//!   [`cmd_string`] runs the plans; [`scan`]: SCAN cursors.
+//! * [`cmd_txn`]: MULTI/EXEC/WATCH; [`cmd_table`]: TABLE.*.
+//! * [`errors`]: lower layers' errors as RESP replies.
 //! * [`server`]: the TCP listener and connection loop.
 
 pub mod args;
@@ -13,8 +17,11 @@ pub mod cmd_string;
 pub mod cmd_table;
 pub mod cmd_txn;
 pub mod commands;
+pub mod compile;
+pub mod errors;
 pub mod frame;
 pub mod pipeline;
 pub mod reply;
+pub mod scan;
 pub mod server;
 pub mod session;

@@ -27,10 +27,11 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 
 use super::args::Args;
-use super::cmd_string::{compile, op_reply};
 use super::commands::lookup;
+use super::compile::{compile, op_reply};
+use super::errors::cluster_err;
 use super::reply::Reply;
-use super::session::{cluster_err, After, Session};
+use super::session::{After, Session};
 use crate::clock::now_ms;
 use crate::cluster::plan::{merge, Plan};
 use crate::shard::command::{OpReply, ReadOp, ShardRequest, WriteCmd, WriteOp};

@@ -15,12 +15,13 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::args::{ArgError, Args};
+use super::args::Args;
 use super::commands::{lookup, COMMANDS};
+use super::errors::{arg_err, wrong_args};
 use super::reply::{Protocol, Reply};
 use crate::cluster::client::ShardClient;
+use crate::cluster::plan::Plan;
 use crate::cluster::routes::TableRoute;
-use crate::cluster::ClusterError;
 use crate::config::RouterConfig;
 use crate::meta::etcd::Meta;
 
@@ -36,6 +37,8 @@ pub struct Shared {
     pub limits: RuntimeLimits,
     /// Transactions coordinated by this router, for INFO.
     pub txn_stats: crate::cluster::txn::TxnStats,
+    /// SCAN positions handed out by this router (bounded).
+    pub scan_cursors: super::scan::ScanCursors,
 }
 
 /// The limits an operator may change with CONFIG SET while the router runs
@@ -220,26 +223,35 @@ pub struct Session {
     pub(super) authenticated: bool,
     pub(super) name: String,
     /// Inside MULTI: the queued transaction.
-    pub(super) multi: Option<super::cmd_txn::MultiState>,
+    pub(super) multi: Option<MultiState>,
     /// WATCHed keys with their versions.
-    pub(super) watches: Vec<super::cmd_string::WatchedKey>,
+    pub(super) watches: Vec<super::compile::WatchedKey>,
     /// A WATCH was refused (too many keys): the next transaction aborts,
     /// since it would run without all the checks its client asked for.
     pub(super) watch_refused: bool,
 }
 
-pub(super) fn wrong_args(name: &str) -> Reply {
-    Reply::error(format!(
-        "ERR wrong number of arguments for '{name}' command"
-    ))
+/// A transaction being queued.
+#[derive(Debug, Default)]
+pub struct MultiState {
+    pub(super) queued: Vec<Queued>,
+    /// A command failed to queue: EXEC will answer EXECABORT.
+    pub(super) failed: bool,
+    /// Table current at the end of the queue (TABLE.USE / SELECT inside).
+    pub(super) table: String,
+    pub(super) db: u32,
 }
 
-pub(super) fn arg_err(e: ArgError) -> Reply {
-    Reply::error(e.message())
-}
-
-pub(super) fn cluster_err(e: ClusterError) -> Reply {
-    Reply::error(e.resp_message())
+#[derive(Debug)]
+pub(super) enum Queued {
+    Plan(Plan),
+    /// A command whose reply is known when queued (PING, ECHO, UNWATCH).
+    Fixed(Reply),
+    /// TABLE.USE / SELECT: switch the connection's table at this point.
+    Use {
+        table: String,
+        db: u32,
+    },
 }
 
 impl Session {

@@ -13,6 +13,7 @@ use proptest::prelude::*;
 use proptest::test_runner::Config;
 
 use super::*;
+use crate::meta::descriptor::TableState;
 use crate::meta::descriptor::{slot_ranges, ShardDescriptor, TableDescriptor};
 use crate::resp::commands::{lookup, COMMANDS};
 

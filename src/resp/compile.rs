@@ -1,0 +1,656 @@
+//! Data commands compiled from their arguments into a [`Plan`] of shard
+//! operations: argument parsing with Redis's error texts (SET options,
+//! EXPIRE conditions, ...), key routing by slot, and the shard reply turned
+//! back into a RESP reply. Pure: no I/O, nothing from the session but the
+//! table and the value limit.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::args::{parse_f64, Args};
+use super::errors::{arg_err, wrong_args};
+use super::reply::Reply;
+use crate::clock::now_ms;
+use crate::cluster::plan::{Atomicity, Merge, Part, Plan};
+use crate::cluster::routes::TableRoute;
+use crate::cluster::txn::{ShardKeys, ShardWork};
+use crate::shard::command::TxnOp;
+use crate::shard::command::{
+    ExpireCond, Expiry, OpReply, ReadOp, SetCond, ShardRequest, WriteCmd, WriteOp,
+};
+use crate::slot::slot;
+
+/// The error for an argument that must be an integer.
+pub(super) const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
+
+pub(super) const ERR_SYNTAX: &str = "ERR syntax error";
+
+pub(super) fn write(op: WriteOp) -> ShardRequest {
+    ShardRequest::Write(WriteCmd {
+        now_ms: now_ms(),
+        op,
+    })
+}
+
+/// A WATCHed key: its table, and its version when WATCH ran (0: absent).
+#[derive(Debug, Clone)]
+pub struct WatchedKey {
+    pub table: Arc<TableRoute>,
+    pub key: Bytes,
+    pub version: u64,
+}
+
+/// The per-shard work of a transaction made of `plans` (in order), with the
+/// WATCHed keys. Operation indexes count parts across all plans.
+pub fn shard_work(plans: &[Plan], watches: &[WatchedKey]) -> Vec<ShardWork> {
+    let mut work: Vec<ShardWork> = Vec::new();
+    let slot_of = |table: &Arc<TableRoute>, shard: usize, work: &mut Vec<ShardWork>| match work
+        .iter()
+        .position(|w| w.table.desc.table_id == table.desc.table_id && w.shard == shard)
+    {
+        Some(i) => i,
+        None => {
+            work.push(ShardWork {
+                table: table.clone(),
+                shard,
+                ops: Vec::new(),
+                watches: Vec::new(),
+            });
+            work.len() - 1
+        }
+    };
+    let mut index = 0;
+    for plan in plans {
+        for part in &plan.parts {
+            let i = slot_of(&plan.table, part.shard, &mut work);
+            work[i].ops.push((index, part.op.clone()));
+            index += 1;
+        }
+    }
+    for w in watches {
+        let shard = w.table.desc.shard_for_slot(slot(&w.key));
+        let i = slot_of(&w.table, shard, &mut work);
+        work[i].watches.push((w.key.clone(), w.version));
+    }
+    work
+}
+
+/// Keys grouped by the shard of `table` that owns them.
+pub fn shard_keys(table: &Arc<TableRoute>, keys: &[Bytes]) -> Vec<ShardKeys> {
+    let mut out: Vec<ShardKeys> = Vec::new();
+    for k in keys {
+        let shard = table.desc.shard_for_slot(slot(k));
+        match out.iter_mut().find(|s| s.shard == shard) {
+            Some(s) => s.keys.push(k.clone()),
+            None => out.push(ShardKeys {
+                table: table.clone(),
+                shard,
+                keys: vec![k.clone()],
+            }),
+        }
+    }
+    out
+}
+
+/// Compile a per-key data command (everything but the keyspace commands
+/// KEYS, SCAN, DBSIZE, FLUSHDB, FLUSHALL) against `table`.
+pub fn compile(
+    name: &str,
+    args: &mut Args,
+    table: &Arc<TableRoute>,
+    max_value: usize,
+) -> Result<Plan, Reply> {
+    let key = |args: &mut Args| args.next_bytes().unwrap_or_default();
+    let single = |key: &Bytes, op: TxnOp| Plan {
+        table: table.clone(),
+        parts: vec![Part {
+            shard: table.desc.shard_for_slot(slot(key)),
+            op,
+        }],
+        merge: Merge::Single,
+        atomicity: Atomicity::None,
+    };
+    let w = TxnOp::Write;
+    let r = TxnOp::Read;
+    let plan = match name {
+        "get" => {
+            let key = key(args);
+            single(&key, r(ReadOp::Get { key: key.clone() }))
+        }
+        "set" => {
+            let op = parse_set(args, max_value)?;
+            let key = op.keys()[0].clone();
+            single(&key, w(op))
+        }
+        "setnx" | "getset" => {
+            let key = key(args);
+            let value = args.next_bytes().unwrap_or_default();
+            if value.len() > max_value {
+                return Err(Reply::error("ERR value is too large"));
+            }
+            let nx = name == "setnx";
+            let op = WriteOp::Set {
+                key: key.clone(),
+                value,
+                expiry: Expiry::Clear,
+                cond: if nx {
+                    SetCond::IfAbsent
+                } else {
+                    SetCond::Always
+                },
+                get: !nx,
+            };
+            let mut plan = single(&key, w(op));
+            if nx {
+                plan.merge = Merge::SetNx;
+            }
+            plan
+        }
+        "getdel" => {
+            let key = key(args);
+            single(&key, w(WriteOp::GetDel { key: key.clone() }))
+        }
+        "getex" => {
+            let key = key(args);
+            let expiry = parse_getex(args)?;
+            let op = match expiry {
+                // Plain GETEX is a read (and works under READONLY).
+                Expiry::Keep => r(ReadOp::Get { key: key.clone() }),
+                _ => w(WriteOp::GetEx {
+                    key: key.clone(),
+                    expiry,
+                }),
+            };
+            single(&key, op)
+        }
+        "incr" | "decr" | "incrby" | "decrby" => {
+            let key = key(args);
+            let by = match name {
+                "incr" => 1,
+                "decr" => -1,
+                _ => match args.next_i64() {
+                    Err(_) => return Err(Reply::error(ERR_NOT_INTEGER)),
+                    Ok(n) if name == "incrby" => n,
+                    Ok(n) => match n.checked_neg() {
+                        Some(n) => n,
+                        None => return Err(Reply::error("ERR decrement would overflow")),
+                    },
+                },
+            };
+            single(
+                &key,
+                w(WriteOp::IncrBy {
+                    key: key.clone(),
+                    by,
+                }),
+            )
+        }
+        "incrbyfloat" => {
+            let key = key(args);
+            let by = args.next_bytes().unwrap_or_default();
+            if parse_f64(&by).is_none() {
+                return Err(Reply::error("ERR value is not a valid float"));
+            }
+            single(
+                &key,
+                w(WriteOp::IncrByFloat {
+                    key: key.clone(),
+                    by,
+                }),
+            )
+        }
+        "append" => {
+            let key = key(args);
+            let value = args.next_bytes().unwrap_or_default();
+            let op = WriteOp::Append {
+                key: key.clone(),
+                value,
+                max_len: max_value as u64,
+            };
+            single(&key, w(op))
+        }
+        "strlen" => {
+            let key = key(args);
+            single(&key, r(ReadOp::StrLen { key: key.clone() }))
+        }
+        "getrange" | "substr" => {
+            let key = key(args);
+            let (Ok(start), Ok(end)) = (args.next_i64(), args.next_i64()) else {
+                return Err(Reply::error(ERR_NOT_INTEGER));
+            };
+            single(
+                &key,
+                r(ReadOp::GetRange {
+                    key: key.clone(),
+                    start,
+                    end,
+                }),
+            )
+        }
+        "setrange" => {
+            let key = key(args);
+            let offset = match args.next_i64() {
+                Ok(n) if n < 0 => return Err(Reply::error("ERR offset is out of range")),
+                Ok(n) => n as u64,
+                Err(_) => return Err(Reply::error(ERR_NOT_INTEGER)),
+            };
+            let value = args.next_bytes().unwrap_or_default();
+            let op = WriteOp::SetRange {
+                key: key.clone(),
+                offset,
+                value,
+                max_len: max_value as u64,
+            };
+            single(&key, w(op))
+        }
+        "expire" | "pexpire" | "expireat" | "pexpireat" => {
+            let key = key(args);
+            let (at_ms, cond) = parse_expire(name, args, now_ms() as i64)?;
+            let op = WriteOp::Expire {
+                key: key.clone(),
+                at_ms,
+                cond,
+            };
+            single(&key, w(op))
+        }
+        "ttl" | "pttl" => {
+            let key = key(args);
+            let op = ReadOp::Ttl {
+                key: key.clone(),
+                ms: name == "pttl",
+            };
+            single(&key, r(op))
+        }
+        "persist" => {
+            let key = key(args);
+            single(&key, w(WriteOp::Persist { key: key.clone() }))
+        }
+        "type" => {
+            let key = key(args);
+            single(&key, r(ReadOp::Type { key: key.clone() }))
+        }
+        "del" | "unlink" => per_shard(table, args.rest(), Merge::Sum, |keys| {
+            w(WriteOp::Del { keys })
+        }),
+        "exists" | "touch" => per_shard(table, args.rest(), Merge::Sum, |keys| {
+            r(ReadOp::Exists { keys })
+        }),
+        "mget" => {
+            let keys = args.rest();
+            let n = keys.len();
+            let groups = by_shard(table, keys);
+            let positions = groups
+                .values()
+                .map(|ks| ks.iter().map(|(i, _)| *i).collect())
+                .collect();
+            Plan {
+                table: table.clone(),
+                parts: groups
+                    .into_iter()
+                    .map(|(shard, ks)| Part {
+                        shard,
+                        op: r(ReadOp::MGet {
+                            keys: ks.into_iter().map(|(_, k)| k).collect(),
+                        }),
+                    })
+                    .collect(),
+                merge: Merge::Gather { positions, len: n },
+                atomicity: Atomicity::None,
+            }
+        }
+        "mset" | "msetnx" => {
+            let rest = args.rest();
+            if !rest.len().is_multiple_of(2) {
+                return Err(wrong_args(name));
+            }
+            let nx = name == "msetnx";
+            let mut by: BTreeMap<usize, Vec<(Bytes, Bytes)>> = BTreeMap::new();
+            let mut it = rest.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                if v.len() > max_value {
+                    return Err(Reply::error("ERR value is too large"));
+                }
+                by.entry(table.desc.shard_for_slot(slot(&k)))
+                    .or_default()
+                    .push((k, v));
+            }
+            let multi = by.len() > 1;
+            Plan {
+                table: table.clone(),
+                parts: by
+                    .into_iter()
+                    .map(|(shard, pairs)| Part {
+                        shard,
+                        op: w(WriteOp::MSet { pairs, nx }),
+                    })
+                    .collect(),
+                merge: if multi { Merge::AllOk } else { Merge::Single },
+                atomicity: if nx {
+                    Atomicity::AllIfAbsent
+                } else {
+                    Atomicity::AllOrNothing
+                },
+            }
+        }
+        _ => return Err(Reply::error(format!("ERR unknown command '{name}'"))),
+    };
+    Ok(plan)
+}
+
+/// Group key positions by shard: shard -> (index in the request, key).
+pub(super) fn by_shard(
+    table: &TableRoute,
+    keys: Vec<Bytes>,
+) -> BTreeMap<usize, Vec<(usize, Bytes)>> {
+    let mut by_shard: BTreeMap<usize, Vec<(usize, Bytes)>> = BTreeMap::new();
+    for (i, k) in keys.into_iter().enumerate() {
+        by_shard
+            .entry(table.desc.shard_for_slot(slot(&k)))
+            .or_default()
+            .push((i, k));
+    }
+    by_shard
+}
+
+/// One part per shard holding some of `keys`.
+pub(super) fn per_shard(
+    table: &Arc<TableRoute>,
+    keys: Vec<Bytes>,
+    merge: Merge,
+    op: impl Fn(Vec<Bytes>) -> TxnOp,
+) -> Plan {
+    Plan {
+        table: table.clone(),
+        parts: by_shard(table, keys)
+            .into_iter()
+            .map(|(shard, ks)| Part {
+                shard,
+                op: op(ks.into_iter().map(|(_, k)| k).collect()),
+            })
+            .collect(),
+        merge,
+        atomicity: Atomicity::None,
+    }
+}
+
+/// Bytes of a RESP bulk string of `len` bytes.
+pub(super) fn bulk_size(len: usize) -> usize {
+    OpReply::Bulk(Bytes::new()).resp_size() + len + len.checked_ilog10().unwrap_or(0) as usize
+}
+
+/// The command a plan runs, for an error message.
+pub(super) fn plan_name(plan: &Plan) -> String {
+    match plan.parts.first().map(|p| &p.op) {
+        Some(TxnOp::Read(ReadOp::MGet { .. })) => "MGET".into(),
+        _ => "the reply".into(),
+    }
+}
+
+/// FLUSHDB / FLUSHALL [ASYNC|SYNC]
+pub(super) fn parse_flush(args: &mut Args) -> Result<(), Reply> {
+    match args.remaining() {
+        0 => Ok(()),
+        1 => match args.peek_upper().as_deref() {
+            Some("ASYNC") | Some("SYNC") => Ok(()),
+            _ => Err(Reply::error(ERR_SYNTAX)),
+        },
+        _ => Err(Reply::error(ERR_SYNTAX)),
+    }
+}
+
+/// GETEX key [EX s|PX ms|EXAT s|PXAT ms|PERSIST]: `Keep` for none.
+pub(super) fn parse_getex(args: &mut Args) -> Result<Expiry, Reply> {
+    let options = parse_string_options(args, false)?;
+    Ok(match option_deadline("getex", options.expire)? {
+        Some(at) => Expiry::At(at),
+        None if options.persist => Expiry::Clear,
+        None => Expiry::Keep,
+    })
+}
+
+/// The options of SET or GETEX (`set: false`).
+#[derive(Default)]
+struct StringOptions {
+    nx: bool,
+    xx: bool,
+    get: bool,
+    keepttl: bool,
+    persist: bool,
+    /// EX/PX/EXAT/PXAT and its argument, not yet checked.
+    expire: Option<(String, Bytes)>,
+}
+
+/// Read SET's or GETEX's options like Redis's
+/// `parseExtendedStringArgumentsOrReply`: a flag may be repeated, options
+/// that conflict (NX and XX, two different expiries, KEEPTTL or PERSIST
+/// with an expiry) or an expiry without its argument are a syntax error,
+/// and the same expiry option given twice counts once, the last. The
+/// expiry's number is checked only after every option was read
+/// ([`option_deadline`]), so a syntax error wins over a bad number.
+fn parse_string_options(args: &mut Args, set: bool) -> Result<StringOptions, Reply> {
+    let mut o = StringOptions::default();
+    while let Some(opt) = args.peek_upper() {
+        let _ = args.next_bytes();
+        let other_expiry = o.expire.as_ref().is_some_and(|(given, _)| *given != opt);
+        match opt.as_str() {
+            "NX" if set && !o.xx => o.nx = true,
+            "XX" if set && !o.nx => o.xx = true,
+            "GET" if set => o.get = true,
+            "KEEPTTL" if set && o.expire.is_none() => o.keepttl = true,
+            "PERSIST" if !set && o.expire.is_none() => o.persist = true,
+            "EX" | "PX" | "EXAT" | "PXAT"
+                if !o.keepttl && !o.persist && !other_expiry && args.remaining() > 0 =>
+            {
+                let n = args.next_bytes().map_err(arg_err)?;
+                o.expire = Some((opt, n));
+            }
+            _ => return Err(Reply::error(ERR_SYNTAX)),
+        }
+    }
+    Ok(o)
+}
+
+/// The absolute deadline of the expiry option read by
+/// [`parse_string_options`], if one was given, with Redis's checks.
+fn option_deadline(command: &str, expire: Option<(String, Bytes)>) -> Result<Option<u64>, Reply> {
+    let Some((opt, n)) = expire else {
+        return Ok(None);
+    };
+    let n = super::args::parse_i64(&n).ok_or_else(|| Reply::error(ERR_NOT_INTEGER))?;
+    deadline(command, &opt, n, now_ms() as i64).map(Some)
+}
+
+/// The absolute deadline of SET/GETEX's EX/PX/EXAT/PXAT `n` (which must be
+/// positive), or Redis's "invalid expire time" error.
+fn deadline(command: &str, opt: &str, n: i64, now: i64) -> Result<u64, Reply> {
+    let invalid = || Reply::error(format!("ERR invalid expire time in '{command}' command"));
+    if n <= 0 {
+        return Err(invalid());
+    }
+    let at = match opt {
+        "EX" => n.checked_mul(1000).and_then(|ms| ms.checked_add(now)),
+        "PX" => n.checked_add(now),
+        "EXAT" => n.checked_mul(1000),
+        _ => Some(n),
+    };
+    at.map(|t| t as u64).ok_or_else(invalid)
+}
+
+/// EXPIRE/PEXPIRE/EXPIREAT/PEXPIREAT key time [NX|XX|GT|LT]: the absolute
+/// deadline in ms (possibly in the past: the key is then deleted) and the
+/// condition, with Redis's checks in Redis's order.
+pub fn parse_expire(name: &str, args: &mut Args, now: i64) -> Result<(i64, ExpireCond), Reply> {
+    let time = args.next_bytes().unwrap_or_default();
+    let mut cond = ExpireCond::default();
+    while args.remaining() > 0 {
+        let opt = args.next_bytes().unwrap_or_default();
+        match opt.to_ascii_uppercase().as_slice() {
+            b"NX" => cond.nx = true,
+            b"XX" => cond.xx = true,
+            b"GT" => cond.gt = true,
+            b"LT" => cond.lt = true,
+            _ => {
+                return Err(Reply::error(format!(
+                    "ERR Unsupported option {}",
+                    String::from_utf8_lossy(&opt)
+                )))
+            }
+        }
+    }
+    if cond.nx && (cond.xx || cond.gt || cond.lt) {
+        return Err(Reply::error(
+            "ERR NX and XX, GT or LT options at the same time are not compatible",
+        ));
+    }
+    if cond.gt && cond.lt {
+        return Err(Reply::error(
+            "ERR GT and LT options at the same time are not compatible",
+        ));
+    }
+    let mut when = super::args::parse_i64(&time).ok_or_else(|| Reply::error(ERR_NOT_INTEGER))?;
+    let invalid = || Reply::error(format!("ERR invalid expire time in '{name}' command"));
+    if name == "expire" || name == "expireat" {
+        when = when.checked_mul(1000).ok_or_else(invalid)?;
+    }
+    if name == "expire" || name == "pexpire" {
+        when = when.checked_add(now).ok_or_else(invalid)?;
+    }
+    Ok((when, cond))
+}
+
+/// SET key value [NX|XX] [GET] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]
+pub(super) fn parse_set(args: &mut Args, max_value: usize) -> Result<WriteOp, Reply> {
+    let key = args.next_bytes().map_err(arg_err)?;
+    let value = args.next_bytes().map_err(arg_err)?;
+    if value.len() > max_value {
+        return Err(Reply::error("ERR value is too large"));
+    }
+    let options = parse_string_options(args, true)?;
+    let expiry = match option_deadline("set", options.expire)? {
+        Some(at) => Expiry::At(at),
+        None if options.keepttl => Expiry::Keep,
+        None => Expiry::Clear,
+    };
+    let cond = if options.nx {
+        SetCond::IfAbsent
+    } else if options.xx {
+        SetCond::IfPresent
+    } else {
+        SetCond::Always
+    };
+    Ok(WriteOp::Set {
+        key,
+        value,
+        expiry,
+        cond,
+        get: options.get,
+    })
+}
+
+pub(super) fn op_reply(r: OpReply) -> Reply {
+    match r {
+        OpReply::Ok => Reply::ok(),
+        OpReply::Nil => Reply::Nil,
+        OpReply::Int(n) => Reply::Int(n),
+        OpReply::Bulk(b) => Reply::Bulk(b),
+        OpReply::Status(s) => Reply::Status(s),
+        OpReply::Array(items) => Reply::Array(items.into_iter().map(op_reply).collect()),
+        OpReply::Error(e) => Reply::Error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_options() {
+        let parse = |s: &str| {
+            let parts: Vec<Bytes> = s
+                .split(' ')
+                .map(|p| Bytes::copy_from_slice(p.as_bytes()))
+                .collect();
+            parse_set(
+                &mut {
+                    let mut a = Args::new(parts);
+                    let _ = &mut a;
+                    a
+                },
+                100,
+            )
+        };
+        assert!(matches!(
+            parse("set k v NX"),
+            Ok(WriteOp::Set {
+                cond: SetCond::IfAbsent,
+                ..
+            })
+        ));
+        assert!(parse("set k v NX XX").is_err());
+        assert!(parse("set k v EX 10 PX 5").is_err());
+        assert!(parse("set k v EX 0").is_err());
+        assert!(parse("set k v EX notanumber").is_err());
+        assert!(matches!(
+            parse("set k v KEEPTTL GET"),
+            Ok(WriteOp::Set {
+                expiry: Expiry::Keep,
+                get: true,
+                ..
+            })
+        ));
+        assert!(parse(&format!("set k {}", "x".repeat(101))).is_err());
+    }
+
+    fn args(s: &str) -> Args {
+        Args::new(
+            s.split(' ')
+                .map(|p| Bytes::copy_from_slice(p.as_bytes()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn expire_options() {
+        let p = |s: &str| {
+            let mut a = args(s);
+            a.next_bytes().unwrap();
+            let name = a.name().to_string();
+            parse_expire(&name, &mut a, 1_000)
+        };
+        assert_eq!(p("expire k 10").unwrap(), (11_000, ExpireCond::default()));
+        assert_eq!(p("pexpire k 10").unwrap().0, 1_010);
+        assert_eq!(p("expireat k 10").unwrap().0, 10_000);
+        assert_eq!(p("pexpireat k -10").unwrap().0, -10);
+        let e = |s: &str| match p(s) {
+            Err(Reply::Error(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            e("expire k 10 NX XX"),
+            "ERR NX and XX, GT or LT options at the same time are not compatible"
+        );
+        assert_eq!(
+            e("expire k 10 gt lt"),
+            "ERR GT and LT options at the same time are not compatible"
+        );
+        assert_eq!(e("expire k 10 foo"), "ERR Unsupported option foo");
+        assert_eq!(
+            e("expire k x"),
+            "ERR value is not an integer or out of range"
+        );
+        assert_eq!(
+            e("expire k 9223372036854775807"),
+            "ERR invalid expire time in 'expire' command"
+        );
+        assert_eq!(
+            e("pexpire k 9223372036854775807"),
+            "ERR invalid expire time in 'pexpire' command"
+        );
+        assert!(p("expire k 10 xx gt").is_ok());
+    }
+}
+
+#[cfg(test)]
+mod compile_tests;
