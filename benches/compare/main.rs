@@ -92,10 +92,14 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let bin = args
-        .bin
-        .clone()
-        .unwrap_or_else(|| root.join("target/release/shoal"));
+    let bin = args.bin.clone().unwrap_or_else(|| {
+        // Where cargo put it: CARGO_TARGET_DIR (relative to the root) or
+        // target/.
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .map_or_else(|| root.join("target"), |t| root.join(t));
+        target.join("release/shoal")
+    });
     if !bin.is_file() {
         bail!(
             "{} does not exist: run `cargo build --release --bin shoal` first (bench/compare does)",
