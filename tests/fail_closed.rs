@@ -155,6 +155,42 @@ fn deletions(cluster: &LocalCluster) -> Vec<(u64, usize)> {
         .collect()
 }
 
+/// Once all `replicas` are caught up, stop every node but `survivor` and
+/// read `<prefix>0..n` back with READONLY: only the survivor's replicas can
+/// answer, so this checks its own data.
+fn only_survivor_serves_every_key(
+    cluster: &mut LocalCluster,
+    survivor: u64,
+    replicas: usize,
+    prefix: &str,
+    n: usize,
+) {
+    let ok = wait_until(Duration::from_secs(30), || {
+        status(cluster).matches("lag=0").count() == replicas
+    });
+    assert!(ok, "{}", status(cluster));
+    for id in (1..=3).filter(|id| *id != survivor) {
+        cluster.stop_node(id).unwrap();
+    }
+    let mut c = Conn::connect(&cluster.router_addr());
+    assert_eq!(c.cmd(&[b"READONLY"]), b"+OK\r\n");
+    for i in 0..n {
+        let k = format!("{prefix}{i}");
+        let v = format!("value-{i}");
+        let want = format!("${}\r\n{v}\r\n", v.len());
+        let mut got = Vec::new();
+        let ok = wait_until(Duration::from_secs(20), || {
+            got = c.cmd(&[b"GET", k.as_bytes()]);
+            got == want.as_bytes()
+        });
+        assert!(
+            ok,
+            "node {survivor} lacks {k}: {}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+}
+
 #[test]
 fn a_deleted_and_restored_descriptor_loses_no_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -292,25 +328,7 @@ fn a_node_started_with_a_wrong_cluster_refuses_and_keeps_its_data() {
         node_log(&cluster, 1)
     );
     // Only node 1 left: its replicas answer READONLY reads with every key.
-    let ok = wait_until(Duration::from_secs(30), || {
-        status(&cluster).matches("lag=0").count() == 6
-    });
-    assert!(ok, "{}", status(&cluster));
-    cluster.stop_node(2).unwrap();
-    cluster.stop_node(3).unwrap();
-    let mut c = Conn::connect(&addr);
-    assert_eq!(c.cmd(&[b"READONLY"]), b"+OK\r\n");
-    for i in 0..100 {
-        let k = format!("w{i}");
-        let v = format!("value-{i}");
-        let want = format!("${}\r\n{v}\r\n", v.len());
-        let mut got = Vec::new();
-        let ok = wait_until(Duration::from_secs(20), || {
-            got = c.cmd(&[b"GET", k.as_bytes()]);
-            got == want.as_bytes()
-        });
-        assert!(ok, "node 1 lost {k}: {}", String::from_utf8_lossy(&got));
-    }
+    only_survivor_serves_every_key(&mut cluster, 1, 6, "w", 100);
     assert_eq!(deletions(&cluster), vec![]);
 }
 
@@ -408,23 +426,5 @@ fn a_corrupted_snapshot_is_refused_and_the_replica_catches_up() {
         "a corrupt snapshot reached the state machine"
     );
     // Only node 3 left: READONLY reads come from its replica.
-    let ok = wait_until(Duration::from_secs(30), || {
-        status(&cluster).matches("lag=0").count() == 3
-    });
-    assert!(ok, "{}", status(&cluster));
-    cluster.stop_node(1).unwrap();
-    cluster.stop_node(2).unwrap();
-    let mut c = Conn::connect(&addr);
-    assert_eq!(c.cmd(&[b"READONLY"]), b"+OK\r\n");
-    for i in 0..300 {
-        let k = format!("s{i}");
-        let v = format!("value-{i}");
-        let want = format!("${}\r\n{v}\r\n", v.len());
-        let mut got = Vec::new();
-        let ok = wait_until(Duration::from_secs(20), || {
-            got = c.cmd(&[b"GET", k.as_bytes()]);
-            got == want.as_bytes()
-        });
-        assert!(ok, "node 3 lacks {k}: {}", String::from_utf8_lossy(&got));
-    }
+    only_survivor_serves_every_key(&mut cluster, 3, 3, "s", 300);
 }
