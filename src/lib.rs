@@ -26,6 +26,8 @@ pub mod shard;
 pub mod shutdown;
 pub mod slot;
 pub mod status;
+#[cfg(test)]
+mod testing;
 
 /// Generated gRPC code (proto/shoal.proto).
 #[allow(clippy::all, missing_docs)]

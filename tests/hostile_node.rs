@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{extra_router, show, Conn, RedisServer};
@@ -392,27 +391,8 @@ fn very_many_keys(main: &str) {
     assert_eq!(c.line("DBSIZE"), b":0\r\n");
 }
 
-/// TABLE.DESCRIBE as field -> value (RESP2 flattens maps).
-fn describe(addr: &str, table: &str) -> HashMap<String, Value> {
-    let mut con = common::connect(addr);
-    let Value::Array(items) = common::run(&mut con, &["TABLE.DESCRIBE", table]).unwrap() else {
-        panic!("TABLE.DESCRIBE is not a map");
-    };
-    flat(items)
-}
-
-fn flat(items: Vec<Value>) -> HashMap<String, Value> {
-    items
-        .chunks(2)
-        .map(|kv| {
-            let k: String = redis::from_redis_value(&kv[0]).unwrap();
-            (k, kv[1].clone())
-        })
-        .collect()
-}
-
 fn table_index(addr: &str, table: &str) -> i64 {
-    let d = describe(addr, table);
+    let d = common::describe_table(&mut common::connect(addr), table);
     let key = ["db_index", "db", "index"]
         .into_iter()
         .find(|k| d.contains_key(*k))
@@ -422,14 +402,11 @@ fn table_index(addr: &str, table: &str) -> i64 {
 
 /// (group id, node) of the only replica of a one-shard, one-replica table.
 fn only_replica(addr: &str, table: &str) -> (u64, u64) {
-    let d = describe(addr, table);
+    let d = common::describe_table(&mut common::connect(addr), table);
     let Value::Array(shards) = &d["shards"] else {
         panic!("no shards");
     };
-    let Value::Array(shard) = &shards[0] else {
-        panic!("shard is not a map");
-    };
-    let shard = flat(shard.clone());
+    let shard = common::flat_map(&shards[0]);
     let gid: u64 = redis::from_redis_value(&shard["group_id"]).unwrap();
     let replicas: Vec<u64> = redis::from_redis_value(&shard["replicas"]).unwrap();
     (gid, replicas[0])

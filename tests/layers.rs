@@ -19,6 +19,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("shutdown", 0),
     ("config", 0),
     ("proto", 0),
+    ("testing", 0),
     // Metadata in etcd; a shard replica and its storage.
     ("meta", 1),
     ("shard", 1),

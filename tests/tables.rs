@@ -114,25 +114,6 @@ fn rows_for_groups(node_dir: &Path, gids: &[u64]) -> usize {
     n
 }
 
-/// TABLE.DESCRIBE as a map of field -> value (RESP2 flattens maps).
-fn describe(con: &mut Connection, name: &str) -> HashMap<String, Value> {
-    let v = run(con, &["TABLE.DESCRIBE", name]).unwrap();
-    flat_map(v)
-}
-
-fn flat_map(v: Value) -> HashMap<String, Value> {
-    let Value::Array(items) = v else {
-        panic!("not a map: {v:?}")
-    };
-    items
-        .chunks(2)
-        .map(|kv| {
-            let k: String = redis::from_redis_value(&kv[0]).unwrap();
-            (k, kv[1].clone())
-        })
-        .collect()
-}
-
 #[test]
 fn create_describe_write_drop_and_recreate() {
     let dir = tempfile::tempdir().unwrap();
@@ -140,7 +121,7 @@ fn create_describe_write_drop_and_recreate() {
     let mut con = connect(&cluster.router_addr());
 
     ok(&mut con, &["TABLE.CREATE", "orders", "16", "3"]);
-    let d = describe(&mut con, "orders");
+    let d = common::describe_table(&mut con, "orders");
     assert_eq!(
         redis::from_redis_value::<String>(&d["state"]).unwrap(),
         "available"
@@ -151,7 +132,7 @@ fn create_describe_write_drop_and_recreate() {
     assert_eq!(shards.len(), 16);
     let mut next_slot = 0;
     for s in shards {
-        let s = flat_map(s);
+        let s = common::flat_map(&s);
         let slots: Vec<i64> = redis::from_redis_value(&s["slots"]).unwrap();
         assert_eq!(
             slots[0], next_slot,
@@ -178,12 +159,13 @@ fn create_describe_write_drop_and_recreate() {
     // DESCRIBE counts keys per shard (eventually: replicas may lag a little).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let Value::Array(shards) = describe(&mut con, "orders")["shards"].clone() else {
+        let Value::Array(shards) = common::describe_table(&mut con, "orders")["shards"].clone()
+        else {
             panic!()
         };
         let counts: Vec<i64> = shards
             .into_iter()
-            .map(|s| redis::from_redis_value(&flat_map(s)["keys"]).unwrap_or(0))
+            .map(|s| redis::from_redis_value(&common::flat_map(&s)["keys"]).unwrap_or(0))
             .collect();
         if counts.iter().sum::<i64>() == 2000 {
             assert!(
@@ -342,7 +324,8 @@ fn two_routers_select_and_use() {
     }
 
     // SELECT <db index> and TABLE.USE reach the same table.
-    let index: i64 = redis::from_redis_value(&describe(&mut a, "users")["db_index"]).unwrap();
+    let index: i64 =
+        redis::from_redis_value(&common::describe_table(&mut a, "users")["db_index"]).unwrap();
     assert!(index > 0);
     let client = redis::Client::open(format!("redis://{}/{index}", cluster.router_addr())).unwrap();
     let mut by_url = client.get_connection().unwrap();

@@ -349,12 +349,17 @@ pub async fn janitor(meta: Meta, client: Arc<ShardClient>, stale_after: Duration
 /// drained and removed (or whose member record is gone) never will, and
 /// holds no replica: confirm for it.
 async fn release_tombstones_of_gone_nodes(meta: &Meta) -> Result<(), ClusterError> {
-    let members = meta.members().await?;
+    let records = meta.load_prefix("members/").await?;
+    let (members, unreadable) = records.decode_all::<crate::meta::etcd::MemberInfo>();
     for (gid, t) in meta.tombstones().await? {
         for node in t.nodes {
-            let gone = members
-                .get(&node)
-                .is_none_or(|m| m.state == crate::meta::etcd::MemberState::Removed);
+            // A member whose record does not decode is not known to be gone.
+            let key = node.to_string();
+            let gone = !unreadable.contains_key(&key)
+                && members
+                    .iter()
+                    .find(|(k, _, _)| *k == key)
+                    .is_none_or(|(_, m, _)| m.state == crate::meta::etcd::MemberState::Removed);
             if gone {
                 meta.ack_tombstone(gid, node).await?;
             }

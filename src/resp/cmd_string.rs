@@ -347,20 +347,21 @@ impl Session {
             linearizable: false,
             now_ms: now_ms(),
         };
-        let replies = self.all_shards(table, |_| req.clone()).await?;
-        Ok(replies
-            .iter()
-            .map(|r| match r {
-                OpReply::Int(n) => *n,
-                _ => 0,
-            })
-            .sum())
+        self.sum_over_shards(table, req).await
     }
 
     /// Live keys in a table (DBSIZE): exact, every shard counts its keys.
     pub(super) async fn table_dbsize(&self, table: &Arc<TableRoute>) -> Result<i64, Reply> {
         routable(table).map_err(cluster_err)?;
-        let req = self.read(ReadOp::DbSize);
+        self.sum_over_shards(table, self.read(ReadOp::DbSize)).await
+    }
+
+    /// `req` on every shard, and the sum of their integer answers.
+    async fn sum_over_shards(
+        &self,
+        table: &Arc<TableRoute>,
+        req: ShardRequest,
+    ) -> Result<i64, Reply> {
         let replies = self.all_shards(table, |_| req.clone()).await?;
         Ok(replies
             .iter()

@@ -715,32 +715,8 @@ mod tests {
 
     /// A node with one single-replica group, leading it.
     async fn one_group_host(dir: &std::path::Path) -> (Arc<Host>, u64) {
-        let engine = Arc::new(Engine::open(dir, false).unwrap());
-        let raft = crate::shard::raft_config(&crate::config::NodeConfig::default()).unwrap();
-        let host = Host::new(
-            1,
-            engine,
-            Transport::new(),
-            HostConfig {
-                raft: Arc::new(raft),
-                write_timeout: Duration::from_secs(5),
-                read_timeout: Duration::from_secs(5),
-                limits: Limits::default(),
-            },
-        );
-        let record = ReplicaRecord {
-            group_id: 7,
-            table: "t".into(),
-            shard: 0,
-        };
-        let members = BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]);
-        host.ensure(record, members, true).await.unwrap();
-        let raft = host.get(7).unwrap().raft.clone();
-        raft.wait(Some(Duration::from_secs(10)))
-            .state(ServerState::Leader, "leads")
-            .await
-            .unwrap();
-        (host, 7)
+        let host = crate::shard::hostile_tests::host_with(dir, Limits::default()).await;
+        (host, crate::shard::hostile_tests::GID)
     }
 
     #[tokio::test]

@@ -24,9 +24,10 @@ use super::network::Transport;
 use super::store::StateMachine;
 use super::ShardError;
 
-const GID: u64 = 7;
+pub(super) const GID: u64 = 7;
 
-async fn host_with(dir: &std::path::Path, limits: Limits) -> Arc<Host> {
+/// A node with one single-replica group `GID`, leading it.
+pub(super) async fn host_with(dir: &std::path::Path, limits: Limits) -> Arc<Host> {
     let engine = Arc::new(Engine::open(dir, false).unwrap());
     let raft = crate::shard::raft_config(&crate::config::NodeConfig::default()).unwrap();
     let host = Host::new(

@@ -269,3 +269,25 @@ pub fn ok(con: &mut redis::Connection, args: &[&str]) {
         other => panic!("{args:?}: expected OK, got {other:?}"),
     }
 }
+
+/// A RESP2-flattened map (`[k1, v1, k2, v2, ...]`) as field -> value.
+pub fn flat_map(v: &redis::Value) -> std::collections::HashMap<String, redis::Value> {
+    let redis::Value::Array(items) = v else {
+        panic!("not a map: {v:?}")
+    };
+    items
+        .chunks(2)
+        .map(|kv| {
+            let k: String = redis::from_redis_value(&kv[0]).unwrap();
+            (k, kv[1].clone())
+        })
+        .collect()
+}
+
+/// TABLE.DESCRIBE as field -> value.
+pub fn describe_table(
+    con: &mut redis::Connection,
+    name: &str,
+) -> std::collections::HashMap<String, redis::Value> {
+    flat_map(&run(con, &["TABLE.DESCRIBE", name]).unwrap())
+}

@@ -10,7 +10,6 @@
 
 use proptest::collection::vec;
 use proptest::prelude::*;
-use proptest::test_runner::Config;
 
 use super::*;
 use crate::meta::descriptor::TableState;
@@ -730,11 +729,7 @@ fn any_arg() -> impl Strategy<Value = Bytes> {
 }
 
 proptest! {
-    #![proptest_config(Config {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(2048),
-        failure_persistence: None,
-        ..Config::default()
-    })]
+    #![proptest_config(crate::testing::proptest_config(2048))]
 
     /// For every command `compile` handles and any arguments: no panic; a
     /// plan touches exactly the keys the command table names (each on the

@@ -25,21 +25,10 @@ use std::cell::Cell;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::Config;
 
 use super::*;
 
-/// `cases` cases, or `PROPTEST_CASES` for a deeper run.
-fn config(cases: u32) -> Config {
-    Config {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(cases),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
+use crate::testing::proptest_config as config;
 
 // ---------------------------------------------------------------------------
 // Allocation accounting: a global allocator for the test binary that, on a

@@ -27,24 +27,14 @@ use openraft::{CommittedLeaderId, EntryPayload};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
+use proptest::test_runner::{TestCaseError, TestError, TestRunner};
 
 use super::*;
 use crate::shard::apply::apply_read;
 use crate::shard::command::{ExpireCond, Expiry, ReadOp, SetCond, WriteCmd, WriteOp};
 use crate::shard::command::{TxnCmd, TxnEntry, TxnOp};
 
-/// `cases` cases, or `PROPTEST_CASES` for a deeper run.
-fn config(cases: u32) -> Config {
-    Config {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(cases),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
+use crate::testing::proptest_config as config;
 
 // ---------------------------------------------------------------------------
 // The database the state machines of one test share.
