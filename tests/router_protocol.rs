@@ -27,6 +27,8 @@ fn router_protocol() {
     pipelined_replies_come_back_in_order(&addr);
     resp3_after_hello(&addr);
     malformed_input_gets_protocol_error_and_close(&addr);
+    command_table_answers(&addr);
+    multi_follows_the_table(&addr);
 }
 
 fn write_router_config(dir: &std::path::Path) -> String {
@@ -256,4 +258,150 @@ fn malformed_input_gets_protocol_error_and_close(addr: &str) {
     // The router still serves everyone else.
     let mut s = conn(addr);
     roundtrip(&mut s, &cmd(&[b"PING"]), b"+PONG\r\n");
+}
+
+/// A command's value from the redis crate's parser.
+fn query(con: &mut redis::Connection, args: &[&str]) -> redis::Value {
+    let mut c = redis::cmd(args[0]);
+    for a in &args[1..] {
+        c.arg(*a);
+    }
+    c.query(con).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn strings(v: &redis::Value) -> Vec<String> {
+    match v {
+        redis::Value::Array(items) | redis::Value::Set(items) => items
+            .iter()
+            .map(|i| redis::from_redis_value::<String>(i).unwrap())
+            .collect(),
+        other => panic!("not a list: {other:?}"),
+    }
+}
+
+/// COMMAND answers from the command table, in Redis 7's shapes.
+fn command_table_answers(addr: &str) {
+    let client = redis::Client::open(format!("redis://{addr}")).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let count: i64 = redis::from_redis_value(&query(&mut con, &["COMMAND", "COUNT"])).unwrap();
+    let list = strings(&query(&mut con, &["COMMAND", "LIST"]));
+    assert_eq!(list.len() as i64, count);
+    for name in ["get", "set", "multi", "table.create", "cluster.drain"] {
+        assert!(list.iter().any(|n| n == name), "{name} in {list:?}");
+    }
+    // INFO: name, arity, flags, first/last/step, ACL categories, tips,
+    // key specs, subcommands.
+    let redis::Value::Array(infos) = query(&mut con, &["COMMAND", "INFO", "GET", "nosuch"]) else {
+        panic!("COMMAND INFO is an array")
+    };
+    assert_eq!(infos.len(), 2);
+    assert_eq!(infos[1], redis::Value::Nil);
+    let redis::Value::Array(get) = &infos[0] else {
+        panic!("{:?}", infos[0])
+    };
+    assert_eq!(get.len(), 10, "{get:?}");
+    assert_eq!(redis::from_redis_value::<String>(&get[0]).unwrap(), "get");
+    assert_eq!(get[1], redis::Value::Int(2));
+    assert_eq!(strings(&get[2]), vec!["readonly", "fast"]);
+    assert_eq!(
+        (&get[3], &get[4], &get[5]),
+        (
+            &redis::Value::Int(1),
+            &redis::Value::Int(1),
+            &redis::Value::Int(1)
+        )
+    );
+    assert_eq!(strings(&get[6]), vec!["@read", "@string", "@fast"]);
+    let redis::Value::Array(specs) = &get[8] else {
+        panic!("{:?}", get[8])
+    };
+    assert_eq!(specs.len(), 1, "one key spec for GET");
+    // DOCS: a map from name to its documentation.
+    let docs = format!("{:?}", query(&mut con, &["COMMAND", "DOCS", "set"]));
+    assert!(docs.contains("Sets the string value of a key"), "{docs}");
+    // LIST FILTERBY reads the rows' ACL categories and names.
+    let txn = strings(&query(
+        &mut con,
+        &["COMMAND", "LIST", "FILTERBY", "ACLCAT", "transaction"],
+    ));
+    let mut txn_sorted = txn.clone();
+    txn_sorted.sort();
+    assert_eq!(
+        txn_sorted,
+        vec!["discard", "exec", "multi", "unwatch", "watch"]
+    );
+    let tables = strings(&query(
+        &mut con,
+        &["COMMAND", "LIST", "FILTERBY", "PATTERN", "table.*"],
+    ));
+    assert_eq!(tables.len(), 5, "{tables:?}");
+    // GETKEYS follows the key specification.
+    assert_eq!(
+        strings(&query(
+            &mut con,
+            &["COMMAND", "GETKEYS", "MSET", "a", "1", "b", "2"]
+        )),
+        vec!["a", "b"]
+    );
+    let mut s = conn(addr);
+    roundtrip(
+        &mut s,
+        &cmd(&[b"COMMAND", b"GETKEYS", b"PING"]),
+        b"-ERR The command has no key arguments\r\n",
+    );
+    roundtrip(
+        &mut s,
+        &cmd(&[b"COMMAND", b"GETKEYS", b"GET"]),
+        b"-ERR Invalid number of arguments specified for command\r\n",
+    );
+}
+
+/// What MULTI does with a command is what its row says: connection
+/// commands are queued and answered at EXEC, a `no_multi` row is refused
+/// (and the transaction aborts), control commands run at once.
+fn multi_follows_the_table(addr: &str) {
+    let mut s = conn(addr);
+    roundtrip(&mut s, &cmd(&[b"MULTI"]), b"+OK\r\n");
+    roundtrip(&mut s, &cmd(&[b"PING"]), b"+QUEUED\r\n");
+    roundtrip(&mut s, &cmd(&[b"ECHO", b"hi"]), b"+QUEUED\r\n");
+    roundtrip(&mut s, &cmd(&[b"SET", b"m:k", b"v"]), b"+QUEUED\r\n");
+    roundtrip(&mut s, &cmd(&[b"GET", b"m:k"]), b"+QUEUED\r\n");
+    roundtrip(&mut s, &cmd(&[b"UNWATCH"]), b"+QUEUED\r\n");
+    roundtrip(
+        &mut s,
+        &cmd(&[b"EXEC"]),
+        b"*5\r\n+PONG\r\n$2\r\nhi\r\n+OK\r\n$1\r\nv\r\n+OK\r\n",
+    );
+    // TIME is queued too (Redis allows it), and answers at EXEC.
+    roundtrip(&mut s, &cmd(&[b"MULTI"]), b"+OK\r\n");
+    roundtrip(&mut s, &cmd(&[b"TIME"]), b"+QUEUED\r\n");
+    s.write_all(&cmd(&[b"EXEC"])).unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"*1\r\n*2\r\n$10\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // Refused inside MULTI: the admin command is not run, EXEC aborts.
+    roundtrip(&mut s, &cmd(&[b"MULTI"]), b"+OK\r\n");
+    roundtrip(
+        &mut s,
+        &cmd(&[b"CLUSTER.DRAIN", b"1"]),
+        b"-ERR CLUSTER.DRAIN is not supported inside MULTI\r\n",
+    );
+    roundtrip(
+        &mut s,
+        &cmd(&[b"KEYS", b"*"]),
+        b"-ERR KEYS is not supported inside MULTI\r\n",
+    );
+    roundtrip(
+        &mut s,
+        &cmd(&[b"EXEC"]),
+        b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+    );
+    // QUIT inside MULTI runs at once.
+    roundtrip(&mut s, &cmd(&[b"MULTI"]), b"+OK\r\n");
+    roundtrip(&mut s, &cmd(&[b"QUIT"]), b"+OK\r\n");
+    assert_closed(&mut s);
 }

@@ -56,9 +56,23 @@ pub struct Plan {
     pub parts: Vec<Part>,
     pub merge: Merge,
     pub atomicity: Atomicity,
+    /// Its reads may be answered by any replica, possibly stale (a READONLY
+    /// connection running a read-only command); otherwise linearizable.
+    pub stale_ok: bool,
 }
 
 impl Plan {
+    /// A plan with independent parts and linearizable reads.
+    pub fn new(table: Arc<TableRoute>, parts: Vec<Part>, merge: Merge) -> Plan {
+        Plan {
+            table,
+            parts,
+            merge,
+            atomicity: Atomicity::None,
+            stale_ok: false,
+        }
+    }
+
     pub fn is_read_only(&self) -> bool {
         self.parts.iter().all(|p| matches!(p.op, TxnOp::Read(_)))
     }

@@ -78,52 +78,70 @@ impl Session {
         }
     }
 
+    /// A read for the command running: from any replica when its row is
+    /// `READONLY` and the connection said READONLY (set by the dispatcher),
+    /// linearizable otherwise.
     pub(super) fn read(&self, op: ReadOp) -> ShardRequest {
+        self.read_with(op, self.stale_ok)
+    }
+
+    pub(super) fn read_with(&self, op: ReadOp, stale_ok: bool) -> ShardRequest {
         ShardRequest::Read {
             op,
-            linearizable: !self.readonly,
+            linearizable: !stale_ok,
             now_ms: now_ms(),
         }
     }
 
-    pub(super) async fn data(&mut self, name: &str, args: &mut Args) -> Reply {
-        if name == "flushall" {
-            return self.flushall(args).await;
-        }
-        let table = match self.current_table() {
+    /// The connection's table, or the error reply.
+    fn table_or_reply(&self) -> Result<Arc<TableRoute>, Reply> {
+        self.current_table().map_err(cluster_err)
+    }
+
+    /// DBSIZE
+    pub(super) async fn dbsize(&mut self, _args: &mut Args) -> Reply {
+        let table = match self.table_or_reply() {
             Ok(t) => t,
-            Err(e) => return cluster_err(e),
+            Err(r) => return r,
         };
-        match name {
-            "dbsize" => match self.table_dbsize(&table).await {
-                Ok(n) => Reply::Int(n),
-                Err(r) => r,
-            },
-            "flushdb" => match parse_flush(args) {
-                Ok(()) => match self.flush_table(&table).await {
-                    Ok(()) => Reply::ok(),
-                    Err(r) => r,
-                },
-                Err(r) => r,
-            },
-            "keys" => {
-                let pattern = args.next_bytes().unwrap_or_default();
-                let everything = &pattern[..] == b"*";
-                self.keys(&table, (!everything).then_some(pattern)).await
-            }
-            "scan" => self.scan(&table, args).await,
-            _ => match compile(name, args, &table, self.shared.config.max_value_len) {
-                Ok(plan) => self.run_plan(plan).await,
-                Err(r) => r,
-            },
+        match self.table_dbsize(&table).await {
+            Ok(n) => Reply::Int(n),
+            Err(r) => r,
         }
+    }
+
+    /// FLUSHDB [ASYNC|SYNC]
+    pub(super) async fn flushdb(&mut self, args: &mut Args) -> Reply {
+        let table = match self.table_or_reply() {
+            Ok(t) => t,
+            Err(r) => return r,
+        };
+        if let Err(r) = parse_flush(args) {
+            return r;
+        }
+        match self.flush_table(&table).await {
+            Ok(()) => Reply::ok(),
+            Err(r) => r,
+        }
+    }
+
+    /// KEYS pattern
+    pub(super) async fn keys(&mut self, args: &mut Args) -> Reply {
+        let table = match self.table_or_reply() {
+            Ok(t) => t,
+            Err(r) => return r,
+        };
+        let pattern = args.next_bytes().unwrap_or_default();
+        let everything = &pattern[..] == b"*";
+        self.keys_matching(&table, (!everything).then_some(pattern))
+            .await
     }
 
     /// KEYS: every shard walked page by page, in parallel, until the keys
     /// gathered pass the output limit (then the reply is the error, and no
     /// more pages are asked for). Each page is at most an equal share of
     /// the limit, so no more than twice the limit is ever held.
-    async fn keys(&self, table: &Arc<TableRoute>, pattern: Option<Bytes>) -> Reply {
+    async fn keys_matching(&self, table: &Arc<TableRoute>, pattern: Option<Bytes>) -> Reply {
         let limit = self.shared.config.max_output_len;
         let shards = table.desc.shards.len();
         let page_budget = (limit / shards.max(1)).max(64 * 1024);
@@ -193,7 +211,7 @@ impl Session {
         let calls = plan.parts.iter().map(|part| {
             let req = match &part.op {
                 TxnOp::Write(w) => write(w.clone()),
-                TxnOp::Read(r) => self.read(r.clone()),
+                TxnOp::Read(r) => self.read_with(r.clone(), plan.stale_ok),
             };
             self.execute_waiting_for_locks(&plan.table, part.shard, req)
         });
@@ -378,8 +396,8 @@ impl Session {
             .map(|_| ())
     }
 
-    /// FLUSHALL: FLUSHDB on every available table.
-    async fn flushall(&self, args: &mut Args) -> Reply {
+    /// FLUSHALL [ASYNC|SYNC]: FLUSHDB on every available table.
+    pub(super) async fn flushall(&mut self, args: &mut Args) -> Reply {
         if let Err(r) = parse_flush(args) {
             return r;
         }
@@ -400,7 +418,12 @@ impl Session {
     }
 
     /// SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]
-    async fn scan(&self, table: &Arc<TableRoute>, args: &mut Args) -> Reply {
+    pub(super) async fn scan(&mut self, args: &mut Args) -> Reply {
+        let table = match self.table_or_reply() {
+            Ok(t) => t,
+            Err(r) => return r,
+        };
+        let table = &table;
         let cursor = match args.next_bytes().ok().and_then(|c| parse_cursor(&c)) {
             Some(c) => c,
             None => return Reply::error("ERR invalid cursor"),

@@ -15,19 +15,13 @@ use crate::meta::descriptor::TableState;
 use crate::shard::command::{OpReply, ReadOp, ShardRequest};
 
 impl Session {
-    pub(super) fn table_use(&mut self, args: &mut Args) -> Reply {
-        let name = match args.next_string() {
-            Ok(n) => n,
-            Err(e) => return arg_err(e),
-        };
+    /// TABLE.USE name: the table and its database index.
+    pub(super) fn table_use(&self, args: &mut Args) -> Result<(String, u32), Reply> {
+        let name = args.next_string().map_err(arg_err)?;
         let view = self.shared.client.routes();
         match view.table(&name) {
-            Some(t) if t.desc.state != TableState::Deleting => {
-                let db = t.desc.db_index;
-                self.use_table(&name, db);
-                Reply::ok()
-            }
-            _ => cluster_err(ClusterError::UnknownTable(name)),
+            Some(t) if t.desc.state != TableState::Deleting => Ok((name, t.desc.db_index)),
+            _ => Err(cluster_err(ClusterError::UnknownTable(name))),
         }
     }
 
@@ -70,7 +64,7 @@ impl Session {
         }
     }
 
-    pub(super) fn table_list(&self) -> Reply {
+    pub(super) fn table_list(&mut self, _args: &mut Args) -> Reply {
         let view = self.shared.client.routes();
         let mut names: Vec<&String> = view
             .tables

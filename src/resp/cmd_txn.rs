@@ -22,10 +22,11 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::args::Args;
-use super::compile::{compile, op_reply, shard_keys, shard_work, WatchedKey};
+use super::compile::{op_reply, shard_keys, shard_work, Ctx, WatchedKey};
 use super::errors::cluster_err;
 use super::reply::Reply;
 use super::session::{MultiState, Queued, Session};
+use super::spec::{flag, CommandSpec, Handler};
 use crate::clock::now_ms;
 use crate::cluster::plan::{merge, Atomicity, Plan};
 use crate::cluster::txn::{self, Outcome, ShardKeys};
@@ -37,40 +38,9 @@ use crate::shard::command::{OpReply, ShardRequest};
 use crate::shard::txn::version_of;
 use crate::shard::value::Stored;
 
-/// Commands that cannot be part of a transaction here.
-const NOT_QUEUEABLE: &[&str] = &[
-    "auth",
-    "client",
-    "command",
-    "config",
-    "dbsize",
-    "flushall",
-    "flushdb",
-    "hello",
-    "info",
-    "keys",
-    "readonly",
-    "readwrite",
-    "scan",
-    "table.create",
-    "table.describe",
-    "table.drop",
-    "table.list",
-    "time",
-];
-
 const QUEUED: &str = "QUEUED";
 
 impl Session {
-    /// Whether this command is queued rather than run (inside MULTI).
-    pub(super) fn queues(&self, name: &str) -> bool {
-        self.multi.is_some()
-            && !matches!(
-                name,
-                "exec" | "discard" | "multi" | "watch" | "quit" | "reset"
-            )
-    }
-
     /// Note a command that failed to queue (unknown, wrong arity).
     pub(super) fn queue_failed(&mut self) {
         if let Some(m) = self.multi.as_mut() {
@@ -78,7 +48,7 @@ impl Session {
         }
     }
 
-    pub(super) fn multi(&mut self) -> Reply {
+    pub(super) fn multi(&mut self, _args: &mut Args) -> Reply {
         if self.multi.is_some() {
             return Reply::error("ERR MULTI calls can not be nested");
         }
@@ -91,29 +61,32 @@ impl Session {
         Reply::ok()
     }
 
-    pub(super) fn discard(&mut self) -> Reply {
+    pub(super) fn discard(&mut self, args: &mut Args) -> Reply {
         if self.multi.take().is_none() {
             return Reply::error("ERR DISCARD without MULTI");
         }
-        self.unwatch()
+        self.unwatch(args)
     }
 
-    pub(super) fn unwatch(&mut self) -> Reply {
+    pub(super) fn unwatch(&mut self, _args: &mut Args) -> Reply {
         self.watches.clear();
         self.watch_refused = false;
         Reply::ok()
     }
 
-    /// Queue one command inside MULTI.
-    pub(super) fn queue(&mut self, name: &str, args: &mut Args) -> Reply {
-        let reply = self.try_queue(name, args);
+    /// Queue one command inside MULTI, as its row in the command table
+    /// says: a data command as its plan (compiled against the table current
+    /// at this point of the queue), a table switch as a switch, a connection
+    /// command to run at EXEC; `NO_MULTI` rows are refused.
+    pub(super) fn queue(&mut self, spec: &CommandSpec, args: &mut Args) -> Reply {
+        let reply = self.try_queue(spec, args);
         if reply.is_error() {
             self.queue_failed();
         }
         reply
     }
 
-    fn try_queue(&mut self, name: &str, args: &mut Args) -> Reply {
+    fn try_queue(&mut self, spec: &CommandSpec, args: &mut Args) -> Reply {
         let Some(m) = self.multi.as_ref() else {
             return Reply::error("ERR internal: not in MULTI");
         };
@@ -127,53 +100,31 @@ impl Session {
                 "ERR MULTI queue is full: at most {cap} commands per transaction (shoal-max-multi-commands)"
             ));
         }
-        let queued = match name {
-            "ping" => Queued::Fixed(match args.next_bytes() {
-                Ok(msg) => Reply::Bulk(msg),
-                Err(_) => Reply::status("PONG"),
-            }),
-            "echo" => Queued::Fixed(Reply::Bulk(args.next_bytes().unwrap_or_default())),
-            "unwatch" => Queued::Fixed(Reply::ok()),
-            "select" | "table.use" => {
-                let view = self.shared.client.routes();
-                let target = if name == "select" {
-                    match args.next_i64() {
-                        Ok(0) => Some(("default".to_string(), 0)),
-                        Ok(i) if i > 0 && i <= u32::MAX as i64 => view
-                            .table_by_index(i as u32)
-                            .map(|t| (t.desc.name.clone(), i as u32)),
-                        Ok(_) => return Reply::error("ERR DB index is out of range"),
-                        Err(_) => {
-                            return Reply::error("ERR value is not an integer or out of range")
-                        }
-                    }
-                } else {
-                    let n = args.next_string().unwrap_or_default();
-                    match view
-                        .table(&n)
-                        .filter(|t| t.desc.state != TableState::Deleting)
-                    {
-                        Some(t) => Some((n.clone(), t.desc.db_index)),
-                        None => return cluster_err(ClusterError::UnknownTable(n)),
-                    }
-                };
-                match target {
-                    Some((table, db)) => Queued::Use { table, db },
-                    None => return Reply::error("ERR no table has this database index"),
-                }
-            }
-            _ if NOT_QUEUEABLE.contains(&name) => {
-                return Reply::error(format!(
-                    "ERR {} is not supported inside MULTI",
-                    name.to_ascii_uppercase()
-                ))
-            }
-            _ => {
+        let not_here = || {
+            Reply::error(format!(
+                "ERR {} is not supported inside MULTI",
+                spec.name.to_ascii_uppercase()
+            ))
+        };
+        if spec.has(flag::NO_MULTI) {
+            return not_here();
+        }
+        let queued = match spec.handler {
+            Handler::Local(f) => Queued::Local(f, args.clone()),
+            Handler::Use(resolve) => match resolve(self, args) {
+                Ok((table, db)) => Queued::Use { table, db },
+                Err(r) => return r,
+            },
+            Handler::Data(compile) => {
                 let table = match self.table_named(&m.table) {
                     Ok(t) => t,
                     Err(e) => return cluster_err(e),
                 };
-                let plan = match compile(name, args, &table, self.shared.config.max_value_len) {
+                let cx = Ctx {
+                    table: &table,
+                    max_value: self.shared.config.max_value_len,
+                };
+                let plan = match compile(args, &cx) {
                     Ok(p) => p,
                     Err(r) => return r,
                 };
@@ -184,6 +135,8 @@ impl Session {
                 }
                 Queued::Plan(plan)
             }
+            // The table's own test keeps every such row NO_MULTI.
+            Handler::Async(_) => return not_here(),
         };
         let Some(m) = self.multi.as_mut() else {
             return Reply::error("ERR internal: not in MULTI");
@@ -302,7 +255,7 @@ impl Session {
         for q in m.queued {
             out.push(match q {
                 Queued::Plan(_) => replies.next().map_or(Reply::Nil, op_reply),
-                Queued::Fixed(r) => r,
+                Queued::Local(f, mut args) => f(self, &mut args),
                 Queued::Use { table, db } => {
                     self.use_table(&table, db);
                     Reply::ok()

@@ -1,199 +1,218 @@
-//! The command table: every command the router knows, declared once with its
-//! arity, flags and key positions (Redis's `COMMAND INFO` conventions).
+//! The command table: every command the router knows, one row each (name,
+//! arity, flags, key positions, ACL categories, documentation, handler; the
+//! fields are described in [`super::spec`]), sorted by name. The dispatcher
+//! ([`super::dispatch`]), MULTI, pipelines, READONLY and `COMMAND` all read
+//! these rows; no other file lists command names.
 //!
-//! Arity checks, `COMMAND COUNT/INFO/LIST` answers and key extraction are
-//! derived from this table rather than written per command. Arity follows
-//! Redis: a positive number is the exact argument count (command name
-//! included), a negative one is a minimum.
+//! Adding a command: one row here and its handler (a `compile` function for
+//! a data command, a session method otherwise), plus a state-machine
+//! operation when it writes something new. docs/ARCHITECTURE.md has the
+//! recipe.
 
-/// Declaration of one command.
-#[derive(Debug, Clone, Copy)]
-pub struct CommandSpec {
-    pub name: &'static str,
-    pub arity: i32,
-    pub flags: &'static [&'static str],
-    /// Position of the first key (0: no keys).
-    pub first_key: i32,
-    /// Position of the last key; -1 means the last argument.
-    pub last_key: i32,
-    pub step: i32,
+use super::args::Args;
+use super::compile as c;
+use super::errors::wrong_args;
+use super::reply::Reply;
+use super::session::Session;
+use super::spec::flag::*;
+use super::spec::{acl, CommandSpec, Group, Handler, KeySpec};
+
+/// No keys.
+const NONE: KeySpec = KeySpec::None;
+/// The first argument is the key.
+const KEY: KeySpec = KeySpec::Range {
+    first: 1,
+    last: 1,
+    step: 1,
+};
+/// Every argument is a key.
+const KEYS: KeySpec = KeySpec::Range {
+    first: 1,
+    last: -1,
+    step: 1,
+};
+/// Key, value, key, value...
+const PAIRS: KeySpec = KeySpec::Range {
+    first: 1,
+    last: -1,
+    step: 2,
+};
+
+/// A command answered from the connection's state.
+macro_rules! local {
+    ($method:ident) => {
+        Handler::Local(Session::$method)
+    };
 }
 
-impl CommandSpec {
-    pub fn is_write(&self) -> bool {
-        self.flags.contains(&"write")
-    }
-
-    /// Whether `argc` (command name included) satisfies the arity.
-    pub fn arity_ok(&self, argc: usize) -> bool {
-        let argc = argc as i32;
-        if self.arity >= 0 {
-            argc == self.arity
-        } else {
-            argc >= -self.arity
-        }
-    }
-
-    /// Indexes of the key arguments for a request of `argc` arguments.
-    pub fn key_positions(&self, argc: usize) -> Vec<usize> {
-        if self.first_key <= 0 || self.step <= 0 {
-            return Vec::new();
-        }
-        let last = if self.last_key < 0 {
-            argc as i32 + self.last_key
-        } else {
-            self.last_key
-        };
-        (self.first_key..=last.min(argc as i32 - 1))
-            .step_by(self.step as usize)
-            .map(|i| i as usize)
-            .collect()
-    }
+/// A command that waits on the cluster.
+macro_rules! awaits {
+    ($method:ident) => {
+        Handler::Async(|s, a| Box::pin(s.$method(a)))
+    };
 }
 
-const fn cmd(
+#[allow(clippy::too_many_arguments)]
+const fn row(
     name: &'static str,
     arity: i32,
-    flags: &'static [&'static str],
-    first_key: i32,
-    last_key: i32,
-    step: i32,
+    flags: u32,
+    keys: KeySpec,
+    acl: u32,
+    group: Group,
+    handler: Handler,
+    summary: &'static str,
 ) -> CommandSpec {
     CommandSpec {
         name,
         arity,
         flags,
-        first_key,
-        last_key,
-        step,
+        keys,
+        acl,
+        group,
+        summary,
+        handler,
     }
 }
 
-const READ: &[&str] = &["readonly", "fast"];
-const WRITE: &[&str] = &["write", "denyoom"];
-const WRITE_FAST: &[&str] = &["write", "denyoom", "fast"];
-const CONN: &[&str] = &["fast", "loading", "stale", "no-auth"];
-const ADMIN: &[&str] = &["admin", "loading", "stale"];
+const STRING: u32 = acl::STRING;
+const KEYSPACE: u32 = acl::KEYSPACE;
+const CONN: u32 = acl::CONNECTION;
+const TXN: u32 = acl::TRANSACTION;
+/// Connection and transaction control: answered in any state.
+const CONTROL: u32 = NOSCRIPT | LOADING | STALE | FAST;
 
-/// Every command, sorted by name.
+use Group as G;
+use Handler::{Data, Use};
+
+/// Every command, sorted by name. (Kept as a table: rustfmt would give each
+/// row ten lines.)
+#[rustfmt::skip]
 pub static COMMANDS: &[CommandSpec] = &[
-    cmd("append", 3, WRITE, 1, 1, 1),
-    cmd(
-        "auth",
-        -2,
-        &["noscript", "loading", "stale", "fast", "no-auth"],
-        0,
-        0,
-        0,
-    ),
-    cmd(
-        "client",
-        -2,
-        &["admin", "noscript", "loading", "stale"],
-        0,
-        0,
-        0,
-    ),
-    cmd("cluster.drain", 2, ADMIN, 0, 0, 0),
-    cmd("command", -1, &["loading", "stale"], 0, 0, 0),
-    cmd("config", -2, ADMIN, 0, 0, 0),
-    cmd("dbsize", 1, READ, 0, 0, 0),
-    cmd("decr", 2, WRITE_FAST, 1, 1, 1),
-    cmd("decrby", 3, WRITE_FAST, 1, 1, 1),
-    cmd("del", -2, &["write"], 1, -1, 1),
-    cmd(
-        "discard",
-        1,
-        &["noscript", "loading", "stale", "fast"],
-        0,
-        0,
-        0,
-    ),
-    cmd("echo", 2, &["fast"], 0, 0, 0),
-    cmd(
-        "exec",
-        1,
-        &["noscript", "loading", "stale", "skip_slowlog"],
-        0,
-        0,
-        0,
-    ),
-    cmd("exists", -2, READ, 1, -1, 1),
-    cmd("expire", -3, WRITE_FAST, 1, 1, 1),
-    cmd("expireat", -3, WRITE_FAST, 1, 1, 1),
-    cmd("flushall", -1, &["write"], 0, 0, 0),
-    cmd("flushdb", -1, &["write"], 0, 0, 0),
-    cmd("get", 2, READ, 1, 1, 1),
-    cmd("getdel", 2, WRITE_FAST, 1, 1, 1),
-    cmd("getex", -2, WRITE_FAST, 1, 1, 1),
-    cmd("getrange", 4, &["readonly"], 1, 1, 1),
-    cmd("getset", 3, WRITE_FAST, 1, 1, 1),
-    cmd("hello", -1, CONN, 0, 0, 0),
-    cmd("incr", 2, WRITE_FAST, 1, 1, 1),
-    cmd("incrby", 3, WRITE_FAST, 1, 1, 1),
-    cmd("incrbyfloat", 3, WRITE_FAST, 1, 1, 1),
-    cmd("info", -1, &["loading", "stale"], 0, 0, 0),
-    cmd("keys", 2, &["readonly"], 0, 0, 0),
-    cmd("mget", -2, READ, 1, -1, 1),
-    cmd("mset", -3, WRITE, 1, -1, 2),
-    cmd("msetnx", -3, WRITE, 1, -1, 2),
-    cmd(
-        "multi",
-        1,
-        &["noscript", "loading", "stale", "fast"],
-        0,
-        0,
-        0,
-    ),
-    cmd("persist", 2, &["write", "fast"], 1, 1, 1),
-    cmd("pexpire", -3, WRITE_FAST, 1, 1, 1),
-    cmd("pexpireat", -3, WRITE_FAST, 1, 1, 1),
-    cmd("ping", -1, &["fast"], 0, 0, 0),
-    cmd("pttl", 2, READ, 1, 1, 1),
-    cmd("quit", -1, CONN, 0, 0, 0),
-    cmd("readonly", 1, &["fast", "loading", "stale"], 0, 0, 0),
-    cmd("readwrite", 1, &["fast", "loading", "stale"], 0, 0, 0),
-    cmd(
-        "reset",
-        1,
-        &["noscript", "loading", "stale", "fast", "no-auth"],
-        0,
-        0,
-        0,
-    ),
-    cmd("scan", -2, &["readonly"], 0, 0, 0),
-    cmd("select", 2, &["loading", "stale", "fast"], 0, 0, 0),
-    cmd("set", -3, WRITE, 1, 1, 1),
-    cmd("setnx", 3, WRITE_FAST, 1, 1, 1),
-    cmd("setrange", 4, WRITE, 1, 1, 1),
-    cmd("strlen", 2, READ, 1, 1, 1),
-    cmd("substr", 4, &["readonly"], 1, 1, 1),
-    cmd("table.create", -2, ADMIN, 0, 0, 0),
-    cmd("table.describe", 2, ADMIN, 0, 0, 0),
-    cmd("table.drop", 2, ADMIN, 0, 0, 0),
-    cmd("table.list", 1, ADMIN, 0, 0, 0),
-    cmd("table.use", 2, &["fast", "loading", "stale"], 0, 0, 0),
-    cmd("time", 1, &["loading", "stale", "fast"], 0, 0, 0),
-    cmd("touch", -2, READ, 1, -1, 1),
-    cmd("ttl", 2, READ, 1, 1, 1),
-    cmd("type", 2, READ, 1, 1, 1),
-    cmd("unlink", -2, &["write", "fast"], 1, -1, 1),
-    cmd(
-        "unwatch",
-        1,
-        &["noscript", "loading", "stale", "fast"],
-        0,
-        0,
-        0,
-    ),
-    cmd(
-        "watch",
-        -2,
-        &["noscript", "loading", "stale", "fast"],
-        1,
-        -1,
-        1,
-    ),
+    row("append", 3, WRITE | DENYOOM | FAST, KEY, STRING, G::String, Data(c::append),
+        "Appends a string to the value of a key. Creates the key if it doesn't exist."),
+    row("auth", -2, CONTROL | NO_AUTH | NO_MULTI, NONE, CONN, G::Connection, local!(auth),
+        "Authenticates the connection."),
+    row("client", -2, ADMIN | NOSCRIPT | LOADING | STALE | NO_MULTI, NONE, CONN, G::Connection,
+        local!(client), "A container for client connection commands."),
+    row("cluster.drain", 2, ADMIN | LOADING | STALE | NO_MULTI, NONE, 0, G::Shoal,
+        awaits!(cluster_drain),
+        "Moves every replica off a node, which is then removed (shoal)."),
+    row("command", -1, LOADING | STALE | NO_MULTI, NONE, CONN, G::Server, Handler::Local(command),
+        "Returns detailed information about all commands."),
+    row("config", -2, ADMIN | NOSCRIPT | LOADING | STALE | NO_MULTI, NONE, 0, G::Server,
+        local!(config), "A container for server configuration commands."),
+    row("dbsize", 1, READONLY | FAST | NO_MULTI | FAN_OUT, NONE, KEYSPACE, G::Server,
+        awaits!(dbsize), "Returns the number of keys in the table."),
+    row("decr", 2, WRITE | DENYOOM | FAST, KEY, STRING, G::String, Data(c::decr),
+        "Decrements the integer value of a key by one. Uses 0 as initial value if the key doesn't exist."),
+    row("decrby", 3, WRITE | DENYOOM | FAST, KEY, STRING, G::String, Data(c::decrby),
+        "Decrements a number from the integer value of a key. Uses 0 as initial value if the key doesn't exist."),
+    row("del", -2, WRITE, KEYS, KEYSPACE, G::Generic, Data(c::del),
+        "Deletes one or more keys."),
+    row("discard", 1, CONTROL | MULTI_CONTROL, NONE, TXN, G::Transactions, local!(discard),
+        "Discards a transaction."),
+    row("echo", 2, FAST, NONE, CONN, G::Connection, local!(echo),
+        "Returns the given string."),
+    row("exec", 1, NOSCRIPT | LOADING | STALE | SKIP_SLOWLOG | MULTI_CONTROL, NONE, TXN,
+        G::Transactions, Handler::Async(|s, _| Box::pin(s.exec())),
+        "Executes all commands in a transaction."),
+    row("exists", -2, READONLY | FAST, KEYS, KEYSPACE, G::Generic, Data(c::exists),
+        "Determines whether one or more keys exist."),
+    row("expire", -3, WRITE | FAST, KEY, KEYSPACE, G::Generic, Data(c::expire),
+        "Sets the expiration time of a key in seconds."),
+    row("expireat", -3, WRITE | FAST, KEY, KEYSPACE, G::Generic, Data(c::expireat),
+        "Sets the expiration time of a key to a Unix timestamp."),
+    row("flushall", -1, WRITE | NO_MULTI | FAN_OUT, NONE, KEYSPACE | acl::DANGEROUS, G::Server,
+        awaits!(flushall), "Removes all keys from all tables."),
+    row("flushdb", -1, WRITE | NO_MULTI | FAN_OUT, NONE, KEYSPACE | acl::DANGEROUS, G::Server,
+        awaits!(flushdb), "Removes all keys from the current table."),
+    row("get", 2, READONLY | FAST, KEY, STRING, G::String, Data(c::get),
+        "Returns the string value of a key."),
+    row("getdel", 2, WRITE | FAST, KEY, STRING, G::String, Data(c::getdel),
+        "Returns the string value of a key after deleting the key."),
+    row("getex", -2, WRITE | FAST, KEY, STRING, G::String, Data(c::getex),
+        "Returns the string value of a key after setting its expiration time."),
+    row("getrange", 4, READONLY, KEY, STRING, G::String, Data(c::getrange),
+        "Returns a substring of the string stored at a key."),
+    row("getset", 3, WRITE | DENYOOM | FAST, KEY, STRING, G::String, Data(c::getset),
+        "Returns the previous string value of a key after setting it to a new value."),
+    row("hello", -1, CONTROL | NO_AUTH | NO_MULTI, NONE, CONN, G::Connection, local!(hello),
+        "Handshakes with the server."),
+    row("incr", 2, WRITE | DENYOOM | FAST, KEY, STRING, G::String, Data(c::incr),
+        "Increments the integer value of a key by one. Uses 0 as initial value if the key doesn't exist."),
+    row("incrby", 3, WRITE | DENYOOM | FAST, KEY, STRING, G::String, Data(c::incrby),
+        "Increments the integer value of a key by a number. Uses 0 as initial value if the key doesn't exist."),
+    row("incrbyfloat", 3, WRITE | DENYOOM | FAST, KEY, STRING, G::String, Data(c::incrbyfloat),
+        "Increment the floating point value of a key by a number. Uses 0 as initial value if the key doesn't exist."),
+    row("info", -1, LOADING | STALE | NO_MULTI, NONE, acl::DANGEROUS, G::Server, awaits!(info),
+        "Returns information and statistics about the server and the cluster."),
+    row("keys", 2, READONLY | NO_MULTI | FAN_OUT, NONE, KEYSPACE | acl::DANGEROUS, G::Generic,
+        awaits!(keys), "Returns all key names that match a pattern."),
+    row("mget", -2, READONLY | FAST, KEYS, STRING, G::String, Data(c::mget),
+        "Atomically returns the string values of one or more keys."),
+    row("mset", -3, WRITE | DENYOOM, PAIRS, STRING, G::String, Data(c::mset),
+        "Atomically creates or modifies the string values of one or more keys."),
+    row("msetnx", -3, WRITE | DENYOOM, PAIRS, STRING, G::String, Data(c::msetnx),
+        "Atomically modifies the string values of one or more keys only when all keys don't exist."),
+    row("multi", 1, CONTROL | MULTI_CONTROL, NONE, TXN, G::Transactions, local!(multi),
+        "Starts a transaction."),
+    row("persist", 2, WRITE | FAST, KEY, KEYSPACE, G::Generic, Data(c::persist),
+        "Removes the expiration time of a key."),
+    row("pexpire", -3, WRITE | FAST, KEY, KEYSPACE, G::Generic, Data(c::pexpire),
+        "Sets the expiration time of a key in milliseconds."),
+    row("pexpireat", -3, WRITE | FAST, KEY, KEYSPACE, G::Generic, Data(c::pexpireat),
+        "Sets the expiration time of a key to a Unix milliseconds timestamp."),
+    row("ping", -1, FAST, NONE, CONN, G::Connection, local!(ping),
+        "Returns the server's liveliness response."),
+    row("pttl", 2, READONLY | FAST, KEY, KEYSPACE, G::Generic, Data(c::pttl),
+        "Returns the expiration time in milliseconds of a key."),
+    row("quit", -1, CONTROL | NO_AUTH | MULTI_CONTROL, NONE, CONN, G::Connection, local!(quit),
+        "Closes the connection."),
+    row("readonly", 1, FAST | LOADING | STALE | NO_MULTI, NONE, CONN, G::Connection,
+        local!(readonly), "Lets read-only commands of this connection read from any replica."),
+    row("readwrite", 1, FAST | LOADING | STALE | NO_MULTI, NONE, CONN, G::Connection,
+        local!(readwrite), "Makes reads of this connection linearizable again."),
+    row("reset", 1, CONTROL | NO_AUTH | MULTI_CONTROL, NONE, CONN, G::Connection, local!(reset),
+        "Resets the connection."),
+    row("scan", -2, READONLY | NO_MULTI | FAN_OUT, NONE, KEYSPACE, G::Generic, awaits!(scan),
+        "Iterates over the key names in the table."),
+    row("select", 2, LOADING | STALE | FAST, NONE, CONN, G::Connection, Use(Session::select),
+        "Changes the table of the connection to the one with this database index."),
+    row("set", -3, WRITE | DENYOOM, KEY, STRING, G::String, Data(c::set),
+        "Sets the string value of a key, ignoring its type. The key is created if it doesn't exist."),
+    row("setnx", 3, WRITE | DENYOOM | FAST, KEY, STRING, G::String, Data(c::setnx),
+        "Set the string value of a key only when the key doesn't exist."),
+    row("setrange", 4, WRITE | DENYOOM, KEY, STRING, G::String, Data(c::setrange),
+        "Overwrites a part of a string value with another by an offset. Creates the key if it doesn't exist."),
+    row("strlen", 2, READONLY | FAST, KEY, STRING, G::String, Data(c::strlen),
+        "Returns the length of a string value."),
+    row("substr", 4, READONLY, KEY, STRING, G::String, Data(c::getrange),
+        "Returns a substring from a string value."),
+    row("table.create", -2, ADMIN | LOADING | STALE | NO_MULTI, NONE, 0, G::Shoal,
+        awaits!(table_create), "Creates a table: TABLE.CREATE name [shards [replicas]] (shoal)."),
+    row("table.describe", 2, ADMIN | LOADING | STALE | NO_MULTI, NONE, 0, G::Shoal,
+        awaits!(table_describe), "Describes a table's shards, replicas and leaders (shoal)."),
+    row("table.drop", 2, ADMIN | LOADING | STALE | NO_MULTI, NONE, 0, G::Shoal,
+        awaits!(table_drop), "Drops a table and its data (shoal)."),
+    row("table.list", 1, ADMIN | LOADING | STALE | NO_MULTI, NONE, 0, G::Shoal,
+        local!(table_list), "Lists the tables (shoal)."),
+    row("table.use", 2, FAST | LOADING | STALE, NONE, CONN, G::Shoal, Use(Session::table_use),
+        "Changes the table of the connection (shoal)."),
+    row("time", 1, LOADING | STALE | FAST, NONE, 0, G::Server, local!(time),
+        "Returns the server time."),
+    row("touch", -2, READONLY | FAST, KEYS, KEYSPACE, G::Generic, Data(c::exists),
+        "Returns the number of existing keys out of those specified."),
+    row("ttl", 2, READONLY | FAST, KEY, KEYSPACE, G::Generic, Data(c::ttl),
+        "Returns the expiration time in seconds of a key."),
+    row("type", 2, READONLY | FAST, KEY, KEYSPACE, G::Generic, Data(c::type_of),
+        "Determines the type of value stored at a key."),
+    row("unlink", -2, WRITE | FAST, KEYS, KEYSPACE, G::Generic, Data(c::del),
+        "Deletes one or more keys."),
+    row("unwatch", 1, CONTROL, NONE, TXN, G::Transactions, local!(unwatch),
+        "Forgets about watched keys of a transaction."),
+    row("watch", -2, CONTROL | MULTI_CONTROL, KEYS, TXN, G::Transactions, awaits!(watch),
+        "Monitors changes to keys to determine the execution of a transaction."),
 ];
 
 /// Look a command up by its lowercase name.
@@ -204,9 +223,112 @@ pub fn lookup(name: &str) -> Option<&'static CommandSpec> {
         .map(|i| &COMMANDS[i])
 }
 
+/// A command named by an argument (any case).
+fn named(arg: &[u8]) -> Option<&'static CommandSpec> {
+    lookup(&String::from_utf8_lossy(arg).to_ascii_lowercase())
+}
+
+/// `COMMAND [COUNT | LIST [FILTERBY ACLCAT cat | PATTERN p] | INFO name... |
+/// DOCS name... | GETKEYS cmd arg...]`, answered from the table.
+fn command(_: &mut Session, args: &mut Args) -> Reply {
+    let Ok(sub) = args.next_string() else {
+        return Reply::Array(COMMANDS.iter().map(CommandSpec::info).collect());
+    };
+    let rest = args.rest();
+    match sub.to_ascii_lowercase().as_str() {
+        "count" => Reply::Int(COMMANDS.len() as i64),
+        "list" => command_list(&rest),
+        "info" if rest.is_empty() => Reply::Array(COMMANDS.iter().map(CommandSpec::info).collect()),
+        "info" => Reply::Array(
+            rest.iter()
+                .map(|n| named(n).map_or(Reply::NilArray, CommandSpec::info))
+                .collect(),
+        ),
+        "docs" => {
+            let wanted: Vec<&CommandSpec> = if rest.is_empty() {
+                COMMANDS.iter().collect()
+            } else {
+                rest.iter().filter_map(|n| named(n)).collect()
+            };
+            Reply::Map(
+                wanted
+                    .into_iter()
+                    .map(|c| (Reply::bulk(c.name), c.docs()))
+                    .collect(),
+            )
+        }
+        "getkeys" => {
+            let Some(first) = rest.first() else {
+                return wrong_args("command|getkeys");
+            };
+            match named(first) {
+                Some(c) if c.arity_ok(rest.len()) => {
+                    let keys = c.key_positions(&rest);
+                    if keys.is_empty() {
+                        return Reply::error("ERR The command has no key arguments");
+                    }
+                    Reply::Array(
+                        keys.into_iter()
+                            .map(|i| Reply::Bulk(rest[i].clone()))
+                            .collect(),
+                    )
+                }
+                Some(_) => Reply::error("ERR Invalid number of arguments specified for command"),
+                None => Reply::error("ERR Invalid command specified"),
+            }
+        }
+        other => Reply::error(format!(
+            "ERR unknown subcommand '{other}'. Try COMMAND HELP."
+        )),
+    }
+}
+
+/// COMMAND LIST [FILTERBY ACLCAT category | PATTERN pattern]
+fn command_list(rest: &[bytes::Bytes]) -> Reply {
+    let keep: Box<dyn Fn(&CommandSpec) -> bool> = match rest {
+        [] => Box::new(|_| true),
+        [by, what, value] if by.eq_ignore_ascii_case(b"filterby") => {
+            let value = value.clone();
+            match what.to_ascii_lowercase().as_slice() {
+                b"aclcat" => {
+                    let Some((bit, _)) = acl::NAMES
+                        .iter()
+                        .find(|(_, n)| n.as_bytes().eq_ignore_ascii_case(&value))
+                    else {
+                        return Reply::Array(vec![]);
+                    };
+                    let bit = *bit;
+                    Box::new(move |c| c.acl_categories() & bit != 0)
+                }
+                b"pattern" => {
+                    Box::new(move |c| crate::glob::glob_match_nocase(&value, c.name.as_bytes()))
+                }
+                // No modules here: nothing matches.
+                b"module" => Box::new(|_| false),
+                _ => return Reply::error("ERR syntax error"),
+            }
+        }
+        _ => return Reply::error("ERR syntax error"),
+    };
+    Reply::Array(
+        COMMANDS
+            .iter()
+            .filter(|c| keep(c))
+            .map(|c| Reply::bulk(c.name))
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+
+    fn req(s: &str) -> Vec<Bytes> {
+        s.split(' ')
+            .map(|p| Bytes::copy_from_slice(p.as_bytes()))
+            .collect()
+    }
 
     #[test]
     fn table_is_sorted_and_unique() {
@@ -215,6 +337,10 @@ mod tests {
         }
         assert!(lookup("get").is_some());
         assert!(lookup("nosuch").is_none());
+        for c in COMMANDS {
+            assert_eq!(c.name, c.name.to_ascii_lowercase(), "names are lowercase");
+            assert!(!c.summary.is_empty(), "{} has a summary", c.name);
+        }
     }
 
     #[test]
@@ -223,11 +349,92 @@ mod tests {
         assert!(!set.arity_ok(2));
         assert!(set.arity_ok(3));
         assert!(set.arity_ok(6));
-        assert_eq!(set.key_positions(5), vec![1]);
+        assert_eq!(set.key_positions(&req("set k v ex 10")), vec![1]);
         let del = lookup("del").unwrap();
-        assert_eq!(del.key_positions(4), vec![1, 2, 3]);
+        assert_eq!(del.key_positions(&req("del a b c")), vec![1, 2, 3]);
+        let mset = lookup("mset").unwrap();
+        assert_eq!(mset.key_positions(&req("mset a 1 b 2")), vec![1, 3]);
         let get = lookup("get").unwrap();
         assert!(get.arity_ok(2) && !get.arity_ok(3));
-        assert!(lookup("ping").unwrap().key_positions(2).is_empty());
+        assert!(lookup("ping")
+            .unwrap()
+            .key_positions(&req("ping x"))
+            .is_empty());
+    }
+
+    /// The rows agree with themselves: what the dispatcher, MULTI and
+    /// pipelines infer from a row cannot contradict its flags.
+    #[test]
+    fn rows_are_consistent() {
+        for c in COMMANDS {
+            let n = c.name;
+            assert!(
+                !(c.has(WRITE) && c.has(READONLY)),
+                "{n}: write and readonly"
+            );
+            assert!(
+                !(c.has(NO_MULTI) && c.has(MULTI_CONTROL)),
+                "{n}: both refused and run inside MULTI"
+            );
+            // Anything that waits on the cluster cannot be queued.
+            if matches!(c.handler, Handler::Async(_)) {
+                assert!(
+                    c.has(NO_MULTI) || c.has(MULTI_CONTROL),
+                    "{n}: an Async handler must be NO_MULTI or MULTI_CONTROL"
+                );
+            }
+            // Data commands are keyed, and say whether they write.
+            if matches!(c.handler, Handler::Data(_)) {
+                assert!(!matches!(c.keys, KeySpec::None), "{n}: data without keys");
+                assert!(
+                    c.has(WRITE) || c.has(READONLY),
+                    "{n}: data neither read nor write"
+                );
+                assert!(!c.has(FAN_OUT), "{n}: data commands route by key");
+            }
+            // A fan-out command names no keys (it reaches every shard).
+            if c.has(FAN_OUT) {
+                assert!(matches!(c.keys, KeySpec::None), "{n}: fan-out with keys");
+            }
+            // Only what must run before AUTH skips it.
+            if c.has(NO_AUTH) {
+                assert!(
+                    ["auth", "hello", "quit", "reset"].contains(&n),
+                    "{n} runs unauthenticated"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn info_has_redis_7_shape() {
+        let Reply::Array(fields) = lookup("get").unwrap().info() else {
+            panic!()
+        };
+        assert_eq!(fields.len(), 10);
+        assert_eq!(fields[0], Reply::bulk("get"));
+        assert_eq!(fields[1], Reply::Int(2));
+        assert_eq!(
+            fields[2],
+            Reply::Set(vec![
+                Reply::Status("readonly".into()),
+                Reply::Status("fast".into())
+            ])
+        );
+        assert_eq!(
+            &fields[3..6],
+            &[Reply::Int(1), Reply::Int(1), Reply::Int(1)]
+        );
+        assert_eq!(
+            fields[6],
+            Reply::Set(vec![
+                Reply::Status("@read".into()),
+                Reply::Status("@string".into()),
+                Reply::Status("@fast".into()),
+            ])
+        );
+        // FLUSHALL: admin-free but dangerous, slow, write.
+        let cats = lookup("flushall").unwrap().acl_categories();
+        assert!(cats & acl::DANGEROUS != 0 && cats & acl::SLOW != 0 && cats & acl::WRITE != 0);
     }
 }

@@ -1,8 +1,9 @@
 //! Data commands compiled from their arguments into a [`Plan`] of shard
-//! operations: argument parsing with Redis's error texts (SET options,
-//! EXPIRE conditions, ...), key routing by slot, and the shard reply turned
-//! back into a RESP reply. Pure: no I/O, nothing from the session but the
-//! table and the value limit.
+//! operations: one handler per command (the command table names it),
+//! argument parsing with Redis's error texts (SET options, EXPIRE
+//! conditions, ...), key routing by slot, and the shard reply turned back
+//! into a RESP reply. Pure: no I/O, nothing from the session but the table
+//! and the value limit ([`Ctx`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -94,249 +95,342 @@ pub fn shard_keys(table: &Arc<TableRoute>, keys: &[Bytes]) -> Vec<ShardKeys> {
     out
 }
 
-/// Compile a per-key data command (everything but the keyspace commands
-/// KEYS, SCAN, DBSIZE, FLUSHDB, FLUSHALL) against `table`.
-pub fn compile(
-    name: &str,
-    args: &mut Args,
-    table: &Arc<TableRoute>,
-    max_value: usize,
-) -> Result<Plan, Reply> {
-    let key = |args: &mut Args| args.next_bytes().unwrap_or_default();
-    let single = |key: &Bytes, op: TxnOp| Plan {
-        table: table.clone(),
-        parts: vec![Part {
-            shard: table.desc.shard_for_slot(slot(key)),
-            op,
-        }],
-        merge: Merge::Single,
-        atomicity: Atomicity::None,
+/// What a data command is compiled against: the connection's table and the
+/// router's value limit.
+pub struct Ctx<'a> {
+    pub table: &'a Arc<TableRoute>,
+    pub max_value: usize,
+}
+
+impl Ctx<'_> {
+    /// A plan of one operation on the shard owning `key`.
+    fn single(&self, key: &Bytes, op: TxnOp) -> Plan {
+        Plan::new(
+            self.table.clone(),
+            vec![Part {
+                shard: self.table.desc.shard_for_slot(slot(key)),
+                op,
+            }],
+            Merge::Single,
+        )
+    }
+
+    fn check_value(&self, value: &Bytes) -> Result<(), Reply> {
+        if value.len() > self.max_value {
+            return Err(Reply::error("ERR value is too large"));
+        }
+        Ok(())
+    }
+}
+
+// The handlers of the data commands, one per command (the command table in
+// `commands.rs` names them). Arity was checked before they run, so a
+// missing argument reads as empty.
+
+fn key(args: &mut Args) -> Bytes {
+    args.next_bytes().unwrap_or_default()
+}
+
+fn read_key(args: &mut Args, cx: &Ctx, op: impl FnOnce(Bytes) -> ReadOp) -> Plan {
+    let key = key(args);
+    cx.single(&key, TxnOp::Read(op(key.clone())))
+}
+
+fn write_key(args: &mut Args, cx: &Ctx, op: impl FnOnce(Bytes) -> WriteOp) -> Plan {
+    let key = key(args);
+    cx.single(&key, TxnOp::Write(op(key.clone())))
+}
+
+/// GET key
+pub fn get(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    Ok(read_key(args, cx, |key| ReadOp::Get { key }))
+}
+
+/// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]`
+pub fn set(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    let op = parse_set(args, cx.max_value)?;
+    let key = op.keys()[0].clone();
+    Ok(cx.single(&key, TxnOp::Write(op)))
+}
+
+/// SET without options, with or without GET (SETNX, GETSET).
+fn plain_set(args: &mut Args, cx: &Ctx, cond: SetCond, get: bool) -> Result<Plan, Reply> {
+    let key = key(args);
+    let value = args.next_bytes().unwrap_or_default();
+    cx.check_value(&value)?;
+    let op = WriteOp::Set {
+        key: key.clone(),
+        value,
+        expiry: Expiry::Clear,
+        cond,
+        get,
     };
-    let w = TxnOp::Write;
-    let r = TxnOp::Read;
-    let plan = match name {
-        "get" => {
-            let key = key(args);
-            single(&key, r(ReadOp::Get { key: key.clone() }))
-        }
-        "set" => {
-            let op = parse_set(args, max_value)?;
-            let key = op.keys()[0].clone();
-            single(&key, w(op))
-        }
-        "setnx" | "getset" => {
-            let key = key(args);
-            let value = args.next_bytes().unwrap_or_default();
-            if value.len() > max_value {
-                return Err(Reply::error("ERR value is too large"));
-            }
-            let nx = name == "setnx";
-            let op = WriteOp::Set {
-                key: key.clone(),
-                value,
-                expiry: Expiry::Clear,
-                cond: if nx {
-                    SetCond::IfAbsent
-                } else {
-                    SetCond::Always
-                },
-                get: !nx,
-            };
-            let mut plan = single(&key, w(op));
-            if nx {
-                plan.merge = Merge::SetNx;
-            }
-            plan
-        }
-        "getdel" => {
-            let key = key(args);
-            single(&key, w(WriteOp::GetDel { key: key.clone() }))
-        }
-        "getex" => {
-            let key = key(args);
-            let expiry = parse_getex(args)?;
-            let op = match expiry {
-                // Plain GETEX is a read (and works under READONLY).
-                Expiry::Keep => r(ReadOp::Get { key: key.clone() }),
-                _ => w(WriteOp::GetEx {
-                    key: key.clone(),
-                    expiry,
-                }),
-            };
-            single(&key, op)
-        }
-        "incr" | "decr" | "incrby" | "decrby" => {
-            let key = key(args);
-            let by = match name {
-                "incr" => 1,
-                "decr" => -1,
-                _ => match args.next_i64() {
-                    Err(_) => return Err(Reply::error(ERR_NOT_INTEGER)),
-                    Ok(n) if name == "incrby" => n,
-                    Ok(n) => match n.checked_neg() {
-                        Some(n) => n,
-                        None => return Err(Reply::error("ERR decrement would overflow")),
-                    },
-                },
-            };
-            single(
-                &key,
-                w(WriteOp::IncrBy {
-                    key: key.clone(),
-                    by,
-                }),
-            )
-        }
-        "incrbyfloat" => {
-            let key = key(args);
-            let by = args.next_bytes().unwrap_or_default();
-            if parse_f64(&by).is_none() {
-                return Err(Reply::error("ERR value is not a valid float"));
-            }
-            single(
-                &key,
-                w(WriteOp::IncrByFloat {
-                    key: key.clone(),
-                    by,
-                }),
-            )
-        }
-        "append" => {
-            let key = key(args);
-            let value = args.next_bytes().unwrap_or_default();
-            let op = WriteOp::Append {
-                key: key.clone(),
-                value,
-                max_len: max_value as u64,
-            };
-            single(&key, w(op))
-        }
-        "strlen" => {
-            let key = key(args);
-            single(&key, r(ReadOp::StrLen { key: key.clone() }))
-        }
-        "getrange" | "substr" => {
-            let key = key(args);
-            let (Ok(start), Ok(end)) = (args.next_i64(), args.next_i64()) else {
-                return Err(Reply::error(ERR_NOT_INTEGER));
-            };
-            single(
-                &key,
-                r(ReadOp::GetRange {
-                    key: key.clone(),
-                    start,
-                    end,
-                }),
-            )
-        }
-        "setrange" => {
-            let key = key(args);
-            let offset = match args.next_i64() {
-                Ok(n) if n < 0 => return Err(Reply::error("ERR offset is out of range")),
-                Ok(n) => n as u64,
-                Err(_) => return Err(Reply::error(ERR_NOT_INTEGER)),
-            };
-            let value = args.next_bytes().unwrap_or_default();
-            let op = WriteOp::SetRange {
-                key: key.clone(),
-                offset,
-                value,
-                max_len: max_value as u64,
-            };
-            single(&key, w(op))
-        }
-        "expire" | "pexpire" | "expireat" | "pexpireat" => {
-            let key = key(args);
-            let (at_ms, cond) = parse_expire(name, args, now_ms() as i64)?;
-            let op = WriteOp::Expire {
-                key: key.clone(),
-                at_ms,
-                cond,
-            };
-            single(&key, w(op))
-        }
-        "ttl" | "pttl" => {
-            let key = key(args);
-            let op = ReadOp::Ttl {
-                key: key.clone(),
-                ms: name == "pttl",
-            };
-            single(&key, r(op))
-        }
-        "persist" => {
-            let key = key(args);
-            single(&key, w(WriteOp::Persist { key: key.clone() }))
-        }
-        "type" => {
-            let key = key(args);
-            single(&key, r(ReadOp::Type { key: key.clone() }))
-        }
-        "del" | "unlink" => per_shard(table, args.rest(), Merge::Sum, |keys| {
-            w(WriteOp::Del { keys })
+    Ok(cx.single(&key, TxnOp::Write(op)))
+}
+
+/// SETNX key value: 1 if set, 0 if the key existed.
+pub fn setnx(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    let mut plan = plain_set(args, cx, SetCond::IfAbsent, false)?;
+    plan.merge = Merge::SetNx;
+    Ok(plan)
+}
+
+/// GETSET key value
+pub fn getset(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    plain_set(args, cx, SetCond::Always, true)
+}
+
+/// GETDEL key
+pub fn getdel(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    Ok(write_key(args, cx, |key| WriteOp::GetDel { key }))
+}
+
+/// `GETEX key [EX s|PX ms|EXAT s|PXAT ms|PERSIST]`
+pub fn getex(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    let key = key(args);
+    let op = match parse_getex(args)? {
+        // Plain GETEX changes nothing: a read.
+        Expiry::Keep => TxnOp::Read(ReadOp::Get { key: key.clone() }),
+        expiry => TxnOp::Write(WriteOp::GetEx {
+            key: key.clone(),
+            expiry,
         }),
-        "exists" | "touch" => per_shard(table, args.rest(), Merge::Sum, |keys| {
-            r(ReadOp::Exists { keys })
+    };
+    Ok(cx.single(&key, op))
+}
+
+fn incr_by(args: &mut Args, cx: &Ctx, by: i64) -> Result<Plan, Reply> {
+    Ok(write_key(args, cx, |key| WriteOp::IncrBy { key, by }))
+}
+
+/// INCR key
+pub fn incr(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    incr_by(args, cx, 1)
+}
+
+/// DECR key
+pub fn decr(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    incr_by(args, cx, -1)
+}
+
+/// The increment argument of INCRBY/DECRBY (second argument).
+fn increment(args: &Args) -> Result<i64, Reply> {
+    let mut a = args.clone();
+    let _ = a.next_bytes();
+    a.next_i64().map_err(|_| Reply::error(ERR_NOT_INTEGER))
+}
+
+/// INCRBY key increment
+pub fn incrby(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    let by = increment(args)?;
+    incr_by(args, cx, by)
+}
+
+/// DECRBY key decrement
+pub fn decrby(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    let by = increment(args)?
+        .checked_neg()
+        .ok_or_else(|| Reply::error("ERR decrement would overflow"))?;
+    incr_by(args, cx, by)
+}
+
+/// INCRBYFLOAT key increment
+pub fn incrbyfloat(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    let key = key(args);
+    let by = args.next_bytes().unwrap_or_default();
+    if parse_f64(&by).is_none() {
+        return Err(Reply::error("ERR value is not a valid float"));
+    }
+    Ok(cx.single(
+        &key,
+        TxnOp::Write(WriteOp::IncrByFloat {
+            key: key.clone(),
+            by,
         }),
-        "mget" => {
-            let keys = args.rest();
-            let n = keys.len();
-            let groups = by_shard(table, keys);
-            let positions = groups
-                .values()
-                .map(|ks| ks.iter().map(|(i, _)| *i).collect())
-                .collect();
-            Plan {
-                table: table.clone(),
-                parts: groups
-                    .into_iter()
-                    .map(|(shard, ks)| Part {
-                        shard,
-                        op: r(ReadOp::MGet {
-                            keys: ks.into_iter().map(|(_, k)| k).collect(),
-                        }),
-                    })
-                    .collect(),
-                merge: Merge::Gather { positions, len: n },
-                atomicity: Atomicity::None,
-            }
-        }
-        "mset" | "msetnx" => {
-            let rest = args.rest();
-            if !rest.len().is_multiple_of(2) {
-                return Err(wrong_args(name));
-            }
-            let nx = name == "msetnx";
-            let mut by: BTreeMap<usize, Vec<(Bytes, Bytes)>> = BTreeMap::new();
-            let mut it = rest.into_iter();
-            while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                if v.len() > max_value {
-                    return Err(Reply::error("ERR value is too large"));
-                }
-                by.entry(table.desc.shard_for_slot(slot(&k)))
-                    .or_default()
-                    .push((k, v));
-            }
-            let multi = by.len() > 1;
-            Plan {
-                table: table.clone(),
-                parts: by
-                    .into_iter()
-                    .map(|(shard, pairs)| Part {
-                        shard,
-                        op: w(WriteOp::MSet { pairs, nx }),
-                    })
-                    .collect(),
-                merge: if multi { Merge::AllOk } else { Merge::Single },
-                atomicity: if nx {
-                    Atomicity::AllIfAbsent
-                } else {
-                    Atomicity::AllOrNothing
-                },
-            }
-        }
-        _ => return Err(Reply::error(format!("ERR unknown command '{name}'"))),
+    ))
+}
+
+/// APPEND key value
+pub fn append(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    let key = key(args);
+    let value = args.next_bytes().unwrap_or_default();
+    let op = WriteOp::Append {
+        key: key.clone(),
+        value,
+        max_len: cx.max_value as u64,
+    };
+    Ok(cx.single(&key, TxnOp::Write(op)))
+}
+
+/// STRLEN key
+pub fn strlen(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    Ok(read_key(args, cx, |key| ReadOp::StrLen { key }))
+}
+
+/// GETRANGE key start end (and its old name SUBSTR)
+pub fn getrange(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    let key = key(args);
+    let (Ok(start), Ok(end)) = (args.next_i64(), args.next_i64()) else {
+        return Err(Reply::error(ERR_NOT_INTEGER));
+    };
+    Ok(cx.single(
+        &key,
+        TxnOp::Read(ReadOp::GetRange {
+            key: key.clone(),
+            start,
+            end,
+        }),
+    ))
+}
+
+/// SETRANGE key offset value
+pub fn setrange(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    let key = key(args);
+    let offset = match args.next_i64() {
+        Ok(n) if n < 0 => return Err(Reply::error("ERR offset is out of range")),
+        Ok(n) => n as u64,
+        Err(_) => return Err(Reply::error(ERR_NOT_INTEGER)),
+    };
+    let value = args.next_bytes().unwrap_or_default();
+    let op = WriteOp::SetRange {
+        key: key.clone(),
+        offset,
+        value,
+        max_len: cx.max_value as u64,
+    };
+    Ok(cx.single(&key, TxnOp::Write(op)))
+}
+
+fn expire_with(args: &mut Args, cx: &Ctx, unit: ExpireUnit) -> Result<Plan, Reply> {
+    let key = key(args);
+    let (at_ms, cond) = parse_expire(unit, args, now_ms() as i64)?;
+    let op = WriteOp::Expire {
+        key: key.clone(),
+        at_ms,
+        cond,
+    };
+    Ok(cx.single(&key, TxnOp::Write(op)))
+}
+
+/// `EXPIRE key seconds [NX|XX|GT|LT]`
+pub fn expire(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    expire_with(args, cx, ExpireUnit::EXPIRE)
+}
+
+/// `PEXPIRE key milliseconds [NX|XX|GT|LT]`
+pub fn pexpire(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    expire_with(args, cx, ExpireUnit::PEXPIRE)
+}
+
+/// `EXPIREAT key unix-time-seconds [NX|XX|GT|LT]`
+pub fn expireat(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    expire_with(args, cx, ExpireUnit::EXPIREAT)
+}
+
+/// `PEXPIREAT key unix-time-milliseconds [NX|XX|GT|LT]`
+pub fn pexpireat(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    expire_with(args, cx, ExpireUnit::PEXPIREAT)
+}
+
+/// TTL key
+pub fn ttl(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    Ok(read_key(args, cx, |key| ReadOp::Ttl { key, ms: false }))
+}
+
+/// PTTL key
+pub fn pttl(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    Ok(read_key(args, cx, |key| ReadOp::Ttl { key, ms: true }))
+}
+
+/// PERSIST key
+pub fn persist(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    Ok(write_key(args, cx, |key| WriteOp::Persist { key }))
+}
+
+/// TYPE key
+pub fn type_of(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    Ok(read_key(args, cx, |key| ReadOp::Type { key }))
+}
+
+/// `DEL key [key ...]` (and UNLINK): a count summed over shards.
+pub fn del(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    Ok(per_shard(cx.table, args.rest(), Merge::Sum, |keys| {
+        TxnOp::Write(WriteOp::Del { keys })
+    }))
+}
+
+/// `EXISTS key [key ...]` (and TOUCH): a count summed over shards.
+pub fn exists(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    Ok(per_shard(cx.table, args.rest(), Merge::Sum, |keys| {
+        TxnOp::Read(ReadOp::Exists { keys })
+    }))
+}
+
+/// `MGET key [key ...]`: one read per shard, answers put back in key order.
+pub fn mget(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    let keys = args.rest();
+    let n = keys.len();
+    let groups = by_shard(cx.table, keys);
+    let positions = groups
+        .values()
+        .map(|ks| ks.iter().map(|(i, _)| *i).collect())
+        .collect();
+    let parts = groups
+        .into_iter()
+        .map(|(shard, ks)| Part {
+            shard,
+            op: TxnOp::Read(ReadOp::MGet {
+                keys: ks.into_iter().map(|(_, k)| k).collect(),
+            }),
+        })
+        .collect();
+    Ok(Plan::new(
+        cx.table.clone(),
+        parts,
+        Merge::Gather { positions, len: n },
+    ))
+}
+
+/// MSET/MSETNX's pairs, one part per shard.
+fn mset_pairs(args: &mut Args, cx: &Ctx, nx: bool, name: &str) -> Result<Plan, Reply> {
+    let rest = args.rest();
+    if !rest.len().is_multiple_of(2) {
+        return Err(wrong_args(name));
+    }
+    let mut by: BTreeMap<usize, Vec<(Bytes, Bytes)>> = BTreeMap::new();
+    let mut it = rest.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        cx.check_value(&v)?;
+        by.entry(cx.table.desc.shard_for_slot(slot(&k)))
+            .or_default()
+            .push((k, v));
+    }
+    let multi = by.len() > 1;
+    let parts = by
+        .into_iter()
+        .map(|(shard, pairs)| Part {
+            shard,
+            op: TxnOp::Write(WriteOp::MSet { pairs, nx }),
+        })
+        .collect();
+    let merge = if multi { Merge::AllOk } else { Merge::Single };
+    let mut plan = Plan::new(cx.table.clone(), parts, merge);
+    plan.atomicity = if nx {
+        Atomicity::AllIfAbsent
+    } else {
+        Atomicity::AllOrNothing
     };
     Ok(plan)
+}
+
+/// `MSET key value [key value ...]`: all keys or none (2PC across shards).
+pub fn mset(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    mset_pairs(args, cx, false, "mset")
+}
+
+/// `MSETNX key value [key value ...]`: all keys, only if none exists.
+pub fn msetnx(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
+    mset_pairs(args, cx, true, "msetnx")
 }
 
 /// Group key positions by shard: shard -> (index in the request, key).
@@ -361,18 +455,14 @@ pub(super) fn per_shard(
     merge: Merge,
     op: impl Fn(Vec<Bytes>) -> TxnOp,
 ) -> Plan {
-    Plan {
-        table: table.clone(),
-        parts: by_shard(table, keys)
-            .into_iter()
-            .map(|(shard, ks)| Part {
-                shard,
-                op: op(ks.into_iter().map(|(_, k)| k).collect()),
-            })
-            .collect(),
-        merge,
-        atomicity: Atomicity::None,
-    }
+    let parts = by_shard(table, keys)
+        .into_iter()
+        .map(|(shard, ks)| Part {
+            shard,
+            op: op(ks.into_iter().map(|(_, k)| k).collect()),
+        })
+        .collect();
+    Plan::new(table.clone(), parts, merge)
 }
 
 /// Bytes of a RESP bulk string of `len` bytes.
@@ -478,10 +568,48 @@ fn deadline(command: &str, opt: &str, n: i64, now: i64) -> Result<u64, Reply> {
     at.map(|t| t as u64).ok_or_else(invalid)
 }
 
+/// How EXPIRE, PEXPIRE, EXPIREAT and PEXPIREAT read their time argument.
+#[derive(Debug, Clone, Copy)]
+pub struct ExpireUnit {
+    /// The command, for the error message.
+    pub command: &'static str,
+    /// Seconds rather than milliseconds.
+    pub seconds: bool,
+    /// From now rather than a Unix time.
+    pub relative: bool,
+}
+
+impl ExpireUnit {
+    pub const EXPIRE: ExpireUnit = ExpireUnit {
+        command: "expire",
+        seconds: true,
+        relative: true,
+    };
+    pub const PEXPIRE: ExpireUnit = ExpireUnit {
+        command: "pexpire",
+        seconds: false,
+        relative: true,
+    };
+    pub const EXPIREAT: ExpireUnit = ExpireUnit {
+        command: "expireat",
+        seconds: true,
+        relative: false,
+    };
+    pub const PEXPIREAT: ExpireUnit = ExpireUnit {
+        command: "pexpireat",
+        seconds: false,
+        relative: false,
+    };
+}
+
 /// EXPIRE/PEXPIRE/EXPIREAT/PEXPIREAT key time [NX|XX|GT|LT]: the absolute
 /// deadline in ms (possibly in the past: the key is then deleted) and the
 /// condition, with Redis's checks in Redis's order.
-pub fn parse_expire(name: &str, args: &mut Args, now: i64) -> Result<(i64, ExpireCond), Reply> {
+pub fn parse_expire(
+    unit: ExpireUnit,
+    args: &mut Args,
+    now: i64,
+) -> Result<(i64, ExpireCond), Reply> {
     let time = args.next_bytes().unwrap_or_default();
     let mut cond = ExpireCond::default();
     while args.remaining() > 0 {
@@ -510,11 +638,16 @@ pub fn parse_expire(name: &str, args: &mut Args, now: i64) -> Result<(i64, Expir
         ));
     }
     let mut when = super::args::parse_i64(&time).ok_or_else(|| Reply::error(ERR_NOT_INTEGER))?;
-    let invalid = || Reply::error(format!("ERR invalid expire time in '{name}' command"));
-    if name == "expire" || name == "expireat" {
+    let invalid = || {
+        Reply::error(format!(
+            "ERR invalid expire time in '{}' command",
+            unit.command
+        ))
+    };
+    if unit.seconds {
         when = when.checked_mul(1000).ok_or_else(invalid)?;
     }
-    if name == "expire" || name == "pexpire" {
+    if unit.relative {
         when = when.checked_add(now).ok_or_else(invalid)?;
     }
     Ok((when, cond))
@@ -616,8 +749,13 @@ mod tests {
         let p = |s: &str| {
             let mut a = args(s);
             a.next_bytes().unwrap();
-            let name = a.name().to_string();
-            parse_expire(&name, &mut a, 1_000)
+            let unit = match a.name() {
+                "expire" => ExpireUnit::EXPIRE,
+                "pexpire" => ExpireUnit::PEXPIRE,
+                "expireat" => ExpireUnit::EXPIREAT,
+                _ => ExpireUnit::PEXPIREAT,
+            };
+            parse_expire(unit, &mut a, 1_000)
         };
         assert_eq!(p("expire k 10").unwrap(), (11_000, ExpireCond::default()));
         assert_eq!(p("pexpire k 10").unwrap().0, 1_010);

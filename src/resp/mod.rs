@@ -4,7 +4,8 @@
 //!   the decoding).
 //! * [`args`]: a typed cursor over one request's arguments.
 //! * [`reply`]: replies as values, encoded to RESP2 or RESP3 at the edge.
-//! * [`commands`]: the command table (arity, flags, key positions).
+//! * [`commands`]: the command table, one row per command ([`spec`] says
+//!   what a row holds); [`dispatch`] runs a request through it.
 //! * [`session`]: per-connection state and the commands of the connection.
 //! * [`compile`]: data commands parsed and planned into shard operations;
 //!   [`cmd_string`] runs the plans; [`scan`]: SCAN cursors.
@@ -18,6 +19,7 @@ pub mod cmd_table;
 pub mod cmd_txn;
 pub mod commands;
 pub mod compile;
+pub mod dispatch;
 pub mod errors;
 pub mod frame;
 pub mod pipeline;
@@ -25,3 +27,4 @@ pub mod reply;
 pub mod scan;
 pub mod server;
 pub mod session;
+pub mod spec;

@@ -28,10 +28,11 @@ use bytes::Bytes;
 
 use super::args::Args;
 use super::commands::lookup;
-use super::compile::{compile, op_reply};
+use super::compile::op_reply;
 use super::errors::cluster_err;
 use super::reply::Reply;
 use super::session::{After, Session};
+use super::spec::Handler;
 use crate::clock::now_ms;
 use crate::cluster::plan::{merge, Plan};
 use crate::shard::command::{OpReply, ReadOp, ShardRequest, WriteCmd, WriteOp};
@@ -97,19 +98,21 @@ impl Session {
         out
     }
 
-    /// The plan of a plain single-shard data command that may join a group.
+    /// The plan of a plain single-shard data command that may join a group
+    /// (its row's handler is [`Handler::Data`]).
     fn single_shard_plan(&self, parts: &[Bytes]) -> Option<Plan> {
         if self.multi.is_some() || !self.authenticated {
             return None;
         }
         let mut args = Args::new(parts.to_vec());
         let spec = lookup(args.name())?;
-        if !spec.arity_ok(args.len()) || spec.first_key <= 0 {
+        let Handler::Data(compile) = spec.handler else {
+            return None;
+        };
+        if !spec.arity_ok(args.len()) {
             return None;
         }
-        let table = self.table_named(&self.table).ok()?;
-        let name = args.name().to_string();
-        let plan = compile(&name, &mut args, &table, self.shared.config.max_value_len).ok()?;
+        let plan = self.compile(spec, compile, &mut args).ok()?;
         (plan.parts.len() == 1).then_some(plan)
     }
 
@@ -207,7 +210,7 @@ impl Session {
                     now_ms: now_ms(),
                     op: w.clone(),
                 }),
-                TxnOp::Read(r) => self.read(r.clone()),
+                TxnOp::Read(r) => self.read_with(r.clone(), p.stale_ok),
             };
             async move {
                 match self.shared.client.execute(table, shard, req).await {

@@ -12,11 +12,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
+use futures::future::BoxFuture;
 use tokio::sync::watch;
 
 use super::args::Args;
-use super::commands::{lookup, COMMANDS};
 use super::errors::{arg_err, wrong_args};
 use super::reply::{Protocol, Reply};
 use crate::cluster::client::ShardClient;
@@ -172,6 +171,15 @@ impl ClientRegistry {
         self.clients.lock().map(|m| m.len()).unwrap_or(0)
     }
 
+    /// Note the command a client ran last (CLIENT LIST's `cmd`).
+    pub(super) fn update_last_cmd(&self, id: u64, name: &str) {
+        self.update(id, |c| {
+            if c.last_cmd != name {
+                c.last_cmd = name.to_string();
+            }
+        });
+    }
+
     fn update(&self, id: u64, f: impl FnOnce(&mut ClientInfo)) {
         if let Ok(mut map) = self.clients.lock() {
             if let Some(c) = map.get_mut(&id) {
@@ -205,6 +213,16 @@ impl ClientRegistry {
     }
 }
 
+/// A command answered from the connection's own state (command table
+/// handler kind `Local`).
+pub type LocalFn = fn(&mut Session, &mut Args) -> Reply;
+
+/// A command that waits on the cluster (handler kind `Async`).
+pub type AsyncFn = for<'a> fn(&'a mut Session, &'a mut Args) -> BoxFuture<'a, Reply>;
+
+/// A table switch (SELECT, TABLE.USE): the table named and its index.
+pub type UseFn = fn(&Session, &mut Args) -> Result<(String, u32), Reply>;
+
 /// What the connection should do after a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum After {
@@ -229,6 +247,11 @@ pub struct Session {
     /// A WATCH was refused (too many keys): the next transaction aborts,
     /// since it would run without all the checks its client asked for.
     pub(super) watch_refused: bool,
+    /// QUIT ran: close the connection once its reply is sent.
+    pub(super) closing: bool,
+    /// The command running may read from any replica: its row is
+    /// `READONLY` and the connection said READONLY (set by the dispatcher).
+    pub(super) stale_ok: bool,
 }
 
 /// A transaction being queued.
@@ -245,8 +268,8 @@ pub struct MultiState {
 #[derive(Debug)]
 pub(super) enum Queued {
     Plan(Plan),
-    /// A command whose reply is known when queued (PING, ECHO, UNWATCH).
-    Fixed(Reply),
+    /// A connection command (PING, ECHO, UNWATCH, TIME...), run at EXEC.
+    Local(LocalFn, Args),
     /// TABLE.USE / SELECT: switch the connection's table at this point.
     Use {
         table: String,
@@ -269,85 +292,12 @@ impl Session {
             multi: None,
             watches: Vec::new(),
             watch_refused: false,
+            closing: false,
+            stale_ok: false,
         }
     }
 
-    /// Execute one request.
-    pub async fn handle(&mut self, parts: Vec<Bytes>) -> (Reply, After) {
-        let mut args = Args::new(parts);
-        let name = args.name().to_string();
-        self.shared
-            .commands_processed
-            .fetch_add(1, Ordering::Relaxed);
-        let Some(spec) = lookup(&name) else {
-            self.queue_failed();
-            return (self.unknown_command(&args), After::Continue);
-        };
-        if !spec.arity_ok(args.len()) {
-            self.queue_failed();
-            return (wrong_args(&name), After::Continue);
-        }
-        if !self.authenticated && !spec.flags.contains(&"no-auth") {
-            return (
-                Reply::error("NOAUTH Authentication required."),
-                After::Continue,
-            );
-        }
-        self.shared
-            .clients
-            .update(self.id, |c| c.last_cmd = name.clone());
-        if self.queues(&name) {
-            return (self.queue(&name, &mut args), After::Continue);
-        }
-        let reply = match name.as_str() {
-            "multi" => self.multi(),
-            "exec" => self.exec().await,
-            "discard" => self.discard(),
-            "watch" => self.watch(&mut args).await,
-            "unwatch" => self.unwatch(),
-            "ping" => self.ping(&mut args),
-            "echo" => args.next_bytes().map(Reply::Bulk).unwrap_or_else(arg_err),
-            "quit" => return (Reply::ok(), After::Close),
-            "reset" => {
-                self.reset();
-                Reply::status("RESET")
-            }
-            "auth" => self.auth(&mut args),
-            "hello" => self.hello(&mut args),
-            "select" => self.select(&mut args),
-            "readonly" => {
-                self.readonly = true;
-                Reply::ok()
-            }
-            "readwrite" => {
-                self.readonly = false;
-                Reply::ok()
-            }
-            "command" => self.command(&mut args),
-            "client" => self.client(&mut args),
-            "config" => self.config(&mut args),
-            "info" => self.info(&mut args).await,
-            "time" => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
-                Reply::Array(vec![
-                    Reply::bulk(now.as_secs().to_string()),
-                    Reply::bulk(now.subsec_micros().to_string()),
-                ])
-            }
-            "table.use" => self.table_use(&mut args),
-            "table.list" => self.table_list(),
-            "table.drop" => self.table_drop(&mut args).await,
-            "table.describe" => self.table_describe(&mut args).await,
-            "table.create" => self.table_create(&mut args).await,
-            "cluster.drain" => self.cluster_drain(&mut args).await,
-            _ => self.data(&name, &mut args).await,
-        };
-        (reply, After::Continue)
-    }
-
-    fn unknown_command(&self, args: &Args) -> Reply {
+    pub(super) fn unknown_command(&self, args: &Args) -> Reply {
         let mut shown = String::new();
         let mut a = args.clone();
         while let Ok(b) = a.next_bytes() {
@@ -360,7 +310,13 @@ impl Session {
         ))
     }
 
-    fn reset(&mut self) {
+    /// RESET: the connection as it was when it connected.
+    pub(super) fn reset(&mut self, _args: &mut Args) -> Reply {
+        self.reset_state();
+        Reply::status("RESET")
+    }
+
+    fn reset_state(&mut self) {
         self.multi = None;
         self.watches.clear();
         self.watch_refused = false;
@@ -377,7 +333,38 @@ impl Session {
         });
     }
 
-    fn ping(&self, args: &mut Args) -> Reply {
+    /// QUIT: OK, then the connection closes.
+    pub(super) fn quit(&mut self, _args: &mut Args) -> Reply {
+        self.closing = true;
+        Reply::ok()
+    }
+
+    pub(super) fn echo(&mut self, args: &mut Args) -> Reply {
+        args.next_bytes().map(Reply::Bulk).unwrap_or_else(arg_err)
+    }
+
+    /// READONLY: reads of read-only commands may come from any replica.
+    pub(super) fn readonly(&mut self, _args: &mut Args) -> Reply {
+        self.readonly = true;
+        Reply::ok()
+    }
+
+    pub(super) fn readwrite(&mut self, _args: &mut Args) -> Reply {
+        self.readonly = false;
+        Reply::ok()
+    }
+
+    pub(super) fn time(&mut self, _args: &mut Args) -> Reply {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Reply::Array(vec![
+            Reply::bulk(now.as_secs().to_string()),
+            Reply::bulk(now.subsec_micros().to_string()),
+        ])
+    }
+
+    pub(super) fn ping(&mut self, args: &mut Args) -> Reply {
         match args.remaining() {
             0 => Reply::status("PONG"),
             1 => args.next_bytes().map(Reply::Bulk).unwrap_or_else(arg_err),
@@ -392,7 +379,7 @@ impl Session {
         }
     }
 
-    fn auth(&mut self, args: &mut Args) -> Reply {
+    pub(super) fn auth(&mut self, args: &mut Args) -> Reply {
         let (user, pass) = match args.remaining() {
             1 => ("default".to_string(), args.next_bytes()),
             2 => {
@@ -416,7 +403,7 @@ impl Session {
         }
     }
 
-    fn hello(&mut self, args: &mut Args) -> Reply {
+    pub(super) fn hello(&mut self, args: &mut Args) -> Reply {
         let mut proto = self.protocol;
         if args.remaining() > 0 {
             match args.next_i64() {
@@ -482,89 +469,28 @@ impl Session {
         });
     }
 
-    fn select(&mut self, args: &mut Args) -> Reply {
+    /// SELECT index: the table with that database index (0 is `default`,
+    /// even before its creation finishes).
+    pub(super) fn select(&self, args: &mut Args) -> Result<(String, u32), Reply> {
         let index = match args.next_i64() {
             Ok(i) => i,
-            Err(_) => return Reply::error("ERR value is not an integer or out of range"),
+            Err(_) => return Err(Reply::error("ERR value is not an integer or out of range")),
         };
         if index < 0 || index > u32::MAX as i64 {
-            return Reply::error("ERR DB index is out of range");
+            return Err(Reply::error("ERR DB index is out of range"));
         }
-        let view = self.shared.client.routes();
-        // Table `default` is index 0 even before its creation finishes.
         if index == 0 {
-            self.use_table("default", 0);
-            return Reply::ok();
+            return Ok(("default".into(), 0));
         }
-        match view.table_by_index(index as u32) {
-            Some(t) => {
-                let name = t.desc.name.clone();
-                self.use_table(&name, index as u32);
-                Reply::ok()
-            }
-            None => Reply::error(format!("ERR no table has database index {index}")),
+        match self.shared.client.routes().table_by_index(index as u32) {
+            Some(t) => Ok((t.desc.name.clone(), index as u32)),
+            None => Err(Reply::error(format!(
+                "ERR no table has database index {index}"
+            ))),
         }
     }
 
-    fn command(&self, args: &mut Args) -> Reply {
-        let info = |c: &super::commands::CommandSpec| {
-            Reply::Array(vec![
-                Reply::bulk(c.name),
-                Reply::Int(c.arity as i64),
-                Reply::Set(
-                    c.flags
-                        .iter()
-                        .map(|f| Reply::Status(f.to_string()))
-                        .collect(),
-                ),
-                Reply::Int(c.first_key as i64),
-                Reply::Int(c.last_key as i64),
-                Reply::Int(c.step as i64),
-            ])
-        };
-        let sub = match args.next_string() {
-            Ok(s) => s.to_ascii_lowercase(),
-            Err(_) => return Reply::Array(COMMANDS.iter().map(info).collect()),
-        };
-        match sub.as_str() {
-            "count" => Reply::Int(COMMANDS.len() as i64),
-            "list" => Reply::Array(COMMANDS.iter().map(|c| Reply::bulk(c.name)).collect()),
-            "info" => Reply::Array(
-                args.rest()
-                    .iter()
-                    .map(
-                        |n| match lookup(&String::from_utf8_lossy(n).to_ascii_lowercase()) {
-                            Some(c) => info(c),
-                            None => Reply::NilArray,
-                        },
-                    )
-                    .collect(),
-            ),
-            // Documentation is optional for clients; an empty answer is valid.
-            "docs" => Reply::Map(vec![]),
-            "getkeys" => {
-                let rest = args.rest();
-                let Some(first) = rest.first() else {
-                    return wrong_args("command|getkeys");
-                };
-                match lookup(&String::from_utf8_lossy(first).to_ascii_lowercase()) {
-                    Some(c) if c.arity_ok(rest.len()) => Reply::Array(
-                        c.key_positions(rest.len())
-                            .into_iter()
-                            .map(|i| Reply::Bulk(rest[i].clone()))
-                            .collect(),
-                    ),
-                    Some(_) => {
-                        Reply::error("ERR Invalid number of arguments specified for command")
-                    }
-                    None => Reply::error("ERR Invalid command specified"),
-                }
-            }
-            _ => Reply::error(format!("ERR unknown subcommand '{sub}'. Try COMMAND HELP.")),
-        }
-    }
-
-    fn client(&mut self, args: &mut Args) -> Reply {
+    pub(super) fn client(&mut self, args: &mut Args) -> Reply {
         let sub = match args.next_string() {
             Ok(s) => s.to_ascii_lowercase(),
             Err(e) => return arg_err(e),
@@ -723,7 +649,7 @@ impl Session {
         Reply::ok()
     }
 
-    fn config(&self, args: &mut Args) -> Reply {
+    pub(super) fn config(&mut self, args: &mut Args) -> Reply {
         let sub = match args.next_string() {
             Ok(s) => s.to_ascii_lowercase(),
             Err(e) => return arg_err(e),
@@ -751,7 +677,7 @@ impl Session {
         Reply::Map(out)
     }
 
-    async fn info(&self, args: &mut Args) -> Reply {
+    pub(super) async fn info(&self, args: &mut Args) -> Reply {
         let wanted: Vec<String> = args
             .rest()
             .iter()

@@ -15,6 +15,20 @@ use super::*;
 use crate::meta::descriptor::TableState;
 use crate::meta::descriptor::{slot_ranges, ShardDescriptor, TableDescriptor};
 use crate::resp::commands::{lookup, COMMANDS};
+use crate::resp::spec::Handler;
+
+/// Compile `name` through its row's handler, as the dispatcher does.
+fn compile(
+    name: &str,
+    args: &mut Args,
+    table: &Arc<TableRoute>,
+    max_value: usize,
+) -> Result<Plan, Reply> {
+    match lookup(name).map(|c| c.handler) {
+        Some(Handler::Data(f)) => f(args, &Ctx { table, max_value }),
+        _ => Err(Reply::error(format!("ERR not a data command '{name}'"))),
+    }
+}
 
 /// The router's value limit in these tests.
 const MAX_VALUE: usize = 100;
@@ -690,22 +704,28 @@ fn values_over_the_limit_are_refused() {
 
 #[test]
 fn unknown_and_non_data_commands() {
-    let mut args = Args::new(request(&[b"nosuch", b"k"]));
+    assert!(lookup("nosuch").is_none());
     assert_eq!(
-        compile("nosuch", &mut args, &table(1), MAX_VALUE).unwrap_err(),
+        dispatch_parts(&table(1), request(&[b"nosuch", b"k"])).unwrap_err(),
         Reply::error("ERR unknown command 'nosuch'")
     );
+    // Connection and keyspace commands have no plan.
+    for name in ["ping", "keys", "scan", "watch", "select", "dbsize"] {
+        assert!(
+            !matches!(lookup(name).unwrap().handler, Handler::Data(_)),
+            "{name}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
 // Every compiled command against the command table.
 
-/// The commands the session hands to `compile`: the keyed data commands
-/// (WATCH, also keyed, is the session's own).
+/// The commands whose row has a `compile` handler.
 fn compiled_commands() -> Vec<&'static str> {
     COMMANDS
         .iter()
-        .filter(|c| c.first_key > 0 && c.name != "watch")
+        .filter(|c| matches!(c.handler, Handler::Data(_)))
         .map(|c| c.name)
         .collect()
 }
@@ -776,7 +796,7 @@ proptest! {
             }
         }
         let mut named: Vec<Bytes> = spec
-            .key_positions(argc)
+            .key_positions(&parts)
             .into_iter()
             .map(|i| parts[i].clone())
             .collect();

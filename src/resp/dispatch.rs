@@ -1,0 +1,103 @@
+//! One request through the command table: look the command up, check its
+//! arity and the connection's authentication, queue it inside MULTI, or run
+//! its handler. Every decision here reads the command's row
+//! ([`super::spec::CommandSpec`]); no command is named.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use super::args::Args;
+use super::commands::lookup;
+use super::compile::Ctx;
+use super::errors::{cluster_err, wrong_args};
+use super::reply::Reply;
+use super::session::{After, Session};
+use super::spec::{flag, CommandSpec, Handler};
+use crate::cluster::plan::Plan;
+
+impl Session {
+    /// Execute one request.
+    pub async fn handle(&mut self, parts: Vec<Bytes>) -> (Reply, After) {
+        let mut args = Args::new(parts);
+        self.shared
+            .commands_processed
+            .fetch_add(1, Ordering::Relaxed);
+        let spec = match self.check(&args) {
+            Ok(spec) => spec,
+            Err(reply) => return (reply, After::Continue),
+        };
+        self.shared.clients.update_last_cmd(self.id, spec.name);
+        if self.multi.is_some() && !spec.has(flag::MULTI_CONTROL) {
+            return (self.queue(spec, &mut args), After::Continue);
+        }
+        let reply = self.run(spec, &mut args).await;
+        let after = if std::mem::take(&mut self.closing) {
+            After::Close
+        } else {
+            After::Continue
+        };
+        (reply, after)
+    }
+
+    /// The row of a request the connection may run now: known, with the
+    /// right number of arguments, and authenticated unless `NO_AUTH`. An
+    /// unknown command or a wrong arity inside MULTI makes EXEC abort.
+    pub(super) fn check(&mut self, args: &Args) -> Result<&'static CommandSpec, Reply> {
+        let Some(spec) = lookup(args.name()) else {
+            self.queue_failed();
+            return Err(self.unknown_command(args));
+        };
+        if !spec.arity_ok(args.len()) {
+            self.queue_failed();
+            return Err(wrong_args(spec.name));
+        }
+        if !self.authenticated && !spec.has(flag::NO_AUTH) {
+            return Err(Reply::error("NOAUTH Authentication required."));
+        }
+        Ok(spec)
+    }
+
+    /// Whether the row's reads may come from any replica on this
+    /// connection (READONLY, and a read-only command).
+    pub(super) fn stale_ok_for(&self, spec: &CommandSpec) -> bool {
+        self.readonly && spec.has(flag::READONLY)
+    }
+
+    /// A data command compiled against the connection's table.
+    pub(super) fn compile(
+        &self,
+        spec: &CommandSpec,
+        compile: super::spec::CompileFn,
+        args: &mut Args,
+    ) -> Result<Plan, Reply> {
+        let table = self.table_named(&self.table).map_err(cluster_err)?;
+        let cx = Ctx {
+            table: &table,
+            max_value: self.shared.config.max_value_len,
+        };
+        let mut plan = compile(args, &cx)?;
+        plan.stale_ok = self.stale_ok_for(spec);
+        Ok(plan)
+    }
+
+    /// Run a command now (not queued).
+    async fn run(&mut self, spec: &'static CommandSpec, args: &mut Args) -> Reply {
+        self.stale_ok = self.stale_ok_for(spec);
+        match spec.handler {
+            Handler::Data(compile) => match self.compile(spec, compile, args) {
+                Ok(plan) => self.run_plan(plan).await,
+                Err(reply) => reply,
+            },
+            Handler::Local(f) => f(self, args),
+            Handler::Async(f) => f(self, args).await,
+            Handler::Use(resolve) => match resolve(self, args) {
+                Ok((table, db)) => {
+                    self.use_table(&table, db);
+                    Reply::ok()
+                }
+                Err(reply) => reply,
+            },
+        }
+    }
+}
