@@ -406,6 +406,42 @@ mod tests {
         }
     }
 
+    /// Keys that move (ZUNIONSTORE dest numkeys key..., EVAL script numkeys
+    /// key...): found by the row's function, reported as `movablekeys`.
+    #[test]
+    fn keys_found_by_a_function() {
+        fn numkeys_after_dest(args: &[Bytes]) -> Vec<usize> {
+            let n = args
+                .get(2)
+                .and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok())
+                .unwrap_or(0);
+            std::iter::once(1)
+                .chain((3..3 + n).filter(|i| *i < args.len()))
+                .collect()
+        }
+        let spec = CommandSpec {
+            name: "zunionstore",
+            arity: -4,
+            flags: WRITE | DENYOOM,
+            keys: KeySpec::Find {
+                first: 1,
+                last: 1,
+                step: 1,
+                find: numkeys_after_dest,
+            },
+            acl: acl::SORTEDSET,
+            group: Group::Generic,
+            summary: "test row",
+            handler: Handler::Local(command),
+        };
+        assert_eq!(
+            spec.key_positions(&req("zunionstore d 2 a b WEIGHTS 1 2")),
+            vec![1, 3, 4]
+        );
+        assert!(spec.flag_names().contains(&"movablekeys"));
+        assert_eq!(spec.legacy_keys(), (1, 1, 1));
+    }
+
     #[test]
     fn info_has_redis_7_shape() {
         let Reply::Array(fields) = lookup("get").unwrap().info() else {
