@@ -29,12 +29,13 @@ use tokio::sync::watch;
 use super::routes::{RouteView, TableRoute};
 use super::ClusterError;
 use crate::proto::shard_service_client::ShardServiceClient;
-use crate::proto::{ChangeMembershipRequest, ExecuteRequest, StatusRequest};
+use crate::proto::{ChangeMembershipRequest, StatusRequest, StreamRequest};
 use crate::shard::codec::{self, Format};
 use crate::shard::command::{OpReply, ShardRequest};
 use crate::shard::host::MembershipChange;
 use crate::shard::network::Transport;
 use crate::shard::status::NodeStatus;
+use crate::shard::stream::{CallError, Service, Streams};
 use crate::shard::ShardError;
 
 #[derive(Debug, Clone)]
@@ -73,6 +74,8 @@ pub struct ShardClient {
     config: ClientConfig,
     /// Spreads eventual reads over replicas.
     next: std::sync::atomic::AtomicUsize,
+    /// One request stream per node (the data path).
+    streams: Streams,
 }
 
 /// How a failed attempt should be handled.
@@ -92,6 +95,7 @@ impl ShardClient {
             leaders: Mutex::new(HashMap::new()),
             config,
             next: std::sync::atomic::AtomicUsize::new(0),
+            streams: Streams::new(Service::Shard),
         })
     }
 
@@ -198,11 +202,14 @@ impl ShardClient {
         );
         let payload = codec::encode(Format::ShardRequest, &req)
             .map_err(|e| ClusterError::Internal(e.to_string()))?;
-        let request = ExecuteRequest {
+        let request = StreamRequest {
+            id: 0,
             group_id: gid,
             request: payload,
             // 0 means "no limit but the node's own".
             max_reply_len: (max_reply as u64).max(1),
+            timeout_ms: 0,
+            kind: 0,
         };
         let deadline = Instant::now() + self.config.request_timeout;
         let n = sd.replicas.len().max(1);
@@ -297,19 +304,27 @@ impl ShardClient {
     async fn attempt(
         &self,
         node: u64,
-        req: &ExecuteRequest,
+        req: &StreamRequest,
         timeout: Duration,
         eventual: bool,
         resend_safe: bool,
     ) -> Result<OpReply, Attempt> {
         let gid = req.group_id;
-        let mut client = self
-            .client(node)
-            .map_err(|_| Attempt::Retry { leader: None })?;
-        let reply = match tokio::time::timeout(timeout, client.execute(req.clone())).await {
+        let addr = self
+            .routes()
+            .addrs
+            .get(&node)
+            .cloned()
+            .ok_or(Attempt::Retry { leader: None })?;
+        let mut req = req.clone();
+        req.timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        let call = self
+            .streams
+            .call(&addr, || self.transport.channel(&addr), req, timeout);
+        let reply = match call.await {
             // No answer in time: for a write the outcome is unknown; a read
             // may go to another replica.
-            Err(_) => {
+            Err(CallError::TimedOut) => {
                 self.suspect(node, gid);
                 return Err(if eventual || resend_safe {
                     Attempt::Retry { leader: None }
@@ -317,10 +332,15 @@ impl ShardClient {
                     Attempt::Fail(timed_out(gid, resend_safe))
                 });
             }
-            Ok(Err(status)) => {
-                tracing::debug!(node, group = gid, "rpc failed: {status}");
+            Err(CallError::NeverSent(why) | CallError::Refused(why)) => {
+                tracing::debug!(node, group = gid, "not sent: {why}");
                 self.suspect(node, gid);
-                if !resend_safe && !never_sent(&status) {
+                return Err(Attempt::Retry { leader: None });
+            }
+            Err(CallError::Lost(why)) => {
+                tracing::debug!(node, group = gid, "lost: {why}");
+                self.suspect(node, gid);
+                if !resend_safe {
                     return Err(Attempt::Fail(ClusterError::TryAgain(format!(
                         "the connection to node {node} broke during a write to shard {gid}: \
                          it may or may not have been applied"
@@ -328,14 +348,13 @@ impl ShardClient {
                 }
                 return Err(Attempt::Retry { leader: None });
             }
-            Ok(Ok(r)) => {
+            Ok(reply) => {
                 self.answered(node);
-                r.into_inner()
+                reply
             }
         };
-        let result: Result<OpReply, ShardError> =
-            codec::decode(Format::ShardReply, &reply.reply)
-                .map_err(|e| Attempt::Fail(ClusterError::Internal(format!("bad reply: {e}"))))?;
+        let result: Result<OpReply, ShardError> = codec::decode(Format::ShardReply, &reply)
+            .map_err(|e| Attempt::Fail(ClusterError::Internal(format!("bad reply: {e}"))))?;
         match result {
             Ok(r) => Ok(r),
             Err(ShardError::NotLeader { leader, addr: _ }) => Err(Attempt::Retry { leader }),
@@ -422,73 +441,5 @@ fn timed_out(gid: u64, read: bool) -> ClusterError {
         ClusterError::NoQuorum { group, table }
     } else {
         ClusterError::WriteTimedOut { group, table }
-    }
-}
-
-/// Whether a failed RPC surely never reached the node: the connection could
-/// not be made (refused, unreachable, connect timeout). Any other transport
-/// error may have happened after the request was delivered.
-fn never_sent(status: &tonic::Status) -> bool {
-    let connect_failure = |text: &str| {
-        text.contains("tcp connect error")
-            || text.contains("error trying to connect")
-            || text.contains("Connection refused")
-    };
-    let mut err: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(e) = err {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return true;
-            }
-        }
-        if connect_failure(&e.to_string()) {
-            return true;
-        }
-        err = e.source();
-    }
-    connect_failure(status.message())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::proto::ExecuteRequest;
-
-    async fn call(addr: &str) -> tonic::Status {
-        let ch = Transport::new().channel(addr).unwrap();
-        ShardServiceClient::new(ch)
-            .execute(ExecuteRequest {
-                group_id: 1,
-                request: vec![],
-                max_reply_len: 0,
-            })
-            .await
-            .unwrap_err()
-    }
-
-    #[tokio::test]
-    async fn refused_connection_is_never_sent_but_a_broken_one_may_be() {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = closed.local_addr().unwrap().to_string();
-        drop(closed);
-        assert!(never_sent(&call(&addr).await));
-
-        // A server that accepts, reads the request, then dies mid-call.
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                tokio::spawn(async move {
-                    use tokio::io::AsyncReadExt;
-                    let mut buf = [0u8; 4096];
-                    let _ = tokio::time::timeout(Duration::from_millis(300), async {
-                        while s.read(&mut buf).await.unwrap_or(0) > 0 {}
-                    })
-                    .await;
-                });
-            }
-        });
-        let status = call(&addr).await;
-        assert!(!never_sent(&status), "{status:?}");
     }
 }

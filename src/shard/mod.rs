@@ -34,6 +34,7 @@ pub mod service;
 pub mod snapshot;
 pub mod status;
 pub mod store;
+pub mod stream;
 pub mod txn;
 pub mod types;
 pub mod value;

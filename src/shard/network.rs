@@ -1,5 +1,7 @@
 //! Raft transport between nodes: one gRPC connection per peer, shared by
-//! every group.
+//! every group, and on it one stream ([`Streams`]) that carries every
+//! group's AppendEntries and Vote in batched frames; snapshots keep their own
+//! unary calls.
 //!
 //! [`Transport`] is node-wide: it knows each peer's address (kept fresh from
 //! etcd's member list) and holds one lazily connected tonic channel per
@@ -25,17 +27,31 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 use super::codec::{self, Format};
+use super::stream::{CallError, Service, Streams, KIND_APPEND, KIND_VOTE};
 use super::types::{Node, NodeId, TypeConfig};
 use crate::proto::raft_service_client::RaftServiceClient;
-use crate::proto::RaftMessage;
+use crate::proto::{RaftMessage, StreamRequest};
 
-/// Peer addresses and one channel per address, shared by all groups of a node.
-#[derive(Default)]
+/// Peer addresses and one channel per address, shared by all groups of a
+/// node, and over each channel one Raft stream that carries every group's
+/// AppendEntries and Vote ([`Streams`]).
 pub struct Transport {
     /// Advertised address → address actually dialled (`dial_via`).
     dial_via: HashMap<String, String>,
     peers: RwLock<HashMap<NodeId, String>>,
     channels: RwLock<HashMap<String, Channel>>,
+    raft: Streams,
+}
+
+impl Default for Transport {
+    fn default() -> Transport {
+        Transport {
+            dial_via: HashMap::new(),
+            peers: RwLock::default(),
+            channels: RwLock::default(),
+            raft: Streams::new(Service::Raft),
+        }
+    }
 }
 
 impl Transport {
@@ -150,13 +166,68 @@ impl GroupNetwork {
             .transport
             .peer_addr(self.target)
             .unwrap_or_else(|| self.fallback_addr.clone());
-        let channel = self
-            .transport
-            .channel(&addr)
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(e))))?;
         let (req_format, reply_format) = rpc.formats();
         let payload =
             codec::encode(req_format, req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let unreachable = |why: String| {
+            RPCError::Unreachable(Unreachable::new(&TransportError(format!(
+                "node {} at {addr}: {why}",
+                self.target
+            ))))
+        };
+        let kind = match rpc {
+            Rpc::Append => KIND_APPEND,
+            Rpc::Vote => KIND_VOTE,
+            Rpc::Snapshot => return self.unary_snapshot(&addr, payload, ttl, reply_format).await,
+        };
+        let request = StreamRequest {
+            id: 0,
+            group_id: self.gid,
+            request: payload,
+            max_reply_len: 0,
+            timeout_ms: u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX),
+            kind,
+        };
+        let transport = &self.transport;
+        let reply = match transport
+            .raft
+            .call(&addr, || transport.channel(&addr), request, ttl)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(CallError::TimedOut) => {
+                return Err(RPCError::Network(NetworkError::new(&TransportError(
+                    format!("rpc to node {} timed out after {ttl:?}", self.target),
+                ))))
+            }
+            // Connection failures and a peer that does not host the group
+            // (yet) are "unreachable": openraft backs off instead of spinning.
+            Err(CallError::NeverSent(why) | CallError::Lost(why) | CallError::Refused(why)) => {
+                return Err(unreachable(why))
+            }
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> = codec::decode(reply_format, &reply)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    /// InstallSnapshot, on its own unary call: a big chunk never holds up
+    /// the groups' stream.
+    async fn unary_snapshot<Resp, E>(
+        &mut self,
+        addr: &str,
+        payload: Vec<u8>,
+        ttl: Duration,
+        reply_format: Format,
+    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let channel = self
+            .transport
+            .channel(addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(e))))?;
         let msg = RaftMessage {
             group_id: self.gid,
             payload,
@@ -164,22 +235,13 @@ impl GroupNetwork {
         let mut client = RaftServiceClient::new(channel)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
-        let fut = async {
-            match rpc {
-                Rpc::Append => client.append_entries(msg).await,
-                Rpc::Vote => client.vote(msg).await,
-                Rpc::Snapshot => client.install_snapshot(msg).await,
-            }
-        };
-        let reply = match tokio::time::timeout(ttl, fut).await {
+        let reply = match tokio::time::timeout(ttl, client.install_snapshot(msg)).await {
             Err(_) => {
                 return Err(RPCError::Network(NetworkError::new(&TransportError(
                     format!("rpc to node {} timed out after {ttl:?}", self.target),
                 ))))
             }
             Ok(Err(status)) => {
-                // Connection failures and a peer that does not host the group
-                // (yet) are "unreachable": openraft backs off instead of spinning.
                 return Err(RPCError::Unreachable(Unreachable::new(&TransportError(
                     format!("node {} at {addr}: {}", self.target, status.message()),
                 ))));

@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
+use std::time::{Duration, Instant};
+
+use tonic::{Request, Response, Status, Streaming};
 
 use openraft::error::{InstallSnapshotError, RaftError, SnapshotMismatch};
 use openraft::raft::InstallSnapshotRequest;
@@ -17,12 +19,14 @@ use super::host::Host;
 use super::network::encode_result;
 use super::snapshot::Receiver;
 use super::status::node_status;
+use super::stream::{KIND_APPEND, KIND_VOTE};
 use super::types::TypeConfig;
 use super::ShardError;
 use crate::proto::raft_service_server::RaftService;
 use crate::proto::shard_service_server::ShardService;
 use crate::proto::{
-    ChangeMembershipRequest, ExecuteReply, ExecuteRequest, RaftMessage, StatusReply, StatusRequest,
+    ChangeMembershipRequest, ExecuteBatch, ExecuteReply, ExecuteReplyBatch, ExecuteRequest,
+    RaftMessage, StatusReply, StatusRequest, StreamReply, StreamRequest,
 };
 
 #[derive(Clone)]
@@ -59,6 +63,19 @@ impl NodeService {
 
 #[tonic::async_trait]
 impl RaftService for NodeService {
+    type StreamStream = ReplyFrames;
+
+    async fn stream(
+        &self,
+        req: Request<Streaming<ExecuteBatch>>,
+    ) -> Result<Response<ReplyFrames>, Status> {
+        let host = self.host.clone();
+        Ok(Response::new(serve_stream(
+            req.into_inner(),
+            move |r, at| serve_raft(host.clone(), r, at),
+        )))
+    }
+
     async fn append_entries(
         &self,
         req: Request<RaftMessage>,
@@ -126,8 +143,157 @@ impl RaftService for NodeService {
     }
 }
 
+/// Requests of one stream being served at once; past it the node stops
+/// reading the stream (HTTP/2 flow control then holds the sender).
+pub const STREAM_IN_FLIGHT: usize = 4096;
+
+/// Most replies sent in one frame.
+const REPLY_BATCH: usize = 1024;
+
+/// The replies of a stream, as frames: each one reply waited for, then every
+/// other one ready.
+type ReplyFrames =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<ExecuteReplyBatch, Status>> + Send>>;
+
+fn reply(id: u64, reply: Vec<u8>) -> StreamReply {
+    StreamReply {
+        id,
+        reply,
+        refused: String::new(),
+    }
+}
+
+fn refused(id: u64, why: String) -> StreamReply {
+    StreamReply {
+        id,
+        reply: Vec::new(),
+        refused: why,
+    }
+}
+
+/// Serve a stream with `serve`: read batches while fewer than
+/// [`STREAM_IN_FLIGHT`] requests are in flight, run them concurrently in
+/// one task, and send finished replies packed into frames. A reply waits
+/// for room in the sender's queue, so a peer that stops reading stops the
+/// node from reading it.
+fn serve_stream<F, Fut>(inbound: Streaming<ExecuteBatch>, serve: F) -> ReplyFrames
+where
+    F: Fn(StreamRequest, Instant) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = StreamReply> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<StreamReply>(STREAM_IN_FLIGHT);
+    tokio::spawn(async move {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let mut inbound = inbound;
+        let mut running = FuturesUnordered::new();
+        let mut open = true;
+        loop {
+            tokio::select! {
+                batch = inbound.message(), if open && running.len() < STREAM_IN_FLIGHT => match batch {
+                    Ok(Some(batch)) => {
+                        let received = Instant::now();
+                        for r in batch.requests {
+                            let tx = tx.clone();
+                            let served = serve(r, received);
+                            running.push(async move {
+                                let _ = tx.send(served.await).await;
+                            });
+                        }
+                    }
+                    // The sender closed its side, or the stream broke:
+                    // finish what runs (a write is never abandoned half way).
+                    Ok(None) | Err(_) => open = false,
+                },
+                Some(()) = running.next(), if !running.is_empty() => {}
+                else => break,
+            }
+        }
+    });
+    let frames = futures::stream::unfold(rx, |mut rx| async move {
+        let first = rx.recv().await?;
+        let mut replies = vec![first];
+        while replies.len() < REPLY_BATCH {
+            match rx.try_recv() {
+                Ok(r) => replies.push(r),
+                Err(_) => break,
+            }
+        }
+        Some((Ok(ExecuteReplyBatch { replies }), rx))
+    });
+    Box::pin(frames)
+}
+
+/// Whether a request waited on the node past the time its sender waits.
+fn expired(r: &StreamRequest, received: Instant) -> bool {
+    received.elapsed() > Duration::from_millis(r.timeout_ms.into())
+}
+
+/// One request off a router's stream, answered as `Execute` answers.
+async fn serve_execute(host: Arc<Host>, r: StreamRequest, received: Instant) -> StreamReply {
+    let result: Result<OpReply, ShardError> = if expired(&r, received) {
+        // The router stopped waiting before this could start: nothing done.
+        Err(ShardError::Unavailable(
+            "the request waited past its deadline on the node".into(),
+        ))
+    } else {
+        match decode::<ShardRequest>(Format::ShardRequest, &r.request) {
+            Ok(request) => {
+                let max_reply = match r.max_reply_len {
+                    0 => usize::MAX,
+                    n => usize::try_from(n).unwrap_or(usize::MAX),
+                };
+                host.execute_bounded(r.group_id, request, max_reply).await
+            }
+            Err(e) => Err(ShardError::BadRequest(e.message().to_string())),
+        }
+    };
+    reply(r.id, encode_result(Format::ShardReply, &result))
+}
+
+/// One AppendEntries or Vote off a peer's stream, answered as the unary
+/// calls answer; a group not hosted here or an unreadable payload is
+/// refused (the sender sees the peer as unreachable for that group).
+async fn serve_raft(host: Arc<Host>, r: StreamRequest, received: Instant) -> StreamReply {
+    if expired(&r, received) {
+        return refused(r.id, "waited past its deadline".into());
+    }
+    let Some(raft) = host.get(r.group_id).map(|g| g.raft.clone()) else {
+        return refused(r.id, format!("group {} is not hosted here", r.group_id));
+    };
+    match r.kind {
+        KIND_APPEND => match decode(Format::RaftAppend, &r.request) {
+            Ok(req) => {
+                let res = raft.append_entries(req).await;
+                reply(r.id, encode_result(Format::RaftAppendReply, &res))
+            }
+            Err(e) => refused(r.id, e.message().to_string()),
+        },
+        KIND_VOTE => match decode(Format::RaftVote, &r.request) {
+            Ok(req) => {
+                let res = raft.vote(req).await;
+                reply(r.id, encode_result(Format::RaftVoteReply, &res))
+            }
+            Err(e) => refused(r.id, e.message().to_string()),
+        },
+        other => refused(r.id, format!("unknown raft message kind {other}")),
+    }
+}
+
 #[tonic::async_trait]
 impl ShardService for NodeService {
+    type ExecuteStreamStream = ReplyFrames;
+
+    async fn execute_stream(
+        &self,
+        req: Request<Streaming<ExecuteBatch>>,
+    ) -> Result<Response<ReplyFrames>, Status> {
+        let host = self.host.clone();
+        Ok(Response::new(serve_stream(
+            req.into_inner(),
+            move |r, at| serve_execute(host.clone(), r, at),
+        )))
+    }
+
     async fn execute(
         &self,
         req: Request<ExecuteRequest>,

@@ -1,0 +1,494 @@
+//! One multiplexed stream per pair of processes: router → node
+//! (`ShardService.ExecuteStream`, the data path) and node → node
+//! (`RaftService.Stream`, every group's AppendEntries and Vote).
+//!
+//! Every caller that sends to a node shares its stream: a caller queues its
+//! request with a one-shot for the answer; the stream's
+//! driver task takes everything queued at that moment, gives each request an
+//! id and sends them as **one** frame (no timer: a frame goes out as soon as
+//! the driver runs, so a lone request waits for nothing); replies come back
+//! batched by the node, in any order, and are matched by id.
+//!
+//! The retry rule stays exact. A request is *sent* once the driver hands its
+//! frame to the established stream:
+//! * not yet sent when the stream could not be opened or broke: the caller
+//!   gets [`CallError::NeverSent`] and may try another replica;
+//! * sent, and the stream broke before its answer: [`CallError::Lost`]: the
+//!   node may have applied it, so a write is "outcome unknown", never resent;
+//! * no answer within the caller's timeout: [`CallError::TimedOut`].
+//!
+//! A broken stream fails all its waiters at once and is replaced by a new one
+//! on the next request.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::channel::mpsc as fmpsc;
+use futures::SinkExt;
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::Channel;
+
+use crate::proto::raft_service_client::RaftServiceClient;
+use crate::proto::shard_service_client::ShardServiceClient;
+use crate::proto::{ExecuteBatch, ExecuteReplyBatch, StreamRequest};
+
+/// `StreamRequest.kind` on `RaftService.Stream`.
+pub const KIND_APPEND: u32 = 1;
+pub const KIND_VOTE: u32 = 2;
+
+/// Most requests in one frame.
+const MAX_BATCH: usize = 1024;
+/// A frame stops growing past this many bytes of requests (one request of
+/// any size still goes alone).
+const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Frames handed to gRPC but not yet written.
+const FRAMES_QUEUED: usize = 16;
+/// Past this many unanswered requests, those whose caller gave up are
+/// forgotten.
+const SWEEP_AT: usize = 8192;
+
+/// Why a call got no reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// The request never left this router: safe to send elsewhere.
+    NeverSent(String),
+    /// Sent, then the stream broke: the node may or may not have run it.
+    Lost(String),
+    /// Sent; no answer in time.
+    TimedOut,
+    /// The peer answered that it did not serve it (no such group, a payload
+    /// it cannot read): nothing was done.
+    Refused(String),
+}
+
+/// A request waiting for the driver.
+struct Queued {
+    req: StreamRequest,
+    reply: oneshot::Sender<Result<Vec<u8>, CallError>>,
+}
+
+/// Which service's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// `ShardService.ExecuteStream` (router → node).
+    Shard,
+    /// `RaftService.Stream` (node → node).
+    Raft,
+}
+
+impl Service {
+    async fn open(
+        self,
+        channel: Channel,
+        outbound: fmpsc::Receiver<ExecuteBatch>,
+    ) -> Result<tonic::Streaming<ExecuteReplyBatch>, tonic::Status> {
+        let r = match self {
+            Service::Shard => {
+                ShardServiceClient::new(channel)
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX)
+                    .execute_stream(outbound)
+                    .await
+            }
+            Service::Raft => {
+                RaftServiceClient::new(channel)
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX)
+                    .stream(outbound)
+                    .await
+            }
+        };
+        r.map(|r| r.into_inner())
+    }
+}
+
+/// One process's streams of one service, one per peer address.
+pub struct Streams {
+    service: Service,
+    streams: Mutex<HashMap<String, mpsc::UnboundedSender<Queued>>>,
+}
+
+impl Streams {
+    pub fn new(service: Service) -> Streams {
+        Streams {
+            service,
+            streams: Mutex::default(),
+        }
+    }
+
+    /// Send `req` (its id is set here) to the node at `addr` over
+    /// `channel`, and wait up to `timeout` for the encoded reply.
+    pub async fn call(
+        &self,
+        addr: &str,
+        channel: impl Fn() -> Result<Channel, String>,
+        req: StreamRequest,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let (tx, rx) = oneshot::channel();
+        let mut item = Queued { req, reply: tx };
+        // A closed queue is a stream that died: replace it once.
+        for _ in 0..2 {
+            let queue = self.queue(addr, &channel)?;
+            match queue.send(item) {
+                Ok(()) => {
+                    return match tokio::time::timeout(timeout, rx).await {
+                        Err(_) => Err(CallError::TimedOut),
+                        Ok(Ok(r)) => r,
+                        Ok(Err(_)) => Err(CallError::Lost("the stream's driver stopped".into())),
+                    };
+                }
+                Err(mpsc::error::SendError(back)) => {
+                    item = back;
+                    if let Ok(mut s) = self.streams.lock() {
+                        if s.get(addr).is_some_and(|q| q.is_closed()) {
+                            s.remove(addr);
+                        }
+                    }
+                }
+            }
+        }
+        Err(CallError::NeverSent(format!("no stream to {addr}")))
+    }
+
+    /// The queue of the live stream to `addr`, opening one if needed.
+    fn queue(
+        &self,
+        addr: &str,
+        channel: &impl Fn() -> Result<Channel, String>,
+    ) -> Result<mpsc::UnboundedSender<Queued>, CallError> {
+        let mut streams = self
+            .streams
+            .lock()
+            .map_err(|_| CallError::NeverSent("stream table poisoned".into()))?;
+        if let Some(q) = streams.get(addr).filter(|q| !q.is_closed()) {
+            return Ok(q.clone());
+        }
+        let channel = channel().map_err(CallError::NeverSent)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(drive(self.service, addr.to_string(), channel, rx));
+        streams.insert(addr.to_string(), tx.clone());
+        Ok(tx)
+    }
+}
+
+/// The driver of one stream: open it, then move frames out and replies in
+/// until it breaks; then fail every waiter.
+async fn drive(
+    service: Service,
+    addr: String,
+    channel: Channel,
+    mut queue: mpsc::UnboundedReceiver<Queued>,
+) {
+    let (mut frames, outbound) = fmpsc::channel::<ExecuteBatch>(FRAMES_QUEUED);
+    // Nothing is handed to the stream before the node accepted it, so a
+    // failure to open it means nothing was sent.
+    let mut inbound = match service.open(channel, outbound).await {
+        Ok(r) => r,
+        Err(status) => {
+            tracing::debug!(node = %addr, "stream not opened: {status}");
+            let why = format!("could not open a stream to {addr}: {}", status.message());
+            queue.close();
+            while let Ok(q) = queue.try_recv() {
+                let _ = q.reply.send(Err(CallError::NeverSent(why.clone())));
+            }
+            return;
+        }
+    };
+    let mut waiting: HashMap<u64, oneshot::Sender<Result<Vec<u8>, CallError>>> = HashMap::new();
+    let mut next_id: u64 = 0;
+    let why = loop {
+        tokio::select! {
+            first = queue.recv() => {
+                let Some(first) = first else {
+                    // Every sender is gone (the router is shutting down).
+                    break "the router closed the stream".to_string();
+                };
+                let mut batch = Vec::new();
+                let mut bytes = 0usize;
+                let mut item = Some(first);
+                while let Some(q) = item.take() {
+                    // A caller that gave up before its request was sent is
+                    // simply not sent.
+                    if !q.reply.is_closed() {
+                        next_id += 1;
+                        let mut req = q.req;
+                        req.id = next_id;
+                        bytes += req.request.len();
+                        waiting.insert(next_id, q.reply);
+                        batch.push(req);
+                    }
+                    if batch.len() >= MAX_BATCH || bytes >= MAX_BATCH_BYTES {
+                        break;
+                    }
+                    item = queue.try_recv().ok();
+                }
+                if batch.is_empty() {
+                    continue;
+                }
+                let ids: Vec<u64> = batch.iter().map(|r| r.id).collect();
+                if frames.send(ExecuteBatch { requests: batch }).await.is_err() {
+                    // gRPC dropped its side: this frame never went out.
+                    for id in ids {
+                        if let Some(w) = waiting.remove(&id) {
+                            let _ = w.send(Err(CallError::NeverSent(format!("the stream to {addr} closed"))));
+                        }
+                    }
+                    break format!("the stream to {addr} closed");
+                }
+                if waiting.len() > SWEEP_AT {
+                    waiting.retain(|_, w| !w.is_closed());
+                }
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(batch)) => {
+                    for r in batch.replies {
+                        if let Some(w) = waiting.remove(&r.id) {
+                            let _ = w.send(if r.refused.is_empty() {
+                                Ok(r.reply)
+                            } else {
+                                Err(CallError::Refused(r.refused))
+                            });
+                        }
+                    }
+                }
+                Ok(None) => break format!("node {addr} ended the stream"),
+                Err(status) => break format!("the stream to {addr} broke: {}", status.message()),
+            },
+        }
+    };
+    tracing::debug!(node = %addr, "{why}");
+    // Sent and unanswered: unknown. Queued and never taken: not sent.
+    for (_, w) in waiting.drain() {
+        let _ = w.send(Err(CallError::Lost(why.clone())));
+    }
+    queue.close();
+    while let Ok(q) = queue.try_recv() {
+        let _ = q.reply.send(Err(CallError::NeverSent(why.clone())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+
+    use tonic::{Request, Response, Status, Streaming};
+
+    use super::*;
+    use crate::proto::shard_service_server::{ShardService, ShardServiceServer};
+    use crate::proto::{
+        ChangeMembershipRequest, ExecuteReply, ExecuteReplyBatch, ExecuteRequest, StatusReply,
+        StatusRequest, StreamReply,
+    };
+    use crate::shard::network::Transport;
+
+    /// A node that answers each request with its own bytes, or (`dies`)
+    /// reads the first frame and then breaks the stream.
+    struct Fake {
+        dies: bool,
+    }
+
+    type Replies = Pin<Box<dyn futures::Stream<Item = Result<ExecuteReplyBatch, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl ShardService for Fake {
+        type ExecuteStreamStream = Replies;
+
+        async fn execute_stream(
+            &self,
+            req: Request<Streaming<ExecuteBatch>>,
+        ) -> Result<Response<Replies>, Status> {
+            let inbound = req.into_inner();
+            let dies = self.dies;
+            let out = futures::stream::unfold(Some(inbound), move |inbound| async move {
+                let mut inbound = inbound?;
+                let batch = inbound.message().await.ok()??;
+                if dies {
+                    return Some((Err(Status::unavailable("node died")), None));
+                }
+                let replies = batch
+                    .requests
+                    .into_iter()
+                    .map(|r| StreamReply {
+                        id: r.id,
+                        reply: r.request,
+                        refused: String::new(),
+                    })
+                    .collect();
+                Some((Ok(ExecuteReplyBatch { replies }), Some(inbound)))
+            });
+            Ok(Response::new(Box::pin(out)))
+        }
+
+        async fn execute(
+            &self,
+            _: Request<ExecuteRequest>,
+        ) -> Result<Response<ExecuteReply>, Status> {
+            Err(Status::unimplemented("test"))
+        }
+
+        async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+            Err(Status::unimplemented("test"))
+        }
+
+        async fn change_membership(
+            &self,
+            _: Request<ChangeMembershipRequest>,
+        ) -> Result<Response<ExecuteReply>, Status> {
+            Err(Status::unimplemented("test"))
+        }
+    }
+
+    async fn serve(dies: bool) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let incoming = tokio_stream_of(l);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ShardServiceServer::new(Fake { dies }))
+                .serve_with_incoming(incoming),
+        );
+        addr
+    }
+
+    /// The listener's connections as the stream tonic serves.
+    fn tokio_stream_of(
+        l: tokio::net::TcpListener,
+    ) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+        futures::stream::unfold(l, |l| async move {
+            let conn = l.accept().await.map(|(s, _)| s);
+            Some((conn, l))
+        })
+    }
+
+    fn request(body: &[u8]) -> StreamRequest {
+        StreamRequest {
+            id: 0,
+            group_id: 1,
+            request: body.to_vec(),
+            max_reply_len: 0,
+            timeout_ms: 1000,
+            kind: 0,
+        }
+    }
+
+    async fn call(streams: &Streams, addr: &str, body: &[u8]) -> Result<Vec<u8>, CallError> {
+        let transport = Transport::new();
+        streams
+            .call(
+                addr,
+                || transport.channel(addr),
+                request(body),
+                Duration::from_secs(5),
+            )
+            .await
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_share_the_stream_and_get_their_own_replies() {
+        let addr = serve(false).await;
+        let streams = Streams::new(Service::Shard);
+        let calls = (0..200u32).map(|i| {
+            let (streams, addr) = (&streams, &addr);
+            async move { (i, call(streams, addr, &i.to_be_bytes()).await) }
+        });
+        for (i, r) in futures::future::join_all(calls).await {
+            assert_eq!(r.unwrap(), i.to_be_bytes().to_vec());
+        }
+        assert_eq!(streams.streams.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_sends_nothing() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let r = call(&Streams::new(Service::Shard), &addr, b"x").await;
+        assert!(matches!(r, Err(CallError::NeverSent(_))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_never_becomes_a_stream_sends_nothing() {
+        // Accepts, reads, never speaks HTTP/2, then closes.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = [0u8; 4096];
+                    let _ = tokio::time::timeout(Duration::from_millis(300), async {
+                        while s.read(&mut buf).await.unwrap_or(0) > 0 {}
+                    })
+                    .await;
+                });
+            }
+        });
+        let r = call(&Streams::new(Service::Shard), &addr, b"x").await;
+        assert!(matches!(r, Err(CallError::NeverSent(_))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_broken_after_sending_loses_the_request_and_is_replaced() {
+        let addr = serve(true).await;
+        let streams = Streams::new(Service::Shard);
+        let r = call(&streams, &addr, b"x").await;
+        assert!(matches!(r, Err(CallError::Lost(_))), "{r:?}");
+        // The next call opens a new stream (and loses again: it dies).
+        let r = call(&streams, &addr, b"y").await;
+        assert!(matches!(r, Err(CallError::Lost(_))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn no_answer_in_time_is_a_timeout() {
+        // An HTTP/2 server that never answers the stream: a fake whose
+        // replies never come (it reads and waits).
+        struct Silent;
+        #[tonic::async_trait]
+        impl ShardService for Silent {
+            type ExecuteStreamStream = Replies;
+            async fn execute_stream(
+                &self,
+                _req: Request<Streaming<ExecuteBatch>>,
+            ) -> Result<Response<Replies>, Status> {
+                Ok(Response::new(Box::pin(futures::stream::pending())))
+            }
+            async fn execute(
+                &self,
+                _: Request<ExecuteRequest>,
+            ) -> Result<Response<ExecuteReply>, Status> {
+                Err(Status::unimplemented("test"))
+            }
+            async fn status(
+                &self,
+                _: Request<StatusRequest>,
+            ) -> Result<Response<StatusReply>, Status> {
+                Err(Status::unimplemented("test"))
+            }
+            async fn change_membership(
+                &self,
+                _: Request<ChangeMembershipRequest>,
+            ) -> Result<Response<ExecuteReply>, Status> {
+                Err(Status::unimplemented("test"))
+            }
+        }
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ShardServiceServer::new(Silent))
+                .serve_with_incoming(tokio_stream_of(l)),
+        );
+        let transport = Transport::new();
+        let r = Streams::new(Service::Shard)
+            .call(
+                &addr,
+                || transport.channel(&addr),
+                request(b"x"),
+                Duration::from_millis(300),
+            )
+            .await;
+        assert_eq!(r, Err(CallError::TimedOut));
+    }
+}
