@@ -21,9 +21,12 @@
 //! Writes go through one writer thread that merges whatever is queued into a
 //! single `WriteBatch` and a single fsync: log appends from many groups share
 //! one sync (group commit). Every write is acknowledged only after RocksDB
-//! accepted it, synced when the caller asked for durability. Reads and writes
-//! never run on async worker threads: callers use [`Engine::read`] (a blocking
-//! task) or [`Engine::write`] (the writer thread).
+//! accepted it, synced when the caller asked for durability. The sync is a
+//! WAL sync after the write, outside RocksDB's write queue, so the state
+//! machine's unsynced writes ([`Engine::write_direct`]) never wait for it.
+//! Reads and writes never run on async worker threads: callers use
+//! [`Engine::read`] (a blocking task) or [`Engine::write`] (the writer
+//! thread).
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -401,6 +404,13 @@ fn writer_loop(db: Arc<DB>, rx: mpsc::Receiver<WriteJob>, fsync: bool) {
     }
 }
 
+/// Write the jobs as one batch, then, if any asked for durability, sync the
+/// WAL once. The sync is `FlushWAL(sync)` after an unsynced write rather
+/// than a synced write: RocksDB's write queue lets one writer group at a
+/// time through, so a synced write would hold every other write (the state
+/// machine's unsynced applies, [`Engine::write_direct`]) behind the fsync,
+/// while `SyncWAL` runs outside that queue. What is synced is the same: the
+/// whole WAL up to and including this batch.
 fn write_jobs(db: &DB, jobs: &[WriteJob], fsync: bool) -> Result<(), EngineError> {
     let mut batch = WriteBatch::default();
     let mut sync = false;
@@ -408,9 +418,10 @@ fn write_jobs(db: &DB, jobs: &[WriteJob], fsync: bool) -> Result<(), EngineError
         sync |= job.sync;
         add_ops(db, &mut batch, &job.ops)?;
     }
-    let mut wo = WriteOptions::default();
-    wo.set_sync(sync && fsync);
-    db.write_opt(batch, &wo)?;
+    db.write_opt(batch, &WriteOptions::default())?;
+    if sync && fsync {
+        db.flush_wal(true)?;
+    }
     Ok(())
 }
 
