@@ -4,7 +4,10 @@
 //! `raft_state` column families; every write goes through the engine's writer
 //! thread, so vote saves, appends, truncations and purges reach disk in the
 //! order openraft issued them, and appends are acknowledged (the
-//! `LogFlushed` callback) only once synced.
+//! `LogFlushed` callback) only once synced. The newest entries also stay in
+//! memory ([`LogTail`]): replication and apply read what was just appended
+//! from there, not back from RocksDB. The committed index is queued to the
+//! writer, not awaited (`save_committed`).
 //!
 //! [`StateMachine`] applies committed entries with the pure
 //! `apply_write`: the data changes of a whole
@@ -41,6 +44,7 @@ use super::command::{LogCmd, OpReply};
 use super::engine::{
     self, data_key, group_range, log_key, state_key, state_key_with, tag, Cf, DbView, Engine, Op,
 };
+use super::log_tail::LogTail;
 use super::txn::{apply_txn, blocked_by_lock, Prepared, TxnChange, TxnView};
 use super::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
@@ -86,11 +90,42 @@ fn decode_entry(gid: u64, key: &[u8], raw: &[u8]) -> Result<Entry, StorageError>
 pub struct LogStore {
     engine: Arc<Engine>,
     gid: u64,
+    /// Shared by the store and every reader cloned from it.
+    mem: Arc<LogMem>,
 }
+
+/// What the log store keeps in memory for one group.
+struct LogMem {
+    /// The newest entries, so replication and apply do not read back what
+    /// was just appended.
+    tail: std::sync::Mutex<LogTail>,
+    /// The last committed log id handed to `save_committed` (its row is
+    /// written behind, see there); `None` until the first save.
+    committed: std::sync::Mutex<Option<Option<LogId>>>,
+}
+
+/// Budget of a group's in-memory log tail: the entries a follower a little
+/// behind still needs. Older ones are read from RocksDB.
+const TAIL_MAX_ENTRIES: usize = 512;
+const TAIL_MAX_BYTES: usize = 1 << 20;
 
 impl LogStore {
     pub fn new(engine: Arc<Engine>, gid: u64) -> LogStore {
-        LogStore { engine, gid }
+        LogStore {
+            engine,
+            gid,
+            mem: Arc::new(LogMem {
+                tail: std::sync::Mutex::new(LogTail::new(TAIL_MAX_ENTRIES, TAIL_MAX_BYTES)),
+                committed: std::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    fn tail(&self) -> Result<std::sync::MutexGuard<'_, LogTail>, StorageError> {
+        self.mem
+            .tail
+            .lock()
+            .map_err(|_| read_err("the log tail lock is poisoned"))
     }
 
     async fn read_state<T: DeserializeOwned + Send + 'static>(
@@ -137,6 +172,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if start >= end {
             return Ok(Vec::new());
         }
+        // What the tail holds first: an entry below its first index is
+        // already written (the tail evicts only written entries).
+        let (split, from_tail) = self.tail()?.split(start, end);
+        if split <= start {
+            return Ok(from_tail);
+        }
         let gid = self.gid;
         let rows = self
             .engine
@@ -144,13 +185,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 db.scan(
                     Cf::Log,
                     &log_key(gid, start),
-                    &log_key(gid, end),
+                    &log_key(gid, split),
                     usize::MAX,
                 )
             })
             .await
             .map_err(read_err)?;
-        rows.iter().map(|(k, v)| decode_entry(gid, k, v)).collect()
+        let mut entries = rows
+            .iter()
+            .map(|(k, v)| decode_entry(gid, k, v))
+            .collect::<Result<Vec<_>, _>>()?;
+        entries.extend(from_tail);
+        Ok(entries)
     }
 }
 
@@ -190,12 +236,43 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_state(tag::VOTE, Format::Vote).await
     }
 
+    /// Queued, not awaited: openraft calls this in its core task before
+    /// every apply, and waiting would put the whole group behind the fsync
+    /// the writer thread may be doing. The row only saves a restarted
+    /// replica from waiting for its leader before applying what it had
+    /// committed (the applied index is written with the data, so nothing
+    /// depends on it being current); it reaches disk with the next batch.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.put_state(tag::COMMITTED, Format::Committed, &committed, false)
-            .await
+        let op = Op::Put(
+            Cf::State,
+            state_key(self.gid, tag::COMMITTED),
+            encode(Format::Committed, &committed)?,
+        );
+        if let Ok(mut saved) = self.mem.committed.lock() {
+            *saved = Some(committed);
+        }
+        let gid = self.gid;
+        self.engine.submit(
+            vec![op],
+            false,
+            Box::new(move |r| {
+                if let Err(e) = r {
+                    tracing::warn!(group = gid, "saving the committed index: {e}");
+                }
+            }),
+        );
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        if let Some(saved) = *self
+            .mem
+            .committed
+            .lock()
+            .map_err(|_| read_err("the committed lock is poisoned"))?
+        {
+            return Ok(saved);
+        }
         Ok(self
             .read_state::<Option<LogId>>(tag::COMMITTED, Format::Committed)
             .await?
@@ -212,17 +289,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut ops = Vec::new();
+        let mut kept = Vec::new();
+        let mut last = None;
         for entry in entries {
-            ops.push(Op::Put(
-                Cf::Log,
-                log_key(self.gid, entry.log_id.index),
-                encode(Format::LogEntry, &entry)?,
-            ));
+            let raw = encode(Format::LogEntry, &entry)?;
+            let index = entry.log_id.index;
+            last = Some(index);
+            kept.push((entry, raw.len()));
+            ops.push(Op::Put(Cf::Log, log_key(self.gid, index), raw));
         }
+        self.tail()?.append(kept);
+        let mem = self.mem.clone();
         self.engine.submit(
             ops,
             true,
             Box::new(move |r| {
+                if let (Ok(()), Some(last)) = (&r, last) {
+                    // Written: the tail may now let these go.
+                    if let Ok(mut tail) = mem.tail.lock() {
+                        tail.trim(last);
+                    }
+                }
                 callback.log_io_completed(r.map_err(|e| std::io::Error::other(e.to_string())))
             }),
         );
@@ -230,12 +317,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.tail()?.truncate(log_id.index);
         let (_, end) = group_range(self.gid);
         let op = Op::DeleteRange(Cf::Log, log_key(self.gid, log_id.index), end);
         self.engine.write(vec![op], true).await.map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.tail()?.purge(log_id.index);
         let ops = vec![
             Op::Put(
                 Cf::State,
