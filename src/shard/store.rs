@@ -12,8 +12,13 @@
 //! [`StateMachine`] applies committed entries with the pure
 //! `apply_write`: the data changes of a whole
 //! batch of entries and the new `last_applied` go into one `WriteBatch`, so
-//! after a crash the data and the applied index always agree. Snapshots are a
-//! full copy of the group's data range taken under the state-machine lock.
+//! after a crash the data and the applied index always agree. A batch is
+//! applied right on openraft's state-machine task when every value it reads
+//! is in RocksDB's memory ([`Engine::read_cached`]: the keys just written,
+//! hot ones), and computed again from scratch on a blocking thread when one
+//! is only on disk; either way the same pure function of the same values.
+//! Snapshots are a full copy of the group's data range taken under the
+//! state-machine lock.
 //!
 //! The state machine also keeps the number of keys the group stores, updated
 //! by each applied batch and written with it (for INFO keyspace, which must
@@ -593,6 +598,116 @@ fn count_prepared_after(view: &DbView, gid: u64, ops: &[Op]) -> Result<usize, St
     Ok(keys.len())
 }
 
+/// What an apply reads and moves: the state machine's in-memory state.
+#[derive(Clone)]
+struct ApplyState {
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    prepared_count: usize,
+    /// Keys stored, when known at `applied`.
+    key_count: Option<i64>,
+}
+
+/// A batch of entries applied, not yet written.
+struct Applied {
+    replies: Vec<OpReply>,
+    /// Data, transaction state, the applied index and the key count: one
+    /// `WriteBatch`.
+    ops: Vec<Op>,
+    after: ApplyState,
+}
+
+/// Apply `entries` over the group's stored state as `view` shows it: the
+/// replies and the one batch of changes, written by the caller. Pure but for
+/// the reads (so it can be run again from scratch when a cached-only view
+/// missed).
+fn compute_apply(
+    view: &DbView,
+    gid: u64,
+    entries: &[Entry],
+    before: ApplyState,
+) -> Result<Applied, StorageError> {
+    let ApplyState {
+        mut applied,
+        mut membership,
+        mut prepared_count,
+        key_count,
+    } = before;
+    let mut batch = Batch::new(view, gid);
+    let mut replies = Vec::with_capacity(entries.len());
+    let mut any_txn = false;
+    for entry in entries {
+        applied = Some(entry.log_id);
+        let index = entry.log_id.index;
+        match &entry.payload {
+            EntryPayload::Blank => replies.push(OpReply::Ok),
+            EntryPayload::Membership(m) => {
+                membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                replies.push(OpReply::Ok);
+            }
+            EntryPayload::Normal(LogCmd::Write(cmd)) => {
+                let keys = cmd.op.keys();
+                let blocked = if prepared_count > 0 || any_txn {
+                    blocked_by_lock(&keys, &mut batch)
+                } else {
+                    None
+                };
+                if let Some(reply) = blocked {
+                    replies.push(reply);
+                    continue;
+                }
+                if cmd.op.clears_group() {
+                    batch.clear();
+                }
+                let (reply, changes) = apply_write(cmd, index, &mut |k| batch.get(k));
+                for (k, v) in changes {
+                    batch.data.insert(k, v);
+                }
+                replies.push(reply);
+            }
+            EntryPayload::Normal(LogCmd::Txn(t)) => {
+                any_txn = true;
+                let (reply, changes) = apply_txn(t, index, &mut batch);
+                batch.record(changes);
+                replies.push(reply);
+            }
+        }
+    }
+    let key_count = match batch.key_delta(key_count.is_some()) {
+        KeyDelta::Unknown => None,
+        KeyDelta::By(d) => key_count.map(|n| n + d),
+        KeyDelta::Exactly(n) => Some(n),
+    };
+    let mut ops = batch.into_ops()?;
+    ops.push(Op::Put(
+        Cf::State,
+        state_key(gid, tag::APPLIED),
+        encode(Format::Applied, &(applied, membership.clone()))?,
+    ));
+    if let Some(n) = key_count {
+        ops.push(Op::Put(
+            Cf::State,
+            state_key(gid, tag::KEY_COUNT),
+            encode(Format::KeyCount, &(applied_index(&applied), n))?,
+        ));
+    }
+    if any_txn {
+        // Recount after this batch lands (the count only gates the lock
+        // check of plain writes).
+        prepared_count = count_prepared_after(view, gid, &ops)?;
+    }
+    Ok(Applied {
+        replies,
+        ops,
+        after: ApplyState {
+            applied,
+            membership,
+            prepared_count,
+            key_count,
+        },
+    })
+}
+
 /// The state machine of one group. Cloning shares it.
 #[derive(Clone)]
 pub struct StateMachine {
@@ -672,6 +787,18 @@ impl StateMachine {
         }
     }
 
+    /// Write an applied batch: data and `last_applied` in one `WriteBatch`.
+    /// Not synced: the log is, and re-applying committed entries after a
+    /// crash gives the same result. Not once the replica is closed
+    /// (removed): the fence is held while writing, so closing waits.
+    fn write_applied(&self, engine: &Engine, ops: &[Op]) -> Result<(), StorageError> {
+        let fence = self.closed.read().map_err(|_| write_err(closed_err()))?;
+        if *fence {
+            return Err(write_err(closed_err()));
+        }
+        engine.write_direct(ops).map_err(write_err)
+    }
+
     /// Whether the group holds prepared transactions (from memory: no I/O).
     pub async fn has_prepared(&self) -> bool {
         self.inner.lock().await.prepared_count > 0
@@ -735,102 +862,48 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let mut inner = self.inner.lock().await;
         self.check_open()?;
-        let closed = self.closed.clone();
+        let before = ApplyState {
+            applied: inner.applied,
+            membership: inner.membership.clone(),
+            prepared_count: inner.prepared_count,
+            key_count: inner
+                .key_count
+                .filter(|(index, _)| *index == applied_index(&inner.applied))
+                .map(|(_, n)| n),
+        };
         let gid = inner.gid;
-        let view = inner.engine.view();
         let engine = inner.engine.clone();
-        let mut applied = inner.applied;
-        let mut membership = inner.membership.clone();
-        let mut prepared_count = inner.prepared_count;
-        let key_count = inner
+        // Computed right here from what RocksDB holds in memory (the keys
+        // just written, hot ones); when a value would have to come from
+        // disk, again on a blocking thread.
+        let inline = engine.read_cached(|view| compute_apply(view, gid, &entries, before.clone()));
+        let done = match inline {
+            Some(done) => {
+                let done = done?;
+                // An unsynced write (the WAL sync of the log runs outside
+                // RocksDB's write queue): it does not wait for an fsync.
+                self.write_applied(&engine, &done.ops)?;
+                done
+            }
+            None => {
+                let sm = self.clone();
+                tokio::task::spawn_blocking(move || {
+                    let done = compute_apply(&engine.view(), gid, &entries, before)?;
+                    sm.write_applied(&engine, &done.ops)?;
+                    Ok::<_, StorageError>(done)
+                })
+                .await
+                .map_err(write_err)??
+            }
+        };
+        inner.applied = done.after.applied;
+        inner.membership = done.after.membership;
+        inner.prepared_count = done.after.prepared_count;
+        inner.key_count = done
+            .after
             .key_count
-            .filter(|(index, _)| *index == applied_index(&applied))
-            .map(|(_, n)| n);
-        // Computing the changes reads the database: do it on a blocking thread.
-        let (replies, applied, membership, prepared_count, key_count) =
-            tokio::task::spawn_blocking(move || {
-                let mut batch = Batch::new(&view, gid);
-                let mut replies = Vec::with_capacity(entries.len());
-                let mut any_txn = false;
-                for entry in &entries {
-                    applied = Some(entry.log_id);
-                    let index = entry.log_id.index;
-                    match &entry.payload {
-                        EntryPayload::Blank => replies.push(OpReply::Ok),
-                        EntryPayload::Membership(m) => {
-                            membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                            replies.push(OpReply::Ok);
-                        }
-                        EntryPayload::Normal(LogCmd::Write(cmd)) => {
-                            let keys = cmd.op.keys();
-                            let blocked = if prepared_count > 0 || any_txn {
-                                blocked_by_lock(&keys, &mut batch)
-                            } else {
-                                None
-                            };
-                            if let Some(reply) = blocked {
-                                replies.push(reply);
-                                continue;
-                            }
-                            if cmd.op.clears_group() {
-                                batch.clear();
-                            }
-                            let (reply, changes) = apply_write(cmd, index, &mut |k| batch.get(k));
-                            for (k, v) in changes {
-                                batch.data.insert(k, v);
-                            }
-                            replies.push(reply);
-                        }
-                        EntryPayload::Normal(LogCmd::Txn(t)) => {
-                            any_txn = true;
-                            let (reply, changes) = apply_txn(t, index, &mut batch);
-                            batch.record(changes);
-                            replies.push(reply);
-                        }
-                    }
-                }
-                let key_count = match batch.key_delta(key_count.is_some()) {
-                    KeyDelta::Unknown => None,
-                    KeyDelta::By(d) => key_count.map(|n| n + d),
-                    KeyDelta::Exactly(n) => Some(n),
-                };
-                let mut ops = batch.into_ops()?;
-                ops.push(Op::Put(
-                    Cf::State,
-                    state_key(gid, tag::APPLIED),
-                    encode(Format::Applied, &(applied, membership.clone()))?,
-                ));
-                let key_count = key_count.map(|n| (applied_index(&applied), n));
-                if let Some((index, n)) = key_count {
-                    ops.push(Op::Put(
-                        Cf::State,
-                        state_key(gid, tag::KEY_COUNT),
-                        encode(Format::KeyCount, &(index, n))?,
-                    ));
-                }
-                if any_txn {
-                    // Recount after this batch lands (the count only gates
-                    // the lock check of plain writes).
-                    prepared_count = count_prepared_after(&view, gid, &ops)?;
-                }
-                // Data and last_applied in one batch. Not synced: the log is,
-                // and re-applying committed entries after a crash gives the
-                // same result. Not once the replica is closed (removed).
-                let fence = closed.read().map_err(|_| write_err(closed_err()))?;
-                if *fence {
-                    return Err(write_err(closed_err()));
-                }
-                engine.write_direct(&ops).map_err(write_err)?;
-                drop(fence);
-                Ok::<_, StorageError>((replies, applied, membership, prepared_count, key_count))
-            })
-            .await
-            .map_err(write_err)??;
-        inner.applied = applied;
-        inner.membership = membership;
-        inner.prepared_count = prepared_count;
-        inner.key_count = key_count;
-        Ok(replies)
+            .map(|n| (applied_index(&inner.applied), n));
+        Ok(done.replies)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
