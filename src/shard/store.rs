@@ -111,8 +111,8 @@ struct LogMem {
 
 /// Budget of a group's in-memory log tail: the entries a follower a little
 /// behind still needs. Older ones are read from RocksDB.
-const TAIL_MAX_ENTRIES: usize = 512;
-const TAIL_MAX_BYTES: usize = 1 << 20;
+const TAIL_MAX_ENTRIES: usize = 256;
+const TAIL_MAX_BYTES: usize = 256 << 10;
 
 impl LogStore {
     pub fn new(engine: Arc<Engine>, gid: u64) -> LogStore {
@@ -791,12 +791,23 @@ impl StateMachine {
     /// Not synced: the log is, and re-applying committed entries after a
     /// crash gives the same result. Not once the replica is closed
     /// (removed): the fence is held while writing, so closing waits.
-    fn write_applied(&self, engine: &Engine, ops: &[Op]) -> Result<(), StorageError> {
+    /// `blocking`: this thread may wait out a RocksDB write stall;
+    /// otherwise a write that would stall is not made (`Ok(false)`).
+    fn write_applied(
+        &self,
+        engine: &Engine,
+        ops: &[Op],
+        blocking: bool,
+    ) -> Result<bool, StorageError> {
         let fence = self.closed.read().map_err(|_| write_err(closed_err()))?;
         if *fence {
             return Err(write_err(closed_err()));
         }
-        engine.write_direct(ops).map_err(write_err)
+        if blocking {
+            engine.write_direct(ops).map_err(write_err)?;
+            return Ok(true);
+        }
+        engine.write_direct_unless_stalled(ops).map_err(write_err)
     }
 
     /// Whether the group holds prepared transactions (from memory: no I/O).
@@ -882,14 +893,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let done = done?;
                 // An unsynced write (the WAL sync of the log runs outside
                 // RocksDB's write queue): it does not wait for an fsync.
-                self.write_applied(&engine, &done.ops)?;
+                // One RocksDB would stall is made on a blocking thread.
+                if !self.write_applied(&engine, &done.ops, false)? {
+                    let (sm, engine) = (self.clone(), engine.clone());
+                    let ops = done.ops.clone();
+                    tokio::task::spawn_blocking(move || sm.write_applied(&engine, &ops, true))
+                        .await
+                        .map_err(write_err)??;
+                }
                 done
             }
             None => {
                 let sm = self.clone();
                 tokio::task::spawn_blocking(move || {
                     let done = compute_apply(&engine.view(), gid, &entries, before)?;
-                    sm.write_applied(&engine, &done.ops)?;
+                    sm.write_applied(&engine, &done.ops, true)?;
                     Ok::<_, StorageError>(done)
                 })
                 .await
