@@ -21,9 +21,15 @@
 //! Writes go through one writer thread that merges whatever is queued into a
 //! single `WriteBatch` and a single fsync: log appends from many groups share
 //! one sync (group commit). Every write is acknowledged only after RocksDB
-//! accepted it, synced when the caller asked for durability. Reads and writes
-//! never run on async worker threads: callers use [`Engine::read`] (a blocking
-//! task) or [`Engine::write`] (the writer thread).
+//! accepted it, synced when the caller asked for durability. The sync is a
+//! WAL sync after the write, outside RocksDB's write queue, so the state
+//! machine's unsynced writes ([`Engine::write_direct`]) never wait for it.
+//! Nothing that may wait for the disk runs on async worker threads: reads
+//! use [`Engine::read`] (a blocking task), synced writes [`Engine::write`]
+//! (the writer thread). Two things do run there: [`Engine::read_cached`],
+//! reads that RocksDB may answer only from memory (memtables, block cache)
+//! and that report a miss instead of going to disk, and the state
+//! machine's unsynced [`Engine::write_direct`], which no fsync holds up.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -182,6 +188,14 @@ impl Engine {
         let cfs = [CF_LOG, CF_STATE, CF_DATA].map(|name| {
             let mut cf_opts = Options::default();
             cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            if name != CF_LOG {
+                // Point lookups of absent keys (a SET of a new key, its
+                // lock row) are answered by the filter, in memory, instead
+                // of a data block read: `read_cached` then rarely misses.
+                let mut table = rocksdb::BlockBasedOptions::default();
+                table.set_bloom_filter(10.0, false);
+                cf_opts.set_block_based_table_factory(&table);
+            }
             ColumnFamilyDescriptor::new(name, cf_opts)
         });
         let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
@@ -225,15 +239,32 @@ impl Engine {
         rx.await.map_err(|_| EngineError::WriterGone)?
     }
 
-    /// Write a batch right away, from the calling (blocking) thread, without
-    /// waiting in the writer's queue behind synced log appends. For the state
-    /// machine, whose writes need no sync (the log is the durable record) and
-    /// are ordered by the state-machine lock.
+    /// Write a batch right away, from the calling thread, without waiting
+    /// in the writer's queue behind synced log appends (nor, since the
+    /// writer syncs the WAL outside RocksDB's write queue, behind an
+    /// fsync). For the state machine, whose writes need no sync (the log is
+    /// the durable record) and are ordered by the state-machine lock.
     pub fn write_direct(&self, ops: &[Op]) -> Result<(), EngineError> {
         let mut batch = WriteBatch::default();
         add_ops(&self.db, &mut batch, ops)?;
         self.db.write_opt(batch, &WriteOptions::default())?;
         Ok(())
+    }
+
+    /// [`Engine::write_direct`] for an async worker thread: a write RocksDB
+    /// would hold up (a write stall: too many memtables or level-0 files
+    /// waiting for flush or compaction) is not made, and `Ok(false)` tells
+    /// the caller to make it with `write_direct` on a blocking thread.
+    pub fn write_direct_unless_stalled(&self, ops: &[Op]) -> Result<bool, EngineError> {
+        let mut batch = WriteBatch::default();
+        add_ops(&self.db, &mut batch, ops)?;
+        let mut wo = WriteOptions::default();
+        wo.set_no_slowdown(true);
+        match self.db.write_opt(batch, &wo) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Run a read against the database on a blocking thread.
@@ -242,18 +273,46 @@ impl Engine {
         F: FnOnce(&DbView) -> Result<T, EngineError> + Send + 'static,
         T: Send + 'static,
     {
-        let view = DbView {
-            db: self.db.clone(),
-        };
+        let view = self.view();
         tokio::task::spawn_blocking(move || f(&view))
             .await
             .map_err(|e| EngineError::Corrupt(format!("read task failed: {e}")))?
+    }
+
+    /// Run `f` right here, on the calling (async) thread, against what
+    /// RocksDB holds in memory: its memtables and block cache. A read that
+    /// would go to disk is not made; `None` then tells the caller to use
+    /// [`Engine::read`] instead, and whatever `f` returned is dropped (so `f`
+    /// must not act on its reads, only compute from them). Point reads of
+    /// recent or hot keys, and the state machine's reads before an apply,
+    /// thus skip the blocking-pool hop.
+    pub fn read_cached<T>(&self, f: impl FnOnce(&DbView) -> T) -> Option<T> {
+        let view = DbView {
+            db: self.db.clone(),
+            cached_only: true,
+            missed: std::cell::Cell::new(false),
+        };
+        let out = f(&view);
+        (!view.missed()).then_some(out)
+    }
+
+    /// Write every memtable out to SST files, so reads must go to the
+    /// files (until the block cache holds their blocks): tests use it to
+    /// take the path of a value that is not in memory.
+    #[cfg(test)]
+    pub fn flush(&self) -> Result<(), EngineError> {
+        for cf in [Cf::Log, Cf::State, Cf::Data] {
+            self.db.flush_cf(&handle(&self.db, cf)?)?;
+        }
+        Ok(())
     }
 
     /// Synchronous view, for code already on a blocking thread.
     pub fn view(&self) -> DbView {
         DbView {
             db: self.db.clone(),
+            cached_only: false,
+            missed: std::cell::Cell::new(false),
         }
     }
 }
@@ -261,22 +320,55 @@ impl Engine {
 /// A key-value pair read from RocksDB.
 pub type Row = (Box<[u8]>, Box<[u8]>);
 
-/// Read access to the database; only ever used off the async workers.
+/// Read access to the database: off the async workers, or, made by
+/// [`Engine::read_cached`], on them but only from memory.
 #[derive(Clone)]
 pub struct DbView {
     db: Arc<DB>,
+    /// Reads only what is in memory (memtables, block cache).
+    cached_only: bool,
+    /// A cached-only read found its data was not in memory.
+    missed: std::cell::Cell<bool>,
 }
 
 impl DbView {
+    /// Whether a read was refused because its data was not in memory (a
+    /// cached-only view): its result, an error, must not be used.
+    pub fn missed(&self) -> bool {
+        self.missed.get()
+    }
+
+    fn read_options(&self) -> rocksdb::ReadOptions {
+        let mut ro = rocksdb::ReadOptions::default();
+        if self.cached_only {
+            ro.set_read_tier(rocksdb::ReadTier::BlockCache);
+        }
+        ro
+    }
+
+    /// A RocksDB result, noting a read refused by the cached-only tier.
+    fn checked<T>(&self, r: Result<T, rocksdb::Error>) -> Result<T, EngineError> {
+        r.map_err(|e| {
+            if self.cached_only && e.kind() == rocksdb::ErrorKind::Incomplete {
+                self.missed.set(true);
+            }
+            EngineError::from(e)
+        })
+    }
+
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
         let handle = self.cf(cf)?;
-        Ok(self.db.get_cf(&handle, key)?)
+        self.checked(self.db.get_cf_opt(&handle, key, &self.read_options()))
     }
 
     /// Whether `key` is present, without copying its value out.
     pub fn exists(&self, cf: Cf, key: &[u8]) -> Result<bool, EngineError> {
         let handle = self.cf(cf)?;
-        Ok(self.db.get_pinned_cf(&handle, key)?.is_some())
+        let found = self.checked(
+            self.db
+                .get_pinned_cf_opt(&handle, key, &self.read_options()),
+        )?;
+        Ok(found.is_some())
     }
 
     /// Several point reads from one consistent snapshot of the database.
@@ -285,7 +377,7 @@ impl DbView {
         keys.iter()
             .map(|(cf, k)| {
                 let handle = self.cf(*cf)?;
-                Ok(snapshot.get_cf(&handle, k)?)
+                self.checked(snapshot.get_cf_opt(&handle, k, self.read_options()))
             })
             .collect()
     }
@@ -309,27 +401,27 @@ impl DbView {
         end: &[u8],
     ) -> Result<impl Iterator<Item = Result<Row, EngineError>> + '_, EngineError> {
         let handle = self.cf(cf)?;
-        let mut ro = rocksdb::ReadOptions::default();
+        let mut ro = self.read_options();
         ro.set_iterate_upper_bound(end.to_vec());
         let iter = self.db.iterator_cf_opt(
             &handle,
             ro,
             rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward),
         );
-        Ok(iter.map(|item| item.map_err(EngineError::from)))
+        Ok(iter.map(|item| self.checked(item)))
     }
 
     /// The last key-value pair with `start <= key < end`.
     pub fn last_in(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<Row>, EngineError> {
         let handle = self.cf(cf)?;
-        let mut ro = rocksdb::ReadOptions::default();
+        let mut ro = self.read_options();
         ro.set_iterate_lower_bound(start.to_vec());
         ro.set_iterate_upper_bound(end.to_vec());
         let mut iter = self
             .db
             .iterator_cf_opt(&handle, ro, rocksdb::IteratorMode::End);
         match iter.next() {
-            Some(item) => Ok(Some(item?)),
+            Some(item) => Ok(Some(self.checked(item)?)),
             None => Ok(None),
         }
     }
@@ -401,6 +493,13 @@ fn writer_loop(db: Arc<DB>, rx: mpsc::Receiver<WriteJob>, fsync: bool) {
     }
 }
 
+/// Write the jobs as one batch, then, if any asked for durability, sync the
+/// WAL once. The sync is `FlushWAL(sync)` after an unsynced write rather
+/// than a synced write: RocksDB's write queue lets one writer group at a
+/// time through, so a synced write would hold every other write (the state
+/// machine's unsynced applies, [`Engine::write_direct`]) behind the fsync,
+/// while `SyncWAL` runs outside that queue. What is synced is the same: the
+/// whole WAL up to and including this batch.
 fn write_jobs(db: &DB, jobs: &[WriteJob], fsync: bool) -> Result<(), EngineError> {
     let mut batch = WriteBatch::default();
     let mut sync = false;
@@ -408,9 +507,10 @@ fn write_jobs(db: &DB, jobs: &[WriteJob], fsync: bool) -> Result<(), EngineError
         sync |= job.sync;
         add_ops(db, &mut batch, &job.ops)?;
     }
-    let mut wo = WriteOptions::default();
-    wo.set_sync(sync && fsync);
-    db.write_opt(batch, &wo)?;
+    db.write_opt(batch, &WriteOptions::default())?;
+    if sync && fsync {
+        db.flush_wal(true)?;
+    }
     Ok(())
 }
 
@@ -467,6 +567,31 @@ mod tests {
         assert!(
             matches!(&e, EngineError::Format(m) if m.contains("earlier build")),
             "{e}"
+        );
+    }
+
+    /// A cached-only read answers from the memtable, and says so when the
+    /// value is only on disk instead of reading it or answering "absent".
+    #[test]
+    fn cached_reads_answer_from_memory_and_report_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), false).unwrap();
+        let key = data_key(1, b"k");
+        engine
+            .write_direct(&[Op::Put(Cf::Data, key.clone(), b"v".to_vec())])
+            .unwrap();
+        let got = engine.read_cached(|db| db.get(Cf::Data, &key).unwrap());
+        assert_eq!(got, Some(Some(b"v".to_vec())));
+        engine.flush().unwrap();
+        drop(engine);
+        let engine = Engine::open(dir.path(), false).unwrap();
+        assert_eq!(
+            engine.read_cached(|db| db.get(Cf::Data, &key)).map(|_| ()),
+            None
+        );
+        assert_eq!(
+            engine.view().get(Cf::Data, &key).unwrap(),
+            Some(b"v".to_vec())
         );
     }
 

@@ -418,6 +418,18 @@ impl Host {
                 if linearizable {
                     self.linearize(replica).await?;
                 }
+                // A point read is served here from RocksDB's memory when
+                // its keys are there; a scan, or a key on disk, goes to a
+                // blocking thread.
+                let point = !matches!(op, ReadOp::Scan { .. } | ReadOp::DbSize);
+                if point {
+                    let cached = self
+                        .engine
+                        .read_cached(|db| serve_read(db, gid, &op, now_ms, max_reply));
+                    if let Some(reply) = cached {
+                        return reply;
+                    }
+                }
                 self.engine
                     .read(move |db| Ok(serve_read(db, gid, &op, now_ms, max_reply)))
                     .await?

@@ -10,7 +10,8 @@
 //! * [`txn`]: one-phase transactions and the participant side of 2PC.
 //! * [`engine`]: the RocksDB instance (column families, key layout, the
 //!   group-commit writer thread). Nothing else touches RocksDB.
-//! * [`store`]: openraft's log storage and state machine for one group.
+//! * [`store`]: openraft's log storage and state machine for one group;
+//!   [`log_tail`] keeps the newest log entries in memory.
 //! * [`network`]: Raft messages between nodes over gRPC, routed by group id.
 //! * [`host`]: the replicas this node hosts; serving requests on them.
 //! * [`purger`]: background expiry on the groups this node leads.
@@ -28,6 +29,7 @@ pub mod command;
 pub mod decimal;
 pub mod engine;
 pub mod host;
+pub mod log_tail;
 pub mod network;
 pub mod purger;
 pub mod service;

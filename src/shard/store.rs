@@ -4,13 +4,21 @@
 //! `raft_state` column families; every write goes through the engine's writer
 //! thread, so vote saves, appends, truncations and purges reach disk in the
 //! order openraft issued them, and appends are acknowledged (the
-//! `LogFlushed` callback) only once synced.
+//! `LogFlushed` callback) only once synced. The newest entries also stay in
+//! memory ([`LogTail`]): replication and apply read what was just appended
+//! from there, not back from RocksDB. The committed index is queued to the
+//! writer, not awaited (`save_committed`).
 //!
 //! [`StateMachine`] applies committed entries with the pure
 //! `apply_write`: the data changes of a whole
 //! batch of entries and the new `last_applied` go into one `WriteBatch`, so
-//! after a crash the data and the applied index always agree. Snapshots are a
-//! full copy of the group's data range taken under the state-machine lock.
+//! after a crash the data and the applied index always agree. A batch is
+//! applied right on openraft's state-machine task when every value it reads
+//! is in RocksDB's memory ([`Engine::read_cached`]: the keys just written,
+//! hot ones), and computed again from scratch on a blocking thread when one
+//! is only on disk; either way the same pure function of the same values.
+//! Snapshots are a full copy of the group's data range taken under the
+//! state-machine lock.
 //!
 //! The state machine also keeps the number of keys the group stores, updated
 //! by each applied batch and written with it (for INFO keyspace, which must
@@ -41,6 +49,7 @@ use super::command::{LogCmd, OpReply};
 use super::engine::{
     self, data_key, group_range, log_key, state_key, state_key_with, tag, Cf, DbView, Engine, Op,
 };
+use super::log_tail::LogTail;
 use super::txn::{apply_txn, blocked_by_lock, Prepared, TxnChange, TxnView};
 use super::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
@@ -86,11 +95,42 @@ fn decode_entry(gid: u64, key: &[u8], raw: &[u8]) -> Result<Entry, StorageError>
 pub struct LogStore {
     engine: Arc<Engine>,
     gid: u64,
+    /// Shared by the store and every reader cloned from it.
+    mem: Arc<LogMem>,
 }
+
+/// What the log store keeps in memory for one group.
+struct LogMem {
+    /// The newest entries, so replication and apply do not read back what
+    /// was just appended.
+    tail: std::sync::Mutex<LogTail>,
+    /// The last committed log id handed to `save_committed` (its row is
+    /// written behind, see there); `None` until the first save.
+    committed: std::sync::Mutex<Option<Option<LogId>>>,
+}
+
+/// Budget of a group's in-memory log tail: the entries a follower a little
+/// behind still needs. Older ones are read from RocksDB.
+const TAIL_MAX_ENTRIES: usize = 256;
+const TAIL_MAX_BYTES: usize = 256 << 10;
 
 impl LogStore {
     pub fn new(engine: Arc<Engine>, gid: u64) -> LogStore {
-        LogStore { engine, gid }
+        LogStore {
+            engine,
+            gid,
+            mem: Arc::new(LogMem {
+                tail: std::sync::Mutex::new(LogTail::new(TAIL_MAX_ENTRIES, TAIL_MAX_BYTES)),
+                committed: std::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    fn tail(&self) -> Result<std::sync::MutexGuard<'_, LogTail>, StorageError> {
+        self.mem
+            .tail
+            .lock()
+            .map_err(|_| read_err("the log tail lock is poisoned"))
     }
 
     async fn read_state<T: DeserializeOwned + Send + 'static>(
@@ -137,6 +177,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if start >= end {
             return Ok(Vec::new());
         }
+        // What the tail holds first: an entry below its first index is
+        // already written (the tail evicts only written entries).
+        let (split, from_tail) = self.tail()?.split(start, end);
+        if split <= start {
+            return Ok(from_tail);
+        }
         let gid = self.gid;
         let rows = self
             .engine
@@ -144,13 +190,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 db.scan(
                     Cf::Log,
                     &log_key(gid, start),
-                    &log_key(gid, end),
+                    &log_key(gid, split),
                     usize::MAX,
                 )
             })
             .await
             .map_err(read_err)?;
-        rows.iter().map(|(k, v)| decode_entry(gid, k, v)).collect()
+        let mut entries = rows
+            .iter()
+            .map(|(k, v)| decode_entry(gid, k, v))
+            .collect::<Result<Vec<_>, _>>()?;
+        entries.extend(from_tail);
+        Ok(entries)
     }
 }
 
@@ -190,12 +241,43 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_state(tag::VOTE, Format::Vote).await
     }
 
+    /// Queued, not awaited: openraft calls this in its core task before
+    /// every apply, and waiting would put the whole group behind the fsync
+    /// the writer thread may be doing. The row only saves a restarted
+    /// replica from waiting for its leader before applying what it had
+    /// committed (the applied index is written with the data, so nothing
+    /// depends on it being current); it reaches disk with the next batch.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.put_state(tag::COMMITTED, Format::Committed, &committed, false)
-            .await
+        let op = Op::Put(
+            Cf::State,
+            state_key(self.gid, tag::COMMITTED),
+            encode(Format::Committed, &committed)?,
+        );
+        if let Ok(mut saved) = self.mem.committed.lock() {
+            *saved = Some(committed);
+        }
+        let gid = self.gid;
+        self.engine.submit(
+            vec![op],
+            false,
+            Box::new(move |r| {
+                if let Err(e) = r {
+                    tracing::warn!(group = gid, "saving the committed index: {e}");
+                }
+            }),
+        );
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        if let Some(saved) = *self
+            .mem
+            .committed
+            .lock()
+            .map_err(|_| read_err("the committed lock is poisoned"))?
+        {
+            return Ok(saved);
+        }
         Ok(self
             .read_state::<Option<LogId>>(tag::COMMITTED, Format::Committed)
             .await?
@@ -212,17 +294,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut ops = Vec::new();
+        let mut kept = Vec::new();
+        let mut last = None;
         for entry in entries {
-            ops.push(Op::Put(
-                Cf::Log,
-                log_key(self.gid, entry.log_id.index),
-                encode(Format::LogEntry, &entry)?,
-            ));
+            let raw = encode(Format::LogEntry, &entry)?;
+            let index = entry.log_id.index;
+            last = Some(index);
+            kept.push((entry, raw.len()));
+            ops.push(Op::Put(Cf::Log, log_key(self.gid, index), raw));
         }
+        self.tail()?.append(kept);
+        let mem = self.mem.clone();
         self.engine.submit(
             ops,
             true,
             Box::new(move |r| {
+                if let (Ok(()), Some(last)) = (&r, last) {
+                    // Written: the tail may now let these go.
+                    if let Ok(mut tail) = mem.tail.lock() {
+                        tail.trim(last);
+                    }
+                }
                 callback.log_io_completed(r.map_err(|e| std::io::Error::other(e.to_string())))
             }),
         );
@@ -230,12 +322,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.tail()?.truncate(log_id.index);
         let (_, end) = group_range(self.gid);
         let op = Op::DeleteRange(Cf::Log, log_key(self.gid, log_id.index), end);
         self.engine.write(vec![op], true).await.map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.tail()?.purge(log_id.index);
         let ops = vec![
             Op::Put(
                 Cf::State,
@@ -504,6 +598,116 @@ fn count_prepared_after(view: &DbView, gid: u64, ops: &[Op]) -> Result<usize, St
     Ok(keys.len())
 }
 
+/// What an apply reads and moves: the state machine's in-memory state.
+#[derive(Clone)]
+struct ApplyState {
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    prepared_count: usize,
+    /// Keys stored, when known at `applied`.
+    key_count: Option<i64>,
+}
+
+/// A batch of entries applied, not yet written.
+struct Applied {
+    replies: Vec<OpReply>,
+    /// Data, transaction state, the applied index and the key count: one
+    /// `WriteBatch`.
+    ops: Vec<Op>,
+    after: ApplyState,
+}
+
+/// Apply `entries` over the group's stored state as `view` shows it: the
+/// replies and the one batch of changes, written by the caller. Pure but for
+/// the reads (so it can be run again from scratch when a cached-only view
+/// missed).
+fn compute_apply(
+    view: &DbView,
+    gid: u64,
+    entries: &[Entry],
+    before: ApplyState,
+) -> Result<Applied, StorageError> {
+    let ApplyState {
+        mut applied,
+        mut membership,
+        mut prepared_count,
+        key_count,
+    } = before;
+    let mut batch = Batch::new(view, gid);
+    let mut replies = Vec::with_capacity(entries.len());
+    let mut any_txn = false;
+    for entry in entries {
+        applied = Some(entry.log_id);
+        let index = entry.log_id.index;
+        match &entry.payload {
+            EntryPayload::Blank => replies.push(OpReply::Ok),
+            EntryPayload::Membership(m) => {
+                membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                replies.push(OpReply::Ok);
+            }
+            EntryPayload::Normal(LogCmd::Write(cmd)) => {
+                let keys = cmd.op.keys();
+                let blocked = if prepared_count > 0 || any_txn {
+                    blocked_by_lock(&keys, &mut batch)
+                } else {
+                    None
+                };
+                if let Some(reply) = blocked {
+                    replies.push(reply);
+                    continue;
+                }
+                if cmd.op.clears_group() {
+                    batch.clear();
+                }
+                let (reply, changes) = apply_write(cmd, index, &mut |k| batch.get(k));
+                for (k, v) in changes {
+                    batch.data.insert(k, v);
+                }
+                replies.push(reply);
+            }
+            EntryPayload::Normal(LogCmd::Txn(t)) => {
+                any_txn = true;
+                let (reply, changes) = apply_txn(t, index, &mut batch);
+                batch.record(changes);
+                replies.push(reply);
+            }
+        }
+    }
+    let key_count = match batch.key_delta(key_count.is_some()) {
+        KeyDelta::Unknown => None,
+        KeyDelta::By(d) => key_count.map(|n| n + d),
+        KeyDelta::Exactly(n) => Some(n),
+    };
+    let mut ops = batch.into_ops()?;
+    ops.push(Op::Put(
+        Cf::State,
+        state_key(gid, tag::APPLIED),
+        encode(Format::Applied, &(applied, membership.clone()))?,
+    ));
+    if let Some(n) = key_count {
+        ops.push(Op::Put(
+            Cf::State,
+            state_key(gid, tag::KEY_COUNT),
+            encode(Format::KeyCount, &(applied_index(&applied), n))?,
+        ));
+    }
+    if any_txn {
+        // Recount after this batch lands (the count only gates the lock
+        // check of plain writes).
+        prepared_count = count_prepared_after(view, gid, &ops)?;
+    }
+    Ok(Applied {
+        replies,
+        ops,
+        after: ApplyState {
+            applied,
+            membership,
+            prepared_count,
+            key_count,
+        },
+    })
+}
+
 /// The state machine of one group. Cloning shares it.
 #[derive(Clone)]
 pub struct StateMachine {
@@ -583,6 +787,29 @@ impl StateMachine {
         }
     }
 
+    /// Write an applied batch: data and `last_applied` in one `WriteBatch`.
+    /// Not synced: the log is, and re-applying committed entries after a
+    /// crash gives the same result. Not once the replica is closed
+    /// (removed): the fence is held while writing, so closing waits.
+    /// `blocking`: this thread may wait out a RocksDB write stall;
+    /// otherwise a write that would stall is not made (`Ok(false)`).
+    fn write_applied(
+        &self,
+        engine: &Engine,
+        ops: &[Op],
+        blocking: bool,
+    ) -> Result<bool, StorageError> {
+        let fence = self.closed.read().map_err(|_| write_err(closed_err()))?;
+        if *fence {
+            return Err(write_err(closed_err()));
+        }
+        if blocking {
+            engine.write_direct(ops).map_err(write_err)?;
+            return Ok(true);
+        }
+        engine.write_direct_unless_stalled(ops).map_err(write_err)
+    }
+
     /// Whether the group holds prepared transactions (from memory: no I/O).
     pub async fn has_prepared(&self) -> bool {
         self.inner.lock().await.prepared_count > 0
@@ -646,102 +873,55 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let mut inner = self.inner.lock().await;
         self.check_open()?;
-        let closed = self.closed.clone();
+        let before = ApplyState {
+            applied: inner.applied,
+            membership: inner.membership.clone(),
+            prepared_count: inner.prepared_count,
+            key_count: inner
+                .key_count
+                .filter(|(index, _)| *index == applied_index(&inner.applied))
+                .map(|(_, n)| n),
+        };
         let gid = inner.gid;
-        let view = inner.engine.view();
         let engine = inner.engine.clone();
-        let mut applied = inner.applied;
-        let mut membership = inner.membership.clone();
-        let mut prepared_count = inner.prepared_count;
-        let key_count = inner
+        // Computed right here from what RocksDB holds in memory (the keys
+        // just written, hot ones); when a value would have to come from
+        // disk, again on a blocking thread.
+        let inline = engine.read_cached(|view| compute_apply(view, gid, &entries, before.clone()));
+        let done = match inline {
+            Some(done) => {
+                let done = done?;
+                // An unsynced write (the WAL sync of the log runs outside
+                // RocksDB's write queue): it does not wait for an fsync.
+                // One RocksDB would stall is made on a blocking thread.
+                if !self.write_applied(&engine, &done.ops, false)? {
+                    let (sm, engine) = (self.clone(), engine.clone());
+                    let ops = done.ops.clone();
+                    tokio::task::spawn_blocking(move || sm.write_applied(&engine, &ops, true))
+                        .await
+                        .map_err(write_err)??;
+                }
+                done
+            }
+            None => {
+                let sm = self.clone();
+                tokio::task::spawn_blocking(move || {
+                    let done = compute_apply(&engine.view(), gid, &entries, before)?;
+                    sm.write_applied(&engine, &done.ops, true)?;
+                    Ok::<_, StorageError>(done)
+                })
+                .await
+                .map_err(write_err)??
+            }
+        };
+        inner.applied = done.after.applied;
+        inner.membership = done.after.membership;
+        inner.prepared_count = done.after.prepared_count;
+        inner.key_count = done
+            .after
             .key_count
-            .filter(|(index, _)| *index == applied_index(&applied))
-            .map(|(_, n)| n);
-        // Computing the changes reads the database: do it on a blocking thread.
-        let (replies, applied, membership, prepared_count, key_count) =
-            tokio::task::spawn_blocking(move || {
-                let mut batch = Batch::new(&view, gid);
-                let mut replies = Vec::with_capacity(entries.len());
-                let mut any_txn = false;
-                for entry in &entries {
-                    applied = Some(entry.log_id);
-                    let index = entry.log_id.index;
-                    match &entry.payload {
-                        EntryPayload::Blank => replies.push(OpReply::Ok),
-                        EntryPayload::Membership(m) => {
-                            membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                            replies.push(OpReply::Ok);
-                        }
-                        EntryPayload::Normal(LogCmd::Write(cmd)) => {
-                            let keys = cmd.op.keys();
-                            let blocked = if prepared_count > 0 || any_txn {
-                                blocked_by_lock(&keys, &mut batch)
-                            } else {
-                                None
-                            };
-                            if let Some(reply) = blocked {
-                                replies.push(reply);
-                                continue;
-                            }
-                            if cmd.op.clears_group() {
-                                batch.clear();
-                            }
-                            let (reply, changes) = apply_write(cmd, index, &mut |k| batch.get(k));
-                            for (k, v) in changes {
-                                batch.data.insert(k, v);
-                            }
-                            replies.push(reply);
-                        }
-                        EntryPayload::Normal(LogCmd::Txn(t)) => {
-                            any_txn = true;
-                            let (reply, changes) = apply_txn(t, index, &mut batch);
-                            batch.record(changes);
-                            replies.push(reply);
-                        }
-                    }
-                }
-                let key_count = match batch.key_delta(key_count.is_some()) {
-                    KeyDelta::Unknown => None,
-                    KeyDelta::By(d) => key_count.map(|n| n + d),
-                    KeyDelta::Exactly(n) => Some(n),
-                };
-                let mut ops = batch.into_ops()?;
-                ops.push(Op::Put(
-                    Cf::State,
-                    state_key(gid, tag::APPLIED),
-                    encode(Format::Applied, &(applied, membership.clone()))?,
-                ));
-                let key_count = key_count.map(|n| (applied_index(&applied), n));
-                if let Some((index, n)) = key_count {
-                    ops.push(Op::Put(
-                        Cf::State,
-                        state_key(gid, tag::KEY_COUNT),
-                        encode(Format::KeyCount, &(index, n))?,
-                    ));
-                }
-                if any_txn {
-                    // Recount after this batch lands (the count only gates
-                    // the lock check of plain writes).
-                    prepared_count = count_prepared_after(&view, gid, &ops)?;
-                }
-                // Data and last_applied in one batch. Not synced: the log is,
-                // and re-applying committed entries after a crash gives the
-                // same result. Not once the replica is closed (removed).
-                let fence = closed.read().map_err(|_| write_err(closed_err()))?;
-                if *fence {
-                    return Err(write_err(closed_err()));
-                }
-                engine.write_direct(&ops).map_err(write_err)?;
-                drop(fence);
-                Ok::<_, StorageError>((replies, applied, membership, prepared_count, key_count))
-            })
-            .await
-            .map_err(write_err)??;
-        inner.applied = applied;
-        inner.membership = membership;
-        inner.prepared_count = prepared_count;
-        inner.key_count = key_count;
-        Ok(replies)
+            .map(|n| (applied_index(&inner.applied), n));
+        Ok(done.replies)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
