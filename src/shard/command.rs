@@ -154,6 +154,20 @@ pub enum WriteOp {
 }
 
 impl WriteOp {
+    /// Bytes this write carries (keys and values), for batch sizing.
+    pub fn value_len(&self) -> usize {
+        let keys: usize = self.keys().iter().map(|k| k.len()).sum();
+        let values = match self {
+            WriteOp::Set { value, .. }
+            | WriteOp::Append { value, .. }
+            | WriteOp::SetRange { value, .. } => value.len(),
+            WriteOp::MSet { pairs, .. } => pairs.iter().map(|(_, v)| v.len()).sum(),
+            WriteOp::IncrByFloat { by, .. } => by.len(),
+            _ => 0,
+        };
+        keys.saturating_add(values)
+    }
+
     pub fn keys(&self) -> Vec<&Bytes> {
         match self {
             WriteOp::Set { key, .. }
@@ -250,6 +264,10 @@ impl ReadOp {
 pub enum LogCmd {
     Write(WriteCmd),
     Txn(TxnEntry),
+    /// Plain writes of several clients proposed together by the leader
+    /// (`shard::proposer`): applied in order, each as if it were its own
+    /// entry; the reply is an array of their replies.
+    Batch(Vec<WriteCmd>),
 }
 
 /// A shard's answer, turned into a RESP reply by the router.

@@ -175,6 +175,36 @@ fn log_entry_mset() {
 }
 
 #[test]
+fn log_entry_batch_of_writes() {
+    let set = |k: &str| WriteCmd {
+        now_ms: 5,
+        op: WriteOp::Set {
+            key: b(k),
+            value: b("v"),
+            expiry: Expiry::Clear,
+            cond: SetCond::Always,
+            get: false,
+        },
+    };
+    golden(
+        Format::LogEntry,
+        &entry(
+            46,
+            EntryPayload::Normal(LogCmd::Batch(vec![set("a"), set("b")])),
+        ),
+        concat!(
+            "0101",     // version 1, kind 1 (log entry)
+            "03 01 2e", // log id: term 3, node 1, index 46
+            "01",       // EntryPayload::Normal
+            "02",       // LogCmd::Batch
+            "02",       // two writes
+            "05 00 0161 0176 00 00 00",
+            "05 00 0162 0176 00 00 00",
+        ),
+    );
+}
+
+#[test]
 fn log_entry_transaction_prepare_and_commit() {
     golden(
         Format::LogEntry,

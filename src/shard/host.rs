@@ -22,6 +22,7 @@ use super::engine::{
     data_key, group_range, state_key, state_key_with, tag, Cf, DbView, Engine, EngineError, Op,
 };
 use super::network::{NetworkFactory, Transport};
+use super::proposer;
 use super::store::{destroy_group, LogStore, StateMachine};
 use super::types::{NodeId, Raft};
 use super::value::Corrupt;
@@ -44,6 +45,9 @@ pub struct Replica {
     /// that overlapped the deletion must not be answered (found by the chaos
     /// harness: a GET on the leader that was just moved off answered nil).
     removed: std::sync::atomic::AtomicBool,
+    /// Plain writes waiting to be proposed together.
+    proposer: Arc<proposer::Proposer>,
+    target: proposer::Target,
 }
 
 impl Replica {
@@ -308,12 +312,20 @@ impl Host {
         .await
         .map_err(|e| ShardError::Storage(format!("cannot start group {gid}: {e}")))?;
         spawn_leader_logger(gid, raft.clone());
+        let (node_id, transport) = (self.node_id, self.transport.clone());
+        let target = proposer::Target {
+            raft: raft.clone(),
+            write_timeout: self.config.write_timeout,
+            not_leader: Arc::new(move |leader, node| not_leader(node_id, &transport, leader, node)),
+        };
         let replica = Arc::new(Replica {
             record,
             raft,
             sm,
             reads: ReadBatcher::default(),
             removed: Default::default(),
+            proposer: Arc::default(),
+            target,
         });
         if let Ok(mut map) = self.replicas.write() {
             map.insert(gid, replica.clone());
@@ -395,7 +407,10 @@ impl Host {
         let max_reply = max_reply.min(limits.max_reply_len);
         match req {
             ShardRequest::Write(mut cmd) => match admit(&mut cmd.op, &limits) {
-                Ok(()) => self.propose(replica, LogCmd::Write(cmd)).await,
+                Ok(()) => {
+                    self.check_leader(replica)?;
+                    replica.proposer.submit(&replica.target, cmd).await
+                }
                 Err(refused) => Ok(refused),
             },
             ShardRequest::Txn(mut entry) => match entry.admit(&limits) {
@@ -627,11 +642,22 @@ impl Host {
     }
 
     fn not_leader(&self, leader: Option<NodeId>, node: Option<BasicNode>) -> ShardError {
-        let leader = leader.filter(|l| *l != self.node_id);
-        ShardError::NotLeader {
-            leader,
-            addr: leader.and_then(|l| self.transport.peer_addr(l).or_else(|| node.map(|n| n.addr))),
-        }
+        not_leader(self.node_id, &self.transport, leader, node)
+    }
+}
+
+/// `NotLeader` naming the leader (never this node) and its address as this
+/// node knows it (etcd's member list first, the Raft membership second).
+fn not_leader(
+    me: NodeId,
+    transport: &Transport,
+    leader: Option<NodeId>,
+    node: Option<BasicNode>,
+) -> ShardError {
+    let leader = leader.filter(|l| *l != me);
+    ShardError::NotLeader {
+        leader,
+        addr: leader.and_then(|l| transport.peer_addr(l).or_else(|| node.map(|n| n.addr))),
     }
 }
 

@@ -31,6 +31,7 @@ pub mod engine;
 pub mod host;
 pub mod log_tail;
 pub mod network;
+pub mod proposer;
 pub mod purger;
 pub mod service;
 pub mod snapshot;

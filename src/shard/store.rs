@@ -45,7 +45,7 @@ use tokio::sync::Mutex;
 
 use super::apply::apply_write;
 use super::codec::{self, Format};
-use super::command::{LogCmd, OpReply};
+use super::command::{LogCmd, OpReply, WriteCmd};
 use super::engine::{
     self, data_key, group_range, log_key, state_key, state_key_with, tag, Cf, DbView, Engine, Op,
 };
@@ -646,24 +646,16 @@ fn compute_apply(
                 replies.push(OpReply::Ok);
             }
             EntryPayload::Normal(LogCmd::Write(cmd)) => {
-                let keys = cmd.op.keys();
-                let blocked = if prepared_count > 0 || any_txn {
-                    blocked_by_lock(&keys, &mut batch)
-                } else {
-                    None
-                };
-                if let Some(reply) = blocked {
-                    replies.push(reply);
-                    continue;
-                }
-                if cmd.op.clears_group() {
-                    batch.clear();
-                }
-                let (reply, changes) = apply_write(cmd, index, &mut |k| batch.get(k));
-                for (k, v) in changes {
-                    batch.data.insert(k, v);
-                }
-                replies.push(reply);
+                let locks = prepared_count > 0 || any_txn;
+                replies.push(apply_plain_write(cmd, index, locks, &mut batch));
+            }
+            EntryPayload::Normal(LogCmd::Batch(cmds)) => {
+                let locks = prepared_count > 0 || any_txn;
+                let each = cmds
+                    .iter()
+                    .map(|cmd| apply_plain_write(cmd, index, locks, &mut batch))
+                    .collect();
+                replies.push(OpReply::Array(each));
             }
             EntryPayload::Normal(LogCmd::Txn(t)) => {
                 any_txn = true;
@@ -706,6 +698,25 @@ fn compute_apply(
             key_count,
         },
     })
+}
+
+/// Apply one plain write (alone or in a batch) over `batch`: refused while
+/// one of its keys is locked by a prepared transaction (checked only when
+/// `locks` says some may be), otherwise applied. Its reply.
+fn apply_plain_write(cmd: &WriteCmd, index: u64, locks: bool, batch: &mut Batch) -> OpReply {
+    if locks {
+        if let Some(reply) = blocked_by_lock(&cmd.op.keys(), batch) {
+            return reply;
+        }
+    }
+    if cmd.op.clears_group() {
+        batch.clear();
+    }
+    let (reply, changes) = apply_write(cmd, index, &mut |k| batch.get(k));
+    for (k, v) in changes {
+        batch.data.insert(k, v);
+    }
+    reply
 }
 
 /// The state machine of one group. Cloning shares it.

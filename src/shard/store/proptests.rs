@@ -326,6 +326,8 @@ fn write_cmd(float: bool, whole_group: bool) -> impl Strategy<Value = WriteCmd> 
 enum Step {
     Write(WriteCmd),
     Txn(TxnEntry),
+    /// Writes the leader proposed together.
+    Batch(Vec<WriteCmd>),
     Blank,
 }
 
@@ -355,6 +357,7 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         12 => write_cmd(true, true).prop_map(Step::Write),
         3 => txn_entry().prop_map(Step::Txn),
+        2 => vec(write_cmd(true, true), 1..5).prop_map(Step::Batch),
         1 => Just(Step::Blank),
     ]
 }
@@ -369,6 +372,7 @@ fn entries(steps: &[Step]) -> Vec<Entry> {
             payload: match s {
                 Step::Write(w) => EntryPayload::Normal(LogCmd::Write(w.clone())),
                 Step::Txn(t) => EntryPayload::Normal(LogCmd::Txn(t.clone())),
+                Step::Batch(b) => EntryPayload::Normal(LogCmd::Batch(b.clone())),
                 Step::Blank => EntryPayload::Blank,
             },
         })
@@ -417,6 +421,42 @@ fn the_same_log_gives_the_same_state_whatever_the_batches() {
             // What was written is what a restarted node loads.
             let mut reopened = env.open(a.gid).await;
             prop_assert_eq!(&reopened.state(env).await?, &state_a);
+            Ok(())
+        })
+    });
+}
+
+/// A batch entry gives each write the reply it would get as its own entry,
+/// and leaves the same values and expiries (only the versions, the entry's
+/// index, differ).
+#[test]
+fn a_batch_is_its_writes_one_by_one() {
+    let env = Env::new();
+    let strategy = vec(write_cmd(true, false), 1..12);
+    env.run(256, strategy, |env, writes| {
+        env.rt.block_on(async {
+            let one_by_one: Vec<Entry> = entries(
+                &writes
+                    .iter()
+                    .map(|w| Step::Write(w.clone()))
+                    .collect::<Vec<_>>(),
+            );
+            let batched = entries(&[Step::Batch(writes.clone())]);
+            let mut a = env.fresh().await;
+            let mut b = env.fresh().await;
+            let replies_a = a.apply(&one_by_one).await;
+            let replies_b = b.apply(&batched).await;
+            prop_assert_eq!(replies_b, vec![OpReply::Array(replies_a)]);
+            let values = |rows: Rows| -> Vec<(Vec<u8>, Bytes, u64)> {
+                rows.data
+                    .into_iter()
+                    .map(|(k, raw)| {
+                        let s = Stored::decode(&raw).expect("a stored value");
+                        (k, s.data, s.expire_at_ms)
+                    })
+                    .collect()
+            };
+            prop_assert_eq!(values(a.rows(env)), values(b.rows(env)));
             Ok(())
         })
     });

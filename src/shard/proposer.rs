@@ -1,0 +1,159 @@
+//! Proposal batching on a group's leader: the plain writes waiting for the
+//! group, from any number of router connections, become one Raft entry.
+//!
+//! A write joins the group's queue. At most [`MAX_RUNNING`] proposers run
+//! per group; a write that finds fewer running starts one (a task), and a
+//! proposer takes everything queued (up to [`MAX_BATCH`] writes or
+//! [`MAX_BATCH_BYTES`]), proposes it as one `LogCmd::Batch` entry (a lone
+//! write stays a `LogCmd::Write`), hands each write its own reply, and goes
+//! on while the queue is not empty. No timer: under no load a write is
+//! proposed at once; under load the batch is whatever arrived while the
+//! previous proposals were in flight, so batches grow with the load.
+//!
+//! The state machine applies a batch's writes in order, each exactly as if
+//! it were its own entry (its own lock check, its own reply); only the
+//! version stamped on the keys (the entry's index) is shared.
+//! An error of the whole proposal (not the leader, timeout, outcome
+//! unknown) is every write's answer.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::oneshot;
+
+use super::command::{LogCmd, OpReply, WriteCmd};
+use super::types::{NodeId, Raft};
+use super::ShardError;
+
+/// Proposals in flight per group at most.
+pub const MAX_RUNNING: usize = 2;
+/// Writes in one entry at most.
+pub const MAX_BATCH: usize = 256;
+/// An entry stops growing past this many bytes of values (a single write
+/// of any admitted size still goes alone).
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+
+type Reply = Result<OpReply, ShardError>;
+
+/// Turns openraft's "forward to leader" into the node's `NotLeader` error
+/// (with the leader's address as this node knows it).
+pub type NotLeaderFn =
+    Arc<dyn Fn(Option<NodeId>, Option<openraft::BasicNode>) -> ShardError + Send + Sync>;
+
+/// What a proposer needs of its group.
+#[derive(Clone)]
+pub struct Target {
+    pub raft: Raft,
+    pub write_timeout: Duration,
+    pub not_leader: NotLeaderFn,
+}
+
+#[derive(Default)]
+struct State {
+    queue: Vec<(WriteCmd, oneshot::Sender<Reply>)>,
+    running: usize,
+}
+
+/// One group's queue of writes waiting to be proposed.
+#[derive(Default)]
+pub struct Proposer {
+    state: Mutex<State>,
+}
+
+impl Proposer {
+    /// Propose `cmd` (already admitted, on a node that believes it leads)
+    /// with whatever else is waiting, and wait for its own reply.
+    pub async fn submit(self: &Arc<Self>, target: &Target, cmd: WriteCmd) -> Reply {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut s = self
+                .state
+                .lock()
+                .map_err(|_| ShardError::Unavailable("proposal queue poisoned".into()))?;
+            s.queue.push((cmd, tx));
+            let start = s.running < MAX_RUNNING;
+            if start {
+                s.running += 1;
+            }
+            start
+        };
+        if start {
+            tokio::spawn(run(self.clone(), target.clone()));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(ShardError::OutcomeUnknown(
+                "the proposal carrying this write was abandoned".into(),
+            ))
+        })
+    }
+
+    /// The next batch, or `None` (and this proposer stops) when the queue
+    /// is empty.
+    fn next_batch(&self) -> Option<Vec<(WriteCmd, oneshot::Sender<Reply>)>> {
+        let mut s = self.state.lock().ok()?;
+        if s.queue.is_empty() {
+            s.running -= 1;
+            return None;
+        }
+        let mut bytes = 0usize;
+        let mut take = 0;
+        for (cmd, _) in s.queue.iter() {
+            if take > 0 && (take >= MAX_BATCH || bytes >= MAX_BATCH_BYTES) {
+                break;
+            }
+            bytes = bytes.saturating_add(cmd.op.value_len());
+            take += 1;
+        }
+        Some(s.queue.drain(..take).collect())
+    }
+}
+
+/// A proposer: batches until the queue is empty.
+async fn run(proposer: Arc<Proposer>, target: Target) {
+    while let Some(batch) = proposer.next_batch() {
+        let (cmds, waiters): (Vec<WriteCmd>, Vec<_>) = batch.into_iter().unzip();
+        let n = cmds.len();
+        let entry = if n == 1 {
+            LogCmd::Write(cmds.into_iter().next().expect("one write"))
+        } else {
+            LogCmd::Batch(cmds)
+        };
+        let result = propose(&target, entry).await;
+        match result {
+            Ok(OpReply::Array(replies)) if n > 1 && replies.len() == n => {
+                for (w, r) in waiters.into_iter().zip(replies) {
+                    let _ = w.send(Ok(r));
+                }
+            }
+            Ok(reply) if n == 1 => {
+                for w in waiters {
+                    let _ = w.send(Ok(reply.clone()));
+                }
+            }
+            Ok(other) => {
+                let e = ShardError::Storage(format!("a batch of {n} writes answered {other:?}"));
+                for w in waiters {
+                    let _ = w.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                for w in waiters {
+                    let _ = w.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn propose(target: &Target, entry: LogCmd) -> Reply {
+    match tokio::time::timeout(target.write_timeout, target.raft.client_write(entry)).await {
+        Err(_) => Err(ShardError::Timeout),
+        Ok(Ok(resp)) => Ok(resp.data),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            Err((target.not_leader)(f.leader_id, f.leader_node))
+        }
+        // The entry may have been appended before the failure.
+        Ok(Err(e)) => Err(ShardError::OutcomeUnknown(e.to_string())),
+    }
+}
