@@ -116,6 +116,24 @@ fn output_limit_checked_per_reply(addr: &str, router: &mut Proc) {
     for _ in 0..8 {
         assert!(c.read_reply().expect("a reply") == expected);
     }
+    // Small and big values mixed: reads share the budget (64 KiB each at
+    // least), a value bigger than its share is read again, and every reply
+    // comes back whole and in order.
+    assert_eq!(c.cmd(&[b"SET", b"out:small", b"s"]), b"+OK\r\n");
+    let small = encode(&[b"GET", b"out:small"]);
+    let mut mixed = Vec::new();
+    for i in 0..48 {
+        mixed.extend_from_slice(if i % 3 == 1 { &get } else { &small });
+    }
+    c.send_raw(&mixed);
+    for i in 0..48 {
+        let reply = c.read_reply().expect("a reply");
+        if i % 3 == 1 {
+            assert!(reply == expected, "reply {i} is not the big value");
+        } else {
+            assert_eq!(reply, b"$1\r\ns\r\n", "reply {i}");
+        }
+    }
 
     let pid = router.pid();
     let (rss_before, peak_before) = (status_kib(pid, "VmRSS"), status_kib(pid, "VmHWM"));

@@ -17,10 +17,16 @@
 //!
 //! Replies are bounded as they are produced: the connection passes what is
 //! left of its output budget (`max_output_len` minus the replies the client
-//! has not read), a group admits requests only while the worst case of
-//! their replies fits it (a value read counts `max_value_len`), and
-//! execution stops once the replies produced have spent it. So a pipeline of
-//! big reads runs a few at a time, never 512 at once.
+//! has not read), and execution stops once the replies produced have spent
+//! it. A group that writes admits requests only while the worst case of
+//! their replies fits (a value read counts `max_value_len`: a write is never
+//! run twice). A group of reads counts each GET or MGET value at a 64 KiB
+//! share instead, and each read is sent with its share of the budget as its
+//! reply limit, which the node enforces; a read whose value is bigger than
+//! its share is refused by the node, and it and the reads after it run
+//! again (reads: nothing changes), the first of them alone with the whole
+//! budget. So a pipeline of small GETs runs 512 at a time, and one of big
+//! values still never holds more than the budget.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -59,42 +65,68 @@ impl Session {
     ) -> Vec<(Reply, After)> {
         let max_value = self.shared.config.max_value_len;
         let mut out: Vec<(Reply, After)> = Vec::new();
-        let mut group: Vec<(usize, Plan)> = Vec::new();
-        // Bytes of the replies produced, and the worst case of the group's.
-        let (mut used, mut reserved) = (0usize, 0usize);
-        while let Some(parts) = pending.front() {
-            match self.single_shard_plan(parts) {
-                Some(plan) => {
-                    let bound = reply_bound(&plan, max_value);
-                    if !out.is_empty()
-                        && used.saturating_add(reserved).saturating_add(bound) > budget
-                    {
-                        break;
-                    }
-                    pending.pop_front();
-                    reserved = reserved.saturating_add(bound);
+        let mut group = Group::default();
+        // Bytes of the replies produced.
+        let mut used = 0usize;
+        loop {
+            let next = pending
+                .front()
+                .and_then(|parts| self.single_shard_plan(parts));
+            let mut stop = pending.is_empty();
+            if let Some(plan) = next {
+                let bounds = Bounds::of(&plan, max_value);
+                if out.is_empty() || used.saturating_add(group.need_with(&plan, bounds)) <= budget {
+                    let parts = pending.pop_front().expect("a pending request");
                     out.push((Reply::Nil, After::Continue));
-                    group.push((out.len() - 1, plan));
+                    group.push(out.len() - 1, plan, parts, bounds);
+                    continue;
                 }
-                None => {
-                    used += self.flush_group(&mut group, &mut out).await;
-                    reserved = 0;
+                stop = true;
+            }
+            // The group ends here: run it.
+            match self
+                .flush_group(&mut group, &mut out, budget.saturating_sub(used))
+                .await
+            {
+                Flushed::Done(size) => used = used.saturating_add(size),
+                Flushed::Refused { first, back } => {
+                    // Reads whose value passed their share: the first of
+                    // them and everything after it go back to the queue
+                    // (reads: running them again changes nothing), and the
+                    // first runs alone with the whole budget if it led the
+                    // group; otherwise it leads the next group.
+                    out.truncate(out.len() - back.len());
+                    used = out
+                        .iter()
+                        .fold(0usize, |n, (r, _)| n.saturating_add(r.size_hint()));
+                    for parts in back.into_iter().rev() {
+                        pending.push_front(parts);
+                    }
+                    if first {
+                        let parts = pending.pop_front().expect("the refused read");
+                        let (reply, after) = self.handle(parts).await;
+                        used = used.saturating_add(reply.size_hint());
+                        out.push((reply, after));
+                    }
                     if !out.is_empty() && used >= budget {
                         break;
                     }
-                    let Some(parts) = pending.pop_front() else {
-                        break;
-                    };
-                    let (reply, after) = self.handle(parts).await;
-                    used += reply.size_hint();
-                    out.push((reply, after));
-                    if after == After::Close {
-                        return out;
-                    }
+                    continue;
                 }
             }
+            if stop || (!out.is_empty() && used >= budget) {
+                break;
+            }
+            let Some(parts) = pending.pop_front() else {
+                break;
+            };
+            let (reply, after) = self.handle(parts).await;
+            used = used.saturating_add(reply.size_hint());
+            out.push((reply, after));
+            if after == After::Close {
+                return out;
+            }
         }
-        self.flush_group(&mut group, &mut out).await;
         out
     }
 
@@ -116,18 +148,90 @@ impl Session {
         (plan.parts.len() == 1).then_some(plan)
     }
 
-    /// Run the group, filling its replies into `out`; returns their size.
+    /// Run the group, filling its replies into `out`. A group of reads
+    /// only gives each read a share of `left` (its bound at
+    /// [`READ_SHARE`] per value, scaled up to `left`); if a read's value
+    /// passes its share, the replies from it on are not kept
+    /// ([`Flushed::Refused`]).
     async fn flush_group(
         &self,
-        group: &mut Vec<(usize, Plan)>,
+        group: &mut Group,
         out: &mut [(Reply, After)],
-    ) -> usize {
-        if group.is_empty() {
-            return 0;
+        left: usize,
+    ) -> Flushed {
+        let group = std::mem::take(group);
+        if group.plans.is_empty() {
+            return Flushed::Done(0);
         }
-        let slots: Vec<usize> = group.iter().map(|(i, _)| *i).collect();
-        self.run_group(std::mem::take(group), out).await;
-        slots.into_iter().map(|i| out[i].0.size_hint()).sum()
+        let slots: Vec<usize> = group.plans.iter().map(|(i, _)| *i).collect();
+        let first_slot = slots[0];
+        let refused = if group.writes || group.plans.len() == 1 {
+            self.run_group(group.plans, out).await;
+            None
+        } else {
+            let shares: Vec<usize> = group
+                .share_bounds
+                .iter()
+                .map(|b| (*b as u128 * left as u128 / group.shares.max(1) as u128) as usize)
+                .collect();
+            self.run_reads(group.plans, &shares, out).await
+        };
+        match refused {
+            None => Flushed::Done(slots.into_iter().map(|i| out[i].0.size_hint()).sum()),
+            Some(slot) => {
+                let at = slots.iter().position(|s| *s == slot).unwrap_or(0);
+                Flushed::Refused {
+                    first: slot == first_slot,
+                    back: group.parts.into_iter().skip(at).collect(),
+                }
+            }
+        }
+    }
+
+    /// Reads of one group, each on its shard with its reply share, all at
+    /// once. Returns the first slot (in request order) whose value passed
+    /// its share.
+    async fn run_reads(
+        &self,
+        plans: Vec<(usize, Plan)>,
+        shares: &[usize],
+        out: &mut [(Reply, After)],
+    ) -> Option<usize> {
+        self.shared
+            .commands_processed
+            .fetch_add(plans.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let reads = plans.iter().zip(shares).map(|((i, p), share)| async move {
+            let part = &p.parts[0];
+            let TxnOp::Read(op) = &part.op else {
+                return (
+                    *i,
+                    Err(Reply::error("ERR internal: a write in a read group")),
+                );
+            };
+            let req = self.read_with(op.clone(), p.stale_ok);
+            let r = self
+                .shared
+                .client
+                .execute_bounded(&p.table, part.shard, req, (*share).max(1))
+                .await;
+            (*i, r.map_err(cluster_err))
+        });
+        let mut refused = None;
+        for ((i, r), (_, p)) in futures::future::join_all(reads)
+            .await
+            .into_iter()
+            .zip(&plans)
+        {
+            out[i].0 = match r {
+                Ok(OpReply::Error(e)) if e.starts_with("ERR reply too large") => {
+                    refused = Some(refused.map_or(i, |f: usize| f.min(i)));
+                    Reply::Error(e)
+                }
+                Ok(r) => op_reply(merge(&p.merge, vec![r])),
+                Err(reply) => reply,
+            };
+        }
+        refused
     }
 
     async fn run_group(&self, plans: Vec<(usize, Plan)>, out: &mut [(Reply, After)]) {
@@ -221,6 +325,91 @@ impl Session {
         }))
         .await
     }
+}
+
+/// A read of a stored value in a group of reads counts this much at least
+/// (its share of the output budget); a value bigger than its share is read
+/// again alone.
+const READ_SHARE: usize = 64 * 1024;
+
+/// What a group's replies may take.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    /// With every value at the largest a key may hold.
+    worst: usize,
+    /// With every value at [`READ_SHARE`] (reads only).
+    share: usize,
+    writes: bool,
+}
+
+impl Bounds {
+    fn of(plan: &Plan, max_value: usize) -> Bounds {
+        Bounds {
+            worst: reply_bound(plan, max_value),
+            share: share_bound(plan, max_value),
+            writes: !plan.is_read_only(),
+        }
+    }
+}
+
+/// Requests grouped so far: their slots in the replies, plans, requests and
+/// bounds.
+#[derive(Default)]
+struct Group {
+    plans: Vec<(usize, Plan)>,
+    parts: Vec<Vec<Bytes>>,
+    share_bounds: Vec<usize>,
+    worst: usize,
+    shares: usize,
+    writes: bool,
+}
+
+impl Group {
+    /// The budget the group would need with `plan` added: reads only are
+    /// bounded by their shares (a value over its share is read again), a
+    /// group that writes by the worst case (a write is never run twice).
+    fn need_with(&self, _plan: &Plan, b: Bounds) -> usize {
+        if self.writes || b.writes {
+            self.worst.saturating_add(b.worst)
+        } else {
+            self.shares.saturating_add(b.share)
+        }
+    }
+
+    fn push(&mut self, slot: usize, plan: Plan, parts: Vec<Bytes>, b: Bounds) {
+        self.plans.push((slot, plan));
+        self.parts.push(parts);
+        self.share_bounds.push(b.share);
+        self.worst = self.worst.saturating_add(b.worst);
+        self.shares = self.shares.saturating_add(b.share);
+        self.writes |= b.writes;
+    }
+}
+
+/// How a group ran.
+enum Flushed {
+    /// Every reply is in place; their size.
+    Done(usize),
+    /// A read's value passed its share: the requests from it on (`back`)
+    /// must run again; `first` when it led the group.
+    Refused { first: bool, back: Vec<Vec<Bytes>> },
+}
+
+/// [`reply_bound`] with the values the node bounds by the request's own
+/// limit (GET, MGET: it refuses a bigger reply) at [`READ_SHARE`].
+fn share_bound(plan: &Plan, max_value: usize) -> usize {
+    let share = READ_SHARE.min(max_value).max(SMALL_REPLY);
+    plan.parts
+        .iter()
+        .map(|part| match &part.op {
+            TxnOp::Read(ReadOp::Get { .. }) => share,
+            TxnOp::Read(ReadOp::MGet { keys }) => share.saturating_mul(keys.len()),
+            _ => reply_bound(
+                &Plan::new(plan.table.clone(), vec![part.clone()], plan.merge.clone()),
+                max_value,
+            ),
+        })
+        .fold(0, usize::saturating_add)
 }
 
 /// The most bytes `plan`'s reply can take: a stored value counts as
