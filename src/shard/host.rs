@@ -451,31 +451,12 @@ impl Host {
             }
             ShardRequest::ReadVersions { keys, now_ms: _ } => {
                 self.linearize(replica).await?;
+                // Point reads too: from memory here when they can be.
+                if let Some(reply) = self.engine.read_cached(|db| read_versions(db, gid, &keys)) {
+                    return reply;
+                }
                 self.engine
-                    .read(move |db| {
-                        let mut lookups = Vec::with_capacity(keys.len() * 2);
-                        for k in &keys {
-                            lookups.push((Cf::Data, data_key(gid, k)));
-                            lookups.push((Cf::State, state_key_with(gid, tag::LOCK, k)));
-                        }
-                        let found = db.get_many(&lookups)?;
-                        let mut rows = Vec::with_capacity(keys.len());
-                        for (key, pair) in keys.iter().zip(found.chunks(2)) {
-                            // The router decodes it: check it here first.
-                            if let Some(raw) = &pair[0] {
-                                if let Err(c) = Corrupt::check(gid, key, raw) {
-                                    return Ok(Err(ShardError::from(c)));
-                                }
-                            }
-                            rows.push(OpReply::Array(vec![
-                                pair[0].as_ref().map_or(OpReply::Nil, |raw| {
-                                    OpReply::Bulk(Bytes::copy_from_slice(raw))
-                                }),
-                                OpReply::Int(pair[1].is_some() as i64),
-                            ]));
-                        }
-                        Ok(Ok(OpReply::Array(rows)))
-                    })
+                    .read(move |db| Ok(read_versions(db, gid, &keys)))
                     .await?
             }
         }
@@ -661,8 +642,33 @@ fn not_leader(
     }
 }
 
-/// Serve a read on a blocking thread: point reads through [`apply_read`],
-/// SCAN and DBSIZE by iterating the group's data range. Replies stay within
+/// Each key's stored value (as stored: the router decodes it, after this
+/// node checked it) and whether a transaction locks it, from one snapshot.
+fn read_versions(db: &DbView, gid: u64, keys: &[Bytes]) -> Result<OpReply, ShardError> {
+    let mut lookups = Vec::with_capacity(keys.len() * 2);
+    for k in keys {
+        lookups.push((Cf::Data, data_key(gid, k)));
+        lookups.push((Cf::State, state_key_with(gid, tag::LOCK, k)));
+    }
+    let found = db.get_many(&lookups)?;
+    let mut rows = Vec::with_capacity(keys.len());
+    for (key, pair) in keys.iter().zip(found.chunks(2)) {
+        if let Some(raw) = &pair[0] {
+            Corrupt::check(gid, key, raw)?;
+        }
+        rows.push(OpReply::Array(vec![
+            pair[0].as_ref().map_or(OpReply::Nil, |raw| {
+                OpReply::Bulk(Bytes::copy_from_slice(raw))
+            }),
+            OpReply::Int(pair[1].is_some() as i64),
+        ]));
+    }
+    Ok(OpReply::Array(rows))
+}
+
+/// Serve a read from `db` (a blocking thread's view, or a cached-only one
+/// on the request's task for point reads): point reads through
+/// [`apply_read`], SCAN and DBSIZE by iterating the group's data range. Replies stay within
 /// `max_reply` bytes (a SCAN page ends there, an MGET is refused). A value
 /// that does not decode is [`ShardError::Corrupt`], never an absent key, an
 /// empty value or a count that stops short.

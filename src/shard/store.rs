@@ -133,6 +133,40 @@ impl LogStore {
             .map_err(|_| read_err("the log tail lock is poisoned"))
     }
 
+    /// Keep `entries` in the tail and queue them to the writer, synced;
+    /// `done` runs once they are on disk (the tail may then let them go).
+    fn append_then(
+        &self,
+        entries: impl IntoIterator<Item = Entry>,
+        done: impl FnOnce(Result<(), engine::EngineError>) + Send + 'static,
+    ) -> Result<(), StorageError> {
+        let mut ops = Vec::new();
+        let mut kept = Vec::new();
+        let mut last = None;
+        for entry in entries {
+            let raw = encode(Format::LogEntry, &entry)?;
+            let index = entry.log_id.index;
+            last = Some(index);
+            kept.push((entry, raw.len()));
+            ops.push(Op::Put(Cf::Log, log_key(self.gid, index), raw));
+        }
+        self.tail()?.append(kept);
+        let mem = self.mem.clone();
+        self.engine.submit(
+            ops,
+            true,
+            Box::new(move |r| {
+                if let (Ok(()), Some(last)) = (&r, last) {
+                    if let Ok(mut tail) = mem.tail.lock() {
+                        tail.trim(last);
+                    }
+                }
+                done(r)
+            }),
+        );
+        Ok(())
+    }
+
     async fn read_state<T: DeserializeOwned + Send + 'static>(
         &self,
         t: u8,
@@ -293,32 +327,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut ops = Vec::new();
-        let mut kept = Vec::new();
-        let mut last = None;
-        for entry in entries {
-            let raw = encode(Format::LogEntry, &entry)?;
-            let index = entry.log_id.index;
-            last = Some(index);
-            kept.push((entry, raw.len()));
-            ops.push(Op::Put(Cf::Log, log_key(self.gid, index), raw));
-        }
-        self.tail()?.append(kept);
-        let mem = self.mem.clone();
-        self.engine.submit(
-            ops,
-            true,
-            Box::new(move |r| {
-                if let (Ok(()), Some(last)) = (&r, last) {
-                    // Written: the tail may now let these go.
-                    if let Ok(mut tail) = mem.tail.lock() {
-                        tail.trim(last);
-                    }
-                }
-                callback.log_io_completed(r.map_err(|e| std::io::Error::other(e.to_string())))
-            }),
-        );
-        Ok(())
+        self.append_then(entries, move |r| {
+            callback.log_io_completed(r.map_err(|e| std::io::Error::other(e.to_string())))
+        })
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -1130,6 +1141,68 @@ mod tests {
             let sm = StateMachine::open(engine, 7).await?;
             Ok((dir, log, sm))
         }
+    }
+
+    fn blank(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    async fn append(log: &LogStore, entries: impl IntoIterator<Item = Entry>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        log.append_then(entries, move |r| {
+            let _ = tx.send(r);
+        })
+        .unwrap();
+        rx.await.unwrap().unwrap();
+    }
+
+    /// (term, index) of each entry.
+    fn ids(entries: &[Entry]) -> Vec<(u64, u64)> {
+        entries
+            .iter()
+            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+            .collect()
+    }
+
+    /// Reads that straddle the tail's first index get the stored part from
+    /// RocksDB and the rest from the tail, and agree with a store that
+    /// reads everything from RocksDB, before and after a truncation.
+    #[tokio::test]
+    async fn reads_stitch_the_stored_log_and_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(Engine::open(dir.path(), false).unwrap());
+        let mut log = LogStore::new(engine.clone(), 7);
+        for start in (1..=600).step_by(10) {
+            append(&log, (start..start + 10).map(|i| blank(1, i))).await;
+        }
+        let first = log.tail().unwrap().first_index().unwrap();
+        assert!(first > 1 && first <= 600 - TAIL_MAX_ENTRIES as u64 + 1);
+        // An empty tail: everything from RocksDB.
+        let mut stored = LogStore::new(engine.clone(), 7);
+        let ranges = [(1, 601), (first - 5, first + 5), (first, 601), (590, 700)];
+        for (a, b) in ranges {
+            let got = log.try_get_log_entries(a..b).await.unwrap();
+            let want = stored.try_get_log_entries(a..b).await.unwrap();
+            assert_eq!(ids(&got), ids(&want));
+            let indices: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
+            assert_eq!(indices, (a..b.min(601)).collect::<Vec<_>>());
+        }
+        // A new leader's entries replace the end of the log.
+        log.truncate(blank(1, 595).log_id).await.unwrap();
+        append(&log, (595..605).map(|i| blank(2, i))).await;
+        for (a, b) in ranges {
+            let got = log.try_get_log_entries(a..b).await.unwrap();
+            assert_eq!(
+                ids(&got),
+                ids(&stored.try_get_log_entries(a..b).await.unwrap())
+            );
+        }
+        let end = log.try_get_log_entries(590..700).await.unwrap();
+        assert_eq!(ids(&end)[4..6], [(1, 594), (2, 595)]);
+        assert_eq!(end.len(), 15);
     }
 
     #[test]
