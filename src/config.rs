@@ -32,8 +32,8 @@ pub struct RouterConfig {
     /// Largest value a key may hold (bytes).
     pub max_value_len: usize,
     /// Replies a client may leave unread (bytes) before it is disconnected.
-    /// Also what a pipeline may have in flight: big reads run
-    /// `max_output_len / max_value_len` at a time.
+    /// Also what a pipeline may have in flight (`resp::pipeline`: reads
+    /// take a share of it each, writes count their worst case).
     pub max_output_len: usize,
     /// Unparsed input a client may have buffered (bytes) before it is
     /// disconnected (Redis `client-query-buffer-limit`).
