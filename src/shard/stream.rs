@@ -283,10 +283,15 @@ mod tests {
     };
     use crate::shard::network::Transport;
 
-    /// A node that answers each request with its own bytes, or (`dies`)
-    /// reads the first frame and then breaks the stream.
-    struct Fake {
-        dies: bool,
+    /// How a fake node behaves on a stream.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Fake {
+        /// Answers each request with its own bytes.
+        Echo,
+        /// Reads the first frame, then breaks the stream.
+        Dies,
+        /// Accepts the stream and never answers.
+        Silent,
     }
 
     type Replies = Pin<Box<dyn futures::Stream<Item = Result<ExecuteReplyBatch, Status>> + Send>>;
@@ -299,8 +304,11 @@ mod tests {
             &self,
             req: Request<Streaming<ExecuteBatch>>,
         ) -> Result<Response<Replies>, Status> {
+            if *self == Fake::Silent {
+                return Ok(Response::new(Box::pin(futures::stream::pending())));
+            }
             let inbound = req.into_inner();
-            let dies = self.dies;
+            let dies = *self == Fake::Dies;
             let out = futures::stream::unfold(Some(inbound), move |inbound| async move {
                 let mut inbound = inbound?;
                 let batch = inbound.message().await.ok()??;
@@ -340,13 +348,13 @@ mod tests {
         }
     }
 
-    async fn serve(dies: bool) -> String {
+    async fn serve(fake: Fake) -> String {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let incoming = tokio_stream_of(l);
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(ShardServiceServer::new(Fake { dies }))
+                .add_service(ShardServiceServer::new(fake))
                 .serve_with_incoming(incoming),
         );
         addr
@@ -387,7 +395,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_calls_share_the_stream_and_get_their_own_replies() {
-        let addr = serve(false).await;
+        let addr = serve(Fake::Echo).await;
         let streams = Streams::new(Service::Shard);
         let calls = (0..200u32).map(|i| {
             let (streams, addr) = (&streams, &addr);
@@ -431,7 +439,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_broken_after_sending_loses_the_request_and_is_replaced() {
-        let addr = serve(true).await;
+        let addr = serve(Fake::Dies).await;
         let streams = Streams::new(Service::Shard);
         let r = call(&streams, &addr, b"x").await;
         assert!(matches!(r, Err(CallError::Lost(_))), "{r:?}");
@@ -442,44 +450,8 @@ mod tests {
 
     #[tokio::test]
     async fn no_answer_in_time_is_a_timeout() {
-        // An HTTP/2 server that never answers the stream: a fake whose
-        // replies never come (it reads and waits).
-        struct Silent;
-        #[tonic::async_trait]
-        impl ShardService for Silent {
-            type ExecuteStreamStream = Replies;
-            async fn execute_stream(
-                &self,
-                _req: Request<Streaming<ExecuteBatch>>,
-            ) -> Result<Response<Replies>, Status> {
-                Ok(Response::new(Box::pin(futures::stream::pending())))
-            }
-            async fn execute(
-                &self,
-                _: Request<ExecuteRequest>,
-            ) -> Result<Response<ExecuteReply>, Status> {
-                Err(Status::unimplemented("test"))
-            }
-            async fn status(
-                &self,
-                _: Request<StatusRequest>,
-            ) -> Result<Response<StatusReply>, Status> {
-                Err(Status::unimplemented("test"))
-            }
-            async fn change_membership(
-                &self,
-                _: Request<ChangeMembershipRequest>,
-            ) -> Result<Response<ExecuteReply>, Status> {
-                Err(Status::unimplemented("test"))
-            }
-        }
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(ShardServiceServer::new(Silent))
-                .serve_with_incoming(tokio_stream_of(l)),
-        );
+        // An HTTP/2 server that accepts the stream and never answers.
+        let addr = serve(Fake::Silent).await;
         let transport = Transport::new();
         let r = Streams::new(Service::Shard)
             .call(
