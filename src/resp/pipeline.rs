@@ -75,7 +75,7 @@ impl Session {
             let mut stop = pending.is_empty();
             if let Some(plan) = next {
                 let bounds = Bounds::of(&plan, max_value);
-                if out.is_empty() || used.saturating_add(group.need_with(&plan, bounds)) <= budget {
+                if out.is_empty() || used.saturating_add(group.need_with(bounds)) <= budget {
                     let parts = pending.pop_front().expect("a pending request");
                     out.push((Reply::Nil, After::Continue));
                     group.push(out.len() - 1, plan, parts, bounds);
@@ -368,7 +368,7 @@ impl Group {
     /// The budget the group would need with `plan` added: reads only are
     /// bounded by their shares (a value over its share is read again), a
     /// group that writes by the worst case (a write is never run twice).
-    fn need_with(&self, _plan: &Plan, b: Bounds) -> usize {
+    fn need_with(&self, b: Bounds) -> usize {
         if self.writes || b.writes {
             self.worst.saturating_add(b.worst)
         } else {
@@ -404,10 +404,7 @@ fn share_bound(plan: &Plan, max_value: usize) -> usize {
         .map(|part| match &part.op {
             TxnOp::Read(ReadOp::Get { .. }) => share,
             TxnOp::Read(ReadOp::MGet { keys }) => share.saturating_mul(keys.len()),
-            _ => reply_bound(
-                &Plan::new(plan.table.clone(), vec![part.clone()], plan.merge.clone()),
-                max_value,
-            ),
+            op => op_bound(op, max_value),
         })
         .fold(0, usize::saturating_add)
 }
@@ -415,23 +412,28 @@ fn share_bound(plan: &Plan, max_value: usize) -> usize {
 /// The most bytes `plan`'s reply can take: a stored value counts as
 /// `max_value` (the largest a key may hold), anything else as small.
 fn reply_bound(plan: &Plan, max_value: usize) -> usize {
-    let value = max_value.max(SMALL_REPLY);
     plan.parts
         .iter()
-        .map(|part| match &part.op {
-            TxnOp::Read(
-                ReadOp::Exists { .. }
-                | ReadOp::StrLen { .. }
-                | ReadOp::Ttl { .. }
-                | ReadOp::Type { .. },
-            ) => SMALL_REPLY,
-            TxnOp::Read(ReadOp::MGet { keys }) => value.saturating_mul(keys.len()),
-            // GET, GETRANGE and any read added later: a value.
-            TxnOp::Read(_) => value,
-            TxnOp::Write(
-                WriteOp::Set { get: true, .. } | WriteOp::GetDel { .. } | WriteOp::GetEx { .. },
-            ) => value,
-            TxnOp::Write(_) => SMALL_REPLY,
-        })
+        .map(|part| op_bound(&part.op, max_value))
         .fold(0, usize::saturating_add)
+}
+
+/// [`reply_bound`] of one operation.
+fn op_bound(op: &TxnOp, max_value: usize) -> usize {
+    let value = max_value.max(SMALL_REPLY);
+    match op {
+        TxnOp::Read(
+            ReadOp::Exists { .. }
+            | ReadOp::StrLen { .. }
+            | ReadOp::Ttl { .. }
+            | ReadOp::Type { .. },
+        ) => SMALL_REPLY,
+        TxnOp::Read(ReadOp::MGet { keys }) => value.saturating_mul(keys.len()),
+        // GET, GETRANGE and any read added later: a value.
+        TxnOp::Read(_) => value,
+        TxnOp::Write(
+            WriteOp::Set { get: true, .. } | WriteOp::GetDel { .. } | WriteOp::GetEx { .. },
+        ) => value,
+        TxnOp::Write(_) => SMALL_REPLY,
+    }
 }

@@ -348,12 +348,17 @@ pub fn apply_read(
     let mut live = |key: &[u8]| Ok::<_, Corrupt>(read(key)?.filter(|v| v.live_at(now_ms)));
     Ok(match op {
         ReadOp::Get { key } => match live(key)? {
-            // Only when the caller asked for less than a value may hold (a
-            // pipelined read's share of the router's output budget).
-            Some(v) if OpReply::Bulk(Bytes::new()).resp_size() + v.data.len() + 20 > max_reply => {
-                OpReply::Error(reply_too_large("GET", max_reply))
+            Some(v) => {
+                // Bigger than the caller takes only when it asked for less
+                // than a value may hold (a pipelined read's share of the
+                // router's output budget).
+                let reply = OpReply::Bulk(v.data);
+                if reply.resp_size() > max_reply {
+                    OpReply::Error(reply_too_large("GET", max_reply))
+                } else {
+                    reply
+                }
             }
-            Some(v) => OpReply::Bulk(v.data),
             None => OpReply::Nil,
         },
         ReadOp::Exists { keys } => {

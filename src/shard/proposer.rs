@@ -127,8 +127,8 @@ async fn run(proposer: Arc<Proposer>, target: Target) {
                 }
             }
             Ok(reply) if n == 1 => {
-                for w in waiters {
-                    let _ = w.send(Ok(reply.clone()));
+                if let Some(w) = waiters.into_iter().next() {
+                    let _ = w.send(Ok(reply));
                 }
             }
             Ok(other) => {

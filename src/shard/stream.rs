@@ -189,10 +189,7 @@ async fn drive(
         Err(status) => {
             tracing::debug!(node = %addr, "stream not opened: {status}");
             let why = format!("could not open a stream to {addr}: {}", status.message());
-            queue.close();
-            while let Ok(q) = queue.try_recv() {
-                let _ = q.reply.send(Err(CallError::NeverSent(why.clone())));
-            }
+            fail_queued(&mut queue, &why);
             return;
         }
     };
@@ -263,9 +260,14 @@ async fn drive(
     for (_, w) in waiting.drain() {
         let _ = w.send(Err(CallError::Lost(why.clone())));
     }
+    fail_queued(&mut queue, &why);
+}
+
+/// Close the queue and answer everything still in it: never sent.
+fn fail_queued(queue: &mut mpsc::UnboundedReceiver<Queued>, why: &str) {
     queue.close();
     while let Ok(q) = queue.try_recv() {
-        let _ = q.reply.send(Err(CallError::NeverSent(why.clone())));
+        let _ = q.reply.send(Err(CallError::NeverSent(why.to_string())));
     }
 }
 
