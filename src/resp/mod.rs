@@ -19,6 +19,8 @@ pub mod cmd_table;
 pub mod cmd_txn;
 pub mod commands;
 pub mod compile;
+pub mod compile_coll;
+pub mod compile_zset;
 pub mod dispatch;
 pub mod errors;
 pub mod frame;
