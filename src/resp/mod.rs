@@ -20,6 +20,7 @@ pub mod cmd_txn;
 pub mod commands;
 pub mod compile;
 pub mod compile_coll;
+pub mod compile_list;
 pub mod compile_zset;
 pub mod dispatch;
 pub mod errors;

@@ -31,6 +31,7 @@ pub mod decimal;
 pub mod elements;
 pub mod engine;
 pub mod host;
+pub mod list;
 pub mod log_tail;
 pub mod network;
 pub mod proposer;
