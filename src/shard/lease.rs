@@ -114,7 +114,7 @@ impl Lease {
         }
         // Acks recorded under another term say nothing about this one.
         let acked = (s.term == term).then_some(&s.acked);
-        let times: Vec<Option<Instant>> = voters
+        let mut times: Vec<Option<Instant>> = voters
             .iter()
             .map(|v| {
                 if *v == self.me {
@@ -124,7 +124,6 @@ impl Lease {
                 }
             })
             .collect();
-        let mut times = times;
         // Newest first; a voter never heard from (None) sorts last.
         times.sort_unstable_by(|a, b| b.cmp(a));
         let majority = voters.len() / 2 + 1;
