@@ -198,7 +198,9 @@ impl ShardClient {
         );
         let resend_safe = matches!(
             req,
-            ShardRequest::Read { .. } | ShardRequest::ReadVersions { .. }
+            ShardRequest::Read { .. }
+                | ShardRequest::ReadVersions { .. }
+                | ShardRequest::WaitFilled { .. }
         );
         let payload = codec::encode(Format::ShardRequest, &req)
             .map_err(|e| ClusterError::Internal(e.to_string()))?;

@@ -48,6 +48,21 @@ pub enum Merge {
     },
     /// As `ZSets`, answering ZINTERCARD's count (limit 0: none).
     ZInterCard { limit: u64 },
+    /// BLPOP / BRPOP: LMPOP's `[key, [element]]` answered `[key, element]`.
+    BlockPop,
+    /// BZPOPMIN / BZPOPMAX: ZMPOP's `[key, [[member, score]]]` answered
+    /// `[key, member, score]`.
+    BlockZPop,
+}
+
+/// How a blocking command waits when its plan finds nothing: on `keys`
+/// (all on the plan's one shard) until one holds a collection of `kind`,
+/// for at most `timeout_ms` (0: forever). Inside MULTI it does not wait.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Block {
+    pub keys: Vec<bytes::Bytes>,
+    pub kind: crate::shard::command::Kind,
+    pub timeout_ms: u64,
 }
 
 /// What kind of atomicity a multi-part command needs outside MULTI.
@@ -71,6 +86,8 @@ pub struct Plan {
     /// Its reads may be answered by any replica, possibly stale (a READONLY
     /// connection running a read-only command); otherwise linearizable.
     pub stale_ok: bool,
+    /// A blocking command's wait, when its plan finds nothing.
+    pub block: Option<Block>,
 }
 
 impl Plan {
@@ -89,6 +106,7 @@ impl Plan {
             merge,
             atomicity: Atomicity::None,
             stale_ok: false,
+            block: None,
         }
     }
 
@@ -148,6 +166,31 @@ pub fn merge(merge: &Merge, replies: Vec<OpReply>) -> OpReply {
             combine_members(replies.into_iter().map(scored_members).collect(), combine),
             *with_scores,
         ),
+        Merge::BlockPop => match replies.into_iter().next() {
+            Some(OpReply::Array(mut kv)) if kv.len() == 2 => {
+                let first = match kv.pop() {
+                    Some(OpReply::Array(mut items)) if !items.is_empty() => items.swap_remove(0),
+                    _ => OpReply::Nil,
+                };
+                kv.push(first);
+                OpReply::Array(kv)
+            }
+            Some(other) => other,
+            None => OpReply::NilArray,
+        },
+        Merge::BlockZPop => match replies.into_iter().next() {
+            Some(OpReply::Array(mut kv)) if kv.len() == 2 => match kv.pop() {
+                Some(OpReply::Array(mut items)) if !items.is_empty() => {
+                    match items.swap_remove(0) {
+                        OpReply::Array(ms) => OpReply::Array(kv.into_iter().chain(ms).collect()),
+                        other => other,
+                    }
+                }
+                _ => OpReply::NilArray,
+            },
+            Some(other) => other,
+            None => OpReply::NilArray,
+        },
         Merge::ZInterCard { limit } => {
             let inter = ZCombine {
                 op: SetOp::Inter,

@@ -10,6 +10,7 @@
 //! recipe.
 
 use super::args::Args;
+use super::cmd_blocking as cb;
 use super::compile as c;
 use super::compile_coll as cc;
 use super::compile_list as cl;
@@ -53,6 +54,19 @@ const STORE_NUMKEYS: KeySpec = KeySpec::Find {
     last: 1,
     step: 1,
     find: cz::keys_of_store,
+};
+/// `key [key ...] timeout`: every argument but the last.
+const KEYS_TIMEOUT: KeySpec = KeySpec::Range {
+    first: 1,
+    last: -2,
+    step: 1,
+};
+/// `timeout numkeys key [key ...]`.
+const TIMEOUT_NUMKEYS: KeySpec = KeySpec::Find {
+    first: 0,
+    last: 0,
+    step: 0,
+    find: cb::keys_after_timeout_numkeys,
 };
 /// Key, value, key, value...
 const PAIRS: KeySpec = KeySpec::Range {
@@ -120,6 +134,22 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Appends a string to the value of a key. Creates the key if it doesn't exist."),
     row("auth", -2, CONTROL | NO_AUTH | NO_MULTI, NONE, CONN, G::Connection, local!(auth),
         "Authenticates the connection."),
+    row("blmove", 6, WRITE | DENYOOM | BLOCKING, KEY2, LIST, G::List, Data(cb::blmove),
+        "Pops an element from a list, pushes it to another list and returns it. Blocks until an element is available otherwise. Deletes the list if the last element was moved."),
+    row("blmpop", -5, WRITE | BLOCKING, TIMEOUT_NUMKEYS, LIST, G::List, Data(cb::blmpop),
+        "Pops the first element from one of multiple lists. Blocks until an element is available otherwise. Deletes the list if the last element was popped."),
+    row("blpop", -3, WRITE | BLOCKING, KEYS_TIMEOUT, LIST, G::List, Data(cb::blpop),
+        "Removes and returns the first element in a list. Blocks until an element is available otherwise. Deletes the list if the last element was popped."),
+    row("brpop", -3, WRITE | BLOCKING, KEYS_TIMEOUT, LIST, G::List, Data(cb::brpop),
+        "Removes and returns the last element in a list. Blocks until an element is available otherwise. Deletes the list if the last element was popped."),
+    row("brpoplpush", 4, WRITE | DENYOOM | BLOCKING, KEY2, LIST, G::List, Data(cb::brpoplpush),
+        "Pops an element from a list, pushes it to another list and returns it. Block until an element is available otherwise. Deletes the list if the last element was popped."),
+    row("bzmpop", -5, WRITE | BLOCKING, TIMEOUT_NUMKEYS, ZSET, G::SortedSet, Data(cb::bzmpop),
+        "Removes and returns a member by score from one or more sorted sets. Blocks until a member is available otherwise. Deletes the sorted set if the last element was popped."),
+    row("bzpopmax", -3, WRITE | FAST | BLOCKING, KEYS_TIMEOUT, ZSET, G::SortedSet, Data(cb::bzpopmax),
+        "Removes and returns the member with the highest score from one or more sorted sets. Blocks until a member available otherwise.  Deletes the sorted set if the last element was popped."),
+    row("bzpopmin", -3, WRITE | FAST | BLOCKING, KEYS_TIMEOUT, ZSET, G::SortedSet, Data(cb::bzpopmin),
+        "Removes and returns the member with the lowest score from one or more sorted sets. Blocks until a member is available otherwise. Deletes the sorted set if the last element was popped."),
     row("client", -2, ADMIN | NOSCRIPT | LOADING | STALE | NO_MULTI, NONE, CONN, G::Connection,
         local!(client), "A container for client connection commands."),
     row("cluster.drain", 2, ADMIN | LOADING | STALE | NO_MULTI, NONE, 0, G::Shoal,
@@ -535,6 +565,21 @@ mod tests {
     }
 
     #[test]
+    fn movable_keys_of_collections() {
+        let k = |cmd: &str| {
+            lookup(cmd.split(' ').next().unwrap())
+                .unwrap()
+                .key_positions(&req(cmd))
+        };
+        assert_eq!(k("blpop a b 0"), vec![1, 2]);
+        assert_eq!(k("blmpop 0 2 a b left"), vec![3, 4]);
+        assert_eq!(k("zunionstore d 2 a b weights 1 2"), vec![1, 3, 4]);
+        assert_eq!(k("sintercard 2 a b limit 1"), vec![2, 3]);
+        assert_eq!(k("zunion 2 a b"), vec![2, 3]);
+        assert_eq!(k("smove a b m"), vec![1, 2]);
+    }
+
+    #[test]
     fn arity_and_keys() {
         let set = lookup("set").unwrap();
         assert!(!set.arity_ok(2));
@@ -559,6 +604,9 @@ mod tests {
     fn rows_are_consistent() {
         for c in COMMANDS {
             let n = c.name;
+            // The connection loop tells blocking commands apart by their
+            // first letter before it looks them up (`server.rs`).
+            assert!(!c.has(BLOCKING) || n.starts_with('b'), "{n}: blocking");
             assert!(
                 !(c.has(WRITE) && c.has(READONLY)),
                 "{n}: write and readonly"

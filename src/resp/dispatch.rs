@@ -86,6 +86,7 @@ impl Session {
         self.stale_ok = self.stale_ok_for(spec);
         match spec.handler {
             Handler::Data(compile) => match self.compile(spec, compile, args) {
+                Ok(plan) if plan.block.is_some() => self.run_blocking(plan).await,
                 Ok(plan) => self.run_plan(plan).await,
                 Err(reply) => reply,
             },

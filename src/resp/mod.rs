@@ -14,6 +14,7 @@
 //! * [`server`]: the TCP listener and connection loop.
 
 pub mod args;
+pub mod cmd_blocking;
 pub mod cmd_string;
 pub mod cmd_table;
 pub mod cmd_txn;

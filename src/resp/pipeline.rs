@@ -145,7 +145,8 @@ impl Session {
             return None;
         }
         let plan = self.compile(spec, compile, &mut args).ok()?;
-        (plan.parts.len() == 1).then_some(plan)
+        // A blocking command runs alone (it may wait).
+        (plan.parts.len() == 1 && plan.block.is_none()).then_some(plan)
     }
 
     /// Run the group, filling its replies into `out`. A group of reads

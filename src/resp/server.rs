@@ -238,7 +238,41 @@ async fn run(
                 break;
             }
             let budget = max_output.saturating_sub(wbuf.len());
-            for (reply, after) in session.handle_many(&mut pending, budget).await {
+            // While commands run (a blocking one may wait for long), the
+            // socket is still read: a client that goes away has its command
+            // dropped (a blocked pop then pops nothing), and CLIENT KILL
+            // still ends it. Bytes that arrive meanwhile wait in `rbuf`,
+            // within the query buffer limit.
+            let query_limit = shared.limits.query_buffer_limit.load(Ordering::Relaxed);
+            // Only while a blocking command is among them: other commands
+            // already read are answered even if the client half-closed.
+            let watch = pending.iter().any(|p| {
+                // Every blocking command's name starts with a B: most
+                // requests are told apart without a lookup.
+                p.first().is_some_and(|name| {
+                    name.first().is_some_and(|c| c.eq_ignore_ascii_case(&b'b'))
+                        && std::str::from_utf8(name)
+                            .ok()
+                            .and_then(|n| super::commands::lookup(&n.to_ascii_lowercase()))
+                            .is_some_and(|spec| spec.has(super::spec::flag::BLOCKING))
+                })
+            });
+            let replies = {
+                let run = session.handle_many(&mut pending, budget);
+                tokio::pin!(run);
+                loop {
+                    tokio::select! {
+                        replies = &mut run => break replies,
+                        r = rd.read_buf(&mut rbuf), if watch && rbuf.len() < query_limit => {
+                            if r? == 0 {
+                                return Ok(());
+                            }
+                        }
+                        _ = kill.notified() => return Ok(()),
+                    }
+                }
+            };
+            for (reply, after) in replies {
                 reply.encode(session.protocol, &mut wbuf);
                 if after == After::Close {
                     wr.write_all(&wbuf).await?;

@@ -114,6 +114,17 @@ pub struct ClientInfo {
     pub lib_ver: String,
     /// Signalled by CLIENT KILL; the connection loop closes on it.
     pub kill: Arc<tokio::sync::Notify>,
+    /// A blocked command's state, for CLIENT UNBLOCK.
+    pub unblock: Arc<Unblock>,
+}
+
+/// Whether a client is blocked (BLPOP...), and CLIENT UNBLOCK's signal.
+#[derive(Debug, Default)]
+pub struct Unblock {
+    pub blocked: std::sync::atomic::AtomicBool,
+    /// Unblock with an error rather than as a timeout.
+    pub error: std::sync::atomic::AtomicBool,
+    pub notify: tokio::sync::Notify,
 }
 
 impl ClientRegistry {
@@ -140,6 +151,15 @@ impl ClientRegistry {
     /// The kill switch of a client (its connection loop waits on it).
     pub fn kill_handle(&self, id: u64) -> Option<Arc<tokio::sync::Notify>> {
         self.clients.lock().ok()?.get(&id).map(|c| c.kill.clone())
+    }
+
+    /// A client's blocking state.
+    pub fn unblock_handle(&self, id: u64) -> Option<Arc<Unblock>> {
+        self.clients
+            .lock()
+            .ok()?
+            .get(&id)
+            .map(|c| c.unblock.clone())
     }
 
     /// CLIENT KILL: signal every client matching; returns how many.
@@ -530,6 +550,7 @@ impl Session {
                 Reply::ok()
             }
             "kill" => self.client_kill(args),
+            "unblock" => self.client_unblock(args),
             "list" => Reply::Verbatim(self.shared.clients.list()),
             "info" => Reply::Verbatim(self.shared.clients.info(self.id)),
             _ => Reply::error(format!("ERR unknown subcommand '{sub}'. Try CLIENT HELP.")),
@@ -537,6 +558,33 @@ impl Session {
     }
 
     /// CLIENT KILL addr | CLIENT KILL [ID id] [ADDR addr] [SKIPME yes|no]
+    /// `CLIENT UNBLOCK client-id [TIMEOUT | ERROR]`: 1 if the client was
+    /// blocked (it then answers as on timeout, or `-UNBLOCKED`), else 0.
+    fn client_unblock(&self, args: &mut Args) -> Reply {
+        let id = match args.next_i64() {
+            Ok(id) => id,
+            Err(_) => return Reply::error("ERR value is not an integer or out of range"),
+        };
+        let error = match args.peek_upper().as_deref() {
+            None => false,
+            Some("TIMEOUT") => false,
+            Some("ERROR") => true,
+            Some(_) => return Reply::error("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR"),
+        };
+        let Some(u) = u64::try_from(id)
+            .ok()
+            .and_then(|id| self.shared.clients.unblock_handle(id))
+        else {
+            return Reply::Int(0);
+        };
+        if !u.blocked.load(Ordering::SeqCst) {
+            return Reply::Int(0);
+        }
+        u.error.store(error, Ordering::SeqCst);
+        u.notify.notify_one();
+        Reply::Int(1)
+    }
+
     fn client_kill(&self, args: &mut Args) -> Reply {
         let clients = &self.shared.clients;
         if args.remaining() == 1 {

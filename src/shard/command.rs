@@ -55,6 +55,17 @@ pub enum ShardRequest {
         linearizable: bool,
         now_ms: u64,
     },
+    /// A blocked client's wait ([`super::blocking`]): answer `Int(1)` as
+    /// soon as one of `keys` holds a live collection of `kind` (at once if
+    /// one does), or `Nil` after `wait_ms`. `since_ms` is when the client
+    /// started blocking: the longest-blocked waiter is woken first.
+    WaitFilled {
+        keys: Vec<Bytes>,
+        kind: Kind,
+        since_ms: u64,
+        wait_ms: u64,
+        now_ms: u64,
+    },
 }
 
 /// Expiry to set with a write.

@@ -26,7 +26,7 @@ use super::network::{NetworkFactory, Transport};
 use super::proposer;
 use super::store::{destroy_group, DbRead, LogStore, StateMachine};
 use super::types::{NodeId, Raft};
-use super::value::Corrupt;
+use super::value::{Corrupt, Kind, Stored};
 use super::ShardError;
 
 /// What the node records about a replica it hosts.
@@ -458,6 +458,33 @@ impl Host {
                     .read(move |db| Ok(serve_read(db, gid, &op, now_ms, max_reply)))
                     .await?
             }
+            ShardRequest::WaitFilled {
+                keys,
+                kind,
+                since_ms,
+                wait_ms,
+                now_ms,
+            } => {
+                let Some(mut wait) = replica.sm.waiters().register(&keys, since_ms) else {
+                    return Ok(OpReply::Error(
+                        "ERR too many clients blocked on this node, try again later".into(),
+                    ));
+                };
+                // Registered first, then checked: a push applied in between
+                // wakes this wait.
+                let filled = self
+                    .engine
+                    .read(move |db| Ok(any_filled(db, gid, &keys, kind, now_ms)))
+                    .await?;
+                if filled {
+                    return Ok(OpReply::Int(1));
+                }
+                let wait_for = Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
+                match tokio::time::timeout(wait_for, &mut wait.woken).await {
+                    Ok(Ok(())) => Ok(OpReply::Int(1)),
+                    _ => Ok(OpReply::Nil),
+                }
+            }
             ShardRequest::ReadVersions { keys, now_ms: _ } => {
                 self.linearize(replica).await?;
                 // Point reads too: from memory here when they can be.
@@ -689,6 +716,24 @@ fn not_leader(
         leader,
         addr: leader.and_then(|l| transport.peer_addr(l).or_else(|| node.map(|n| n.addr))),
     }
+}
+
+/// Longest a blocked client's wait lasts on a node before it is answered
+/// `Nil` (the router renews it).
+const MAX_WAIT_MS: u64 = 10_000;
+
+/// Whether one of `keys` holds a live collection of `kind` (a record that
+/// does not decode counts: the pop that follows reports it).
+fn any_filled(db: &DbView, gid: u64, keys: &[Bytes], kind: Kind, now_ms: u64) -> bool {
+    keys.iter()
+        .any(|k| match db.get(Cf::Data, &data_key(gid, k)) {
+            Ok(Some(raw)) => match Stored::decode(&raw) {
+                Ok(v) => v.live_at(now_ms) && v.coll.is_some_and(|c| c.kind == kind),
+                Err(_) => true,
+            },
+            Ok(None) => false,
+            Err(_) => true,
+        })
 }
 
 /// Each key's stored value (as stored: the router decodes it, after this

@@ -25,6 +25,7 @@
 //! are values (`OpReply`), whose error texts are Redis's.
 
 pub mod apply;
+pub mod blocking;
 pub mod codec;
 pub mod coll;
 pub mod command;

@@ -56,7 +56,7 @@ use super::txn::{apply_txn, blocked_by_lock, Prepared, TxnChange, TxnView};
 use super::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
 };
-use super::value::{Corrupt, Place, Stored};
+use super::value::{Corrupt, Kind, Place, Stored};
 
 fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     StorageIOError::new(subject, verb, AnyError::error(e.to_string())).into()
@@ -776,6 +776,9 @@ struct ApplyState {
 /// A batch of entries applied, not yet written.
 struct Applied {
     replies: Vec<OpReply>,
+    /// Keys the batch left holding a list or a sorted set (blocked clients
+    /// may pop them).
+    filled: Vec<Bytes>,
     /// Data, transaction state, the applied index and the key count: one
     /// `WriteBatch`.
     ops: Vec<Op>,
@@ -835,6 +838,17 @@ fn compute_apply(
         KeyDelta::By(d) => key_count.map(|n| n + d),
         KeyDelta::Exactly(n) => Some(n),
     };
+    let filled = batch
+        .data
+        .keys
+        .iter()
+        .filter(|(_, v)| {
+            v.as_ref()
+                .and_then(|v| v.coll)
+                .is_some_and(|c| matches!(c.kind, Kind::List | Kind::ZSet))
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
     let mut ops = batch.into_ops()?;
     ops.push(Op::Put(
         Cf::State,
@@ -855,6 +869,7 @@ fn compute_apply(
     }
     Ok(Applied {
         replies,
+        filled,
         ops,
         after: ApplyState {
             applied,
@@ -884,6 +899,8 @@ fn apply_plain_write(cmd: &WriteCmd, index: u64, locks: bool, batch: &mut Batch)
 #[derive(Clone)]
 pub struct StateMachine {
     inner: Arc<Mutex<SmInner>>,
+    /// Clients blocked on this group's keys, woken as applies fill them.
+    waiters: Arc<super::blocking::Waiters>,
     /// Set by [`StateMachine::close`]: nothing is written any more. Held
     /// for reading by an apply while it writes, so closing waits for it.
     closed: Arc<std::sync::RwLock<bool>>,
@@ -928,7 +945,13 @@ impl StateMachine {
                 key_count,
             })),
             closed: Arc::new(std::sync::RwLock::new(false)),
+            waiters: Arc::default(),
         })
+    }
+
+    /// Clients blocked on this group's keys.
+    pub fn waiters(&self) -> &super::blocking::Waiters {
+        &self.waiters
     }
 
     /// Stop writing: every later apply, snapshot install or snapshot build
@@ -1153,6 +1176,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .after
             .key_count
             .map(|n| (applied_index(&inner.applied), n));
+        if !done.filled.is_empty() {
+            self.waiters.filled(&done.filled);
+        }
         Ok(done.replies)
     }
 
