@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use super::routes::TableRoute;
-use crate::shard::command::OpReply;
 use crate::shard::command::TxnOp;
+use crate::shard::command::{MoveMode, OpReply};
 
 /// One shard's share of a command.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +36,19 @@ pub enum Merge {
     },
     /// Every part answers OK: the command answers OK (MSET over shards).
     AllOk,
+    /// LCS: two parts read the two strings (nil reads as empty); the reply
+    /// is computed here, on the router, with Redis's shapes.
+    Lcs(LcsReply),
+}
+
+/// What LCS answers: the string (neither flag), its length (`len`), or the
+/// matched ranges (`idx`, with `min_match` and `with_match_len`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LcsReply {
+    pub len: bool,
+    pub idx: bool,
+    pub min_match: u64,
+    pub with_match_len: bool,
 }
 
 /// What kind of atomicity a multi-part command needs outside MULTI.
@@ -48,6 +61,11 @@ pub enum Atomicity {
     AllOrNothing,
     /// MSETNX: all or none, and only if no key exists.
     AllIfAbsent,
+    /// RENAME / RENAMENX / COPY whose two keys are on different shards: the
+    /// two parts read the source and the destination; the router reads
+    /// both in one snapshot, then writes the destination (and deletes the
+    /// source) in one transaction that WATCHes both, retried if they moved.
+    Move(MoveMode),
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +139,13 @@ pub fn merge(merge: &Merge, replies: Vec<OpReply>) -> OpReply {
             }
             OpReply::Array(out)
         }
+        Merge::Lcs(how) => {
+            let text = |r: Option<&OpReply>| match r {
+                Some(OpReply::Bulk(b)) => b.clone(),
+                _ => bytes::Bytes::new(),
+            };
+            lcs_reply(&text(replies.first()), &text(replies.get(1)), *how)
+        }
         Merge::AllOk => {
             if replies.iter().all(|r| *r == OpReply::Ok) {
                 OpReply::Ok
@@ -131,6 +156,40 @@ pub fn merge(merge: &Merge, replies: Vec<OpReply>) -> OpReply {
                     .unwrap_or(OpReply::Ok)
             }
         }
+    }
+}
+
+/// LCS's reply for strings `a` and `b`, in Redis's shapes: the string, its
+/// length, or `{matches: [[[a0, a1], [b0, b1](, len)]...], len: n}`.
+pub fn lcs_reply(a: &[u8], b: &[u8], how: LcsReply) -> OpReply {
+    let walk = how.idx || !how.len;
+    let found = match crate::lcs::lcs(a, b, walk, how.min_match) {
+        Ok(found) => found,
+        Err(e) => return OpReply::Error(e),
+    };
+    if how.idx {
+        let pair =
+            |x: u32, y: u32| OpReply::Array(vec![OpReply::Int(x as i64), OpReply::Int(y as i64)]);
+        let matches = found
+            .matches
+            .iter()
+            .map(|m| {
+                let mut item = vec![pair(m.a_start, m.a_end), pair(m.b_start, m.b_end)];
+                if how.with_match_len {
+                    item.push(OpReply::Int(m.len() as i64));
+                }
+                OpReply::Array(item)
+            })
+            .collect();
+        let key = |k: &'static str| OpReply::Bulk(bytes::Bytes::from_static(k.as_bytes()));
+        OpReply::Map(vec![
+            (key("matches"), OpReply::Array(matches)),
+            (key("len"), OpReply::Int(found.len as i64)),
+        ])
+    } else if how.len {
+        OpReply::Int(found.len as i64)
+    } else {
+        OpReply::Bulk(found.string.into())
     }
 }
 

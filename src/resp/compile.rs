@@ -104,7 +104,7 @@ pub struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// A plan of one operation on the shard owning `key`.
-    fn single(&self, key: &Bytes, op: TxnOp) -> Plan {
+    pub(super) fn single(&self, key: &Bytes, op: TxnOp) -> Plan {
         Plan::new(
             self.table.clone(),
             vec![Part {
@@ -115,7 +115,7 @@ impl Ctx<'_> {
         )
     }
 
-    fn check_value(&self, value: &Bytes) -> Result<(), Reply> {
+    pub(super) fn check_value(&self, value: &Bytes) -> Result<(), Reply> {
         if value.len() > self.max_value {
             return Err(Reply::error("ERR value is too large"));
         }
@@ -127,11 +127,11 @@ impl Ctx<'_> {
 // `commands.rs` names them). Arity was checked before they run, so a
 // missing argument reads as empty.
 
-fn key(args: &mut Args) -> Bytes {
+pub(super) fn key(args: &mut Args) -> Bytes {
     args.next_bytes().unwrap_or_default()
 }
 
-fn read_key(args: &mut Args, cx: &Ctx, op: impl FnOnce(Bytes) -> ReadOp) -> Plan {
+pub(super) fn read_key(args: &mut Args, cx: &Ctx, op: impl FnOnce(Bytes) -> ReadOp) -> Plan {
     let key = key(args);
     cx.single(&key, TxnOp::Read(op(key.clone())))
 }
@@ -554,7 +554,7 @@ fn option_deadline(command: &str, expire: Option<(String, Bytes)>) -> Result<Opt
 
 /// The absolute deadline of SET/GETEX's EX/PX/EXAT/PXAT `n` (which must be
 /// positive), or Redis's "invalid expire time" error.
-fn deadline(command: &str, opt: &str, n: i64, now: i64) -> Result<u64, Reply> {
+pub(super) fn deadline(command: &str, opt: &str, n: i64, now: i64) -> Result<u64, Reply> {
     let invalid = || Reply::error(format!("ERR invalid expire time in '{command}' command"));
     if n <= 0 {
         return Err(invalid());
@@ -691,6 +691,12 @@ pub(super) fn op_reply(r: OpReply) -> Reply {
         OpReply::Status(s) => Reply::Status(s),
         OpReply::Array(items) => Reply::Array(items.into_iter().map(op_reply).collect()),
         OpReply::Error(e) => Reply::Error(e),
+        OpReply::Map(pairs) => Reply::Map(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (op_reply(k), op_reply(v)))
+                .collect(),
+        ),
     }
 }
 

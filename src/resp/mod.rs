@@ -14,12 +14,15 @@
 //! * [`server`]: the TCP listener and connection loop.
 
 pub mod args;
+pub mod cmd_keyspace;
 pub mod cmd_string;
 pub mod cmd_table;
 pub mod cmd_txn;
 pub mod commands;
 pub mod compile;
+pub mod compile_keyspace;
 pub mod dispatch;
+pub mod encoding_params;
 pub mod errors;
 pub mod frame;
 pub mod pipeline;

@@ -320,6 +320,68 @@ fn write_result(
             _ => nothing(OpReply::Int(0)),
         },
         WriteOp::FlushGroup => nothing(OpReply::Ok),
+        WriteOp::Move { src, dst, mode } => {
+            let Some(record) = live(src)? else {
+                return nothing(match mode {
+                    MoveMode::Copy { .. } => OpReply::Int(0),
+                    _ => OpReply::Error(ERR_NO_SUCH_KEY.into()),
+                });
+            };
+            let dst_live = if src == dst {
+                true
+            } else {
+                live(dst)?.is_some()
+            };
+            let (reply, moved) = match move_outcome(*mode, src == dst, dst_live) {
+                Ok(outcome) => outcome,
+                Err(reply) => return nothing(reply),
+            };
+            let mut changes = vec![(
+                dst.clone(),
+                Some(Stored {
+                    version: index,
+                    ..record
+                }),
+            )];
+            if moved {
+                changes.push((src.clone(), None));
+            }
+            Ok((reply, changes))
+        }
+        WriteOp::PutRecord { key, record } => {
+            let change = if record.live_at(now) {
+                Some(Stored {
+                    version: index,
+                    ..record.clone()
+                })
+            } else {
+                None
+            };
+            Ok((OpReply::Ok, vec![(key.clone(), change)]))
+        }
+    }
+}
+
+/// What RENAME / RENAMENX / COPY do once the source is known to exist:
+/// `Ok((reply, source removed))` when the destination is written, or the
+/// reply that changes nothing. `same`: source and destination are one key;
+/// `dst_live`: the destination holds a live value. Shared by the one-shard
+/// [`WriteOp::Move`] and the router's cross-shard path, so both answer
+/// alike.
+pub fn move_outcome(
+    mode: MoveMode,
+    same: bool,
+    dst_live: bool,
+) -> Result<(OpReply, bool), OpReply> {
+    match mode {
+        // Redis: renaming a key onto itself changes nothing.
+        MoveMode::Rename if same => Err(OpReply::Ok),
+        MoveMode::RenameNx if same || dst_live => Err(OpReply::Int(0)),
+        MoveMode::Copy { .. } if same => Err(OpReply::Error(ERR_SAME_OBJECT.into())),
+        MoveMode::Copy { replace: false } if dst_live => Err(OpReply::Int(0)),
+        MoveMode::Rename => Ok((OpReply::Ok, true)),
+        MoveMode::RenameNx => Ok((OpReply::Int(1), true)),
+        MoveMode::Copy { .. } => Ok((OpReply::Int(1), false)),
     }
 }
 
@@ -409,10 +471,62 @@ pub fn apply_read(
             }
             .to_string(),
         ),
+        ReadOp::ExpireTime { key, ms } => match live(key)? {
+            None => OpReply::Int(-2),
+            Some(v) if v.expire_at_ms == 0 => OpReply::Int(-1),
+            Some(v) => {
+                let at = i64::try_from(v.expire_at_ms).unwrap_or(i64::MAX);
+                OpReply::Int(if *ms { at } else { at / 1000 })
+            }
+        },
+        ReadOp::Object { key, field } => match live(key)? {
+            None => OpReply::Nil,
+            Some(v) => object_field(&v, *field),
+        },
         ReadOp::Scan { .. } | ReadOp::DbSize | ReadOp::KeyCount => {
             OpReply::Error("ERR scan needs the host's range iterator".into())
         }
     })
+}
+
+/// Redis's error for OBJECT FREQ under its default maxmemory policy
+/// (shoal keeps no access counts, as Redis does not outside an LFU policy).
+pub const ERR_NO_LFU: &str = "ERR An LFU maxmemory policy is not selected, access frequency not tracked. Please note that when switching between policies at runtime LRU and LFU data will take some time to adjust.";
+
+/// Redis's reference count of a shared object (its small integers).
+const SHARED_REFCOUNT: i64 = i32::MAX as i64;
+
+/// Redis shares the integers 0..10000 between keys (`OBJ_SHARED_INTEGERS`).
+const SHARED_INTEGERS: i64 = 10_000;
+
+/// Longest string Redis stores inline with its object header
+/// (`OBJ_ENCODING_EMBSTR_SIZE_LIMIT`).
+const EMBSTR_MAX: usize = 44;
+
+/// OBJECT's answer for a live string value, as Redis 7 gives it for a
+/// value written by SET: ENCODING `int` for the text of an i64 (no sign
+/// but `-`, no leading zero, at most 20 bytes), `embstr` up to 44 bytes,
+/// `raw` beyond; REFCOUNT 2147483647 for the integers Redis shares
+/// (0..9999), 1 otherwise; IDLETIME 0 (shoal keeps no access times);
+/// FREQ Redis's error for a non-LFU policy.
+pub fn object_field(v: &Stored, field: ObjectField) -> OpReply {
+    let int = (v.data.len() <= 20)
+        .then(|| parse_i64(&v.data))
+        .flatten()
+        .filter(|n| n.to_string().as_bytes() == &v.data[..]);
+    match field {
+        ObjectField::Encoding => OpReply::Bulk(Bytes::from_static(match int {
+            Some(_) => b"int",
+            None if v.data.len() <= EMBSTR_MAX => b"embstr",
+            None => b"raw",
+        })),
+        ObjectField::RefCount => OpReply::Int(match int {
+            Some(n) if (0..SHARED_INTEGERS).contains(&n) => SHARED_REFCOUNT,
+            _ => 1,
+        }),
+        ObjectField::IdleTime => OpReply::Int(0),
+        ObjectField::Freq => OpReply::Error(ERR_NO_LFU.into()),
+    }
 }
 
 /// GETRANGE's slice, with Redis's negative-index rules.
