@@ -39,6 +39,7 @@ pub fn admit(op: &mut WriteOp, limits: &Limits) -> Result<(), OpReply> {
     match op {
         WriteOp::Set { value, .. } if value.len() as u64 > max => too_big(),
         WriteOp::MSet { pairs, .. } if pairs.iter().any(|(_, v)| v.len() as u64 > max) => too_big(),
+        WriteOp::PutRecord { record, .. } if record.data.len() as u64 > max => too_big(),
         // The router may tighten the limit (its own max_value_len), never
         // loosen it: the node's limit is stamped when the router's is higher.
         WriteOp::Append { value, max_len, .. } => {
@@ -953,6 +954,136 @@ mod tests {
     }
 
     #[test]
+    fn moves_keep_the_record_whole() {
+        let mut db = HashMap::new();
+        put(&mut db, "a", "v", 500);
+        put(&mut db, "old", "x", 0);
+        let mv = |src: &str, dst: &str, mode| WriteOp::Move {
+            src: b(src),
+            dst: b(dst),
+            mode,
+        };
+        // The value and its deadline move; the version is the entry's.
+        assert_eq!(w(&mut db, 10, mv("a", "b", MoveMode::Rename)), OpReply::Ok);
+        assert!(!db.contains_key(&b("a")));
+        assert_eq!(
+            (db[&b("b")].expire_at_ms, db[&b("b")].data.clone()),
+            (500, b("v"))
+        );
+        assert_eq!(db[&b("b")].version, 2);
+        assert_eq!(
+            w(&mut db, 10, mv("b", "old", MoveMode::RenameNx)),
+            OpReply::Int(0)
+        );
+        assert_eq!(
+            w(
+                &mut db,
+                10,
+                mv("b", "old", MoveMode::Copy { replace: false })
+            ),
+            OpReply::Int(0)
+        );
+        assert_eq!(
+            w(
+                &mut db,
+                10,
+                mv("b", "old", MoveMode::Copy { replace: true })
+            ),
+            OpReply::Int(1)
+        );
+        assert_eq!(db[&b("old")].expire_at_ms, 500);
+        assert!(db.contains_key(&b("b")), "COPY keeps its source");
+        // An expired source is absent; an expired destination is free.
+        assert_eq!(
+            w(&mut db, 600, mv("b", "c", MoveMode::Rename)),
+            OpReply::Error(ERR_NO_SUCH_KEY.into())
+        );
+        assert_eq!(
+            w(
+                &mut db,
+                600,
+                mv("b", "c", MoveMode::Copy { replace: false })
+            ),
+            OpReply::Int(0)
+        );
+        put(&mut db, "d", "new", 0);
+        assert_eq!(
+            w(&mut db, 600, mv("d", "old", MoveMode::RenameNx)),
+            OpReply::Int(1)
+        );
+        assert_eq!(db[&b("old")].data, b("new"));
+        // Onto itself: RENAME changes nothing, RENAMENX answers 0.
+        assert_eq!(
+            w(&mut db, 600, mv("old", "old", MoveMode::Rename)),
+            OpReply::Ok
+        );
+        assert_eq!(
+            w(&mut db, 600, mv("old", "old", MoveMode::RenameNx)),
+            OpReply::Int(0)
+        );
+        assert_eq!(db[&b("old")].data, b("new"));
+        // A whole record: stored as given, unless already expired.
+        let record = |exp| Stored {
+            version: 77,
+            expire_at_ms: exp,
+            data: b("r"),
+        };
+        let rec = |exp| WriteOp::PutRecord {
+            key: b("p"),
+            record: record(exp),
+        };
+        assert_eq!(w(&mut db, 600, rec(700)), OpReply::Ok);
+        assert_eq!(db[&b("p")].expire_at_ms, 700);
+        assert_ne!(
+            db[&b("p")].version,
+            77,
+            "the entry's index, not the sender's"
+        );
+        assert_eq!(w(&mut db, 600, rec(600)), OpReply::Ok);
+        assert!(!db.contains_key(&b("p")));
+    }
+
+    #[test]
+    fn object_answers_as_redis_does_for_set_values() {
+        let v = |s: &str| Stored {
+            version: 1,
+            expire_at_ms: 0,
+            data: b(s),
+        };
+        let enc = |s: &str| match object_field(&v(s), ObjectField::Encoding) {
+            OpReply::Bulk(e) => String::from_utf8(e.to_vec()).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        for (value, want) in [
+            ("0", "int"),
+            ("-9223372036854775808", "int"),
+            ("9223372036854775808", "embstr"),
+            ("007", "embstr"),
+            ("-0", "embstr"),
+            ("+1", "embstr"),
+            (" 1", "embstr"),
+            ("", "embstr"),
+            (&"x".repeat(44), "embstr"),
+            (&"x".repeat(45), "raw"),
+            (&"1".repeat(45), "raw"),
+        ] {
+            assert_eq!(enc(value), want, "{value:?}");
+        }
+        let refs = |s: &str| object_field(&v(s), ObjectField::RefCount);
+        assert_eq!(refs("9999"), OpReply::Int(2_147_483_647));
+        assert_eq!(refs("10000"), OpReply::Int(1));
+        assert_eq!(refs("-1"), OpReply::Int(1));
+        assert_eq!(
+            object_field(&v("x"), ObjectField::IdleTime),
+            OpReply::Int(0)
+        );
+        assert_eq!(
+            object_field(&v("x"), ObjectField::Freq),
+            OpReply::Error(ERR_NO_LFU.into())
+        );
+    }
+
+    #[test]
     fn ttl_and_type() {
         let mut db = HashMap::new();
         put(&mut db, "p", "v", 0);
@@ -1237,6 +1368,23 @@ mod tests {
             matches!(ap, WriteOp::Append { max_len: 4, .. }),
             "tightened"
         );
+        // A whole record from the wire (the destination of a move across
+        // shards) is held to the same limit.
+        let record = |len: usize| Stored {
+            version: 0,
+            expire_at_ms: 0,
+            data: Bytes::from(vec![b'x'; len]),
+        };
+        let mut put = WriteOp::PutRecord {
+            key: b("k"),
+            record: record(11),
+        };
+        assert_eq!(admit(&mut put, &limits), too_big);
+        let mut put = WriteOp::PutRecord {
+            key: b("k"),
+            record: record(10),
+        };
+        assert_eq!(admit(&mut put, &limits), Ok(()));
         let mut f = WriteOp::IncrByFloat {
             key: b("k"),
             by: b("1e400"),
