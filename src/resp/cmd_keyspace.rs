@@ -7,10 +7,14 @@
 //! (`txn::snapshot_read`), decides the reply as the one-shard
 //! [`WriteOp::Move`] would ([`move_outcome`]), and, when something is to be
 //! written, commits a transaction that WATCHes both keys at the versions it
-//! read, writes the source's whole record (value and expiry) to the
-//! destination ([`WriteOp::PutRecord`]) and, for RENAME, deletes the
-//! source. A key that moved in between makes the transaction conflict; it
-//! is then read and tried again, for up to a second, then the client gets
+//! read (the destination only when its absence is the condition: RENAMENX,
+//! COPY without REPLACE), writes the source's whole record (value and
+//! expiry) to the destination ([`WriteOp::PutRecord`]) and, for RENAME,
+//! deletes the source. A key that moved in between, or a lock held by
+//! another transaction, makes the transaction conflict; it is then read and
+//! tried again after a random pause (up to what an attempt took, doubling
+//! each time up to 200 ms, so movers of the same keys fall out of step), for
+//! up to the request timeout (`request_timeout_ms`), then the client gets
 //! `-TRYAGAIN`.
 //!
 //! **RANDOMKEY** visits the shards in a random order and, in each, reads a
@@ -27,7 +31,6 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 use super::args::Args;
-use super::cmd_string::LOCK_WAIT;
 use super::compile::{op_reply, shard_keys, shard_work, WatchedKey};
 use super::errors::cluster_err;
 use super::reply::Reply;
@@ -39,6 +42,9 @@ use crate::cluster::txn::{self, Outcome};
 use crate::shard::apply::move_outcome;
 use crate::shard::command::{MoveMode, OpReply, ReadOp, TxnOp, WriteOp};
 use crate::shard::txn::version_of;
+
+/// Longest pause between two attempts of a move that conflicted.
+const MAX_PAUSE: Duration = Duration::from_millis(200);
 
 /// Keys a RANDOMKEY page examines.
 const RANDOM_PAGE: u64 = 32;
@@ -60,8 +66,11 @@ impl Session {
         let (from, to) = (src.shard, dst.shard);
         let table = plan.table.clone();
         let name = table.desc.name.clone();
-        let deadline = Instant::now() + LOCK_WAIT;
+        let wait = Duration::from_millis(self.shared.config.request_timeout_ms);
+        let deadline = Instant::now() + wait;
+        let mut pause = Duration::ZERO;
         loop {
+            let attempt = Instant::now();
             let reads = shard_keys(&table, &[src_key.clone(), dst_key.clone()]);
             let snapshot = match txn::snapshot_read(&self.shared.client, &reads).await {
                 Ok(Some(s)) => Some(s),
@@ -97,7 +106,16 @@ impl Session {
                         }),
                     });
                 }
-                let watches: Vec<WatchedKey> = [&src_key, &dst_key]
+                // The source's value is what is written; the destination
+                // matters only when its absence is the condition.
+                let dst_matters =
+                    matches!(mode, MoveMode::RenameNx | MoveMode::Copy { replace: false });
+                let watched = if dst_matters {
+                    vec![&src_key, &dst_key]
+                } else {
+                    vec![&src_key]
+                };
+                let watches: Vec<WatchedKey> = watched
                     .into_iter()
                     .map(|k| WatchedKey {
                         table: table.clone(),
@@ -120,7 +138,15 @@ impl Session {
                     "TRYAGAIN the keys kept changing or stayed locked; nothing was moved",
                 );
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            // Movers of the same keys would collide again in step: wait a
+            // random share of a pause that starts at what an attempt took
+            // and doubles.
+            if pause.is_zero() {
+                pause = attempt.elapsed().max(Duration::from_millis(1));
+            }
+            let wait = rand::thread_rng().gen_range(Duration::ZERO..=pause);
+            tokio::time::sleep(wait).await;
+            pause = (pause * 2).min(MAX_PAUSE);
         }
     }
 

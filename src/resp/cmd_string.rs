@@ -503,7 +503,7 @@ impl Session {
 }
 
 /// How long a write waits for a key locked by a transaction.
-pub(super) const LOCK_WAIT: Duration = Duration::from_millis(1000);
+const LOCK_WAIT: Duration = Duration::from_millis(1000);
 
 /// Whether a table may be served.
 fn routable(t: &TableRoute) -> Result<(), ClusterError> {
