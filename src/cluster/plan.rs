@@ -91,8 +91,11 @@ impl Plan {
         }
     }
 
+    /// Whether the plan changes nothing. A move across shards is made of
+    /// reads but writes when it runs (`Atomicity::Move`).
     pub fn is_read_only(&self) -> bool {
-        self.parts.iter().all(|p| matches!(p.op, TxnOp::Read(_)))
+        !matches!(self.atomicity, Atomicity::Move(_))
+            && self.parts.iter().all(|p| matches!(p.op, TxnOp::Read(_)))
     }
 
     pub fn shards(&self) -> usize {

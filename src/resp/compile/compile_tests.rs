@@ -877,6 +877,7 @@ fn keyspace_commands_compile() {
     assert_eq!(plan.parts[0].op.keys(), vec![b("a")]);
     assert_eq!(plan.parts[1].op.keys(), vec![b("b")]);
     assert_eq!(plan.parts[1].shard, shards_of(&t, &[dst])[0]);
+    assert!(!plan.is_read_only(), "a move writes");
     // OBJECT: a read of its key; HELP and the errors answer at once.
     assert_eq!(
         read_op("OBJECT refcount k"),
