@@ -9,9 +9,11 @@
 //! 2. what only shoal has or answers differently (COPY to another
 //!    database, cross-shard moves inside MULTI, LCS's size limit,
 //!    RANDOMKEY's spread, READONLY reads);
-//! 3. RENAME across shards is atomic: two clients rename a key back and
-//!    forth between two shards while a third checks, in snapshot reads,
-//!    that exactly one of the two names exists at every moment.
+//! 3. RENAME across shards moves the value with its TTL, invalidates a
+//!    WATCH of its destination (on one shard and across shards), and is
+//!    atomic: two clients rename a key back and forth between two shards
+//!    while a third checks, in snapshot reads, that exactly one of the two
+//!    names exists at every moment.
 
 mod common;
 
@@ -427,6 +429,19 @@ fn rename_across_shards_is_atomic() {
     assert_eq!(c.line("DEL ping"), b":1\r\n");
     assert_eq!(c.line("RENAMENX pong ping"), b":1\r\n");
     assert_eq!(c.line("GET ping"), b"$4\r\nball\r\n");
+
+    // A move changes what WATCH saw, on one shard and across shards.
+    let mut other = Conn::connect(&addr);
+    for (from, to) in [("ping", "pong"), ("{w}a", "{w}b")] {
+        assert_eq!(c.line(&format!("SET {from} ball")), b"+OK\r\n");
+        assert_eq!(c.line(&format!("WATCH {to}")), b"+OK\r\n");
+        assert_eq!(other.line(&format!("RENAME {from} {to}")), b"+OK\r\n");
+        assert_eq!(c.line("MULTI"), b"+OK\r\n");
+        assert_eq!(c.line(&format!("GET {to}")), b"+QUEUED\r\n");
+        assert_eq!(c.line("EXEC"), b"*-1\r\n", "{from} -> {to}");
+        assert_eq!(c.line(&format!("RENAME {to} {from}")), b"+OK\r\n");
+    }
+    assert_eq!(c.line("DEL {w}a"), b":1\r\n");
 
     let stop = Arc::new(AtomicBool::new(false));
     let movers: Vec<_> = (0..2)
