@@ -341,6 +341,27 @@ fn keyspace_commands() {
         b"-ERR RENAME inside MULTI needs both keys in one shard; use a hash tag such as {user1}\r\n"
     );
     assert_eq!(c.line("EXEC").first(), Some(&b'-'), "EXECABORT");
+    // A collection is not moved (its element rows are keyed by its name),
+    // on one shard or across shards, and stays where it was.
+    assert_ne!(shard_of("ping"), shard_of("pong"));
+    assert_eq!(c.line("HSET ping f v"), b":1\r\n");
+    assert_eq!(c.line("SADD {c}s m"), b":1\r\n");
+    for line in [
+        "RENAME ping pong",
+        "COPY ping pong",
+        "RENAMENX {c}s {c}t",
+        "COPY {c}s {c}t",
+    ] {
+        assert_eq!(
+            c.line(line),
+            b"-ERR RENAME and COPY of hashes, sets, sorted sets and lists are not supported yet\r\n",
+            "{line}"
+        );
+    }
+    assert_eq!(c.line("HGET ping f"), b"$1\r\nv\r\n");
+    assert_eq!(c.line("EXISTS pong {c}t"), b":0\r\n");
+    assert_eq!(c.line("OBJECT ENCODING ping"), b"$9\r\nhashtable\r\n");
+    assert_eq!(c.line("OBJECT ENCODING {c}s"), b"$9\r\nhashtable\r\n");
     // IDLETIME: shoal keeps no access times.
     assert_eq!(c.line("OBJECT IDLETIME src"), b":0\r\n");
     // LCS refuses a table over its limit (16,777,216 cells) before building it.

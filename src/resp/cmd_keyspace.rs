@@ -87,6 +87,11 @@ impl Session {
                         _ => OpReply::Error(crate::shard::command::ERR_NO_SUCH_KEY.into()),
                     });
                 };
+                // Never in a transaction: an error there would not stop
+                // the source's deletion.
+                if record.coll.is_some() {
+                    return Reply::error(crate::shard::apply::ERR_MOVE_COLLECTION);
+                }
                 let (reply, remove) = match move_outcome(mode, false, live(&dst_key).is_some()) {
                     Ok(outcome) => outcome,
                     Err(reply) => return op_reply(reply),

@@ -697,6 +697,15 @@ pub(super) fn op_reply(r: OpReply) -> Reply {
                 .map(|(k, v)| (op_reply(k), op_reply(v)))
                 .collect(),
         ),
+        OpReply::Set(items) => Reply::Set(items.into_iter().map(op_reply).collect()),
+        OpReply::Double(d) => Reply::Double(d),
+        OpReply::NilArray => Reply::NilArray,
+        OpReply::Pairs(pairs) => Reply::Pairs(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (op_reply(k), op_reply(v)))
+                .collect(),
+        ),
     }
 }
 

@@ -121,6 +121,9 @@ pub enum Group {
     Connection,
     Server,
     Transactions,
+    Hash,
+    Set,
+    SortedSet,
     /// shoal's own: tables and placement.
     Shoal,
 }
@@ -133,6 +136,9 @@ impl Group {
             Group::Connection => "connection",
             Group::Server => "server",
             Group::Transactions => "transactions",
+            Group::Hash => "hash",
+            Group::Set => "set",
+            Group::SortedSet => "sorted-set",
             Group::Shoal => "shoal",
         }
     }

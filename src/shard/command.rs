@@ -9,6 +9,9 @@ use super::value::Stored;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub use super::coll::{CollRead, CollWrite, HSetReply, HashPart, SetOp};
+pub use super::value::Kind;
+
 /// What a node enforces on requests, from its own configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -152,6 +155,8 @@ pub enum WriteOp {
     /// state machine carries this out as one range delete; see
     /// [`WriteOp::clears_group`].
     FlushGroup,
+    /// A write to a hash or a set ([`super::coll`]).
+    Coll(CollWrite),
     /// RENAME, RENAMENX or COPY with both keys on this shard: one entry.
     /// The source's stored record moves (or is copied) whole, expiry
     /// included; see [`MoveMode`] for the replies.
@@ -196,6 +201,7 @@ impl WriteOp {
             WriteOp::MSet { pairs, .. } => pairs.iter().map(|(_, v)| v.len()).sum(),
             WriteOp::IncrByFloat { by, .. } => by.len(),
             WriteOp::PutRecord { record, .. } => record.data.len(),
+            WriteOp::Coll(c) => c.elements().iter().map(|e| e.len()).sum(),
             _ => 0,
         };
         keys.saturating_add(values)
@@ -217,6 +223,7 @@ impl WriteOp {
             WriteOp::FlushGroup => Vec::new(),
             WriteOp::Move { src, dst, .. } => vec![src, dst],
             WriteOp::PutRecord { key, .. } => vec![key],
+            WriteOp::Coll(c) => c.keys(),
         }
     }
 
@@ -277,6 +284,8 @@ pub enum ReadOp {
     /// as it applies (no scan; expired keys not yet purged count, as in
     /// Redis's INFO keyspace). For INFO. Reply: `Int`.
     KeyCount,
+    /// A read of a hash or a set ([`super::coll`]).
+    Coll(CollRead),
     /// EXPIRETIME (`ms: false`, Unix seconds) or PEXPIRETIME: the absolute
     /// deadline, -1 without expiry, -2 when absent.
     ExpireTime {
@@ -313,6 +322,7 @@ impl ReadOp {
             | ReadOp::Object { key, .. } => vec![key],
             ReadOp::Exists { keys } | ReadOp::MGet { keys } => keys.iter().collect(),
             ReadOp::Scan { .. } | ReadOp::DbSize | ReadOp::KeyCount => Vec::new(),
+            ReadOp::Coll(c) => c.keys(),
         }
     }
 }
@@ -340,8 +350,17 @@ pub enum OpReply {
     Array(Vec<OpReply>),
     /// A Redis error text with its prefix (`ERR ...`, `WRONGTYPE ...`).
     Error(String),
-    /// Pairs: a RESP3 map, a flat array in RESP2 (LCS ... IDX).
+    /// A map (RESP3 `%`; RESP2 a flat array of keys and values): HGETALL.
     Map(Vec<(OpReply, OpReply)>),
+    /// A set (RESP3 `~`; RESP2 an array): SMEMBERS, SINTER...
+    Set(Vec<OpReply>),
+    /// Pairs (RESP3 an array of two-element arrays; RESP2 one flat
+    /// array): HRANDFIELD ... WITHVALUES, ZRANGE ... WITHSCORES.
+    Pairs(Vec<(OpReply, OpReply)>),
+    /// A double (RESP3 `,`; RESP2 a bulk string): ZSCORE.
+    Double(f64),
+    /// A null array (RESP2 `*-1`; RESP3 `_`): ZMPOP with nothing to pop.
+    NilArray,
 }
 
 impl OpReply {
@@ -352,14 +371,15 @@ impl OpReply {
         let head = |n: usize| 3 + n.checked_ilog10().unwrap_or(0) as usize + 1;
         match self {
             OpReply::Ok => 5,
-            OpReply::Nil => 5,
+            OpReply::Nil | OpReply::NilArray => 5,
+            OpReply::Double(_) => 32,
             OpReply::Int(n) => head(n.unsigned_abs() as usize) + 1,
             OpReply::Bulk(b) => head(b.len()) + b.len() + 2,
             OpReply::Status(s) | OpReply::Error(s) => s.len() + 3,
-            OpReply::Array(items) => {
+            OpReply::Array(items) | OpReply::Set(items) => {
                 head(items.len()) + items.iter().map(OpReply::resp_size).sum::<usize>()
             }
-            OpReply::Map(pairs) => {
+            OpReply::Map(pairs) | OpReply::Pairs(pairs) => {
                 head(pairs.len() * 2)
                     + pairs
                         .iter()

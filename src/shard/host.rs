@@ -23,7 +23,7 @@ use super::engine::{
 };
 use super::network::{NetworkFactory, Transport};
 use super::proposer;
-use super::store::{destroy_group, LogStore, StateMachine};
+use super::store::{destroy_group, DbRead, LogStore, StateMachine};
 use super::types::{NodeId, Raft};
 use super::value::Corrupt;
 use super::ShardError;
@@ -710,18 +710,13 @@ fn serve_read(
             count_live(rows, now_ms).map(OpReply::Int)
         }
         _ => {
-            let mut error = None;
-            let reply = apply_read(op, now_ms, max_reply, &mut |key| match db
-                .get(Cf::Data, &data_key(gid, key))
-            {
-                Ok(Some(raw)) => Corrupt::check(gid, key, &raw).map(Some),
-                Ok(None) => Ok(None),
-                Err(e) => {
-                    error = Some(e);
-                    Ok(None)
-                }
-            });
-            if let Some(e) = error {
+            let mut view = DbRead {
+                db,
+                gid,
+                error: None,
+            };
+            let reply = apply_read(op, now_ms, max_reply, &mut view);
+            if let Some(e) = view.error {
                 return Err(e.into());
             }
             Ok(reply?)

@@ -25,8 +25,10 @@
 
 pub mod apply;
 pub mod codec;
+pub mod coll;
 pub mod command;
 pub mod decimal;
+pub mod elements;
 pub mod engine;
 pub mod host;
 pub mod log_tail;
@@ -41,6 +43,7 @@ pub mod stream;
 pub mod txn;
 pub mod types;
 pub mod value;
+pub mod zset;
 
 #[cfg(test)]
 mod format_tests;

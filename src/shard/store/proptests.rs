@@ -31,6 +31,7 @@ use proptest::test_runner::{TestCaseError, TestError, TestRunner};
 
 use super::*;
 use crate::shard::apply::apply_read;
+use crate::shard::coll::KeysOnly;
 use crate::shard::command::{
     ExpireCond, Expiry, MoveMode, ObjectField, ReadOp, SetCond, WriteCmd, WriteOp,
 };
@@ -151,13 +152,17 @@ impl Sm {
     fn read(&self, env: &Env, op: &ReadOp, now_ms: u64) -> OpReply {
         let view = env.engine.view();
         let gid = self.gid;
-        apply_read(op, now_ms, usize::MAX, &mut |k| match view
-            .get(Cf::Data, &data_key(gid, k))
-            .expect("get")
-        {
-            Some(raw) => Corrupt::check(gid, k, &raw).map(Some),
-            None => Ok(None),
-        })
+        apply_read(
+            op,
+            now_ms,
+            usize::MAX,
+            &mut KeysOnly(
+                |k: &[u8]| match view.get(Cf::Data, &data_key(gid, k)).expect("get") {
+                    Some(raw) => Corrupt::check(gid, k, &raw).map(Some),
+                    None => Ok(None),
+                },
+            ),
+        )
         .expect("no corruption")
     }
 
@@ -311,6 +316,7 @@ fn write_op(float: bool, whole_group: bool) -> BoxedStrategy<WriteOp> {
                         version: 999,
                         expire_at_ms,
                         data,
+                        coll: None,
                     },
                 })
                 .boxed(),
@@ -790,7 +796,9 @@ impl Model {
                 self.rows.clear();
                 OpReply::Ok
             }
-            WriteOp::IncrByFloat { .. } => unreachable!("not in the model's logs"),
+            WriteOp::IncrByFloat { .. } | WriteOp::Coll(_) => {
+                unreachable!("not in the model's logs")
+            }
             WriteOp::Move { src, dst, mode } => {
                 let Some(r) = self.live(src, now).cloned() else {
                     return match mode {
