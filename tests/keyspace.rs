@@ -346,11 +346,13 @@ fn keyspace_commands() {
     assert_ne!(shard_of("ping"), shard_of("pong"));
     assert_eq!(c.line("HSET ping f v"), b":1\r\n");
     assert_eq!(c.line("SADD {c}s m"), b":1\r\n");
+    assert_eq!(c.line("RPUSH {c}l x"), b":1\r\n");
     for line in [
         "RENAME ping pong",
         "COPY ping pong",
         "RENAMENX {c}s {c}t",
         "COPY {c}s {c}t",
+        "RENAME {c}l {c}t",
     ] {
         assert_eq!(
             c.line(line),

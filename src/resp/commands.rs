@@ -13,6 +13,7 @@ use super::args::Args;
 use super::compile as c;
 use super::compile_coll as cc;
 use super::compile_keyspace as k;
+use super::compile_list as cl;
 use super::compile_zset as cz;
 use super::errors::wrong_args;
 use super::reply::Reply;
@@ -109,6 +110,7 @@ const STRING: u32 = acl::STRING;
 const HASH: u32 = acl::HASH;
 const SET: u32 = acl::SET;
 const ZSET: u32 = acl::SORTEDSET;
+const LIST: u32 = acl::LIST;
 const KEYSPACE: u32 = acl::KEYSPACE;
 const CONN: u32 = acl::CONNECTION;
 const TXN: u32 = acl::TRANSACTION;
@@ -220,6 +222,32 @@ pub static COMMANDS: &[CommandSpec] = &[
         awaits!(keys), "Returns all key names that match a pattern."),
     row("lcs", -3, READONLY, KEY2, STRING, G::String, Data(k::lcs),
         "Finds the longest common substring."),
+    row("lindex", 3, READONLY, KEY, LIST, G::List, Data(cl::lindex),
+        "Returns an element from a list by its index."),
+    row("linsert", 5, WRITE | DENYOOM, KEY, LIST, G::List, Data(cl::linsert),
+        "Inserts an element before or after another element in a list."),
+    row("llen", 2, READONLY | FAST, KEY, LIST, G::List, Data(cl::llen),
+        "Returns the length of a list."),
+    row("lmove", 5, WRITE | DENYOOM, KEY2, LIST, G::List, Data(cl::lmove),
+        "Returns an element after popping it from one list and pushing it to another. Deletes the list if the last element was moved."),
+    row("lmpop", -4, WRITE, NUMKEYS, LIST, G::List, Data(cl::lmpop),
+        "Returns multiple elements from a list after removing them. Deletes the list if the last element was popped."),
+    row("lpop", -2, WRITE | FAST, KEY, LIST, G::List, Data(cl::lpop),
+        "Returns the first elements in a list after removing it. Deletes the list if the last element was popped."),
+    row("lpos", -3, READONLY, KEY, LIST, G::List, Data(cl::lpos),
+        "Returns the index of matching elements in a list."),
+    row("lpush", -3, WRITE | DENYOOM | FAST, KEY, LIST, G::List, Data(cl::lpush),
+        "Prepends one or more elements to a list. Creates the key if it doesn't exist."),
+    row("lpushx", -3, WRITE | DENYOOM | FAST, KEY, LIST, G::List, Data(cl::lpushx),
+        "Prepends one or more elements to a list only when the list exists."),
+    row("lrange", 4, READONLY, KEY, LIST, G::List, Data(cl::lrange),
+        "Returns a range of elements from a list."),
+    row("lrem", 4, WRITE, KEY, LIST, G::List, Data(cl::lrem),
+        "Removes elements from a list. Deletes the list if the last element was removed."),
+    row("lset", 4, WRITE | DENYOOM, KEY, LIST, G::List, Data(cl::lset),
+        "Sets the value of an element in a list by its index."),
+    row("ltrim", 4, WRITE, KEY, LIST, G::List, Data(cl::ltrim),
+        "Removes elements from both ends a list. Deletes the list if all elements were trimmed."),
     row("mget", -2, READONLY | FAST, KEYS, STRING, G::String, Data(c::mget),
         "Atomically returns the string values of one or more keys."),
     row("mset", -3, WRITE | DENYOOM, PAIRS, STRING, G::String, Data(c::mset),
@@ -258,6 +286,14 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Renames a key only when the target key name doesn't exist."),
     row("reset", 1, CONTROL | NO_AUTH | MULTI_CONTROL, NONE, CONN, G::Connection, local!(reset),
         "Resets the connection."),
+    row("rpop", -2, WRITE | FAST, KEY, LIST, G::List, Data(cl::rpop),
+        "Returns and removes the last elements of a list. Deletes the list if the last element was popped."),
+    row("rpoplpush", 3, WRITE | DENYOOM, KEY2, LIST, G::List, Data(cl::rpoplpush),
+        "Returns the last element of a list after removing and pushing it to another list. Deletes the list if the last element was popped."),
+    row("rpush", -3, WRITE | DENYOOM | FAST, KEY, LIST, G::List, Data(cl::rpush),
+        "Appends one or more elements to a list. Creates the key if it doesn't exist."),
+    row("rpushx", -3, WRITE | DENYOOM | FAST, KEY, LIST, G::List, Data(cl::rpushx),
+        "Appends an element to a list only when the list exists."),
     row("sadd", -3, WRITE | DENYOOM | FAST, KEY, SET, G::Set, Data(cc::sadd),
         "Adds one or more members to a set. Creates the key if it doesn't exist."),
     row("scan", -2, READONLY | NO_MULTI | FAN_OUT, NONE, KEYSPACE, G::Generic, awaits!(scan),

@@ -501,10 +501,9 @@ pub fn zmpop(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
         Ok(n) if n > 0 => n as usize,
         _ => return Err(Reply::error("ERR numkeys should be greater than 0")),
     };
-    if n > args.remaining() {
-        return Err(Reply::error(
-            "ERR Number of keys can't be greater than number of args",
-        ));
+    // Redis: the direction must follow the keys, or it is a syntax error.
+    if n >= args.remaining() {
+        return Err(Reply::error(ERR_SYNTAX));
     }
     let keys: Vec<Bytes> = (0..n)
         .map(|_| args.next_bytes().unwrap_or_default())

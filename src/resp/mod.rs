@@ -22,6 +22,7 @@ pub mod commands;
 pub mod compile;
 pub mod compile_coll;
 pub mod compile_keyspace;
+pub mod compile_list;
 pub mod compile_zset;
 pub mod dispatch;
 pub mod encoding_params;

@@ -124,6 +124,7 @@ pub enum Group {
     Hash,
     Set,
     SortedSet,
+    List,
     /// shoal's own: tables and placement.
     Shoal,
 }
@@ -139,6 +140,7 @@ impl Group {
             Group::Hash => "hash",
             Group::Set => "set",
             Group::SortedSet => "sorted-set",
+            Group::List => "list",
             Group::Shoal => "shoal",
         }
     }

@@ -35,6 +35,7 @@ use bytes::Bytes;
 
 use super::command::*;
 use super::decimal::incr_float;
+use super::list::{LRead, LWrite};
 use super::value::*;
 use super::zset::{ZRead, ZWrite};
 
@@ -95,6 +96,8 @@ pub enum CollWrite {
     },
     /// A sorted-set write ([`super::zset`]).
     Z(ZWrite),
+    /// A list write ([`super::list`]).
+    L(LWrite),
 }
 
 /// What HSET-like commands answer.
@@ -192,6 +195,8 @@ pub enum CollRead {
     },
     /// A sorted-set read ([`super::zset`]).
     Z(ZRead),
+    /// A list read ([`super::list`]).
+    L(LRead),
 }
 
 impl CollWrite {
@@ -207,6 +212,7 @@ impl CollWrite {
             CollWrite::SMove { src, dst, .. } => vec![src, dst],
             CollWrite::SStore { dst, keys, .. } => std::iter::once(dst).chain(keys).collect(),
             CollWrite::Z(z) => z.keys(),
+            CollWrite::L(l) => l.keys(),
         }
     }
 
@@ -224,6 +230,7 @@ impl CollWrite {
             CollWrite::SMove { member, .. } => vec![member],
             CollWrite::SPop { .. } | CollWrite::SStore { .. } => Vec::new(),
             CollWrite::Z(z) => z.elements(),
+            CollWrite::L(l) => l.elements(),
         }
     }
 }
@@ -248,6 +255,7 @@ impl CollRead {
                 keys.iter().collect()
             }
             CollRead::Z(z) => z.keys(),
+            CollRead::L(l) => l.keys(),
         }
     }
 }
@@ -270,6 +278,7 @@ pub fn write(c: &CollWrite, now: u64, index: u64, view: &mut dyn KeyView) -> Res
 fn write_in(c: &CollWrite, now: u64, index: u64, view: &mut Layer) -> Result<OpReply, Stop> {
     Ok(match c {
         CollWrite::Z(z) => return super::zset::write(z, now, index, view),
+        CollWrite::L(l) => return super::list::write(l, now, index, view),
         CollWrite::HSet { key, pairs, reply } => {
             let mut h = Open::get(view, key, Kind::Hash, now, index)?;
             let mut added = 0;
@@ -535,6 +544,8 @@ fn too_large(c: &CollRead, max_reply: usize) -> OpReply {
         CollRead::SCombine { .. } => "SINTER/SUNION/SDIFF",
         CollRead::HRandField { .. } => "HRANDFIELD",
         CollRead::SRandMember { .. } => "SRANDMEMBER",
+        CollRead::L(LRead::LRange { .. }) => "LRANGE",
+        CollRead::Z(ZRead::ZRange { .. }) => "ZRANGE",
         _ => "the reply",
     };
     OpReply::Error(reply_too_large(name, max_reply))
@@ -549,6 +560,7 @@ fn read_in(
     let bulk_or_nil = |v: Option<Bytes>| v.map_or(OpReply::Nil, OpReply::Bulk);
     Ok(match c {
         CollRead::Z(z) => return super::zset::read(z, now, view),
+        CollRead::L(l) => return super::list::read(l, now, view),
         CollRead::HGet { key, field } => match load(view, key, Kind::Hash, now)? {
             Some((_, h)) => bulk_or_nil(view.sub_get(key, h.gen, field)?),
             None => OpReply::Nil,

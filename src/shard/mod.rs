@@ -13,7 +13,8 @@
 //! * [`store`]: openraft's log storage and state machine for one group;
 //!   [`log_tail`] keeps the newest log entries in memory.
 //! * [`network`]: Raft messages between nodes over gRPC, routed by group id.
-//! * [`host`]: the replicas this node hosts; serving requests on them.
+//! * [`host`]: the replicas this node hosts; serving requests on them;
+//!   [`lease`] says when a leader may answer a linearizable read alone.
 //! * [`purger`]: background expiry on the groups this node leads.
 //! * [`service`]: the gRPC services (RaftService, ShardService).
 //! * [`snapshot`]: the snapshot envelope (version, checksum) and its check.
@@ -31,6 +32,8 @@ pub mod decimal;
 pub mod elements;
 pub mod engine;
 pub mod host;
+pub mod lease;
+pub mod list;
 pub mod log_tail;
 pub mod network;
 pub mod proposer;
