@@ -126,6 +126,14 @@ impl Plan {
 
 /// Combine the parts' replies (one per part, in part order).
 pub fn merge(merge: &Merge, replies: Vec<OpReply>) -> OpReply {
+    // LCS names Redis's own error for a key of another type.
+    if matches!(merge, Merge::Lcs(_))
+        && replies
+            .iter()
+            .any(|r| matches!(r, OpReply::Error(e) if e.starts_with("WRONGTYPE")))
+    {
+        return OpReply::Error("ERR The specified keys must contain string values".into());
+    }
     // An error from any part is the command's reply.
     if let Some(e) = replies.iter().find(|r| matches!(r, OpReply::Error(_))) {
         return e.clone();
