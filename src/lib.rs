@@ -16,6 +16,7 @@ pub mod dev;
 pub mod devcluster;
 pub mod failpoint;
 pub mod glob;
+pub mod lcs;
 pub mod meta;
 pub mod node;
 pub mod num;

@@ -9,8 +9,7 @@
 use std::sync::Arc;
 
 use super::routes::TableRoute;
-use crate::shard::command::OpReply;
-use crate::shard::command::{ReadOp, SetOp, TxnOp};
+use crate::shard::command::{MoveMode, OpReply, ReadOp, SetOp, TxnOp};
 use crate::shard::zset::{combine_members, scored_reply, Aggregate, ZCombine};
 
 /// One shard's share of a command.
@@ -53,6 +52,9 @@ pub enum Merge {
     /// BZPOPMIN / BZPOPMAX: ZMPOP's `[key, [[member, score]]]` answered
     /// `[key, member, score]`.
     BlockZPop,
+    /// LCS: two parts read the two strings (nil reads as empty); the reply
+    /// is computed here, on the router, with Redis's shapes.
+    Lcs(LcsReply),
 }
 
 /// How a blocking command waits when its plan finds nothing: on `keys`
@@ -65,6 +67,16 @@ pub struct Block {
     pub timeout_ms: u64,
 }
 
+/// What LCS answers: the string (neither flag), its length (`len`), or the
+/// matched ranges (`idx`, with `min_match` and `with_match_len`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LcsReply {
+    pub len: bool,
+    pub idx: bool,
+    pub min_match: u64,
+    pub with_match_len: bool,
+}
+
 /// What kind of atomicity a multi-part command needs outside MULTI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Atomicity {
@@ -75,6 +87,11 @@ pub enum Atomicity {
     AllOrNothing,
     /// MSETNX: all or none, and only if no key exists.
     AllIfAbsent,
+    /// RENAME / RENAMENX / COPY whose two keys are on different shards: the
+    /// two parts read the source and the destination; the router reads
+    /// both in one snapshot, then writes the destination (and deletes the
+    /// source) in one transaction that WATCHes both, retried if they moved.
+    Move(MoveMode),
 }
 
 #[derive(Debug, Clone)]
@@ -110,8 +127,11 @@ impl Plan {
         }
     }
 
+    /// Whether the plan changes nothing. A move across shards is made of
+    /// reads but writes when it runs (`Atomicity::Move`).
     pub fn is_read_only(&self) -> bool {
-        self.parts.iter().all(|p| matches!(p.op, TxnOp::Read(_)))
+        !matches!(self.atomicity, Atomicity::Move(_))
+            && self.parts.iter().all(|p| matches!(p.op, TxnOp::Read(_)))
     }
 
     pub fn shards(&self) -> usize {
@@ -124,6 +144,14 @@ impl Plan {
 
 /// Combine the parts' replies (one per part, in part order).
 pub fn merge(merge: &Merge, replies: Vec<OpReply>) -> OpReply {
+    // LCS names Redis's own error for a key of another type.
+    if matches!(merge, Merge::Lcs(_))
+        && replies
+            .iter()
+            .any(|r| matches!(r, OpReply::Error(e) if e.starts_with("WRONGTYPE")))
+    {
+        return OpReply::Error("ERR The specified keys must contain string values".into());
+    }
     // An error from any part is the command's reply.
     if let Some(e) = replies.iter().find(|r| matches!(r, OpReply::Error(_))) {
         return e.clone();
@@ -157,6 +185,13 @@ pub fn merge(merge: &Merge, replies: Vec<OpReply>) -> OpReply {
                 }
             }
             OpReply::Array(out)
+        }
+        Merge::Lcs(how) => {
+            let text = |r: Option<&OpReply>| match r {
+                Some(OpReply::Bulk(b)) => b.clone(),
+                _ => bytes::Bytes::new(),
+            };
+            lcs_reply(&text(replies.first()), &text(replies.get(1)), *how)
         }
         Merge::Sets { op, card } => merge_sets(*op, *card, replies),
         Merge::ZSets {
@@ -216,6 +251,40 @@ pub fn merge(merge: &Merge, replies: Vec<OpReply>) -> OpReply {
                     .unwrap_or(OpReply::Ok)
             }
         }
+    }
+}
+
+/// LCS's reply for strings `a` and `b`, in Redis's shapes: the string, its
+/// length, or `{matches: [[[a0, a1], [b0, b1](, len)]...], len: n}`.
+pub fn lcs_reply(a: &[u8], b: &[u8], how: LcsReply) -> OpReply {
+    let walk = how.idx || !how.len;
+    let found = match crate::lcs::lcs(a, b, walk, how.min_match) {
+        Ok(found) => found,
+        Err(e) => return OpReply::Error(e),
+    };
+    if how.idx {
+        let pair =
+            |x: u32, y: u32| OpReply::Array(vec![OpReply::Int(x as i64), OpReply::Int(y as i64)]);
+        let matches = found
+            .matches
+            .iter()
+            .map(|m| {
+                let mut item = vec![pair(m.a_start, m.a_end), pair(m.b_start, m.b_end)];
+                if how.with_match_len {
+                    item.push(OpReply::Int(m.len() as i64));
+                }
+                OpReply::Array(item)
+            })
+            .collect();
+        let key = |k: &'static str| OpReply::Bulk(bytes::Bytes::from_static(k.as_bytes()));
+        OpReply::Map(vec![
+            (key("matches"), OpReply::Array(matches)),
+            (key("len"), OpReply::Int(found.len as i64)),
+        ])
+    } else if how.len {
+        OpReply::Int(found.len as i64)
+    } else {
+        OpReply::Bulk(found.string.into())
     }
 }
 

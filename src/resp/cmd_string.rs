@@ -94,7 +94,7 @@ impl Session {
     }
 
     /// The connection's table, or the error reply.
-    fn table_or_reply(&self) -> Result<Arc<TableRoute>, Reply> {
+    pub(super) fn table_or_reply(&self) -> Result<Arc<TableRoute>, Reply> {
         self.current_table().map_err(cluster_err)
     }
 
@@ -205,6 +205,7 @@ impl Session {
             match plan.atomicity {
                 Atomicity::AllOrNothing => return self.run_atomic(plan).await,
                 Atomicity::AllIfAbsent => return self.run_set_if_absent(plan).await,
+                Atomicity::Move(mode) => return self.run_move(plan, mode).await,
                 Atomicity::None => {}
             }
         }

@@ -134,6 +134,12 @@ impl Session {
                         "ERR MSETNX inside MULTI needs its keys in one shard; use a hash tag such as {user1}",
                     );
                 }
+                if matches!(plan.atomicity, Atomicity::Move(_)) && plan.shards() > 1 {
+                    return Reply::error(format!(
+                        "ERR {} inside MULTI needs both keys in one shard; use a hash tag such as {{user1}}",
+                        spec.name.to_ascii_uppercase()
+                    ));
+                }
                 Queued::Plan(plan)
             }
             // The table's own test keeps every such row NO_MULTI.

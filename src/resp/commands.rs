@@ -13,6 +13,7 @@ use super::args::Args;
 use super::cmd_blocking as cb;
 use super::compile as c;
 use super::compile_coll as cc;
+use super::compile_keyspace as k;
 use super::compile_list as cl;
 use super::compile_zset as cz;
 use super::errors::wrong_args;
@@ -40,6 +41,13 @@ const KEY2: KeySpec = KeySpec::Range {
     first: 1,
     last: 2,
     step: 1,
+};
+/// OBJECT's key: the third argument of its keyed subcommands.
+const OBJECT_KEY: KeySpec = KeySpec::Find {
+    first: 2,
+    last: 2,
+    step: 1,
+    find: k::object_keys,
 };
 /// `numkeys key [key ...]`: keys after the count.
 const NUMKEYS: KeySpec = KeySpec::Find {
@@ -159,6 +167,8 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Returns detailed information about all commands."),
     row("config", -2, ADMIN | NOSCRIPT | LOADING | STALE | NO_MULTI, NONE, 0, G::Server,
         local!(config), "A container for server configuration commands."),
+    row("copy", -3, WRITE | DENYOOM, KEY2, KEYSPACE, G::Generic, Data(k::copy),
+        "Copies the value of a key to a new key."),
     row("dbsize", 1, READONLY | FAST | NO_MULTI | FAN_OUT, NONE, KEYSPACE, G::Server,
         awaits!(dbsize), "Returns the number of keys in the table."),
     row("decr", 2, WRITE | DENYOOM | FAST, KEY, STRING, G::String, Data(c::decr),
@@ -180,6 +190,8 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Sets the expiration time of a key in seconds."),
     row("expireat", -3, WRITE | FAST, KEY, KEYSPACE, G::Generic, Data(c::expireat),
         "Sets the expiration time of a key to a Unix timestamp."),
+    row("expiretime", 2, READONLY | FAST, KEY, KEYSPACE, G::Generic, Data(k::expiretime),
+        "Returns the expiration time of a key as a Unix timestamp."),
     row("flushall", -1, WRITE | NO_MULTI | FAN_OUT, NONE, KEYSPACE | acl::DANGEROUS, G::Server,
         awaits!(flushall), "Removes all keys from all tables."),
     row("flushdb", -1, WRITE | NO_MULTI | FAN_OUT, NONE, KEYSPACE | acl::DANGEROUS, G::Server,
@@ -238,6 +250,8 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Returns information and statistics about the server and the cluster."),
     row("keys", 2, READONLY | NO_MULTI | FAN_OUT, NONE, KEYSPACE | acl::DANGEROUS, G::Generic,
         awaits!(keys), "Returns all key names that match a pattern."),
+    row("lcs", -3, READONLY, KEY2, STRING, G::String, Data(k::lcs),
+        "Finds the longest common substring."),
     row("lindex", 3, READONLY, KEY, LIST, G::List, Data(cl::lindex),
         "Returns an element from a list by its index."),
     row("linsert", 5, WRITE | DENYOOM, KEY, LIST, G::List, Data(cl::linsert),
@@ -272,22 +286,34 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Atomically modifies the string values of one or more keys only when all keys don't exist."),
     row("multi", 1, CONTROL | MULTI_CONTROL, NONE, TXN, G::Transactions, local!(multi),
         "Starts a transaction."),
+    row("object", -2, READONLY, OBJECT_KEY, KEYSPACE, G::Generic, Data(k::object),
+        "A container for object introspection commands."),
     row("persist", 2, WRITE | FAST, KEY, KEYSPACE, G::Generic, Data(c::persist),
         "Removes the expiration time of a key."),
     row("pexpire", -3, WRITE | FAST, KEY, KEYSPACE, G::Generic, Data(c::pexpire),
         "Sets the expiration time of a key in milliseconds."),
     row("pexpireat", -3, WRITE | FAST, KEY, KEYSPACE, G::Generic, Data(c::pexpireat),
         "Sets the expiration time of a key to a Unix milliseconds timestamp."),
+    row("pexpiretime", 2, READONLY | FAST, KEY, KEYSPACE, G::Generic, Data(k::pexpiretime),
+        "Returns the expiration time of a key as a Unix milliseconds timestamp."),
     row("ping", -1, FAST, NONE, CONN, G::Connection, local!(ping),
         "Returns the server's liveliness response."),
+    row("psetex", 4, WRITE | DENYOOM, KEY, STRING, G::String, Data(k::psetex),
+        "Sets both string value and expiration time in milliseconds of a key. The key is created if it doesn't exist."),
     row("pttl", 2, READONLY | FAST, KEY, KEYSPACE, G::Generic, Data(c::pttl),
         "Returns the expiration time in milliseconds of a key."),
     row("quit", -1, CONTROL | NO_AUTH | MULTI_CONTROL, NONE, CONN, G::Connection, local!(quit),
         "Closes the connection."),
+    row("randomkey", 1, READONLY | NO_MULTI | FAN_OUT, NONE, KEYSPACE, G::Generic,
+        awaits!(randomkey), "Returns a random key name from the table."),
     row("readonly", 1, FAST | LOADING | STALE | NO_MULTI, NONE, CONN, G::Connection,
         local!(readonly), "Lets read-only commands of this connection read from any replica."),
     row("readwrite", 1, FAST | LOADING | STALE | NO_MULTI, NONE, CONN, G::Connection,
         local!(readwrite), "Makes reads of this connection linearizable again."),
+    row("rename", 3, WRITE, KEY2, KEYSPACE, G::Generic, Data(k::rename),
+        "Renames a key and overwrites the destination."),
+    row("renamenx", 3, WRITE | FAST, KEY2, KEYSPACE, G::Generic, Data(k::renamenx),
+        "Renames a key only when the target key name doesn't exist."),
     row("reset", 1, CONTROL | NO_AUTH | MULTI_CONTROL, NONE, CONN, G::Connection, local!(reset),
         "Resets the connection."),
     row("rpop", -2, WRITE | FAST, KEY, LIST, G::List, Data(cl::rpop),
@@ -312,6 +338,8 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Changes the table of the connection to the one with this database index."),
     row("set", -3, WRITE | DENYOOM, KEY, STRING, G::String, Data(c::set),
         "Sets the string value of a key, ignoring its type. The key is created if it doesn't exist."),
+    row("setex", 4, WRITE | DENYOOM, KEY, STRING, G::String, Data(k::setex),
+        "Sets the string value and expiration time of a key. Creates the key if it doesn't exist."),
     row("setnx", 3, WRITE | DENYOOM | FAST, KEY, STRING, G::String, Data(c::setnx),
         "Set the string value of a key only when the key doesn't exist."),
     row("setrange", 4, WRITE | DENYOOM, KEY, STRING, G::String, Data(c::setrange),

@@ -127,11 +127,11 @@ impl Ctx<'_> {
 // `commands.rs` names them). Arity was checked before they run, so a
 // missing argument reads as empty.
 
-fn key(args: &mut Args) -> Bytes {
+pub(super) fn key(args: &mut Args) -> Bytes {
     args.next_bytes().unwrap_or_default()
 }
 
-fn read_key(args: &mut Args, cx: &Ctx, op: impl FnOnce(Bytes) -> ReadOp) -> Plan {
+pub(super) fn read_key(args: &mut Args, cx: &Ctx, op: impl FnOnce(Bytes) -> ReadOp) -> Plan {
     let key = key(args);
     cx.single(&key, TxnOp::Read(op(key.clone())))
 }
@@ -554,7 +554,7 @@ fn option_deadline(command: &str, expire: Option<(String, Bytes)>) -> Result<Opt
 
 /// The absolute deadline of SET/GETEX's EX/PX/EXAT/PXAT `n` (which must be
 /// positive), or Redis's "invalid expire time" error.
-fn deadline(command: &str, opt: &str, n: i64, now: i64) -> Result<u64, Reply> {
+pub(super) fn deadline(command: &str, opt: &str, n: i64, now: i64) -> Result<u64, Reply> {
     let invalid = || Reply::error(format!("ERR invalid expire time in '{command}' command"));
     if n <= 0 {
         return Err(invalid());

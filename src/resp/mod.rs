@@ -15,15 +15,18 @@
 
 pub mod args;
 pub mod cmd_blocking;
+pub mod cmd_keyspace;
 pub mod cmd_string;
 pub mod cmd_table;
 pub mod cmd_txn;
 pub mod commands;
 pub mod compile;
 pub mod compile_coll;
+pub mod compile_keyspace;
 pub mod compile_list;
 pub mod compile_zset;
 pub mod dispatch;
+pub mod encoding_params;
 pub mod errors;
 pub mod frame;
 pub mod pipeline;

@@ -16,6 +16,7 @@ use futures::future::BoxFuture;
 use tokio::sync::watch;
 
 use super::args::Args;
+use super::encoding_params::EncodingParams;
 use super::errors::{arg_err, wrong_args};
 use super::reply::{Protocol, Reply};
 use crate::cluster::client::ShardClient;
@@ -57,6 +58,8 @@ pub struct RuntimeLimits {
     pub max_multi_commands: AtomicUsize,
     /// Keys one connection may WATCH at once.
     pub max_watch_keys: AtomicUsize,
+    /// Redis's encoding parameters: read back, used by nothing.
+    pub encoding: super::encoding_params::EncodingParams,
 }
 
 impl RuntimeLimits {
@@ -69,6 +72,7 @@ impl RuntimeLimits {
             query_buffer_limit: AtomicUsize::new(c.client_query_buffer_limit),
             max_multi_commands: AtomicUsize::new(c.max_multi_commands),
             max_watch_keys: AtomicUsize::new(c.max_watch_keys),
+            encoding: Default::default(),
         }
     }
 }
@@ -623,7 +627,7 @@ impl Session {
         let c = &self.shared.config;
         let l = &self.shared.limits;
         let size = |a: &AtomicUsize| a.load(Ordering::Relaxed).to_string();
-        vec![
+        let mut params = vec![
             ("appendonly", "no".into()),
             ("databases", "16".into()),
             ("maxclients", size(&l.max_clients)),
@@ -639,7 +643,9 @@ impl Session {
             ("shoal-max-output-len", c.max_output_len.to_string()),
             ("shoal-max-multi-commands", size(&l.max_multi_commands)),
             ("shoal-max-watch-keys", size(&l.max_watch_keys)),
-        ]
+        ];
+        params.extend(l.encoding.all());
+        params
     }
 
     /// A parameter CONFIG SET may change: where it goes, its smallest value,
@@ -667,8 +673,17 @@ impl Session {
             return Reply::error("ERR wrong number of arguments for 'config|set' command");
         }
         let mut updates = Vec::new();
+        let mut encoding = Vec::new();
         for pair in rest.chunks(2) {
             let name = String::from_utf8_lossy(&pair[0]).to_ascii_lowercase();
+            match EncodingParams::check(&name, &pair[1]) {
+                Some(Ok(update)) => {
+                    encoding.push(update);
+                    continue;
+                }
+                Some(Err(e)) => return Reply::error(e),
+                None => {}
+            }
             let Some((target, min, sized)) = self.setting(&name) else {
                 if self.config_params().iter().any(|(k, _)| *k == name) {
                     return Reply::error(format!(
@@ -693,6 +708,9 @@ impl Session {
         }
         for (target, value) in updates {
             target.store(value);
+        }
+        for update in encoding {
+            self.shared.limits.encoding.store(update);
         }
         Reply::ok()
     }

@@ -40,6 +40,7 @@ pub fn admit(op: &mut WriteOp, limits: &Limits) -> Result<(), OpReply> {
     match op {
         WriteOp::Set { value, .. } if value.len() as u64 > max => too_big(),
         WriteOp::MSet { pairs, .. } if pairs.iter().any(|(_, v)| v.len() as u64 > max) => too_big(),
+        WriteOp::PutRecord { record, .. } if record.data.len() as u64 > max => too_big(),
         // The router may tighten the limit (its own max_value_len), never
         // loosen it: the node's limit is stamped when the router's is higher.
         WriteOp::Append { value, max_len, .. } => {
@@ -338,10 +339,78 @@ fn write_result(
             _ => nothing(OpReply::Int(0)),
         },
         WriteOp::FlushGroup => nothing(OpReply::Ok),
+        WriteOp::Move { src, dst, mode } => {
+            let Some(record) = live(src)? else {
+                return nothing(match mode {
+                    MoveMode::Copy { .. } => OpReply::Int(0),
+                    _ => OpReply::Error(ERR_NO_SUCH_KEY.into()),
+                });
+            };
+            if record.coll.is_some() {
+                return nothing(OpReply::Error(ERR_MOVE_COLLECTION.into()));
+            }
+            let dst_live = if src == dst {
+                true
+            } else {
+                live(dst)?.is_some()
+            };
+            let (reply, moved) = match move_outcome(*mode, src == dst, dst_live) {
+                Ok(outcome) => outcome,
+                Err(reply) => return nothing(reply),
+            };
+            let mut changes = vec![(
+                dst.clone(),
+                Some(Stored {
+                    version: index,
+                    ..record
+                }),
+            )];
+            if moved {
+                changes.push((src.clone(), None));
+            }
+            Ok((reply, changes))
+        }
+        WriteOp::PutRecord { record, .. } if record.coll.is_some() => {
+            nothing(OpReply::Error(ERR_MOVE_COLLECTION.into()))
+        }
+        WriteOp::PutRecord { key, record } => {
+            let change = if record.live_at(now) {
+                Some(Stored {
+                    version: index,
+                    ..record.clone()
+                })
+            } else {
+                None
+            };
+            Ok((OpReply::Ok, vec![(key.clone(), change)]))
+        }
         // Collection writes change element rows: only [`apply_op`] can.
         WriteOp::Coll(_) => nothing(OpReply::Error(
             "ERR internal: a collection write needs apply_op".into(),
         )),
+    }
+}
+
+/// What RENAME / RENAMENX / COPY do once the source is known to exist:
+/// `Ok((reply, source removed))` when the destination is written, or the
+/// reply that changes nothing. `same`: source and destination are one key;
+/// `dst_live`: the destination holds a live value. Shared by the one-shard
+/// [`WriteOp::Move`] and the router's cross-shard path, so both answer
+/// alike.
+pub fn move_outcome(
+    mode: MoveMode,
+    same: bool,
+    dst_live: bool,
+) -> Result<(OpReply, bool), OpReply> {
+    match mode {
+        // Redis: renaming a key onto itself changes nothing.
+        MoveMode::Rename if same => Err(OpReply::Ok),
+        MoveMode::RenameNx if same || dst_live => Err(OpReply::Int(0)),
+        MoveMode::Copy { .. } if same => Err(OpReply::Error(ERR_SAME_OBJECT.into())),
+        MoveMode::Copy { replace: false } if dst_live => Err(OpReply::Int(0)),
+        MoveMode::Rename => Ok((OpReply::Ok, true)),
+        MoveMode::RenameNx => Ok((OpReply::Int(1), true)),
+        MoveMode::Copy { .. } => Ok((OpReply::Int(1), false)),
     }
 }
 
@@ -462,11 +531,82 @@ fn read_result(
         ReadOp::Type { key } => {
             OpReply::Status(live(key)?.map_or("none", |v| v.type_name()).to_string())
         }
+        ReadOp::ExpireTime { key, ms } => match live(key)? {
+            None => OpReply::Int(-2),
+            Some(v) if v.expire_at_ms == 0 => OpReply::Int(-1),
+            Some(v) => {
+                let at = i64::try_from(v.expire_at_ms).unwrap_or(i64::MAX);
+                OpReply::Int(if *ms { at } else { at / 1000 })
+            }
+        },
+        ReadOp::Object { key, field } => match live(key)? {
+            None => OpReply::Nil,
+            Some(v) => object_field(&v, *field),
+        },
         ReadOp::Scan { .. } | ReadOp::DbSize | ReadOp::KeyCount => {
             OpReply::Error("ERR scan needs the host's range iterator".into())
         }
         ReadOp::Coll(_) => unreachable!("served above"),
     })
+}
+
+/// Redis's error for OBJECT FREQ under its default maxmemory policy
+/// (shoal keeps no access counts, as Redis does not outside an LFU policy).
+pub const ERR_NO_LFU: &str = "ERR An LFU maxmemory policy is not selected, access frequency not tracked. Please note that when switching between policies at runtime LRU and LFU data will take some time to adjust.";
+
+/// RENAME and COPY of a collection: its element rows are keyed by its name
+/// and are not moved yet.
+pub const ERR_MOVE_COLLECTION: &str =
+    "ERR RENAME and COPY of hashes, sets, sorted sets and lists are not supported yet";
+
+/// Redis's reference count of a shared object (its small integers).
+const SHARED_REFCOUNT: i64 = i32::MAX as i64;
+
+/// Redis shares the integers 0..10000 between keys (`OBJ_SHARED_INTEGERS`).
+const SHARED_INTEGERS: i64 = 10_000;
+
+/// Longest string Redis stores inline with its object header
+/// (`OBJ_ENCODING_EMBSTR_SIZE_LIMIT`).
+const EMBSTR_MAX: usize = 44;
+
+/// OBJECT's answer for a live string value, as Redis 7 gives it for a
+/// value written by SET: ENCODING `int` for the text of an i64 (no sign
+/// but `-`, no leading zero, at most 20 bytes), `embstr` up to 44 bytes,
+/// `raw` beyond; REFCOUNT 2147483647 for the integers Redis shares
+/// (0..9999), 1 otherwise; IDLETIME 0 (shoal keeps no access times);
+/// FREQ Redis's error for a non-LFU policy.
+pub fn object_field(v: &Stored, field: ObjectField) -> OpReply {
+    // A collection's elements are rows: Redis's encoding for a big one.
+    if let Some(c) = v.coll {
+        let encoding: &'static [u8] = match c.kind {
+            Kind::Hash | Kind::Set => b"hashtable",
+            Kind::ZSet => b"skiplist",
+            Kind::List => b"quicklist",
+        };
+        return match field {
+            ObjectField::Encoding => OpReply::Bulk(Bytes::from_static(encoding)),
+            ObjectField::RefCount => OpReply::Int(1),
+            ObjectField::IdleTime => OpReply::Int(0),
+            ObjectField::Freq => OpReply::Error(ERR_NO_LFU.into()),
+        };
+    }
+    let int = (v.data.len() <= 20)
+        .then(|| parse_i64(&v.data))
+        .flatten()
+        .filter(|n| n.to_string().as_bytes() == &v.data[..]);
+    match field {
+        ObjectField::Encoding => OpReply::Bulk(Bytes::from_static(match int {
+            Some(_) => b"int",
+            None if v.data.len() <= EMBSTR_MAX => b"embstr",
+            None => b"raw",
+        })),
+        ObjectField::RefCount => OpReply::Int(match int {
+            Some(n) if (0..SHARED_INTEGERS).contains(&n) => SHARED_REFCOUNT,
+            _ => 1,
+        }),
+        ObjectField::IdleTime => OpReply::Int(0),
+        ObjectField::Freq => OpReply::Error(ERR_NO_LFU.into()),
+    }
 }
 
 /// GETRANGE's slice, with Redis's negative-index rules.
@@ -893,6 +1033,138 @@ mod tests {
     }
 
     #[test]
+    fn moves_keep_the_record_whole() {
+        let mut db = HashMap::new();
+        put(&mut db, "a", "v", 500);
+        put(&mut db, "old", "x", 0);
+        let mv = |src: &str, dst: &str, mode| WriteOp::Move {
+            src: b(src),
+            dst: b(dst),
+            mode,
+        };
+        // The value and its deadline move; the version is the entry's.
+        assert_eq!(w(&mut db, 10, mv("a", "b", MoveMode::Rename)), OpReply::Ok);
+        assert!(!db.contains_key(&b("a")));
+        assert_eq!(
+            (db[&b("b")].expire_at_ms, db[&b("b")].data.clone()),
+            (500, b("v"))
+        );
+        assert_eq!(db[&b("b")].version, 2);
+        assert_eq!(
+            w(&mut db, 10, mv("b", "old", MoveMode::RenameNx)),
+            OpReply::Int(0)
+        );
+        assert_eq!(
+            w(
+                &mut db,
+                10,
+                mv("b", "old", MoveMode::Copy { replace: false })
+            ),
+            OpReply::Int(0)
+        );
+        assert_eq!(
+            w(
+                &mut db,
+                10,
+                mv("b", "old", MoveMode::Copy { replace: true })
+            ),
+            OpReply::Int(1)
+        );
+        assert_eq!(db[&b("old")].expire_at_ms, 500);
+        assert!(db.contains_key(&b("b")), "COPY keeps its source");
+        // An expired source is absent; an expired destination is free.
+        assert_eq!(
+            w(&mut db, 600, mv("b", "c", MoveMode::Rename)),
+            OpReply::Error(ERR_NO_SUCH_KEY.into())
+        );
+        assert_eq!(
+            w(
+                &mut db,
+                600,
+                mv("b", "c", MoveMode::Copy { replace: false })
+            ),
+            OpReply::Int(0)
+        );
+        put(&mut db, "d", "new", 0);
+        assert_eq!(
+            w(&mut db, 600, mv("d", "old", MoveMode::RenameNx)),
+            OpReply::Int(1)
+        );
+        assert_eq!(db[&b("old")].data, b("new"));
+        // Onto itself: RENAME changes nothing, RENAMENX answers 0.
+        assert_eq!(
+            w(&mut db, 600, mv("old", "old", MoveMode::Rename)),
+            OpReply::Ok
+        );
+        assert_eq!(
+            w(&mut db, 600, mv("old", "old", MoveMode::RenameNx)),
+            OpReply::Int(0)
+        );
+        assert_eq!(db[&b("old")].data, b("new"));
+        // A whole record: stored as given, unless already expired.
+        let record = |exp| Stored {
+            version: 77,
+            expire_at_ms: exp,
+            data: b("r"),
+            coll: None,
+        };
+        let rec = |exp| WriteOp::PutRecord {
+            key: b("p"),
+            record: record(exp),
+        };
+        assert_eq!(w(&mut db, 600, rec(700)), OpReply::Ok);
+        assert_eq!(db[&b("p")].expire_at_ms, 700);
+        assert_ne!(
+            db[&b("p")].version,
+            77,
+            "the entry's index, not the sender's"
+        );
+        assert_eq!(w(&mut db, 600, rec(600)), OpReply::Ok);
+        assert!(!db.contains_key(&b("p")));
+    }
+
+    #[test]
+    fn object_answers_as_redis_does_for_set_values() {
+        let v = |s: &str| Stored {
+            version: 1,
+            expire_at_ms: 0,
+            data: b(s),
+            coll: None,
+        };
+        let enc = |s: &str| match object_field(&v(s), ObjectField::Encoding) {
+            OpReply::Bulk(e) => String::from_utf8(e.to_vec()).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        for (value, want) in [
+            ("0", "int"),
+            ("-9223372036854775808", "int"),
+            ("9223372036854775808", "embstr"),
+            ("007", "embstr"),
+            ("-0", "embstr"),
+            ("+1", "embstr"),
+            (" 1", "embstr"),
+            ("", "embstr"),
+            (&"x".repeat(44), "embstr"),
+            (&"x".repeat(45), "raw"),
+            (&"1".repeat(45), "raw"),
+        ] {
+            assert_eq!(enc(value), want, "{value:?}");
+        }
+        let refs = |s: &str| object_field(&v(s), ObjectField::RefCount);
+        assert_eq!(refs("9999"), OpReply::Int(2_147_483_647));
+        assert_eq!(refs("10000"), OpReply::Int(1));
+        assert_eq!(refs("-1"), OpReply::Int(1));
+        assert_eq!(
+            object_field(&v("x"), ObjectField::IdleTime),
+            OpReply::Int(0)
+        );
+        assert_eq!(
+            object_field(&v("x"), ObjectField::Freq),
+            OpReply::Error(ERR_NO_LFU.into())
+        );
+    }
+
+    #[test]
     fn ttl_and_type() {
         let mut db = HashMap::new();
         put(&mut db, "p", "v", 0);
@@ -1178,6 +1450,24 @@ mod tests {
             matches!(ap, WriteOp::Append { max_len: 4, .. }),
             "tightened"
         );
+        // A whole record from the wire (the destination of a move across
+        // shards) is held to the same limit.
+        let record = |len: usize| Stored {
+            version: 0,
+            expire_at_ms: 0,
+            data: Bytes::from(vec![b'x'; len]),
+            coll: None,
+        };
+        let mut put = WriteOp::PutRecord {
+            key: b("k"),
+            record: record(11),
+        };
+        assert_eq!(admit(&mut put, &limits), too_big);
+        let mut put = WriteOp::PutRecord {
+            key: b("k"),
+            record: record(10),
+        };
+        assert_eq!(admit(&mut put, &limits), Ok(()));
         let mut f = WriteOp::IncrByFloat {
             key: b("k"),
             by: b("1e400"),

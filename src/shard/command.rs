@@ -5,6 +5,7 @@
 //! [`super::apply`] (single writes and reads) and [`super::txn`]
 //! (transactions).
 
+use super::value::Stored;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -167,7 +168,38 @@ pub enum WriteOp {
     FlushGroup,
     /// A write to a hash or a set ([`super::coll`]).
     Coll(CollWrite),
+    /// RENAME, RENAMENX or COPY with both keys on this shard: one entry.
+    /// The source's stored record moves (or is copied) whole, expiry
+    /// included; see [`MoveMode`] for the replies.
+    Move {
+        src: Bytes,
+        dst: Bytes,
+        mode: MoveMode,
+    },
+    /// Store `record` under `key` as it is (its version becomes this
+    /// entry's index; an expiry already past at the stamped time deletes
+    /// the key instead): the destination half of a RENAME or COPY whose
+    /// keys are on different shards, run inside a transaction. Reply: `Ok`.
+    PutRecord { key: Bytes, record: Stored },
 }
+
+/// What [`WriteOp::Move`] does, with Redis's replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MoveMode {
+    /// RENAME: `Ok`, or `ERR no such key`; the destination is replaced.
+    Rename,
+    /// RENAMENX: 1, 0 when the destination exists, or `ERR no such key`.
+    RenameNx,
+    /// COPY: 1, or 0 when the source is absent or (without `replace`) the
+    /// destination exists. The source stays.
+    Copy { replace: bool },
+}
+
+/// The error of RENAME / RENAMENX on an absent source.
+pub const ERR_NO_SUCH_KEY: &str = "ERR no such key";
+
+/// The error of COPY onto its own source.
+pub const ERR_SAME_OBJECT: &str = "ERR source and destination objects are the same";
 
 impl WriteOp {
     /// Bytes this write carries (keys and values), for batch sizing.
@@ -179,6 +211,7 @@ impl WriteOp {
             | WriteOp::SetRange { value, .. } => value.len(),
             WriteOp::MSet { pairs, .. } => pairs.iter().map(|(_, v)| v.len()).sum(),
             WriteOp::IncrByFloat { by, .. } => by.len(),
+            WriteOp::PutRecord { record, .. } => record.data.len(),
             WriteOp::Coll(c) => c.elements().iter().map(|e| e.len()).sum(),
             _ => 0,
         };
@@ -199,6 +232,8 @@ impl WriteOp {
             WriteOp::Del { keys } | WriteOp::PurgeExpired { keys } => keys.iter().collect(),
             WriteOp::MSet { pairs, .. } => pairs.iter().map(|(k, _)| k).collect(),
             WriteOp::FlushGroup => Vec::new(),
+            WriteOp::Move { src, dst, .. } => vec![src, dst],
+            WriteOp::PutRecord { key, .. } => vec![key],
             WriteOp::Coll(c) => c.keys(),
         }
     }
@@ -262,6 +297,27 @@ pub enum ReadOp {
     KeyCount,
     /// A read of a hash or a set ([`super::coll`]).
     Coll(CollRead),
+    /// EXPIRETIME (`ms: false`, Unix seconds) or PEXPIRETIME: the absolute
+    /// deadline, -1 without expiry, -2 when absent.
+    ExpireTime {
+        key: Bytes,
+        ms: bool,
+    },
+    /// OBJECT ENCODING / FREQ / IDLETIME / REFCOUNT of a key: nil when
+    /// absent.
+    Object {
+        key: Bytes,
+        field: ObjectField,
+    },
+}
+
+/// What OBJECT asks of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObjectField {
+    Encoding,
+    Freq,
+    IdleTime,
+    RefCount,
 }
 
 impl ReadOp {
@@ -272,7 +328,9 @@ impl ReadOp {
             | ReadOp::StrLen { key }
             | ReadOp::GetRange { key, .. }
             | ReadOp::Ttl { key, .. }
-            | ReadOp::Type { key } => vec![key],
+            | ReadOp::Type { key }
+            | ReadOp::ExpireTime { key, .. }
+            | ReadOp::Object { key, .. } => vec![key],
             ReadOp::Exists { keys } | ReadOp::MGet { keys } => keys.iter().collect(),
             ReadOp::Scan { .. } | ReadOp::DbSize | ReadOp::KeyCount => Vec::new(),
             ReadOp::Coll(c) => c.keys(),

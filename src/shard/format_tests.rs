@@ -26,7 +26,8 @@ use serde::Serialize;
 
 use super::codec::{self, CodecError, Format};
 use super::command::{
-    ExpireCond, Expiry, LogCmd, OpReply, ReadOp, SetCond, ShardRequest, WriteCmd, WriteOp,
+    ExpireCond, Expiry, LogCmd, MoveMode, ObjectField, OpReply, ReadOp, SetCond, ShardRequest,
+    WriteCmd, WriteOp,
 };
 use super::command::{TxnCmd, TxnEntry, TxnOp};
 use super::engine::tag;
@@ -157,6 +158,43 @@ fn log_entry_set_with_expiry() {
         "00",              // get: false
     );
     golden(Format::LogEntry, &e, pinned);
+}
+
+#[test]
+fn log_entry_move_and_put_record() {
+    let cmd = |op| WriteCmd { now_ms: 5, op };
+    let rename = cmd(WriteOp::Move {
+        src: b("a"),
+        dst: b("b"),
+        mode: MoveMode::RenameNx,
+    });
+    golden(
+        Format::LogEntry,
+        &entry(44, EntryPayload::Normal(LogCmd::Write(rename))),
+        concat!(
+            "0201 03012c 01 00 05", // header, log id, Normal, Write, now_ms
+            "0e",                   // WriteOp::Move (14)
+            "0161 0162",            // src "a", dst "b"
+            "01",                   // MoveMode::RenameNx
+        ),
+    );
+    let put = cmd(WriteOp::PutRecord {
+        key: b("k"),
+        record: stored(),
+    });
+    golden(
+        Format::LogEntry,
+        &entry(45, EntryPayload::Normal(LogCmd::Write(put))),
+        concat!(
+            "0201 03012d 01 00 05",
+            "0f",           // WriteOp::PutRecord (15)
+            "016b",         // key "k"
+            "2a",           // version 42
+            "e0a499ffbc31", // expiry 1_700_000_060_000
+            "0176",         // data "v"
+            "00",           // coll: None (a string)
+        ),
+    );
 }
 
 #[test]
@@ -294,6 +332,15 @@ fn every_command_round_trips() {
         WriteOp::Persist { key: b("k") },
         WriteOp::PurgeExpired { keys: vec![b("k")] },
         WriteOp::FlushGroup,
+        WriteOp::Move {
+            src: b("a"),
+            dst: b("b"),
+            mode: MoveMode::Copy { replace: true },
+        },
+        WriteOp::PutRecord {
+            key: b("k"),
+            record: stored(),
+        },
     ];
     let reads = vec![
         ReadOp::Get { key: b("k") },
@@ -324,6 +371,14 @@ fn every_command_round_trips() {
         },
         ReadOp::DbSize,
         ReadOp::KeyCount,
+        ReadOp::ExpireTime {
+            key: b("k"),
+            ms: true,
+        },
+        ReadOp::Object {
+            key: b("k"),
+            field: ObjectField::RefCount,
+        },
     ];
     for op in &writes {
         let cmd = WriteCmd {

@@ -805,3 +805,112 @@ proptest! {
         prop_assert_eq!(touched, named, "{} keys", name);
     }
 }
+
+#[test]
+fn keyspace_commands_compile() {
+    use crate::cluster::plan::LcsReply;
+    use crate::shard::command::{MoveMode, ObjectField};
+    // SETEX / PSETEX: SET with an absolute deadline, Redis's errors.
+    assert!(matches!(
+        write_op("SETEX k 10 v"),
+        WriteOp::Set {
+            expiry: Expiry::At(_),
+            cond: SetCond::Always,
+            get: false,
+            ..
+        }
+    ));
+    assert_eq!(
+        error("SETEX k 0 v"),
+        "ERR invalid expire time in 'setex' command"
+    );
+    assert_eq!(
+        error("PSETEX k -1 v"),
+        "ERR invalid expire time in 'psetex' command"
+    );
+    assert_eq!(
+        error("SETEX k 9223372036854775807 v"),
+        "ERR invalid expire time in 'setex' command"
+    );
+    assert_eq!(error("PSETEX k x v"), NOT_INTEGER);
+    assert_eq!(
+        read_op("PEXPIRETIME k"),
+        ReadOp::ExpireTime {
+            key: b("k"),
+            ms: true
+        }
+    );
+    // One shard: one Move entry.
+    assert_eq!(
+        write_op("RENAMENX a b"),
+        WriteOp::Move {
+            src: b("a"),
+            dst: b("b"),
+            mode: MoveMode::RenameNx
+        }
+    );
+    assert_eq!(
+        write_op("COPY a b DB 0 REPLACE"),
+        WriteOp::Move {
+            src: b("a"),
+            dst: b("b"),
+            mode: MoveMode::Copy { replace: true }
+        }
+    );
+    assert_eq!(
+        error("COPY a a"),
+        "ERR source and destination objects are the same"
+    );
+    assert_eq!(
+        error("COPY a b DB 2"),
+        "ERR Copying to another database is not allowed in cluster mode"
+    );
+    assert_eq!(error("COPY a b DB -1"), "ERR DB index is out of range");
+    assert_eq!(error("COPY a b DB"), SYNTAX);
+    // Two shards: the source's and the destination's reads, marked a move.
+    let t = table(4);
+    let (src, dst) = ("a", "b");
+    assert_ne!(shards_of(&t, &[src]), shards_of(&t, &[dst]));
+    let plan = dispatch_parts(&t, request(&[b"RENAME", b"a", b"b"])).unwrap();
+    assert_eq!(plan.atomicity, Atomicity::Move(MoveMode::Rename));
+    assert_eq!(plan.parts.len(), 2);
+    assert_eq!(plan.parts[0].op.keys(), vec![b("a")]);
+    assert_eq!(plan.parts[1].op.keys(), vec![b("b")]);
+    assert_eq!(plan.parts[1].shard, shards_of(&t, &[dst])[0]);
+    assert!(!plan.is_read_only(), "a move writes");
+    // OBJECT: a read of its key; HELP and the errors answer at once.
+    assert_eq!(
+        read_op("OBJECT refcount k"),
+        ReadOp::Object {
+            key: b("k"),
+            field: ObjectField::RefCount
+        }
+    );
+    assert!(matches!(dispatch("OBJECT HELP"), Err(Reply::Array(lines)) if lines.len() == 15));
+    assert_eq!(
+        error("OBJECT ENCODING"),
+        "ERR wrong number of arguments for 'object|encoding' command"
+    );
+    assert_eq!(
+        error("OBJECT nope k"),
+        "ERR unknown subcommand 'nope'. Try OBJECT HELP."
+    );
+    // LCS: two reads, answered on the router.
+    let plan = dispatch("LCS a b IDX MINMATCHLEN -4 WITHMATCHLEN").unwrap();
+    assert_eq!(
+        plan.merge,
+        Merge::Lcs(LcsReply {
+            len: false,
+            idx: true,
+            min_match: 0,
+            with_match_len: true
+        })
+    );
+    assert_eq!(plan.parts.len(), 2);
+    assert_eq!(
+        error("LCS a b LEN IDX"),
+        "ERR If you want both the length and indexes, please just use IDX."
+    );
+    assert_eq!(error("LCS a b MINMATCHLEN"), SYNTAX);
+    assert_eq!(error("LCS a b MINMATCHLEN x"), NOT_INTEGER);
+}

@@ -32,7 +32,9 @@ use proptest::test_runner::{TestCaseError, TestError, TestRunner};
 use super::*;
 use crate::shard::apply::apply_read;
 use crate::shard::coll::KeysOnly;
-use crate::shard::command::{ExpireCond, Expiry, ReadOp, SetCond, WriteCmd, WriteOp};
+use crate::shard::command::{
+    ExpireCond, Expiry, MoveMode, ObjectField, ReadOp, SetCond, WriteCmd, WriteOp,
+};
 use crate::shard::command::{TxnCmd, TxnEntry, TxnOp};
 
 use crate::testing::proptest_config as config;
@@ -222,6 +224,15 @@ fn expire_cond() -> impl Strategy<Value = ExpireCond> {
     ]
 }
 
+fn move_mode() -> impl Strategy<Value = MoveMode> {
+    prop::sample::select(vec![
+        MoveMode::Rename,
+        MoveMode::RenameNx,
+        MoveMode::Copy { replace: false },
+        MoveMode::Copy { replace: true },
+    ])
+}
+
 /// Plain writes; `float`: include INCRBYFLOAT (the model leaves it out);
 /// `whole_group`: include FLUSHDB and the expiry purge.
 fn write_op(float: bool, whole_group: bool) -> BoxedStrategy<WriteOp> {
@@ -290,6 +301,26 @@ fn write_op(float: bool, whole_group: bool) -> BoxedStrategy<WriteOp> {
                 .boxed(),
         ),
         (1, key().prop_map(|key| WriteOp::Persist { key }).boxed()),
+        (
+            2,
+            (key(), key(), move_mode())
+                .prop_map(|(src, dst, mode)| WriteOp::Move { src, dst, mode })
+                .boxed(),
+        ),
+        (
+            1,
+            (key(), value(), prop_oneof![Just(0u64), deadline()])
+                .prop_map(|(key, data, expire_at_ms)| WriteOp::PutRecord {
+                    key,
+                    record: Stored {
+                        version: 999,
+                        expire_at_ms,
+                        data,
+                        coll: None,
+                    },
+                })
+                .boxed(),
+        ),
     ];
     if float {
         ops.push((
@@ -768,6 +799,45 @@ impl Model {
             WriteOp::IncrByFloat { .. } | WriteOp::Coll(_) => {
                 unreachable!("not in the model's logs")
             }
+            WriteOp::Move { src, dst, mode } => {
+                let Some(r) = self.live(src, now).cloned() else {
+                    return match mode {
+                        MoveMode::Copy { .. } => OpReply::Int(0),
+                        _ => error("ERR no such key"),
+                    };
+                };
+                let same = src == dst;
+                let taken = self.live(dst, now).is_some();
+                match mode {
+                    MoveMode::Rename if same => return OpReply::Ok,
+                    MoveMode::RenameNx if same || taken => return OpReply::Int(0),
+                    MoveMode::Copy { .. } if same => {
+                        return error("ERR source and destination objects are the same")
+                    }
+                    MoveMode::Copy { replace: false } if taken => return OpReply::Int(0),
+                    _ => {}
+                }
+                self.put(dst, r.data, r.expire_at_ms, index);
+                match mode {
+                    MoveMode::Rename => {
+                        self.rows.remove(&src[..]);
+                        OpReply::Ok
+                    }
+                    MoveMode::RenameNx => {
+                        self.rows.remove(&src[..]);
+                        OpReply::Int(1)
+                    }
+                    MoveMode::Copy { .. } => OpReply::Int(1),
+                }
+            }
+            WriteOp::PutRecord { key, record } => {
+                if record.expire_at_ms != 0 && record.expire_at_ms <= now {
+                    self.rows.remove(&key[..]);
+                } else {
+                    self.put(key, record.data.to_vec(), record.expire_at_ms, index);
+                }
+                OpReply::Ok
+            }
         }
     }
 
@@ -789,6 +859,30 @@ impl Model {
             OpReply::Int(r.map_or(0, |r| r.data.len() as i64)),
             OpReply::Int(r.is_some() as i64),
             OpReply::Status(if r.is_some() { "string" } else { "none" }.into()),
+            // EXPIRETIME, PEXPIRETIME.
+            r.map_or(OpReply::Int(-2), |r| match r.expire_at_ms {
+                0 => OpReply::Int(-1),
+                t => OpReply::Int(t as i64 / 1000),
+            }),
+            r.map_or(OpReply::Int(-2), |r| match r.expire_at_ms {
+                0 => OpReply::Int(-1),
+                t => OpReply::Int(t as i64),
+            }),
+            // OBJECT ENCODING and REFCOUNT.
+            r.map_or(OpReply::Nil, |r| {
+                let encoding = match redis_int(&r.data) {
+                    Some(_) if r.data.len() <= 20 => "int",
+                    _ if r.data.len() <= 44 => "embstr",
+                    _ => "raw",
+                };
+                bulk(encoding.as_bytes())
+            }),
+            r.map_or(OpReply::Nil, |r| {
+                OpReply::Int(match redis_int(&r.data) {
+                    Some(n) if (0..10_000).contains(&n) => 2_147_483_647,
+                    _ => 1,
+                })
+            }),
         ]
     }
 }
@@ -809,7 +903,23 @@ fn read_ops(key: &[u8]) -> Vec<ReadOp> {
         ReadOp::Exists {
             keys: vec![key.clone()],
         },
-        ReadOp::Type { key },
+        ReadOp::Type { key: key.clone() },
+        ReadOp::ExpireTime {
+            key: key.clone(),
+            ms: false,
+        },
+        ReadOp::ExpireTime {
+            key: key.clone(),
+            ms: true,
+        },
+        ReadOp::Object {
+            key: key.clone(),
+            field: ObjectField::Encoding,
+        },
+        ReadOp::Object {
+            key,
+            field: ObjectField::RefCount,
+        },
     ]
 }
 

@@ -1,0 +1,202 @@
+//! Keyspace commands that need the cluster beyond one plan: RENAME,
+//! RENAMENX and COPY whose keys are on different shards, and RANDOMKEY.
+//!
+//! **A move across shards** ([`crate::cluster::plan::Atomicity::Move`]) is one atomic transaction
+//! through the two-phase commit of `cluster::txn`: the router reads the
+//! source and the destination in one consistent snapshot
+//! (`txn::snapshot_read`), decides the reply as the one-shard
+//! [`WriteOp::Move`] would ([`move_outcome`]), and, when something is to be
+//! written, commits a transaction that WATCHes both keys at the versions it
+//! read (the destination only when its absence is the condition: RENAMENX,
+//! COPY without REPLACE), writes the source's whole record (value and
+//! expiry) to the destination ([`WriteOp::PutRecord`]) and, for RENAME,
+//! deletes the source. A key that moved in between, or a lock held by
+//! another transaction, makes the transaction conflict; it is then read and
+//! tried again after a random pause (up to what an attempt took, doubling
+//! each time up to 200 ms, so movers of the same keys fall out of step), for
+//! up to the request timeout (`request_timeout_ms`), then the client gets
+//! `-TRYAGAIN`.
+//!
+//! **RANDOMKEY** visits the shards in a random order and, in each, reads a
+//! SCAN page starting at a random position of the shard's key space
+//! (wrapping to the start when nothing follows it), then picks one of the
+//! page's live keys at random. Every key can come back; the choice is not
+//! uniform (keys after a gap in the key space are more likely), as Redis's
+//! own is not quite either.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use super::args::Args;
+use super::compile::{op_reply, shard_keys, shard_work, WatchedKey};
+use super::errors::cluster_err;
+use super::reply::Reply;
+use super::scan::scan_reply;
+use super::session::Session;
+use crate::clock::now_ms;
+use crate::cluster::plan::{Merge, Part, Plan};
+use crate::cluster::txn::{self, Outcome};
+use crate::shard::apply::move_outcome;
+use crate::shard::command::{MoveMode, OpReply, ReadOp, TxnOp, WriteOp};
+use crate::shard::txn::version_of;
+
+/// Longest pause between two attempts of a move that conflicted.
+const MAX_PAUSE: Duration = Duration::from_millis(200);
+
+/// Keys a RANDOMKEY page examines.
+const RANDOM_PAGE: u64 = 32;
+
+/// Pages RANDOMKEY reads in one shard before trying the next (a shard
+/// full of expired keys not yet purged).
+const RANDOM_PAGES_PER_SHARD: usize = 64;
+
+impl Session {
+    /// RENAME / RENAMENX / COPY of `plan` (two parts: the source's shard,
+    /// then the destination's) across shards.
+    pub(super) async fn run_move(&self, plan: Plan, mode: MoveMode) -> Reply {
+        let (Some(src), Some(dst)) = (plan.parts.first(), plan.parts.get(1)) else {
+            return Reply::error("ERR internal: a move without its two keys");
+        };
+        let (Some(src_key), Some(dst_key)) = (src.op.keys().pop(), dst.op.keys().pop()) else {
+            return Reply::error("ERR internal: a move without its two keys");
+        };
+        let (from, to) = (src.shard, dst.shard);
+        let table = plan.table.clone();
+        let name = table.desc.name.clone();
+        let wait = Duration::from_millis(self.shared.config.request_timeout_ms);
+        let deadline = Instant::now() + wait;
+        let mut pause = Duration::ZERO;
+        loop {
+            let attempt = Instant::now();
+            let reads = shard_keys(&table, &[src_key.clone(), dst_key.clone()]);
+            let snapshot = match txn::snapshot_read(&self.shared.client, &reads).await {
+                Ok(Some(s)) => Some(s),
+                Ok(None) => None,
+                Err(e) => return cluster_err(e),
+            };
+            if let Some(snapshot) = snapshot {
+                let now = now_ms();
+                let read = |k: &Bytes| snapshot.get(&(name.clone(), k.clone()));
+                let live = |k: &Bytes| read(k).filter(|v| v.live_at(now));
+                let Some(record) = live(&src_key).cloned() else {
+                    return op_reply(match mode {
+                        MoveMode::Copy { .. } => OpReply::Int(0),
+                        _ => OpReply::Error(crate::shard::command::ERR_NO_SUCH_KEY.into()),
+                    });
+                };
+                // Never in a transaction: an error there would not stop
+                // the source's deletion.
+                if record.coll.is_some() {
+                    return Reply::error(crate::shard::apply::ERR_MOVE_COLLECTION);
+                }
+                let (reply, remove) = match move_outcome(mode, false, live(&dst_key).is_some()) {
+                    Ok(outcome) => outcome,
+                    Err(reply) => return op_reply(reply),
+                };
+                let mut parts = vec![Part {
+                    shard: to,
+                    op: TxnOp::Write(WriteOp::PutRecord {
+                        key: dst_key.clone(),
+                        record,
+                    }),
+                }];
+                if remove {
+                    parts.push(Part {
+                        shard: from,
+                        op: TxnOp::Write(WriteOp::Del {
+                            keys: vec![src_key.clone()],
+                        }),
+                    });
+                }
+                // The source's value is what is written; the destination
+                // matters only when its absence is the condition.
+                let dst_matters =
+                    matches!(mode, MoveMode::RenameNx | MoveMode::Copy { replace: false });
+                let watched = if dst_matters {
+                    vec![&src_key, &dst_key]
+                } else {
+                    vec![&src_key]
+                };
+                let watches: Vec<WatchedKey> = watched
+                    .into_iter()
+                    .map(|k| WatchedKey {
+                        table: table.clone(),
+                        key: k.clone(),
+                        version: version_of(read(k), now),
+                    })
+                    .collect();
+                let writes = Plan::new(table.clone(), parts, Merge::Single);
+                let n = writes.parts.len();
+                let work = shard_work(std::slice::from_ref(&writes), &watches);
+                let stats = &self.shared.txn_stats;
+                match txn::execute(&self.shared.client, &self.shared.meta, work, n, stats).await {
+                    Ok(Outcome::Committed(_)) => return op_reply(reply),
+                    Ok(Outcome::Conflict) => {}
+                    Err(e) => return cluster_err(e),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Reply::error(
+                    "TRYAGAIN the keys kept changing or stayed locked; nothing was moved",
+                );
+            }
+            // Movers of the same keys would collide again in step: wait a
+            // random share of a pause that starts at what an attempt took
+            // and doubles.
+            if pause.is_zero() {
+                pause = attempt.elapsed().max(Duration::from_millis(1));
+            }
+            let wait = rand::thread_rng().gen_range(Duration::ZERO..=pause);
+            tokio::time::sleep(wait).await;
+            pause = (pause * 2).min(MAX_PAUSE);
+        }
+    }
+
+    /// RANDOMKEY: a random live key of the table, or nil when it has none.
+    pub(super) async fn randomkey(&mut self, _args: &mut Args) -> Reply {
+        let table = match self.table_or_reply() {
+            Ok(t) => t,
+            Err(r) => return r,
+        };
+        let mut order: Vec<usize> = (0..table.desc.shards.len()).collect();
+        order.shuffle(&mut rand::thread_rng());
+        for shard in order {
+            let start: Vec<u8> = {
+                let mut rng = rand::thread_rng();
+                let len = rng.gen_range(1..=8);
+                (0..len).map(|_| rng.gen_range(0x20u8..0x7f)).collect()
+            };
+            // From the random position to the end, then from the start.
+            let mut after = Bytes::from(start);
+            let mut wrapped = false;
+            for _ in 0..RANDOM_PAGES_PER_SHARD {
+                let req = self.read(ReadOp::Scan {
+                    after: after.clone(),
+                    count: RANDOM_PAGE,
+                    pattern: None,
+                });
+                let reply = match self.shared.client.execute(&table, shard, req).await {
+                    Ok(OpReply::Error(e)) => return Reply::Error(e),
+                    Ok(r) => r,
+                    Err(e) => return cluster_err(e),
+                };
+                let (next, page) = scan_reply(reply);
+                if let Some(key) = page.choose(&mut rand::thread_rng()) {
+                    return Reply::Bulk(key.clone());
+                }
+                match next {
+                    Some(last) => after = last,
+                    None if wrapped => break,
+                    None => {
+                        wrapped = true;
+                        after = Bytes::new();
+                    }
+                }
+            }
+        }
+        Reply::Nil
+    }
+}
