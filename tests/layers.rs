@@ -12,6 +12,7 @@ const LAYERS: &[(&str, u8)] = &[
     // Leaves: small shared types and helpers.
     ("clock", 0),
     ("num", 0),
+    ("lcs", 0),
     ("slot", 0),
     ("glob", 0),
     ("failpoint", 0),
