@@ -418,6 +418,19 @@ pub fn move_outcome(
 /// commands through [`coll::write`], the others through [`apply_write`].
 /// Its reply.
 pub fn apply_op(cmd: &WriteCmd, index: u64, view: &mut dyn KeyView) -> OpReply {
+    if let WriteOp::Move { src, dst, mode } = &cmd.op {
+        // A collection moves with its elements.
+        match view.get(src) {
+            Ok(Some(v)) if v.live_at(cmd.now_ms) && v.coll.is_some() => {
+                return match coll::move_collection(src, dst, *mode, v, cmd.now_ms, index, view) {
+                    Ok(reply) => reply,
+                    Err(stop) => stop.reply(),
+                };
+            }
+            Err(c) => return c.reply(),
+            _ => {}
+        }
+    }
     if let WriteOp::Coll(c) = &cmd.op {
         return match coll::write(c, cmd.now_ms, index, view) {
             Ok(reply) => reply,
@@ -554,10 +567,11 @@ fn read_result(
 /// (shoal keeps no access counts, as Redis does not outside an LFU policy).
 pub const ERR_NO_LFU: &str = "ERR An LFU maxmemory policy is not selected, access frequency not tracked. Please note that when switching between policies at runtime LRU and LFU data will take some time to adjust.";
 
-/// RENAME and COPY of a collection: its element rows are keyed by its name
-/// and are not moved yet.
+/// RENAME and COPY of a collection between keys of different shards: its
+/// element rows are not carried by the cross-shard transaction yet (on one
+/// shard they move, see [`coll::move_collection`]).
 pub const ERR_MOVE_COLLECTION: &str =
-    "ERR RENAME and COPY of hashes, sets, sorted sets and lists are not supported yet";
+    "ERR RENAME and COPY of hashes, sets, sorted sets and lists across shards are not supported yet; give the keys one hash tag";
 
 /// Redis's reference count of a shared object (its small integers).
 const SHARED_REFCOUNT: i64 = i32::MAX as i64;

@@ -5,7 +5,7 @@
 //! seeded generator of the random commands. The encoding they serve is
 //! described in [`super::coll`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -73,6 +73,10 @@ pub struct Overlay {
     pub keys: HashMap<Bytes, Option<Stored>>,
     /// (key, gen, element) -> value, or `None` for a deleted row.
     pub subs: BTreeMap<(Bytes, u64, Bytes), Option<Bytes>>,
+    /// Keys deleted at some point (even if written again since): what this
+    /// overlay is committed into deletes them first, so rows it holds of a
+    /// generation reused by the same entry are dropped there too.
+    pub resets: HashSet<Bytes>,
 }
 
 type SubKey = (Bytes, u64, Bytes);
@@ -109,6 +113,9 @@ impl Overlay {
                 }
             }
         }
+        if v.is_none() {
+            self.resets.insert(key.clone());
+        }
         self.keys.insert(key.clone(), v);
     }
 
@@ -120,6 +127,7 @@ impl Overlay {
     pub fn clear(&mut self) {
         self.keys.clear();
         self.subs.clear();
+        self.resets.clear();
     }
 
     /// The rows of `q`: this overlay's over `base`'s (which is asked for
@@ -183,6 +191,9 @@ impl Overlay {
     /// rows.
     pub fn commit(self, into: &mut dyn KeyView) {
         for (k, v) in self.keys {
+            if v.is_some() && self.resets.contains(&k) {
+                into.put(&k, None);
+            }
             into.put(&k, v);
         }
         for ((k, gen, e), v) in self.subs {
@@ -338,18 +349,20 @@ impl Open {
     }
 }
 
+/// Every element row of a collection (a sorted set has two per member).
 pub(super) fn all_rows(
     view: &mut dyn ReadView,
     key: &[u8],
     coll: &Coll,
 ) -> Result<Vec<(Bytes, Bytes)>, Corrupt> {
+    let per_element = if coll.kind == Kind::ZSet { 2 } else { 1 };
     view.sub_range(&Range {
         key,
         gen: coll.gen,
         from: &[],
         to: None,
         rev: false,
-        limit: usize::try_from(coll.len).unwrap_or(usize::MAX),
+        limit: usize::try_from(coll.len.saturating_mul(per_element)).unwrap_or(usize::MAX),
     })
 }
 

@@ -1562,6 +1562,35 @@ mod tests {
         assert_eq!(sub_rows_of(&engine, 7), 1);
     }
 
+    /// A collection written twice by one entry under the same generation
+    /// (a proposer batch: HSET then RENAME or SUNIONSTORE onto it) holds
+    /// only the second write's elements.
+    #[tokio::test]
+    async fn a_destination_replaced_in_one_batch_holds_only_its_new_elements() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(Engine::open(dir.path(), false).unwrap());
+        let mut sm = StateMachine::open(engine.clone(), 7).await.unwrap();
+        let rename = WriteCmd {
+            now_ms: 1,
+            op: crate::shard::command::WriteOp::Move {
+                src: Bytes::from_static(b"s"),
+                dst: Bytes::from_static(b"d"),
+                mode: crate::shard::command::MoveMode::Rename,
+            },
+        };
+        let batch = LogCmd::Batch(vec![
+            hset("d", &[("old", "1")]),
+            hset("s", &[("new", "2")]),
+            rename,
+        ]);
+        sm.apply([entry(1, batch)]).await.unwrap();
+        assert_eq!(
+            hgetall(&engine, 7, "d"),
+            [("new".to_string(), "2".to_string())]
+        );
+        assert!(hgetall(&engine, 7, "s").is_empty());
+    }
+
     /// DEL leaves the elements behind, invisible; the collector removes
     /// them and nothing else; a snapshot carries the live elements to a
     /// replica that never saw the writes.

@@ -143,11 +143,16 @@ fn run_ops(
                 .push(apply_read(r, now_ms, usize::MAX, &mut layer).unwrap_or_else(|c| c.reply())),
         }
     }
-    let Overlay { keys, subs } = layer.ov;
-    let mut changes: Vec<TxnChange> = keys
-        .into_iter()
-        .map(|(k, v)| TxnChange::Data(k, v))
-        .collect();
+    let Overlay { keys, subs, resets } = layer.ov;
+    let mut changes: Vec<TxnChange> = Vec::with_capacity(keys.len() + subs.len());
+    for (k, v) in keys {
+        // A key deleted and written again: deleted first where this lands
+        // (see `Overlay::resets`).
+        if v.is_some() && resets.contains(&k) {
+            changes.push(TxnChange::Data(k.clone(), None));
+        }
+        changes.push(TxnChange::Data(k, v));
+    }
     changes.extend(
         subs.into_iter()
             .map(|((k, gen, e), v)| TxnChange::Sub(k, gen, e, v)),
