@@ -760,5 +760,39 @@ fn hashes_and_sets() {
         }
     }
     assert_eq!(seen.len(), 1000);
+
+    // 10. SCAN ... TYPE finds each type's keys (across the three shards).
+    c.line("FLUSHALL");
+    for i in 0..5 {
+        c.line(&format!("SET s{i} v"));
+        c.line(&format!("HSET h{i} f v"));
+        c.line(&format!("SADD st{i} m"));
+        c.line(&format!("ZADD z{i} 1 m"));
+        c.line(&format!("RPUSH l{i} x"));
+    }
+    let scan_all = |c: &mut Conn, ty: &str| {
+        let mut found = BTreeSet::new();
+        let mut cursor = "0".to_string();
+        loop {
+            let items = bulks(&c.line(&format!("SCAN {cursor} COUNT 7 TYPE {ty}")));
+            cursor = items[0].clone();
+            found.extend(items[1..].iter().cloned());
+            if cursor == "0" {
+                return found;
+            }
+        }
+    };
+    for (ty, prefix) in [
+        ("string", "s"),
+        ("hash", "h"),
+        ("set", "st"),
+        ("zset", "z"),
+        ("list", "l"),
+    ] {
+        let want: BTreeSet<String> = (0..5).map(|i| format!("{prefix}{i}")).collect();
+        assert_eq!(scan_all(&mut c, ty), want, "TYPE {ty}");
+    }
+    assert!(scan_all(&mut c, "stream").is_empty());
+    assert_eq!(c.line("DBSIZE"), b":25\r\n");
     eprintln!("done after {:?}", started.elapsed());
 }

@@ -431,7 +431,7 @@ impl Session {
         };
         let mut count = 10u64;
         let mut pattern = None;
-        let mut only_strings = true;
+        let mut type_name: Option<String> = None;
         while let Some(opt) = args.peek_upper() {
             let _ = args.next_bytes();
             match opt.as_str() {
@@ -447,7 +447,7 @@ impl Session {
                     Err(_) => return Reply::error(ERR_SYNTAX),
                 },
                 "TYPE" => match args.next_bytes() {
-                    Ok(t) => only_strings = t.eq_ignore_ascii_case(b"string"),
+                    Ok(t) => type_name = Some(String::from_utf8_lossy(&t).to_ascii_lowercase()),
                     Err(_) => return Reply::error(ERR_SYNTAX),
                 },
                 _ => return Reply::error(ERR_SYNTAX),
@@ -462,10 +462,18 @@ impl Session {
         };
         let mut keys = Vec::new();
         while shard < shards {
-            let req = self.read(ReadOp::Scan {
-                after: after.clone(),
-                count,
-                pattern: pattern.clone(),
+            let req = self.read(match &type_name {
+                None => ReadOp::Scan {
+                    after: after.clone(),
+                    count,
+                    pattern: pattern.clone(),
+                },
+                Some(t) => ReadOp::ScanType {
+                    after: after.clone(),
+                    count,
+                    pattern: pattern.clone(),
+                    type_name: t.clone(),
+                },
             });
             let reply = match self.shared.client.execute(table, shard, req).await {
                 Ok(r) => r,
@@ -475,9 +483,7 @@ impl Session {
                 return Reply::Error(e);
             }
             let (next, page) = scan_reply(reply);
-            if only_strings {
-                keys.extend(page.into_iter().map(Reply::Bulk));
-            }
+            keys.extend(page.into_iter().map(Reply::Bulk));
             match next {
                 Some(last) => {
                     let cursor = encode_cursor(shard, self.shared.scan_cursors.put(last));

@@ -556,7 +556,7 @@ fn read_result(
             None => OpReply::Nil,
             Some(v) => object_field(&v, *field),
         },
-        ReadOp::Scan { .. } | ReadOp::DbSize | ReadOp::KeyCount => {
+        ReadOp::Scan { .. } | ReadOp::ScanType { .. } | ReadOp::DbSize | ReadOp::KeyCount => {
             OpReply::Error("ERR scan needs the host's range iterator".into())
         }
         ReadOp::Coll(_) => unreachable!("served above"),
@@ -660,6 +660,22 @@ pub fn scan_page<I, E>(
 where
     I: IntoIterator<Item = Result<(Bytes, Stored), E>>,
 {
+    scan_page_of(rows, now_ms, count, pattern, None, max_reply)
+}
+
+/// [`scan_page`] keeping only keys whose type TYPE names `type_name`
+/// (the others are examined, and skipped).
+pub fn scan_page_of<I, E>(
+    rows: I,
+    now_ms: u64,
+    count: u64,
+    pattern: Option<&[u8]>,
+    type_name: Option<&str>,
+    max_reply: usize,
+) -> Result<OpReply, E>
+where
+    I: IntoIterator<Item = Result<(Bytes, Stored), E>>,
+{
     // A lone `*` is "everything" (as in Redis), the empty key included.
     let pattern = pattern.filter(|p| *p != b"*");
     let count = count.clamp(1, MAX_SCAN_COUNT);
@@ -673,7 +689,10 @@ where
             return Ok(OpReply::Array(vec![OpReply::Nil, OpReply::Array(keys)]));
         };
         let (k, v) = row?;
-        if v.live_at(now_ms) && pattern.is_none_or(|p| glob_match(p, &k)) {
+        if v.live_at(now_ms)
+            && pattern.is_none_or(|p| glob_match(p, &k))
+            && type_name.is_none_or(|t| v.type_name() == t)
+        {
             let key = OpReply::Bulk(k.clone());
             let grown = size.saturating_add(key.resp_size());
             if grown > max_reply && !keys.is_empty() {

@@ -309,6 +309,15 @@ pub enum ReadOp {
         key: Bytes,
         field: ObjectField,
     },
+    /// SCAN ... TYPE: [`ReadOp::Scan`] counting only keys of one type
+    /// (`string`, `hash`, `set`, `zset`, `list`; any other name matches
+    /// nothing, as in Redis). Rows of other types count as examined.
+    ScanType {
+        after: Bytes,
+        count: u64,
+        pattern: Option<Bytes>,
+        type_name: String,
+    },
 }
 
 /// What OBJECT asks of a key.
@@ -332,7 +341,9 @@ impl ReadOp {
             | ReadOp::ExpireTime { key, .. }
             | ReadOp::Object { key, .. } => vec![key],
             ReadOp::Exists { keys } | ReadOp::MGet { keys } => keys.iter().collect(),
-            ReadOp::Scan { .. } | ReadOp::DbSize | ReadOp::KeyCount => Vec::new(),
+            ReadOp::Scan { .. } | ReadOp::ScanType { .. } | ReadOp::DbSize | ReadOp::KeyCount => {
+                Vec::new()
+            }
             ReadOp::Coll(c) => c.keys(),
         }
     }

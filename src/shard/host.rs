@@ -16,7 +16,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
 
-use super::apply::{admit, apply_read, count_live, scan_page};
+use super::apply::{admit, apply_read, count_live, scan_page_of};
 use super::command::{Limits, LogCmd, OpReply, ReadOp, ShardRequest};
 use super::engine::{
     data_key, group_range, state_key, state_key_with, tag, Cf, DbView, Engine, EngineError, Op,
@@ -445,7 +445,10 @@ impl Host {
                 // A point read is served here from RocksDB's memory when
                 // its keys are there; a scan, or a key on disk, goes to a
                 // blocking thread.
-                let point = !matches!(op, ReadOp::Scan { .. } | ReadOp::DbSize);
+                let point = !matches!(
+                    op,
+                    ReadOp::Scan { .. } | ReadOp::ScanType { .. } | ReadOp::DbSize
+                );
                 if point {
                     let cached = self
                         .engine
@@ -778,6 +781,12 @@ fn serve_read(
             after,
             count,
             pattern,
+        }
+        | ReadOp::ScanType {
+            after,
+            count,
+            pattern,
+            ..
         } => {
             let (start, end) = group_range(gid);
             // Strictly after `after`: the smallest key above it is after ++ 0.
@@ -793,7 +802,18 @@ fn serve_read(
                 let stored = Corrupt::check(gid, &k[8..], &v)?;
                 Ok::<_, ShardError>((Bytes::copy_from_slice(&k[8..]), stored))
             });
-            scan_page(rows, now_ms, *count, pattern.as_deref(), max_reply)
+            let type_name = match op {
+                ReadOp::ScanType { type_name, .. } => Some(type_name.as_str()),
+                _ => None,
+            };
+            scan_page_of(
+                rows,
+                now_ms,
+                *count,
+                pattern.as_deref(),
+                type_name,
+                max_reply,
+            )
         }
         ReadOp::DbSize => {
             let (start, end) = group_range(gid);
