@@ -152,7 +152,7 @@ fn main() -> Result<()> {
         (
             "redis-benchmark".into(),
             format!(
-                "`redis-benchmark -h 127.0.0.1 -p <port> -c {} -d {} -r {keyspace} -P <1|16> -n <calibrated> -t <set|get> -e`",
+                "`redis-benchmark -h 127.0.0.1 -p <port> -c {} -d {} -r {keyspace} -P <1|16> -n <calibrated> -t <set|get|hset|lpush|lpop|sadd|zadd|lrange_100> -e`",
                 args.clients, args.value_size
             ),
         ),
@@ -317,7 +317,21 @@ fn run_load(
     }
 
     // redis-benchmark rows: redis and shoal.
-    for (test, pipeline) in [("set", 1), ("get", 1), ("set", 16), ("get", 16)] {
+    // The collection rows (issue 17): redis-benchmark's own tests, on its
+    // own keys (`mylist`, `myset:*`, `myhash`, `myzset`); LRANGE_100's run
+    // includes its LPUSH preparation in the server CPU.
+    for (test, pipeline) in [
+        ("set", 1),
+        ("get", 1),
+        ("set", 16),
+        ("get", 16),
+        ("hset", 1),
+        ("lpush", 1),
+        ("lpop", 1),
+        ("sadd", 1),
+        ("zadd", 1),
+        ("lrange_100", 1),
+    ] {
         let workload = if pipeline > 1 {
             format!("{} -P {pipeline}", test.to_uppercase())
         } else {

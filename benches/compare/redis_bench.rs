@@ -135,6 +135,12 @@ pub fn parse(stdout: &str) -> Result<BenchResult> {
                 r.secs = words[4].parse()?;
             }
         }
+        // A test that prepares its data (LRANGE_100 runs an LPUSH first)
+        // prints one block per step: the last block is the test's.
+        if line.starts_with("====== ") {
+            percentiles.clear();
+            in_percentiles = false;
+        }
         if line.starts_with("Error from server") {
             r.errors_seen += 1;
         }
