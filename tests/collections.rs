@@ -13,6 +13,20 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use common::{cluster, show, Conn, RedisServer};
+use shoal::meta::descriptor::slot_ranges;
+use shoal::slot::slot;
+
+/// Shards of the test's table.
+const SHARDS: usize = 3;
+
+/// The shard of `key` in a table of [`SHARDS`] shards.
+fn shard_of(key: &str) -> usize {
+    let s = slot(key.as_bytes());
+    slot_ranges(SHARDS)
+        .iter()
+        .position(|r| r[0] <= s && s <= r[1])
+        .unwrap()
+}
 
 const SCRIPT: &[&str] = &[
     "FLUSHALL",
@@ -558,7 +572,7 @@ fn hashes_and_sets() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(&dir.path().join("redis"));
-    let cl = cluster(&dir.path().join("cluster"), 1, 3, 1);
+    let cl = cluster(&dir.path().join("cluster"), 1, SHARDS as u32, 1);
     let addr = cl.router_addr();
     eprintln!("cluster up after {:?}", started.elapsed());
 
@@ -760,6 +774,87 @@ fn hashes_and_sets() {
         }
     }
     assert_eq!(seen.len(), 1000);
+
+    // 11. SMOVE and LMOVE between shards are atomic: two clients move 20
+    // members (and 20 list elements) back and forth between keys on
+    // different shards while a reader counts both keys in MULTI
+    // snapshots; the total never changes.
+    let (a, b) = ("xa", "xb");
+    assert_ne!(shard_of(a), shard_of(b));
+    let (la, lb) = ("la", "lb");
+    assert_ne!(shard_of(la), shard_of(lb));
+    c.line("FLUSHALL");
+    for i in 0..20 {
+        c.line(&format!("SADD {a} m{i}"));
+        c.line(&format!("RPUSH {la} e{i}"));
+    }
+    assert_eq!(c.line(&format!("SMOVE {a} {b} m0")), b":1\r\n");
+    assert_eq!(c.line(&format!("SMOVE {a} {b} m0")), b":0\r\n");
+    assert_eq!(c.line(&format!("SISMEMBER {b} m0")), b":1\r\n");
+    assert_eq!(
+        c.line(&format!("LMOVE {la} {lb} LEFT RIGHT")),
+        b"$2\r\ne0\r\n"
+    );
+    assert_eq!(c.line(&format!("RPOPLPUSH {la} {lb}")), b"$3\r\ne19\r\n");
+    assert_eq!(
+        c.line(&format!("LRANGE {lb} 0 -1")),
+        b"*2\r\n$3\r\ne19\r\n$2\r\ne0\r\n"
+    );
+    assert_eq!(c.line("LMOVE nolist xb LEFT LEFT"), b"$-1\r\n");
+    c.line("SET str v");
+    assert_ne!(shard_of("str"), shard_of(b));
+    let wrong = c.line(&format!("SMOVE {b} str m0"));
+    assert!(wrong.starts_with(b"-WRONGTYPE"), "{}", show(&wrong));
+    assert_eq!(c.line(&format!("SISMEMBER {b} m0")), b":1\r\n");
+    assert_eq!(c.line("MULTI"), b"+OK\r\n");
+    assert!(c
+        .line(&format!("SMOVE {a} {b} m1"))
+        .starts_with(b"-ERR SMOVE inside MULTI"));
+    assert!(c.line("EXEC").starts_with(b"-EXECABORT"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let movers: Vec<_> = [(a, b, la, lb), (b, a, lb, la)]
+        .into_iter()
+        .map(|(from, to, lfrom, lto)| {
+            let addr = addr.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut m = Conn::connect(&addr);
+                let mut moved = 0;
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = m.line(&format!("SMOVE {from} {to} m{}", i % 20));
+                    assert!(r == b":1\r\n" || r == b":0\r\n", "{}", show(&r));
+                    moved += (r == b":1\r\n") as u32;
+                    let r = m.line(&format!("LMOVE {lfrom} {lto} LEFT RIGHT"));
+                    assert!(r.starts_with(b"$"), "{}", show(&r));
+                    i += 1;
+                }
+                moved
+            })
+        })
+        .collect();
+    let mut reader = Conn::connect(&addr);
+    for _ in 0..40 {
+        reader.line("MULTI");
+        for k in [a, b] {
+            reader.line(&format!("SCARD {k}"));
+        }
+        for k in [la, lb] {
+            reader.line(&format!("LLEN {k}"));
+        }
+        let exec = String::from_utf8(reader.line("EXEC")).unwrap();
+        let n: Vec<i64> = exec
+            .split("\r\n")
+            .filter_map(|l| l.strip_prefix(':'))
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert_eq!(n.len(), 4, "{exec}");
+        assert_eq!(n[0] + n[1], 20, "members: {exec}");
+        assert_eq!(n[2] + n[3], 20, "list elements: {exec}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let moved: u32 = movers.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(moved > 0, "nothing moved");
 
     // 10. SCAN ... TYPE finds each type's keys (across the three shards).
     c.line("FLUSHALL");

@@ -92,6 +92,11 @@ pub enum Atomicity {
     /// both in one snapshot, then writes the destination (and deletes the
     /// source) in one transaction that WATCHes both, retried if they moved.
     Move(MoveMode),
+    /// SMOVE / LMOVE / RPOPLPUSH whose two keys are on different shards:
+    /// the one part is the one-shard operation (its shard the source's);
+    /// the router reads what moves, then removes it from the source and
+    /// adds it to the destination in one transaction that WATCHes both.
+    Transfer,
 }
 
 #[derive(Debug, Clone)]

@@ -201,11 +201,15 @@ impl Session {
                 return Reply::error(reply_too_large("MGET", limit));
             }
         }
+        if plan.atomicity == Atomicity::Transfer {
+            return self.run_transfer(plan).await;
+        }
         if plan.shards() > 1 {
             match plan.atomicity {
                 Atomicity::AllOrNothing => return self.run_atomic(plan).await,
                 Atomicity::AllIfAbsent => return self.run_set_if_absent(plan).await,
                 Atomicity::Move(mode) => return self.run_move(plan, mode).await,
+                Atomicity::Transfer => {}
                 Atomicity::None => {}
             }
         }

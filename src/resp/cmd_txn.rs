@@ -18,6 +18,7 @@
 //! next EXEC aborts: it would run without the checks its client asked for).
 
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -133,6 +134,12 @@ impl Session {
                     return Reply::error(
                         "ERR MSETNX inside MULTI needs its keys in one shard; use a hash tag such as {user1}",
                     );
+                }
+                if plan.atomicity == Atomicity::Transfer {
+                    return Reply::error(format!(
+                        "ERR {} inside MULTI needs both keys in one shard; use a hash tag such as {{user1}}",
+                        spec.name.to_ascii_uppercase()
+                    ));
                 }
                 if matches!(plan.atomicity, Atomicity::Move(_)) && plan.shards() > 1 {
                     return Reply::error(format!(
@@ -250,18 +257,37 @@ impl Session {
             .collect();
         // The snapshot holds key records, not collections' elements: a
         // transaction that reads a collection runs on the shards.
-        let outcome = if plans
+        let snapshot = plans
             .iter()
-            .all(|p| p.is_read_only() && !p.reads_elements())
-        {
-            self.exec_snapshot(&plans, &watches).await
-        } else {
-            self.exec_write(plans, &watches).await
-        };
-        let mut replies = match outcome {
-            Ok(Some(r)) => r.into_iter(),
-            Ok(None) => return Reply::NilArray,
-            Err(e) => return cluster_err(e),
+            .all(|p| p.is_read_only() && !p.reads_elements());
+        // A conflict is a changed WATCHed key (EXEC answers nil), or, with
+        // nothing watched, only a lock another transaction held: then the
+        // transaction is tried again (Redis never fails such an EXEC), with
+        // a growing random pause, for up to the request timeout.
+        let deadline =
+            Instant::now() + Duration::from_millis(self.shared.config.request_timeout_ms);
+        let mut pause = Duration::from_millis(1);
+        let mut replies = loop {
+            let outcome = if snapshot {
+                self.exec_snapshot(&plans, &watches).await
+            } else {
+                self.exec_write(plans.clone(), &watches).await
+            };
+            match outcome {
+                Ok(Some(r)) => break r.into_iter(),
+                Ok(None) if watches.is_empty() && Instant::now() < deadline => {
+                    let wait = rand::Rng::gen_range(&mut rand::thread_rng(), Duration::ZERO..=pause);
+                    tokio::time::sleep(wait).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Ok(None) if watches.is_empty() => {
+                    return Reply::error(
+                        "TRYAGAIN the transaction's keys stayed locked by other transactions; nothing was done",
+                    )
+                }
+                Ok(None) => return Reply::NilArray,
+                Err(e) => return cluster_err(e),
+            }
         };
         let mut out = Vec::with_capacity(m.queued.len());
         for q in m.queued {

@@ -5,9 +5,9 @@
 //! Multi-key set commands whose keys share a shard are one operation there
 //! (one Raft entry for the `*STORE` forms and SMOVE). Reads across shards
 //! (SINTER, SUNION, SDIFF, SINTERCARD) read every set in one atomic
-//! transaction and combine them here. Writes across shards (SMOVE,
-//! SINTERSTORE, SUNIONSTORE, SDIFFSTORE) answer an error naming the hash-tag
-//! workaround: they are not yet run as two-phase transactions.
+//! transaction and combine them here; SMOVE across shards is a transaction
+//! too (`Session::run_transfer`). The `*STORE` forms across shards answer
+//! an error naming the hash-tag workaround.
 
 use bytes::Bytes;
 
@@ -388,14 +388,13 @@ pub fn smove(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     let dst = key(args);
     let member = args.next_bytes().unwrap_or_default();
     cx.check_value(&member)?;
-    if one_shard(cx, &[&src, &dst]).is_none() {
-        return Err(cross_shard_write("SMOVE"));
+    let across = one_shard(cx, &[&src, &dst]).is_none();
+    let mut plan = coll_write(cx, &src.clone(), CollWrite::SMove { src, dst, member });
+    if across {
+        // A transaction run by the router (`Session::run_transfer`).
+        plan.atomicity = crate::cluster::plan::Atomicity::Transfer;
     }
-    Ok(coll_write(
-        cx,
-        &src.clone(),
-        CollWrite::SMove { src, dst, member },
-    ))
+    Ok(plan)
 }
 
 /// SINTER / SUNION / SDIFF (`card`: SINTERCARD with its limit).

@@ -1,14 +1,15 @@
 //! The list commands: argument parsing with Redis's error texts, compiled
-//! into [`LWrite`] and [`LRead`] operations. LMOVE, RPOPLPUSH and LMPOP over
-//! lists of different shards answer `-CROSSSLOT` with the hash-tag
-//! workaround.
+//! into [`LWrite`] and [`LRead`] operations. LMOVE and RPOPLPUSH between
+//! lists of different shards run as transactions (`Session::run_transfer`);
+//! LMPOP over lists of different shards answers `-CROSSSLOT` with the
+//! hash-tag workaround.
 
 use bytes::Bytes;
 
 use super::args::Args;
 use super::compile::{Ctx, ERR_NOT_INTEGER, ERR_SYNTAX};
 use super::reply::Reply;
-use crate::cluster::plan::Plan;
+use crate::cluster::plan::{Atomicity, Plan};
 use crate::shard::coll::{CollRead, CollWrite};
 use crate::shard::command::{ReadOp, TxnOp, WriteOp};
 use crate::shard::list::{End, LRead, LWrite};
@@ -280,29 +281,25 @@ pub fn lmove(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     let from = end_arg(args.peek_upper())?;
     let _ = args.next_bytes();
     let to = end_arg(args.peek_upper())?;
-    same_shard(cx, &[&src, &dst], "LMOVE")?;
-    Ok(lwrite(
-        cx,
-        &src.clone(),
-        LWrite::Move { src, dst, from, to },
-    ))
+    Ok(transfer(cx, src, dst, from, to))
 }
 
 /// `RPOPLPUSH source destination`
 pub fn rpoplpush(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     let src = key(args);
     let dst = key(args);
-    same_shard(cx, &[&src, &dst], "RPOPLPUSH")?;
-    Ok(lwrite(
-        cx,
-        &src.clone(),
-        LWrite::Move {
-            src,
-            dst,
-            from: End::Right,
-            to: End::Left,
-        },
-    ))
+    Ok(transfer(cx, src, dst, End::Right, End::Left))
+}
+
+/// LMOVE's plan: one entry when both lists share a shard, else a
+/// transaction run by the router (`Session::run_transfer`).
+fn transfer(cx: &Ctx, src: Bytes, dst: Bytes, from: End, to: End) -> Plan {
+    let across = same_shard(cx, &[&src, &dst], "LMOVE").is_err();
+    let mut plan = lwrite(cx, &src.clone(), LWrite::Move { src, dst, from, to });
+    if across {
+        plan.atomicity = Atomicity::Transfer;
+    }
+    plan
 }
 
 /// `LMPOP numkeys key [key ...] LEFT|RIGHT [COUNT count]`

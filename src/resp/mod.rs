@@ -18,6 +18,7 @@ pub mod cmd_blocking;
 pub mod cmd_keyspace;
 pub mod cmd_string;
 pub mod cmd_table;
+pub mod cmd_transfer;
 pub mod cmd_txn;
 pub mod commands;
 pub mod compile;

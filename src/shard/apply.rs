@@ -23,6 +23,7 @@
 use super::coll::{self, KeyView, ReadView};
 use super::command::*;
 use super::decimal::*;
+use super::elements::{all_rows, Layer};
 use super::value::*;
 use crate::glob::glob_match;
 use crate::num::{parse_f64, parse_i64};
@@ -414,6 +415,54 @@ pub fn move_outcome(
     }
 }
 
+/// RENAME / RENAMENX / COPY of the live collection `rec` under `src` to
+/// `dst` on this shard: its elements are copied under a new generation
+/// (this entry's index), so the copy and the original never share rows;
+/// a rename then drops the source's record (its rows die with it). O(n) in
+/// the elements, as in kvrocks.
+pub fn move_collection(
+    src: &Bytes,
+    dst: &Bytes,
+    mode: MoveMode,
+    rec: Stored,
+    now: u64,
+    index: u64,
+    view: &mut dyn KeyView,
+) -> Result<OpReply, Stop> {
+    let Some(c) = rec.coll else {
+        return Err(Stop::WrongType);
+    };
+    let same = src == dst;
+    let dst_live = same || view.get(dst)?.is_some_and(|v| v.live_at(now));
+    let (reply, remove) = match move_outcome(mode, same, dst_live) {
+        Ok(outcome) => outcome,
+        Err(reply) => return Ok(reply),
+    };
+    let ov = {
+        let mut layer = Layer::new(view);
+        let rows = all_rows(&mut layer, src, &c)?;
+        layer.put(dst, None);
+        for (e, v) in rows {
+            layer.put_sub(dst, index, e, Some(v));
+        }
+        layer.put(
+            dst,
+            Some(Stored {
+                version: index,
+                expire_at_ms: rec.expire_at_ms,
+                data: Bytes::new(),
+                coll: Some(Coll { gen: index, ..c }),
+            }),
+        );
+        if remove {
+            layer.put(src, None);
+        }
+        layer.ov
+    };
+    ov.commit(view);
+    Ok(reply)
+}
+
 /// Apply one write over `view` and make its changes there: collection
 /// commands through [`coll::write`], the others through [`apply_write`].
 /// Its reply.
@@ -422,7 +471,7 @@ pub fn apply_op(cmd: &WriteCmd, index: u64, view: &mut dyn KeyView) -> OpReply {
         // A collection moves with its elements.
         match view.get(src) {
             Ok(Some(v)) if v.live_at(cmd.now_ms) && v.coll.is_some() => {
-                return match coll::move_collection(src, dst, *mode, v, cmd.now_ms, index, view) {
+                return match move_collection(src, dst, *mode, v, cmd.now_ms, index, view) {
                     Ok(reply) => reply,
                     Err(stop) => stop.reply(),
                 };
@@ -569,7 +618,7 @@ pub const ERR_NO_LFU: &str = "ERR An LFU maxmemory policy is not selected, acces
 
 /// RENAME and COPY of a collection between keys of different shards: its
 /// element rows are not carried by the cross-shard transaction yet (on one
-/// shard they move, see [`coll::move_collection`]).
+/// shard they move, see [`move_collection`]).
 pub const ERR_MOVE_COLLECTION: &str =
     "ERR RENAME and COPY of hashes, sets, sorted sets and lists across shards are not supported yet; give the keys one hash tag";
 

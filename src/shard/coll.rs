@@ -457,54 +457,6 @@ fn write_in(c: &CollWrite, now: u64, index: u64, view: &mut Layer) -> Result<OpR
     })
 }
 
-/// RENAME / RENAMENX / COPY of the live collection `rec` under `src` to
-/// `dst` on this shard: its elements are copied under a new generation
-/// (this entry's index), so the copy and the original never share rows;
-/// a rename then drops the source's record (its rows die with it). O(n) in
-/// the elements, as in kvrocks.
-pub fn move_collection(
-    src: &Bytes,
-    dst: &Bytes,
-    mode: MoveMode,
-    rec: Stored,
-    now: u64,
-    index: u64,
-    view: &mut dyn KeyView,
-) -> Result<OpReply, Stop> {
-    let Some(c) = rec.coll else {
-        return Err(Stop::WrongType);
-    };
-    let same = src == dst;
-    let dst_live = same || view.get(dst)?.is_some_and(|v| v.live_at(now));
-    let (reply, remove) = match super::apply::move_outcome(mode, same, dst_live) {
-        Ok(outcome) => outcome,
-        Err(reply) => return Ok(reply),
-    };
-    let ov = {
-        let mut layer = Layer::new(view);
-        let rows = all_rows(&mut layer, src, &c)?;
-        layer.put(dst, None);
-        for (e, v) in rows {
-            layer.put_sub(dst, index, e, Some(v));
-        }
-        layer.put(
-            dst,
-            Some(Stored {
-                version: index,
-                expire_at_ms: rec.expire_at_ms,
-                data: Bytes::new(),
-                coll: Some(Coll { gen: index, ..c }),
-            }),
-        );
-        if remove {
-            layer.put(src, None);
-        }
-        layer.ov
-    };
-    ov.commit(view);
-    Ok(reply)
-}
-
 /// Members of the sets `keys` combined by `op`, in member order. A missing
 /// key is an empty set; a key of another type is WRONGTYPE.
 fn combine(
