@@ -14,6 +14,8 @@
 //!   [`log_tail`] keeps the newest log entries in memory.
 //! * [`network`]: Raft messages between nodes over gRPC, routed by group id.
 //! * [`host`]: the replicas this node hosts; serving requests on them.
+//! * [`hibernate`]: idle groups stop their Raft timers; one liveness ping
+//!   per node pair stands in for their heartbeats.
 //! * [`purger`]: background expiry on the groups this node leads.
 //! * [`service`]: the gRPC services (RaftService, ShardService).
 //! * [`snapshot`]: the snapshot envelope (version, checksum) and its check.
@@ -28,6 +30,7 @@ pub mod codec;
 pub mod command;
 pub mod decimal;
 pub mod engine;
+pub mod hibernate;
 pub mod host;
 pub mod log_tail;
 pub mod network;
