@@ -108,21 +108,23 @@ fn key_in_shard(table: &TableDescriptor, shard: usize, prefix: &str) -> String {
         .unwrap()
 }
 
-/// A non-linearizable GET of `key` sent straight to `node`'s replica of
-/// `gid` (ShardService.Execute), as a router sends a READONLY read.
-fn follower_read(
+/// A GET of `key` sent straight to `node`'s replica of `gid`
+/// (ShardService.Execute), as a router sends it: non-linearizable is a
+/// READONLY read, which any replica may answer.
+fn direct_read(
     cluster: &LocalCluster,
     rt: &tokio::runtime::Runtime,
     node: u64,
     gid: u64,
     key: &str,
-) -> OpReply {
+    linearizable: bool,
+) -> Result<OpReply, ShardError> {
     let addr = format!("http://{}", cluster.node_addr(node));
     let req = ShardRequest::Read {
         op: ReadOp::Get {
             key: bytes::Bytes::copy_from_slice(key.as_bytes()),
         },
-        linearizable: false,
+        linearizable,
         now_ms: 0,
     };
     rt.block_on(async move {
@@ -136,10 +138,12 @@ fn follower_read(
             .await
             .unwrap()
             .into_inner();
-        let r: Result<OpReply, ShardError> =
-            codec::decode(Format::ShardReply, &reply.reply).unwrap();
-        r.unwrap()
+        codec::decode(Format::ShardReply, &reply.reply).unwrap()
     })
+}
+
+fn bulk(v: &'static str) -> OpReply {
+    OpReply::Bulk(bytes::Bytes::from_static(v.as_bytes()))
 }
 
 fn connect(cluster: &LocalCluster) -> redis::Connection {
@@ -199,8 +203,8 @@ fn idle_groups_sleep_wake_on_writes_and_fail_over_when_their_leader_dies() {
     for (s, shard) in asleep.table.shards.iter().enumerate() {
         let leader = asleep.leader_of(shard.group_id).unwrap();
         for node in (1..=3u64).filter(|n| *n != leader) {
-            let got = follower_read(&cluster, &rt, node, shard.group_id, &keys[s]);
-            assert_eq!(got, OpReply::Bulk(bytes::Bytes::from_static(b"v1")));
+            let got = direct_read(&cluster, &rt, node, shard.group_id, &keys[s], false);
+            assert_eq!(got, Ok(bulk("v1")));
         }
     }
     std::thread::sleep(Duration::from_secs(3));
@@ -253,5 +257,64 @@ fn idle_groups_sleep_wake_on_writes_and_fail_over_when_their_leader_dies() {
         .query(&mut connect(&cluster))
         .unwrap();
     assert_eq!(got.as_deref(), Some("v3"));
+    cluster.shutdown();
+}
+
+/// A sleeping leader paused (SIGSTOP) past the election timeout: its
+/// followers, no longer pinged, elect a new leader that takes a write; the
+/// old one, resumed, must not answer a linearizable read with the old value
+/// (it has no lease: hibernation fakes no ack).
+#[test]
+fn a_sleeping_leader_paused_and_resumed_serves_no_stale_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start(&dir);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut con = connect(&cluster);
+    let table = view(&cluster, &rt).table;
+    let key = key_in_shard(&table, 0, "p");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("v1")
+        .query(&mut con)
+        .unwrap();
+    let asleep = wait_all_asleep(&cluster, &rt, 3);
+    let gid = asleep.table.shards[0].group_id;
+    let old = asleep.leader_of(gid).expect("shard 0 has a leader");
+    cluster.pause_node(old).unwrap();
+    let t = Instant::now();
+    loop {
+        let r: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(&key)
+            .arg("v2")
+            .query(&mut connect(&cluster));
+        if r.is_ok() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no write to group {gid} within 20 s of pausing its sleeping leader: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "group {gid} took a write {:?} after its sleeping leader was paused",
+        t.elapsed()
+    );
+    cluster.resume_node(old).unwrap();
+    for _ in 0..20 {
+        match direct_read(&cluster, &rt, old, gid, &key, true) {
+            Ok(v) => assert_eq!(
+                v,
+                bulk("v2"),
+                "the resumed old leader answered a stale read"
+            ),
+            Err(e) => eprintln!("the resumed old leader refused: {e}"),
+        }
+    }
+    let got: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query(&mut connect(&cluster))
+        .unwrap();
+    assert_eq!(got.as_deref(), Some("v2"));
     cluster.shutdown();
 }

@@ -206,7 +206,7 @@ fn main() -> Result<()> {
     if !args.no_scale {
         eprintln!("\n== scale probe ==");
         rep.notes.push(
-            "scale probe: 1-replica groups have no followers, so they send no heartbeats; idle 3-replica groups cost more (each leader heartbeats its 2 followers every `heartbeat_ms`, 250 ms by default)".into(),
+            "scale probe: 1-replica groups have no followers, so they send no heartbeats; the 3-node probe measures idle 3-replica groups".into(),
         );
         rep.scale = scale::run(&scale::Probe {
             bin: &bin,

@@ -86,6 +86,8 @@ pub struct Scale3Row {
     pub replicas: usize,
     /// Of which it leads.
     pub leaders: usize,
+    /// Of which hibernate at the end of the window.
+    pub asleep: usize,
     pub idle_cpu_pct: f64,
     pub idle_secs: f64,
     pub rss_mib: f64,
@@ -366,7 +368,7 @@ impl Report {
     fn scale3_table(&self) -> Table {
         let head = [
             "node",
-            "replicas (leading)",
+            "replicas (leading, asleep)",
             "idle CPU % of a core",
             "RSS MiB",
             "peak RSS MiB",
@@ -379,7 +381,7 @@ impl Report {
             .map(|s| {
                 vec![
                     format!("node-{}", s.node),
-                    format!("{} ({})", s.replicas, s.leaders),
+                    format!("{} ({}, {})", s.replicas, s.leaders, s.asleep),
                     format!("{:.1} (over {:.0} s)", s.idle_cpu_pct, s.idle_secs),
                     format!("{:.0}", s.rss_mib),
                     format!("{:.0}", s.hwm_mib),

@@ -230,6 +230,14 @@ pub fn run3(p: &Probe3) -> Result<Vec<Scale3Row>> {
     let t = Instant::now();
     thread::sleep(p.idle);
     let idle_secs = t.elapsed().as_secs_f64();
+    // How many replicas sleep on each node (shard::hibernate) at the end.
+    let asleep: Vec<usize> = (1..=3u64)
+        .map(|id| {
+            rt.block_on(client.node_status(id, vec![]))
+                .map(|s| s.groups.iter().filter(|g| g.hibernating).count())
+                .unwrap_or(0)
+        })
+        .collect();
     let mut rows = Vec::new();
     for (i, &pid) in pids.iter().enumerate() {
         let b = procs::sample(pid).context("cannot read /proc")?;
@@ -260,6 +268,7 @@ pub fn run3(p: &Probe3) -> Result<Vec<Scale3Row>> {
             node: i as u64 + 1,
             replicas: p.groups,
             leaders: leaders[i],
+            asleep: asleep[i],
             idle_cpu_pct: 100.0 * (b.cpu_s - a.cpu_s) / idle_secs,
             idle_secs,
             rss_mib: b.rss_kib as f64 / 1024.0,

@@ -530,13 +530,16 @@ pub async fn run(host: Arc<super::host::Host>) {
             continue;
         }
         for r in host.replicas() {
-            if !r.sleep.is_awake() {
-                continue;
-            }
             let Some(view) = leader_view(&h, &r) else {
                 continue;
             };
-            if leader_may_hibernate(&view, after).is_ok() {
+            if r.sleep.is_asleep() {
+                // A proposal that did not come through a request (none
+                // should) still wakes the group it left unsettled.
+                if let Err(why) = leader_may_hibernate(&view, Duration::ZERO) {
+                    h.wake(r.record.group_id, &r.sleep, &r.raft, why);
+                }
+            } else if r.sleep.is_awake() && leader_may_hibernate(&view, after).is_ok() {
                 tokio::spawn(ask(host.clone(), r));
             }
         }
