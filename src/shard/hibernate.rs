@@ -340,6 +340,11 @@ impl Hibernation {
             return false;
         };
         if sleep.state.load(SeqCst) != ASKING {
+            // Woken meanwhile (which forgot the group), or asked to sleep
+            // as a follower after losing the lead: no longer led asleep.
+            if let Ok(mut l) = self.led.lock() {
+                l.remove(&gid);
+            }
             return false;
         }
         if all_accepted && sleep.last_active.load(SeqCst) == stamp {
@@ -375,6 +380,14 @@ impl Hibernation {
             applied: m.last_applied.map(|l| l.index),
         };
         follower_accepts(&view, req)?;
+        // The request itself shows the leader's node alive: a follower
+        // that has not had its first ping yet must not wake at once.
+        if let Ok(mut heard) = self.heard.lock() {
+            heard.entry(req.leader).or_insert(Heard {
+                at: Instant::now(),
+                boot: req.boot,
+            });
+        }
         sleep.state.store(ASLEEP, SeqCst);
         raft.runtime_config().tick(false);
         if let Ok(mut f) = self.following.lock() {
@@ -547,7 +560,8 @@ pub async fn run(host: Arc<super::host::Host>) {
 }
 
 fn leader_view(h: &Hibernation, r: &super::host::Replica) -> Option<LeaderView> {
-    let m = r.raft.metrics().borrow().clone();
+    let rx = r.raft.metrics();
+    let m = rx.borrow();
     if m.state != openraft::ServerState::Leader {
         return None;
     }
