@@ -8,6 +8,10 @@
 //! from the routers does not hold its shard hostage: it refuses requests
 //! once it has not heard from a majority for a lease, so routers move on;
 //! the write it took before that answers that its outcome is unknown.
+//! A leader paused (SIGSTOP) past the election timeout and resumed still
+//! cut off from its peers believes it leads, and its published metrics look
+//! fresh: its leader lease has run out all the same, so it answers no read
+//! with the value from before the pause.
 
 mod common;
 
@@ -205,4 +209,112 @@ fn a_leader_cut_from_its_peers_but_not_from_routers_gives_way() {
     assert_eq!(text(&run(&mut c, &["GET", &key])).as_deref(), Some("after"));
     links.heal();
     assert_eq!(text(&run(&mut c, &["GET", &key])).as_deref(), Some("after"));
+}
+
+#[test]
+fn a_leader_paused_past_the_election_timeout_serves_no_stale_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = linked_cluster(&dir);
+    let router = cluster.router_addr();
+    let stale_router = cluster.add_router().expect("second router");
+    let shard = led_shard(&router);
+    let old = shard.leader.unwrap();
+    let others: Vec<u64> = shard
+        .replicas
+        .iter()
+        .copied()
+        .filter(|&n| n != old)
+        .collect();
+    let key = key_in(shard.slots, "paused");
+    let mut m = connect(&router);
+    assert_eq!(
+        text(&run(&mut m, &["SET", &key, "before"])).as_deref(),
+        Some("OK")
+    );
+    // router-2 learns `old` as the leader (and, reaching only it below,
+    // keeps sending it the group's reads).
+    let mut s = connect(&stale_router);
+    assert_eq!(
+        text(&run(&mut s, &["GET", &key])).as_deref(),
+        Some("before")
+    );
+    let links = cluster.links().expect("started with links");
+    links.cut(&node_endpoint(old), "router");
+    for &n in &others {
+        links.cut("router-2", &node_endpoint(n));
+    }
+
+    cluster.pause_node(old).unwrap();
+    let paused_at = Instant::now();
+    // Cut right after the SIGSTOP, long before any follower times out: no
+    // vote request or message of a new leader waits in its sockets, so when
+    // it resumes nothing tells it that it was replaced.
+    let links = cluster.links().expect("started with links");
+    for &n in &others {
+        links.cut(&node_endpoint(old), &node_endpoint(n));
+    }
+    let took = common::wait_until(Duration::from_secs(40), || {
+        text(&run(&mut m, &["SET", &key, "after"])).as_deref() == Some("OK")
+    });
+    let paused_for = paused_at.elapsed();
+    if !took {
+        cluster.resume_node(old).unwrap();
+        panic!(
+            "the others never took a write while leader {old} was paused:\n{}",
+            cluster.logs()
+        );
+    }
+    println!(
+        "a new leader took the write {} ms after the SIGSTOP",
+        paused_for.as_millis()
+    );
+    assert_eq!(text(&run(&mut m, &["GET", &key])).as_deref(), Some("after"));
+
+    // Reads already sent to the paused leader wait in its socket, and more
+    // follow right after the SIGCONT: none may answer "before".
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = stale_router.clone();
+            let key = key.clone();
+            std::thread::spawn(move || {
+                let mut c = connect(&addr);
+                let start = Instant::now();
+                let mut got = Vec::new();
+                while start.elapsed() < Duration::from_secs(3) {
+                    got.push(text(&run(&mut c, &["GET", &key])));
+                }
+                got
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    cluster.resume_node(old).unwrap();
+    let mut answers = Vec::new();
+    for r in readers {
+        answers.extend(r.join().unwrap());
+    }
+    let stale = answers
+        .iter()
+        .filter(|a| a.as_deref() == Some("before"))
+        .count();
+    println!(
+        "{} reads through router-2 after the pause: {stale} stale, {} answered",
+        answers.len(),
+        answers.iter().filter(|a| a.is_some()).count()
+    );
+    assert_eq!(
+        stale,
+        0,
+        "leader {old}, resumed after {} ms, answered reads with the value from before its pause",
+        paused_for.as_millis()
+    );
+
+    cluster.links().expect("started with links").heal();
+    assert!(
+        common::wait_until(Duration::from_secs(30), || {
+            text(&run(&mut s, &["GET", &key])).as_deref() == Some("after")
+        }),
+        "router-2 does not read the new value after the heal"
+    );
+    cluster.shutdown();
 }

@@ -5,7 +5,9 @@
 //!
 //! Kinds: SIGKILL of a node then restart; SIGKILL of a shard leader with the
 //! failover time measured (kill → first acknowledged SET on that shard);
-//! SIGSTOP/SIGCONT of a node; SIGKILL of a router and a new router in its
+//! SIGSTOP/SIGCONT of a node; SIGSTOP of a shard leader past the election
+//! timeout, resumed while it is still cut off from its peers but not from a
+//! router (its leader lease must have run out); SIGKILL of a router and a new router in its
 //! place; an etcd restart; network partitions through the cluster's
 //! cuttable links ([`shoal::devcluster::links`]): one node isolated, the
 //! nodes split into a majority and a minority with each router on one side,
@@ -33,6 +35,10 @@ pub enum FaultKind {
     KillNode,
     KillLeader,
     PauseNode,
+    /// SIGSTOP a shard's leader past the election timeout, cut it from its
+    /// peers, and let one router reach only it; SIGCONT it while still cut
+    /// off: the routers' reads reach a leader whose lease ran out.
+    PauseLeader,
     KillRouter,
     RestartEtcd,
     /// One node cut off from every other node and every router.
@@ -49,10 +55,11 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::KillNode,
         FaultKind::KillLeader,
         FaultKind::PauseNode,
+        FaultKind::PauseLeader,
         FaultKind::KillRouter,
         FaultKind::RestartEtcd,
         FaultKind::IsolateNode,
@@ -65,7 +72,10 @@ impl FaultKind {
     pub fn is_partition(self) -> bool {
         matches!(
             self,
-            FaultKind::IsolateNode | FaultKind::SplitNodes | FaultKind::CutRouter
+            FaultKind::IsolateNode
+                | FaultKind::SplitNodes
+                | FaultKind::CutRouter
+                | FaultKind::PauseLeader
         )
     }
 
@@ -78,6 +88,7 @@ impl FaultKind {
             FaultKind::KillNode => "kill-node",
             FaultKind::KillLeader => "kill-leader",
             FaultKind::PauseNode => "pause-node",
+            FaultKind::PauseLeader => "pause-leader",
             FaultKind::KillRouter => "kill-router",
             FaultKind::RestartEtcd => "restart-etcd",
             FaultKind::IsolateNode => "isolate-node",
@@ -105,6 +116,14 @@ pub enum Fault {
     PauseNode {
         id: u64,
         paused: Duration,
+    },
+    /// SIGSTOP the leader of a random shard, cut it from the other nodes
+    /// and cut router slot `router` from every node but it; SIGCONT after
+    /// `paused` (past the election timeout), heal `isolated` later.
+    PauseLeader {
+        paused: Duration,
+        isolated: Duration,
+        router: usize,
     },
     /// SIGKILL one router, start a new one.
     KillRouter,
@@ -171,6 +190,7 @@ pub fn next_fault(rng: &mut impl Rng, nodes: usize, kinds: &[FaultKind]) -> Opti
                 FaultKind::KillNode => 3,
                 FaultKind::KillLeader => 3,
                 FaultKind::PauseNode => 3,
+                FaultKind::PauseLeader => 2,
                 FaultKind::KillRouter => 1,
                 FaultKind::RestartEtcd => 1,
                 FaultKind::IsolateNode | FaultKind::SplitNodes | FaultKind::CutRouter => 2,
@@ -222,6 +242,14 @@ pub fn next_fault(rng: &mut impl Rng, nodes: usize, kinds: &[FaultKind]) -> Opti
         FaultKind::PauseNode => Fault::PauseNode {
             id: node(rng),
             paused: Duration::from_millis(rng.gen_range(300..5_000)),
+        },
+        // Followers elect after leader lease + election timeout (2 + 1..2 s
+        // with the default settings): paused 4.5–8 s, a new leader has
+        // usually taken writes by the SIGCONT.
+        FaultKind::PauseLeader => Fault::PauseLeader {
+            paused: Duration::from_millis(rng.gen_range(4_500..8_000)),
+            isolated: Duration::from_millis(rng.gen_range(1_000..3_000)),
+            router: rng.gen_range(0..2),
         },
         FaultKind::KillRouter => Fault::KillRouter,
         FaultKind::RestartEtcd => Fault::RestartEtcd,
@@ -378,6 +406,9 @@ pub struct FaultStats {
     pub kill_node: u64,
     pub kill_leader: u64,
     pub pause_node: u64,
+    /// Shard leaders paused past the election timeout and resumed cut off.
+    #[serde(default)]
+    pub pause_leader: u64,
     pub kill_router: u64,
     pub restart_etcd: u64,
     /// Network partitions (isolate-node, split-nodes, cut-router).
@@ -405,6 +436,7 @@ impl FaultStats {
         self.kill_node
             + self.kill_leader
             + self.pause_node
+            + self.pause_leader
             + self.kill_router
             + self.restart_etcd
             + self.partition
@@ -492,6 +524,11 @@ impl<'a> Injector<'a> {
                 self.rec.fault(format!("SIGCONT node {id}"));
                 self.cluster.resume_node(*id)?;
             }
+            Fault::PauseLeader {
+                paused,
+                isolated,
+                router,
+            } => self.pause_leader(*paused, *isolated, *router, rng)?,
             Fault::KillRouter => {
                 if self.live_routers.len() < 2 {
                     return Ok(());
@@ -632,6 +669,79 @@ impl<'a> Injector<'a> {
         Ok(())
     }
 
+    /// [`Fault::PauseLeader`]: the stale-read fault of the leader lease.
+    /// The old leader is cut from its peers right after the SIGSTOP (before
+    /// any vote request can reach it), so when it resumes it still believes
+    /// it leads, its published metrics are from before the pause, and the
+    /// router that reaches only it sends it reads. Only the lease's clock
+    /// stands between them and the value from before the pause.
+    fn pause_leader(
+        &mut self,
+        paused: Duration,
+        isolated: Duration,
+        router: usize,
+        rng: &mut impl Rng,
+    ) -> Result<()> {
+        let shards = self.describe()?;
+        let led: Vec<&ShardInfo> = shards.iter().filter(|s| s.leader.is_some()).collect();
+        if led.is_empty() {
+            self.rec
+                .fault("pause-leader skipped: no shard has a known leader");
+            return Ok(());
+        }
+        let shard = led[rng.gen_range(0..led.len())].clone();
+        let leader = shard.leader.expect("filtered");
+        let names: Vec<String> = self
+            .live_routers
+            .iter()
+            .map(|&i| self.cluster.router_name(i).unwrap_or("?").to_string())
+            .collect();
+        let slot = router % names.len().max(1);
+        let mut others: Vec<u64> = (1..=self.cluster.node_count() as u64)
+            .filter(|&n| n != leader && !self.retired.contains(&n))
+            .collect();
+        if let Extra::Joined(e) | Extra::Draining(e) = self.extra {
+            if e != leader && !others.contains(&e) {
+                others.push(e);
+            }
+        }
+        let sides = [
+            Side {
+                nodes: vec![leader],
+                routers: vec![slot],
+            },
+            Side {
+                nodes: others,
+                routers: vec![],
+            },
+        ];
+        let cuts = partition_cuts(&sides, |i| names.get(i).cloned().unwrap_or_default());
+        self.stats.pause_leader += 1;
+        self.rec.fault(format!(
+            "SIGSTOP node {leader}, leader of group {}; cut it from its peers, {} reaches only it",
+            shard.group,
+            names.get(slot).map_or("?", String::as_str)
+        ));
+        self.cluster.pause_node(leader)?;
+        let Some(links) = self.cluster.links() else {
+            let _ = self.cluster.resume_node(leader);
+            bail!("pause-leader needs a cluster started with links");
+        };
+        for (a, b) in &cuts {
+            links.cut(a, b);
+        }
+        std::thread::sleep(paused);
+        self.rec
+            .fault(format!("SIGCONT node {leader}, still cut from its peers"));
+        self.cluster.resume_node(leader)?;
+        std::thread::sleep(isolated);
+        if let Some(links) = self.cluster.links() {
+            links.heal();
+        }
+        self.rec.fault("partition healed");
+        Ok(())
+    }
+
     fn join_drain(&mut self) -> Result<()> {
         match self.extra {
             Extra::None => {
@@ -740,6 +850,31 @@ mod tests {
             next_fault(&mut rng, 3, &[FaultKind::RestartEtcd]),
             Some(Fault::RestartEtcd)
         ));
+    }
+
+    #[test]
+    fn a_paused_leader_stays_paused_past_the_election_timeout() {
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..200 {
+            let Some(Fault::PauseLeader {
+                paused,
+                isolated,
+                router,
+            }) = next_fault(&mut rng, 3, &[FaultKind::PauseLeader])
+            else {
+                panic!("only pause-leader was asked for");
+            };
+            // Followers wait leader lease + election timeout (2 + 2 s at
+            // most with the defaults) before they elect.
+            assert!(paused >= Duration::from_millis(4_500), "{paused:?}");
+            assert!(isolated >= Duration::from_secs(1));
+            assert!(router < 2);
+        }
+        assert!(FaultKind::PauseLeader.is_partition(), "it needs the links");
+        assert_eq!(
+            FaultKind::parse("pause-leader"),
+            Some(FaultKind::PauseLeader)
+        );
     }
 
     #[test]

@@ -158,12 +158,13 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  faults       {} (kill-node {}, kill-leader {}, pause-node {}, kill-router {}, restart-etcd {}, partition {}, \
+            "  faults       {} (kill-node {}, kill-leader {}, pause-node {}, pause-leader {}, kill-router {}, restart-etcd {}, partition {}, \
              join {}, drain {} ({} finished, {} replicas had moved onto joined nodes))",
             fs.total(),
             fs.kill_node,
             fs.kill_leader,
             fs.pause_node,
+            fs.pause_leader,
             fs.kill_router,
             fs.restart_etcd,
             fs.partition,

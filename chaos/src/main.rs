@@ -49,7 +49,7 @@ struct RunArgs {
     #[arg(long, default_value = "auto")]
     incr: Toggle,
     /// Comma-separated fault kinds (kill-node, kill-leader, pause-node,
-    /// kill-router, restart-etcd, isolate-node, split-nodes, cut-router,
+    /// pause-leader, kill-router, restart-etcd, isolate-node, split-nodes, cut-router,
     /// join-drain);
     /// all by default.
     #[arg(long)]

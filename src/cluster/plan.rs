@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use super::routes::TableRoute;
 use crate::shard::command::OpReply;
-use crate::shard::command::TxnOp;
+use crate::shard::command::{ReadOp, SetOp, TxnOp};
+use crate::shard::zset::{combine_members, scored_reply, Aggregate, ZCombine};
 
 /// One shard's share of a command.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +37,17 @@ pub enum Merge {
     },
     /// Every part answers OK: the command answers OK (MSET over shards).
     AllOk,
+    /// Each part answers one set (SMEMBERS, in key order): SINTER / SUNION
+    /// / SDIFF of them, or with `card` SINTERCARD's count (limit 0: none).
+    Sets { op: SetOp, card: Option<u64> },
+    /// Each part answers one sorted set's members with scores, in key
+    /// order: ZUNION / ZINTER / ZDIFF of them.
+    ZSets {
+        combine: ZCombine,
+        with_scores: bool,
+    },
+    /// As `ZSets`, answering ZINTERCARD's count (limit 0: none).
+    ZInterCard { limit: u64 },
 }
 
 /// What kind of atomicity a multi-part command needs outside MULTI.
@@ -62,6 +74,13 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Whether a part reads a collection's elements (not just key records).
+    pub fn reads_elements(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p.op, TxnOp::Read(ReadOp::Coll(_))))
+    }
+
     /// A plan with independent parts and linearizable reads.
     pub fn new(table: Arc<TableRoute>, parts: Vec<Part>, merge: Merge) -> Plan {
         Plan {
@@ -121,6 +140,29 @@ pub fn merge(merge: &Merge, replies: Vec<OpReply>) -> OpReply {
             }
             OpReply::Array(out)
         }
+        Merge::Sets { op, card } => merge_sets(*op, *card, replies),
+        Merge::ZSets {
+            combine,
+            with_scores,
+        } => scored_reply(
+            combine_members(replies.into_iter().map(scored_members).collect(), combine),
+            *with_scores,
+        ),
+        Merge::ZInterCard { limit } => {
+            let inter = ZCombine {
+                op: SetOp::Inter,
+                keys: Vec::new(),
+                weights: Vec::new(),
+                aggregate: Aggregate::Sum,
+            };
+            let n =
+                combine_members(replies.into_iter().map(scored_members).collect(), &inter).len();
+            OpReply::Int(if *limit > 0 {
+                n.min(*limit as usize)
+            } else {
+                n
+            } as i64)
+        }
         Merge::AllOk => {
             if replies.iter().all(|r| *r == OpReply::Ok) {
                 OpReply::Ok
@@ -131,6 +173,50 @@ pub fn merge(merge: &Merge, replies: Vec<OpReply>) -> OpReply {
                     .unwrap_or(OpReply::Ok)
             }
         }
+    }
+}
+
+/// The sets' members combined by `op` (each part answered one set, in key
+/// order); SINTERCARD's count when `card` is its limit.
+fn merge_sets(op: SetOp, card: Option<u64>, replies: Vec<OpReply>) -> OpReply {
+    let mut sets = replies.into_iter().map(|r| match r {
+        OpReply::Set(items) => items
+            .into_iter()
+            .filter_map(|i| match i {
+                OpReply::Bulk(b) => Some(b),
+                _ => None,
+            })
+            .collect::<std::collections::BTreeSet<bytes::Bytes>>(),
+        _ => Default::default(),
+    });
+    let mut acc = sets.next().unwrap_or_default();
+    for s in sets {
+        match op {
+            SetOp::Inter => acc.retain(|m| s.contains(m)),
+            SetOp::Union => acc.extend(s),
+            SetOp::Diff => acc.retain(|m| !s.contains(m)),
+        }
+    }
+    match card {
+        Some(0) => OpReply::Int(acc.len() as i64),
+        Some(limit) => OpReply::Int(acc.len().min(limit as usize) as i64),
+        None => OpReply::Set(acc.into_iter().map(OpReply::Bulk).collect()),
+    }
+}
+
+/// A part's members with scores (a `Pairs` reply of bulk and double).
+fn scored_members(r: OpReply) -> Option<std::collections::BTreeMap<bytes::Bytes, f64>> {
+    match r {
+        OpReply::Pairs(pairs) => Some(
+            pairs
+                .into_iter()
+                .filter_map(|(m, s)| match (m, s) {
+                    (OpReply::Bulk(m), OpReply::Double(s)) => Some((m, s)),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        _ => None,
     }
 }
 

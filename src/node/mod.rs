@@ -54,6 +54,7 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
         },
     );
     crate::shard::purger::spawn_expiry_purger(host.clone(), Duration::from_secs(1));
+    crate::shard::purger::spawn_element_collector(host.clone(), Duration::from_millis(500));
 
     let listener = tokio::net::TcpListener::bind(&c.listen)
         .await

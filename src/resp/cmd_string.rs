@@ -58,7 +58,7 @@ const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
 
 impl Session {
     /// The table this connection works in, if it is routable.
-    fn current_table(&self) -> Result<Arc<TableRoute>, ClusterError> {
+    pub(super) fn current_table(&self) -> Result<Arc<TableRoute>, ClusterError> {
         self.table_named(&self.table)
     }
 

@@ -33,6 +33,7 @@ use crate::cluster::txn::{self, Outcome, ShardKeys};
 use crate::cluster::ClusterError;
 use crate::meta::descriptor::TableState;
 use crate::shard::apply::apply_read;
+use crate::shard::coll::KeysOnly;
 use crate::shard::command::TxnOp;
 use crate::shard::command::{OpReply, ShardRequest};
 use crate::shard::txn::version_of;
@@ -241,7 +242,12 @@ impl Session {
                 _ => None,
             })
             .collect();
-        let outcome = if plans.iter().all(Plan::is_read_only) {
+        // The snapshot holds key records, not collections' elements: a
+        // transaction that reads a collection runs on the shards.
+        let outcome = if plans
+            .iter()
+            .all(|p| p.is_read_only() && !p.reads_elements())
+        {
             self.exec_snapshot(&plans, &watches).await
         } else {
             self.exec_write(plans, &watches).await
@@ -317,11 +323,16 @@ impl Session {
                 .parts
                 .iter()
                 .map(|part| match &part.op {
-                    TxnOp::Read(op) => apply_read(op, now, max_reply, &mut |k| {
-                        Ok(snapshot
-                            .get(&(name.clone(), Bytes::copy_from_slice(k)))
-                            .cloned())
-                    })
+                    TxnOp::Read(op) => apply_read(
+                        op,
+                        now,
+                        max_reply,
+                        &mut KeysOnly(|k: &[u8]| {
+                            Ok(snapshot
+                                .get(&(name.clone(), Bytes::copy_from_slice(k)))
+                                .cloned())
+                        }),
+                    )
                     .unwrap_or_else(|c| c.reply()),
                     TxnOp::Write(_) => {
                         OpReply::Error("ERR internal: write in a read-only transaction".into())

@@ -104,7 +104,7 @@ pub struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// A plan of one operation on the shard owning `key`.
-    fn single(&self, key: &Bytes, op: TxnOp) -> Plan {
+    pub(super) fn single(&self, key: &Bytes, op: TxnOp) -> Plan {
         Plan::new(
             self.table.clone(),
             vec![Part {
@@ -115,7 +115,7 @@ impl Ctx<'_> {
         )
     }
 
-    fn check_value(&self, value: &Bytes) -> Result<(), Reply> {
+    pub(super) fn check_value(&self, value: &Bytes) -> Result<(), Reply> {
         if value.len() > self.max_value {
             return Err(Reply::error("ERR value is too large"));
         }
@@ -691,6 +691,21 @@ pub(super) fn op_reply(r: OpReply) -> Reply {
         OpReply::Status(s) => Reply::Status(s),
         OpReply::Array(items) => Reply::Array(items.into_iter().map(op_reply).collect()),
         OpReply::Error(e) => Reply::Error(e),
+        OpReply::Map(pairs) => Reply::Map(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (op_reply(k), op_reply(v)))
+                .collect(),
+        ),
+        OpReply::Set(items) => Reply::Set(items.into_iter().map(op_reply).collect()),
+        OpReply::Double(d) => Reply::Double(d),
+        OpReply::NilArray => Reply::NilArray,
+        OpReply::Pairs(pairs) => Reply::Pairs(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (op_reply(k), op_reply(v)))
+                .collect(),
+        ),
     }
 }
 

@@ -45,6 +45,9 @@ pub enum Reply {
     Map(Vec<(Reply, Reply)>),
     /// Set: RESP3 `~`; RESP2 array. Order is kept, no dedup.
     Set(Vec<Reply>),
+    /// Pairs (HRANDFIELD ... WITHVALUES, ZRANGE ... WITHSCORES): RESP3 an
+    /// array of two-element arrays; RESP2 one flat array.
+    Pairs(Vec<(Reply, Reply)>),
     /// Double: RESP3 `,`; RESP2 bulk string, both as [`format_double`].
     Double(f64),
     /// Boolean: RESP3 `#t`/`#f`; RESP2 integer 1/0.
@@ -114,7 +117,7 @@ impl Reply {
             Reply::Int(_) | Reply::Double(_) => 48,
             Reply::Nil | Reply::NilArray | Reply::Bool(_) => 8,
             Reply::Array(v) | Reply::Set(v) => 24 + items(v),
-            Reply::Map(pairs) => {
+            Reply::Map(pairs) | Reply::Pairs(pairs) => {
                 24 + pairs
                     .iter()
                     .map(|(k, v)| k.size_hint() + v.size_hint())
@@ -168,7 +171,15 @@ impl Reply {
             (Reply::Set(items), Protocol::Resp3) => {
                 put_aggregate(out, b'~', items, proto, use_crate)
             }
-            (Reply::Map(pairs), _) => {
+            (Reply::Pairs(pairs), Protocol::Resp3) => {
+                put_line(out, b'*', pairs.len().to_string().as_bytes());
+                for (k, v) in pairs {
+                    out.put_slice(b"*2\r\n");
+                    k.encode_with(proto, out, use_crate);
+                    v.encode_with(proto, out, use_crate);
+                }
+            }
+            (Reply::Map(pairs) | Reply::Pairs(pairs), _) => {
                 let (kind, len) = match proto {
                     Protocol::Resp2 => (b'*', pairs.len().saturating_mul(2)),
                     Protocol::Resp3 => (b'%', pairs.len()),
@@ -264,7 +275,7 @@ fn to_resp2(r: &Reply) -> Option<R2> {
         Reply::Array(items) | Reply::Set(items) => {
             R2::Array(items.iter().map(to_resp2).collect::<Option<_>>()?)
         }
-        Reply::Map(pairs) => R2::Array(
+        Reply::Map(pairs) | Reply::Pairs(pairs) => R2::Array(
             pairs
                 .iter()
                 .flat_map(|(k, v)| [k, v])
@@ -301,7 +312,7 @@ fn to_resp3(r: &Reply) -> Option<R3> {
             attributes: None,
         },
         // See `Reply::encode` for why these are hand-written.
-        Reply::Map(_) | Reply::Set(_) | Reply::Double(_) => return None,
+        Reply::Map(_) | Reply::Set(_) | Reply::Double(_) | Reply::Pairs(_) => return None,
         Reply::Bool(b) => R3::Boolean {
             data: *b,
             attributes: None,

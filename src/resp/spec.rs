@@ -121,6 +121,10 @@ pub enum Group {
     Connection,
     Server,
     Transactions,
+    Hash,
+    Set,
+    SortedSet,
+    List,
     /// shoal's own: tables and placement.
     Shoal,
 }
@@ -133,6 +137,10 @@ impl Group {
             Group::Connection => "connection",
             Group::Server => "server",
             Group::Transactions => "transactions",
+            Group::Hash => "hash",
+            Group::Set => "set",
+            Group::SortedSet => "sorted-set",
+            Group::List => "list",
             Group::Shoal => "shoal",
         }
     }

@@ -20,6 +20,7 @@
 //! error reply (`-ERR corrupt data at group <g> key <k>`) and an error log
 //! line. A write that meets a corrupt value writes nothing.
 
+use super::coll::{self, KeyView, ReadView};
 use super::command::*;
 use super::decimal::*;
 use super::value::*;
@@ -60,6 +61,7 @@ pub fn admit(op: &mut WriteOp, limits: &Limits) -> Result<(), OpReply> {
             }
             Ok(())
         }
+        WriteOp::Coll(c) if c.elements().iter().any(|e| e.len() as u64 > max) => too_big(),
         WriteOp::IncrByFloat { by, .. } if parse_f64(by).is_none() => {
             Err(OpReply::Error(ERR_NOT_FLOAT.into()))
         }
@@ -89,7 +91,16 @@ pub type ReadFn<'a> = dyn FnMut(&[u8]) -> Result<Option<Stored>, Corrupt> + 'a;
 pub fn apply_write(cmd: &WriteCmd, index: u64, read: &mut ReadFn<'_>) -> (OpReply, Changes) {
     match write_result(cmd, index, read) {
         Ok(r) => r,
-        Err(c) => (c.reply(), Vec::new()),
+        Err(stop) => (stop.reply(), Vec::new()),
+    }
+}
+
+/// A string op's view of a key: its live value if a string, WRONGTYPE if
+/// the key holds a collection.
+fn string(v: Option<Stored>) -> Result<Option<Stored>, WrongType> {
+    match v {
+        Some(v) if !v.is_string() => Err(WrongType),
+        v => Ok(v),
     }
 }
 
@@ -97,16 +108,20 @@ fn write_result(
     cmd: &WriteCmd,
     index: u64,
     read: &mut ReadFn<'_>,
-) -> Result<(OpReply, Changes), Corrupt> {
+) -> Result<(OpReply, Changes), Stop> {
     let now = cmd.now_ms;
     let mut live = |key: &[u8]| Ok::<_, Corrupt>(read(key)?.filter(|v| v.live_at(now)));
     let put = |key: &Bytes, data: Bytes, expire_at_ms: u64| {
+        (key.clone(), Some(Stored::string(index, expire_at_ms, data)))
+    };
+    // A new expiry on a value of any type.
+    let expire = |key: &Bytes, v: Stored, expire_at_ms: u64| {
         (
             key.clone(),
             Some(Stored {
                 version: index,
                 expire_at_ms,
-                data,
+                ..v
             }),
         )
     };
@@ -127,6 +142,9 @@ fn write_result(
             // repairs a corrupt one).
             let blind = *cond == SetCond::Always && !*get && *expiry != Expiry::Keep;
             let old = if blind { None } else { live(key)? };
+            if *get {
+                string(old.clone())?;
+            }
             let allowed = match cond {
                 SetCond::Always => true,
                 SetCond::IfAbsent => old.is_none(),
@@ -206,12 +224,12 @@ fn write_result(
             let reply = if *nx { OpReply::Int(1) } else { OpReply::Ok };
             Ok((reply, changes))
         }
-        WriteOp::GetDel { key } => match live(key)? {
+        WriteOp::GetDel { key } => match string(live(key)?)? {
             Some(v) => Ok((OpReply::Bulk(v.data), vec![(key.clone(), None)])),
             None => nothing(OpReply::Nil),
         },
         WriteOp::GetEx { key, expiry } => {
-            let Some(v) = live(key)? else {
+            let Some(v) = string(live(key)?)? else {
                 return nothing(OpReply::Nil);
             };
             let reply = OpReply::Bulk(v.data.clone());
@@ -225,7 +243,7 @@ fn write_result(
             Ok((reply, vec![change]))
         }
         WriteOp::IncrBy { key, by } => {
-            let old = live(key)?;
+            let old = string(live(key)?)?;
             let current = match &old {
                 None => 0,
                 Some(v) => match parse_i64(&v.data) {
@@ -243,7 +261,7 @@ fn write_result(
             ))
         }
         WriteOp::IncrByFloat { key, by } => {
-            let old = live(key)?;
+            let old = string(live(key)?)?;
             let current: &[u8] = old.as_ref().map_or(b"0", |v| &v.data[..]);
             match incr_float(current, by) {
                 Ok(text) => {
@@ -259,7 +277,7 @@ fn write_result(
             value,
             max_len,
         } => {
-            let old = live(key)?;
+            let old = string(live(key)?)?;
             let old_len = old.as_ref().map_or(0, |v| v.data.len());
             let total = old_len as u64 + value.len() as u64;
             if total > *max_len {
@@ -282,7 +300,7 @@ fn write_result(
             value,
             max_len,
         } => {
-            let old = live(key)?;
+            let old = string(live(key)?)?;
             let old_len = old.as_ref().map_or(0, |v| v.data.len());
             if value.is_empty() {
                 return nothing(OpReply::Int(old_len as i64));
@@ -311,16 +329,37 @@ fn write_result(
             let change = if *at_ms <= now as i64 {
                 (key.clone(), None)
             } else {
-                put(key, v.data, *at_ms as u64)
+                expire(key, v, *at_ms as u64)
             };
             Ok((OpReply::Int(1), vec![change]))
         }
         WriteOp::Persist { key } => match live(key)? {
-            Some(v) if v.expire_at_ms != 0 => Ok((OpReply::Int(1), vec![put(key, v.data, 0)])),
+            Some(v) if v.expire_at_ms != 0 => Ok((OpReply::Int(1), vec![expire(key, v, 0)])),
             _ => nothing(OpReply::Int(0)),
         },
         WriteOp::FlushGroup => nothing(OpReply::Ok),
+        // Collection writes change element rows: only [`apply_op`] can.
+        WriteOp::Coll(_) => nothing(OpReply::Error(
+            "ERR internal: a collection write needs apply_op".into(),
+        )),
     }
+}
+
+/// Apply one write over `view` and make its changes there: collection
+/// commands through [`coll::write`], the others through [`apply_write`].
+/// Its reply.
+pub fn apply_op(cmd: &WriteCmd, index: u64, view: &mut dyn KeyView) -> OpReply {
+    if let WriteOp::Coll(c) = &cmd.op {
+        return match coll::write(c, cmd.now_ms, index, view) {
+            Ok(reply) => reply,
+            Err(stop) => stop.reply(),
+        };
+    }
+    let (reply, changes) = apply_write(cmd, index, &mut |k| view.get(k));
+    for (k, v) in changes {
+        view.put(&k, v);
+    }
+    reply
 }
 
 /// Whether EXPIRE's condition lets a key whose expiry is `current` (0: none)
@@ -343,11 +382,27 @@ pub fn apply_read(
     op: &ReadOp,
     now_ms: u64,
     max_reply: usize,
-    read: &mut ReadFn<'_>,
+    view: &mut dyn ReadView,
 ) -> Result<OpReply, Corrupt> {
-    let mut live = |key: &[u8]| Ok::<_, Corrupt>(read(key)?.filter(|v| v.live_at(now_ms)));
+    match read_result(op, now_ms, max_reply, view) {
+        Ok(r) => Ok(r),
+        Err(Stop::WrongType) => Ok(WrongType.reply()),
+        Err(Stop::Corrupt(c)) => Err(c),
+    }
+}
+
+fn read_result(
+    op: &ReadOp,
+    now_ms: u64,
+    max_reply: usize,
+    view: &mut dyn ReadView,
+) -> Result<OpReply, Stop> {
+    if let ReadOp::Coll(c) = op {
+        return coll::read(c, now_ms, max_reply, view);
+    }
+    let mut live = |key: &[u8]| Ok::<_, Corrupt>(view.get(key)?.filter(|v| v.live_at(now_ms)));
     Ok(match op {
-        ReadOp::Get { key } => match live(key)? {
+        ReadOp::Get { key } => match string(live(key)?)? {
             Some(v) => {
                 // Bigger than the caller takes only when it asked for less
                 // than a value may hold (a pipelined read's share of the
@@ -372,9 +427,10 @@ pub fn apply_read(
             let mut size = 0usize;
             let mut out = Vec::with_capacity(keys.len());
             for k in keys {
+                // MGET answers nil for a key of another type.
                 let item = match live(k)? {
-                    Some(v) => OpReply::Bulk(v.data),
-                    None => OpReply::Nil,
+                    Some(v) if v.is_string() => OpReply::Bulk(v.data),
+                    _ => OpReply::Nil,
                 };
                 size = size.saturating_add(item.resp_size());
                 if size > max_reply {
@@ -384,9 +440,11 @@ pub fn apply_read(
             }
             OpReply::Array(out)
         }
-        ReadOp::StrLen { key } => OpReply::Int(live(key)?.map_or(0, |v| v.data.len() as i64)),
+        ReadOp::StrLen { key } => {
+            OpReply::Int(string(live(key)?)?.map_or(0, |v| v.data.len() as i64))
+        }
         ReadOp::GetRange { key, start, end } => {
-            let data = live(key)?.map(|v| v.data).unwrap_or_default();
+            let data = string(live(key)?)?.map(|v| v.data).unwrap_or_default();
             OpReply::Bulk(get_range(&data, *start, *end))
         }
         ReadOp::Ttl { key, ms } => match live(key)? {
@@ -401,17 +459,13 @@ pub fn apply_read(
                 })
             }
         },
-        ReadOp::Type { key } => OpReply::Status(
-            if live(key)?.is_some() {
-                "string"
-            } else {
-                "none"
-            }
-            .to_string(),
-        ),
+        ReadOp::Type { key } => {
+            OpReply::Status(live(key)?.map_or("none", |v| v.type_name()).to_string())
+        }
         ReadOp::Scan { .. } | ReadOp::DbSize | ReadOp::KeyCount => {
             OpReply::Error("ERR scan needs the host's range iterator".into())
         }
+        ReadOp::Coll(_) => unreachable!("served above"),
     })
 }
 
@@ -502,6 +556,7 @@ where
 mod tests {
     use super::*;
     use crate::shard::codec::CodecError;
+    use crate::shard::coll::KeysOnly;
     use std::collections::HashMap;
 
     fn run(db: &mut HashMap<Bytes, Stored>, index: u64, cmd: WriteCmd) -> OpReply {
@@ -633,18 +688,17 @@ mod tests {
     }
 
     fn r(db: &HashMap<Bytes, Stored>, now_ms: u64, op: ReadOp) -> OpReply {
-        apply_read(&op, now_ms, usize::MAX, &mut |k| Ok(db.get(k).cloned())).unwrap()
+        apply_read(
+            &op,
+            now_ms,
+            usize::MAX,
+            &mut KeysOnly(|k: &[u8]| Ok(db.get(k).cloned())),
+        )
+        .unwrap()
     }
 
     fn put(db: &mut HashMap<Bytes, Stored>, k: &str, v: &str, expire_at_ms: u64) {
-        db.insert(
-            b(k),
-            Stored {
-                version: 1,
-                expire_at_ms,
-                data: b(v),
-            },
-        );
+        db.insert(b(k), Stored::string(1, expire_at_ms, b(v)));
     }
 
     fn err(s: &str) -> OpReply {
@@ -932,6 +986,7 @@ mod tests {
                     version: 1,
                     expire_at_ms: exp,
                     data: b("v"),
+                    coll: None,
                 },
             )
         };
@@ -1177,7 +1232,13 @@ mod tests {
             op: WriteOp::IncrBy { key: b("k"), by: 1 },
         };
         assert_eq!(apply_write(&cmd, 1, &mut read), (c.reply(), Vec::new()));
-        assert!(apply_read(&ReadOp::Get { key: b("k") }, 0, 100, &mut read).is_err());
+        assert!(apply_read(
+            &ReadOp::Get { key: b("k") },
+            0,
+            100,
+            &mut KeysOnly(&mut read)
+        )
+        .is_err());
         // The smallest stored value: header, version 0, no expiry, no bytes.
         db.insert(b("k"), Stored::decode(&[1, 11, 0, 0, 0]).unwrap());
         assert_eq!(r(&db, 0, ReadOp::Get { key: b("k") }), OpReply::Bulk(b("")));
@@ -1189,6 +1250,7 @@ mod tests {
             version: 7,
             expire_at_ms: 99,
             data: Bytes::from_static(b"\x00\r\nbin"),
+            coll: None,
         };
         assert_eq!(Stored::decode(&v.encode().unwrap()), Ok(v));
         assert!(matches!(

@@ -167,21 +167,23 @@ impl Format {
     /// when a format changes.
     const fn versions(self) -> (u8, u8) {
         match self {
+            // Collections: `Stored` gained its metadata (version 1 is
+            // read by its own decoder), the snapshot its element rows;
+            // requests, log entries and replies appended enum variants.
+            Format::Stored | Format::SnapshotData => (2, 2),
             Format::LogEntry
-            | Format::Vote
+            | Format::ShardRequest
+            | Format::ShardReply
+            | Format::Prepared
+            | Format::RaftAppend => (1, 2),
+            Format::Vote
             | Format::Committed
             | Format::Purged
             | Format::Applied
             | Format::SnapshotMeta
-            | Format::SnapshotData
-            | Format::Prepared
             | Format::Lock
             | Format::KeyCount
-            | Format::Stored
-            | Format::ShardRequest
-            | Format::ShardReply
             | Format::MembershipChange
-            | Format::RaftAppend
             | Format::RaftAppendReply
             | Format::RaftVote
             | Format::RaftVoteReply

@@ -8,6 +8,9 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub use super::coll::{CollRead, CollWrite, HSetReply, HashPart, SetOp};
+pub use super::value::Kind;
+
 /// What a node enforces on requests, from its own configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -151,6 +154,8 @@ pub enum WriteOp {
     /// state machine carries this out as one range delete; see
     /// [`WriteOp::clears_group`].
     FlushGroup,
+    /// A write to a hash or a set ([`super::coll`]).
+    Coll(CollWrite),
 }
 
 impl WriteOp {
@@ -163,6 +168,7 @@ impl WriteOp {
             | WriteOp::SetRange { value, .. } => value.len(),
             WriteOp::MSet { pairs, .. } => pairs.iter().map(|(_, v)| v.len()).sum(),
             WriteOp::IncrByFloat { by, .. } => by.len(),
+            WriteOp::Coll(c) => c.elements().iter().map(|e| e.len()).sum(),
             _ => 0,
         };
         keys.saturating_add(values)
@@ -182,6 +188,7 @@ impl WriteOp {
             WriteOp::Del { keys } | WriteOp::PurgeExpired { keys } => keys.iter().collect(),
             WriteOp::MSet { pairs, .. } => pairs.iter().map(|(k, _)| k).collect(),
             WriteOp::FlushGroup => Vec::new(),
+            WriteOp::Coll(c) => c.keys(),
         }
     }
 
@@ -242,6 +249,8 @@ pub enum ReadOp {
     /// as it applies (no scan; expired keys not yet purged count, as in
     /// Redis's INFO keyspace). For INFO. Reply: `Int`.
     KeyCount,
+    /// A read of a hash or a set ([`super::coll`]).
+    Coll(CollRead),
 }
 
 impl ReadOp {
@@ -255,6 +264,7 @@ impl ReadOp {
             | ReadOp::Type { key } => vec![key],
             ReadOp::Exists { keys } | ReadOp::MGet { keys } => keys.iter().collect(),
             ReadOp::Scan { .. } | ReadOp::DbSize | ReadOp::KeyCount => Vec::new(),
+            ReadOp::Coll(c) => c.keys(),
         }
     }
 }
@@ -282,6 +292,17 @@ pub enum OpReply {
     Array(Vec<OpReply>),
     /// A Redis error text with its prefix (`ERR ...`, `WRONGTYPE ...`).
     Error(String),
+    /// A map (RESP3 `%`; RESP2 a flat array of keys and values): HGETALL.
+    Map(Vec<(OpReply, OpReply)>),
+    /// A set (RESP3 `~`; RESP2 an array): SMEMBERS, SINTER...
+    Set(Vec<OpReply>),
+    /// Pairs (RESP3 an array of two-element arrays; RESP2 one flat
+    /// array): HRANDFIELD ... WITHVALUES, ZRANGE ... WITHSCORES.
+    Pairs(Vec<(OpReply, OpReply)>),
+    /// A double (RESP3 `,`; RESP2 a bulk string): ZSCORE.
+    Double(f64),
+    /// A null array (RESP2 `*-1`; RESP3 `_`): ZMPOP with nothing to pop.
+    NilArray,
 }
 
 impl OpReply {
@@ -292,12 +313,20 @@ impl OpReply {
         let head = |n: usize| 3 + n.checked_ilog10().unwrap_or(0) as usize + 1;
         match self {
             OpReply::Ok => 5,
-            OpReply::Nil => 5,
+            OpReply::Nil | OpReply::NilArray => 5,
+            OpReply::Double(_) => 32,
             OpReply::Int(n) => head(n.unsigned_abs() as usize) + 1,
             OpReply::Bulk(b) => head(b.len()) + b.len() + 2,
             OpReply::Status(s) | OpReply::Error(s) => s.len() + 3,
-            OpReply::Array(items) => {
+            OpReply::Array(items) | OpReply::Set(items) => {
                 head(items.len()) + items.iter().map(OpReply::resp_size).sum::<usize>()
+            }
+            OpReply::Map(pairs) | OpReply::Pairs(pairs) => {
+                head(pairs.len() * 2)
+                    + pairs
+                        .iter()
+                        .map(|(k, v)| k.resp_size() + v.resp_size())
+                        .sum::<usize>()
             }
         }
     }

@@ -47,6 +47,9 @@ type DB = DBWithThreadMode<MultiThreaded>;
 pub const CF_LOG: &str = "raft_log";
 pub const CF_STATE: &str = "raft_state";
 pub const CF_DATA: &str = "data";
+/// Element rows of collections (hash fields, set members, ...): see
+/// [`sub_prefix`].
+pub const CF_SUB: &str = "sub";
 
 /// A column family, by role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +57,7 @@ pub enum Cf {
     Log,
     State,
     Data,
+    Sub,
 }
 
 impl Cf {
@@ -62,6 +66,7 @@ impl Cf {
             Cf::Log => CF_LOG,
             Cf::State => CF_STATE,
             Cf::Data => CF_DATA,
+            Cf::Sub => CF_SUB,
         }
     }
 }
@@ -177,6 +182,43 @@ pub fn data_key(gid: u64, user_key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The prefix of the element rows of generation `gen` of collection `key`
+/// in group `gid` (column family `sub`):
+/// `gid (8 B BE) | key length (4 B BE) | key | gen (8 B BE)`, then the
+/// element's own suffix. The length keeps one key's rows from running into
+/// another's; the group prefix keeps [`group_range`] covering them.
+pub fn sub_prefix(gid: u64, key: &[u8], gen: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(20 + key.len());
+    k.extend_from_slice(&gid.to_be_bytes());
+    k.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    k.extend_from_slice(key);
+    k.extend_from_slice(&gen.to_be_bytes());
+    k
+}
+
+/// The (key, gen) of an element row of group `gid` and the element's
+/// suffix; `None` for a row that is not laid out as [`sub_prefix`] says.
+pub fn split_sub_key(row: &[u8]) -> Option<(&[u8], u64, &[u8])> {
+    let rest = row.get(8..)?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let key = rest.get(4..4 + len)?;
+    let gen = u64::from_be_bytes(rest.get(4 + len..12 + len)?.try_into().ok()?);
+    Some((key, gen, &rest[12 + len..]))
+}
+
+/// The smallest byte string after every string that starts with `prefix`
+/// (`None`: there is none, the prefix is all 0xff).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 impl Engine {
     /// Open (or create) the database under `path` and start the writer thread.
     pub fn open(path: &Path, fsync: bool) -> Result<Engine, EngineError> {
@@ -185,7 +227,7 @@ impl Engine {
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(4);
-        let cfs = [CF_LOG, CF_STATE, CF_DATA].map(|name| {
+        let cfs = [CF_LOG, CF_STATE, CF_DATA, CF_SUB].map(|name| {
             let mut cf_opts = Options::default();
             cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
             if name != CF_LOG {
@@ -411,6 +453,24 @@ impl DbView {
         Ok(iter.map(|item| self.checked(item)))
     }
 
+    /// Lazily iterate the pairs with `start <= key < end`, in reverse key
+    /// order.
+    pub fn iter_rev(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<impl Iterator<Item = Result<Row, EngineError>> + '_, EngineError> {
+        let handle = self.cf(cf)?;
+        let mut ro = self.read_options();
+        ro.set_iterate_lower_bound(start.to_vec());
+        ro.set_iterate_upper_bound(end.to_vec());
+        let iter = self
+            .db
+            .iterator_cf_opt(&handle, ro, rocksdb::IteratorMode::End);
+        Ok(iter.map(|item| self.checked(item)))
+    }
+
     /// The last key-value pair with `start <= key < end`.
     pub fn last_in(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<Row>, EngineError> {
         let handle = self.cf(cf)?;
@@ -538,7 +598,7 @@ mod tests {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        DB::open_cf(&opts, path, [CF_LOG, CF_STATE, CF_DATA]).unwrap()
+        DB::open_cf(&opts, path, [CF_LOG, CF_STATE, CF_DATA, CF_SUB]).unwrap()
     }
 
     #[test]

@@ -36,7 +36,7 @@ use super::txn::Prepared;
 use super::types::{
     Entry, LogId, Node, NodeId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
 };
-use super::value::{Corrupt, Place, Stored};
+use super::value::{Coll, Corrupt, Kind, Place, Stored};
 use super::ShardError;
 
 fn hex(bytes: &[u8]) -> String {
@@ -136,6 +136,7 @@ fn stored() -> Stored {
         version: 42,
         expire_at_ms: 1_700_000_060_000,
         data: b("v"),
+        coll: None,
     }
 }
 
@@ -143,7 +144,7 @@ fn stored() -> Stored {
 fn log_entry_set_with_expiry() {
     let e = entry(42, EntryPayload::Normal(LogCmd::Write(set_with_expiry())));
     let pinned = concat!(
-        "0101",            // version 1, kind 1 (log entry)
+        "0201",            // version 2, kind 1 (log entry)
         "03 01 2a",        // log id: term 3, node 1, index 42 (varints)
         "01",              // EntryPayload::Normal
         "00",              // LogCmd::Write
@@ -170,7 +171,7 @@ fn log_entry_mset() {
     golden(
         Format::LogEntry,
         &entry(43, EntryPayload::Normal(LogCmd::Write(cmd))),
-        "0101 03012b0100050202 0161013101620132 01",
+        "0201 03012b0100050202 0161013101620132 01",
     );
 }
 
@@ -193,7 +194,7 @@ fn log_entry_batch_of_writes() {
             EntryPayload::Normal(LogCmd::Batch(vec![set("a"), set("b")])),
         ),
         concat!(
-            "0101",     // version 1, kind 1 (log entry)
+            "0201",     // version 2, kind 1 (log entry)
             "03 01 2e", // log id: term 3, node 1, index 46
             "01",       // EntryPayload::Normal
             "02",       // LogCmd::Batch
@@ -209,7 +210,7 @@ fn log_entry_transaction_prepare_and_commit() {
     golden(
         Format::LogEntry,
         &entry(44, EntryPayload::Normal(LogCmd::Txn(prepare()))),
-        "0101 \
+        "0201 \
          03012c010180d095 ffbc310109020005 0178030100017901 017905",
     );
     let commit = TxnEntry {
@@ -219,7 +220,7 @@ fn log_entry_transaction_prepare_and_commit() {
     golden(
         Format::LogEntry,
         &entry(45, EntryPayload::Normal(LogCmd::Txn(commit))),
-        "0101 03012d0101e4d095 ffbc310209",
+        "0201 03012d0101e4d095 ffbc310209",
     );
 }
 
@@ -228,12 +229,12 @@ fn log_entry_blank_and_membership() {
     golden(
         Format::LogEntry,
         &entry(1, EntryPayload::Blank),
-        "0101 03010100",
+        "0201 03010100",
     );
     golden(
         Format::LogEntry,
         &entry(2, EntryPayload::Membership(membership())),
-        "0101 \
+        "0201 \
          0301020201030102 030301076e313a37 30303102076e323a \
          3730303103076e33 3a37303031",
     );
@@ -373,15 +374,37 @@ fn every_command_round_trips() {
 #[test]
 fn stored_value() {
     let pinned = concat!(
-        "010b",         // version 1, kind 11 (stored value)
+        "020b",         // version 2, kind 11 (stored value)
         "2a",           // version: log index 42
         "e0a499ffbc31", // expire_at_ms 1_700_000_060_000
         "01 76",        // data "v"
+        "00",           // coll: None (a string)
     );
     golden(Format::Stored, &stored(), pinned);
     // `Stored`'s own methods are that format.
     assert_eq!(stored().encode().unwrap(), unhex(pinned));
     assert_eq!(Stored::decode(&unhex(pinned)), Ok(stored()));
+    // Version 1 (strings only, before collections) is still read.
+    let v1 = "010b 2ae0a499ffbc31 0176";
+    assert_eq!(Stored::decode(&unhex(v1)), Ok(stored()));
+    // A collection's record.
+    let hash = Stored {
+        version: 42,
+        expire_at_ms: 0,
+        data: Bytes::new(),
+        coll: Some(Coll {
+            kind: Kind::Hash,
+            gen: 40,
+            len: 3,
+            left: 0,
+        }),
+    };
+    let pinned = concat!(
+        "020b 2a 00 00",  // version 42, no expiry, no bytes
+        "01 00 28 03 00", // Some(Coll { Hash, gen 40, len 3, left 0 })
+    );
+    golden(Format::Stored, &hash, pinned);
+    assert_eq!(Stored::decode(&unhex(pinned)), Ok(hash));
 }
 
 #[test]
@@ -396,17 +419,17 @@ fn shard_request() {
     golden(
         Format::ShardRequest,
         &read,
-        "010c 0302020161016201 80d095ffbc31",
+        "020c 0302020161016201 80d095ffbc31",
     );
     let versions = ShardRequest::ReadVersions {
         keys: vec![b("w")],
         now_ms: 7,
     };
-    golden(Format::ShardRequest, &versions, "010c 0201017707");
+    golden(Format::ShardRequest, &versions, "020c 0201017707");
     golden(
         Format::ShardRequest,
         &ShardRequest::Write(set_with_expiry()),
-        "010c 0080d095ffbc3100 016b017602e0a499 ffbc310100",
+        "020c 0080d095ffbc3100 016b017602e0a499 ffbc310100",
     );
 }
 
@@ -423,7 +446,7 @@ fn shard_reply() {
     golden(
         Format::ShardReply,
         &ok,
-        "010d 0005060001020503 0176040673747269 6e67060545525220 78",
+        "020d 0005060001020503 0176040673747269 6e67060545525220 78",
     );
     let not_leader: Result<OpReply, ShardError> = Err(ShardError::NotLeader {
         leader: Some(2),
@@ -432,13 +455,13 @@ fn shard_reply() {
     golden(
         Format::ShardReply,
         &not_leader,
-        "010d 0100010201076e32 3a37303031",
+        "020d 0100010201076e32 3a37303031",
     );
     let corrupt: Result<OpReply, ShardError> = Err(ShardError::Corrupt(Corrupt {
         group: 7,
         place: Place::Key(b("k")),
     }));
-    golden(Format::ShardReply, &corrupt, "010d 01080700016b");
+    golden(Format::ShardReply, &corrupt, "020d 01080700016b");
     for e in [
         ShardError::NotLeader {
             leader: None,
@@ -544,7 +567,7 @@ fn prepared_transaction() {
     golden(
         Format::Prepared,
         &p,
-        "0108 0902000501780301 0001790201780179 80d095ffbc31",
+        "0208 0902000501780301 0001790201780179 80d095ffbc31",
     );
 }
 
@@ -553,6 +576,7 @@ fn snapshot_data() {
     let lock_key = [&[tag::LOCK][..], b"x"].concat();
     let prepared_key = [&[tag::PREPARED][..], &9u64.to_be_bytes()].concat();
     let data = SnapshotData {
+        sub: vec![],
         pairs: vec![(b"k".to_vec(), stored().encode().unwrap())],
         txn_state: vec![
             (lock_key, codec::encode(Format::Lock, &9u64).unwrap()),
@@ -574,9 +598,10 @@ fn snapshot_data() {
     golden(
         Format::SnapshotData,
         &data,
-        "0107 \
-         01016b0b010b2ae0 a499ffbc31017602 0207780301090909 \
-         0800000000000000 0908010809000101 7801",
+        "0207 \
+         01016b0c020b2ae0 a499ffbc31017600 02 0207780301090909 \
+         0800000000000000 0908020809000101 7801 \
+         00",
     );
 }
 
@@ -606,7 +631,7 @@ fn raft_messages() {
     golden(
         Format::RaftAppend,
         &append,
-        "010f \
+        "020f \
          0301010103012901 03012a010080d095 ffbc3100016b0176 \
          02e0a499ffbc3101 0001030129",
     );

@@ -248,6 +248,7 @@ async fn old_and_newer_formats_are_corrupt_data() {
         version: 7,
         expire_at_ms: 0,
         data: b("v"),
+        coll: None,
     }
     .encode()
     .unwrap();

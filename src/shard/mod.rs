@@ -13,7 +13,8 @@
 //! * [`store`]: openraft's log storage and state machine for one group;
 //!   [`log_tail`] keeps the newest log entries in memory.
 //! * [`network`]: Raft messages between nodes over gRPC, routed by group id.
-//! * [`host`]: the replicas this node hosts; serving requests on them.
+//! * [`host`]: the replicas this node hosts; serving requests on them;
+//!   [`lease`] says when a leader may answer a linearizable read alone.
 //! * [`hibernate`]: idle groups stop their Raft timers; one liveness ping
 //!   per node pair stands in for their heartbeats.
 //! * [`purger`]: background expiry on the groups this node leads.
@@ -27,11 +28,15 @@
 
 pub mod apply;
 pub mod codec;
+pub mod coll;
 pub mod command;
 pub mod decimal;
+pub mod elements;
 pub mod engine;
 pub mod hibernate;
 pub mod host;
+pub mod lease;
+pub mod list;
 pub mod log_tail;
 pub mod network;
 pub mod proposer;
@@ -44,6 +49,7 @@ pub mod stream;
 pub mod txn;
 pub mod types;
 pub mod value;
+pub mod zset;
 
 #[cfg(test)]
 mod format_tests;

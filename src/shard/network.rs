@@ -8,11 +8,13 @@
 //! address. Each group gets a [`NetworkFactory`] that stamps its group id on
 //! every message, so the peer's single `RaftService` can dispatch it.
 //! Messages are openraft's own request/response types, each in its own
-//! versioned [`codec`] format (`Format::RaftAppend`, ...).
+//! versioned [`codec`] format (`Format::RaftAppend`, ...). Each
+//! AppendEntries a peer accepts is reported, with the time it was sent, to
+//! the group's [`Lease`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -27,6 +29,7 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 use super::codec::{self, Format};
+use super::lease::Lease;
 use super::stream::{CallError, Service, Streams, KIND_APPEND, KIND_VOTE};
 use super::types::{Node, NodeId, TypeConfig};
 use crate::proto::raft_service_client::RaftServiceClient;
@@ -136,6 +139,8 @@ impl Transport {
 pub struct NetworkFactory {
     pub transport: Arc<Transport>,
     pub gid: u64,
+    /// Where accepted AppendEntries are recorded for the leader lease.
+    pub lease: Arc<Lease>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -147,6 +152,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             gid: self.gid,
             target,
             fallback_addr: node.addr.clone(),
+            lease: self.lease.clone(),
         }
     }
 }
@@ -158,6 +164,7 @@ pub struct GroupNetwork {
     target: NodeId,
     /// Address recorded in the Raft membership; etcd's member list wins.
     fallback_addr: String,
+    lease: Arc<Lease>,
 }
 
 #[derive(Clone, Copy)]
@@ -293,7 +300,20 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.call(Rpc::Append, &rpc, option.hard_ttl()).await
+        // Taken before the request leaves: the peer hears it later.
+        let sent = Instant::now();
+        let reply = self.call(Rpc::Append, &rpc, option.hard_ttl()).await;
+        // Every answer but HigherVote means the peer took our vote (and
+        // refreshed its own promise not to vote for another leader).
+        if let Ok(
+            AppendEntriesResponse::Success
+            | AppendEntriesResponse::PartialSuccess(_)
+            | AppendEntriesResponse::Conflict,
+        ) = &reply
+        {
+            self.lease.acked(&rpc.vote, self.target, sent);
+        }
+        reply
     }
 
     async fn install_snapshot(

@@ -1,7 +1,8 @@
 //! Background expiry on the groups a node leads: expired keys already read
 //! as missing everywhere; this reclaims their space, through the log (a
 //! [`WriteOp::PurgeExpired`] entry stamped with the proposer's time, which
-//! the state machine re-checks key by key).
+//! the state machine re-checks key by key). And the collector of dead
+//! collection elements on every replica ([`spawn_element_collector`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -137,6 +138,61 @@ struct PurgePage {
     last: Option<Vec<u8>>,
     examined: usize,
     next_expiry: u64,
+}
+
+/// (key, generation) runs of element rows looked at per group per round.
+const COLLECT_RUNS: usize = 256;
+
+/// Background removal of dead collection elements (rows of a generation no
+/// key record names: a DEL, overwrite, expiry or flush made them
+/// invisible at once) on every replica of this node, `COLLECT_RUNS` runs
+/// per group per round, through [`super::store::StateMachine::collect_garbage`].
+/// A group is looked at again only once it has applied something since its
+/// last complete pass.
+pub fn spawn_element_collector(host: Arc<Host>, period: Duration) {
+    tokio::spawn(async move {
+        // gid -> (cursor of the pass in progress, applied index at its
+        // start; or the index a complete pass saw).
+        let mut states: HashMap<u64, (Option<Vec<u8>>, u64)> = HashMap::new();
+        loop {
+            tokio::time::sleep(period).await;
+            let replicas = host.replicas();
+            states.retain(|gid, _| replicas.iter().any(|r| r.record.group_id == *gid));
+            for replica in replicas {
+                let gid = replica.record.group_id;
+                let applied = replica
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .last_applied
+                    .map_or(0, |l| l.index);
+                let (cursor, seen) = states.entry(gid).or_insert((None, u64::MAX));
+                if cursor.is_none() {
+                    if *seen == applied {
+                        continue;
+                    }
+                    *seen = applied;
+                }
+                match replica
+                    .sm
+                    .collect_garbage(cursor.take(), COLLECT_RUNS)
+                    .await
+                {
+                    Ok((next, n)) => {
+                        if n > 0 {
+                            tracing::debug!(
+                                group = gid,
+                                runs = n,
+                                "removed dead collection elements"
+                            );
+                        }
+                        *cursor = next;
+                    }
+                    Err(e) => tracing::debug!(group = gid, "element collection failed: {e}"),
+                }
+            }
+        }
+    });
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status, Streaming};
 
 use openraft::error::{InstallSnapshotError, RaftError, SnapshotMismatch};
-use openraft::raft::InstallSnapshotRequest;
+use openraft::raft::{InstallSnapshotRequest, VoteRequest, VoteResponse};
 use openraft::SnapshotSegmentId;
 
 use super::codec::{self, Format};
@@ -21,7 +21,7 @@ use super::network::encode_result;
 use super::snapshot::Receiver;
 use super::status::node_status;
 use super::stream::{KIND_APPEND, KIND_HIBERNATE, KIND_PING, KIND_VOTE};
-use super::types::TypeConfig;
+use super::types::{NodeId, TypeConfig};
 use super::ShardError;
 use crate::proto::raft_service_server::RaftService;
 use crate::proto::shard_service_server::ShardService;
@@ -95,9 +95,13 @@ impl RaftService for NodeService {
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let msg = req.into_inner();
-        let raft = self.raft(msg.group_id)?;
-        let res = raft.vote(decode(Format::RaftVote, &msg.payload)?).await;
-        self.host.raft_message_handled(msg.group_id);
+        let res = vote(
+            &self.host,
+            msg.group_id,
+            decode(Format::RaftVote, &msg.payload)?,
+        )
+        .await
+        .ok_or_else(|| Status::not_found(format!("group {} is not hosted here", msg.group_id)))?;
         Ok(Response::new(RaftMessage {
             group_id: msg.group_id,
             payload: encode_result(Format::RaftVoteReply, &res),
@@ -231,6 +235,21 @@ fn expired(r: &StreamRequest, received: Instant) -> bool {
     received.elapsed() > Duration::from_millis(r.timeout_ms.into())
 }
 
+/// Hand a vote request to the group's replica, `None` when it is not hosted
+/// here. The leader lease hears of it first: once openraft may grant it,
+/// this node must stop answering reads alone ([`super::lease`]).
+async fn vote(
+    host: &Host,
+    gid: u64,
+    req: VoteRequest<NodeId>,
+) -> Option<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
+    let replica = host.get(gid)?;
+    replica.lease.vote_requested(&req.vote);
+    let res = replica.raft.vote(req).await;
+    host.raft_message_handled(gid);
+    Some(res)
+}
+
 /// One request off a router's stream, answered as `Execute` answers.
 async fn serve_execute(host: Arc<Host>, r: StreamRequest, received: Instant) -> StreamReply {
     let result: Result<OpReply, ShardError> = if expired(&r, received) {
@@ -288,11 +307,10 @@ async fn serve_raft(host: Arc<Host>, r: StreamRequest, received: Instant) -> Str
             Err(e) => refused(r.id, e.message().to_string()),
         },
         KIND_VOTE => match decode(Format::RaftVote, &r.request) {
-            Ok(req) => {
-                let res = raft.vote(req).await;
-                host.raft_message_handled(r.group_id);
-                reply(r.id, encode_result(Format::RaftVoteReply, &res))
-            }
+            Ok(req) => match vote(&host, r.group_id, req).await {
+                Some(res) => reply(r.id, encode_result(Format::RaftVoteReply, &res)),
+                None => refused(r.id, format!("group {} is not hosted here", r.group_id)),
+            },
             Err(e) => refused(r.id, e.message().to_string()),
         },
         KIND_HIBERNATE => match decode::<HibernateRequest>(Format::Hibernate, &r.request) {

@@ -1,7 +1,7 @@
 //! A shard's side of transactions: one-phase transactions on a single shard,
 //! and the participant's PREPARE / COMMIT / ABORT of two-phase commit.
 //!
-//! Everything here is pure and deterministic, like [`apply_write`]: the
+//! Everything here is pure and deterministic, like [`super::apply::apply_write`]: the
 //! decision depends only on the log entry and the group's stored state (data,
 //! key locks, prepared transactions), which the caller exposes through
 //! [`TxnView`] and updates from the returned [`TxnChange`]s.
@@ -25,12 +25,11 @@
 //! operation that meets a corrupt value answers that error in its place
 //! and changes nothing, like a failing command inside Redis's EXEC.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::apply::{admit, apply_read, apply_write};
+use super::apply::{admit, apply_op, apply_read};
+use super::coll::{Layer, Overlay, ReadView};
 use super::command::{Limits, OpReply, TxnCmd, TxnEntry, TxnOp, Watch, WriteCmd};
 use super::value::{Corrupt, Stored};
 
@@ -46,9 +45,7 @@ pub struct Prepared {
 
 /// What a transaction may read of the group's state. Each read answers the
 /// record, its absence, or the corruption found in its place.
-pub trait TxnView {
-    /// The stored value (expired or not).
-    fn get(&mut self, key: &[u8]) -> Result<Option<Stored>, Corrupt>;
+pub trait TxnView: ReadView {
     /// The transaction holding a lock on `key`.
     fn lock(&mut self, key: &[u8]) -> Result<Option<u64>, Corrupt>;
     fn prepared(&mut self, txn_id: u64) -> Result<Option<Prepared>, Corrupt>;
@@ -76,6 +73,9 @@ impl TxnEntry {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TxnChange {
     Data(Bytes, Option<Stored>),
+    /// An element row of a collection: (key, gen, element) to a value or
+    /// to nothing.
+    Sub(Bytes, u64, Bytes, Option<Bytes>),
     Lock(Bytes, Option<u64>),
     Prepared(u64, Option<Prepared>),
 }
@@ -128,33 +128,30 @@ fn run_ops(
     index: u64,
     view: &mut dyn TxnView,
 ) -> (Vec<OpReply>, Vec<TxnChange>) {
-    let mut overlay: HashMap<Bytes, Option<Stored>> = HashMap::new();
+    let mut layer = Layer::new(view);
     let mut replies = Vec::with_capacity(ops.len());
     for op in ops {
-        let mut read = |k: &[u8]| match overlay.get(k) {
-            Some(v) => Ok(v.clone()),
-            None => view.get(k),
-        };
         match op {
             TxnOp::Write(w) => {
                 let cmd = WriteCmd {
                     now_ms,
                     op: w.clone(),
                 };
-                let (reply, changes) = apply_write(&cmd, index, &mut read);
-                for (k, v) in changes {
-                    overlay.insert(k, v);
-                }
-                replies.push(reply);
+                replies.push(apply_op(&cmd, index, &mut layer));
             }
             TxnOp::Read(r) => replies
-                .push(apply_read(r, now_ms, usize::MAX, &mut read).unwrap_or_else(|c| c.reply())),
+                .push(apply_read(r, now_ms, usize::MAX, &mut layer).unwrap_or_else(|c| c.reply())),
         }
     }
-    let changes = overlay
+    let Overlay { keys, subs } = layer.ov;
+    let mut changes: Vec<TxnChange> = keys
         .into_iter()
         .map(|(k, v)| TxnChange::Data(k, v))
         .collect();
+    changes.extend(
+        subs.into_iter()
+            .map(|((k, gen, e), v)| TxnChange::Sub(k, gen, e, v)),
+    );
     (replies, changes)
 }
 
@@ -266,6 +263,7 @@ mod tests {
     use super::*;
     use crate::shard::command::{Expiry, SetCond};
     use crate::shard::command::{ReadOp, WriteOp};
+    use std::collections::HashMap;
 
     #[derive(Default)]
     struct Mem {
@@ -274,10 +272,22 @@ mod tests {
         prepared: HashMap<u64, Prepared>,
     }
 
-    impl TxnView for Mem {
+    impl ReadView for Mem {
         fn get(&mut self, key: &[u8]) -> Result<Option<Stored>, Corrupt> {
             Ok(self.data.get(key).cloned())
         }
+        fn sub_get(&mut self, _: &[u8], _: u64, _: &[u8]) -> Result<Option<Bytes>, Corrupt> {
+            Ok(None)
+        }
+        fn sub_range(
+            &mut self,
+            _: &crate::shard::coll::Range<'_>,
+        ) -> Result<Vec<(Bytes, Bytes)>, Corrupt> {
+            Ok(Vec::new())
+        }
+    }
+
+    impl TxnView for Mem {
         fn lock(&mut self, key: &[u8]) -> Result<Option<u64>, Corrupt> {
             Ok(self.locks.get(key).copied())
         }
@@ -310,6 +320,7 @@ mod tests {
                     TxnChange::Prepared(t, None) => {
                         self.prepared.remove(&t);
                     }
+                    TxnChange::Sub(..) => unreachable!("no collections in these tests"),
                 }
             }
             reply

@@ -31,6 +31,7 @@ use proptest::test_runner::{TestCaseError, TestError, TestRunner};
 
 use super::*;
 use crate::shard::apply::apply_read;
+use crate::shard::coll::KeysOnly;
 use crate::shard::command::{ExpireCond, Expiry, ReadOp, SetCond, WriteCmd, WriteOp};
 use crate::shard::command::{TxnCmd, TxnEntry, TxnOp};
 
@@ -149,13 +150,17 @@ impl Sm {
     fn read(&self, env: &Env, op: &ReadOp, now_ms: u64) -> OpReply {
         let view = env.engine.view();
         let gid = self.gid;
-        apply_read(op, now_ms, usize::MAX, &mut |k| match view
-            .get(Cf::Data, &data_key(gid, k))
-            .expect("get")
-        {
-            Some(raw) => Corrupt::check(gid, k, &raw).map(Some),
-            None => Ok(None),
-        })
+        apply_read(
+            op,
+            now_ms,
+            usize::MAX,
+            &mut KeysOnly(
+                |k: &[u8]| match view.get(Cf::Data, &data_key(gid, k)).expect("get") {
+                    Some(raw) => Corrupt::check(gid, k, &raw).map(Some),
+                    None => Ok(None),
+                },
+            ),
+        )
         .expect("no corruption")
     }
 
@@ -760,7 +765,9 @@ impl Model {
                 self.rows.clear();
                 OpReply::Ok
             }
-            WriteOp::IncrByFloat { .. } => unreachable!("not in the model's logs"),
+            WriteOp::IncrByFloat { .. } | WriteOp::Coll(_) => {
+                unreachable!("not in the model's logs")
+            }
         }
     }
 

@@ -1,0 +1,231 @@
+//! The leader lease of one group: whether its leader may answer a
+//! linearizable read from its own state machine, with no network round.
+//!
+//! [`Lease`] owns the evidence. The group's network client ([`super::network`])
+//! records, for each AppendEntries (heartbeats included) that a peer accepted
+//! under this node's leader vote, the time the request was **sent**; the
+//! services ([`super::service`]) record every vote request before openraft
+//! sees it. [`Lease::holds`] turns that evidence into a yes or no; the
+//! caller (`Host::linearize`) adds the conditions that come from openraft's
+//! state (leader, an applied entry of its term, a uniform membership).
+//!
+//! Why it is safe (docs/ARCHITECTURE.md, "Leader lease", has the whole
+//! argument): a peer that accepts an AppendEntries of leader vote `v`
+//! refuses every vote request for `election_timeout_max` after it received
+//! it (openraft's `leader_lease`), and it received it after it was sent. So
+//! while `now < sent + lease` for a majority of the voters (this node
+//! counting itself), with `lease` shorter than `election_timeout_max` by a
+//! margin for clock-rate drift, no other node can collect a majority of
+//! votes, unless this node votes itself: a vote request of a term at least
+//! the lease's ends the lease for that term at once, before openraft can
+//! grant it. Times are [`Instant`]s (monotonic): a process paused with
+//! SIGSTOP finds its evidence old when it resumes, whatever its metrics say.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::types::{NodeId, Vote};
+
+/// The lease as a fraction of `election_timeout_max`: 10 % is left for the
+/// followers' clocks running at a different rate from the leader's (NTP
+/// slews CLOCK_MONOTONIC by at most 0.05 %) and for scheduling.
+const LEASE_PER_MILLE: u32 = 900;
+
+/// One group's lease evidence.
+pub struct Lease {
+    me: NodeId,
+    length: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The leader term the acks below are for (this node's committed vote).
+    term: u64,
+    /// Per peer, the newest send time of an AppendEntries it accepted under
+    /// `term`.
+    acked: HashMap<NodeId, Instant>,
+    /// The highest term of a vote request this node has received from
+    /// another node: no lease for a term at or below it.
+    vote_requested: u64,
+}
+
+impl Lease {
+    /// The lease of a group on node `me`, whose peers refuse votes for
+    /// `election_timeout_max` after hearing from their leader.
+    pub fn new(me: NodeId, election_timeout_max: Duration) -> Lease {
+        Lease {
+            me,
+            length: election_timeout_max * LEASE_PER_MILLE / 1000,
+            state: Mutex::default(),
+        }
+    }
+
+    /// How long after a send the lease lasts.
+    pub fn length(&self) -> Duration {
+        self.length
+    }
+
+    /// `peer` accepted an AppendEntries carrying `vote`, sent at `sent`.
+    /// Only this node's own committed (leader) votes count.
+    pub fn acked(&self, vote: &Vote, peer: NodeId, sent: Instant) {
+        if !vote.committed || vote.leader_id.node_id != self.me || peer == self.me {
+            return;
+        }
+        let term = vote.leader_id.term;
+        let Ok(mut s) = self.state.lock() else { return };
+        if term < s.term {
+            return;
+        }
+        if term > s.term {
+            s.term = term;
+            s.acked.clear();
+        }
+        let t = s.acked.entry(peer).or_insert(sent);
+        *t = (*t).max(sent);
+    }
+
+    /// A vote request carrying `vote` arrived. Called before openraft sees
+    /// it: once openraft could grant it, this node no longer counts itself.
+    pub fn vote_requested(&self, vote: &Vote) {
+        if vote.leader_id.node_id == self.me {
+            return;
+        }
+        if let Ok(mut s) = self.state.lock() {
+            s.vote_requested = s.vote_requested.max(vote.leader_id.term);
+        }
+    }
+
+    /// Whether this node, leading with term `term` over exactly `voters`
+    /// (a uniform membership), holds the lease at `now`: the majority-th
+    /// newest of {`now` for itself, each other voter's newest acked send
+    /// time} is less than the lease length ago, and no vote request of term
+    /// `term` or above has arrived.
+    pub fn holds(&self, term: u64, voters: &[NodeId], now: Instant) -> bool {
+        if voters.is_empty() {
+            return false;
+        }
+        let Ok(s) = self.state.lock() else {
+            return false;
+        };
+        if s.vote_requested >= term {
+            return false;
+        }
+        // Acks recorded under another term say nothing about this one.
+        let acked = (s.term == term).then_some(&s.acked);
+        let mut times: Vec<Option<Instant>> = voters
+            .iter()
+            .map(|v| {
+                if *v == self.me {
+                    Some(now)
+                } else {
+                    acked.and_then(|a| a.get(v).copied())
+                }
+            })
+            .collect();
+        // Newest first; a voter never heard from (None) sorts last.
+        times.sort_unstable_by(|a, b| b.cmp(a));
+        let majority = voters.len() / 2 + 1;
+        match times[majority - 1] {
+            Some(t) => now < t + self.length,
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vote(term: u64, node: NodeId) -> Vote {
+        Vote::new_committed(term, node)
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_majority_of_recent_acks_holds_the_lease_until_it_ages() {
+        let lease = Lease::new(1, 1000 * MS);
+        assert_eq!(lease.length(), 900 * MS);
+        let t0 = Instant::now();
+        let voters = [1, 2, 3];
+        assert!(!lease.holds(5, &voters, t0), "no ack yet");
+        lease.acked(&vote(5, 1), 2, t0);
+        assert!(lease.holds(5, &voters, t0 + 10 * MS));
+        assert!(lease.holds(5, &voters, t0 + 899 * MS));
+        assert!(!lease.holds(5, &voters, t0 + 900 * MS), "expired");
+        // A later send renews it; an older one does not move it back.
+        lease.acked(&vote(5, 1), 2, t0 + 500 * MS);
+        lease.acked(&vote(5, 1), 2, t0 + 100 * MS);
+        assert!(lease.holds(5, &voters, t0 + 1300 * MS));
+        assert!(!lease.holds(5, &voters, t0 + 1400 * MS));
+    }
+
+    #[test]
+    fn five_voters_need_two_peers() {
+        let lease = Lease::new(1, 1000 * MS);
+        let t0 = Instant::now();
+        let voters = [1, 2, 3, 4, 5];
+        lease.acked(&vote(3, 1), 2, t0);
+        assert!(!lease.holds(3, &voters, t0 + MS));
+        lease.acked(&vote(3, 1), 4, t0 - 800 * MS);
+        // The majority-th newest is the older ack.
+        assert!(lease.holds(3, &voters, t0 + 50 * MS));
+        assert!(!lease.holds(3, &voters, t0 + 100 * MS));
+    }
+
+    #[test]
+    fn acks_of_another_term_or_vote_do_not_count() {
+        let lease = Lease::new(1, 1000 * MS);
+        let t0 = Instant::now();
+        let voters = [1, 2, 3];
+        lease.acked(&vote(4, 1), 2, t0);
+        assert!(!lease.holds(5, &voters, t0), "an ack of term 4");
+        lease.acked(&Vote::new(5, 1), 2, t0);
+        assert!(!lease.holds(5, &voters, t0), "an uncommitted vote");
+        lease.acked(&vote(5, 3), 2, t0);
+        assert!(!lease.holds(5, &voters, t0), "another node's vote");
+        lease.acked(&vote(5, 1), 2, t0);
+        assert!(lease.holds(5, &voters, t0));
+        // A newer term forgets the older acks.
+        lease.acked(&vote(6, 1), 3, t0);
+        assert!(!lease.holds(5, &voters, t0));
+        assert!(lease.holds(6, &voters, t0));
+    }
+
+    #[test]
+    fn a_vote_request_of_the_term_or_above_ends_the_lease_of_that_term() {
+        let lease = Lease::new(1, 1000 * MS);
+        let t0 = Instant::now();
+        let voters = [1, 2, 3];
+        lease.acked(&vote(5, 1), 2, t0);
+        lease.vote_requested(&Vote::new(4, 3));
+        assert!(lease.holds(5, &voters, t0), "an older term changes nothing");
+        lease.vote_requested(&Vote::new(6, 3));
+        assert!(!lease.holds(5, &voters, t0));
+        // Even with fresh acks afterwards, for the rest of the term.
+        lease.acked(&vote(5, 1), 2, t0 + 10 * MS);
+        assert!(!lease.holds(5, &voters, t0 + 20 * MS));
+        // A later term of this node's own starts clean.
+        lease.acked(&vote(7, 1), 2, t0 + 30 * MS);
+        assert!(lease.holds(7, &voters, t0 + 40 * MS));
+    }
+
+    #[test]
+    fn a_leader_outside_the_voters_counts_only_peers() {
+        let lease = Lease::new(1, 1000 * MS);
+        let t0 = Instant::now();
+        lease.acked(&vote(2, 1), 2, t0);
+        assert!(!lease.holds(2, &[2, 3, 4], t0));
+        lease.acked(&vote(2, 1), 3, t0);
+        assert!(lease.holds(2, &[2, 3, 4], t0));
+    }
+
+    #[test]
+    fn a_lone_voter_holds_it_alone() {
+        let lease = Lease::new(1, 1000 * MS);
+        assert!(lease.holds(1, &[1], Instant::now()));
+        assert!(!lease.holds(1, &[], Instant::now()));
+    }
+}
