@@ -86,6 +86,10 @@ struct Args {
     /// Seconds of CPU measurement of the 3-node probe (default 30).
     #[arg(long, default_value_t = 30.0)]
     scale3_idle_secs: f64,
+    /// `hibernate_after_ms` of the 3-node probe's nodes (default: the
+    /// node's own default; 0: groups never hibernate).
+    #[arg(long)]
+    scale3_hibernate_after_ms: Option<u64>,
     /// Skip the 3-node, 3-replica idle probe.
     #[arg(long)]
     no_scale3: bool,
@@ -225,6 +229,7 @@ fn main() -> Result<()> {
                 .unwrap_or(if args.quick { 100 } else { 1000 }),
             settle: Duration::from_secs_f64(args.scale3_settle_secs),
             idle: Duration::from_secs_f64(args.scale3_idle_secs),
+            hibernate_after_ms: args.scale3_hibernate_after_ms,
         })?;
     }
     rep.machine

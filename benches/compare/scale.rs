@@ -154,6 +154,9 @@ pub struct Probe3<'a> {
     /// Wait after every group has a leader, before measuring.
     pub settle: Duration,
     pub idle: Duration,
+    /// The nodes' `hibernate_after_ms`, when not their default (0: the
+    /// groups never hibernate, for a before/after on one build).
+    pub hibernate_after_ms: Option<u64>,
 }
 
 /// The 3-node, 3-replica idle probe: one row per node.
@@ -173,6 +176,12 @@ pub fn run3(p: &Probe3) -> Result<Vec<Scale3Row>> {
     opts.default_replicas = 3;
     opts.router_args = vec!["--config".into(), router_conf.display().to_string()];
     opts.node_args = vec!["--fsync".into(), "always".into()];
+    if let Some(ms) = p.hibernate_after_ms {
+        let node_conf = p.dir.join("node.toml");
+        fs::write(&node_conf, format!("hibernate_after_ms = {ms}\n"))?;
+        opts.node_args
+            .extend(["--config".into(), node_conf.display().to_string()]);
+    }
     let mut cluster = LocalCluster::start(opts).context("3-node scale probe cluster")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
