@@ -86,7 +86,7 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
 
     meta.register_member(c.id, &c.listen).await?;
     let _liveness = meta.spawn_liveness(c.id, c.listen.clone(), c.lease_ttl_s);
-    tokio::spawn(crate::shard::hibernate::run(host.clone()));
+    tokio::spawn(crate::shard::hibernate_loop::run(host.clone()));
     let reconciler = tokio::spawn(reconcile::run(meta.clone(), host.clone(), cluster));
     tokio::spawn(txn_recovery::run(
         meta.clone(),
