@@ -122,6 +122,10 @@ pub struct NodeConfig {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// A group with no request for this long (ms) hibernates: no
+    /// heartbeats, no election timer, one liveness ping per node pair
+    /// instead (`shard::hibernate`); 0: never.
+    pub hibernate_after_ms: u64,
     /// Log entries since the last snapshot that trigger a new one.
     pub snapshot_threshold: u64,
     /// Log entries kept behind a snapshot (so slightly lagging followers
@@ -164,6 +168,7 @@ impl Default for NodeConfig {
             heartbeat_ms: 250,
             election_timeout_min_ms: 1_000,
             election_timeout_max_ms: 2_000,
+            hibernate_after_ms: 10_000,
             snapshot_threshold: 10_000,
             snapshot_keep_logs: 1_000,
             write_timeout_ms: 3_000,

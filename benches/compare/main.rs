@@ -8,7 +8,10 @@
 //! * redis-benchmark SET / GET, plain and `-P 16`, on redis and shoal;
 //! * our own client (`load.rs`) for SET / GET / READONLY GET on all three,
 //!   so that shoal and etcd are compared by the same client;
-//! * then a scale probe on a separate single-node cluster (`scale.rs`).
+//! * then the scale probes (`scale.rs`): idle 1-replica groups on a
+//!   separate single-node cluster, and idle 3-replica groups on a separate
+//!   3-node cluster. Run the second alone with
+//!   `bench/compare --no-load --no-scale` (add `--scale3-groups N`).
 //!
 //! A benchmark, not a test: `harness = false`, never run by `cargo test`.
 //! Nothing here bends a measurement: fsync stays on, replicas stay 3.
@@ -73,7 +76,24 @@ struct Args {
     /// Skip the scale probe.
     #[arg(long)]
     no_scale: bool,
-    /// Skip the throughput/latency workloads (run only the scale probe).
+    /// Groups of the 3-node, 3-replica idle probe (default 1000; quick 100).
+    #[arg(long)]
+    scale3_groups: Option<usize>,
+    /// Seconds the 3-node probe waits after every group has a leader,
+    /// before it measures (default 30).
+    #[arg(long, default_value_t = 30.0)]
+    scale3_settle_secs: f64,
+    /// Seconds of CPU measurement of the 3-node probe (default 30).
+    #[arg(long, default_value_t = 30.0)]
+    scale3_idle_secs: f64,
+    /// `hibernate_after_ms` of the 3-node probe's nodes (default: the
+    /// node's own default; 0: groups never hibernate).
+    #[arg(long)]
+    scale3_hibernate_after_ms: Option<u64>,
+    /// Skip the 3-node, 3-replica idle probe.
+    #[arg(long)]
+    no_scale3: bool,
+    /// Skip the throughput/latency workloads (run only the scale probes).
     #[arg(long)]
     no_load: bool,
     /// Accepted for `cargo bench` compatibility.
@@ -190,13 +210,26 @@ fn main() -> Result<()> {
     if !args.no_scale {
         eprintln!("\n== scale probe ==");
         rep.notes.push(
-            "scale probe: 1-replica groups have no followers, so they send no heartbeats; idle 3-replica groups cost more (each leader heartbeats its 2 followers every `heartbeat_ms`, 250 ms by default)".into(),
+            "scale probe: 1-replica groups have no followers, so they send no heartbeats; the 3-node probe measures idle 3-replica groups".into(),
         );
         rep.scale = scale::run(&scale::Probe {
             bin: &bin,
             dir: &dir.join("scale"),
             steps: &steps,
             idle,
+        })?;
+    }
+    if !args.no_scale3 {
+        eprintln!("\n== scale probe: three nodes, 3-replica groups ==");
+        rep.scale3 = scale::run3(&scale::Probe3 {
+            bin: &bin,
+            dir: &dir.join("scale3"),
+            groups: args
+                .scale3_groups
+                .unwrap_or(if args.quick { 100 } else { 1000 }),
+            settle: Duration::from_secs_f64(args.scale3_settle_secs),
+            idle: Duration::from_secs_f64(args.scale3_idle_secs),
+            hibernate_after_ms: args.scale3_hibernate_after_ms,
         })?;
     }
     rep.machine
@@ -664,6 +697,18 @@ fn targets(rep: &Report) -> Vec<Target> {
             format!("{:.1}% of a core, {:.0} MiB", s.idle_cpu_pct, s.rss_mib)
         }),
         met: big.map(|s| s.idle_cpu_pct < 5.0 && s.rss_mib < 512.0),
+    });
+    let three = rep.scale3.iter().filter(|s| s.replicas >= 1000);
+    let worst_cpu = three.clone().map(|s| s.idle_cpu_pct).reduce(f64::max);
+    let worst_rss = three.map(|s| s.rss_mib).reduce(f64::max);
+    out.push(Target {
+        name: "1,000 idle 3-replica groups on each of 3 nodes (worst node)".into(),
+        wanted: "< 5% of a core, < 512 MiB RSS".into(),
+        measured: match (worst_cpu, worst_rss) {
+            (Some(c), Some(r)) => format!("{c:.1}% of a core, {r:.0} MiB"),
+            _ => "— (run without --quick or --no-scale3)".into(),
+        },
+        met: worst_cpu.zip(worst_rss).map(|(c, r)| c < 5.0 && r < 512.0),
     });
     out
 }

@@ -56,6 +56,25 @@ fn status_kib(status: &str, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds of each thread of `pid`, by thread name (`comm`), from
+/// /proc/<pid>/task/*/stat.
+pub fn threads(pid: u32) -> Vec<(String, f64)> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for task in dir.flatten() {
+        let tid = task.file_name().to_string_lossy().to_string();
+        let name = fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+            .map(|n| n.trim().to_string())
+            .unwrap_or_default();
+        if let Some(cpu) = cpu_secs_of(&format!("{pid}/task/{tid}")) {
+            out.push((name, cpu));
+        }
+    }
+    out
+}
+
 pub fn sample(pid: u32) -> Option<ProcSample> {
     let cpu_s = cpu_secs_of(&pid.to_string())?;
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -78,6 +78,26 @@ pub struct ScaleRow {
     pub create_s: f64,
 }
 
+/// One node of the 3-node, 3-replica idle probe.
+#[derive(Debug, Clone)]
+pub struct Scale3Row {
+    pub node: u64,
+    /// Replicas the node hosts (one of every group).
+    pub replicas: usize,
+    /// Of which it leads.
+    pub leaders: usize,
+    /// Of which hibernate at the end of the window.
+    pub asleep: usize,
+    pub idle_cpu_pct: f64,
+    pub idle_secs: f64,
+    pub rss_mib: f64,
+    pub hwm_mib: f64,
+    /// The busiest thread names over the window, in % of a core.
+    pub threads: String,
+    /// TABLE.CREATE of every group but `default`, seconds.
+    pub create_s: f64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Target {
     pub name: String,
@@ -95,6 +115,7 @@ pub struct Report {
     pub rows: Vec<Row>,
     pub procs: Vec<ProcRow>,
     pub scale: Vec<ScaleRow>,
+    pub scale3: Vec<Scale3Row>,
     pub targets: Vec<Target>,
     pub notes: Vec<String>,
 }
@@ -344,6 +365,38 @@ impl Report {
         }
     }
 
+    fn scale3_table(&self) -> Table {
+        let head = [
+            "node",
+            "replicas (leading, asleep)",
+            "idle CPU % of a core",
+            "RSS MiB",
+            "peak RSS MiB",
+            "busiest threads, % of a core",
+            "TABLE.CREATE s",
+        ];
+        let rows = self
+            .scale3
+            .iter()
+            .map(|s| {
+                vec![
+                    format!("node-{}", s.node),
+                    format!("{} ({}, {})", s.replicas, s.leaders, s.asleep),
+                    format!("{:.1} (over {:.0} s)", s.idle_cpu_pct, s.idle_secs),
+                    format!("{:.0}", s.rss_mib),
+                    format!("{:.0}", s.hwm_mib),
+                    s.threads.clone(),
+                    format!("{:.1}", s.create_s),
+                ]
+            })
+            .collect();
+        Table {
+            head: head.iter().map(|s| s.to_string()).collect(),
+            rows,
+            left: 2,
+        }
+    }
+
     fn targets_table(&self) -> Table {
         let head = ["target", "wanted", "measured", "status"];
         let rows = self
@@ -378,6 +431,13 @@ impl Report {
         if !self.scale.is_empty() {
             let _ = writeln!(out, "\n== scale probe: one node, idle 1-replica shards ==");
             out += &self.scale_table().text();
+        }
+        if !self.scale3.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n== scale probe: three nodes, idle 3-replica groups =="
+            );
+            out += &self.scale3_table().text();
         }
         let _ = writeln!(out, "\n== targets ==");
         out += &self.targets_table().text();
@@ -415,6 +475,13 @@ impl Report {
         if !self.scale.is_empty() {
             let _ = writeln!(out, "\n## Scale probe: one node, idle 1-replica shards\n");
             out += &self.scale_table().markdown();
+        }
+        if !self.scale3.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n## Scale probe: three nodes, idle 3-replica groups\n"
+            );
+            out += &self.scale3_table().markdown();
         }
         let _ = writeln!(out, "\n## Targets\n");
         out += &self.targets_table().markdown();

@@ -50,6 +50,7 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
             write_timeout: Duration::from_millis(c.write_timeout_ms),
             read_timeout: Duration::from_millis(c.read_timeout_ms),
             limits: crate::shard::limits(&c)?,
+            hibernate: crate::shard::hibernate::HibernateConfig::from_node(&c),
         },
     );
     crate::shard::purger::spawn_expiry_purger(host.clone(), Duration::from_secs(1));
@@ -85,6 +86,7 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
 
     meta.register_member(c.id, &c.listen).await?;
     let _liveness = meta.spawn_liveness(c.id, c.listen.clone(), c.lease_ttl_s);
+    tokio::spawn(crate::shard::hibernate_loop::run(host.clone()));
     let reconciler = tokio::spawn(reconcile::run(meta.clone(), host.clone(), cluster));
     tokio::spawn(txn_recovery::run(
         meta.clone(),

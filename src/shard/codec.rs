@@ -95,11 +95,18 @@ pub enum Format {
     /// The marker row of a node's data directory (value `()`): its rows are
     /// written in these versioned formats.
     DataDir,
+    /// Node → node: a leader asks a follower to hibernate
+    /// (`hibernate::HibernateRequest`).
+    Hibernate,
+    /// Node → node: `Result<(), String>`, the follower's answer.
+    HibernateReply,
+    /// Node → node: the liveness ping (`hibernate::Ping`).
+    Liveness,
 }
 
 impl Format {
     /// Every kind, for tests and diagnostics.
-    pub const ALL: [Format; 21] = [
+    pub const ALL: [Format; 24] = [
         Format::LogEntry,
         Format::Vote,
         Format::Committed,
@@ -121,6 +128,9 @@ impl Format {
         Format::RaftSnapshot,
         Format::RaftSnapshotReply,
         Format::DataDir,
+        Format::Hibernate,
+        Format::HibernateReply,
+        Format::Liveness,
     ];
 
     /// The kind's tag, the second byte of every blob of this kind.
@@ -147,6 +157,9 @@ impl Format {
             Format::RaftSnapshot => 19,
             Format::RaftSnapshotReply => 20,
             Format::DataDir => 21,
+            Format::Hibernate => 22,
+            Format::HibernateReply => 23,
+            Format::Liveness => 24,
         }
     }
 
@@ -176,7 +189,10 @@ impl Format {
             | Format::RaftVoteReply
             | Format::RaftSnapshot
             | Format::RaftSnapshotReply
-            | Format::DataDir => (1, 1),
+            | Format::DataDir
+            | Format::Hibernate
+            | Format::HibernateReply
+            | Format::Liveness => (1, 1),
         }
     }
 
@@ -216,6 +232,9 @@ impl Format {
             Format::RaftSnapshot => "raft install-snapshot request",
             Format::RaftSnapshotReply => "raft install-snapshot reply",
             Format::DataDir => "data directory marker",
+            Format::Hibernate => "hibernate request",
+            Format::HibernateReply => "hibernate reply",
+            Format::Liveness => "liveness ping",
         }
     }
 

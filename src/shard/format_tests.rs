@@ -760,6 +760,28 @@ fn raft_messages() {
     );
 }
 
+#[test]
+fn hibernation_messages() {
+    use crate::shard::hibernate::{HibernateRequest, Ping};
+    let req = HibernateRequest {
+        leader: 1,
+        term: 3,
+        last_index: Some(7),
+        boot: 42,
+    };
+    golden(Format::Hibernate, &req, "0116 01 03 0107 2a");
+    let accepted: Result<(), String> = Ok(());
+    golden(Format::HibernateReply, &accepted, "0117 00");
+    let refused: Result<(), String> = Err("no".into());
+    golden(Format::HibernateReply, &refused, "0117 01026e6f");
+    let ping = Ping {
+        from: 2,
+        boot: 300,
+        asleep: vec![5, 9],
+    };
+    golden(Format::Liveness, &ping, "0118 02ac02 020509");
+}
+
 /// Each kind refuses a blob of a version it does not know, with the error
 /// that names the kind and the version, and refuses another kind's blob.
 #[test]

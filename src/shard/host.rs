@@ -21,6 +21,7 @@ use super::command::{Limits, LogCmd, OpReply, ReadOp, ShardRequest};
 use super::engine::{
     data_key, group_range, state_key, state_key_with, tag, Cf, DbView, Engine, EngineError, Op,
 };
+use super::hibernate::{HibernateConfig, Hibernation, Sleep};
 use super::lease::Lease;
 use super::network::{NetworkFactory, Transport};
 use super::proposer;
@@ -51,6 +52,8 @@ pub struct Replica {
     /// Plain writes waiting to be proposed together.
     proposer: Arc<proposer::Proposer>,
     target: proposer::Target,
+    /// Whether the group hibernates here (`hibernate`).
+    pub sleep: Sleep,
 }
 
 impl Replica {
@@ -102,12 +105,15 @@ pub struct HostConfig {
     pub read_timeout: Duration,
     /// What this node enforces on requests, whatever a router allowed.
     pub limits: Limits,
+    /// When idle groups hibernate.
+    pub hibernate: HibernateConfig,
 }
 
 pub struct Host {
     pub node_id: NodeId,
     pub engine: Arc<Engine>,
     pub transport: Arc<Transport>,
+    pub hibernation: Arc<Hibernation>,
     config: HostConfig,
     replicas: RwLock<HashMap<u64, Arc<Replica>>>,
     /// Serializes create/remove so two reconcile passes cannot race.
@@ -128,6 +134,7 @@ impl Host {
             node_id,
             engine,
             transport,
+            hibernation: Hibernation::new(node_id, config.hibernate),
             config,
             replicas: RwLock::new(HashMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
@@ -335,6 +342,7 @@ impl Host {
             removed: Default::default(),
             proposer: Arc::default(),
             target,
+            sleep: Sleep::default(),
         });
         if let Ok(mut map) = self.replicas.write() {
             map.insert(gid, replica.clone());
@@ -348,6 +356,7 @@ impl Host {
         let replica = self.replicas.write().ok().and_then(|mut m| m.remove(&gid));
         if let Some(r) = &replica {
             r.removed.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.hibernation.forget(gid);
             let _ = r.raft.shutdown().await;
             // The shutdown leaves openraft's state-machine worker running
             // the applies queued to it: fence them off before deleting.
@@ -412,6 +421,7 @@ impl Host {
         max_reply: usize,
     ) -> Result<OpReply, ShardError> {
         let gid = replica.record.group_id;
+        self.awaken(replica).await;
         let limits = self.config.limits;
         let max_reply = max_reply.min(limits.max_reply_len);
         match req {
@@ -509,6 +519,7 @@ impl Host {
         change: MembershipChange,
     ) -> Result<OpReply, ShardError> {
         let replica = self.get(gid).ok_or(ShardError::UnknownGroup(gid))?;
+        self.awaken(&replica).await;
         self.check_leader(&replica)?;
         let raft = &replica.raft;
         let membership = raft
@@ -571,6 +582,65 @@ impl Host {
                 Err(self.not_leader(f.leader_id, f.leader_node))
             }
             Ok(Err(e)) => Err(ShardError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// A request reached `replica`: note it, and if the group hibernates,
+    /// wake it. A leader then heartbeats and waits (at most an election
+    /// timeout) for a majority's ack, so the request is judged on a fresh
+    /// quorum, not on the ack before it fell asleep.
+    async fn awaken(&self, replica: &Replica) {
+        let gid = replica.record.group_id;
+        let h = &self.hibernation;
+        if !replica.sleep.is_asleep() {
+            h.touch(gid, &replica.sleep, &replica.raft);
+            return;
+        }
+        let raft = &replica.raft;
+        let mut rx = raft.metrics();
+        let leads_many = {
+            let m = rx.borrow_and_update();
+            m.state == ServerState::Leader
+                && m.membership_config.membership().voter_ids().count() > 1
+        };
+        h.touch(gid, &replica.sleep, raft);
+        if !leads_many || raft.trigger().heartbeat().await.is_err() {
+            return;
+        }
+        let fresh = self.config.raft.heartbeat_interval;
+        let _ = tokio::time::timeout(
+            Duration::from_millis(self.config.raft.election_timeout_max),
+            async {
+                while rx.changed().await.is_ok() {
+                    let m = rx.borrow_and_update();
+                    if m.state != ServerState::Leader
+                        || m.millis_since_quorum_ack.is_some_and(|ms| ms < fresh)
+                    {
+                        break;
+                    }
+                }
+            },
+        )
+        .await;
+    }
+
+    /// An AppendEntries or Vote for `gid` was handled here: a hibernating
+    /// replica wakes, its election clock starting from that message.
+    pub fn raft_message_handled(&self, gid: u64) {
+        if let Some(r) = self.get(gid) {
+            if !r.sleep.is_awake() {
+                self.hibernation
+                    .wake(gid, &r.sleep, &r.raft, "a raft message");
+            }
+        }
+    }
+
+    /// Wake every group this node leads asleep.
+    pub fn wake_led(&self, why: &str) {
+        for gid in self.hibernation.led() {
+            if let Some(r) = self.get(gid) {
+                self.hibernation.wake(gid, &r.sleep, &r.raft, why);
+            }
         }
     }
 

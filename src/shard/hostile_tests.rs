@@ -39,6 +39,9 @@ pub(super) async fn host_with(dir: &std::path::Path, limits: Limits) -> Arc<Host
             write_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(10),
             limits,
+            hibernate: crate::shard::hibernate::HibernateConfig::from_node(
+                &crate::config::NodeConfig::default(),
+            ),
         },
     );
     let record = ReplicaRecord {

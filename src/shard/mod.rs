@@ -15,6 +15,9 @@
 //! * [`network`]: Raft messages between nodes over gRPC, routed by group id.
 //! * [`host`]: the replicas this node hosts; serving requests on them;
 //!   [`lease`] says when a leader may answer a linearizable read alone.
+//! * [`hibernate`]: idle groups stop their Raft timers; one liveness ping
+//!   per node pair stands in for their heartbeats ([`hibernate_loop`] runs
+//!   it).
 //! * [`purger`]: background expiry on the groups this node leads.
 //! * [`service`]: the gRPC services (RaftService, ShardService).
 //! * [`snapshot`]: the snapshot envelope (version, checksum) and its check.
@@ -32,6 +35,8 @@ pub mod command;
 pub mod decimal;
 pub mod elements;
 pub mod engine;
+pub mod hibernate;
+pub mod hibernate_loop;
 pub mod host;
 pub mod lease;
 pub mod list;

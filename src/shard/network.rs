@@ -81,6 +81,38 @@ impl Transport {
         self.peers.read().ok()?.get(&id).cloned()
     }
 
+    /// Every known peer and its address.
+    pub fn peers(&self) -> Vec<(NodeId, String)> {
+        self.peers
+            .read()
+            .map(|p| p.iter().map(|(id, a)| (*id, a.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Send one message of `kind` (for group `gid`, 0 for the node) to
+    /// the node at `addr` on the Raft stream, and wait up to `ttl` for the
+    /// raw reply.
+    pub async fn call_raw(
+        &self,
+        addr: &str,
+        gid: u64,
+        kind: u32,
+        payload: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let request = StreamRequest {
+            id: 0,
+            group_id: gid,
+            request: payload,
+            max_reply_len: 0,
+            timeout_ms: u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX),
+            kind,
+        };
+        self.raft
+            .call(addr, || self.channel(addr), request, ttl)
+            .await
+    }
+
     /// A channel to `addr` (or to where `dial_via` sends it), created on
     /// first use (connection is lazy and re-established by tonic after
     /// failures).

@@ -100,6 +100,8 @@ pub fn spawn_expiry_purger(host: Arc<Host>, period: Duration) {
                     now_ms: now,
                     op: WriteOp::PurgeExpired { keys: page.expired },
                 };
+                // A sleeping group wakes for it, as for a client's write.
+                host.hibernation.touch(gid, &replica.sleep, &replica.raft);
                 match replica.raft.client_write(LogCmd::Write(cmd)).await {
                     Ok(_) => tracing::debug!(group = gid, keys = n, "purged expired keys"),
                     Err(e) => tracing::debug!(group = gid, "expiry purge failed: {e}"),

@@ -15,11 +15,12 @@ use openraft::SnapshotSegmentId;
 
 use super::codec::{self, Format};
 use super::command::{OpReply, ShardRequest};
+use super::hibernate::{HibernateRequest, Ping};
 use super::host::Host;
 use super::network::encode_result;
 use super::snapshot::Receiver;
 use super::status::node_status;
-use super::stream::{KIND_APPEND, KIND_VOTE};
+use super::stream::{KIND_APPEND, KIND_HIBERNATE, KIND_PING, KIND_VOTE};
 use super::types::{NodeId, TypeConfig};
 use super::ShardError;
 use crate::proto::raft_service_server::RaftService;
@@ -85,6 +86,7 @@ impl RaftService for NodeService {
         let res = raft
             .append_entries(decode(Format::RaftAppend, &msg.payload)?)
             .await;
+        self.host.raft_message_handled(msg.group_id);
         Ok(Response::new(RaftMessage {
             group_id: msg.group_id,
             payload: encode_result(Format::RaftAppendReply, &res),
@@ -243,7 +245,9 @@ async fn vote(
 ) -> Option<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
     let replica = host.get(gid)?;
     replica.lease.vote_requested(&req.vote);
-    Some(replica.raft.vote(req).await)
+    let res = replica.raft.vote(req).await;
+    host.raft_message_handled(gid);
+    Some(res)
 }
 
 /// One request off a router's stream, answered as `Execute` answers.
@@ -275,13 +279,29 @@ async fn serve_raft(host: Arc<Host>, r: StreamRequest, received: Instant) -> Str
     if expired(&r, received) {
         return refused(r.id, "waited past its deadline".into());
     }
-    let Some(raft) = host.get(r.group_id).map(|g| g.raft.clone()) else {
+    if r.kind == KIND_PING {
+        return match decode::<Ping>(Format::Liveness, &r.request) {
+            Ok(ping) => {
+                if host.hibernation.on_ping(&ping) {
+                    // A peer is new, restarted or back: the groups this
+                    // node leads asleep heartbeat again so its replicas
+                    // hear their leader (and do not campaign).
+                    host.wake_led("a peer came back");
+                }
+                reply(r.id, Vec::new())
+            }
+            Err(e) => refused(r.id, e.message().to_string()),
+        };
+    }
+    let Some(replica) = host.get(r.group_id) else {
         return refused(r.id, format!("group {} is not hosted here", r.group_id));
     };
+    let raft = replica.raft.clone();
     match r.kind {
         KIND_APPEND => match decode(Format::RaftAppend, &r.request) {
             Ok(req) => {
                 let res = raft.append_entries(req).await;
+                host.raft_message_handled(r.group_id);
                 reply(r.id, encode_result(Format::RaftAppendReply, &res))
             }
             Err(e) => refused(r.id, e.message().to_string()),
@@ -291,6 +311,15 @@ async fn serve_raft(host: Arc<Host>, r: StreamRequest, received: Instant) -> Str
                 Some(res) => reply(r.id, encode_result(Format::RaftVoteReply, &res)),
                 None => refused(r.id, format!("group {} is not hosted here", r.group_id)),
             },
+            Err(e) => refused(r.id, e.message().to_string()),
+        },
+        KIND_HIBERNATE => match decode::<HibernateRequest>(Format::Hibernate, &r.request) {
+            Ok(req) => {
+                let res = host
+                    .hibernation
+                    .on_request(r.group_id, &replica.sleep, &raft, &req);
+                reply(r.id, encode_result(Format::HibernateReply, &res))
+            }
             Err(e) => refused(r.id, e.message().to_string()),
         },
         other => refused(r.id, format!("unknown raft message kind {other}")),

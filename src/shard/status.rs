@@ -41,6 +41,9 @@ pub struct GroupStatus {
     /// The membership is a joint configuration (a change half way).
     #[serde(default)]
     pub joint: bool,
+    /// The group hibernates on this replica (`shard::hibernate`).
+    #[serde(default)]
+    pub hibernating: bool,
     /// Set when no readable record in etcd names this replica: it is kept
     /// (never deleted on absence) and this says why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,6 +63,7 @@ pub fn node_status(host: &Host, gids: &[u64]) -> NodeStatus {
                 voters: membership.voter_ids().collect(),
                 learners: membership.learner_ids().collect(),
                 joint: membership.get_joint_config().len() > 1,
+                hibernating: r.sleep.is_asleep(),
                 orphaned: host.kept_reason(r.record.group_id),
                 group_id: r.record.group_id,
                 table: r.record.table.clone(),

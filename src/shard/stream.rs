@@ -36,6 +36,10 @@ use crate::proto::{ExecuteBatch, ExecuteReplyBatch, StreamRequest};
 /// `StreamRequest.kind` on `RaftService.Stream`.
 pub const KIND_APPEND: u32 = 1;
 pub const KIND_VOTE: u32 = 2;
+/// A leader asks a follower to hibernate (`hibernate`).
+pub const KIND_HIBERNATE: u32 = 3;
+/// The node-level liveness ping (group id 0).
+pub const KIND_PING: u32 = 4;
 
 /// Most requests in one frame.
 const MAX_BATCH: usize = 1024;
