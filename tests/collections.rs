@@ -856,6 +856,65 @@ fn hashes_and_sets() {
     let moved: u32 = movers.into_iter().map(|t| t.join().unwrap()).sum();
     assert!(moved > 0, "nothing moved");
 
+    // 12. A leaderboard and a session store through a real client (the
+    // `redis` crate): ZADD / ZINCRBY / ZRANGE ... REV WITHSCORES / ZRANK,
+    // HSET / HGETALL into a map.
+    {
+        let mut con = common::connect(&addr);
+        let _: () = redis::cmd("DEL").arg("board").query(&mut con).unwrap();
+        for (player, score) in [("ann", 30), ("bob", 10), ("cid", 20), ("dee", 40)] {
+            let _: i64 = redis::cmd("ZADD")
+                .arg("board")
+                .arg(score)
+                .arg(player)
+                .query(&mut con)
+                .unwrap();
+        }
+        let bumped: f64 = redis::cmd("ZINCRBY")
+            .arg("board")
+            .arg(25)
+            .arg("bob")
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(bumped, 35.0);
+        let top: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg("board")
+            .arg(0)
+            .arg(2)
+            .arg("REV")
+            .arg("WITHSCORES")
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(
+            top,
+            [
+                ("dee".to_string(), 40.0),
+                ("bob".to_string(), 35.0),
+                ("ann".to_string(), 30.0)
+            ]
+        );
+        let rank: Option<i64> = redis::cmd("ZREVRANK")
+            .arg("board")
+            .arg("cid")
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(rank, Some(3));
+        let _: i64 = redis::cmd("HSET")
+            .arg("session:1")
+            .arg("user")
+            .arg("ann")
+            .arg("cart")
+            .arg("3")
+            .query(&mut con)
+            .unwrap();
+        let session: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg("session:1")
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(session.get("user").map(String::as_str), Some("ann"));
+        assert_eq!(session.get("cart").map(String::as_str), Some("3"));
+    }
+
     // 10. SCAN ... TYPE finds each type's keys (across the three shards).
     c.line("FLUSHALL");
     for i in 0..5 {
