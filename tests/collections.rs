@@ -534,6 +534,81 @@ const LSCRIPT: &[&str] = &[
     "TYPE {l}3",
 ];
 
+/// Bitmaps.
+const BSCRIPT: &[&str] = &[
+    "FLUSHALL",
+    "SETBIT b 7 1",
+    "SETBIT b 7 1",
+    "SETBIT b 0 1",
+    "GET b",
+    "GETBIT b 0",
+    "GETBIT b 1",
+    "GETBIT b 7",
+    "GETBIT b 1000",
+    "GETBIT nob 3",
+    "SETBIT b 100 1",
+    "STRLEN b",
+    "SETBIT b 100 0",
+    "SETBIT b -1 1",
+    "SETBIT b 4294967296 1",
+    "SETBIT b x 1",
+    "SETBIT b 1 2",
+    "SETBIT b 1 x",
+    "GETBIT b -1",
+    "SET s foobar",
+    "BITCOUNT s",
+    "BITCOUNT s 0 0",
+    "BITCOUNT s 1 1",
+    "BITCOUNT s 1 -2",
+    "BITCOUNT s -3 -1",
+    "BITCOUNT s 5 1",
+    "BITCOUNT s 0 100",
+    "BITCOUNT s 5 30 BIT",
+    "BITCOUNT s 0 -1 BIT",
+    "BITCOUNT s -9 -1 BIT",
+    "BITCOUNT s 0 0 BYTE",
+    "BITCOUNT s 0",
+    "BITCOUNT s 0 1 WORD",
+    "BITCOUNT s a b",
+    "BITCOUNT nob",
+    "SET q abc",
+    "BITPOS q 1",
+    "BITPOS q 0",
+    "BITPOS q 1 1",
+    "BITPOS q 0 1 2",
+    "BITPOS q 1 2 -1 BYTE",
+    "BITPOS q 1 7 15 BIT",
+    "BITPOS q 0 3 20 BIT",
+    "BITPOS q 1 100",
+    "BITPOS q 0 100",
+    "BITPOS q 2",
+    "BITPOS q 1 0 1 WORD",
+    "BITPOS nob 1",
+    "BITPOS nob 0",
+    "SET {b}1 abc",
+    "SET {b}2 xyz12",
+    "BITOP AND {b}d {b}1 {b}2",
+    "GET {b}d",
+    "BITOP OR {b}d {b}1 {b}2",
+    "GET {b}d",
+    "BITOP XOR {b}d {b}1 {b}2",
+    "GET {b}d",
+    "BITOP NOT {b}d {b}1",
+    "GET {b}d",
+    "BITOP NOT {b}d {b}1 {b}2",
+    "BITOP NAND {b}d {b}1",
+    "BITOP AND {b}d {b}none",
+    "EXISTS {b}d",
+    "BITOP OR {b}d {b}none {b}1",
+    "GET {b}d",
+    "HSET {b}h f v",
+    "BITOP AND {b}d {b}1 {b}h",
+    "SETBIT {b}h 1 1",
+    "GETBIT {b}h 1",
+    "BITCOUNT {b}h",
+    "BITPOS {b}h 1",
+];
+
 fn mismatches(shoal: &mut Conn, redis: &mut Conn, script: &[&str]) -> Vec<String> {
     let mut out = Vec::new();
     for line in script {
@@ -582,11 +657,39 @@ fn hashes_and_sets() {
     let mut diffs = mismatches(&mut s, &mut r, SCRIPT);
     diffs.extend(mismatches(&mut s, &mut r, ZSCRIPT));
     diffs.extend(mismatches(&mut s, &mut r, LSCRIPT));
+    diffs.extend(mismatches(&mut s, &mut r, BSCRIPT));
+    // Bitmaps over binary values (the scripts are text).
+    let binary: &[&[&[u8]]] = &[
+        &[b"SET", b"ones", b"\xff\xff"],
+        &[b"BITPOS", b"ones", b"0"],
+        &[b"BITPOS", b"ones", b"0", b"0"],
+        &[b"BITPOS", b"ones", b"0", b"0", b"-1"],
+        &[b"BITPOS", b"ones", b"1", b"3", b"-1", b"BIT"],
+        &[b"BITPOS", b"ones", b"0", b"3", b"12", b"BIT"],
+        &[b"SET", b"p", b"\xff\xf0\x00"],
+        &[b"BITPOS", b"p", b"0"],
+        &[b"BITPOS", b"p", b"1", b"1"],
+        &[b"BITPOS", b"p", b"0", b"1", b"1"],
+        &[b"BITCOUNT", b"p", b"0", b"-1", b"BIT"],
+        &[b"BITCOUNT", b"p", b"4", b"11", b"BIT"],
+        &[b"BITOP", b"NOT", b"{p}n", b"{p}none"],
+    ];
+    for cmd in binary {
+        let (a, b) = (s.cmd(cmd), r.cmd(cmd));
+        if a != b {
+            diffs.push(format!(
+                "{cmd:?}\n    shoal: {}\n    redis: {}",
+                show(&a),
+                show(&b)
+            ));
+        }
+    }
     assert!(s.line("HELLO 3").starts_with(b"%"));
     assert!(r.line("HELLO 3").starts_with(b"%"));
     diffs.extend(mismatches(&mut s, &mut r, SCRIPT));
     diffs.extend(mismatches(&mut s, &mut r, ZSCRIPT));
     diffs.extend(mismatches(&mut s, &mut r, LSCRIPT));
+    diffs.extend(mismatches(&mut s, &mut r, BSCRIPT));
     assert!(
         diffs.is_empty(),
         "replies differ from Redis:\n{}",

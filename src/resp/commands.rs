@@ -12,6 +12,7 @@
 use super::args::Args;
 use super::cmd_blocking as cb;
 use super::compile as c;
+use super::compile_bitmap as cbit;
 use super::compile_coll as cc;
 use super::compile_keyspace as k;
 use super::compile_list as cl;
@@ -76,6 +77,13 @@ const TIMEOUT_NUMKEYS: KeySpec = KeySpec::Find {
     step: 0,
     find: cb::keys_after_timeout_numkeys,
 };
+/// `BITOP op destkey key [key ...]`.
+const BITOP_KEYS: KeySpec = KeySpec::Find {
+    first: 2,
+    last: -1,
+    step: 1,
+    find: cbit::bitop_keys,
+};
 /// Key, value, key, value...
 const PAIRS: KeySpec = KeySpec::Range {
     first: 1,
@@ -125,6 +133,7 @@ const HASH: u32 = acl::HASH;
 const SET: u32 = acl::SET;
 const ZSET: u32 = acl::SORTEDSET;
 const LIST: u32 = acl::LIST;
+const BITMAP: u32 = acl::BITMAP;
 const KEYSPACE: u32 = acl::KEYSPACE;
 const CONN: u32 = acl::CONNECTION;
 const TXN: u32 = acl::TRANSACTION;
@@ -142,6 +151,12 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Appends a string to the value of a key. Creates the key if it doesn't exist."),
     row("auth", -2, CONTROL | NO_AUTH | NO_MULTI, NONE, CONN, G::Connection, local!(auth),
         "Authenticates the connection."),
+    row("bitcount", -2, READONLY, KEY, BITMAP, G::Bitmap, Data(cbit::bitcount),
+        "Counts the number of set bits (population counting) in a string."),
+    row("bitop", -4, WRITE | DENYOOM, BITOP_KEYS, BITMAP, G::Bitmap, Data(cbit::bitop),
+        "Performs bitwise operations on multiple strings, and stores the result."),
+    row("bitpos", -3, READONLY, KEY, BITMAP, G::Bitmap, Data(cbit::bitpos),
+        "Finds the first set (1) or clear (0) bit in a string."),
     row("blmove", 6, WRITE | DENYOOM | BLOCKING, KEY2, LIST, G::List, Data(cb::blmove),
         "Pops an element from a list, pushes it to another list and returns it. Blocks until an element is available otherwise. Deletes the list if the last element was moved."),
     row("blmpop", -5, WRITE | BLOCKING, TIMEOUT_NUMKEYS, LIST, G::List, Data(cb::blmpop),
@@ -198,6 +213,8 @@ pub static COMMANDS: &[CommandSpec] = &[
         awaits!(flushdb), "Removes all keys from the current table."),
     row("get", 2, READONLY | FAST, KEY, STRING, G::String, Data(c::get),
         "Returns the string value of a key."),
+    row("getbit", 3, READONLY | FAST, KEY, BITMAP, G::Bitmap, Data(cbit::getbit),
+        "Returns a bit value by offset."),
     row("getdel", 2, WRITE | FAST, KEY, STRING, G::String, Data(c::getdel),
         "Returns the string value of a key after deleting the key."),
     row("getex", -2, WRITE | FAST, KEY, STRING, G::String, Data(c::getex),
@@ -338,6 +355,8 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Changes the table of the connection to the one with this database index."),
     row("set", -3, WRITE | DENYOOM, KEY, STRING, G::String, Data(c::set),
         "Sets the string value of a key, ignoring its type. The key is created if it doesn't exist."),
+    row("setbit", 4, WRITE | DENYOOM, KEY, BITMAP, G::Bitmap, Data(cbit::setbit),
+        "Sets or clears the bit at offset of the string value. Creates the key if it doesn't exist."),
     row("setex", 4, WRITE | DENYOOM, KEY, STRING, G::String, Data(k::setex),
         "Sets the string value and expiration time of a key. Creates the key if it doesn't exist."),
     row("setnx", 3, WRITE | DENYOOM | FAST, KEY, STRING, G::String, Data(c::setnx),

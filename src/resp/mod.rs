@@ -22,6 +22,7 @@ pub mod cmd_transfer;
 pub mod cmd_txn;
 pub mod commands;
 pub mod compile;
+pub mod compile_bitmap;
 pub mod compile_coll;
 pub mod compile_keyspace;
 pub mod compile_list;

@@ -125,6 +125,7 @@ pub enum Group {
     Set,
     SortedSet,
     List,
+    Bitmap,
     /// shoal's own: tables and placement.
     Shoal,
 }
@@ -141,6 +142,7 @@ impl Group {
             Group::Set => "set",
             Group::SortedSet => "sorted-set",
             Group::List => "list",
+            Group::Bitmap => "bitmap",
             Group::Shoal => "shoal",
         }
     }

@@ -51,6 +51,15 @@ pub fn admit(op: &mut WriteOp, limits: &Limits) -> Result<(), OpReply> {
             }
             Ok(())
         }
+        WriteOp::SetBit {
+            offset, max_len, ..
+        } => {
+            *max_len = (*max_len).min(max);
+            if *offset / 8 + 1 > *max_len {
+                return too_big();
+            }
+            Ok(())
+        }
         WriteOp::SetRange {
             offset,
             value,
@@ -374,6 +383,38 @@ fn write_result(
         WriteOp::PutRecord { record, .. } if record.coll.is_some() => {
             nothing(OpReply::Error(ERR_MOVE_COLLECTION.into()))
         }
+        WriteOp::SetBit {
+            key,
+            offset,
+            on,
+            max_len,
+        } => {
+            let old = string(live(key)?)?;
+            if offset / 8 + 1 > *max_len {
+                return nothing(OpReply::Error(ERR_TOO_BIG.into()));
+            }
+            let mut data = old.as_ref().map_or_else(Vec::new, |v| v.data.to_vec());
+            let was = super::bitmap::set_bit(&mut data, *offset, *on);
+            let ttl = old.map_or(0, |v| v.expire_at_ms);
+            Ok((
+                OpReply::Int(was as i64),
+                vec![put(key, Bytes::from(data), ttl)],
+            ))
+        }
+        WriteOp::BitOp { op, dst, keys } => {
+            let mut sources = Vec::with_capacity(keys.len());
+            for k in keys {
+                sources.push(string(live(k)?)?.map(|v| v.data).unwrap_or_default());
+            }
+            let out = super::bitmap::bit_op(*op, &sources);
+            let n = out.len() as i64;
+            let change = if out.is_empty() {
+                (dst.clone(), None)
+            } else {
+                put(dst, Bytes::from(out), 0)
+            };
+            Ok((OpReply::Int(n), vec![change]))
+        }
         WriteOp::PutRecord { key, record } => {
             let change = if record.live_at(now) {
                 Some(Stored {
@@ -601,6 +642,22 @@ fn read_result(
                 OpReply::Int(if *ms { at } else { at / 1000 })
             }
         },
+        ReadOp::GetBit { key, offset } => OpReply::Int(
+            string(live(key)?)?.map_or(0, |v| super::bitmap::get_bit(&v.data, *offset)) as i64,
+        ),
+        ReadOp::BitCount { key, range } => OpReply::Int(
+            string(live(key)?)?.map_or(0, |v| super::bitmap::bit_count(&v.data, *range)),
+        ),
+        ReadOp::BitPos {
+            key,
+            bit,
+            range,
+            end_given,
+        } => OpReply::Int(match string(live(key)?)? {
+            Some(v) => super::bitmap::bit_pos(&v.data, *bit, *range, *end_given),
+            None if *bit => -1,
+            None => 0,
+        }),
         ReadOp::Object { key, field } => match live(key)? {
             None => OpReply::Nil,
             Some(v) => object_field(&v, *field),

@@ -9,6 +9,7 @@ use super::value::Stored;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub use super::bitmap::{BitOpKind, BitRange};
 pub use super::coll::{CollRead, CollWrite, HSetReply, HashPart, SetOp};
 pub use super::value::Kind;
 
@@ -181,6 +182,19 @@ pub enum WriteOp {
     /// the key instead): the destination half of a RENAME or COPY whose
     /// keys are on different shards, run inside a transaction. Reply: `Ok`.
     PutRecord { key: Bytes, record: Stored },
+    /// SETBIT: the old bit. `max_len` as for [`WriteOp::Append`].
+    SetBit {
+        key: Bytes,
+        offset: u64,
+        on: bool,
+        max_len: u64,
+    },
+    /// BITOP over keys of this shard: the length of `dst` (deleted when 0).
+    BitOp {
+        op: BitOpKind,
+        dst: Bytes,
+        keys: Vec<Bytes>,
+    },
 }
 
 /// What [`WriteOp::Move`] does, with Redis's replies.
@@ -233,7 +247,8 @@ impl WriteOp {
             WriteOp::MSet { pairs, .. } => pairs.iter().map(|(k, _)| k).collect(),
             WriteOp::FlushGroup => Vec::new(),
             WriteOp::Move { src, dst, .. } => vec![src, dst],
-            WriteOp::PutRecord { key, .. } => vec![key],
+            WriteOp::PutRecord { key, .. } | WriteOp::SetBit { key, .. } => vec![key],
+            WriteOp::BitOp { dst, keys, .. } => std::iter::once(dst).chain(keys).collect(),
             WriteOp::Coll(c) => c.keys(),
         }
     }
@@ -318,6 +333,21 @@ pub enum ReadOp {
         pattern: Option<Bytes>,
         type_name: String,
     },
+    GetBit {
+        key: Bytes,
+        offset: u64,
+    },
+    BitCount {
+        key: Bytes,
+        range: Option<BitRange>,
+    },
+    /// BITPOS (`end_given`: an explicit end was given).
+    BitPos {
+        key: Bytes,
+        bit: bool,
+        range: Option<BitRange>,
+        end_given: bool,
+    },
 }
 
 /// What OBJECT asks of a key.
@@ -339,7 +369,10 @@ impl ReadOp {
             | ReadOp::Ttl { key, .. }
             | ReadOp::Type { key }
             | ReadOp::ExpireTime { key, .. }
-            | ReadOp::Object { key, .. } => vec![key],
+            | ReadOp::Object { key, .. }
+            | ReadOp::GetBit { key, .. }
+            | ReadOp::BitCount { key, .. }
+            | ReadOp::BitPos { key, .. } => vec![key],
             ReadOp::Exists { keys } | ReadOp::MGet { keys } => keys.iter().collect(),
             ReadOp::Scan { .. } | ReadOp::ScanType { .. } | ReadOp::DbSize | ReadOp::KeyCount => {
                 Vec::new()

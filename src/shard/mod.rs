@@ -28,6 +28,7 @@
 //! are values (`OpReply`), whose error texts are Redis's.
 
 pub mod apply;
+pub mod bitmap;
 pub mod blocking;
 pub mod codec;
 pub mod coll;

@@ -796,7 +796,10 @@ impl Model {
                 self.rows.clear();
                 OpReply::Ok
             }
-            WriteOp::IncrByFloat { .. } | WriteOp::Coll(_) => {
+            WriteOp::IncrByFloat { .. }
+            | WriteOp::Coll(_)
+            | WriteOp::SetBit { .. }
+            | WriteOp::BitOp { .. } => {
                 unreachable!("not in the model's logs")
             }
             WriteOp::Move { src, dst, mode } => {
