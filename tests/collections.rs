@@ -12,20 +12,14 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use common::{cluster, show, Conn, RedisServer};
-use shoal::meta::descriptor::slot_ranges;
-use shoal::slot::slot;
+use common::{cluster, mismatches, show, Conn, RedisServer};
 
 /// Shards of the test's table.
 const SHARDS: usize = 3;
 
 /// The shard of `key` in a table of [`SHARDS`] shards.
 fn shard_of(key: &str) -> usize {
-    let s = slot(key.as_bytes());
-    slot_ranges(SHARDS)
-        .iter()
-        .position(|r| r[0] <= s && s <= r[1])
-        .unwrap()
+    common::shard_of(key, SHARDS)
 }
 
 const SCRIPT: &[&str] = &[
@@ -608,22 +602,6 @@ const BSCRIPT: &[&str] = &[
     "BITCOUNT {b}h",
     "BITPOS {b}h 1",
 ];
-
-fn mismatches(shoal: &mut Conn, redis: &mut Conn, script: &[&str]) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in script {
-        let a = shoal.line(line);
-        let b = redis.line(line);
-        if a != b {
-            out.push(format!(
-                "{line}\n    shoal: {}\n    redis: {}",
-                show(&a),
-                show(&b)
-            ));
-        }
-    }
-    out
-}
 
 /// The bulk strings of a flat RESP2 array reply.
 fn bulks(reply: &[u8]) -> Vec<String> {

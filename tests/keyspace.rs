@@ -21,20 +21,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{cluster, show, Conn, RedisServer};
-use shoal::meta::descriptor::slot_ranges;
-use shoal::slot::slot;
+use common::{cluster, mismatches, show, Conn, RedisServer};
 
 /// Shards of the table the tests use.
 const SHARDS: usize = 4;
 
 /// The shard of `key` in a table of [`SHARDS`] shards.
 fn shard_of(key: &str) -> usize {
-    let s = slot(key.as_bytes());
-    slot_ranges(SHARDS)
-        .iter()
-        .position(|r| r[0] <= s && s <= r[1])
-        .unwrap()
+    common::shard_of(key, SHARDS)
 }
 
 /// Commands whose replies must be identical in Redis 7 and shoal.
@@ -277,23 +271,6 @@ const SCRIPT: &[&str] = &[
     "RANDOMKEY x",
     "FLUSHALL",
 ];
-
-/// Run every line on both servers and collect the lines whose replies differ.
-fn mismatches(shoal: &mut Conn, redis: &mut Conn, script: &[&str]) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in script {
-        let a = shoal.line(line);
-        let b = redis.line(line);
-        if a != b {
-            out.push(format!(
-                "{line}\n    shoal: {}\n    redis: {}",
-                show(&a),
-                show(&b)
-            ));
-        }
-    }
-    out
-}
 
 #[test]
 fn keyspace_commands() {

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{cluster, show, wait_until, Conn, RedisServer};
+use common::{cluster, mismatches, show, wait_until, Conn, RedisServer};
 
 /// Commands whose replies must be identical in Redis 7 and shoal. Each line
 /// is split on spaces (`""` is an empty argument).
@@ -177,23 +177,6 @@ const SCRIPT: &[&str] = &[
     "FLUSHALL",
     "DBSIZE",
 ];
-
-/// Run every line on both servers and collect the lines whose replies differ.
-fn mismatches(shoal: &mut Conn, redis: &mut Conn, script: &[&str]) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in script {
-        let a = shoal.line(line);
-        let b = redis.line(line);
-        if a != b {
-            out.push(format!(
-                "{line}\n    shoal: {}\n    redis: {}",
-                show(&a),
-                show(&b)
-            ));
-        }
-    }
-    out
-}
 
 #[test]
 fn strings() {

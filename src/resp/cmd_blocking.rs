@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::args::Args;
-use super::compile::{Ctx, ERR_SYNTAX};
+use super::compile::{mpop_args, Ctx, ERR_SYNTAX};
 use super::errors::cluster_err;
 use super::reply::Reply;
 use super::session::Session;
@@ -33,7 +33,6 @@ use crate::shard::coll::CollWrite;
 use crate::shard::command::{Kind, OpReply, ShardRequest, TxnOp, WriteOp};
 use crate::shard::list::{End, LWrite};
 use crate::shard::zset::ZWrite;
-use crate::slot::slot;
 
 /// Longest single wait a router asks of a node before asking again.
 pub const WAIT_CHUNK: Duration = Duration::from_secs(2);
@@ -53,18 +52,6 @@ fn timeout_ms(b: &[u8]) -> Result<u64, Reply> {
         return Err(Reply::error("ERR timeout is out of range"));
     }
     Ok(ms as u64)
-}
-
-fn one_shard(cx: &Ctx, keys: &[Bytes], name: &str) -> Result<(), Reply> {
-    let mut shards = keys.iter().map(|k| cx.table.desc.shard_for_slot(slot(k)));
-    let first = shards.next();
-    if shards.all(|s| Some(s) == first) {
-        return Ok(());
-    }
-    Err(Reply::error(format!(
-        "CROSSSLOT {name} over keys of different shards is not supported yet; \
-         give the keys one hash tag, e.g. {{user1}}:a and {{user1}}:b"
-    )))
 }
 
 fn blocking(
@@ -95,7 +82,7 @@ fn keys_then_timeout(args: &mut Args) -> Result<(Vec<Bytes>, u64), Reply> {
 
 fn bpop(args: &mut Args, cx: &Ctx, end: End, name: &str) -> Result<Plan, Reply> {
     let (keys, t) = keys_then_timeout(args)?;
-    one_shard(cx, &keys, name)?;
+    cx.same_shard(&keys, name)?;
     let op = WriteOp::Coll(CollWrite::L(LWrite::MPop {
         keys: keys.clone(),
         end,
@@ -133,7 +120,7 @@ fn bmove(
     t: u64,
     name: &str,
 ) -> Result<Plan, Reply> {
-    one_shard(cx, &[src.clone(), dst.clone()], name)?;
+    cx.same_shard([&src, &dst], name)?;
     let op = WriteOp::Coll(CollWrite::L(LWrite::Move {
         src: src.clone(),
         dst,
@@ -161,49 +148,12 @@ pub fn brpoplpush(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     bmove(cx, src, dst, End::Right, End::Left, t, "BRPOPLPUSH")
 }
 
-/// `timeout numkeys key [key ...] <dir> [COUNT count]` of BLMPOP and
-/// BZMPOP: (timeout, keys, the direction word, count).
-fn mpop_args(args: &mut Args) -> Result<(u64, Vec<Bytes>, String, u64), Reply> {
-    let t = timeout_ms(&args.next_bytes().unwrap_or_default())?;
-    let n = match args.next_i64() {
-        Ok(n) if n > 0 => n as usize,
-        _ => return Err(Reply::error("ERR numkeys should be greater than 0")),
-    };
-    if n >= args.remaining() {
-        return Err(Reply::error(ERR_SYNTAX));
-    }
-    let keys: Vec<Bytes> = (0..n)
-        .map(|_| args.next_bytes().unwrap_or_default())
-        .collect();
-    let dir = args.peek_upper().unwrap_or_default();
-    let _ = args.next_bytes();
-    let mut count = 1;
-    let mut seen = false;
-    while let Some(opt) = args.peek_upper() {
-        let _ = args.next_bytes();
-        match opt.as_str() {
-            "COUNT" if !seen => {
-                seen = true;
-                count = match args.next_i64() {
-                    Ok(c) if c > 0 => c as u64,
-                    _ => return Err(Reply::error("ERR count should be greater than 0")),
-                };
-            }
-            _ => return Err(Reply::error(ERR_SYNTAX)),
-        }
-    }
-    Ok((t, keys, dir, count))
-}
-
 /// `BLMPOP timeout numkeys key [key ...] LEFT|RIGHT [COUNT count]`
 pub fn blmpop(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
-    let (t, keys, dir, count) = mpop_args(args)?;
-    let end = match dir.as_str() {
-        "LEFT" => End::Left,
-        "RIGHT" => End::Right,
-        _ => return Err(Reply::error(ERR_SYNTAX)),
-    };
-    one_shard(cx, &keys, "BLMPOP")?;
+    let t = timeout_ms(&args.next_bytes().unwrap_or_default())?;
+    let (keys, dir, count) = mpop_args(args, ["LEFT", "RIGHT"])?;
+    cx.same_shard(&keys, "BLMPOP")?;
+    let end = if dir == 0 { End::Left } else { End::Right };
     let op = WriteOp::Coll(CollWrite::L(LWrite::MPop {
         keys: keys.clone(),
         end,
@@ -214,7 +164,7 @@ pub fn blmpop(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
 
 fn bzpop(args: &mut Args, cx: &Ctx, max: bool, name: &str) -> Result<Plan, Reply> {
     let (keys, t) = keys_then_timeout(args)?;
-    one_shard(cx, &keys, name)?;
+    cx.same_shard(&keys, name)?;
     let op = WriteOp::Coll(CollWrite::Z(ZWrite::ZMPop {
         keys: keys.clone(),
         max,
@@ -235,16 +185,12 @@ pub fn bzpopmax(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
 
 /// `BZMPOP timeout numkeys key [key ...] MIN|MAX [COUNT count]`
 pub fn bzmpop(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
-    let (t, keys, dir, count) = mpop_args(args)?;
-    let max = match dir.as_str() {
-        "MIN" => false,
-        "MAX" => true,
-        _ => return Err(Reply::error(ERR_SYNTAX)),
-    };
-    one_shard(cx, &keys, "BZMPOP")?;
+    let t = timeout_ms(&args.next_bytes().unwrap_or_default())?;
+    let (keys, dir, count) = mpop_args(args, ["MIN", "MAX"])?;
+    cx.same_shard(&keys, "BZMPOP")?;
     let op = WriteOp::Coll(CollWrite::Z(ZWrite::ZMPop {
         keys: keys.clone(),
-        max,
+        max: dir == 1,
         count,
     }));
     Ok(blocking(cx, op, Merge::Single, keys, Kind::ZSet, t))

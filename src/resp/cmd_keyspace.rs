@@ -46,6 +46,50 @@ use crate::shard::txn::version_of;
 /// Longest pause between two attempts of a move that conflicted.
 const MAX_PAUSE: Duration = Duration::from_millis(200);
 
+/// The attempts of a transaction that may conflict (a cross-shard move or
+/// transfer): movers of the same keys would collide again in step, so each
+/// retry waits a random share of a pause that starts at what an attempt
+/// took and doubles, up to [`MAX_PAUSE`], until the request timeout.
+pub(super) struct Retry {
+    deadline: Instant,
+    pause: Duration,
+    attempt: Instant,
+}
+
+impl Retry {
+    pub(super) fn new(timeout: Duration) -> Retry {
+        let now = Instant::now();
+        Retry {
+            deadline: now + timeout,
+            pause: Duration::ZERO,
+            attempt: now,
+        }
+    }
+
+    /// An attempt starts.
+    pub(super) fn start(&mut self) {
+        self.attempt = Instant::now();
+    }
+
+    /// Wait before the next attempt; `false` once the timeout has passed.
+    pub(super) async fn again(&mut self) -> bool {
+        if Instant::now() >= self.deadline {
+            return false;
+        }
+        if self.pause.is_zero() {
+            self.pause = self.attempt.elapsed().max(Duration::from_millis(1));
+        }
+        let wait = rand::thread_rng().gen_range(Duration::ZERO..=self.pause);
+        tokio::time::sleep(wait).await;
+        self.pause = (self.pause * 2).min(MAX_PAUSE);
+        true
+    }
+}
+
+/// A move or transfer that kept conflicting until the request timeout.
+pub(super) const ERR_KEPT_CHANGING: &str =
+    "TRYAGAIN the keys kept changing or stayed locked; nothing was moved";
+
 /// Keys a RANDOMKEY page examines.
 const RANDOM_PAGE: u64 = 32;
 
@@ -66,11 +110,9 @@ impl Session {
         let (from, to) = (src.shard, dst.shard);
         let table = plan.table.clone();
         let name = table.desc.name.clone();
-        let wait = Duration::from_millis(self.shared.config.request_timeout_ms);
-        let deadline = Instant::now() + wait;
-        let mut pause = Duration::ZERO;
+        let mut retry = Retry::new(Duration::from_millis(self.shared.config.request_timeout_ms));
         loop {
-            let attempt = Instant::now();
+            retry.start();
             let reads = shard_keys(&table, &[src_key.clone(), dst_key.clone()]);
             let snapshot = match txn::snapshot_read(&self.shared.client, &reads).await {
                 Ok(Some(s)) => Some(s),
@@ -138,20 +180,9 @@ impl Session {
                     Err(e) => return cluster_err(e),
                 }
             }
-            if Instant::now() >= deadline {
-                return Reply::error(
-                    "TRYAGAIN the keys kept changing or stayed locked; nothing was moved",
-                );
+            if !retry.again().await {
+                return Reply::error(ERR_KEPT_CHANGING);
             }
-            // Movers of the same keys would collide again in step: wait a
-            // random share of a pause that starts at what an attempt took
-            // and doubles.
-            if pause.is_zero() {
-                pause = attempt.elapsed().max(Duration::from_millis(1));
-            }
-            let wait = rand::thread_rng().gen_range(Duration::ZERO..=pause);
-            tokio::time::sleep(wait).await;
-            pause = (pause * 2).min(MAX_PAUSE);
         }
     }
 

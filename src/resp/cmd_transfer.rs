@@ -21,11 +21,11 @@
 //! can see (`tests/collections.rs` moves members back and forth between
 //! shards while a reader counts them in MULTI snapshots).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use rand::Rng;
 
+use super::cmd_keyspace::{Retry, ERR_KEPT_CHANGING};
 use super::compile::{op_reply, shard_keys, shard_work, WatchedKey};
 use super::errors::cluster_err;
 use super::reply::Reply;
@@ -39,9 +39,6 @@ use crate::shard::list::{End, LRead, LWrite};
 use crate::shard::txn::version_of;
 use crate::shard::value::{Stored, WrongType};
 use crate::slot::slot;
-
-/// Longest pause between two attempts that conflicted.
-const MAX_PAUSE: Duration = Duration::from_millis(200);
 
 /// What a transfer moves.
 enum What {
@@ -76,11 +73,9 @@ impl Session {
         let table = plan.table.clone();
         let name = table.desc.name.clone();
         let shard_of = |k: &Bytes| table.desc.shard_for_slot(slot(k));
-        let deadline =
-            Instant::now() + Duration::from_millis(self.shared.config.request_timeout_ms);
-        let mut pause = Duration::ZERO;
+        let mut retry = Retry::new(Duration::from_millis(self.shared.config.request_timeout_ms));
         loop {
-            let attempt = Instant::now();
+            retry.start();
             // 1. Both records, in one snapshot.
             let reads = shard_keys(&table, &[src.clone(), dst.clone()]);
             let snapshot = match txn::snapshot_read(&self.shared.client, &reads).await {
@@ -196,17 +191,9 @@ impl Session {
                     Err(e) => return cluster_err(e),
                 }
             }
-            if Instant::now() >= deadline {
-                return Reply::error(
-                    "TRYAGAIN the keys kept changing or stayed locked; nothing was moved",
-                );
+            if !retry.again().await {
+                return Reply::error(ERR_KEPT_CHANGING);
             }
-            if pause.is_zero() {
-                pause = attempt.elapsed().max(Duration::from_millis(1));
-            }
-            let wait = rand::thread_rng().gen_range(Duration::ZERO..=pause);
-            tokio::time::sleep(wait).await;
-            pause = (pause * 2).min(MAX_PAUSE);
         }
     }
 }

@@ -115,12 +115,79 @@ impl Ctx<'_> {
         )
     }
 
+    /// The one shard holding every key; `None` when they span shards.
+    pub(super) fn one_shard<'k>(&self, keys: impl IntoIterator<Item = &'k Bytes>) -> Option<usize> {
+        let mut shards = keys
+            .into_iter()
+            .map(|k| self.table.desc.shard_for_slot(slot(k)));
+        let first = shards.next()?;
+        shards.all(|s| s == first).then_some(first)
+    }
+
+    /// [`cross_shard`] unless every key lives on one shard.
+    pub(super) fn same_shard<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k Bytes>,
+        name: &str,
+    ) -> Result<(), Reply> {
+        match self.one_shard(keys) {
+            Some(_) => Ok(()),
+            None => Err(cross_shard(name)),
+        }
+    }
+
     pub(super) fn check_value(&self, value: &Bytes) -> Result<(), Reply> {
         if value.len() > self.max_value {
             return Err(Reply::error("ERR value is too large"));
         }
         Ok(())
     }
+}
+
+/// The reply of a write whose keys must share a shard and do not.
+pub(super) fn cross_shard(name: &str) -> Reply {
+    Reply::error(format!(
+        "CROSSSLOT {name} over keys of different shards is not supported yet; \
+         give the keys one hash tag, e.g. {{user1}}:a and {{user1}}:b"
+    ))
+}
+
+/// `numkeys key [key ...] <direction> [COUNT count]` of LMPOP, ZMPOP and
+/// (after their timeout) BLMPOP, BZMPOP, with Redis's errors: the keys, the
+/// index in `directions` of the direction given, and the count (1 unless
+/// given).
+pub(super) fn mpop_args(
+    args: &mut Args,
+    directions: [&str; 2],
+) -> Result<(Vec<Bytes>, usize, u64), Reply> {
+    let n = match args.next_i64() {
+        Ok(n) if n > 0 => n as usize,
+        _ => return Err(Reply::error("ERR numkeys should be greater than 0")),
+    };
+    // Redis: the direction must follow the keys, or it is a syntax error.
+    if n >= args.remaining() {
+        return Err(Reply::error(ERR_SYNTAX));
+    }
+    let keys: Vec<Bytes> = (0..n).map(|_| key(args)).collect();
+    let dir = args
+        .peek_upper()
+        .and_then(|d| directions.iter().position(|w| *w == d))
+        .ok_or_else(|| Reply::error(ERR_SYNTAX))?;
+    let _ = args.next_bytes();
+    let mut count = None;
+    while let Some(opt) = args.peek_upper() {
+        let _ = args.next_bytes();
+        match opt.as_str() {
+            "COUNT" if count.is_none() => {
+                count = match args.next_i64() {
+                    Ok(c) if c > 0 => Some(c as u64),
+                    _ => return Err(Reply::error("ERR count should be greater than 0")),
+                };
+            }
+            _ => return Err(Reply::error(ERR_SYNTAX)),
+        }
+    }
+    Ok((keys, dir, count.unwrap_or(1)))
 }
 
 // The handlers of the data commands, one per command (the command table in

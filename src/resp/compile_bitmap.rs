@@ -6,20 +6,15 @@
 use bytes::Bytes;
 
 use super::args::Args;
-use super::compile::{Ctx, ERR_NOT_INTEGER, ERR_SYNTAX};
+use super::compile::{key, Ctx, ERR_NOT_INTEGER, ERR_SYNTAX};
 use super::reply::Reply;
 use crate::cluster::plan::Plan;
 use crate::shard::command::{BitOpKind, BitRange, ReadOp, TxnOp, WriteOp};
-use crate::slot::slot;
 
 const ERR_OFFSET: &str = "ERR bit offset is not an integer or out of range";
 
 /// Redis's largest bit offset: 2^32 - 1 (a 512 MiB string).
 const MAX_BIT_OFFSET: u64 = (1 << 32) - 1;
-
-fn key(args: &mut Args) -> Bytes {
-    args.next_bytes().unwrap_or_default()
-}
 
 fn offset(args: &mut Args) -> Result<u64, Reply> {
     let b = args.next_bytes().unwrap_or_default();
@@ -139,16 +134,7 @@ pub fn bitop(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
             "ERR BITOP NOT must be called with a single source key.",
         ));
     }
-    let shard = cx.table.desc.shard_for_slot(slot(&dst));
-    if keys
-        .iter()
-        .any(|k| cx.table.desc.shard_for_slot(slot(k)) != shard)
-    {
-        return Err(Reply::error(
-            "CROSSSLOT BITOP over keys of different shards is not supported yet; \
-             give the keys one hash tag, e.g. {user1}:a and {user1}:b",
-        ));
-    }
+    cx.same_shard(std::iter::once(&dst).chain(&keys), "BITOP")?;
     Ok(cx.single(&dst.clone(), TxnOp::Write(WriteOp::BitOp { op, dst, keys })))
 }
 

@@ -12,7 +12,7 @@
 use bytes::Bytes;
 
 use super::args::{ArgError, Args};
-use super::compile::{Ctx, ERR_NOT_INTEGER, ERR_SYNTAX};
+use super::compile::{key, Ctx, ERR_NOT_INTEGER, ERR_SYNTAX};
 use super::errors::wrong_args;
 use super::reply::Reply;
 use super::scan::{decode_cursor, encode_cursor, parse_cursor};
@@ -23,10 +23,6 @@ use crate::shard::command::{
     MAX_SCAN_COUNT,
 };
 use crate::slot::slot;
-
-fn key(args: &mut Args) -> Bytes {
-    args.next_bytes().unwrap_or_default()
-}
 
 fn coll_write(cx: &Ctx, key: &Bytes, op: CollWrite) -> Plan {
     cx.single(key, TxnOp::Write(WriteOp::Coll(op)))
@@ -368,27 +364,13 @@ pub fn srandmember(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     ))
 }
 
-/// Whether every key lives on one shard: that shard.
-fn one_shard(cx: &Ctx, keys: &[&Bytes]) -> Option<usize> {
-    let mut shards = keys.iter().map(|k| cx.table.desc.shard_for_slot(slot(k)));
-    let first = shards.next()?;
-    shards.all(|s| s == first).then_some(first)
-}
-
-fn cross_shard_write(name: &str) -> Reply {
-    Reply::error(format!(
-        "CROSSSLOT {name} over keys of different shards is not supported yet; \
-         give the keys one hash tag, e.g. {{user1}}:a and {{user1}}:b"
-    ))
-}
-
 /// `SMOVE source destination member`
 pub fn smove(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     let src = key(args);
     let dst = key(args);
     let member = args.next_bytes().unwrap_or_default();
     cx.check_value(&member)?;
-    let across = one_shard(cx, &[&src, &dst]).is_none();
+    let across = cx.one_shard([&src, &dst]).is_none();
     let mut plan = coll_write(cx, &src.clone(), CollWrite::SMove { src, dst, member });
     if across {
         // A transaction run by the router (`Session::run_transfer`).
@@ -400,7 +382,7 @@ pub fn smove(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
 /// SINTER / SUNION / SDIFF (`card`: SINTERCARD with its limit).
 fn combine(cx: &Ctx, op: SetOp, keys: Vec<Bytes>, card: Option<u64>) -> Plan {
     let refs: Vec<&Bytes> = keys.iter().collect();
-    if let Some(shard) = one_shard(cx, &refs) {
+    if let Some(shard) = cx.one_shard(refs) {
         let read = match card {
             Some(limit) => CollRead::SInterCard { keys, limit },
             None => CollRead::SCombine { op, keys },
@@ -490,9 +472,7 @@ fn store(args: &mut Args, cx: &Ctx, op: SetOp, name: &str) -> Result<Plan, Reply
     let keys = args.rest();
     let mut all: Vec<&Bytes> = keys.iter().collect();
     all.push(&dst);
-    if one_shard(cx, &all).is_none() {
-        return Err(cross_shard_write(name));
-    }
+    cx.same_shard(all, name)?;
     Ok(coll_write(
         cx,
         &dst.clone(),

@@ -7,17 +7,12 @@
 use bytes::Bytes;
 
 use super::args::Args;
-use super::compile::{Ctx, ERR_NOT_INTEGER, ERR_SYNTAX};
+use super::compile::{key, mpop_args, Ctx, ERR_NOT_INTEGER, ERR_SYNTAX};
 use super::reply::Reply;
 use crate::cluster::plan::{Atomicity, Plan};
 use crate::shard::coll::{CollRead, CollWrite};
 use crate::shard::command::{ReadOp, TxnOp, WriteOp};
 use crate::shard::list::{End, LRead, LWrite};
-use crate::slot::slot;
-
-fn key(args: &mut Args) -> Bytes {
-    args.next_bytes().unwrap_or_default()
-}
 
 fn lwrite(cx: &Ctx, key: &Bytes, op: LWrite) -> Plan {
     cx.single(key, TxnOp::Write(WriteOp::Coll(CollWrite::L(op))))
@@ -262,18 +257,6 @@ fn end_arg(b: Option<String>) -> Result<End, Reply> {
     }
 }
 
-fn same_shard(cx: &Ctx, keys: &[&Bytes], name: &str) -> Result<(), Reply> {
-    let mut shards = keys.iter().map(|k| cx.table.desc.shard_for_slot(slot(k)));
-    let first = shards.next();
-    if shards.all(|s| Some(s) == first) {
-        return Ok(());
-    }
-    Err(Reply::error(format!(
-        "CROSSSLOT {name} over keys of different shards is not supported yet; \
-         give the keys one hash tag, e.g. {{user1}}:a and {{user1}}:b"
-    )))
-}
-
 /// `LMOVE source destination LEFT|RIGHT LEFT|RIGHT`
 pub fn lmove(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     let src = key(args);
@@ -294,7 +277,7 @@ pub fn rpoplpush(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
 /// LMOVE's plan: one entry when both lists share a shard, else a
 /// transaction run by the router (`Session::run_transfer`).
 fn transfer(cx: &Ctx, src: Bytes, dst: Bytes, from: End, to: End) -> Plan {
-    let across = same_shard(cx, &[&src, &dst], "LMOVE").is_err();
+    let across = cx.one_shard([&src, &dst]).is_none();
     let mut plan = lwrite(cx, &src.clone(), LWrite::Move { src, dst, from, to });
     if across {
         plan.atomicity = Atomicity::Transfer;
@@ -304,36 +287,9 @@ fn transfer(cx: &Ctx, src: Bytes, dst: Bytes, from: End, to: End) -> Plan {
 
 /// `LMPOP numkeys key [key ...] LEFT|RIGHT [COUNT count]`
 pub fn lmpop(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
-    let n = match args.next_i64() {
-        Ok(n) if n > 0 => n as usize,
-        _ => return Err(Reply::error("ERR numkeys should be greater than 0")),
-    };
-    // Redis: the direction must follow the keys, or it is a syntax error.
-    if n >= args.remaining() {
-        return Err(Reply::error(ERR_SYNTAX));
-    }
-    let keys: Vec<Bytes> = (0..n)
-        .map(|_| args.next_bytes().unwrap_or_default())
-        .collect();
-    let end = end_arg(args.peek_upper())?;
-    let _ = args.next_bytes();
-    let mut count = 1;
-    let mut seen = false;
-    while let Some(opt) = args.peek_upper() {
-        let _ = args.next_bytes();
-        match opt.as_str() {
-            "COUNT" if !seen => {
-                seen = true;
-                count = match args.next_i64() {
-                    Ok(c) if c > 0 => c as u64,
-                    _ => return Err(Reply::error("ERR count should be greater than 0")),
-                };
-            }
-            _ => return Err(Reply::error(ERR_SYNTAX)),
-        }
-    }
-    let refs: Vec<&Bytes> = keys.iter().collect();
-    same_shard(cx, &refs, "LMPOP")?;
+    let (keys, dir, count) = mpop_args(args, ["LEFT", "RIGHT"])?;
+    cx.same_shard(&keys, "LMPOP")?;
+    let end = if dir == 0 { End::Left } else { End::Right };
     Ok(lwrite(
         cx,
         &keys[0].clone(),

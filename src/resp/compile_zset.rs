@@ -10,7 +10,7 @@
 use bytes::Bytes;
 
 use super::args::Args;
-use super::compile::{Ctx, ERR_NOT_INTEGER, ERR_SYNTAX};
+use super::compile::{key, mpop_args, Ctx, ERR_NOT_INTEGER, ERR_SYNTAX};
 use super::errors::wrong_args;
 use super::reply::Reply;
 use crate::cluster::plan::{Atomicity, Merge, Part, Plan};
@@ -25,10 +25,6 @@ use crate::slot::slot;
 const ERR_FLOAT: &str = "ERR value is not a valid float";
 const ERR_MINMAX_FLOAT: &str = "ERR min or max is not a float";
 const ERR_LEX: &str = "ERR min or max not valid string range item";
-
-fn key(args: &mut Args) -> Bytes {
-    args.next_bytes().unwrap_or_default()
-}
 
 fn zwrite(cx: &Ctx, key: &Bytes, op: ZWrite) -> Plan {
     cx.single(key, TxnOp::Write(WriteOp::Coll(CollWrite::Z(op))))
@@ -344,20 +340,6 @@ pub fn zrevrangebylex(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     range_cmd(args, cx, By::Lex, true, false)
 }
 
-/// Whether every key lives on one shard.
-fn one_shard(cx: &Ctx, keys: &[&Bytes]) -> Option<usize> {
-    let mut shards = keys.iter().map(|k| cx.table.desc.shard_for_slot(slot(k)));
-    let first = shards.next()?;
-    shards.all(|s| s == first).then_some(first)
-}
-
-fn cross_shard_write(name: &str) -> Reply {
-    Reply::error(format!(
-        "CROSSSLOT {name} over keys of different shards is not supported yet; \
-         give the keys one hash tag, e.g. {{user1}}:a and {{user1}}:b"
-    ))
-}
-
 /// `ZRANGESTORE dst src min max [BYSCORE|BYLEX] [REV] [LIMIT offset count]`
 pub fn zrangestore(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     let dst = key(args);
@@ -365,9 +347,7 @@ pub fn zrangestore(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     let a = args.next_bytes().unwrap_or_default();
     let b = args.next_bytes().unwrap_or_default();
     let (range, _) = parse_range(args, a, b, By::Rank, false, true, true)?;
-    if one_shard(cx, &[&dst, &src]).is_none() {
-        return Err(cross_shard_write("ZRANGESTORE"));
-    }
+    cx.same_shard([&dst, &src], "ZRANGESTORE")?;
     Ok(zwrite(
         cx,
         &dst.clone(),
@@ -497,42 +477,9 @@ fn numkeys(args: &mut Args, name: &str) -> Result<Vec<Bytes>, Reply> {
 
 /// `ZMPOP numkeys key [key ...] MIN|MAX [COUNT count]`
 pub fn zmpop(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
-    let n = match args.next_i64() {
-        Ok(n) if n > 0 => n as usize,
-        _ => return Err(Reply::error("ERR numkeys should be greater than 0")),
-    };
-    // Redis: the direction must follow the keys, or it is a syntax error.
-    if n >= args.remaining() {
-        return Err(Reply::error(ERR_SYNTAX));
-    }
-    let keys: Vec<Bytes> = (0..n)
-        .map(|_| args.next_bytes().unwrap_or_default())
-        .collect();
-    let max = match args.peek_upper().as_deref() {
-        Some("MIN") => false,
-        Some("MAX") => true,
-        _ => return Err(Reply::error(ERR_SYNTAX)),
-    };
-    let _ = args.next_bytes();
-    let mut count = 1;
-    let mut seen_count = false;
-    while let Some(opt) = args.peek_upper() {
-        let _ = args.next_bytes();
-        match opt.as_str() {
-            "COUNT" if !seen_count => {
-                seen_count = true;
-                count = match args.next_i64() {
-                    Ok(c) if c > 0 => c as u64,
-                    _ => return Err(Reply::error("ERR count should be greater than 0")),
-                };
-            }
-            _ => return Err(Reply::error(ERR_SYNTAX)),
-        }
-    }
-    let refs: Vec<&Bytes> = keys.iter().collect();
-    if one_shard(cx, &refs).is_none() {
-        return Err(cross_shard_write("ZMPOP"));
-    }
+    let (keys, dir, count) = mpop_args(args, ["MIN", "MAX"])?;
+    cx.same_shard(&keys, "ZMPOP")?;
+    let max = dir == 1;
     Ok(zwrite(
         cx,
         &keys[0].clone(),
@@ -592,7 +539,7 @@ fn combine_read(args: &mut Args, cx: &Ctx, op: SetOp) -> Result<Plan, Reply> {
     let keys = numkeys(args, &name)?;
     let (combine, with_scores) = combine_opts(args, op, keys, false)?;
     let refs: Vec<&Bytes> = combine.keys.iter().collect();
-    if let Some(shard) = one_shard(cx, &refs) {
+    if let Some(shard) = cx.one_shard(refs) {
         let mut plan = zread(
             cx,
             &Bytes::new(),
@@ -657,9 +604,7 @@ fn combine_store(args: &mut Args, cx: &Ctx, op: SetOp) -> Result<Plan, Reply> {
     let (combine, _) = combine_opts(args, op, keys, true)?;
     let mut refs: Vec<&Bytes> = combine.keys.iter().collect();
     refs.push(&dst);
-    if one_shard(cx, &refs).is_none() {
-        return Err(cross_shard_write(&args.name().to_ascii_uppercase()));
-    }
+    cx.same_shard(refs, &args.name().to_ascii_uppercase())?;
     Ok(zwrite(cx, &dst.clone(), ZWrite::ZStore { dst, combine }))
 }
 
@@ -692,7 +637,7 @@ pub fn zintercard(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
         }
     }
     let refs: Vec<&Bytes> = keys.iter().collect();
-    if let Some(shard) = one_shard(cx, &refs) {
+    if let Some(shard) = cx.one_shard(refs) {
         let mut plan = zread(cx, &Bytes::new(), ZRead::ZInterCard { keys, limit });
         plan.parts[0].shard = shard;
         return Ok(plan);

@@ -1058,8 +1058,13 @@ impl StateMachine {
             .await
             .map_err(read_err)?;
         let n = dead.len();
-        if n > 0 {
-            self.write_applied(&engine, &dead, true)?;
+        // From this async task unless RocksDB would stall the write; then
+        // on a blocking thread (as an apply does).
+        if n > 0 && !self.write_applied(&engine, &dead, false)? {
+            let sm = self.clone();
+            tokio::task::spawn_blocking(move || sm.write_applied(&engine, &dead, true))
+                .await
+                .map_err(write_err)??;
         }
         drop(inner);
         Ok((cursor, n))

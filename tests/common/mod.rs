@@ -291,3 +291,29 @@ pub fn describe_table(
 ) -> std::collections::HashMap<String, redis::Value> {
     flat_map(&run(con, &["TABLE.DESCRIBE", name]).unwrap())
 }
+
+/// Run every line on both servers and collect the lines whose replies differ.
+pub fn mismatches(shoal: &mut Conn, redis: &mut Conn, script: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in script {
+        let a = shoal.line(line);
+        let b = redis.line(line);
+        if a != b {
+            out.push(format!(
+                "{line}\n    shoal: {}\n    redis: {}",
+                show(&a),
+                show(&b)
+            ));
+        }
+    }
+    out
+}
+
+/// The shard of `key` in a table of `shards` shards (fixed slot ranges).
+pub fn shard_of(key: &str, shards: usize) -> usize {
+    let s = shoal::slot::slot(key.as_bytes());
+    shoal::meta::descriptor::slot_ranges(shards)
+        .iter()
+        .position(|r| r[0] <= s && s <= r[1])
+        .unwrap()
+}
