@@ -135,9 +135,12 @@ impl Session {
                         "ERR MSETNX inside MULTI needs its keys in one shard; use a hash tag such as {user1}",
                     );
                 }
-                if plan.atomicity == Atomicity::Transfer {
+                if plan.atomicity == Atomicity::Transfer
+                    || plan.atomicity == Atomicity::FirstFilled
+                    || plan.store.is_some()
+                {
                     return Reply::error(format!(
-                        "ERR {} inside MULTI needs both keys in one shard; use a hash tag such as {{user1}}",
+                        "ERR {} inside MULTI needs its keys in one shard; use a hash tag such as {{user1}}",
                         spec.name.to_ascii_uppercase()
                     ));
                 }

@@ -6,8 +6,8 @@
 //! (one Raft entry for the `*STORE` forms and SMOVE). Reads across shards
 //! (SINTER, SUNION, SDIFF, SINTERCARD) read every set in one atomic
 //! transaction and combine them here; SMOVE across shards is a transaction
-//! too (`Session::run_transfer`). The `*STORE` forms across shards answer
-//! an error naming the hash-tag workaround.
+//! too (`Session::run_transfer`), and so are the `*STORE` forms: the sets
+//! read as SUNION reads them, the result stored (`Session::run_store`).
 
 use bytes::Bytes;
 
@@ -17,7 +17,7 @@ use super::errors::wrong_args;
 use super::reply::Reply;
 use super::scan::{decode_cursor, encode_cursor, parse_cursor};
 use super::session::Session;
-use crate::cluster::plan::{Atomicity, Merge, Part, Plan};
+use crate::cluster::plan::{Atomicity, Merge, Part, Plan, StoreKind};
 use crate::shard::command::{
     CollRead, CollWrite, HSetReply, HashPart, Kind, OpReply, ReadOp, SetOp, TxnOp, WriteOp,
     MAX_SCAN_COUNT,
@@ -467,12 +467,16 @@ pub fn numkeys_at_1(argv: &[Bytes]) -> Vec<usize> {
     (2..(2 + n).min(argv.len())).collect()
 }
 
-fn store(args: &mut Args, cx: &Ctx, op: SetOp, name: &str) -> Result<Plan, Reply> {
+fn store(args: &mut Args, cx: &Ctx, op: SetOp) -> Result<Plan, Reply> {
     let dst = key(args);
     let keys = args.rest();
     let mut all: Vec<&Bytes> = keys.iter().collect();
     all.push(&dst);
-    cx.same_shard(all, name)?;
+    if cx.one_shard(all).is_none() {
+        // The inputs read as SINTER / SUNION / SDIFF, the result stored.
+        let read = combine(cx, op, keys, None);
+        return Ok(cx.store(read.parts, read.merge, dst, StoreKind::Set));
+    }
     Ok(coll_write(
         cx,
         &dst.clone(),
@@ -482,17 +486,17 @@ fn store(args: &mut Args, cx: &Ctx, op: SetOp, name: &str) -> Result<Plan, Reply
 
 /// `SINTERSTORE destination key [key ...]`
 pub fn sinterstore(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
-    store(args, cx, SetOp::Inter, "SINTERSTORE")
+    store(args, cx, SetOp::Inter)
 }
 
 /// `SUNIONSTORE destination key [key ...]`
 pub fn sunionstore(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
-    store(args, cx, SetOp::Union, "SUNIONSTORE")
+    store(args, cx, SetOp::Union)
 }
 
 /// `SDIFFSTORE destination key [key ...]`
 pub fn sdiffstore(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
-    store(args, cx, SetOp::Diff, "SDIFFSTORE")
+    store(args, cx, SetOp::Diff)
 }
 
 impl Session {

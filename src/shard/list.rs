@@ -179,6 +179,14 @@ fn push(view: &mut dyn KeyView, l: &mut Open, end: End, value: Bytes) {
     view.put_sub(&l.key, l.coll.gen, row(at), Some(value));
 }
 
+/// Fill the new, empty list `l` with `values`, head first.
+pub(super) fn fill(view: &mut dyn KeyView, l: &mut Open, values: &[Bytes]) {
+    l.coll.left = MIDDLE;
+    for v in values {
+        push(view, l, End::Right, v.clone());
+    }
+}
+
 /// Elements `[a, b]` (0-based from the head) as (row index, value).
 fn rows(
     view: &mut dyn ReadView,

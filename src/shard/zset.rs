@@ -313,6 +313,19 @@ fn put(view: &mut dyn KeyView, z: &mut Open, member: &Bytes, new: f64, old: Opti
     );
 }
 
+/// Add `items` to the new sorted set `z` (a repeated member: its last score).
+pub(super) fn fill(
+    view: &mut dyn KeyView,
+    z: &mut Open,
+    items: &[(Bytes, f64)],
+) -> Result<(), Corrupt> {
+    for (m, s) in items {
+        let old = score(view, &z.key, z.coll.gen, m)?;
+        put(view, z, m, *s, old);
+    }
+    Ok(())
+}
+
 fn remove(view: &mut dyn KeyView, z: &mut Open, member: &Bytes, old: f64) {
     z.coll.len = z.coll.len.saturating_sub(1);
     view.put_sub(&z.key, z.coll.gen, member_elem(member), None);
