@@ -183,6 +183,28 @@ const SCRIPT: &[&str] = &[
     "TYPE $H",
     "RENAME $N1 $N2",
     "COPY $N1 $N2",
+    // HSCAN / SSCAN / ZSCAN queue inside MULTI, with the rest (one page of
+    // a small collection: the whole of it and cursor 0, as in Redis).
+    "HSET $N1 a 1 b 2",
+    "SADD $A 1 2",
+    "MULTI",
+    "HSCAN $N1 0",
+    "SSCAN $A 0 COUNT 100",
+    "ZSCAN $ZD 0 MATCH a*",
+    "SSCAN $A x",
+    "EXEC",
+    "MULTI",
+    "HSCAN $N1 0 COUNT 0",
+    "EXEC",
+    // An argument error inside MULTI is its command's reply in EXEC; the
+    // others run.
+    "MULTI",
+    "SET $S v NX XX",
+    "SADD $A 9",
+    "ZADD $ZD x a",
+    "LPOP $L1 -1",
+    "EXEC",
+    "SISMEMBER $A 9",
 ];
 
 /// The script with each placeholder replaced by a key on its shard.

@@ -52,6 +52,9 @@ pub enum Merge {
     /// BZPOPMIN / BZPOPMAX: ZMPOP's `[key, [[member, score]]]` answered
     /// `[key, member, score]`.
     BlockZPop,
+    /// HSCAN / SSCAN / ZSCAN: the single part's page, whose cursor the
+    /// session turns into a token of its cursor table.
+    CollScan,
     /// BITOP across shards: each part reads one source string (nil reads
     /// as empty); the reply is the result string.
     BitOp(crate::shard::bitmap::BitOpKind),
@@ -198,7 +201,7 @@ pub fn merge(merge: &Merge, replies: Vec<OpReply>) -> OpReply {
         return e.clone();
     }
     match merge {
-        Merge::Single => replies.into_iter().next().unwrap_or(OpReply::Nil),
+        Merge::Single | Merge::CollScan => replies.into_iter().next().unwrap_or(OpReply::Nil),
         Merge::SetNx => match replies.into_iter().next() {
             Some(OpReply::Ok) => OpReply::Int(1),
             Some(OpReply::Nil) => OpReply::Int(0),

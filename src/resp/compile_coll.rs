@@ -524,9 +524,41 @@ impl Session {
             Ok(t) => t,
             Err(e) => return super::errors::cluster_err(e),
         };
+        let plan = match self.scan_coll_plan(args, kind, &table) {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        let Some(Part {
+            shard,
+            op: TxnOp::Read(op),
+        }) = plan.parts.into_iter().next()
+        else {
+            return Reply::error("ERR internal: a scan reads");
+        };
+        let reply = match self
+            .shared
+            .client
+            .execute(&table, shard, self.read(op))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return super::errors::cluster_err(e),
+        };
+        self.scan_coll_reply(reply)
+    }
+
+    /// HSCAN / SSCAN / ZSCAN compiled against `table`: one read of the key's
+    /// shard, from where the cursor's token says (`Merge::CollScan`; inside
+    /// MULTI it is queued like any plan).
+    pub(super) fn scan_coll_plan(
+        &self,
+        args: &mut Args,
+        kind: Kind,
+        table: &std::sync::Arc<crate::cluster::routes::TableRoute>,
+    ) -> Result<Plan, Reply> {
         let key = key(args);
         let Some(cursor) = args.next_bytes().ok().and_then(|c| parse_cursor(&c)) else {
-            return Reply::error("ERR invalid cursor");
+            return Err(Reply::error("ERR invalid cursor"));
         };
         let mut count = 10u64;
         let mut pattern = None;
@@ -535,17 +567,17 @@ impl Session {
             let _ = args.next_bytes();
             match opt.as_str() {
                 "COUNT" => match args.next_i64() {
-                    Ok(n) if n < 1 => return Reply::error(ERR_SYNTAX),
+                    Ok(n) if n < 1 => return Err(Reply::error(ERR_SYNTAX)),
                     Ok(n) => count = (n as u64).min(MAX_SCAN_COUNT),
-                    Err(ArgError::NotInteger) => return Reply::error(ERR_NOT_INTEGER),
-                    Err(_) => return Reply::error(ERR_SYNTAX),
+                    Err(ArgError::NotInteger) => return Err(Reply::error(ERR_NOT_INTEGER)),
+                    Err(_) => return Err(Reply::error(ERR_SYNTAX)),
                 },
                 "MATCH" => match args.next_bytes() {
                     Ok(p) => pattern = Some(p),
-                    Err(_) => return Reply::error(ERR_SYNTAX),
+                    Err(_) => return Err(Reply::error(ERR_SYNTAX)),
                 },
                 "NOVALUES" if kind == Kind::Hash => no_values = true,
-                _ => return Reply::error(ERR_SYNTAX),
+                _ => return Err(Reply::error(ERR_SYNTAX)),
             }
         }
         let (_, token) = decode_cursor(cursor);
@@ -554,19 +586,26 @@ impl Session {
         } else {
             self.shared.scan_cursors.get(token).unwrap_or_default()
         };
-        let shard = table.desc.shard_for_slot(slot(&key));
-        let req = self.read(ReadOp::Coll(CollRead::Scan {
-            key,
+        let cx = Ctx {
+            table,
+            max_value: self.shared.config.max_value_len,
+        };
+        let read = CollRead::Scan {
+            key: key.clone(),
             kind,
             after,
             count,
             pattern,
             no_values,
-        }));
-        let reply = match self.shared.client.execute(&table, shard, req).await {
-            Ok(r) => r,
-            Err(e) => return super::errors::cluster_err(e),
         };
+        let mut plan = cx.single(&key, TxnOp::Read(ReadOp::Coll(read)));
+        plan.merge = Merge::CollScan;
+        Ok(plan)
+    }
+
+    /// A scan page as the client sees it: the cursor (a new token naming
+    /// the page's last element, or 0 at the end) and the elements.
+    pub(super) fn scan_coll_reply(&self, reply: OpReply) -> Reply {
         let OpReply::Array(mut parts) = reply else {
             return super::compile::op_reply(reply);
         };

@@ -292,6 +292,9 @@ pub struct MultiState {
 #[derive(Debug)]
 pub(super) enum Queued {
     Plan(Plan),
+    /// A command whose arguments were refused: its error is its reply at
+    /// EXEC, the others run (Redis's order of checks).
+    Error(Reply),
     /// A connection command (PING, ECHO, UNWATCH, TIME...), run at EXEC.
     Local(LocalFn, Args),
     /// TABLE.USE / SELECT: switch the connection's table at this point.
