@@ -15,8 +15,10 @@ r.setbit(p + "b", 3, 1)
 keys = [p + k for k in ("s", "h", "l", "st", "z", "b")]
 for k in keys:
     eq(r.ttl(k), -1, f"TTL of {k} without expiry")
-    eq(r.pexpire(k, 300), True, f"PEXPIRE {k}")
-    check(0 < r.pttl(k) <= 300, f"PTTL of {k}: {r.pttl(k)}")
+    # 2 s: a loaded machine may stall between PEXPIRE and PTTL.
+    eq(r.pexpire(k, 2000), True, f"PEXPIRE {k}")
+    left = r.pttl(k)
+    check(0 < left <= 2000, f"PTTL of {k}: {left}")
 eq(r.ttl(p + "none"), -2, "TTL of a missing key")
 deadline = time.time() + 10
 while any(r.exists(k) for k in keys) and time.time() < deadline:
@@ -29,11 +31,15 @@ eq(r.smembers(p + "st"), {"fresh"}, "SMEMBERS after expiry")
 eq(r.ttl(p + "st"), -1, "no TTL carried over")
 # SET EX / SETEX / GETEX / PERSIST / EXPIRE options / EXPIRETIME.
 eq(r.set(p + "ex", "v", ex=100), True, "SET EX")
-check(r.ttl(p + "ex") in (99, 100), "TTL after SET EX")
+# Ranges, not exact values: seconds pass on a loaded machine.
+ttl = r.ttl(p + "ex")
+check(90 <= ttl <= 100, f"TTL after SET EX: {ttl}")
 eq(r.setex(p + "setex", 50, "v"), True, "SETEX")
-check(r.ttl(p + "setex") in (49, 50), "TTL after SETEX")
+ttl = r.ttl(p + "setex")
+check(40 <= ttl <= 50, f"TTL after SETEX: {ttl}")
 eq(r.psetex(p + "psetex", 5000, "v"), True, "PSETEX")
-check(4000 < r.pttl(p + "psetex") <= 5000, "PTTL after PSETEX")
+left = r.pttl(p + "psetex")
+check(0 < left <= 5000, f"PTTL after PSETEX: {left}")
 eq(r.getex(p + "ex", persist=True), "v", "GETEX PERSIST")
 eq(r.ttl(p + "ex"), -1, "TTL after GETEX PERSIST")
 eq(r.expire(p + "setex", 10, gt=True), False, "EXPIRE GT lower")
