@@ -783,25 +783,35 @@ impl Session {
                 "# Memory\r\nused_memory:{rss}\r\nused_memory_rss:{rss}\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n\r\n"
             ));
         }
-        if show("stats") {
-            text.push_str(&format!(
-                "# Stats\r\ntotal_commands_processed:{}\r\n\r\n",
-                shared.commands_processed.load(Ordering::Relaxed)
-            ));
-        }
-        if show("transactions") {
-            // Recovered transactions are counted by the nodes that resolved them.
+        // Counters the nodes keep (collections collected, transactions
+        // recovered), asked of every live node once.
+        let nodes = if show("stats") || show("transactions") {
             let view = shared.client.routes();
             let asks = view
                 .live
                 .iter()
                 .map(|n| shared.client.node_status(*n, vec![u64::MAX]));
-            let recovered: u64 = futures::future::join_all(asks)
+            futures::future::join_all(asks)
                 .await
                 .into_iter()
                 .filter_map(Result::ok)
-                .map(|s| s.txn_recovered)
-                .sum();
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if show("stats") {
+            // Redis's lazyfreed_objects: here the dead collections whose
+            // element rows the nodes' collectors removed (each replica
+            // counts its own removal).
+            let collected: u64 = nodes.iter().map(|s| s.collections_collected).sum();
+            text.push_str(&format!(
+                "# Stats\r\ntotal_commands_processed:{}\r\nlazyfreed_objects:{collected}\r\n\r\n",
+                shared.commands_processed.load(Ordering::Relaxed)
+            ));
+        }
+        if show("transactions") {
+            // Recovered transactions are counted by the nodes that resolved them.
+            let recovered: u64 = nodes.iter().map(|s| s.txn_recovered).sum();
             let t = &shared.txn_stats;
             text.push_str(&format!(
                 "# Transactions\r\ntxn_committed:{}\r\ntxn_aborted:{}\r\ntxn_conflicts:{}\r\ntxn_one_phase:{}\r\ntxn_recovered_by_nodes:{}\r\n\r\n",
