@@ -432,3 +432,52 @@ fn concurrent_stores_into_one_key_lose_nothing() {
         show(want.as_bytes())
     );
 }
+
+/// The nodes' waits for blocked clients, from INFO clients.
+fn node_waits(c: &mut Conn) -> u64 {
+    let info = String::from_utf8(c.line("INFO clients")).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("blocked_waits_on_nodes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no blocked_waits_on_nodes in {info}"))
+}
+
+/// A client blocked on keys of two shards and served through one leaves
+/// no wait on the other: the router cancels it, so the next push there
+/// wakes a client that still waits. Without the cancel the wait would stay
+/// until its 2-second chunk ends and take the next wake-up on that shard.
+#[test]
+fn a_client_served_through_one_shard_leaves_no_wait_on_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let cl = cluster(&dir.path().join("cluster"), 1, SHARDS as u32, 1);
+    let names = key_names();
+    let (l1, l2) = (names["$L1"].clone(), names["$L2"].clone());
+    let addr = cl.router_addr();
+    let mut c = Conn::connect(&addr);
+    assert_eq!(node_waits(&mut c), 0);
+    let waiter = {
+        let (addr, l1, l2) = (addr.clone(), l1.clone(), l2.clone());
+        std::thread::spawn(move || Conn::connect(&addr).line(&format!("BLPOP {l1} {l2} 20")))
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(10), || node_waits(&mut c) == 2),
+        "the blocked client should wait on both shards"
+    );
+    let info = String::from_utf8(c.line("INFO clients")).unwrap();
+    assert!(info.contains("blocked_clients:1\r\n"), "{info}");
+    assert_eq!(c.line(&format!("RPUSH {l1} job")), b":1\r\n");
+    let served = waiter.join().unwrap();
+    assert!(
+        show(&served).ends_with("$3\\r\\njob\\r\\n"),
+        "{}",
+        show(&served)
+    );
+    let t = Instant::now();
+    assert!(
+        common::wait_until(Duration::from_millis(1000), || node_waits(&mut c) == 0),
+        "a wait outlived its client by {:?}",
+        t.elapsed()
+    );
+    let info = String::from_utf8(c.line("INFO clients")).unwrap();
+    assert!(info.contains("blocked_clients:0\r\n"), "{info}");
+}

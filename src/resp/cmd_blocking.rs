@@ -227,6 +227,8 @@ impl Session {
         let table = plan.table.clone();
         // The keys by shard: a wait on each, the first answer wins.
         let groups = shard_keys(&table, &block.keys);
+        // This command's number on the nodes, to cancel its waits.
+        let client = rand::random::<u64>() | 1;
         loop {
             let reply = self.run_plan(plan.clone()).await;
             if !matches!(reply, Reply::Nil | Reply::NilArray) {
@@ -242,7 +244,8 @@ impl Session {
                 return Reply::NilArray;
             }
             let waits = groups.iter().map(|g| {
-                let req = ShardRequest::WaitFilled {
+                let req = ShardRequest::WaitFilledFor {
+                    client,
                     keys: g.keys.clone(),
                     kind: block.kind,
                     since_ms: since,
@@ -252,12 +255,24 @@ impl Session {
                 Box::pin(self.shared.client.execute(&table, g.shard, req))
             });
             let first = futures::future::select_all(waits);
+            // Dropped with its waits still registered (the connection
+            // closed), or when another shard answered: cancel them.
+            let mut cancel = CancelWaits {
+                client: self.shared.client.clone(),
+                table: table.clone(),
+                shards: groups.iter().map(|g| g.shard).collect(),
+                id: client,
+                armed: true,
+            };
             unblock.blocked.store(true, Ordering::SeqCst);
             let waited = tokio::select! {
                 (r, _, _) = first => Some(r),
                 _ = unblock.notify.notified() => None,
             };
             unblock.blocked.store(false, Ordering::SeqCst);
+            // One shard that answered: its wait has ended, nothing to cancel.
+            cancel.armed = waited.is_none() || groups.len() > 1;
+            drop(cancel);
             match waited {
                 None if unblock.error.swap(false, Ordering::SeqCst) => {
                     return Reply::error("UNBLOCKED client unblocked via CLIENT UNBLOCK");
@@ -268,5 +283,36 @@ impl Session {
                 Some(Err(e)) => return cluster_err(e),
             }
         }
+    }
+}
+
+/// The waits of one blocked command on `shards`, cancelled
+/// ([`ShardRequest::CancelWaits`]) when this is dropped armed, so no node
+/// spends a wake-up on a command that stopped waiting.
+struct CancelWaits {
+    client: std::sync::Arc<crate::cluster::client::ShardClient>,
+    table: std::sync::Arc<crate::cluster::routes::TableRoute>,
+    shards: Vec<usize>,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for CancelWaits {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (client, table) = (self.client.clone(), self.table.clone());
+        let (shards, id) = (std::mem::take(&mut self.shards), self.id);
+        runtime.spawn(async move {
+            for shard in shards {
+                let req = ShardRequest::CancelWaits { client: id };
+                // A node that does not answer ends the wait by its chunk.
+                let _ = client.execute(&table, shard, req).await;
+            }
+        });
     }
 }

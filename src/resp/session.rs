@@ -195,6 +195,18 @@ impl ClientRegistry {
         self.clients.lock().map(|m| m.len()).unwrap_or(0)
     }
 
+    /// Clients blocked in BLPOP and the like right now.
+    pub fn blocked(&self) -> usize {
+        self.clients
+            .lock()
+            .map(|m| {
+                m.values()
+                    .filter(|c| c.unblock.blocked.load(Ordering::Relaxed))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     /// Note the command a client ran last (CLIENT LIST's `cmd`).
     pub(super) fn update_last_cmd(&self, id: u64, name: &str) {
         self.update(id, |c| {
@@ -770,11 +782,32 @@ impl Session {
                 shared.started.elapsed().as_secs(),
             ));
         }
+        // Counters the nodes keep (collections collected, transactions
+        // recovered, waits of blocked clients), asked of every live node once.
+        let nodes: Vec<crate::shard::status::NodeStatus> =
+            if show("stats") || show("transactions") || show("clients") {
+                let view = shared.client.routes();
+                let asks = view
+                    .live
+                    .iter()
+                    .map(|n| shared.client.node_status(*n, vec![u64::MAX]));
+                futures::future::join_all(asks)
+                    .await
+                    .into_iter()
+                    .filter_map(Result::ok)
+                    .collect()
+            } else {
+                Vec::new()
+            };
         if show("clients") {
+            // blocked_waits_on_nodes: the waits the nodes hold for blocked
+            // clients of every router (one per shard a client waits on).
+            let waits: u64 = nodes.iter().map(|s| s.blocked_waits).sum();
             text.push_str(&format!(
-                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
+                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:{}\r\nblocked_waits_on_nodes:{waits}\r\n\r\n",
                 shared.clients.count(),
-                shared.limits.max_clients.load(Ordering::Relaxed)
+                shared.limits.max_clients.load(Ordering::Relaxed),
+                shared.clients.blocked(),
             ));
         }
         if show("memory") {
@@ -783,22 +816,6 @@ impl Session {
                 "# Memory\r\nused_memory:{rss}\r\nused_memory_rss:{rss}\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n\r\n"
             ));
         }
-        // Counters the nodes keep (collections collected, transactions
-        // recovered), asked of every live node once.
-        let nodes = if show("stats") || show("transactions") {
-            let view = shared.client.routes();
-            let asks = view
-                .live
-                .iter()
-                .map(|n| shared.client.node_status(*n, vec![u64::MAX]));
-            futures::future::join_all(asks)
-                .await
-                .into_iter()
-                .filter_map(Result::ok)
-                .collect()
-        } else {
-            Vec::new()
-        };
         if show("stats") {
             // Redis's lazyfreed_objects: here the dead collections whose
             // element rows the nodes' collectors removed (each replica

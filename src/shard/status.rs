@@ -28,6 +28,9 @@ pub struct NodeStatus {
     /// replica that removed them.
     #[serde(default)]
     pub collections_collected: u64,
+    /// Waits of blocked clients this node's replicas hold now.
+    #[serde(default)]
+    pub blocked_waits: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,5 +103,10 @@ pub fn node_status(host: &Host, gids: &[u64]) -> NodeStatus {
         groups,
         txn_recovered: TXN_RECOVERED.load(std::sync::atomic::Ordering::Relaxed),
         collections_collected: COLLECTIONS_COLLECTED.load(std::sync::atomic::Ordering::Relaxed),
+        blocked_waits: host
+            .replicas()
+            .iter()
+            .map(|r| r.sm.waiters().len() as u64)
+            .sum(),
     }
 }
