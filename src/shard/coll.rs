@@ -339,16 +339,7 @@ fn write_in(c: &CollWrite, now: u64, index: u64, view: &mut Layer) -> Result<OpR
                 Content::ZSet(_) => Kind::ZSet,
                 Content::List(_) => Kind::List,
             };
-            let mut out = Open {
-                key: key.clone(),
-                coll: Coll {
-                    kind,
-                    gen: index,
-                    len: 0,
-                    left: 0,
-                },
-                expire_at_ms: *expire_at_ms,
-            };
+            let mut out = Open::new(key, kind, index, *expire_at_ms);
             match content {
                 Content::Hash(pairs) => {
                     for (f, v) in pairs {
@@ -524,16 +515,7 @@ fn write_in(c: &CollWrite, now: u64, index: u64, view: &mut Layer) -> Result<OpR
             if members.is_empty() {
                 view.put(dst, None);
             } else {
-                let mut out = Open {
-                    key: dst.clone(),
-                    coll: Coll {
-                        kind: Kind::Set,
-                        gen: index,
-                        len: 0,
-                        left: 0,
-                    },
-                    expire_at_ms: 0,
-                };
+                let mut out = Open::new(dst, Kind::Set, index, 0);
                 // Drop the old record first so its rows of this same
                 // generation (if it was made by this entry) go too.
                 view.put(dst, None);

@@ -147,16 +147,9 @@ fn row(i: u64) -> Bytes {
 }
 
 fn new_list(key: &Bytes, index: u64) -> Open {
-    Open {
-        key: key.clone(),
-        coll: Coll {
-            kind: Kind::List,
-            gen: index,
-            len: 0,
-            left: MIDDLE,
-        },
-        expire_at_ms: 0,
-    }
+    let mut l = Open::new(key, Kind::List, index, 0);
+    l.coll.left = MIDDLE;
+    l
 }
 
 /// The live list, or a new empty one (generation `index`).

@@ -715,16 +715,7 @@ fn store(view: &mut Layer, dst: &Bytes, items: &[(Bytes, f64)], index: u64) {
     if items.is_empty() {
         return;
     }
-    let mut z = Open {
-        key: dst.clone(),
-        coll: Coll {
-            kind: Kind::ZSet,
-            gen: index,
-            len: 0,
-            left: 0,
-        },
-        expire_at_ms: 0,
-    };
+    let mut z = Open::new(dst, Kind::ZSet, index, 0);
     for (m, s) in items {
         put(view, &mut z, m, *s, None);
     }
