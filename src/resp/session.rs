@@ -414,7 +414,7 @@ impl Session {
     fn check_password(&self, user: &str, pass: &[u8]) -> bool {
         match &self.shared.config.requirepass {
             None => false,
-            Some(p) => user == "default" && p.as_bytes() == pass,
+            Some(p) => user == "default" && same_secret(p.as_bytes(), pass),
         }
     }
 
@@ -976,5 +976,36 @@ mod tests {
         ] {
             assert_eq!(parse_memory(bad), None, "{bad:?}");
         }
+    }
+}
+
+/// Whether `guess` is `secret`, in a time that depends on the guess's
+/// length only: nothing about the secret (its bytes or its length) shows in
+/// how long a wrong guess takes.
+fn same_secret(secret: &[u8], guess: &[u8]) -> bool {
+    if secret.is_empty() {
+        return guess.is_empty();
+    }
+    let mut diff = (secret.len() ^ guess.len()) as u64;
+    for (i, g) in guess.iter().enumerate() {
+        diff |= u64::from(g ^ secret[i % secret.len()]);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::same_secret;
+
+    #[test]
+    fn only_the_secret_itself_matches() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3cret", b"s3cre"));
+        assert!(!same_secret(b"s3cret", b"s3crets"));
+        // A guess that repeats the secret is not it.
+        assert!(!same_secret(b"ab", b"abab"));
+        assert!(!same_secret(b"s3cret", b"S3cret"));
+        assert!(!same_secret(b"s3cret", b""));
+        assert!(same_secret(b"", b""));
     }
 }
