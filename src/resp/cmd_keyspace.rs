@@ -32,7 +32,6 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 use super::args::Args;
-use super::cmd_store::{content_of, content_read};
 use super::compile::{op_reply, shard_keys, shard_work, WatchedKey};
 use super::errors::cluster_err;
 use super::reply::Reply;
@@ -42,9 +41,11 @@ use crate::clock::now_ms;
 use crate::cluster::plan::{Merge, Part, Plan};
 use crate::cluster::txn::{self, Outcome};
 use crate::shard::apply::move_outcome;
-use crate::shard::coll::CollWrite;
-use crate::shard::command::{MoveMode, OpReply, ReadOp, TxnOp, WriteOp};
+use crate::shard::coll::{CollRead, CollWrite, Content, HashPart};
+use crate::shard::command::{Kind, MoveMode, OpReply, ReadOp, TxnOp, WriteOp};
+use crate::shard::list::LRead;
 use crate::shard::txn::version_of;
+use crate::shard::zset::{ZBy, ZRange, ZRead};
 
 /// Longest pause between two attempts of a move that conflicted.
 const MAX_PAUSE: Duration = Duration::from_millis(200);
@@ -252,5 +253,94 @@ impl Session {
             }
         }
         Reply::Nil
+    }
+}
+
+/// The read that answers a whole collection of `kind` under `key`: every
+/// field with its value, member (with its score), or element from the head.
+pub fn content_read(key: &Bytes, kind: Kind) -> ReadOp {
+    let key = key.clone();
+    ReadOp::Coll(match kind {
+        Kind::Hash => CollRead::HGetAll {
+            key,
+            part: HashPart::All,
+        },
+        Kind::Set => CollRead::SMembers { key },
+        Kind::ZSet => CollRead::Z(ZRead::ZRange {
+            key,
+            range: ZRange {
+                by: ZBy::Rank { start: 0, stop: -1 },
+                rev: false,
+                limit: None,
+            },
+            with_scores: true,
+        }),
+        Kind::List => CollRead::L(LRead::LRange {
+            key,
+            start: 0,
+            stop: -1,
+        }),
+    })
+}
+
+/// The collection [`content_read`] answered, or `None` for another reply.
+pub fn content_of(kind: Kind, reply: OpReply) -> Option<Content> {
+    let bulk = |r: OpReply| match r {
+        OpReply::Bulk(b) => Some(b),
+        _ => None,
+    };
+    Some(match (kind, reply) {
+        (Kind::Hash, OpReply::Map(pairs)) => Content::Hash(
+            pairs
+                .into_iter()
+                .map(|(f, v)| Some((bulk(f)?, bulk(v)?)))
+                .collect::<Option<_>>()?,
+        ),
+        (Kind::Set, OpReply::Set(items)) => {
+            Content::Set(items.into_iter().map(bulk).collect::<Option<_>>()?)
+        }
+        (Kind::ZSet, OpReply::Pairs(pairs)) => Content::ZSet(
+            pairs
+                .into_iter()
+                .map(|(m, s)| match (m, s) {
+                    (OpReply::Bulk(m), OpReply::Double(s)) => Some((m, s)),
+                    _ => None,
+                })
+                .collect::<Option<_>>()?,
+        ),
+        (Kind::List, OpReply::Array(items)) => {
+            Content::List(items.into_iter().map(bulk).collect::<Option<_>>()?)
+        }
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_collections_read_back_as_content() {
+        let bulk = |s: &'static str| OpReply::Bulk(Bytes::from_static(s.as_bytes()));
+        assert_eq!(
+            content_of(
+                Kind::ZSet,
+                OpReply::Pairs(vec![(bulk("m"), OpReply::Double(1.5))])
+            ),
+            Some(Content::ZSet(vec![(Bytes::from_static(b"m"), 1.5)]))
+        );
+        assert_eq!(
+            content_of(Kind::Hash, OpReply::Map(vec![(bulk("f"), bulk("v"))])),
+            Some(Content::Hash(vec![(
+                Bytes::from_static(b"f"),
+                Bytes::from_static(b"v")
+            )]))
+        );
+        assert_eq!(
+            content_of(Kind::List, OpReply::Array(vec![bulk("a")])),
+            Some(Content::List(vec![Bytes::from_static(b"a")]))
+        );
+        // Another shape (the key changed type): none.
+        assert_eq!(content_of(Kind::Set, OpReply::Array(vec![])), None);
     }
 }
