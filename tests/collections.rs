@@ -601,6 +601,86 @@ const BSCRIPT: &[&str] = &[
     "GETBIT {b}h 1",
     "BITCOUNT {b}h",
     "BITPOS {b}h 1",
+    // BITFIELD and BITFIELD_RO.
+    "BITFIELD f SET u8 0 255 GET u8 0 GET i8 0 GET u4 4 GET i4 4",
+    "GET f",
+    "BITFIELD f INCRBY u2 100 1 OVERFLOW SAT INCRBY u2 102 1",
+    "STRLEN f",
+    "BITFIELD f SET i8 #1 -100 GET i8 8 GET u8 #1 GET i16 #0",
+    "BITFIELD f INCRBY i5 100 1 GET u4 0",
+    "BITFIELD w SET u2 0 3 INCRBY u2 0 1 INCRBY u2 0 -2 INCRBY u2 0 10",
+    "BITFIELD w OVERFLOW SAT INCRBY u2 0 10 INCRBY u2 0 -10 INCRBY i4 4 100 INCRBY i4 4 -100",
+    "BITFIELD w OVERFLOW FAIL INCRBY u2 0 4 INCRBY u2 0 3 SET i4 4 8 SET i4 4 -8 GET i4 4",
+    "BITFIELD w OVERFLOW WRAP INCRBY i8 0 200 OVERFLOW SAT SET u8 0 -1 GET u8 0",
+    "BITFIELD w OVERFLOW wrap SET u8 0 -2 overflow fail SET u8 0 -1 GET u8 0",
+    "BITFIELD w SET i64 0 9223372036854775807 INCRBY i64 0 1 GET i64 0",
+    "BITFIELD w OVERFLOW SAT INCRBY i64 0 -1 INCRBY i64 0 -9223372036854775808 GET u63 1",
+    "BITFIELD w OVERFLOW FAIL SET u63 0 9223372036854775807 INCRBY u63 0 1 INCRBY i64 0 9223372036854775807",
+    "BITFIELD w SET i1 0 1 GET i1 0 GET u1 0 SET u1 1 3",
+    "BITFIELD w get u8 0 set u8 0 1 incrby u8 0 1",
+    "BITFIELD nokey GET u8 0 GET i64 1000",
+    "EXISTS nokey",
+    "BITFIELD nokey",
+    "EXISTS nokey",
+    "BITFIELD fail1 OVERFLOW FAIL INCRBY u2 20 10",
+    "GET fail1",
+    "BITFIELD big SET u8 80000 1",
+    "STRLEN big",
+    "DEL big",
+    "BITFIELD_RO f GET u8 0 GET i16 #1",
+    "BITFIELD_RO nokey GET u8 0",
+    "BITFIELD_RO f",
+    "BITFIELD_RO f OVERFLOW SAT GET u8 0",
+    "BITFIELD_RO f GET u8 0 SET u8 0 1",
+    "BITFIELD_RO f INCRBY u8 0 1",
+    "BITFIELD_RO f SET u64 0 1",
+    "BITFIELD_RO f GET u8",
+    "BITFIELD_RO",
+    "BITFIELD",
+    "BITFIELD f GET",
+    "BITFIELD f GET u8",
+    "BITFIELD f SET u8 0",
+    "BITFIELD f INCRBY u8 0",
+    "BITFIELD f OVERFLOW",
+    "BITFIELD f OVERFLOW UP SET u8 0 1",
+    "BITFIELD f FOO u8 0",
+    "BITFIELD f GET u64 0",
+    "BITFIELD f GET i65 0",
+    "BITFIELD f GET u0 0",
+    "BITFIELD f GET i0 0",
+    "BITFIELD f GET I8 0",
+    "BITFIELD f GET x8 0",
+    "BITFIELD f GET u 0",
+    "BITFIELD f GET u08 0",
+    "BITFIELD f GET u-1 0",
+    "BITFIELD f GET u8 -1",
+    "BITFIELD f GET u8 x",
+    "BITFIELD f GET u8 #",
+    "BITFIELD f GET u8 #-1",
+    "BITFIELD f GET u8 #x",
+    "BITFIELD f GET u8 4294967296",
+    "BITFIELD f GET u8 4294967295",
+    "BITFIELD f GET u8 #536870912",
+    "BITFIELD f GET u8 #536870911",
+    "BITFIELD f GET i64 #9223372036854775807",
+    "BITFIELD f SET u8 0 x",
+    "BITFIELD f SET u8 0 1.5",
+    "BITFIELD f INCRBY u8 0 9223372036854775808",
+    "BITFIELD f GET u8 0 GET u64 0",
+    "BITFIELD f GET u8 0 SET u8 0",
+    "BITFIELD f SET u8 0 1 GET x 0",
+    "GET f",
+    "BITFIELD {b}h GET u8 0",
+    "BITFIELD {b}h SET u8 0 1",
+    "BITFIELD_RO {b}h GET u8 0",
+    "BITFIELD {b}h",
+    "BITFIELD {b}h GET u64 0",
+    "BITFIELD_RO {b}h SET u8 0 1",
+    "SET e x",
+    "EXPIRE e 100",
+    "BITFIELD e SET u8 8 1",
+    "TTL e",
+    "GET e",
 ];
 
 /// The bulk strings of a flat RESP2 array reply.
@@ -816,6 +896,41 @@ fn hashes_and_sets() {
     assert_eq!(ro.line("READONLY"), b"+OK\r\n");
     assert_eq!(ro.line("HGET k2 f"), b"$2\r\nk2\r\n");
     assert_eq!(ro.line("SCARD sk2"), b":1\r\n");
+
+    // 8b. BITFIELD: GETs only read (READONLY too), a SET makes it a write;
+    // inside MULTI, and under WATCH (a write, even one that FAIL refused,
+    // touches the key; GETs do not).
+    assert_eq!(c.line("BITFIELD bf SET u8 0 200"), b"*1\r\n:0\r\n");
+    assert_eq!(ro.line("BITFIELD bf GET u8 0"), b"*1\r\n:200\r\n");
+    assert_eq!(ro.line("BITFIELD_RO bf GET i8 0"), b"*1\r\n:-56\r\n");
+    assert_eq!(ro.line("BITFIELD bf INCRBY u8 0 1"), b"*1\r\n:201\r\n");
+    assert_eq!(c.line("MULTI"), b"+OK\r\n");
+    assert_eq!(c.line("BITFIELD bf INCRBY u8 0 1 GET u4 0"), b"+QUEUED\r\n");
+    assert_eq!(c.line("BITFIELD_RO bf GET u8 0"), b"+QUEUED\r\n");
+    assert_eq!(c.line("EXEC"), b"*2\r\n*2\r\n:202\r\n:12\r\n*1\r\n:202\r\n");
+    // Bad arguments are refused when queued (shoal checks them then) and
+    // abort the EXEC.
+    c.line("MULTI");
+    assert_eq!(
+        c.line("BITFIELD_RO bf SET u8 0 1"),
+        b"-ERR BITFIELD_RO only supports the GET subcommand\r\n"
+    );
+    assert_eq!(c.line("BITFIELD bf INCRBY u8 0 1"), b"+QUEUED\r\n");
+    assert!(c.line("EXEC").starts_with(b"-EXECABORT"));
+    assert_eq!(c.line("WATCH bf"), b"+OK\r\n");
+    assert_eq!(other.line("BITFIELD bf GET u8 0"), b"*1\r\n:202\r\n");
+    c.line("MULTI");
+    c.line("BITFIELD bf INCRBY u8 0 1");
+    assert_eq!(c.line("EXEC"), b"*1\r\n*1\r\n:203\r\n");
+    assert_eq!(c.line("WATCH bf"), b"+OK\r\n");
+    assert_eq!(
+        other.line("BITFIELD bf OVERFLOW FAIL INCRBY u8 0 100"),
+        b"*1\r\n$-1\r\n"
+    );
+    c.line("MULTI");
+    c.line("BITFIELD bf INCRBY u8 0 1");
+    assert_eq!(c.line("EXEC"), b"*-1\r\n");
+    assert_eq!(c.line("BITFIELD_RO bf GET u8 0"), b"*1\r\n:203\r\n");
 
     // 9. Ranks near either end of a big sorted set (walked from the nearer
     // end), and ZSCAN over it.
