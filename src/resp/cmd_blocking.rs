@@ -232,8 +232,11 @@ impl Session {
                 Some(d) => d.saturating_duration_since(Instant::now()),
                 None => WAIT_CHUNK,
             };
+            // Timed out (or unblocked below): a null array, whatever the
+            // command answers when it does not wait (Redis's
+            // `replyToBlockedClientTimedOut`; BLMOVE's `$-1` becomes `*-1`).
             if left.is_zero() {
-                return reply;
+                return Reply::NilArray;
             }
             let req = ShardRequest::WaitFilled {
                 keys: block.keys.clone(),
@@ -252,7 +255,7 @@ impl Session {
                 None if unblock.error.swap(false, Ordering::SeqCst) => {
                     return Reply::error("UNBLOCKED client unblocked via CLIENT UNBLOCK");
                 }
-                None => return reply,
+                None => return Reply::NilArray,
                 Some(Ok(OpReply::Error(e))) => return Reply::Error(e),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return cluster_err(e),

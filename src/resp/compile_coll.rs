@@ -118,7 +118,8 @@ pub fn hincrbyfloat(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     let by = args.next_bytes().unwrap_or_default();
     match crate::num::parse_f64(&by) {
         Some(f) if f.is_finite() => {}
-        _ => return Err(Reply::error("ERR value is not a valid float")),
+        Some(_) => return Err(Reply::error("ERR value is NaN or Infinity")),
+        None => return Err(Reply::error("ERR value is not a valid float")),
     }
     cx.check_value(&field)?;
     Ok(coll_write(
