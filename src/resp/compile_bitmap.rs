@@ -104,10 +104,11 @@ pub fn bitcount(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
 /// `BITPOS key bit [start [end [BYTE|BIT]]]`
 pub fn bitpos(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     let key = key(args);
-    let bit = match &args.next_bytes().unwrap_or_default()[..] {
-        b"0" => false,
-        b"1" => true,
-        _ => return Err(Reply::error("ERR The bit argument must be 1 or 0.")),
+    let bit = match args.next_i64() {
+        Ok(0) => false,
+        Ok(1) => true,
+        Ok(_) => return Err(Reply::error("ERR The bit argument must be 1 or 0.")),
+        Err(_) => return Err(Reply::error(ERR_NOT_INTEGER)),
     };
     let (range, end_given) = range(args, true)?;
     Ok(cx.single(
