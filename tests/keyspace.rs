@@ -332,6 +332,13 @@ const SCRIPT: &[&str] = &[
     "OBJECT REFCOUNT kh kl",
     "LCS",
     "LCS kstr kh",
+    "SCAN",
+    "CONFIG",
+    "CONFIG GET",
+    "CONFIG SET set-max-intset-entries",
+    "CONFIG FOO",
+    "CONFIG RESETSTAT x",
+    "CONFIG RESETSTAT",
     "FLUSHALL",
 ];
 
