@@ -48,8 +48,6 @@ fn blocking_pops() {
         "{:?}",
         t.elapsed()
     );
-    // A timed-out BLMOVE answers a null array too, as in Redis 7.0 (the
-    // `$-1` of an empty LMOVE is only for BLMOVE inside MULTI).
     assert_eq!(c.line("BLMOVE empty other LEFT RIGHT 0.2"), b"*-1\r\n");
     assert_eq!(c.line("BZPOPMIN emptyz 0.2"), b"*-1\r\n");
     assert_eq!(c.line("BLPOP empty -1"), b"-ERR timeout is negative\r\n");

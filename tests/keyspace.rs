@@ -391,19 +391,15 @@ fn keyspace_commands() {
         b"-ERR RENAME inside MULTI needs both keys in one shard; use a hash tag such as {user1}\r\n"
     );
     assert_eq!(c.line("EXEC").first(), Some(&b'-'), "EXECABORT");
-    // A collection moves with its elements on one shard; across shards it
-    // is refused and stays where it was.
+    // A collection moves with its elements, on one shard and across shards
+    // (tests/cross_shard.rs compares every type with Redis).
     assert_ne!(shard_of("ping"), shard_of("pong"));
     assert_eq!(c.line("HSET ping f v"), b":1\r\n");
     assert_eq!(c.line("SADD {c}s m"), b":1\r\n");
     assert_eq!(c.line("RPUSH {c}l x"), b":1\r\n");
-    for line in ["RENAME ping pong", "COPY ping pong"] {
-        assert_eq!(
-            c.line(line),
-            b"-ERR RENAME and COPY of hashes, sets, sorted sets and lists across shards are not supported yet; give the keys one hash tag\r\n",
-            "{line}"
-        );
-    }
+    assert_eq!(c.line("COPY ping pong"), b":1\r\n");
+    assert_eq!(c.line("HGET pong f"), b"$1\r\nv\r\n");
+    assert_eq!(c.line("DEL pong"), b":1\r\n");
     assert_eq!(c.line("HGET ping f"), b"$1\r\nv\r\n");
     assert_eq!(c.line("EXISTS pong"), b":0\r\n");
     assert_eq!(c.line("COPY {c}s {c}t"), b":1\r\n");

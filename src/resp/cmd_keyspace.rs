@@ -9,8 +9,9 @@
 //! written, commits a transaction that WATCHes both keys at the versions it
 //! read (the destination only when its absence is the condition: RENAMENX,
 //! COPY without REPLACE), writes the source's whole record (value and
-//! expiry) to the destination ([`WriteOp::PutRecord`]) and, for RENAME,
-//! deletes the source. A key that moved in between, or a lock held by
+//! expiry) to the destination ([`WriteOp::PutRecord`]; a collection's
+//! elements, read after the snapshot, with
+//! [`CollWrite::Replace`]) and, for RENAME, deletes the source. A key that moved in between, or a lock held by
 //! another transaction, makes the transaction conflict; it is then read and
 //! tried again after a random pause (up to what an attempt took, doubling
 //! each time up to 200 ms, so movers of the same keys fall out of step), for
@@ -31,6 +32,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 use super::args::Args;
+use super::cmd_store::{content_of, content_read};
 use super::compile::{op_reply, shard_keys, shard_work, WatchedKey};
 use super::errors::cluster_err;
 use super::reply::Reply;
@@ -40,6 +42,7 @@ use crate::clock::now_ms;
 use crate::cluster::plan::{Merge, Part, Plan};
 use crate::cluster::txn::{self, Outcome};
 use crate::shard::apply::move_outcome;
+use crate::shard::coll::CollWrite;
 use crate::shard::command::{MoveMode, OpReply, ReadOp, TxnOp, WriteOp};
 use crate::shard::txn::version_of;
 
@@ -129,21 +132,41 @@ impl Session {
                         _ => OpReply::Error(crate::shard::command::ERR_NO_SUCH_KEY.into()),
                     });
                 };
-                // Never in a transaction: an error there would not stop
-                // the source's deletion.
-                if record.coll.is_some() {
-                    return Reply::error(crate::shard::apply::ERR_MOVE_COLLECTION);
-                }
                 let (reply, remove) = match move_outcome(mode, false, live(&dst_key).is_some()) {
                     Ok(outcome) => outcome,
                     Err(reply) => return op_reply(reply),
                 };
-                let mut parts = vec![Part {
-                    shard: to,
-                    op: TxnOp::Write(WriteOp::PutRecord {
+                let put = match record.coll {
+                    // A collection: its elements, read after the snapshot
+                    // (the watch on the source makes them the snapshot's).
+                    Some(c) => {
+                        let req = self.read_with(content_read(&src_key, c.kind), false);
+                        let content = match self.shared.client.execute(&table, from, req).await {
+                            Ok(OpReply::Error(e)) => return Reply::Error(e),
+                            Ok(r) => content_of(c.kind, r),
+                            Err(e) => return cluster_err(e),
+                        };
+                        // Changed type since the snapshot: read again.
+                        let Some(content) = content else {
+                            if !retry.again().await {
+                                return Reply::error(ERR_KEPT_CHANGING);
+                            }
+                            continue;
+                        };
+                        WriteOp::Coll(CollWrite::Replace {
+                            key: dst_key.clone(),
+                            content,
+                            expire_at_ms: record.expire_at_ms,
+                        })
+                    }
+                    None => WriteOp::PutRecord {
                         key: dst_key.clone(),
                         record,
-                    }),
+                    },
+                };
+                let mut parts = vec![Part {
+                    shard: to,
+                    op: TxnOp::Write(put),
                 }];
                 if remove {
                     parts.push(Part {

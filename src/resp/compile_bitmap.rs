@@ -1,15 +1,15 @@
 //! The bitmap commands (SETBIT, GETBIT, BITCOUNT, BITPOS, BITOP, BITFIELD,
-//! BITFIELD_RO): argument
-//! parsing with Redis's error texts, compiled into string operations
-//! ([`crate::shard::bitmap`]). BITOP over keys of different shards answers
-//! `-CROSSSLOT` with the hash-tag workaround.
+//! BITFIELD_RO): argument parsing with Redis's error texts, compiled into
+//! string operations ([`crate::shard::bitmap`]). BITOP over keys of
+//! different shards reads the sources and stores the result in one
+//! transaction (`Session::run_store`).
 
 use bytes::Bytes;
 
 use super::args::Args;
 use super::compile::{key, Ctx, ERR_NOT_INTEGER, ERR_SYNTAX};
 use super::reply::Reply;
-use crate::cluster::plan::Plan;
+use crate::cluster::plan::{Plan, StoreKind};
 use crate::shard::bitmap::ERR_BITFIELD_RO;
 use crate::shard::command::{
     BitOpKind, BitRange, FieldOp, FieldType, Overflow, ReadOp, TxnOp, WriteOp,
@@ -139,7 +139,18 @@ pub fn bitop(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
             "ERR BITOP NOT must be called with a single source key.",
         ));
     }
-    cx.same_shard(std::iter::once(&dst).chain(&keys), "BITOP")?;
+    if cx.one_shard(std::iter::once(&dst).chain(&keys)).is_none() {
+        // Each source read, combined on the router, stored at `dst`.
+        let parts = keys
+            .into_iter()
+            .map(|key| crate::cluster::plan::Part {
+                shard: cx.table.desc.shard_for_slot(crate::slot::slot(&key)),
+                op: TxnOp::Read(ReadOp::Get { key }),
+            })
+            .collect();
+        let merge = crate::cluster::plan::Merge::BitOp(op);
+        return Ok(cx.store(parts, merge, dst, StoreKind::String));
+    }
     Ok(cx.single(&dst.clone(), TxnOp::Write(WriteOp::BitOp { op, dst, keys })))
 }
 

@@ -4,8 +4,9 @@
 //! As for sets, a command whose keys share a shard is one operation there;
 //! ZUNION / ZINTER / ZDIFF / ZINTERCARD across shards read each input in one
 //! atomic transaction and combine on the router ([`Merge::ZSets`]); the
-//! writing forms across shards answer `-CROSSSLOT` with the hash-tag
-//! workaround.
+//! writing forms across shards (ZUNIONSTORE..., ZRANGESTORE) read the same
+//! way and store the result in one transaction (`Session::run_store`), and
+//! ZMPOP pops from the first filled key (`Session::run_first_filled`).
 
 use bytes::Bytes;
 
@@ -14,7 +15,7 @@ use super::compile::{key, mpop_args, Ctx, ERR_NOT_INTEGER, ERR_SYNTAX};
 use super::compile_coll::ERR_COUNT_RANGE;
 use super::errors::wrong_args;
 use super::reply::Reply;
-use crate::cluster::plan::{Atomicity, Merge, Part, Plan};
+use crate::cluster::plan::{Atomicity, Merge, Part, Plan, StoreKind};
 use crate::num::parse_f64;
 use crate::shard::coll::{CollRead, CollWrite, SetOp};
 use crate::shard::command::{ReadOp, TxnOp, WriteOp};
@@ -351,7 +352,19 @@ pub fn zrangestore(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     let a = args.next_bytes().unwrap_or_default();
     let b = args.next_bytes().unwrap_or_default();
     let (range, _) = parse_range(args, a, b, By::Rank, false, true, true)?;
-    cx.same_shard([&dst, &src], "ZRANGESTORE")?;
+    if cx.one_shard([&dst, &src]).is_none() {
+        // The range read with its scores, stored.
+        let read = zread(
+            cx,
+            &src.clone(),
+            ZRead::ZRange {
+                key: src,
+                range,
+                with_scores: true,
+            },
+        );
+        return Ok(cx.store(read.parts, read.merge, dst, StoreKind::ZSet));
+    }
     Ok(zwrite(
         cx,
         &dst.clone(),
@@ -482,13 +495,17 @@ fn numkeys(args: &mut Args, name: &str) -> Result<Vec<Bytes>, Reply> {
 /// `ZMPOP numkeys key [key ...] MIN|MAX [COUNT count]`
 pub fn zmpop(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     let (keys, dir, count) = mpop_args(args, ["MIN", "MAX"])?;
-    cx.same_shard(&keys, "ZMPOP")?;
     let max = dir == 1;
-    Ok(zwrite(
+    let plan = zwrite(
         cx,
         &keys[0].clone(),
-        ZWrite::ZMPop { keys, max, count },
-    ))
+        ZWrite::ZMPop {
+            keys: keys.clone(),
+            max,
+            count,
+        },
+    );
+    Ok(cx.pop_first(plan, &keys))
 }
 
 /// The WEIGHTS / AGGREGATE / WITHSCORES options after the keys.
@@ -608,7 +625,31 @@ fn combine_store(args: &mut Args, cx: &Ctx, op: SetOp) -> Result<Plan, Reply> {
     let (combine, _) = combine_opts(args, op, keys, true)?;
     let mut refs: Vec<&Bytes> = combine.keys.iter().collect();
     refs.push(&dst);
-    cx.same_shard(refs, &args.name().to_ascii_uppercase())?;
+    if cx.one_shard(refs).is_none() {
+        // The inputs read as ZUNION ... WITHSCORES, the result stored.
+        let read = match cx.one_shard(&combine.keys) {
+            Some(shard) => {
+                let mut plan = zread(
+                    cx,
+                    &Bytes::new(),
+                    ZRead::ZCombine {
+                        combine,
+                        with_scores: true,
+                    },
+                );
+                plan.parts[0].shard = shard;
+                plan
+            }
+            None => {
+                let merge = Merge::ZSets {
+                    combine: combine.clone(),
+                    with_scores: true,
+                };
+                cross_shard_read(cx, &combine, merge)
+            }
+        };
+        return Ok(cx.store(read.parts, read.merge, dst, StoreKind::ZSet));
+    }
     Ok(zwrite(cx, &dst.clone(), ZWrite::ZStore { dst, combine }))
 }
 

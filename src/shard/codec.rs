@@ -171,11 +171,9 @@ impl Format {
             // read by its own decoder), the snapshot its element rows;
             // requests, log entries and replies appended enum variants.
             Format::Stored | Format::SnapshotData => (2, 2),
-            Format::LogEntry
-            | Format::ShardRequest
-            | Format::ShardReply
-            | Format::Prepared
-            | Format::RaftAppend => (1, 2),
+            // Blocked clients' waits became cancellable.
+            Format::ShardRequest => (1, 3),
+            Format::LogEntry | Format::ShardReply | Format::Prepared | Format::RaftAppend => (1, 2),
             Format::Vote
             | Format::Committed
             | Format::Purged

@@ -68,6 +68,23 @@ pub enum ShardRequest {
         wait_ms: u64,
         now_ms: u64,
     },
+    /// [`ShardRequest::WaitFilled`] for the blocked command `client` (a
+    /// number the router picked), which [`ShardRequest::CancelWaits`] can
+    /// end early.
+    WaitFilledFor {
+        client: u64,
+        keys: Vec<Bytes>,
+        kind: Kind,
+        since_ms: u64,
+        wait_ms: u64,
+        now_ms: u64,
+    },
+    /// The blocked command `client` stopped waiting (it was served through
+    /// another shard, unblocked, or its connection closed): forget its
+    /// waits here, so no wake-up is spent on it. Replies `Ok`.
+    CancelWaits {
+        client: u64,
+    },
 }
 
 /// Expiry to set with a write.

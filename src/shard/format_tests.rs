@@ -538,17 +538,29 @@ fn shard_request() {
     golden(
         Format::ShardRequest,
         &read,
-        "020c 0302020161016201 80d095ffbc31",
+        "030c 0302020161016201 80d095ffbc31",
     );
     let versions = ShardRequest::ReadVersions {
         keys: vec![b("w")],
         now_ms: 7,
     };
-    golden(Format::ShardRequest, &versions, "020c 0201017707");
+    golden(Format::ShardRequest, &versions, "030c 0201017707");
     golden(
         Format::ShardRequest,
         &ShardRequest::Write(set_with_expiry()),
-        "020c 0080d095ffbc3100 016b017602e0a499 ffbc310100",
+        "030c 0080d095ffbc3100 016b017602e0a499 ffbc310100",
+    );
+    // Version 3 appended the cancellable waits; a version 2 request reads
+    // the same.
+    let old = codec::decode::<ShardRequest>(Format::ShardRequest, &unhex("020c 0201017707"));
+    assert_eq!(
+        format!("{old:?}"),
+        format!("{:?}", Ok::<_, CodecError>(versions))
+    );
+    golden(
+        Format::ShardRequest,
+        &ShardRequest::CancelWaits { client: 5 },
+        "030c 0605",
     );
 }
 

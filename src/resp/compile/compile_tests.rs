@@ -782,9 +782,15 @@ proptest! {
         let mut touched: Vec<Bytes> = Vec::new();
         for part in &plan.parts {
             for (i, k) in part.op.keys().into_iter().enumerate() {
-                // A transfer across shards (SMOVE, LMOVE) is run by the
-                // router from its one part, placed on the source's shard.
-                if i == 0 || plan.atomicity != crate::cluster::plan::Atomicity::Transfer {
+                // A transfer across shards (SMOVE, LMOVE) or a pop from the
+                // first filled key (LMPOP, ZMPOP) is run by the router from
+                // its one part, placed on the first key's shard.
+                let routed = matches!(
+                    plan.atomicity,
+                    crate::cluster::plan::Atomicity::Transfer
+                        | crate::cluster::plan::Atomicity::FirstFilled
+                );
+                if i == 0 || !routed {
                     prop_assert_eq!(t.desc.shard_for_slot(slot(&k)), part.shard);
                 }
                 touched.push(k);
@@ -798,6 +804,12 @@ proptest! {
                 };
                 prop_assert!(!too_big);
             }
+        }
+        // A store across shards reads in its parts and writes its
+        // destination when it runs.
+        if let Some(store) = &plan.store {
+            prop_assert!(spec.is_write(), "{} stores", name);
+            touched.push(store.dst.clone());
         }
         let mut named: Vec<Bytes> = spec
             .key_positions(&parts)
