@@ -182,7 +182,7 @@ pub(super) fn mpop_args(
     while let Some(opt) = args.peek_upper() {
         let _ = args.next_bytes();
         match opt.as_str() {
-            "COUNT" if count.is_none() => {
+            "COUNT" if count.is_none() && args.remaining() > 0 => {
                 count = match args.next_i64() {
                     Ok(c) if c > 0 => Some(c as u64),
                     _ => return Err(Reply::error("ERR count should be greater than 0")),

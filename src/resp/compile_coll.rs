@@ -24,6 +24,10 @@ use crate::shard::command::{
 };
 use crate::slot::slot;
 
+/// HRANDFIELD / SRANDMEMBER / ZRANDMEMBER with a count of -2^63.
+pub(super) const ERR_COUNT_RANGE: &str =
+    "ERR value is out of range, value must between -9223372036854775807 and 9223372036854775807";
+
 fn coll_write(cx: &Ctx, key: &Bytes, op: CollWrite) -> Plan {
     cx.single(key, TxnOp::Write(WriteOp::Coll(op)))
 }
@@ -118,7 +122,8 @@ pub fn hincrbyfloat(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     let by = args.next_bytes().unwrap_or_default();
     match crate::num::parse_f64(&by) {
         Some(f) if f.is_finite() => {}
-        _ => return Err(Reply::error("ERR value is not a valid float")),
+        Some(_) => return Err(Reply::error("ERR value is NaN or Infinity")),
+        None => return Err(Reply::error("ERR value is not a valid float")),
     }
     cx.check_value(&field)?;
     Ok(coll_write(
@@ -233,11 +238,13 @@ pub fn hrandfield(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
         Ok(w) if w.eq_ignore_ascii_case(b"withvalues") && args.remaining() == 0 => true,
         Ok(_) => return Err(Reply::error(ERR_SYNTAX)),
     };
-    if let Some(n) = count {
-        // Redis refuses a count whose reply could not be built.
-        if n == i64::MIN || (with_values && n.unsigned_abs() > (i64::MAX / 2) as u64) {
+    // Redis refuses a count whose reply could not be built.
+    match count {
+        Some(i64::MIN) => return Err(Reply::error(ERR_COUNT_RANGE)),
+        Some(n) if with_values && n.unsigned_abs() > (i64::MAX / 2) as u64 => {
             return Err(Reply::error("ERR value is out of range"));
         }
+        _ => {}
     }
     Ok(coll_read(
         cx,
@@ -348,7 +355,7 @@ pub fn srandmember(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     let count = match args.remaining() {
         0 => None,
         1 => match int_arg(args)? {
-            i64::MIN => return Err(Reply::error("ERR value is out of range")),
+            i64::MIN => return Err(Reply::error(ERR_COUNT_RANGE)),
             n => Some(n),
         },
         _ => return Err(Reply::error(ERR_SYNTAX)),

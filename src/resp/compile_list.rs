@@ -226,13 +226,14 @@ pub fn lpos(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
                     ));
                 }
             }
-            "COUNT" => match int(args)? {
-                n if n < 0 => return Err(Reply::error("ERR COUNT can't be negative")),
-                n => count = Some(n as u64),
+            // Redis answers a non-integer as it answers a negative.
+            "COUNT" => match args.next_i64() {
+                Ok(n) if n >= 0 => count = Some(n as u64),
+                _ => return Err(Reply::error("ERR COUNT can't be negative")),
             },
-            "MAXLEN" => match int(args)? {
-                n if n < 0 => return Err(Reply::error("ERR MAXLEN can't be negative")),
-                n => max_len = n as u64,
+            "MAXLEN" => match args.next_i64() {
+                Ok(n) if n >= 0 => max_len = n as u64,
+                _ => return Err(Reply::error("ERR MAXLEN can't be negative")),
             },
             _ => return Err(Reply::error(ERR_SYNTAX)),
         }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 
 use super::args::Args;
 use super::compile::{key, mpop_args, Ctx, ERR_NOT_INTEGER, ERR_SYNTAX};
+use super::compile_coll::ERR_COUNT_RANGE;
 use super::errors::wrong_args;
 use super::reply::Reply;
 use crate::cluster::plan::{Atomicity, Merge, Part, Plan, StoreKind};
@@ -243,29 +244,32 @@ fn parse_range(
 ) -> Result<(ZRange, bool), Reply> {
     let mut with_scores = false;
     let mut limit = None;
+    // As in Redis's `zrangeGenericCommand`: REV and BYSCORE/BYLEX once
+    // each, and only where the command has not fixed them already.
+    let (mut rev_given, mut by_given) = (!full, !full);
     while let Some(opt) = args.peek_upper() {
         let _ = args.next_bytes();
         match opt.as_str() {
-            "WITHSCORES" if !store && by != By::Lex => with_scores = true,
-            "WITHSCORES" if !store && full => with_scores = true,
-            "LIMIT" if by != By::Rank || full => {
-                if args.remaining() < 2 {
-                    return Err(Reply::error(ERR_SYNTAX));
-                }
+            "WITHSCORES" if !store => with_scores = true,
+            "LIMIT" if args.remaining() >= 2 => {
                 let offset = args.next_i64().map_err(|_| Reply::error(ERR_NOT_INTEGER))?;
                 let count = args.next_i64().map_err(|_| Reply::error(ERR_NOT_INTEGER))?;
                 limit = Some((offset, count));
             }
-            "BYSCORE" if full && by == By::Rank => by = By::Score,
-            "BYLEX" if full && by == By::Rank => by = By::Lex,
-            "REV" if full => rev = true,
+            "REV" if !rev_given => (rev, rev_given) = (true, true),
+            "BYSCORE" if !by_given => (by, by_given) = (By::Score, true),
+            "BYLEX" if !by_given => (by, by_given) = (By::Lex, true),
             _ => return Err(Reply::error(ERR_SYNTAX)),
         }
     }
-    if limit.is_some() && by == By::Rank {
+    // Redis takes a LIMIT whose count is -1 (its "no limit") as no LIMIT.
+    if by == By::Rank && limit.is_some_and(|(_, count)| count != -1) {
         return Err(Reply::error(
             "ERR syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX",
         ));
+    }
+    if by == By::Rank {
+        limit = None;
     }
     if with_scores && by == By::Lex {
         return Err(Reply::error(
@@ -704,10 +708,12 @@ pub fn zrandmember(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
         Ok(w) if w.eq_ignore_ascii_case(b"withscores") && args.remaining() == 0 => true,
         Ok(_) => return Err(Reply::error(ERR_SYNTAX)),
     };
-    if let Some(n) = count {
-        if n == i64::MIN || (with_scores && n.unsigned_abs() > (i64::MAX / 2) as u64) {
+    match count {
+        Some(i64::MIN) => return Err(Reply::error(ERR_COUNT_RANGE)),
+        Some(n) if with_scores && n.unsigned_abs() > (i64::MAX / 2) as u64 => {
             return Err(Reply::error("ERR value is out of range"));
         }
+        _ => {}
     }
     Ok(zread(
         cx,

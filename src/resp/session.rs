@@ -731,15 +731,22 @@ impl Session {
     }
 
     pub(super) fn config(&mut self, args: &mut Args) -> Reply {
-        let sub = match args.next_string() {
-            Ok(s) => s.to_ascii_lowercase(),
+        let given = match args.next_string() {
+            Ok(s) => s,
             Err(e) => return arg_err(e),
         };
+        let sub = given.to_ascii_lowercase();
         match sub.as_str() {
+            "get" if args.remaining() == 0 => return wrong_args("config|get"),
             "get" => {}
             "set" => return self.config_set(args),
+            "resetstat" if args.remaining() > 0 => return wrong_args("config|resetstat"),
             "resetstat" => return Reply::ok(),
-            _ => return Reply::error(format!("ERR unknown subcommand '{sub}'. Try CONFIG HELP.")),
+            _ => {
+                return Reply::error(format!(
+                    "ERR unknown subcommand '{given}'. Try CONFIG HELP."
+                ))
+            }
         }
         let params = self.config_params();
         let mut out = Vec::new();

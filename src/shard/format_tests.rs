@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::codec::{self, CodecError, Format};
+use super::command::{BitOpKind, BitRange, FieldOp, FieldType, Overflow};
 use super::command::{
     ExpireCond, Expiry, LogCmd, MoveMode, ObjectField, OpReply, ReadOp, SetCond, ShardRequest,
     WriteCmd, WriteOp,
@@ -341,6 +342,41 @@ fn every_command_round_trips() {
             key: b("k"),
             record: stored(),
         },
+        WriteOp::SetBit {
+            key: b("k"),
+            offset: 7,
+            on: true,
+            max_len: 10,
+        },
+        WriteOp::BitOp {
+            op: BitOpKind::Xor,
+            dst: b("d"),
+            keys: vec![b("a"), b("b")],
+        },
+        WriteOp::BitField {
+            key: b("k"),
+            ops: vec![
+                FieldOp::Set {
+                    ty: FieldType {
+                        signed: false,
+                        bits: 63,
+                    },
+                    offset: 3,
+                    value: -1,
+                    overflow: Overflow::Sat,
+                },
+                FieldOp::IncrBy {
+                    ty: FieldType {
+                        signed: true,
+                        bits: 64,
+                    },
+                    offset: 1 << 32,
+                    by: i64::MIN,
+                    overflow: Overflow::Fail,
+                },
+            ],
+            max_len: 1 << 29,
+        },
     ];
     let reads = vec![
         ReadOp::Get { key: b("k") },
@@ -378,6 +414,34 @@ fn every_command_round_trips() {
         ReadOp::Object {
             key: b("k"),
             field: ObjectField::RefCount,
+        },
+        ReadOp::GetBit {
+            key: b("k"),
+            offset: 9,
+        },
+        ReadOp::BitCount {
+            key: b("k"),
+            range: Some(BitRange {
+                start: -1,
+                end: 5,
+                bits: true,
+            }),
+        },
+        ReadOp::BitPos {
+            key: b("k"),
+            bit: false,
+            range: None,
+            end_given: false,
+        },
+        ReadOp::BitField {
+            key: b("k"),
+            ops: vec![FieldOp::Get {
+                ty: FieldType {
+                    signed: true,
+                    bits: 1,
+                },
+                offset: 0,
+            }],
         },
     ];
     for op in &writes {
