@@ -21,6 +21,8 @@ pub struct RouterConfig {
     /// A file holding that password (its first line), so it appears in
     /// neither `ps` nor the config file. Read at start.
     pub requirepass_file: Option<PathBuf>,
+    /// Where `GET /metrics` (Prometheus) is served; none when unset.
+    pub metrics_listen: Option<String>,
     /// Shards and replicas of `TABLE.CREATE` without them, and of `default`.
     pub default_shards: usize,
     pub default_replicas: usize,
@@ -84,6 +86,7 @@ impl Default for RouterConfig {
             cluster: "default".into(),
             requirepass: None,
             requirepass_file: None,
+            metrics_listen: None,
             default_shards: 8,
             default_replicas: 3,
             max_clients: 10_000,
@@ -116,6 +119,8 @@ pub struct NodeConfig {
     pub id: u64,
     /// gRPC listen address (also what other nodes and routers dial).
     pub listen: String,
+    /// Where `GET /metrics` (Prometheus) is served; none when unset.
+    pub metrics_listen: Option<String>,
     pub data_dir: PathBuf,
     pub etcd: Vec<String>,
     pub cluster: String,
@@ -165,6 +170,7 @@ impl Default for NodeConfig {
         NodeConfig {
             id: 0,
             listen: "127.0.0.1:7001".into(),
+            metrics_listen: None,
             data_dir: PathBuf::from("./data"),
             etcd: vec!["http://127.0.0.1:2379".into()],
             cluster: "default".into(),

@@ -18,6 +18,7 @@ pub mod failpoint;
 pub mod glob;
 pub mod lcs;
 pub mod meta;
+pub mod metrics;
 pub mod node;
 pub mod num;
 pub mod resp;

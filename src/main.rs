@@ -43,6 +43,9 @@ enum Command {
         id: Option<u64>,
         #[arg(long)]
         listen: Option<String>,
+        /// Serve Prometheus metrics (GET /metrics) on this address.
+        #[arg(long)]
+        metrics_listen: Option<String>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// etcd endpoints, comma separated.
@@ -77,6 +80,9 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(long)]
         listen: Option<String>,
+        /// Serve Prometheus metrics (GET /metrics) on this address.
+        #[arg(long)]
+        metrics_listen: Option<String>,
         #[arg(long)]
         etcd: Option<String>,
         #[arg(long)]
@@ -178,6 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             id,
             listen,
+            metrics_listen,
             data_dir,
             etcd,
             cluster,
@@ -201,6 +208,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(v) = id {
                 c.id = v;
+            }
+            if metrics_listen.is_some() {
+                c.metrics_listen = metrics_listen;
             }
             if let Some(v) = listen {
                 c.listen = v;
@@ -232,6 +242,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Router {
             config,
             listen,
+            metrics_listen,
             etcd,
             cluster,
             requirepass,
@@ -252,6 +263,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut c: RouterConfig = config::load(config.as_deref())?;
             if let Some(v) = listen {
                 c.listen = v;
+            }
+            if metrics_listen.is_some() {
+                c.metrics_listen = metrics_listen;
             }
             if let Some(v) = etcd {
                 c.etcd = config::parse_endpoints(&v);

@@ -99,9 +99,76 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
         txn_stats: Default::default(),
         scan_cursors: crate::resp::scan::ScanCursors::new(100_000),
     });
+    if let Some(at) = shared.config.metrics_listen.clone() {
+        let s = shared.clone();
+        let bound = crate::metrics::serve(&at, Arc::new(move || render_metrics(&s))).await?;
+        tracing::info!("metrics on http://{bound}/metrics");
+    }
     tokio::select! {
         never = server::serve(listener, shared) => match never {},
         _ = crate::shutdown::signal() => tracing::info!("router shutting down"),
     }
     Ok(())
+}
+
+/// What a router's `/metrics` shows: its connections and blocked clients,
+/// commands processed, transactions by outcome, the live nodes and tables
+/// it routes to, and the process metrics. Read at each scrape.
+fn render_metrics(shared: &Shared) -> String {
+    use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+    use std::sync::atomic::Ordering::Relaxed;
+    let gauge = |name: &str, help: &str, v: usize| -> Box<dyn prometheus::core::Collector> {
+        let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+        g.set(v as i64);
+        Box::new(g)
+    };
+    let commands = IntCounter::new(
+        "shoal_router_commands_total",
+        "Commands this router processed",
+    )
+    .unwrap_or_else(|e| panic!("metric: {e}"));
+    commands.inc_by(shared.commands_processed.load(Relaxed));
+    let txns = IntCounterVec::new(
+        Opts::new(
+            "shoal_txn_total",
+            "Transactions this router coordinated, by outcome",
+        ),
+        &["outcome"],
+    )
+    .unwrap_or_else(|e| panic!("metric: {e}"));
+    let t = &shared.txn_stats;
+    for (outcome, n) in [
+        ("committed", &t.committed),
+        ("aborted", &t.aborted),
+        ("conflict", &t.conflicts),
+        ("one_phase", &t.one_phase),
+    ] {
+        txns.with_label_values(&[outcome]).inc_by(n.load(Relaxed));
+    }
+    let view = shared.client.routes();
+    let registry = crate::metrics::registry(vec![
+        gauge(
+            "shoal_router_connections",
+            "Client connections open",
+            shared.clients.count(),
+        ),
+        gauge(
+            "shoal_router_blocked_clients",
+            "Clients blocked in BLPOP and the like",
+            shared.clients.blocked(),
+        ),
+        Box::new(commands),
+        Box::new(txns),
+        gauge(
+            "shoal_router_live_nodes",
+            "Nodes the router sees alive",
+            view.live.len(),
+        ),
+        gauge(
+            "shoal_router_tables",
+            "Tables the router routes to",
+            view.tables.len(),
+        ),
+    ]);
+    crate::metrics::text(&registry)
 }

@@ -21,6 +21,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("config", 0),
     ("proto", 0),
     ("testing", 0),
+    ("metrics", 0),
     // Metadata in etcd; a shard replica and its storage.
     ("meta", 1),
     ("shard", 1),

@@ -2,6 +2,7 @@
 //! serves the gRPC services, registers in etcd under a lease and runs the
 //! reconciler that creates and deletes replicas as etcd says.
 
+pub mod metrics;
 pub mod reconcile;
 pub mod txn_recovery;
 
@@ -53,6 +54,11 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
             hibernate: crate::shard::hibernate::HibernateConfig::from_node(&c),
         },
     );
+    if let Some(at) = &c.metrics_listen {
+        let h = host.clone();
+        let bound = crate::metrics::serve(at, Arc::new(move || metrics::render(&h))).await?;
+        tracing::info!("metrics on http://{bound}/metrics");
+    }
     crate::shard::purger::spawn_expiry_purger(host.clone(), Duration::from_secs(1));
     crate::shard::purger::spawn_element_collector(host.clone(), Duration::from_millis(500));
 

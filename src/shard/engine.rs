@@ -255,6 +255,18 @@ impl Engine {
         })
     }
 
+    /// A RocksDB integer property (`rocksdb.cur-size-all-mem-tables`...)
+    /// summed over the column families (0 where unknown).
+    pub fn property_total(&self, name: &str) -> u64 {
+        [Cf::Log, Cf::State, Cf::Data, Cf::Sub]
+            .into_iter()
+            .filter_map(|cf| {
+                let h = self.db.cf_handle(cf.name())?;
+                self.db.property_int_value_cf(&h, name).ok().flatten()
+            })
+            .sum()
+    }
+
     /// Queue a batch; `done` runs on the writer thread once it is written
     /// (and synced, if `sync`). Batches are written in submission order.
     pub fn submit(&self, ops: Vec<Op>, sync: bool, done: Done) {
@@ -569,7 +581,9 @@ fn write_jobs(db: &DB, jobs: &[WriteJob], fsync: bool) -> Result<(), EngineError
     }
     db.write_opt(batch, &WriteOptions::default())?;
     if sync && fsync {
+        let started = std::time::Instant::now();
         db.flush_wal(true)?;
+        crate::metrics::FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
     }
     Ok(())
 }

@@ -1,0 +1,110 @@
+//! The Prometheus endpoint of a router or node (`--metrics-listen`): `GET
+//! /metrics` answers the text exposition format; anything else is 404.
+//!
+//! The registry is the `prometheus` crate's (TiKV maintains it); its process
+//! collector gives the standard `process_*` metrics (CPU, RSS, open files).
+//! What a process measures on its hot paths lives here as statics (the
+//! fsync histogram, filled by the engine's writer thread); what it only
+//! reports (a group's term, the connections) is read when scraped, by the
+//! `render` closure the process hands to [`serve`]. A scrape costs nothing
+//! between scrapes.
+
+use std::convert::Infallible;
+use std::sync::{Arc, LazyLock};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use prometheus::{Encoder, Histogram, HistogramOpts, Registry, TextEncoder};
+
+/// Seconds each WAL sync took (the engine's group commit).
+pub static FSYNC_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    Histogram::with_opts(
+        HistogramOpts::new(
+            "shoal_fsync_duration_seconds",
+            "Time of each WAL sync of the node's group commit",
+        )
+        .buckets(prometheus::exponential_buckets(0.000_05, 2.0, 16).unwrap_or_default()),
+    )
+    .unwrap_or_else(|_| Histogram::with_opts(HistogramOpts::new("x", "x")).unwrap())
+});
+
+/// A registry with the process collector and `extra` registered.
+pub fn registry(extra: Vec<Box<dyn prometheus::core::Collector>>) -> Registry {
+    let r = Registry::new();
+    let _ = r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ));
+    for c in extra {
+        if let Err(e) = r.register(c) {
+            tracing::warn!("metrics: {e}");
+        }
+    }
+    r
+}
+
+/// The text exposition of `registry`.
+pub fn text(registry: &Registry) -> String {
+    let mut out = Vec::new();
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Serve `GET /metrics` on `addr` with what `render` makes at each scrape,
+/// until the process ends. Binds before returning, so a bad address is
+/// an error at start.
+pub async fn serve(
+    addr: &str,
+    render: Arc<dyn Fn() -> String + Send + Sync>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let render = render.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let render = render.clone();
+                        async move { Ok::<_, Infallible>(answer(&req, &*render)) }
+                    });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+                // A client that stalls is dropped after a while.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(30), conn).await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+fn answer(
+    req: &Request<hyper::body::Incoming>,
+    render: &dyn Fn() -> String,
+) -> Response<Full<Bytes>> {
+    let reply = |status, ctype: &str, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        if let Ok(v) = ctype.parse() {
+            r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+        }
+        r
+    };
+    match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            render(),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: the metrics are at GET /metrics\n".into(),
+        ),
+    }
+}

@@ -1,0 +1,119 @@
+//! What a node's `/metrics` shows (`crate::metrics` serves it): per group
+//! replica (labels `group`, `table`, `shard`: one series each per replica
+//! the node holds) whether it leads, its term, last log and applied index
+//! and whether it hibernates; per node the replicas held, blocked clients'
+//! waits, RocksDB's memtable bytes, pending compaction bytes and write
+//! stops, the collections collected and transactions recovered, the fsync
+//! histogram and the process metrics. Read at each scrape.
+
+use std::sync::atomic::Ordering;
+
+use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts};
+
+use crate::shard::host::Host;
+
+fn gauge_vec(name: &str, help: &str) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), &["group", "table", "shard"])
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+}
+
+fn gauge(name: &str, help: &str, v: u64) -> Box<dyn prometheus::core::Collector> {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    g.set(v as i64);
+    Box::new(g)
+}
+
+fn counter(name: &str, help: &str, v: u64) -> Box<dyn prometheus::core::Collector> {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c.inc_by(v);
+    Box::new(c)
+}
+
+/// The node's metrics now, in the text exposition format.
+pub fn render(host: &Host) -> String {
+    let leader = gauge_vec("shoal_group_leader", "1 when this replica leads its group");
+    let term = gauge_vec("shoal_group_term", "The replica's Raft term");
+    let last_log = gauge_vec(
+        "shoal_group_last_log_index",
+        "Last index in the replica's log",
+    );
+    let applied = gauge_vec(
+        "shoal_group_applied_index",
+        "Last index the replica applied",
+    );
+    let asleep = gauge_vec("shoal_group_hibernating", "1 when the replica hibernates");
+    let replicas = host.replicas();
+    let mut waits = 0u64;
+    for r in &replicas {
+        let m = r.raft.metrics().borrow().clone();
+        let gid = r.record.group_id.to_string();
+        let shard = r.record.shard.to_string();
+        let labels = [gid.as_str(), r.record.table.as_str(), shard.as_str()];
+        leader
+            .with_label_values(&labels)
+            .set((m.current_leader == Some(host.node_id)) as i64);
+        term.with_label_values(&labels).set(m.current_term as i64);
+        last_log
+            .with_label_values(&labels)
+            .set(m.last_log_index.unwrap_or(0) as i64);
+        applied
+            .with_label_values(&labels)
+            .set(m.last_applied.map_or(0, |l| l.index) as i64);
+        asleep
+            .with_label_values(&labels)
+            .set(r.sleep.is_asleep() as i64);
+        waits += r.sm.waiters().len() as u64;
+    }
+    let engine = &host.engine;
+    let stats = &crate::shard::status::COLLECTIONS_COLLECTED;
+    let recovered = &crate::shard::status::TXN_RECOVERED;
+    let registry = crate::metrics::registry(vec![
+        Box::new(leader),
+        Box::new(term),
+        Box::new(last_log),
+        Box::new(applied),
+        Box::new(asleep),
+        gauge(
+            "shoal_node_replicas",
+            "Group replicas this node holds",
+            replicas.len() as u64,
+        ),
+        gauge(
+            "shoal_node_blocked_waits",
+            "Waits of blocked clients held here",
+            waits,
+        ),
+        gauge(
+            "shoal_rocksdb_memtable_bytes",
+            "Bytes in RocksDB's memtables",
+            engine.property_total("rocksdb.cur-size-all-mem-tables"),
+        ),
+        gauge(
+            "shoal_rocksdb_pending_compaction_bytes",
+            "Bytes RocksDB estimates compaction must rewrite",
+            engine.property_total("rocksdb.estimate-pending-compaction-bytes"),
+        ),
+        gauge(
+            "shoal_rocksdb_live_sst_bytes",
+            "Bytes of live SST files",
+            engine.property_total("rocksdb.live-sst-files-size"),
+        ),
+        gauge(
+            "shoal_rocksdb_write_stopped",
+            "1 while RocksDB stops writes (too many memtables or L0 files)",
+            engine.property_total("rocksdb.is-write-stopped").min(1),
+        ),
+        counter(
+            "shoal_node_collections_collected_total",
+            "Dead collections whose rows this node's collector removed",
+            stats.load(Ordering::Relaxed),
+        ),
+        counter(
+            "shoal_node_txn_recovered_total",
+            "Transactions this node resolved after their coordinator vanished",
+            recovered.load(Ordering::Relaxed),
+        ),
+        Box::new(crate::metrics::FSYNC_SECONDS.clone()),
+    ]);
+    crate::metrics::text(&registry)
+}

@@ -1,0 +1,160 @@
+//! The Prometheus endpoints (`--metrics-listen`) of a 3-node cluster and a
+//! router: what a scrape shows after load, read over plain HTTP the way
+//! Prometheus reads it.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use shoal::devcluster::{ClusterOpts, LocalCluster};
+
+mod common;
+
+/// `GET path` on `addr`: status code and body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_string())
+}
+
+/// Samples of a scrape: `name{labels}` -> value.
+fn samples(body: &str) -> BTreeMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Sum of every sample of metric `name` (any labels).
+fn total(s: &BTreeMap<String, f64>, name: &str) -> f64 {
+    s.iter()
+        .filter(|(k, _)| *k == name || k.starts_with(&format!("{name}{{")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// The metrics addresses the processes under `dir` logged, by log name.
+fn metrics_addrs(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "log") {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                if let Some(at) = text.lines().find_map(|l| {
+                    let rest = l.split("metrics on http://").nth(1)?;
+                    Some(rest.split('/').next()?.to_string())
+                }) {
+                    let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+                    out.insert(name, at);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn nodes_and_routers_serve_prometheus_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_shoal"), dir.path().join("cluster"));
+    opts.nodes = 3;
+    opts.default_shards = 2;
+    opts.default_replicas = 3;
+    opts.node_args = ["--log-level", "info", "--metrics-listen", "127.0.0.1:0"]
+        .map(String::from)
+        .to_vec();
+    let mut cl = LocalCluster::start(opts).expect("cluster starts");
+    let router = cl
+        .add_router_with(&["--log-level", "info", "--metrics-listen", "127.0.0.1:0"])
+        .unwrap();
+    let mut addrs = BTreeMap::new();
+    assert!(
+        common::wait_until(Duration::from_secs(10), || {
+            addrs = metrics_addrs(&dir.path().join("cluster"));
+            addrs.len() == 4
+        }),
+        "metrics addresses logged: {addrs:?}"
+    );
+    let router_metrics = addrs
+        .iter()
+        .find(|(n, _)| n.starts_with("router"))
+        .map(|(_, a)| a.clone())
+        .unwrap();
+    let nodes: Vec<String> = addrs
+        .iter()
+        .filter(|(n, _)| n.starts_with("node"))
+        .map(|(_, a)| a.clone())
+        .collect();
+    assert_eq!(nodes.len(), 3, "{addrs:?}");
+
+    // Load through the router with metrics.
+    let before = samples(&http_get(&router_metrics, "/metrics").1);
+    let mut c = common::Conn::connect(&router);
+    for i in 0..200 {
+        assert_eq!(c.line(&format!("SET k{i} v")), b"+OK\r\n");
+    }
+    let (status, body) = http_get(&router_metrics, "/metrics");
+    assert_eq!(status, 200);
+    let after = samples(&body);
+    let ran = total(&after, "shoal_router_commands_total")
+        - total(&before, "shoal_router_commands_total");
+    // The 200 SETs, and nothing else but this test's own commands.
+    assert!((200.0..=210.0).contains(&ran), "{ran} commands counted");
+    assert!(total(&after, "shoal_router_connections") >= 1.0);
+    assert_eq!(total(&after, "shoal_router_live_nodes"), 3.0);
+    assert!(total(&after, "process_resident_memory_bytes") > 1e6);
+
+    // Every group has exactly one leader among the nodes, and the nodes
+    // synced their logs to disk.
+    let mut scrapes = Vec::new();
+    assert!(
+        common::wait_until(Duration::from_secs(10), || {
+            scrapes = nodes
+                .iter()
+                .map(|n| samples(&http_get(n, "/metrics").1))
+                .collect();
+            let leaders: f64 = scrapes.iter().map(|s| total(s, "shoal_group_leader")).sum();
+            let replicas: f64 = scrapes
+                .iter()
+                .map(|s| total(s, "shoal_node_replicas"))
+                .sum();
+            // 2 shards x 3 replicas of `default`.
+            leaders == 2.0 && replicas == 6.0
+        }),
+        "leaders and replicas: {scrapes:?}"
+    );
+    let synced: f64 = scrapes
+        .iter()
+        .map(|s| total(s, "shoal_fsync_duration_seconds_count"))
+        .sum();
+    assert!(synced >= 1.0, "no fsync observed");
+    for s in &scrapes {
+        assert!(total(s, "shoal_group_applied_index") > 0.0, "{s:?}");
+        assert!(total(s, "process_open_fds") > 0.0);
+    }
+
+    // Anything but /metrics is 404.
+    assert_eq!(http_get(&nodes[0], "/").0, 404);
+    cl.shutdown();
+}
