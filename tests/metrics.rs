@@ -3,76 +3,13 @@
 //! Prometheus reads it.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::path::Path;
 use std::time::Duration;
 
 use shoal::devcluster::{ClusterOpts, LocalCluster};
 
 mod common;
 
-/// `GET path` on `addr`: status code and body.
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, body.to_string())
-}
-
-/// Samples of a scrape: `name{labels}` -> value.
-fn samples(body: &str) -> BTreeMap<String, f64> {
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
-
-/// Sum of every sample of metric `name` (any labels).
-fn total(s: &BTreeMap<String, f64>, name: &str) -> f64 {
-    s.iter()
-        .filter(|(k, _)| *k == name || k.starts_with(&format!("{name}{{")))
-        .map(|(_, v)| v)
-        .sum()
-}
-
-/// The metrics addresses the processes under `dir` logged, by log name.
-fn metrics_addrs(dir: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "log") {
-                let text = std::fs::read_to_string(&p).unwrap_or_default();
-                if let Some(at) = text.lines().find_map(|l| {
-                    let rest = l.split("metrics on http://").nth(1)?;
-                    Some(rest.split('/').next()?.to_string())
-                }) {
-                    let name = p.file_stem().unwrap().to_string_lossy().into_owned();
-                    out.insert(name, at);
-                }
-            }
-        }
-    }
-    out
-}
+use common::{http_get, metrics_addrs, samples, total};
 
 #[test]
 fn nodes_and_routers_serve_prometheus_metrics() {
