@@ -49,7 +49,7 @@ pub struct Args {
     parts: Vec<Bytes>,
     /// Index of the next argument to hand out.
     pos: usize,
-    /// `parts.len()` at construction (kept because `rest` drains `parts`).
+    /// `parts.len()` at construction.
     argc: usize,
     name: String,
 }
@@ -98,10 +98,12 @@ impl Args {
 
     /// Take the next argument as raw bytes.
     pub fn next_bytes(&mut self) -> Result<Bytes, ArgError> {
-        match self.parts.get_mut(self.pos) {
+        // Cloned (a reference count), not taken: the whole request stays
+        // readable for SLOWLOG ([`Args::all`]).
+        match self.parts.get(self.pos) {
             Some(b) => {
                 self.pos += 1;
-                Ok(std::mem::take(b))
+                Ok(b.clone())
             }
             None => Err(self.missing()),
         }
@@ -145,9 +147,15 @@ impl Args {
         if self.pos >= self.parts.len() {
             return Vec::new();
         }
-        let out = self.parts.split_off(self.pos);
+        let out = self.parts[self.pos..].to_vec();
         self.pos = self.parts.len();
         out
+    }
+
+    /// The whole request as received, command name first (whatever has
+    /// been taken).
+    pub fn all(&self) -> &[Bytes] {
+        &self.parts
     }
 
     /// `ERR syntax error` if any argument is left over.

@@ -19,19 +19,30 @@ use crate::cluster::plan::Plan;
 impl Session {
     /// Execute one request.
     pub async fn handle(&mut self, parts: Vec<Bytes>) -> (Reply, After) {
+        let started = std::time::Instant::now();
         let mut args = Args::new(parts);
         self.shared
             .commands_processed
             .fetch_add(1, Ordering::Relaxed);
         let spec = match self.check(&args) {
             Ok(spec) => spec,
-            Err(reply) => return (reply, After::Continue),
+            Err(reply) => {
+                self.refused(&args, &reply);
+                return (reply, After::Continue);
+            }
         };
         self.shared.clients.update_last_cmd(self.id, spec.name);
         if self.multi.is_some() && !spec.has(flag::MULTI_CONTROL) {
-            return (self.queue(spec, &mut args), After::Continue);
+            // Counted when EXEC runs it (under EXEC), as in Redis.
+            let reply = self.queue(spec, &mut args);
+            if let Reply::Error(e) = &reply {
+                self.shared.views.stats.error(self.id, e);
+            }
+            return (reply, After::Continue);
         }
         let reply = self.run(spec, &mut args).await;
+        let nanos = started.elapsed().as_nanos() as u64;
+        self.account(spec, args.all(), nanos, &reply);
         let after = if std::mem::take(&mut self.closing) {
             After::Close
         } else {

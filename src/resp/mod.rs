@@ -12,6 +12,8 @@
 //! * [`cmd_txn`]: MULTI/EXEC/WATCH; [`cmd_table`]: TABLE.*.
 //! * [`errors`]: lower layers' errors as RESP replies.
 //! * [`server`]: the TCP listener and connection loop.
+//! * [`views`]: Redis's own views (command stats, SLOWLOG, LATENCY);
+//!   [`monitor`]: MONITOR's feed.
 
 pub mod args;
 pub mod cmd_blocking;
@@ -32,9 +34,11 @@ pub mod dispatch;
 pub mod encoding_params;
 pub mod errors;
 pub mod frame;
+pub mod monitor;
 pub mod pipeline;
 pub mod reply;
 pub mod scan;
 pub mod server;
 pub mod session;
 pub mod spec;
+pub mod views;

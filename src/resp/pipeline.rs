@@ -38,7 +38,7 @@ use super::compile::op_reply;
 use super::errors::cluster_err;
 use super::reply::Reply;
 use super::session::{After, Session};
-use super::spec::Handler;
+use super::spec::{CommandSpec, Handler};
 use crate::clock::now_ms;
 use crate::cluster::plan::{merge, Plan};
 use crate::shard::command::{OpReply, ReadOp, ShardRequest, WriteCmd, WriteOp};
@@ -73,12 +73,12 @@ impl Session {
                 .front()
                 .and_then(|parts| self.single_shard_plan(parts));
             let mut stop = pending.is_empty();
-            if let Some(plan) = next {
+            if let Some((spec, plan)) = next {
                 let bounds = Bounds::of(&plan, max_value);
                 if out.is_empty() || used.saturating_add(group.need_with(bounds)) <= budget {
                     let parts = pending.pop_front().expect("a pending request");
                     out.push((Reply::Nil, After::Continue));
-                    group.push(out.len() - 1, plan, parts, bounds);
+                    group.push(out.len() - 1, spec, plan, parts, bounds);
                     continue;
                 }
                 stop = true;
@@ -132,7 +132,7 @@ impl Session {
 
     /// The plan of a plain single-shard data command that may join a group
     /// (its row's handler is [`Handler::Data`]).
-    fn single_shard_plan(&self, parts: &[Bytes]) -> Option<Plan> {
+    fn single_shard_plan(&self, parts: &[Bytes]) -> Option<(&'static CommandSpec, Plan)> {
         if self.multi.is_some() || !self.authenticated {
             return None;
         }
@@ -146,7 +146,7 @@ impl Session {
         }
         let plan = self.compile(spec, compile, &mut args).ok()?;
         // A blocking command runs alone (it may wait).
-        (plan.parts.len() == 1 && plan.block.is_none()).then_some(plan)
+        (plan.parts.len() == 1 && plan.block.is_none()).then_some((spec, plan))
     }
 
     /// Run the group, filling its replies into `out`. A group of reads
@@ -164,6 +164,7 @@ impl Session {
         if group.plans.is_empty() {
             return Flushed::Done(0);
         }
+        let started = std::time::Instant::now();
         let slots: Vec<usize> = group.plans.iter().map(|(i, _)| *i).collect();
         let first_slot = slots[0];
         let refused = if group.writes || group.plans.len() == 1 {
@@ -177,10 +178,19 @@ impl Session {
                 .collect();
             self.run_reads(group.plans, &shares, out).await
         };
+        // Each request of the group counts the group's time; those sent
+        // again (refused reads) count when they run again.
+        let nanos = started.elapsed().as_nanos() as u64;
+        let kept = refused.map_or(slots.len(), |slot| {
+            slots.iter().position(|s| *s == slot).unwrap_or(0)
+        });
+        for ((slot, spec), parts) in slots.iter().zip(&group.specs).zip(&group.parts).take(kept) {
+            self.account(spec, parts, nanos, &out[*slot].0);
+        }
         match refused {
             None => Flushed::Done(slots.into_iter().map(|i| out[i].0.size_hint()).sum()),
             Some(slot) => {
-                let at = slots.iter().position(|s| *s == slot).unwrap_or(0);
+                let at = kept;
                 Flushed::Refused {
                     first: slot == first_slot,
                     back: group.parts.into_iter().skip(at).collect(),
@@ -358,6 +368,7 @@ impl Bounds {
 #[derive(Default)]
 struct Group {
     plans: Vec<(usize, Plan)>,
+    specs: Vec<&'static CommandSpec>,
     parts: Vec<Vec<Bytes>>,
     share_bounds: Vec<usize>,
     worst: usize,
@@ -377,8 +388,16 @@ impl Group {
         }
     }
 
-    fn push(&mut self, slot: usize, plan: Plan, parts: Vec<Bytes>, b: Bounds) {
+    fn push(
+        &mut self,
+        slot: usize,
+        spec: &'static CommandSpec,
+        plan: Plan,
+        parts: Vec<Bytes>,
+        b: Bounds,
+    ) {
         self.plans.push((slot, plan));
+        self.specs.push(spec);
         self.parts.push(parts);
         self.share_bounds.push(b.share);
         self.worst = self.worst.saturating_add(b.worst);

@@ -152,7 +152,7 @@ async fn connection(
     shared: Arc<Shared>,
 ) -> std::io::Result<()> {
     let max_clients = shared.limits.max_clients.load(Ordering::Relaxed);
-    let Some(id) = shared.clients.register(peer, max_clients) else {
+    let Some(id) = shared.clients.register(peer.clone(), max_clients) else {
         let mut out = BytesMut::new();
         Reply::error("ERR max number of clients reached").encode(Default::default(), &mut out);
         socket.write_all(&out).await?;
@@ -164,8 +164,10 @@ async fn connection(
         Session::new(shared.clone(), id),
         &shared,
         &kill,
+        &peer,
     )
     .await;
+    shared.views.monitors.unsubscribe(id);
     shared.clients.unregister(id);
     result
 }
@@ -204,8 +206,11 @@ async fn run(
     mut session: Session,
     shared: &Shared,
     kill: &Notify,
+    peer: &str,
 ) -> std::io::Result<()> {
     let max_output = shared.config.max_output_len;
+    // After MONITOR: the lines of the commands the router receives.
+    let mut feed: Option<super::monitor::Feed> = None;
     let mut rbuf = BytesMut::with_capacity(BUF_START);
     let mut wbuf = BytesMut::with_capacity(BUF_START);
     let mut parser = RequestParser::default();
@@ -229,7 +234,13 @@ async fn run(
                 let limits = frame_limits(shared, session.authenticated);
                 match parser.parse(&mut rbuf, &limits) {
                     Ok(Some(parts)) if parts.is_empty() => {}
-                    Ok(Some(parts)) => pending.push_back(parts),
+                    Ok(Some(parts)) => {
+                        let monitors = &shared.views.monitors;
+                        if monitors.active() {
+                            monitors.feed(session.db, peer, &parts, max_output);
+                        }
+                        pending.push_back(parts)
+                    }
                     Ok(None) => break,
                     Err(e) => broken = Some(e),
                 }
@@ -297,6 +308,13 @@ async fn run(
                 }
             }
         }
+        // MONITOR starts the feed, RESET ends it.
+        if session.monitor && feed.is_none() {
+            feed = Some(shared.views.monitors.subscribe(session.id));
+        } else if !session.monitor && feed.is_some() {
+            shared.views.monitors.unsubscribe(session.id);
+            feed = None;
+        }
         if let Some(e) = broken {
             Reply::error(format!("ERR {e}")).encode(session.protocol, &mut wbuf);
             wr.write_all(&wbuf).await?;
@@ -327,6 +345,30 @@ async fn run(
                 last_active = Instant::now();
             }
             _ = kill.notified() => return Ok(()),
+            // Monitor lines, taken while the replies pending are few, so a
+            // monitor that does not read leaves them queued, where the feed
+            // bounds them (see `monitor.rs`).
+            line = async { feed.as_mut().expect("a feed").rx.recv().await },
+                if feed.is_some() && wbuf.len() < FLUSH_AT =>
+            {
+                let Some(feed) = feed.as_mut() else { continue };
+                let Some(mut line) = line else {
+                    // Cut off: it fell too far behind.
+                    return Ok(());
+                };
+                loop {
+                    feed.taken(&line);
+                    wbuf.extend_from_slice(&line);
+                    if wbuf.len() >= FLUSH_AT {
+                        break;
+                    }
+                    match feed.rx.try_recv() {
+                        Ok(next) => line = next,
+                        Err(_) => break,
+                    }
+                }
+                last_active = Instant::now();
+            }
             _ = tokio::time::sleep_until(idle_deadline.unwrap_or(last_active)),
                 if idle_deadline.is_some() =>
             {
@@ -337,6 +379,12 @@ async fn run(
             r = timeout.changed(), if timeout_live => timeout_live = r.is_ok(),
         }
         // Give back what a burst of big replies or requests grew.
+        if feed
+            .as_ref()
+            .is_some_and(|f| f.dropped.load(Ordering::Relaxed))
+        {
+            return Ok(());
+        }
         if wbuf.is_empty() && wbuf.capacity() > SHRINK_ABOVE {
             wbuf = BytesMut::with_capacity(BUF_START);
         }

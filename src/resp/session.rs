@@ -39,6 +39,8 @@ pub struct Shared {
     pub txn_stats: crate::cluster::txn::TxnStats,
     /// SCAN positions handed out by this router (bounded).
     pub scan_cursors: super::scan::ScanCursors,
+    /// Command stats, SLOWLOG, LATENCY and MONITOR.
+    pub views: super::views::Views,
 }
 
 /// The limits an operator may change with CONFIG SET while the router runs
@@ -82,6 +84,8 @@ enum Setting<'a> {
     Size(&'a AtomicUsize),
     Secs(&'a AtomicU64),
     Watched(&'a watch::Sender<u64>),
+    /// A signed value (`slowlog-log-slower-than`), stored as its bits.
+    Signed(&'a std::sync::atomic::AtomicI64),
 }
 
 impl Setting<'_> {
@@ -94,6 +98,7 @@ impl Setting<'_> {
             Setting::Watched(w) => {
                 w.send_replace(v);
             }
+            Setting::Signed(a) => a.store(v as i64, Ordering::Relaxed),
         }
     }
 }
@@ -195,6 +200,11 @@ impl ClientRegistry {
         self.clients.lock().map(|m| m.len()).unwrap_or(0)
     }
 
+    /// Clients registered since start (INFO's `total_connections_received`).
+    pub fn received(&self) -> u64 {
+        self.next_id.load(Ordering::Relaxed)
+    }
+
     /// Clients blocked in BLPOP and the like right now.
     pub fn blocked(&self) -> usize {
         self.clients
@@ -205,6 +215,15 @@ impl ClientRegistry {
                     .count()
             })
             .unwrap_or(0)
+    }
+
+    /// A client's `addr:port` (empty once gone).
+    pub fn addr(&self, id: u64) -> String {
+        self.clients
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&id).map(|c| c.addr.clone()))
+            .unwrap_or_default()
     }
 
     /// Note the command a client ran last (CLIENT LIST's `cmd`).
@@ -288,6 +307,8 @@ pub struct Session {
     /// The command running may read from any replica: its row is
     /// `READONLY` and the connection said READONLY (set by the dispatcher).
     pub(super) stale_ok: bool,
+    /// MONITOR ran: the connection loop turns this connection into a feed.
+    pub monitor: bool,
 }
 
 /// A transaction being queued.
@@ -333,6 +354,7 @@ impl Session {
             watch_refused: false,
             closing: false,
             stale_ok: false,
+            monitor: false,
         }
     }
 
@@ -356,6 +378,7 @@ impl Session {
     }
 
     fn reset_state(&mut self) {
+        self.monitor = false;
         self.multi = None;
         self.watches.clear();
         self.watch_refused = false;
@@ -659,6 +682,31 @@ impl Session {
             ("shoal-max-multi-commands", size(&l.max_multi_commands)),
             ("shoal-max-watch-keys", size(&l.max_watch_keys)),
         ];
+        let views = &self.shared.views;
+        params.extend([
+            (
+                "slowlog-log-slower-than",
+                views
+                    .slowlog
+                    .slower_than
+                    .load(Ordering::Relaxed)
+                    .to_string(),
+            ),
+            (
+                "slowlog-max-len",
+                views.slowlog.max_len.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "latency-monitor-threshold",
+                views
+                    .latency
+                    .threshold_ms
+                    .load(Ordering::Relaxed)
+                    .to_string(),
+            ),
+            ("latency-tracking", "yes".into()),
+            ("latency-tracking-info-percentiles", "50 99 99.9".into()),
+        ]);
         params.extend(l.encoding.all());
         params
     }
@@ -675,6 +723,18 @@ impl Session {
             "tcp-keepalive" => (Setting::Secs(&l.tcp_keepalive), 0, false),
             "shoal-max-multi-commands" => (Setting::Size(&l.max_multi_commands), 1, false),
             "shoal-max-watch-keys" => (Setting::Size(&l.max_watch_keys), 1, false),
+            _ => return None,
+        })
+    }
+
+    /// The settings of SLOWLOG and LATENCY: where they go, their smallest
+    /// value (Redis's ranges).
+    fn view_setting(&self, name: &str) -> Option<(Setting<'_>, i64)> {
+        let v = &self.shared.views;
+        Some(match name {
+            "slowlog-log-slower-than" => (Setting::Signed(&v.slowlog.slower_than), -1),
+            "slowlog-max-len" => (Setting::Secs(&v.slowlog.max_len), 0),
+            "latency-monitor-threshold" => (Setting::Secs(&v.latency.threshold_ms), 0),
             _ => return None,
         })
     }
@@ -698,6 +758,22 @@ impl Session {
                 }
                 Some(Err(e)) => return Reply::error(e),
                 None => {}
+            }
+            if let Some((target, min)) = self.view_setting(&name) {
+                // Redis's integer configs: any i64 from `min` up.
+                let Some(v) = super::args::parse_i64(&pair[1]) else {
+                    return Reply::error(format!(
+                        "ERR CONFIG SET failed (possibly related to argument '{name}') - argument couldn't be parsed into an integer"
+                    ));
+                };
+                if v < min {
+                    return Reply::error(format!(
+                        "ERR CONFIG SET failed (possibly related to argument '{name}') - argument must be between {min} and {} inclusive",
+                        i64::MAX
+                    ));
+                }
+                updates.push((target, v as u64));
+                continue;
             }
             let Some((target, min, sized)) = self.setting(&name) else {
                 if self.config_params().iter().any(|(k, _)| *k == name) {
@@ -741,7 +817,13 @@ impl Session {
             "get" => {}
             "set" => return self.config_set(args),
             "resetstat" if args.remaining() > 0 => return wrong_args("config|resetstat"),
-            "resetstat" => return Reply::ok(),
+            "resetstat" => {
+                // Redis's RESETSTAT: command, error and latency stats and
+                // the command count (not SLOWLOG or LATENCY's events).
+                self.shared.views.stats.reset();
+                self.shared.commands_processed.store(0, Ordering::Relaxed);
+                return Reply::ok();
+            }
             _ => {
                 return Reply::error(format!(
                     "ERR unknown subcommand '{given}'. Try CONFIG HELP."
@@ -771,11 +853,14 @@ impl Session {
             .iter()
             .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())
             .collect();
+        // Redis 7: the default sections leave out commandstats and
+        // latencystats; `all` and `everything` have them.
         let show = |s: &str| {
-            wanted.is_empty()
-                || wanted
-                    .iter()
-                    .any(|w| w == s || w == "all" || w == "everything" || w == "default")
+            let default = !matches!(s, "commandstats" | "latencystats");
+            (wanted.is_empty() && default)
+                || wanted.iter().any(|w| {
+                    w == s || w == "all" || w == "everything" || (w == "default" && default)
+                })
         };
         let shared = &self.shared;
         let mut text = String::new();
@@ -829,8 +914,10 @@ impl Session {
             // counts its own removal).
             let collected: u64 = nodes.iter().map(|s| s.collections_collected).sum();
             text.push_str(&format!(
-                "# Stats\r\ntotal_commands_processed:{}\r\nlazyfreed_objects:{collected}\r\n\r\n",
-                shared.commands_processed.load(Ordering::Relaxed)
+                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ntotal_error_replies:{}\r\nlazyfreed_objects:{collected}\r\n\r\n",
+                shared.clients.received(),
+                shared.commands_processed.load(Ordering::Relaxed),
+                shared.views.stats.total_errors(),
             ));
         }
         if show("transactions") {
@@ -845,6 +932,16 @@ impl Session {
                 t.one_phase.load(Ordering::Relaxed),
                 recovered,
             ));
+        }
+        // Redis's order: after the fixed sections, before Cluster and Keyspace.
+        if show("commandstats") {
+            text.push_str(&shared.views.stats.info_commandstats());
+        }
+        if show("errorstats") {
+            text.push_str(&shared.views.stats.info_errorstats());
+        }
+        if show("latencystats") {
+            text.push_str(&shared.views.stats.info_latencystats());
         }
         if show("cluster") {
             let view = shared.client.routes();
