@@ -10,7 +10,7 @@
 //! disconnected (with a log line), so a slow monitor never makes the router
 //! buffer without limit. As in Redis, unknown commands and `ADMIN` commands
 //! (CONFIG, CLIENT, MONITOR, SLOWLOG, LATENCY...) are not shown, and the
-//! arguments of AUTH and HELLO are shown as `(redacted)`.
+//! arguments of AUTH (and HELLO's after AUTH) are shown as `(redacted)`.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -120,7 +120,13 @@ pub fn monitor_line(db: u32, peer: &str, parts: &[Bytes]) -> Option<Bytes> {
     if spec.has(flag::ADMIN) {
         return None;
     }
-    let redact = matches!(spec.name, "auth" | "hello");
+    // AUTH: every argument; HELLO: the two after AUTH (as Redis 7 redacts).
+    let hello_auth = (spec.name == "hello")
+        .then(|| parts.iter().position(|a| a.eq_ignore_ascii_case(b"auth")))
+        .flatten();
+    let redact = |j: usize| {
+        j > 0 && (spec.name == "auth" || hello_auth.is_some_and(|at| j == at + 1 || j == at + 2))
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -134,7 +140,7 @@ pub fn monitor_line(db: u32, peer: &str, parts: &[Bytes]) -> Option<Bytes> {
         if j > 0 {
             out.push(b' ');
         }
-        if redact && j > 0 {
+        if redact(j) {
             out.extend_from_slice(b"\"(redacted)\"");
         } else {
             repr(a, &mut out);
@@ -190,6 +196,23 @@ mod tests {
         );
         let auth = monitor_line(0, "p", &[Bytes::from("auth"), Bytes::from("secret")]).unwrap();
         assert!(auth.ends_with(b"\"auth\" \"(redacted)\"\r\n"));
+        let hello = [
+            &b"HELLO"[..],
+            b"3",
+            b"AUTH",
+            b"default",
+            b"pw",
+            b"SETNAME",
+            b"n",
+        ]
+        .map(Bytes::from_static);
+        let hello = monitor_line(0, "p", &hello).unwrap();
+        assert!(
+            hello.ends_with(
+                b"\"HELLO\" \"3\" \"AUTH\" \"(redacted)\" \"(redacted)\" \"SETNAME\" \"n\"\r\n"
+            ),
+            "{hello:?}"
+        );
         assert!(monitor_line(0, "p", &[Bytes::from("config"), Bytes::from("get")]).is_none());
         assert!(monitor_line(0, "p", &[Bytes::from("nosuchcommand")]).is_none());
     }
