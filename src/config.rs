@@ -18,6 +18,9 @@ pub struct RouterConfig {
     pub cluster: String,
     /// Password clients must send with AUTH (none when empty).
     pub requirepass: Option<String>,
+    /// A file holding that password (its first line), so it appears in
+    /// neither `ps` nor the config file. Read at start.
+    pub requirepass_file: Option<PathBuf>,
     /// Shards and replicas of `TABLE.CREATE` without them, and of `default`.
     pub default_shards: usize,
     pub default_replicas: usize,
@@ -80,6 +83,7 @@ impl Default for RouterConfig {
             etcd: vec!["http://127.0.0.1:2379".into()],
             cluster: "default".into(),
             requirepass: None,
+            requirepass_file: None,
             default_shards: 8,
             default_replicas: 3,
             max_clients: 10_000,
@@ -244,6 +248,28 @@ pub fn parse_endpoints(s: &str) -> Vec<String> {
             }
         })
         .collect()
+}
+
+/// The password in `path`: its first line, without the line end. Empty or
+/// unreadable is an error naming the file.
+pub fn read_secret_file(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read the password file {}: {e}", path.display()))?;
+    let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    if line.is_empty() {
+        anyhow::bail!("the password file {} is empty", path.display());
+    }
+    Ok(line.to_string())
+}
+
+/// Whether `addr` (`host:port`) listens only on this machine.
+pub fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

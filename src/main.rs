@@ -81,8 +81,12 @@ enum Command {
         etcd: Option<String>,
         #[arg(long)]
         cluster: Option<String>,
+        /// The clients' password. Visible in `ps`: prefer --requirepass-file.
         #[arg(long)]
         requirepass: Option<String>,
+        /// A file whose first line is the clients' password.
+        #[arg(long)]
+        requirepass_file: Option<PathBuf>,
         #[arg(long)]
         default_shards: Option<usize>,
         #[arg(long)]
@@ -231,6 +235,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             etcd,
             cluster,
             requirepass,
+            requirepass_file,
             default_shards,
             default_replicas,
             repair_after_ms,
@@ -254,8 +259,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(v) = cluster {
                 c.cluster = v;
             }
+            let password_on_argv = requirepass.is_some();
             if requirepass.is_some() {
                 c.requirepass = requirepass;
+            }
+            if requirepass_file.is_some() {
+                c.requirepass_file = requirepass_file;
+            }
+            if let Some(file) = &c.requirepass_file {
+                if c.requirepass.is_some() {
+                    anyhow::bail!(
+                        "give the password once: --requirepass or --requirepass-file, not both"
+                    );
+                }
+                c.requirepass = Some(config::read_secret_file(file)?);
             }
             if let Some(v) = default_shards {
                 c.default_shards = v;
@@ -280,6 +297,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 c.log_level = v;
             }
             shoal::init_logging(&c.log_level);
+            if password_on_argv {
+                tracing::warn!(
+                    "--requirepass shows the password to anyone who can list processes (ps); use --requirepass-file"
+                );
+            }
             shoal::rlimit::raise_nofile_limit_logged();
             shoal::router::run(c).await
         }

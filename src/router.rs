@@ -36,6 +36,13 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&c.listen)
         .await
         .with_context(|| format!("cannot listen on {} (port in use?)", c.listen))?;
+    if !crate::config::is_loopback(&c.listen) && c.requirepass.is_none() {
+        // Redis's protected mode, as a warning.
+        tracing::warn!(
+            "the router listens on {} without a password: anyone who can reach it can read, write and drop every table; set requirepass (--requirepass-file) or listen on 127.0.0.1",
+            c.listen
+        );
+    }
     let meta = Meta::connect(&c.etcd, &c.cluster).await?;
     let view = routes::follow(&meta).await?;
     let timeout = Duration::from_millis(c.request_timeout_ms);

@@ -48,7 +48,7 @@ fn blocking_pops() {
         "{:?}",
         t.elapsed()
     );
-    assert_eq!(c.line("BLMOVE empty other LEFT RIGHT 0.2"), b"$-1\r\n");
+    assert_eq!(c.line("BLMOVE empty other LEFT RIGHT 0.2"), b"*-1\r\n");
     assert_eq!(c.line("BZPOPMIN emptyz 0.2"), b"*-1\r\n");
     assert_eq!(c.line("BLPOP empty -1"), b"-ERR timeout is negative\r\n");
     assert_eq!(

@@ -189,6 +189,20 @@ fn only_survivor_serves_every_key(
             String::from_utf8_lossy(&got)
         );
     }
+    // A write command that only reads (BITFIELD with GETs) reads there
+    // too, like BITFIELD_RO: `v` of "value-0" is 118. Checked once a
+    // linearizable read fails (the survivor's lease over), so only a read
+    // from any replica can answer.
+    let k = format!("{prefix}0");
+    let mut strict = Conn::connect(&cluster.router_addr());
+    let refused = wait_until(Duration::from_secs(60), || {
+        strict.cmd(&[b"GET", k.as_bytes()]).starts_with(b"-")
+    });
+    assert!(refused, "a linearizable read still answers");
+    for cmd in [&b"BITFIELD"[..], b"BITFIELD_RO"] {
+        let got = c.cmd(&[cmd, k.as_bytes(), b"GET", b"u8", b"0"]);
+        assert_eq!(got, b"*1\r\n:118\r\n", "{}", String::from_utf8_lossy(&got));
+    }
 }
 
 #[test]

@@ -217,6 +217,12 @@ fn nodes_refuse_values_the_router_let_through(limited: &str) {
     assert_eq!(c.line("STRLEN k"), b":65536\r\n");
     assert_eq!(c.cmd(&[b"APPEND", b"k2", &big]), too_big);
     assert_eq!(c.line("EXISTS k2"), b":0\r\n");
+    // Bit writes past the limit (the last bit written decides).
+    assert_eq!(c.line("SETBIT b 524288 1"), too_big);
+    assert_eq!(c.line("BITFIELD b GET u8 0 SET u8 524281 1"), too_big);
+    assert_eq!(c.line("EXISTS b"), b":0\r\n");
+    assert_eq!(c.line("BITFIELD b SET u8 524280 1"), b"*1\r\n:0\r\n");
+    assert_eq!(c.line("STRLEN b"), b":65536\r\n");
     // Inside MULTI the whole EXEC is refused; nothing of it is applied.
     assert_eq!(c.line("MULTI"), b"+OK\r\n");
     assert_eq!(c.line("SET t small"), b"+QUEUED\r\n");

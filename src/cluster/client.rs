@@ -201,6 +201,8 @@ impl ShardClient {
             ShardRequest::Read { .. }
                 | ShardRequest::ReadVersions { .. }
                 | ShardRequest::WaitFilled { .. }
+                | ShardRequest::WaitFilledFor { .. }
+                | ShardRequest::CancelWaits { .. }
         );
         let payload = codec::encode(Format::ShardRequest, &req)
             .map_err(|e| ClusterError::Internal(e.to_string()))?;

@@ -52,6 +52,12 @@ pub enum Merge {
     /// BZPOPMIN / BZPOPMAX: ZMPOP's `[key, [[member, score]]]` answered
     /// `[key, member, score]`.
     BlockZPop,
+    /// HSCAN / SSCAN / ZSCAN: the single part's page, whose cursor the
+    /// session turns into a token of its cursor table.
+    CollScan,
+    /// BITOP across shards: each part reads one source string (nil reads
+    /// as empty); the reply is the result string.
+    BitOp(crate::shard::bitmap::BitOpKind),
     /// LCS: two parts read the two strings (nil reads as empty); the reply
     /// is computed here, on the router, with Redis's shapes.
     Lcs(LcsReply),
@@ -65,6 +71,29 @@ pub struct Block {
     pub keys: Vec<bytes::Bytes>,
     pub kind: crate::shard::command::Kind,
     pub timeout_ms: u64,
+}
+
+/// Where a command whose keys span shards writes what its parts read
+/// (SINTERSTORE, ZUNIONSTORE, ZRANGESTORE, BITOP...): the router reads the
+/// inputs, combines them with the plan's [`Merge`] and replaces `dst` with
+/// the result, in one transaction that WATCHes every input at the version
+/// it had before the reads (`Session::run_store`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreTo {
+    pub dst: bytes::Bytes,
+    pub kind: StoreKind,
+}
+
+/// What the merged result becomes at the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// A set (the merge answers a set); the reply is its size.
+    Set,
+    /// A sorted set (the merge answers members with scores); the reply is
+    /// its size.
+    ZSet,
+    /// A string (the merge answers it); the reply is its length.
+    String,
 }
 
 /// What LCS answers: the string (neither flag), its length (`len`), or the
@@ -92,6 +121,11 @@ pub enum Atomicity {
     /// both in one snapshot, then writes the destination (and deletes the
     /// source) in one transaction that WATCHes both, retried if they moved.
     Move(MoveMode),
+    /// LMPOP / ZMPOP (and the blocking pops) whose keys span shards: the
+    /// one part is the one-shard operation over every key; the router finds
+    /// the first key holding elements in one snapshot, then pops from it
+    /// alone in one transaction that WATCHes it and every key before it.
+    FirstFilled,
     /// SMOVE / LMOVE / RPOPLPUSH whose two keys are on different shards:
     /// the one part is the one-shard operation (its shard the source's);
     /// the router reads what moves, then removes it from the source and
@@ -110,6 +144,8 @@ pub struct Plan {
     pub stale_ok: bool,
     /// A blocking command's wait, when its plan finds nothing.
     pub block: Option<Block>,
+    /// A multi-key write across shards: where its reads' result goes.
+    pub store: Option<StoreTo>,
 }
 
 impl Plan {
@@ -129,13 +165,16 @@ impl Plan {
             atomicity: Atomicity::None,
             stale_ok: false,
             block: None,
+            store: None,
         }
     }
 
-    /// Whether the plan changes nothing. A move across shards is made of
-    /// reads but writes when it runs (`Atomicity::Move`).
+    /// Whether the plan changes nothing. A move or a store across shards
+    /// is made of reads but writes when it runs (`Atomicity::Move`,
+    /// [`Plan::store`]).
     pub fn is_read_only(&self) -> bool {
         !matches!(self.atomicity, Atomicity::Move(_))
+            && self.store.is_none()
             && self.parts.iter().all(|p| matches!(p.op, TxnOp::Read(_)))
     }
 
@@ -162,7 +201,7 @@ pub fn merge(merge: &Merge, replies: Vec<OpReply>) -> OpReply {
         return e.clone();
     }
     match merge {
-        Merge::Single => replies.into_iter().next().unwrap_or(OpReply::Nil),
+        Merge::Single | Merge::CollScan => replies.into_iter().next().unwrap_or(OpReply::Nil),
         Merge::SetNx => match replies.into_iter().next() {
             Some(OpReply::Ok) => OpReply::Int(1),
             Some(OpReply::Nil) => OpReply::Int(0),
@@ -190,6 +229,16 @@ pub fn merge(merge: &Merge, replies: Vec<OpReply>) -> OpReply {
                 }
             }
             OpReply::Array(out)
+        }
+        Merge::BitOp(op) => {
+            let sources: Vec<bytes::Bytes> = replies
+                .into_iter()
+                .map(|r| match r {
+                    OpReply::Bulk(b) => b,
+                    _ => bytes::Bytes::new(),
+                })
+                .collect();
+            OpReply::Bulk(crate::shard::bitmap::bit_op(*op, &sources).into())
         }
         Merge::Lcs(how) => {
             let text = |r: Option<&OpReply>| match r {

@@ -209,6 +209,25 @@ impl Meta {
         )
         .await
         .map_err(|_| MetaError::Etcd(format!("cannot reach etcd at {}", endpoints.join(","))))??;
+        // The client connects lazily: ask once now, so a wrong or dead
+        // endpoint is one sentence naming it, at start.
+        let mut probe = client.kv_client();
+        let asked = tokio::time::timeout(
+            Duration::from_secs(10),
+            probe.get("/shoal/", Some(GetOptions::new().with_count_only())),
+        )
+        .await;
+        let reason = match asked {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(super::etcd_reason(&e)),
+            Err(_) => Some("did not answer within 10 s".to_string()),
+        };
+        if let Some(reason) = reason {
+            return Err(MetaError::Etcd(format!(
+                "cannot use etcd at {}: {reason}; check that etcd runs there and that --etcd names its client URL",
+                endpoints.join(",")
+            )));
+        }
         Ok(Meta {
             client,
             prefix: format!("/shoal/{cluster}/"),

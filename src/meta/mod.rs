@@ -22,7 +22,30 @@ pub enum MetaError {
 
 impl From<etcd_client::Error> for MetaError {
     fn from(e: etcd_client::Error) -> Self {
-        MetaError::Etcd(e.to_string())
+        MetaError::Etcd(etcd_reason(&e))
+    }
+}
+
+/// What went wrong talking to etcd, in a few words (not tonic's debug
+/// dump of the status).
+pub fn etcd_reason(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            let what = match s.code() {
+                tonic::Code::Unavailable => "unreachable",
+                tonic::Code::DeadlineExceeded => "did not answer in time",
+                tonic::Code::Unauthenticated => "refused the credentials",
+                tonic::Code::PermissionDenied => "denied the request",
+                _ => "answered an error",
+            };
+            if s.message().is_empty() {
+                what.to_string()
+            } else {
+                format!("{what} ({})", s.message())
+            }
+        }
+        etcd_client::Error::TransportError(t) => format!("unreachable ({t})"),
+        other => other.to_string(),
     }
 }
 

@@ -60,6 +60,12 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", c.listen))?;
     let addr = listener.local_addr()?;
+    if !crate::config::is_loopback(&c.listen) {
+        tracing::warn!(
+            "the node's gRPC on {} is plaintext and unauthenticated (no cluster TLS yet): anyone who can reach it can read and change every shard it holds; keep it on a private network",
+            c.listen
+        );
+    }
     let meta = Meta::connect(&c.etcd, &c.cluster).await?;
     // Peers must be known before replicas start talking.
     for (id, m) in meta.members().await? {

@@ -12,8 +12,10 @@
 //! whose connection drops stops being served (the connection loop drops
 //! the command), so it pops nothing after that.
 //!
-//! The keys of one blocking command must live on one shard (as for LMPOP);
-//! waits renew every [`WAIT_CHUNK`] so a router always hears back within
+//! The keys of one blocking command may live on several shards: the pop
+//! then runs as LMPOP / ZMPOP / LMOVE across shards do (one transaction),
+//! and the wait is one [`ShardRequest::WaitFilled`] per shard, the first
+//! to answer ending it. Waits renew every [`WAIT_CHUNK`] so a router always hears back within
 //! its RPC timeout, keeping the client's place in the queue (the time it
 //! started blocking travels with every wait).
 
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::args::Args;
-use super::compile::{mpop_args, Ctx, ERR_SYNTAX};
+use super::compile::{mpop_args, shard_keys, Ctx, ERR_SYNTAX};
 use super::errors::cluster_err;
 use super::reply::Reply;
 use super::session::Session;
@@ -65,6 +67,14 @@ fn blocking(
     let first = keys.first().cloned().unwrap_or_default();
     let mut plan = cx.single(&first, TxnOp::Write(op));
     plan.merge = merge;
+    if matches!(
+        &plan.parts[0].op,
+        TxnOp::Write(WriteOp::Coll(
+            CollWrite::L(LWrite::MPop { .. }) | CollWrite::Z(ZWrite::ZMPop { .. })
+        ))
+    ) {
+        plan = cx.pop_first(plan, &keys);
+    }
     plan.block = Some(Block {
         keys,
         kind,
@@ -80,9 +90,8 @@ fn keys_then_timeout(args: &mut Args) -> Result<(Vec<Bytes>, u64), Reply> {
     Ok((rest, timeout_ms(&t)?))
 }
 
-fn bpop(args: &mut Args, cx: &Ctx, end: End, name: &str) -> Result<Plan, Reply> {
+fn bpop(args: &mut Args, cx: &Ctx, end: End) -> Result<Plan, Reply> {
     let (keys, t) = keys_then_timeout(args)?;
-    cx.same_shard(&keys, name)?;
     let op = WriteOp::Coll(CollWrite::L(LWrite::MPop {
         keys: keys.clone(),
         end,
@@ -93,12 +102,12 @@ fn bpop(args: &mut Args, cx: &Ctx, end: End, name: &str) -> Result<Plan, Reply> 
 
 /// `BLPOP key [key ...] timeout`
 pub fn blpop(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
-    bpop(args, cx, End::Left, "BLPOP")
+    bpop(args, cx, End::Left)
 }
 
 /// `BRPOP key [key ...] timeout`
 pub fn brpop(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
-    bpop(args, cx, End::Right, "BRPOP")
+    bpop(args, cx, End::Right)
 }
 
 fn end_arg(args: &mut Args) -> Result<End, Reply> {
@@ -111,23 +120,20 @@ fn end_arg(args: &mut Args) -> Result<End, Reply> {
     Ok(end)
 }
 
-fn bmove(
-    cx: &Ctx,
-    src: Bytes,
-    dst: Bytes,
-    from: End,
-    to: End,
-    t: u64,
-    name: &str,
-) -> Result<Plan, Reply> {
-    cx.same_shard([&src, &dst], name)?;
+fn bmove(cx: &Ctx, src: Bytes, dst: Bytes, from: End, to: End, t: u64) -> Result<Plan, Reply> {
+    let across = cx.one_shard([&src, &dst]).is_none();
     let op = WriteOp::Coll(CollWrite::L(LWrite::Move {
         src: src.clone(),
         dst,
         from,
         to,
     }));
-    Ok(blocking(cx, op, Merge::Single, vec![src], Kind::List, t))
+    let mut plan = blocking(cx, op, Merge::Single, vec![src], Kind::List, t);
+    if across {
+        // A transaction run by the router (`Session::run_transfer`).
+        plan.atomicity = crate::cluster::plan::Atomicity::Transfer;
+    }
+    Ok(plan)
 }
 
 /// `BLMOVE source destination LEFT|RIGHT LEFT|RIGHT timeout`
@@ -137,7 +143,7 @@ pub fn blmove(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     let from = end_arg(args)?;
     let to = end_arg(args)?;
     let t = timeout_ms(&args.next_bytes().unwrap_or_default())?;
-    bmove(cx, src, dst, from, to, t, "BLMOVE")
+    bmove(cx, src, dst, from, to, t)
 }
 
 /// `BRPOPLPUSH source destination timeout`
@@ -145,14 +151,13 @@ pub fn brpoplpush(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     let src = args.next_bytes().unwrap_or_default();
     let dst = args.next_bytes().unwrap_or_default();
     let t = timeout_ms(&args.next_bytes().unwrap_or_default())?;
-    bmove(cx, src, dst, End::Right, End::Left, t, "BRPOPLPUSH")
+    bmove(cx, src, dst, End::Right, End::Left, t)
 }
 
 /// `BLMPOP timeout numkeys key [key ...] LEFT|RIGHT [COUNT count]`
 pub fn blmpop(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     let t = timeout_ms(&args.next_bytes().unwrap_or_default())?;
     let (keys, dir, count) = mpop_args(args, ["LEFT", "RIGHT"])?;
-    cx.same_shard(&keys, "BLMPOP")?;
     let end = if dir == 0 { End::Left } else { End::Right };
     let op = WriteOp::Coll(CollWrite::L(LWrite::MPop {
         keys: keys.clone(),
@@ -162,9 +167,8 @@ pub fn blmpop(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     Ok(blocking(cx, op, Merge::Single, keys, Kind::List, t))
 }
 
-fn bzpop(args: &mut Args, cx: &Ctx, max: bool, name: &str) -> Result<Plan, Reply> {
+fn bzpop(args: &mut Args, cx: &Ctx, max: bool) -> Result<Plan, Reply> {
     let (keys, t) = keys_then_timeout(args)?;
-    cx.same_shard(&keys, name)?;
     let op = WriteOp::Coll(CollWrite::Z(ZWrite::ZMPop {
         keys: keys.clone(),
         max,
@@ -175,19 +179,18 @@ fn bzpop(args: &mut Args, cx: &Ctx, max: bool, name: &str) -> Result<Plan, Reply
 
 /// `BZPOPMIN key [key ...] timeout`
 pub fn bzpopmin(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
-    bzpop(args, cx, false, "BZPOPMIN")
+    bzpop(args, cx, false)
 }
 
 /// `BZPOPMAX key [key ...] timeout`
 pub fn bzpopmax(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
-    bzpop(args, cx, true, "BZPOPMAX")
+    bzpop(args, cx, true)
 }
 
 /// `BZMPOP timeout numkeys key [key ...] MIN|MAX [COUNT count]`
 pub fn bzmpop(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     let t = timeout_ms(&args.next_bytes().unwrap_or_default())?;
     let (keys, dir, count) = mpop_args(args, ["MIN", "MAX"])?;
-    cx.same_shard(&keys, "BZMPOP")?;
     let op = WriteOp::Coll(CollWrite::Z(ZWrite::ZMPop {
         keys: keys.clone(),
         max: dir == 1,
@@ -221,8 +224,11 @@ impl Session {
             .clients
             .unblock_handle(self.id)
             .unwrap_or_default();
-        let shard = plan.parts.first().map_or(0, |p| p.shard);
         let table = plan.table.clone();
+        // The keys by shard: a wait on each, the first answer wins.
+        let groups = shard_keys(&table, &block.keys);
+        // This command's number on the nodes, to cancel its waits.
+        let client = rand::random::<u64>() | 1;
         loop {
             let reply = self.run_plan(plan.clone()).await;
             if !matches!(reply, Reply::Nil | Reply::NilArray) {
@@ -232,31 +238,81 @@ impl Session {
                 Some(d) => d.saturating_duration_since(Instant::now()),
                 None => WAIT_CHUNK,
             };
+            // Redis answers a timeout with a null array, whatever the
+            // command (BLMOVE's nil too).
             if left.is_zero() {
-                return reply;
+                return Reply::NilArray;
             }
-            let req = ShardRequest::WaitFilled {
-                keys: block.keys.clone(),
-                kind: block.kind,
-                since_ms: since,
-                wait_ms: left.min(WAIT_CHUNK).as_millis() as u64,
-                now_ms: now_ms(),
+            let waits = groups.iter().map(|g| {
+                let req = ShardRequest::WaitFilledFor {
+                    client,
+                    keys: g.keys.clone(),
+                    kind: block.kind,
+                    since_ms: since,
+                    wait_ms: left.min(WAIT_CHUNK).as_millis() as u64,
+                    now_ms: now_ms(),
+                };
+                Box::pin(self.shared.client.execute(&table, g.shard, req))
+            });
+            let first = futures::future::select_all(waits);
+            // Dropped with its waits still registered (the connection
+            // closed), or when another shard answered: cancel them.
+            let mut cancel = CancelWaits {
+                client: self.shared.client.clone(),
+                table: table.clone(),
+                shards: groups.iter().map(|g| g.shard).collect(),
+                id: client,
+                armed: true,
             };
             unblock.blocked.store(true, Ordering::SeqCst);
             let waited = tokio::select! {
-                r = self.shared.client.execute(&table, shard, req) => Some(r),
+                (r, _, _) = first => Some(r),
                 _ = unblock.notify.notified() => None,
             };
             unblock.blocked.store(false, Ordering::SeqCst);
+            // One shard that answered: its wait has ended, nothing to cancel.
+            cancel.armed = waited.is_none() || groups.len() > 1;
+            drop(cancel);
             match waited {
                 None if unblock.error.swap(false, Ordering::SeqCst) => {
                     return Reply::error("UNBLOCKED client unblocked via CLIENT UNBLOCK");
                 }
-                None => return reply,
+                None => return Reply::NilArray,
                 Some(Ok(OpReply::Error(e))) => return Reply::Error(e),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return cluster_err(e),
             }
         }
+    }
+}
+
+/// The waits of one blocked command on `shards`, cancelled
+/// ([`ShardRequest::CancelWaits`]) when this is dropped armed, so no node
+/// spends a wake-up on a command that stopped waiting.
+struct CancelWaits {
+    client: std::sync::Arc<crate::cluster::client::ShardClient>,
+    table: std::sync::Arc<crate::cluster::routes::TableRoute>,
+    shards: Vec<usize>,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for CancelWaits {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (client, table) = (self.client.clone(), self.table.clone());
+        let (shards, id) = (std::mem::take(&mut self.shards), self.id);
+        runtime.spawn(async move {
+            for shard in shards {
+                let req = ShardRequest::CancelWaits { client: id };
+                // A node that does not answer ends the wait by its chunk.
+                let _ = client.execute(&table, shard, req).await;
+            }
+        });
     }
 }

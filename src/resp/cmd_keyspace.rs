@@ -9,8 +9,9 @@
 //! written, commits a transaction that WATCHes both keys at the versions it
 //! read (the destination only when its absence is the condition: RENAMENX,
 //! COPY without REPLACE), writes the source's whole record (value and
-//! expiry) to the destination ([`WriteOp::PutRecord`]) and, for RENAME,
-//! deletes the source. A key that moved in between, or a lock held by
+//! expiry) to the destination ([`WriteOp::PutRecord`]; a collection's
+//! elements, read after the snapshot, with
+//! [`CollWrite::Replace`]) and, for RENAME, deletes the source. A key that moved in between, or a lock held by
 //! another transaction, makes the transaction conflict; it is then read and
 //! tried again after a random pause (up to what an attempt took, doubling
 //! each time up to 200 ms, so movers of the same keys fall out of step), for
@@ -40,8 +41,11 @@ use crate::clock::now_ms;
 use crate::cluster::plan::{Merge, Part, Plan};
 use crate::cluster::txn::{self, Outcome};
 use crate::shard::apply::move_outcome;
-use crate::shard::command::{MoveMode, OpReply, ReadOp, TxnOp, WriteOp};
+use crate::shard::coll::{CollRead, CollWrite, Content, HashPart};
+use crate::shard::command::{Kind, MoveMode, OpReply, ReadOp, TxnOp, WriteOp};
+use crate::shard::list::LRead;
 use crate::shard::txn::version_of;
+use crate::shard::zset::{ZBy, ZRange, ZRead};
 
 /// Longest pause between two attempts of a move that conflicted.
 const MAX_PAUSE: Duration = Duration::from_millis(200);
@@ -129,21 +133,41 @@ impl Session {
                         _ => OpReply::Error(crate::shard::command::ERR_NO_SUCH_KEY.into()),
                     });
                 };
-                // Never in a transaction: an error there would not stop
-                // the source's deletion.
-                if record.coll.is_some() {
-                    return Reply::error(crate::shard::apply::ERR_MOVE_COLLECTION);
-                }
                 let (reply, remove) = match move_outcome(mode, false, live(&dst_key).is_some()) {
                     Ok(outcome) => outcome,
                     Err(reply) => return op_reply(reply),
                 };
-                let mut parts = vec![Part {
-                    shard: to,
-                    op: TxnOp::Write(WriteOp::PutRecord {
+                let put = match record.coll {
+                    // A collection: its elements, read after the snapshot
+                    // (the watch on the source makes them the snapshot's).
+                    Some(c) => {
+                        let req = self.read_with(content_read(&src_key, c.kind), false);
+                        let content = match self.shared.client.execute(&table, from, req).await {
+                            Ok(OpReply::Error(e)) => return Reply::Error(e),
+                            Ok(r) => content_of(c.kind, r),
+                            Err(e) => return cluster_err(e),
+                        };
+                        // Changed type since the snapshot: read again.
+                        let Some(content) = content else {
+                            if !retry.again().await {
+                                return Reply::error(ERR_KEPT_CHANGING);
+                            }
+                            continue;
+                        };
+                        WriteOp::Coll(CollWrite::Replace {
+                            key: dst_key.clone(),
+                            content,
+                            expire_at_ms: record.expire_at_ms,
+                        })
+                    }
+                    None => WriteOp::PutRecord {
                         key: dst_key.clone(),
                         record,
-                    }),
+                    },
+                };
+                let mut parts = vec![Part {
+                    shard: to,
+                    op: TxnOp::Write(put),
                 }];
                 if remove {
                     parts.push(Part {
@@ -229,5 +253,94 @@ impl Session {
             }
         }
         Reply::Nil
+    }
+}
+
+/// The read that answers a whole collection of `kind` under `key`: every
+/// field with its value, member (with its score), or element from the head.
+pub fn content_read(key: &Bytes, kind: Kind) -> ReadOp {
+    let key = key.clone();
+    ReadOp::Coll(match kind {
+        Kind::Hash => CollRead::HGetAll {
+            key,
+            part: HashPart::All,
+        },
+        Kind::Set => CollRead::SMembers { key },
+        Kind::ZSet => CollRead::Z(ZRead::ZRange {
+            key,
+            range: ZRange {
+                by: ZBy::Rank { start: 0, stop: -1 },
+                rev: false,
+                limit: None,
+            },
+            with_scores: true,
+        }),
+        Kind::List => CollRead::L(LRead::LRange {
+            key,
+            start: 0,
+            stop: -1,
+        }),
+    })
+}
+
+/// The collection [`content_read`] answered, or `None` for another reply.
+pub fn content_of(kind: Kind, reply: OpReply) -> Option<Content> {
+    let bulk = |r: OpReply| match r {
+        OpReply::Bulk(b) => Some(b),
+        _ => None,
+    };
+    Some(match (kind, reply) {
+        (Kind::Hash, OpReply::Map(pairs)) => Content::Hash(
+            pairs
+                .into_iter()
+                .map(|(f, v)| Some((bulk(f)?, bulk(v)?)))
+                .collect::<Option<_>>()?,
+        ),
+        (Kind::Set, OpReply::Set(items)) => {
+            Content::Set(items.into_iter().map(bulk).collect::<Option<_>>()?)
+        }
+        (Kind::ZSet, OpReply::Pairs(pairs)) => Content::ZSet(
+            pairs
+                .into_iter()
+                .map(|(m, s)| match (m, s) {
+                    (OpReply::Bulk(m), OpReply::Double(s)) => Some((m, s)),
+                    _ => None,
+                })
+                .collect::<Option<_>>()?,
+        ),
+        (Kind::List, OpReply::Array(items)) => {
+            Content::List(items.into_iter().map(bulk).collect::<Option<_>>()?)
+        }
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_collections_read_back_as_content() {
+        let bulk = |s: &'static str| OpReply::Bulk(Bytes::from_static(s.as_bytes()));
+        assert_eq!(
+            content_of(
+                Kind::ZSet,
+                OpReply::Pairs(vec![(bulk("m"), OpReply::Double(1.5))])
+            ),
+            Some(Content::ZSet(vec![(Bytes::from_static(b"m"), 1.5)]))
+        );
+        assert_eq!(
+            content_of(Kind::Hash, OpReply::Map(vec![(bulk("f"), bulk("v"))])),
+            Some(Content::Hash(vec![(
+                Bytes::from_static(b"f"),
+                Bytes::from_static(b"v")
+            )]))
+        );
+        assert_eq!(
+            content_of(Kind::List, OpReply::Array(vec![bulk("a")])),
+            Some(Content::List(vec![Bytes::from_static(b"a")]))
+        );
+        // Another shape (the key changed type): none.
+        assert_eq!(content_of(Kind::Set, OpReply::Array(vec![])), None);
     }
 }

@@ -204,12 +204,18 @@ impl Session {
         if plan.atomicity == Atomicity::Transfer {
             return self.run_transfer(plan).await;
         }
+        if plan.store.is_some() {
+            return self.run_store(plan).await;
+        }
+        if plan.atomicity == Atomicity::FirstFilled {
+            return self.run_first_filled(plan).await;
+        }
         if plan.shards() > 1 {
             match plan.atomicity {
                 Atomicity::AllOrNothing => return self.run_atomic(plan).await,
                 Atomicity::AllIfAbsent => return self.run_set_if_absent(plan).await,
                 Atomicity::Move(mode) => return self.run_move(plan, mode).await,
-                Atomicity::Transfer => {}
+                Atomicity::Transfer | Atomicity::FirstFilled => {}
                 Atomicity::None => {}
             }
         }

@@ -29,7 +29,7 @@ use super::reply::Reply;
 use super::session::{MultiState, Queued, Session};
 use super::spec::{flag, CommandSpec, Handler};
 use crate::clock::now_ms;
-use crate::cluster::plan::{merge, Atomicity, Plan};
+use crate::cluster::plan::{merge, Atomicity, Merge, Plan};
 use crate::cluster::txn::{self, Outcome, ShardKeys};
 use crate::cluster::ClusterError;
 use crate::meta::descriptor::TableState;
@@ -126,18 +126,23 @@ impl Session {
                     table: &table,
                     max_value: self.shared.config.max_value_len,
                 };
+                // As in Redis, an error in the arguments (past the arity)
+                // is the command's reply inside EXEC, not EXECABORT.
                 let plan = match compile(args, &cx) {
                     Ok(p) => p,
-                    Err(r) => return r,
+                    Err(r) => return self.queue_reply(Queued::Error(r)),
                 };
                 if plan.atomicity == Atomicity::AllIfAbsent && plan.shards() > 1 {
                     return Reply::error(
                         "ERR MSETNX inside MULTI needs its keys in one shard; use a hash tag such as {user1}",
                     );
                 }
-                if plan.atomicity == Atomicity::Transfer {
+                if plan.atomicity == Atomicity::Transfer
+                    || plan.atomicity == Atomicity::FirstFilled
+                    || plan.store.is_some()
+                {
                     return Reply::error(format!(
-                        "ERR {} inside MULTI needs both keys in one shard; use a hash tag such as {{user1}}",
+                        "ERR {} inside MULTI needs its keys in one shard; use a hash tag such as {{user1}}",
                         spec.name.to_ascii_uppercase()
                     ));
                 }
@@ -149,9 +154,27 @@ impl Session {
                 }
                 Queued::Plan(plan)
             }
-            // The table's own test keeps every such row NO_MULTI.
-            Handler::Async(_) => return not_here(),
+            // HSCAN / SSCAN / ZSCAN queue as their read; the table's own
+            // test keeps every other such row NO_MULTI.
+            Handler::Async(_) => match coll_scan_kind(spec.name) {
+                Some(kind) => {
+                    let table = match self.table_named(&m.table) {
+                        Ok(t) => t,
+                        Err(e) => return cluster_err(e),
+                    };
+                    match self.scan_coll_plan(args, kind, &table) {
+                        Ok(plan) => Queued::Plan(plan),
+                        Err(r) => Queued::Error(r),
+                    }
+                }
+                None => return not_here(),
+            },
         };
+        self.queue_reply(queued)
+    }
+
+    /// Add `queued` to the transaction: `QUEUED`.
+    fn queue_reply(&mut self, queued: Queued) -> Reply {
         let Some(m) = self.multi.as_mut() else {
             return Reply::error("ERR internal: not in MULTI");
         };
@@ -292,7 +315,11 @@ impl Session {
         let mut out = Vec::with_capacity(m.queued.len());
         for q in m.queued {
             out.push(match q {
+                Queued::Plan(p) if p.merge == Merge::CollScan => replies
+                    .next()
+                    .map_or(Reply::Nil, |r| self.scan_coll_reply(r)),
                 Queued::Plan(_) => replies.next().map_or(Reply::Nil, op_reply),
+                Queued::Error(r) => r,
                 Queued::Local(f, mut args) => f(self, &mut args),
                 Queued::Use { table, db } => {
                     self.use_table(&table, db);
@@ -401,5 +428,17 @@ impl Session {
             .map(|p| merge(&p.merge, replies.by_ref().take(p.parts.len()).collect()))
             .collect();
         Ok(Some(out))
+    }
+}
+
+/// The collection a scan command with a cursor walks (HSCAN, SSCAN,
+/// ZSCAN): the async rows that may be queued inside MULTI.
+pub(super) fn coll_scan_kind(name: &str) -> Option<crate::shard::command::Kind> {
+    use crate::shard::command::Kind;
+    match name {
+        "hscan" => Some(Kind::Hash),
+        "sscan" => Some(Kind::Set),
+        "zscan" => Some(Kind::ZSet),
+        _ => None,
     }
 }

@@ -153,6 +153,10 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Authenticates the connection."),
     row("bitcount", -2, READONLY, KEY, BITMAP, G::Bitmap, Data(cbit::bitcount),
         "Counts the number of set bits (population counting) in a string."),
+    row("bitfield", -2, WRITE | DENYOOM, KEY, BITMAP, G::Bitmap, Data(cbit::bitfield),
+        "Performs arbitrary bitfield integer operations on strings."),
+    row("bitfield_ro", -2, READONLY | FAST, KEY, BITMAP, G::Bitmap, Data(cbit::bitfield_ro),
+        "Performs arbitrary read-only bitfield integer operations on strings."),
     row("bitop", -4, WRITE | DENYOOM, BITOP_KEYS, BITMAP, G::Bitmap, Data(cbit::bitop),
         "Performs bitwise operations on multiple strings, and stores the result."),
     row("bitpos", -3, READONLY, KEY, BITMAP, G::Bitmap, Data(cbit::bitpos),
@@ -247,7 +251,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Sets the values of multiple fields."),
     row("hrandfield", -2, READONLY, KEY, HASH, G::Hash, Data(cc::hrandfield),
         "Returns one or more random fields from a hash."),
-    row("hscan", -3, READONLY | NO_MULTI, KEY, HASH, G::Hash, awaits!(hscan),
+    row("hscan", -3, READONLY, KEY, HASH, G::Hash, awaits!(hscan),
         "Iterates over fields and values of a hash."),
     row("hset", -4, WRITE | DENYOOM | FAST, KEY, HASH, G::Hash, Data(cc::hset),
         "Creates or modifies the value of a field in a hash."),
@@ -383,7 +387,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Get one or multiple random members from a set"),
     row("srem", -3, WRITE | FAST, KEY, SET, G::Set, Data(cc::srem),
         "Removes one or more members from a set. Deletes the set if the last member was removed."),
-    row("sscan", -3, READONLY | NO_MULTI, KEY, SET, G::Set, awaits!(sscan),
+    row("sscan", -3, READONLY, KEY, SET, G::Set, awaits!(sscan),
         "Iterates over members of a set."),
     row("strlen", 2, READONLY | FAST, KEY, STRING, G::String, Data(c::strlen),
         "Returns the length of a string value."),
@@ -473,7 +477,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Returns members in a sorted set within a range of scores in reverse order."),
     row("zrevrank", 3, READONLY | FAST, KEY, ZSET, G::SortedSet, Data(cz::zrevrank),
         "Returns the index of a member in a sorted set ordered by descending scores."),
-    row("zscan", -3, READONLY | NO_MULTI, KEY, ZSET, G::SortedSet, awaits!(zscan),
+    row("zscan", -3, READONLY, KEY, ZSET, G::SortedSet, awaits!(zscan),
         "Iterates over members and scores of a sorted set."),
     row("zscore", 3, READONLY | FAST, KEY, ZSET, G::SortedSet, Data(cz::zscore),
         "Returns the score of a member in a sorted set."),
@@ -662,8 +666,11 @@ mod tests {
                 !(c.has(NO_MULTI) && c.has(MULTI_CONTROL)),
                 "{n}: both refused and run inside MULTI"
             );
-            // Anything that waits on the cluster cannot be queued.
-            if matches!(c.handler, Handler::Async(_)) {
+            // Anything that waits on the cluster cannot be queued, but for
+            // the collection scans, which queue as their read.
+            if matches!(c.handler, Handler::Async(_))
+                && crate::resp::cmd_txn::coll_scan_kind(n).is_none()
+            {
                 assert!(
                     c.has(NO_MULTI) || c.has(MULTI_CONTROL),
                     "{n}: an Async handler must be NO_MULTI or MULTI_CONTROL"

@@ -124,16 +124,28 @@ impl Ctx<'_> {
         shards.all(|s| s == first).then_some(first)
     }
 
-    /// [`cross_shard`] unless every key lives on one shard.
-    pub(super) fn same_shard<'k>(
-        &self,
-        keys: impl IntoIterator<Item = &'k Bytes>,
-        name: &str,
-    ) -> Result<(), Reply> {
-        match self.one_shard(keys) {
-            Some(_) => Ok(()),
-            None => Err(cross_shard(name)),
+    /// LMPOP / ZMPOP / the blocking pops: `plan` pops from the first of
+    /// `keys` holding elements; across shards the router finds it first
+    /// ([`Atomicity::FirstFilled`]).
+    pub(super) fn pop_first(&self, mut plan: Plan, keys: &[Bytes]) -> Plan {
+        if self.one_shard(keys).is_none() {
+            plan.atomicity = Atomicity::FirstFilled;
         }
+        plan
+    }
+
+    /// A write across shards whose `parts` read the inputs, combined by
+    /// `merge`, the result replacing `dst` (`Session::run_store`).
+    pub(super) fn store(
+        &self,
+        parts: Vec<Part>,
+        merge: Merge,
+        dst: Bytes,
+        kind: crate::cluster::plan::StoreKind,
+    ) -> Plan {
+        let mut plan = Plan::new(self.table.clone(), parts, merge);
+        plan.store = Some(crate::cluster::plan::StoreTo { dst, kind });
+        plan
     }
 
     pub(super) fn check_value(&self, value: &Bytes) -> Result<(), Reply> {
@@ -142,14 +154,6 @@ impl Ctx<'_> {
         }
         Ok(())
     }
-}
-
-/// The reply of a write whose keys must share a shard and do not.
-pub(super) fn cross_shard(name: &str) -> Reply {
-    Reply::error(format!(
-        "CROSSSLOT {name} over keys of different shards is not supported yet; \
-         give the keys one hash tag, e.g. {{user1}}:a and {{user1}}:b"
-    ))
 }
 
 /// `numkeys key [key ...] <direction> [COUNT count]` of LMPOP, ZMPOP and
@@ -178,7 +182,7 @@ pub(super) fn mpop_args(
     while let Some(opt) = args.peek_upper() {
         let _ = args.next_bytes();
         match opt.as_str() {
-            "COUNT" if count.is_none() => {
+            "COUNT" if count.is_none() && args.remaining() > 0 => {
                 count = match args.next_i64() {
                     Ok(c) if c > 0 => Some(c as u64),
                     _ => return Err(Reply::error("ERR count should be greater than 0")),

@@ -6,8 +6,8 @@
 //! (one Raft entry for the `*STORE` forms and SMOVE). Reads across shards
 //! (SINTER, SUNION, SDIFF, SINTERCARD) read every set in one atomic
 //! transaction and combine them here; SMOVE across shards is a transaction
-//! too (`Session::run_transfer`). The `*STORE` forms across shards answer
-//! an error naming the hash-tag workaround.
+//! too (`Session::run_transfer`), and so are the `*STORE` forms: the sets
+//! read as SUNION reads them, the result stored (`Session::run_store`).
 
 use bytes::Bytes;
 
@@ -17,12 +17,16 @@ use super::errors::wrong_args;
 use super::reply::Reply;
 use super::scan::{decode_cursor, encode_cursor, parse_cursor};
 use super::session::Session;
-use crate::cluster::plan::{Atomicity, Merge, Part, Plan};
+use crate::cluster::plan::{Atomicity, Merge, Part, Plan, StoreKind};
 use crate::shard::command::{
     CollRead, CollWrite, HSetReply, HashPart, Kind, OpReply, ReadOp, SetOp, TxnOp, WriteOp,
     MAX_SCAN_COUNT,
 };
 use crate::slot::slot;
+
+/// HRANDFIELD / SRANDMEMBER / ZRANDMEMBER with a count of -2^63.
+pub(super) const ERR_COUNT_RANGE: &str =
+    "ERR value is out of range, value must between -9223372036854775807 and 9223372036854775807";
 
 fn coll_write(cx: &Ctx, key: &Bytes, op: CollWrite) -> Plan {
     cx.single(key, TxnOp::Write(WriteOp::Coll(op)))
@@ -118,7 +122,8 @@ pub fn hincrbyfloat(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     let by = args.next_bytes().unwrap_or_default();
     match crate::num::parse_f64(&by) {
         Some(f) if f.is_finite() => {}
-        _ => return Err(Reply::error("ERR value is not a valid float")),
+        Some(_) => return Err(Reply::error("ERR value is NaN or Infinity")),
+        None => return Err(Reply::error("ERR value is not a valid float")),
     }
     cx.check_value(&field)?;
     Ok(coll_write(
@@ -233,11 +238,13 @@ pub fn hrandfield(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
         Ok(w) if w.eq_ignore_ascii_case(b"withvalues") && args.remaining() == 0 => true,
         Ok(_) => return Err(Reply::error(ERR_SYNTAX)),
     };
-    if let Some(n) = count {
-        // Redis refuses a count whose reply could not be built.
-        if n == i64::MIN || (with_values && n.unsigned_abs() > (i64::MAX / 2) as u64) {
+    // Redis refuses a count whose reply could not be built.
+    match count {
+        Some(i64::MIN) => return Err(Reply::error(ERR_COUNT_RANGE)),
+        Some(n) if with_values && n.unsigned_abs() > (i64::MAX / 2) as u64 => {
             return Err(Reply::error("ERR value is out of range"));
         }
+        _ => {}
     }
     Ok(coll_read(
         cx,
@@ -348,7 +355,7 @@ pub fn srandmember(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     let count = match args.remaining() {
         0 => None,
         1 => match int_arg(args)? {
-            i64::MIN => return Err(Reply::error("ERR value is out of range")),
+            i64::MIN => return Err(Reply::error(ERR_COUNT_RANGE)),
             n => Some(n),
         },
         _ => return Err(Reply::error(ERR_SYNTAX)),
@@ -467,12 +474,16 @@ pub fn numkeys_at_1(argv: &[Bytes]) -> Vec<usize> {
     (2..(2 + n).min(argv.len())).collect()
 }
 
-fn store(args: &mut Args, cx: &Ctx, op: SetOp, name: &str) -> Result<Plan, Reply> {
+fn store(args: &mut Args, cx: &Ctx, op: SetOp) -> Result<Plan, Reply> {
     let dst = key(args);
     let keys = args.rest();
     let mut all: Vec<&Bytes> = keys.iter().collect();
     all.push(&dst);
-    cx.same_shard(all, name)?;
+    if cx.one_shard(all).is_none() {
+        // The inputs read as SINTER / SUNION / SDIFF, the result stored.
+        let read = combine(cx, op, keys, None);
+        return Ok(cx.store(read.parts, read.merge, dst, StoreKind::Set));
+    }
     Ok(coll_write(
         cx,
         &dst.clone(),
@@ -482,17 +493,17 @@ fn store(args: &mut Args, cx: &Ctx, op: SetOp, name: &str) -> Result<Plan, Reply
 
 /// `SINTERSTORE destination key [key ...]`
 pub fn sinterstore(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
-    store(args, cx, SetOp::Inter, "SINTERSTORE")
+    store(args, cx, SetOp::Inter)
 }
 
 /// `SUNIONSTORE destination key [key ...]`
 pub fn sunionstore(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
-    store(args, cx, SetOp::Union, "SUNIONSTORE")
+    store(args, cx, SetOp::Union)
 }
 
 /// `SDIFFSTORE destination key [key ...]`
 pub fn sdiffstore(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
-    store(args, cx, SetOp::Diff, "SDIFFSTORE")
+    store(args, cx, SetOp::Diff)
 }
 
 impl Session {
@@ -520,9 +531,41 @@ impl Session {
             Ok(t) => t,
             Err(e) => return super::errors::cluster_err(e),
         };
+        let plan = match self.scan_coll_plan(args, kind, &table) {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        let Some(Part {
+            shard,
+            op: TxnOp::Read(op),
+        }) = plan.parts.into_iter().next()
+        else {
+            return Reply::error("ERR internal: a scan reads");
+        };
+        let reply = match self
+            .shared
+            .client
+            .execute(&table, shard, self.read(op))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return super::errors::cluster_err(e),
+        };
+        self.scan_coll_reply(reply)
+    }
+
+    /// HSCAN / SSCAN / ZSCAN compiled against `table`: one read of the key's
+    /// shard, from where the cursor's token says (`Merge::CollScan`; inside
+    /// MULTI it is queued like any plan).
+    pub(super) fn scan_coll_plan(
+        &self,
+        args: &mut Args,
+        kind: Kind,
+        table: &std::sync::Arc<crate::cluster::routes::TableRoute>,
+    ) -> Result<Plan, Reply> {
         let key = key(args);
         let Some(cursor) = args.next_bytes().ok().and_then(|c| parse_cursor(&c)) else {
-            return Reply::error("ERR invalid cursor");
+            return Err(Reply::error("ERR invalid cursor"));
         };
         let mut count = 10u64;
         let mut pattern = None;
@@ -531,17 +574,17 @@ impl Session {
             let _ = args.next_bytes();
             match opt.as_str() {
                 "COUNT" => match args.next_i64() {
-                    Ok(n) if n < 1 => return Reply::error(ERR_SYNTAX),
+                    Ok(n) if n < 1 => return Err(Reply::error(ERR_SYNTAX)),
                     Ok(n) => count = (n as u64).min(MAX_SCAN_COUNT),
-                    Err(ArgError::NotInteger) => return Reply::error(ERR_NOT_INTEGER),
-                    Err(_) => return Reply::error(ERR_SYNTAX),
+                    Err(ArgError::NotInteger) => return Err(Reply::error(ERR_NOT_INTEGER)),
+                    Err(_) => return Err(Reply::error(ERR_SYNTAX)),
                 },
                 "MATCH" => match args.next_bytes() {
                     Ok(p) => pattern = Some(p),
-                    Err(_) => return Reply::error(ERR_SYNTAX),
+                    Err(_) => return Err(Reply::error(ERR_SYNTAX)),
                 },
                 "NOVALUES" if kind == Kind::Hash => no_values = true,
-                _ => return Reply::error(ERR_SYNTAX),
+                _ => return Err(Reply::error(ERR_SYNTAX)),
             }
         }
         let (_, token) = decode_cursor(cursor);
@@ -550,19 +593,26 @@ impl Session {
         } else {
             self.shared.scan_cursors.get(token).unwrap_or_default()
         };
-        let shard = table.desc.shard_for_slot(slot(&key));
-        let req = self.read(ReadOp::Coll(CollRead::Scan {
-            key,
+        let cx = Ctx {
+            table,
+            max_value: self.shared.config.max_value_len,
+        };
+        let read = CollRead::Scan {
+            key: key.clone(),
             kind,
             after,
             count,
             pattern,
             no_values,
-        }));
-        let reply = match self.shared.client.execute(&table, shard, req).await {
-            Ok(r) => r,
-            Err(e) => return super::errors::cluster_err(e),
         };
+        let mut plan = cx.single(&key, TxnOp::Read(ReadOp::Coll(read)));
+        plan.merge = Merge::CollScan;
+        Ok(plan)
+    }
+
+    /// A scan page as the client sees it: the cursor (a new token naming
+    /// the page's last element, or 0 at the end) and the elements.
+    pub(super) fn scan_coll_reply(&self, reply: OpReply) -> Reply {
         let OpReply::Array(mut parts) = reply else {
             return super::compile::op_reply(reply);
         };

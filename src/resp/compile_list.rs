@@ -1,8 +1,9 @@
 //! The list commands: argument parsing with Redis's error texts, compiled
 //! into [`LWrite`] and [`LRead`] operations. LMOVE and RPOPLPUSH between
 //! lists of different shards run as transactions (`Session::run_transfer`);
-//! LMPOP over lists of different shards answers `-CROSSSLOT` with the
-//! hash-tag workaround.
+//! LMPOP over lists of different shards finds the first list holding
+//! elements and pops from it in one transaction
+//! (`Session::run_first_filled`).
 
 use bytes::Bytes;
 
@@ -225,13 +226,14 @@ pub fn lpos(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
                     ));
                 }
             }
-            "COUNT" => match int(args)? {
-                n if n < 0 => return Err(Reply::error("ERR COUNT can't be negative")),
-                n => count = Some(n as u64),
+            // Redis answers a non-integer as it answers a negative.
+            "COUNT" => match args.next_i64() {
+                Ok(n) if n >= 0 => count = Some(n as u64),
+                _ => return Err(Reply::error("ERR COUNT can't be negative")),
             },
-            "MAXLEN" => match int(args)? {
-                n if n < 0 => return Err(Reply::error("ERR MAXLEN can't be negative")),
-                n => max_len = n as u64,
+            "MAXLEN" => match args.next_i64() {
+                Ok(n) if n >= 0 => max_len = n as u64,
+                _ => return Err(Reply::error("ERR MAXLEN can't be negative")),
             },
             _ => return Err(Reply::error(ERR_SYNTAX)),
         }
@@ -288,11 +290,15 @@ fn transfer(cx: &Ctx, src: Bytes, dst: Bytes, from: End, to: End) -> Plan {
 /// `LMPOP numkeys key [key ...] LEFT|RIGHT [COUNT count]`
 pub fn lmpop(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     let (keys, dir, count) = mpop_args(args, ["LEFT", "RIGHT"])?;
-    cx.same_shard(&keys, "LMPOP")?;
     let end = if dir == 0 { End::Left } else { End::Right };
-    Ok(lwrite(
+    let plan = lwrite(
         cx,
         &keys[0].clone(),
-        LWrite::MPop { keys, end, count },
-    ))
+        LWrite::MPop {
+            keys: keys.clone(),
+            end,
+            count,
+        },
+    );
+    Ok(cx.pop_first(plan, &keys))
 }

@@ -4,16 +4,18 @@
 //! As for sets, a command whose keys share a shard is one operation there;
 //! ZUNION / ZINTER / ZDIFF / ZINTERCARD across shards read each input in one
 //! atomic transaction and combine on the router ([`Merge::ZSets`]); the
-//! writing forms across shards answer `-CROSSSLOT` with the hash-tag
-//! workaround.
+//! writing forms across shards (ZUNIONSTORE..., ZRANGESTORE) read the same
+//! way and store the result in one transaction (`Session::run_store`), and
+//! ZMPOP pops from the first filled key (`Session::run_first_filled`).
 
 use bytes::Bytes;
 
 use super::args::Args;
 use super::compile::{key, mpop_args, Ctx, ERR_NOT_INTEGER, ERR_SYNTAX};
+use super::compile_coll::ERR_COUNT_RANGE;
 use super::errors::wrong_args;
 use super::reply::Reply;
-use crate::cluster::plan::{Atomicity, Merge, Part, Plan};
+use crate::cluster::plan::{Atomicity, Merge, Part, Plan, StoreKind};
 use crate::num::parse_f64;
 use crate::shard::coll::{CollRead, CollWrite, SetOp};
 use crate::shard::command::{ReadOp, TxnOp, WriteOp};
@@ -242,29 +244,32 @@ fn parse_range(
 ) -> Result<(ZRange, bool), Reply> {
     let mut with_scores = false;
     let mut limit = None;
+    // As in Redis's `zrangeGenericCommand`: REV and BYSCORE/BYLEX once
+    // each, and only where the command has not fixed them already.
+    let (mut rev_given, mut by_given) = (!full, !full);
     while let Some(opt) = args.peek_upper() {
         let _ = args.next_bytes();
         match opt.as_str() {
-            "WITHSCORES" if !store && by != By::Lex => with_scores = true,
-            "WITHSCORES" if !store && full => with_scores = true,
-            "LIMIT" if by != By::Rank || full => {
-                if args.remaining() < 2 {
-                    return Err(Reply::error(ERR_SYNTAX));
-                }
+            "WITHSCORES" if !store => with_scores = true,
+            "LIMIT" if args.remaining() >= 2 => {
                 let offset = args.next_i64().map_err(|_| Reply::error(ERR_NOT_INTEGER))?;
                 let count = args.next_i64().map_err(|_| Reply::error(ERR_NOT_INTEGER))?;
                 limit = Some((offset, count));
             }
-            "BYSCORE" if full && by == By::Rank => by = By::Score,
-            "BYLEX" if full && by == By::Rank => by = By::Lex,
-            "REV" if full => rev = true,
+            "REV" if !rev_given => (rev, rev_given) = (true, true),
+            "BYSCORE" if !by_given => (by, by_given) = (By::Score, true),
+            "BYLEX" if !by_given => (by, by_given) = (By::Lex, true),
             _ => return Err(Reply::error(ERR_SYNTAX)),
         }
     }
-    if limit.is_some() && by == By::Rank {
+    // Redis takes a LIMIT whose count is -1 (its "no limit") as no LIMIT.
+    if by == By::Rank && limit.is_some_and(|(_, count)| count != -1) {
         return Err(Reply::error(
             "ERR syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX",
         ));
+    }
+    if by == By::Rank {
+        limit = None;
     }
     if with_scores && by == By::Lex {
         return Err(Reply::error(
@@ -347,7 +352,19 @@ pub fn zrangestore(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     let a = args.next_bytes().unwrap_or_default();
     let b = args.next_bytes().unwrap_or_default();
     let (range, _) = parse_range(args, a, b, By::Rank, false, true, true)?;
-    cx.same_shard([&dst, &src], "ZRANGESTORE")?;
+    if cx.one_shard([&dst, &src]).is_none() {
+        // The range read with its scores, stored.
+        let read = zread(
+            cx,
+            &src.clone(),
+            ZRead::ZRange {
+                key: src,
+                range,
+                with_scores: true,
+            },
+        );
+        return Ok(cx.store(read.parts, read.merge, dst, StoreKind::ZSet));
+    }
     Ok(zwrite(
         cx,
         &dst.clone(),
@@ -478,13 +495,17 @@ fn numkeys(args: &mut Args, name: &str) -> Result<Vec<Bytes>, Reply> {
 /// `ZMPOP numkeys key [key ...] MIN|MAX [COUNT count]`
 pub fn zmpop(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
     let (keys, dir, count) = mpop_args(args, ["MIN", "MAX"])?;
-    cx.same_shard(&keys, "ZMPOP")?;
     let max = dir == 1;
-    Ok(zwrite(
+    let plan = zwrite(
         cx,
         &keys[0].clone(),
-        ZWrite::ZMPop { keys, max, count },
-    ))
+        ZWrite::ZMPop {
+            keys: keys.clone(),
+            max,
+            count,
+        },
+    );
+    Ok(cx.pop_first(plan, &keys))
 }
 
 /// The WEIGHTS / AGGREGATE / WITHSCORES options after the keys.
@@ -604,7 +625,31 @@ fn combine_store(args: &mut Args, cx: &Ctx, op: SetOp) -> Result<Plan, Reply> {
     let (combine, _) = combine_opts(args, op, keys, true)?;
     let mut refs: Vec<&Bytes> = combine.keys.iter().collect();
     refs.push(&dst);
-    cx.same_shard(refs, &args.name().to_ascii_uppercase())?;
+    if cx.one_shard(refs).is_none() {
+        // The inputs read as ZUNION ... WITHSCORES, the result stored.
+        let read = match cx.one_shard(&combine.keys) {
+            Some(shard) => {
+                let mut plan = zread(
+                    cx,
+                    &Bytes::new(),
+                    ZRead::ZCombine {
+                        combine,
+                        with_scores: true,
+                    },
+                );
+                plan.parts[0].shard = shard;
+                plan
+            }
+            None => {
+                let merge = Merge::ZSets {
+                    combine: combine.clone(),
+                    with_scores: true,
+                };
+                cross_shard_read(cx, &combine, merge)
+            }
+        };
+        return Ok(cx.store(read.parts, read.merge, dst, StoreKind::ZSet));
+    }
     Ok(zwrite(cx, &dst.clone(), ZWrite::ZStore { dst, combine }))
 }
 
@@ -663,10 +708,12 @@ pub fn zrandmember(args: &mut Args, cx: &Ctx) -> Result<Plan, Reply> {
         Ok(w) if w.eq_ignore_ascii_case(b"withscores") && args.remaining() == 0 => true,
         Ok(_) => return Err(Reply::error(ERR_SYNTAX)),
     };
-    if let Some(n) = count {
-        if n == i64::MIN || (with_scores && n.unsigned_abs() > (i64::MAX / 2) as u64) {
+    match count {
+        Some(i64::MIN) => return Err(Reply::error(ERR_COUNT_RANGE)),
+        Some(n) if with_scores && n.unsigned_abs() > (i64::MAX / 2) as u64 => {
             return Err(Reply::error("ERR value is out of range"));
         }
+        _ => {}
     }
     Ok(zread(
         cx,

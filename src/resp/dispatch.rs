@@ -77,7 +77,9 @@ impl Session {
             max_value: self.shared.config.max_value_len,
         };
         let mut plan = compile(args, &cx)?;
-        plan.stale_ok = self.stale_ok_for(spec);
+        // A write command whose call only reads (BITFIELD with only GETs)
+        // reads as a read-only command does.
+        plan.stale_ok = self.stale_ok_for(spec) || (self.readonly && plan.is_read_only());
         Ok(plan)
     }
 

@@ -16,6 +16,7 @@
 pub mod args;
 pub mod cmd_blocking;
 pub mod cmd_keyspace;
+pub mod cmd_store;
 pub mod cmd_string;
 pub mod cmd_table;
 pub mod cmd_transfer;

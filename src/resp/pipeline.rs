@@ -430,6 +430,10 @@ fn op_bound(op: &TxnOp, max_value: usize) -> usize {
             | ReadOp::Type { .. },
         ) => SMALL_REPLY,
         TxnOp::Read(ReadOp::MGet { keys }) => value.saturating_mul(keys.len()),
+        // An integer (`:-9223372036854775808\r\n`) per subcommand.
+        TxnOp::Read(ReadOp::BitField { ops, .. }) | TxnOp::Write(WriteOp::BitField { ops, .. }) => {
+            SMALL_REPLY.saturating_add(ops.len().saturating_mul(23))
+        }
         // GET, GETRANGE and any read added later: a value.
         TxnOp::Read(_) => value,
         TxnOp::Write(

@@ -195,6 +195,18 @@ impl ClientRegistry {
         self.clients.lock().map(|m| m.len()).unwrap_or(0)
     }
 
+    /// Clients blocked in BLPOP and the like right now.
+    pub fn blocked(&self) -> usize {
+        self.clients
+            .lock()
+            .map(|m| {
+                m.values()
+                    .filter(|c| c.unblock.blocked.load(Ordering::Relaxed))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     /// Note the command a client ran last (CLIENT LIST's `cmd`).
     pub(super) fn update_last_cmd(&self, id: u64, name: &str) {
         self.update(id, |c| {
@@ -292,6 +304,9 @@ pub struct MultiState {
 #[derive(Debug)]
 pub(super) enum Queued {
     Plan(Plan),
+    /// A command whose arguments were refused: its error is its reply at
+    /// EXEC, the others run (Redis's order of checks).
+    Error(Reply),
     /// A connection command (PING, ECHO, UNWATCH, TIME...), run at EXEC.
     Local(LocalFn, Args),
     /// TABLE.USE / SELECT: switch the connection's table at this point.
@@ -399,7 +414,7 @@ impl Session {
     fn check_password(&self, user: &str, pass: &[u8]) -> bool {
         match &self.shared.config.requirepass {
             None => false,
-            Some(p) => user == "default" && p.as_bytes() == pass,
+            Some(p) => user == "default" && same_secret(p.as_bytes(), pass),
         }
     }
 
@@ -716,15 +731,22 @@ impl Session {
     }
 
     pub(super) fn config(&mut self, args: &mut Args) -> Reply {
-        let sub = match args.next_string() {
-            Ok(s) => s.to_ascii_lowercase(),
+        let given = match args.next_string() {
+            Ok(s) => s,
             Err(e) => return arg_err(e),
         };
+        let sub = given.to_ascii_lowercase();
         match sub.as_str() {
+            "get" if args.remaining() == 0 => return wrong_args("config|get"),
             "get" => {}
             "set" => return self.config_set(args),
+            "resetstat" if args.remaining() > 0 => return wrong_args("config|resetstat"),
             "resetstat" => return Reply::ok(),
-            _ => return Reply::error(format!("ERR unknown subcommand '{sub}'. Try CONFIG HELP.")),
+            _ => {
+                return Reply::error(format!(
+                    "ERR unknown subcommand '{given}'. Try CONFIG HELP."
+                ))
+            }
         }
         let params = self.config_params();
         let mut out = Vec::new();
@@ -767,11 +789,32 @@ impl Session {
                 shared.started.elapsed().as_secs(),
             ));
         }
+        // Counters the nodes keep (collections collected, transactions
+        // recovered, waits of blocked clients), asked of every live node once.
+        let nodes: Vec<crate::shard::status::NodeStatus> =
+            if show("stats") || show("transactions") || show("clients") {
+                let view = shared.client.routes();
+                let asks = view
+                    .live
+                    .iter()
+                    .map(|n| shared.client.node_status(*n, vec![u64::MAX]));
+                futures::future::join_all(asks)
+                    .await
+                    .into_iter()
+                    .filter_map(Result::ok)
+                    .collect()
+            } else {
+                Vec::new()
+            };
         if show("clients") {
+            // blocked_waits_on_nodes: the waits the nodes hold for blocked
+            // clients of every router (one per shard a client waits on).
+            let waits: u64 = nodes.iter().map(|s| s.blocked_waits).sum();
             text.push_str(&format!(
-                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
+                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:{}\r\nblocked_waits_on_nodes:{waits}\r\n\r\n",
                 shared.clients.count(),
-                shared.limits.max_clients.load(Ordering::Relaxed)
+                shared.limits.max_clients.load(Ordering::Relaxed),
+                shared.clients.blocked(),
             ));
         }
         if show("memory") {
@@ -781,24 +824,18 @@ impl Session {
             ));
         }
         if show("stats") {
+            // Redis's lazyfreed_objects: here the dead collections whose
+            // element rows the nodes' collectors removed (each replica
+            // counts its own removal).
+            let collected: u64 = nodes.iter().map(|s| s.collections_collected).sum();
             text.push_str(&format!(
-                "# Stats\r\ntotal_commands_processed:{}\r\n\r\n",
+                "# Stats\r\ntotal_commands_processed:{}\r\nlazyfreed_objects:{collected}\r\n\r\n",
                 shared.commands_processed.load(Ordering::Relaxed)
             ));
         }
         if show("transactions") {
             // Recovered transactions are counted by the nodes that resolved them.
-            let view = shared.client.routes();
-            let asks = view
-                .live
-                .iter()
-                .map(|n| shared.client.node_status(*n, vec![u64::MAX]));
-            let recovered: u64 = futures::future::join_all(asks)
-                .await
-                .into_iter()
-                .filter_map(Result::ok)
-                .map(|s| s.txn_recovered)
-                .sum();
+            let recovered: u64 = nodes.iter().map(|s| s.txn_recovered).sum();
             let t = &shared.txn_stats;
             text.push_str(&format!(
                 "# Transactions\r\ntxn_committed:{}\r\ntxn_aborted:{}\r\ntxn_conflicts:{}\r\ntxn_one_phase:{}\r\ntxn_recovered_by_nodes:{}\r\n\r\n",
@@ -946,5 +983,36 @@ mod tests {
         ] {
             assert_eq!(parse_memory(bad), None, "{bad:?}");
         }
+    }
+}
+
+/// Whether `guess` is `secret`, in a time that depends on the guess's
+/// length only: nothing about the secret (its bytes or its length) shows in
+/// how long a wrong guess takes.
+fn same_secret(secret: &[u8], guess: &[u8]) -> bool {
+    if secret.is_empty() {
+        return guess.is_empty();
+    }
+    let mut diff = (secret.len() ^ guess.len()) as u64;
+    for (i, g) in guess.iter().enumerate() {
+        diff |= u64::from(g ^ secret[i % secret.len()]);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::same_secret;
+
+    #[test]
+    fn only_the_secret_itself_matches() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3cret", b"s3cre"));
+        assert!(!same_secret(b"s3cret", b"s3crets"));
+        // A guess that repeats the secret is not it.
+        assert!(!same_secret(b"ab", b"abab"));
+        assert!(!same_secret(b"s3cret", b"S3cret"));
+        assert!(!same_secret(b"s3cret", b""));
+        assert!(same_secret(b"", b""));
     }
 }

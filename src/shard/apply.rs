@@ -30,6 +30,25 @@ use crate::num::{parse_f64, parse_i64};
 use bytes::Bytes;
 use std::collections::HashSet;
 
+/// The length a BITFIELD's value grows to: the byte of the last bit its
+/// SETs and INCRBYs write (0 with none).
+fn bitfield_len(ops: &[super::bitmap::FieldOp]) -> u64 {
+    ops.iter()
+        .filter_map(|op| op.last_written_bit())
+        .max()
+        .map_or(0, |bit| bit / 8 + 1)
+}
+
+/// BITFIELD's array: a value per op, nil where FAIL refused an overflow.
+fn bitfield_reply(values: Vec<Option<i64>>) -> OpReply {
+    OpReply::Array(
+        values
+            .into_iter()
+            .map(|v| v.map_or(OpReply::Nil, OpReply::Int))
+            .collect(),
+    )
+}
+
 /// Check a write before the leader proposes it, against the node's own
 /// limits: a value over `max_value_len` is refused (the reply is the
 /// error; nothing is proposed), and APPEND / SETRANGE get the node's limit
@@ -56,6 +75,13 @@ pub fn admit(op: &mut WriteOp, limits: &Limits) -> Result<(), OpReply> {
         } => {
             *max_len = (*max_len).min(max);
             if *offset / 8 + 1 > *max_len {
+                return too_big();
+            }
+            Ok(())
+        }
+        WriteOp::BitField { ops, max_len, .. } => {
+            *max_len = (*max_len).min(max);
+            if bitfield_len(ops) > *max_len {
                 return too_big();
             }
             Ok(())
@@ -401,6 +427,23 @@ fn write_result(
                 vec![put(key, Bytes::from(data), ttl)],
             ))
         }
+        WriteOp::BitField { key, ops, max_len } => {
+            let old = string(live(key)?)?;
+            let len = bitfield_len(ops);
+            if len > *max_len {
+                return nothing(OpReply::Error(ERR_TOO_BIG.into()));
+            }
+            let mut data = old.as_ref().map_or_else(Vec::new, |v| v.data.to_vec());
+            if (data.len() as u64) < len {
+                data.resize(len as usize, 0);
+            }
+            let replies = super::bitmap::bit_field(&mut data, ops);
+            let ttl = old.map_or(0, |v| v.expire_at_ms);
+            Ok((
+                bitfield_reply(replies),
+                vec![put(key, Bytes::from(data), ttl)],
+            ))
+        }
         WriteOp::BitOp { op, dst, keys } => {
             let mut sources = Vec::with_capacity(keys.len());
             for k in keys {
@@ -658,6 +701,17 @@ fn read_result(
             None if *bit => -1,
             None => 0,
         }),
+        ReadOp::BitField { key, ops } => {
+            let data = string(live(key)?)?.map(|v| v.data).unwrap_or_default();
+            let values = ops.iter().map(|op| match *op {
+                super::bitmap::FieldOp::Get { ty, offset } => Ok(ty.read(&data, offset)),
+                _ => Err(()),
+            });
+            match values.collect::<Result<Vec<i64>, ()>>() {
+                Ok(v) => OpReply::Array(v.into_iter().map(OpReply::Int).collect()),
+                Err(()) => OpReply::Error(super::bitmap::ERR_BITFIELD_RO.into()),
+            }
+        }
         ReadOp::Object { key, field } => match live(key)? {
             None => OpReply::Nil,
             Some(v) => object_field(&v, *field),

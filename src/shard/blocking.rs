@@ -26,6 +26,8 @@ pub const MAX_WAITERS: usize = 100_000;
 
 struct Waiter {
     id: u64,
+    /// The blocked command's number, as the router named it (0: none).
+    client: u64,
     since_ms: u64,
     keys: Vec<Bytes>,
     wake: oneshot::Sender<()>,
@@ -37,6 +39,8 @@ struct Inner {
     waiters: HashMap<u64, Waiter>,
     /// key -> ids of the waiters on it.
     by_key: HashMap<Bytes, Vec<u64>>,
+    /// client -> ids of its waiters (clients that named themselves).
+    by_client: HashMap<u64, Vec<u64>>,
 }
 
 /// The waiters of one group replica.
@@ -60,9 +64,10 @@ impl Drop for Wait<'_> {
 }
 
 impl Waiters {
-    /// Wait on `keys` for a client blocked since `since_ms`; `None` when
-    /// the replica holds too many waits already.
-    pub fn register(&self, keys: &[Bytes], since_ms: u64) -> Option<Wait<'_>> {
+    /// Wait on `keys` for a client blocked since `since_ms` (the blocked
+    /// command `client`, or 0); `None` when the replica holds too many
+    /// waits already.
+    pub fn register(&self, keys: &[Bytes], since_ms: u64, client: u64) -> Option<Wait<'_>> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if inner.waiters.len() >= MAX_WAITERS {
             return None;
@@ -73,10 +78,14 @@ impl Waiters {
         for k in keys {
             inner.by_key.entry(k.clone()).or_default().push(id);
         }
+        if client != 0 {
+            inner.by_client.entry(client).or_default().push(id);
+        }
         inner.waiters.insert(
             id,
             Waiter {
                 id,
+                client,
                 since_ms,
                 keys: keys.to_vec(),
                 wake: tx,
@@ -87,6 +96,16 @@ impl Waiters {
             id,
             woken: rx,
         })
+    }
+
+    /// The blocked command `client` stopped waiting: its waits end (their
+    /// requests answer nil) and no wake-up goes to them.
+    pub fn cancel(&self, client: u64) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let ids = inner.by_client.remove(&client).unwrap_or_default();
+        for id in ids {
+            remove(&mut inner, id);
+        }
     }
 
     fn forget(&self, id: u64) {
@@ -144,6 +163,12 @@ fn remove(inner: &mut Inner, id: u64) -> Option<Waiter> {
             }
         }
     }
+    if let Some(ids) = inner.by_client.get_mut(&w.client) {
+        ids.retain(|i| *i != id);
+        if ids.is_empty() {
+            inner.by_client.remove(&w.client);
+        }
+    }
     Some(w)
 }
 
@@ -158,9 +183,9 @@ mod tests {
     #[test]
     fn one_waiter_per_fill_longest_blocked_first() {
         let w = Waiters::default();
-        let mut late = w.register(&[b("k")], 300).unwrap();
-        let mut early = w.register(&[b("k"), b("j")], 100).unwrap();
-        let mut middle = w.register(&[b("k")], 200).unwrap();
+        let mut late = w.register(&[b("k")], 300, 0).unwrap();
+        let mut early = w.register(&[b("k"), b("j")], 100, 0).unwrap();
+        let mut middle = w.register(&[b("k")], 200, 0).unwrap();
         w.filled(&[b("k")]);
         assert!(early.woken.try_recv().is_ok());
         assert!(middle.woken.try_recv().is_err());
@@ -177,8 +202,8 @@ mod tests {
     #[test]
     fn a_waiter_that_went_away_is_skipped_and_forgotten() {
         let w = Waiters::default();
-        let gone = w.register(&[b("k")], 1).unwrap();
-        let mut next = w.register(&[b("k")], 2).unwrap();
+        let gone = w.register(&[b("k")], 1, 0).unwrap();
+        let mut next = w.register(&[b("k")], 2, 0).unwrap();
         drop(gone);
         assert_eq!(w.len(), 1);
         w.filled(&[b("k")]);
@@ -186,5 +211,24 @@ mod tests {
         drop(next);
         assert!(w.is_empty());
         assert!(w.inner.lock().unwrap().by_key.is_empty());
+    }
+
+    #[test]
+    fn a_cancelled_client_gets_no_wake_up() {
+        let w = Waiters::default();
+        // Client 7 blocked first, on two keys of this group.
+        let mut cancelled = w.register(&[b("k"), b("j")], 1, 7).unwrap();
+        let mut other = w.register(&[b("k")], 2, 9).unwrap();
+        w.cancel(7);
+        assert!(matches!(
+            cancelled.woken.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
+        w.filled(&[b("k")]);
+        assert!(other.woken.try_recv().is_ok());
+        drop((cancelled, other));
+        w.cancel(9);
+        let inner = w.inner.lock().unwrap();
+        assert!(inner.waiters.is_empty() && inner.by_key.is_empty() && inner.by_client.is_empty());
     }
 }

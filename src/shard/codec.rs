@@ -171,11 +171,13 @@ impl Format {
             // read by its own decoder), the snapshot its element rows;
             // requests, log entries and replies appended enum variants.
             Format::Stored | Format::SnapshotData => (2, 2),
-            Format::LogEntry
-            | Format::ShardRequest
-            | Format::ShardReply
-            | Format::Prepared
-            | Format::RaftAppend => (1, 2),
+            // Version 3 appended: cancellable waits (requests), whole
+            // collections written at once and BITFIELD (operations, so log
+            // entries, staged transactions and appends too).
+            Format::ShardRequest | Format::LogEntry | Format::Prepared | Format::RaftAppend => {
+                (1, 3)
+            }
+            Format::ShardReply => (1, 2),
             Format::Vote
             | Format::Committed
             | Format::Purged

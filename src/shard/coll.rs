@@ -98,6 +98,50 @@ pub enum CollWrite {
     Z(ZWrite),
     /// A list write ([`super::list`]).
     L(LWrite),
+    /// Replace `key` with a collection of `content` (none: delete it),
+    /// expiring at `expire_at_ms` (0: never). The write half of a multi-key
+    /// command whose keys span shards: the router read and combined the
+    /// inputs (SUNIONSTORE, ZUNIONSTORE, ZRANGESTORE...) or read a whole
+    /// collection (RENAME, COPY) and writes the result here, in a
+    /// transaction that WATCHes the inputs. Reply: the number of elements.
+    Replace {
+        key: Bytes,
+        content: Content,
+        expire_at_ms: u64,
+    },
+}
+
+/// The elements of a whole collection, as a [`CollWrite::Replace`] carries
+/// them. Repeated fields or members: the last one counts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Content {
+    Hash(Vec<(Bytes, Bytes)>),
+    Set(Vec<Bytes>),
+    ZSet(Vec<(Bytes, f64)>),
+    /// Elements from the head.
+    List(Vec<Bytes>),
+}
+
+impl Content {
+    pub fn len(&self) -> usize {
+        match self {
+            Content::Hash(pairs) => pairs.len(),
+            Content::Set(items) | Content::List(items) => items.len(),
+            Content::ZSet(items) => items.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn elements(&self) -> Vec<&Bytes> {
+        match self {
+            Content::Hash(pairs) => pairs.iter().flat_map(|(f, v)| [f, v]).collect(),
+            Content::Set(items) | Content::List(items) => items.iter().collect(),
+            Content::ZSet(items) => items.iter().map(|(m, _)| m).collect(),
+        }
+    }
 }
 
 /// What HSET-like commands answer.
@@ -208,7 +252,8 @@ impl CollWrite {
             | CollWrite::HIncrByFloat { key, .. }
             | CollWrite::SAdd { key, .. }
             | CollWrite::SRem { key, .. }
-            | CollWrite::SPop { key, .. } => vec![key],
+            | CollWrite::SPop { key, .. }
+            | CollWrite::Replace { key, .. } => vec![key],
             CollWrite::SMove { src, dst, .. } => vec![src, dst],
             CollWrite::SStore { dst, keys, .. } => std::iter::once(dst).chain(keys).collect(),
             CollWrite::Z(z) => z.keys(),
@@ -229,6 +274,7 @@ impl CollWrite {
             }
             CollWrite::SMove { member, .. } => vec![member],
             CollWrite::SPop { .. } | CollWrite::SStore { .. } => Vec::new(),
+            CollWrite::Replace { content, .. } => content.elements(),
             CollWrite::Z(z) => z.elements(),
             CollWrite::L(l) => l.elements(),
         }
@@ -279,6 +325,41 @@ fn write_in(c: &CollWrite, now: u64, index: u64, view: &mut Layer) -> Result<OpR
     Ok(match c {
         CollWrite::Z(z) => return super::zset::write(z, now, index, view),
         CollWrite::L(l) => return super::list::write(l, now, index, view),
+        CollWrite::Replace {
+            key,
+            content,
+            expire_at_ms,
+        } => {
+            // Drop the old record first so its rows of this same
+            // generation (if it was made by this entry) go too.
+            view.put(key, None);
+            let kind = match content {
+                Content::Hash(_) => Kind::Hash,
+                Content::Set(_) => Kind::Set,
+                Content::ZSet(_) => Kind::ZSet,
+                Content::List(_) => Kind::List,
+            };
+            let mut out = Open::new(key, kind, index, *expire_at_ms);
+            match content {
+                Content::Hash(pairs) => {
+                    for (f, v) in pairs {
+                        let existed = out.elem(view, f)?.is_some();
+                        out.set(view, f, v.clone(), existed);
+                    }
+                }
+                Content::Set(members) => {
+                    for m in members {
+                        let existed = out.elem(view, m)?.is_some();
+                        out.set(view, m, Bytes::new(), existed);
+                    }
+                }
+                Content::ZSet(items) => super::zset::fill(view, &mut out, items)?,
+                Content::List(values) => super::list::fill(view, &mut out, values),
+            }
+            let n = out.coll.len as i64;
+            out.save(view, index);
+            OpReply::Int(n)
+        }
         CollWrite::HSet { key, pairs, reply } => {
             let mut h = Open::get(view, key, Kind::Hash, now, index)?;
             let mut added = 0;
@@ -434,16 +515,7 @@ fn write_in(c: &CollWrite, now: u64, index: u64, view: &mut Layer) -> Result<OpR
             if members.is_empty() {
                 view.put(dst, None);
             } else {
-                let mut out = Open {
-                    key: dst.clone(),
-                    coll: Coll {
-                        kind: Kind::Set,
-                        gen: index,
-                        len: 0,
-                        left: 0,
-                    },
-                    expire_at_ms: 0,
-                };
+                let mut out = Open::new(dst, Kind::Set, index, 0);
                 // Drop the old record first so its rows of this same
                 // generation (if it was made by this entry) go too.
                 view.put(dst, None);

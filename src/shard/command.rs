@@ -9,7 +9,7 @@ use super::value::Stored;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use super::bitmap::{BitOpKind, BitRange};
+pub use super::bitmap::{BitOpKind, BitRange, FieldOp, FieldType, Overflow};
 pub use super::coll::{CollRead, CollWrite, HSetReply, HashPart, SetOp};
 pub use super::value::Kind;
 
@@ -67,6 +67,23 @@ pub enum ShardRequest {
         since_ms: u64,
         wait_ms: u64,
         now_ms: u64,
+    },
+    /// [`ShardRequest::WaitFilled`] for the blocked command `client` (a
+    /// number the router picked), which [`ShardRequest::CancelWaits`] can
+    /// end early.
+    WaitFilledFor {
+        client: u64,
+        keys: Vec<Bytes>,
+        kind: Kind,
+        since_ms: u64,
+        wait_ms: u64,
+        now_ms: u64,
+    },
+    /// The blocked command `client` stopped waiting (it was served through
+    /// another shard, unblocked, or its connection closed): forget its
+    /// waits here, so no wake-up is spent on it. Replies `Ok`.
+    CancelWaits {
+        client: u64,
     },
 }
 
@@ -195,6 +212,15 @@ pub enum WriteOp {
         dst: Bytes,
         keys: Vec<Bytes>,
     },
+    /// BITFIELD with a SET or INCRBY: an array of one reply per op (nil
+    /// for one that overflowed under FAIL). The value grows to the last
+    /// bit written, even when every write fails, as in Redis; `max_len`
+    /// as for [`WriteOp::Append`].
+    BitField {
+        key: Bytes,
+        ops: Vec<FieldOp>,
+        max_len: u64,
+    },
 }
 
 /// What [`WriteOp::Move`] does, with Redis's replies.
@@ -247,7 +273,9 @@ impl WriteOp {
             WriteOp::MSet { pairs, .. } => pairs.iter().map(|(k, _)| k).collect(),
             WriteOp::FlushGroup => Vec::new(),
             WriteOp::Move { src, dst, .. } => vec![src, dst],
-            WriteOp::PutRecord { key, .. } | WriteOp::SetBit { key, .. } => vec![key],
+            WriteOp::PutRecord { key, .. }
+            | WriteOp::SetBit { key, .. }
+            | WriteOp::BitField { key, .. } => vec![key],
             WriteOp::BitOp { dst, keys, .. } => std::iter::once(dst).chain(keys).collect(),
             WriteOp::Coll(c) => c.keys(),
         }
@@ -348,6 +376,11 @@ pub enum ReadOp {
         range: Option<BitRange>,
         end_given: bool,
     },
+    /// BITFIELD or BITFIELD_RO with only GETs: an array of the values.
+    BitField {
+        key: Bytes,
+        ops: Vec<FieldOp>,
+    },
 }
 
 /// What OBJECT asks of a key.
@@ -372,7 +405,8 @@ impl ReadOp {
             | ReadOp::Object { key, .. }
             | ReadOp::GetBit { key, .. }
             | ReadOp::BitCount { key, .. }
-            | ReadOp::BitPos { key, .. } => vec![key],
+            | ReadOp::BitPos { key, .. }
+            | ReadOp::BitField { key, .. } => vec![key],
             ReadOp::Exists { keys } | ReadOp::MGet { keys } => keys.iter().collect(),
             ReadOp::Scan { .. } | ReadOp::ScanType { .. } | ReadOp::DbSize | ReadOp::KeyCount => {
                 Vec::new()

@@ -308,17 +308,22 @@ impl Open {
                 coll,
                 expire_at_ms: v.expire_at_ms,
             },
-            None => Open {
-                key: key.clone(),
-                coll: Coll {
-                    kind,
-                    gen: index,
-                    len: 0,
-                    left: 0,
-                },
-                expire_at_ms: 0,
-            },
+            None => Open::new(key, kind, index, 0),
         })
+    }
+
+    /// A new, empty collection of `kind` under `key`, of generation `index`.
+    pub(super) fn new(key: &Bytes, kind: Kind, index: u64, expire_at_ms: u64) -> Open {
+        Open {
+            key: key.clone(),
+            coll: Coll {
+                kind,
+                gen: index,
+                len: 0,
+                left: 0,
+            },
+            expire_at_ms,
+        }
     }
 
     pub(super) fn elem(&self, view: &mut dyn ReadView, e: &[u8]) -> Result<Option<Bytes>, Corrupt> {

@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::codec::{self, CodecError, Format};
+use super::command::{BitOpKind, BitRange, FieldOp, FieldType, Overflow};
 use super::command::{
     ExpireCond, Expiry, LogCmd, MoveMode, ObjectField, OpReply, ReadOp, SetCond, ShardRequest,
     WriteCmd, WriteOp,
@@ -145,7 +146,7 @@ fn stored() -> Stored {
 fn log_entry_set_with_expiry() {
     let e = entry(42, EntryPayload::Normal(LogCmd::Write(set_with_expiry())));
     let pinned = concat!(
-        "0201",            // version 2, kind 1 (log entry)
+        "0301",            // version 3, kind 1 (log entry)
         "03 01 2a",        // log id: term 3, node 1, index 42 (varints)
         "01",              // EntryPayload::Normal
         "00",              // LogCmd::Write
@@ -172,7 +173,7 @@ fn log_entry_move_and_put_record() {
         Format::LogEntry,
         &entry(44, EntryPayload::Normal(LogCmd::Write(rename))),
         concat!(
-            "0201 03012c 01 00 05", // header, log id, Normal, Write, now_ms
+            "0301 03012c 01 00 05", // header, log id, Normal, Write, now_ms
             "0e",                   // WriteOp::Move (14)
             "0161 0162",            // src "a", dst "b"
             "01",                   // MoveMode::RenameNx
@@ -186,7 +187,7 @@ fn log_entry_move_and_put_record() {
         Format::LogEntry,
         &entry(45, EntryPayload::Normal(LogCmd::Write(put))),
         concat!(
-            "0201 03012d 01 00 05",
+            "0301 03012d 01 00 05",
             "0f",           // WriteOp::PutRecord (15)
             "016b",         // key "k"
             "2a",           // version 42
@@ -209,7 +210,7 @@ fn log_entry_mset() {
     golden(
         Format::LogEntry,
         &entry(43, EntryPayload::Normal(LogCmd::Write(cmd))),
-        "0201 03012b0100050202 0161013101620132 01",
+        "0301 03012b0100050202 0161013101620132 01",
     );
 }
 
@@ -232,7 +233,7 @@ fn log_entry_batch_of_writes() {
             EntryPayload::Normal(LogCmd::Batch(vec![set("a"), set("b")])),
         ),
         concat!(
-            "0201",     // version 2, kind 1 (log entry)
+            "0301",     // version 3, kind 1 (log entry)
             "03 01 2e", // log id: term 3, node 1, index 46
             "01",       // EntryPayload::Normal
             "02",       // LogCmd::Batch
@@ -248,7 +249,7 @@ fn log_entry_transaction_prepare_and_commit() {
     golden(
         Format::LogEntry,
         &entry(44, EntryPayload::Normal(LogCmd::Txn(prepare()))),
-        "0201 \
+        "0301 \
          03012c010180d095 ffbc310109020005 0178030100017901 017905",
     );
     let commit = TxnEntry {
@@ -258,7 +259,7 @@ fn log_entry_transaction_prepare_and_commit() {
     golden(
         Format::LogEntry,
         &entry(45, EntryPayload::Normal(LogCmd::Txn(commit))),
-        "0201 03012d0101e4d095 ffbc310209",
+        "0301 03012d0101e4d095 ffbc310209",
     );
 }
 
@@ -267,12 +268,12 @@ fn log_entry_blank_and_membership() {
     golden(
         Format::LogEntry,
         &entry(1, EntryPayload::Blank),
-        "0201 03010100",
+        "0301 03010100",
     );
     golden(
         Format::LogEntry,
         &entry(2, EntryPayload::Membership(membership())),
-        "0201 \
+        "0301 \
          0301020201030102 030301076e313a37 30303102076e323a \
          3730303103076e33 3a37303031",
     );
@@ -341,6 +342,41 @@ fn every_command_round_trips() {
             key: b("k"),
             record: stored(),
         },
+        WriteOp::SetBit {
+            key: b("k"),
+            offset: 7,
+            on: true,
+            max_len: 10,
+        },
+        WriteOp::BitOp {
+            op: BitOpKind::Xor,
+            dst: b("d"),
+            keys: vec![b("a"), b("b")],
+        },
+        WriteOp::BitField {
+            key: b("k"),
+            ops: vec![
+                FieldOp::Set {
+                    ty: FieldType {
+                        signed: false,
+                        bits: 63,
+                    },
+                    offset: 3,
+                    value: -1,
+                    overflow: Overflow::Sat,
+                },
+                FieldOp::IncrBy {
+                    ty: FieldType {
+                        signed: true,
+                        bits: 64,
+                    },
+                    offset: 1 << 32,
+                    by: i64::MIN,
+                    overflow: Overflow::Fail,
+                },
+            ],
+            max_len: 1 << 29,
+        },
     ];
     let reads = vec![
         ReadOp::Get { key: b("k") },
@@ -378,6 +414,34 @@ fn every_command_round_trips() {
         ReadOp::Object {
             key: b("k"),
             field: ObjectField::RefCount,
+        },
+        ReadOp::GetBit {
+            key: b("k"),
+            offset: 9,
+        },
+        ReadOp::BitCount {
+            key: b("k"),
+            range: Some(BitRange {
+                start: -1,
+                end: 5,
+                bits: true,
+            }),
+        },
+        ReadOp::BitPos {
+            key: b("k"),
+            bit: false,
+            range: None,
+            end_given: false,
+        },
+        ReadOp::BitField {
+            key: b("k"),
+            ops: vec![FieldOp::Get {
+                ty: FieldType {
+                    signed: true,
+                    bits: 1,
+                },
+                offset: 0,
+            }],
         },
     ];
     for op in &writes {
@@ -474,17 +538,29 @@ fn shard_request() {
     golden(
         Format::ShardRequest,
         &read,
-        "020c 0302020161016201 80d095ffbc31",
+        "030c 0302020161016201 80d095ffbc31",
     );
     let versions = ShardRequest::ReadVersions {
         keys: vec![b("w")],
         now_ms: 7,
     };
-    golden(Format::ShardRequest, &versions, "020c 0201017707");
+    golden(Format::ShardRequest, &versions, "030c 0201017707");
     golden(
         Format::ShardRequest,
         &ShardRequest::Write(set_with_expiry()),
-        "020c 0080d095ffbc3100 016b017602e0a499 ffbc310100",
+        "030c 0080d095ffbc3100 016b017602e0a499 ffbc310100",
+    );
+    // Version 3 appended the cancellable waits; a version 2 request reads
+    // the same.
+    let old = codec::decode::<ShardRequest>(Format::ShardRequest, &unhex("020c 0201017707"));
+    assert_eq!(
+        format!("{old:?}"),
+        format!("{:?}", Ok::<_, CodecError>(versions))
+    );
+    golden(
+        Format::ShardRequest,
+        &ShardRequest::CancelWaits { client: 5 },
+        "030c 0605",
     );
 }
 
@@ -622,7 +698,7 @@ fn prepared_transaction() {
     golden(
         Format::Prepared,
         &p,
-        "0208 0902000501780301 0001790201780179 80d095ffbc31",
+        "0308 0902000501780301 0001790201780179 80d095ffbc31",
     );
 }
 
@@ -655,7 +731,7 @@ fn snapshot_data() {
         &data,
         "0207 \
          01016b0c020b2ae0 a499ffbc31017600 02 0207780301090909 \
-         0800000000000000 0908020809000101 7801 \
+         0800000000000000 0908030809000101 7801 \
          00",
     );
 }
@@ -686,7 +762,7 @@ fn raft_messages() {
     golden(
         Format::RaftAppend,
         &append,
-        "020f \
+        "030f \
          0301010103012901 03012a010080d095 ffbc3100016b0176 \
          02e0a499ffbc3101 0001030129",
     );

@@ -424,6 +424,11 @@ impl Host {
         self.awaken(replica).await;
         let limits = self.config.limits;
         let max_reply = max_reply.min(limits.max_reply_len);
+        // The blocked command a wait belongs to (0: none named).
+        let client = match &req {
+            ShardRequest::WaitFilledFor { client, .. } => *client,
+            _ => 0,
+        };
         match req {
             ShardRequest::Write(mut cmd) => match admit(&mut cmd.op, &limits) {
                 Ok(()) => {
@@ -471,14 +476,26 @@ impl Host {
                     .read(move |db| Ok(serve_read(db, gid, &op, now_ms, max_reply)))
                     .await?
             }
+            ShardRequest::CancelWaits { client } => {
+                replica.sm.waiters().cancel(client);
+                Ok(OpReply::Ok)
+            }
             ShardRequest::WaitFilled {
                 keys,
                 kind,
                 since_ms,
                 wait_ms,
                 now_ms,
+            }
+            | ShardRequest::WaitFilledFor {
+                keys,
+                kind,
+                since_ms,
+                wait_ms,
+                now_ms,
+                ..
             } => {
-                let Some(mut wait) = replica.sm.waiters().register(&keys, since_ms) else {
+                let Some(mut wait) = replica.sm.waiters().register(&keys, since_ms, client) else {
                     return Ok(OpReply::Error(
                         "ERR too many clients blocked on this node, try again later".into(),
                     ));

@@ -147,16 +147,9 @@ fn row(i: u64) -> Bytes {
 }
 
 fn new_list(key: &Bytes, index: u64) -> Open {
-    Open {
-        key: key.clone(),
-        coll: Coll {
-            kind: Kind::List,
-            gen: index,
-            len: 0,
-            left: MIDDLE,
-        },
-        expire_at_ms: 0,
-    }
+    let mut l = Open::new(key, Kind::List, index, 0);
+    l.coll.left = MIDDLE;
+    l
 }
 
 /// The live list, or a new empty one (generation `index`).
@@ -177,6 +170,14 @@ fn push(view: &mut dyn KeyView, l: &mut Open, end: End, value: Bytes) {
     };
     l.coll.len += 1;
     view.put_sub(&l.key, l.coll.gen, row(at), Some(value));
+}
+
+/// Fill the new, empty list `l` with `values`, head first.
+pub(super) fn fill(view: &mut dyn KeyView, l: &mut Open, values: &[Bytes]) {
+    l.coll.left = MIDDLE;
+    for v in values {
+        push(view, l, End::Right, v.clone());
+    }
 }
 
 /// Elements `[a, b]` (0-based from the head) as (row index, value).

@@ -180,6 +180,8 @@ pub fn spawn_element_collector(host: Arc<Host>, period: Duration) {
                 {
                     Ok((next, n)) => {
                         if n > 0 {
+                            super::status::COLLECTIONS_COLLECTED
+                                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                             tracing::debug!(
                                 group = gid,
                                 runs = n,

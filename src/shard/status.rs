@@ -9,6 +9,12 @@ use super::host::Host;
 /// disappeared (counted by `node::txn_recovery`, reported in the status).
 pub static TXN_RECOVERED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Dead collections (key generations) whose element rows this node's
+/// collector removed, one per replica (counted by
+/// `purger::spawn_element_collector`, reported in the status).
+pub static COLLECTIONS_COLLECTED: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub node_id: u64,
@@ -17,6 +23,14 @@ pub struct NodeStatus {
     /// disappeared (since the node started).
     #[serde(default)]
     pub txn_recovered: u64,
+    /// Dead collections (deleted, overwritten, expired or flushed) whose
+    /// element rows this node's collector removed since it started, one per
+    /// replica that removed them.
+    #[serde(default)]
+    pub collections_collected: u64,
+    /// Waits of blocked clients this node's replicas hold now.
+    #[serde(default)]
+    pub blocked_waits: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,5 +102,11 @@ pub fn node_status(host: &Host, gids: &[u64]) -> NodeStatus {
         node_id: host.node_id,
         groups,
         txn_recovered: TXN_RECOVERED.load(std::sync::atomic::Ordering::Relaxed),
+        collections_collected: COLLECTIONS_COLLECTED.load(std::sync::atomic::Ordering::Relaxed),
+        blocked_waits: host
+            .replicas()
+            .iter()
+            .map(|r| r.sm.waiters().len() as u64)
+            .sum(),
     }
 }

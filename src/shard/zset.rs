@@ -313,6 +313,19 @@ fn put(view: &mut dyn KeyView, z: &mut Open, member: &Bytes, new: f64, old: Opti
     );
 }
 
+/// Add `items` to the new sorted set `z` (a repeated member: its last score).
+pub(super) fn fill(
+    view: &mut dyn KeyView,
+    z: &mut Open,
+    items: &[(Bytes, f64)],
+) -> Result<(), Corrupt> {
+    for (m, s) in items {
+        let old = score(view, &z.key, z.coll.gen, m)?;
+        put(view, z, m, *s, old);
+    }
+    Ok(())
+}
+
 fn remove(view: &mut dyn KeyView, z: &mut Open, member: &Bytes, old: f64) {
     z.coll.len = z.coll.len.saturating_sub(1);
     view.put_sub(&z.key, z.coll.gen, member_elem(member), None);
@@ -702,16 +715,7 @@ fn store(view: &mut Layer, dst: &Bytes, items: &[(Bytes, f64)], index: u64) {
     if items.is_empty() {
         return;
     }
-    let mut z = Open {
-        key: dst.clone(),
-        coll: Coll {
-            kind: Kind::ZSet,
-            gen: index,
-            len: 0,
-            left: 0,
-        },
-        expire_at_ms: 0,
-    };
+    let mut z = Open::new(dst, Kind::ZSet, index, 0);
     for (m, s) in items {
         put(view, &mut z, m, *s, None);
     }

@@ -782,9 +782,15 @@ proptest! {
         let mut touched: Vec<Bytes> = Vec::new();
         for part in &plan.parts {
             for (i, k) in part.op.keys().into_iter().enumerate() {
-                // A transfer across shards (SMOVE, LMOVE) is run by the
-                // router from its one part, placed on the source's shard.
-                if i == 0 || plan.atomicity != crate::cluster::plan::Atomicity::Transfer {
+                // A transfer across shards (SMOVE, LMOVE) or a pop from the
+                // first filled key (LMPOP, ZMPOP) is run by the router from
+                // its one part, placed on the first key's shard.
+                let routed = matches!(
+                    plan.atomicity,
+                    crate::cluster::plan::Atomicity::Transfer
+                        | crate::cluster::plan::Atomicity::FirstFilled
+                );
+                if i == 0 || !routed {
                     prop_assert_eq!(t.desc.shard_for_slot(slot(&k)), part.shard);
                 }
                 touched.push(k);
@@ -798,6 +804,12 @@ proptest! {
                 };
                 prop_assert!(!too_big);
             }
+        }
+        // A store across shards reads in its parts and writes its
+        // destination when it runs.
+        if let Some(store) = &plan.store {
+            prop_assert!(spec.is_write(), "{} stores", name);
+            touched.push(store.dst.clone());
         }
         let mut named: Vec<Bytes> = spec
             .key_positions(&parts)
@@ -917,4 +929,108 @@ fn keyspace_commands_compile() {
     );
     assert_eq!(error("LCS a b MINMATCHLEN"), SYNTAX);
     assert_eq!(error("LCS a b MINMATCHLEN x"), NOT_INTEGER);
+}
+
+#[test]
+fn bitfield_compiles() {
+    use crate::shard::command::{FieldOp, FieldType, Overflow};
+    let u = |bits| FieldType {
+        signed: false,
+        bits,
+    };
+    let i = |bits| FieldType { signed: true, bits };
+    // GETs only: a read, for BITFIELD as for BITFIELD_RO.
+    for cmd in [
+        "BITFIELD k GET u8 #2 GET i64 7",
+        "BITFIELD_RO k GET u8 #2 GET i64 7",
+    ] {
+        assert_eq!(
+            read_op(cmd),
+            ReadOp::BitField {
+                key: b("k"),
+                ops: vec![
+                    FieldOp::Get {
+                        ty: u(8),
+                        offset: 16
+                    },
+                    FieldOp::Get {
+                        ty: i(64),
+                        offset: 7
+                    },
+                ],
+            }
+        );
+    }
+    assert_eq!(
+        read_op("BITFIELD k"),
+        ReadOp::BitField {
+            key: b("k"),
+            ops: vec![],
+        }
+    );
+    // A SET or INCRBY makes it a write; each OVERFLOW applies to what
+    // follows it, WRAP before any.
+    assert_eq!(
+        write_op(
+            "BITFIELD k incrby i5 100 -1 overflow sat SET u63 #1 5 Overflow Fail INCRBY u1 0 1"
+        ),
+        WriteOp::BitField {
+            key: b("k"),
+            ops: vec![
+                FieldOp::IncrBy {
+                    ty: i(5),
+                    offset: 100,
+                    by: -1,
+                    overflow: Overflow::Wrap
+                },
+                FieldOp::Set {
+                    ty: u(63),
+                    offset: 63,
+                    value: 5,
+                    overflow: Overflow::Sat
+                },
+                FieldOp::IncrBy {
+                    ty: u(1),
+                    offset: 0,
+                    by: 1,
+                    overflow: Overflow::Fail
+                },
+            ],
+            max_len: MAX_VALUE as u64,
+        }
+    );
+    let ty_err = "ERR Invalid bitfield type. Use something like i16 u8. Note that u64 is not supported but i64 is.";
+    let off_err = "ERR bit offset is not an integer or out of range";
+    for (cmd, want) in [
+        ("BITFIELD k GET u64 0", ty_err),
+        ("BITFIELD k GET i0 0", ty_err),
+        ("BITFIELD k GET I8 0", ty_err),
+        ("BITFIELD k GET u8 4294967296", off_err),
+        ("BITFIELD k GET u8 #536870912", off_err),
+        ("BITFIELD k GET i64 #9223372036854775807", off_err),
+        ("BITFIELD k GET u8 #-1", off_err),
+        (
+            "BITFIELD k SET u8 0 x",
+            "ERR value is not an integer or out of range",
+        ),
+        (
+            "BITFIELD k OVERFLOW UP",
+            "ERR Invalid OVERFLOW type specified",
+        ),
+        ("BITFIELD k OVERFLOW", "ERR syntax error"),
+        ("BITFIELD k GET u8", "ERR syntax error"),
+        (
+            "BITFIELD_RO k GET u8 0 INCRBY u8 0 1",
+            "ERR BITFIELD_RO only supports the GET subcommand",
+        ),
+        // The first bad subcommand decides, before BITFIELD_RO's check.
+        ("BITFIELD_RO k SET u8 0 1 GET u64 0", ty_err),
+    ] {
+        assert_eq!(error(cmd), want, "{cmd}");
+    }
+    // The largest offset Redis takes.
+    assert!(matches!(
+        read_op("BITFIELD k GET u8 4294967295"),
+        ReadOp::BitField { .. }
+    ));
 }

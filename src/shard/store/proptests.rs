@@ -799,7 +799,8 @@ impl Model {
             WriteOp::IncrByFloat { .. }
             | WriteOp::Coll(_)
             | WriteOp::SetBit { .. }
-            | WriteOp::BitOp { .. } => {
+            | WriteOp::BitOp { .. }
+            | WriteOp::BitField { .. } => {
                 unreachable!("not in the model's logs")
             }
             WriteOp::Move { src, dst, mode } => {

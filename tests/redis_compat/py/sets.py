@@ -1,0 +1,37 @@
+"""Sets through redis-py: feature flags and tags."""
+
+from shoalpy import client, done, eq, raises
+import redis
+
+r = client()
+a, b, c = "{py:s}a", "{py:s}b", "{py:s}c"
+r.delete(a, b, c, "{py:s}dst")
+eq(r.sadd(a, "x", "y", "z"), 3, "SADD")
+eq(r.sadd(a, "x", "w"), 1, "SADD existing")
+eq(r.smembers(a), {"w", "x", "y", "z"}, "SMEMBERS")
+eq(r.scard(a), 4, "SCARD")
+eq(r.sismember(a, "x"), True, "SISMEMBER")
+eq(r.smismember(a, ["x", "q"]), [True, False], "SMISMEMBER")
+eq(r.srem(a, "w", "q"), 1, "SREM")
+r.sadd(b, "y", "z", "v")
+eq(r.sinter([a, b]), {"y", "z"}, "SINTER")
+eq(r.sunion([a, b]), {"v", "x", "y", "z"}, "SUNION")
+eq(r.sdiff([a, b]), {"x"}, "SDIFF")
+eq(r.sintercard(2, [a, b]), 2, "SINTERCARD")
+eq(r.sunionstore("{py:s}dst", [a, b]), 4, "SUNIONSTORE")
+eq(r.sinterstore("{py:s}dst", [a, b]), 2, "SINTERSTORE")
+eq(r.sdiffstore("{py:s}dst", [a, b]), 1, "SDIFFSTORE")
+eq(r.smove(a, c, "x"), True, "SMOVE")
+eq(r.smove(a, c, "x"), False, "SMOVE again")
+eq(r.smembers(c), {"x"}, "SMEMBERS after SMOVE")
+pick = r.srandmember(b, 2)
+eq(len(set(pick)), 2, "SRANDMEMBER distinct")
+eq(set(pick) <= {"v", "y", "z"}, True, "SRANDMEMBER members")
+popped = r.spop(b)
+eq(popped in {"v", "y", "z"}, True, "SPOP member")
+eq(r.sismember(b, popped), False, "SPOP removed it")
+eq(r.scard(b), 2, "SCARD after SPOP")
+raises(redis.ResponseError, lambda: r.hset(a, "f", "v"), "HSET on a set", "WRONGTYPE")
+eq(r.type(a), "set", "TYPE")
+eq(r.delete(a, b, c, "{py:s}dst"), 4, "DEL")
+done()

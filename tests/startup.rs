@@ -1,0 +1,127 @@
+//! What a process says when it cannot start, and the password taken from a
+//! file: a dead etcd is one sentence naming the endpoint and the likely fix
+//! (router and `shoal status`), a router open to the network without a
+//! password warns at start, and `--requirepass-file` protects the router
+//! without showing the password in `ps`.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{cluster, extra_router, Conn};
+
+/// An etcd endpoint nobody listens on.
+fn dead_etcd() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
+}
+
+/// Run the shoal binary to its end (at most 60 s): exit success, and its
+/// output (log lines and errors).
+fn run(args: &[&str]) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("shoal {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text.into_owned())
+}
+
+#[test]
+fn a_dead_etcd_is_one_sentence_naming_it() {
+    let etcd = dead_etcd();
+    let want = format!("cannot use etcd at {etcd}: unreachable");
+    let (ok, err) = run(&["router", "--listen", "127.0.0.1:0", "--etcd", &etcd]);
+    assert!(!ok);
+    assert!(err.contains(&want), "{err}");
+    assert!(err.contains("check that etcd runs there"), "{err}");
+    assert!(!err.contains("MetadataMap"), "a debug dump: {err}");
+    let (ok, err) = run(&["status", "--etcd", &etcd]);
+    assert!(!ok);
+    assert!(err.contains(&want), "{err}");
+
+    // Open to the network without a password: a warning first.
+    let (ok, err) = run(&["router", "--listen", "0.0.0.0:0", "--etcd", &etcd]);
+    assert!(!ok);
+    assert!(
+        err.contains("listens on 0.0.0.0:0 without a password"),
+        "{err}"
+    );
+    let (_, err) = run(&["router", "--listen", "127.0.0.1:0", "--etcd", &etcd]);
+    assert!(!err.contains("without a password"), "{err}");
+}
+
+#[test]
+fn the_password_comes_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("password");
+    std::fs::write(&file, "from-the-file\n").unwrap();
+    let file_arg = file.to_str().unwrap();
+
+    // Refused at start: both ways at once, an empty file, a missing one.
+    let etcd = dead_etcd();
+    let (ok, err) = run(&[
+        "router",
+        "--etcd",
+        &etcd,
+        "--requirepass",
+        "x",
+        "--requirepass-file",
+        file_arg,
+    ]);
+    assert!(!ok && err.contains("not both"), "{err}");
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let (ok, err) = run(&[
+        "router",
+        "--etcd",
+        &etcd,
+        "--requirepass-file",
+        empty.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("is empty"), "{err}");
+    let (ok, err) = run(&[
+        "router",
+        "--etcd",
+        &etcd,
+        "--requirepass-file",
+        "/nonexistent/pw",
+    ]);
+    assert!(
+        !ok && err.contains("cannot read the password file /nonexistent/pw"),
+        "{err}"
+    );
+
+    // A router with the file: its line is the password, and nothing else.
+    let cl = cluster(&dir.path().join("cluster"), 1, 1, 1);
+    let (addr, _router) = extra_router(
+        &cl,
+        &dir.path().join("router"),
+        "",
+        &["--requirepass-file", file_arg],
+    );
+    let mut c = Conn::connect(&addr);
+    assert!(c.line("GET k").starts_with(b"-NOAUTH"));
+    assert!(c.line("AUTH from-the-file\\n").starts_with(b"-WRONGPASS"));
+    assert!(c.line("AUTH from-the-fil").starts_with(b"-WRONGPASS"));
+    assert!(c
+        .line("AUTH from-the-filefrom-the-file")
+        .starts_with(b"-WRONGPASS"));
+    assert_eq!(c.line("AUTH from-the-file"), b"+OK\r\n");
+    assert_eq!(c.line("GET k"), b"$-1\r\n");
+}
