@@ -1,5 +1,5 @@
 //! A short randomized chaos run (issue #6): 3 nodes, 2 routers, real etcd;
-//! register and bank workloads while nodes are killed, paused and
+//! register, bank and move workloads while nodes are killed, paused and
 //! restarted, leaders killed, a router replaced, etcd restarted and the
 //! network partitioned (nodes isolated, split, routers cut off); then every
 //! checker. The seed is printed; `CHAOS_SEED=<n>`
@@ -37,4 +37,8 @@ fn short_randomized_chaos_run_passes_every_check() {
     assert!(report.ops > 100, "too few operations: {report}");
     assert!(report.faults.total() > 0, "no fault injected: {report}");
     assert!(report.keys_checked > 0 && report.final_reads_checked > 0);
+    assert!(
+        report.moves && report.move_snapshots_checked > 0 && report.moves_done > 0,
+        "the move workload did not run: {report}"
+    );
 }

@@ -11,18 +11,44 @@
 //!   that key wrote, invoked before the read returned.
 //! * [`bank`]: every committed snapshot of the accounts sums to the starting
 //!   total, with no negative and no missing balance.
+//! * [`moves`]: every atomic read of the move workload's keys holds exactly
+//!   its [`Population`] (each set member once, in a set key; each list
+//!   element once, in a list key), and every move moved an element of its
+//!   own kind.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
 use super::history::{Call, History, Op, Outcome, Ret};
 use super::linearizability::{self, Verdict};
 
+/// The move workload's keys and what they hold between them: set members
+/// move only between `set_keys`, list elements only between `list_keys`,
+/// every key on a shard of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Population {
+    pub set_keys: Vec<String>,
+    pub list_keys: Vec<String>,
+    pub members: Vec<String>,
+    pub elements: Vec<String>,
+}
+
+impl Population {
+    /// Every key, sets first: the order of a [`Call::Contents`] read.
+    pub fn keys(&self) -> Vec<String> {
+        self.set_keys
+            .iter()
+            .chain(&self.list_keys)
+            .cloned()
+            .collect()
+    }
+}
+
 /// A broken promise, with the evidence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Violation {
-    /// `linearizability`, `lost-write`, `readonly`, `bank`.
+    /// `linearizability`, `lost-write`, `readonly`, `bank`, `moves`.
     pub checker: String,
     pub key: Option<String>,
     pub message: String,
@@ -265,8 +291,137 @@ fn bank_violation(h: &History, snap: &Op, message: String) -> Violation {
     }
 }
 
+/// What [`moves`] found.
+#[derive(Debug, Clone, Default)]
+pub struct MoveSummary {
+    /// Ok [`Call::Contents`] reads checked.
+    pub snapshots: usize,
+    /// SMOVE / LMOVE / RPOPLPUSH that answered they moved something.
+    pub moved: usize,
+    pub violations: Vec<Violation>,
+}
+
+/// The move invariant. Every ok [`Call::Contents`] read (the final one
+/// included) holds exactly `pop`: each member once across the set keys,
+/// each element once across the list keys, nothing else. A move whose
+/// outcome is unknown changes nothing here: moved or not, the population is
+/// the same. Every ok move answered 0/1 (SMOVE, as its member) or nil / an
+/// element of the list population (LMOVE, RPOPLPUSH).
+pub fn moves(h: &History, pop: &Population) -> MoveSummary {
+    let mut sum = MoveSummary::default();
+    let keys = pop.keys();
+    for op in &h.ops {
+        let problem = match (&op.call, &op.outcome) {
+            (Call::Contents { keys: asked }, Outcome::Ok(Ret::Elements(got))) => {
+                sum.snapshots += 1;
+                if *asked != keys || got.len() != keys.len() {
+                    Some(format!(
+                        "a read of {asked:?} returned {} keys (expected {keys:?})",
+                        got.len()
+                    ))
+                } else {
+                    let (sets, lists) = got.split_at(pop.set_keys.len());
+                    let mut found = Vec::new();
+                    found.extend(misplaced(&pop.set_keys, sets, &pop.members, "member"));
+                    found.extend(misplaced(&pop.list_keys, lists, &pop.elements, "element"));
+                    (!found.is_empty()).then(|| {
+                        let contents: Vec<String> = keys
+                            .iter()
+                            .zip(got)
+                            .map(|(k, v)| format!("{k}={v:?}"))
+                            .collect();
+                        format!("{}; contents: {}", found.join("; "), contents.join(" "))
+                    })
+                }
+            }
+            (Call::Contents { .. }, Outcome::Ok(other)) => {
+                Some(format!("the read returned {other:?}"))
+            }
+            (Call::SMove { member, .. }, Outcome::Ok(Ret::Moved(m))) => {
+                sum.moved += m.is_some() as usize;
+                m.as_ref()
+                    .filter(|m| *m != member)
+                    .map(|m| format!("SMOVE of {member} answered {m}"))
+            }
+            (Call::LMove { .. }, Outcome::Ok(Ret::Moved(e))) => {
+                sum.moved += e.is_some() as usize;
+                e.as_ref()
+                    .filter(|e| !pop.elements.contains(e))
+                    .map(|e| format!("the move returned {e:?}, not an element of the lists"))
+            }
+            (Call::SMove { .. } | Call::LMove { .. }, Outcome::Ok(other)) => {
+                Some(format!("the move answered {other:?}"))
+            }
+            _ => None,
+        };
+        if let Some(p) = problem {
+            sum.violations.push(moves_violation(h, op, p));
+        }
+    }
+    sum
+}
+
+/// What is wrong with one family of keys' contents: population items
+/// missing or seen more than once, and items not of the population.
+fn misplaced(keys: &[String], got: &[Vec<String>], items: &[String], what: &str) -> Vec<String> {
+    let mut seen: BTreeMap<&str, Vec<&str>> = items.iter().map(|i| (i.as_str(), vec![])).collect();
+    let mut foreign = Vec::new();
+    for (key, values) in keys.iter().zip(got) {
+        for v in values {
+            match seen.get_mut(v.as_str()) {
+                Some(at) => at.push(key),
+                None => foreign.push(format!("{v} in {key}")),
+            }
+        }
+    }
+    let lost: Vec<&str> = seen
+        .iter()
+        .filter(|(_, at)| at.is_empty())
+        .map(|(i, _)| *i)
+        .collect();
+    let twice: Vec<String> = seen
+        .iter()
+        .filter(|(_, at)| at.len() > 1)
+        .map(|(i, at)| format!("{i} in {}", at.join(" and ")))
+        .collect();
+    let mut out = Vec::new();
+    if !lost.is_empty() {
+        out.push(format!("{} {what}s lost: {lost:?}", lost.len()));
+    }
+    if !twice.is_empty() {
+        out.push(format!("{} {what}s duplicated: {twice:?}", twice.len()));
+    }
+    if !foreign.is_empty() {
+        out.push(format!("not in the population: {foreign:?}"));
+    }
+    out
+}
+
+/// A move violation's evidence: the operation and the moves that overlap
+/// it or completed in the second before it.
+fn moves_violation(h: &History, at: &Op, message: String) -> Violation {
+    let ops = h
+        .ops
+        .iter()
+        .filter(|o| {
+            o.id == at.id
+                || (matches!(o.call, Call::SMove { .. } | Call::LMove { .. })
+                    && o.invoke <= at.complete
+                    && o.complete + 1_000_000 >= at.invoke)
+        })
+        .cloned()
+        .collect();
+    Violation {
+        checker: "moves".into(),
+        key: None,
+        message: format!("op {}: {message}", at.id),
+        ops,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::history::End;
     use super::*;
 
     fn op(id: u64, call: Call, invoke: u64, complete: u64, outcome: Outcome) -> Op {
@@ -453,5 +608,91 @@ mod tests {
         assert_eq!((n, v.len()), (3, 3));
         assert!(v[0].message.contains("sums to 190"));
         assert_eq!(v[0].ops.len(), 2, "the overlapping transfer is evidence");
+    }
+
+    #[test]
+    fn moves_must_keep_the_population_exact() {
+        let pop = Population {
+            set_keys: vec!["s0".into(), "s1".into()],
+            list_keys: vec!["l0".into(), "l1".into()],
+            members: vec!["m0".into(), "m1".into()],
+            elements: vec!["e0".into(), "e1".into()],
+        };
+        let v = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let read = |id, got: Vec<Vec<String>>| {
+            op(
+                id,
+                Call::Contents { keys: pop.keys() },
+                id * 10,
+                id * 10 + 5,
+                Outcome::Ok(Ret::Elements(got)),
+            )
+        };
+        let smove = op(
+            1,
+            Call::SMove {
+                src: "s0".into(),
+                dst: "s1".into(),
+                member: "m0".into(),
+            },
+            9,
+            12,
+            Outcome::Ok(Ret::Moved(Some("m0".into()))),
+        );
+        let lmove = |id, outcome| {
+            op(
+                id,
+                Call::LMove {
+                    src: "l0".into(),
+                    dst: "l1".into(),
+                    from: End::Left,
+                    to: End::Right,
+                    rpoplpush: false,
+                },
+                id * 10,
+                id * 10 + 5,
+                outcome,
+            )
+        };
+        let good = hist(vec![
+            read(0, vec![v(&["m0", "m1"]), v(&[]), v(&["e0", "e1"]), v(&[])]),
+            smove.clone(),
+            lmove(2, Outcome::Ok(Ret::Moved(Some("e0".into())))),
+            // Timed out: moved or not, the population is the same.
+            lmove(3, Outcome::Unknown("timeout".into())),
+            lmove(4, Outcome::Ok(Ret::Moved(None))),
+            read(5, vec![v(&["m1"]), v(&["m0"]), v(&["e1"]), v(&["e0"])]),
+        ]);
+        let s = moves(&good, &pop);
+        assert_eq!((s.snapshots, s.moved), (2, 2));
+        assert!(s.violations.is_empty(), "{:?}", s.violations);
+
+        let bad = hist(vec![
+            smove,
+            // Removed from s0, not yet in s1: the member is lost.
+            read(2, vec![v(&["m1"]), v(&[]), v(&["e0", "e1"]), v(&[])]),
+            // Added to s1 twice (two moves of one member both applied).
+            read(
+                3,
+                vec![v(&["m0", "m1"]), v(&["m0"]), v(&["e0", "e1"]), v(&[])],
+            ),
+            // A list element in a set key, and a list element lost.
+            read(4, vec![v(&["m0", "m1", "e1"]), v(&[]), v(&["e0"]), v(&[])]),
+            lmove(5, Outcome::Ok(Ret::Moved(Some("m0".into())))),
+            read(6, vec![v(&["m0", "m1"]), v(&[])]),
+        ]);
+        let s = moves(&bad, &pop);
+        let msgs: Vec<&str> = s.violations.iter().map(|v| v.message.as_str()).collect();
+        assert_eq!(msgs.len(), 5, "{msgs:#?}");
+        assert!(msgs[0].contains("1 members lost: [\"m0\"]"), "{}", msgs[0]);
+        assert!(msgs[1].contains("m0 in s0 and s1"), "{}", msgs[1]);
+        assert!(msgs[2].contains("[\"e1 in s0\"]") && msgs[2].contains("elements lost"));
+        assert!(msgs[3].contains("not an element of the lists"));
+        assert!(msgs[4].contains("returned 2 keys"));
+        assert_eq!(
+            s.violations[0].ops.len(),
+            2,
+            "the overlapping move is evidence"
+        );
     }
 }

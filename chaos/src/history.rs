@@ -39,6 +39,41 @@ pub enum Call {
     },
     /// `MULTI; GET k1..kn; EXEC`: a consistent snapshot.
     Snapshot { keys: Vec<String> },
+    /// `SMOVE src dst member` (the move workload: keys on different shards).
+    SMove {
+        src: String,
+        dst: String,
+        member: String,
+    },
+    /// `LMOVE src dst from to`, or `RPOPLPUSH src dst` when `rpoplpush`
+    /// (the same move as `LMOVE src dst RIGHT LEFT`).
+    LMove {
+        src: String,
+        dst: String,
+        from: End,
+        to: End,
+        rpoplpush: bool,
+    },
+    /// `MULTI; SMEMBERS s1..; LRANGE l1.. 0 -1; EXEC` over the move
+    /// workload's keys, sets first (the order of [`crate::checks::Population::keys`]).
+    Contents { keys: Vec<String> },
+}
+
+/// An end of a list, as LMOVE names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum End {
+    Left,
+    Right,
+}
+
+impl End {
+    pub fn arg(self) -> &'static str {
+        match self {
+            End::Left => "LEFT",
+            End::Right => "RIGHT",
+        }
+    }
 }
 
 impl Call {
@@ -50,7 +85,11 @@ impl Call {
             | Call::Incr { key }
             | Call::RoGet { key }
             | Call::FinalGet { key } => Some(key),
-            Call::Transfer { .. } | Call::Snapshot { .. } => None,
+            Call::Transfer { .. }
+            | Call::Snapshot { .. }
+            | Call::SMove { .. }
+            | Call::LMove { .. }
+            | Call::Contents { .. } => None,
         }
     }
 
@@ -58,7 +97,11 @@ impl Call {
     pub fn is_write(&self) -> bool {
         matches!(
             self,
-            Call::Set { .. } | Call::Incr { .. } | Call::Transfer { .. }
+            Call::Set { .. }
+                | Call::Incr { .. }
+                | Call::Transfer { .. }
+                | Call::SMove { .. }
+                | Call::LMove { .. }
         )
     }
 }
@@ -78,6 +121,12 @@ pub enum Ret {
     /// A transfer whose EXEC returned nil (a WATCHed key changed), or that
     /// was not attempted because the source balance was too small.
     Conflict,
+    /// What a move moved: SMOVE's member when it answered 1, LMOVE's
+    /// element; `None` for SMOVE 0 or LMOVE nil.
+    Moved(Option<String>),
+    /// A [`Call::Contents`] read: each key's members or elements, in the
+    /// order of its keys.
+    Elements(Vec<Vec<String>>),
     /// A reply that should be impossible (not an integer, wrong shape): every
     /// checker reports it.
     Bad(String),

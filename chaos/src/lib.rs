@@ -33,7 +33,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use checks::Violation;
+use checks::{Population, Violation};
 use faults::{FaultKind, FaultStats, Injector};
 use history::{Call, History, Outcome, Recorder};
 use shoal::devcluster::{ClusterOpts, LocalCluster};
@@ -46,6 +46,12 @@ pub enum Toggle {
     On,
     Off,
     Auto,
+}
+
+impl Toggle {
+    fn auto() -> Toggle {
+        Toggle::Auto
+    }
 }
 
 impl std::str::FromStr for Toggle {
@@ -77,6 +83,10 @@ pub struct RunConfig {
     /// The bank workload (auto: if the router accepts MULTI).
     pub bank: Toggle,
     pub bank_accounts: usize,
+    /// The move workload: SMOVE / LMOVE / RPOPLPUSH between shards (auto:
+    /// if the router knows SMOVE and the table has more than one shard).
+    #[serde(default = "Toggle::auto")]
+    pub moves: Toggle,
     pub fault_kinds: Vec<FaultKind>,
     /// Quiet time between two faults (random in this range, ms).
     pub quiet_ms: (u64, u64),
@@ -103,6 +113,7 @@ impl RunConfig {
             readonly: true,
             bank: Toggle::Auto,
             bank_accounts: 5,
+            moves: Toggle::Auto,
             fault_kinds: FaultKind::ALL.to_vec(),
             quiet_ms: (1_000, 4_000),
             keyspace_epoch_ms: 10_000,
@@ -134,6 +145,22 @@ pub struct Report {
     pub readonly_reads_checked: usize,
     pub bank_snapshots_checked: usize,
     pub transfers_committed: usize,
+    /// The move workload ran.
+    #[serde(default)]
+    pub moves: bool,
+    /// SMOVE / LMOVE / RPOPLPUSH sent, and those that moved something.
+    #[serde(default)]
+    pub moves_sent: usize,
+    #[serde(default)]
+    pub moves_done: usize,
+    #[serde(default)]
+    pub moves_unknown: usize,
+    /// Median time of an SMOVE / LMOVE / RPOPLPUSH that answered, in ms.
+    #[serde(default)]
+    pub move_median_ms: u64,
+    /// Atomic reads of the moved population checked (final one included).
+    #[serde(default)]
+    pub move_snapshots_checked: usize,
     pub violations: Vec<Violation>,
     /// Processes that died without being killed by the harness.
     pub crashes: Vec<String>,
@@ -153,8 +180,14 @@ impl std::fmt::Display for Report {
         writeln!(f, "chaos run seed={} ({:.0} s)", self.seed, self.seconds)?;
         writeln!(
             f,
-            "  operations   {} (ok {}, fail {}, unknown {}); incr {}, bank {}",
-            self.ops, self.ops_ok, self.ops_fail, self.ops_unknown, self.incr, self.bank
+            "  operations   {} (ok {}, fail {}, unknown {}); incr {}, bank {}, moves {}",
+            self.ops,
+            self.ops_ok,
+            self.ops_fail,
+            self.ops_unknown,
+            self.incr,
+            self.bank,
+            self.moves
         )?;
         writeln!(
             f,
@@ -185,14 +218,20 @@ impl std::fmt::Display for Report {
         writeln!(
             f,
             "  checks       linearizability: {} keys / {} ops ({} undecided); lost writes: {} keys; \
-             READONLY: {} reads; bank: {} snapshots, {} transfers committed",
+             READONLY: {} reads; bank: {} snapshots, {} transfers committed; \
+             moves: {} snapshots, {} moved of {} sent ({} unknown, median {} ms)",
             self.keys_checked,
             self.register_ops_checked,
             self.undecided_keys.len(),
             self.final_reads_checked,
             self.readonly_reads_checked,
             self.bank_snapshots_checked,
-            self.transfers_committed
+            self.transfers_committed,
+            self.move_snapshots_checked,
+            self.moves_done,
+            self.moves_sent,
+            self.moves_unknown,
+            self.move_median_ms
         )?;
         for c in &self.crashes {
             writeln!(f, "  CRASH        {c}")?;
@@ -205,8 +244,15 @@ impl std::fmt::Display for Report {
                 self.unreadable_keys.iter().take(10).collect::<Vec<_>>()
             )?;
         }
-        for v in &self.violations {
+        for v in self.violations.iter().take(SHOWN_VIOLATIONS) {
             writeln!(f, "  VIOLATION    [{}] {}", v.checker, v.message)?;
+        }
+        if self.violations.len() > SHOWN_VIOLATIONS {
+            writeln!(
+                f,
+                "  VIOLATION    ... and {} more (all in the saved history)",
+                self.violations.len() - SHOWN_VIOLATIONS
+            )?;
         }
         if let Some(p) = &self.saved {
             writeln!(f, "  saved        {}", p.display())?;
@@ -226,6 +272,10 @@ impl std::fmt::Display for Report {
     }
 }
 
+/// Violations the report prints (a value lost for good breaks every later
+/// snapshot); the saved history holds them all.
+const SHOWN_VIOLATIONS: usize = 20;
+
 /// What a violation file holds: enough to re-check without the cluster.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Saved {
@@ -233,12 +283,21 @@ pub struct Saved {
     pub config: RunConfig,
     pub accounts: Vec<String>,
     pub bank_total: i64,
+    /// The move workload's keys and population (`None`: it did not run).
+    #[serde(default)]
+    pub population: Option<Population>,
     pub violations: Vec<Violation>,
     pub history: History,
 }
 
-/// Every checker over a history.
-pub fn check_history(h: &History, accounts: &[String], bank_total: i64, report: &mut Report) {
+/// Every checker over a history (`pop`: the move workload's, if it ran).
+pub fn check_history(
+    h: &History,
+    accounts: &[String],
+    bank_total: i64,
+    pop: Option<&Population>,
+    report: &mut Report,
+) {
     let regs = checks::registers(h, checks::KEY_BUDGET);
     report.keys_checked = regs.keys;
     report.register_ops_checked = regs.ops;
@@ -255,6 +314,27 @@ pub fn check_history(h: &History, accounts: &[String], bank_total: i64, report: 
         report.bank_snapshots_checked = n;
         report.violations.extend(v);
     }
+    if let Some(pop) = pop {
+        let m = checks::moves(h, pop);
+        report.moves = true;
+        report.move_snapshots_checked = m.snapshots;
+        report.moves_done = m.moved;
+        report.violations.extend(m.violations);
+    }
+    let sent: Vec<&history::Op> = h
+        .ops
+        .iter()
+        .filter(|o| matches!(o.call, Call::SMove { .. } | Call::LMove { .. }))
+        .collect();
+    report.moves_sent = sent.len();
+    report.moves_unknown = sent.iter().filter(|o| o.is_unknown()).count();
+    let mut took: Vec<u64> = sent
+        .iter()
+        .filter(|o| o.is_ok())
+        .map(|o| (o.complete - o.invoke) / 1000)
+        .collect();
+    took.sort_unstable();
+    report.move_median_ms = took.get(took.len() / 2).copied().unwrap_or(0);
     report.ops = h.ops.len();
     report.ops_ok = h.ops.iter().filter(|o| o.is_ok()).count();
     report.ops_unknown = h.ops.iter().filter(|o| o.is_unknown()).count();
@@ -281,6 +361,7 @@ pub fn check_file(path: &Path) -> Result<Report> {
         &saved.history,
         &saved.accounts,
         saved.bank_total,
+        saved.population.as_ref(),
         &mut report,
     );
     Ok(report)
@@ -345,8 +426,13 @@ fn drive(cfg: &RunConfig, cluster: &mut LocalCluster, started: Instant) -> Resul
         Toggle::Off => false,
         Toggle::Auto => workload::multi_supported(&first),
     };
+    let moves = match cfg.moves {
+        Toggle::On => true,
+        Toggle::Off => false,
+        Toggle::Auto => cfg.shards > 1 && workload::smove_supported(&first),
+    };
     println!(
-        "chaos: seed {} for {:?}: {} nodes, {} shards, incr {incr}, bank {bank}, readonly {}",
+        "chaos: seed {} for {:?}: {} nodes, {} shards, incr {incr}, bank {bank}, moves {moves}, readonly {}",
         cfg.seed, cfg.duration, cfg.nodes, cfg.shards, cfg.readonly
     );
     let accounts = if bank {
@@ -356,6 +442,13 @@ fn drive(cfg: &RunConfig, cluster: &mut LocalCluster, started: Instant) -> Resul
     };
     workload::bank_setup(&first, &accounts)?;
     let bank_total = workload::BANK_START * accounts.len() as i64;
+    let population = if moves {
+        let pop = workload::move_population(&first)?;
+        workload::move_setup(&first, &pop)?;
+        Some(pop)
+    } else {
+        None
+    };
 
     let rec = Recorder::new();
     let stop = Arc::new(AtomicBool::new(false));
@@ -387,6 +480,17 @@ fn drive(cfg: &RunConfig, cluster: &mut LocalCluster, started: Instant) -> Resul
             let id = 1000 + i as u32;
             handles.push(thread::spawn(move || {
                 workload::bank_client(id, seed, routers, rec, accounts, snapshots, bounds)
+            }));
+        }
+    }
+
+    if let Some(pop) = &population {
+        for (i, reader) in [false, false, true].into_iter().enumerate() {
+            let (routers, rec, bounds) = (routers.clone(), rec.clone(), bounds.clone());
+            let (seed, pop) = (cfg.seed, pop.clone());
+            let id = 2000 + i as u32;
+            handles.push(thread::spawn(move || {
+                workload::move_client(id, seed, routers, rec, pop, reader, bounds)
             }));
         }
     }
@@ -444,6 +548,11 @@ fn drive(cfg: &RunConfig, cluster: &mut LocalCluster, started: Instant) -> Resul
     if bank && !workload::final_snapshot(&routers_now, &rec, &accounts, Duration::from_secs(60)) {
         crashes.push("no final bank snapshot succeeded within 60 s".into());
     }
+    if let Some(pop) = &population {
+        if !workload::final_contents(&routers_now, &rec, pop, Duration::from_secs(60)) {
+            crashes.push("no final read of the moved population succeeded within 60 s".into());
+        }
+    }
 
     let history = rec.snapshot();
     let mut report = Report {
@@ -455,7 +564,13 @@ fn drive(cfg: &RunConfig, cluster: &mut LocalCluster, started: Instant) -> Resul
         unreadable_keys: unreadable,
         ..Report::default()
     };
-    check_history(&history, &accounts, bank_total, &mut report);
+    check_history(
+        &history,
+        &accounts,
+        bank_total,
+        population.as_ref(),
+        &mut report,
+    );
     report.seconds = started.elapsed().as_secs_f64();
     if !report.passed() {
         let saved = Saved {
@@ -463,6 +578,7 @@ fn drive(cfg: &RunConfig, cluster: &mut LocalCluster, started: Instant) -> Resul
             config: cfg.clone(),
             accounts,
             bank_total,
+            population,
             violations: report.violations.clone(),
             history,
         };
@@ -518,7 +634,7 @@ mod tests {
     fn the_double_applied_set_of_bug_1_is_caught_and_survives_a_save() {
         let h = double_applied_set();
         let mut report = Report::default();
-        check_history(&h, &[], 0, &mut report);
+        check_history(&h, &[], 0, None, &mut report);
         assert!(!report.passed());
         assert_eq!(report.violations.len(), 1);
         assert_eq!(report.violations[0].checker, "linearizability");
@@ -531,6 +647,7 @@ mod tests {
             config: RunConfig::new("shoal", 2, Duration::from_secs(1)),
             accounts: vec![],
             bank_total: 0,
+            population: None,
             violations: report.violations.clone(),
             history: h.clone(),
         };
@@ -542,7 +659,7 @@ mod tests {
         let mut good = h;
         good.ops[5].outcome = Outcome::Ok(Ret::Value(Some(4000001193)));
         let mut report = Report::default();
-        check_history(&good, &[], 0, &mut report);
+        check_history(&good, &[], 0, None, &mut report);
         assert!(report.passed(), "{report}");
     }
 }

@@ -78,7 +78,14 @@ pub fn intervals(ops: &[&Op]) -> Result<Vec<Interval>, String> {
             (Call::Incr { .. }, _) => RegOp::Incr(None),
             // READONLY reads are not linearizable by contract.
             (Call::RoGet { .. }, _) => continue,
-            (Call::Transfer { .. } | Call::Snapshot { .. }, _) => continue,
+            (
+                Call::Transfer { .. }
+                | Call::Snapshot { .. }
+                | Call::SMove { .. }
+                | Call::LMove { .. }
+                | Call::Contents { .. },
+                _,
+            ) => continue,
         };
         out.push(Interval {
             op: reg,

@@ -45,6 +45,10 @@ struct RunArgs {
     /// Bank workload (WATCH/MULTI/EXEC transfers, read-only MULTI snapshots).
     #[arg(long, default_value = "auto")]
     bank: Toggle,
+    /// Move workload (SMOVE / LMOVE / RPOPLPUSH between shards, MULTI reads
+    /// of every moved element).
+    #[arg(long, default_value = "auto")]
+    moves: Toggle,
     /// INCR in the register workload.
     #[arg(long, default_value = "auto")]
     incr: Toggle,
@@ -103,6 +107,7 @@ fn run(a: RunArgs) -> ExitCode {
     cfg.replicas = a.replicas;
     cfg.register_clients = a.clients;
     cfg.bank = a.bank;
+    cfg.moves = a.moves;
     cfg.incr = a.incr;
     cfg.out_dir = a.out;
     if let Some(f) = a.faults {

@@ -10,6 +10,12 @@
 //! Bank: accounts `acct:<i>` start at [`BANK_START`] each; transfers use
 //! WATCH/MULTI/EXEC, snapshots a read-only MULTI.
 //!
+//! Moves: a fixed [`Population`] of set members and list elements spread
+//! over set keys and list keys, one of each per shard (placed from
+//! `TABLE.DESCRIBE`); clients move them with SMOVE, LMOVE (every LEFT/RIGHT
+//! pair) and RPOPLPUSH between keys on different shards, and a reader takes
+//! atomic reads of every key (MULTI of SMEMBERS and LRANGE).
+//!
 //! Every loop is bounded by a deadline, an operation count and a stop flag.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +26,9 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::history::{Call, Outcome, Recorder, Ret};
+use super::checks::Population;
+use super::faults::{key_in, parse_describe};
+use super::history::{Call, End, Outcome, Recorder, Ret};
 use super::resp::{Conn, Value};
 
 /// Balance of each account at the start.
@@ -140,7 +148,11 @@ pub fn exec_register(conn: &mut Conn, call: &Call) -> (Outcome, bool) {
         }
         Call::Set { key, value } => (vec!["SET".into(), key.clone(), value.to_string()], false),
         Call::Incr { key } => (vec!["INCR".into(), key.clone()], false),
-        Call::Transfer { .. } | Call::Snapshot { .. } => unreachable!("not a register call"),
+        Call::Transfer { .. }
+        | Call::Snapshot { .. }
+        | Call::SMove { .. }
+        | Call::LMove { .. }
+        | Call::Contents { .. } => unreachable!("not a register call"),
     };
     match conn.call(&args) {
         Err(e) => (Outcome::Unknown(format!("{e}")), true),
@@ -513,6 +525,304 @@ pub fn final_snapshot(
     false
 }
 
+// ---------------------------------------------------------------------------
+// Moves: SMOVE / LMOVE / RPOPLPUSH between shards.
+
+/// Set members (and list elements) of the move workload.
+pub const MOVE_ITEMS: usize = 40;
+
+/// Most keys per family (one per shard).
+pub const MOVE_KEYS: usize = 4;
+
+/// Whether the routers know SMOVE (the move workload needs it).
+pub fn smove_supported(addr: &str) -> bool {
+    let Ok(mut c) = Conn::connect(addr, OP_TIMEOUT) else {
+        return false;
+    };
+    matches!(
+        c.call(&["SMOVE", "chaos:probe:a", "chaos:probe:b", "x"]),
+        Ok(Value::Int(0))
+    )
+}
+
+/// The move workload's keys, from the live table: one set key and one list
+/// key on each of the first [`MOVE_KEYS`] shards of `default`, so any two
+/// keys of a family are on different shards.
+pub fn move_population(addr: &str) -> anyhow::Result<Population> {
+    let mut c = Conn::connect(addr, OP_TIMEOUT)?;
+    let shards = parse_describe(&c.call(&["TABLE.DESCRIBE", "default"])?)?;
+    if shards.len() < 2 {
+        anyhow::bail!(
+            "the move workload needs keys on different shards: table default has {} shard",
+            shards.len()
+        );
+    }
+    let on = |prefix: &str| -> Vec<String> {
+        shards
+            .iter()
+            .take(MOVE_KEYS)
+            .map(|s| key_in(s.slots, prefix))
+            .collect()
+    };
+    Ok(Population {
+        set_keys: on("xset"),
+        list_keys: on("xlist"),
+        members: (0..MOVE_ITEMS).map(|i| format!("m{i}")).collect(),
+        elements: (0..MOVE_ITEMS).map(|i| format!("e{i}")).collect(),
+    })
+}
+
+/// Deal the population round-robin over its keys (before any fault).
+pub fn move_setup(addr: &str, pop: &Population) -> anyhow::Result<()> {
+    let mut c = Conn::connect(addr, OP_TIMEOUT)?;
+    for (cmd, keys, items) in [
+        ("SADD", &pop.set_keys, &pop.members),
+        ("RPUSH", &pop.list_keys, &pop.elements),
+    ] {
+        for (k, key) in keys.iter().enumerate() {
+            let mut args = vec![cmd, key.as_str()];
+            args.extend(items.iter().skip(k).step_by(keys.len()).map(String::as_str));
+            match c.call(&args)? {
+                Value::Int(n) if n as usize == args.len() - 2 => {}
+                other => anyhow::bail!("move setup: {cmd} {key} answered {other:?}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where a mover believes each member is: the set key it dealt it to or
+/// last moved it to, forgotten when an SMOVE from there found nothing
+/// (another client moved it). Keeps most SMOVEs moving something.
+pub type Belief = std::collections::HashMap<String, String>;
+
+/// Where [`move_setup`] deals each member.
+pub fn dealt(pop: &Population) -> Belief {
+    pop.members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.clone(), pop.set_keys[i % pop.set_keys.len()].clone()))
+        .collect()
+}
+
+/// Update `belief` with a move's outcome.
+pub fn learn(belief: &mut Belief, call: &Call, outcome: &Outcome) {
+    if let Call::SMove { dst, member, .. } = call {
+        match outcome {
+            Outcome::Ok(Ret::Moved(Some(_))) => {
+                belief.insert(member.clone(), dst.clone());
+            }
+            _ => {
+                belief.remove(member);
+            }
+        }
+    }
+}
+
+/// The next move (pure): half SMOVE of a random member between two set
+/// keys (from where `belief` has it, else a random key), half LMOVE
+/// (random ends; one in five as RPOPLPUSH) between two list keys.
+pub fn next_move(rng: &mut impl Rng, pop: &Population, belief: &Belief) -> Call {
+    let pair = |rng: &mut dyn rand::RngCore, keys: &[String]| {
+        let a = rng.gen_range(0..keys.len());
+        let b = (a + rng.gen_range(1..keys.len())) % keys.len();
+        (keys[a].clone(), keys[b].clone())
+    };
+    let end = |rng: &mut dyn rand::RngCore| {
+        if rng.gen_bool(0.5) {
+            End::Left
+        } else {
+            End::Right
+        }
+    };
+    if rng.gen_bool(0.5) {
+        let member = pop.members[rng.gen_range(0..pop.members.len())].clone();
+        let (src, dst) = match belief.get(&member) {
+            Some(src) => {
+                let others: Vec<&String> = pop.set_keys.iter().filter(|k| *k != src).collect();
+                (src.clone(), others[rng.gen_range(0..others.len())].clone())
+            }
+            None => pair(rng, &pop.set_keys),
+        };
+        Call::SMove { src, dst, member }
+    } else {
+        let (src, dst) = pair(rng, &pop.list_keys);
+        if rng.gen_range(0..5) == 0 {
+            Call::LMove {
+                src,
+                dst,
+                from: End::Right,
+                to: End::Left,
+                rpoplpush: true,
+            }
+        } else {
+            let (from, to) = (end(rng), end(rng));
+            Call::LMove {
+                src,
+                dst,
+                from,
+                to,
+                rpoplpush: false,
+            }
+        }
+    }
+}
+
+/// Run one move. Any error reply or lost connection is `Unknown` (a move
+/// is a write); the bool asks the caller to drop the connection.
+pub fn exec_move(conn: &mut Conn, call: &Call) -> (Outcome, bool) {
+    let args: Vec<&str> = match call {
+        Call::SMove { src, dst, member } => vec!["SMOVE", src, dst, member],
+        Call::LMove {
+            src,
+            dst,
+            rpoplpush: true,
+            ..
+        } => vec!["RPOPLPUSH", src, dst],
+        Call::LMove {
+            src, dst, from, to, ..
+        } => vec!["LMOVE", src, dst, from.arg(), to.arg()],
+        _ => unreachable!("not a move"),
+    };
+    match (call, conn.call(&args)) {
+        (_, Err(e)) => (Outcome::Unknown(format!("{e}")), true),
+        (_, Ok(Value::Error(e))) => (Outcome::Unknown(e), false),
+        (Call::SMove { member, .. }, Ok(Value::Int(1))) => {
+            (Outcome::Ok(Ret::Moved(Some(member.clone()))), false)
+        }
+        (Call::SMove { .. }, Ok(Value::Int(0))) => (Outcome::Ok(Ret::Moved(None)), false),
+        (Call::LMove { .. }, Ok(Value::Bulk(b))) => (
+            Outcome::Ok(Ret::Moved(
+                b.map(|b| String::from_utf8_lossy(&b).into_owned()),
+            )),
+            false,
+        ),
+        (_, Ok(other)) => (Outcome::Ok(Ret::Bad(format!("{other:?}"))), true),
+    }
+}
+
+/// One atomic read of every key of `pop`: `MULTI; SMEMBERS ..; LRANGE ..
+/// 0 -1; EXEC`. A read: any error is `Fail`.
+pub fn exec_contents(conn: &mut Conn, pop: &Population) -> (Outcome, bool) {
+    let run = |conn: &mut Conn| -> Result<(Outcome, bool), (Outcome, bool)> {
+        expect_ok(conn.call(&["MULTI"]), "MULTI")?;
+        for k in &pop.set_keys {
+            expect_ok(conn.call(&["SMEMBERS", k.as_str()]), "SMEMBERS")?;
+        }
+        for k in &pop.list_keys {
+            expect_ok(conn.call(&["LRANGE", k.as_str(), "0", "-1"]), "LRANGE")?;
+        }
+        Ok(match conn.call(&["EXEC"]) {
+            Ok(Value::Array(Some(items))) => {
+                let mut got = Vec::new();
+                for i in &items {
+                    match i {
+                        Value::Array(Some(vals)) => {
+                            match vals.iter().map(Value::text).collect::<Option<Vec<_>>>() {
+                                Some(v) => got.push(v),
+                                None => {
+                                    let bad = Ret::Bad(format!("EXEC item {i:?}"));
+                                    return Ok((Outcome::Ok(bad), true));
+                                }
+                            }
+                        }
+                        other => {
+                            let bad = Ret::Bad(format!("EXEC item {other:?}"));
+                            return Ok((Outcome::Ok(bad), true));
+                        }
+                    }
+                }
+                (Outcome::Ok(Ret::Elements(got)), false)
+            }
+            Ok(Value::Error(e)) => (Outcome::Fail(format!("EXEC: {e}")), false),
+            Ok(other) => (Outcome::Ok(Ret::Bad(format!("EXEC: {other:?}"))), true),
+            Err(e) => (Outcome::Fail(format!("EXEC: {e}")), true),
+        })
+    };
+    run(conn).unwrap_or_else(|e| e)
+}
+
+/// A move client: moves (`reader == false`) or atomic reads of every key.
+pub fn move_client(
+    id: u32,
+    seed: u64,
+    routers: Routers,
+    rec: Recorder,
+    pop: Population,
+    reader: bool,
+    bounds: Bounds,
+) -> u64 {
+    let mut rng = StdRng::seed_from_u64(seed ^ (0x5307_0000u64 + id as u64));
+    let mut c = Client {
+        routers,
+        readonly: false,
+        conn: None,
+    };
+    let mut belief = dealt(&pop);
+    let mut n = 0;
+    while !bounds.done(n) {
+        n += 1;
+        let Some(conn) = c.get(&mut rng) else {
+            thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        let call = if reader {
+            Call::Contents { keys: pop.keys() }
+        } else {
+            next_move(&mut rng, &pop, &belief)
+        };
+        let mut lost = false;
+        let op = rec.record(id, call, |call| {
+            let (o, l) = match call {
+                Call::Contents { .. } => exec_contents(conn, &pop),
+                _ => exec_move(conn, call),
+            };
+            lost = l;
+            o
+        });
+        learn(&mut belief, &op.call, &op.outcome);
+        if lost {
+            c.conn = None;
+        }
+    }
+    n
+}
+
+/// A final atomic read of the move workload's keys after every fault
+/// healed, retried until one succeeds or `timeout` passes.
+pub fn final_contents(
+    routers: &Routers,
+    rec: &Recorder,
+    pop: &Population,
+    timeout: Duration,
+) -> bool {
+    let mut rng = StdRng::seed_from_u64(2);
+    let mut c = Client {
+        routers: routers.clone(),
+        readonly: false,
+        conn: None,
+    };
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(conn) = c.get(&mut rng) {
+            let mut lost = false;
+            let op = rec.record(u32::MAX, Call::Contents { keys: pop.keys() }, |_| {
+                let (o, l) = exec_contents(conn, pop);
+                lost = l;
+                o
+            });
+            if lost {
+                c.conn = None;
+            }
+            if matches!(op.outcome, Outcome::Ok(Ret::Elements(_))) {
+                return true;
+            }
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,5 +859,54 @@ mod tests {
             let c = next_call(&mut rng, ks, 0, no_incr, 0, seq);
             assert!(!matches!(c, Call::Incr { .. } | Call::RoGet { .. }));
         }
+    }
+
+    #[test]
+    fn moves_stay_within_their_family_and_cover_every_form() {
+        let pop = Population {
+            set_keys: vec!["s0".into(), "s1".into(), "s2".into()],
+            list_keys: vec!["l0".into(), "l1".into()],
+            members: vec!["m0".into(), "m1".into()],
+            elements: vec!["e0".into()],
+        };
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut forms = std::collections::BTreeSet::new();
+        let mut belief = dealt(&pop);
+        assert_eq!(belief["m1"], "s1");
+        for i in 0..2000 {
+            let call = next_move(&mut rng, &pop, &belief);
+            match &call {
+                Call::SMove { src, dst, member } => {
+                    if let Some(at) = belief.get(member) {
+                        assert_eq!(src, at, "moves from where it believes the member is");
+                    }
+                    // Half the time it moved, half someone else had.
+                    let moved = (i % 2 == 0).then(|| member.clone());
+                    learn(&mut belief, &call, &Outcome::Ok(Ret::Moved(moved)));
+                    assert_ne!(src, dst);
+                    assert!(pop.set_keys.contains(src) && pop.set_keys.contains(dst));
+                    assert!(pop.members.contains(member));
+                    forms.insert("SMOVE".to_string());
+                }
+                Call::LMove {
+                    src,
+                    dst,
+                    from,
+                    to,
+                    rpoplpush,
+                } => {
+                    assert_ne!(src, dst);
+                    assert!(pop.list_keys.contains(src) && pop.list_keys.contains(dst));
+                    if *rpoplpush {
+                        assert_eq!((*from, *to), (End::Right, End::Left));
+                        forms.insert("RPOPLPUSH".to_string());
+                    } else {
+                        forms.insert(format!("LMOVE {} {}", from.arg(), to.arg()));
+                    }
+                }
+                other => panic!("not a move: {other:?}"),
+            }
+        }
+        assert_eq!(forms.len(), 6, "{forms:?}");
     }
 }
