@@ -45,9 +45,66 @@ pub fn registry(extra: Vec<Box<dyn prometheus::core::Collector>>) -> Registry {
 
 /// The text exposition of `registry`.
 pub fn text(registry: &Registry) -> String {
+    text_with(registry, Vec::new())
+}
+
+/// The text exposition of `registry` and of `extra` families built by hand
+/// (histograms whose buckets were counted elsewhere).
+pub fn text_with(registry: &Registry, extra: Vec<prometheus::proto::MetricFamily>) -> String {
+    let mut families = registry.gather();
+    families.extend(extra);
     let mut out = Vec::new();
-    let _ = TextEncoder::new().encode(&registry.gather(), &mut out);
+    let _ = TextEncoder::new().encode(&families, &mut out);
     String::from_utf8(out).unwrap_or_default()
+}
+
+/// One series of a histogram counted elsewhere.
+pub struct HistogramSeries {
+    /// The value of the family's one label.
+    pub label: String,
+    /// Cumulative counts at upper bounds (seconds), ascending; +Inf is
+    /// added by the encoder.
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    /// Sum of the observations, seconds.
+    pub sum: f64,
+}
+
+/// A histogram family, one series per [`HistogramSeries`].
+pub fn histogram_family(
+    name: &str,
+    help: &str,
+    label: &str,
+    series: Vec<HistogramSeries>,
+) -> prometheus::proto::MetricFamily {
+    use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+    let mut fam = MetricFamily::default();
+    fam.set_name(name.to_string());
+    fam.set_help(help.to_string());
+    fam.set_field_type(MetricType::HISTOGRAM);
+    for s in series {
+        let mut h = Histogram::default();
+        h.set_sample_count(s.count);
+        h.set_sample_sum(s.sum);
+        h.set_bucket(
+            s.buckets
+                .into_iter()
+                .map(|(le, n)| {
+                    let mut b = Bucket::default();
+                    b.set_upper_bound(le);
+                    b.set_cumulative_count(n);
+                    b
+                })
+                .collect(),
+        );
+        let mut pair = LabelPair::default();
+        pair.set_name(label.to_string());
+        pair.set_value(s.label);
+        let mut m = Metric::from_label(vec![pair]);
+        m.set_histogram(h);
+        fam.mut_metric().push(m);
+    }
+    fam
 }
 
 /// Serve `GET /metrics` on `addr` with what `render` makes at each scrape,

@@ -146,8 +146,43 @@ fn render_metrics(shared: &Shared) -> String {
     ] {
         txns.with_label_values(&[outcome]).inc_by(n.load(Relaxed));
     }
+    // Per command, from the counters INFO commandstats reads.
+    let by_name = |name: &str, help: &str| {
+        IntCounterVec::new(Opts::new(name, help), &["command"])
+            .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+    };
+    let calls = by_name("shoal_router_command_calls_total", "Commands run, by name");
+    let failed = by_name(
+        "shoal_router_command_failed_total",
+        "Commands that ran and answered an error, by name",
+    );
+    let rejected = by_name(
+        "shoal_router_command_rejected_total",
+        "Commands refused before running (arity, auth...), by name",
+    );
+    let mut latency = Vec::new();
+    for (name, t) in shared.views.stats.totals() {
+        calls.with_label_values(&[name]).inc_by(t.calls);
+        failed.with_label_values(&[name]).inc_by(t.failed);
+        rejected.with_label_values(&[name]).inc_by(t.rejected);
+        latency.push(crate::metrics::HistogramSeries {
+            label: name.to_string(),
+            buckets: duration_buckets(&t.cumulative_usec()),
+            count: t.calls,
+            sum: t.nanos as f64 / 1e9,
+        });
+    }
+    let latency = crate::metrics::histogram_family(
+        "shoal_router_command_duration_seconds",
+        "Time from a command's arrival to its reply, by name",
+        "command",
+        latency,
+    );
     let view = shared.client.routes();
     let registry = crate::metrics::registry(vec![
+        Box::new(calls),
+        Box::new(failed),
+        Box::new(rejected),
         gauge(
             "shoal_router_connections",
             "Client connections open",
@@ -171,5 +206,23 @@ fn render_metrics(shared: &Shared) -> String {
             view.tables.len(),
         ),
     ]);
-    crate::metrics::text(&registry)
+    crate::metrics::text_with(&registry, vec![latency])
+}
+
+/// Fixed histogram buckets (upper bounds from 1 µs doubling to about 67 s;
+/// the encoder adds +Inf) from the counters' cumulative `(µs, count)` points: a
+/// bucket holds what the last point at or below it holds.
+fn duration_buckets(points: &[(u64, u64)]) -> Vec<(f64, u64)> {
+    let mut out = Vec::new();
+    let mut us = 1u64;
+    while us <= 1 << 26 {
+        let n = points
+            .iter()
+            .take_while(|(at, _)| *at <= us)
+            .last()
+            .map_or(0, |(_, n)| *n);
+        out.push((us as f64 / 1e6, n));
+        us *= 2;
+    }
+    out
 }

@@ -58,6 +58,24 @@ fn nodes_and_routers_serve_prometheus_metrics() {
         - total(&before, "shoal_router_commands_total");
     // The 200 SETs, and nothing else but this test's own commands.
     assert!((200.0..=210.0).contains(&ran), "{ran} commands counted");
+    // By command: the SETs, and their latency histogram.
+    let set = |s: &BTreeMap<String, f64>, name: &str| {
+        s.get(&format!("{name}{{command=\"set\"}}"))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    assert_eq!(
+        set(&after, "shoal_router_command_calls_total")
+            - set(&before, "shoal_router_command_calls_total"),
+        200.0
+    );
+    let count = set(&after, "shoal_router_command_duration_seconds_count");
+    assert!(count >= 200.0, "{count}");
+    let inf = after
+        .get("shoal_router_command_duration_seconds_bucket{command=\"set\",le=\"+Inf\"}")
+        .copied();
+    assert_eq!(inf, Some(count));
+    assert!(set(&after, "shoal_router_command_duration_seconds_sum") > 0.0);
     assert!(total(&after, "shoal_router_connections") >= 1.0);
     assert_eq!(total(&after, "shoal_router_live_nodes"), 3.0);
     assert!(total(&after, "process_resident_memory_bytes") > 1e6);

@@ -122,6 +122,16 @@ fn prometheus_sees_the_load_and_the_leaders() {
         (avg - rate_sent).abs() <= 0.2 * rate_sent,
         "Prometheus's rate {avg:.0}/s against {rate_sent:.0}/s sent"
     );
+    // A latency quantile by command, from the router's histogram.
+    let set_p99 = query(
+        &prom,
+        "histogram_quantile(0.99, sum(rate(shoal_router_command_duration_seconds_bucket{command=\"set\"}[10s])) by (le))",
+    );
+    eprintln!("SET p99 {set_p99:?} s");
+    assert!(
+        set_p99.is_some_and(|s| s > 0.0 && s < 10.0),
+        "SET p99: {set_p99:?}"
+    );
     assert_eq!(query(&prom, "sum(shoal_group_leader)"), Some(2.0));
     assert_eq!(query(&prom, "sum(shoal_node_replicas)"), Some(6.0));
     assert!(query(&prom, "sum(shoal_fsync_duration_seconds_count)").unwrap_or(0.0) > 0.0);
