@@ -98,7 +98,7 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
         commands_processed: AtomicU64::new(0),
         txn_stats: Default::default(),
         scan_cursors: crate::resp::scan::ScanCursors::new(100_000),
-        views: Default::default(),
+        views: crate::resp::views::Views::new(crate::resp::cmd_views::command_names()),
     });
     if let Some(at) = shared.config.metrics_listen.clone() {
         let s = shared.clone();

@@ -23,6 +23,7 @@ pub mod cmd_string;
 pub mod cmd_table;
 pub mod cmd_transfer;
 pub mod cmd_txn;
+pub mod cmd_views;
 pub mod commands;
 pub mod compile;
 pub mod compile_bitmap;

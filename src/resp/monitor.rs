@@ -2,7 +2,8 @@
 //! one line each in Redis's format
 //! (`+1339518083.107412 [0 127.0.0.1:60866] "keys" "*"`).
 //!
-//! This module owns the list of monitors and the lines. The command path
+//! This module owns the list of monitors and their feeds (the lines are
+//! made by `cmd_views::monitor_line`, which knows the command table). The command path
 //! pays one relaxed atomic load while no monitor is connected. Lines are
 //! built once per command, when it is read off the socket (before it runs),
 //! and queued to each monitor. A monitor's queue is bounded in bytes by
@@ -17,8 +18,6 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-
-use super::spec::flag;
 
 /// One monitor's end of the feed.
 pub struct Subscriber {
@@ -87,12 +86,9 @@ impl Monitors {
         }
     }
 
-    /// A request received from client `peer` with table index `db`: queue
-    /// its line to every monitor, dropping those over `limit` bytes behind.
-    pub fn feed(&self, db: u32, peer: &str, parts: &[Bytes], limit: usize) {
-        let Some(line) = monitor_line(db, peer, parts) else {
-            return;
-        };
+    /// The line of a request (`cmd_views::monitor_line`): queue it to
+    /// every monitor, dropping those over `limit` bytes behind.
+    pub fn feed(&self, line: Bytes, limit: usize) {
         let Ok(mut subs) = self.subs.lock() else {
             return;
         };
@@ -111,43 +107,6 @@ impl Monitors {
         });
         self.count.store(subs.len(), Ordering::Relaxed);
     }
-}
-
-/// The line of a request, or `None` for one monitors do not show.
-pub fn monitor_line(db: u32, peer: &str, parts: &[Bytes]) -> Option<Bytes> {
-    let name = String::from_utf8_lossy(parts.first()?).to_ascii_lowercase();
-    let spec = super::commands::lookup(&name)?;
-    if spec.has(flag::ADMIN) {
-        return None;
-    }
-    // AUTH: every argument; HELLO: the two after AUTH (as Redis 7 redacts).
-    let hello_auth = (spec.name == "hello")
-        .then(|| parts.iter().position(|a| a.eq_ignore_ascii_case(b"auth")))
-        .flatten();
-    let redact = |j: usize| {
-        j > 0 && (spec.name == "auth" || hello_auth.is_some_and(|at| j == at + 1 || j == at + 2))
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let mut out = format!(
-        "+{}.{:06} [{db} {peer}] ",
-        now.as_secs(),
-        now.subsec_micros()
-    )
-    .into_bytes();
-    for (j, a) in parts.iter().enumerate() {
-        if j > 0 {
-            out.push(b' ');
-        }
-        if redact(j) {
-            out.extend_from_slice(b"\"(redacted)\"");
-        } else {
-            repr(a, &mut out);
-        }
-    }
-    out.extend_from_slice(b"\r\n");
-    Some(Bytes::from(out))
 }
 
 /// Redis's `sdscatrepr`: quoted, with `\\`, `\"`, `\n`, `\r`, `\t`, `\a`,
@@ -177,61 +136,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lines_are_redis_lines() {
-        let parts = [
-            Bytes::from("SET"),
-            Bytes::from("k"),
-            Bytes::from("a\"b\\\n\x01"),
-        ];
-        let line = monitor_line(3, "127.0.0.1:5000", &parts).unwrap();
-        let s = String::from_utf8(line.to_vec()).unwrap();
-        let (stamp, rest) = s.split_once(' ').unwrap();
-        assert!(stamp.starts_with('+'));
-        let (secs, micros) = stamp[1..].split_once('.').unwrap();
-        assert!(secs.parse::<u64>().unwrap() > 1_600_000_000);
-        assert_eq!(micros.len(), 6);
-        assert_eq!(
-            rest,
-            "[3 127.0.0.1:5000] \"SET\" \"k\" \"a\\\"b\\\\\\n\\x01\"\r\n"
-        );
-        let auth = monitor_line(0, "p", &[Bytes::from("auth"), Bytes::from("secret")]).unwrap();
-        assert!(auth.ends_with(b"\"auth\" \"(redacted)\"\r\n"));
-        let hello = [
-            &b"HELLO"[..],
-            b"3",
-            b"AUTH",
-            b"default",
-            b"pw",
-            b"SETNAME",
-            b"n",
-        ]
-        .map(Bytes::from_static);
-        let hello = monitor_line(0, "p", &hello).unwrap();
-        assert!(
-            hello.ends_with(
-                b"\"HELLO\" \"3\" \"AUTH\" \"(redacted)\" \"(redacted)\" \"SETNAME\" \"n\"\r\n"
-            ),
-            "{hello:?}"
-        );
-        assert!(monitor_line(0, "p", &[Bytes::from("config"), Bytes::from("get")]).is_none());
-        assert!(monitor_line(0, "p", &[Bytes::from("nosuchcommand")]).is_none());
-    }
-
-    #[test]
     fn a_monitor_too_far_behind_is_cut_off() {
         let m = Monitors::default();
         let mut feed = m.subscribe(1);
         assert!(m.active());
-        let parts = [Bytes::from("get"), Bytes::from("k")];
+        let line = Bytes::from(format!(
+            "+1.000000 [0 p] \"get\" \"{}\"\r\n",
+            "k".repeat(14)
+        ));
         for _ in 0..10 {
-            m.feed(0, "p", &parts, 1000);
+            m.feed(line.clone(), 1000);
         }
         assert!(m.active());
         let line = feed.rx.try_recv().unwrap();
         feed.taken(&line);
         // Lines of ~40 bytes: past 1000 queued bytes the feed is cut.
         for _ in 0..100 {
-            m.feed(0, "p", &parts, 1000);
+            m.feed(line.clone(), 1000);
         }
         assert!(!m.active());
         assert!(feed.dropped.load(Ordering::Relaxed));

@@ -237,7 +237,11 @@ async fn run(
                     Ok(Some(parts)) => {
                         let monitors = &shared.views.monitors;
                         if monitors.active() {
-                            monitors.feed(session.db, peer, &parts, max_output);
+                            if let Some(line) =
+                                super::cmd_views::monitor_line(session.db, peer, &parts)
+                            {
+                                monitors.feed(line, max_output);
+                            }
                         }
                         pending.push_back(parts)
                     }

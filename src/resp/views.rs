@@ -27,11 +27,7 @@ use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
 
-use super::args::Args;
-use super::commands::COMMANDS;
 use super::reply::Reply;
-use super::session::Session;
-use super::spec::{flag, CommandSpec};
 
 /// Stats shards; a connection writes shard `id % SHARDS`.
 pub const SHARDS: usize = 16;
@@ -173,37 +169,37 @@ pub enum Outcome {
 
 /// Per command counters, sharded (see the module docs).
 pub struct CommandStats {
+    /// The command table's names, by row.
+    names: Box<[&'static str]>,
     shards: Box<[Shard]>,
 }
 
-impl Default for CommandStats {
-    fn default() -> Self {
+impl CommandStats {
+    /// Counters for a command table whose rows are named `names`, in order
+    /// (the table itself lives above this module).
+    pub fn new(names: Vec<&'static str>) -> CommandStats {
+        let rows = names.len();
         CommandStats {
+            names: names.into(),
             shards: (0..SHARDS)
                 .map(|_| Shard {
-                    cells: (0..COMMANDS.len()).map(|_| OnceLock::new()).collect(),
+                    cells: (0..rows).map(|_| OnceLock::new()).collect(),
                     errors: Mutex::new(HashMap::new()),
                 })
                 .collect(),
         }
     }
-}
 
-/// The index of a row of the command table.
-fn index_of(spec: &'static CommandSpec) -> usize {
-    let base = COMMANDS.as_ptr() as usize;
-    (spec as *const CommandSpec as usize - base) / std::mem::size_of::<CommandSpec>()
-}
-
-impl CommandStats {
-    fn cell(&self, conn: u64, spec: &'static CommandSpec) -> &Cell {
+    fn cell(&self, conn: u64, row: usize) -> Option<&Cell> {
         let shard = &self.shards[conn as usize % SHARDS];
-        shard.cells[index_of(spec)].get_or_init(|| Box::new(Cell::new()))
+        Some(shard.cells.get(row)?.get_or_init(|| Box::new(Cell::new())))
     }
 
-    /// A command ran for `nanos`.
-    pub fn record(&self, conn: u64, spec: &'static CommandSpec, nanos: u64, outcome: Outcome) {
-        let c = self.cell(conn, spec);
+    /// The command of table row `row` ran for `nanos`.
+    pub fn record(&self, conn: u64, row: usize, nanos: u64, outcome: Outcome) {
+        let Some(c) = self.cell(conn, row) else {
+            return;
+        };
         c.calls.fetch_add(1, Ordering::Relaxed);
         c.nanos.fetch_add(nanos, Ordering::Relaxed);
         if outcome == Outcome::Failed {
@@ -213,10 +209,10 @@ impl CommandStats {
     }
 
     /// A command was refused before it ran (arity, authentication).
-    pub fn reject(&self, conn: u64, spec: &'static CommandSpec) {
-        self.cell(conn, spec)
-            .rejected
-            .fetch_add(1, Ordering::Relaxed);
+    pub fn reject(&self, conn: u64, row: usize) {
+        if let Some(c) = self.cell(conn, row) {
+            c.rejected.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// An error reply went to a client: count it under its first word.
@@ -251,7 +247,7 @@ impl CommandStats {
     /// table order, with its totals.
     pub fn totals(&self) -> Vec<(&'static str, CommandTotals)> {
         let mut out = Vec::new();
-        for (i, spec) in COMMANDS.iter().enumerate() {
+        for (i, name) in self.names.iter().enumerate() {
             let mut t = CommandTotals {
                 hist: vec![0; BUCKETS],
                 ..Default::default()
@@ -269,7 +265,7 @@ impl CommandStats {
                 }
             }
             if any && (t.calls > 0 || t.rejected > 0) {
-                out.push((spec.name, t));
+                out.push((*name, t));
             }
         }
         out
@@ -621,7 +617,6 @@ fn unix_secs() -> u64 {
 }
 
 /// Everything above, shared by the router's connections.
-#[derive(Default)]
 pub struct Views {
     pub stats: CommandStats,
     pub slowlog: SlowLog,
@@ -629,150 +624,20 @@ pub struct Views {
     pub monitors: super::monitor::Monitors,
 }
 
-impl Session {
-    /// Count a command that ran for `nanos` with `reply`: its stats, the
-    /// error stats, the slow log and the latency monitor. Blocking commands
-    /// stay out of the last two (their time is mostly waiting).
-    pub(super) fn account(
-        &self,
-        spec: &'static CommandSpec,
-        parts: &[Bytes],
-        nanos: u64,
-        reply: &Reply,
-    ) {
-        let views = &self.shared.views;
-        let outcome = match reply {
-            Reply::Error(e) => {
-                views.stats.error(self.id, e);
-                Outcome::Failed
-            }
-            _ => Outcome::Ok,
-        };
-        views.stats.record(self.id, spec, nanos, outcome);
-        if spec.has(flag::BLOCKING) {
-            return;
+impl Views {
+    /// The views of a router whose command table's rows are `names`.
+    pub fn new(names: Vec<&'static str>) -> Views {
+        Views {
+            stats: CommandStats::new(names),
+            slowlog: Default::default(),
+            latency: Default::default(),
+            monitors: Default::default(),
         }
-        let micros = nanos / 1000;
-        if !spec.has(flag::SKIP_SLOWLOG) && views.slowlog.wants(micros) {
-            let peer = self.shared.clients.addr(self.id);
-            views.slowlog.push(parts, micros, peer, self.name.clone());
-        }
-        let event = if spec.has(flag::FAST) {
-            "fast-command"
-        } else {
-            "command"
-        };
-        views.latency.sample(event, micros / 1000);
-    }
-
-    /// Count a request refused before it ran (unknown command, arity,
-    /// authentication).
-    pub(super) fn refused(&self, args: &Args, reply: &Reply) {
-        let stats = &self.shared.views.stats;
-        if let Reply::Error(e) = reply {
-            stats.error(self.id, e);
-        }
-        if let Some(spec) = super::commands::lookup(args.name()) {
-            stats.reject(self.id, spec);
-        }
-    }
-
-    /// `SLOWLOG GET [count] | LEN | RESET | HELP`.
-    pub(super) fn slowlog(&mut self, args: &mut Args) -> Reply {
-        let given = args.next_string().unwrap_or_default();
-        let sub = given.to_ascii_lowercase();
-        let log = &self.shared.views.slowlog;
-        match (sub.as_str(), args.remaining()) {
-            ("get", 0) => log.get(Some(10)),
-            ("get", 1) => match args.next_i64() {
-                Ok(-1) => log.get(None),
-                Ok(n) if n >= 0 => log.get(Some(n as usize)),
-                _ => Reply::error("ERR count should be greater than or equal to -1"),
-            },
-            ("len", 0) => Reply::Int(log.len() as i64),
-            ("reset", 0) => {
-                log.reset();
-                Reply::ok()
-            }
-            ("help", 0) => help(
-                "SLOWLOG",
-                &[
-                    "GET [<count>]",
-                    "    Return top <count> entries from the slowlog (default: 10, -1 mean all).",
-                    "    Entries are made of:",
-                    "    id, timestamp, time in microseconds, arguments array, client IP and port,",
-                    "    client name",
-                    "LEN",
-                    "    Return the length of the slowlog.",
-                    "RESET",
-                    "    Reset the slowlog.",
-                ],
-            ),
-            ("get" | "len" | "reset" | "help", _) => Reply::error(format!(
-                "ERR wrong number of arguments for 'slowlog|{sub}' command"
-            )),
-            _ => Reply::error(format!(
-                "ERR unknown subcommand '{given}'. Try SLOWLOG HELP."
-            )),
-        }
-    }
-
-    /// `LATENCY LATEST | HISTORY event | RESET [event ...] | HISTOGRAM
-    /// [command ...] | DOCTOR | HELP`.
-    pub(super) fn latency(&mut self, args: &mut Args) -> Reply {
-        let given = args.next_string().unwrap_or_default();
-        let sub = given.to_ascii_lowercase();
-        let views = &self.shared.views;
-        let rest: Vec<String> = args
-            .rest()
-            .iter()
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        match (sub.as_str(), rest.len()) {
-            ("latest", 0) => views.latency.latest(),
-            ("history", 1) => views.latency.history(&rest[0]),
-            ("reset", _) => Reply::Int(views.latency.reset(&rest)),
-            ("histogram", _) => {
-                let wanted: Vec<String> = rest.iter().map(|r| r.to_ascii_lowercase()).collect();
-                views.stats.histogram_reply(&wanted)
-            }
-            ("doctor", 0) => Reply::Verbatim(views.latency.doctor()),
-            ("help", 0) => help(
-                "LATENCY",
-                &[
-                    "DOCTOR",
-                    "    Return a human readable latency analysis report.",
-                    "HISTORY <event>",
-                    "    Return time-latency samples for the <event> class.",
-                    "LATEST",
-                    "    Return the latest latency samples for all events.",
-                    "RESET [<event> ...]",
-                    "    Reset latency data of one or more <event> classes.",
-                    "    (default: reset all data for all event classes)",
-                    "HISTOGRAM [COMMAND ...]",
-                    "    Return a cumulative distribution of latencies in the format of a histogram for the specified command names.",
-                    "    If no commands are specified then all histograms are replied.",
-                ],
-            ),
-            ("latest" | "history" | "doctor" | "help", _) => Reply::error(format!(
-                "ERR wrong number of arguments for 'latency|{sub}' command"
-            )),
-            _ => Reply::error(format!(
-                "ERR unknown subcommand '{given}'. Try LATENCY HELP."
-            )),
-        }
-    }
-
-    /// MONITOR: from the end of this pipeline step on, the connection
-    /// streams the commands the router receives (see [`super::monitor`]).
-    pub(super) fn monitor(&mut self, _args: &mut Args) -> Reply {
-        self.monitor = true;
-        Reply::ok()
     }
 }
 
 /// Redis's `addReplyHelp`: a title line, the lines, and HELP's own.
-fn help(command: &str, lines: &[&str]) -> Reply {
+pub(super) fn help(command: &str, lines: &[&str]) -> Reply {
     let mut out = vec![Reply::status(format!(
         "{command} <subcommand> [<arg> [value] [opt] ...]. Subcommands are:"
     ))];
@@ -820,12 +685,11 @@ mod tests {
 
     #[test]
     fn percentiles_and_cumulative_buckets() {
-        let stats = CommandStats::default();
-        let get = super::super::commands::lookup("get").unwrap();
+        let stats = CommandStats::new(vec!["get", "set"]);
         for i in 0..1000u64 {
             // 990 at ~10 µs, 10 at ~1 ms: p50 about 10, p99.9 about 1000.
             let ns = if i % 100 == 0 { 1_000_000 } else { 10_000 };
-            stats.record(i, get, ns, Outcome::Ok);
+            stats.record(i, 0, ns, Outcome::Ok);
         }
         let (name, t) = stats.totals().into_iter().next().unwrap();
         assert_eq!((name, t.calls), ("get", 1000));
