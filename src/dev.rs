@@ -93,6 +93,10 @@ pub async fn run_until(opts: DevOpts, mut stop: StopRx) -> Result<()> {
         router_port: Some(opts.port),
         default_replicas: replicas,
         wait_ready: false,
+        // Every process serves Prometheus metrics on a port of its own; the
+        // banner names them and `prometheus-targets.json` lists them.
+        node_args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
+        router_args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
         ..ClusterOpts::new(&opts.bin, &data_dir)
     };
     let shards = cluster_opts.default_shards;
@@ -208,19 +212,78 @@ fn banner(cluster: &LocalCluster, data_dir: &Path, shards: u32, replicas: u32) -
         .map(|id| format!("{id}={}", cluster.node_addr(id)))
         .collect();
     let etcd = cluster.etcd_url();
+    let metrics = metrics_addresses(data_dir);
+    let targets = data_dir.join("prometheus-targets.json");
+    let listed = match std::fs::write(&targets, prometheus_targets(&metrics)) {
+        Ok(()) => format!(
+            "scrape: prometheus --config.file=conf/prometheus.yml (reads {})",
+            targets.display()
+        ),
+        Err(e) => format!("(cannot write {}: {e})", targets.display()),
+    };
+    let metrics: Vec<String> = metrics.iter().map(|(n, a)| format!("{n}={a}")).collect();
     format!(
         "\n\
          shoal dev cluster is up.\n\
          \x20 router  {router}   connect: redis-cli -p {port}\n\
          \x20 nodes   {}   (table `default`: {shards} shards x {replicas} replicas)\n\
          \x20 etcd    {etcd}   inspect: shoal status --etcd {etcd}\n\
+         \x20 metrics {}   {listed}\n\
          \x20 data    {}   (kept across restarts; delete it to start empty)\n\
          \x20 logs    {}/<process>/<process>.log\n\
          Press Ctrl-C to stop everything.",
         nodes.join(" "),
+        metrics.join(" "),
         data_dir.display(),
         data_dir.display(),
     )
+}
+
+/// The metrics addresses the processes logged (`metrics on http://...`),
+/// by process name, from `<data_dir>/<process>/<process>.log`.
+fn metrics_addresses(data_dir: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dirs) = std::fs::read_dir(data_dir) else {
+        return out;
+    };
+    for d in dirs.flatten() {
+        let name = d.file_name().to_string_lossy().into_owned();
+        let log = d.path().join(format!("{name}.log"));
+        let Ok(text) = std::fs::read_to_string(&log) else {
+            continue;
+        };
+        // The last start's address (a restart appends to the log).
+        if let Some(addr) = text
+            .lines()
+            .filter_map(|l| l.split("metrics on http://").nth(1))
+            .filter_map(|rest| rest.split('/').next())
+            .next_back()
+        {
+            out.insert(name, addr.to_string());
+        }
+    }
+    out
+}
+
+/// Prometheus file-based service discovery (`file_sd_configs`) for
+/// `targets` (process name -> address): one group per process, labelled
+/// with its name and role.
+fn prometheus_targets(targets: &std::collections::BTreeMap<String, String>) -> String {
+    let groups: Vec<serde_json::Value> = targets
+        .iter()
+        .map(|(name, addr)| {
+            let role = if name.starts_with("router") {
+                "router"
+            } else {
+                "node"
+            };
+            serde_json::json!({
+                "targets": [addr],
+                "labels": {"process": name, "role": role, "cluster": "shoal-dev"},
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&groups).unwrap_or_else(|_| "[]".into())
 }
 
 /// Watch the children until asked to stop; a child that dies is reported
@@ -341,5 +404,37 @@ mod tests {
             format!("port {port} is already in use; pass --port to pick another")
         );
         assert!(!tmp.path().join("dev/etcd").exists());
+    }
+}
+
+#[cfg(test)]
+mod metrics_tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_prometheus_file_sd_groups() {
+        let t = std::collections::BTreeMap::from([
+            ("node-1".to_string(), "127.0.0.1:9101".to_string()),
+            ("router".to_string(), "127.0.0.1:9200".to_string()),
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&prometheus_targets(&t)).unwrap();
+        assert_eq!(v[0]["targets"][0], "127.0.0.1:9101");
+        assert_eq!(v[0]["labels"]["role"], "node");
+        assert_eq!(v[1]["labels"]["role"], "router");
+        assert_eq!(v[1]["labels"]["process"], "router");
+    }
+
+    #[test]
+    fn addresses_come_from_the_last_start_in_each_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("node-1");
+        std::fs::create_dir_all(&node).unwrap();
+        std::fs::write(
+            node.join("node-1.log"),
+            "x INFO metrics on http://127.0.0.1:1/metrics\n--- restart ---\nx INFO metrics on http://127.0.0.1:2/metrics\n",
+        )
+        .unwrap();
+        let found = metrics_addresses(dir.path());
+        assert_eq!(found.get("node-1").map(String::as_str), Some("127.0.0.1:2"));
     }
 }
