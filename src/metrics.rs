@@ -29,8 +29,39 @@ pub static FSYNC_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     .unwrap_or_else(|_| Histogram::with_opts(HistogramOpts::new("x", "x")).unwrap())
 });
 
+/// One collector, ready to register.
+pub type Boxed = Box<dyn prometheus::core::Collector>;
+
+/// An integer gauge at `v`. The names are constants of this crate: a bad
+/// one is a bug, found by the first scrape in the tests.
+pub fn gauge(name: &str, help: &str, v: u64) -> Boxed {
+    let g = prometheus::IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    g.set(v as i64);
+    Box::new(g)
+}
+
+/// A counter at `v`, a total the process keeps elsewhere.
+pub fn counter(name: &str, help: &str, v: u64) -> Boxed {
+    let c =
+        prometheus::IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c.inc_by(v);
+    Box::new(c)
+}
+
+/// Integer gauges with `labels`.
+pub fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::IntGaugeVec {
+    prometheus::IntGaugeVec::new(prometheus::Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+}
+
+/// Integer counters with `labels`.
+pub fn counter_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::IntCounterVec {
+    prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+}
+
 /// A registry with the process collector and `extra` registered.
-pub fn registry(extra: Vec<Box<dyn prometheus::core::Collector>>) -> Registry {
+pub fn registry(extra: Vec<Boxed>) -> Registry {
     let r = Registry::new();
     let _ = r.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),

@@ -116,27 +116,18 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
 /// commands processed, transactions by outcome, the live nodes and tables
 /// it routes to, and the process metrics. Read at each scrape.
 fn render_metrics(shared: &Shared) -> String {
-    use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+    use crate::metrics::{counter, counter_vec, gauge};
     use std::sync::atomic::Ordering::Relaxed;
-    let gauge = |name: &str, help: &str, v: usize| -> Box<dyn prometheus::core::Collector> {
-        let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-        g.set(v as i64);
-        Box::new(g)
-    };
-    let commands = IntCounter::new(
+    let commands = counter(
         "shoal_router_commands_total",
         "Commands this router processed",
-    )
-    .unwrap_or_else(|e| panic!("metric: {e}"));
-    commands.inc_by(shared.commands_processed.load(Relaxed));
-    let txns = IntCounterVec::new(
-        Opts::new(
-            "shoal_txn_total",
-            "Transactions this router coordinated, by outcome",
-        ),
+        shared.commands_processed.load(Relaxed),
+    );
+    let txns = counter_vec(
+        "shoal_txn_total",
+        "Transactions this router coordinated, by outcome",
         &["outcome"],
-    )
-    .unwrap_or_else(|e| panic!("metric: {e}"));
+    );
     let t = &shared.txn_stats;
     for (outcome, n) in [
         ("committed", &t.committed),
@@ -147,10 +138,7 @@ fn render_metrics(shared: &Shared) -> String {
         txns.with_label_values(&[outcome]).inc_by(n.load(Relaxed));
     }
     // Per command, from the counters INFO commandstats reads.
-    let by_name = |name: &str, help: &str| {
-        IntCounterVec::new(Opts::new(name, help), &["command"])
-            .unwrap_or_else(|e| panic!("metric {name}: {e}"))
-    };
+    let by_name = |name: &str, help: &str| counter_vec(name, help, &["command"]);
     let calls = by_name("shoal_router_command_calls_total", "Commands run, by name");
     let failed = by_name(
         "shoal_router_command_failed_total",
@@ -186,24 +174,24 @@ fn render_metrics(shared: &Shared) -> String {
         gauge(
             "shoal_router_connections",
             "Client connections open",
-            shared.clients.count(),
+            shared.clients.count() as u64,
         ),
         gauge(
             "shoal_router_blocked_clients",
             "Clients blocked in BLPOP and the like",
-            shared.clients.blocked(),
+            shared.clients.blocked() as u64,
         ),
-        Box::new(commands),
+        commands,
         Box::new(txns),
         gauge(
             "shoal_router_live_nodes",
             "Nodes the router sees alive",
-            view.live.len(),
+            view.live.len() as u64,
         ),
         gauge(
             "shoal_router_tables",
             "Tables the router routes to",
-            view.tables.len(),
+            view.tables.len() as u64,
         ),
     ]);
     crate::metrics::text_with(&registry, vec![latency])

@@ -5,34 +5,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use shoal::devcluster::{ClusterOpts, LocalCluster};
-
 mod common;
 
-use common::{http_get, metrics_addrs, samples, total};
+use common::{http_get, samples, total};
 
 #[test]
 fn nodes_and_routers_serve_prometheus_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_shoal"), dir.path().join("cluster"));
-    opts.nodes = 3;
-    opts.default_shards = 2;
-    opts.default_replicas = 3;
-    opts.node_args = ["--log-level", "info", "--metrics-listen", "127.0.0.1:0"]
-        .map(String::from)
-        .to_vec();
-    let mut cl = LocalCluster::start(opts).expect("cluster starts");
-    let router = cl
-        .add_router_with(&["--log-level", "info", "--metrics-listen", "127.0.0.1:0"])
-        .unwrap();
-    let mut addrs = BTreeMap::new();
-    assert!(
-        common::wait_until(Duration::from_secs(10), || {
-            addrs = metrics_addrs(&dir.path().join("cluster"));
-            addrs.len() == 4
-        }),
-        "metrics addresses logged: {addrs:?}"
-    );
+    let (mut cl, router, addrs) = common::metrics_cluster(&dir.path().join("cluster"));
     let router_metrics = addrs
         .iter()
         .find(|(n, _)| n.starts_with("router"))

@@ -6,11 +6,11 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use shoal::devcluster::{free_port, ClusterOpts, LocalCluster, Proc};
+use shoal::devcluster::{free_port, Proc};
 
 mod common;
 
-use common::{http_get, metrics_addrs};
+use common::http_get;
 
 /// `s` for a URL query value.
 fn encode(s: &str) -> String {
@@ -44,22 +44,7 @@ fn prometheus_sees_the_load_and_the_leaders() {
         )
     });
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_shoal"), dir.path().join("cluster"));
-    opts.nodes = 3;
-    opts.default_shards = 2;
-    opts.default_replicas = 3;
-    opts.node_args = ["--log-level", "info", "--metrics-listen", "127.0.0.1:0"]
-        .map(String::from)
-        .to_vec();
-    let mut cl = LocalCluster::start(opts).expect("cluster starts");
-    let router = cl
-        .add_router_with(&["--log-level", "info", "--metrics-listen", "127.0.0.1:0"])
-        .unwrap();
-    let mut addrs = Default::default();
-    assert!(common::wait_until(Duration::from_secs(10), || {
-        addrs = metrics_addrs(&dir.path().join("cluster"));
-        addrs.len() == 4
-    }));
+    let (mut cl, router, addrs) = common::metrics_cluster(&dir.path().join("cluster"));
     let targets: Vec<String> = addrs.values().map(|a| format!("'{a}'")).collect();
 
     // Prometheus, scraping every second.

@@ -8,25 +8,11 @@
 
 use std::sync::atomic::Ordering;
 
-use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts};
-
+use crate::metrics::{counter, gauge};
 use crate::shard::host::Host;
 
-fn gauge_vec(name: &str, help: &str) -> IntGaugeVec {
-    IntGaugeVec::new(Opts::new(name, help), &["group", "table", "shard"])
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"))
-}
-
-fn gauge(name: &str, help: &str, v: u64) -> Box<dyn prometheus::core::Collector> {
-    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    g.set(v as i64);
-    Box::new(g)
-}
-
-fn counter(name: &str, help: &str, v: u64) -> Box<dyn prometheus::core::Collector> {
-    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    c.inc_by(v);
-    Box::new(c)
+fn gauge_vec(name: &str, help: &str) -> prometheus::IntGaugeVec {
+    crate::metrics::gauge_vec(name, help, &["group", "table", "shard"])
 }
 
 /// The node's metrics now, in the text exposition format.

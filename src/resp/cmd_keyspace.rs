@@ -25,74 +25,28 @@
 //! uniform (keys after a gap in the key space are more likely), as Redis's
 //! own is not quite either.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
 use super::args::Args;
-use super::compile::{op_reply, shard_keys, shard_work, WatchedKey};
+use super::compile::{op_reply, shard_keys};
 use super::errors::cluster_err;
 use super::reply::Reply;
 use super::scan::scan_reply;
 use super::session::Session;
+use super::txn_retry::{watches_at, Attempt, Retry, ERR_KEPT_CHANGING};
 use crate::clock::now_ms;
-use crate::cluster::plan::{Merge, Part, Plan};
-use crate::cluster::txn::{self, Outcome};
+use crate::cluster::plan::{Part, Plan};
+use crate::cluster::txn;
 use crate::shard::apply::move_outcome;
 use crate::shard::coll::{CollRead, CollWrite, Content, HashPart};
 use crate::shard::command::{Kind, MoveMode, OpReply, ReadOp, TxnOp, WriteOp};
 use crate::shard::list::LRead;
 use crate::shard::txn::version_of;
 use crate::shard::zset::{ZBy, ZRange, ZRead};
-
-/// Longest pause between two attempts of a move that conflicted.
-const MAX_PAUSE: Duration = Duration::from_millis(200);
-
-/// The attempts of a transaction that may conflict (a cross-shard move or
-/// transfer): movers of the same keys would collide again in step, so each
-/// retry waits a random share of a pause that starts at what an attempt
-/// took and doubles, up to [`MAX_PAUSE`], until the request timeout.
-pub(super) struct Retry {
-    deadline: Instant,
-    pause: Duration,
-    attempt: Instant,
-}
-
-impl Retry {
-    pub(super) fn new(timeout: Duration) -> Retry {
-        let now = Instant::now();
-        Retry {
-            deadline: now + timeout,
-            pause: Duration::ZERO,
-            attempt: now,
-        }
-    }
-
-    /// An attempt starts.
-    pub(super) fn start(&mut self) {
-        self.attempt = Instant::now();
-    }
-
-    /// Wait before the next attempt; `false` once the timeout has passed.
-    pub(super) async fn again(&mut self) -> bool {
-        if Instant::now() >= self.deadline {
-            return false;
-        }
-        if self.pause.is_zero() {
-            self.pause = self.attempt.elapsed().max(Duration::from_millis(1));
-        }
-        let wait = rand::thread_rng().gen_range(Duration::ZERO..=self.pause);
-        tokio::time::sleep(wait).await;
-        self.pause = (self.pause * 2).min(MAX_PAUSE);
-        true
-    }
-}
-
-/// A move or transfer that kept conflicting until the request timeout.
-pub(super) const ERR_KEPT_CHANGING: &str =
-    "TRYAGAIN the keys kept changing or stayed locked; nothing was moved";
 
 /// Keys a RANDOMKEY page examines.
 const RANDOM_PAGE: u64 = 32;
@@ -182,26 +136,17 @@ impl Session {
                 let dst_matters =
                     matches!(mode, MoveMode::RenameNx | MoveMode::Copy { replace: false });
                 let watched = if dst_matters {
-                    vec![&src_key, &dst_key]
+                    vec![src_key.clone(), dst_key.clone()]
                 } else {
-                    vec![&src_key]
+                    vec![src_key.clone()]
                 };
-                let watches: Vec<WatchedKey> = watched
-                    .into_iter()
-                    .map(|k| WatchedKey {
-                        table: table.clone(),
-                        key: k.clone(),
-                        version: version_of(read(k), now),
-                    })
-                    .collect();
-                let writes = Plan::new(table.clone(), parts, Merge::Single);
-                let n = writes.parts.len();
-                let work = shard_work(std::slice::from_ref(&writes), &watches);
-                let stats = &self.shared.txn_stats;
-                match txn::execute(&self.shared.client, &self.shared.meta, work, n, stats).await {
-                    Ok(Outcome::Committed(_)) => return op_reply(reply),
-                    Ok(Outcome::Conflict) => {}
-                    Err(e) => return cluster_err(e),
+                let watches = watches_at(&table, &watched, |k| version_of(read(k), now));
+                match self
+                    .commit(&table, parts, &watches, |_| op_reply(reply))
+                    .await
+                {
+                    Attempt::Done(reply) => return reply,
+                    Attempt::Again => {}
                 }
             }
             if !retry.again().await {

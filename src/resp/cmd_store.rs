@@ -30,15 +30,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::cmd_keyspace::{Retry, ERR_KEPT_CHANGING};
-use super::compile::{op_reply, shard_keys, shard_work, WatchedKey};
+use super::compile::{op_reply, shard_keys};
 use super::errors::cluster_err;
 use super::reply::Reply;
 use super::session::Session;
+use super::txn_retry::{watches_at, Attempt, Retry, ERR_KEPT_CHANGING};
 use crate::clock::now_ms;
-use crate::cluster::plan::{merge, Merge, Part, Plan, StoreKind, StoreTo};
-use crate::cluster::routes::TableRoute;
-use crate::cluster::txn::{self, Outcome};
+use crate::cluster::plan::{merge, Part, Plan, StoreKind, StoreTo};
+use crate::cluster::txn;
 use crate::shard::coll::{CollWrite, Content};
 use crate::shard::command::{Kind, OpReply, TxnOp, WriteOp};
 use crate::shard::list::LWrite;
@@ -50,13 +49,6 @@ use crate::slot::slot;
 /// The largest result a store across shards writes (its RESP size), well
 /// under what one request to a node may carry.
 pub const MAX_RESULT: usize = 32 * 1024 * 1024;
-
-/// What one attempt came to.
-enum Attempt {
-    Done(Reply),
-    /// The keys changed or were locked: read again.
-    Again,
-}
 
 impl Session {
     /// Run a plan with [`Plan::store`]: its parts read, its merge combines,
@@ -205,42 +197,6 @@ impl Session {
         })
         .await
     }
-
-    /// Commit `parts` in one transaction watching `watches`: the reply
-    /// `done` makes of the parts' replies, or [`Attempt::Again`] on a
-    /// conflict.
-    async fn commit(
-        &self,
-        table: &std::sync::Arc<TableRoute>,
-        parts: Vec<Part>,
-        watches: &[WatchedKey],
-        done: impl FnOnce(Vec<OpReply>) -> Reply,
-    ) -> Attempt {
-        let writes = Plan::new(table.clone(), parts, Merge::Single);
-        let n = writes.parts.len();
-        let work = shard_work(std::slice::from_ref(&writes), watches);
-        let stats = &self.shared.txn_stats;
-        match txn::execute(&self.shared.client, &self.shared.meta, work, n, stats).await {
-            Ok(Outcome::Committed(replies)) => Attempt::Done(done(replies)),
-            Ok(Outcome::Conflict) => Attempt::Again,
-            Err(e) => Attempt::Done(cluster_err(e)),
-        }
-    }
-}
-
-/// Watches on `keys` at the versions `version` gives.
-fn watches_at(
-    table: &std::sync::Arc<TableRoute>,
-    keys: &[Bytes],
-    version: impl Fn(&Bytes) -> u64,
-) -> Vec<WatchedKey> {
-    keys.iter()
-        .map(|k| WatchedKey {
-            table: table.clone(),
-            key: k.clone(),
-            version: version(k),
-        })
-        .collect()
 }
 
 /// The index of the first key whose live record holds a collection of

@@ -1,5 +1,5 @@
 //! SMOVE, LMOVE and RPOPLPUSH between keys on different shards
-//! ([`Atomicity::Transfer`]): one atomic transaction through the two-phase
+//! ([`crate::cluster::plan::Atomicity::Transfer`]): one atomic transaction through the two-phase
 //! commit of `cluster::txn`.
 //!
 //! 1. Read the records of both keys in one consistent snapshot
@@ -25,14 +25,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::cmd_keyspace::{Retry, ERR_KEPT_CHANGING};
-use super::compile::{op_reply, shard_keys, shard_work, WatchedKey};
+use super::compile::{op_reply, shard_keys};
 use super::errors::cluster_err;
 use super::reply::Reply;
 use super::session::Session;
+use super::txn_retry::{watches_at, Attempt, Retry, ERR_KEPT_CHANGING};
 use crate::clock::now_ms;
-use crate::cluster::plan::{Atomicity, Merge, Part, Plan};
-use crate::cluster::txn::{self, Outcome};
+use crate::cluster::plan::{Part, Plan};
+use crate::cluster::txn;
 use crate::shard::coll::{CollRead, CollWrite};
 use crate::shard::command::{Kind, OpReply, ReadOp, ShardRequest, TxnOp, WriteOp};
 use crate::shard::list::{End, LRead, LWrite};
@@ -47,7 +47,7 @@ enum What {
 }
 
 impl Session {
-    /// Run an SMOVE / LMOVE / RPOPLPUSH plan marked [`Atomicity::Transfer`].
+    /// Run an SMOVE / LMOVE / RPOPLPUSH plan marked [`crate::cluster::plan::Atomicity::Transfer`].
     pub(super) async fn run_transfer(&self, plan: Plan) -> Reply {
         let Some(part) = plan.parts.first() else {
             return Reply::error("ERR internal: a transfer without its operation");
@@ -172,23 +172,14 @@ impl Session {
                         op: TxnOp::Write(WriteOp::Coll(give)),
                     },
                 ];
-                let watches: Vec<WatchedKey> = [&src, &dst]
-                    .into_iter()
-                    .map(|k| WatchedKey {
-                        table: table.clone(),
-                        key: k.clone(),
-                        version: version_of(record(k), now),
-                    })
-                    .collect();
-                let mut writes = Plan::new(table.clone(), parts, Merge::Single);
-                writes.atomicity = Atomicity::AllOrNothing;
-                let n = writes.parts.len();
-                let work = shard_work(std::slice::from_ref(&writes), &watches);
-                let stats = &self.shared.txn_stats;
-                match txn::execute(&self.shared.client, &self.shared.meta, work, n, stats).await {
-                    Ok(Outcome::Committed(_)) => return op_reply(reply),
-                    Ok(Outcome::Conflict) => {}
-                    Err(e) => return cluster_err(e),
+                let keys = [src.clone(), dst.clone()];
+                let watches = watches_at(&table, &keys, |k| version_of(record(k), now));
+                match self
+                    .commit(&table, parts, &watches, |_| op_reply(reply))
+                    .await
+                {
+                    Attempt::Done(reply) => return reply,
+                    Attempt::Again => {}
                 }
             }
             if !retry.again().await {

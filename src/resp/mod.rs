@@ -42,4 +42,5 @@ pub mod scan;
 pub mod server;
 pub mod session;
 pub mod spec;
+pub mod txn_retry;
 pub mod views;

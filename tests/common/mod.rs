@@ -383,3 +383,36 @@ pub fn metrics_addrs(dir: &Path) -> std::collections::BTreeMap<String, String> {
     }
     out
 }
+
+/// 3 nodes (table `default`: 2 shards x 3 replicas) and an extra router,
+/// every process serving metrics on a port of its own: the cluster, the
+/// router's address, and the metrics addresses by process name (`node-1`
+/// ... `node-3`, `router-2`).
+pub fn metrics_cluster(
+    dir: &Path,
+) -> (
+    LocalCluster,
+    String,
+    std::collections::BTreeMap<String, String>,
+) {
+    let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_shoal"), dir);
+    opts.nodes = 3;
+    opts.default_shards = 2;
+    opts.default_replicas = 3;
+    opts.node_args = ["--log-level", "info", "--metrics-listen", "127.0.0.1:0"]
+        .map(String::from)
+        .to_vec();
+    let mut cl = LocalCluster::start(opts).expect("cluster starts");
+    let router = cl
+        .add_router_with(&["--log-level", "info", "--metrics-listen", "127.0.0.1:0"])
+        .unwrap();
+    let mut addrs = Default::default();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            addrs = metrics_addrs(dir);
+            addrs.len() == 4
+        }),
+        "metrics addresses logged: {addrs:?}"
+    );
+    (cl, router, addrs)
+}
