@@ -74,6 +74,31 @@ pub struct RouterConfig {
     /// `"10.0.0.5:7001" = "127.0.0.1:17001"` (NAT, a local tunnel, or the
     /// chaos harness's fault-injecting links). Flag: `--dial-via FROM=TO`.
     pub dial_via: BTreeMap<String, String>,
+    /// The RESP TLS listener (Redis's `tls-port`), beside `listen` or
+    /// instead of it (`listen = "none"`).
+    pub tls_listen: Option<String>,
+    /// Its certificate and key (Redis's `tls-cert-file`, `tls-key-file`).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// The CA of client certificates (Redis's `tls-ca-cert-file`).
+    pub tls_ca_cert_file: Option<PathBuf>,
+    /// `yes` (a client certificate is required, Redis's default), `no` or
+    /// `optional`.
+    pub tls_auth_clients: String,
+    /// Mutual TLS between the cluster's processes (see docs/SECURITY.md):
+    /// this process's certificate, its key, and the CA every peer's
+    /// certificate must be signed by. All three or none.
+    pub cluster_tls_cert_file: Option<PathBuf>,
+    pub cluster_tls_key_file: Option<PathBuf>,
+    pub cluster_tls_ca_cert_file: Option<PathBuf>,
+    /// etcd over TLS (`https://` endpoints): the CA of etcd's certificate,
+    /// and this process's client certificate and key when etcd asks for one.
+    pub etcd_cacert: Option<PathBuf>,
+    pub etcd_cert: Option<PathBuf>,
+    pub etcd_key: Option<PathBuf>,
+    /// An etcd user, and the file whose first line is its password.
+    pub etcd_user: Option<String>,
+    pub etcd_password_file: Option<PathBuf>,
     /// Log filter (`RUST_LOG` syntax); `RUST_LOG` wins when set.
     pub log_level: String,
 }
@@ -108,6 +133,19 @@ impl Default for RouterConfig {
             repair_after_ms: 300_000,
             max_moves_per_node: 2,
             dial_via: BTreeMap::new(),
+            tls_listen: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_cert_file: None,
+            tls_auth_clients: "yes".into(),
+            cluster_tls_cert_file: None,
+            cluster_tls_key_file: None,
+            cluster_tls_ca_cert_file: None,
+            etcd_cacert: None,
+            etcd_cert: None,
+            etcd_key: None,
+            etcd_user: None,
+            etcd_password_file: None,
             log_level: "info".into(),
         }
     }
@@ -156,6 +194,20 @@ pub struct NodeConfig {
     /// `"10.0.0.5:7001" = "127.0.0.1:17001"` (NAT, a local tunnel, or the
     /// chaos harness's fault-injecting links). Flag: `--dial-via FROM=TO`.
     pub dial_via: BTreeMap<String, String>,
+    /// Mutual TLS between the cluster's processes (see docs/SECURITY.md):
+    /// this process's certificate, its key, and the CA every peer's
+    /// certificate must be signed by. All three or none.
+    pub cluster_tls_cert_file: Option<PathBuf>,
+    pub cluster_tls_key_file: Option<PathBuf>,
+    pub cluster_tls_ca_cert_file: Option<PathBuf>,
+    /// etcd over TLS (`https://` endpoints): the CA of etcd's certificate,
+    /// and this process's client certificate and key when etcd asks for one.
+    pub etcd_cacert: Option<PathBuf>,
+    pub etcd_cert: Option<PathBuf>,
+    pub etcd_key: Option<PathBuf>,
+    /// An etcd user, and the file whose first line is its password.
+    pub etcd_user: Option<String>,
+    pub etcd_password_file: Option<PathBuf>,
     pub log_level: String,
     /// Largest value a key may hold (bytes), enforced by the shard leader
     /// on every write whatever the router allowed (at least 1024).
@@ -187,12 +239,50 @@ impl Default for NodeConfig {
             txn_recovery_timeout_ms: 5_000,
             max_snapshot_len: 8 * 1024 * 1024 * 1024,
             dial_via: BTreeMap::new(),
+            cluster_tls_cert_file: None,
+            cluster_tls_key_file: None,
+            cluster_tls_ca_cert_file: None,
+            etcd_cacert: None,
+            etcd_cert: None,
+            etcd_key: None,
+            etcd_user: None,
+            etcd_password_file: None,
             log_level: "info".into(),
             max_value_len: 16 * 1024 * 1024,
             max_reply_len: 64 * 1024 * 1024,
         }
     }
 }
+
+/// The security settings nodes and routers share: cluster TLS and how to
+/// reach etcd.
+macro_rules! security_accessors {
+    ($t:ty) => {
+        impl $t {
+            /// The cluster TLS files as configured.
+            pub fn cluster_tls_files(&self) -> crate::tls::ClusterTlsFiles {
+                crate::tls::ClusterTlsFiles {
+                    cert: self.cluster_tls_cert_file.clone(),
+                    key: self.cluster_tls_key_file.clone(),
+                    ca: self.cluster_tls_ca_cert_file.clone(),
+                }
+            }
+
+            /// How to reach etcd: its TLS and user as configured.
+            pub fn etcd_security(&self) -> crate::meta::EtcdSecurity {
+                crate::meta::EtcdSecurity {
+                    cacert: self.etcd_cacert.clone(),
+                    cert: self.etcd_cert.clone(),
+                    key: self.etcd_key.clone(),
+                    user: self.etcd_user.clone(),
+                    password_file: self.etcd_password_file.clone(),
+                }
+            }
+        }
+    };
+}
+security_accessors!(RouterConfig);
+security_accessors!(NodeConfig);
 
 /// `shoal dev`: a whole local cluster.
 #[derive(Debug, Clone, Serialize, Deserialize)]

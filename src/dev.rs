@@ -42,6 +42,9 @@ pub struct DevOpts {
     /// The `shoal` binary to run the nodes and the router with
     /// (`std::env::current_exe()`).
     pub bin: PathBuf,
+    /// Everything over TLS, certificates in `<data_dir>/certs`
+    /// (`devcluster::DevCerts`).
+    pub tls: bool,
 }
 
 /// Stop requests: the name of what asked (a signal name, or anything a test
@@ -97,14 +100,20 @@ pub async fn run_until(opts: DevOpts, mut stop: StopRx) -> Result<()> {
         // banner names them and `prometheus-targets.json` lists them.
         node_args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
         router_args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
+        tls: opts.tls,
         ..ClusterOpts::new(&opts.bin, &data_dir)
     };
     let shards = cluster_opts.default_shards;
     println!(
-        "shoal dev: starting etcd, {} {} and a router in {}",
+        "shoal dev: starting etcd, {} {} and a router in {}{}",
         opts.nodes,
         if opts.nodes == 1 { "node" } else { "nodes" },
-        data_dir.display()
+        data_dir.display(),
+        if opts.tls {
+            ", everything over TLS"
+        } else {
+            ""
+        }
     );
 
     let mut starting = tokio::task::spawn_blocking(move || LocalCluster::start(cluster_opts));
@@ -212,6 +221,21 @@ fn banner(cluster: &LocalCluster, data_dir: &Path, shards: u32, replicas: u32) -
         .map(|id| format!("{id}={}", cluster.node_addr(id)))
         .collect();
     let etcd = cluster.etcd_url();
+    let (connect, inspect) = match cluster.tls() {
+        Some(certs) => (
+            format!("redis-cli -p {port} {}", certs.redis_cli_args()),
+            format!(
+                "shoal status --etcd {etcd} --etcd-cacert {ca} --etcd-cert {cert} --etcd-key {key} --cluster-tls-ca-cert-file {ca} --cluster-tls-cert-file {cert} --cluster-tls-key-file {key}",
+                ca = certs.ca().display(),
+                cert = certs.router_cert().display(),
+                key = certs.router_key().display(),
+            ),
+        ),
+        None => (
+            format!("redis-cli -p {port}"),
+            format!("shoal status --etcd {etcd}"),
+        ),
+    };
     let metrics = metrics_addresses(data_dir);
     let targets = data_dir.join("prometheus-targets.json");
     let listed = match std::fs::write(&targets, prometheus_targets(&metrics)) {
@@ -225,9 +249,9 @@ fn banner(cluster: &LocalCluster, data_dir: &Path, shards: u32, replicas: u32) -
     format!(
         "\n\
          shoal dev cluster is up.\n\
-         \x20 router  {router}   connect: redis-cli -p {port}\n\
+         \x20 router  {router}   connect: {connect}\n\
          \x20 nodes   {}   (table `default`: {shards} shards x {replicas} replicas)\n\
-         \x20 etcd    {etcd}   inspect: shoal status --etcd {etcd}\n\
+         \x20 etcd    {etcd}   inspect: {inspect}\n\
          \x20 metrics {}   {listed}\n\
          \x20 data    {}   (kept across restarts; delete it to start empty)\n\
          \x20 logs    {}/<process>/<process>.log\n\
@@ -342,6 +366,7 @@ mod tests {
             nodes: 3,
             data_dir: tmp.join("dev"),
             bin: fake_shoal(tmp),
+            tls: false,
         }
     }
 

@@ -9,6 +9,7 @@
 // at every call site would only add noise.
 #![allow(clippy::result_large_err)]
 
+pub mod certs;
 pub mod clock;
 pub mod cluster;
 pub mod config;
@@ -30,6 +31,7 @@ pub mod slot;
 pub mod status;
 #[cfg(test)]
 mod testing;
+pub mod tls;
 
 /// Generated gRPC code (proto/shoal.proto).
 #[allow(clippy::all, missing_docs)]

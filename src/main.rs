@@ -1,4 +1,4 @@
-//! The `shoal` binary: `dev`, `node`, `router` and `status`.
+//! The `shoal` binary: `dev`, `node`, `router`, `status` and `certs`.
 
 use std::path::PathBuf;
 
@@ -32,6 +32,10 @@ enum Command {
         /// Where etcd, the nodes and the logs keep their data (default ./.shoal-dev).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Everything over TLS: etcd, node links and the router's port
+        /// (certificates made in <data-dir>/certs).
+        #[arg(long)]
+        tls: bool,
     },
     /// Run a node hosting shard replicas (or `node drain <id>`).
     Node {
@@ -73,6 +77,10 @@ enum Command {
         /// Test only: arm this failpoint (see src/failpoint.rs).
         #[arg(long, hide = true)]
         failpoint: Option<String>,
+        #[command(flatten)]
+        tls: ClusterTlsFlags,
+        #[command(flatten)]
+        etcd_flags: EtcdFlags,
     },
     /// Run a RESP router.
     Router {
@@ -117,6 +125,25 @@ enum Command {
         /// Test only: abort at this failpoint (see src/failpoint.rs).
         #[arg(long, hide = true)]
         failpoint: Option<String>,
+        /// A RESP TLS listener, beside --listen or instead of it (--listen none).
+        #[arg(long)]
+        tls_listen: Option<String>,
+        /// The TLS listener's certificate (PEM).
+        #[arg(long)]
+        tls_cert_file: Option<PathBuf>,
+        /// Its private key (PEM).
+        #[arg(long)]
+        tls_key_file: Option<PathBuf>,
+        /// The CA of client certificates.
+        #[arg(long)]
+        tls_ca_cert_file: Option<PathBuf>,
+        /// yes (default): clients need a certificate; no; optional.
+        #[arg(long)]
+        tls_auth_clients: Option<String>,
+        #[command(flatten)]
+        tls: ClusterTlsFlags,
+        #[command(flatten)]
+        etcd_flags: EtcdFlags,
     },
     /// Print nodes, tables, shards, leaders and replica lag.
     Status {
@@ -124,7 +151,193 @@ enum Command {
         etcd: String,
         #[arg(long, default_value = "default")]
         cluster: String,
+        #[command(flatten)]
+        tls: ClusterTlsFlags,
+        #[command(flatten)]
+        etcd_flags: EtcdFlags,
     },
+    /// Create a cluster CA and certificates (docs/SECURITY.md).
+    Certs {
+        #[command(subcommand)]
+        action: CertsAction,
+    },
+}
+
+/// Mutual TLS between nodes, routers and tools (docs/SECURITY.md).
+#[derive(clap::Args, Default)]
+struct ClusterTlsFlags {
+    /// This process's certificate (PEM), signed by the cluster CA.
+    #[arg(long)]
+    cluster_tls_cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long)]
+    cluster_tls_key_file: Option<PathBuf>,
+    /// The cluster CA: peers must present a certificate it signed.
+    #[arg(long)]
+    cluster_tls_ca_cert_file: Option<PathBuf>,
+}
+
+/// How to reach etcd securely (docs/SECURITY.md).
+#[derive(clap::Args, Default)]
+struct EtcdFlags {
+    /// The CA of etcd's certificate (https:// endpoints).
+    #[arg(long)]
+    etcd_cacert: Option<PathBuf>,
+    /// A client certificate for etcd (with --etcd-key).
+    #[arg(long)]
+    etcd_cert: Option<PathBuf>,
+    #[arg(long)]
+    etcd_key: Option<PathBuf>,
+    /// An etcd user (with --etcd-password-file).
+    #[arg(long)]
+    etcd_user: Option<String>,
+    /// A file whose first line is the etcd user's password.
+    #[arg(long)]
+    etcd_password_file: Option<PathBuf>,
+}
+
+/// Put the flags given over the config's values.
+macro_rules! apply_security_flags {
+    ($c:expr, $tls:expr, $etcd:expr) => {{
+        let (tls, etcd) = ($tls, $etcd);
+        if tls.cluster_tls_cert_file.is_some() {
+            $c.cluster_tls_cert_file = tls.cluster_tls_cert_file;
+        }
+        if tls.cluster_tls_key_file.is_some() {
+            $c.cluster_tls_key_file = tls.cluster_tls_key_file;
+        }
+        if tls.cluster_tls_ca_cert_file.is_some() {
+            $c.cluster_tls_ca_cert_file = tls.cluster_tls_ca_cert_file;
+        }
+        if etcd.etcd_cacert.is_some() {
+            $c.etcd_cacert = etcd.etcd_cacert;
+        }
+        if etcd.etcd_cert.is_some() {
+            $c.etcd_cert = etcd.etcd_cert;
+        }
+        if etcd.etcd_key.is_some() {
+            $c.etcd_key = etcd.etcd_key;
+        }
+        if etcd.etcd_user.is_some() {
+            $c.etcd_user = etcd.etcd_user;
+        }
+        if etcd.etcd_password_file.is_some() {
+            $c.etcd_password_file = etcd.etcd_password_file;
+        }
+    }};
+}
+
+#[derive(Subcommand)]
+enum CertsAction {
+    /// Create the cluster CA: <certs-dir>/ca.crt and its key.
+    #[command(name = "create-ca")]
+    Ca {
+        #[command(flatten)]
+        ca: CaArgs,
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = 3650)]
+        lifetime_days: u32,
+    },
+    /// Create node.crt/node.key for the hosts (DNS names or IPs) peers dial.
+    #[command(name = "create-node")]
+    Node {
+        #[arg(required = true)]
+        hosts: Vec<String>,
+        #[command(flatten)]
+        ca: CaArgs,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 1825)]
+        lifetime_days: u32,
+    },
+    /// Create router.crt/router.key for the hosts clients dial.
+    #[command(name = "create-router")]
+    Router {
+        #[arg(required = true)]
+        hosts: Vec<String>,
+        #[command(flatten)]
+        ca: CaArgs,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 1825)]
+        lifetime_days: u32,
+    },
+    /// Create client.<user>.crt/.key, a client certificate.
+    #[command(name = "create-client")]
+    Client {
+        user: String,
+        #[command(flatten)]
+        ca: CaArgs,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 1825)]
+        lifetime_days: u32,
+    },
+}
+
+#[derive(clap::Args)]
+struct CaArgs {
+    /// Where certificates go and where ca.crt is.
+    #[arg(long)]
+    certs_dir: PathBuf,
+    /// The CA's key (default <certs-dir>/ca.key; keep it elsewhere).
+    #[arg(long)]
+    ca_key: Option<PathBuf>,
+    /// Replace existing files.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+impl CaArgs {
+    fn files(&self) -> shoal::certs::CaFiles {
+        shoal::certs::CaFiles {
+            certs_dir: self.certs_dir.clone(),
+            ca_key: self.ca_key.clone(),
+        }
+    }
+}
+
+fn certs(action: CertsAction) -> anyhow::Result<()> {
+    use shoal::certs::{create, create_ca, Profile};
+    let written = match action {
+        CertsAction::Ca { ca, lifetime_days } => {
+            create_ca(&ca.files(), lifetime_days, ca.overwrite)?
+        }
+        CertsAction::Node {
+            hosts,
+            ca,
+            lifetime_days,
+        } => create(
+            &ca.files(),
+            &Profile::Node,
+            &hosts,
+            lifetime_days,
+            ca.overwrite,
+        )?,
+        CertsAction::Router {
+            hosts,
+            ca,
+            lifetime_days,
+        } => create(
+            &ca.files(),
+            &Profile::Router,
+            &hosts,
+            lifetime_days,
+            ca.overwrite,
+        )?,
+        CertsAction::Client {
+            user,
+            ca,
+            lifetime_days,
+        } => create(
+            &ca.files(),
+            &Profile::Client(user),
+            &[],
+            lifetime_days,
+            ca.overwrite,
+        )?,
+    };
+    for f in written {
+        println!("wrote {}", f.display());
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -140,11 +353,24 @@ enum NodeAction {
         /// Return once the drain has started instead of waiting for its end.
         #[arg(long)]
         no_wait: bool,
+        #[command(flatten)]
+        etcd_flags: EtcdFlags,
     },
+}
+
+fn etcd_security(f: EtcdFlags) -> shoal::meta::EtcdSecurity {
+    shoal::meta::EtcdSecurity {
+        cacert: f.etcd_cacert,
+        cert: f.etcd_cert,
+        key: f.etcd_key,
+        user: f.etcd_user,
+        password_file: f.etcd_password_file,
+    }
 }
 
 #[tokio::main]
 async fn main() {
+    shoal::tls::install_crypto_provider();
     if let Err(e) = run(Cli::parse()).await {
         eprintln!("shoal: {e:#}");
         std::process::exit(1);
@@ -158,6 +384,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             port,
             nodes,
             data_dir,
+            tls,
         } => {
             let c: config::DevConfig = config::load(config.as_deref())?;
             shoal::init_logging("info");
@@ -166,6 +393,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 nodes: nodes.unwrap_or(c.nodes),
                 data_dir: data_dir.unwrap_or(c.data_dir),
                 bin: std::env::current_exe()?,
+                tls,
             })
             .await
         }
@@ -176,9 +404,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     etcd,
                     cluster,
                     no_wait,
+                    etcd_flags,
                 }),
             ..
-        } => shoal::status::drain(config::parse_endpoints(&etcd), cluster, id, !no_wait).await,
+        } => {
+            shoal::status::drain(
+                config::parse_endpoints(&etcd),
+                cluster,
+                &etcd_security(etcd_flags),
+                id,
+                !no_wait,
+            )
+            .await
+        }
         Command::Node {
             action: None,
             config,
@@ -195,11 +433,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dial_via,
             log_level,
             failpoint,
+            tls,
+            etcd_flags,
         } => {
             if let Some(fp) = failpoint {
                 shoal::failpoint::arm(fp);
             }
             let mut c: NodeConfig = config::load(config.as_deref())?;
+            apply_security_flags!(c, tls, etcd_flags);
             if let Some(v) = max_value_len {
                 c.max_value_len = v;
             }
@@ -256,11 +497,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dial_via,
             log_level,
             failpoint,
+            tls_listen,
+            tls_cert_file,
+            tls_key_file,
+            tls_ca_cert_file,
+            tls_auth_clients,
+            tls,
+            etcd_flags,
         } => {
             if let Some(fp) = failpoint {
                 shoal::failpoint::arm(fp);
             }
             let mut c: RouterConfig = config::load(config.as_deref())?;
+            apply_security_flags!(c, tls, etcd_flags);
+            if tls_listen.is_some() {
+                c.tls_listen = tls_listen;
+            }
+            if tls_cert_file.is_some() {
+                c.tls_cert_file = tls_cert_file;
+            }
+            if tls_key_file.is_some() {
+                c.tls_key_file = tls_key_file;
+            }
+            if tls_ca_cert_file.is_some() {
+                c.tls_ca_cert_file = tls_ca_cert_file;
+            }
+            if let Some(v) = tls_auth_clients {
+                c.tls_auth_clients = v;
+            }
             if let Some(v) = listen {
                 c.listen = v;
             }
@@ -319,8 +583,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             shoal::rlimit::raise_nofile_limit_logged();
             shoal::router::run(c).await
         }
-        Command::Status { etcd, cluster } => {
-            shoal::status::run(config::parse_endpoints(&etcd), cluster).await
+        Command::Status {
+            etcd,
+            cluster,
+            tls,
+            etcd_flags,
+        } => {
+            let files = shoal::tls::ClusterTlsFiles {
+                cert: tls.cluster_tls_cert_file,
+                key: tls.cluster_tls_key_file,
+                ca: tls.cluster_tls_ca_cert_file,
+            };
+            shoal::status::run(
+                config::parse_endpoints(&etcd),
+                cluster,
+                &etcd_security(etcd_flags),
+                files.load()?,
+            )
+            .await
         }
+        Command::Certs { action } => certs(action),
     }
 }

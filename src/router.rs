@@ -33,17 +33,64 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
             "table_stale_after_ms < table_create_timeout_ms: a slow creation may be rolled back while its creator still waits"
         );
     }
-    let listener = tokio::net::TcpListener::bind(&c.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (port in use?)", c.listen))?;
-    if !crate::config::is_loopback(&c.listen) && c.requirepass.is_none() {
-        // Redis's protected mode, as a warning.
-        tracing::warn!(
-            "the router listens on {} without a password: anyone who can reach it can read, write and drop every table; set requirepass (--requirepass-file) or listen on 127.0.0.1",
-            c.listen
-        );
-    }
-    let meta = Meta::connect(&c.etcd, &c.cluster).await?;
+    let cluster_tls = c.cluster_tls_files().load()?;
+    let plain = c.listen != "none";
+    anyhow::ensure!(
+        plain || c.tls_listen.is_some(),
+        "listen = none needs --tls-listen: the router would serve no client"
+    );
+    let auth_clients: crate::tls::AuthClients = c.tls_auth_clients.parse()?;
+    let tls_server = match &c.tls_listen {
+        None => {
+            anyhow::ensure!(
+                c.tls_cert_file.is_none()
+                    && c.tls_key_file.is_none()
+                    && c.tls_ca_cert_file.is_none(),
+                "--tls-cert-file, --tls-key-file and --tls-ca-cert-file need --tls-listen"
+            );
+            None
+        }
+        Some(at) => {
+            let (Some(cert), Some(key)) = (&c.tls_cert_file, &c.tls_key_file) else {
+                anyhow::bail!("--tls-listen needs --tls-cert-file and --tls-key-file");
+            };
+            let config = crate::tls::client_tls_config(
+                cert,
+                key,
+                c.tls_ca_cert_file.as_deref(),
+                auth_clients,
+            )?;
+            let listener = tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("cannot listen on {at} (port in use?)"))?;
+            if !crate::config::is_loopback(at)
+                && auth_clients != crate::tls::AuthClients::Yes
+                && c.requirepass.is_none()
+            {
+                tracing::warn!(
+                    "the router's TLS port {at} takes clients without a certificate (tls-auth-clients {}) and without a password: anyone who can reach it can read, write and drop every table; set requirepass (--requirepass-file) or --tls-auth-clients yes",
+                    c.tls_auth_clients
+                );
+            }
+            Some((listener, tokio_rustls::TlsAcceptor::from(config)))
+        }
+    };
+    let listener = if plain {
+        let l = tokio::net::TcpListener::bind(&c.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (port in use?)", c.listen))?;
+        if !crate::config::is_loopback(&c.listen) && c.requirepass.is_none() {
+            // Redis's protected mode, as a warning.
+            tracing::warn!(
+                "the router listens on {} without a password: anyone who can reach it can read, write and drop every table; set requirepass (--requirepass-file) or listen on 127.0.0.1",
+                c.listen
+            );
+        }
+        Some(l)
+    } else {
+        None
+    };
+    let meta = Meta::connect_with(&c.etcd, &c.cluster, &c.etcd_security()).await?;
     let view = routes::follow(&meta).await?;
     let timeout = Duration::from_millis(c.request_timeout_ms);
     let client = ShardClient::new(
@@ -56,6 +103,7 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
             dial_via: c.dial_via.clone(),
             // Headroom for the framing around a page (cursor, headers).
             max_reply_len: c.max_output_len.saturating_sub(4096).max(1024),
+            tls: cluster_tls,
         },
     );
     tokio::spawn(admin::ensure_default_table(
@@ -72,7 +120,10 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
     if c.rebalance {
         let me = format!(
             "{}/pid{}/{}",
-            listener.local_addr()?,
+            match (&listener, &tls_server) {
+                (Some(l), _) | (None, Some((l, _))) => l.local_addr()?,
+                (None, None) => anyhow::bail!("the router has no listener"),
+            },
             std::process::id(),
             crate::clock::now_ms()
         );
@@ -87,7 +138,12 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
             me,
         ));
     }
-    tracing::info!(listen = %listener.local_addr()?, "router up");
+    if let Some(l) = &listener {
+        tracing::info!(listen = %l.local_addr()?, "router up");
+    }
+    if let Some((l, _)) = &tls_server {
+        tracing::info!(tls_listen = %l.local_addr()?, "router up (TLS)");
+    }
     let shared = Arc::new(Shared {
         client,
         meta,
@@ -105,8 +161,17 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
         let bound = crate::metrics::serve(&at, Arc::new(move || render_metrics(&s))).await?;
         tracing::info!("metrics on http://{bound}/metrics");
     }
+    if let Some((l, acceptor)) = tls_server {
+        tokio::spawn(server::serve_tls(l, acceptor, shared.clone()));
+    }
+    let plain_server = async {
+        match listener {
+            Some(l) => server::serve(l, shared).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
-        never = server::serve(listener, shared) => match never {},
+        never = plain_server => match never {},
         _ = crate::shutdown::signal() => tracing::info!("router shutting down"),
     }
     Ok(())

@@ -7,17 +7,30 @@ use std::time::Duration;
 use crate::cluster::client::{ClientConfig, ShardClient};
 use crate::cluster::routes;
 use crate::meta::etcd::{MemberState, Meta};
+use crate::meta::EtcdSecurity;
+use crate::tls::ClusterTls;
 
-pub async fn run(etcd: Vec<String>, cluster: String) -> anyhow::Result<()> {
-    let meta = Meta::connect(&etcd, &cluster).await?;
-    print!("{}", report(&meta).await?);
+pub async fn run(
+    etcd: Vec<String>,
+    cluster: String,
+    security: &EtcdSecurity,
+    tls: Option<ClusterTls>,
+) -> anyhow::Result<()> {
+    let meta = Meta::connect_with(&etcd, &cluster, security).await?;
+    print!("{}", report_with(&meta, tls).await?);
     Ok(())
 }
 
 /// `shoal node drain <id>`: start the drain (or say why it cannot), then,
 /// with `wait`, report progress until the node holds nothing and is removed.
-pub async fn drain(etcd: Vec<String>, cluster: String, id: u64, wait: bool) -> anyhow::Result<()> {
-    let meta = Meta::connect(&etcd, &cluster).await?;
+pub async fn drain(
+    etcd: Vec<String>,
+    cluster: String,
+    security: &EtcdSecurity,
+    id: u64,
+    wait: bool,
+) -> anyhow::Result<()> {
+    let meta = Meta::connect_with(&etcd, &cluster, security).await?;
     crate::cluster::rebalance::drain(&meta, id)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_start_matches("ERR ")))?;
@@ -46,6 +59,11 @@ pub async fn drain(etcd: Vec<String>, cluster: String, id: u64, wait: bool) -> a
 }
 
 pub async fn report(meta: &Meta) -> anyhow::Result<String> {
+    report_with(meta, None).await
+}
+
+/// [`report`], dialling the nodes over cluster TLS when `tls` is given.
+pub async fn report_with(meta: &Meta, tls: Option<ClusterTls>) -> anyhow::Result<String> {
     let members = meta.members().await?;
     let live = meta.live_nodes().await?;
     let view = routes::follow(meta).await?;
@@ -54,6 +72,7 @@ pub async fn report(meta: &Meta) -> anyhow::Result<String> {
         ClientConfig {
             request_timeout: Duration::from_secs(2),
             rpc_timeout: Duration::from_secs(2),
+            tls,
             ..ClientConfig::default()
         },
     );

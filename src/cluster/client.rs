@@ -49,6 +49,8 @@ pub struct ClientConfig {
     /// Largest reply a node should build for one request (bytes; sent with
     /// each request, the node also applies its own limit).
     pub max_reply_len: usize,
+    /// Mutual TLS to the nodes (`--cluster-tls-*`); plaintext when `None`.
+    pub tls: Option<crate::tls::ClusterTls>,
 }
 
 impl Default for ClientConfig {
@@ -58,6 +60,7 @@ impl Default for ClientConfig {
             rpc_timeout: Duration::from_secs(4),
             dial_via: Default::default(),
             max_reply_len: 64 * 1024 * 1024,
+            tls: None,
         }
     }
 }
@@ -89,7 +92,7 @@ enum Attempt {
 impl ShardClient {
     pub fn new(routes: watch::Receiver<Arc<RouteView>>, config: ClientConfig) -> Arc<ShardClient> {
         Arc::new(ShardClient {
-            transport: Transport::with_dial_via(config.dial_via.clone()),
+            transport: Transport::with(config.dial_via.clone(), config.tls.clone()),
             suspects: Mutex::new(HashMap::new()),
             routes,
             leaders: Mutex::new(HashMap::new()),

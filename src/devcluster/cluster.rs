@@ -8,6 +8,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,19 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 // LocalCluster
+
+/// A RESP request, over TLS with `tls`.
+fn request(
+    tls: Option<&Arc<tokio_rustls::rustls::ClientConfig>>,
+    addr: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> std::io::Result<String> {
+    match tls {
+        Some(config) => resp_request_tls(addr, args, timeout, config),
+        None => resp_request(addr, args, timeout),
+    }
+}
 
 /// What [`LocalCluster::start`] starts.
 #[derive(Debug, Clone)]
@@ -48,6 +62,10 @@ pub struct ClusterOpts {
     /// [`SPARE_LINKED_NODES`] nodes added later are planned at start, so
     /// those are behind the links too (unless their port was taken by then).
     pub links: bool,
+    /// Everything over TLS ([`DevCerts`] in `<base_dir>/certs`): etcd with
+    /// client certificates, mutual TLS between nodes and routers, the
+    /// router's RESP on TLS only.
+    pub tls: bool,
 }
 
 impl ClusterOpts {
@@ -66,6 +84,7 @@ impl ClusterOpts {
             wait_ready: true,
             ready_timeout: Duration::from_secs(60),
             links: false,
+            tls: false,
         }
     }
 }
@@ -271,6 +290,9 @@ pub struct LocalCluster {
     default_shards: u32,
     default_replicas: u32,
     links: Option<Links>,
+    tls: Option<DevCerts>,
+    /// With TLS: what the probes present to the router.
+    resp_tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     _lock: DirLock,
 }
 
@@ -333,10 +355,17 @@ impl LocalCluster {
             links
         });
 
-        let etcd = Etcd::start(
+        let tls = if opts.tls {
+            Some(DevCerts::ensure(&base_dir.join("certs"))?)
+        } else {
+            None
+        };
+        let resp_tls = tls.as_ref().map(DevCerts::resp_client_config).transpose()?;
+        let etcd = Etcd::start_with(
             &base_dir.join("etcd"),
             saved.etcd_client.unwrap_or_default(),
             saved.etcd_peer.unwrap_or_default(),
+            tls.clone(),
         )?;
         let mut cluster = LocalCluster {
             routers: Vec::new(),
@@ -350,6 +379,8 @@ impl LocalCluster {
             default_shards: opts.default_shards,
             default_replicas: opts.default_replicas,
             links,
+            tls,
+            resp_tls,
             _lock: lock,
         };
         for id in 1..=opts.nodes as u64 {
@@ -395,6 +426,7 @@ impl LocalCluster {
             .arg(dir.join("data"))
             .arg("--etcd")
             .arg(self.etcd.client_url())
+            .args(self.tls.iter().flat_map(DevCerts::node_args))
             .args(&self.node_args);
         if let Some(links) = &self.links {
             cmd.args(links.dial_args(&node_endpoint(id))?);
@@ -404,9 +436,12 @@ impl LocalCluster {
 
     fn spawn_router(&self, name: &str, port: u16, extra_args: &[&str]) -> Result<Proc> {
         let mut cmd = self.command("router");
-        cmd.arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--etcd")
+        let addr = format!("127.0.0.1:{port}");
+        match &self.tls {
+            Some(certs) => cmd.args(certs.router_args(&addr)),
+            None => cmd.arg("--listen").arg(&addr),
+        };
+        cmd.arg("--etcd")
             .arg(self.etcd.client_url())
             .arg("--default-shards")
             .arg(self.default_shards.to_string())
@@ -460,13 +495,13 @@ impl LocalCluster {
         }
         let router = self.router_addr();
         let probe = Duration::from_secs(5);
-        match resp_request(&router, &["PING"], probe) {
+        match self.request(&router, &["PING"], probe) {
             Ok(reply) if reply == "+PONG" => {}
             _ => return Ok(Readiness::Router),
         }
-        match resp_request(&router, &["SET", READY_KEY, "1"], probe) {
+        match self.request(&router, &["SET", READY_KEY, "1"], probe) {
             Ok(reply) if reply == "+OK" => {
-                let _ = resp_request(&router, &["DEL", READY_KEY], probe);
+                let _ = self.request(&router, &["DEL", READY_KEY], probe);
                 Ok(Readiness::Ready)
             }
             Ok(reply) => Ok(Readiness::Table(reply)),
@@ -658,11 +693,24 @@ impl LocalCluster {
             proc,
             wanted: true,
         });
+        let resp_tls = self.resp_tls.clone();
         let router = self.routers.last_mut().expect("just pushed");
         wait_member(router, PROC_START_TIMEOUT, |addr| {
-            resp_request(addr, &["PING"], Duration::from_secs(2)).is_ok_and(|r| r == "+PONG")
+            request(resp_tls.as_ref(), addr, &["PING"], Duration::from_secs(2))
+                .is_ok_and(|r| r == "+PONG")
         })?;
         Ok(router.addr())
+    }
+
+    /// One RESP request to a router of this cluster (over TLS when the
+    /// cluster uses it): the first line of the reply.
+    pub fn request(&self, addr: &str, args: &[&str], timeout: Duration) -> std::io::Result<String> {
+        request(self.resp_tls.as_ref(), addr, args, timeout)
+    }
+
+    /// The certificates, when the cluster runs with TLS.
+    pub fn tls(&self) -> Option<&DevCerts> {
+        self.tls.as_ref()
     }
 
     /// Router `index`'s process id (an index into

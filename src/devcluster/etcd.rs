@@ -59,6 +59,8 @@ pub struct Etcd {
     client_port: u16,
     peer_port: u16,
     client_url: String,
+    /// With TLS: clients need a certificate of the cluster CA.
+    tls: Option<DevCerts>,
 }
 
 impl Etcd {
@@ -66,9 +68,22 @@ impl Etcd {
     /// and for peers on 127.0.0.1:`peer_port`, and wait until `GET /health`
     /// answers `"health":"true"`.
     pub fn start(dir: &Path, client_port: u16, peer_port: u16) -> Result<Etcd> {
+        Etcd::start_with(dir, client_port, peer_port, None)
+    }
+
+    /// [`Etcd::start`], with `tls`: clients on `https://`, with a
+    /// certificate of the cluster CA (`--client-cert-auth`); etcd's own
+    /// certificate is the nodes'.
+    pub fn start_with(
+        dir: &Path,
+        client_port: u16,
+        peer_port: u16,
+        tls: Option<DevCerts>,
+    ) -> Result<Etcd> {
         let bin = etcd_binary()?;
         let dir = std::path::absolute(dir)?;
-        let client_url = format!("http://127.0.0.1:{client_port}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let mut cmd = Command::new(&bin);
         cmd.arg("--name")
@@ -93,6 +108,15 @@ impl Etcd {
             .arg("periodic")
             .arg("--auto-compaction-retention")
             .arg("1h");
+        if let Some(certs) = &tls {
+            cmd.arg("--cert-file")
+                .arg(certs.node_cert())
+                .arg("--key-file")
+                .arg(certs.node_key())
+                .arg("--trusted-ca-file")
+                .arg(certs.ca())
+                .arg("--client-cert-auth");
+        }
         // etcd reads ETCD_* variables as flags; a stray one in the user's
         // environment must not change this server.
         for (key, _) in std::env::vars_os() {
@@ -107,6 +131,7 @@ impl Etcd {
             client_port,
             peer_port,
             client_url,
+            tls,
         };
         etcd.wait_healthy(ETCD_START_TIMEOUT)?;
         Ok(etcd)
@@ -139,6 +164,14 @@ impl Etcd {
 
     /// Whether `GET /health` on the client URL answers `"health":"true"`.
     pub fn is_healthy(&self) -> bool {
+        if let Some(certs) = &self.tls {
+            let Ok(config) = certs.client_config(&certs.node_cert(), &certs.node_key()) else {
+                return false;
+            };
+            let addr = format!("127.0.0.1:{}", self.client_port);
+            return https_get(&addr, "/health", Duration::from_secs(2), &config)
+                .is_ok_and(|r| r.contains(r#""health":"true""#));
+        }
         let probe = || -> io::Result<String> {
             let addr = SocketAddr::from(([127, 0, 0, 1], self.client_port));
             let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
@@ -155,11 +188,17 @@ impl Etcd {
     /// on the same directory and ports.
     pub fn restart(&mut self) -> Result<()> {
         self.proc.terminate()?;
-        *self = Etcd::start(&self.dir, self.client_port, self.peer_port)?;
+        *self = Etcd::start_with(
+            &self.dir,
+            self.client_port,
+            self.peer_port,
+            self.tls.clone(),
+        )?;
         Ok(())
     }
 
-    /// `http://127.0.0.1:<client port>`, what `--etcd` takes.
+    /// `http://127.0.0.1:<client port>` (`https://` with TLS), what
+    /// `--etcd` takes.
     pub fn client_url(&self) -> &str {
         &self.client_url
     }

@@ -29,6 +29,10 @@
 //! * stdin is /dev/null: a child in the foreground group must never read the
 //!   terminal.
 //!
+//! With [`ClusterOpts::tls`], every link is TLS: etcd requires client
+//! certificates, nodes and routers use mutual TLS, and the router serves
+//! RESP on TLS only ([`DevCerts`]).
+//!
 //! With [`ClusterOpts::links`], every node and router dials the nodes
 //! through fault-injecting proxies ([`links`]), so tests can cut the network
 //! between any two of them.
@@ -46,11 +50,13 @@ mod etcd;
 pub mod links;
 mod ports;
 mod process;
+mod tls;
 
 pub use cluster::*;
 pub use etcd::*;
 pub use ports::*;
 pub use process::*;
+pub use tls::*;
 
 use std::time::Duration;
 

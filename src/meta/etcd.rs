@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions,
+    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -197,18 +196,39 @@ pub struct Meta {
 }
 
 impl Meta {
-    /// Connect to etcd (`endpoints` like `http://127.0.0.1:2379`).
+    /// Connect to etcd (`endpoints` like `http://127.0.0.1:2379`), plaintext
+    /// and without a user.
     pub async fn connect(endpoints: &[String], cluster: &str) -> Result<Meta, MetaError> {
-        let opts = ConnectOptions::new()
+        Meta::connect_with(endpoints, cluster, &super::EtcdSecurity::default()).await
+    }
+
+    /// Connect to etcd with TLS and/or a user as `security` says.
+    pub async fn connect_with(
+        endpoints: &[String],
+        cluster: &str,
+        security: &super::EtcdSecurity,
+    ) -> Result<Meta, MetaError> {
+        let at = endpoints.join(",");
+        let opts = security
+            .options(endpoints)
+            .map_err(|e| MetaError::Etcd(format!("{e:#}")))?
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+        let unusable = |reason: String| {
+            MetaError::Etcd(format!(
+                "cannot use etcd at {at}: {reason}; {}",
+                super::etcd_hint(&reason, security)
+            ))
+        };
+        // With a user, connecting authenticates: errors come from here.
         let client = tokio::time::timeout(
             Duration::from_secs(10),
             Client::connect(endpoints, Some(opts)),
         )
         .await
-        .map_err(|_| MetaError::Etcd(format!("cannot reach etcd at {}", endpoints.join(","))))??;
+        .map_err(|_| unusable("did not answer within 10 s".into()))?
+        .map_err(|e| unusable(super::etcd_reason(&e)))?;
         // The client connects lazily: ask once now, so a wrong or dead
         // endpoint is one sentence naming it, at start.
         let mut probe = client.kv_client();
@@ -217,16 +237,10 @@ impl Meta {
             probe.get("/shoal/", Some(GetOptions::new().with_count_only())),
         )
         .await;
-        let reason = match asked {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(super::etcd_reason(&e)),
-            Err(_) => Some("did not answer within 10 s".to_string()),
-        };
-        if let Some(reason) = reason {
-            return Err(MetaError::Etcd(format!(
-                "cannot use etcd at {}: {reason}; check that etcd runs there and that --etcd names its client URL",
-                endpoints.join(",")
-            )));
+        match asked {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(unusable(super::etcd_reason(&e))),
+            Err(_) => return Err(unusable("did not answer within 10 s".into())),
         }
         Ok(Meta {
             client,

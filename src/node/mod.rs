@@ -1,6 +1,8 @@
 //! `shoal node`: opens the node's RocksDB, reopens the replicas it hosts,
 //! serves the gRPC services, registers in etcd under a lease and runs the
-//! reconciler that creates and deletes replicas as etcd says.
+//! reconciler that creates and deletes replicas as etcd says. With cluster
+//! TLS the gRPC listener takes only peers with a certificate of the CA
+//! (`crate::tls`).
 
 pub mod metrics;
 pub mod reconcile;
@@ -23,6 +25,7 @@ use crate::shard::service::NodeService;
 
 pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
     anyhow::ensure!(c.id > 0, "--id must be a positive integer");
+    let tls = c.cluster_tls_files().load()?;
     let fsync = match c.fsync.as_str() {
         "always" => true,
         "never" => {
@@ -45,7 +48,7 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
     let host = Host::new(
         c.id,
         engine,
-        Transport::with_dial_via(c.dial_via.clone()),
+        Transport::with(c.dial_via.clone(), tls.clone()),
         HostConfig {
             raft: Arc::new(crate::shard::raft_config(&c)?),
             write_timeout: Duration::from_millis(c.write_timeout_ms),
@@ -66,13 +69,13 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", c.listen))?;
     let addr = listener.local_addr()?;
-    if !crate::config::is_loopback(&c.listen) {
+    if tls.is_none() && !crate::config::is_loopback(&c.listen) {
         tracing::warn!(
-            "the node's gRPC on {} is plaintext and unauthenticated (no cluster TLS yet): anyone who can reach it can read and change every shard it holds; keep it on a private network",
+            "the node's gRPC on {} is plaintext and unauthenticated: anyone who can reach it can read and change every shard it holds; set --cluster-tls-cert-file, --cluster-tls-key-file and --cluster-tls-ca-cert-file (docs/SECURITY.md)",
             c.listen
         );
     }
-    let meta = Meta::connect(&c.etcd, &c.cluster).await?;
+    let meta = Meta::connect_with(&c.etcd, &c.cluster, &c.etcd_security()).await?;
     // Peers must be known before replicas start talking.
     for (id, m) in meta.members().await? {
         host.transport.set_peer(id, m.rpc_addr);
@@ -92,9 +95,15 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
             ShardServiceServer::new(service)
                 .max_decoding_message_size(64 * 1024 * 1024)
                 .max_encoding_message_size(usize::MAX),
-        )
-        .serve_with_incoming(tokio_stream_incoming(listener));
-    let server = tokio::spawn(server);
+        );
+    let server = match tls {
+        Some(tls) => tokio::spawn(server.serve_with_incoming(crate::tls::incoming(
+            listener,
+            tls.server,
+            format!("node {} gRPC {addr}", c.id),
+        ))),
+        None => tokio::spawn(server.serve_with_incoming(tokio_stream_incoming(listener))),
+    };
 
     meta.register_member(c.id, &c.listen).await?;
     let _liveness = meta.spawn_liveness(c.id, c.listen.clone(), c.lease_ttl_s);

@@ -1,6 +1,9 @@
 //! The router's RESP listener: accepts connections, frames requests, runs
 //! them through a [`Session`] in order and writes the replies back.
 //!
+//! Clients come plaintext ([`serve`]) or over TLS ([`serve_tls`], after the
+//! handshake); the connection loop is the same for both.
+//!
 //! This module owns the sockets and the per-connection buffers, and with
 //! them the limits that are about connections rather than commands:
 //!
@@ -26,11 +29,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures::FutureExt;
 use socket2::{SockRef, TcpKeepalive};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 
 use super::frame::{Limits, ProtocolError, RequestParser};
 use super::pipeline::MAX_GROUP;
@@ -72,6 +78,83 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> Infallible {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
         });
+    }
+}
+
+/// [`serve`] for the TLS listener (`--tls-listen`): each connection is
+/// served after its handshake, run in the connection's own task; a failed
+/// handshake is one log line (`crate::tls::accept`).
+pub async fn serve_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+) -> Infallible {
+    let mut backoff = AcceptBackoff::default();
+    let name = listener
+        .local_addr()
+        .map_or_else(|_| "the TLS port".to_string(), |a| format!("RESP TLS {a}"));
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff.succeeded();
+                accepted
+            }
+            Err(e) if is_connection_error(&e) => {
+                tracing::debug!("accept: {e}");
+                continue;
+            }
+            Err(e) => {
+                let (delay, log) = backoff.failed(std::time::Instant::now());
+                if let Some(suppressed) = log {
+                    tracing::warn!(
+                        retry_in_ms = delay.as_millis() as u64,
+                        suppressed,
+                        "accept failed: {e}; backing off (out of file descriptors? raise the open-file limit or lower maxclients)"
+                    );
+                }
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        configure(&socket, shared.limits.tcp_keepalive.load(Ordering::Relaxed));
+        let (shared, acceptor, name) = (shared.clone(), acceptor.clone(), name.clone());
+        tokio::spawn(async move {
+            let peer = peer.to_string();
+            let Some(stream) = crate::tls::accept(&acceptor, socket, &peer, &name).await else {
+                return;
+            };
+            if let Err(e) = connection(stream, peer.clone(), shared).await {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// A client connection, plaintext or TLS, as a read half and a write half
+/// that the connection loop polls at once.
+trait Halves: AsyncRead + AsyncWrite + Unpin {
+    type R<'a>: AsyncRead + Unpin
+    where
+        Self: 'a;
+    type W<'a>: AsyncWrite + Unpin
+    where
+        Self: 'a;
+    fn halves(&mut self) -> (Self::R<'_>, Self::W<'_>);
+}
+
+impl Halves for TcpStream {
+    type R<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type W<'a> = tokio::net::tcp::WriteHalf<'a>;
+    fn halves(&mut self) -> (Self::R<'_>, Self::W<'_>) {
+        self.split()
+    }
+}
+
+impl Halves for TlsStream<TcpStream> {
+    type R<'a> = tokio::io::ReadHalf<&'a mut TlsStream<TcpStream>>;
+    type W<'a> = tokio::io::WriteHalf<&'a mut TlsStream<TcpStream>>;
+    fn halves(&mut self) -> (Self::R<'_>, Self::W<'_>) {
+        tokio::io::split(self)
     }
 }
 
@@ -147,7 +230,7 @@ fn configure(socket: &TcpStream, keepalive_s: u64) {
 }
 
 async fn connection(
-    mut socket: TcpStream,
+    mut socket: impl Halves,
     peer: String,
     shared: Arc<Shared>,
 ) -> std::io::Result<()> {
@@ -156,6 +239,7 @@ async fn connection(
         let mut out = BytesMut::new();
         Reply::error("ERR max number of clients reached").encode(Default::default(), &mut out);
         socket.write_all(&out).await?;
+        socket.flush().await?;
         return Ok(());
     };
     let kill = shared.clients.kill_handle(id).unwrap_or_default();
@@ -202,7 +286,7 @@ fn frame_limits(shared: &Shared, authenticated: bool) -> Limits {
 /// [`Session::handle_many`]). Past either limit the client is disconnected
 /// (Redis's `client-query-buffer-limit` and `client-output-buffer-limit`).
 async fn run(
-    socket: &mut TcpStream,
+    socket: &mut impl Halves,
     mut session: Session,
     shared: &Shared,
     kill: &Notify,
@@ -219,7 +303,7 @@ async fn run(
     let mut timeout = shared.limits.timeout.subscribe();
     let mut timeout_live = true;
     let mut last_active = Instant::now();
-    let (mut rd, mut wr) = socket.split();
+    let (mut rd, mut wr) = socket.halves();
     loop {
         // Execute every complete request in the buffer, MAX_GROUP at a time
         // (see `pipeline.rs`); a protocol error comes after the requests
@@ -291,6 +375,7 @@ async fn run(
                 reply.encode(session.protocol, &mut wbuf);
                 if after == After::Close {
                     wr.write_all(&wbuf).await?;
+                    wr.flush().await?;
                     return Ok(());
                 }
                 if wbuf.len() > max_output {
@@ -305,10 +390,11 @@ async fn run(
             // Executing counts as activity (a slow command is not idleness).
             last_active = Instant::now();
             if wbuf.len() >= FLUSH_AT {
-                match wr.try_write(&wbuf) {
-                    Ok(n) => wbuf.advance(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
+                // As much as the socket takes now, without waiting.
+                match wr.write(&wbuf).now_or_never() {
+                    Some(Ok(n)) => wbuf.advance(n),
+                    Some(Err(e)) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                    _ => {}
                 }
             }
         }
@@ -322,6 +408,7 @@ async fn run(
         if let Some(e) = broken {
             Reply::error(format!("ERR {e}")).encode(session.protocol, &mut wbuf);
             wr.write_all(&wbuf).await?;
+            wr.flush().await?;
             return Ok(());
         }
         let query_limit = shared.limits.query_buffer_limit.load(Ordering::Relaxed);
@@ -340,6 +427,11 @@ async fn run(
         tokio::select! {
             r = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => {
                 r?;
+                if wbuf.is_empty() {
+                    // TLS keeps records buffered until flushed (a no-op on
+                    // TCP).
+                    wr.flush().await?;
+                }
                 last_active = Instant::now();
             }
             r = rd.read_buf(&mut rbuf) => {

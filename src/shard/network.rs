@@ -34,6 +34,7 @@ use super::stream::{CallError, Service, Streams, KIND_APPEND, KIND_VOTE};
 use super::types::{Node, NodeId, TypeConfig};
 use crate::proto::raft_service_client::RaftServiceClient;
 use crate::proto::{RaftMessage, StreamRequest};
+use crate::tls::ClusterTls;
 
 /// Peer addresses and one channel per address, shared by all groups of a
 /// node, and over each channel one Raft stream that carries every group's
@@ -44,6 +45,9 @@ pub struct Transport {
     peers: RwLock<HashMap<NodeId, String>>,
     channels: RwLock<HashMap<String, Channel>>,
     raft: Streams,
+    /// Mutual TLS on every channel (`--cluster-tls-*`); plaintext when
+    /// `None`.
+    tls: Option<ClusterTls>,
 }
 
 impl Default for Transport {
@@ -53,6 +57,7 @@ impl Default for Transport {
             peers: RwLock::default(),
             channels: RwLock::default(),
             raft: Streams::new(Service::Raft),
+            tls: None,
         }
     }
 }
@@ -62,10 +67,15 @@ impl Transport {
         Arc::new(Transport::default())
     }
 
-    /// A transport that dials `to` whenever it is asked for `from`.
-    pub fn with_dial_via(dial_via: impl IntoIterator<Item = (String, String)>) -> Arc<Transport> {
+    /// A transport that dials `to` whenever it is asked for `from`, over
+    /// mutual TLS when `tls` is given.
+    pub fn with(
+        dial_via: impl IntoIterator<Item = (String, String)>,
+        tls: Option<ClusterTls>,
+    ) -> Arc<Transport> {
         Arc::new(Transport {
             dial_via: dial_via.into_iter().collect(),
+            tls,
             ..Transport::default()
         })
     }
@@ -115,18 +125,25 @@ impl Transport {
 
     /// A channel to `addr` (or to where `dial_via` sends it), created on
     /// first use (connection is lazy and re-established by tonic after
-    /// failures).
+    /// failures). With TLS the node's certificate must name the host of
+    /// `addr`, the advertised address, wherever the channel really goes.
     pub fn channel(&self, addr: &str) -> Result<Channel, String> {
         if let Some(ch) = self.channels.read().ok().and_then(|c| c.get(addr).cloned()) {
             return Ok(ch);
         }
         let dial = self.dial_via.get(addr).map_or(addr, String::as_str);
-        let endpoint = Channel::from_shared(format!("http://{dial}"))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Channel::from_shared(format!("{scheme}://{dial}"))
             .map_err(|e| format!("bad address {addr}: {e}"))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.client_for(addr))
+                .map_err(|e| format!("cannot set up TLS to {addr}: {e}"))?;
+        }
         let ch = endpoint.connect_lazy();
         if let Ok(mut chans) = self.channels.write() {
             chans.entry(addr.to_string()).or_insert_with(|| ch.clone());

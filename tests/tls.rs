@@ -1,0 +1,310 @@
+//! TLS everywhere, against real processes: etcd requiring client
+//! certificates, three nodes on mutual TLS and a router whose RESP port is
+//! TLS only (`ClusterOpts::tls`, what `shoal dev --tls` runs).
+//!
+//! * clients: `redis-cli --tls`, the `redis` crate's `rediss://` and
+//!   redis-py's `rediss://` write and read; after a node is killed writes
+//!   still work; `shoal status` reads the cluster over TLS;
+//! * the router's TLS port refuses a plaintext client and (with
+//!   `--tls-auth-clients yes`) one without a certificate, and takes it with
+//!   `optional` and `no`;
+//! * a node's gRPC port refuses plaintext HTTP/2, a client without a
+//!   certificate and one whose certificate another CA signed, each with one
+//!   log line on the node saying what failed; the same call with the
+//!   cluster's certificate succeeds;
+//! * etcd: a router without a client certificate, or dialling etcd over
+//!   `http://`, fails with one sentence naming the endpoint and the fix.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use shoal::devcluster::{ClusterOpts, DevCerts, LocalCluster};
+use shoal::proto::shard_service_client::ShardServiceClient;
+use shoal::proto::StatusRequest;
+
+fn tls_cluster(dir: &Path) -> LocalCluster {
+    let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_shoal"), dir);
+    opts.nodes = 3;
+    opts.default_shards = 3;
+    opts.default_replicas = 3;
+    opts.tls = true;
+    LocalCluster::start(opts).expect("TLS cluster starts")
+}
+
+/// `redis-cli` with `args`: its output, trimmed (stderr included).
+fn redis_cli(args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(args)
+        .output()
+        .expect("redis-cli (redis-tools) is installed");
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    text.trim().to_string()
+}
+
+/// `redis-cli --tls` against `addr` with the CA, plus `extra` (a client
+/// certificate or nothing), running `cmd`.
+fn redis_cli_tls(certs: &DevCerts, addr: &str, extra: &[&str], cmd: &[&str]) -> String {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let ca = certs.ca().display().to_string();
+    let mut args = vec!["-h", host, "-p", port, "--tls", "--cacert", &ca];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(cmd);
+    redis_cli(&args)
+}
+
+fn client_cert_args(certs: &DevCerts) -> [String; 4] {
+    [
+        "--cert".into(),
+        certs.client_cert().display().to_string(),
+        "--key".into(),
+        certs.client_key().display().to_string(),
+    ]
+}
+
+fn redis_client(certs: &DevCerts, addr: &str) -> redis::Client {
+    let read = |p: std::path::PathBuf| std::fs::read(p).unwrap();
+    redis::Client::build_with_tls(
+        format!("rediss://{addr}/"),
+        redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig {
+                client_cert: read(certs.client_cert()),
+                client_key: read(certs.client_key()),
+            }),
+            root_cert: Some(read(certs.ca())),
+        },
+    )
+    .unwrap()
+}
+
+/// Retry `f` for up to 30 s until it returns `Ok`.
+fn eventually<T, E: std::fmt::Debug>(what: &str, mut f: impl FnMut() -> Result<T, E>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() > deadline => panic!("{what}: {e:?}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// A `Status` call to the node at `addr` with this dialer configuration.
+fn node_status(
+    rt: &tokio::runtime::Runtime,
+    addr: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<(), String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    rt.block_on(async {
+        let mut endpoint = tonic::transport::Channel::from_shared(format!("{scheme}://{addr}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(5));
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| format!("{e:?}"))?;
+        ShardServiceClient::new(channel)
+            .status(StatusRequest { group_ids: vec![] })
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("{e:?}"))
+    })
+}
+
+fn pem(p: std::path::PathBuf) -> Vec<u8> {
+    std::fs::read(p).unwrap()
+}
+
+#[test]
+fn a_tls_cluster_serves_tls_clients_and_refuses_the_rest() {
+    shoal::tls::install_crypto_provider();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = tls_cluster(tmp.path());
+    let certs = cluster.tls().unwrap().clone();
+    let router = cluster.router_addr();
+    let cert_args = client_cert_args(&certs);
+    let cert_args: Vec<&str> = cert_args.iter().map(String::as_str).collect();
+
+    // redis-cli --tls with a client certificate.
+    assert_eq!(
+        redis_cli_tls(&certs, &router, &cert_args, &["SET", "cli", "v1"]),
+        "OK"
+    );
+    assert_eq!(
+        redis_cli_tls(&certs, &router, &cert_args, &["GET", "cli"]),
+        "v1"
+    );
+    // Without a certificate (tls-auth-clients yes): refused.
+    let refused = redis_cli_tls(&certs, &router, &[], &["PING"]);
+    assert!(!refused.contains("PONG"), "{refused}");
+    // Plaintext to the TLS port: no reply.
+    let plain = shoal::devcluster::resp_request(&router, &["PING"], Duration::from_secs(3));
+    assert!(plain.as_ref().map_or(true, |r| r != "+PONG"), "{plain:?}");
+
+    // The redis crate over rediss://.
+    let client = redis_client(&certs, &router);
+    let mut con = client.get_connection().unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("crate")
+        .arg("v2")
+        .query(&mut con)
+        .unwrap();
+    let got: String = redis::cmd("GET").arg("cli").query(&mut con).unwrap();
+    assert_eq!(got, "v1");
+
+    // redis-py over rediss://.
+    let py = format!(
+        "import redis\n\
+         r = redis.Redis.from_url('rediss://{router}/0', ssl_ca_certs='{}', ssl_certfile='{}', ssl_keyfile='{}')\n\
+         r.set('py', 'v3')\n\
+         assert r.get('crate') == b'v2', r.get('crate')\n\
+         print('ok')\n",
+        certs.ca().display(),
+        certs.client_cert().display(),
+        certs.client_key().display()
+    );
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", &py])
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "redis-py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // shoal status over TLS to etcd and the nodes.
+    let s = |p: std::path::PathBuf| p.display().to_string();
+    let status = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["status", "--etcd", &cluster.etcd_url()])
+        .args(["--etcd-cacert", &s(certs.ca())])
+        .args(["--etcd-cert", &s(certs.router_cert())])
+        .args(["--etcd-key", &s(certs.router_key())])
+        .args(["--cluster-tls-ca-cert-file", &s(certs.ca())])
+        .args(["--cluster-tls-cert-file", &s(certs.router_cert())])
+        .args(["--cluster-tls-key-file", &s(certs.router_key())])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(text.contains("leader"), "{text}");
+    assert!(!text.contains("unreachable"), "{text}");
+
+    // The node's gRPC port.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let node = cluster.node_addr(1);
+    let ours = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(pem(certs.ca())))
+        .identity(tonic::transport::Identity::from_pem(
+            pem(certs.router_cert()),
+            pem(certs.router_key()),
+        ))
+        .domain_name("127.0.0.1");
+    node_status(&rt, &node, Some(ours)).expect("the cluster's certificate is accepted");
+    let plain = node_status(&rt, &node, None);
+    assert!(plain.is_err(), "plaintext HTTP/2 was served");
+    let anonymous = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(pem(certs.ca())))
+        .domain_name("127.0.0.1");
+    assert!(node_status(&rt, &node, Some(anonymous)).is_err());
+    let other_dir = tmp.path().join("other-ca");
+    let other = DevCerts::ensure(&other_dir).unwrap();
+    let stranger = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(pem(certs.ca())))
+        .identity(tonic::transport::Identity::from_pem(
+            pem(other.router_cert()),
+            pem(other.router_key()),
+        ))
+        .domain_name("127.0.0.1");
+    assert!(node_status(&rt, &node, Some(stranger)).is_err());
+    // A client certificate (the clients' CA) is no key to a node either.
+    let client_only = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(pem(certs.ca())))
+        .identity(tonic::transport::Identity::from_pem(
+            pem(certs.client_cert()),
+            pem(certs.client_key()),
+        ))
+        .domain_name("127.0.0.1");
+    assert!(node_status(&rt, &node, Some(client_only)).is_err());
+    let log = std::fs::read_to_string(cluster.node_dir(1).join("node-1.log")).unwrap();
+    for want in [
+        "does not speak TLS",
+        "sent no certificate",
+        "not signed by the CA this process trusts",
+    ] {
+        assert!(log.contains(want), "node log lacks {want:?}:\n{log}");
+    }
+    assert!(!log.contains("panicked"), "{log}");
+
+    // tls-auth-clients optional and no: a client without a certificate
+    // gets in.
+    for mode in ["optional", "no"] {
+        let addr = cluster
+            .add_router_with(&["--tls-auth-clients", mode])
+            .unwrap();
+        assert_eq!(
+            redis_cli_tls(&certs, &addr, &[], &["GET", "cli"]),
+            "v1",
+            "{mode}"
+        );
+        assert_eq!(
+            redis_cli_tls(&certs, &addr, &cert_args, &["GET", "cli"]),
+            "v1",
+            "{mode}"
+        );
+    }
+
+    // A node dies: writes go on over TLS.
+    cluster.kill_node(3).unwrap();
+    eventually("a write after a node died", || {
+        let mut con = client.get_connection()?;
+        redis::cmd("SET")
+            .arg("after-kill")
+            .arg("v4")
+            .query::<()>(&mut con)
+    });
+    assert_eq!(
+        redis_cli_tls(&certs, &router, &cert_args, &["GET", "after-kill"]),
+        "v4"
+    );
+
+    // etcd requires client certificates: without one, or over http://, one
+    // sentence with the fix.
+    let etcd = cluster.etcd_url();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let ca = s(certs.ca());
+    let err = run(&["status", "--etcd", &etcd, "--etcd-cacert", &ca]);
+    assert!(err.contains(&format!("cannot use etcd at {etcd}")), "{err}");
+    assert!(err.contains("give --etcd-cert and --etcd-key"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let plain_etcd = etcd.replace("https://", "http://");
+    let err = run(&["status", "--etcd", &plain_etcd]);
+    assert!(
+        err.contains(&format!("cannot use etcd at {plain_etcd}")),
+        "{err}"
+    );
+    assert!(
+        err.contains("if it serves TLS use an https:// endpoint"),
+        "{err}"
+    );
+    let err = run(&["status", "--etcd", &etcd]);
+    assert!(err.contains("need --etcd-cacert"), "{err}");
+    cluster.shutdown();
+}
