@@ -254,36 +254,6 @@ impl Default for NodeConfig {
     }
 }
 
-/// The security settings nodes and routers share: cluster TLS and how to
-/// reach etcd.
-macro_rules! security_accessors {
-    ($t:ty) => {
-        impl $t {
-            /// The cluster TLS files as configured.
-            pub fn cluster_tls_files(&self) -> crate::tls::ClusterTlsFiles {
-                crate::tls::ClusterTlsFiles {
-                    cert: self.cluster_tls_cert_file.clone(),
-                    key: self.cluster_tls_key_file.clone(),
-                    ca: self.cluster_tls_ca_cert_file.clone(),
-                }
-            }
-
-            /// How to reach etcd: its TLS and user as configured.
-            pub fn etcd_security(&self) -> crate::meta::EtcdSecurity {
-                crate::meta::EtcdSecurity {
-                    cacert: self.etcd_cacert.clone(),
-                    cert: self.etcd_cert.clone(),
-                    key: self.etcd_key.clone(),
-                    user: self.etcd_user.clone(),
-                    password_file: self.etcd_password_file.clone(),
-                }
-            }
-        }
-    };
-}
-security_accessors!(RouterConfig);
-security_accessors!(NodeConfig);
-
 /// `shoal dev`: a whole local cluster.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -371,6 +341,28 @@ pub fn is_loopback(addr: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The commented security keys of conf/*.toml, uncommented, parse.
+    #[test]
+    fn the_security_keys_of_the_examples_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+        let uncomment = |file: &str| -> String {
+            std::fs::read_to_string(dir.join(file))
+                .unwrap()
+                .lines()
+                .filter_map(|l| l.strip_prefix("# "))
+                .filter(|l| {
+                    l.starts_with("tls_") || l.starts_with("cluster_tls_") || l.starts_with("etcd_")
+                })
+                .map(|l| format!("{l}\n"))
+                .collect()
+        };
+        let r: RouterConfig = toml::from_str(&uncomment("router.toml")).unwrap();
+        assert_eq!(r.tls_listen.as_deref(), Some("0.0.0.0:6380"));
+        assert!(r.cluster_tls_ca_cert_file.is_some() && r.etcd_password_file.is_some());
+        let n: NodeConfig = toml::from_str(&uncomment("node.toml")).unwrap();
+        assert!(n.cluster_tls_cert_file.is_some() && n.etcd_user.is_some());
+    }
 
     #[test]
     fn example_configs_parse() {

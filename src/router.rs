@@ -33,7 +33,12 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
             "table_stale_after_ms < table_create_timeout_ms: a slow creation may be rolled back while its creator still waits"
         );
     }
-    let cluster_tls = c.cluster_tls_files().load()?;
+    let cluster_tls = crate::tls::ClusterTlsFiles {
+        cert: c.cluster_tls_cert_file.clone(),
+        key: c.cluster_tls_key_file.clone(),
+        ca: c.cluster_tls_ca_cert_file.clone(),
+    }
+    .load()?;
     let plain = c.listen != "none";
     anyhow::ensure!(
         plain || c.tls_listen.is_some(),
@@ -90,7 +95,12 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
     } else {
         None
     };
-    let meta = Meta::connect_with(&c.etcd, &c.cluster, &c.etcd_security()).await?;
+    let meta = Meta::connect_with(
+        &c.etcd,
+        &c.cluster,
+        &crate::meta::EtcdSecurity::of_router(&c),
+    )
+    .await?;
     let view = routes::follow(&meta).await?;
     let timeout = Duration::from_millis(c.request_timeout_ms);
     let client = ShardClient::new(

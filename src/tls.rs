@@ -258,6 +258,12 @@ pub async fn accept(
 ) -> Option<TlsStream<TcpStream>> {
     let reason = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
         Ok(Ok(stream)) => return Some(stream),
+        // Connected and closed without a word: a port probe or a health
+        // check, not a TLS failure.
+        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            tracing::debug!("{peer} closed before a TLS handshake on {listener}");
+            return None;
+        }
         Ok(Err(e)) => handshake_reason(&e),
         Err(_) => format!("no handshake within {} s", HANDSHAKE_TIMEOUT.as_secs()),
     };

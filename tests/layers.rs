@@ -22,9 +22,11 @@ const LAYERS: &[(&str, u8)] = &[
     ("proto", 0),
     ("testing", 0),
     ("metrics", 0),
+    ("tls", 0),
     // Metadata in etcd; a shard replica and its storage.
     ("meta", 1),
     ("shard", 1),
+    ("certs", 1),
     // The router's cluster client; the node's drivers.
     ("cluster", 2),
     ("node", 2),

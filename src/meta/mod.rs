@@ -23,7 +23,29 @@ pub struct EtcdSecurity {
     pub password_file: Option<std::path::PathBuf>,
 }
 
+macro_rules! etcd_security_of {
+    ($c:expr) => {
+        EtcdSecurity {
+            cacert: $c.etcd_cacert.clone(),
+            cert: $c.etcd_cert.clone(),
+            key: $c.etcd_key.clone(),
+            user: $c.etcd_user.clone(),
+            password_file: $c.etcd_password_file.clone(),
+        }
+    };
+}
+
 impl EtcdSecurity {
+    /// A router's, as configured.
+    pub fn of_router(c: &crate::config::RouterConfig) -> EtcdSecurity {
+        etcd_security_of!(c)
+    }
+
+    /// A node's, as configured.
+    pub fn of_node(c: &crate::config::NodeConfig) -> EtcdSecurity {
+        etcd_security_of!(c)
+    }
+
     /// The etcd-client options for `endpoints`, files read; an error (one
     /// sentence) when the flags do not go together.
     pub fn options(&self, endpoints: &[String]) -> anyhow::Result<etcd_client::ConnectOptions> {

@@ -25,7 +25,12 @@ use crate::shard::service::NodeService;
 
 pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
     anyhow::ensure!(c.id > 0, "--id must be a positive integer");
-    let tls = c.cluster_tls_files().load()?;
+    let tls = crate::tls::ClusterTlsFiles {
+        cert: c.cluster_tls_cert_file.clone(),
+        key: c.cluster_tls_key_file.clone(),
+        ca: c.cluster_tls_ca_cert_file.clone(),
+    }
+    .load()?;
     let fsync = match c.fsync.as_str() {
         "always" => true,
         "never" => {
@@ -75,7 +80,8 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
             c.listen
         );
     }
-    let meta = Meta::connect_with(&c.etcd, &c.cluster, &c.etcd_security()).await?;
+    let meta =
+        Meta::connect_with(&c.etcd, &c.cluster, &crate::meta::EtcdSecurity::of_node(&c)).await?;
     // Peers must be known before replicas start talking.
     for (id, m) in meta.members().await? {
         host.transport.set_peer(id, m.rpc_addr);
