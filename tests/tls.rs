@@ -308,3 +308,74 @@ fn a_tls_cluster_serves_tls_clients_and_refuses_the_rest() {
     assert!(err.contains("need --etcd-cacert"), "{err}");
     cluster.shutdown();
 }
+
+/// etcd with users (`auth enable`): `--etcd-user` and
+/// `--etcd-password-file` get in; a wrong password and no user get one
+/// sentence with the fix.
+#[test]
+fn etcd_users_come_with_a_password_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (client, peer) = (
+        shoal::devcluster::free_port(),
+        shoal::devcluster::free_port(),
+    );
+    let etcd = shoal::devcluster::Etcd::start(&tmp.path().join("etcd"), client, peer).unwrap();
+    let url = etcd.client_url().to_string();
+    let etcdctl = |args: &[&str]| {
+        let out = Command::new("etcdctl")
+            .arg("--endpoints")
+            .arg(&url)
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    etcdctl(&["user", "add", "root:rootpw"]);
+    etcdctl(&["auth", "enable"]);
+    let good = tmp.path().join("good");
+    let bad = tmp.path().join("bad");
+    std::fs::write(&good, "rootpw\n").unwrap();
+    std::fs::write(&bad, "nope\n").unwrap();
+    let status = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["status", "--etcd", &url])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text.into_owned())
+    };
+    let g = good.display().to_string();
+    let (ok, text) = status(&["--etcd-user", "root", "--etcd-password-file", &g]);
+    assert!(ok, "{text}");
+    assert!(text.contains("nodes:"), "{text}");
+    let b = bad.display().to_string();
+    let (ok, text) = status(&["--etcd-user", "root", "--etcd-password-file", &b]);
+    assert!(!ok);
+    assert!(
+        text.contains(&format!("cannot use etcd at {url}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("check --etcd-user and the password"),
+        "{text}"
+    );
+    let (ok, text) = status(&[]);
+    assert!(!ok);
+    assert!(
+        text.contains(&format!("cannot use etcd at {url}")),
+        "{text}"
+    );
+    let (ok, text) = status(&["--etcd-user", "root"]);
+    assert!(!ok);
+    assert!(
+        text.contains("--etcd-user needs --etcd-password-file"),
+        "{text}"
+    );
+}
