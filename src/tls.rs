@@ -345,6 +345,75 @@ pub fn handshake_reason(e: &io::Error) -> String {
     }
 }
 
+/// What a failed dial means when TLS is the cause, and the likely fix: the
+/// rustls error found in `e`'s source chain, read from the dialer's side.
+/// `None` when the failure is not TLS's (a refused connection, a timeout).
+pub fn dial_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use rustls::{AlertDescription as A, CertificateError as C, Error};
+    let mut cur = Some(e);
+    let mut tls = None;
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<Error>() {
+            tls = Some(t.clone());
+            break;
+        }
+        if let Some(t) = err
+            .downcast_ref::<io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|i| i.downcast_ref::<Error>())
+        {
+            tls = Some(t.clone());
+            break;
+        }
+        cur = err.source();
+    }
+    Some(match tls? {
+        Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+            "the node's certificate is not signed by the CA of --cluster-tls-ca-cert-file".into()
+        }
+        Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            "the node's certificate does not name the host it is dialled at; reissue it with that host (shoal certs create-node HOST)".into()
+        }
+        Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "the node's certificate has expired; issue a new one (shoal certs)".into()
+        }
+        Error::InvalidCertificate(other) => format!("the node's certificate is refused ({other:?})"),
+        Error::AlertReceived(
+            alert @ (A::UnknownCA
+            | A::BadCertificate
+            | A::CertificateRequired
+            | A::DecryptError
+            | A::CertificateExpired
+            | A::UnsupportedCertificate),
+        ) => format!(
+            "the node refused this process's certificate ({alert:?}); it must be signed by the node's --cluster-tls-ca-cert-file"
+        ),
+        Error::AlertReceived(alert) => format!("the node ended the handshake ({alert:?})"),
+        Error::InvalidMessage(_) => {
+            "the node does not speak TLS (does it run without --cluster-tls-*?)".into()
+        }
+        other => other.to_string(),
+    })
+}
+
+/// Log a failed TLS dial to `addr` as one warning, at most once per address
+/// and reason every few seconds; anything else stays at debug.
+pub fn log_dial_failure(addr: &str, e: &(dyn std::error::Error + 'static)) {
+    match dial_failure(e) {
+        Some(reason) => {
+            if let Some(suppressed) = should_log(addr, &reason, std::time::Instant::now()) {
+                let more = if suppressed > 0 {
+                    format!(" ({suppressed} more since the last line)")
+                } else {
+                    String::new()
+                };
+                tracing::warn!("cannot open a TLS connection to node {addr}: {reason}{more}");
+            }
+        }
+        None => tracing::debug!(node = %addr, "stream not opened: {e}"),
+    }
+}
+
 /// The accepted connections of `listener`, each after its TLS handshake
 /// (run concurrently, so a slow peer holds up no other), as the stream tonic
 /// serves. `name` is what logs call the listener.

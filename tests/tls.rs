@@ -11,7 +11,8 @@
 //! * a node's gRPC port refuses plaintext HTTP/2, a client without a
 //!   certificate and one whose certificate another CA signed, each with one
 //!   log line on the node saying what failed; the same call with the
-//!   cluster's certificate succeeds;
+//!   cluster's certificate succeeds; a router trusting another CA says in
+//!   one line that the nodes' certificates are not signed by it;
 //! * etcd: a router without a client certificate, or dialling etcd over
 //!   `http://`, fails with one sentence naming the endpoint and the fix.
 
@@ -244,6 +245,57 @@ fn a_tls_cluster_serves_tls_clients_and_refuses_the_rest() {
         assert!(log.contains(want), "node log lacks {want:?}:\n{log}");
     }
     assert!(!log.contains("panicked"), "{log}");
+
+    // A router that trusts another CA: it refuses the nodes' certificates
+    // and says why in one line. (One whose own certificate the node
+    // refuses only learns it from the node's log: under TLS 1.3 the
+    // refusal comes after the dialer's handshake ended.)
+    let mut stranger = Command::new(env!("CARGO_BIN_EXE_shoal"));
+    stranger
+        .args([
+            "router",
+            "--listen",
+            "127.0.0.1:0",
+            "--etcd",
+            &cluster.etcd_url(),
+        ])
+        .args(["--etcd-cacert", &s(certs.ca())])
+        .args(["--etcd-cert", &s(certs.router_cert())])
+        .args(["--etcd-key", &s(certs.router_key())])
+        .args(["--cluster-tls-ca-cert-file", &s(other.ca())])
+        .args(["--cluster-tls-cert-file", &s(certs.router_cert())])
+        .args(["--cluster-tls-key-file", &s(certs.router_key())])
+        .env("NO_COLOR", "1");
+    // Killed when dropped, even if an assertion below fails.
+    let stranger_router =
+        shoal::devcluster::Proc::spawn("stranger", stranger, &tmp.path().join("stranger")).unwrap();
+    let stranger_log = stranger_router.log_path().to_path_buf();
+    let refused = eventually(
+        "the stranger router says why it cannot reach the nodes",
+        || {
+            let log = std::fs::read_to_string(&stranger_log).unwrap();
+            // Requests make it dial the nodes.
+            if let Some(at) = log.split("router up listen=").nth(1) {
+                let at = at.split_whitespace().next().unwrap_or_default();
+                let _ =
+                    shoal::devcluster::resp_request(at, &["SET", "k", "v"], Duration::from_secs(3));
+            }
+            match log
+                .lines()
+                .find(|l| l.contains("cannot open a TLS connection to node"))
+            {
+                Some(line) => Ok(line.to_string()),
+                None => Err(log),
+            }
+        },
+    );
+    drop(stranger_router);
+    assert!(
+        refused.contains(
+            "the node's certificate is not signed by the CA of --cluster-tls-ca-cert-file"
+        ),
+        "{refused}"
+    );
 
     // tls-auth-clients optional and no: a client without a certificate
     // gets in.

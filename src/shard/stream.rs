@@ -191,7 +191,7 @@ async fn drive(
     let mut inbound = match service.open(channel, outbound).await {
         Ok(r) => r,
         Err(status) => {
-            tracing::debug!(node = %addr, "stream not opened: {status}");
+            crate::tls::log_dial_failure(&addr, &status);
             let why = format!("could not open a stream to {addr}: {}", status.message());
             fail_queued(&mut queue, &why);
             return;
