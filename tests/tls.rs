@@ -156,6 +156,25 @@ fn a_tls_cluster_serves_tls_clients_and_refuses_the_rest() {
         .unwrap();
     let got: String = redis::cmd("GET").arg("cli").query(&mut con).unwrap();
     assert_eq!(got, "v1");
+    // Big replies and long pipelines: every TLS record reaches the client
+    // (the connection flushes what TLS buffers).
+    let big = "x".repeat(1 << 20);
+    let _: () = redis::cmd("SET")
+        .arg("big")
+        .arg(&big)
+        .query(&mut con)
+        .unwrap();
+    let mut pipe = redis::pipe();
+    for i in 0..2000 {
+        pipe.cmd("SET").arg(format!("p{i}")).arg(i).ignore();
+    }
+    for _ in 0..3 {
+        pipe.cmd("GET").arg("big");
+    }
+    let bigs: Vec<String> = pipe.query(&mut con).unwrap();
+    assert!(bigs.len() == 3 && bigs.iter().all(|b| *b == big));
+    let last: i64 = redis::cmd("GET").arg("p1999").query(&mut con).unwrap();
+    assert_eq!(last, 1999);
 
     // redis-py over rediss://.
     let py = format!(

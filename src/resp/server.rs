@@ -46,6 +46,49 @@ use super::session::{After, Session, Shared};
 /// Accept connections for ever; failed accepts are logged (rate-limited)
 /// and retried after a growing pause.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> Infallible {
+    accept_loop(&listener, &shared, |socket, peer, shared| {
+        tokio::spawn(async move {
+            if let Err(e) = connection(socket, peer.clone(), shared).await {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        });
+    })
+    .await
+}
+
+/// [`serve`] for the TLS listener (`--tls-listen`): each connection is
+/// served after its handshake, run in the connection's own task; a failed
+/// handshake is one log line (`crate::tls::accept`).
+pub async fn serve_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+) -> Infallible {
+    let name = listener
+        .local_addr()
+        .map_or_else(|_| "the TLS port".to_string(), |a| format!("RESP TLS {a}"));
+    accept_loop(&listener, &shared, |socket, peer, shared| {
+        let (acceptor, name) = (acceptor.clone(), name.clone());
+        tokio::spawn(async move {
+            let Some(stream) = crate::tls::accept(&acceptor, socket, &peer, &name).await else {
+                return;
+            };
+            if let Err(e) = connection(stream, peer.clone(), shared).await {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        });
+    })
+    .await
+}
+
+/// Accept on `listener` for ever, configure each socket and hand it to
+/// `each` with its peer address; failed accepts are logged (rate-limited)
+/// and retried after a growing pause.
+async fn accept_loop(
+    listener: &TcpListener,
+    shared: &Arc<Shared>,
+    each: impl Fn(TcpStream, String, Arc<Shared>),
+) -> Infallible {
     let mut backoff = AcceptBackoff::default();
     loop {
         let (socket, peer) = match listener.accept().await {
@@ -72,67 +115,16 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> Infallible {
             }
         };
         configure(&socket, shared.limits.tcp_keepalive.load(Ordering::Relaxed));
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection(socket, peer.to_string(), shared).await {
-                tracing::debug!(%peer, "connection ended: {e}");
-            }
-        });
-    }
-}
-
-/// [`serve`] for the TLS listener (`--tls-listen`): each connection is
-/// served after its handshake, run in the connection's own task; a failed
-/// handshake is one log line (`crate::tls::accept`).
-pub async fn serve_tls(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    shared: Arc<Shared>,
-) -> Infallible {
-    let mut backoff = AcceptBackoff::default();
-    let name = listener
-        .local_addr()
-        .map_or_else(|_| "the TLS port".to_string(), |a| format!("RESP TLS {a}"));
-    loop {
-        let (socket, peer) = match listener.accept().await {
-            Ok(accepted) => {
-                backoff.succeeded();
-                accepted
-            }
-            Err(e) if is_connection_error(&e) => {
-                tracing::debug!("accept: {e}");
-                continue;
-            }
-            Err(e) => {
-                let (delay, log) = backoff.failed(std::time::Instant::now());
-                if let Some(suppressed) = log {
-                    tracing::warn!(
-                        retry_in_ms = delay.as_millis() as u64,
-                        suppressed,
-                        "accept failed: {e}; backing off (out of file descriptors? raise the open-file limit or lower maxclients)"
-                    );
-                }
-                tokio::time::sleep(delay).await;
-                continue;
-            }
-        };
-        configure(&socket, shared.limits.tcp_keepalive.load(Ordering::Relaxed));
-        let (shared, acceptor, name) = (shared.clone(), acceptor.clone(), name.clone());
-        tokio::spawn(async move {
-            let peer = peer.to_string();
-            let Some(stream) = crate::tls::accept(&acceptor, socket, &peer, &name).await else {
-                return;
-            };
-            if let Err(e) = connection(stream, peer.clone(), shared).await {
-                tracing::debug!(%peer, "connection ended: {e}");
-            }
-        });
+        each(socket, peer.to_string(), shared.clone());
     }
 }
 
 /// A client connection, plaintext or TLS, as a read half and a write half
 /// that the connection loop polls at once.
 trait Halves: AsyncRead + AsyncWrite + Unpin {
+    /// Whether written bytes may wait in a buffer until flushed (TLS
+    /// records do; a TCP socket has nothing to flush).
+    const BUFFERS: bool;
     type R<'a>: AsyncRead + Unpin
     where
         Self: 'a;
@@ -143,6 +135,7 @@ trait Halves: AsyncRead + AsyncWrite + Unpin {
 }
 
 impl Halves for TcpStream {
+    const BUFFERS: bool = false;
     type R<'a> = tokio::net::tcp::ReadHalf<'a>;
     type W<'a> = tokio::net::tcp::WriteHalf<'a>;
     fn halves(&mut self) -> (Self::R<'_>, Self::W<'_>) {
@@ -151,6 +144,7 @@ impl Halves for TcpStream {
 }
 
 impl Halves for TlsStream<TcpStream> {
+    const BUFFERS: bool = true;
     type R<'a> = tokio::io::ReadHalf<&'a mut TlsStream<TcpStream>>;
     type W<'a> = tokio::io::WriteHalf<&'a mut TlsStream<TcpStream>>;
     fn halves(&mut self) -> (Self::R<'_>, Self::W<'_>) {
@@ -285,8 +279,8 @@ fn frame_limits(shared: &Shared, authenticated: bool) -> Limits {
 /// produced are kept within what is left of that (see
 /// [`Session::handle_many`]). Past either limit the client is disconnected
 /// (Redis's `client-query-buffer-limit` and `client-output-buffer-limit`).
-async fn run(
-    socket: &mut impl Halves,
+async fn run<S: Halves>(
+    socket: &mut S,
     mut session: Session,
     shared: &Shared,
     kill: &Notify,
@@ -304,6 +298,8 @@ async fn run(
     let mut timeout_live = true;
     let mut last_active = Instant::now();
     let (mut rd, mut wr) = socket.halves();
+    // Written but maybe still in the stream's buffer (TLS only).
+    let mut unflushed = false;
     loop {
         // Execute every complete request in the buffer, MAX_GROUP at a time
         // (see `pipeline.rs`); a protocol error comes after the requests
@@ -425,14 +421,23 @@ async fn run(
             .then(|| last_active.checked_add(Duration::from_secs(idle_secs)))
             .flatten();
         tokio::select! {
-            r = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => {
-                r?;
+            // Write what is pending; once it is all written, flush: TLS
+            // holds records until flushed (TCP has nothing to flush).
+            // Done in the select, a client that does not read stays
+            // killable and subject to the timeout.
+            wrote = async {
                 if wbuf.is_empty() {
-                    // TLS keeps records buffered until flushed (a no-op on
-                    // TCP).
-                    wr.flush().await?;
+                    wr.flush().await.map(|()| false)
+                } else {
+                    wr.write_buf(&mut wbuf).await.map(|_| true)
                 }
-                last_active = Instant::now();
+            }, if !wbuf.is_empty() || unflushed => {
+                if wrote? {
+                    unflushed = S::BUFFERS;
+                    last_active = Instant::now();
+                } else {
+                    unflushed = false;
+                }
             }
             r = rd.read_buf(&mut rbuf) => {
                 if r? == 0 {
