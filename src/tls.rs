@@ -429,7 +429,11 @@ pub fn incoming(
             let (socket, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    tracing::debug!("accept on {name}: {e}");
+                    // Out of descriptors, most likely: say so now and then,
+                    // and let a moment pass.
+                    if should_log(&name, &e.to_string(), std::time::Instant::now()).is_some() {
+                        tracing::warn!("accept on {name} failed: {e}; retrying (out of file descriptors? raise the open-file limit)");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
