@@ -45,6 +45,7 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
     }
     let meta = Meta::connect(&c.etcd, &c.cluster).await?;
     let view = routes::follow(&meta).await?;
+    let users = crate::resp::cmd_acl::follow_users(&meta, c.requirepass.clone()).await?;
     let timeout = Duration::from_millis(c.request_timeout_ms);
     let client = ShardClient::new(
         view,
@@ -99,6 +100,8 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
         txn_stats: Default::default(),
         scan_cursors: crate::resp::scan::ScanCursors::new(100_000),
         views: crate::resp::views::Views::new(crate::resp::cmd_views::command_names()),
+        users,
+        acl_log: Default::default(),
     });
     if let Some(at) = shared.config.metrics_listen.clone() {
         let s = shared.clone();

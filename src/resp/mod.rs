@@ -15,7 +15,9 @@
 //! * [`views`]: Redis's own views (command stats, SLOWLOG, LATENCY);
 //!   [`monitor`]: MONITOR's feed.
 
+pub mod acl;
 pub mod args;
+pub mod cmd_acl;
 pub mod cmd_blocking;
 pub mod cmd_keyspace;
 pub mod cmd_store;
