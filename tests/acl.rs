@@ -398,6 +398,16 @@ fn restricted_users_on_two_routers() {
     ) == "+OK\\r\\n"));
     assert_eq!(line(&mut writer, "TABLE.USE shop"), "+OK\\r\\n");
     assert_eq!(line(&mut writer, "SET user:2 v"), "+OK\\r\\n");
+    // HELLO 3 AUTH and a client library's redis://user:pass@ URL.
+    let mut hello = Conn::connect(&b);
+    assert!(line(&mut hello, "HELLO 3 AUTH writer wpw").starts_with('%'));
+    assert_eq!(line(&mut hello, "ACL WHOAMI"), "$6\\r\\nwriter\\r\\n");
+    let client = redis::Client::open(format!("redis://writer:wpw@{b}/")).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let who: String = redis::cmd("ACL").arg("WHOAMI").query(&mut con).unwrap();
+    assert_eq!(who, "writer");
+    let refused: redis::RedisResult<()> = redis::cmd("FLUSHALL").query(&mut con);
+    assert!(refused.unwrap_err().to_string().contains("NOPERM"));
     assert_eq!(
         line(&mut writer, "SET other v"),
         "-NOPERM this user has no permissions to access one of the keys used as arguments\\r\\n"

@@ -281,7 +281,6 @@ const BAD_HASH: &str =
     "The password hash must be exactly 64 characters and contain only lowercase hexadecimal characters";
 const AFTER_ALLKEYS: &str = "Adding a pattern after the * pattern (or the 'allkeys' flag) is not valid and does not have any effect. Try 'resetkeys' to start with an empty list of patterns";
 const AFTER_ALLCHANNELS: &str = "Adding a pattern after the * pattern (or the 'allchannels' flag) is not valid and does not have any effect. Try 'resetchannels' to start with an empty list of channels";
-const AFTER_ALLTABLES: &str = "Adding a table after 'alltables' (or 'table:*') is not valid and does not have any effect. Try 'resettables' to start with an empty list of tables";
 const SUB_OF_SUB: &str = "Allowing first-arg of a subcommand is not supported";
 
 /// SHA-256 of a password, lowercase hex (as Redis stores it).
@@ -552,8 +551,11 @@ impl User {
                 return Err("Syntax error (shoal does not support ACL selectors yet)".to_string())
             }
             _ if op.len() > 6 && op[..6].eq_ignore_ascii_case("table:") => {
+                // The default is every table: a first table rule limits
+                // the user to what it names.
                 if r.all_tables {
-                    return Err(AFTER_ALLTABLES.into());
+                    r.all_tables = false;
+                    r.tables.clear();
                 }
                 let p = op[6..].to_string();
                 if p.contains(' ') {
@@ -881,10 +883,11 @@ impl User {
             }
         }
         if !r.all_tables {
-            if let Some(t) = table_used(spec, args, table) {
-                if !self.table_ok(&t) {
-                    return Err(Denied::Table(t));
-                }
+            match table_used(spec, args, table) {
+                Some(TableUse::One(t)) if !self.table_ok(&t) => return Err(Denied::Table(t)),
+                // FLUSHALL: `*` names every table in the refusal.
+                Some(TableUse::Every) => return Err(Denied::Table("*".into())),
+                _ => {}
             }
         }
         Ok(())
@@ -899,20 +902,24 @@ impl User {
                 .iter()
                 .any(|p| crate::glob::glob_match(p.as_bytes(), name.as_bytes()))
     }
+}
 
-    /// Whether the user may use every table (FLUSHALL reaches them all).
-    pub fn all_tables(&self) -> bool {
-        self.rec.all_tables
-    }
+/// The tables a call uses.
+enum TableUse {
+    One(String),
+    Every,
 }
 
 /// The table a call uses, when it uses one: data and fan-out commands the
 /// connection's table; TABLE.USE, TABLE.DROP, TABLE.CREATE and
-/// TABLE.DESCRIBE the table they name; FLUSHALL every table (`*`).
-fn table_used(spec: &CommandSpec, args: &[Bytes], table: &str) -> Option<String> {
-    let named = || args.get(1).map(|a| String::from_utf8_lossy(a).into_owned());
+/// TABLE.DESCRIBE the table they name; FLUSHALL every table.
+fn table_used(spec: &CommandSpec, args: &[Bytes], table: &str) -> Option<TableUse> {
+    let named = || {
+        args.get(1)
+            .map(|a| TableUse::One(String::from_utf8_lossy(a).into_owned()))
+    };
     match spec.name {
-        "flushall" => Some("*".to_string()),
+        "flushall" => Some(TableUse::Every),
         "table.use" | "table.drop" | "table.create" | "table.describe" => named(),
         // SELECT names a database index: its table is checked when the
         // switch resolves (the session knows the index's table).
@@ -921,7 +928,7 @@ fn table_used(spec: &CommandSpec, args: &[Bytes], table: &str) -> Option<String>
             || !matches!(spec.keys, super::spec::KeySpec::None)
             || matches!(spec.handler, Handler::Data(_)) =>
         {
-            Some(table.to_string())
+            Some(TableUse::One(table.to_string()))
         }
         _ => None,
     }
@@ -1098,6 +1105,11 @@ mod tests {
             user("resettables table:orders").describe(),
             "off resetchannels resettables table:orders -@all"
         );
+        // The first table rule limits a user that had every table.
+        assert_eq!(
+            user("table:a table:b").describe(),
+            "off resetchannels resettables table:a table:b -@all"
+        );
     }
 
     #[test]
@@ -1198,9 +1210,12 @@ mod tests {
         assert!(check(&u, "set r:1 v", "t").is_err());
         assert_eq!(check(&u, "set w:1 v", "t"), Ok(()));
         assert!(check(&u, "get w:1", "t").is_err());
-        // FLUSHALL reaches every table.
-        let u = user("on +@all ~* resettables table:a");
-        assert_eq!(check(&u, "flushall", "a"), Err(Denied::Table("*".into())));
+        // FLUSHALL reaches every table: no glob is enough.
+        for t in ["a", "?", "*a*"] {
+            let u = user(&format!("on +@all ~* resettables table:{t}"));
+            assert_eq!(check(&u, "flushall", "a"), Err(Denied::Table("*".into())));
+        }
+        assert_eq!(check(&user("on +@all ~* table:*"), "flushall", "a"), Ok(()));
     }
 
     #[test]
