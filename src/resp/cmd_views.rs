@@ -51,7 +51,9 @@ impl Session {
         let micros = nanos / 1000;
         if !spec.has(flag::SKIP_SLOWLOG) && views.slowlog.wants(micros) {
             let peer = self.shared.clients.addr(self.id);
-            views.slowlog.push(parts, micros, peer, self.name.clone());
+            views
+                .slowlog
+                .push(&redacted(spec, parts), micros, peer, self.name.clone());
         }
         let event = if spec.has(flag::FAST) {
             "fast-command"
@@ -189,12 +191,40 @@ impl Session {
     }
 }
 
+/// ACL SETUSER's arguments as SLOWLOG keeps them: all but the first two
+/// `(redacted)` (they may hold passwords), as Redis 7 does.
+fn redacted(spec: &CommandSpec, parts: &[Bytes]) -> Vec<Bytes> {
+    let setuser = spec.name == "acl"
+        && parts
+            .get(1)
+            .is_some_and(|s| s.eq_ignore_ascii_case(b"setuser"));
+    parts
+        .iter()
+        .enumerate()
+        .map(|(j, a)| {
+            if setuser && j >= 2 {
+                Bytes::from_static(b"(redacted)")
+            } else {
+                a.clone()
+            }
+        })
+        .collect()
+}
+
 /// The line of a request, or `None` for one monitors do not show.
 pub fn monitor_line(db: u32, peer: &str, parts: &[Bytes]) -> Option<Bytes> {
     let name = String::from_utf8_lossy(parts.first()?).to_ascii_lowercase();
     let spec = super::commands::lookup(&name)?;
     if spec.has(flag::ADMIN) {
         return None;
+    }
+    // Nor an admin subcommand (ACL SETUSER, which may carry passwords).
+    if spec.subs.is_some() {
+        let table = super::acl::AclCommands::get();
+        let id = table.id_of_call(super::commands::row_index(spec), parts);
+        if table.list[id].cats & super::spec::acl::ADMIN != 0 {
+            return None;
+        }
     }
     // AUTH: every argument; HELLO: the two after AUTH (as Redis 7 redacts).
     let hello_auth = (spec.name == "hello")
@@ -268,6 +298,15 @@ mod tests {
             "{hello:?}"
         );
         assert!(monitor_line(0, "p", &[Bytes::from("config"), Bytes::from("get")]).is_none());
+        // ACL SETUSER may carry passwords: never shown, redacted in SLOWLOG.
+        let setuser = [&b"ACL"[..], b"SETUSER", b"u", b">secret"].map(Bytes::from_static);
+        assert!(monitor_line(0, "p", &setuser).is_none());
+        let acl = super::super::commands::lookup("acl").unwrap();
+        let kept = redacted(acl, &setuser);
+        assert_eq!(&kept[..2], &setuser[..2]);
+        assert!(kept[2..].iter().all(|a| a == "(redacted)"));
+        let whoami = [&b"ACL"[..], b"WHOAMI"].map(Bytes::from_static);
+        assert!(monitor_line(0, "p", &whoami).is_some());
         assert!(monitor_line(0, "p", &[Bytes::from("nosuchcommand")]).is_none());
     }
 }
