@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::acl::{category_bit, AclCommands, Denied, LogEntry, User, UserRecord, Users};
 use super::args::Args;
-use super::commands::{lookup, row_index};
+use super::commands::lookup;
 use super::errors::arg_err;
 use super::reply::Reply;
 use super::session::Session;
@@ -113,7 +113,7 @@ impl Session {
         args: &[Bytes],
         table: &str,
     ) -> Option<Denied> {
-        self.user.check(row_index(spec), spec, args, table).err()
+        self.user.check(spec, args, table).err()
     }
 
     /// Note a refusal in the ACL LOG.
@@ -255,7 +255,7 @@ impl Session {
                 spec.name
             ));
         }
-        match u.check(row_index(spec), spec, call, &self.table) {
+        match u.check(spec, call, &self.table) {
             Ok(()) => Reply::ok(),
             Err(d) => Reply::bulk(d.dryrun_text()),
         }
