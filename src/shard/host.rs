@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
@@ -54,6 +54,8 @@ pub struct Replica {
     target: proposer::Target,
     /// Whether the group hibernates here (`hibernate`).
     pub sleep: Sleep,
+    /// Requests served and their time here (`served`).
+    pub served: super::served::Served,
 }
 
 impl Replica {
@@ -343,6 +345,7 @@ impl Host {
             proposer: Arc::default(),
             target,
             sleep: Sleep::default(),
+            served: Default::default(),
         });
         if let Ok(mut map) = self.replicas.write() {
             map.insert(gid, replica.clone());
@@ -381,7 +384,24 @@ impl Host {
         max_reply: usize,
     ) -> Result<OpReply, ShardError> {
         let replica = self.get(gid).ok_or(ShardError::UnknownGroup(gid))?;
-        self.serve_bounded(&replica, req, max_reply).await
+        // Blocked clients' waits are not counted: their time is waiting.
+        let counted = !matches!(
+            req,
+            ShardRequest::WaitFilled { .. }
+                | ShardRequest::WaitFilledFor { .. }
+                | ShardRequest::CancelWaits { .. }
+        );
+        let started = Instant::now();
+        let reply = self.serve_bounded(&replica, req, max_reply).await;
+        // What was turned away was not served here.
+        let turned_away = matches!(
+            reply,
+            Err(ShardError::NotLeader { .. } | ShardError::UnknownGroup(_))
+        );
+        if counted && !turned_away {
+            replica.served.record(started.elapsed());
+        }
+        reply
     }
 
     #[cfg(test)]
