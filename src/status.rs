@@ -60,6 +60,10 @@ pub struct ClusterStatus {
     pub live: std::collections::BTreeSet<u64>,
     /// The status of each live node that answered.
     pub statuses: HashMap<u64, NodeStatus>,
+    /// When the statuses were asked for (all at once), for rates over
+    /// the counters they carry; and that time in Unix milliseconds.
+    pub asked_at: std::time::Instant,
+    pub asked_ms: u64,
     /// The cluster record (`None`: absent), or why it cannot be read.
     pub record: Result<Option<ClusterRecord>, String>,
     /// Readable tables, by db index.
@@ -121,6 +125,7 @@ impl ClusterStatus {
 pub async fn gather(meta: &Meta, client: &ShardClient) -> anyhow::Result<ClusterStatus> {
     let members = meta.members().await?;
     let live: std::collections::BTreeSet<u64> = meta.live_nodes().await?.into_keys().collect();
+    let (asked_at, asked_ms) = (std::time::Instant::now(), crate::clock::now_ms());
     let asks = members
         .keys()
         .filter(|id| live.contains(id))
@@ -140,6 +145,8 @@ pub async fn gather(meta: &Meta, client: &ShardClient) -> anyhow::Result<Cluster
         members,
         live,
         statuses,
+        asked_at,
+        asked_ms,
         record,
         tables,
         unreadable,

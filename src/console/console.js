@@ -148,6 +148,8 @@ function draw(d) {
   const total = document.getElementById("total-ops");
   total.textContent = ops(d.throughput);
   total.setAttribute("data-ops", d.throughput.ops === null ? "" : d.throughput.ops);
+  total.setAttribute("data-time", d.time_ms);
+  total.setAttribute("data-interval", d.interval_s === null ? "" : d.interval_s);
   document.getElementById("total-p99").textContent = ms(d.throughput.p99_ms);
   if (d.throughput.ops !== null) {
     history.push(d.throughput.ops);

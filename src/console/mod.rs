@@ -116,9 +116,8 @@ impl Console {
             Ok(Err(e)) => return error_page(format!("cannot read the cluster's state: {e}")),
             Err(_) => return error_page("reading the cluster's state took over 5 s".into()),
         };
-        let now = Instant::now();
         let reading = Reading {
-            at: now,
+            at: st.asked_at,
             counts: st
                 .statuses
                 .iter()
@@ -132,7 +131,7 @@ impl Console {
         let value = self.render(&st, &reading, state.prev.as_ref());
         let json = Bytes::from(value.to_string());
         state.prev = Some(reading);
-        state.json = Some((now, json.clone()));
+        state.json = Some((Instant::now(), json.clone()));
         json_page(StatusCode::OK, json)
     }
 
@@ -269,7 +268,7 @@ impl Console {
         json!({
             "router": self.at,
             "cluster": st.record.as_ref().ok().and_then(|r| r.as_ref()).map(|r| r.name.clone()),
-            "time_ms": crate::clock::now_ms(),
+            "time_ms": st.asked_ms,
             "interval_s": rates.interval,
             "throughput": rates.json(Some(&rates.total)),
             "nodes": nodes,
