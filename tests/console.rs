@@ -5,8 +5,9 @@
 //! On a 3-node cluster the rendered map must show every shard with the
 //! leader the nodes themselves report (their `/metrics`), the throughput
 //! figure must follow a client's SETs, the slow commands must list them,
-//! and when a leader's node is killed its column must turn grey and the
-//! map show the new leaders. A screenshot is saved.
+//! when a leader's node is killed its column must turn grey and the map
+//! show the new leaders, and with etcd gone the page must say the cluster
+//! cannot be read. A screenshot is saved.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -186,7 +187,7 @@ fn base64_decode(s: &str) -> Vec<u8> {
 
 /// The map as the page draws it: per shard row its table, group, the leader
 /// it names and the roles in each node's column; the node columns greyed.
-const READ_MAP: &str = r#"(() => !document.getElementById('total-ops') ? null : ({
+const READ_MAP: &str = r#"(() => document.readyState !== 'complete' || !document.getElementById('total-ops') ? null : ({
   polls: Number(document.body.getAttribute('data-polls') || 0),
   nodes: [...document.querySelectorAll('#map th.node')].map(th => ({
     id: th.getAttribute('data-node'), grey: th.classList.contains('down'),
@@ -476,6 +477,20 @@ fn the_console_draws_the_cluster_and_its_load() {
         why.is_none()
     });
     assert!(redrawn, "after node {victim} died: {why:?}\n{map:#}");
+
+    // etcd gone: the router cannot read the cluster, and says so.
+    cl.etcd_mut().proc_mut().sigkill().unwrap();
+    let mut map = Value::Null;
+    let said = common::wait_until(Duration::from_secs(30), || {
+        map = browser.eval(READ_MAP);
+        map["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot read the cluster"))
+    });
+    assert!(said, "with etcd down: {map:#}");
+    let (status, body) = http_get(&console, "/api/cluster");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
     drop(browser);
     cl.shutdown();
 }

@@ -47,8 +47,8 @@ pub struct Console {
 
 #[derive(Default)]
 struct State {
-    /// The JSON last made, and when.
-    json: Option<(Instant, Bytes)>,
+    /// The last answer (the JSON, or why there is none), and when.
+    answer: Option<(Instant, StatusCode, Bytes)>,
     /// The nodes' served counts at the last reading.
     prev: Option<Reading>,
 }
@@ -101,9 +101,9 @@ impl Console {
     /// a new one.
     async fn cluster(&self) -> Page {
         let mut state = self.state.lock().await;
-        if let Some((at, json)) = &state.json {
+        if let Some((at, status, body)) = &state.answer {
             if at.elapsed() < FRESH {
-                return json_page(StatusCode::OK, json.clone());
+                return json_page(*status, body.clone());
             }
         }
         let gathered = tokio::time::timeout(
@@ -111,10 +111,21 @@ impl Console {
             crate::status::gather(&self.shared.meta, &self.shared.client),
         )
         .await;
-        let st = match gathered {
-            Ok(Ok(st)) => st,
-            Ok(Err(e)) => return error_page(format!("cannot read the cluster's state: {e}")),
-            Err(_) => return error_page("reading the cluster's state took over 5 s".into()),
+        let failed = match gathered {
+            Ok(Ok(st)) => Ok(st),
+            Ok(Err(e)) => Err(format!("cannot read the cluster's state: {e}")),
+            Err(_) => Err("reading the cluster's state took over 5 s".to_string()),
+        };
+        let st = match failed {
+            Ok(st) => st,
+            Err(why) => {
+                // Said to every poll of the next FRESH too: a cluster that
+                // cannot be read is not asked again at once for each.
+                let body = Bytes::from(json!({ "error": why }).to_string());
+                let status = StatusCode::SERVICE_UNAVAILABLE;
+                state.answer = Some((Instant::now(), status, body.clone()));
+                return json_page(status, body);
+            }
         };
         let reading = Reading {
             at: st.asked_at,
@@ -131,7 +142,7 @@ impl Console {
         let value = self.render(&st, &reading, state.prev.as_ref());
         let json = Bytes::from(value.to_string());
         state.prev = Some(reading);
-        state.json = Some((Instant::now(), json.clone()));
+        state.answer = Some((Instant::now(), StatusCode::OK, json.clone()));
         json_page(StatusCode::OK, json)
     }
 
@@ -346,12 +357,4 @@ fn json_page(status: StatusCode, body: Bytes) -> Page {
         content_type: "application/json",
         body,
     }
-}
-
-/// 503 with `{"error": why}`: the page shows it and polls again.
-fn error_page(why: String) -> Page {
-    json_page(
-        StatusCode::SERVICE_UNAVAILABLE,
-        Bytes::from(json!({ "error": why }).to_string()),
-    )
 }
