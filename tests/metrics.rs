@@ -140,6 +140,11 @@ fn nodes_and_routers_serve_prometheus_metrics() {
             assert!(s.keys().any(|k| k.starts_with(name)), "{name} missing");
         }
         assert_eq!(total(s, "shoal_node_moves_in_progress"), 0.0);
+        let (free, size) = (
+            total(s, "shoal_node_disk_free_bytes"),
+            total(s, "shoal_node_disk_size_bytes"),
+        );
+        assert!(free > 0.0 && free <= size, "disk {free} of {size}");
     }
     let sum = |name: &str| scrapes.iter().map(|s| total(s, name)).sum::<f64>();
     // The leaders proposed the SETs (one client: one entry each) and timed

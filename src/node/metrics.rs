@@ -22,8 +22,10 @@ fn gauge_vec(name: &str, help: &str) -> prometheus::IntGaugeVec {
     crate::metrics::gauge_vec(name, help, &["group", "table", "shard"])
 }
 
-/// The node's metrics now, in the text exposition format.
-pub fn render(host: &Host) -> String {
+/// The node's metrics now, in the text exposition format (`data_dir`: the
+/// file system whose space they report).
+pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
+    let (disk_free, disk_total) = disk_space(data_dir).unwrap_or_default();
     let leader = gauge_vec("shoal_group_leader", "1 when this replica leads its group");
     let term = gauge_vec("shoal_group_term", "The replica's Raft term");
     let last_log = gauge_vec(
@@ -117,6 +119,16 @@ pub fn render(host: &Host) -> String {
             replicas.len() as u64,
         ),
         gauge(
+            "shoal_node_disk_free_bytes",
+            "Bytes free for the node (not root) on its data directory's file system",
+            disk_free,
+        ),
+        gauge(
+            "shoal_node_disk_size_bytes",
+            "Size of the node's data directory's file system",
+            disk_total,
+        ),
+        gauge(
             "shoal_node_blocked_waits",
             "Waits of blocked clients held here",
             waits,
@@ -174,4 +186,17 @@ pub fn render(host: &Host) -> String {
         Box::new(crate::metrics::SNAPSHOTS.clone()),
     ]);
     crate::metrics::text(&registry)
+}
+
+/// (available, total) bytes of the file system holding `path`.
+fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string and `s` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return None;
+    }
+    let unit = s.f_frsize as u64;
+    Some((s.f_bavail as u64 * unit, s.f_blocks as u64 * unit))
 }
