@@ -552,13 +552,26 @@ impl Host {
             .membership_config
             .membership()
             .clone();
+        // The peer map follows etcd's member records only: an AddLearner
+        // naming another address for a known node is refused, never
+        // followed (it would send the shard's data there). An unknown node
+        // is reached at the given address until its record arrives.
+        if let MembershipChange::AddLearner { id, addr } = &change {
+            match self.transport.peer_addr(*id) {
+                Some(known) if known != *addr => {
+                    return Err(ShardError::BadRequest(format!(
+                        "refusing to add node {id} at {addr} as a learner of group {gid}: etcd's member record has node {id} at {known}"
+                    )));
+                }
+                _ => {}
+            }
+        }
         let fut = async {
             match &change {
                 MembershipChange::AddLearner { id, addr } => {
                     if membership.get_node(id).is_some() {
                         return Ok(None);
                     }
-                    self.transport.set_peer(*id, addr.clone());
                     raft.add_learner(*id, BasicNode { addr: addr.clone() }, false)
                         .await
                         .map(Some)
