@@ -19,17 +19,157 @@ use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use prometheus::{Encoder, Histogram, HistogramOpts, Registry, TextEncoder};
 
-/// Seconds each WAL sync took (the engine's group commit).
-pub static FSYNC_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+/// A histogram of seconds, 50 µs doubling to about 1.6 s.
+fn seconds_histogram(name: &str, help: &str) -> Histogram {
     Histogram::with_opts(
-        HistogramOpts::new(
-            "shoal_fsync_duration_seconds",
-            "Time of each WAL sync of the node's group commit",
-        )
-        .buckets(prometheus::exponential_buckets(0.000_05, 2.0, 16).unwrap_or_default()),
+        HistogramOpts::new(name, help)
+            .buckets(prometheus::exponential_buckets(0.000_05, 2.0, 16).unwrap_or_default()),
     )
     .unwrap_or_else(|_| Histogram::with_opts(HistogramOpts::new("x", "x")).unwrap())
+}
+
+/// Seconds each WAL sync took (the engine's group commit).
+pub static FSYNC_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    seconds_histogram(
+        "shoal_fsync_duration_seconds",
+        "Time of each WAL sync of the node's group commit",
+    )
 });
+
+/// Seconds a replica's state machine took to apply one batch of entries.
+pub static APPLY_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    seconds_histogram(
+        "shoal_apply_duration_seconds",
+        "Time a replica's state machine took to apply one batch of log entries",
+    )
+});
+
+/// Seconds from proposing an entry on a leader to its applied result.
+pub static COMMIT_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    seconds_histogram(
+        "shoal_raft_commit_duration_seconds",
+        "Time from proposing an entry on the leader to its result: replication to a majority, fsync and apply",
+    )
+});
+
+/// Raft messages this node sent, by peer node and kind (append, vote,
+/// snapshot).
+pub static RAFT_SENT_MESSAGES: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "shoal_raft_sent_messages_total",
+        "Raft messages sent, by peer node and kind",
+        &["peer", "kind"],
+    )
+});
+
+/// Bytes of the Raft messages above.
+pub static RAFT_SENT_BYTES: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "shoal_raft_sent_bytes_total",
+        "Bytes of Raft messages sent (encoded payloads), by peer node and kind",
+        &["peer", "kind"],
+    )
+});
+
+/// Snapshots this node's leaders sent and its replicas installed.
+pub static SNAPSHOTS: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "shoal_snapshots_total",
+        "Snapshots sent (complete transfers) and installed, by event",
+        &["event"],
+    )
+});
+
+/// The node's LATENCY events (`fsync`, `raft-commit`): every second in
+/// which one took at least a millisecond keeps its worst. Routers read
+/// them through the node status and show those above their own
+/// `latency-monitor-threshold` in LATENCY LATEST and HISTORY.
+pub static NODE_EVENTS: LazyLock<LatencyEvents> = LazyLock::new(LatencyEvents::default);
+
+/// Samples an event keeps (Redis's `LATENCY_TS_LEN`).
+pub const LATENCY_SAMPLES: usize = 160;
+
+/// One LATENCY event's samples: (unix seconds, ms), oldest first, one per
+/// second (the worst), and the worst ever.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EventLog {
+    pub samples: std::collections::VecDeque<(u64, u64)>,
+    pub max: u64,
+}
+
+impl EventLog {
+    /// Add `ms` at `at` (seconds): the worst of a second is kept, and the
+    /// newest [`LATENCY_SAMPLES`] seconds.
+    pub fn add(&mut self, at: u64, ms: u64) {
+        self.max = self.max.max(ms);
+        match self.samples.back_mut() {
+            Some((last, worst)) if *last == at => *worst = (*worst).max(ms),
+            _ => {
+                self.samples.push_back((at, ms));
+                if self.samples.len() > LATENCY_SAMPLES {
+                    self.samples.pop_front();
+                }
+            }
+        }
+    }
+}
+
+/// Named [`EventLog`]s.
+#[derive(Debug, Default)]
+pub struct LatencyEvents {
+    events: std::sync::Mutex<std::collections::BTreeMap<String, EventLog>>,
+}
+
+impl LatencyEvents {
+    /// Note `event` taking `ms` now.
+    pub fn sample(&self, event: &str, ms: u64) {
+        let now = unix_secs();
+        if let Ok(mut events) = self.events.lock() {
+            match events.get_mut(event) {
+                Some(log) => log.add(now, ms),
+                None => {
+                    let mut log = EventLog::default();
+                    log.add(now, ms);
+                    events.insert(event.to_string(), log);
+                }
+            }
+        }
+    }
+
+    /// A copy of every event.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, EventLog> {
+        self.events.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// Drop the events named in `which` (all when empty): how many were.
+    pub fn reset(&self, which: &[String]) -> usize {
+        let Ok(mut events) = self.events.lock() else {
+            return 0;
+        };
+        if which.is_empty() {
+            let n = events.len();
+            events.clear();
+            return n;
+        }
+        which.iter().filter(|w| events.remove(*w).is_some()).count()
+    }
+}
+
+/// Now, in Unix seconds.
+pub fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Note a node-side event of `d` (in LATENCY when at least 1 ms).
+pub fn node_event(event: &str, d: std::time::Duration) {
+    let ms = d.as_millis() as u64;
+    if ms >= 1 {
+        NODE_EVENTS.sample(event, ms);
+    }
+}
 
 /// One collector, ready to register.
 pub type Boxed = Box<dyn prometheus::core::Collector>;

@@ -121,8 +121,11 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
 }
 
 /// What a router's `/metrics` shows: its connections and blocked clients,
-/// commands processed, transactions by outcome, the live nodes and tables
-/// it routes to, and the process metrics. Read at each scrape.
+/// commands processed (by name; by table, name and outcome) and their
+/// latency, error replies by kind, retries, writes of unknown outcome,
+/// transactions by path and outcome, the routing view's revision, the live
+/// nodes and tables it routes to, and the process metrics. Read at each
+/// scrape.
 fn render_metrics(shared: &Shared) -> String {
     use crate::metrics::{counter, counter_vec, gauge};
     use std::sync::atomic::Ordering::Relaxed;
@@ -133,17 +136,52 @@ fn render_metrics(shared: &Shared) -> String {
     );
     let txns = counter_vec(
         "shoal_txn_total",
-        "Transactions this router coordinated, by outcome",
-        &["outcome"],
+        "Transactions this router coordinated (MULTI/EXEC, multi-key writes), by path (one_phase: one shard, one Raft entry; two_phase: 2PC) and outcome",
+        &["path", "outcome"],
     );
     let t = &shared.txn_stats;
-    for (outcome, n) in [
-        ("committed", &t.committed),
-        ("aborted", &t.aborted),
-        ("conflict", &t.conflicts),
-        ("one_phase", &t.one_phase),
-    ] {
-        txns.with_label_values(&[outcome]).inc_by(n.load(Relaxed));
+    use crate::cluster::txn::{TXN_OUTCOMES, TXN_PATHS};
+    for (p, path) in TXN_PATHS.iter().enumerate() {
+        for (o, outcome) in TXN_OUTCOMES.iter().enumerate() {
+            txns.with_label_values(&[path, outcome])
+                .inc_by(t.by_path(p, o));
+        }
+    }
+    let errors = counter_vec(
+        "shoal_router_errors_total",
+        "Error replies sent to clients, by kind (the reply's first word: CLUSTERDOWN, TRYAGAIN, ERR, WRONGTYPE...)",
+        &["kind"],
+    );
+    for (kind, n) in shared.views.stats.errors() {
+        errors.with_label_values(&[&kind]).inc_by(n);
+    }
+    let retries = counter_vec(
+        "shoal_router_retries_total",
+        "Requests sent again: redirect (to the leader a node named, Redis's MOVED), backoff (after a pause: no leader known, node down, no quorum)",
+        &["reason"],
+    );
+    let cs = &shared.client.stats;
+    retries
+        .with_label_values(&["redirect"])
+        .inc_by(cs.redirects.load(Relaxed));
+    retries
+        .with_label_values(&["backoff"])
+        .inc_by(cs.backoffs.load(Relaxed));
+    let by_table = counter_vec(
+        "shoal_router_table_commands_total",
+        "Commands run, by table, name and outcome (ok, failed: answered an error)",
+        &["table", "command", "outcome"],
+    );
+    let view = shared.client.routes();
+    for (db, row, ok, failed) in shared.views.tables.totals() {
+        let table = view.by_index.get(&db).map_or("(dropped)", |t| t.as_str());
+        let name = shared.views.stats.names.get(row).copied().unwrap_or("?");
+        by_table.with_label_values(&[table, name, "ok"]).inc_by(ok);
+        if failed > 0 {
+            by_table
+                .with_label_values(&[table, name, "failed"])
+                .inc_by(failed);
+        }
     }
     // Per command, from the counters INFO commandstats reads.
     let by_name = |name: &str, help: &str| counter_vec(name, help, &["command"]);
@@ -174,9 +212,21 @@ fn render_metrics(shared: &Shared) -> String {
         "command",
         latency,
     );
-    let view = shared.client.routes();
     let registry = crate::metrics::registry(vec![
         Box::new(calls),
+        Box::new(by_table),
+        Box::new(errors),
+        Box::new(retries),
+        counter(
+            "shoal_router_outcome_unknown_total",
+            "Writes answered TRYAGAIN because they may or may not have been applied (no answer in time, leader lost mid-write)",
+            cs.outcome_unknown.load(Relaxed),
+        ),
+        gauge(
+            "shoal_router_routes_revision",
+            "The etcd revision of the routing view (tables, members, live nodes) this router uses",
+            view.revision.max(0) as u64,
+        ),
         Box::new(failed),
         Box::new(rejected),
         gauge(

@@ -11,7 +11,7 @@ use super::monitor::repr;
 use super::reply::Reply;
 use super::session::Session;
 use super::spec::{flag, CommandSpec};
-use super::views::{help, Outcome};
+use super::views::{help, latency_doctor, latency_history, latency_latest, Outcome};
 
 /// The row of `spec` in the command table.
 pub fn row_of(spec: &'static CommandSpec) -> usize {
@@ -44,6 +44,7 @@ impl Session {
             _ => Outcome::Ok,
         };
         views.stats.record(self.id, row_of(spec), nanos, outcome);
+        views.tables.record(self.db, row_of(spec), outcome);
         if spec.has(flag::BLOCKING) {
             return;
         }
@@ -114,7 +115,7 @@ impl Session {
 
     /// `LATENCY LATEST | HISTORY event | RESET [event ...] | HISTOGRAM
     /// [command ...] | DOCTOR | HELP`.
-    pub(super) fn latency(&mut self, args: &mut Args) -> Reply {
+    pub(super) async fn latency(&mut self, args: &mut Args) -> Reply {
         let given = args.next_string().unwrap_or_default();
         let sub = given.to_ascii_lowercase();
         let views = &self.shared.views;
@@ -123,15 +124,37 @@ impl Session {
             .iter()
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
+        // The nodes' events, asked of every live node, for the
+        // subcommands that show or reset events.
+        let events = if matches!(sub.as_str(), "latest" | "history" | "reset" | "doctor") {
+            let shared = &self.shared;
+            let view = shared.client.routes();
+            let asks = view
+                .live
+                .iter()
+                .map(|n| shared.client.node_status(*n, vec![u64::MAX]));
+            let nodes: Vec<_> = futures::future::join_all(asks)
+                .await
+                .into_iter()
+                .filter_map(Result::ok)
+                .map(|s| s.latency)
+                .collect();
+            views.latency.events(&nodes)
+        } else {
+            Default::default()
+        };
         match (sub.as_str(), rest.len()) {
-            ("latest", 0) => views.latency.latest(),
-            ("history", 1) => views.latency.history(&rest[0]),
-            ("reset", _) => Reply::Int(views.latency.reset(&rest)),
+            ("latest", 0) => latency_latest(&events),
+            ("history", 1) => latency_history(&events, &rest[0]),
+            ("reset", _) => Reply::Int(views.latency.reset(&rest, &events)),
             ("histogram", _) => {
                 let wanted: Vec<String> = rest.iter().map(|r| r.to_ascii_lowercase()).collect();
                 views.stats.histogram_reply(&wanted)
             }
-            ("doctor", 0) => Reply::Verbatim(views.latency.doctor()),
+            ("doctor", 0) => Reply::Verbatim(latency_doctor(
+                &events,
+                views.latency.threshold_ms.load(std::sync::atomic::Ordering::Relaxed),
+            )),
             ("help", 0) => help(
                 "LATENCY",
                 &[

@@ -31,6 +31,9 @@ pub struct NodeStatus {
     /// Waits of blocked clients this node's replicas hold now.
     #[serde(default)]
     pub blocked_waits: u64,
+    /// The node's LATENCY events (`fsync`, `raft-commit`) of 1 ms or more.
+    #[serde(default)]
+    pub latency: std::collections::BTreeMap<String, crate::metrics::EventLog>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,5 +116,6 @@ pub fn node_status(host: &Host, gids: &[u64]) -> NodeStatus {
             .iter()
             .map(|r| r.sm.waiters().len() as u64)
             .sum(),
+        latency: crate::metrics::NODE_EVENTS.snapshot(),
     }
 }
