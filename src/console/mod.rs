@@ -98,7 +98,8 @@ impl Console {
     }
 
     /// The JSON of `/api/cluster`: the reading of the last [`FRESH`], or
-    /// a new one.
+    /// a new one; 503 with `{"error": why}` when the cluster cannot be
+    /// read (the page shows it and polls again).
     async fn cluster(&self) -> Page {
         let mut state = self.state.lock().await;
         if let Some((at, status, body)) = &state.answer {
@@ -111,12 +112,12 @@ impl Console {
             crate::status::gather(&self.shared.meta, &self.shared.client),
         )
         .await;
-        let failed = match gathered {
+        let read = match gathered {
             Ok(Ok(st)) => Ok(st),
             Ok(Err(e)) => Err(format!("cannot read the cluster's state: {e}")),
             Err(_) => Err("reading the cluster's state took over 5 s".to_string()),
         };
-        let st = match failed {
+        let st = match read {
             Ok(st) => st,
             Err(why) => {
                 // Said to every poll of the next FRESH too: a cluster that
