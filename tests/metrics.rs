@@ -150,6 +150,7 @@ fn nodes_and_routers_serve_prometheus_metrics() {
     // The leaders proposed the SETs (one client: one entry each) and timed
     // their commits; the replicas applied them.
     assert!(sum("shoal_group_proposals_total") >= 200.0);
+    assert!(sum("shoal_group_served_requests_total") >= 200.0);
     assert!(sum("shoal_raft_commit_duration_seconds_count") >= 200.0);
     assert!(sum("shoal_apply_duration_seconds_count") >= 200.0);
     // Leaders sent appends to both peers, with their bytes; followers

@@ -1,12 +1,12 @@
 //! What a node's `/metrics` shows (`crate::metrics` serves it): per group
 //! replica (labels `group`, `table`, `shard`: one series each per replica
 //! the node holds) whether it leads, its term, last log and applied index,
-//! proposals, leader changes, whether it hibernates, and on a leader each
-//! follower's lag; per node the replicas held, moves in progress (groups it
-//! leads whose membership has learners or is joint), blocked clients'
-//! waits, RocksDB's memtable bytes, pending compaction bytes, write stops
-//! and stall time, block cache hits and misses, the collections collected
-//! and transactions recovered, Raft messages and bytes sent per peer,
+//! proposals, requests served, leader changes, whether it hibernates, and
+//! on a leader each follower's lag; per node the replicas held, moves in
+//! progress (groups it leads whose membership has learners or is joint),
+//! blocked clients' waits, disk space, RocksDB's memtable bytes, pending
+//! compaction bytes, write stops and stall time, block cache hits and
+//! misses, the collections collected and transactions recovered, Raft messages and bytes sent per peer,
 //! snapshots sent and installed, the fsync, apply and commit histograms and
 //! the process metrics. Read at each scrape; the hot paths only bump the
 //! statics of `crate::metrics`.
@@ -47,6 +47,11 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
         "Times the replica saw its group's leader change (elections won by anyone)",
         &["group", "table", "shard"],
     );
+    let served = crate::metrics::counter_vec(
+        "shoal_group_served_requests_total",
+        "Requests from routers the replica answered (reads and writes; not those turned away or blocked clients' waits)",
+        &["group", "table", "shard"],
+    );
     let lag = crate::metrics::gauge_vec(
         "shoal_group_replication_lag_entries",
         "On a leader: entries of its log a follower or learner has not matched yet",
@@ -73,6 +78,9 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
         asleep
             .with_label_values(&labels)
             .set(r.sleep.is_asleep() as i64);
+        served
+            .with_label_values(&labels)
+            .inc_by(r.served.counts().requests);
         let c = r.counters();
         proposals
             .with_label_values(&labels)
@@ -106,6 +114,7 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
         Box::new(applied),
         Box::new(asleep),
         Box::new(proposals),
+        Box::new(served),
         Box::new(leader_changes),
         Box::new(lag),
         gauge(
