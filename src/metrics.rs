@@ -1,5 +1,7 @@
 //! The Prometheus endpoint of a router or node (`--metrics-listen`): `GET
-//! /metrics` answers the text exposition format; anything else is 404.
+//! /metrics` answers the text exposition format; a process may serve more
+//! pages there ([`Pages`]: a router's console, `crate::console`); anything
+//! else is 404.
 //!
 //! The registry is the `prometheus` crate's (TiKV maintains it); its process
 //! collector gives the standard `process_*` metrics (CPU, RSS, open files).
@@ -278,6 +280,21 @@ pub fn histogram_family(
     fam
 }
 
+/// A page served beside `/metrics`.
+pub struct Page {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub body: Bytes,
+}
+
+/// The pages a process serves beside `/metrics`: the answer for a GET of a
+/// path, `None` for a path it does not know (404).
+pub struct Pages {
+    /// The paths, for the 404 message.
+    pub paths: &'static str,
+    pub get: Arc<dyn Fn(String) -> futures::future::BoxFuture<'static, Option<Page>> + Send + Sync>,
+}
+
 /// Serve `GET /metrics` on `addr` with what `render` makes at each scrape,
 /// until the process ends. Binds before returning, so a bad address is
 /// an error at start.
@@ -285,22 +302,36 @@ pub async fn serve(
     addr: &str,
     render: Arc<dyn Fn() -> String + Send + Sync>,
 ) -> anyhow::Result<std::net::SocketAddr> {
+    serve_with(addr, render, None).await
+}
+
+/// [`serve`], and `pages` beside `/metrics`.
+pub async fn serve_with(
+    addr: &str,
+    render: Arc<dyn Fn() -> String + Send + Sync>,
+    pages: Option<Pages>,
+) -> anyhow::Result<std::net::SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
     let bound = listener.local_addr()?;
+    let pages = pages.map(Arc::new);
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             let render = render.clone();
+            let pages = pages.clone();
             tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let service = hyper::service::service_fn(
+                    move |req: Request<hyper::body::Incoming>| {
                         let render = render.clone();
-                        async move { Ok::<_, Infallible>(answer(&req, &*render)) }
-                    });
+                        let pages = pages.clone();
+                        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+                        async move { Ok::<_, Infallible>(answer(method, &path, &*render, pages).await) }
+                    },
+                );
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
                 // A client that stalls is dropped after a while.
@@ -311,28 +342,46 @@ pub async fn serve(
     Ok(bound)
 }
 
-fn answer(
-    req: &Request<hyper::body::Incoming>,
-    render: &dyn Fn() -> String,
-) -> Response<Full<Bytes>> {
-    let reply = |status, ctype: &str, body: String| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
-        *r.status_mut() = status;
-        if let Ok(v) = ctype.parse() {
-            r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-        }
-        r
-    };
-    match (req.method(), req.uri().path()) {
-        (&hyper::Method::GET, "/metrics") => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            render(),
-        ),
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            "not found: the metrics are at GET /metrics\n".into(),
-        ),
+fn reply(status: StatusCode, ctype: &str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    if let Ok(v) = ctype.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
     }
+    // What is served here changes from one request to the next.
+    r.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+async fn answer(
+    method: hyper::Method,
+    path: &str,
+    render: &(dyn Fn() -> String + Send + Sync),
+    pages: Option<Arc<Pages>>,
+) -> Response<Full<Bytes>> {
+    if method == hyper::Method::GET {
+        if path == "/metrics" {
+            return reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                Bytes::from(render()),
+            );
+        }
+        if let Some(pages) = &pages {
+            if let Some(p) = (pages.get)(path.to_string()).await {
+                return reply(p.status, p.content_type, p.body);
+            }
+        }
+    }
+    let served = pages.as_ref().map_or("GET /metrics", |p| p.paths);
+    reply(
+        StatusCode::NOT_FOUND,
+        "text/plain; charset=utf-8",
+        Bytes::from(format!(
+            "not found: {method} {path}; this address serves {served}\n"
+        )),
+    )
 }

@@ -105,8 +105,16 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
     });
     if let Some(at) = shared.config.metrics_listen.clone() {
         let s = shared.clone();
-        let bound = crate::metrics::serve(&at, Arc::new(move || render_metrics(&s))).await?;
+        let console =
+            crate::console::Console::new(shared.clone(), listener.local_addr()?.to_string());
+        let bound = crate::metrics::serve_with(
+            &at,
+            Arc::new(move || render_metrics(&s)),
+            Some(console.pages()),
+        )
+        .await?;
         tracing::info!("metrics on http://{bound}/metrics");
+        tracing::info!("console on http://{bound}/");
     }
     tokio::select! {
         never = server::serve(listener, shared) => match never {},

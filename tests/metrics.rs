@@ -140,11 +140,17 @@ fn nodes_and_routers_serve_prometheus_metrics() {
             assert!(s.keys().any(|k| k.starts_with(name)), "{name} missing");
         }
         assert_eq!(total(s, "shoal_node_moves_in_progress"), 0.0);
+        let (free, size) = (
+            total(s, "shoal_node_disk_free_bytes"),
+            total(s, "shoal_node_disk_size_bytes"),
+        );
+        assert!(free > 0.0 && free <= size, "disk {free} of {size}");
     }
     let sum = |name: &str| scrapes.iter().map(|s| total(s, name)).sum::<f64>();
     // The leaders proposed the SETs (one client: one entry each) and timed
     // their commits; the replicas applied them.
     assert!(sum("shoal_group_proposals_total") >= 200.0);
+    assert!(sum("shoal_group_served_requests_total") >= 200.0);
     assert!(sum("shoal_raft_commit_duration_seconds_count") >= 200.0);
     assert!(sum("shoal_apply_duration_seconds_count") >= 200.0);
     // Leaders sent appends to both peers, with their bytes; followers

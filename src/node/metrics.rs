@@ -1,12 +1,12 @@
 //! What a node's `/metrics` shows (`crate::metrics` serves it): per group
 //! replica (labels `group`, `table`, `shard`: one series each per replica
 //! the node holds) whether it leads, its term, last log and applied index,
-//! proposals, leader changes, whether it hibernates, and on a leader each
-//! follower's lag; per node the replicas held, moves in progress (groups it
-//! leads whose membership has learners or is joint), blocked clients'
-//! waits, RocksDB's memtable bytes, pending compaction bytes, write stops
-//! and stall time, block cache hits and misses, the collections collected
-//! and transactions recovered, Raft messages and bytes sent per peer,
+//! proposals, requests served, leader changes, whether it hibernates, and
+//! on a leader each follower's lag; per node the replicas held, moves in
+//! progress (groups it leads whose membership has learners or is joint),
+//! blocked clients' waits, disk space, RocksDB's memtable bytes, pending
+//! compaction bytes, write stops and stall time, block cache hits and
+//! misses, the collections collected and transactions recovered, Raft messages and bytes sent per peer,
 //! snapshots sent and installed, the fsync, apply and commit histograms and
 //! the process metrics. Read at each scrape; the hot paths only bump the
 //! statics of `crate::metrics`.
@@ -22,8 +22,10 @@ fn gauge_vec(name: &str, help: &str) -> prometheus::IntGaugeVec {
     crate::metrics::gauge_vec(name, help, &["group", "table", "shard"])
 }
 
-/// The node's metrics now, in the text exposition format.
-pub fn render(host: &Host) -> String {
+/// The node's metrics now, in the text exposition format (`data_dir`: the
+/// file system whose space they report).
+pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
+    let (disk_free, disk_total) = disk_space(data_dir).unwrap_or_default();
     let leader = gauge_vec("shoal_group_leader", "1 when this replica leads its group");
     let term = gauge_vec("shoal_group_term", "The replica's Raft term");
     let last_log = gauge_vec(
@@ -43,6 +45,11 @@ pub fn render(host: &Host) -> String {
     let leader_changes = crate::metrics::counter_vec(
         "shoal_group_leader_changes_total",
         "Times the replica saw its group's leader change (elections won by anyone)",
+        &["group", "table", "shard"],
+    );
+    let served = crate::metrics::counter_vec(
+        "shoal_group_served_requests_total",
+        "Requests from routers the replica answered (reads and writes; not those turned away or blocked clients' waits)",
         &["group", "table", "shard"],
     );
     let lag = crate::metrics::gauge_vec(
@@ -71,6 +78,9 @@ pub fn render(host: &Host) -> String {
         asleep
             .with_label_values(&labels)
             .set(r.sleep.is_asleep() as i64);
+        served
+            .with_label_values(&labels)
+            .inc_by(r.served.counts().requests);
         let c = r.counters();
         proposals
             .with_label_values(&labels)
@@ -104,6 +114,7 @@ pub fn render(host: &Host) -> String {
         Box::new(applied),
         Box::new(asleep),
         Box::new(proposals),
+        Box::new(served),
         Box::new(leader_changes),
         Box::new(lag),
         gauge(
@@ -115,6 +126,16 @@ pub fn render(host: &Host) -> String {
             "shoal_node_replicas",
             "Group replicas this node holds",
             replicas.len() as u64,
+        ),
+        gauge(
+            "shoal_node_disk_free_bytes",
+            "Bytes free for the node (not root) on its data directory's file system",
+            disk_free,
+        ),
+        gauge(
+            "shoal_node_disk_size_bytes",
+            "Size of the node's data directory's file system",
+            disk_total,
         ),
         gauge(
             "shoal_node_blocked_waits",
@@ -174,4 +195,17 @@ pub fn render(host: &Host) -> String {
         Box::new(crate::metrics::SNAPSHOTS.clone()),
     ]);
     crate::metrics::text(&registry)
+}
+
+/// (available, total) bytes of the file system holding `path`.
+fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string and `s` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return None;
+    }
+    let unit = s.f_frsize as u64;
+    Some((s.f_bavail as u64 * unit, s.f_blocks as u64 * unit))
 }

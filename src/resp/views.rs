@@ -372,14 +372,16 @@ const SLOWLOG_MAX_STRING: usize = 128;
 
 /// One slow command.
 #[derive(Debug, Clone)]
-struct SlowEntry {
-    id: u64,
+pub struct SlowEntry {
+    pub id: u64,
     /// Unix seconds.
-    time: u64,
-    micros: u64,
-    argv: Vec<Bytes>,
-    peer: String,
-    name: String,
+    pub time: u64,
+    pub micros: u64,
+    /// As [`slowlog_argv`] keeps them.
+    pub argv: Vec<Bytes>,
+    /// The client's `addr:port` and name.
+    pub peer: String,
+    pub name: String,
 }
 
 /// SLOWLOG's entries and settings.
@@ -463,6 +465,14 @@ impl SlowLog {
         if let Ok(mut e) = self.entries.lock() {
             e.clear();
         }
+    }
+
+    /// The newest `count` entries, newest first (the console's list).
+    pub fn recent(&self, count: usize) -> Vec<SlowEntry> {
+        self.entries
+            .lock()
+            .map(|e| e.iter().take(count).cloned().collect())
+            .unwrap_or_default()
     }
 
     /// SLOWLOG GET: the newest `count` entries (all for `None`).

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
@@ -54,6 +54,8 @@ pub struct Replica {
     target: proposer::Target,
     /// Whether the group hibernates here (`hibernate`).
     pub sleep: Sleep,
+    /// Requests served and their time here (`served`).
+    pub served: super::served::Served,
 }
 
 impl Replica {
@@ -350,6 +352,7 @@ impl Host {
             proposer: Arc::default(),
             target,
             sleep: Sleep::default(),
+            served: Default::default(),
         });
         if let Ok(mut map) = self.replicas.write() {
             map.insert(gid, replica.clone());
@@ -388,7 +391,24 @@ impl Host {
         max_reply: usize,
     ) -> Result<OpReply, ShardError> {
         let replica = self.get(gid).ok_or(ShardError::UnknownGroup(gid))?;
-        self.serve_bounded(&replica, req, max_reply).await
+        // Blocked clients' waits are not counted: their time is waiting.
+        let counted = !matches!(
+            req,
+            ShardRequest::WaitFilled { .. }
+                | ShardRequest::WaitFilledFor { .. }
+                | ShardRequest::CancelWaits { .. }
+        );
+        let started = Instant::now();
+        let reply = self.serve_bounded(&replica, req, max_reply).await;
+        // What was turned away was not served here.
+        let turned_away = matches!(
+            reply,
+            Err(ShardError::NotLeader { .. } | ShardError::UnknownGroup(_))
+        );
+        if counted && !turned_away {
+            replica.served.record(started.elapsed());
+        }
+        reply
     }
 
     #[cfg(test)]
@@ -552,13 +572,26 @@ impl Host {
             .membership_config
             .membership()
             .clone();
+        // The peer map follows etcd's member records only: an AddLearner
+        // naming another address for a known node is refused, never
+        // followed (it would send the shard's data there). An unknown node
+        // is reached at the given address until its record arrives.
+        if let MembershipChange::AddLearner { id, addr } = &change {
+            match self.transport.peer_addr(*id) {
+                Some(known) if known != *addr => {
+                    return Err(ShardError::BadRequest(format!(
+                        "refusing to add node {id} at {addr} as a learner of group {gid}: etcd's member record has node {id} at {known}"
+                    )));
+                }
+                _ => {}
+            }
+        }
         let fut = async {
             match &change {
                 MembershipChange::AddLearner { id, addr } => {
                     if membership.get_node(id).is_some() {
                         return Ok(None);
                     }
-                    self.transport.set_peer(*id, addr.clone());
                     raft.add_learner(*id, BasicNode { addr: addr.clone() }, false)
                         .await
                         .map(Some)
