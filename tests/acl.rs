@@ -487,3 +487,46 @@ fn restricted_users_on_two_routers() {
         "-WRONGPASS invalid username-password pair or user is disabled.\\r\\n"
     );
 }
+
+/// `requirepass` is the `default` user's password until `default` is
+/// stored in etcd; from then on the stored user rules on every router.
+#[test]
+fn the_default_user_stored_in_etcd_rules_every_router() {
+    let dir = tempfile::tempdir().unwrap();
+    let cl = cluster(&dir.path().join("cluster"), 1, 1, 1);
+    let a = cl.router_addr();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "from-config\n").unwrap();
+    let (b, _router_b) = extra_router(
+        &cl,
+        &dir.path().join("router-b"),
+        "",
+        &["--requirepass-file", pw.to_str().unwrap()],
+    );
+    let noauth = "-NOAUTH Authentication required.\\r\\n";
+    let mut on_b = Conn::connect(&b);
+    assert_eq!(line(&mut on_b, "GET k"), noauth);
+    assert_eq!(line(&mut on_b, "AUTH from-config"), "+OK\\r\\n");
+    let mut on_a = Conn::connect(&a);
+    assert_eq!(line(&mut on_a, "GET k"), "$-1\\r\\n");
+
+    assert_eq!(
+        line(&mut on_a, "ACL SETUSER default resetpass >stored"),
+        "+OK\\r\\n"
+    );
+    for addr in [&a, &b] {
+        assert!(
+            wait_until(Duration::from_secs(5), || {
+                let mut c = Conn::connect(addr);
+                line(&mut c, "AUTH stored") == "+OK\\r\\n"
+            }),
+            "{addr} never took the stored default user"
+        );
+        let mut c = Conn::connect(addr);
+        assert_eq!(line(&mut c, "GET k"), noauth);
+        assert!(line(&mut c, "AUTH from-config").starts_with("-WRONGPASS"));
+    }
+    // Connections already logged in stay in.
+    assert_eq!(line(&mut on_a, "GET k"), "$-1\\r\\n");
+    assert_eq!(line(&mut on_b, "GET k"), "$-1\\r\\n");
+}
