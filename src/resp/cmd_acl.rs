@@ -73,6 +73,9 @@ const HELP: &[&str] = &[
     "    Returns whether the user can execute the given command without executing the command.",
     "GETUSER <username>",
     "    Get the user's details.",
+    "GENPASS [<bits>]",
+    "    Generate a secure 256-bit user password. The optional `bits` argument can",
+    "    be used to specify a different size.",
     "LIST",
     "    Show users details in config file format.",
     "LOG [<count> | RESET]",
@@ -84,7 +87,7 @@ const HELP: &[&str] = &[
     "WHOAMI",
     "    Return the current connection username.",
     "HELP",
-    "    Print this help.",
+    "    Prints this help.",
 ];
 
 impl Session {
@@ -184,7 +187,7 @@ impl Session {
         let arity = match sub.as_str() {
             "whoami" | "users" | "list" | "help" => 2,
             "getuser" => 3,
-            "cat" | "log" => -2,
+            "cat" | "log" | "genpass" => -2,
             "setuser" | "deluser" => -3,
             "dryrun" => -4,
             _ => return Reply::error(format!("ERR unknown subcommand '{given}'. Try ACL HELP.")),
@@ -211,6 +214,7 @@ impl Session {
                 users.get(&name).map_or(Reply::Nil, |u| u.getuser())
             }
             "cat" => acl_cat(&given, &rest),
+            "genpass" => acl_genpass(&given, &rest),
             "log" => self.acl_log(&given, &rest),
             "dryrun" => self.acl_dryrun(&users, &rest),
             "setuser" => self.acl_setuser(&rest).await,
@@ -372,6 +376,30 @@ fn subcommand_syntax(given: &str) -> Reply {
     Reply::error(format!(
         "ERR unknown subcommand or wrong number of arguments for '{given}'. Try ACL HELP."
     ))
+}
+
+/// `ACL GENPASS [bits]`: a random password of `bits` bits (256 by
+/// default), in hex, from the thread's CSPRNG.
+fn acl_genpass(given: &str, rest: &[Bytes]) -> Reply {
+    let bits = match rest {
+        [] => 256,
+        [b] => match super::args::parse_i64(b) {
+            Some(n) if (1..=4096).contains(&n) => n as usize,
+            None => return Reply::error("ERR value is not an integer or out of range"),
+            Some(_) => {
+                return Reply::error(
+                    "ERR ACL GENPASS argument must be the number of bits for the output password, a positive number up to 4096",
+                )
+            }
+        },
+        _ => return subcommand_syntax(given),
+    };
+    let chars = bits.div_ceil(4);
+    let mut bytes = vec![0u8; chars.div_ceil(2)];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
+    let mut hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    hex.truncate(chars);
+    Reply::bulk(hex)
 }
 
 /// `ACL CAT [category]`.

@@ -157,6 +157,7 @@ static ACL_SUBS: Subcommands = Subcommands {
     list: &[
         ("cat", SLOW),
         ("deluser", ADMIN_SUB),
+        ("genpass", SLOW),
         ("dryrun", ADMIN_SUB),
         ("getuser", ADMIN_SUB),
         ("help", SLOW),
