@@ -46,6 +46,17 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
     let meta = Meta::connect(&c.etcd, &c.cluster).await?;
     let view = routes::follow(&meta).await?;
     let users = crate::resp::cmd_acl::follow_users(&meta, c.requirepass.clone()).await?;
+    let default_open = users
+        .borrow()
+        .get("default")
+        .is_some_and(|u| u.is_enabled() && u.rec.nopass);
+    if default_open && c.requirepass.is_some() && !crate::config::is_loopback(&c.listen) {
+        // A stored `default` user rules over requirepass (docs/SECURITY.md).
+        tracing::warn!(
+            "the default user stored in etcd needs no password (ACL SETUSER default nopass): this router's requirepass is not used, and anyone who can reach {} can run what that user may",
+            c.listen
+        );
+    }
     let timeout = Duration::from_millis(c.request_timeout_ms);
     let client = ShardClient::new(
         view,

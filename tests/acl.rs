@@ -543,3 +543,35 @@ fn the_default_user_stored_in_etcd_rules_every_router() {
     assert_eq!(line(&mut on_a, "GET k"), "$-1\\r\\n");
     assert_eq!(line(&mut on_b, "GET k"), "$-1\\r\\n");
 }
+
+/// A router whose requirepass a stored `default` user without password
+/// overrides says so at start when it listens beyond loopback.
+#[test]
+fn an_open_stored_default_user_is_a_warning() {
+    use shoal::devcluster::{free_port, Proc};
+    let dir = tempfile::tempdir().unwrap();
+    let cl = cluster(&dir.path().join("cluster"), 1, 1, 1);
+    let mut a = Conn::connect(&cl.router_addr());
+    assert_eq!(line(&mut a, "ACL SETUSER default on"), "+OK\\r\\n");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    let run = dir.path().join("router-c");
+    std::fs::create_dir_all(&run).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"));
+    cmd.arg("router")
+        .arg("--listen")
+        .arg(format!("0.0.0.0:{}", free_port()))
+        .arg("--etcd")
+        .arg(cl.etcd_url())
+        .arg("--requirepass-file")
+        .arg(&pw);
+    let _router = Proc::spawn("router", cmd, &run).expect("router starts");
+    let log = run.join("router.log");
+    assert!(
+        wait_until(Duration::from_secs(20), || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("the default user stored in etcd needs no password")),
+        "no warning: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
