@@ -366,7 +366,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Returns information and statistics about the server and the cluster."),
     row("keys", 2, READONLY | NO_MULTI | FAN_OUT, NONE, KEYSPACE | acl::DANGEROUS, G::Generic,
         awaits!(keys), "Returns all key names that match a pattern."),
-    row("latency", -2, ADMIN | LOADING | STALE, NONE, 0, G::Server, awaits!(latency),
+    row("latency", -2, ADMIN | LOADING | STALE | NO_MULTI, NONE, 0, G::Server, awaits!(latency),
         "A container for latency diagnostics commands.")
         .with_subs(&LATENCY_SUBS),
     row("lcs", -3, READONLY, KEY2, STRING, G::String, Data(k::lcs),
