@@ -236,7 +236,7 @@ fn banner(cluster: &LocalCluster, data_dir: &Path, shards: u32, replicas: u32) -
             format!("shoal status --etcd {etcd}"),
         ),
     };
-    let metrics = metrics_addresses(data_dir);
+    let metrics = cluster.metrics_addrs();
     let targets = data_dir.join("prometheus-targets.json");
     let listed = match std::fs::write(&targets, prometheus_targets(&metrics)) {
         Ok(()) => format!(
@@ -245,6 +245,12 @@ fn banner(cluster: &LocalCluster, data_dir: &Path, shards: u32, replicas: u32) -
         ),
         Err(e) => format!("(cannot write {}: {e})", targets.display()),
     };
+    let console = metrics
+        .iter()
+        .find(|(n, _)| n.starts_with("router"))
+        .map_or("(the router serves no metrics)".to_string(), |(_, a)| {
+            format!("http://{a}/   (live map, throughput, slow commands)")
+        });
     let metrics: Vec<String> = metrics.iter().map(|(n, a)| format!("{n}={a}")).collect();
     format!(
         "\n\
@@ -253,6 +259,7 @@ fn banner(cluster: &LocalCluster, data_dir: &Path, shards: u32, replicas: u32) -
          \x20 nodes   {}   (table `default`: {shards} shards x {replicas} replicas)\n\
          \x20 etcd    {etcd}   inspect: {inspect}\n\
          \x20 metrics {}   {listed}\n\
+         \x20 console {console}\n\
          \x20 data    {}   (kept across restarts; delete it to start empty)\n\
          \x20 logs    {}/<process>/<process>.log\n\
          Press Ctrl-C to stop everything.",
@@ -261,32 +268,6 @@ fn banner(cluster: &LocalCluster, data_dir: &Path, shards: u32, replicas: u32) -
         data_dir.display(),
         data_dir.display(),
     )
-}
-
-/// The metrics addresses the processes logged (`metrics on http://...`),
-/// by process name, from `<data_dir>/<process>/<process>.log`.
-fn metrics_addresses(data_dir: &Path) -> std::collections::BTreeMap<String, String> {
-    let mut out = std::collections::BTreeMap::new();
-    let Ok(dirs) = std::fs::read_dir(data_dir) else {
-        return out;
-    };
-    for d in dirs.flatten() {
-        let name = d.file_name().to_string_lossy().into_owned();
-        let log = d.path().join(format!("{name}.log"));
-        let Ok(text) = std::fs::read_to_string(&log) else {
-            continue;
-        };
-        // The last start's address (a restart appends to the log).
-        if let Some(addr) = text
-            .lines()
-            .filter_map(|l| l.split("metrics on http://").nth(1))
-            .filter_map(|rest| rest.split('/').next())
-            .next_back()
-        {
-            out.insert(name, addr.to_string());
-        }
-    }
-    out
 }
 
 /// Prometheus file-based service discovery (`file_sd_configs`) for
@@ -451,15 +432,9 @@ mod metrics_tests {
 
     #[test]
     fn addresses_come_from_the_last_start_in_each_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = dir.path().join("node-1");
-        std::fs::create_dir_all(&node).unwrap();
-        std::fs::write(
-            node.join("node-1.log"),
-            "x INFO metrics on http://127.0.0.1:1/metrics\n--- restart ---\nx INFO metrics on http://127.0.0.1:2/metrics\n",
-        )
-        .unwrap();
-        let found = metrics_addresses(dir.path());
-        assert_eq!(found.get("node-1").map(String::as_str), Some("127.0.0.1:2"));
+        let log = "x INFO metrics on http://127.0.0.1:1/metrics\n--- restart ---\nx INFO metrics on http://127.0.0.1:2/metrics\n";
+        let found = crate::devcluster::logged_metrics_addr(log);
+        assert_eq!(found.as_deref(), Some("127.0.0.1:2"));
+        assert_eq!(crate::devcluster::logged_metrics_addr("no metrics\n"), None);
     }
 }

@@ -13,6 +13,7 @@ pub mod certs;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod dev;
 pub mod devcluster;
 pub mod failpoint;

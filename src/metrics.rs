@@ -1,5 +1,7 @@
 //! The Prometheus endpoint of a router or node (`--metrics-listen`): `GET
-//! /metrics` answers the text exposition format; anything else is 404.
+//! /metrics` answers the text exposition format; a process may serve more
+//! pages there ([`Pages`]: a router's console, `crate::console`); anything
+//! else is 404.
 //!
 //! The registry is the `prometheus` crate's (TiKV maintains it); its process
 //! collector gives the standard `process_*` metrics (CPU, RSS, open files).
@@ -17,17 +19,157 @@ use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use prometheus::{Encoder, Histogram, HistogramOpts, Registry, TextEncoder};
 
-/// Seconds each WAL sync took (the engine's group commit).
-pub static FSYNC_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+/// A histogram of seconds, 50 µs doubling to about 1.6 s.
+fn seconds_histogram(name: &str, help: &str) -> Histogram {
     Histogram::with_opts(
-        HistogramOpts::new(
-            "shoal_fsync_duration_seconds",
-            "Time of each WAL sync of the node's group commit",
-        )
-        .buckets(prometheus::exponential_buckets(0.000_05, 2.0, 16).unwrap_or_default()),
+        HistogramOpts::new(name, help)
+            .buckets(prometheus::exponential_buckets(0.000_05, 2.0, 16).unwrap_or_default()),
     )
     .unwrap_or_else(|_| Histogram::with_opts(HistogramOpts::new("x", "x")).unwrap())
+}
+
+/// Seconds each WAL sync took (the engine's group commit).
+pub static FSYNC_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    seconds_histogram(
+        "shoal_fsync_duration_seconds",
+        "Time of each WAL sync of the node's group commit",
+    )
 });
+
+/// Seconds a replica's state machine took to apply one batch of entries.
+pub static APPLY_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    seconds_histogram(
+        "shoal_apply_duration_seconds",
+        "Time a replica's state machine took to apply one batch of log entries",
+    )
+});
+
+/// Seconds from proposing an entry on a leader to its applied result.
+pub static COMMIT_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    seconds_histogram(
+        "shoal_raft_commit_duration_seconds",
+        "Time from proposing an entry on the leader to its result: replication to a majority, fsync and apply",
+    )
+});
+
+/// Raft messages this node sent, by peer node and kind (append, vote,
+/// snapshot).
+pub static RAFT_SENT_MESSAGES: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "shoal_raft_sent_messages_total",
+        "Raft messages sent, by peer node and kind",
+        &["peer", "kind"],
+    )
+});
+
+/// Bytes of the Raft messages above.
+pub static RAFT_SENT_BYTES: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "shoal_raft_sent_bytes_total",
+        "Bytes of Raft messages sent (encoded payloads), by peer node and kind",
+        &["peer", "kind"],
+    )
+});
+
+/// Snapshots this node's leaders sent and its replicas installed.
+pub static SNAPSHOTS: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "shoal_snapshots_total",
+        "Snapshots sent (complete transfers) and installed, by event",
+        &["event"],
+    )
+});
+
+/// The node's LATENCY events (`fsync`, `raft-commit`): every second in
+/// which one took at least a millisecond keeps its worst. Routers read
+/// them through the node status and show those above their own
+/// `latency-monitor-threshold` in LATENCY LATEST and HISTORY.
+pub static NODE_EVENTS: LazyLock<LatencyEvents> = LazyLock::new(LatencyEvents::default);
+
+/// Samples an event keeps (Redis's `LATENCY_TS_LEN`).
+pub const LATENCY_SAMPLES: usize = 160;
+
+/// One LATENCY event's samples: (unix seconds, ms), oldest first, one per
+/// second (the worst), and the worst ever.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EventLog {
+    pub samples: std::collections::VecDeque<(u64, u64)>,
+    pub max: u64,
+}
+
+impl EventLog {
+    /// Add `ms` at `at` (seconds): the worst of a second is kept, and the
+    /// newest [`LATENCY_SAMPLES`] seconds.
+    pub fn add(&mut self, at: u64, ms: u64) {
+        self.max = self.max.max(ms);
+        match self.samples.back_mut() {
+            Some((last, worst)) if *last == at => *worst = (*worst).max(ms),
+            _ => {
+                self.samples.push_back((at, ms));
+                if self.samples.len() > LATENCY_SAMPLES {
+                    self.samples.pop_front();
+                }
+            }
+        }
+    }
+}
+
+/// Named [`EventLog`]s.
+#[derive(Debug, Default)]
+pub struct LatencyEvents {
+    events: std::sync::Mutex<std::collections::BTreeMap<String, EventLog>>,
+}
+
+impl LatencyEvents {
+    /// Note `event` taking `ms` now.
+    pub fn sample(&self, event: &str, ms: u64) {
+        let now = unix_secs();
+        if let Ok(mut events) = self.events.lock() {
+            match events.get_mut(event) {
+                Some(log) => log.add(now, ms),
+                None => {
+                    let mut log = EventLog::default();
+                    log.add(now, ms);
+                    events.insert(event.to_string(), log);
+                }
+            }
+        }
+    }
+
+    /// A copy of every event.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, EventLog> {
+        self.events.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// Drop the events named in `which` (all when empty): how many were.
+    pub fn reset(&self, which: &[String]) -> usize {
+        let Ok(mut events) = self.events.lock() else {
+            return 0;
+        };
+        if which.is_empty() {
+            let n = events.len();
+            events.clear();
+            return n;
+        }
+        which.iter().filter(|w| events.remove(*w).is_some()).count()
+    }
+}
+
+/// Now, in Unix seconds.
+pub fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Note a node-side event of `d` (in LATENCY when at least 1 ms).
+pub fn node_event(event: &str, d: std::time::Duration) {
+    let ms = d.as_millis() as u64;
+    if ms >= 1 {
+        NODE_EVENTS.sample(event, ms);
+    }
+}
 
 /// One collector, ready to register.
 pub type Boxed = Box<dyn prometheus::core::Collector>;
@@ -138,6 +280,21 @@ pub fn histogram_family(
     fam
 }
 
+/// A page served beside `/metrics`.
+pub struct Page {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub body: Bytes,
+}
+
+/// The pages a process serves beside `/metrics`: the answer for a GET of a
+/// path, `None` for a path it does not know (404).
+pub struct Pages {
+    /// The paths, for the 404 message.
+    pub paths: &'static str,
+    pub get: Arc<dyn Fn(String) -> futures::future::BoxFuture<'static, Option<Page>> + Send + Sync>,
+}
+
 /// Serve `GET /metrics` on `addr` with what `render` makes at each scrape,
 /// until the process ends. Binds before returning, so a bad address is
 /// an error at start.
@@ -145,22 +302,36 @@ pub async fn serve(
     addr: &str,
     render: Arc<dyn Fn() -> String + Send + Sync>,
 ) -> anyhow::Result<std::net::SocketAddr> {
+    serve_with(addr, render, None).await
+}
+
+/// [`serve`], and `pages` beside `/metrics`.
+pub async fn serve_with(
+    addr: &str,
+    render: Arc<dyn Fn() -> String + Send + Sync>,
+    pages: Option<Pages>,
+) -> anyhow::Result<std::net::SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
     let bound = listener.local_addr()?;
+    let pages = pages.map(Arc::new);
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             let render = render.clone();
+            let pages = pages.clone();
             tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let service = hyper::service::service_fn(
+                    move |req: Request<hyper::body::Incoming>| {
                         let render = render.clone();
-                        async move { Ok::<_, Infallible>(answer(&req, &*render)) }
-                    });
+                        let pages = pages.clone();
+                        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+                        async move { Ok::<_, Infallible>(answer(method, &path, &*render, pages).await) }
+                    },
+                );
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
                 // A client that stalls is dropped after a while.
@@ -171,28 +342,46 @@ pub async fn serve(
     Ok(bound)
 }
 
-fn answer(
-    req: &Request<hyper::body::Incoming>,
-    render: &dyn Fn() -> String,
-) -> Response<Full<Bytes>> {
-    let reply = |status, ctype: &str, body: String| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
-        *r.status_mut() = status;
-        if let Ok(v) = ctype.parse() {
-            r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-        }
-        r
-    };
-    match (req.method(), req.uri().path()) {
-        (&hyper::Method::GET, "/metrics") => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            render(),
-        ),
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            "not found: the metrics are at GET /metrics\n".into(),
-        ),
+fn reply(status: StatusCode, ctype: &str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    if let Ok(v) = ctype.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
     }
+    // What is served here changes from one request to the next.
+    r.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+async fn answer(
+    method: hyper::Method,
+    path: &str,
+    render: &(dyn Fn() -> String + Send + Sync),
+    pages: Option<Arc<Pages>>,
+) -> Response<Full<Bytes>> {
+    if method == hyper::Method::GET {
+        if path == "/metrics" {
+            return reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                Bytes::from(render()),
+            );
+        }
+        if let Some(pages) = &pages {
+            if let Some(p) = (pages.get)(path.to_string()).await {
+                return reply(p.status, p.content_type, p.body);
+            }
+        }
+    }
+    let served = pages.as_ref().map_or("GET /metrics", |p| p.paths);
+    reply(
+        StatusCode::NOT_FOUND,
+        "text/plain; charset=utf-8",
+        Bytes::from(format!(
+            "not found: {method} {path}; this address serves {served}\n"
+        )),
+    )
 }

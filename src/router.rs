@@ -102,6 +102,18 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
     )
     .await?;
     let view = routes::follow(&meta).await?;
+    let users = crate::resp::cmd_acl::follow_users(&meta, c.requirepass.clone()).await?;
+    let default_open = users
+        .borrow()
+        .get("default")
+        .is_some_and(|u| u.is_enabled() && u.rec.nopass);
+    if default_open && c.requirepass.is_some() && !crate::config::is_loopback(&c.listen) {
+        // A stored `default` user rules over requirepass (docs/SECURITY.md).
+        tracing::warn!(
+            "the default user stored in etcd needs no password (ACL SETUSER default nopass): this router's requirepass is not used, and anyone who can reach {} can run what that user may",
+            c.listen
+        );
+    }
     let timeout = Duration::from_millis(c.request_timeout_ms);
     let client = ShardClient::new(
         view,
@@ -127,13 +139,15 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
         client.clone(),
         Duration::from_millis(c.table_stale_after_ms),
     ));
+    // The router's address: its plaintext listener's, else its TLS one's.
+    let router_addr = match (&listener, &tls_server) {
+        (Some(l), _) | (None, Some((l, _))) => l.local_addr()?,
+        (None, None) => anyhow::bail!("the router has no listener"),
+    };
     if c.rebalance {
         let me = format!(
             "{}/pid{}/{}",
-            match (&listener, &tls_server) {
-                (Some(l), _) | (None, Some((l, _))) => l.local_addr()?,
-                (None, None) => anyhow::bail!("the router has no listener"),
-            },
+            router_addr,
             std::process::id(),
             crate::clock::now_ms()
         );
@@ -165,11 +179,20 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
         txn_stats: Default::default(),
         scan_cursors: crate::resp::scan::ScanCursors::new(100_000),
         views: crate::resp::views::Views::new(crate::resp::cmd_views::command_names()),
+        users,
+        acl_log: Default::default(),
     });
     if let Some(at) = shared.config.metrics_listen.clone() {
         let s = shared.clone();
-        let bound = crate::metrics::serve(&at, Arc::new(move || render_metrics(&s))).await?;
+        let console = crate::console::Console::new(shared.clone(), router_addr.to_string());
+        let bound = crate::metrics::serve_with(
+            &at,
+            Arc::new(move || render_metrics(&s)),
+            Some(console.pages()),
+        )
+        .await?;
         tracing::info!("metrics on http://{bound}/metrics");
+        tracing::info!("console on http://{bound}/");
     }
     if let Some((l, acceptor)) = tls_server {
         tokio::spawn(server::serve_tls(l, acceptor, shared.clone()));
@@ -188,8 +211,11 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
 }
 
 /// What a router's `/metrics` shows: its connections and blocked clients,
-/// commands processed, transactions by outcome, the live nodes and tables
-/// it routes to, and the process metrics. Read at each scrape.
+/// commands processed (by name; by table, name and outcome) and their
+/// latency, error replies by kind, retries, writes of unknown outcome,
+/// transactions by path and outcome, the routing view's revision, the live
+/// nodes and tables it routes to, and the process metrics. Read at each
+/// scrape.
 fn render_metrics(shared: &Shared) -> String {
     use crate::metrics::{counter, counter_vec, gauge};
     use std::sync::atomic::Ordering::Relaxed;
@@ -200,17 +226,52 @@ fn render_metrics(shared: &Shared) -> String {
     );
     let txns = counter_vec(
         "shoal_txn_total",
-        "Transactions this router coordinated, by outcome",
-        &["outcome"],
+        "Transactions this router coordinated (MULTI/EXEC, multi-key writes), by path (one_phase: one shard, one Raft entry; two_phase: 2PC) and outcome",
+        &["path", "outcome"],
     );
     let t = &shared.txn_stats;
-    for (outcome, n) in [
-        ("committed", &t.committed),
-        ("aborted", &t.aborted),
-        ("conflict", &t.conflicts),
-        ("one_phase", &t.one_phase),
-    ] {
-        txns.with_label_values(&[outcome]).inc_by(n.load(Relaxed));
+    use crate::cluster::txn::{TXN_OUTCOMES, TXN_PATHS};
+    for (p, path) in TXN_PATHS.iter().enumerate() {
+        for (o, outcome) in TXN_OUTCOMES.iter().enumerate() {
+            txns.with_label_values(&[path, outcome])
+                .inc_by(t.by_path(p, o));
+        }
+    }
+    let errors = counter_vec(
+        "shoal_router_errors_total",
+        "Error replies sent to clients, by kind (the reply's first word: CLUSTERDOWN, TRYAGAIN, ERR, WRONGTYPE...)",
+        &["kind"],
+    );
+    for (kind, n) in shared.views.stats.errors() {
+        errors.with_label_values(&[&kind]).inc_by(n);
+    }
+    let retries = counter_vec(
+        "shoal_router_retries_total",
+        "Requests sent again: redirect (to the leader a node named, Redis's MOVED), backoff (after a pause: no leader known, node down, no quorum)",
+        &["reason"],
+    );
+    let cs = &shared.client.stats;
+    retries
+        .with_label_values(&["redirect"])
+        .inc_by(cs.redirects.load(Relaxed));
+    retries
+        .with_label_values(&["backoff"])
+        .inc_by(cs.backoffs.load(Relaxed));
+    let by_table = counter_vec(
+        "shoal_router_table_commands_total",
+        "Commands run, by table, name and outcome (ok, failed: answered an error)",
+        &["table", "command", "outcome"],
+    );
+    let view = shared.client.routes();
+    for (db, row, ok, failed) in shared.views.tables.totals() {
+        let table = view.by_index.get(&db).map_or("(dropped)", |t| t.as_str());
+        let name = shared.views.stats.names.get(row).copied().unwrap_or("?");
+        by_table.with_label_values(&[table, name, "ok"]).inc_by(ok);
+        if failed > 0 {
+            by_table
+                .with_label_values(&[table, name, "failed"])
+                .inc_by(failed);
+        }
     }
     // Per command, from the counters INFO commandstats reads.
     let by_name = |name: &str, help: &str| counter_vec(name, help, &["command"]);
@@ -241,9 +302,21 @@ fn render_metrics(shared: &Shared) -> String {
         "command",
         latency,
     );
-    let view = shared.client.routes();
     let registry = crate::metrics::registry(vec![
         Box::new(calls),
+        Box::new(by_table),
+        Box::new(errors),
+        Box::new(retries),
+        counter(
+            "shoal_router_outcome_unknown_total",
+            "Writes answered TRYAGAIN because they may or may not have been applied (no answer in time, leader lost mid-write)",
+            cs.outcome_unknown.load(Relaxed),
+        ),
+        gauge(
+            "shoal_router_routes_revision",
+            "The etcd revision of the routing view (tables, members, live nodes) this router uses",
+            view.revision.max(0) as u64,
+        ),
         Box::new(failed),
         Box::new(rejected),
         gauge(

@@ -1,13 +1,21 @@
 //! `shoal status`: nodes (live or not), tables, and per shard its replicas,
 //! leader and how far each replica lags behind the leader's log.
+//!
+//! [`gather`] reads it all once (etcd's records, then every live node's
+//! status over gRPC, concurrently) into a [`ClusterStatus`]; [`report`]
+//! writes it as text for `shoal status`, and the router's console
+//! (`crate::console`) draws it as a map.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::time::Duration;
 
 use crate::cluster::client::{ClientConfig, ShardClient};
 use crate::cluster::routes;
-use crate::meta::etcd::{MemberState, Meta};
+use crate::meta::descriptor::{ShardDescriptor, TableDescriptor};
+use crate::meta::etcd::{ClusterRecord, MemberInfo, MemberState, Meta, Tombstone};
 use crate::meta::EtcdSecurity;
+use crate::shard::status::{GroupStatus, NodeStatus};
 use crate::tls::ClusterTls;
 
 pub async fn run(
@@ -58,14 +66,114 @@ pub async fn drain(
     }
 }
 
+/// What `shoal status` shows, read once.
+pub struct ClusterStatus {
+    pub members: BTreeMap<u64, MemberInfo>,
+    /// Members with a live lease in etcd.
+    pub live: std::collections::BTreeSet<u64>,
+    /// The status of each live node that answered.
+    pub statuses: HashMap<u64, NodeStatus>,
+    /// When the statuses were asked for (all at once), for rates over
+    /// the counters they carry; and that time in Unix milliseconds.
+    pub asked_at: std::time::Instant,
+    pub asked_ms: u64,
+    /// The cluster record (`None`: absent), or why it cannot be read.
+    pub record: Result<Option<ClusterRecord>, String>,
+    /// Readable tables, by db index.
+    pub tables: Vec<TableDescriptor>,
+    /// Table records that do not decode: name -> error.
+    pub unreadable: BTreeMap<String, String>,
+    /// Dropped groups awaiting cleanup, or why they cannot be read.
+    pub tombstones: Result<BTreeMap<u64, Tombstone>, String>,
+    /// One line per move in progress (`rebalance::describe_moves`).
+    pub moves: Vec<String>,
+}
+
+impl ClusterStatus {
+    /// Each node of `shard` (voters, then learners) with its replica's
+    /// status, `None` when the node did not answer or does not host it.
+    pub fn replicas(&self, shard: &ShardDescriptor) -> Vec<(u64, Option<&GroupStatus>)> {
+        shard
+            .all_nodes()
+            .into_iter()
+            .map(|n| {
+                let g = self
+                    .statuses
+                    .get(&n)
+                    .and_then(|st| st.groups.iter().find(|g| g.group_id == shard.group_id));
+                (n, g)
+            })
+            .collect()
+    }
+
+    /// The node whose replica of `shard` says it leads.
+    pub fn leader(&self, shard: &ShardDescriptor) -> Option<u64> {
+        self.replicas(shard)
+            .into_iter()
+            .find(|(_, g)| g.is_some_and(|g| g.role == "leader"))
+            .map(|(n, _)| n)
+    }
+
+    /// Replicas no readable etcd record names (kept, never deleted), by
+    /// node and group.
+    pub fn orphans(&self) -> Vec<(u64, &GroupStatus)> {
+        let mut out: Vec<(u64, &GroupStatus)> = self
+            .statuses
+            .iter()
+            .flat_map(|(n, st)| {
+                st.groups
+                    .iter()
+                    .filter(|g| g.orphaned.is_some())
+                    .map(move |g| (*n, g))
+            })
+            .collect();
+        out.sort_by_key(|(n, g)| (*n, g.group_id));
+        out
+    }
+}
+
+/// Read the cluster's records from etcd and ask every live node for its
+/// status through `client` (all at once, each within the client's status
+/// timeout).
+pub async fn gather(meta: &Meta, client: &ShardClient) -> anyhow::Result<ClusterStatus> {
+    let members = meta.members().await?;
+    let live: std::collections::BTreeSet<u64> = meta.live_nodes().await?.into_keys().collect();
+    let (asked_at, asked_ms) = (std::time::Instant::now(), crate::clock::now_ms());
+    let asks = members
+        .keys()
+        .filter(|id| live.contains(id))
+        .map(|id| async move { (*id, client.node_status(*id, vec![]).await) });
+    let statuses = futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .filter_map(|(id, s)| Some((id, s.ok()?)))
+        .collect();
+    let record = meta.cluster_record().await.map_err(|e| e.to_string());
+    let (mut tables, unreadable) = meta.tables_checked().await?;
+    tables.sort_by_key(|(t, _)| t.db_index);
+    let tables: Vec<TableDescriptor> = tables.into_iter().map(|(t, _)| t).collect();
+    let tombstones = meta.tombstones().await.map_err(|e| e.to_string());
+    let moves = crate::cluster::rebalance::describe_moves(client, &tables).await;
+    Ok(ClusterStatus {
+        members,
+        live,
+        statuses,
+        asked_at,
+        asked_ms,
+        record,
+        tables,
+        unreadable,
+        tombstones,
+        moves,
+    })
+}
+
 pub async fn report(meta: &Meta) -> anyhow::Result<String> {
     report_with(meta, None).await
 }
 
 /// [`report`], dialling the nodes over cluster TLS when `tls` is given.
 pub async fn report_with(meta: &Meta, tls: Option<ClusterTls>) -> anyhow::Result<String> {
-    let members = meta.members().await?;
-    let live = meta.live_nodes().await?;
     let view = routes::follow(meta).await?;
     let client = ShardClient::new(
         view,
@@ -76,25 +184,19 @@ pub async fn report_with(meta: &Meta, tls: Option<ClusterTls>) -> anyhow::Result
             ..ClientConfig::default()
         },
     );
+    let st = gather(meta, &client).await?;
     let mut out = String::new();
     writeln!(out, "nodes:")?;
-    let mut statuses = std::collections::HashMap::new();
-    for (id, m) in &members {
-        let is_live = live.contains_key(id);
+    for (id, m) in &st.members {
         writeln!(
             out,
             "  node {id}  {}  {}  {}",
             m.rpc_addr,
-            if is_live { "live" } else { "down" },
+            if st.live.contains(id) { "live" } else { "down" },
             m.state.as_str()
         )?;
-        if is_live {
-            if let Ok(s) = client.node_status(*id, vec![]).await {
-                statuses.insert(*id, s);
-            }
-        }
     }
-    match meta.cluster_record().await {
+    match &st.record {
         Ok(Some(r)) => writeln!(out, "cluster: {} (id {})", r.name, r.id)?,
         Ok(None) => writeln!(
             out,
@@ -103,34 +205,35 @@ pub async fn report_with(meta: &Meta, tls: Option<ClusterTls>) -> anyhow::Result
         )?,
         Err(e) => writeln!(out, "cluster: RECORD UNREADABLE at {}: {e}", meta.key("cluster"))?,
     }
-    let (mut tables, unreadable) = meta.tables_checked().await?;
-    tables.sort_by_key(|(t, _)| t.db_index);
-    if !unreadable.is_empty() {
+    if !st.unreadable.is_empty() {
         writeln!(
             out,
             "unreadable table records (no replica of these is created or deleted until fixed):"
         )?;
-        for (name, e) in &unreadable {
+        for (name, e) in &st.unreadable {
             writeln!(out, "  {}: ERROR {e}", meta.key(&format!("tables/{name}")))?;
         }
     }
-    let mut orphans = Vec::new();
-    for (node, st) in &statuses {
-        for g in &st.groups {
-            if let Some(why) = &g.orphaned {
-                orphans.push(format!(
-                    "  node {node} group {} (table '{}', shard {}) {}: orphaned (kept): {why}",
-                    g.group_id, g.table, g.shard, g.role
-                ));
-            }
-        }
-    }
+    let mut orphans: Vec<String> = st
+        .orphans()
+        .into_iter()
+        .map(|(node, g)| {
+            format!(
+                "  node {node} group {} (table '{}', shard {}) {}: orphaned (kept): {}",
+                g.group_id,
+                g.table,
+                g.shard,
+                g.role,
+                g.orphaned.as_deref().unwrap_or_default()
+            )
+        })
+        .collect();
     orphans.sort();
     writeln!(out, "orphaned replicas: {}", orphans.len())?;
     for o in orphans {
         writeln!(out, "{o}")?;
     }
-    match meta.tombstones().await {
+    match &st.tombstones {
         Ok(ts) if !ts.is_empty() => {
             writeln!(out, "dropped groups awaiting cleanup: {}", ts.len())?;
             for t in ts.values() {
@@ -144,14 +247,12 @@ pub async fn report_with(meta: &Meta, tls: Option<ClusterTls>) -> anyhow::Result
         Ok(_) => {}
         Err(e) => writeln!(out, "tombstones: ERROR {e}")?,
     }
-    let descs: Vec<_> = tables.iter().map(|(t, _)| t.clone()).collect();
-    let moves = crate::cluster::rebalance::describe_moves(&client, &descs).await;
-    writeln!(out, "moves in progress: {}", moves.len())?;
-    for m in moves {
+    writeln!(out, "moves in progress: {}", st.moves.len())?;
+    for m in &st.moves {
         writeln!(out, "  {m}")?;
     }
     writeln!(out, "tables:")?;
-    for (t, _) in tables {
+    for t in &st.tables {
         writeln!(
             out,
             "  {} (db {}, {}, {} shards x {} replicas)",
@@ -162,23 +263,15 @@ pub async fn report_with(meta: &Meta, tls: Option<ClusterTls>) -> anyhow::Result
             t.replicas
         )?;
         for (i, s) in t.shards.iter().enumerate() {
-            let groups: Vec<_> = s
-                .all_nodes()
+            let groups = st.replicas(s);
+            let head = groups
                 .iter()
-                .filter_map(|n| {
-                    statuses
-                        .get(n)
-                        .and_then(|st| st.groups.iter().find(|g| g.group_id == s.group_id))
-                        .map(|g| (*n, g.clone()))
-                })
-                .collect();
-            let leader = groups.iter().find(|(_, g)| g.role == "leader");
-            let head = leader.map_or(0, |(_, g)| g.last_log_index);
-            let replicas: Vec<String> = s
-                .all_nodes()
+                .find_map(|(_, g)| g.filter(|g| g.role == "leader"))
+                .map_or(0, |g| g.last_log_index);
+            let replicas: Vec<String> = groups
                 .iter()
-                .map(|n| match groups.iter().find(|(id, _)| id == n) {
-                    Some((_, g)) => format!(
+                .map(|(n, g)| match g {
+                    Some(g) => format!(
                         "{n}:{}{}",
                         g.role,
                         if head > 0 {
@@ -196,7 +289,7 @@ pub async fn report_with(meta: &Meta, tls: Option<ClusterTls>) -> anyhow::Result
                 s.group_id,
                 s.slots[0],
                 s.slots[1],
-                leader.map_or("none".to_string(), |(n, _)| n.to_string()),
+                st.leader(s).map_or("none".to_string(), |n| n.to_string()),
                 replicas.join(", ")
             )?;
         }

@@ -32,11 +32,13 @@ const LAYERS: &[(&str, u8)] = &[
     ("node", 2),
     // RESP sessions and commands (router).
     ("resp", 3),
-    // Entry points.
-    ("router", 4),
+    // Entry points; the router serves the console, which draws what
+    // `status` gathers.
     ("status", 4),
     ("devcluster", 4),
     ("dev", 5),
+    ("console", 5),
+    ("router", 6),
 ];
 
 type Module = Vec<String>;

@@ -1,7 +1,9 @@
 //! The real Prometheus server (Debian's `prometheus`, installed by
 //! scripts/setup) scrapes a 3-node cluster and its router every second
 //! while a client writes; its query API must then show the command rate the
-//! client sent (within 20 %), one leader per group, and the nodes' fsyncs.
+//! client sent (within 20 %), one leader per group, and the nodes' fsyncs;
+//! and every query of the Grafana dashboard (`conf/grafana/shoal.json`)
+//! must run and show a series.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -128,6 +130,47 @@ fn prometheus_sees_the_load_and_the_leaders() {
         p99.is_some_and(|s| s > 0.0 && s < 10.0),
         "fsync p99: {p99:?}"
     );
+
+    // The alerting rules and the configuration that loads them are valid.
+    let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+    for (what, file) in [
+        ("rules", "prometheus-alerts.yml"),
+        ("config", "prometheus.yml"),
+    ] {
+        let out = Command::new("promtool")
+            .args(["check", what])
+            .arg(conf.join(file))
+            .output()
+            .expect("promtool runs (scripts/setup installs prometheus)");
+        assert!(
+            out.status.success(),
+            "promtool check {what} {file}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Every query of the Grafana dashboard runs; each panel shows a series.
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/grafana/shoal.json"),
+    )
+    .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap_or("?");
+        let mut series = 0;
+        for t in panel["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            let (status, body) = http_get(&prom, &format!("/api/v1/query?query={}", encode(expr)));
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            assert!(
+                status == 200 && v["status"] == "success",
+                "panel {title:?}: {expr}: {body}"
+            );
+            series += v["data"]["result"].as_array().map_or(0, Vec::len);
+        }
+        assert!(series > 0, "panel {title:?} shows nothing");
+    }
     cl.shutdown();
 }
 

@@ -371,8 +371,42 @@ fn views() {
         }),
         "no latency event on the router"
     );
-    for line in ["LATENCY LATEST", "LATENCY HISTORY command"] {
-        assert_eq!(shape_of(&s.line(line)), shape_of(&r.line(line)), "{line}");
+    assert_eq!(
+        shape_of(&s.line("LATENCY HISTORY command")),
+        shape_of(&r.line("LATENCY HISTORY command"))
+    );
+    // LATEST: the `command` rows agree. The router may show the nodes'
+    // `fsync` and `raft-commit` events beside it, in the same row shape.
+    let latest = |c: &mut Conn| match parse(&c.line("LATENCY LATEST")).0 {
+        V::List(_, rows) => rows,
+        v => panic!("{v:?}"),
+    };
+    let named = |row: &V| match row {
+        V::List(_, fields) => match &fields[0] {
+            V::Text(t) => t.clone(),
+            v => panic!("{v:?}"),
+        },
+        v => panic!("{v:?}"),
+    };
+    let (ours, theirs) = (latest(&mut s), latest(&mut r));
+    let command = |rows: &[V]| {
+        shape(
+            rows.iter()
+                .find(|r| named(r) == "command")
+                .expect("a command row"),
+        )
+    };
+    assert_eq!(command(&ours), command(&theirs));
+    for row in &ours {
+        let name = named(row);
+        assert!(
+            ["command", "fsync", "raft-commit"].contains(&name.as_str()),
+            "{name}"
+        );
+        assert_eq!(
+            shape(row).replace(&format!("{name:?}"), "\"command\""),
+            command(&ours)
+        );
     }
     let doctor = |c: &mut Conn| match parse(&c.line("LATENCY DOCTOR")).0 {
         V::Text(t) => t,

@@ -17,6 +17,7 @@
 //! Nothing here bends a measurement: fsync stays on, replicas stay 3.
 
 mod load;
+mod metrics_cost;
 mod procs;
 mod redis_bench;
 mod report;
@@ -96,6 +97,13 @@ struct Args {
     /// Skip the throughput/latency workloads (run only the scale probes).
     #[arg(long)]
     no_load: bool,
+    /// Skip the metrics endpoint cost probe (issue 20).
+    #[arg(long)]
+    no_metrics_cost: bool,
+    /// Rounds of the metrics cost probe, each one run not scraped and one
+    /// scraped per workload (default 3; quick 1).
+    #[arg(long)]
+    metrics_cost_rounds: Option<usize>,
     /// Accepted for `cargo bench` compatibility.
     #[arg(long, hide = true)]
     bench: bool,
@@ -206,6 +214,20 @@ fn main() -> Result<()> {
 
     if !args.no_load {
         run_load(&args, &bin, &dir, secs, keyspace, &mut rep)?;
+    }
+    if !args.no_metrics_cost {
+        eprintln!("\n== metrics endpoint cost ==");
+        rep.metrics_cost = Some(metrics_cost::run(&metrics_cost::Probe {
+            bin: &bin,
+            dir: &dir.join("metrics"),
+            rounds: args
+                .metrics_cost_rounds
+                .unwrap_or(if args.quick { 1 } else { 3 }),
+            secs,
+            clients: args.clients,
+            value_size: args.value_size,
+            keyspace,
+        })?);
     }
     if !args.no_scale {
         eprintln!("\n== scale probe ==");
@@ -689,6 +711,20 @@ fn targets(rep: &Report) -> Vec<Target> {
             _ => None,
         },
     });
+    if let Some(m) = &rep.metrics_cost {
+        let worst = m.rows.iter().map(|r| r.cost_pct()).reduce(f64::max);
+        out.push(Target {
+            name: "metrics endpoints scraped every second: throughput lost (SET, GET)".into(),
+            wanted: "< 2 %".into(),
+            measured: m
+                .rows
+                .iter()
+                .map(|r| format!("{} {:.1} %", r.workload, r.cost_pct()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            met: worst.map(|w| w < 2.0),
+        });
+    }
     let big = rep.scale.iter().find(|s| s.replicas >= 1000);
     out.push(Target {
         name: "1,000 idle shard replicas on one node".into(),

@@ -118,6 +118,8 @@ pub struct Report {
     pub scale3: Vec<Scale3Row>,
     pub targets: Vec<Target>,
     pub notes: Vec<String>,
+    /// The metrics endpoints' cost (issue 20), when measured.
+    pub metrics_cost: Option<crate::metrics_cost::MetricsCost>,
 }
 
 /// A workload as measured by one client: the unit the ratios compare in.
@@ -397,6 +399,45 @@ impl Report {
         }
     }
 
+    fn metrics_cost_table(&self) -> Option<Table> {
+        let m = self.metrics_cost.as_ref()?;
+        let list = |v: &[f64]| v.iter().map(|x| fmt_ops(*x)).collect::<Vec<_>>().join(", ");
+        let head = ["workload", "ops/s not scraped", "ops/s scraped 1/s", "cost"];
+        let rows = m
+            .rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.workload.clone(),
+                    list(&r.off),
+                    list(&r.on),
+                    format!("{:.1} %", r.cost_pct()),
+                ]
+            })
+            .collect();
+        Some(Table {
+            head: head.iter().map(|s| s.to_string()).collect(),
+            rows,
+            left: 1,
+        })
+    }
+
+    fn metrics_cost_line(&self) -> Option<String> {
+        let m = self.metrics_cost.as_ref()?;
+        Some(format!(
+            "redis-benchmark -c {} against a cluster whose {} processes serve /metrics, rounds alternating; one scrape of all {} endpoints costs {:.2} ms of CPU ({} bytes): at one a second, {:.2} % of one core.",
+            self.settings
+                .iter()
+                .find(|(k, _)| k.starts_with("clients"))
+                .map_or("50", |(_, v)| v.as_str()),
+            m.endpoints,
+            m.endpoints,
+            m.cpu_ms_per_scrape,
+            m.bytes_per_scrape,
+            m.cpu_ms_per_scrape / 10.0,
+        ))
+    }
+
     fn targets_table(&self) -> Table {
         let head = ["target", "wanted", "measured", "status"];
         let rows = self
@@ -438,6 +479,10 @@ impl Report {
                 "\n== scale probe: three nodes, idle 3-replica groups =="
             );
             out += &self.scale3_table().text();
+        }
+        if let (Some(t), Some(line)) = (self.metrics_cost_table(), self.metrics_cost_line()) {
+            let _ = writeln!(out, "\n== metrics endpoint cost ==\n{line}");
+            out += &t.text();
         }
         let _ = writeln!(out, "\n== targets ==");
         out += &self.targets_table().text();
@@ -482,6 +527,10 @@ impl Report {
                 "\n## Scale probe: three nodes, idle 3-replica groups\n"
             );
             out += &self.scale3_table().markdown();
+        }
+        if let (Some(t), Some(line)) = (self.metrics_cost_table(), self.metrics_cost_line()) {
+            let _ = writeln!(out, "\n## Metrics endpoint cost\n\n{line}\n");
+            out += &t.markdown();
         }
         let _ = writeln!(out, "\n## Targets\n");
         out += &self.targets_table().markdown();

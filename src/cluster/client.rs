@@ -79,6 +79,20 @@ pub struct ShardClient {
     next: std::sync::atomic::AtomicUsize,
     /// One request stream per node (the data path).
     streams: Streams,
+    /// What the router's metrics count of the retries and failures here.
+    pub stats: ClientStats,
+}
+
+/// Counts of the router's retries (a request sent again to another node)
+/// and of writes whose outcome it could not learn.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    /// Sent again to the leader a node named (a MOVED-style redirect).
+    pub redirects: std::sync::atomic::AtomicU64,
+    /// Sent again after a pause: no leader known, a node down or no quorum.
+    pub backoffs: std::sync::atomic::AtomicU64,
+    /// Writes answered TRYAGAIN because they may or may not have applied.
+    pub outcome_unknown: std::sync::atomic::AtomicU64,
 }
 
 /// How a failed attempt should be handled.
@@ -99,6 +113,7 @@ impl ShardClient {
             config,
             next: std::sync::atomic::AtomicUsize::new(0),
             streams: Streams::new(Service::Shard),
+            stats: ClientStats::default(),
         })
     }
 
@@ -291,8 +306,12 @@ impl ShardClient {
                     if !eventual {
                         self.set_leader(gid, leader);
                     }
+                    let bump = |n: &std::sync::atomic::AtomicU64| {
+                        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    };
                     if let Some(l) = leader {
                         if l != target {
+                            bump(&self.stats.redirects);
                             hint = Some(l);
                             continue;
                         }
@@ -301,6 +320,7 @@ impl ShardClient {
                     if remaining.is_zero() {
                         return Err(no_quorum());
                     }
+                    bump(&self.stats.backoffs);
                     tokio::time::sleep(backoff.min(remaining)).await;
                     backoff = (backoff * 2).min(Duration::from_millis(300));
                 }
@@ -336,7 +356,7 @@ impl ShardClient {
                 return Err(if eventual || resend_safe {
                     Attempt::Retry { leader: None }
                 } else {
-                    Attempt::Fail(timed_out(gid, resend_safe))
+                    Attempt::Fail(self.timed_out(gid, resend_safe))
                 });
             }
             Err(CallError::NeverSent(why) | CallError::Refused(why)) => {
@@ -374,14 +394,34 @@ impl ShardClient {
                 if self.cached_leader(gid) == Some(node) {
                     self.set_leader(gid, None);
                 }
-                Err(Attempt::Fail(timed_out(gid, resend_safe)))
+                Err(Attempt::Fail(self.timed_out(gid, resend_safe)))
             }
-            Err(ShardError::OutcomeUnknown(e)) => Err(Attempt::Fail(ClusterError::TryAgain(
-                format!("the write to shard {gid} may or may not have been applied: {e}"),
-            ))),
+            Err(ShardError::OutcomeUnknown(e)) => {
+                self.stats
+                    .outcome_unknown
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(Attempt::Fail(ClusterError::TryAgain(format!(
+                    "the write to shard {gid} may or may not have been applied: {e}"
+                ))))
+            }
             Err(ShardError::Storage(e)) => Err(Attempt::Fail(ClusterError::Internal(e))),
             Err(ShardError::BadRequest(e)) => Err(Attempt::Fail(ClusterError::Internal(e))),
             Err(ShardError::Corrupt(c)) => Err(Attempt::Fail(ClusterError::Corrupt(c))),
+        }
+    }
+
+    /// The error for a request that got no answer in time. A read simply
+    /// failed; a write may still commit later, so its outcome is unknown
+    /// (counted) and the message says so.
+    fn timed_out(&self, gid: u64, read: bool) -> ClusterError {
+        let (group, table) = (gid, String::new());
+        if read {
+            ClusterError::NoQuorum { group, table }
+        } else {
+            self.stats
+                .outcome_unknown
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ClusterError::WriteTimedOut { group, table }
         }
     }
 
@@ -436,17 +476,5 @@ impl ShardClient {
         .map_err(|s| ClusterError::Internal(format!("node {node}: {}", s.message())))?;
         serde_json::from_slice(&reply.into_inner().json)
             .map_err(|e| ClusterError::Internal(e.to_string()))
-    }
-}
-
-/// The error for a request that got no answer in time. A read simply
-/// failed; a write may still commit later, so its outcome is unknown and
-/// the message says so.
-fn timed_out(gid: u64, read: bool) -> ClusterError {
-    let (group, table) = (gid, String::new());
-    if read {
-        ClusterError::NoQuorum { group, table }
-    } else {
-        ClusterError::WriteTimedOut { group, table }
     }
 }

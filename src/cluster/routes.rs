@@ -29,6 +29,8 @@ pub struct RouteView {
     /// Table records that do not decode: name -> error. Such a table is not
     /// served (and is never mistaken for a missing one).
     pub unreadable: BTreeMap<String, String>,
+    /// The newest etcd revision this view reflects.
+    pub revision: i64,
 }
 
 impl RouteView {
@@ -41,7 +43,10 @@ impl RouteView {
     }
 
     fn build(tables: &PrefixState, members: &PrefixState, live: &PrefixState) -> RouteView {
-        let mut view = RouteView::default();
+        let mut view = RouteView {
+            revision: tables.revision.max(members.revision).max(live.revision),
+            ..RouteView::default()
+        };
         let (decoded, unreadable) = tables.decode_all::<TableDescriptor>();
         view.unreadable = unreadable;
         for (_, desc, rev) in decoded {

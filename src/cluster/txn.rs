@@ -56,14 +56,37 @@ pub enum Outcome {
     Conflict,
 }
 
-/// Counters for INFO.
+/// Counters for INFO and the metrics.
 #[derive(Default)]
 pub struct TxnStats {
     pub committed: AtomicU64,
     pub aborted: AtomicU64,
     pub conflicts: AtomicU64,
     pub one_phase: AtomicU64,
+    /// By path (one-phase, 2PC) and outcome (committed, conflict, failed).
+    by_path: [[AtomicU64; 3]; 2],
 }
+
+/// The paths a transaction takes, as the metrics name them.
+pub const TXN_PATHS: [&str; 2] = ["one_phase", "two_phase"];
+/// The outcomes, as the metrics name them.
+pub const TXN_OUTCOMES: [&str; 3] = ["committed", "conflict", "failed"];
+
+impl TxnStats {
+    fn note(&self, two_phase: bool, outcome: usize) {
+        self.by_path[two_phase as usize][outcome].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The count of transactions along `TXN_PATHS[path]` that ended in
+    /// `TXN_OUTCOMES[outcome]`.
+    pub fn by_path(&self, path: usize, outcome: usize) -> u64 {
+        self.by_path[path][outcome].load(Ordering::Relaxed)
+    }
+}
+
+const COMMITTED: usize = 0;
+const CONFLICT: usize = 1;
+const FAILED: usize = 2;
 
 fn entry(cmd: TxnCmd) -> ShardRequest {
     ShardRequest::Txn(TxnEntry {
@@ -87,18 +110,24 @@ pub async fn execute(
             ops: w.ops.iter().map(|(_, op)| op.clone()).collect(),
             watches: w.watches.clone(),
         };
-        let reply = client.execute(&w.table, w.shard, entry(cmd)).await?;
+        let reply = client.execute(&w.table, w.shard, entry(cmd)).await;
+        let reply = reply.inspect_err(|_| stats.note(false, FAILED))?;
         stats.one_phase.fetch_add(1, Ordering::Relaxed);
         return match reply {
             OpReply::Array(rs) => {
                 place(&mut replies, &w.ops, rs)?;
                 stats.committed.fetch_add(1, Ordering::Relaxed);
+                stats.note(false, COMMITTED);
                 Ok(Outcome::Committed(replies))
             }
             // Refused before proposing, or a corrupt record: nothing ran.
-            OpReply::Error(e) => Err(ClusterError::Refused(e)),
+            OpReply::Error(e) => {
+                stats.note(false, FAILED);
+                Err(ClusterError::Refused(e))
+            }
             _ => {
                 stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                stats.note(false, CONFLICT);
                 Ok(Outcome::Conflict)
             }
         };
@@ -198,12 +227,15 @@ pub async fn execute(
     if decided != TxnState::Committed {
         stats.aborted.fetch_add(1, Ordering::Relaxed);
         if let Some(e) = failure {
+            stats.note(true, FAILED);
             return Err(e);
         }
         stats.conflicts.fetch_add(1, Ordering::Relaxed);
+        stats.note(true, CONFLICT);
         return Ok(Outcome::Conflict);
     }
     stats.committed.fetch_add(1, Ordering::Relaxed);
+    stats.note(true, COMMITTED);
     for (w, r) in work.iter().zip(results) {
         match r {
             Ok(OpReply::Array(rs)) => place(&mut replies, &w.ops, rs)?,

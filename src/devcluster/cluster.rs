@@ -296,6 +296,16 @@ pub struct LocalCluster {
     _lock: DirLock,
 }
 
+/// The metrics address a process's log names last (`metrics on
+/// http://ADDR/metrics`): a restart appends to the log.
+pub fn logged_metrics_addr(log: &str) -> Option<String> {
+    log.lines()
+        .filter_map(|l| l.split("metrics on http://").nth(1))
+        .filter_map(|rest| rest.split('/').next())
+        .next_back()
+        .map(str::to_string)
+}
+
 impl LocalCluster {
     /// Start etcd (waiting until healthy), then the nodes and the router.
     /// Everything that can be checked is checked before any process starts:
@@ -553,6 +563,20 @@ impl LocalCluster {
     /// The base directory (absolute).
     pub fn base_dir(&self) -> &Path {
         &self.base_dir
+    }
+
+    /// The Prometheus endpoints (`--metrics-listen`) of the running nodes
+    /// and routers, by process name: the address each logged at its last
+    /// start (`metrics on http://...`; a restart appends to the log).
+    pub fn metrics_addrs(&self) -> std::collections::BTreeMap<String, String> {
+        self.nodes
+            .iter()
+            .chain(&self.routers)
+            .filter_map(|m| {
+                let text = std::fs::read_to_string(m.proc.log_path()).ok()?;
+                Some((m.proc.name().to_string(), logged_metrics_addr(&text)?))
+            })
+            .collect()
     }
 
     /// Number of nodes (ids 1..=n).

@@ -4,7 +4,8 @@
 //! Layout under `/shoal/<cluster>/` (DESIGN section 3):
 //! `members/<id>`, `live/<id>` (leased), `tables/<name>`, `ids/<counter>`,
 //! `tombstones/<group_id>`, `cluster` (the cluster record), `txns/<id>`
-//! (cross-shard transaction decisions). Every metadata change is a
+//! (cross-shard transaction decisions), `users/<name>` (ACL users, a JSON
+//! record each, see `resp::acl::UserRecord`). Every metadata change is a
 //! compare-and-swap transaction; readers follow watches and never poll etcd
 //! for a single-shard request.
 
@@ -867,5 +868,44 @@ impl Meta {
             .delete(self.key(&format!("txns/{txn_id}")), None)
             .await?;
         Ok(())
+    }
+
+    /// `users/<name>`: a user's record and its mod revision, if any.
+    pub async fn get_user(&self, name: &str) -> Result<Option<(Vec<u8>, i64)>, MetaError> {
+        let resp = self
+            .kv()
+            .get(self.key(&format!("users/{name}")), None)
+            .await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+    }
+
+    /// Write or delete (`None`) a user's record if it is still at
+    /// `mod_revision` (0: absent). The etcd revision of the change, or
+    /// `None` if the record moved.
+    pub async fn swap_user(
+        &self,
+        name: &str,
+        value: Option<Vec<u8>>,
+        mod_revision: i64,
+    ) -> Result<Option<i64>, MetaError> {
+        let key = self.key(&format!("users/{name}"));
+        let op = match value {
+            Some(v) => TxnOp::put(key.clone(), v, None),
+            None => TxnOp::delete(key.clone(), None),
+        };
+        let txn = Txn::new()
+            .when(vec![Compare::mod_revision(
+                key,
+                CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then(vec![op]);
+        let resp = self.kv().txn(txn).await?;
+        Ok(resp
+            .succeeded()
+            .then(|| resp.header().map_or(0, |h| h.revision())))
     }
 }

@@ -1,12 +1,19 @@
 //! What a node's `/metrics` shows (`crate::metrics` serves it): per group
 //! replica (labels `group`, `table`, `shard`: one series each per replica
-//! the node holds) whether it leads, its term, last log and applied index
-//! and whether it hibernates; per node the replicas held, blocked clients'
-//! waits, RocksDB's memtable bytes, pending compaction bytes and write
-//! stops, the collections collected and transactions recovered, the fsync
-//! histogram and the process metrics. Read at each scrape.
+//! the node holds) whether it leads, its term, last log and applied index,
+//! proposals, requests served, leader changes, whether it hibernates, and
+//! on a leader each follower's lag; per node the replicas held, moves in
+//! progress (groups it leads whose membership has learners or is joint),
+//! blocked clients' waits, disk space, RocksDB's memtable bytes, pending
+//! compaction bytes, write stops and stall time, block cache hits and
+//! misses, the collections collected and transactions recovered, Raft messages and bytes sent per peer,
+//! snapshots sent and installed, the fsync, apply and commit histograms and
+//! the process metrics. Read at each scrape; the hot paths only bump the
+//! statics of `crate::metrics`.
 
 use std::sync::atomic::Ordering;
+
+use rocksdb::statistics::Ticker;
 
 use crate::metrics::{counter, gauge};
 use crate::shard::host::Host;
@@ -15,8 +22,10 @@ fn gauge_vec(name: &str, help: &str) -> prometheus::IntGaugeVec {
     crate::metrics::gauge_vec(name, help, &["group", "table", "shard"])
 }
 
-/// The node's metrics now, in the text exposition format.
-pub fn render(host: &Host) -> String {
+/// The node's metrics now, in the text exposition format (`data_dir`: the
+/// file system whose space they report).
+pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
+    let (disk_free, disk_total) = disk_space(data_dir).unwrap_or_default();
     let leader = gauge_vec("shoal_group_leader", "1 when this replica leads its group");
     let term = gauge_vec("shoal_group_term", "The replica's Raft term");
     let last_log = gauge_vec(
@@ -28,8 +37,29 @@ pub fn render(host: &Host) -> String {
         "Last index the replica applied",
     );
     let asleep = gauge_vec("shoal_group_hibernating", "1 when the replica hibernates");
+    let proposals = crate::metrics::counter_vec(
+        "shoal_group_proposals_total",
+        "Entries the replica proposed as its group's leader",
+        &["group", "table", "shard"],
+    );
+    let leader_changes = crate::metrics::counter_vec(
+        "shoal_group_leader_changes_total",
+        "Times the replica saw its group's leader change (elections won by anyone)",
+        &["group", "table", "shard"],
+    );
+    let served = crate::metrics::counter_vec(
+        "shoal_group_served_requests_total",
+        "Requests from routers the replica answered (reads and writes; not those turned away or blocked clients' waits)",
+        &["group", "table", "shard"],
+    );
+    let lag = crate::metrics::gauge_vec(
+        "shoal_group_replication_lag_entries",
+        "On a leader: entries of its log a follower or learner has not matched yet",
+        &["group", "table", "shard", "peer"],
+    );
     let replicas = host.replicas();
     let mut waits = 0u64;
+    let mut moves = 0u64;
     for r in &replicas {
         let m = r.raft.metrics().borrow().clone();
         let gid = r.record.group_id.to_string();
@@ -48,6 +78,30 @@ pub fn render(host: &Host) -> String {
         asleep
             .with_label_values(&labels)
             .set(r.sleep.is_asleep() as i64);
+        served
+            .with_label_values(&labels)
+            .inc_by(r.served.counts().requests);
+        let c = r.counters();
+        proposals
+            .with_label_values(&labels)
+            .inc_by(c.proposals.load(Ordering::Relaxed));
+        leader_changes
+            .with_label_values(&labels)
+            .inc_by(c.leader_changes.load(Ordering::Relaxed));
+        if let Some(replication) = &m.replication {
+            let last = m.last_log_index.unwrap_or(0);
+            for (peer, matched) in replication.iter() {
+                let matched = matched.map_or(0, |l| l.index);
+                let peer = peer.to_string();
+                lag.with_label_values(&[labels[0], labels[1], labels[2], peer.as_str()])
+                    .set(last.saturating_sub(matched) as i64);
+            }
+            let membership = m.membership_config.membership();
+            if membership.learner_ids().next().is_some() || membership.get_joint_config().len() > 1
+            {
+                moves += 1;
+            }
+        }
         waits += r.sm.waiters().len() as u64;
     }
     let engine = &host.engine;
@@ -59,10 +113,29 @@ pub fn render(host: &Host) -> String {
         Box::new(last_log),
         Box::new(applied),
         Box::new(asleep),
+        Box::new(proposals),
+        Box::new(served),
+        Box::new(leader_changes),
+        Box::new(lag),
+        gauge(
+            "shoal_node_moves_in_progress",
+            "Groups this node leads whose membership has learners or is joint (a replica move half way)",
+            moves,
+        ),
         gauge(
             "shoal_node_replicas",
             "Group replicas this node holds",
             replicas.len() as u64,
+        ),
+        gauge(
+            "shoal_node_disk_free_bytes",
+            "Bytes free for the node (not root) on its data directory's file system",
+            disk_free,
+        ),
+        gauge(
+            "shoal_node_disk_size_bytes",
+            "Size of the node's data directory's file system",
+            disk_total,
         ),
         gauge(
             "shoal_node_blocked_waits",
@@ -84,6 +157,21 @@ pub fn render(host: &Host) -> String {
             "Bytes of live SST files",
             engine.property_total("rocksdb.live-sst-files-size"),
         ),
+        counter(
+            "shoal_rocksdb_stall_micros_total",
+            "Microseconds RocksDB delayed or stopped writes",
+            engine.ticker(Ticker::StallMicros),
+        ),
+        counter(
+            "shoal_rocksdb_block_cache_hit_total",
+            "Block cache hits (the hit rate is hits / (hits + misses))",
+            engine.ticker(Ticker::BlockCacheHit),
+        ),
+        counter(
+            "shoal_rocksdb_block_cache_miss_total",
+            "Block cache misses",
+            engine.ticker(Ticker::BlockCacheMiss),
+        ),
         gauge(
             "shoal_rocksdb_write_stopped",
             "1 while RocksDB stops writes (too many memtables or L0 files)",
@@ -100,6 +188,24 @@ pub fn render(host: &Host) -> String {
             recovered.load(Ordering::Relaxed),
         ),
         Box::new(crate::metrics::FSYNC_SECONDS.clone()),
+        Box::new(crate::metrics::APPLY_SECONDS.clone()),
+        Box::new(crate::metrics::COMMIT_SECONDS.clone()),
+        Box::new(crate::metrics::RAFT_SENT_MESSAGES.clone()),
+        Box::new(crate::metrics::RAFT_SENT_BYTES.clone()),
+        Box::new(crate::metrics::SNAPSHOTS.clone()),
     ]);
     crate::metrics::text(&registry)
+}
+
+/// (available, total) bytes of the file system holding `path`.
+fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string and `s` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return None;
+    }
+    let unit = s.f_frsize as u64;
+    Some((s.f_bavail as u64 * unit, s.f_blocks as u64 * unit))
 }

@@ -64,7 +64,9 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
     );
     if let Some(at) = &c.metrics_listen {
         let h = host.clone();
-        let bound = crate::metrics::serve(at, Arc::new(move || metrics::render(&h))).await?;
+        let data_dir = c.data_dir.clone();
+        let bound =
+            crate::metrics::serve(at, Arc::new(move || metrics::render(&h, &data_dir))).await?;
         tracing::info!("metrics on http://{bound}/metrics");
     }
     crate::shard::purger::spawn_expiry_purger(host.clone(), Duration::from_secs(1));

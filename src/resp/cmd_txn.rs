@@ -58,6 +58,7 @@ impl Session {
             table: self.table.clone(),
             db: self.db,
             failed: self.watch_refused,
+            acl_revision: self.users.borrow().revision,
             ..Default::default()
         });
         Reply::ok()
@@ -80,12 +81,31 @@ impl Session {
     /// says: a data command as its plan (compiled against the table current
     /// at this point of the queue), a table switch as a switch, a connection
     /// command to run at EXEC; `NO_MULTI` rows are refused.
-    pub(super) fn queue(&mut self, spec: &CommandSpec, args: &mut Args) -> Reply {
+    pub(super) fn queue(&mut self, spec: &'static CommandSpec, args: &mut Args) -> Reply {
+        let table = self.multi.as_ref().map(|m| m.table.clone());
         let reply = self.try_queue(spec, args);
         if reply.is_error() {
             self.queue_failed();
+        } else if let (Some(m), Some(table)) = (self.multi.as_mut(), table) {
+            m.sources.push((spec, args.all().to_vec(), table));
         }
         reply
+    }
+
+    /// EXEC after the users changed: every queued call the user may no
+    /// longer make becomes its NOPERM reply (in the ACL LOG), as in Redis.
+    fn recheck_queued(&mut self, m: &mut MultiState) {
+        if self.users.borrow().revision == m.acl_revision || !self.refresh_user() {
+            return;
+        }
+        for (i, (spec, args, table)) in m.sources.iter().enumerate() {
+            if let Some(d) = self.acl_denied(spec, args, table) {
+                self.log_denied(&d, true);
+                if let Some(q) = m.queued.get_mut(i) {
+                    *q = Queued::Error(d.exec_reply());
+                }
+            }
+        }
     }
 
     fn try_queue(&mut self, spec: &CommandSpec, args: &mut Args) -> Reply {
@@ -114,7 +134,10 @@ impl Session {
         let queued = match spec.handler {
             Handler::Local(f) => Queued::Local(f, args.clone()),
             Handler::Use(resolve) => match resolve(self, args) {
-                Ok((table, db)) => Queued::Use { table, db },
+                Ok((table, db)) => match self.table_switch_allowed(&table) {
+                    Ok(()) => Queued::Use { table, db },
+                    Err(r) => return r,
+                },
                 Err(r) => return r,
             },
             Handler::Data(compile) => {
@@ -246,7 +269,7 @@ impl Session {
     }
 
     pub(super) async fn exec(&mut self) -> Reply {
-        let Some(m) = self.multi.take() else {
+        let Some(mut m) = self.multi.take() else {
             return Reply::error("ERR EXEC without MULTI");
         };
         let watches = std::mem::take(&mut self.watches);
@@ -254,6 +277,7 @@ impl Session {
         if m.failed {
             return Reply::error("EXECABORT Transaction discarded because of previous errors.");
         }
+        self.recheck_queued(&mut m);
         // A table dropped or re-created since queueing: nothing runs.
         let view = self.shared.client.routes();
         for q in &m.queued {

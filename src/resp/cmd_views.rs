@@ -11,7 +11,7 @@ use super::monitor::repr;
 use super::reply::Reply;
 use super::session::Session;
 use super::spec::{flag, CommandSpec};
-use super::views::{help, Outcome};
+use super::views::{help, latency_doctor, latency_history, latency_latest, Outcome};
 
 /// The row of `spec` in the command table.
 pub fn row_of(spec: &'static CommandSpec) -> usize {
@@ -44,13 +44,16 @@ impl Session {
             _ => Outcome::Ok,
         };
         views.stats.record(self.id, row_of(spec), nanos, outcome);
+        views.tables.record(self.db, row_of(spec), outcome);
         if spec.has(flag::BLOCKING) {
             return;
         }
         let micros = nanos / 1000;
         if !spec.has(flag::SKIP_SLOWLOG) && views.slowlog.wants(micros) {
             let peer = self.shared.clients.addr(self.id);
-            views.slowlog.push(parts, micros, peer, self.name.clone());
+            views
+                .slowlog
+                .push(&redacted(spec, parts), micros, peer, self.name.clone());
         }
         let event = if spec.has(flag::FAST) {
             "fast-command"
@@ -114,7 +117,7 @@ impl Session {
 
     /// `LATENCY LATEST | HISTORY event | RESET [event ...] | HISTOGRAM
     /// [command ...] | DOCTOR | HELP`.
-    pub(super) fn latency(&mut self, args: &mut Args) -> Reply {
+    pub(super) async fn latency(&mut self, args: &mut Args) -> Reply {
         let given = args.next_string().unwrap_or_default();
         let sub = given.to_ascii_lowercase();
         let views = &self.shared.views;
@@ -123,15 +126,37 @@ impl Session {
             .iter()
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
+        // The nodes' events, asked of every live node, for the
+        // subcommands that show or reset events.
+        let events = if matches!(sub.as_str(), "latest" | "history" | "reset" | "doctor") {
+            let shared = &self.shared;
+            let view = shared.client.routes();
+            let asks = view
+                .live
+                .iter()
+                .map(|n| shared.client.node_status(*n, vec![u64::MAX]));
+            let nodes: Vec<_> = futures::future::join_all(asks)
+                .await
+                .into_iter()
+                .filter_map(Result::ok)
+                .map(|s| s.latency)
+                .collect();
+            views.latency.events(&nodes)
+        } else {
+            Default::default()
+        };
         match (sub.as_str(), rest.len()) {
-            ("latest", 0) => views.latency.latest(),
-            ("history", 1) => views.latency.history(&rest[0]),
-            ("reset", _) => Reply::Int(views.latency.reset(&rest)),
+            ("latest", 0) => latency_latest(&events),
+            ("history", 1) => latency_history(&events, &rest[0]),
+            ("reset", _) => Reply::Int(views.latency.reset(&rest, &events)),
             ("histogram", _) => {
                 let wanted: Vec<String> = rest.iter().map(|r| r.to_ascii_lowercase()).collect();
                 views.stats.histogram_reply(&wanted)
             }
-            ("doctor", 0) => Reply::Verbatim(views.latency.doctor()),
+            ("doctor", 0) => Reply::Verbatim(latency_doctor(
+                &events,
+                views.latency.threshold_ms.load(std::sync::atomic::Ordering::Relaxed),
+            )),
             ("help", 0) => help(
                 "LATENCY",
                 &[
@@ -166,12 +191,40 @@ impl Session {
     }
 }
 
+/// ACL SETUSER's arguments as SLOWLOG keeps them: all but the first two
+/// `(redacted)` (they may hold passwords), as Redis 7 does.
+fn redacted(spec: &CommandSpec, parts: &[Bytes]) -> Vec<Bytes> {
+    let setuser = spec.name == "acl"
+        && parts
+            .get(1)
+            .is_some_and(|s| s.eq_ignore_ascii_case(b"setuser"));
+    parts
+        .iter()
+        .enumerate()
+        .map(|(j, a)| {
+            if setuser && j >= 2 {
+                Bytes::from_static(b"(redacted)")
+            } else {
+                a.clone()
+            }
+        })
+        .collect()
+}
+
 /// The line of a request, or `None` for one monitors do not show.
 pub fn monitor_line(db: u32, peer: &str, parts: &[Bytes]) -> Option<Bytes> {
     let name = String::from_utf8_lossy(parts.first()?).to_ascii_lowercase();
     let spec = super::commands::lookup(&name)?;
     if spec.has(flag::ADMIN) {
         return None;
+    }
+    // Nor an admin subcommand (ACL SETUSER, which may carry passwords).
+    if spec.subs.is_some() {
+        let table = super::acl::AclCommands::get();
+        let id = table.id_of_call(super::commands::row_index(spec), parts);
+        if table.list[id].cats & super::spec::acl::ADMIN != 0 {
+            return None;
+        }
     }
     // AUTH: every argument; HELLO: the two after AUTH (as Redis 7 redacts).
     let hello_auth = (spec.name == "hello")
@@ -245,6 +298,15 @@ mod tests {
             "{hello:?}"
         );
         assert!(monitor_line(0, "p", &[Bytes::from("config"), Bytes::from("get")]).is_none());
+        // ACL SETUSER may carry passwords: never shown, redacted in SLOWLOG.
+        let setuser = [&b"ACL"[..], b"SETUSER", b"u", b">secret"].map(Bytes::from_static);
+        assert!(monitor_line(0, "p", &setuser).is_none());
+        let acl = super::super::commands::lookup("acl").unwrap();
+        let kept = redacted(acl, &setuser);
+        assert_eq!(&kept[..2], &setuser[..2]);
+        assert!(kept[2..].iter().all(|a| a == "(redacted)"));
+        let whoami = [&b"ACL"[..], b"WHOAMI"].map(Bytes::from_static);
+        assert!(monitor_line(0, "p", &whoami).is_some());
         assert!(monitor_line(0, "p", &[Bytes::from("nosuchcommand")]).is_none());
     }
 }

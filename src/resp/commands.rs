@@ -21,7 +21,7 @@ use super::errors::wrong_args;
 use super::reply::Reply;
 use super::session::Session;
 use super::spec::flag::*;
-use super::spec::{acl, CommandSpec, Group, Handler, KeySpec};
+use super::spec::{acl, CommandSpec, Group, Handler, KeySpec, Subcommands};
 
 /// No keys.
 const NONE: KeySpec = KeySpec::None;
@@ -125,6 +125,7 @@ const fn row(
         group,
         summary,
         handler,
+        subs: None,
     }
 }
 
@@ -143,10 +144,101 @@ const CONTROL: u32 = NOSCRIPT | LOADING | STALE | FAST;
 use Group as G;
 use Handler::{Data, Use};
 
+/// Redis's categories of the subcommands of container rows (from
+/// `COMMAND INFO` of redis-server 7.0; `tests/acl.rs` compares `ACL CAT`).
+const SLOW: u32 = acl::SLOW;
+const ADMIN_SUB: u32 = acl::ADMIN | acl::SLOW | acl::DANGEROUS;
+const CONN_SUB: u32 = acl::SLOW | acl::CONNECTION;
+const CONN_ADMIN_SUB: u32 = ADMIN_SUB | acl::CONNECTION;
+const OBJECT_SUB: u32 = acl::KEYSPACE | acl::READ | acl::SLOW;
+
+static ACL_SUBS: Subcommands = Subcommands {
+    parent: SLOW,
+    list: &[
+        ("cat", SLOW),
+        ("deluser", ADMIN_SUB),
+        ("genpass", SLOW),
+        ("dryrun", ADMIN_SUB),
+        ("getuser", ADMIN_SUB),
+        ("help", SLOW),
+        ("list", ADMIN_SUB),
+        ("log", ADMIN_SUB),
+        ("setuser", ADMIN_SUB),
+        ("users", ADMIN_SUB),
+        ("whoami", SLOW),
+    ],
+};
+static CLIENT_SUBS: Subcommands = Subcommands {
+    parent: SLOW,
+    list: &[
+        ("getname", CONN_SUB),
+        ("help", CONN_SUB),
+        ("id", CONN_SUB),
+        ("info", CONN_SUB),
+        ("kill", CONN_ADMIN_SUB),
+        ("list", CONN_ADMIN_SUB),
+        ("setinfo", CONN_SUB),
+        ("setname", CONN_SUB),
+        ("unblock", CONN_ADMIN_SUB),
+    ],
+};
+static COMMAND_SUBS: Subcommands = Subcommands {
+    parent: CONN_SUB,
+    list: &[
+        ("count", CONN_SUB),
+        ("docs", CONN_SUB),
+        ("getkeys", CONN_SUB),
+        ("help", CONN_SUB),
+        ("info", CONN_SUB),
+        ("list", CONN_SUB),
+    ],
+};
+static CONFIG_SUBS: Subcommands = Subcommands {
+    parent: SLOW,
+    list: &[
+        ("get", ADMIN_SUB),
+        ("help", SLOW),
+        ("resetstat", ADMIN_SUB),
+        ("set", ADMIN_SUB),
+    ],
+};
+static LATENCY_SUBS: Subcommands = Subcommands {
+    parent: SLOW,
+    list: &[
+        ("doctor", ADMIN_SUB),
+        ("help", SLOW),
+        ("histogram", ADMIN_SUB),
+        ("history", ADMIN_SUB),
+        ("latest", ADMIN_SUB),
+        ("reset", ADMIN_SUB),
+    ],
+};
+static OBJECT_SUBS: Subcommands = Subcommands {
+    parent: SLOW,
+    list: &[
+        ("encoding", OBJECT_SUB),
+        ("freq", OBJECT_SUB),
+        ("help", acl::KEYSPACE | acl::SLOW),
+        ("idletime", OBJECT_SUB),
+        ("refcount", OBJECT_SUB),
+    ],
+};
+static SLOWLOG_SUBS: Subcommands = Subcommands {
+    parent: SLOW,
+    list: &[
+        ("get", ADMIN_SUB),
+        ("help", SLOW),
+        ("len", ADMIN_SUB),
+        ("reset", ADMIN_SUB),
+    ],
+};
+
 /// Every command, sorted by name. (Kept as a table: rustfmt would give each
 /// row ten lines.)
 #[rustfmt::skip]
 pub static COMMANDS: &[CommandSpec] = &[
+    row("acl", -2, NOSCRIPT | LOADING | STALE | NO_MULTI, NONE, 0, G::Server, awaits!(acl),
+        "A container for Access List Control commands.").with_subs(&ACL_SUBS),
     row("append", 3, WRITE | DENYOOM | FAST, KEY, STRING, G::String, Data(c::append),
         "Appends a string to the value of a key. Creates the key if it doesn't exist."),
     row("auth", -2, CONTROL | NO_AUTH | NO_MULTI, NONE, CONN, G::Connection, local!(auth),
@@ -178,14 +270,17 @@ pub static COMMANDS: &[CommandSpec] = &[
     row("bzpopmin", -3, WRITE | FAST | BLOCKING, KEYS_TIMEOUT, ZSET, G::SortedSet, Data(cb::bzpopmin),
         "Removes and returns the member with the lowest score from one or more sorted sets. Blocks until a member is available otherwise. Deletes the sorted set if the last element was popped."),
     row("client", -2, ADMIN | NOSCRIPT | LOADING | STALE | NO_MULTI, NONE, CONN, G::Connection,
-        local!(client), "A container for client connection commands."),
+        local!(client), "A container for client connection commands.")
+        .with_subs(&CLIENT_SUBS),
     row("cluster.drain", 2, ADMIN | LOADING | STALE | NO_MULTI, NONE, 0, G::Shoal,
         awaits!(cluster_drain),
         "Moves every replica off a node, which is then removed (shoal)."),
     row("command", -1, LOADING | STALE | NO_MULTI, NONE, CONN, G::Server, Handler::Local(command),
-        "Returns detailed information about all commands."),
+        "Returns detailed information about all commands.")
+        .with_subs(&COMMAND_SUBS),
     row("config", -2, ADMIN | NOSCRIPT | LOADING | STALE | NO_MULTI, NONE, 0, G::Server,
-        local!(config), "A container for server configuration commands."),
+        local!(config), "A container for server configuration commands.")
+        .with_subs(&CONFIG_SUBS),
     row("copy", -3, WRITE | DENYOOM, KEY2, KEYSPACE, G::Generic, Data(k::copy),
         "Copies the value of a key to a new key."),
     row("dbsize", 1, READONLY | FAST | NO_MULTI | FAN_OUT, NONE, KEYSPACE, G::Server,
@@ -271,8 +366,9 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Returns information and statistics about the server and the cluster."),
     row("keys", 2, READONLY | NO_MULTI | FAN_OUT, NONE, KEYSPACE | acl::DANGEROUS, G::Generic,
         awaits!(keys), "Returns all key names that match a pattern."),
-    row("latency", -2, ADMIN | LOADING | STALE, NONE, 0, G::Server, local!(latency),
-        "A container for latency diagnostics commands."),
+    row("latency", -2, ADMIN | LOADING | STALE | NO_MULTI, NONE, 0, G::Server, awaits!(latency),
+        "A container for latency diagnostics commands.")
+        .with_subs(&LATENCY_SUBS),
     row("lcs", -3, READONLY, KEY2, STRING, G::String, Data(k::lcs),
         "Finds the longest common substring."),
     row("lindex", 3, READONLY, KEY, LIST, G::List, Data(cl::lindex),
@@ -312,7 +408,8 @@ pub static COMMANDS: &[CommandSpec] = &[
     row("multi", 1, CONTROL | MULTI_CONTROL, NONE, TXN, G::Transactions, local!(multi),
         "Starts a transaction."),
     row("object", -2, READONLY, OBJECT_KEY, KEYSPACE, G::Generic, Data(k::object),
-        "A container for object introspection commands."),
+        "A container for object introspection commands.")
+        .with_subs(&OBJECT_SUBS),
     row("persist", 2, WRITE | FAST, KEY, KEYSPACE, G::Generic, Data(c::persist),
         "Removes the expiration time of a key."),
     row("pexpire", -3, WRITE | FAST, KEY, KEYSPACE, G::Generic, Data(c::pexpire),
@@ -380,7 +477,8 @@ pub static COMMANDS: &[CommandSpec] = &[
     row("sismember", 3, READONLY | FAST, KEY, SET, G::Set, Data(cc::sismember),
         "Determines whether a member belongs to a set."),
     row("slowlog", -2, ADMIN | LOADING | STALE, NONE, 0, G::Server, local!(slowlog),
-        "A container for slow log commands."),
+        "A container for slow log commands.")
+        .with_subs(&SLOWLOG_SUBS),
     row("smembers", 2, READONLY, KEY, SET, G::Set, Data(cc::smembers),
         "Returns all members of a set."),
     row("smismember", -3, READONLY | FAST, KEY, SET, G::Set, Data(cc::smismember),
@@ -499,6 +597,13 @@ pub fn lookup(name: &str) -> Option<&'static CommandSpec> {
         .binary_search_by(|c| c.name.cmp(name))
         .ok()
         .map(|i| &COMMANDS[i])
+}
+
+/// The index of a row in [`COMMANDS`] (its id for ACL rules).
+pub fn row_index(spec: &CommandSpec) -> usize {
+    COMMANDS
+        .binary_search_by(|c| c.name.cmp(spec.name))
+        .expect("a row of the command table")
 }
 
 /// A command named by an argument (any case).
@@ -732,6 +837,7 @@ mod tests {
             group: Group::Generic,
             summary: "test row",
             handler: Handler::Local(command),
+            subs: None,
         };
         assert_eq!(
             spec.key_positions(&req("zunionstore d 2 a b WEIGHTS 1 2")),

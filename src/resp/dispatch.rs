@@ -1,6 +1,6 @@
 //! One request through the command table: look the command up, check its
-//! arity and the connection's authentication, queue it inside MULTI, or run
-//! its handler. Every decision here reads the command's row
+//! arity, the connection's authentication and its user's permissions (ACL),
+//! queue it inside MULTI, or run its handler. Every decision here reads the command's row
 //! ([`super::spec::CommandSpec`]); no command is named.
 
 use std::sync::atomic::Ordering;
@@ -28,7 +28,12 @@ impl Session {
             Ok(spec) => spec,
             Err(reply) => {
                 self.refused(&args, &reply);
-                return (reply, After::Continue);
+                let after = if std::mem::take(&mut self.closing) {
+                    After::Close
+                } else {
+                    After::Continue
+                };
+                return (reply, after);
             }
         };
         self.shared.clients.update_last_cmd(self.id, spec.name);
@@ -52,8 +57,11 @@ impl Session {
     }
 
     /// The row of a request the connection may run now: known, with the
-    /// right number of arguments, and authenticated unless `NO_AUTH`. An
-    /// unknown command or a wrong arity inside MULTI makes EXEC abort.
+    /// right number of arguments, authenticated unless `NO_AUTH`, and
+    /// allowed to the connection's user (commands, keys, table; a refusal
+    /// goes to the ACL LOG). An unknown command, a wrong arity or a refusal
+    /// inside MULTI makes EXEC abort. A connection whose user was deleted
+    /// is closed.
     pub(super) fn check(&mut self, args: &Args) -> Result<&'static CommandSpec, Reply> {
         let Some(spec) = lookup(args.name()) else {
             self.queue_failed();
@@ -65,6 +73,19 @@ impl Session {
         }
         if !self.authenticated && !spec.has(flag::NO_AUTH) {
             return Err(Reply::error("NOAUTH Authentication required."));
+        }
+        if !self.refresh_user() {
+            self.closing = true;
+            return Err(Reply::error(format!(
+                "ERR user '{}' was deleted; the connection closes",
+                self.user.name
+            )));
+        }
+        let table = self.multi.as_ref().map_or(&self.table, |m| &m.table);
+        if let Some(denied) = self.acl_denied(spec, args.all(), table) {
+            self.log_denied(&denied, self.multi.is_some());
+            self.queue_failed();
+            return Err(denied.reply());
         }
         Ok(spec)
     }
@@ -106,10 +127,13 @@ impl Session {
             Handler::Local(f) => f(self, args),
             Handler::Async(f) => f(self, args).await,
             Handler::Use(resolve) => match resolve(self, args) {
-                Ok((table, db)) => {
-                    self.use_table(&table, db);
-                    Reply::ok()
-                }
+                Ok((table, db)) => match self.table_switch_allowed(&table) {
+                    Ok(()) => {
+                        self.use_table(&table, db);
+                        Reply::ok()
+                    }
+                    Err(reply) => reply,
+                },
                 Err(reply) => reply,
             },
         }

@@ -10,12 +10,16 @@
 //! * [`compile`]: data commands parsed and planned into shard operations;
 //!   [`cmd_string`] runs the plans; [`scan`]: SCAN cursors.
 //! * [`cmd_txn`]: MULTI/EXEC/WATCH; [`cmd_table`]: TABLE.*.
+//! * [`acl`]: users and their rules (Redis ACLs, pure); [`cmd_acl`]: the
+//!   ACL command, AUTH's check, the router's copy of the users from etcd.
 //! * [`errors`]: lower layers' errors as RESP replies.
 //! * [`server`]: the TCP listener and connection loop.
 //! * [`views`]: Redis's own views (command stats, SLOWLOG, LATENCY);
 //!   [`monitor`]: MONITOR's feed.
 
+pub mod acl;
 pub mod args;
+pub mod cmd_acl;
 pub mod cmd_blocking;
 pub mod cmd_keyspace;
 pub mod cmd_store;

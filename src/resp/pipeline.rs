@@ -144,6 +144,13 @@ impl Session {
         if !spec.arity_ok(args.len()) {
             return None;
         }
+        // A call the user may not make runs alone (and is refused there,
+        // with its ACL LOG entry); so does any after a change of users.
+        if self.users.has_changed().unwrap_or(true)
+            || self.acl_denied(spec, args.all(), &self.table).is_some()
+        {
+            return None;
+        }
         let plan = self.compile(spec, compile, &mut args).ok()?;
         // A blocking command runs alone (it may wait).
         (plan.parts.len() == 1 && plan.block.is_none()).then_some((spec, plan))

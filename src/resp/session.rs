@@ -41,6 +41,10 @@ pub struct Shared {
     pub scan_cursors: super::scan::ScanCursors,
     /// Command stats, SLOWLOG, LATENCY and MONITOR.
     pub views: super::views::Views,
+    /// The users, as of the router's watch on etcd's `users/`.
+    pub users: watch::Receiver<Arc<super::acl::Users>>,
+    /// ACL LOG: refused commands and failed logins on this router.
+    pub acl_log: super::acl::AclLog,
 }
 
 /// The limits an operator may change with CONFIG SET while the router runs
@@ -121,6 +125,8 @@ pub struct ClientInfo {
     pub last_cmd: String,
     pub lib_name: String,
     pub lib_ver: String,
+    /// The user the client authenticated as (`default` until AUTH).
+    pub user: String,
     /// Signalled by CLIENT KILL; the connection loop closes on it.
     pub kill: Arc<tokio::sync::Notify>,
     /// A blocked command's state, for CLIENT UNBLOCK.
@@ -150,6 +156,7 @@ impl ClientRegistry {
                 id,
                 addr,
                 table: "default".into(),
+                user: "default".into(),
                 connected_at: Some(Instant::now()),
                 ..Default::default()
             },
@@ -235,6 +242,11 @@ impl ClientRegistry {
         });
     }
 
+    /// Note the user a client authenticated as.
+    pub(super) fn set_user(&self, id: u64, user: String) {
+        self.update(id, |c| c.user = user);
+    }
+
     fn update(&self, id: u64, f: impl FnOnce(&mut ClientInfo)) {
         if let Ok(mut map) = self.clients.lock() {
             if let Some(c) = map.get_mut(&id) {
@@ -246,8 +258,8 @@ impl ClientRegistry {
     fn line(c: &ClientInfo) -> String {
         let age = c.connected_at.map_or(0, |t| t.elapsed().as_secs());
         format!(
-            "id={} addr={} name={} age={} db={} table={} cmd={} lib-name={} lib-ver={}",
-            c.id, c.addr, c.name, age, c.db, c.table, c.last_cmd, c.lib_name, c.lib_ver
+            "id={} addr={} name={} age={} db={} table={} cmd={} user={} lib-name={} lib-ver={}",
+            c.id, c.addr, c.name, age, c.db, c.table, c.last_cmd, c.user, c.lib_name, c.lib_ver
         )
     }
 
@@ -257,6 +269,11 @@ impl ClientRegistry {
             Err(_) => return String::new(),
         };
         map.values().map(|c| Self::line(c) + "\n").collect()
+    }
+
+    /// CLIENT INFO's line without its newline (ACL LOG's `client-info`).
+    pub(super) fn info_line(&self, id: u64) -> String {
+        self.info(id).trim_end().to_string()
     }
 
     fn info(&self, id: u64) -> String {
@@ -294,6 +311,11 @@ pub struct Session {
     pub(super) db: u32,
     pub(super) readonly: bool,
     pub(super) authenticated: bool,
+    /// The user whose rules apply (`default` until AUTH), as of the last
+    /// look at `users`.
+    pub(super) user: Arc<super::acl::User>,
+    /// The router's users (a clone of [`Shared::users`]).
+    pub(super) users: watch::Receiver<Arc<super::acl::Users>>,
     pub(super) name: String,
     /// Inside MULTI: the queued transaction.
     pub(super) multi: Option<MultiState>,
@@ -320,6 +342,11 @@ pub struct MultiState {
     /// Table current at the end of the queue (TABLE.USE / SELECT inside).
     pub(super) table: String,
     pub(super) db: u32,
+    /// The users' revision when MULTI started: EXEC checks every queued
+    /// call again if the users changed since.
+    pub(super) acl_revision: i64,
+    /// Each queued call's row, request and table, for that check.
+    pub(super) sources: Vec<(&'static super::spec::CommandSpec, Vec<bytes::Bytes>, String)>,
 }
 
 #[derive(Debug)]
@@ -339,8 +366,14 @@ pub(super) enum Queued {
 
 impl Session {
     pub fn new(shared: Arc<Shared>, id: u64) -> Session {
-        let authenticated = shared.config.requirepass.is_none();
+        let mut users = shared.users.clone();
+        let user = default_user(&users.borrow_and_update());
+        // Redis: a connection starts as `default`, authenticated when that
+        // user is on and needs no password.
+        let authenticated = user.is_enabled() && user.rec.nopass;
         Session {
+            user,
+            users,
             shared,
             id,
             protocol: Protocol::Resp2,
@@ -387,8 +420,12 @@ impl Session {
         self.db = 0;
         self.readonly = false;
         self.name.clear();
-        self.authenticated = self.shared.config.requirepass.is_none();
+        self.refresh_user();
+        let user = default_user(&self.users.borrow());
+        self.authenticated = user.is_enabled() && user.rec.nopass;
+        self.user = user;
         self.shared.clients.update(self.id, |c| {
+            c.user = "default".into();
             c.name.clear();
             c.table = "default".into();
             c.db = 0;
@@ -434,13 +471,6 @@ impl Session {
         }
     }
 
-    fn check_password(&self, user: &str, pass: &[u8]) -> bool {
-        match &self.shared.config.requirepass {
-            None => false,
-            Some(p) => user == "default" && same_secret(p.as_bytes(), pass),
-        }
-    }
-
     pub(super) fn auth(&mut self, args: &mut Args) -> Reply {
         let (user, pass) = match args.remaining() {
             1 => ("default".to_string(), args.next_bytes()),
@@ -452,13 +482,14 @@ impl Session {
             _ => return Reply::error("ERR syntax error"),
         };
         let pass = pass.unwrap_or_default();
-        if self.shared.config.requirepass.is_none() {
+        let default_nopass = default_user(&self.users.borrow()).rec.nopass;
+        if args.len() == 2 && default_nopass {
             return Reply::error(
                 "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
             );
         }
-        if self.check_password(&user, &pass) {
-            self.authenticated = true;
+        let command = args.all()[0].clone();
+        if self.authenticate(&command, &user, &pass) {
             Reply::ok()
         } else {
             Reply::error("WRONGPASS invalid username-password pair or user is disabled.")
@@ -483,12 +514,12 @@ impl Session {
                 "AUTH" => {
                     let user = args.next_string().unwrap_or_default();
                     let pass = args.next_bytes().unwrap_or_default();
-                    if !self.check_password(&user, &pass) {
+                    let command = args.all()[0].clone();
+                    if !self.authenticate(&command, &user, &pass) {
                         return Reply::error(
                             "WRONGPASS invalid username-password pair or user is disabled.",
                         );
                     }
-                    self.authenticated = true;
                 }
                 "SETNAME" => match args.next_string() {
                     Ok(n) => self.set_name(n),
@@ -1057,6 +1088,15 @@ pub fn resident_bytes() -> u64 {
     pages * page.max(0) as u64
 }
 
+/// The `default` user (always present: built from `requirepass` when etcd
+/// has no record of it).
+fn default_user(users: &super::acl::Users) -> Arc<super::acl::User> {
+    users
+        .get("default")
+        .cloned()
+        .unwrap_or_else(|| Arc::new(super::acl::User::default_user(None)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1080,36 +1120,5 @@ mod tests {
         ] {
             assert_eq!(parse_memory(bad), None, "{bad:?}");
         }
-    }
-}
-
-/// Whether `guess` is `secret`, in a time that depends on the guess's
-/// length only: nothing about the secret (its bytes or its length) shows in
-/// how long a wrong guess takes.
-fn same_secret(secret: &[u8], guess: &[u8]) -> bool {
-    if secret.is_empty() {
-        return guess.is_empty();
-    }
-    let mut diff = (secret.len() ^ guess.len()) as u64;
-    for (i, g) in guess.iter().enumerate() {
-        diff |= u64::from(g ^ secret[i % secret.len()]);
-    }
-    std::hint::black_box(diff) == 0
-}
-
-#[cfg(test)]
-mod secret_tests {
-    use super::same_secret;
-
-    #[test]
-    fn only_the_secret_itself_matches() {
-        assert!(same_secret(b"s3cret", b"s3cret"));
-        assert!(!same_secret(b"s3cret", b"s3cre"));
-        assert!(!same_secret(b"s3cret", b"s3crets"));
-        // A guess that repeats the secret is not it.
-        assert!(!same_secret(b"ab", b"abab"));
-        assert!(!same_secret(b"s3cret", b"S3cret"));
-        assert!(!same_secret(b"s3cret", b""));
-        assert!(same_secret(b"", b""));
     }
 }

@@ -90,6 +90,11 @@ pub mod acl {
     pub const CONNECTION: u32 = 1 << 15;
     pub const TRANSACTION: u32 = 1 << 16;
     pub const SCRIPTING: u32 = 1 << 17;
+    /// Redis's categories of types shoal does not have: named by
+    /// `ACL CAT`, given to no command.
+    pub const HYPERLOGLOG: u32 = 1 << 18;
+    pub const GEO: u32 = 1 << 19;
+    pub const STREAM: u32 = 1 << 20;
 
     pub const NAMES: &[(u32, &str)] = &[
         (KEYSPACE, "keyspace"),
@@ -110,6 +115,9 @@ pub mod acl {
         (CONNECTION, "connection"),
         (TRANSACTION, "transaction"),
         (SCRIPTING, "scripting"),
+        (HYPERLOGLOG, "hyperloglog"),
+        (GEO, "geo"),
+        (STREAM, "stream"),
     ];
 }
 
@@ -196,6 +204,18 @@ impl std::fmt::Debug for Handler {
     }
 }
 
+/// The subcommands of a container row (CLIENT, CONFIG, ACL...), for ACL
+/// rules: each has its own permission and categories, as in Redis
+/// (`+client|id`, `config|set` is `@admin`).
+#[derive(Debug)]
+pub struct Subcommands {
+    /// ACL categories of the container itself (Redis's: `@slow`, and
+    /// `@connection` for COMMAND).
+    pub parent: u32,
+    /// Each subcommand (lowercase) and all its ACL categories.
+    pub list: &'static [(&'static str, u32)],
+}
+
 /// One row of the command table.
 #[derive(Debug, Clone, Copy)]
 pub struct CommandSpec {
@@ -212,9 +232,17 @@ pub struct CommandSpec {
     pub group: Group,
     pub summary: &'static str,
     pub handler: Handler,
+    /// A container's subcommands, for ACL rules.
+    pub subs: Option<&'static Subcommands>,
 }
 
 impl CommandSpec {
+    /// The row with these subcommands.
+    pub const fn with_subs(mut self, subs: &'static Subcommands) -> CommandSpec {
+        self.subs = Some(subs);
+        self
+    }
+
     /// Whether every bit of `flags` is set.
     pub fn has(&self, flags: u32) -> bool {
         self.flags & flags == flags

@@ -14,7 +14,10 @@
 //!   `slowlog-log-slower-than` µs (a lock, taken only for such commands).
 //! * [`LatencyMonitor`]: Redis's latency events `command` and
 //!   `fast-command` (a command at least `latency-monitor-threshold` ms,
-//!   0: off), 160 samples per event, one per second (the worst).
+//!   0: off), 160 samples per event, one per second (the worst); the
+//!   nodes' `fsync` and `raft-commit` events are merged in when LATENCY
+//!   asks (the worst per second over the live nodes, above the same
+//!   threshold).
 //!
 //! A command's time is the router's wall-clock time from the start of its
 //! execution to its reply: for a data command that is the shard round trip.
@@ -28,6 +31,7 @@ use std::sync::{Mutex, OnceLock};
 use bytes::Bytes;
 
 use super::reply::Reply;
+use crate::metrics::{EventLog, LatencyEvents};
 
 /// Stats shards; a connection writes shard `id % SHARDS`.
 pub const SHARDS: usize = 16;
@@ -170,7 +174,7 @@ pub enum Outcome {
 /// Per command counters, sharded (see the module docs).
 pub struct CommandStats {
     /// The command table's names, by row.
-    names: Box<[&'static str]>,
+    pub names: Box<[&'static str]>,
     shards: Box<[Shard]>,
 }
 
@@ -368,14 +372,16 @@ const SLOWLOG_MAX_STRING: usize = 128;
 
 /// One slow command.
 #[derive(Debug, Clone)]
-struct SlowEntry {
-    id: u64,
+pub struct SlowEntry {
+    pub id: u64,
     /// Unix seconds.
-    time: u64,
-    micros: u64,
-    argv: Vec<Bytes>,
-    peer: String,
-    name: String,
+    pub time: u64,
+    pub micros: u64,
+    /// As [`slowlog_argv`] keeps them.
+    pub argv: Vec<Bytes>,
+    /// The client's `addr:port` and name.
+    pub peer: String,
+    pub name: String,
 }
 
 /// SLOWLOG's entries and settings.
@@ -434,7 +440,7 @@ impl SlowLog {
     pub fn push(&self, parts: &[Bytes], micros: u64, peer: String, name: String) {
         let entry = SlowEntry {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            time: unix_secs(),
+            time: crate::metrics::unix_secs(),
             micros,
             argv: slowlog_argv(parts),
             peer,
@@ -461,6 +467,14 @@ impl SlowLog {
         }
     }
 
+    /// The newest `count` entries, newest first (the console's list).
+    pub fn recent(&self, count: usize) -> Vec<SlowEntry> {
+        self.entries
+            .lock()
+            .map(|e| e.iter().take(count).cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// SLOWLOG GET: the newest `count` entries (all for `None`).
     pub fn get(&self, count: Option<usize>) -> Reply {
         let Ok(e) = self.entries.lock() else {
@@ -485,23 +499,21 @@ impl SlowLog {
     }
 }
 
-/// Samples an event keeps (Redis's `LATENCY_TS_LEN`).
-const LATENCY_SAMPLES: usize = 160;
-
-#[derive(Debug, Default)]
-struct EventLog {
-    /// (unix seconds, ms), oldest first.
-    samples: VecDeque<(u64, u64)>,
-    max: u64,
-}
-
-/// LATENCY's events and the threshold that feeds them.
+/// LATENCY's events: the router's own (`command`, `fast-command`) and
+/// the nodes' (`fsync`, `raft-commit`, read from their status when asked),
+/// the threshold that admits them, and when each was last reset.
 #[derive(Debug, Default)]
 pub struct LatencyMonitor {
     /// ms; 0: off.
     pub threshold_ms: AtomicU64,
-    events: Mutex<BTreeMap<&'static str, EventLog>>,
+    own: LatencyEvents,
+    /// LATENCY RESET of node events: per event (or "" for all) the second
+    /// up to which their samples are hidden.
+    reset_at: Mutex<BTreeMap<String, u64>>,
 }
+
+/// The events as LATENCY shows them, by name.
+pub type Events = BTreeMap<String, EventLog>;
 
 impl LatencyMonitor {
     /// Note `event` taking `ms`, if at least the threshold (and it is on).
@@ -510,115 +522,186 @@ impl LatencyMonitor {
         if t == 0 || ms < t {
             return;
         }
-        let now = unix_secs();
-        let Ok(mut events) = self.events.lock() else {
-            return;
-        };
-        let log = events.entry(event).or_default();
-        log.max = log.max.max(ms);
-        match log.samples.back_mut() {
-            // One sample per second: the worst.
-            Some((at, worst)) if *at == now => *worst = (*worst).max(ms),
-            _ => {
-                log.samples.push_back((now, ms));
-                if log.samples.len() > LATENCY_SAMPLES {
-                    log.samples.pop_front();
+        self.own.sample(event, ms);
+    }
+
+    /// This router's events with the nodes' merged in: a node sample shows
+    /// when at least the threshold and newer than the event's last reset;
+    /// of the nodes' samples of one second the worst shows.
+    pub fn events(&self, nodes: &[Events]) -> Events {
+        let mut all = self.own.snapshot();
+        let t = self.threshold_ms.load(Ordering::Relaxed);
+        if t == 0 {
+            return all;
+        }
+        let reset = self.reset_at.lock().map(|r| r.clone()).unwrap_or_default();
+        let mut merged: BTreeMap<String, BTreeMap<u64, u64>> = BTreeMap::new();
+        for node in nodes {
+            for (name, log) in node {
+                let cutoff = reset
+                    .get(name)
+                    .copied()
+                    .max(reset.get("").copied())
+                    .unwrap_or(0);
+                let seconds = merged.entry(name.clone()).or_default();
+                for &(at, ms) in &log.samples {
+                    if ms >= t && at > cutoff {
+                        let worst = seconds.entry(at).or_default();
+                        *worst = (*worst).max(ms);
+                    }
                 }
             }
         }
+        for (name, seconds) in merged {
+            if seconds.is_empty() {
+                continue;
+            }
+            let log = all.entry(name).or_default();
+            for (at, ms) in seconds {
+                log.add(at, ms);
+            }
+            log.samples.make_contiguous().sort_unstable();
+        }
+        all
     }
 
-    /// LATENCY LATEST: per event its name, the time and value of its latest
-    /// sample, and its worst.
-    pub fn latest(&self) -> Reply {
-        let Ok(events) = self.events.lock() else {
-            return Reply::Array(Vec::new());
-        };
-        Reply::Array(
-            events
-                .iter()
-                .filter_map(|(name, log)| {
-                    let (at, ms) = log.samples.back()?;
-                    Some(Reply::Array(vec![
-                        Reply::bulk(*name),
-                        Reply::Int(*at as i64),
-                        Reply::Int(*ms as i64),
-                        Reply::Int(log.max as i64),
-                    ]))
-                })
-                .collect(),
-        )
-    }
-
-    /// LATENCY HISTORY event: (time, ms) pairs, oldest first.
-    pub fn history(&self, event: &str) -> Reply {
-        let Ok(events) = self.events.lock() else {
-            return Reply::Array(Vec::new());
-        };
-        let samples = events.get(event).map(|l| &l.samples);
-        Reply::Array(
-            samples
-                .into_iter()
-                .flatten()
-                .map(|(at, ms)| Reply::Array(vec![Reply::Int(*at as i64), Reply::Int(*ms as i64)]))
-                .collect(),
-        )
-    }
-
-    /// LATENCY RESET [event ...]: how many events were dropped.
-    pub fn reset(&self, which: &[String]) -> i64 {
-        let Ok(mut events) = self.events.lock() else {
-            return 0;
-        };
+    /// LATENCY RESET [event ...]: how many events were dropped (`known`:
+    /// the events shown now). Node events are hidden up to now.
+    pub fn reset(&self, which: &[String], known: &Events) -> i64 {
+        let now = crate::metrics::unix_secs();
+        if let Ok(mut r) = self.reset_at.lock() {
+            if which.is_empty() {
+                r.clear();
+                r.insert(String::new(), now);
+            } else {
+                for w in which {
+                    r.insert(w.clone(), now);
+                }
+            }
+        }
+        self.own.reset(which);
         if which.is_empty() {
-            let n = events.len();
-            events.clear();
-            return n as i64;
+            known.len() as i64
+        } else {
+            which.iter().filter(|w| known.contains_key(*w)).count() as i64
         }
-        which
-            .iter()
-            .filter(|w| events.remove(w.as_str()).is_some())
-            .count() as i64
-    }
-
-    /// LATENCY DOCTOR: Redis's report, with the router's advice.
-    pub fn doctor(&self) -> String {
-        let threshold = self.threshold_ms.load(Ordering::Relaxed);
-        let Ok(events) = self.events.lock() else {
-            return String::new();
-        };
-        if events.is_empty() && threshold == 0 {
-            return "I'm sorry, Dave, I can't do that. Latency monitoring is disabled in this Redis instance. You may use \"CONFIG SET latency-monitor-threshold <milliseconds>.\" in order to enable it. If we weren't in a deep space mission I'd suggest to take a look at https://redis.io/topics/latency-monitor.\n".into();
-        }
-        if events.is_empty() {
-            return "Dave, no latency spike was observed during the lifetime of this Redis instance, not in the slightest bit. I honestly think you ought to sit down calmly, take a stress pill, and think things over.\n".into();
-        }
-        let mut s = String::from("Dave, I have observed latency spikes in this Redis instance. You don't mind talking about it, do you Dave?\n\n");
-        for (i, (name, log)) in events.iter().enumerate() {
-            let n = log.samples.len() as u64;
-            let avg = log.samples.iter().map(|(_, ms)| ms).sum::<u64>() / n.max(1);
-            s.push_str(&format!(
-                "{}. {name}: {n} latency spikes (average {avg}ms). Worst all time event {}ms.\n",
-                i + 1,
-                log.max
-            ));
-        }
-        s.push_str("\nI have a few advices for you:\n\n- This is a shoal router: a slow command is almost always a slow shard (a Raft commit, an fsync, a leader change) or a command that reaches many shards. SLOWLOG GET shows which commands; INFO cluster shows moves and leaders; the nodes' logs show elections and stalls.\n");
-        s
     }
 }
 
-/// Now, in Unix seconds.
-fn unix_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// LATENCY LATEST: per event its name, the time and value of its latest
+/// sample, and its worst.
+pub fn latency_latest(events: &Events) -> Reply {
+    Reply::Array(
+        events
+            .iter()
+            .filter_map(|(name, log)| {
+                let (at, ms) = log.samples.back()?;
+                Some(Reply::Array(vec![
+                    Reply::bulk(name.clone()),
+                    Reply::Int(*at as i64),
+                    Reply::Int(*ms as i64),
+                    Reply::Int(log.max as i64),
+                ]))
+            })
+            .collect(),
+    )
+}
+
+/// LATENCY HISTORY event: (time, ms) pairs, oldest first.
+pub fn latency_history(events: &Events, event: &str) -> Reply {
+    let samples = events.get(event).map(|l| &l.samples);
+    Reply::Array(
+        samples
+            .into_iter()
+            .flatten()
+            .map(|(at, ms)| Reply::Array(vec![Reply::Int(*at as i64), Reply::Int(*ms as i64)]))
+            .collect(),
+    )
+}
+
+/// LATENCY DOCTOR: Redis's report, with the router's advice.
+pub fn latency_doctor(events: &Events, threshold: u64) -> String {
+    if events.is_empty() && threshold == 0 {
+        return "I'm sorry, Dave, I can't do that. Latency monitoring is disabled in this Redis instance. You may use \"CONFIG SET latency-monitor-threshold <milliseconds>.\" in order to enable it. If we weren't in a deep space mission I'd suggest to take a look at https://redis.io/topics/latency-monitor.\n".into();
+    }
+    if events.is_empty() {
+        return "Dave, no latency spike was observed during the lifetime of this Redis instance, not in the slightest bit. I honestly think you ought to sit down calmly, take a stress pill, and think things over.\n".into();
+    }
+    let mut s = String::from("Dave, I have observed latency spikes in this Redis instance. You don't mind talking about it, do you Dave?\n\n");
+    for (i, (name, log)) in events.iter().enumerate() {
+        let n = log.samples.len() as u64;
+        let avg = log.samples.iter().map(|(_, ms)| ms).sum::<u64>() / n.max(1);
+        s.push_str(&format!(
+            "{}. {name}: {n} latency spikes (average {avg}ms). Worst all time event {}ms.\n",
+            i + 1,
+            log.max
+        ));
+    }
+    s.push_str("\nI have a few advices for you:\n\n- This is a shoal router: a slow command is almost always a slow shard (a Raft commit, an fsync, a leader change) or a command that reaches many shards. The fsync and raft-commit events come from the nodes (the worst of each second over all of them). SLOWLOG GET shows which commands; INFO cluster shows moves and leaders; the nodes' logs show elections and stalls.\n");
+    s
+}
+
+/// Calls and failed calls per table (by its index) and command row: the
+/// `table` label of the router's command counter. A table's row is made
+/// the first time a command runs in it; reading it takes a read lock.
+pub struct TableStats {
+    rows: usize,
+    by_db: std::sync::RwLock<HashMap<u32, std::sync::Arc<[[AtomicU64; 2]]>>>,
+}
+
+impl TableStats {
+    fn new(rows: usize) -> TableStats {
+        TableStats {
+            rows,
+            by_db: Default::default(),
+        }
+    }
+
+    /// The command of row `row` ran in table `db` and ended in `outcome`.
+    pub fn record(&self, db: u32, row: usize, outcome: Outcome) {
+        let cells = self.by_db.read().ok().and_then(|m| m.get(&db).cloned());
+        let cells = match cells {
+            Some(c) => c,
+            None => {
+                let Ok(mut m) = self.by_db.write() else {
+                    return;
+                };
+                m.entry(db)
+                    .or_insert_with(|| {
+                        (0..self.rows)
+                            .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+                            .collect()
+                    })
+                    .clone()
+            }
+        };
+        if let Some(c) = cells.get(row) {
+            c[(outcome == Outcome::Failed) as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (table index, row, ok calls, failed calls) of every row that ran.
+    pub fn totals(&self) -> Vec<(u32, usize, u64, u64)> {
+        let Ok(m) = self.by_db.read() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (db, cells) in m.iter() {
+            for (row, c) in cells.iter().enumerate() {
+                let (ok, failed) = (c[0].load(Ordering::Relaxed), c[1].load(Ordering::Relaxed));
+                if ok + failed > 0 {
+                    out.push((*db, row, ok, failed));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Everything above, shared by the router's connections.
 pub struct Views {
     pub stats: CommandStats,
+    pub tables: TableStats,
     pub slowlog: SlowLog,
     pub latency: LatencyMonitor,
     pub monitors: super::monitor::Monitors,
@@ -628,6 +711,7 @@ impl Views {
     /// The views of a router whose command table's rows are `names`.
     pub fn new(names: Vec<&'static str>) -> Views {
         Views {
+            tables: TableStats::new(names.len()),
             stats: CommandStats::new(names),
             slowlog: Default::default(),
             latency: Default::default(),
@@ -722,24 +806,52 @@ mod tests {
     fn latency_events_keep_one_sample_per_second_and_the_worst() {
         let m = LatencyMonitor::default();
         m.sample("command", 500);
-        assert_eq!(m.latest(), Reply::Array(vec![]), "off by default");
+        assert_eq!(
+            latency_latest(&m.events(&[])),
+            Reply::Array(vec![]),
+            "off by default"
+        );
         m.threshold_ms.store(10, Ordering::Relaxed);
         m.sample("command", 5);
         m.sample("command", 20);
         m.sample("command", 30);
-        let Reply::Array(h) = m.history("command") else {
+        let Reply::Array(h) = latency_history(&m.events(&[]), "command") else {
             panic!()
         };
         // The same second, or two seconds if the clock turned.
         assert!(!h.is_empty() && h.len() <= 2);
-        let Reply::Array(latest) = m.latest() else {
+        let Reply::Array(latest) = latency_latest(&m.events(&[])) else {
             panic!()
         };
         let Reply::Array(row) = &latest[0] else {
             panic!()
         };
         assert_eq!(row[3], Reply::Int(30));
-        assert_eq!(m.reset(&[]), 1);
-        assert_eq!(m.reset(&[]), 0);
+        assert_eq!(m.reset(&[], &m.events(&[])), 1);
+        assert_eq!(m.reset(&[], &m.events(&[])), 0);
+    }
+
+    #[test]
+    fn node_events_merge_above_the_threshold_and_after_a_reset() {
+        let m = LatencyMonitor::default();
+        let node = |samples: &[(u64, u64)]| {
+            let mut log = EventLog::default();
+            for &(at, ms) in samples {
+                log.add(at, ms);
+            }
+            Events::from([("fsync".to_string(), log)])
+        };
+        let nodes = [node(&[(100, 5), (101, 40)]), node(&[(100, 30), (102, 8)])];
+        assert!(m.events(&nodes).is_empty(), "off: nothing shows");
+        m.threshold_ms.store(10, Ordering::Relaxed);
+        let events = m.events(&nodes);
+        // Per second the worst over the nodes, below the threshold dropped.
+        assert_eq!(
+            events["fsync"].samples,
+            std::collections::VecDeque::from([(100, 30), (101, 40)])
+        );
+        assert_eq!(events["fsync"].max, 40);
+        assert_eq!(m.reset(&["fsync".to_string()], &events), 1);
+        assert!(m.events(&nodes).is_empty(), "older samples hidden");
     }
 }

@@ -125,6 +125,9 @@ struct WriteJob {
 /// Handle to the node's database. Cheap to share behind an `Arc`.
 pub struct Engine {
     db: Arc<DB>,
+    /// The options the database was opened with: they hold its statistics
+    /// (tickers only: block cache hits and misses, stall time).
+    opts: Options,
     /// `None` only while dropping.
     writer: Option<mpsc::Sender<WriteJob>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
@@ -227,6 +230,8 @@ impl Engine {
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(4);
+        opts.enable_statistics();
+        opts.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
         let cfs = [CF_LOG, CF_STATE, CF_DATA, CF_SUB].map(|name| {
             let mut cf_opts = Options::default();
             cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
@@ -250,6 +255,7 @@ impl Engine {
             .map_err(|e| EngineError::Corrupt(format!("cannot start writer thread: {e}")))?;
         Ok(Engine {
             db,
+            opts,
             writer: Some(tx),
             writer_thread: Some(writer_thread),
         })
@@ -265,6 +271,11 @@ impl Engine {
                 self.db.property_int_value_cf(&h, name).ok().flatten()
             })
             .sum()
+    }
+
+    /// A RocksDB statistics ticker (counted since the database opened).
+    pub fn ticker(&self, ticker: rocksdb::statistics::Ticker) -> u64 {
+        self.opts.get_ticker_count(ticker)
     }
 
     /// Queue a batch; `done` runs on the writer thread once it is written
@@ -547,6 +558,10 @@ fn check_marker(db: &DB) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// What the `slow-fsync` failpoint adds to every WAL sync (tests of the
+/// fsync latency event).
+const SLOW_FSYNC_MS: u64 = 20;
+
 /// Merge queued jobs into one batch and one sync; report to each job.
 fn writer_loop(db: Arc<DB>, rx: mpsc::Receiver<WriteJob>, fsync: bool) {
     const MAX_JOBS: usize = 512;
@@ -583,7 +598,12 @@ fn write_jobs(db: &DB, jobs: &[WriteJob], fsync: bool) -> Result<(), EngineError
     if sync && fsync {
         let started = std::time::Instant::now();
         db.flush_wal(true)?;
-        crate::metrics::FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
+        if crate::failpoint::armed("slow-fsync") {
+            std::thread::sleep(std::time::Duration::from_millis(SLOW_FSYNC_MS));
+        }
+        let took = started.elapsed();
+        crate::metrics::FSYNC_SECONDS.observe(took.as_secs_f64());
+        crate::metrics::node_event("fsync", took);
     }
     Ok(())
 }

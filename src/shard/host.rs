@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
@@ -54,9 +54,16 @@ pub struct Replica {
     target: proposer::Target,
     /// Whether the group hibernates here (`hibernate`).
     pub sleep: Sleep,
+    /// Requests served and their time here (`served`).
+    pub served: super::served::Served,
 }
 
 impl Replica {
+    /// The group's proposal and leader-change counts on this replica.
+    pub fn counters(&self) -> &proposer::GroupCounters {
+        &self.target.counters
+    }
+
     fn check_not_removed(&self) -> Result<(), ShardError> {
         if self.removed.load(std::sync::atomic::Ordering::SeqCst) {
             Err(ShardError::UnknownGroup(self.record.group_id))
@@ -326,12 +333,14 @@ impl Host {
         )
         .await
         .map_err(|e| ShardError::Storage(format!("cannot start group {gid}: {e}")))?;
-        spawn_leader_logger(gid, raft.clone());
+        let counters = Arc::new(proposer::GroupCounters::default());
+        spawn_leader_logger(gid, raft.clone(), counters.clone());
         let (node_id, transport) = (self.node_id, self.transport.clone());
         let target = proposer::Target {
             raft: raft.clone(),
             write_timeout: self.config.write_timeout,
             not_leader: Arc::new(move |leader, node| not_leader(node_id, &transport, leader, node)),
+            counters,
         };
         let replica = Arc::new(Replica {
             record,
@@ -343,6 +352,7 @@ impl Host {
             proposer: Arc::default(),
             target,
             sleep: Sleep::default(),
+            served: Default::default(),
         });
         if let Ok(mut map) = self.replicas.write() {
             map.insert(gid, replica.clone());
@@ -381,7 +391,24 @@ impl Host {
         max_reply: usize,
     ) -> Result<OpReply, ShardError> {
         let replica = self.get(gid).ok_or(ShardError::UnknownGroup(gid))?;
-        self.serve_bounded(&replica, req, max_reply).await
+        // Blocked clients' waits are not counted: their time is waiting.
+        let counted = !matches!(
+            req,
+            ShardRequest::WaitFilled { .. }
+                | ShardRequest::WaitFilledFor { .. }
+                | ShardRequest::CancelWaits { .. }
+        );
+        let started = Instant::now();
+        let reply = self.serve_bounded(&replica, req, max_reply).await;
+        // What was turned away was not served here.
+        let turned_away = matches!(
+            reply,
+            Err(ShardError::NotLeader { .. } | ShardError::UnknownGroup(_))
+        );
+        if counted && !turned_away {
+            replica.served.record(started.elapsed());
+        }
+        reply
     }
 
     #[cfg(test)]
@@ -545,13 +572,26 @@ impl Host {
             .membership_config
             .membership()
             .clone();
+        // The peer map follows etcd's member records only: an AddLearner
+        // naming another address for a known node is refused, never
+        // followed (it would send the shard's data there). An unknown node
+        // is reached at the given address until its record arrives.
+        if let MembershipChange::AddLearner { id, addr } = &change {
+            match self.transport.peer_addr(*id) {
+                Some(known) if known != *addr => {
+                    return Err(ShardError::BadRequest(format!(
+                        "refusing to add node {id} at {addr} as a learner of group {gid}: etcd's member record has node {id} at {known}"
+                    )));
+                }
+                _ => {}
+            }
+        }
         let fut = async {
             match &change {
                 MembershipChange::AddLearner { id, addr } => {
                     if membership.get_node(id).is_some() {
                         return Ok(None);
                     }
-                    self.transport.set_peer(*id, addr.clone());
                     raft.add_learner(*id, BasicNode { addr: addr.clone() }, false)
                         .await
                         .map(Some)
@@ -664,16 +704,7 @@ impl Host {
     /// Propose an entry on the leader and wait for its result.
     async fn propose(&self, replica: &Replica, cmd: LogCmd) -> Result<OpReply, ShardError> {
         self.check_leader(replica)?;
-        match tokio::time::timeout(self.config.write_timeout, replica.raft.client_write(cmd)).await
-        {
-            Err(_) => Err(ShardError::Timeout),
-            Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(self.not_leader(f.leader_id, f.leader_node))
-            }
-            // The entry may have been appended before the failure.
-            Ok(Err(e)) => Err(ShardError::OutcomeUnknown(e.to_string())),
-        }
+        proposer::propose(&replica.target, cmd).await
     }
 
     /// Make a linearizable read safe to serve from this replica's state
@@ -925,8 +956,9 @@ fn serve_read(
     }
 }
 
-/// One log line per leadership change of a group, not per request.
-fn spawn_leader_logger(gid: u64, raft: Raft) {
+/// One log line per leadership change of a group, not per request (and
+/// one count in the group's `leader_changes`).
+fn spawn_leader_logger(gid: u64, raft: Raft, counters: Arc<proposer::GroupCounters>) {
     let mut rx = raft.metrics();
     tokio::spawn(async move {
         let mut last = None;
@@ -936,6 +968,11 @@ fn spawn_leader_logger(gid: u64, raft: Raft) {
                 (m.current_leader, m.current_term)
             };
             if leader != last {
+                if leader.is_some() {
+                    counters
+                        .leader_changes
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 if let Some(l) = leader {
                     tracing::info!(group = gid, leader = l, term, "leader elected");
                 }

@@ -495,3 +495,36 @@ async fn the_key_counter_follows_writes_and_is_kept_with_the_data() {
         .unwrap();
     assert_eq!(reopen().await.unwrap().key_count().await.unwrap(), 2);
 }
+
+/// An AddLearner naming another address for a node whose member record
+/// the node knows is refused, and the peer map keeps etcd's address.
+#[tokio::test]
+async fn add_learner_never_redirects_a_known_peer() {
+    use super::host::MembershipChange;
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with(dir.path(), Limits::default()).await;
+    host.transport.set_peer(2, "127.0.0.1:7002".into());
+    let hostile = MembershipChange::AddLearner {
+        id: 2,
+        addr: "203.0.113.9:7002".into(),
+    };
+    let err = host.change_membership(GID, hostile).await.unwrap_err();
+    assert!(
+        matches!(&err, ShardError::BadRequest(m) if m.contains("etcd's member record has node 2 at 127.0.0.1:7002")),
+        "{err:?}"
+    );
+    assert_eq!(
+        host.transport.peer_addr(2).as_deref(),
+        Some("127.0.0.1:7002")
+    );
+    let voters = host
+        .get(GID)
+        .unwrap()
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone();
+    assert!(voters.get_node(&2).is_none(), "node 2 was added");
+}

@@ -45,6 +45,7 @@ pub mod log_tail;
 pub mod network;
 pub mod proposer;
 pub mod purger;
+pub mod served;
 pub mod service;
 pub mod snapshot;
 pub mod status;

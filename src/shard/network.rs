@@ -192,6 +192,15 @@ enum Rpc {
 }
 
 impl Rpc {
+    /// The `kind` label of the sent-message metrics.
+    fn name(self) -> &'static str {
+        match self {
+            Rpc::Append => "append",
+            Rpc::Vote => "vote",
+            Rpc::Snapshot => "snapshot",
+        }
+    }
+
     /// The formats of the request and of the reply.
     fn formats(self) -> (Format, Format) {
         match self {
@@ -225,6 +234,14 @@ impl GroupNetwork {
         let (req_format, reply_format) = rpc.formats();
         let payload =
             codec::encode(req_format, req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let peer = self.target.to_string();
+        let labels = [peer.as_str(), rpc.name()];
+        crate::metrics::RAFT_SENT_MESSAGES
+            .with_label_values(&labels)
+            .inc();
+        crate::metrics::RAFT_SENT_BYTES
+            .with_label_values(&labels)
+            .inc_by(payload.len() as u64);
         let unreachable = |why: String| {
             RPCError::Unreachable(Unreachable::new(&TransportError(format!(
                 "node {} at {addr}: {why}",
@@ -357,7 +374,11 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
                 "failpoint snapshot-send-corrupt: corrupting a snapshot chunk"
             );
         }
+        let done = rpc.done;
         let reply = self.call(Rpc::Snapshot, &rpc, option.hard_ttl()).await;
+        if done && reply.is_ok() {
+            crate::metrics::SNAPSHOTS.with_label_values(&["sent"]).inc();
+        }
         if corrupt
             && matches!(
                 &reply,

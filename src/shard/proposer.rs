@@ -16,8 +16,9 @@
 //! An error of the whole proposal (not the leader, timeout, outcome
 //! unknown) is every write's answer.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::oneshot;
@@ -47,6 +48,16 @@ pub struct Target {
     pub raft: Raft,
     pub write_timeout: Duration,
     pub not_leader: NotLeaderFn,
+    pub counters: Arc<GroupCounters>,
+}
+
+/// What a node's metrics count per group replica.
+#[derive(Debug, Default)]
+pub struct GroupCounters {
+    /// Entries this replica proposed as leader.
+    pub proposals: AtomicU64,
+    /// Times the replica saw its group's leader change.
+    pub leader_changes: AtomicU64,
 }
 
 #[derive(Default)]
@@ -146,10 +157,20 @@ async fn run(proposer: Arc<Proposer>, target: Target) {
     }
 }
 
-async fn propose(target: &Target, entry: LogCmd) -> Reply {
+/// Propose `entry` on the group's leader and wait for its applied result.
+/// Counts the proposal and, when it succeeds, its commit time (the
+/// `raft-commit` LATENCY event and histogram).
+pub async fn propose(target: &Target, entry: LogCmd) -> Reply {
+    target.counters.proposals.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
     match tokio::time::timeout(target.write_timeout, target.raft.client_write(entry)).await {
         Err(_) => Err(ShardError::Timeout),
-        Ok(Ok(resp)) => Ok(resp.data),
+        Ok(Ok(resp)) => {
+            let took = started.elapsed();
+            crate::metrics::COMMIT_SECONDS.observe(took.as_secs_f64());
+            crate::metrics::node_event("raft-commit", took);
+            Ok(resp.data)
+        }
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
             Err((target.not_leader)(f.leader_id, f.leader_node))
         }

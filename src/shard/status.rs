@@ -31,6 +31,9 @@ pub struct NodeStatus {
     /// Waits of blocked clients this node's replicas hold now.
     #[serde(default)]
     pub blocked_waits: u64,
+    /// The node's LATENCY events (`fsync`, `raft-commit`) of 1 ms or more.
+    #[serde(default)]
+    pub latency: std::collections::BTreeMap<String, crate::metrics::EventLog>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,6 +65,10 @@ pub struct GroupStatus {
     /// (never deleted on absence) and this says why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orphaned: Option<String>,
+    /// Requests this replica served since it started, and their time
+    /// (`super::served`).
+    #[serde(default)]
+    pub served: super::served::ServedCounts,
 }
 
 /// Status of the requested groups (all when `gids` is empty).
@@ -79,6 +86,7 @@ pub fn node_status(host: &Host, gids: &[u64]) -> NodeStatus {
                 joint: membership.get_joint_config().len() > 1,
                 hibernating: r.sleep.is_asleep(),
                 orphaned: host.kept_reason(r.record.group_id),
+                served: r.served.counts(),
                 group_id: r.record.group_id,
                 table: r.record.table.clone(),
                 shard: r.record.shard,
@@ -108,5 +116,6 @@ pub fn node_status(host: &Host, gids: &[u64]) -> NodeStatus {
             .iter()
             .map(|r| r.sm.waiters().len() as u64)
             .sum(),
+        latency: crate::metrics::NODE_EVENTS.snapshot(),
     }
 }

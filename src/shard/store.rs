@@ -1133,6 +1133,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let mut inner = self.inner.lock().await;
         self.check_open()?;
+        let _timer = crate::metrics::APPLY_SECONDS.start_timer();
         let before = ApplyState {
             applied: inner.applied,
             membership: inner.membership.clone(),
@@ -1258,6 +1259,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         inner.prepared_count = prepared_count;
         // The data was replaced: count the keys again when next asked.
         inner.key_count = None;
+        crate::metrics::SNAPSHOTS
+            .with_label_values(&["installed"])
+            .inc();
         tracing::info!(
             group = gid,
             index = meta.last_log_id.map_or(0, |l| l.index),

@@ -360,30 +360,6 @@ pub fn total(s: &std::collections::BTreeMap<String, f64>, name: &str) -> f64 {
         .sum()
 }
 
-/// The metrics addresses the processes under `dir` logged, by log name.
-pub fn metrics_addrs(dir: &Path) -> std::collections::BTreeMap<String, String> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "log") {
-                let text = std::fs::read_to_string(&p).unwrap_or_default();
-                if let Some(at) = text.lines().find_map(|l| {
-                    let rest = l.split("metrics on http://").nth(1)?;
-                    Some(rest.split('/').next()?.to_string())
-                }) {
-                    let name = p.file_stem().unwrap().to_string_lossy().into_owned();
-                    out.insert(name, at);
-                }
-            }
-        }
-    }
-    out
-}
-
 /// 3 nodes (table `default`: 2 shards x 3 replicas) and an extra router,
 /// every process serving metrics on a port of its own: the cluster, the
 /// router's address, and the metrics addresses by process name (`node-1`
@@ -409,7 +385,7 @@ pub fn metrics_cluster(
     let mut addrs = Default::default();
     assert!(
         wait_until(Duration::from_secs(10), || {
-            addrs = metrics_addrs(dir);
+            addrs = cl.metrics_addrs();
             addrs.len() == 4
         }),
         "metrics addresses logged: {addrs:?}"
