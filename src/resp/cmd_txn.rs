@@ -87,7 +87,8 @@ impl Session {
         if reply.is_error() {
             self.queue_failed();
         } else if let (Some(m), Some(table)) = (self.multi.as_mut(), table) {
-            m.sources.push((spec, args.all().to_vec(), table));
+            let row = super::commands::row_index(spec);
+            m.sources.push((row, args.all().to_vec(), table));
         }
         reply
     }
@@ -98,7 +99,8 @@ impl Session {
         if self.users.borrow().revision == m.acl_revision || !self.refresh_user() {
             return;
         }
-        for (i, (spec, args, table)) in m.sources.iter().enumerate() {
+        for (i, (row, args, table)) in m.sources.iter().enumerate() {
+            let spec = &super::commands::COMMANDS[*row];
             if let Some(d) = self.acl_denied(spec, args, table) {
                 self.log_denied(&d, true);
                 if let Some(q) = m.queued.get_mut(i) {

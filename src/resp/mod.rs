@@ -47,4 +47,5 @@ pub mod server;
 pub mod session;
 pub mod spec;
 pub mod txn_retry;
+pub mod users;
 pub mod views;

@@ -42,9 +42,9 @@ pub struct Shared {
     /// Command stats, SLOWLOG, LATENCY and MONITOR.
     pub views: super::views::Views,
     /// The users, as of the router's watch on etcd's `users/`.
-    pub users: watch::Receiver<Arc<super::acl::Users>>,
+    pub users: watch::Receiver<Arc<super::users::Users>>,
     /// ACL LOG: refused commands and failed logins on this router.
-    pub acl_log: super::acl::AclLog,
+    pub acl_log: super::users::AclLog,
 }
 
 /// The limits an operator may change with CONFIG SET while the router runs
@@ -313,9 +313,9 @@ pub struct Session {
     pub(super) authenticated: bool,
     /// The user whose rules apply (`default` until AUTH), as of the last
     /// look at `users`.
-    pub(super) user: Arc<super::acl::User>,
+    pub(super) user: Arc<super::users::User>,
     /// The router's users (a clone of [`Shared::users`]).
-    pub(super) users: watch::Receiver<Arc<super::acl::Users>>,
+    pub(super) users: watch::Receiver<Arc<super::users::Users>>,
     pub(super) name: String,
     /// Inside MULTI: the queued transaction.
     pub(super) multi: Option<MultiState>,
@@ -346,7 +346,7 @@ pub struct MultiState {
     /// call again if the users changed since.
     pub(super) acl_revision: i64,
     /// Each queued call's row, request and table, for that check.
-    pub(super) sources: Vec<(&'static super::spec::CommandSpec, Vec<bytes::Bytes>, String)>,
+    pub(super) sources: Vec<(usize, Vec<bytes::Bytes>, String)>,
 }
 
 #[derive(Debug)]
@@ -1090,11 +1090,11 @@ pub fn resident_bytes() -> u64 {
 
 /// The `default` user (always present: built from `requirepass` when etcd
 /// has no record of it).
-fn default_user(users: &super::acl::Users) -> Arc<super::acl::User> {
+fn default_user(users: &super::users::Users) -> Arc<super::users::User> {
     users
         .get("default")
         .cloned()
-        .unwrap_or_else(|| Arc::new(super::acl::User::default_user(None)))
+        .unwrap_or_else(|| Arc::new(super::users::User::default_user(None)))
 }
 
 #[cfg(test)]
