@@ -295,7 +295,7 @@ fn check_map(
 
 #[test]
 fn the_console_draws_the_cluster_and_its_load() {
-    let chromium = which("chromium").unwrap_or_else(|| {
+    let chromium = common::which("chromium").unwrap_or_else(|| {
         panic!("chromium is not installed: run scripts/setup (Debian package chromium)")
     });
     let dir = tempfile::tempdir().unwrap();
@@ -500,13 +500,4 @@ fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-}
-
-/// The path of `program` on PATH.
-fn which(program: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| std::path::Path::new(d).join(program))
-        .find(|p| p.is_file())
 }

@@ -40,7 +40,7 @@ fn query(prom: &str, q: &str) -> Option<f64> {
 
 #[test]
 fn prometheus_sees_the_load_and_the_leaders() {
-    let prometheus = which("prometheus").unwrap_or_else(|| {
+    let prometheus = common::which("prometheus").unwrap_or_else(|| {
         panic!(
             "the prometheus server is not installed: run scripts/setup (Debian package prometheus)"
         )
@@ -172,13 +172,4 @@ fn prometheus_sees_the_load_and_the_leaders() {
         assert!(series > 0, "panel {title:?} shows nothing");
     }
     cl.shutdown();
-}
-
-/// The path of `program` on PATH.
-fn which(program: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| std::path::Path::new(d).join(program))
-        .find(|p| p.is_file())
 }

@@ -23,9 +23,26 @@ pub(super) fn claim_port(port: u16) -> bool {
         .insert(port)
 }
 
-/// A loopback TCP port that was free a moment ago (the OS picks it by binding
-/// 127.0.0.1:0) and that this process has not handed out before.
+/// A loopback TCP port that was free a moment ago and that this process
+/// has not handed out before. It is taken below the kernel's ephemeral
+/// range (`ip_local_port_range`), where no outgoing connection and no
+/// listener on port 0 (a metrics endpoint's) can take it between now and
+/// the bind of whoever asked: a port from that range was once lost that
+/// way (`Address already in use` at a node's start). Where the range
+/// leaves no room below it, the OS picks (binding 127.0.0.1:0).
 pub fn free_port() -> u16 {
+    use rand::Rng;
+    let below = ephemeral_start().unwrap_or(32768);
+    let (lo, hi) = (10_000u16, below.saturating_sub(1));
+    if hi > lo + 1000 {
+        let mut rng = rand::thread_rng();
+        for _ in 0..1000 {
+            let port = rng.gen_range(lo..=hi);
+            if port_is_free(port) && claim_port(port) {
+                return port;
+            }
+        }
+    }
     for _ in 0..1000 {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -36,6 +53,12 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no unclaimed free port after 1000 tries");
+}
+
+/// The first port of the kernel's ephemeral range.
+fn ephemeral_start() -> Option<u16> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    text.split_whitespace().next()?.parse().ok()
 }
 
 /// Whether 127.0.0.1:`port` can be bound right now (nothing listens on it,
@@ -75,14 +98,21 @@ pub fn wait_tcp(addr: &str, timeout: Duration) -> Result<()> {
 /// `+PONG`, `+OK`, `:1` or `-ERR ...`. Enough for status, integer and error
 /// replies; for a bulk reply it is only the `$<len>` header.
 pub fn resp_request(addr: &str, args: &[&str], timeout: Duration) -> io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&resolve(addr)?, timeout)?;
+    let stream = TcpStream::connect_timeout(&resolve(addr)?, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    resp_exchange(stream, args)
+}
+
+/// Send one RESP command on `stream` and read the first line of the reply
+/// (see [`resp_request`]).
+pub fn resp_exchange(mut stream: impl Read + Write, args: &[&str]) -> io::Result<String> {
     let mut request = format!("*{}\r\n", args.len());
     for arg in args {
         request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
     }
     stream.write_all(request.as_bytes())?;
+    stream.flush()?;
     let mut line = Vec::new();
     BufReader::new(stream.take(64 * 1024)).read_until(b'\n', &mut line)?;
     if !line.ends_with(b"\r\n") {
@@ -93,4 +123,21 @@ pub fn resp_request(addr: &str, args: &[&str], timeout: Duration) -> io::Result<
     }
     line.truncate(line.len() - 2);
     Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_come_from_below_the_ephemeral_range() {
+        let start = ephemeral_start().unwrap_or(32768);
+        for _ in 0..20 {
+            let p = free_port();
+            if start > 11_000 {
+                assert!((10_000..start).contains(&p), "{p} (ephemeral from {start})");
+            }
+            assert!(port_is_free(p));
+        }
+    }
 }

@@ -8,7 +8,7 @@
 //! ::1), and `clients/` with its own CA and `client.dev.crt`/`.key` for RESP
 //! clients, so a client certificate is no key to the nodes' port.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -182,23 +182,7 @@ pub fn resp_request_tls(
     timeout: Duration,
     config: &Arc<rustls::ClientConfig>,
 ) -> io::Result<String> {
-    let mut stream = connect(addr, timeout, config)?;
-    let mut request = format!("*{}\r\n", args.len());
-    for arg in args {
-        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-    }
-    stream.write_all(request.as_bytes())?;
-    stream.flush()?;
-    let mut line = Vec::new();
-    BufReader::new(stream.take(64 * 1024)).read_until(b'\n', &mut line)?;
-    if !line.ends_with(b"\r\n") {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "connection closed before a whole reply line",
-        ));
-    }
-    line.truncate(line.len() - 2);
-    Ok(String::from_utf8_lossy(&line).into_owned())
+    super::resp_exchange(connect(addr, timeout, config)?, args)
 }
 
 /// `GET /health` over TLS: the whole response.

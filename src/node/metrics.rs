@@ -22,6 +22,10 @@ fn gauge_vec(name: &str, help: &str) -> prometheus::IntGaugeVec {
     crate::metrics::gauge_vec(name, help, &["group", "table", "shard"])
 }
 
+fn counter_vec(name: &str, help: &str) -> prometheus::IntCounterVec {
+    crate::metrics::counter_vec(name, help, &["group", "table", "shard"])
+}
+
 /// The node's metrics now, in the text exposition format (`data_dir`: the
 /// file system whose space they report).
 pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
@@ -37,20 +41,17 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
         "Last index the replica applied",
     );
     let asleep = gauge_vec("shoal_group_hibernating", "1 when the replica hibernates");
-    let proposals = crate::metrics::counter_vec(
+    let proposals = counter_vec(
         "shoal_group_proposals_total",
         "Entries the replica proposed as its group's leader",
-        &["group", "table", "shard"],
     );
-    let leader_changes = crate::metrics::counter_vec(
+    let leader_changes = counter_vec(
         "shoal_group_leader_changes_total",
         "Times the replica saw its group's leader change (elections won by anyone)",
-        &["group", "table", "shard"],
     );
-    let served = crate::metrics::counter_vec(
+    let served = counter_vec(
         "shoal_group_served_requests_total",
         "Requests from routers the replica answered (reads and writes; not those turned away or blocked clients' waits)",
-        &["group", "table", "shard"],
     );
     let lag = crate::metrics::gauge_vec(
         "shoal_group_replication_lag_entries",

@@ -392,3 +392,12 @@ pub fn metrics_cluster(
     );
     (cl, router, addrs)
 }
+
+/// The path of `program` on PATH.
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
