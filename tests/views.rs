@@ -312,9 +312,24 @@ fn views() {
         c.line("GET");
         c.line("NOSUCHCOMMAND");
         c.line("SET a");
+        c.line("CONFIG GET maxclients");
+        c.line("CONFIG GET slowlog-max-len");
+        c.line("CLIENT ID");
     }
     let (si, ri) = (info(&mut s, "commandstats"), info(&mut r, "commandstats"));
-    for cmd in ["set", "get", "incr"] {
+    // Container commands count per subcommand (`cmdstat_config|get`),
+    // never under their own name.
+    for c in [&si, &ri] {
+        assert!(
+            !c.contains("cmdstat_config:") && !c.contains("cmdstat_client:"),
+            "{c}"
+        );
+    }
+    assert_eq!(
+        counts(&si, "config|get"),
+        Some(("2".into(), "0".into(), "0".into()))
+    );
+    for cmd in ["set", "get", "incr", "config|get", "client|id"] {
         assert_eq!(
             counts(&si, cmd),
             counts(&ri, cmd),

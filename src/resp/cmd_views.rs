@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 
+use super::acl::AclCommands;
 use super::args::Args;
 use super::commands::COMMANDS;
 use super::monitor::repr;
@@ -19,9 +20,20 @@ pub fn row_of(spec: &'static CommandSpec) -> usize {
     (spec as *const CommandSpec as usize - base) / std::mem::size_of::<CommandSpec>()
 }
 
-/// The names of the command table's rows, in order (for `Views::new`).
+/// Every full name the stats count under, by id (for `Views::new`): the
+/// command table's rows, then the subcommands of container rows
+/// (`config|get`), as Redis 7's `cmdstat_config|get`.
 pub fn command_names() -> Vec<&'static str> {
-    COMMANDS.iter().map(|c| c.name).collect()
+    AclCommands::get()
+        .list
+        .iter()
+        .map(|c| c.fullname.as_str())
+        .collect()
+}
+
+/// The id a call counts under: its subcommand's for a container row.
+fn stat_id(spec: &'static CommandSpec, parts: &[Bytes]) -> usize {
+    AclCommands::get().id_of_call(row_of(spec), parts)
 }
 
 impl Session {
@@ -43,8 +55,9 @@ impl Session {
             }
             _ => Outcome::Ok,
         };
-        views.stats.record(self.id, row_of(spec), nanos, outcome);
-        views.tables.record(self.db, row_of(spec), outcome);
+        let id = stat_id(spec, parts);
+        views.stats.record(self.id, id, nanos, outcome);
+        views.tables.record(self.db, id, outcome);
         if spec.has(flag::BLOCKING) {
             return;
         }
@@ -71,7 +84,7 @@ impl Session {
             stats.error(self.id, e);
         }
         if let Some(spec) = super::commands::lookup(args.name()) {
-            stats.reject(self.id, row_of(spec));
+            stats.reject(self.id, stat_id(spec, args.all()));
         }
     }
 
