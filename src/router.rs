@@ -168,7 +168,9 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
     if let Some((l, _)) = &tls_server {
         tracing::info!(tls_listen = %l.local_addr()?, "router up (TLS)");
     }
+    let pubsub = crate::resp::pubsub::Hub::new(client.clone());
     let shared = Arc::new(Shared {
+        pubsub,
         client,
         meta,
         limits: RuntimeLimits::new(&c),

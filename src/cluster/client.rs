@@ -221,6 +221,9 @@ impl ShardClient {
                 | ShardRequest::WaitFilled { .. }
                 | ShardRequest::WaitFilledFor { .. }
                 | ShardRequest::CancelWaits { .. }
+                | ShardRequest::PubSubInterest { .. }
+                | ShardRequest::PubSubPoll { .. }
+                | ShardRequest::PubSubChannels { .. }
         );
         let payload = codec::encode(Format::ShardRequest, &req)
             .map_err(|e| ClusterError::Internal(e.to_string()))?;

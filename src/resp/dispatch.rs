@@ -36,6 +36,16 @@ impl Session {
                 return (reply, after);
             }
         };
+        if let Some(refused) = self.subscribed_refusal(spec.name) {
+            self.shared.views.stats.error(
+                self.id,
+                match &refused {
+                    Reply::Error(e) => e,
+                    _ => "",
+                },
+            );
+            return (refused, After::Continue);
+        }
         self.shared.clients.update_last_cmd(self.id, spec.name);
         if self.multi.is_some() && !spec.has(flag::MULTI_CONTROL) {
             // Counted when EXEC runs it (under EXEC), as in Redis.

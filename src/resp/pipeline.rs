@@ -133,7 +133,9 @@ impl Session {
     /// The plan of a plain single-shard data command that may join a group
     /// (its row's handler is [`Handler::Data`]).
     fn single_shard_plan(&self, parts: &[Bytes]) -> Option<(&'static CommandSpec, Plan)> {
-        if self.multi.is_some() || !self.authenticated {
+        // Subscribed RESP2 connections go through `handle`, which refuses
+        // most commands.
+        if self.multi.is_some() || !self.authenticated || self.subs.active() {
             return None;
         }
         let mut args = Args::new(parts.to_vec());

@@ -54,6 +54,12 @@ pub enum Reply {
     Bool(bool),
     /// Verbatim text: RESP3 `=` with format `txt`; RESP2 bulk string.
     Verbatim(String),
+    /// Out-of-band data (pub/sub messages and (un)subscribe
+    /// confirmations): RESP3 push `>`; RESP2 array.
+    Push(Vec<Reply>),
+    /// Several replies to one command, written one after another
+    /// (SUBSCRIBE answers once per channel).
+    Many(Vec<Reply>),
 }
 
 /// The RESP version a connection speaks (`HELLO 3` switches to RESP3).
@@ -116,7 +122,7 @@ impl Reply {
             Reply::Bulk(b) => b.len() + 24,
             Reply::Int(_) | Reply::Double(_) => 48,
             Reply::Nil | Reply::NilArray | Reply::Bool(_) => 8,
-            Reply::Array(v) | Reply::Set(v) => 24 + items(v),
+            Reply::Array(v) | Reply::Set(v) | Reply::Push(v) | Reply::Many(v) => 24 + items(v),
             Reply::Map(pairs) | Reply::Pairs(pairs) => {
                 24 + pairs
                     .iter()
@@ -196,6 +202,17 @@ impl Reply {
             }
             (Reply::Bool(b), Protocol::Resp2) => put_line(out, b':', if *b { b"1" } else { b"0" }),
             (Reply::Bool(b), Protocol::Resp3) => put_line(out, b'#', if *b { b"t" } else { b"f" }),
+            (Reply::Push(items), Protocol::Resp2) => {
+                put_aggregate(out, b'*', items, proto, use_crate)
+            }
+            (Reply::Push(items), Protocol::Resp3) => {
+                put_aggregate(out, b'>', items, proto, use_crate)
+            }
+            (Reply::Many(items), _) => {
+                for item in items {
+                    item.encode_with(proto, out, use_crate);
+                }
+            }
             (Reply::Verbatim(s), Protocol::Resp2) => put_bulk(out, s.as_bytes()),
             (Reply::Verbatim(s), Protocol::Resp3) => {
                 put_line(out, b'=', (s.len() + 4).to_string().as_bytes());
@@ -271,7 +288,7 @@ fn to_resp2(r: &Reply) -> Option<R2> {
         Reply::Int(i) => R2::Integer(*i),
         Reply::Bulk(b) => R2::BulkString(b.clone()),
         Reply::Nil => R2::Null,
-        Reply::NilArray => return None,
+        Reply::NilArray | Reply::Push(_) | Reply::Many(_) => return None,
         Reply::Array(items) | Reply::Set(items) => {
             R2::Array(items.iter().map(to_resp2).collect::<Option<_>>()?)
         }
@@ -312,7 +329,12 @@ fn to_resp3(r: &Reply) -> Option<R3> {
             attributes: None,
         },
         // See `Reply::encode` for why these are hand-written.
-        Reply::Map(_) | Reply::Set(_) | Reply::Double(_) | Reply::Pairs(_) => return None,
+        Reply::Map(_)
+        | Reply::Set(_)
+        | Reply::Double(_)
+        | Reply::Pairs(_)
+        | Reply::Push(_)
+        | Reply::Many(_) => return None,
         Reply::Bool(b) => R3::Boolean {
             data: *b,
             attributes: None,

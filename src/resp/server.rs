@@ -289,6 +289,8 @@ async fn run<S: Halves>(
     let max_output = shared.config.max_output_len;
     // After MONITOR: the lines of the commands the router receives.
     let mut feed: Option<super::monitor::Feed> = None;
+    // After SUBSCRIBE: the messages of the connection's subscriptions.
+    let mut inbox: Option<super::pubsub::Inbox> = None;
     let mut rbuf = BytesMut::with_capacity(BUF_START);
     let mut wbuf = BytesMut::with_capacity(BUF_START);
     let mut parser = RequestParser::default();
@@ -394,6 +396,17 @@ async fn run<S: Halves>(
                 }
             }
         }
+        // A new inbox after RESET left the old subscriptions.
+        if let Some(new) = session.subs.inbox.take() {
+            inbox = Some(new);
+        }
+        if inbox
+            .as_ref()
+            .is_some_and(|i| i.dropped.load(Ordering::Relaxed))
+        {
+            wr.write_all(&wbuf).await?;
+            return Ok(());
+        }
         // MONITOR starts the feed, RESET ends it.
         if session.monitor && feed.is_none() {
             feed = Some(shared.views.monitors.subscribe(session.id));
@@ -469,6 +482,29 @@ async fn run<S: Halves>(
                     }
                 }
                 last_active = Instant::now();
+            }
+            // Pub/Sub messages, taken while the replies pending are few (a
+            // subscriber that does not read leaves them queued, where the
+            // output buffer limit bounds them, see `pubsub.rs`).
+            msg = async { inbox.as_mut().expect("an inbox").rx.recv().await },
+                if inbox.is_some() && wbuf.len() < FLUSH_AT =>
+            {
+                let Some(ib) = inbox.as_mut() else { continue };
+                let Some(mut msg) = msg else { continue };
+                loop {
+                    ib.taken(&msg);
+                    msg.encode(session.protocol, &mut wbuf);
+                    if wbuf.len() >= FLUSH_AT {
+                        break;
+                    }
+                    match ib.rx.try_recv() {
+                        Ok(next) => msg = next,
+                        Err(_) => break,
+                    }
+                }
+                if ib.dropped.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
             }
             _ = tokio::time::sleep_until(idle_deadline.unwrap_or(last_active)),
                 if idle_deadline.is_some() =>

@@ -45,6 +45,8 @@ pub struct Shared {
     pub users: watch::Receiver<Arc<super::users::Users>>,
     /// ACL LOG: refused commands and failed logins on this router.
     pub acl_log: super::users::AclLog,
+    /// Pub/Sub: subscribed connections and the router's interest on shards.
+    pub pubsub: Arc<super::pubsub::Hub>,
 }
 
 /// The limits an operator may change with CONFIG SET while the router runs
@@ -331,6 +333,16 @@ pub struct Session {
     pub(super) stale_ok: bool,
     /// MONITOR ran: the connection loop turns this connection into a feed.
     pub monitor: bool,
+    /// Pub/Sub subscriptions.
+    pub(super) subs: super::cmd_pubsub::SubState,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.subs.active() {
+            self.leave_pubsub();
+        }
+    }
 }
 
 /// A transaction being queued.
@@ -388,6 +400,7 @@ impl Session {
             closing: false,
             stale_ok: false,
             monitor: false,
+            subs: Default::default(),
         }
     }
 
@@ -412,6 +425,9 @@ impl Session {
 
     fn reset_state(&mut self) {
         self.monitor = false;
+        if self.subs.active() {
+            self.leave_pubsub();
+        }
         self.multi = None;
         self.watches.clear();
         self.watch_refused = false;
@@ -464,6 +480,11 @@ impl Session {
     }
 
     pub(super) fn ping(&mut self, args: &mut Args) -> Reply {
+        if args.remaining() <= 1 {
+            if let Some(r) = self.subscribed_ping(args.clone().next_bytes().ok()) {
+                return r;
+            }
+        }
         match args.remaining() {
             0 => Reply::status("PONG"),
             1 => args.next_bytes().map(Reply::Bulk).unwrap_or_else(arg_err),

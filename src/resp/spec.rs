@@ -136,6 +136,7 @@ pub enum Group {
     Bitmap,
     /// shoal's own: tables and placement.
     Shoal,
+    Pubsub,
 }
 
 impl Group {
@@ -152,6 +153,7 @@ impl Group {
             Group::List => "list",
             Group::Bitmap => "bitmap",
             Group::Shoal => "shoal",
+            Group::Pubsub => "pubsub",
         }
     }
 }

@@ -85,6 +85,39 @@ pub enum ShardRequest {
     CancelWaits {
         client: u64,
     },
+    /// Pub/Sub ([`super::pubsub`]): the router `router`'s interest in this
+    /// shard, replacing its previous one: `(kind, channel, clients)` and
+    /// `(pattern, clients)`. Leader only; replies `Int(reg)`, the
+    /// registration's number (0 when the interest is empty).
+    PubSubInterest {
+        router: u64,
+        channels: Vec<(u8, Bytes, u64)>,
+        patterns: Vec<(Bytes, u64)>,
+    },
+    /// Pub/Sub: the messages queued for `router` after sequence `after`,
+    /// waiting up to `wait_ms` for one. Leader only; see
+    /// [`super::pubsub::Registry::poll`] for the reply.
+    PubSubPoll {
+        router: u64,
+        reg: u64,
+        after: u64,
+        wait_ms: u64,
+    },
+    /// PUBLISH (`kind` 0) or SPUBLISH (`kind` 1) on this shard's leader:
+    /// replies `Int(clients that receive it)`. Never a Raft entry.
+    Publish {
+        kind: u8,
+        channel: Bytes,
+        message: Bytes,
+    },
+    /// PUBSUB CHANNELS / NUMSUB / SHARDCHANNELS / SHARDNUMSUB / NUMPAT on
+    /// this shard's leader: `Array([channel, clients]...)` of `kind`
+    /// (matching `pattern` when given), or with `kind` 2 the distinct
+    /// patterns.
+    PubSubChannels {
+        kind: u8,
+        pattern: Option<Bytes>,
+    },
 }
 
 /// Expiry to set with a write.

@@ -128,6 +128,8 @@ pub struct Host {
     /// Replicas the reconciler keeps although no readable record names them
     /// (orphaned), with why; shown by `shoal status` and `INFO cluster`.
     kept: RwLock<BTreeMap<u64, String>>,
+    /// Pub/Sub interest and queues of the groups this node leads.
+    pub pubsub: crate::shard::pubsub::Registry,
 }
 
 impl Host {
@@ -146,6 +148,7 @@ impl Host {
             replicas: RwLock::new(HashMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
             kept: RwLock::new(BTreeMap::new()),
+            pubsub: crate::shard::pubsub::Registry::new(),
         })
     }
 
@@ -397,6 +400,7 @@ impl Host {
             ShardRequest::WaitFilled { .. }
                 | ShardRequest::WaitFilledFor { .. }
                 | ShardRequest::CancelWaits { .. }
+                | ShardRequest::PubSubPoll { .. }
         );
         let started = Instant::now();
         let reply = self.serve_bounded(&replica, req, max_reply).await;
@@ -506,6 +510,68 @@ impl Host {
             ShardRequest::CancelWaits { client } => {
                 replica.sm.waiters().cancel(client);
                 Ok(OpReply::Ok)
+            }
+            ShardRequest::PubSubInterest {
+                router,
+                channels,
+                patterns,
+            } => {
+                self.pubsub_leader(replica)?;
+                let reg = self.pubsub.register(gid, router, channels, patterns);
+                Ok(OpReply::Int(reg as i64))
+            }
+            ShardRequest::Publish {
+                kind,
+                channel,
+                message,
+            } => {
+                self.pubsub_leader(replica)?;
+                Ok(OpReply::Int(
+                    self.pubsub.publish(gid, kind, &channel, &message),
+                ))
+            }
+            ShardRequest::PubSubChannels { kind, pattern } => {
+                self.pubsub_leader(replica)?;
+                if kind == 2 {
+                    let p = self.pubsub.patterns(gid);
+                    return Ok(OpReply::Array(p.into_iter().map(OpReply::Bulk).collect()));
+                }
+                let list = self.pubsub.channels(gid, kind, pattern.as_deref());
+                Ok(OpReply::Array(
+                    list.into_iter()
+                        .map(|(c, n)| {
+                            OpReply::Array(vec![OpReply::Bulk(c), OpReply::Int(n as i64)])
+                        })
+                        .collect(),
+                ))
+            }
+            ShardRequest::PubSubPoll {
+                router,
+                reg,
+                after,
+                wait_ms,
+            } => {
+                use crate::shard::pubsub::Polled;
+                let deadline = tokio::time::Instant::now()
+                    + Duration::from_millis(wait_ms.min(crate::shard::pubsub::MAX_POLL_MS));
+                loop {
+                    self.pubsub_leader(replica)?;
+                    let wake = match self.pubsub.poll(gid, router, reg, after) {
+                        Err(e) => return Ok(OpReply::Error(e)),
+                        Ok(Polled::Messages(m)) => return Ok(m),
+                        Ok(Polled::Wait(wake)) => wake,
+                    };
+                    if tokio::time::timeout_at(deadline, wake.notified())
+                        .await
+                        .is_err()
+                    {
+                        self.pubsub_leader(replica)?;
+                        return Ok(OpReply::Array(vec![
+                            OpReply::Int(reg as i64),
+                            OpReply::Int(0),
+                        ]));
+                    }
+                }
             }
             ShardRequest::WaitFilled {
                 keys,
@@ -796,6 +862,17 @@ impl Host {
     /// waiting out a commit that cannot happen. openraft has no CheckQuorum
     /// step-down (databendlabs/openraft#1898 suggests exactly this admission
     /// check).
+    /// [`Host::check_leader`] for Pub/Sub: a replica that no longer leads
+    /// forgets the group's listeners, so their routers register with the
+    /// new leader rather than wait here for messages that go there.
+    fn pubsub_leader(&self, replica: &Replica) -> Result<(), ShardError> {
+        let r = self.check_leader(replica);
+        if r.is_err() {
+            self.pubsub.drop_group(replica.record.group_id);
+        }
+        r
+    }
+
     fn check_leader(&self, replica: &Replica) -> Result<(), ShardError> {
         let rx = replica.raft.metrics();
         let (leader, node) = {

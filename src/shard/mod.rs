@@ -44,6 +44,7 @@ pub mod list;
 pub mod log_tail;
 pub mod network;
 pub mod proposer;
+pub mod pubsub;
 pub mod purger;
 pub mod served;
 pub mod service;

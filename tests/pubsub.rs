@@ -1,0 +1,122 @@
+//! Pub/Sub across the cluster: the replies and pushes of SUBSCRIBE,
+//! PSUBSCRIBE, SSUBSCRIBE, their UNSUBSCRIBEs, PUBLISH, SPUBLISH and PUBSUB,
+//! byte for byte against a real `redis-server` in RESP2 and RESP3, with the
+//! subscriber on one router and the publisher on another.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{cluster, extra_router, show, split, Conn, RedisServer};
+
+/// `(connection, command, replies to read)`: connection `A` subscribes,
+/// `B` publishes; an empty command only reads.
+const SCRIPT: &[(char, &str, usize)] = &[
+    ('A', "UNSUBSCRIBE", 1),
+    ('A', "PUNSUBSCRIBE", 1),
+    ('A', "SUNSUBSCRIBE", 1),
+    ('A', "SUBSCRIBE", 1),
+    ('B', "PUBLISH c1", 1),
+    ('B', "PUBLISH c1 nobody", 1),
+    ('A', "SUBSCRIBE c1 c2 c1", 3),
+    ('A', "GET k", 1),
+    ('A', "PING", 1),
+    ('A', "PING hi", 1),
+    ('B', "PUBLISH c1 hello", 1),
+    ('A', "", 1),
+    ('A', "PSUBSCRIBE c* x?", 2),
+    ('B', "PUBLISH c2 both", 1),
+    ('A', "", 2),
+    ('B', "PUBLISH cz pattern", 1),
+    ('A', "", 1),
+    ('B', "PUBLISH nochannel x", 1),
+    ('B', "PUBSUB NUMSUB c1 c2 c3", 1),
+    ('B', "PUBSUB NUMPAT", 1),
+    ('B', "PUBSUB CHANNELS c1", 1),
+    ('B', "PUBSUB CHANNELS nomatch*", 1),
+    ('B', "PUBSUB NOSUCH", 1),
+    ('B', "PUBSUB NUMPAT x", 1),
+    ('B', "PUBSUB CHANNELS a b", 1),
+    ('A', "UNSUBSCRIBE c1", 1),
+    ('A', "UNSUBSCRIBE c1", 1),
+    ('B', "PUBLISH c1 gone", 1),
+    ('A', "", 1),
+    ('A', "PUNSUBSCRIBE x?", 1),
+    ('A', "PUNSUBSCRIBE", 1),
+    ('A', "UNSUBSCRIBE", 1),
+    ('A', "UNSUBSCRIBE", 1),
+    ('A', "GET k", 1),
+    ('A', "SSUBSCRIBE s1", 1),
+    ('B', "SPUBLISH s1 sharded", 1),
+    ('A', "", 1),
+    ('B', "PUBLISH s1 plain", 1),
+    ('B', "PUBSUB SHARDNUMSUB s1 s2", 1),
+    ('B', "PUBSUB SHARDCHANNELS", 1),
+    ('A', "SUNSUBSCRIBE s1", 1),
+    ('A', "SUBSCRIBE c9", 1),
+    ('A', "RESET", 1),
+    ('A', "GET k", 1),
+];
+
+fn step(c: &mut Conn, line: &str, n: usize) -> Vec<u8> {
+    if !line.is_empty() {
+        let parts = split(line);
+        let refs: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+        c.send(&refs);
+    }
+    let mut out = Vec::new();
+    for _ in 0..n {
+        match c.read_reply() {
+            Some(r) => out.extend(r),
+            None => panic!(
+                "no reply from {} to {line:?} after {}",
+                c.stream.peer_addr().unwrap(),
+                show(&out)
+            ),
+        }
+    }
+    out
+}
+
+fn run(s: &mut [Conn; 2], r: &mut [Conn; 2]) -> Vec<String> {
+    let mut diffs = Vec::new();
+    for (who, line, n) in SCRIPT {
+        let i = usize::from(*who == 'B');
+        let a = step(&mut s[i], line, *n);
+        let b = step(&mut r[i], line, *n);
+        if a != b {
+            diffs.push(format!(
+                "{who}: {line}\n    shoal: {}\n    redis: {}",
+                show(&a),
+                show(&b)
+            ));
+        }
+    }
+    diffs
+}
+
+#[test]
+fn replies_match_redis_across_two_routers() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(&dir.path().join("redis"));
+    let cl = cluster(&dir.path().join("cluster"), 1, 2, 1);
+    let (b, _router_b) = extra_router(&cl, &dir.path().join("router-b"), "", &[]);
+    let mut s = [Conn::connect(&cl.router_addr()), Conn::connect(&b)];
+    let mut r = [Conn::connect(&redis.addr), Conn::connect(&redis.addr)];
+    let mut diffs = run(&mut s, &mut r);
+    for (i, c) in s.iter_mut().chain(r.iter_mut()).enumerate() {
+        let hello = c.line("HELLO 3");
+        assert!(hello.starts_with(b"%"), "conn {i}: {}", show(&hello));
+    }
+    diffs.extend(run(&mut s, &mut r));
+    assert!(
+        diffs.is_empty(),
+        "replies differ from Redis:\n{}",
+        diffs.join("\n")
+    );
+    // QUIT is allowed in RESP2 subscribed mode, and closes.
+    let mut q = Conn::connect(&b);
+    q.line("SUBSCRIBE c");
+    assert_eq!(q.line("QUIT"), b"+OK\r\n");
+    assert!(q.is_closed(Duration::from_secs(5)));
+}
