@@ -120,3 +120,73 @@ fn replies_match_redis_across_two_routers() {
     assert_eq!(q.line("QUIT"), b"+OK\r\n");
     assert!(q.is_closed(Duration::from_secs(5)));
 }
+
+/// redis-py (`tests/redis_compat/py/pubsub.py`): subscribers on two
+/// routers, a publisher on a third; 10,000 messages; the first subscriber's
+/// router is killed half way.
+#[test]
+fn redis_py_subscribers_across_routers_and_a_killed_router() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let cl = cluster(&dir.path().join("cluster"), 1, 2, 1);
+    let (a1, mut router_a1) = extra_router(&cl, &dir.path().join("router-a1"), "", &[]);
+    let (a2, _router_a2) = extra_router(&cl, &dir.path().join("router-a2"), "", &[]);
+    let p = cl.router_addr();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/redis_compat/py/pubsub.py");
+    let mut child = Command::new("/usr/bin/python3")
+        .arg(script)
+        .args([&a1, &a2, &p, "10000"])
+        .env_remove("LD_LIBRARY_PATH")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    if line.trim() == "HALF" {
+        router_a1.sigkill().unwrap();
+        writeln!(child.stdin.as_mut().unwrap()).unwrap();
+        line.clear();
+        out.read_line(&mut line).unwrap();
+    }
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(
+        status.success() && line.trim() == "ok",
+        "pubsub.py: {status}, stdout {line:?}\n{err}"
+    );
+}
+
+/// The redis crate's PubSub: SUBSCRIBE and PSUBSCRIBE on one router, PUBLISH
+/// from another.
+#[test]
+fn redis_crate_pubsub() {
+    let dir = tempfile::tempdir().unwrap();
+    let cl = cluster(&dir.path().join("cluster"), 1, 2, 1);
+    let (b, _router_b) = extra_router(&cl, &dir.path().join("router-b"), "", &[]);
+    let client = redis::Client::open(format!("redis://{}", cl.router_addr())).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let mut ps = con.as_pubsub();
+    ps.subscribe("news").unwrap();
+    ps.psubscribe("n*").unwrap();
+    ps.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut publisher = common::connect(&b);
+    let n: i64 = redis::cmd("PUBLISH")
+        .arg("news")
+        .arg("hello")
+        .query(&mut publisher)
+        .unwrap();
+    assert_eq!(n, 2);
+    let m = ps.get_message().unwrap();
+    assert_eq!(m.get_channel_name(), "news");
+    assert_eq!(m.get_payload::<String>().unwrap(), "hello");
+    let m = ps.get_message().unwrap();
+    assert_eq!(m.get_pattern::<String>().unwrap(), "n*");
+    assert_eq!(m.get_payload::<String>().unwrap(), "hello");
+}
