@@ -56,6 +56,7 @@ const SCRIPT: &[(char, &str, usize)] = &[
     ('A', "SUBSCRIBE c9", 1),
     ('A', "RESET", 1),
     ('A', "GET k", 1),
+    ('B', "CONFIG GET client-output-buffer-limit", 1),
 ];
 
 fn step(c: &mut Conn, line: &str, n: usize) -> Vec<u8> {
@@ -189,4 +190,44 @@ fn redis_crate_pubsub() {
     let m = ps.get_message().unwrap();
     assert_eq!(m.get_pattern::<String>().unwrap(), "n*");
     assert_eq!(m.get_payload::<String>().unwrap(), "hello");
+}
+
+/// A subscriber that does not read is disconnected once its messages pass
+/// `client-output-buffer-limit pubsub`; the others keep receiving.
+#[test]
+fn a_slow_subscriber_is_disconnected_at_the_output_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cl = cluster(&dir.path().join("cluster"), 1, 1, 1);
+    let a = cl.router_addr();
+    let mut admin = Conn::connect(&a);
+    assert_eq!(
+        admin.line("CONFIG SET client-output-buffer-limit nosuch"),
+        b"-ERR CONFIG SET failed (possibly related to argument 'client-output-buffer-limit') - Wrong number of arguments in buffer limit configuration.\r\n"
+    );
+    let set = common::encode(&[
+        b"CONFIG",
+        b"SET",
+        b"client-output-buffer-limit",
+        b"pubsub 1mb 0 0",
+    ]);
+    admin.send_raw(&set);
+    assert_eq!(admin.read_reply().unwrap(), b"+OK\r\n");
+    let got = admin.line("CONFIG GET client-output-buffer-limit");
+    assert!(show(&got).contains("pubsub 1048576 0 0"), "{}", show(&got));
+    let mut slow = Conn::connect(&a);
+    slow.line("SUBSCRIBE big");
+    let mut fast = Conn::connect(&a);
+    fast.line("SUBSCRIBE big");
+    let payload = vec![b'x'; 10_000];
+    let mut publisher = Conn::connect(&a);
+    for _ in 0..2_000 {
+        publisher.send(&[b"PUBLISH", b"big", &payload]);
+        assert!(publisher.read_reply().unwrap().starts_with(b":"));
+        fast.read_reply()
+            .expect("the reading subscriber keeps receiving");
+    }
+    assert!(
+        slow.is_closed(Duration::from_secs(10)),
+        "a subscriber 20 MB behind is still connected"
+    );
 }

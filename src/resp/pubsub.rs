@@ -22,8 +22,9 @@
 //!   disconnects every connection subscribed through that shard, so none
 //!   stays silently deaf.
 //! * Each subscribed connection's queue of messages is bounded by
-//!   `client-output-buffer-limit pubsub` (hard limit; the soft limit is read
-//!   back but not enforced): past it the connection is closed.
+//!   `client-output-buffer-limit pubsub` (hard limit, 0 for none; the soft
+//!   limit is read back but not enforced): past it the connection is
+//!   closed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

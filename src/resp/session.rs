@@ -733,6 +733,18 @@ impl Session {
             ("shoal-max-output-len", c.max_output_len.to_string()),
             ("shoal-max-multi-commands", size(&l.max_multi_commands)),
             ("shoal-max-watch-keys", size(&l.max_watch_keys)),
+            (
+                "client-output-buffer-limit",
+                // Only the pubsub class is this router's: normal clients
+                // are bounded by shoal-max-output-len, and there are no
+                // replica connections.
+                format!(
+                    "normal 0 0 0 slave 268435456 67108864 60 pubsub {} {} {}",
+                    size(&self.shared.pubsub.hard_limit),
+                    size(&self.shared.pubsub.soft_limit),
+                    size(&self.shared.pubsub.soft_secs)
+                ),
+            ),
         ];
         let views = &self.shared.views;
         params.extend([
@@ -777,6 +789,58 @@ impl Session {
             "shoal-max-watch-keys" => (Setting::Size(&l.max_watch_keys), 1, false),
             _ => return None,
         })
+    }
+
+    /// `client-output-buffer-limit <class> <hard> <soft> <soft seconds>
+    /// ...`: the pubsub class's values (what this router enforces);
+    /// `normal` and `replica` (`slave`) are accepted only as CONFIG GET
+    /// shows them, since this router does not apply them.
+    fn output_limit_updates(&self, value: &[u8]) -> Result<Vec<(Setting<'_>, u64)>, Reply> {
+        let err = |why: &str| {
+            Reply::error(format!(
+                "ERR CONFIG SET failed (possibly related to argument 'client-output-buffer-limit') - {why}"
+            ))
+        };
+        let text = String::from_utf8_lossy(value);
+        let words: Vec<&str> = text.split_whitespace().collect();
+        if words.is_empty() || !words.len().is_multiple_of(4) {
+            return Err(err(
+                "Wrong number of arguments in buffer limit configuration.",
+            ));
+        }
+        let hub = &self.shared.pubsub;
+        let mut out = Vec::new();
+        for group in words.chunks(4) {
+            let hard = parse_memory(group[1].as_bytes());
+            let soft = parse_memory(group[2].as_bytes());
+            let secs =
+                super::args::parse_i64(group[3].as_bytes()).and_then(|v| u64::try_from(v).ok());
+            let (Some(hard), Some(soft), Some(secs)) = (hard, soft, secs) else {
+                return Err(err(
+                    "Error in hard, soft or soft_seconds setting in buffer limit configuration.",
+                ));
+            };
+            match group[0].to_ascii_lowercase().as_str() {
+                "pubsub" => out.extend([
+                    (Setting::Size(&hub.hard_limit), hard),
+                    (Setting::Size(&hub.soft_limit), soft),
+                    (Setting::Size(&hub.soft_secs), secs),
+                ]),
+                "normal" if (hard, soft, secs) == (0, 0, 0) => {}
+                "replica" | "slave" if (hard, soft, secs) == (268435456, 67108864, 60) => {}
+                "normal" | "replica" | "slave" => {
+                    return Err(err(
+                        "only the pubsub class can be changed on a shoal router (normal clients are bounded by shoal-max-output-len)",
+                    ))
+                }
+                _ => {
+                    return Err(err(
+                        "Invalid client class specified in buffer limit configuration.",
+                    ))
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The settings of SLOWLOG and LATENCY: where they go, their smallest
@@ -825,6 +889,13 @@ impl Session {
                     ));
                 }
                 updates.push((target, v as u64));
+                continue;
+            }
+            if name == "client-output-buffer-limit" {
+                match self.output_limit_updates(&pair[1]) {
+                    Ok(u) => updates.extend(u),
+                    Err(e) => return e,
+                }
                 continue;
             }
             let Some((target, min, sized)) = self.setting(&name) else {
