@@ -9,6 +9,7 @@ usage: pubsub.py A1 A2 P N
 """
 import sys
 import threading
+import time
 
 import redis
 
@@ -69,6 +70,7 @@ p = conn(pub_addr)
 counts = p.execute_command("PUBSUB", "NUMSUB", "feed")
 if counts != [b"feed", 2]:
     fail("PUBSUB NUMSUB feed: %r" % (counts,))
+started = time.monotonic()
 i = 0
 while i < n:
     pipe = p.pipeline(transaction=False)
@@ -84,6 +86,8 @@ while i < n:
 
 for t in threads:
     t.join(60)
+print("%d messages published and received in %.2f s (pause for the kill included)"
+      % (n, time.monotonic() - started), file=sys.stderr)
 if ended.get("a2") != "done":
     fail("a2: %s after %d messages" % (ended.get("a2"), len(got["a2"])))
 if got["a2"] != list(range(n)):
