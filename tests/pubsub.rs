@@ -57,6 +57,21 @@ const SCRIPT: &[(char, &str, usize)] = &[
     ('A', "RESET", 1),
     ('A', "GET k", 1),
     ('B', "CONFIG GET client-output-buffer-limit", 1),
+    // Channel rules (ACL): a channel must match a pattern of the user's, a
+    // PSUBSCRIBE pattern must equal one.
+    (
+        'B',
+        "ACL SETUSER ps on nopass +@all ~* resetchannels &allowed*",
+        1,
+    ),
+    ('B', "AUTH ps x", 1),
+    ('B', "PUBLISH other x", 1),
+    ('B', "PUBLISH allowed1 x", 1),
+    ('B', "SPUBLISH other x", 1),
+    ('B', "SUBSCRIBE allowed1 other", 1),
+    ('B', "PSUBSCRIBE allow*", 1),
+    ('B', "AUTH default x", 1),
+    ('B', "ACL DELUSER ps", 1),
 ];
 
 fn step(c: &mut Conn, line: &str, n: usize) -> Vec<u8> {

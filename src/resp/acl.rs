@@ -15,8 +15,9 @@
 //! Tables (shoal's own): `table:<glob>` lets a user use the tables whose
 //! names match, `alltables` every table (the default), `resettables` none.
 //! Redis's pub/sub channel rules (`&pattern`, `allchannels`,
-//! `resetchannels`) are accepted and shown as Redis shows them; shoal has
-//! no pub/sub, so they allow nothing.
+//! `resetchannels`) are shown as Redis shows them and checked as Redis
+//! checks them ([`User::channel_ok`]): a channel must match one of the
+//! patterns, a PSUBSCRIBE pattern must equal one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
@@ -161,6 +162,24 @@ pub enum Denied {
     Key(Bytes),
     /// The connection's table.
     Table(String),
+    /// A pub/sub channel or pattern (the first refused).
+    Channel(String),
+}
+
+impl User {
+    /// Whether the user may use `name`: a channel matching one of its
+    /// channel patterns, or (`pattern`, for PSUBSCRIBE) a pattern equal to
+    /// one, as Redis 7 checks.
+    pub fn channel_ok(&self, name: &[u8], pattern: bool) -> bool {
+        self.rec.all_channels
+            || self.rec.channels.iter().any(|p| {
+                if pattern {
+                    p.as_bytes() == name
+                } else {
+                    crate::glob::glob_match(p.as_bytes(), name)
+                }
+            })
+    }
 }
 
 impl Denied {
@@ -178,6 +197,10 @@ impl Denied {
             Denied::Table(t) => {
                 format!("NOPERM this user has no permissions to use the '{t}' table")
             }
+            Denied::Channel(_) => {
+                "NOPERM this user has no permissions to access one of the channels used as arguments"
+                    .to_string()
+            }
         })
     }
 
@@ -187,6 +210,7 @@ impl Denied {
             Denied::Command(_) => "no permission to execute the command or subcommand",
             Denied::Key(_) => "no permission to touch the specified keys",
             Denied::Table(_) => "no permission to use the table",
+            Denied::Channel(_) => "no permission to access one of the channels used as arguments",
         };
         Reply::error(format!("NOPERM ACLs rules changed between the moment the transaction was accumulated and the EXEC call. This command is no longer allowed for the following reason: {reason}"))
     }
@@ -200,6 +224,9 @@ impl Denied {
                 String::from_utf8_lossy(k)
             ),
             Denied::Table(t) => format!("This user has no permissions to use the '{t}' table"),
+            Denied::Channel(c) => {
+                format!("This user has no permissions to access the '{c}' channel")
+            }
         }
     }
 
@@ -209,6 +236,7 @@ impl Denied {
             Denied::Command(c) => ("command", c.clone()),
             Denied::Key(k) => ("key", String::from_utf8_lossy(k).into_owned()),
             Denied::Table(t) => ("table", t.clone()),
+            Denied::Channel(c) => ("channel", c.clone()),
         }
     }
 }

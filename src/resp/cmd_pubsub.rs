@@ -104,12 +104,24 @@ impl Session {
         }
     }
 
+    /// The ACL check of the channels (or patterns) a command names: the
+    /// NOPERM reply, logged, for the first one the user may not use.
+    fn channels_denied(&self, names: &[Bytes], pattern: bool) -> Option<Reply> {
+        let refused = names.iter().find(|n| !self.user.channel_ok(n, pattern))?;
+        let d = super::acl::Denied::Channel(String::from_utf8_lossy(refused).into_owned());
+        self.log_denied(&d, false);
+        Some(d.reply())
+    }
+
     async fn subscribe_to(&mut self, args: &mut Args, what: What) -> Reply {
         let table = match self.table_named(&self.table) {
             Ok(t) => t,
             Err(e) => return cluster_err(e),
         };
         let names: Vec<Bytes> = std::iter::from_fn(|| args.next_bytes().ok()).collect();
+        if let Some(denied) = self.channels_denied(&names, what == What::Pattern) {
+            return denied;
+        }
         let out = self
             .subs
             .out
@@ -220,6 +232,9 @@ impl Session {
         };
         let channel = args.next_bytes().unwrap_or_default();
         let message = args.next_bytes().unwrap_or_default();
+        if let Some(denied) = self.channels_denied(std::slice::from_ref(&channel), false) {
+            return denied;
+        }
         let shard = shard_of(&table, &channel);
         let req = ShardRequest::Publish {
             kind,
