@@ -10,36 +10,13 @@ use bytes::Bytes;
 
 use super::args::Args;
 use super::errors::cluster_err;
-use super::pubsub::{outbox, Inbox, Outbox};
+use super::pubsub::outbox;
 use super::reply::Reply;
 use super::session::Session;
 use crate::cluster::routes::TableRoute;
 use crate::shard::command::{OpReply, ShardRequest};
 use crate::shard::pubsub::{KIND_CHANNEL, KIND_SHARD};
 use crate::slot::slot;
-
-/// A connection's subscriptions, each with the table it was made in.
-#[derive(Default)]
-pub struct SubState {
-    out: Option<Outbox>,
-    /// Taken by the connection loop once.
-    pub(super) inbox: Option<Inbox>,
-    channels: Vec<(String, Bytes)>,
-    patterns: Vec<(String, Bytes)>,
-    shard_channels: Vec<(String, Bytes)>,
-}
-
-impl SubState {
-    /// Channels and patterns (what SUBSCRIBE's count says).
-    fn count(&self) -> i64 {
-        (self.channels.len() + self.patterns.len()) as i64
-    }
-
-    /// Whether the connection is in subscribed mode.
-    pub fn active(&self) -> bool {
-        !self.channels.is_empty() || !self.patterns.is_empty() || !self.shard_channels.is_empty()
-    }
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum What {

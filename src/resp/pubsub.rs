@@ -107,6 +107,29 @@ impl Outbox {
     }
 }
 
+/// A connection's subscriptions, each with the table it was made in.
+#[derive(Default)]
+pub struct SubState {
+    pub(super) out: Option<Outbox>,
+    /// Taken by the connection loop once.
+    pub(super) inbox: Option<Inbox>,
+    pub(super) channels: Vec<(String, Bytes)>,
+    pub(super) patterns: Vec<(String, Bytes)>,
+    pub(super) shard_channels: Vec<(String, Bytes)>,
+}
+
+impl SubState {
+    /// Channels and patterns (what SUBSCRIBE's count says).
+    pub(super) fn count(&self) -> i64 {
+        (self.channels.len() + self.patterns.len()) as i64
+    }
+
+    /// Whether the connection is in subscribed mode.
+    pub fn active(&self) -> bool {
+        !self.channels.is_empty() || !self.patterns.is_empty() || !self.shard_channels.is_empty()
+    }
+}
+
 type Subs = HashMap<u64, Outbox>;
 
 /// A router's interest in one shard: `(kind, channel, clients)` and

@@ -334,7 +334,7 @@ pub struct Session {
     /// MONITOR ran: the connection loop turns this connection into a feed.
     pub monitor: bool,
     /// Pub/Sub subscriptions.
-    pub(super) subs: super::cmd_pubsub::SubState,
+    pub(super) subs: super::pubsub::SubState,
 }
 
 impl Drop for Session {
