@@ -429,7 +429,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Returns the expiration time in milliseconds of a key."),
     row("publish", 3, PUBSUB | NO_MULTI | LOADING | STALE | FAST, NONE, acl::PUBSUB | acl::FAST, G::Pubsub,
         awaits!(publish), "Posts a message to a channel."),
-    row("pubsub", -2, PUBSUB | NO_MULTI | LOADING | STALE, NONE, PS, G::Pubsub,
+    row("pubsub", -2, NO_MULTI | LOADING | STALE, NONE, 0, G::Pubsub,
         awaits!(pubsub), "A container for Pub/Sub commands."),
     row("punsubscribe", -1, PUBSUB | NO_MULTI | NOSCRIPT | LOADING | STALE, NONE, PS, G::Pubsub,
         awaits!(punsubscribe), "Stops listening to messages published to channels that match one or more patterns."),
