@@ -29,7 +29,6 @@ fn counter_vec(name: &str, help: &str) -> prometheus::IntCounterVec {
 /// The node's metrics now, in the text exposition format (`data_dir`: the
 /// file system whose space they report).
 pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
-    let (disk_free, disk_total) = disk_space(data_dir).unwrap_or_default();
     let leader = gauge_vec("shoal_group_leader", "1 when this replica leads its group");
     let term = gauge_vec("shoal_group_term", "The replica's Raft term");
     let last_log = gauge_vec(
@@ -108,7 +107,7 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
     let engine = &host.engine;
     let stats = &crate::shard::status::COLLECTIONS_COLLECTED;
     let recovered = &crate::shard::status::TXN_RECOVERED;
-    let registry = crate::metrics::registry(vec![
+    let mut collectors: Vec<crate::metrics::Boxed> = vec![
         Box::new(leader),
         Box::new(term),
         Box::new(last_log),
@@ -127,16 +126,6 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
             "shoal_node_replicas",
             "Group replicas this node holds",
             replicas.len() as u64,
-        ),
-        gauge(
-            "shoal_node_disk_free_bytes",
-            "Bytes free for the node (not root) on its data directory's file system",
-            disk_free,
-        ),
-        gauge(
-            "shoal_node_disk_size_bytes",
-            "Size of the node's data directory's file system",
-            disk_total,
         ),
         gauge(
             "shoal_node_blocked_waits",
@@ -194,7 +183,21 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
         Box::new(crate::metrics::RAFT_SENT_MESSAGES.clone()),
         Box::new(crate::metrics::RAFT_SENT_BYTES.clone()),
         Box::new(crate::metrics::SNAPSHOTS.clone()),
-    ]);
+    ];
+    // Unknown space is left out, never reported as a full disk.
+    if let Some((free, size)) = disk_space(data_dir) {
+        collectors.push(gauge(
+            "shoal_node_disk_free_bytes",
+            "Bytes free for the node (not root) on its data directory's file system",
+            free,
+        ));
+        collectors.push(gauge(
+            "shoal_node_disk_size_bytes",
+            "Size of the node's data directory's file system",
+            size,
+        ));
+    }
+    let registry = crate::metrics::registry(collectors);
     crate::metrics::text(&registry)
 }
 

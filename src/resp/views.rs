@@ -646,7 +646,7 @@ pub fn latency_doctor(events: &Events, threshold: u64) -> String {
 /// the first time a command runs in it; reading it takes a read lock.
 pub struct TableStats {
     rows: usize,
-    by_db: std::sync::RwLock<HashMap<u32, std::sync::Arc<[[AtomicU64; 2]]>>>,
+    by_db: std::sync::RwLock<HashMap<u32, Box<[[AtomicU64; 2]]>>>,
 }
 
 impl TableStats {
@@ -659,24 +659,21 @@ impl TableStats {
 
     /// The command of row `row` ran in table `db` and ended in `outcome`.
     pub fn record(&self, db: u32, row: usize, outcome: Outcome) {
-        let cells = self.by_db.read().ok().and_then(|m| m.get(&db).cloned());
-        let cells = match cells {
-            Some(c) => c,
-            None => {
-                let Ok(mut m) = self.by_db.write() else {
-                    return;
-                };
-                m.entry(db)
-                    .or_insert_with(|| {
-                        (0..self.rows)
-                            .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
-                            .collect()
-                    })
-                    .clone()
+        let add = |cells: &[[AtomicU64; 2]]| {
+            if let Some(c) = cells.get(row) {
+                c[(outcome == Outcome::Failed) as usize].fetch_add(1, Ordering::Relaxed);
             }
         };
-        if let Some(c) = cells.get(row) {
-            c[(outcome == Outcome::Failed) as usize].fetch_add(1, Ordering::Relaxed);
+        // Counted under the read lock: no reference count is touched.
+        if let Some(cells) = self.by_db.read().ok().as_ref().and_then(|m| m.get(&db)) {
+            return add(cells);
+        }
+        if let Ok(mut m) = self.by_db.write() {
+            add(m.entry(db).or_insert_with(|| {
+                (0..self.rows)
+                    .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+                    .collect()
+            }));
         }
     }
 

@@ -170,7 +170,32 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             fallback_addr: node.addr.clone(),
             lease: self.lease.clone(),
+            sent: SentCounters::to(target),
         }
+    }
+}
+
+/// The sent-message and sent-byte counters of one peer, one pair per kind
+/// of message, looked up once when openraft makes the client (not per
+/// message on the replication path).
+struct SentCounters([(prometheus::IntCounter, prometheus::IntCounter); 3]);
+
+impl SentCounters {
+    fn to(target: NodeId) -> SentCounters {
+        let peer = target.to_string();
+        SentCounters([Rpc::Append, Rpc::Vote, Rpc::Snapshot].map(|rpc| {
+            let labels = [peer.as_str(), rpc.name()];
+            (
+                crate::metrics::RAFT_SENT_MESSAGES.with_label_values(&labels),
+                crate::metrics::RAFT_SENT_BYTES.with_label_values(&labels),
+            )
+        }))
+    }
+
+    fn count(&self, rpc: Rpc, bytes: usize) {
+        let (messages, sent) = &self.0[rpc as usize];
+        messages.inc();
+        sent.inc_by(bytes as u64);
     }
 }
 
@@ -182,6 +207,7 @@ pub struct GroupNetwork {
     /// Address recorded in the Raft membership; etcd's member list wins.
     fallback_addr: String,
     lease: Arc<Lease>,
+    sent: SentCounters,
 }
 
 #[derive(Clone, Copy)]
@@ -234,14 +260,7 @@ impl GroupNetwork {
         let (req_format, reply_format) = rpc.formats();
         let payload =
             codec::encode(req_format, req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let peer = self.target.to_string();
-        let labels = [peer.as_str(), rpc.name()];
-        crate::metrics::RAFT_SENT_MESSAGES
-            .with_label_values(&labels)
-            .inc();
-        crate::metrics::RAFT_SENT_BYTES
-            .with_label_values(&labels)
-            .inc_by(payload.len() as u64);
+        self.sent.count(rpc, payload.len());
         let unreachable = |why: String| {
             RPCError::Unreachable(Unreachable::new(&TransportError(format!(
                 "node {} at {addr}: {why}",
