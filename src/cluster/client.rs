@@ -36,6 +36,7 @@ use crate::shard::host::MembershipChange;
 use crate::shard::network::Transport;
 use crate::shard::status::NodeStatus;
 use crate::shard::stream::{CallError, Service, Streams};
+use crate::shard::wire;
 use crate::shard::ShardError;
 
 #[derive(Debug, Clone)]
@@ -110,9 +111,12 @@ impl ShardClient {
             suspects: Mutex::new(HashMap::new()),
             routes,
             leaders: Mutex::new(HashMap::new()),
+            streams: Streams::new(
+                Service::Shard,
+                wire::shard_reply_frame_max(config.max_reply_len),
+            ),
             config,
             next: std::sync::atomic::AtomicUsize::new(0),
-            streams: Streams::new(Service::Shard),
             stats: ClientStats::default(),
         })
     }
@@ -172,8 +176,8 @@ impl ShardClient {
             .ok_or_else(|| format!("node {node} has no known address"))?;
         let ch = self.transport.channel(&addr)?;
         Ok(ShardServiceClient::new(ch)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX))
+            .max_decoding_message_size(wire::shard_reply_frame_max(self.config.max_reply_len))
+            .max_encoding_message_size(wire::SHARD_FRAME_MAX))
     }
 
     /// Run `req` on shard `shard` of `table`.
@@ -227,6 +231,12 @@ impl ShardClient {
         );
         let payload = codec::encode(Format::ShardRequest, &req)
             .map_err(|e| ClusterError::Internal(e.to_string()))?;
+        // The node would refuse it, and break the stream other requests share.
+        if payload.len() > wire::MAX_SHARD_REQUEST {
+            return Err(ClusterError::Refused(wire::request_too_large(
+                payload.len(),
+            )));
+        }
         let request = StreamRequest {
             id: 0,
             group_id: gid,

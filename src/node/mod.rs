@@ -16,8 +16,6 @@ use anyhow::Context;
 use crate::config::NodeConfig;
 use crate::meta::etcd::{ClusterRecord, Meta};
 use crate::meta::identity;
-use crate::proto::raft_service_server::RaftServiceServer;
-use crate::proto::shard_service_server::ShardServiceServer;
 use crate::shard::engine::Engine;
 use crate::shard::host::{Host, HostConfig};
 use crate::shard::network::Transport;
@@ -93,17 +91,10 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
     tracing::info!(node = c.id, %addr, replicas = reopened, "node up");
 
     let service = NodeService::new(host.clone(), c.max_snapshot_len);
+    // Message sizes bounded as `shard::wire` says.
     let server = tonic::transport::Server::builder()
-        .add_service(
-            RaftServiceServer::new(service.clone())
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(
-            ShardServiceServer::new(service)
-                .max_decoding_message_size(64 * 1024 * 1024)
-                .max_encoding_message_size(usize::MAX),
-        );
+        .add_service(crate::shard::service::raft_server(service.clone()))
+        .add_service(crate::shard::service::shard_server(service));
     let server = match tls {
         Some(tls) => tokio::spawn(server.serve_with_incoming(crate::tls::incoming(
             listener,

@@ -307,6 +307,12 @@ pub fn encode<T: Serialize + ?Sized>(kind: Format, v: &T) -> Result<Vec<u8>, Cod
     })
 }
 
+/// The length of `v`'s payload as [`encode`] writes it (header not
+/// counted), without writing it. `usize::MAX` if it does not encode.
+pub fn payload_len<T: Serialize + ?Sized>(v: &T) -> usize {
+    postcard::experimental::serialized_size(v).unwrap_or(usize::MAX)
+}
+
 /// Decode a blob of `kind` written in its current version (or an older one
 /// that the current type reads: [`Format::same_type_since`]).
 pub fn decode<T: DeserializeOwned>(kind: Format, raw: &[u8]) -> Result<T, CodecError> {

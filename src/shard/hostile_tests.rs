@@ -528,3 +528,241 @@ async fn add_learner_never_redirects_a_known_peer() {
         .clone();
     assert!(voters.get_node(&2).is_none(), "node 2 was added");
 }
+
+/// Serve `host`'s gRPC services on a free loopback port, as `shoal node`
+/// does (`service::raft_server`, `service::shard_server`); the address.
+async fn serve_grpc(host: Arc<Host>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let incoming = futures::stream::unfold(listener, |l| async move {
+        Some((l.accept().await.map(|(s, _)| s), l))
+    });
+    let service = super::service::NodeService::new(host, u64::MAX);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(super::service::raft_server(service.clone()))
+            .add_service(super::service::shard_server(service))
+            .serve_with_incoming(incoming),
+    );
+    addr
+}
+
+async fn channel(addr: &str) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn stream_request(kind: u32, request: Vec<u8>, max_reply_len: u64) -> crate::proto::StreamRequest {
+    crate::proto::StreamRequest {
+        id: 1,
+        group_id: GID,
+        request,
+        max_reply_len,
+        timeout_ms: 10_000,
+        kind,
+    }
+}
+
+/// What a one-frame stream of `requests` to the node's `ShardService`
+/// (`raft`: its `RaftService`) gets back: the replies, or the status
+/// that ended it.
+async fn one_frame(
+    addr: &str,
+    raft: bool,
+    requests: Vec<crate::proto::StreamRequest>,
+) -> Result<Vec<crate::proto::StreamReply>, tonic::Status> {
+    use crate::proto::raft_service_client::RaftServiceClient;
+    use crate::proto::shard_service_client::ShardServiceClient;
+    let n = requests.len();
+    let frame = crate::proto::ExecuteBatch { requests };
+    // The stream stays open until every reply came (a closed request
+    // side lets the node end the stream).
+    let (tx, rx) = futures::channel::mpsc::channel(1);
+    let mut tx = tx;
+    futures::SinkExt::send(&mut tx, frame).await.unwrap();
+    let ch = channel(addr).await;
+    let mut replies = if raft {
+        RaftServiceClient::new(ch).stream(rx).await?.into_inner()
+    } else {
+        ShardServiceClient::new(ch)
+            .execute_stream(rx)
+            .await?
+            .into_inner()
+    };
+    let mut got = Vec::new();
+    while got.len() < n {
+        match replies.message().await? {
+            Some(batch) => got.extend(batch.replies),
+            None => break,
+        }
+    }
+    drop(tx);
+    Ok(got)
+}
+
+fn decoded(reply: &crate::proto::StreamReply) -> Result<OpReply, ShardError> {
+    codec::decode(codec::Format::ShardReply, &reply.reply).unwrap()
+}
+
+/// Messages over the gRPC size limits (`shard::wire`) are refused by the
+/// node before they are decoded, with `OutOfRange`, and nothing of them is
+/// applied, even though this node's own limits would take the value; the
+/// node goes on serving. A message just under a limit is served.
+#[tokio::test]
+async fn messages_over_the_grpc_limits_are_refused_before_decoding() {
+    use super::wire;
+    use crate::proto::raft_service_client::RaftServiceClient;
+    use crate::proto::shard_service_client::ShardServiceClient;
+    use crate::proto::{ExecuteRequest, RaftMessage};
+    let dir = tempfile::tempdir().unwrap();
+    // Values of any size are admitted here: only the message limit stands
+    // between a huge SET and the log.
+    let limits = Limits {
+        max_value_len: u64::MAX,
+        ..Limits::default()
+    };
+    let host = host_with(dir.path(), limits).await;
+    let addr = serve_grpc(host.clone()).await;
+    let set_of = |key: &str, len: usize| {
+        let op = WriteOp::Set {
+            key: b(key),
+            value: Bytes::from(vec![b'v'; len]),
+            expiry: Expiry::Clear,
+            cond: SetCond::Always,
+            get: false,
+        };
+        codec::encode(codec::Format::ShardRequest, &write(op)).unwrap()
+    };
+    let too_large = |status: &tonic::Status| {
+        matches!(
+            status.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        )
+    };
+
+    // The router's stream: one frame over SHARD_FRAME_MAX.
+    let huge = set_of("huge", wire::SHARD_FRAME_MAX + 1);
+    let err = one_frame(&addr, false, vec![stream_request(0, huge.clone(), 0)])
+        .await
+        .unwrap_err();
+    assert!(too_large(&err), "{err:?}");
+    // Unary Execute: the same.
+    let err = ShardServiceClient::new(channel(&addr).await)
+        .execute(ExecuteRequest {
+            group_id: GID,
+            request: huge,
+            max_reply_len: 0,
+        })
+        .await
+        .unwrap_err();
+    assert!(too_large(&err), "{err:?}");
+    assert_eq!(
+        host.execute(GID, read(ReadOp::StrLen { key: b("huge") }))
+            .await
+            .unwrap(),
+        OpReply::Int(0),
+        "a refused message was applied"
+    );
+
+    // RaftService: an AppendEntries over RAFT_FRAME_MAX, on the stream and
+    // unary; a snapshot chunk over its size, under the service's limit.
+    let junk = vec![0u8; wire::RAFT_FRAME_MAX + 1];
+    let err = one_frame(&addr, true, vec![stream_request(1, junk.clone(), 0)])
+        .await
+        .unwrap_err();
+    assert!(too_large(&err), "{err:?}");
+    let mut raft = RaftServiceClient::new(channel(&addr).await);
+    let err = raft
+        .append_entries(RaftMessage {
+            group_id: GID,
+            payload: junk,
+        })
+        .await
+        .unwrap_err();
+    assert!(too_large(&err), "{err:?}");
+    let err = raft
+        .install_snapshot(RaftMessage {
+            group_id: GID,
+            payload: vec![0u8; wire::MAX_SNAPSHOT_MESSAGE + 1],
+        })
+        .await
+        .unwrap_err();
+    assert!(too_large(&err), "{err:?}");
+    assert!(err.message().contains("snapshot chunk"), "{err:?}");
+    // Under the limit, the same junk is read and refused as junk.
+    let err = raft
+        .append_entries(RaftMessage {
+            group_id: GID,
+            payload: vec![0u8; 1024],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
+    // The node goes on serving, a value of several MiB included.
+    let big = 8 << 20;
+    let replies = one_frame(&addr, false, vec![stream_request(0, set_of("big", big), 0)])
+        .await
+        .unwrap();
+    assert_eq!(decoded(&replies[0]), Ok(OpReply::Ok));
+    assert_eq!(
+        host.execute(GID, read(ReadOp::StrLen { key: b("big") }))
+            .await
+            .unwrap(),
+        OpReply::Int(big as i64)
+    );
+}
+
+/// A reply longer than the router takes (its `max_reply_len`) is replaced
+/// by an error saying so, and a write it answers is applied: the router
+/// would otherwise refuse the whole reply frame.
+#[tokio::test]
+async fn a_reply_over_the_callers_limit_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with(dir.path(), Limits::default()).await;
+    let addr = serve_grpc(host.clone()).await;
+    let old = 2 << 20;
+    host.execute(
+        GID,
+        write(WriteOp::Set {
+            key: b("k"),
+            value: Bytes::from(vec![b'o'; old]),
+            expiry: Expiry::Clear,
+            cond: SetCond::Always,
+            get: false,
+        }),
+    )
+    .await
+    .unwrap();
+    // SET k new GET: the reply is the 2 MiB old value.
+    let set_get = codec::encode(
+        codec::Format::ShardRequest,
+        &write(WriteOp::Set {
+            key: b("k"),
+            value: b("new"),
+            expiry: Expiry::Clear,
+            cond: SetCond::Always,
+            get: true,
+        }),
+    )
+    .unwrap();
+    let replies = one_frame(&addr, false, vec![stream_request(0, set_get, 1 << 20)])
+        .await
+        .unwrap();
+    match decoded(&replies[0]) {
+        Ok(OpReply::Error(e)) => {
+            assert!(e.starts_with("ERR reply too large"), "{e}");
+            assert!(e.contains("a write it answers was applied"), "{e}");
+        }
+        other => panic!("not refused: {:.200}", format!("{other:?}")),
+    }
+    assert_eq!(
+        host.execute(GID, read(ReadOp::Get { key: b("k") }))
+            .await
+            .unwrap(),
+        OpReply::Bulk(b("new"))
+    );
+}

@@ -55,6 +55,7 @@ pub mod stream;
 pub mod txn;
 pub mod types;
 pub mod value;
+pub mod wire;
 pub mod zset;
 
 #[cfg(test)]
@@ -144,6 +145,7 @@ pub fn raft_config(c: &crate::config::NodeConfig) -> anyhow::Result<openraft::Co
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(c.snapshot_threshold),
         max_in_snapshot_log_to_keep: c.snapshot_keep_logs,
         install_snapshot_timeout: 5_000,
+        snapshot_max_chunk_size: wire::SNAPSHOT_CHUNK as u64,
         ..Default::default()
     };
     cfg.validate()

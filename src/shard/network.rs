@@ -17,7 +17,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -32,6 +33,7 @@ use super::codec::{self, Format};
 use super::lease::Lease;
 use super::stream::{CallError, Service, Streams, KIND_APPEND, KIND_VOTE};
 use super::types::{Node, NodeId, TypeConfig};
+use super::wire;
 use crate::proto::raft_service_client::RaftServiceClient;
 use crate::proto::{RaftMessage, StreamRequest};
 use crate::tls::ClusterTls;
@@ -56,7 +58,7 @@ impl Default for Transport {
             dial_via: HashMap::new(),
             peers: RwLock::default(),
             channels: RwLock::default(),
-            raft: Streams::new(Service::Raft),
+            raft: Streams::new(Service::Raft, wire::RAFT_REPLY_FRAME_MAX),
             tls: None,
         }
     }
@@ -325,7 +327,7 @@ impl GroupNetwork {
             payload,
         };
         let mut client = RaftServiceClient::new(channel)
-            .max_decoding_message_size(usize::MAX)
+            .max_decoding_message_size(wire::RAFT_REPLY_FRAME_MAX)
             .max_encoding_message_size(usize::MAX);
         let reply = match tokio::time::timeout(ttl, client.install_snapshot(msg)).await {
             Err(_) => {
@@ -353,6 +355,12 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        if let Some(fit) = entries_over_budget(&rpc, wire::APPEND_BUDGET) {
+            // openraft sends the first `fit` entries, then the rest.
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit),
+            ));
+        }
         // Taken before the request leaves: the peer hears it later.
         let sent = Instant::now();
         let reply = self.call(Rpc::Append, &rpc, option.hard_ttl()).await;
@@ -419,6 +427,24 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
         self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
     }
+}
+
+/// When `rpc` would pass `budget` bytes on the wire and holds more than
+/// one entry: how many of its first entries fit (at least one, so an entry
+/// bigger than the budget still goes, alone). `None`: send it as it is.
+fn entries_over_budget(rpc: &AppendEntriesRequest<TypeConfig>, budget: usize) -> Option<u64> {
+    if rpc.entries.len() < 2 {
+        return None;
+    }
+    // Sizes are counted, not encoded: nothing is copied.
+    let mut total = 0usize;
+    for (fit, entry) in rpc.entries.iter().enumerate() {
+        total = total.saturating_add(codec::payload_len(entry));
+        if total > budget {
+            return Some((fit as u64).max(1));
+        }
+    }
+    None
 }
 
 /// Encode a server-side result for the wire, as `format` (used by the

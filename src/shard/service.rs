@@ -22,9 +22,10 @@ use super::snapshot::Receiver;
 use super::status::node_status;
 use super::stream::{KIND_APPEND, KIND_HIBERNATE, KIND_PING, KIND_VOTE};
 use super::types::{NodeId, TypeConfig};
+use super::wire;
 use super::ShardError;
-use crate::proto::raft_service_server::RaftService;
-use crate::proto::shard_service_server::ShardService;
+use crate::proto::raft_service_server::{RaftService, RaftServiceServer};
+use crate::proto::shard_service_server::{ShardService, ShardServiceServer};
 use crate::proto::{
     ChangeMembershipRequest, ExecuteBatch, ExecuteReply, ExecuteReplyBatch, ExecuteRequest,
     RaftMessage, StatusReply, StatusRequest, StreamReply, StreamRequest,
@@ -115,6 +116,14 @@ impl RaftService for NodeService {
         let msg = req.into_inner();
         let gid = msg.group_id;
         let raft = self.raft(gid)?;
+        if msg.payload.len() > wire::MAX_SNAPSHOT_MESSAGE {
+            return Err(Status::out_of_range(format!(
+                "snapshot chunk of {} bytes, over the limit of {} (snapshot chunks are {} bytes)",
+                msg.payload.len(),
+                wire::MAX_SNAPSHOT_MESSAGE,
+                wire::SNAPSHOT_CHUNK
+            )));
+        }
         let req: InstallSnapshotRequest<TypeConfig> = decode(Format::RaftSnapshot, &msg.payload)?;
         let checked = self.snapshots.chunk(
             gid,
@@ -189,11 +198,13 @@ where
     Fut: std::future::Future<Output = StreamReply> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel::<StreamReply>(STREAM_IN_FLIGHT);
+    let (broke, ended) = tokio::sync::oneshot::channel::<Option<Status>>();
     tokio::spawn(async move {
         use futures::stream::{FuturesUnordered, StreamExt};
         let mut inbound = inbound;
         let mut running = FuturesUnordered::new();
         let mut open = true;
+        let mut error = None;
         loop {
             tokio::select! {
                 batch = inbound.message(), if open && running.len() < STREAM_IN_FLIGHT => match batch {
@@ -209,25 +220,70 @@ where
                     }
                     // The sender closed its side, or the stream broke:
                     // finish what runs (a write is never abandoned half way).
-                    Ok(None) | Err(_) => open = false,
+                    Ok(None) => open = false,
+                    Err(status) => {
+                        if is_too_large(&status) {
+                            tracing::warn!("refused a stream frame: {}", status.message());
+                        }
+                        error = Some(status);
+                        open = false;
+                    }
                 },
                 Some(()) = running.next(), if !running.is_empty() => {}
                 else => break,
             }
         }
+        // Sent before `tx` is dropped, so the reply side reads it once
+        // every reply is out.
+        let _ = broke.send(error);
     });
-    let frames = futures::stream::unfold(rx, |mut rx| async move {
-        let first = rx.recv().await?;
+    let frames = futures::stream::unfold((rx, Some(ended)), |(mut rx, ended)| async move {
+        let Some(first) = rx.recv().await else {
+            // Every reply is out: end as the inbound side ended, with the
+            // error that broke it (a frame over the size limit) if any.
+            let status = ended?.await.ok().flatten()?;
+            return Some((Err(status), (rx, None)));
+        };
+        let mut bytes = first.reply.len();
         let mut replies = vec![first];
-        while replies.len() < REPLY_BATCH {
+        while replies.len() < REPLY_BATCH && bytes < wire::REPLY_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(r) => replies.push(r),
+                Ok(r) => {
+                    bytes += r.reply.len();
+                    replies.push(r);
+                }
                 Err(_) => break,
             }
         }
-        Some((Ok(ExecuteReplyBatch { replies }), rx))
+        Some((Ok(ExecuteReplyBatch { replies }), (rx, ended)))
     });
     Box::pin(frames)
+}
+
+/// Whether tonic refused a message over the service's decoding limit.
+fn is_too_large(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+    )
+}
+
+/// The node's `RaftService`, decoding messages of at most
+/// [`wire::RAFT_FRAME_MAX`] bytes.
+pub fn raft_server(service: NodeService) -> RaftServiceServer<NodeService> {
+    RaftServiceServer::new(service)
+        .max_decoding_message_size(wire::RAFT_FRAME_MAX)
+        .max_encoding_message_size(usize::MAX)
+}
+
+/// The node's `ShardService`, decoding messages of at most
+/// [`wire::SHARD_FRAME_MAX`] bytes. Replies are bounded by the caller's
+/// `max_reply_len` (`execute_reply`) and frames by
+/// [`wire::REPLY_BATCH_BYTES`] plus one reply.
+pub fn shard_server(service: NodeService) -> ShardServiceServer<NodeService> {
+    ShardServiceServer::new(service)
+        .max_decoding_message_size(wire::SHARD_FRAME_MAX)
+        .max_encoding_message_size(usize::MAX)
 }
 
 /// Whether a request waited on the node past the time its sender waits.
@@ -250,6 +306,22 @@ async fn vote(
     Some(res)
 }
 
+/// The encoded reply to a router that takes replies of `max_reply` bytes
+/// (0: no limit but the node's). One that passes it by more than the
+/// encoding's overhead is replaced by an error: the router would refuse
+/// the frame carrying it, and with it every reply of its stream
+/// ([`wire::shard_reply_frame_max`]).
+fn execute_reply(result: &Result<OpReply, ShardError>, max_reply: u64) -> Vec<u8> {
+    let encoded = encode_result(Format::ShardReply, result);
+    let limit = usize::try_from(max_reply).unwrap_or(usize::MAX);
+    if max_reply == 0 || encoded.len() <= limit.saturating_add(wire::REPLY_SLACK) {
+        return encoded;
+    }
+    let refused: Result<OpReply, ShardError> =
+        Ok(OpReply::Error(wire::reply_too_large(encoded.len(), limit)));
+    encode_result(Format::ShardReply, &refused)
+}
+
 /// One request off a router's stream, answered as `Execute` answers.
 async fn serve_execute(host: Arc<Host>, r: StreamRequest, received: Instant) -> StreamReply {
     let result: Result<OpReply, ShardError> = if expired(&r, received) {
@@ -269,7 +341,7 @@ async fn serve_execute(host: Arc<Host>, r: StreamRequest, received: Instant) -> 
             Err(e) => Err(ShardError::BadRequest(e.message().to_string())),
         }
     };
-    reply(r.id, encode_result(Format::ShardReply, &result))
+    reply(r.id, execute_reply(&result, r.max_reply_len))
 }
 
 /// One AppendEntries or Vote off a peer's stream, answered as the unary
@@ -360,7 +432,7 @@ impl ShardService for NodeService {
                 Err(e) => Err(ShardError::BadRequest(e.message().to_string())),
             };
         Ok(Response::new(ExecuteReply {
-            reply: encode_result(Format::ShardReply, &result),
+            reply: execute_reply(&result, msg.max_reply_len),
         }))
     }
 

@@ -45,7 +45,7 @@ pub const KIND_PING: u32 = 4;
 const MAX_BATCH: usize = 1024;
 /// A frame stops growing past this many bytes of requests (one request of
 /// any size still goes alone).
-const MAX_BATCH_BYTES: usize = 1 << 20;
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Frames handed to gRPC but not yet written.
 const FRAMES_QUEUED: usize = 16;
 /// Past this many unanswered requests, those whose caller gave up are
@@ -82,22 +82,25 @@ pub enum Service {
 }
 
 impl Service {
+    /// Open the stream; reply frames over `max_reply_frame` bytes are
+    /// refused (the stream then breaks).
     async fn open(
         self,
         channel: Channel,
         outbound: fmpsc::Receiver<ExecuteBatch>,
+        max_reply_frame: usize,
     ) -> Result<tonic::Streaming<ExecuteReplyBatch>, tonic::Status> {
         let r = match self {
             Service::Shard => {
                 ShardServiceClient::new(channel)
-                    .max_decoding_message_size(usize::MAX)
+                    .max_decoding_message_size(max_reply_frame)
                     .max_encoding_message_size(usize::MAX)
                     .execute_stream(outbound)
                     .await
             }
             Service::Raft => {
                 RaftServiceClient::new(channel)
-                    .max_decoding_message_size(usize::MAX)
+                    .max_decoding_message_size(max_reply_frame)
                     .max_encoding_message_size(usize::MAX)
                     .stream(outbound)
                     .await
@@ -110,13 +113,19 @@ impl Service {
 /// One process's streams of one service, one per peer address.
 pub struct Streams {
     service: Service,
+    /// Largest reply frame decoded (`shard::wire`).
+    max_reply_frame: usize,
     streams: Mutex<HashMap<String, mpsc::UnboundedSender<Queued>>>,
 }
 
 impl Streams {
-    pub fn new(service: Service) -> Streams {
+    /// Streams of `service` taking reply frames of at most
+    /// `max_reply_frame` bytes ([`super::wire::RAFT_REPLY_FRAME_MAX`],
+    /// [`super::wire::shard_reply_frame_max`]).
+    pub fn new(service: Service, max_reply_frame: usize) -> Streams {
         Streams {
             service,
+            max_reply_frame,
             streams: Mutex::default(),
         }
     }
@@ -171,7 +180,13 @@ impl Streams {
         }
         let channel = channel().map_err(CallError::NeverSent)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(drive(self.service, addr.to_string(), channel, rx));
+        tokio::spawn(drive(
+            self.service,
+            self.max_reply_frame,
+            addr.to_string(),
+            channel,
+            rx,
+        ));
         streams.insert(addr.to_string(), tx.clone());
         Ok(tx)
     }
@@ -181,6 +196,7 @@ impl Streams {
 /// until it breaks; then fail every waiter.
 async fn drive(
     service: Service,
+    max_reply_frame: usize,
     addr: String,
     channel: Channel,
     mut queue: mpsc::UnboundedReceiver<Queued>,
@@ -188,7 +204,7 @@ async fn drive(
     let (mut frames, outbound) = fmpsc::channel::<ExecuteBatch>(FRAMES_QUEUED);
     // Nothing is handed to the stream before the node accepted it, so a
     // failure to open it means nothing was sent.
-    let mut inbound = match service.open(channel, outbound).await {
+    let mut inbound = match service.open(channel, outbound, max_reply_frame).await {
         Ok(r) => r,
         Err(status) => {
             crate::tls::log_dial_failure(&addr, &status);
@@ -288,6 +304,7 @@ mod tests {
         StatusRequest, StreamReply,
     };
     use crate::shard::network::Transport;
+    use crate::shard::wire;
 
     /// How a fake node behaves on a stream.
     #[derive(Clone, Copy, PartialEq)]
@@ -402,7 +419,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_calls_share_the_stream_and_get_their_own_replies() {
         let addr = serve(Fake::Echo).await;
-        let streams = Streams::new(Service::Shard);
+        let streams = Streams::new(Service::Shard, wire::shard_reply_frame_max(1 << 20));
         let calls = (0..200u32).map(|i| {
             let (streams, addr) = (&streams, &addr);
             async move { (i, call(streams, addr, &i.to_be_bytes()).await) }
@@ -418,7 +435,12 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = closed.local_addr().unwrap().to_string();
         drop(closed);
-        let r = call(&Streams::new(Service::Shard), &addr, b"x").await;
+        let r = call(
+            &Streams::new(Service::Shard, wire::shard_reply_frame_max(1 << 20)),
+            &addr,
+            b"x",
+        )
+        .await;
         assert!(matches!(r, Err(CallError::NeverSent(_))), "{r:?}");
     }
 
@@ -439,14 +461,19 @@ mod tests {
                 });
             }
         });
-        let r = call(&Streams::new(Service::Shard), &addr, b"x").await;
+        let r = call(
+            &Streams::new(Service::Shard, wire::shard_reply_frame_max(1 << 20)),
+            &addr,
+            b"x",
+        )
+        .await;
         assert!(matches!(r, Err(CallError::NeverSent(_))), "{r:?}");
     }
 
     #[tokio::test]
     async fn a_stream_broken_after_sending_loses_the_request_and_is_replaced() {
         let addr = serve(Fake::Dies).await;
-        let streams = Streams::new(Service::Shard);
+        let streams = Streams::new(Service::Shard, wire::shard_reply_frame_max(1 << 20));
         let r = call(&streams, &addr, b"x").await;
         assert!(matches!(r, Err(CallError::Lost(_))), "{r:?}");
         // The next call opens a new stream (and loses again: it dies).
@@ -459,7 +486,7 @@ mod tests {
         // An HTTP/2 server that accepts the stream and never answers.
         let addr = serve(Fake::Silent).await;
         let transport = Transport::new();
-        let r = Streams::new(Service::Shard)
+        let r = Streams::new(Service::Shard, wire::shard_reply_frame_max(1 << 20))
             .call(
                 &addr,
                 || transport.channel(&addr),
