@@ -346,10 +346,11 @@ pub fn handshake_reason(e: &io::Error) -> String {
 }
 
 /// What a failed dial means when TLS is the cause, and the likely fix: the
-/// rustls error found in `e`'s source chain, read from the dialer's side.
-/// `None` when the failure is not TLS's (a refused connection, a timeout).
-pub fn dial_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    use rustls::{AlertDescription as A, CertificateError as C, Error};
+/// rustls error found in `e`'s source chain, read from the dialer's side
+/// (`dialer` names it in the sentence: "router", "node"). `None` when the
+/// failure is not TLS's (a refused connection, a timeout).
+pub fn dial_failure(e: &(dyn std::error::Error + 'static), dialer: &str) -> Option<String> {
+    use rustls::{CertificateError as C, Error};
     let mut cur = Some(e);
     let mut tls = None;
     while let Some(err) = cur {
@@ -357,13 +358,22 @@ pub fn dial_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
             tls = Some(t.clone());
             break;
         }
-        if let Some(t) = err
-            .downcast_ref::<io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|i| i.downcast_ref::<Error>())
-        {
-            tls = Some(t.clone());
-            break;
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
+                tls = Some(t.clone());
+                break;
+            }
+            // Under TLS 1.3 a node refuses the dialer's certificate after
+            // the dialer's side of the handshake ended: the alert arrives
+            // with the first read, as text.
+            if let Some(alert) = io
+                .to_string()
+                .strip_prefix("received fatal alert: ")
+                .and_then(alert_named)
+            {
+                tls = Some(Error::AlertReceived(alert));
+                break;
+            }
         }
         cur = err.source();
     }
@@ -378,17 +388,7 @@ pub fn dial_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
             "the node's certificate has expired; issue a new one (shoal certs)".into()
         }
         Error::InvalidCertificate(other) => format!("the node's certificate is refused ({other:?})"),
-        Error::AlertReceived(
-            alert @ (A::UnknownCA
-            | A::BadCertificate
-            | A::CertificateRequired
-            | A::DecryptError
-            | A::CertificateExpired
-            | A::UnsupportedCertificate),
-        ) => format!(
-            "the node refused this process's certificate ({alert:?}); it must be signed by the node's --cluster-tls-ca-cert-file"
-        ),
-        Error::AlertReceived(alert) => format!("the node ended the handshake ({alert:?})"),
+        Error::AlertReceived(alert) => refused_by_node(alert, dialer),
         Error::InvalidMessage(_) => {
             "the node does not speak TLS (does it run without --cluster-tls-*?)".into()
         }
@@ -396,22 +396,78 @@ pub fn dial_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     })
 }
 
-/// Log a failed TLS dial to `addr` as one warning, at most once per address
-/// and reason every few seconds; anything else stays at debug.
-pub fn log_dial_failure(addr: &str, e: &(dyn std::error::Error + 'static)) {
-    match dial_failure(e) {
-        Some(reason) => {
-            if let Some(suppressed) = should_log(addr, &reason, std::time::Instant::now()) {
-                let more = if suppressed > 0 {
-                    format!(" ({suppressed} more since the last line)")
-                } else {
-                    String::new()
-                };
-                tracing::warn!("cannot open a TLS connection to node {addr}: {reason}{more}");
-            }
+/// The alert a rustls error text names ("UnknownCA"), among those a node
+/// sends when it refuses a certificate or a handshake.
+fn alert_named(name: &str) -> Option<rustls::AlertDescription> {
+    use rustls::AlertDescription as A;
+    [
+        A::UnknownCA,
+        A::BadCertificate,
+        A::CertificateExpired,
+        A::CertificateRequired,
+        A::CertificateRevoked,
+        A::CertificateUnknown,
+        A::UnsupportedCertificate,
+        A::DecryptError,
+        A::AccessDenied,
+        A::HandshakeFailure,
+        A::ProtocolVersion,
+        A::NoApplicationProtocol,
+    ]
+    .into_iter()
+    .find(|a| format!("{a:?}") == name.trim())
+}
+
+/// The dialer's sentence for a node that ended the handshake with `alert`.
+fn refused_by_node(alert: rustls::AlertDescription, dialer: &str) -> String {
+    use rustls::AlertDescription as A;
+    let refused = |why: &str, fix: &str| {
+        format!("the node refused this {dialer}'s certificate ({why}); {fix}")
+    };
+    let sign = format!("sign the {dialer}'s certificate with the cluster CA, the node's --cluster-tls-ca-cert-file (shoal certs)");
+    match alert {
+        A::UnknownCA => refused("unknown CA", &sign),
+        A::BadCertificate | A::CertificateUnknown | A::DecryptError => {
+            refused("bad certificate", &sign)
         }
-        None => tracing::debug!(node = %addr, "stream not opened: {e}"),
+        A::UnsupportedCertificate => refused("unsupported certificate", &sign),
+        A::CertificateExpired => refused(
+            "expired",
+            &format!("issue the {dialer} a new certificate with the cluster CA (shoal certs)"),
+        ),
+        A::CertificateRevoked => refused(
+            "revoked",
+            &format!("issue the {dialer} a new certificate with the cluster CA (shoal certs)"),
+        ),
+        A::CertificateRequired => format!(
+            "the node requires a client certificate; give this {dialer} --cluster-tls-cert-file and --cluster-tls-key-file"
+        ),
+        other => format!("the node ended the handshake ({other:?})"),
     }
+}
+
+/// Log a failed TLS dial to `addr` by this `dialer` ("router", "node") as
+/// one warning, at most once per address and reason every few seconds, and
+/// return that sentence; anything else stays at debug and is `None`.
+pub fn log_dial_failure(
+    addr: &str,
+    e: &(dyn std::error::Error + 'static),
+    dialer: &str,
+) -> Option<String> {
+    let Some(reason) = dial_failure(e, dialer) else {
+        tracing::debug!(node = %addr, "stream not opened: {e}");
+        return None;
+    };
+    let sentence = format!("cannot open a TLS connection to node {addr}: {reason}");
+    if let Some(suppressed) = should_log(addr, &reason, std::time::Instant::now()) {
+        let more = if suppressed > 0 {
+            format!(" ({suppressed} more since the last line)")
+        } else {
+            String::new()
+        };
+        tracing::warn!("{sentence}{more}");
+    }
+    Some(sentence)
 }
 
 /// The accepted connections of `listener`, each after its TLS handshake
@@ -469,6 +525,28 @@ mod tests {
         assert_eq!(should_log(&host, "r", t0 + Duration::from_secs(2)), None);
         assert_eq!(should_log(&host, "other", t0), Some(0));
         assert_eq!(should_log(&host, "r", t0 + LOG_EVERY), Some(2));
+    }
+
+    #[test]
+    fn a_nodes_refusal_after_the_handshake_is_one_sentence() {
+        // As tonic hands it over: a hyper I/O error holding rustls's text.
+        let e = io::Error::new(
+            io::ErrorKind::InvalidData,
+            "received fatal alert: UnknownCA",
+        );
+        assert_eq!(
+            dial_failure(&e, "router").as_deref(),
+            Some("the node refused this router's certificate (unknown CA); sign the router's certificate with the cluster CA, the node's --cluster-tls-ca-cert-file (shoal certs)")
+        );
+        let e = io::Error::new(
+            io::ErrorKind::InvalidData,
+            "received fatal alert: CertificateExpired",
+        );
+        let got = dial_failure(&e, "node").unwrap();
+        assert!(got.contains("this node's certificate (expired)"), "{got}");
+        // Not TLS's: no sentence.
+        let e = io::Error::new(io::ErrorKind::ConnectionRefused, "connection refused");
+        assert_eq!(dial_failure(&e, "router"), None);
     }
 
     #[test]

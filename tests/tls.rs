@@ -12,7 +12,9 @@
 //!   certificate and one whose certificate another CA signed, each with one
 //!   log line on the node saying what failed; the same call with the
 //!   cluster's certificate succeeds; a router trusting another CA says in
-//!   one line that the nodes' certificates are not signed by it;
+//!   one line that the nodes' certificates are not signed by it, and one
+//!   whose certificate another CA signed says, in its log and to its
+//!   clients, that the nodes refused its certificate and how to fix it;
 //! * etcd: a router without a client certificate, or dialling etcd over
 //!   `http://`, fails with one sentence naming the endpoint and the fix.
 
@@ -114,6 +116,58 @@ fn node_status(
             .map(|_| ())
             .map_err(|e| format!("{e:?}"))
     })
+}
+
+/// Start a router of `cluster` named `name` that trusts the CA `ca` and
+/// presents the router certificate of `ours` (etcd is reached with the
+/// cluster's own), send it a SET until its log says why it cannot reach
+/// the nodes; that log line and the last reply to the SET.
+fn stranger_router(
+    cluster: &LocalCluster,
+    dir: &Path,
+    name: &str,
+    ca: &Path,
+    ours: &DevCerts,
+) -> (String, String) {
+    let certs = cluster.tls().unwrap();
+    let s = |p: &Path| p.display().to_string();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
+    cmd.args([
+        "router",
+        "--listen",
+        "127.0.0.1:0",
+        "--etcd",
+        &cluster.etcd_url(),
+    ])
+    .args(["--etcd-cacert", &s(&certs.ca())])
+    .args(["--etcd-cert", &s(&certs.router_cert())])
+    .args(["--etcd-key", &s(&certs.router_key())])
+    .args(["--cluster-tls-ca-cert-file", &s(ca)])
+    .args(["--cluster-tls-cert-file", &s(&ours.router_cert())])
+    .args(["--cluster-tls-key-file", &s(&ours.router_key())])
+    .env("NO_COLOR", "1");
+    // Killed when dropped, even if an assertion below fails.
+    let router = shoal::devcluster::Proc::spawn(name, cmd, &dir.join(name)).unwrap();
+    let log_path = router.log_path().to_path_buf();
+    let mut reply = String::new();
+    let line = eventually("the router says why it cannot reach the nodes", || {
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        // Requests make it dial the nodes.
+        if let Some(at) = log.split("router up listen=").nth(1) {
+            let at = at.split_whitespace().next().unwrap_or_default();
+            let got =
+                shoal::devcluster::resp_request(at, &["SET", "k", "v"], Duration::from_secs(10));
+            reply = got.unwrap_or_else(|e| e.to_string());
+        }
+        match log
+            .lines()
+            .find(|l| l.contains("cannot open a TLS connection to node"))
+        {
+            Some(line) if reply.starts_with('-') => Ok(line.to_string()),
+            _ => Err(log),
+        }
+    });
+    (line, reply)
 }
 
 fn pem(p: std::path::PathBuf) -> Vec<u8> {
@@ -266,55 +320,31 @@ fn a_tls_cluster_serves_tls_clients_and_refuses_the_rest() {
     assert!(!log.contains("panicked"), "{log}");
 
     // A router that trusts another CA: it refuses the nodes' certificates
-    // and says why in one line. (One whose own certificate the node
-    // refuses only learns it from the node's log: under TLS 1.3 the
-    // refusal comes after the dialer's handshake ended.)
-    let mut stranger = Command::new(env!("CARGO_BIN_EXE_shoal"));
-    stranger
-        .args([
-            "router",
-            "--listen",
-            "127.0.0.1:0",
-            "--etcd",
-            &cluster.etcd_url(),
-        ])
-        .args(["--etcd-cacert", &s(certs.ca())])
-        .args(["--etcd-cert", &s(certs.router_cert())])
-        .args(["--etcd-key", &s(certs.router_key())])
-        .args(["--cluster-tls-ca-cert-file", &s(other.ca())])
-        .args(["--cluster-tls-cert-file", &s(certs.router_cert())])
-        .args(["--cluster-tls-key-file", &s(certs.router_key())])
-        .env("NO_COLOR", "1");
-    // Killed when dropped, even if an assertion below fails.
-    let stranger_router =
-        shoal::devcluster::Proc::spawn("stranger", stranger, &tmp.path().join("stranger")).unwrap();
-    let stranger_log = stranger_router.log_path().to_path_buf();
-    let refused = eventually(
-        "the stranger router says why it cannot reach the nodes",
-        || {
-            let log = std::fs::read_to_string(&stranger_log).unwrap();
-            // Requests make it dial the nodes.
-            if let Some(at) = log.split("router up listen=").nth(1) {
-                let at = at.split_whitespace().next().unwrap_or_default();
-                let _ =
-                    shoal::devcluster::resp_request(at, &["SET", "k", "v"], Duration::from_secs(3));
-            }
-            match log
-                .lines()
-                .find(|l| l.contains("cannot open a TLS connection to node"))
-            {
-                Some(line) => Ok(line.to_string()),
-                None => Err(log),
-            }
-        },
-    );
-    drop(stranger_router);
+    // and says why in one line.
+    let (refused, _) = stranger_router(&cluster, tmp.path(), "stranger", &other.ca(), &certs);
     assert!(
         refused.contains(
             "the node's certificate is not signed by the CA of --cluster-tls-ca-cert-file"
         ),
         "{refused}"
     );
+    // A router whose own certificate another CA signed: the nodes refuse
+    // it (under TLS 1.3 after the router's side of the handshake ended),
+    // and the router's log line and its clients' error say so, naming the
+    // node and the fix.
+    let (refused, reply) = stranger_router(&cluster, tmp.path(), "foreign", &certs.ca(), &other);
+    let fix = "the node refused this router's certificate (unknown CA); sign the router's certificate with the cluster CA, the node's --cluster-tls-ca-cert-file (shoal certs)";
+    assert!(refused.contains(fix), "{refused}");
+    assert!(
+        refused.contains("cannot open a TLS connection to node 127.0.0.1:"),
+        "{refused}"
+    );
+    assert!(reply.starts_with("-CLUSTERDOWN"), "{reply}");
+    assert!(
+        reply.contains("is unreachable: cannot open a TLS connection to node 127.0.0.1:"),
+        "{reply}"
+    );
+    assert!(reply.contains(fix), "{reply}");
 
     // tls-auth-clients optional and no: a client without a certificate
     // gets in.

@@ -102,6 +102,9 @@ enum Attempt {
     Retry { leader: Option<u64> },
     /// Stop and report this.
     Fail(ClusterError),
+    /// Not sent: TLS to the node failed (this sentence says how). Another
+    /// replica is tried; the sentence is reported if none answers.
+    Unreachable(String),
 }
 
 impl ShardClient {
@@ -211,6 +214,17 @@ impl ShardClient {
             group: gid,
             table: table.desc.name.clone(),
         };
+        // Why the replicas could not be reached, when TLS says so: what the
+        // client hears instead of a bare "no quorum" at the deadline.
+        let mut unreachable: Option<String> = None;
+        let give_up = |unreachable: &Option<String>| match unreachable {
+            Some(why) => ClusterError::Unreachable {
+                group: gid,
+                table: table.desc.name.clone(),
+                why: why.clone(),
+            },
+            None => no_quorum(),
+        };
         let eventual = matches!(
             req,
             ShardRequest::Read {
@@ -289,7 +303,7 @@ impl ShardClient {
             tried.push(target);
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(no_quorum());
+                return Err(give_up(&unreachable));
             }
             match self
                 .attempt(
@@ -315,6 +329,18 @@ impl ShardClient {
                     })
                 }
                 Err(Attempt::Fail(e)) => return Err(e),
+                Err(Attempt::Unreachable(why)) => {
+                    unreachable = Some(why);
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining.is_zero() {
+                        return Err(give_up(&unreachable));
+                    }
+                    self.stats
+                        .backoffs
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(backoff.min(remaining)).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(300));
+                }
                 Err(Attempt::Retry { leader }) => {
                     if !eventual {
                         self.set_leader(gid, leader);
@@ -331,7 +357,7 @@ impl ShardClient {
                     }
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     if remaining.is_zero() {
-                        return Err(no_quorum());
+                        return Err(give_up(&unreachable));
                     }
                     bump(&self.stats.backoffs);
                     tokio::time::sleep(backoff.min(remaining)).await;
@@ -371,6 +397,10 @@ impl ShardClient {
                 } else {
                     Attempt::Fail(self.timed_out(gid, resend_safe))
                 });
+            }
+            Err(CallError::Tls(why)) => {
+                self.suspect(node, gid);
+                return Err(Attempt::Unreachable(why));
             }
             Err(CallError::NeverSent(why) | CallError::Refused(why)) => {
                 tracing::debug!(node, group = gid, "not sent: {why}");

@@ -27,6 +27,14 @@ pub enum ClusterError {
          and may or may not have been applied"
     )]
     WriteTimedOut { group: u64, table: String },
+    /// No replica could be reached by the request deadline, and TLS says
+    /// why (`why`: one sentence naming a node, what failed and the fix).
+    #[error("CLUSTERDOWN shard {group} of table {table} is unreachable: {why}")]
+    Unreachable {
+        group: u64,
+        table: String,
+        why: String,
+    },
     /// Transient; the client should retry.
     #[error("TRYAGAIN {0}")]
     TryAgain(String),

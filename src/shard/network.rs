@@ -296,9 +296,12 @@ impl GroupNetwork {
             }
             // Connection failures and a peer that does not host the group
             // (yet) are "unreachable": openraft backs off instead of spinning.
-            Err(CallError::NeverSent(why) | CallError::Lost(why) | CallError::Refused(why)) => {
-                return Err(unreachable(why))
-            }
+            Err(
+                CallError::NeverSent(why)
+                | CallError::Lost(why)
+                | CallError::Refused(why)
+                | CallError::Tls(why),
+            ) => return Err(unreachable(why)),
         };
         let result: Result<Resp, RaftError<NodeId, E>> = codec::decode(reply_format, &reply)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;

@@ -64,6 +64,11 @@ pub enum CallError {
     /// The peer answered that it did not serve it (no such group, a payload
     /// it cannot read): nothing was done.
     Refused(String),
+    /// The stream could not be opened because TLS failed (the node refused
+    /// this process's certificate, or this process the node's): nothing
+    /// was sent. The text is one sentence naming the node, what failed and
+    /// the likely fix.
+    Tls(String),
 }
 
 /// A request waiting for the driver.
@@ -82,6 +87,14 @@ pub enum Service {
 }
 
 impl Service {
+    /// What a dialer of this service is, for error sentences.
+    fn dialer(self) -> &'static str {
+        match self {
+            Service::Shard => "router",
+            Service::Raft => "node",
+        }
+    }
+
     /// Open the stream; reply frames over `max_reply_frame` bytes are
     /// refused (the stream then breaks).
     async fn open(
@@ -207,9 +220,14 @@ async fn drive(
     let mut inbound = match service.open(channel, outbound, max_reply_frame).await {
         Ok(r) => r,
         Err(status) => {
-            crate::tls::log_dial_failure(&addr, &status);
-            let why = format!("could not open a stream to {addr}: {}", status.message());
-            fail_queued(&mut queue, &why);
+            let error = match crate::tls::log_dial_failure(&addr, &status, service.dialer()) {
+                Some(sentence) => CallError::Tls(sentence),
+                None => CallError::NeverSent(format!(
+                    "could not open a stream to {addr}: {}",
+                    status.message()
+                )),
+            };
+            fail_queued(&mut queue, &error);
             return;
         }
     };
@@ -280,14 +298,15 @@ async fn drive(
     for (_, w) in waiting.drain() {
         let _ = w.send(Err(CallError::Lost(why.clone())));
     }
-    fail_queued(&mut queue, &why);
+    fail_queued(&mut queue, &CallError::NeverSent(why));
 }
 
-/// Close the queue and answer everything still in it: never sent.
-fn fail_queued(queue: &mut mpsc::UnboundedReceiver<Queued>, why: &str) {
+/// Close the queue and answer everything still in it with `error` (one
+/// that says nothing was sent).
+fn fail_queued(queue: &mut mpsc::UnboundedReceiver<Queued>, error: &CallError) {
     queue.close();
     while let Ok(q) = queue.try_recv() {
-        let _ = q.reply.send(Err(CallError::NeverSent(why.to_string())));
+        let _ = q.reply.send(Err(error.clone()));
     }
 }
 
