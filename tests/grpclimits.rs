@@ -67,14 +67,19 @@ fn big_values_replicate_and_a_follower_catches_up_through_split_appends() {
     opts.default_replicas = 3;
     // openraft 0.9 gives one AppendEntries a heartbeat interval to be
     // sent, written and answered; a debug build on a shared machine needs
-    // more than the default 250 ms for a 48 MiB entry.
-    let conf = tmp.path().join("node-test.toml");
+    // more than the default 250 ms for a 48 MiB entry, and more than the
+    // default 3 s to commit it.
+    let node_conf = tmp.path().join("node-test.toml");
     std::fs::write(
-        &conf,
-        "heartbeat_ms = 2000\nelection_timeout_min_ms = 6000\nelection_timeout_max_ms = 9000\n",
+        &node_conf,
+        "heartbeat_ms = 2000\nelection_timeout_min_ms = 6000\nelection_timeout_max_ms = 9000\n\
+         write_timeout_ms = 30000\n",
     )
     .unwrap();
-    opts.node_args = vec!["--config".into(), conf.display().to_string()];
+    opts.node_args = vec!["--config".into(), node_conf.display().to_string()];
+    let router_conf = tmp.path().join("router-test.toml");
+    std::fs::write(&router_conf, "request_timeout_ms = 60000\n").unwrap();
+    opts.router_args = vec!["--config".into(), router_conf.display().to_string()];
     let mut cluster = LocalCluster::start(opts).expect("cluster starts");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let gid = rt.block_on(async {
@@ -87,17 +92,12 @@ fn big_values_replicate_and_a_follower_catches_up_through_split_appends() {
     let client = redis::Client::open(format!("redis://{}/", cluster.router_addr())).unwrap();
     let connect = || {
         let con = client.get_connection().unwrap();
-        con.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        con.set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
         con
     };
     let mut con = connect();
 
-    // The largest value, and a MULTI whose one entry holds three of them.
-    let _: () = redis::cmd("SET")
-        .arg("v16")
-        .arg(value(16 * MIB, b'a'))
-        .query(&mut con)
-        .unwrap();
     // MULTI, n SETs of 16 MiB in one shard (a hash tag), EXEC.
     let multi = |con: &mut redis::Connection, prefix: &str, n: usize| -> Result<(), String> {
         let q = |con: &mut redis::Connection, cmd: &redis::Cmd| {
@@ -117,9 +117,29 @@ fn big_values_replicate_and_a_follower_catches_up_through_split_appends() {
             other => Err(format!("{other:?}")),
         }
     };
-    if let Err(e) = multi(&mut con, "m", 3) {
-        panic!("MULTI: {e}\n{}", cluster.logs());
-    }
+    let set = |con: &mut redis::Connection, key: &str| {
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value(16 * MIB, b'a'))
+            .query::<()>(con)
+            .map_err(|e| e.to_string())
+    };
+    // Every write here is idempotent: sent again while its outcome is
+    // unknown (a busy machine, a new leader after a node stopped).
+    let mut until_ok =
+        |what: &str, f: &mut dyn FnMut(&mut redis::Connection) -> Result<(), String>| {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while let Err(e) = f(&mut con) {
+                assert!(Instant::now() < deadline, "{what}: {e}");
+                eprintln!("{what}: {e}; again");
+                std::thread::sleep(Duration::from_millis(500));
+                con = connect();
+            }
+        };
+
+    // The largest value, and a MULTI whose one entry holds three of them.
+    until_ok("SET v16", &mut |c| set(c, "v16"));
+    until_ok("MULTI m", &mut |c| multi(c, "m", 3));
 
     // A follower misses about 144 MiB: six values and another MULTI.
     let down = 3;
@@ -127,32 +147,10 @@ fn big_values_replicate_and_a_follower_catches_up_through_split_appends() {
     let mut written = Vec::new();
     for i in 0..6 {
         let key = format!("late{i}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        // A new leader may be elected if the stopped node led.
-        loop {
-            let r: redis::RedisResult<()> = redis::cmd("SET")
-                .arg(&key)
-                .arg(value(16 * MIB, b'c'))
-                .query(&mut con);
-            match r {
-                Ok(()) => break,
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("SET {key}: {e}; again");
-                    std::thread::sleep(Duration::from_millis(500));
-                    con = connect();
-                }
-                Err(e) => panic!("SET {key}: {e}"),
-            }
-        }
+        until_ok(&key, &mut |c| set(c, &key));
         written.push(key);
     }
-    // Idempotent: sent again if its outcome was unknown.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while let Err(e) = multi(&mut con, "late-m", 3) {
-        assert!(Instant::now() < deadline, "MULTI: {e}\n{}", cluster.logs());
-        eprintln!("MULTI: {e}; again");
-        con = connect();
-    }
+    until_ok("MULTI late-m", &mut |c| multi(c, "late-m", 3));
     written.extend((0..3).map(|i| format!("{{late-m}}{i}")));
 
     // Over the request limit: refused by the router, nothing applied.
@@ -192,5 +190,14 @@ fn big_values_replicate_and_a_follower_catches_up_through_split_appends() {
         }
         assert_eq!(strlen_on(&rt, &addr, gid, "{over}0"), Ok(0));
     }
+    // The leader did split: openraft logs each PayloadTooLarge it is
+    // answered (at error level, as every RPC error).
+    let logs = cluster.logs();
+    let splits = logs
+        .lines()
+        .filter(|l| l.contains("payload too large: hint:(entries:"))
+        .count();
+    eprintln!("{splits} log lines of split appends");
+    assert!(splits > 0, "no append was split:\n{logs}");
     cluster.shutdown();
 }
