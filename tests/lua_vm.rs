@@ -806,6 +806,17 @@ fn libraries_match_redis() {
 
 #[test]
 fn kill_matches_redis_and_the_vm_stays_usable() {
+    // A script the kill flag fails to stop would hang the test: fail it
+    // loudly instead.
+    let done = Arc::new(AtomicBool::new(false));
+    let watchdog = done.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        if !watchdog.load(Ordering::Relaxed) {
+            eprintln!("kill test: a killed script still runs after 60 s");
+            std::process::exit(101);
+        }
+    });
     let mut rig = Rig::start();
     for script in [
         "while true do end",
@@ -854,6 +865,7 @@ fn kill_matches_redis_and_the_vm_stays_usable() {
         );
         assert_eq!(ok, Reply::Int(7));
     }
+    done.store(true, Ordering::Relaxed);
 }
 
 #[test]
@@ -949,19 +961,27 @@ fn vm_cost() {
     }
     let mut host = MapHost(HashMap::from([(Bytes::from("k"), Bytes::from("v"))]));
     let mut vm = Vm::new(limits()).unwrap();
-    let body = b"return redis.call('GET', KEYS[1])";
-    let sha = sha1_hex(body);
     let keys = [Bytes::from("k")];
     let ctx = Rig::ctx(0);
-    for _ in 0..10_000 {
-        vm.eval(&sha, body, &keys, &[], &ctx, &mut host);
+    for (body, want) in [
+        ("return 1", Reply::Int(1)),
+        ("return KEYS[1]", Reply::Bulk(Bytes::from("k"))),
+        (
+            "return redis.call('GET', KEYS[1])",
+            Reply::Bulk(Bytes::from("v")),
+        ),
+    ] {
+        let sha = sha1_hex(body.as_bytes());
+        for _ in 0..10_000 {
+            vm.eval(&sha, body.as_bytes(), &keys, &[], &ctx, &mut host);
+        }
+        let n = 200_000;
+        let start = Instant::now();
+        for _ in 0..n {
+            let r = vm.eval(&sha, body.as_bytes(), &keys, &[], &ctx, &mut host);
+            assert_eq!(r, want);
+        }
+        let per = start.elapsed() / n;
+        println!("vm_cost: {body}: {per:?} per EVAL ({n} runs, 1 key)");
     }
-    let n = 200_000;
-    let start = Instant::now();
-    for _ in 0..n {
-        let r = vm.eval(&sha, body, &keys, &[], &ctx, &mut host);
-        assert_eq!(r, Reply::Bulk(Bytes::from("v")));
-    }
-    let per = start.elapsed() / n;
-    println!("vm_cost: return redis.call('GET', KEYS[1]): {per:?} per EVAL ({n} runs)");
 }

@@ -11,14 +11,14 @@
 //! Error texts are Redis 7.0.15's, byte for byte.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mlua::{
-    chunk::ChunkMode, Function as LuaFunction, HookTriggers, Lua, LuaOptions, MultiValue, StdLib,
-    Table, Value, Variadic, VmState,
+    chunk::ChunkMode, BString, Function as LuaFunction, HookTriggers, Lua, LuaOptions, MultiValue,
+    StdLib, Table, Value, Variadic, VmState,
 };
 
 use crate::resp::reply::Reply;
@@ -145,19 +145,57 @@ impl Watch {
     }
 }
 
+/// The host of a running script, lent to the Lua functions that call it.
+///
+/// A script's `&mut dyn Host` lives only for one run, while the Lua
+/// functions that reach it are made once per state (making them per run,
+/// in an mlua scope, cost about half of a small script's time). So the run
+/// lends a pointer to its host for its duration: [`LentHost::lend`] stores
+/// it, the guard's drop clears it, and [`LentHost::with`] reaches it only
+/// while it is set.
+struct LentHost<'a> {
+    cell: &'a AtomicPtr<()>,
+}
+
+impl<'a> LentHost<'a> {
+    fn lend(cell: &'a AtomicPtr<()>, host: &'a mut &mut dyn Host) -> LentHost<'a> {
+        let p: *mut &mut dyn Host = host;
+        cell.store(p.cast(), Ordering::Release);
+        LentHost { cell }
+    }
+
+    fn with<R>(cell: &AtomicPtr<()>, f: impl FnOnce(&mut dyn Host) -> R) -> Option<R> {
+        let p = cell.load(Ordering::Acquire);
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: a non-null pointer was stored by `lend` from a
+        // `&mut &mut dyn Host` that outlives the guard, and the guard clears
+        // it before that borrow ends. Only the thread running the script
+        // (inside `Engine::call`, which holds the VM exclusively) calls
+        // back here, and a host's `call`/`log` never re-enters Lua, so this
+        // is the only live reference to the host.
+        let host: &mut &mut dyn Host = unsafe { &mut *p.cast::<&mut dyn Host>() };
+        Some(f(&mut **host))
+    }
+}
+
+impl Drop for LentHost<'_> {
+    fn drop(&mut self) {
+        self.cell.store(std::ptr::null_mut(), Ordering::Release);
+    }
+}
+
 /// One sandboxed Lua state.
 struct Engine {
     lua: Lua,
-    /// The table the global names resolve to (KEYS and ARGV go here).
-    api: Table,
     /// `run(f [, keys, args])` → ok, result, resp3.
     run: LuaFunction,
     /// FUNCTION LOAD's runner (functions state only).
     load: Option<LuaFunction>,
-    /// Where a run puts its `host` and `log` callbacks.
-    slot: Table,
-    /// The log callback outside runs (FUNCTION LOAD): tracing.
-    idle_log: LuaFunction,
+    /// The host of the running script (null between runs), read by the
+    /// `host` and `log` functions of `slot`.
+    host: Arc<AtomicPtr<()>>,
     /// The heap cap, for error texts and collections.
     memory_bytes: usize,
 }
@@ -176,16 +214,53 @@ impl Engine {
             lua.create_function(move |_, ()| Ok(w.stopped.load(Ordering::Relaxed) != STOP_NONE))?,
         )?;
         let slot = lua.create_table()?;
-        let idle_log = lua.create_function(|_, (level, msg): (i32, mlua::LuaString)| {
-            let msg = msg.to_string_lossy();
-            match level {
-                0 | 1 => tracing::debug!(target: "script", "{msg}"),
-                2 => tracing::info!(target: "script", "{msg}"),
-                _ => tracing::warn!(target: "script", "{msg}"),
-            }
-            Ok(())
-        })?;
-        slot.set("log", idle_log.clone())?;
+        let host: Arc<AtomicPtr<()>> = Arc::default();
+        let h = host.clone();
+        slot.set(
+            "host",
+            lua.create_function(move |lua, args: MultiValue| {
+                let mut args = args.into_iter();
+                let resp3 = matches!(args.next(), Some(Value::Boolean(true)));
+                let argv: Option<Vec<Bytes>> = args.map(|v| convert::command_arg(&v)).collect();
+                let fail = |msg: &str| -> mlua::Result<(Value, bool)> {
+                    Ok((Value::Table(convert::error_table(lua, msg)?), true))
+                };
+                let argv = match argv {
+                    None => return fail(convert::ARG_TYPE_ERROR),
+                    Some(a) if a.is_empty() => {
+                        return fail(
+                            "ERR Please specify at least one argument for this redis lib call",
+                        )
+                    }
+                    Some(a) => a,
+                };
+                let reply =
+                    match LentHost::with(&h, |host| host.call(argv)) {
+                        Some(reply) => reply,
+                        None => return fail(
+                            "ERR redis.call/pcall can only be called inside a script invocation",
+                        ),
+                    };
+                let failed = reply.is_error();
+                Ok((reply_to_lua(lua, &reply, resp3)?, failed))
+            })?,
+        )?;
+        let h = host.clone();
+        slot.set(
+            "log",
+            lua.create_function(move |_, (level, msg): (i32, mlua::LuaString)| {
+                let msg = msg.to_string_lossy();
+                // Outside a run (a library body at FUNCTION LOAD): tracing.
+                if LentHost::with(&h, |host| host.log(level, &msg)).is_none() {
+                    match level {
+                        0 | 1 => tracing::debug!(target: "script", "{msg}"),
+                        2 => tracing::info!(target: "script", "{msg}"),
+                        _ => tracing::warn!(target: "script", "{msg}"),
+                    }
+                }
+                Ok(())
+            })?,
+        )?;
         raw.set("slot", slot.clone())?;
         raw.set(
             "raiser",
@@ -234,7 +309,6 @@ impl Engine {
             .set_name("=[shoal]")
             .call((raw, mode))?;
         let run: LuaFunction = exports.get("run")?;
-        let api: Table = exports.get("api")?;
         let load: Option<LuaFunction> = exports.get("load")?;
         let w = watch.clone();
         // The global hook: Lua 5.1 copies it into every coroutine a script
@@ -247,11 +321,9 @@ impl Engine {
         lua.set_memory_limit(limits.memory_bytes)?;
         Ok(Engine {
             lua,
-            api,
             run,
             load,
-            slot,
-            idle_log,
+            host,
             memory_bytes: limits.memory_bytes,
         })
     }
@@ -263,7 +335,7 @@ impl Engine {
         &self,
         watch: &Watch,
         f: &LuaFunction,
-        fargs: Option<(&[Bytes], &[Bytes])>,
+        fargs: (&[Bytes], &[Bytes]),
         name: &str,
         ctx: &RunCtx,
         host: &mut dyn Host,
@@ -271,50 +343,23 @@ impl Engine {
         let memory_bytes = self.memory_bytes;
         watch.stopped.store(STOP_NONE, Ordering::Relaxed);
         watch.set_kill(Some(ctx.kill.clone()));
-        let host = std::cell::RefCell::new(host);
-        let result = self.lua.scope(|scope| {
-            let hostfn = scope.create_function(|lua, args: MultiValue| {
-                let mut args = args.into_iter();
-                let resp3 = matches!(args.next(), Some(Value::Boolean(true)));
-                let argv: Option<Vec<Bytes>> = args.map(|v| convert::command_arg(&v)).collect();
-                let fail = |msg: &str| -> mlua::Result<(Value, bool)> {
-                    Ok((Value::Table(convert::error_table(lua, msg)?), true))
-                };
-                let argv = match argv {
-                    None => return fail(convert::ARG_TYPE_ERROR),
-                    Some(a) if a.is_empty() => {
-                        return fail(
-                            "ERR Please specify at least one argument for this redis lib call",
-                        )
-                    }
-                    Some(a) => a,
-                };
-                let reply = host.borrow_mut().call(argv);
-                let failed = reply.is_error();
-                Ok((reply_to_lua(lua, &reply, resp3)?, failed))
-            })?;
-            let logfn = scope.create_function(|_, (level, msg): (i32, mlua::LuaString)| {
-                host.borrow_mut().log(level, &msg.to_string_lossy());
-                Ok(())
-            })?;
-            self.slot.raw_set("host", hostfn)?;
-            self.slot.raw_set("log", logfn)?;
-            let (ok, value, resp3): (bool, Value, bool) = match fargs {
-                None => self.run.call(f)?,
-                Some((keys, args)) => {
-                    let keys = bytes_table(&self.lua, keys)?;
-                    let args = bytes_table(&self.lua, args)?;
-                    self.run.call((f, keys, args))?
-                }
-            };
+        let mut host: &mut dyn Host = host;
+        let _lent = LentHost::lend(&self.host, &mut host);
+        let result = (|| -> mlua::Result<Reply> {
+            let (keys, args) = fargs;
+            let all: Variadic<BString> = keys
+                .iter()
+                .chain(args)
+                .map(|b| BString::from(&b[..]))
+                .collect();
+            let (ok, value, resp3): (bool, Value, bool) = self.run.call((f, keys.len(), all))?;
             if ok {
                 return Ok(lua_to_reply(&value, resp3));
             }
             let stopped = watch.stopped.load(Ordering::Relaxed);
             Ok(error_reply(&value, name, stopped, memory_bytes))
-        });
-        let _ = self.slot.raw_set("host", Value::Nil);
-        let _ = self.slot.raw_set("log", self.idle_log.clone());
+        })();
+        drop(_lent);
         watch.set_kill(None);
         // Lua 5.1 has no emergency collection: after a script that used
         // half the cap (or failed on it), collect now so the next one
@@ -415,14 +460,6 @@ fn error_reply(err: &Value, name: &str, stopped: u8, memory_bytes: usize) -> Rep
 /// Lua 5.1's `tostring` of a number (`%.14g`).
 fn lua_number_text(n: f64) -> String {
     convert::format_g(n, 14)
-}
-
-fn bytes_table(lua: &Lua, items: &[Bytes]) -> mlua::Result<Table> {
-    let t = lua.create_table_with_capacity(items.len(), 0)?;
-    for (i, b) in items.iter().enumerate() {
-        t.raw_set(i + 1, lua.create_string(b)?)?;
-    }
-    Ok(t)
 }
 
 /// A loaded library: its description and its callbacks.
@@ -530,22 +567,8 @@ impl Vm {
                 }
             }
         };
-        let set = (|| -> mlua::Result<()> {
-            self.eval
-                .api
-                .raw_set("KEYS", bytes_table(&self.eval.lua, keys)?)?;
-            self.eval
-                .api
-                .raw_set("ARGV", bytes_table(&self.eval.lua, args)?)
-        })();
-        if let Err(e) = set {
-            return self.eval.failure(e, sha);
-        }
-        let reply = self.eval.call(&self.watch, &f, None, sha, ctx, host);
-        // Do not keep the tables (they may be large) until the next run.
-        let _ = self.eval.api.raw_set("KEYS", Value::Nil);
-        let _ = self.eval.api.raw_set("ARGV", Value::Nil);
-        reply
+        self.eval
+            .call(&self.watch, &f, (keys, args), sha, ctx, host)
     }
 
     /// FUNCTION LOAD's check: parse `#!lua name=<lib>`, run the library body in Redis's
@@ -664,7 +687,7 @@ impl Vm {
             return Reply::Error("ERR Function not found".into());
         };
         self.functions
-            .call(&self.watch, &f, Some((keys, args)), function, ctx, host)
+            .call(&self.watch, &f, (keys, args), function, ctx, host)
     }
 
     /// Bytes the two Lua heaps hold now.
@@ -774,6 +797,12 @@ mod tests {
         let s = AtomicU64::new(rand48_seed(0));
         let got: Vec<i32> = (0..3).map(|_| rand48_next(&s)).collect();
         assert_eq!(got, vec![366850414, 1610402240, 206956554]);
+    }
+
+    #[test]
+    fn vm_moves_between_threads() {
+        fn send<T: Send>() {}
+        send::<Vm>();
     }
 
     #[test]

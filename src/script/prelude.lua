@@ -239,19 +239,28 @@ local function handler(err)
 end
 
 local exports = {}
--- Run a compiled script (EVAL) or a function (FCALL, with its keys and
--- args tables): answers ok, result or error table, resp == 3.
-exports.run = function(f, keys, args)
+-- Run a compiled script (EVAL, with KEYS and ARGV) or a function (FCALL,
+-- called with its keys and args tables): the first nkeys of the varargs
+-- are keys, the rest args. Answers ok, result or error table, resp == 3.
+exports.run = function(f, nkeys, ...)
   resp = 2
+  local n = select('#', ...)
+  local keys, args = {}, {}
+  for i = 1, nkeys do keys[i] = (select(i, ...)) end
+  for i = nkeys + 1, n do args[i - nkeys] = (select(i, ...)) end
   local ok, r
-  if keys then
-    ok, r = rawxpcall(function() return f(keys, args) end, handler)
-  else
+  if mode == 'eval' then
+    rawset(api, 'KEYS', keys)
+    rawset(api, 'ARGV', args)
     ok, r = rawxpcall(f, handler)
+    -- Do not keep them (they may be large) until the next run.
+    rawset(api, 'KEYS', nil)
+    rawset(api, 'ARGV', nil)
+  else
+    ok, r = rawxpcall(function() return f(keys, args) end, handler)
   end
   return ok, r, resp == 3
 end
-exports.api = api
 
 if mode == 'functions' then
   -- FUNCTION LOAD runs the library body with only redis.register_function,
