@@ -519,6 +519,25 @@ fn conversions_match_redis() {
             ),
         ],
     );
+    // Many keys and args (more than a Lua call's stack holds).
+    let many: Vec<String> = (0..20_000).map(|i| format!("a{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    check(
+        &mut rig,
+        &[
+            (
+                "return {#KEYS, #ARGV, KEYS[1], KEYS[#KEYS], ARGV[1], ARGV[#ARGV]}",
+                &many[..5000],
+                &many[5000..],
+            ),
+            (
+                "return {#KEYS, #ARGV, ARGV[1000], ARGV[#ARGV]}",
+                &many[..0],
+                &many[..1000],
+            ),
+            ("return {#KEYS, #ARGV}", &many[..1], &many[..1000]),
+        ],
+    );
     // Reply has no big-number variant: RESP3 clients get a bulk string
     // where Redis sends `(123`; RESP2 clients see the same bytes.
     rig.protos = 0..1;

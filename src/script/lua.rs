@@ -63,6 +63,9 @@ pub const REDIS_VERSION_NUM: u32 = 0x07_00_00;
 /// How often (in Lua VM instructions) the hook looks at the kill flag, as
 /// Redis does.
 const HOOK_EVERY: u32 = 100_000;
+/// Keys and args up to this many are passed to a run as call arguments;
+/// more are passed as tables (Lua 5.1's C stack holds 8,000 values).
+const MAX_STACK_ARGS: usize = 1_000;
 /// How long a library body may run at FUNCTION LOAD (Redis: 500 ms).
 const LOAD_TIMEOUT: Duration = Duration::from_millis(500);
 /// Redis's text for a script stopped by SCRIPT KILL or FUNCTION KILL.
@@ -347,12 +350,20 @@ impl Engine {
         let _lent = LentHost::lend(&self.host, &mut host);
         let result = (|| -> mlua::Result<Reply> {
             let (keys, args) = fargs;
-            let all: Variadic<BString> = keys
-                .iter()
-                .chain(args)
-                .map(|b| BString::from(&b[..]))
-                .collect();
-            let (ok, value, resp3): (bool, Value, bool) = self.run.call((f, keys.len(), all))?;
+            let (ok, value, resp3): (bool, Value, bool) =
+                if keys.len() + args.len() <= MAX_STACK_ARGS {
+                    // The common case: one call, the strings on the stack.
+                    let all: Variadic<BString> = keys
+                        .iter()
+                        .chain(args)
+                        .map(|b| BString::from(&b[..]))
+                        .collect();
+                    self.run.call((f, keys.len(), all))?
+                } else {
+                    let keys = bytes_table(&self.lua, keys)?;
+                    let args = bytes_table(&self.lua, args)?;
+                    self.run.call((f, -1, keys, args))?
+                };
             if ok {
                 return Ok(lua_to_reply(&value, resp3));
             }
@@ -385,6 +396,14 @@ impl Engine {
             e => Reply::Error(format!("ERR Error running script {name}: {e}")),
         }
     }
+}
+
+fn bytes_table(lua: &Lua, items: &[Bytes]) -> mlua::Result<Table> {
+    let t = lua.create_table_with_capacity(items.len(), 0)?;
+    for (i, b) in items.iter().enumerate() {
+        t.raw_set(i + 1, lua.create_string(b)?)?;
+    }
+    Ok(t)
 }
 
 /// The C function behind Redis's raising API (`redis.call`, `redis.log`,

@@ -241,13 +241,20 @@ end
 local exports = {}
 -- Run a compiled script (EVAL, with KEYS and ARGV) or a function (FCALL,
 -- called with its keys and args tables): the first nkeys of the varargs
--- are keys, the rest args. Answers ok, result or error table, resp == 3.
+-- are keys, the rest args; nkeys < 0 passes the two tables instead. Answers ok, result or error table, resp == 3.
 exports.run = function(f, nkeys, ...)
   resp = 2
-  local n = select('#', ...)
-  local keys, args = {}, {}
-  for i = 1, nkeys do keys[i] = (select(i, ...)) end
-  for i = nkeys + 1, n do args[i - nkeys] = (select(i, ...)) end
+  local keys, args
+  if nkeys < 0 then
+    -- Many arguments come as two tables (a call's arguments must fit the
+    -- Lua stack).
+    keys, args = ...
+  else
+    local all = { ... }
+    keys, args = {}, {}
+    for i = 1, nkeys do keys[i] = all[i] end
+    for i = nkeys + 1, #all do args[i - nkeys] = all[i] end
+  end
   local ok, r
   if mode == 'eval' then
     rawset(api, 'KEYS', keys)
