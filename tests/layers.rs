@@ -34,6 +34,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("resp", 3),
     // Entry points; the router serves the console, which draws what
     // `status` gathers.
+    // Scripts: the Lua layer, pure over `resp::reply`.
+    ("script", 4),
     ("status", 4),
     ("devcluster", 4),
     ("dev", 5),
