@@ -478,7 +478,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             shoal::init_logging(&c.log_level);
             shoal::rlimit::raise_nofile_limit_logged();
-            shoal::node::run(c).await
+            shoal::node::run(
+                c,
+                std::sync::Arc::new(shoal::script::node::NodeScripts::new()),
+            )
+            .await
         }
         Command::Router {
             config,

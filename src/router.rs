@@ -169,8 +169,12 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
         tracing::info!(tls_listen = %l.local_addr()?, "router up (TLS)");
     }
     let pubsub = crate::resp::pubsub::Hub::new(client.clone());
+    let scripts =
+        crate::resp::scripts::Scripts::follow(&meta, Arc::new(crate::script::node::Parser::new()))
+            .await?;
     let shared = Arc::new(Shared {
         pubsub,
+        scripts,
         client,
         meta,
         limits: RuntimeLimits::new(&c),

@@ -3,16 +3,16 @@
 //! without a majority answers `-CLUSTERDOWN` in bounded time, a restarted
 //! node catches up (from the log, or by snapshot when it fell far behind).
 
-use std::collections::HashMap;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisResult};
-use shoal::cluster::client::{ClientConfig, ShardClient};
-use shoal::cluster::routes;
 use shoal::devcluster::{ClusterOpts, LocalCluster};
 use shoal::meta::descriptor::TableDescriptor;
-use shoal::meta::etcd::Meta;
 use shoal::slot::slot;
+
+use common::leaders;
 
 fn start(dir: &tempfile::TempDir, shards: u32, node_args: &[&str]) -> LocalCluster {
     let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_shoal"), dir.path());
@@ -34,31 +34,6 @@ fn set(con: &mut Connection, k: &str, v: &str) -> RedisResult<()> {
 
 fn get(con: &mut Connection, k: &str) -> RedisResult<Option<String>> {
     redis::cmd("GET").arg(k).query(con)
-}
-
-/// Table `default` and each shard's current leader, asked of the nodes.
-fn leaders(cluster: &LocalCluster) -> (TableDescriptor, HashMap<u64, u64>) {
-    let etcd = cluster.etcd_url();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async move {
-        let meta = Meta::connect(&[etcd], "default").await.unwrap();
-        let (table, _) = meta.get_table("default").await.unwrap().unwrap();
-        let client = ShardClient::new(
-            routes::follow(&meta).await.unwrap(),
-            ClientConfig::default(),
-        );
-        let mut out = HashMap::new();
-        for node in meta.live_nodes().await.unwrap().keys() {
-            if let Ok(status) = client.node_status(*node, vec![]).await {
-                for g in status.groups {
-                    if g.role == "leader" {
-                        out.insert(g.group_id, *node);
-                    }
-                }
-            }
-        }
-        (table, out)
-    })
 }
 
 /// Keys of the form `<prefix><n>` that fall in shard `shard` of `table`.

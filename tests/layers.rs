@@ -34,10 +34,11 @@ const LAYERS: &[(&str, u8)] = &[
     ("resp", 3),
     // Entry points; the router serves the console, which draws what
     // `status` gathers.
-    // Scripts: the Lua layer, pure over `resp::reply`.
-    ("script", 4),
     ("status", 4),
     ("devcluster", 4),
+    // Scripts: the Lua layer, and the node's runner that compiles the
+    // commands a script calls as the router does.
+    ("script", 4),
     ("dev", 5),
     ("console", 5),
     ("router", 6),

@@ -3,8 +3,9 @@
 //! by `scripts/setup`) runs the scripts in `tests/redis_compat/py/`, one per
 //! type or use (strings, hashes, lists, sets, sorted sets, bitmaps, expiry,
 //! pipelines with MULTI/EXEC and WATCH, the scan iterators, a leaderboard,
-//! and a job queue with producers on one router and BRPOP workers on the
-//! other). Each script checks its own replies and exits non-zero with a
+//! a job queue with producers on one router and BRPOP workers on the
+//! other, and scripts: register_script, redis-py's Lock and functions
+//! across the two routers). Each script checks its own replies and exits non-zero with a
 //! message on the first mismatch; this test runs them all and reports every
 //! failing script with its stderr.
 
@@ -105,9 +106,12 @@ fn redis_py() {
             failed.push(e);
         }
     }
-    // Producers on router A, workers blocked on router B.
-    if let Err(e) = run_script(&python, "job_queue", &[&a, &b]) {
-        failed.push(e);
+    // Producers on router A, workers blocked on router B; scripts and
+    // functions across both.
+    for name in ["job_queue", "scripts"] {
+        if let Err(e) = run_script(&python, name, &[&a, &b]) {
+            failed.push(e);
+        }
     }
     assert!(
         failed.is_empty(),

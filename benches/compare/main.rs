@@ -109,6 +109,20 @@ struct Args {
     bench: bool,
 }
 
+/// SCRIPT LOAD `body` on the server at `addr` (with redis-cli): its SHA1.
+fn script_load(addr: &str, body: &str) -> Result<String> {
+    let (host, port) = addr.rsplit_once(':').context("address must be host:port")?;
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", host, "-p", port, "SCRIPT", "LOAD", body])
+        .output()
+        .context("cannot run redis-cli")?;
+    let sha = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || sha.len() != 40 {
+        bail!("SCRIPT LOAD on {addr} answered {sha:?}");
+    }
+    Ok(sha)
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if !args.bench {
@@ -401,6 +415,7 @@ fn run_load(
                 value_size: args.value_size,
                 keyspace,
                 pipeline,
+                command: None,
             };
             eprintln!("{workload:<14} redis-benchmark  {}", s.name());
             let requests = redis_bench::calibrate(&params, secs)?;
@@ -415,6 +430,57 @@ fn run_load(
             );
             rep.rows.push(Row {
                 workload: workload.clone(),
+                client: "redis-benchmark",
+                system: s,
+                variant: String::new(),
+                ops_per_sec: r.ops_per_sec,
+                p50_ms: r.p50_ms,
+                p99_ms: r.p99_ms,
+                p999_ms: r.p999_ms,
+                server_cpu_s,
+                wall_s,
+                client_cpu_pct: None,
+                errors: r.errors_seen,
+            });
+            check_alive(&mut sys)?;
+        }
+    }
+
+    // Scripts (issue 19): EVALSHA of a loaded script that reads one key,
+    // and of one that increments it (one Raft entry per call on shoal).
+    for (workload, body) in [
+        ("EVALSHA GET", "return redis.call('GET', KEYS[1])"),
+        ("EVALSHA INCR", "return redis.call('INCR', KEYS[1])"),
+    ] {
+        for s in [System::Redis, System::Shoal] {
+            let addr = sys.resp_addr(s).unwrap_or_default();
+            let sha = script_load(&addr, body)?;
+            let command = ["EVALSHA", &sha, "1", "script:__rand_int__"]
+                .iter()
+                .map(|a| a.to_string())
+                .collect();
+            let params = redis_bench::Params {
+                addr: &addr,
+                test: "evalsha",
+                clients: args.clients,
+                value_size: args.value_size,
+                keyspace,
+                pipeline: 1,
+                command: Some(command),
+            };
+            eprintln!("{workload:<14} redis-benchmark  {}", s.name());
+            let requests = redis_bench::calibrate(&params, secs)?;
+            let cpu0 = sys.cpu(s);
+            let t0 = Instant::now();
+            let r = redis_bench::run_once(&params, requests)?;
+            let wall_s = t0.elapsed().as_secs_f64();
+            let server_cpu_s = sys.cpu(s) - cpu0;
+            eprintln!(
+                "  {:.0} ops/s  p50 {} ms  p99 {} ms  p99.9 {} ms",
+                r.ops_per_sec, r.p50_ms, r.p99_ms, r.p999_ms
+            );
+            rep.rows.push(Row {
+                workload: workload.to_string(),
                 client: "redis-benchmark",
                 system: s,
                 variant: String::new(),

@@ -150,6 +150,7 @@ pub fn run(p: &Probe) -> Result<MetricsCost> {
             value_size: p.value_size,
             keyspace: p.keyspace,
             pipeline: 1,
+            command: None,
         };
         let requests = redis_bench::calibrate(&params, p.secs)?;
         let mut row = CostRow {

@@ -31,6 +31,9 @@ pub struct Params<'a> {
     pub value_size: usize,
     pub keyspace: u64,
     pub pipeline: usize,
+    /// A command to run instead of `test` (redis-benchmark's trailing
+    /// command form; `__rand_int__` is replaced by a key number).
+    pub command: Option<Vec<String>>,
 }
 
 fn args(p: &Params, requests: u64) -> Result<Vec<String>> {
@@ -38,7 +41,7 @@ fn args(p: &Params, requests: u64) -> Result<Vec<String>> {
         .addr
         .rsplit_once(':')
         .context("address must be host:port")?;
-    Ok(vec![
+    let mut v: Vec<String> = vec![
         "-h".into(),
         host.into(),
         "-p".into(),
@@ -53,10 +56,13 @@ fn args(p: &Params, requests: u64) -> Result<Vec<String>> {
         p.pipeline.to_string(),
         "-n".into(),
         requests.to_string(),
-        "-t".into(),
-        p.test.into(),
         "-e".into(),
-    ])
+    ];
+    match &p.command {
+        Some(cmd) => v.extend(cmd.iter().cloned()),
+        None => v.extend(["-t".to_string(), p.test.to_string()]),
+    }
+    Ok(v)
 }
 
 /// One measured run of `requests` requests.

@@ -69,6 +69,11 @@ impl Default for ClientConfig {
 /// How long a node that did not answer is avoided.
 pub const SUSPECT_FOR: Duration = Duration::from_secs(5);
 
+/// How long a router waits for a script (EVAL, FCALL) to answer. A script
+/// that runs longer is left to SCRIPT KILL; its client is told the outcome
+/// is unknown.
+pub const SCRIPT_WAIT: Duration = Duration::from_secs(600);
+
 pub struct ShardClient {
     transport: Arc<Transport>,
     /// Node → until when it is avoided (it did not answer an RPC).
@@ -243,6 +248,16 @@ impl ShardClient {
                 | ShardRequest::PubSubPoll { .. }
                 | ShardRequest::PubSubChannels { .. }
         );
+        // A script runs for as long as it runs (Redis sets no limit; SCRIPT
+        // KILL ends one): its answer is awaited up to SCRIPT_WAIT, and a
+        // node that dies meanwhile is noticed by the connection's HTTP/2
+        // keepalive instead of the RPC timeout.
+        let script = matches!(req, ShardRequest::Script(_));
+        let (request_timeout, rpc_timeout) = if script {
+            (SCRIPT_WAIT, SCRIPT_WAIT)
+        } else {
+            (self.config.request_timeout, self.config.rpc_timeout)
+        };
         let payload = codec::encode(Format::ShardRequest, &req)
             .map_err(|e| ClusterError::Internal(e.to_string()))?;
         // The node would refuse it, and break the stream other requests share.
@@ -260,7 +275,7 @@ impl ShardClient {
             timeout_ms: 0,
             kind: 0,
         };
-        let deadline = Instant::now() + self.config.request_timeout;
+        let deadline = Instant::now() + request_timeout;
         let n = sd.replicas.len().max(1);
         let mut turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // A suspect cached leader is not asked first; a leader named by a
@@ -309,7 +324,7 @@ impl ShardClient {
                 .attempt(
                     target,
                     &request,
-                    remaining.min(self.config.rpc_timeout),
+                    remaining.min(rpc_timeout),
                     eventual,
                     resend_safe,
                 )

@@ -5,7 +5,9 @@
 //! `members/<id>`, `live/<id>` (leased), `tables/<name>`, `ids/<counter>`,
 //! `tombstones/<group_id>`, `cluster` (the cluster record), `txns/<id>`
 //! (cross-shard transaction decisions), `users/<name>` (ACL users, a JSON
-//! record each, see `resp::acl::UserRecord`). Every metadata change is a
+//! record each, see `resp::acl::UserRecord`), `scripts/<sha1>` (SCRIPT LOAD's
+//! bodies) and `functions/<library>` (FUNCTION LOAD's library code, raw).
+//! Every other metadata change is a
 //! compare-and-swap transaction; readers follow watches and never poll etcd
 //! for a single-shard request.
 
@@ -872,14 +874,7 @@ impl Meta {
 
     /// `users/<name>`: a user's record and its mod revision, if any.
     pub async fn get_user(&self, name: &str) -> Result<Option<(Vec<u8>, i64)>, MetaError> {
-        let resp = self
-            .kv()
-            .get(self.key(&format!("users/{name}")), None)
-            .await?;
-        Ok(resp
-            .kvs()
-            .first()
-            .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+        self.get_record(&format!("users/{name}")).await
     }
 
     /// Write or delete (`None`) a user's record if it is still at
@@ -891,7 +886,30 @@ impl Meta {
         value: Option<Vec<u8>>,
         mod_revision: i64,
     ) -> Result<Option<i64>, MetaError> {
-        let key = self.key(&format!("users/{name}"));
+        self.swap_record(&format!("users/{name}"), value, mod_revision)
+            .await
+    }
+
+    /// The record at `rest` (under the cluster's prefix) and its mod
+    /// revision, if any.
+    pub async fn get_record(&self, rest: &str) -> Result<Option<(Vec<u8>, i64)>, MetaError> {
+        let resp = self.kv().get(self.key(rest), None).await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+    }
+
+    /// Write or delete (`None`) the record at `rest` if it is still at
+    /// `mod_revision` (0: absent). The etcd revision of the change, or
+    /// `None` if the record moved.
+    pub async fn swap_record(
+        &self,
+        rest: &str,
+        value: Option<Vec<u8>>,
+        mod_revision: i64,
+    ) -> Result<Option<i64>, MetaError> {
+        let key = self.key(rest);
         let op = match value {
             Some(v) => TxnOp::put(key.clone(), v, None),
             None => TxnOp::delete(key.clone(), None),
@@ -907,5 +925,58 @@ impl Meta {
         Ok(resp
             .succeeded()
             .then(|| resp.header().map_or(0, |h| h.revision())))
+    }
+
+    /// In one etcd transaction, if every record of `expect` is still at its
+    /// mod revision (0: absent): delete everything under `clear` (if
+    /// given), then write `puts`. The etcd revision, or `None` if a record
+    /// moved (nothing was changed).
+    pub async fn swap_records(
+        &self,
+        expect: &[(String, i64)],
+        clear: Option<&str>,
+        puts: Vec<(String, Vec<u8>)>,
+    ) -> Result<Option<i64>, MetaError> {
+        let compares = expect
+            .iter()
+            .map(|(rest, rev)| Compare::mod_revision(self.key(rest), CompareOp::Equal, *rev))
+            .collect::<Vec<_>>();
+        let mut ops = Vec::new();
+        if let Some(prefix) = clear {
+            ops.push(TxnOp::delete(
+                self.key(prefix),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            ));
+        }
+        ops.extend(
+            puts.into_iter()
+                .map(|(rest, v)| TxnOp::put(self.key(&rest), v, None)),
+        );
+        let resp = self
+            .kv()
+            .txn(Txn::new().when(compares).and_then(ops))
+            .await?;
+        Ok(resp
+            .succeeded()
+            .then(|| resp.header().map_or(0, |h| h.revision())))
+    }
+
+    /// Write the record at `rest`, whatever was there. The etcd revision.
+    pub async fn put_record(&self, rest: &str, value: Vec<u8>) -> Result<i64, MetaError> {
+        let resp = self.kv().put(self.key(rest), value, None).await?;
+        Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
+    /// Delete every record under `rest`: how many there were, and the etcd
+    /// revision of the deletion.
+    pub async fn delete_prefix(&self, rest: &str) -> Result<(i64, i64), MetaError> {
+        let resp = self
+            .kv()
+            .delete(
+                self.key(rest),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await?;
+        Ok((resp.deleted(), resp.header().map_or(0, |h| h.revision())))
     }
 }

@@ -21,7 +21,10 @@ use crate::shard::host::{Host, HostConfig};
 use crate::shard::network::Transport;
 use crate::shard::service::NodeService;
 
-pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
+pub async fn run(
+    c: NodeConfig,
+    scripts: Arc<dyn crate::shard::script::ScriptRunner>,
+) -> anyhow::Result<()> {
     anyhow::ensure!(c.id > 0, "--id must be a positive integer");
     let tls = crate::tls::ClusterTlsFiles {
         cert: c.cluster_tls_cert_file.clone(),
@@ -60,6 +63,7 @@ pub async fn run(c: NodeConfig) -> anyhow::Result<()> {
             hibernate: crate::shard::hibernate::HibernateConfig::from_node(&c),
         },
     );
+    host.scripts.set_runner(scripts);
     if let Some(at) = &c.metrics_listen {
         let h = host.clone();
         let data_dir = c.data_dir.clone();

@@ -57,6 +57,13 @@ const NUMKEYS: KeySpec = KeySpec::Find {
     step: 0,
     find: cc::numkeys_at_1,
 };
+/// EVAL / FCALL: `script numkeys key [key ...] arg [arg ...]`.
+const EVAL_KEYS: KeySpec = KeySpec::Find {
+    first: 0,
+    last: 0,
+    step: 0,
+    find: super::cmd_script::eval_keys,
+};
 /// `destination numkeys key [key ...]`.
 const STORE_NUMKEYS: KeySpec = KeySpec::Find {
     first: 1,
@@ -152,6 +159,35 @@ const ADMIN_SUB: u32 = acl::ADMIN | acl::SLOW | acl::DANGEROUS;
 const CONN_SUB: u32 = acl::SLOW | acl::CONNECTION;
 const CONN_ADMIN_SUB: u32 = ADMIN_SUB | acl::CONNECTION;
 const OBJECT_SUB: u32 = acl::KEYSPACE | acl::READ | acl::SLOW;
+
+const SCRIPT: u32 = acl::SLOW | acl::SCRIPTING;
+const SCRIPT_WRITE: u32 = acl::WRITE | acl::SLOW | acl::SCRIPTING;
+
+static SCRIPT_SUBS: Subcommands = Subcommands {
+    parent: SLOW,
+    list: &[
+        ("exists", SCRIPT),
+        ("flush", SCRIPT),
+        ("help", SCRIPT),
+        ("kill", SCRIPT),
+        ("load", SCRIPT),
+    ],
+};
+
+static FUNCTION_SUBS: Subcommands = Subcommands {
+    parent: SLOW,
+    list: &[
+        ("delete", SCRIPT_WRITE),
+        ("dump", SCRIPT),
+        ("flush", SCRIPT_WRITE),
+        ("help", SCRIPT),
+        ("kill", SCRIPT),
+        ("list", SCRIPT),
+        ("load", SCRIPT_WRITE),
+        ("restore", SCRIPT_WRITE),
+        ("stats", SCRIPT),
+    ],
+};
 
 static ACL_SUBS: Subcommands = Subcommands {
     parent: SLOW,
@@ -296,6 +332,14 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Discards a transaction."),
     row("echo", 2, FAST, NONE, CONN, G::Connection, local!(echo),
         "Returns the given string."),
+    row("eval", -3, NOSCRIPT | STALE | NO_MULTI, EVAL_KEYS, SCRIPT, G::Scripting, awaits!(eval),
+        "Executes a server-side Lua script."),
+    row("eval_ro", -3, READONLY | NOSCRIPT | STALE | NO_MULTI, EVAL_KEYS, SCRIPT, G::Scripting,
+        awaits!(eval_ro), "Executes a read-only server-side Lua script."),
+    row("evalsha", -3, NOSCRIPT | STALE | NO_MULTI, EVAL_KEYS, SCRIPT, G::Scripting,
+        awaits!(evalsha), "Executes a server-side Lua script by SHA1 digest."),
+    row("evalsha_ro", -3, READONLY | NOSCRIPT | STALE | NO_MULTI, EVAL_KEYS, SCRIPT, G::Scripting,
+        awaits!(evalsha_ro), "Executes a read-only server-side Lua script by SHA1 digest."),
     row("exec", 1, NOSCRIPT | LOADING | STALE | SKIP_SLOWLOG | MULTI_CONTROL, NONE, TXN,
         G::Transactions, Handler::Async(|s, _| Box::pin(s.exec())),
         "Executes all commands in a transaction."),
@@ -307,10 +351,16 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Sets the expiration time of a key to a Unix timestamp."),
     row("expiretime", 2, READONLY | FAST, KEY, KEYSPACE, G::Generic, Data(k::expiretime),
         "Returns the expiration time of a key as a Unix timestamp."),
+    row("fcall", -3, NOSCRIPT | STALE | NO_MULTI, EVAL_KEYS, SCRIPT, G::Scripting, awaits!(fcall),
+        "Invokes a function."),
+    row("fcall_ro", -3, READONLY | NOSCRIPT | STALE | NO_MULTI, EVAL_KEYS, SCRIPT, G::Scripting,
+        awaits!(fcall_ro), "Invokes a read-only function."),
     row("flushall", -1, WRITE | NO_MULTI | FAN_OUT, NONE, KEYSPACE | acl::DANGEROUS, G::Server,
         awaits!(flushall), "Removes all keys from all tables."),
     row("flushdb", -1, WRITE | NO_MULTI | FAN_OUT, NONE, KEYSPACE | acl::DANGEROUS, G::Server,
         awaits!(flushdb), "Removes all keys from the current table."),
+    row("function", -2, NOSCRIPT | NO_MULTI, NONE, 0, G::Scripting, awaits!(function),
+        "A container for function commands.").with_subs(&FUNCTION_SUBS),
     row("get", 2, READONLY | FAST, KEY, STRING, G::String, Data(c::get),
         "Returns the string value of a key."),
     row("getbit", 3, READONLY | FAST, KEY, BITMAP, G::Bitmap, Data(cbit::getbit),
@@ -461,6 +511,8 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Iterates over the key names in the table."),
     row("scard", 2, READONLY | FAST, KEY, SET, G::Set, Data(cc::scard),
         "Returns the number of members in a set."),
+    row("script", -2, NOSCRIPT | NO_MULTI, NONE, 0, G::Scripting, awaits!(script),
+        "A container for Lua scripts management commands.").with_subs(&SCRIPT_SUBS),
     row("sdiff", -2, READONLY, KEYS, SET, G::Set, Data(cc::sdiff),
         "Returns the difference of multiple sets."),
     row("sdiffstore", -3, WRITE | DENYOOM, KEYS, SET, G::Set, Data(cc::sdiffstore),

@@ -753,7 +753,7 @@ pub(super) fn parse_set(args: &mut Args, max_value: usize) -> Result<WriteOp, Re
     })
 }
 
-pub(super) fn op_reply(r: OpReply) -> Reply {
+pub fn op_reply(r: OpReply) -> Reply {
     match r {
         OpReply::Ok => Reply::ok(),
         OpReply::Nil => Reply::Nil,
@@ -771,6 +771,8 @@ pub(super) fn op_reply(r: OpReply) -> Reply {
         OpReply::Set(items) => Reply::Set(items.into_iter().map(op_reply).collect()),
         OpReply::Double(d) => Reply::Double(d),
         OpReply::NilArray => Reply::NilArray,
+        OpReply::Bool(b) => Reply::Bool(b),
+        OpReply::Verbatim(s) => Reply::Verbatim(s),
         OpReply::Pairs(pairs) => Reply::Pairs(
             pairs
                 .into_iter()

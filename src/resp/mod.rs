@@ -10,6 +10,8 @@
 //! * [`compile`]: data commands parsed and planned into shard operations;
 //!   [`cmd_string`] runs the plans; [`scan`]: SCAN cursors.
 //! * [`cmd_txn`]: MULTI/EXEC/WATCH; [`cmd_table`]: TABLE.*.
+//! * `cmd_script`: EVAL, SCRIPT, FCALL, FUNCTION; [`scripts`]: the
+//!   router's copy of the loaded scripts and function libraries.
 //! * [`acl`]: users and their rules (Redis ACLs, pure); [`cmd_acl`]: the
 //!   ACL command, AUTH's check, the router's copy of the users from etcd.
 //! * [`errors`]: lower layers' errors as RESP replies.
@@ -23,6 +25,7 @@ pub mod cmd_acl;
 pub mod cmd_blocking;
 pub mod cmd_keyspace;
 mod cmd_pubsub;
+mod cmd_script;
 pub mod cmd_store;
 pub mod cmd_string;
 pub mod cmd_table;
@@ -45,6 +48,7 @@ pub mod pipeline;
 pub mod pubsub;
 pub mod reply;
 pub mod scan;
+pub mod scripts;
 pub mod server;
 pub mod session;
 pub mod spec;

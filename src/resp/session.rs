@@ -47,6 +47,8 @@ pub struct Shared {
     pub acl_log: super::users::AclLog,
     /// Pub/Sub: subscribed connections and the router's interest on shards.
     pub pubsub: Arc<super::pubsub::Hub>,
+    /// Loaded scripts and function libraries.
+    pub scripts: super::scripts::Scripts,
 }
 
 /// The limits an operator may change with CONFIG SET while the router runs

@@ -137,6 +137,7 @@ pub enum Group {
     /// shoal's own: tables and placement.
     Shoal,
     Pubsub,
+    Scripting,
 }
 
 impl Group {
@@ -154,6 +155,7 @@ impl Group {
             Group::Bitmap => "bitmap",
             Group::Shoal => "shoal",
             Group::Pubsub => "pubsub",
+            Group::Scripting => "scripting",
         }
     }
 }

@@ -174,10 +174,11 @@ impl Format {
             // Version 3 appended: cancellable waits (requests), whole
             // collections written at once and BITFIELD (operations, so log
             // entries, staged transactions and appends too).
-            Format::ShardRequest | Format::LogEntry | Format::Prepared | Format::RaftAppend => {
-                (1, 3)
-            }
-            Format::ShardReply => (1, 2),
+            Format::LogEntry | Format::Prepared | Format::RaftAppend => (1, 3),
+            // Version 4 appended pub/sub and scripts.
+            Format::ShardRequest => (1, 4),
+            // Version 3 appended booleans and verbatim text (script replies).
+            Format::ShardReply => (1, 3),
             Format::Vote
             | Format::Committed
             | Format::Purged

@@ -118,6 +118,43 @@ pub enum ShardRequest {
         kind: u8,
         pattern: Option<Bytes>,
     },
+    /// EVAL / FCALL on this shard's leader (see the `shard::script`
+    /// module): replies the script's reply; its writes are one Raft entry.
+    Script(ScriptCall),
+    /// SCRIPT KILL / FUNCTION KILL: stop the scripts running on this
+    /// group. Replies `Int(scripts stopped)`.
+    ScriptKill,
+}
+
+/// A script to run on a shard's leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScriptCall {
+    /// SHA1 of `code` (lowercase hex): the VM's cache key.
+    pub sha: String,
+    /// EVAL's body, or a function library's code.
+    pub code: Bytes,
+    /// The function FCALL calls; empty for EVAL.
+    pub function: String,
+    pub keys: Vec<Bytes>,
+    pub args: Vec<Bytes>,
+    /// EVAL_RO, FCALL_RO, or a `no-writes` function: writes are refused.
+    pub read_only: bool,
+    /// The client speaks RESP3 (Lua booleans reply as booleans).
+    pub resp3: bool,
+    /// The router's clock when the command arrived: expiry is judged at it
+    /// and the writes are stamped with it.
+    pub now_ms: u64,
+    /// The table's descriptor, encoded by `meta` (opaque here: the runner
+    /// compiles commands against it).
+    pub table: Bytes,
+    /// The shard of the table this group serves: keys elsewhere are refused.
+    pub shard: u32,
+    /// The calling user's name and rules (JSON, encoded by the router's
+    /// ACL layer), checked on every command the script runs; empty when
+    /// the user may run anything.
+    pub user: Bytes,
+    /// Largest value a write may set (the router's limit).
+    pub max_value: u64,
 }
 
 /// Expiry to set with a write.
@@ -483,6 +520,10 @@ pub enum OpReply {
     Double(f64),
     /// A null array (RESP2 `*-1`; RESP3 `_`): ZMPOP with nothing to pop.
     NilArray,
+    /// A boolean (RESP3 `#t`/`#f`; RESP2 1/0): a script's Lua boolean.
+    Bool(bool),
+    /// Verbatim text (RESP3 `=`; RESP2 a bulk string): a script's reply.
+    Verbatim(String),
 }
 
 impl OpReply {
@@ -493,7 +534,8 @@ impl OpReply {
         let head = |n: usize| 3 + n.checked_ilog10().unwrap_or(0) as usize + 1;
         match self {
             OpReply::Ok => 5,
-            OpReply::Nil | OpReply::NilArray => 5,
+            OpReply::Nil | OpReply::NilArray | OpReply::Bool(_) => 5,
+            OpReply::Verbatim(s) => head(s.len() + 4) + s.len() + 6,
             OpReply::Double(_) => 32,
             OpReply::Int(n) => head(n.unsigned_abs() as usize) + 1,
             OpReply::Bulk(b) => head(b.len()) + b.len() + 2,

@@ -538,17 +538,17 @@ fn shard_request() {
     golden(
         Format::ShardRequest,
         &read,
-        "030c 0302020161016201 80d095ffbc31",
+        "040c 0302020161016201 80d095ffbc31",
     );
     let versions = ShardRequest::ReadVersions {
         keys: vec![b("w")],
         now_ms: 7,
     };
-    golden(Format::ShardRequest, &versions, "030c 0201017707");
+    golden(Format::ShardRequest, &versions, "040c 0201017707");
     golden(
         Format::ShardRequest,
         &ShardRequest::Write(set_with_expiry()),
-        "030c 0080d095ffbc3100 016b017602e0a499 ffbc310100",
+        "040c 0080d095ffbc3100 016b017602e0a499 ffbc310100",
     );
     // Version 3 appended the cancellable waits; a version 2 request reads
     // the same.
@@ -560,8 +560,13 @@ fn shard_request() {
     golden(
         Format::ShardRequest,
         &ShardRequest::CancelWaits { client: 5 },
-        "030c 0605",
+        "040c 0605",
     );
+    // Version 4 appended pub/sub and scripts; a version 3 request reads
+    // the same.
+    let old = codec::decode::<ShardRequest>(Format::ShardRequest, &unhex("030c 0605"));
+    assert!(matches!(old, Ok(ShardRequest::CancelWaits { client: 5 })));
+    golden(Format::ShardRequest, &ShardRequest::ScriptKill, "040c 0c");
 }
 
 #[test]
@@ -577,7 +582,7 @@ fn shard_reply() {
     golden(
         Format::ShardReply,
         &ok,
-        "020d 0005060001020503 0176040673747269 6e67060545525220 78",
+        "030d 0005060001020503 0176040673747269 6e67060545525220 78",
     );
     let not_leader: Result<OpReply, ShardError> = Err(ShardError::NotLeader {
         leader: Some(2),
@@ -586,13 +591,13 @@ fn shard_reply() {
     golden(
         Format::ShardReply,
         &not_leader,
-        "020d 0100010201076e32 3a37303031",
+        "030d 0100010201076e32 3a37303031",
     );
     let corrupt: Result<OpReply, ShardError> = Err(ShardError::Corrupt(Corrupt {
         group: 7,
         place: Place::Key(b("k")),
     }));
-    golden(Format::ShardReply, &corrupt, "020d 01080700016b");
+    golden(Format::ShardReply, &corrupt, "030d 01080700016b");
     for e in [
         ShardError::NotLeader {
             leader: None,
@@ -620,6 +625,18 @@ fn shard_reply() {
     ] {
         round_trip(Format::ShardReply, &Err::<OpReply, _>(e));
     }
+    // Version 3 appended booleans and verbatim text; version 2 replies
+    // read the same.
+    golden(
+        Format::ShardReply,
+        &Ok::<_, ShardError>(OpReply::Bool(true)),
+        "030d 000c01",
+    );
+    let old = codec::decode::<Result<OpReply, ShardError>>(
+        Format::ShardReply,
+        &unhex("020d 01080700016b"),
+    );
+    assert!(old.is_ok());
 }
 
 #[test]

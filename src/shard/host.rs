@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::apply::{admit, apply_read, count_live, scan_page_of};
 use super::command::{Limits, LogCmd, OpReply, ReadOp, ShardRequest};
+use super::elements::ReadView;
 use super::engine::{
     data_key, group_range, state_key, state_key_with, tag, Cf, DbView, Engine, EngineError, Op,
 };
@@ -116,6 +117,9 @@ pub struct HostConfig {
     pub hibernate: HibernateConfig,
 }
 
+/// Runs of one script before it gives up on keys that keep changing.
+const MAX_SCRIPT_ATTEMPTS: u32 = 50;
+
 pub struct Host {
     pub node_id: NodeId,
     pub engine: Arc<Engine>,
@@ -130,6 +134,8 @@ pub struct Host {
     kept: RwLock<BTreeMap<u64, String>>,
     /// Pub/Sub interest and queues of the groups this node leads.
     pub pubsub: crate::shard::pubsub::Registry,
+    /// The script runner and the scripts running now.
+    pub scripts: super::script::Scripts,
 }
 
 impl Host {
@@ -149,6 +155,7 @@ impl Host {
             lifecycle: tokio::sync::Mutex::new(()),
             kept: RwLock::new(BTreeMap::new()),
             pubsub: crate::shard::pubsub::Registry::new(),
+            scripts: super::script::Scripts::default(),
         })
     }
 
@@ -608,6 +615,11 @@ impl Host {
                     _ => Ok(OpReply::Nil),
                 }
             }
+            ShardRequest::Script(call) => self.run_script(replica, call, max_reply).await,
+            ShardRequest::ScriptKill => {
+                self.check_leader(replica)?;
+                Ok(OpReply::Int(self.scripts.kill(gid) as i64))
+            }
             ShardRequest::ReadVersions { keys, now_ms: _ } => {
                 self.linearize(replica).await?;
                 // Point reads too: from memory here when they can be.
@@ -771,6 +783,107 @@ impl Host {
     async fn propose(&self, replica: &Replica, cmd: LogCmd) -> Result<OpReply, ShardError> {
         self.check_leader(replica)?;
         proposer::propose(&replica.target, cmd).await
+    }
+
+    /// Run a script on this leader ([`super::script`]): against the state
+    /// as of a linearizable read point plus its own writes, which are then
+    /// proposed as one transaction WATCHing every key the script touched.
+    /// If one of them changed meanwhile, nothing is applied and the script
+    /// runs again; a read-only script checks its keys after it ran.
+    async fn run_script(
+        &self,
+        replica: &Replica,
+        call: super::command::ScriptCall,
+        max_reply: usize,
+    ) -> Result<OpReply, ShardError> {
+        use super::command::{TxnCmd, TxnEntry, TxnOp};
+        use super::script::{Recording, ScriptRun};
+        let gid = replica.record.group_id;
+        let Some(runner) = self.scripts.runner() else {
+            return Ok(OpReply::Error("ERR this node does not run scripts".into()));
+        };
+        self.check_leader(replica)?;
+        let call = Arc::new(call);
+        let limits = self.config.limits;
+        for attempt in 0..MAX_SCRIPT_ATTEMPTS {
+            if attempt > 0 {
+                // Whoever changed the keys is likely still at it.
+                tokio::time::sleep(Duration::from_millis(attempt.min(20) as u64)).await;
+            }
+            self.linearize(replica).await?;
+            let guard = match self.scripts.start(gid) {
+                Ok(g) => g,
+                Err(busy) => return Ok(busy),
+            };
+            let (runner, call2, kill) = (runner.clone(), call.clone(), guard.kill.clone());
+            let (reply, writes, watches, unchanged) = self
+                .engine
+                .read(move |db| {
+                    let now = call2.now_ms;
+                    let mut base = DbRead {
+                        db,
+                        gid,
+                        error: None,
+                    };
+                    let mut rec = Recording::new(&mut base, now);
+                    let (reply, mut writes) = {
+                        let mut run = ScriptRun::new(&mut rec, now, limits, max_reply);
+                        let reply = runner.run(&call2, &mut run, &kill);
+                        (reply, run.writes)
+                    };
+                    // A killed script's writes are dropped: none was
+                    // applied yet, so SCRIPT KILL never leaves half a
+                    // script behind. (A script that fails otherwise keeps
+                    // the writes it made before failing, as in Redis.)
+                    let killed = kill.load(std::sync::atomic::Ordering::SeqCst);
+                    if killed {
+                        writes.clear();
+                    }
+                    let watches = rec.watches();
+                    if let Some(e) = base.error {
+                        return Err(e);
+                    }
+                    // A read-only run is a snapshot if nothing it read
+                    // changed by the time it ended.
+                    let unchanged = killed || !writes.is_empty() || {
+                        let mut again = DbRead {
+                            db,
+                            gid,
+                            error: None,
+                        };
+                        watches.iter().all(|(k, v)| {
+                            again
+                                .get(k)
+                                .map(|s| super::txn::version_of(s.as_ref(), now) == *v)
+                                .unwrap_or(false)
+                        })
+                    };
+                    Ok((reply, writes, watches, unchanged))
+                })
+                .await?;
+            drop(guard);
+            if writes.is_empty() {
+                if unchanged {
+                    return Ok(reply);
+                }
+                continue;
+            }
+            let entry = TxnEntry {
+                now_ms: call.now_ms,
+                cmd: TxnCmd::OnePhase {
+                    ops: writes.into_iter().map(TxnOp::Write).collect(),
+                    watches,
+                },
+            };
+            match self.propose(replica, LogCmd::Txn(entry)).await? {
+                r if r == super::txn::CONFLICT => continue,
+                OpReply::Error(e) => return Ok(OpReply::Error(e)),
+                _ => return Ok(reply),
+            }
+        }
+        Ok(OpReply::Error(format!(
+            "TRYAGAIN the script's keys changed under it {MAX_SCRIPT_ATTEMPTS} times (or a transaction holds them); nothing was written"
+        )))
     }
 
     /// Make a linearizable read safe to serve from this replica's state

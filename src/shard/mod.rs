@@ -22,6 +22,8 @@
 //! * [`service`]: the gRPC services (RaftService, ShardService).
 //! * [`snapshot`]: the snapshot envelope (version, checksum) and its check.
 //! * [`status`]: what a node reports about its replicas.
+//! * [`script`]: scripts on a leader: the request, the runner the node is
+//!   given, the view a script reads and writes through.
 //!
 //! This layer never decides *which* replicas should exist (that is
 //! `node::reconcile`), and never parses or writes RESP bytes: its replies
@@ -46,6 +48,7 @@ pub mod network;
 pub mod proposer;
 pub mod pubsub;
 pub mod purger;
+pub mod script;
 pub mod served;
 pub mod service;
 pub mod snapshot;

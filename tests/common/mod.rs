@@ -401,3 +401,35 @@ pub fn which(program: &str) -> Option<std::path::PathBuf> {
         .map(|d| std::path::Path::new(d).join(program))
         .find(|p| p.is_file())
 }
+
+/// Table `default` and each shard's current leader, asked of the nodes.
+pub fn leaders(
+    cluster: &LocalCluster,
+) -> (
+    shoal::meta::descriptor::TableDescriptor,
+    std::collections::HashMap<u64, u64>,
+) {
+    let etcd = cluster.etcd_url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let meta = shoal::meta::etcd::Meta::connect(&[etcd], "default")
+            .await
+            .unwrap();
+        let (table, _) = meta.get_table("default").await.unwrap().unwrap();
+        let client = shoal::cluster::client::ShardClient::new(
+            shoal::cluster::routes::follow(&meta).await.unwrap(),
+            shoal::cluster::client::ClientConfig::default(),
+        );
+        let mut out = std::collections::HashMap::new();
+        for node in meta.live_nodes().await.unwrap().keys() {
+            if let Ok(status) = client.node_status(*node, vec![]).await {
+                for g in status.groups {
+                    if g.role == "leader" {
+                        out.insert(g.group_id, *node);
+                    }
+                }
+            }
+        }
+        (table, out)
+    })
+}
