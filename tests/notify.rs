@@ -224,8 +224,10 @@ fn notifications_match_redis() {
                 b"*2\r\n$22\r\nnotify-keyspace-events\r\n$0\r\n\r\n"
             );
         }
-        enable(&mut ws, &mut ss, &mut marker, "KEA");
-        enable(&mut wr, &mut sr, &mut marker, "KEA");
+        // The second round adds `n` (new keys), which `A` leaves out.
+        let flags = if resp3 { "KEAn" } else { "KEA" };
+        enable(&mut ws, &mut ss, &mut marker, flags);
+        enable(&mut wr, &mut sr, &mut marker, flags);
         for w in [&mut ws, &mut wr] {
             assert_eq!(
                 w.line("CONFIG GET notify-keyspace-events"),

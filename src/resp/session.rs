@@ -884,13 +884,15 @@ impl Session {
         for pair in rest.chunks(2) {
             let name = String::from_utf8_lossy(&pair[0]).to_ascii_lowercase();
             if name == "notify-keyspace-events" {
-                use crate::shard::notify::{format_flags, parse_flags, ERR_FLAGS};
-                let Some(flags) = parse_flags(&pair[1]) else {
+                use crate::shard::notify::{parse_flags, ERR_FLAGS};
+                if parse_flags(&pair[1]).is_none() {
                     return Reply::error(format!(
                         "ERR CONFIG SET failed (possibly related to argument '{name}') - {ERR_FLAGS}"
                     ));
-                };
-                notify = Some(format_flags(flags));
+                }
+                // Stored as given: Redis's canonical form drops `n` next
+                // to `A`, so it cannot be read back into the same flags.
+                notify = Some(String::from_utf8_lossy(&pair[1]).into_owned());
                 continue;
             }
             match EncodingParams::check(&name, &pair[1]) {

@@ -191,7 +191,13 @@ pub fn apply_notified(
     flags: u32,
     out: &mut Vec<Event>,
 ) -> OpReply {
-    if flags == 0 {
+    // The whole-record writes of a command whose keys span shards make no
+    // events (docs/ARCHITECTURE.md, "Keyspace notifications").
+    let whole_record = matches!(
+        cmd.op,
+        WriteOp::PutRecord { .. } | WriteOp::Coll(CollWrite::Replace { .. })
+    );
+    if flags == 0 || whole_record {
         return apply_op(cmd, index, view);
     }
     let mut keys: Vec<Bytes> = Vec::new();
@@ -213,8 +219,11 @@ pub fn apply_notified(
         now: cmd.now_ms,
     };
     let mut events = Vec::new();
-    states.lifecycle(&mut events);
-    write_events(cmd, &reply, &states, &mut events);
+    states.expired(&mut events);
+    let mut own = Vec::new();
+    write_events(cmd, &reply, &states, &mut own);
+    states.created(cmd, &reply, &mut own);
+    events.extend(own);
     out.extend(events.into_iter().filter(|e| e.class & flags != 0));
     reply
 }
@@ -250,10 +259,9 @@ impl States<'_> {
             .map_or(0, |v| v.expire_at_ms)
     }
 
-    /// A key found expired and replaced or removed ("expired"), and a key
-    /// that did not exist and does now ("new"), as Redis's key lookup and
-    /// `dbAdd` send them before the command's own events.
-    fn lifecycle(&self, out: &mut Vec<Event>) {
+    /// A key found expired and replaced or removed: "expired", as Redis's
+    /// key lookup sends it before the command's own events.
+    fn expired(&self, out: &mut Vec<Event>) {
         for (i, key) in self.keys.iter().enumerate() {
             let (b, a) = (&self.before[i], &self.after[i]);
             let expired = b.as_ref().is_some_and(|v| !v.live_at(self.now));
@@ -266,12 +274,29 @@ impl States<'_> {
                 out.push(ev(EXPIRED, "expired", key));
             }
         }
+    }
+
+    /// A key that did not exist and does now: "new", where Redis's `dbAdd`
+    /// sends it, just before the first event of the command on that key.
+    /// RENAME and COPY delete their destination and add it again, before
+    /// anything else: "new" first, even over an existing key.
+    fn created(&self, cmd: &WriteCmd, reply: &OpReply, own: &mut Vec<Event>) {
+        let first = match &cmd.op {
+            WriteOp::Move { src, dst, .. } if src != dst && positive(reply) => Some(dst),
+            _ => None,
+        };
         for (i, key) in self.keys.iter().enumerate() {
             let was = self.before[i].as_ref().is_some_and(|v| v.live_at(self.now));
             let is = self.after[i].as_ref().is_some_and(|v| v.live_at(self.now));
-            if !was && is {
-                out.push(ev(NEW, "new", key));
+            if (was || !is) && first != Some(key) {
+                continue;
             }
+            let at = if first == Some(key) {
+                0
+            } else {
+                own.iter().position(|e| e.key == *key).unwrap_or(own.len())
+            };
+            own.insert(at, ev(NEW, "new", key));
         }
     }
 
@@ -422,8 +447,7 @@ fn write_events(cmd: &WriteCmd, reply: &OpReply, s: &States<'_>, out: &mut Vec<E
             out.push(ev(STRING, "setbit", key))
         }
         WriteOp::BitOp { dst, .. } => s.stored(STRING, "set", dst, out),
-        // The write half of a command whose keys span shards: no events
-        // (docs/ARCHITECTURE.md, "Keyspace notifications").
+        // Not reached (see apply_notified).
         WriteOp::PutRecord { .. } => {}
         WriteOp::Coll(c) => coll_events(c, reply, s, out),
     }
