@@ -690,6 +690,119 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard::command::ExpireCond;
+    use crate::shard::elements::ReadView;
+    use crate::shard::value::Corrupt;
+
+    /// Key records in memory (string commands only).
+    #[derive(Default)]
+    struct Mem(HashMap<Bytes, Stored>);
+
+    impl ReadView for Mem {
+        fn get(&mut self, key: &[u8]) -> Result<Option<Stored>, Corrupt> {
+            Ok(self.0.get(key).cloned())
+        }
+        fn sub_get(&mut self, _: &[u8], _: u64, _: &[u8]) -> Result<Option<Bytes>, Corrupt> {
+            Ok(None)
+        }
+        fn sub_range(
+            &mut self,
+            _: &crate::shard::coll::Range<'_>,
+        ) -> Result<Vec<(Bytes, Bytes)>, Corrupt> {
+            Ok(Vec::new())
+        }
+    }
+
+    impl KeyView for Mem {
+        fn put(&mut self, key: &Bytes, v: Option<Stored>) {
+            match v {
+                Some(v) => self.0.insert(key.clone(), v),
+                None => self.0.remove(key),
+            };
+        }
+        fn put_sub(&mut self, _: &Bytes, _: u64, _: Bytes, _: Option<Bytes>) {}
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn set(key: &str, cond: SetCond) -> WriteOp {
+        WriteOp::Set {
+            key: b(key),
+            value: b("v"),
+            expiry: Expiry::Clear,
+            cond,
+            get: false,
+        }
+    }
+
+    /// Apply `op` at time 1000 and name its events.
+    fn run(m: &mut Mem, index: u64, op: WriteOp, flags: u32) -> Vec<&'static str> {
+        let cmd = WriteCmd { now_ms: 1000, op };
+        let mut out = Vec::new();
+        apply_notified(&cmd, index, m, flags, &mut out);
+        out.iter().map(|e| e.name).collect()
+    }
+
+    #[test]
+    fn writes_return_their_events_as_redis_names_them() {
+        let all = KEYEVENT | ALL | NEW;
+        let mut m = Mem::default();
+        assert_eq!(
+            run(&mut m, 1, set("k", SetCond::Always), all),
+            ["new", "set"]
+        );
+        assert_eq!(run(&mut m, 2, set("k", SetCond::IfAbsent), all), [""; 0]);
+        assert_eq!(run(&mut m, 3, set("k", SetCond::IfPresent), all), ["set"]);
+        // Only the classes asked for.
+        assert_eq!(
+            run(&mut m, 4, set("k", SetCond::Always), KEYEVENT | GENERIC),
+            [""; 0]
+        );
+        let expire = |at_ms| WriteOp::Expire {
+            key: b("k"),
+            at_ms,
+            cond: ExpireCond::default(),
+        };
+        assert_eq!(run(&mut m, 5, expire(5000), all), ["expire"]);
+        assert_eq!(run(&mut m, 6, expire(10), all), ["del"]);
+        // A key stored but expired: removed as "expired", never "del".
+        m.0.insert(b("old"), Stored::string(1, 500, b("x")));
+        let del = WriteOp::Del {
+            keys: vec![b("old"), b("nope"), b("old")],
+        };
+        assert_eq!(run(&mut m, 7, del, all), ["expired"]);
+        // Off: the same write, no events.
+        assert_eq!(run(&mut m, 8, set("k", SetCond::Always), 0), [""; 0]);
+        assert!(m.0.contains_key(&b("k")));
+    }
+
+    #[test]
+    fn only_a_leader_with_listeners_publishes() {
+        let events = Arc::new(KeyspaceEvents::default());
+        let registry = Arc::new(Registry::new());
+        let p = Publisher {
+            gid: 1,
+            table: "default".into(),
+            events: events.clone(),
+            registry: registry.clone(),
+            raft: OnceLock::new(),
+        };
+        assert_eq!(p.wanted(), 0);
+        events.set_flags(parse_flags(b"KEA").unwrap_or(0));
+        events.set_tables(HashMap::from([("default".to_string(), 0)]));
+        // No router listens here (a follower's registry is empty).
+        assert_eq!(p.wanted(), 0);
+        let reg = registry.register(1, 7, vec![], vec![(b("*"), 1)]);
+        assert_ne!(p.wanted(), 0);
+        // No Raft here that leads: nothing is queued for the router.
+        p.publish(&[ev(STRING, "set", &b("k"))]);
+        assert!(matches!(
+            registry.poll(1, 7, reg, 0),
+            Ok(crate::shard::pubsub::Polled::Wait(_))
+        ));
+    }
 
     #[test]
     fn flags_parse_and_print_as_redis_does() {
