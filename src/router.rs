@@ -103,6 +103,7 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
     .await?;
     let view = routes::follow(&meta).await?;
     let users = crate::resp::cmd_acl::follow_users(&meta, c.requirepass.clone()).await?;
+    let settings = meta.follow("settings/").await?;
     let default_open = users
         .borrow()
         .get("default")
@@ -187,6 +188,7 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
         views: crate::resp::views::Views::new(crate::resp::cmd_views::command_names()),
         users,
         acl_log: Default::default(),
+        settings,
     });
     if let Some(at) = shared.config.metrics_listen.clone() {
         let s = shared.clone();

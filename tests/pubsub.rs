@@ -24,6 +24,14 @@ const SCRIPT: &[(char, &str, usize)] = &[
     ('A', "PING hi", 1),
     ('B', "PUBLISH c1 hello", 1),
     ('A', "", 1),
+    // PUBLISH and SPUBLISH queued inside MULTI.
+    ('B', "MULTI", 1),
+    ('B', "PUBLISH c1 queued", 1),
+    ('B', "SPUBLISH c1 nobody", 1),
+    ('B', "SET k v", 1),
+    ('B', "EXEC", 1),
+    ('A', "", 1),
+    ('B', "DEL k", 1),
     ('A', "PSUBSCRIBE c* x?", 2),
     ('B', "PUBLISH c2 both", 1),
     ('A', "", 2),
@@ -129,6 +137,16 @@ fn replies_match_redis_across_two_routers() {
         diffs.is_empty(),
         "replies differ from Redis:\n{}",
         diffs.join("\n")
+    );
+    // Redis Cluster's rule: SSUBSCRIBE's channels share a slot.
+    let mut c = Conn::connect(&b);
+    assert_eq!(
+        c.line("SSUBSCRIBE a b"),
+        b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
+    );
+    assert_eq!(
+        c.line("SSUBSCRIBE {x}a {x}b"),
+        b"*3\r\n$10\r\nssubscribe\r\n$4\r\n{x}a\r\n:1\r\n"
     );
     // QUIT is allowed in RESP2 subscribed mode, and closes.
     let mut q = Conn::connect(&b);

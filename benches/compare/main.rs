@@ -16,6 +16,7 @@
 //! A benchmark, not a test: `harness = false`, never run by `cargo test`.
 //! Nothing here bends a measurement: fsync stays on, replicas stay 3.
 
+mod fanout;
 mod load;
 mod metrics_cost;
 mod procs;
@@ -104,6 +105,19 @@ struct Args {
     /// scraped per workload (default 3; quick 1).
     #[arg(long)]
     metrics_cost_rounds: Option<usize>,
+    /// Skip the PUBLISH fan-out rows (issue 19).
+    #[arg(long)]
+    no_fanout: bool,
+    /// Run only the PUBLISH fan-out rows of the workloads.
+    #[arg(long)]
+    fanout_only: bool,
+    /// Subscribers of the PUBLISH fan-out rows.
+    #[arg(long, default_value_t = 50)]
+    fanout_subscribers: usize,
+    /// Messages the one publisher sends in the fan-out rows (default
+    /// 10000; quick 2000).
+    #[arg(long)]
+    fanout_messages: Option<u64>,
     /// Accepted for `cargo bench` compatibility.
     #[arg(long, hide = true)]
     bench: bool,
@@ -374,6 +388,9 @@ fn run_load(
     );
 
     for s in System::ALL {
+        if args.fanout_only {
+            break;
+        }
         // Filling goes through the same protocol as the load.
         let t = sys.load_target(s);
         let took = load::fill(&t, keyspace, args.value_size, args.clients)
@@ -389,18 +406,23 @@ fn run_load(
     // The collection rows (issue 17): redis-benchmark's own tests, on its
     // own keys (`mylist`, `myset:*`, `myhash`, `myzset`); LRANGE_100's run
     // includes its LPUSH preparation in the server CPU.
-    for (test, pipeline) in [
-        ("set", 1),
-        ("get", 1),
-        ("set", 16),
-        ("get", 16),
-        ("hset", 1),
-        ("lpush", 1),
-        ("lpop", 1),
-        ("sadd", 1),
-        ("zadd", 1),
-        ("lrange_100", 1),
-    ] {
+    let benchmarks: &[(&str, usize)] = if args.fanout_only {
+        &[]
+    } else {
+        &[
+            ("set", 1),
+            ("get", 1),
+            ("set", 16),
+            ("get", 16),
+            ("hset", 1),
+            ("lpush", 1),
+            ("lpop", 1),
+            ("sadd", 1),
+            ("zadd", 1),
+            ("lrange_100", 1),
+        ]
+    };
+    for &(test, pipeline) in benchmarks {
         let workload = if pipeline > 1 {
             format!("{} -P {pipeline}", test.to_uppercase())
         } else {
@@ -448,10 +470,15 @@ fn run_load(
 
     // Scripts (issue 19): EVALSHA of a loaded script that reads one key,
     // and of one that increments it (one Raft entry per call on shoal).
-    for (workload, body) in [
-        ("EVALSHA GET", "return redis.call('GET', KEYS[1])"),
-        ("EVALSHA INCR", "return redis.call('INCR', KEYS[1])"),
-    ] {
+    let scripts: &[(&str, &str)] = if args.fanout_only {
+        &[]
+    } else {
+        &[
+            ("EVALSHA GET", "return redis.call('GET', KEYS[1])"),
+            ("EVALSHA INCR", "return redis.call('INCR', KEYS[1])"),
+        ]
+    };
+    for &(workload, body) in scripts {
         for s in [System::Redis, System::Shoal] {
             let addr = sys.resp_addr(s).unwrap_or_default();
             let sha = script_load(&addr, body)?;
@@ -497,14 +524,58 @@ fn run_load(
         }
     }
 
+    // PUBLISH fan-out (issue 19): one publisher, N subscribers of one
+    // channel, all on the one router (redis: the one server).
+    if !args.no_fanout {
+        let spec = fanout::Spec {
+            subscribers: args.fanout_subscribers,
+            messages: args
+                .fanout_messages
+                .unwrap_or(if args.quick { 2_000 } else { 10_000 }),
+            size: args.value_size,
+        };
+        let workload = format!("PUBLISH 1→{}", spec.subscribers);
+        for s in [System::Redis, System::Shoal] {
+            let addr = sys.resp_addr(s).unwrap_or_default();
+            eprintln!("{workload:<14} fanout           {}", s.name());
+            let cpu0 = sys.cpu(s);
+            let r = fanout::run(&addr, &spec)?;
+            let server_cpu_s = sys.cpu(s) - cpu0;
+            eprintln!(
+                "  {:.0} messages delivered/s  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  lost {}",
+                r.delivered_per_sec, r.p50_ms, r.p99_ms, r.p999_ms, r.lost
+            );
+            rep.rows.push(Row {
+                workload: workload.clone(),
+                client: "fanout",
+                system: s,
+                variant: "messages delivered/s, latency publish to delivery, errors = lost".into(),
+                ops_per_sec: r.delivered_per_sec,
+                p50_ms: r.p50_ms,
+                p99_ms: r.p99_ms,
+                p999_ms: r.p999_ms,
+                server_cpu_s,
+                wall_s: r.wall_s,
+                client_cpu_pct: None,
+                errors: r.lost,
+            });
+            check_alive(&mut sys)?;
+        }
+    }
+
     // Our client: all three systems.
-    for op in [
-        load::Op::Set,
-        load::Op::Get,
-        load::Op::ReadOnlyGet,
-        load::Op::MultiOneShard,
-        load::Op::MultiCrossShard,
-    ] {
+    let ops: &[load::Op] = if args.fanout_only {
+        &[]
+    } else {
+        &[
+            load::Op::Set,
+            load::Op::Get,
+            load::Op::ReadOnlyGet,
+            load::Op::MultiOneShard,
+            load::Op::MultiCrossShard,
+        ]
+    };
+    for &op in ops {
         for s in System::ALL {
             let spec = load::Spec {
                 op,

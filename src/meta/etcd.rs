@@ -6,8 +6,9 @@
 //! `tombstones/<group_id>`, `cluster` (the cluster record), `txns/<id>`
 //! (cross-shard transaction decisions), `users/<name>` (ACL users, a JSON
 //! record each, see `resp::acl::UserRecord`), `scripts/<sha1>` (SCRIPT LOAD's
-//! bodies) and `functions/<library>` (FUNCTION LOAD's library code, raw).
-//! Every other metadata change is a
+//! bodies), `functions/<library>` (FUNCTION LOAD's library code, raw) and
+//! `settings/<name>` (the cluster-wide settings nodes must know:
+//! `notify-keyspace-events`, Redis's text). Every other metadata change is a
 //! compare-and-swap transaction; readers follow watches and never poll etcd
 //! for a single-shard request.
 
@@ -24,6 +25,9 @@ use tokio::sync::watch;
 use super::descriptor::TableDescriptor;
 use super::MetaError;
 use crate::clock::now_ms;
+
+/// The key of the cluster-wide `notify-keyspace-events` setting.
+pub const NOTIFY_KEYSPACE_EVENTS: &str = "settings/notify-keyspace-events";
 
 /// `members/<id>`: persistent membership.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +105,13 @@ pub struct PrefixState {
 }
 
 impl PrefixState {
+    /// The value of `key` (a full relative key such as
+    /// [`NOTIFY_KEYSPACE_EVENTS`]) in this mirror of `prefix`.
+    pub fn value(&self, prefix: &str, key: &str) -> Option<&[u8]> {
+        let suffix = key.strip_prefix(prefix)?;
+        self.entries.get(suffix).map(|(v, _)| &v[..])
+    }
+
     /// Decode every value as JSON, and list the keys whose value does not
     /// decode with the error. Callers that act on absence (the reconciler)
     /// must treat an undecodable key as present-but-unknown, never as absent.
@@ -870,6 +881,13 @@ impl Meta {
             .delete(self.key(&format!("txns/{txn_id}")), None)
             .await?;
         Ok(())
+    }
+
+    /// Write a cluster-wide setting (`rest` under the cluster prefix); the
+    /// etcd revision of the write.
+    pub async fn put_setting(&self, rest: &str, value: &str) -> Result<i64, MetaError> {
+        let resp = self.kv().put(self.key(rest), value, None).await?;
+        Ok(resp.header().map_or(0, |h| h.revision()))
     }
 
     /// `users/<name>`: a user's record and its mod revision, if any.

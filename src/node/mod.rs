@@ -6,6 +6,7 @@
 
 pub mod metrics;
 pub mod reconcile;
+pub mod settings;
 pub mod txn_recovery;
 
 use std::sync::Arc;
@@ -112,6 +113,7 @@ pub async fn run(
     let _liveness = meta.spawn_liveness(c.id, c.listen.clone(), c.lease_ttl_s);
     tokio::spawn(crate::shard::hibernate_loop::run(host.clone()));
     let reconciler = tokio::spawn(reconcile::run(meta.clone(), host.clone(), cluster));
+    let settings = tokio::spawn(settings::run(meta.clone(), host.clone()));
     tokio::spawn(txn_recovery::run(
         meta.clone(),
         host.clone(),
@@ -121,6 +123,7 @@ pub async fn run(
     tokio::select! {
         r = server => { r??; }
         r = reconciler => { r??; anyhow::bail!("reconciler stopped"); }
+        r = settings => { r??; anyhow::bail!("the settings watch stopped"); }
         _ = crate::shutdown::signal() => { tracing::info!(node = c.id, "shutting down"); }
     }
     for r in host.replicas() {

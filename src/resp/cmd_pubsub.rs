@@ -16,7 +16,10 @@ use super::session::Session;
 use crate::cluster::routes::TableRoute;
 use crate::shard::command::{OpReply, ShardRequest};
 use crate::shard::pubsub::{KIND_CHANNEL, KIND_SHARD};
-use crate::slot::slot;
+
+/// Redis Cluster's answer to shard channels in different slots
+/// (`clusterRedirectClient`).
+const ERR_CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 
 #[derive(Clone, Copy, PartialEq)]
 enum What {
@@ -35,8 +38,13 @@ impl What {
     }
 }
 
-fn shard_of(table: &TableRoute, channel: &[u8]) -> usize {
-    table.desc.shard_for_slot(slot(channel))
+/// The shards that carry `channel` of `kind` (see
+/// [`super::pubsub::channel_shard`]).
+fn shards_of(table: &TableRoute, kind: u8, channel: &[u8]) -> Vec<usize> {
+    match super::pubsub::channel_shard(&table.desc, kind, channel) {
+        Some(s) => vec![s],
+        None => (0..table.desc.shards.len()).collect(),
+    }
 }
 
 impl Session {
@@ -99,6 +107,13 @@ impl Session {
         if let Some(denied) = self.channels_denied(&names, what == What::Pattern) {
             return denied;
         }
+        // Redis Cluster's rule: a command's shard channels share a slot.
+        if what == What::Shard {
+            let first = names.first().map(|n| crate::slot::slot(n));
+            if names.iter().any(|n| Some(crate::slot::slot(n)) != first) {
+                return Reply::error(ERR_CROSSSLOT);
+            }
+        }
         let out = self
             .subs
             .out
@@ -124,12 +139,18 @@ impl Session {
                     }
                     What::Pattern => hub.add_pattern(&table.desc.name, &name, self.id, &out),
                 }
+                let kind = if what == What::Shard {
+                    KIND_SHARD
+                } else {
+                    KIND_CHANNEL
+                };
                 if what == What::Pattern {
                     shards = (0..table.desc.shards.len()).collect();
                 } else {
-                    let s = shard_of(&table, &name);
-                    if !shards.contains(&s) {
-                        shards.push(s);
+                    for s in shards_of(&table, kind, &name) {
+                        if !shards.contains(&s) {
+                            shards.push(s);
+                        }
                     }
                 }
             }
@@ -179,7 +200,12 @@ impl Session {
                 Reply::Int(self.what_count(what)),
             ]));
         }
-        sync_touched(&hub, &self.shared.client, touched, what == What::Pattern).await;
+        let kind = match what {
+            What::Channel => Some(KIND_CHANNEL),
+            What::Shard => Some(KIND_SHARD),
+            What::Pattern => None,
+        };
+        sync_touched(&hub, &self.shared.client, touched, kind).await;
         Reply::Many(replies)
     }
 
@@ -202,7 +228,9 @@ impl Session {
         self.unsubscribe_from(args, What::Shard).await
     }
 
-    async fn publish_kind(&mut self, args: &mut Args, kind: u8) -> Reply {
+    /// PUBLISH (`kind` [`KIND_CHANNEL`]) or SPUBLISH ([`KIND_SHARD`]); also
+    /// run by EXEC in its place for one queued inside MULTI.
+    pub(super) async fn publish_kind(&mut self, args: &mut Args, kind: u8) -> Reply {
         let table = match self.table_named(&self.table) {
             Ok(t) => t,
             Err(e) => return cluster_err(e),
@@ -212,7 +240,7 @@ impl Session {
         if let Some(denied) = self.channels_denied(std::slice::from_ref(&channel), false) {
             return denied;
         }
-        let shard = shard_of(&table, &channel);
+        let shard = super::pubsub::publish_shard(&table.desc, kind, &channel);
         let req = ShardRequest::Publish {
             kind,
             channel,
@@ -266,8 +294,11 @@ impl Session {
                         Ok(OpReply::Array(items)) => {
                             for i in items {
                                 if let OpReply::Array(pair) = i {
+                                    // A key-event channel is on every shard.
                                     if let Some(OpReply::Bulk(c)) = pair.into_iter().next() {
-                                        all.push(Reply::Bulk(c));
+                                        if !all.contains(&Reply::Bulk(c.clone())) {
+                                            all.push(Reply::Bulk(c));
+                                        }
                                     }
                                 }
                             }
@@ -282,7 +313,7 @@ impl Session {
             ("numsub" | "shardnumsub", _) => {
                 let mut out = Vec::new();
                 for ch in rest {
-                    let shard = shard_of(&table, &ch);
+                    let shard = super::pubsub::publish_shard(&table.desc, kind(&sub), &ch);
                     let req = ShardRequest::PubSubChannels {
                         kind: kind(&sub),
                         pattern: Some(escape_glob(&ch)),
@@ -363,15 +394,15 @@ impl Session {
         let mut touched = Vec::new();
         for (t, c) in &state.channels {
             hub.remove_channel(t, KIND_CHANNEL, c, id);
-            touched.push((t.clone(), c.clone(), false));
+            touched.push((t.clone(), c.clone(), Some(KIND_CHANNEL)));
         }
         for (t, c) in &state.shard_channels {
             hub.remove_channel(t, KIND_SHARD, c, id);
-            touched.push((t.clone(), c.clone(), false));
+            touched.push((t.clone(), c.clone(), Some(KIND_SHARD)));
         }
         for (t, p) in &state.patterns {
             hub.remove_pattern(t, p, id);
-            touched.push((t.clone(), p.clone(), true));
+            touched.push((t.clone(), p.clone(), None));
         }
         if touched.is_empty() {
             return;
@@ -379,8 +410,8 @@ impl Session {
         let client = self.shared.client.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                for (t, c, all) in touched {
-                    sync_touched(&hub, &client, vec![(t, c)], all).await;
+                for (t, c, kind) in touched {
+                    sync_touched(&hub, &client, vec![(t, c)], kind).await;
                 }
             });
         }
@@ -399,13 +430,13 @@ fn escape_glob(ch: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
-/// Send the interest of the shards `touched` channels (or, for patterns,
-/// every shard of their tables) hash to.
+/// Send the interest of the shards that carry the `touched` channels of
+/// `kind` (`None`: patterns, on every shard of their tables).
 async fn sync_touched(
     hub: &Arc<super::pubsub::Hub>,
     client: &crate::cluster::client::ShardClient,
     touched: Vec<(String, Bytes)>,
-    all_shards: bool,
+    kind: Option<u8>,
 ) {
     let view = client.routes();
     let mut by_table: Vec<(Arc<TableRoute>, Vec<usize>)> = Vec::new();
@@ -413,10 +444,9 @@ async fn sync_touched(
         let Some(route) = view.table(&t).cloned() else {
             continue;
         };
-        let shards: Vec<usize> = if all_shards {
-            (0..route.desc.shards.len()).collect()
-        } else {
-            vec![shard_of(&route, &name)]
+        let shards: Vec<usize> = match kind {
+            None => (0..route.desc.shards.len()).collect(),
+            Some(kind) => shards_of(&route, kind, &name),
         };
         match by_table.iter_mut().find(|(r, _)| r.desc.name == t) {
             Some((_, v)) => {

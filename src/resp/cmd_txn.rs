@@ -37,6 +37,7 @@ use crate::shard::apply::apply_read;
 use crate::shard::coll::KeysOnly;
 use crate::shard::command::TxnOp;
 use crate::shard::command::{OpReply, ShardRequest};
+use crate::shard::pubsub::{KIND_CHANNEL, KIND_SHARD};
 use crate::shard::txn::version_of;
 use crate::shard::value::Stored;
 
@@ -181,6 +182,14 @@ impl Session {
             }
             // HSCAN / SSCAN / ZSCAN queue as their read; the table's own
             // test keeps every other such row NO_MULTI.
+            Handler::Async(_) if published_at_exec(spec.name) => {
+                let kind = if spec.name == "publish" {
+                    KIND_CHANNEL
+                } else {
+                    KIND_SHARD
+                };
+                Queued::Publish(kind, args.clone())
+            }
             Handler::Async(_) => match coll_scan_kind(spec.name) {
                 Some(kind) => {
                     let table = match self.table_named(&m.table) {
@@ -347,6 +356,8 @@ impl Session {
                 Queued::Plan(_) => replies.next().map_or(Reply::Nil, op_reply),
                 Queued::Error(r) => r,
                 Queued::Local(f, mut args) => f(self, &mut args),
+                // Published once the transaction's writes are done.
+                Queued::Publish(kind, mut args) => self.publish_kind(&mut args, kind).await,
                 Queued::Use { table, db } => {
                     self.use_table(&table, db);
                     Reply::ok()
@@ -455,6 +466,12 @@ impl Session {
             .collect();
         Ok(Some(out))
     }
+}
+
+/// Whether a command queued inside MULTI is published at EXEC, in its
+/// place (PUBLISH, SPUBLISH).
+pub(super) fn published_at_exec(name: &str) -> bool {
+    matches!(name, "publish" | "spublish")
 }
 
 /// The collection a scan command with a cursor walks (HSCAN, SSCAN,

@@ -316,7 +316,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Returns detailed information about all commands.")
         .with_subs(&COMMAND_SUBS),
     row("config", -2, ADMIN | NOSCRIPT | LOADING | STALE | NO_MULTI, NONE, 0, G::Server,
-        local!(config), "A container for server configuration commands.")
+        awaits!(config), "A container for server configuration commands.")
         .with_subs(&CONFIG_SUBS),
     row("copy", -3, WRITE | DENYOOM, KEY2, KEYSPACE, G::Generic, Data(k::copy),
         "Copies the value of a key to a new key."),
@@ -477,7 +477,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         awaits!(psubscribe), "Listens for messages published to channels that match one or more patterns."),
     row("pttl", 2, READONLY | FAST, KEY, KEYSPACE, G::Generic, Data(c::pttl),
         "Returns the expiration time in milliseconds of a key."),
-    row("publish", 3, PUBSUB | NO_MULTI | LOADING | STALE | FAST, NONE, acl::PUBSUB | acl::FAST, G::Pubsub,
+    row("publish", 3, PUBSUB | LOADING | STALE | FAST, NONE, acl::PUBSUB | acl::FAST, G::Pubsub,
         awaits!(publish), "Posts a message to a channel."),
     row("pubsub", -2, NO_MULTI | LOADING | STALE, NONE, 0, G::Pubsub,
         awaits!(pubsub), "A container for Pub/Sub commands."),
@@ -548,7 +548,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Moves a member from one set to another."),
     row("spop", -2, WRITE | FAST, KEY, SET, G::Set, Data(cc::spop),
         "Returns one or more random members from a set after removing them. Deletes the set if the last member was popped."),
-    row("spublish", 3, PUBSUB | NO_MULTI | LOADING | STALE | FAST, NONE, acl::PUBSUB | acl::FAST, G::Pubsub,
+    row("spublish", 3, PUBSUB | LOADING | STALE | FAST, NONE, acl::PUBSUB | acl::FAST, G::Pubsub,
         awaits!(spublish), "Post a message to a shard channel"),
     row("srandmember", -2, READONLY, KEY, SET, G::Set, Data(cc::srandmember),
         "Get one or multiple random members from a set"),
@@ -849,9 +849,11 @@ mod tests {
                 "{n}: both refused and run inside MULTI"
             );
             // Anything that waits on the cluster cannot be queued, but for
-            // the collection scans, which queue as their read.
+            // the collection scans, which queue as their read, and PUBLISH,
+            // which EXEC runs in its place.
             if matches!(c.handler, Handler::Async(_))
                 && crate::resp::cmd_txn::coll_scan_kind(n).is_none()
+                && !crate::resp::cmd_txn::published_at_exec(n)
             {
                 assert!(
                     c.has(NO_MULTI) || c.has(MULTI_CONTROL),

@@ -37,8 +37,34 @@ use tokio::sync::mpsc;
 use super::reply::Reply;
 use crate::cluster::client::ShardClient;
 use crate::cluster::routes::TableRoute;
+use crate::meta::descriptor::TableDescriptor;
 use crate::shard::command::{OpReply, ShardRequest};
+use crate::shard::notify::{is_keyevent_channel, keyspace_channel_key};
 use crate::shard::pubsub::{ERR_LOST, KIND_CHANNEL, KIND_SHARD};
+
+/// The shard of `desc` whose leader carries `channel` of `kind`, or `None`
+/// when every shard does: a channel hashes as a key would, except the
+/// keyspace notification channels, whose messages come from where their
+/// keys are. `__keyspace@<db>__:<key>` lives on `<key>`'s shard, and
+/// `__keyevent@<db>__:<event>` on every shard (any key may make it).
+pub fn channel_shard(desc: &TableDescriptor, kind: u8, channel: &[u8]) -> Option<usize> {
+    if kind == KIND_CHANNEL {
+        if let Some(key) = keyspace_channel_key(channel) {
+            return Some(desc.shard_for_slot(crate::slot::slot(key)));
+        }
+        if is_keyevent_channel(channel) {
+            return None;
+        }
+    }
+    Some(desc.shard_for_slot(crate::slot::slot(channel)))
+}
+
+/// The shard PUBLISH sends `channel` to (one of them when every shard
+/// carries it).
+pub fn publish_shard(desc: &TableDescriptor, kind: u8, channel: &[u8]) -> usize {
+    channel_shard(desc, kind, channel)
+        .unwrap_or_else(|| desc.shard_for_slot(crate::slot::slot(channel)))
+}
 
 /// Redis's default `client-output-buffer-limit pubsub 32mb 8mb 60`.
 pub const DEFAULT_LIMIT: (u64, u64, u64) = (32 * 1024 * 1024, 8 * 1024 * 1024, 60);
@@ -228,8 +254,8 @@ impl Hub {
         let channels = inner
             .channels
             .iter()
-            .filter(|((t, _, ch), _)| {
-                t == name && table.desc.shard_for_slot(crate::slot::slot(ch)) == shard
+            .filter(|((t, k, ch), _)| {
+                t == name && channel_shard(&table.desc, *k, ch).is_none_or(|s| s == shard)
             })
             .map(|((_, k, ch), s)| (*k, ch.clone(), s.len() as u64))
             .collect();
@@ -460,8 +486,8 @@ impl Hub {
         let name = &table.desc.name;
         let inner = self.inner();
         let mut n = 0;
-        for ((t, _, ch), subs) in &inner.channels {
-            if t == name && table.desc.shard_for_slot(crate::slot::slot(ch)) == shard {
+        for ((t, k, ch), subs) in &inner.channels {
+            if t == name && channel_shard(&table.desc, *k, ch).is_none_or(|s| s == shard) {
                 subs.values().for_each(Outbox::close);
                 n += subs.len();
             }

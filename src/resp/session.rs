@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use tokio::sync::watch;
@@ -49,6 +49,9 @@ pub struct Shared {
     pub pubsub: Arc<super::pubsub::Hub>,
     /// Loaded scripts and function libraries.
     pub scripts: super::scripts::Scripts,
+    /// The cluster-wide settings (`notify-keyspace-events`), as of the
+    /// router's watch on etcd's `settings/`.
+    pub settings: watch::Receiver<Arc<crate::meta::etcd::PrefixState>>,
 }
 
 /// The limits an operator may change with CONFIG SET while the router runs
@@ -371,6 +374,9 @@ pub(super) enum Queued {
     Error(Reply),
     /// A connection command (PING, ECHO, UNWATCH, TIME...), run at EXEC.
     Local(LocalFn, Args),
+    /// PUBLISH (kind [`crate::shard::pubsub::KIND_CHANNEL`]) or SPUBLISH,
+    /// published at EXEC in its place, after the transaction's writes.
+    Publish(u8, Args),
     /// TABLE.USE / SELECT: switch the connection's table at this point.
     Use {
         table: String,
@@ -748,6 +754,15 @@ impl Session {
                 ),
             ),
         ];
+        params.push((
+            "notify-keyspace-events",
+            crate::shard::notify::format_flags(crate::shard::notify::stored_flags(
+                self.shared
+                    .settings
+                    .borrow()
+                    .value("settings/", crate::meta::etcd::NOTIFY_KEYSPACE_EVENTS),
+            )),
+        ));
         let views = &self.shared.views;
         params.extend([
             (
@@ -860,15 +875,28 @@ impl Session {
     /// CONFIG SET parameter value [parameter value ...]: the limits in
     /// [`RuntimeLimits`] change at run time; all values are checked before
     /// any is applied.
-    fn config_set(&self, args: &mut Args) -> Reply {
+    async fn config_set(&self, args: &mut Args) -> Reply {
         let rest = args.rest();
         if rest.is_empty() || !rest.len().is_multiple_of(2) {
             return Reply::error("ERR wrong number of arguments for 'config|set' command");
         }
         let mut updates = Vec::new();
         let mut encoding = Vec::new();
+        let mut notify = None;
         for pair in rest.chunks(2) {
             let name = String::from_utf8_lossy(&pair[0]).to_ascii_lowercase();
+            if name == "notify-keyspace-events" {
+                use crate::shard::notify::{parse_flags, ERR_FLAGS};
+                if parse_flags(&pair[1]).is_none() {
+                    return Reply::error(format!(
+                        "ERR CONFIG SET failed (possibly related to argument '{name}') - {ERR_FLAGS}"
+                    ));
+                }
+                // Stored as given: Redis's canonical form drops `n` next
+                // to `A`, so it cannot be read back into the same flags.
+                notify = Some(String::from_utf8_lossy(&pair[1]).into_owned());
+                continue;
+            }
             match EncodingParams::check(&name, &pair[1]) {
                 Some(Ok(update)) => {
                     encoding.push(update);
@@ -922,6 +950,30 @@ impl Session {
             };
             updates.push((target, value));
         }
+        if let Some(text) = notify {
+            // Cluster-wide: every router and node follows it in etcd.
+            let key = crate::meta::etcd::NOTIFY_KEYSPACE_EVENTS;
+            match self.shared.meta.put_setting(key, &text).await {
+                Ok(revision) => {
+                    let mut rx = self.shared.settings.clone();
+                    let seen = rx.wait_for(|s| s.revision >= revision);
+                    if tokio::time::timeout(Duration::from_secs(2), seen)
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!(
+                            revision,
+                            "notify-keyspace-events written but not yet seen by this router's watch"
+                        );
+                    }
+                }
+                Err(e) => {
+                    return Reply::error(format!(
+                        "ERR CONFIG SET failed (possibly related to argument 'notify-keyspace-events') - cannot store it in etcd: {e}"
+                    ))
+                }
+            }
+        }
         for (target, value) in updates {
             target.store(value);
         }
@@ -931,7 +983,7 @@ impl Session {
         Reply::ok()
     }
 
-    pub(super) fn config(&mut self, args: &mut Args) -> Reply {
+    pub(super) async fn config(&mut self, args: &mut Args) -> Reply {
         let given = match args.next_string() {
             Ok(s) => s,
             Err(e) => return arg_err(e),
@@ -940,7 +992,7 @@ impl Session {
         match sub.as_str() {
             "get" if args.remaining() == 0 => return wrong_args("config|get"),
             "get" => {}
-            "set" => return self.config_set(args),
+            "set" => return self.config_set(args).await,
             "resetstat" if args.remaining() > 0 => return wrong_args("config|resetstat"),
             "resetstat" => {
                 // Redis's RESETSTAT: command, error and latency stats and

@@ -133,7 +133,10 @@ pub struct Host {
     /// (orphaned), with why; shown by `shoal status` and `INFO cluster`.
     kept: RwLock<BTreeMap<u64, String>>,
     /// Pub/Sub interest and queues of the groups this node leads.
-    pub pubsub: crate::shard::pubsub::Registry,
+    pub pubsub: Arc<crate::shard::pubsub::Registry>,
+    /// The `notify-keyspace-events` setting and the tables' indexes, as the
+    /// node's etcd watch last saw them.
+    pub keyspace_events: Arc<super::notify::KeyspaceEvents>,
     /// The script runner and the scripts running now.
     pub scripts: super::script::Scripts,
 }
@@ -154,7 +157,8 @@ impl Host {
             replicas: RwLock::new(HashMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
             kept: RwLock::new(BTreeMap::new()),
-            pubsub: crate::shard::pubsub::Registry::new(),
+            pubsub: Arc::new(crate::shard::pubsub::Registry::new()),
+            keyspace_events: Arc::default(),
             scripts: super::script::Scripts::default(),
         })
     }
@@ -325,6 +329,14 @@ impl Host {
         let gid = record.group_id;
         let log = LogStore::new(self.engine.clone(), gid);
         let sm = StateMachine::open(self.engine.clone(), gid).await?;
+        let publisher = Arc::new(super::notify::Publisher {
+            gid,
+            table: record.table.clone(),
+            events: self.keyspace_events.clone(),
+            registry: self.pubsub.clone(),
+            raft: std::sync::OnceLock::new(),
+        });
+        sm.set_publisher(publisher.clone());
         let lease = Arc::new(Lease::new(
             self.node_id,
             Duration::from_millis(self.config.raft.election_timeout_max),
@@ -343,6 +355,7 @@ impl Host {
         )
         .await
         .map_err(|e| ShardError::Storage(format!("cannot start group {gid}: {e}")))?;
+        let _ = publisher.raft.set(raft.clone());
         let counters = Arc::new(proposer::GroupCounters::default());
         spawn_leader_logger(gid, raft.clone(), counters.clone());
         let (node_id, transport) = (self.node_id, self.transport.clone());

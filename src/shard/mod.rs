@@ -45,6 +45,7 @@ pub mod lease;
 pub mod list;
 pub mod log_tail;
 pub mod network;
+pub mod notify;
 pub mod proposer;
 pub mod pubsub;
 pub mod purger;

@@ -267,6 +267,12 @@ impl Registry {
         Ok(Polled::Messages(OpReply::Array(out)))
     }
 
+    /// Whether some router listens to `gid` here (only ever on its leader).
+    pub fn has_group(&self, gid: u64) -> bool {
+        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups.contains_key(&gid)
+    }
+
     /// Forget every router of `gid` (this replica stopped leading it).
     pub fn drop_group(&self, gid: u64) {
         let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());

@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine};
@@ -43,7 +43,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::apply::apply_op;
 use super::codec::{self, Format};
 use super::coll::{KeyView, Overlay, Range, ReadView};
 use super::command::{LogCmd, OpReply, WriteCmd};
@@ -52,7 +51,7 @@ use super::engine::{
     Cf, DbView, Engine, Op,
 };
 use super::log_tail::LogTail;
-use super::txn::{apply_txn, blocked_by_lock, Prepared, TxnChange, TxnView};
+use super::txn::{apply_txn_notified, blocked_by_lock, Prepared, TxnChange, TxnView};
 use super::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
 };
@@ -783,17 +782,21 @@ struct Applied {
     /// `WriteBatch`.
     ops: Vec<Op>,
     after: ApplyState,
+    /// Keyspace events, when notifications are wanted (published by the
+    /// leader once the batch is written).
+    events: Vec<super::notify::Event>,
 }
 
 /// Apply `entries` over the group's stored state as `view` shows it: the
 /// replies and the one batch of changes, written by the caller. Pure but for
 /// the reads (so it can be run again from scratch when a cached-only view
-/// missed).
+/// missed). `notify`: the keyspace event flags to collect (0: none).
 fn compute_apply(
     view: &DbView,
     gid: u64,
     entries: &[Entry],
     before: ApplyState,
+    notify: u32,
 ) -> Result<Applied, StorageError> {
     let ApplyState {
         mut applied,
@@ -804,6 +807,7 @@ fn compute_apply(
     let mut batch = Batch::new(view, gid);
     let mut replies = Vec::with_capacity(entries.len());
     let mut any_txn = false;
+    let mut events = Vec::new();
     for entry in entries {
         applied = Some(entry.log_id);
         let index = entry.log_id.index;
@@ -815,19 +819,29 @@ fn compute_apply(
             }
             EntryPayload::Normal(LogCmd::Write(cmd)) => {
                 let locks = prepared_count > 0 || any_txn;
-                replies.push(apply_plain_write(cmd, index, locks, &mut batch));
+                replies.push(apply_plain_write(
+                    cmd,
+                    index,
+                    locks,
+                    &mut batch,
+                    notify,
+                    &mut events,
+                ));
             }
             EntryPayload::Normal(LogCmd::Batch(cmds)) => {
                 let locks = prepared_count > 0 || any_txn;
                 let each = cmds
                     .iter()
-                    .map(|cmd| apply_plain_write(cmd, index, locks, &mut batch))
+                    .map(|cmd| {
+                        apply_plain_write(cmd, index, locks, &mut batch, notify, &mut events)
+                    })
                     .collect();
                 replies.push(OpReply::Array(each));
             }
             EntryPayload::Normal(LogCmd::Txn(t)) => {
                 any_txn = true;
-                let (reply, changes) = apply_txn(t, index, &mut batch);
+                let (reply, changes) =
+                    apply_txn_notified(t, index, &mut batch, notify, &mut events);
                 batch.record(changes);
                 replies.push(reply);
             }
@@ -870,6 +884,7 @@ fn compute_apply(
     Ok(Applied {
         replies,
         filled,
+        events,
         ops,
         after: ApplyState {
             applied,
@@ -882,8 +897,16 @@ fn compute_apply(
 
 /// Apply one plain write (alone or in a batch) over `batch`: refused while
 /// one of its keys is locked by a prepared transaction (checked only when
-/// `locks` says some may be), otherwise applied. Its reply.
-fn apply_plain_write(cmd: &WriteCmd, index: u64, locks: bool, batch: &mut Batch) -> OpReply {
+/// `locks` says some may be), otherwise applied. Its reply; its keyspace
+/// events (those `notify` asks for) are appended to `events`.
+fn apply_plain_write(
+    cmd: &WriteCmd,
+    index: u64,
+    locks: bool,
+    batch: &mut Batch,
+    notify: u32,
+    events: &mut Vec<super::notify::Event>,
+) -> OpReply {
     if locks {
         if let Some(reply) = blocked_by_lock(&cmd.op.keys(), batch) {
             return reply;
@@ -892,7 +915,7 @@ fn apply_plain_write(cmd: &WriteCmd, index: u64, locks: bool, batch: &mut Batch)
     if cmd.op.clears_group() {
         batch.clear();
     }
-    apply_op(cmd, index, batch)
+    super::notify::apply_notified(cmd, index, batch, notify, events)
 }
 
 /// The state machine of one group. Cloning shares it.
@@ -901,6 +924,9 @@ pub struct StateMachine {
     inner: Arc<Mutex<SmInner>>,
     /// Clients blocked on this group's keys, woken as applies fill them.
     waiters: Arc<super::blocking::Waiters>,
+    /// Publishes keyspace events (set once by the host; absent in tests
+    /// that run a bare state machine).
+    publisher: Arc<OnceLock<Arc<super::notify::Publisher>>>,
     /// Set by [`StateMachine::close`]: nothing is written any more. Held
     /// for reading by an apply while it writes, so closing waits for it.
     closed: Arc<std::sync::RwLock<bool>>,
@@ -946,7 +972,13 @@ impl StateMachine {
             })),
             closed: Arc::new(std::sync::RwLock::new(false)),
             waiters: Arc::default(),
+            publisher: Arc::default(),
         })
+    }
+
+    /// Give the state machine its keyspace event publisher (once).
+    pub fn set_publisher(&self, p: Arc<super::notify::Publisher>) {
+        let _ = self.publisher.set(p);
     }
 
     /// Clients blocked on this group's keys.
@@ -1148,7 +1180,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Computed right here from what RocksDB holds in memory (the keys
         // just written, hot ones); when a value would have to come from
         // disk, again on a blocking thread.
-        let inline = engine.read_cached(|view| compute_apply(view, gid, &entries, before.clone()));
+        let notify = self.publisher.get().map_or(0, |p| p.wanted());
+        let inline =
+            engine.read_cached(|view| compute_apply(view, gid, &entries, before.clone(), notify));
         let done = match inline {
             Some(done) => {
                 let done = done?;
@@ -1167,7 +1201,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             None => {
                 let sm = self.clone();
                 tokio::task::spawn_blocking(move || {
-                    let done = compute_apply(&engine.view(), gid, &entries, before)?;
+                    let done = compute_apply(&engine.view(), gid, &entries, before, notify)?;
                     sm.write_applied(&engine, &done.ops, true)?;
                     Ok::<_, StorageError>(done)
                 })
@@ -1184,6 +1218,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map(|n| (applied_index(&inner.applied), n));
         if !done.filled.is_empty() {
             self.waiters.filled(&done.filled);
+        }
+        if !done.events.is_empty() {
+            if let Some(p) = self.publisher.get() {
+                p.publish(&done.events);
+            }
         }
         Ok(done.replies)
     }

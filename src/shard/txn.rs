@@ -28,9 +28,10 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::apply::{admit, apply_op, apply_read};
+use super::apply::{admit, apply_read};
 use super::coll::{Layer, Overlay, ReadView};
 use super::command::{Limits, OpReply, TxnCmd, TxnEntry, TxnOp, Watch, WriteCmd};
+use super::notify::{apply_notified, Event};
 use super::value::{Corrupt, Stored};
 
 /// A prepared (locked, staged) transaction, as stored by a participant.
@@ -122,11 +123,14 @@ fn admissible(
 
 /// Run operations in order over the current values, each seeing the ones
 /// before it. Returns the replies and the net data changes.
+/// Keyspace events (with `flags` not 0) are appended to `events`.
 fn run_ops(
     ops: &[TxnOp],
     now_ms: u64,
     index: u64,
     view: &mut dyn TxnView,
+    flags: u32,
+    events: &mut Vec<Event>,
 ) -> (Vec<OpReply>, Vec<TxnChange>) {
     let mut layer = Layer::new(view);
     let mut replies = Vec::with_capacity(ops.len());
@@ -137,7 +141,7 @@ fn run_ops(
                     now_ms,
                     op: w.clone(),
                 };
-                replies.push(apply_op(&cmd, index, &mut layer));
+                replies.push(apply_notified(&cmd, index, &mut layer, flags, events));
             }
             TxnOp::Read(r) => replies
                 .push(apply_read(r, now_ms, usize::MAX, &mut layer).unwrap_or_else(|c| c.reply())),
@@ -166,9 +170,25 @@ pub fn apply_txn(
     index: u64,
     view: &mut dyn TxnView,
 ) -> (OpReply, Vec<TxnChange>) {
-    match txn_result(entry, index, view) {
+    apply_txn_notified(entry, index, view, 0, &mut Vec::new())
+}
+
+/// [`apply_txn`], appending the keyspace events of the operations it runs
+/// (those `flags` asks for; none when 0) to `events`.
+pub fn apply_txn_notified(
+    entry: &TxnEntry,
+    index: u64,
+    view: &mut dyn TxnView,
+    flags: u32,
+    events: &mut Vec<Event>,
+) -> (OpReply, Vec<TxnChange>) {
+    let mark = events.len();
+    match txn_result(entry, index, view, flags, events) {
         Ok(r) => r,
-        Err(c) => (c.reply(), Vec::new()),
+        Err(c) => {
+            events.truncate(mark);
+            (c.reply(), Vec::new())
+        }
     }
 }
 
@@ -176,6 +196,8 @@ fn txn_result(
     entry: &TxnEntry,
     index: u64,
     view: &mut dyn TxnView,
+    flags: u32,
+    events: &mut Vec<Event>,
 ) -> Result<(OpReply, Vec<TxnChange>), Corrupt> {
     let now = entry.now_ms;
     Ok(match &entry.cmd {
@@ -184,7 +206,7 @@ fn txn_result(
             if !admissible(view, &keys, watches, None, now)? {
                 return Ok((CONFLICT, Vec::new()));
             }
-            let (replies, changes) = run_ops(ops, now, index, view);
+            let (replies, changes) = run_ops(ops, now, index, view, flags, events);
             (OpReply::Array(replies), changes)
         }
         TxnCmd::Prepare {
@@ -223,7 +245,7 @@ fn txn_result(
             let Some(p) = view.prepared(*txn_id)? else {
                 return Ok((OpReply::Nil, Vec::new()));
             };
-            let (replies, mut changes) = run_ops(&p.ops, now, index, view);
+            let (replies, mut changes) = run_ops(&p.ops, now, index, view, flags, events);
             release(&p, &mut changes);
             (OpReply::Array(replies), changes)
         }
