@@ -1,8 +1,9 @@
 //! The script workloads (issue 19): a Redlock-style lock and a
 //! sliding-window rate limiter, the two uses of Lua scripts that break when
 //! a script is not atomic. This module owns their scripts, their client
-//! loops and the deliberately broken [`Variant::Racy`] clients that the
-//! mutation tests run to prove the checkers can fail; the checkers are
+//! loops and the deliberately broken clients ([`Variant::Racy`],
+//! [`Variant::ClientClock`]) that the mutation tests run to prove the
+//! checkers can fail; the checkers are
 //! [`crate::checks::locks`] and [`crate::checks::limiter`].
 //!
 //! **Locks.** Keys `lock:{<i>}` (a hash tag each, so a lock and any keys of
@@ -28,7 +29,9 @@
 //! travels, so two clients' requests can reach the store in the opposite
 //! order of their timestamps. Then a later-stamped request that runs first
 //! drops entries that an earlier-stamped one still counts, and more than
-//! `limit` admissions land in one window on a perfectly atomic store. With
+//! `limit` admissions land in one window on a perfectly atomic store (the
+//! test `a_limiter_on_the_clients_clock_breaks_on_an_atomic_store` shows it
+//! on redis-server). With
 //! the store's clock, the times follow the order of execution (one clock on
 //! this machine, read where the script runs; effects replication makes the
 //! replicas store the leader's times rather than read their own).
@@ -48,23 +51,37 @@ use super::workload::{Bounds, Routers, OP_TIMEOUT};
 /// holds this client's token.
 pub const RELEASE: &str = r#"if redis.call("get",KEYS[1]) == ARGV[1] then return redis.call("del",KEYS[1]) else return 0 end"#;
 
-/// The sliding-window limiter. ARGV: window (µs), limit, a member unique to
-/// the request. Numbers reach `redis.call` as `%d`-formatted strings, so
-/// the µs times (16 digits) are never printed in exponent form. Answers
-/// `{1, now}` when admitted, `{0, now}` when not, `now` in µs of `TIME`.
-pub const LIMITER: &str = r#"local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local window = tonumber(ARGV[1])
+/// The limiter after it knows `now`.
+macro_rules! limiter_body {
+    () => {
+        r#"local window = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now - window))
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
   redis.call('ZADD', KEYS[1], string.format('%d', now), ARGV[3])
   return {1, now}
 else
   return {0, now}
-end"#;
+end"#
+    };
+}
+
+/// The sliding-window limiter. ARGV: window (µs), limit, a member unique to
+/// the request. Numbers reach `redis.call` as `%d`-formatted strings, so
+/// the µs times (16 digits) are never printed in exponent form. Answers
+/// `{1, now}` when admitted, `{0, now}` when not, `now` in µs of `TIME`.
+pub const LIMITER: &str = concat!(
+    "local t = redis.call('TIME')\n",
+    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n",
+    limiter_body!()
+);
+
+/// [`LIMITER`] on the client's clock (ARGV[4], µs): the
+/// [`Variant::ClientClock`] limiter.
+const LIMITER_CLIENT_CLOCK: &str = concat!("local now = tonumber(ARGV[4])\n", limiter_body!());
 
 /// Which client the workloads run. Chaos runs always use [`Variant::Script`];
-/// [`Variant::Racy`] exists for the mutation tests only.
+/// [`Variant::Racy`] and [`Variant::ClientClock`] exist for the mutation
+/// tests only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
     /// The scripts above, atomic on a correct store.
@@ -74,6 +91,11 @@ pub enum Variant {
     /// 1 ms sleep, then `ZADD`. Each is a check-then-act race the checkers
     /// must catch.
     Racy,
+    /// The limiter script with the client's clock instead of `TIME`, and a
+    /// random delay of up to a window between the stamp and the request (as
+    /// a network would add): atomic, yet it breaks the invariant (see the
+    /// module docs).
+    ClientClock,
 }
 
 /// Shape of the lock workload.
@@ -251,7 +273,7 @@ fn exec_release(
     gap: Duration,
 ) -> (Outcome, bool) {
     let reply = match variant {
-        Variant::Script => c.eval(&[key], &[token]),
+        Variant::Script | Variant::ClientClock => c.eval(&[key], &[token]),
         Variant::Racy => {
             let Some(conn) = c.conn.as_mut() else {
                 return (Outcome::Unknown("no connection".into()), true);
@@ -428,7 +450,11 @@ pub fn limiter_client(
     bounds: Bounds,
 ) -> u64 {
     let mut rng = StdRng::seed_from_u64(seed ^ (0x1170_0000u64 + id as u64));
-    let mut c = ScriptClient::new(routers, LIMITER);
+    let script = match spec.variant {
+        Variant::ClientClock => LIMITER_CLIENT_CLOCK,
+        Variant::Script | Variant::Racy => LIMITER,
+    };
+    let mut c = ScriptClient::new(routers, script);
     let window_us = spec.window_ms * 1000;
     let (window, limit) = (window_us.to_string(), spec.limit.to_string());
     let mut n = 0;
@@ -452,6 +478,15 @@ pub fn limiter_client(
             |_| {
                 let reply = match (spec.variant, c.conn.as_mut()) {
                     (Variant::Script, _) => c.eval(&[&key], &[&window, &limit, &member]),
+                    (Variant::ClientClock, _) => {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_micros())
+                            .to_string();
+                        // The request travels: up to a window's time.
+                        sleep_ms(rng.gen_range(0..=spec.window_ms));
+                        c.eval(&[&key], &[&window, &limit, &member, &now])
+                    }
                     (Variant::Racy, Some(conn)) => {
                         racy_admit(conn, &key, &member, spec.limit, window_us)
                     }
@@ -476,8 +511,8 @@ pub fn limiter_client(
 mod tests {
     //! The workloads and their checkers against a real `redis-server`
     //! (atomic scripts, one process): the scripted clients must pass, the
-    //! [`Variant::Racy`] ones must be caught. This tests the checkers
-    //! without shoal.
+    //! [`Variant::Racy`] and [`Variant::ClientClock`] ones must be caught.
+    //! This tests the checkers without shoal.
 
     use std::process::Command;
     use std::sync::atomic::AtomicBool;
@@ -554,6 +589,10 @@ mod tests {
             pause_ms: (0, 2),
             variant,
         };
+        run_limiter_spec(addr, spec, secs)
+    }
+
+    fn run_limiter_spec(addr: &str, spec: LimiterSpec, secs: u64) -> LimiterSummary {
         let (routers, rec, b) = (
             Routers::new(vec![addr.into()]),
             Recorder::new(),
@@ -661,5 +700,26 @@ mod tests {
         );
         let (o, _) = exec_release(&mut c, "k", "t1", Variant::Script, Duration::ZERO);
         assert_eq!(o, Outcome::Ok(Ret::Released(true)));
+    }
+
+    #[test]
+    fn a_limiter_on_the_clients_clock_breaks_on_an_atomic_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_redis, addr) = redis_server(dir.path());
+        let spec = LimiterSpec {
+            keys: 1,
+            clients: 8,
+            limit: 3,
+            window_ms: 20,
+            pause_ms: (0, 2),
+            variant: Variant::ClientClock,
+        };
+        let bad = run_limiter_spec(&addr, spec, 3);
+        println!(
+            "limiter on the client's clock: {} admitted, {} violations",
+            bad.admitted,
+            bad.violations.len()
+        );
+        assert!(!bad.violations.is_empty(), "{bad:?}");
     }
 }
