@@ -34,7 +34,8 @@
 //! on redis-server). With
 //! the store's clock, the times follow the order of execution (one clock on
 //! this machine, read where the script runs; effects replication makes the
-//! replicas store the leader's times rather than read their own).
+//! replicas store the leader's times rather than read their own). It
+//! assumes the wall clock is not stepped back during a run.
 
 use std::io;
 use std::thread;
