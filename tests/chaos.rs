@@ -1,5 +1,6 @@
 //! A short randomized chaos run (issue #6): 3 nodes, 2 routers, real etcd;
-//! register, bank and move workloads while nodes are killed, paused and
+//! register, bank and move workloads, and the lock and rate-limiter scripts
+//! (issue 19) when the router runs EVAL, while nodes are killed, paused and
 //! restarted, leaders killed, a router replaced, etcd restarted and the
 //! network partitioned (nodes isolated, split, routers cut off); then every
 //! checker. The seed is printed; `CHAOS_SEED=<n>`
@@ -41,4 +42,16 @@ fn short_randomized_chaos_run_passes_every_check() {
         report.moves && report.move_snapshots_checked > 0 && report.moves_done > 0,
         "the move workload did not run: {report}"
     );
+    if report.locks {
+        assert!(
+            report.locks_held > 0 && report.lock_releases_done > 0,
+            "no lock was held and released: {report}"
+        );
+    }
+    if report.limiter {
+        assert!(
+            report.limiter_admitted > 0 && report.limiter_rejected > 0,
+            "the limiter admitted or rejected nothing: {report}"
+        );
+    }
 }

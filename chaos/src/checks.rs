@@ -15,6 +15,10 @@
 //!   its [`Population`] (each set member once, in a set key; each list
 //!   element once, in a list key), and every move moved an element of its
 //!   own kind.
+//! * [`locks`]: no two holders of one lock at once (the lock workload of
+//!   [`super::scripted`]).
+//! * [`limiter`]: no window of the limiter's clock holds more definite
+//!   admissions than the limit.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -419,6 +423,212 @@ fn moves_violation(h: &History, at: &Op, message: String) -> Violation {
     }
 }
 
+/// What [`locks`] found.
+#[derive(Debug, Clone, Default)]
+pub struct LockSummary {
+    /// Acquires that answered `+OK` in time: the holders checked.
+    pub held: usize,
+    /// Acquires that answered `+OK` later than TTL/2 after they were sent
+    /// (not counted as holding).
+    pub late: usize,
+    pub violations: Vec<Violation>,
+}
+
+/// Slack taken off every TTL, for a store that keeps expiry times in whole
+/// milliseconds (its "now" may be up to 1 ms behind the real time).
+pub const TTL_SLACK_US: u64 = 1_000;
+
+/// Never two holders of one lock. Each acquire that answered `+OK` at most
+/// TTL/2 after it was sent holds the lock over
+/// `[its OK arrived, min(its release was sent, its SET was sent + TTL)]`
+/// (TTL less [`TTL_SLACK_US`]); two such intervals of one key must not
+/// overlap.
+///
+/// Why this is sound with faults and unknown outcomes: every client is a
+/// thread of the harness and every time is on the recorder's one monotonic
+/// clock. The store grants the lock at some instant `g` between the SET's
+/// sending (`invoke`) and the OK's arrival (`complete`), and from then on
+/// the key holds the token until a release deletes it (not before that
+/// release was sent) or the TTL runs out (not before `g + TTL`, and `g` is
+/// not before `invoke`). So the checked interval lies inside the time the
+/// key really held the token. A correct store never holds two tokens in
+/// one key at once (SET NX succeeds only on a missing key), so the
+/// intervals of two holders are disjoint. Outcomes the client never saw
+/// cannot create a false alarm: an acquire of unknown outcome is no holder
+/// here (at most it keeps others out longer), and a release of unknown
+/// outcome still was sent at its `invoke`. The TTL/2 rule only removes
+/// holders; it keeps the holders that count those that knew in time that
+/// they held the lock, as Redlock's validity time does.
+pub fn locks(h: &History) -> LockSummary {
+    let mut sum = LockSummary::default();
+    // The first release of each token (tokens are unique per acquire).
+    let mut released: HashMap<(&str, &str), &Op> = HashMap::new();
+    for op in &h.ops {
+        if let Call::Release { key, token } = &op.call {
+            let e = released.entry((key, token)).or_insert(op);
+            if op.invoke < e.invoke {
+                *e = op;
+            }
+        }
+    }
+    // Per key: (start, end, the acquire, its release).
+    type Held<'a> = (u64, u64, &'a Op, Option<&'a Op>);
+    let mut held: BTreeMap<&str, Vec<Held>> = BTreeMap::new();
+    for op in &h.ops {
+        let Call::Acquire { key, token, ttl_ms } = &op.call else {
+            continue;
+        };
+        match &op.outcome {
+            Outcome::Ok(Ret::Acquired(true)) => {}
+            Outcome::Ok(Ret::Acquired(false)) | Outcome::Unknown(_) | Outcome::Fail(_) => continue,
+            Outcome::Ok(other) => {
+                sum.violations.push(Violation {
+                    checker: "locks".into(),
+                    key: Some(key.clone()),
+                    message: format!("op {}: SET NX answered {other:?}", op.id),
+                    ops: vec![op.clone()],
+                });
+                continue;
+            }
+        }
+        let ttl_us = ttl_ms * 1000;
+        if op.complete - op.invoke > ttl_us / 2 {
+            sum.late += 1;
+            continue;
+        }
+        let release = released.get(&(key.as_str(), token.as_str())).copied();
+        let expiry = (op.invoke + ttl_us).saturating_sub(TTL_SLACK_US);
+        let end = release.map_or(expiry, |r| r.invoke.min(expiry));
+        if end <= op.complete {
+            continue;
+        }
+        sum.held += 1;
+        held.entry(key)
+            .or_default()
+            .push((op.complete, end, op, release));
+    }
+    for (key, mut hs) in held {
+        hs.sort_by_key(|h| (h.0, h.2.id));
+        // The holder whose interval reaches furthest so far.
+        let mut last: Option<&Held> = None;
+        for h in &hs {
+            if let Some(p) = last {
+                if h.0 < p.1 {
+                    let mut ops = vec![p.2.clone(), h.2.clone()];
+                    ops.extend(p.3.into_iter().chain(h.3).cloned());
+                    sum.violations.push(Violation {
+                        checker: "locks".into(),
+                        key: Some(key.to_string()),
+                        message: format!(
+                            "two holders of {key}: op {} ({:?}) held it over {}..{} µs and op {} \
+                             ({:?}) got it at {} µs",
+                            p.2.id,
+                            token_of(p.2),
+                            p.0,
+                            p.1,
+                            h.2.id,
+                            token_of(h.2),
+                            h.0
+                        ),
+                        ops,
+                    });
+                }
+            }
+            if last.is_none_or(|p| h.1 > p.1) {
+                last = Some(h);
+            }
+        }
+    }
+    sum
+}
+
+fn token_of(op: &Op) -> &str {
+    match &op.call {
+        Call::Acquire { token, .. } | Call::Release { token, .. } => token,
+        _ => "",
+    }
+}
+
+/// What [`limiter`] found.
+#[derive(Debug, Clone, Default)]
+pub struct LimiterSummary {
+    pub admitted: usize,
+    pub rejected: usize,
+    pub unknown: usize,
+    pub violations: Vec<Violation>,
+}
+
+/// At most `limit` definite admissions per window: for every admission at
+/// time `t` (the time the script used, µs of the store's clock), the
+/// admissions of its key in `(t - window, t]` number at most `limit`
+/// (the script drops entries with scores up to `now - window` and admits
+/// while fewer than `limit` remain). Requests of unknown outcome are not
+/// counted: had they been admitted, the true count would only be higher,
+/// so an excess among the definite ones is a real one. A malformed reply
+/// is a violation too.
+pub fn limiter(h: &History) -> LimiterSummary {
+    let mut sum = LimiterSummary::default();
+    let mut by_key: BTreeMap<&str, Vec<(i64, &Op)>> = BTreeMap::new();
+    for op in &h.ops {
+        let Call::Admit { key, .. } = &op.call else {
+            continue;
+        };
+        match &op.outcome {
+            Outcome::Ok(Ret::Admitted {
+                admitted: true,
+                at_us,
+            }) => {
+                sum.admitted += 1;
+                by_key.entry(key).or_default().push((*at_us, op));
+            }
+            Outcome::Ok(Ret::Admitted {
+                admitted: false, ..
+            }) => sum.rejected += 1,
+            Outcome::Unknown(_) | Outcome::Fail(_) => sum.unknown += 1,
+            Outcome::Ok(other) => sum.violations.push(Violation {
+                checker: "limiter".into(),
+                key: Some(key.clone()),
+                message: format!("op {}: the limiter answered {other:?}", op.id),
+                ops: vec![op.clone()],
+            }),
+        }
+    }
+    for (key, mut adm) in by_key {
+        adm.sort_by_key(|a| (a.0, a.1.id));
+        let mut first = 0;
+        // The end of the last window reported, so that one burst is one
+        // violation.
+        let mut reported_to = None;
+        for j in 0..adm.len() {
+            let (t, op) = adm[j];
+            let Call::Admit {
+                limit, window_us, ..
+            } = &op.call
+            else {
+                unreachable!()
+            };
+            while adm[first].0 <= t - *window_us as i64 {
+                first += 1;
+            }
+            let n = j + 1 - first;
+            if n > *limit as usize && reported_to.is_none_or(|r| adm[first].0 > r) {
+                reported_to = Some(t);
+                sum.violations.push(Violation {
+                    checker: "limiter".into(),
+                    key: Some(key.to_string()),
+                    message: format!(
+                        "{n} admissions on {key} within {} µs ({}..={t} µs of the store's \
+                         clock), limit {limit}",
+                        window_us, adm[first].0
+                    ),
+                    ops: adm[first..=j].iter().map(|a| a.1.clone()).collect(),
+                });
+            }
+        }
+    }
+    sum
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::history::End;
@@ -694,5 +904,123 @@ mod tests {
             2,
             "the overlapping move is evidence"
         );
+    }
+
+    fn acquire(id: u64, token: &str, t: u64, took: u64, outcome: Outcome) -> Op {
+        let call = Call::Acquire {
+            key: "lock".into(),
+            token: token.into(),
+            ttl_ms: 100,
+        };
+        op(id, call, t, t + took, outcome)
+    }
+
+    fn release(id: u64, token: &str, t: u64) -> Op {
+        let call = Call::Release {
+            key: "lock".into(),
+            token: token.into(),
+        };
+        op(id, call, t, t + 500, Outcome::Ok(Ret::Released(true)))
+    }
+
+    #[test]
+    fn locks_never_have_two_holders() {
+        let yes = || Outcome::Ok(Ret::Acquired(true));
+        let good = hist(vec![
+            // a holds 1_000..50_000 (its release was sent at 50 ms).
+            acquire(0, "a", 0, 1_000, yes()),
+            // Refused and unknown acquires hold nothing.
+            acquire(1, "x", 2_000, 1_000, Outcome::Ok(Ret::Acquired(false))),
+            acquire(2, "y", 3_000, 1_000, Outcome::Unknown("timeout".into())),
+            release(3, "a", 50_000),
+            // b's OK arrives as a's release is sent: no overlap.
+            acquire(4, "b", 45_000, 5_000, yes()),
+            // b never releases: it holds until 45 + 100 - 1 ms.
+            acquire(5, "c", 100_000, 44_000, yes()),
+            // An OK after more than TTL/2 is not a holder.
+            acquire(6, "d", 90_000, 51_000, yes()),
+        ]);
+        let s = locks(&good);
+        assert!(s.violations.is_empty(), "{:#?}", s.violations);
+        assert_eq!((s.held, s.late), (3, 1));
+
+        let bad = hist(vec![
+            acquire(0, "a", 0, 1_000, yes()),
+            release(1, "a", 50_000),
+            // b got it while a was still holding.
+            acquire(2, "b", 30_000, 9_000, yes()),
+            // c got it before b's TTL ran out (b never released).
+            acquire(3, "c", 120_000, 1_000, yes()),
+            acquire(4, "e", 300_000, 1_000, Outcome::Ok(Ret::Value(None))),
+        ]);
+        let s = locks(&bad);
+        let msgs: Vec<&str> = s.violations.iter().map(|v| v.message.as_str()).collect();
+        assert_eq!(msgs.len(), 3, "{msgs:#?}");
+        assert!(msgs[0].contains("answered Value(None)"), "{}", msgs[0]);
+        assert!(
+            msgs[1].contains("op 0 (\"a\") held it over 1000..50000"),
+            "{}",
+            msgs[1]
+        );
+        assert!(msgs[2].contains("op 2 (\"b\")") && msgs[2].contains("op 3"));
+        assert_eq!(
+            s.violations[1].ops.len(),
+            3,
+            "both acquires and a's release"
+        );
+    }
+
+    fn admit(id: u64, at_us: i64, outcome: Option<bool>) -> Op {
+        let call = Call::Admit {
+            key: "rl".into(),
+            member: format!("m{id}"),
+            limit: 2,
+            window_us: 100,
+        };
+        let outcome = match outcome {
+            Some(admitted) => Outcome::Ok(Ret::Admitted { admitted, at_us }),
+            None => Outcome::Unknown("timeout".into()),
+        };
+        // Invocation order is not script-time order: the check must not care.
+        op(id, call, 1_000 - id, 1_010, outcome)
+    }
+
+    #[test]
+    fn the_limiter_admits_at_most_the_limit_per_window() {
+        let good = hist(vec![
+            admit(0, 1_000, Some(true)),
+            admit(1, 1_050, Some(true)),
+            admit(2, 1_060, Some(false)),
+            admit(3, 1_070, None),
+            // 1_000 is out of (1_000, 1_100].
+            admit(4, 1_100, Some(true)),
+            admit(5, 1_150, Some(true)),
+        ]);
+        let s = limiter(&good);
+        assert!(s.violations.is_empty(), "{:#?}", s.violations);
+        assert_eq!((s.admitted, s.rejected, s.unknown), (4, 1, 1));
+
+        let bad = hist(vec![
+            admit(0, 1_000, Some(true)),
+            admit(1, 1_050, Some(true)),
+            admit(2, 1_099, Some(true)),
+            // Still the same burst: reported once.
+            admit(3, 1_099, Some(true)),
+            admit(4, 5_000, Some(true)),
+            admit(5, 5_001, Some(true)),
+            admit(6, 5_099, Some(true)),
+            op(7, admit(7, 0, None).call, 0, 1, Outcome::Ok(Ret::Done)),
+        ]);
+        let s = limiter(&bad);
+        let msgs: Vec<&str> = s.violations.iter().map(|v| v.message.as_str()).collect();
+        assert_eq!(msgs.len(), 3, "{msgs:#?}");
+        assert!(msgs[0].contains("answered Done"), "{}", msgs[0]);
+        assert!(
+            msgs[1].starts_with("3 admissions on rl within 100 µs (1000..=1099"),
+            "{}",
+            msgs[1]
+        );
+        assert!(msgs[2].contains("(5000..=5099"), "{}", msgs[2]);
+        assert_eq!(s.violations[1].ops.len(), 3);
     }
 }

@@ -57,6 +57,25 @@ pub enum Call {
     /// `MULTI; SMEMBERS s1..; LRANGE l1.. 0 -1; EXEC` over the move
     /// workload's keys, sets first (the order of [`crate::checks::Population::keys`]).
     Contents { keys: Vec<String> },
+    /// `SET key token NX PX ttl_ms` (the lock workload; `token` is unique
+    /// per attempt).
+    Acquire {
+        key: String,
+        token: String,
+        ttl_ms: u64,
+    },
+    /// The lock's release script for `token` (EVALSHA, EVAL on NOSCRIPT);
+    /// `invoke` is when it was sent, which ends the holder's interval.
+    Release { key: String, token: String },
+    /// The sliding-window limiter's script on `key`: admit `member` if
+    /// fewer than `limit` were admitted in the last `window_us` µs of the
+    /// store's clock.
+    Admit {
+        key: String,
+        member: String,
+        limit: u32,
+        window_us: u64,
+    },
 }
 
 /// An end of a list, as LMOVE names it.
@@ -89,7 +108,12 @@ impl Call {
             | Call::Snapshot { .. }
             | Call::SMove { .. }
             | Call::LMove { .. }
-            | Call::Contents { .. } => None,
+            | Call::Contents { .. }
+            // Not registers: the register checkers and the final reads
+            // leave them out (the script checkers read them directly).
+            | Call::Acquire { .. }
+            | Call::Release { .. }
+            | Call::Admit { .. } => None,
         }
     }
 
@@ -102,6 +126,9 @@ impl Call {
                 | Call::Transfer { .. }
                 | Call::SMove { .. }
                 | Call::LMove { .. }
+                | Call::Acquire { .. }
+                | Call::Release { .. }
+                | Call::Admit { .. }
         )
     }
 }
@@ -127,6 +154,14 @@ pub enum Ret {
     /// A [`Call::Contents`] read: each key's members or elements, in the
     /// order of its keys.
     Elements(Vec<Vec<String>>),
+    /// SET NX's answer: `+OK` (`true`) or nil.
+    Acquired(bool),
+    /// The release script's answer: 1 (`true`, the key held the token and
+    /// was deleted) or 0.
+    Released(bool),
+    /// The limiter's verdict and the time the script used (µs of the
+    /// store's clock, `TIME`).
+    Admitted { admitted: bool, at_us: i64 },
     /// A reply that should be impossible (not an integer, wrong shape): every
     /// checker reports it.
     Bad(String),

@@ -5,7 +5,8 @@
 //!
 //! Pure parts: [`history`] (the record), [`linearizability`] and [`checks`]
 //! (the checkers), the choice of operations in [`workload`] and of faults in
-//! [`faults`]. I/O drivers: the client loops in [`workload`], [`faults::Injector`]
+//! [`faults`]. I/O drivers: the client loops in [`workload`] and
+//! [`scripted`] (the lock and rate-limiter scripts), [`faults::Injector`]
 //! and [`run`]. `tests/chaos.rs` runs a short randomized run; `scripts/chaos`
 //! (the `shoal-chaos` binary) runs long ones. docs/RELIABILITY.md records
 //! what was run and found.
@@ -20,6 +21,7 @@ pub mod faults;
 pub mod history;
 pub mod linearizability;
 pub mod resp;
+pub mod scripted;
 pub mod workload;
 
 use std::path::{Path, PathBuf};
@@ -87,6 +89,14 @@ pub struct RunConfig {
     /// if the router knows SMOVE and the table has more than one shard).
     #[serde(default = "Toggle::auto")]
     pub moves: Toggle,
+    /// The lock workload: SET NX PX and the release script (auto: if the
+    /// router runs EVAL).
+    #[serde(default = "Toggle::auto")]
+    pub locks: Toggle,
+    /// The rate-limiter workload: a sliding-window ZSET script (auto: if
+    /// the router runs EVAL).
+    #[serde(default = "Toggle::auto")]
+    pub limiter: Toggle,
     pub fault_kinds: Vec<FaultKind>,
     /// Quiet time between two faults (random in this range, ms).
     pub quiet_ms: (u64, u64),
@@ -114,6 +124,8 @@ impl RunConfig {
             bank: Toggle::Auto,
             bank_accounts: 5,
             moves: Toggle::Auto,
+            locks: Toggle::Auto,
+            limiter: Toggle::Auto,
             fault_kinds: FaultKind::ALL.to_vec(),
             quiet_ms: (1_000, 4_000),
             keyspace_epoch_ms: 10_000,
@@ -161,6 +173,31 @@ pub struct Report {
     /// Atomic reads of the moved population checked (final one included).
     #[serde(default)]
     pub move_snapshots_checked: usize,
+    /// The lock workload ran (or, re-checked from a file, left acquires).
+    #[serde(default)]
+    pub locks: bool,
+    /// Acquires sent; those that held the lock (OK within TTL/2); those
+    /// whose OK came too late to count.
+    #[serde(default)]
+    pub lock_acquires: usize,
+    #[serde(default)]
+    pub locks_held: usize,
+    #[serde(default)]
+    pub locks_late: usize,
+    /// Releases sent, and those that deleted the holder's own key (1).
+    #[serde(default)]
+    pub lock_releases: usize,
+    #[serde(default)]
+    pub lock_releases_done: usize,
+    /// The rate-limiter workload ran (or left requests).
+    #[serde(default)]
+    pub limiter: bool,
+    #[serde(default)]
+    pub limiter_admitted: usize,
+    #[serde(default)]
+    pub limiter_rejected: usize,
+    #[serde(default)]
+    pub limiter_unknown: usize,
     pub violations: Vec<Violation>,
     /// Processes that died without being killed by the harness.
     pub crashes: Vec<String>,
@@ -180,14 +217,16 @@ impl std::fmt::Display for Report {
         writeln!(f, "chaos run seed={} ({:.0} s)", self.seed, self.seconds)?;
         writeln!(
             f,
-            "  operations   {} (ok {}, fail {}, unknown {}); incr {}, bank {}, moves {}",
+            "  operations   {} (ok {}, fail {}, unknown {}); incr {}, bank {}, moves {}, locks {}, limiter {}",
             self.ops,
             self.ops_ok,
             self.ops_fail,
             self.ops_unknown,
             self.incr,
             self.bank,
-            self.moves
+            self.moves,
+            self.locks,
+            self.limiter
         )?;
         writeln!(
             f,
@@ -233,6 +272,21 @@ impl std::fmt::Display for Report {
             self.moves_unknown,
             self.move_median_ms
         )?;
+        if self.locks || self.limiter {
+            writeln!(
+                f,
+                "  scripts      locks: {} held of {} acquires ({} late), {} released of {} releases; \
+                 limiter: {} admitted, {} rejected, {} unknown",
+                self.locks_held,
+                self.lock_acquires,
+                self.locks_late,
+                self.lock_releases_done,
+                self.lock_releases,
+                self.limiter_admitted,
+                self.limiter_rejected,
+                self.limiter_unknown
+            )?;
+        }
         for c in &self.crashes {
             writeln!(f, "  CRASH        {c}")?;
         }
@@ -326,6 +380,7 @@ pub fn check_history(
         .iter()
         .filter(|o| matches!(o.call, Call::SMove { .. } | Call::LMove { .. }))
         .collect();
+    script_checks(h, report);
     report.moves_sent = sent.len();
     report.moves_unknown = sent.iter().filter(|o| o.is_unknown()).count();
     let mut took: Vec<u64> = sent
@@ -347,6 +402,41 @@ pub fn check_history(
                 && o.outcome == Outcome::Ok(history::Ret::Committed)
         })
         .count();
+}
+
+/// The lock and limiter checkers, and their counts. Each runs when its
+/// workload left operations in the history (and then sets its flag in the
+/// report; it never clears it).
+pub fn script_checks(h: &History, report: &mut Report) {
+    report.lock_acquires = h
+        .ops
+        .iter()
+        .filter(|o| matches!(o.call, Call::Acquire { .. }))
+        .count();
+    let releases = || {
+        h.ops
+            .iter()
+            .filter(|o| matches!(o.call, Call::Release { .. }))
+    };
+    report.lock_releases = releases().count();
+    report.lock_releases_done = releases()
+        .filter(|o| o.outcome == Outcome::Ok(history::Ret::Released(true)))
+        .count();
+    if report.lock_acquires > 0 {
+        let l = checks::locks(h);
+        report.locks = true;
+        report.locks_held = l.held;
+        report.locks_late = l.late;
+        report.violations.extend(l.violations);
+    }
+    if h.ops.iter().any(|o| matches!(o.call, Call::Admit { .. })) {
+        let l = checks::limiter(h);
+        report.limiter = true;
+        report.limiter_admitted = l.admitted;
+        report.limiter_rejected = l.rejected;
+        report.limiter_unknown = l.unknown;
+        report.violations.extend(l.violations);
+    }
 }
 
 /// Re-run the checkers on a saved violation file.
@@ -431,8 +521,20 @@ fn drive(cfg: &RunConfig, cluster: &mut LocalCluster, started: Instant) -> Resul
         Toggle::Off => false,
         Toggle::Auto => cfg.shards > 1 && workload::smove_supported(&first),
     };
+    let scripts = || scripted::scripts_supported(&first);
+    let locks = match cfg.locks {
+        Toggle::On => true,
+        Toggle::Off => false,
+        Toggle::Auto => scripts(),
+    };
+    let limiter = match cfg.limiter {
+        Toggle::On => true,
+        Toggle::Off => false,
+        Toggle::Auto => scripts(),
+    };
     println!(
-        "chaos: seed {} for {:?}: {} nodes, {} shards, incr {incr}, bank {bank}, moves {moves}, readonly {}",
+        "chaos: seed {} for {:?}: {} nodes, {} shards, incr {incr}, bank {bank}, moves {moves}, \
+         locks {locks}, limiter {limiter}, readonly {}",
         cfg.seed, cfg.duration, cfg.nodes, cfg.shards, cfg.readonly
     );
     let accounts = if bank {
@@ -491,6 +593,30 @@ fn drive(cfg: &RunConfig, cluster: &mut LocalCluster, started: Instant) -> Resul
             let id = 2000 + i as u32;
             handles.push(thread::spawn(move || {
                 workload::move_client(id, seed, routers, rec, pop, reader, bounds)
+            }));
+        }
+    }
+
+    if locks {
+        let spec = scripted::LockSpec::chaos();
+        for k in 0..spec.keys {
+            for i in 0..spec.clients_per_key {
+                let (routers, rec, bounds) = (routers.clone(), rec.clone(), bounds.clone());
+                let (seed, key) = (cfg.seed, scripted::LockSpec::key(k));
+                let id = 3000 + k * 100 + i;
+                handles.push(thread::spawn(move || {
+                    scripted::lock_client(id, seed, routers, rec, key, spec, bounds)
+                }));
+            }
+        }
+    }
+    if limiter {
+        let spec = scripted::LimiterSpec::chaos();
+        for i in 0..spec.clients {
+            let (routers, rec, bounds) = (routers.clone(), rec.clone(), bounds.clone());
+            let seed = cfg.seed;
+            handles.push(thread::spawn(move || {
+                scripted::limiter_client(4000 + i, seed, routers, rec, spec, bounds)
             }));
         }
     }
@@ -559,6 +685,8 @@ fn drive(cfg: &RunConfig, cluster: &mut LocalCluster, started: Instant) -> Resul
         seed: cfg.seed,
         incr,
         bank,
+        locks,
+        limiter,
         faults: stats,
         crashes,
         unreadable_keys: unreadable,

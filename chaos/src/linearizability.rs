@@ -83,7 +83,10 @@ pub fn intervals(ops: &[&Op]) -> Result<Vec<Interval>, String> {
                 | Call::Snapshot { .. }
                 | Call::SMove { .. }
                 | Call::LMove { .. }
-                | Call::Contents { .. },
+                | Call::Contents { .. }
+                | Call::Acquire { .. }
+                | Call::Release { .. }
+                | Call::Admit { .. },
                 _,
             ) => continue,
         };

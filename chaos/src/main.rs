@@ -49,6 +49,12 @@ struct RunArgs {
     /// of every moved element).
     #[arg(long, default_value = "auto")]
     moves: Toggle,
+    /// Lock workload (SET NX PX, the Redlock release script by EVALSHA).
+    #[arg(long, default_value = "auto")]
+    locks: Toggle,
+    /// Rate-limiter workload (a sliding-window ZSET script).
+    #[arg(long, default_value = "auto")]
+    limiter: Toggle,
     /// INCR in the register workload.
     #[arg(long, default_value = "auto")]
     incr: Toggle,
@@ -108,6 +114,8 @@ fn run(a: RunArgs) -> ExitCode {
     cfg.register_clients = a.clients;
     cfg.bank = a.bank;
     cfg.moves = a.moves;
+    cfg.locks = a.locks;
+    cfg.limiter = a.limiter;
     cfg.incr = a.incr;
     cfg.out_dir = a.out;
     if let Some(f) = a.faults {

@@ -152,7 +152,10 @@ pub fn exec_register(conn: &mut Conn, call: &Call) -> (Outcome, bool) {
         | Call::Snapshot { .. }
         | Call::SMove { .. }
         | Call::LMove { .. }
-        | Call::Contents { .. } => unreachable!("not a register call"),
+        | Call::Contents { .. }
+        | Call::Acquire { .. }
+        | Call::Release { .. }
+        | Call::Admit { .. } => unreachable!("not a register call"),
     };
     match conn.call(&args) {
         Err(e) => (Outcome::Unknown(format!("{e}")), true),
@@ -186,7 +189,7 @@ pub struct Bounds {
 }
 
 impl Bounds {
-    fn done(&self, ops: u64) -> bool {
+    pub(crate) fn done(&self, ops: u64) -> bool {
         ops >= self.max_ops || Instant::now() >= self.deadline || self.stop.load(Ordering::Relaxed)
     }
 }
