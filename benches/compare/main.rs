@@ -439,32 +439,8 @@ fn run_load(
                 pipeline,
                 command: None,
             };
-            eprintln!("{workload:<14} redis-benchmark  {}", s.name());
-            let requests = redis_bench::calibrate(&params, secs)?;
-            let cpu0 = sys.cpu(s);
-            let t0 = Instant::now();
-            let r = redis_bench::run_once(&params, requests)?;
-            let wall_s = t0.elapsed().as_secs_f64();
-            let server_cpu_s = sys.cpu(s) - cpu0;
-            eprintln!(
-                "  {:.0} ops/s  p50 {} ms  p99 {} ms  p99.9 {} ms",
-                r.ops_per_sec, r.p50_ms, r.p99_ms, r.p999_ms
-            );
-            rep.rows.push(Row {
-                workload: workload.clone(),
-                client: "redis-benchmark",
-                system: s,
-                variant: String::new(),
-                ops_per_sec: r.ops_per_sec,
-                p50_ms: r.p50_ms,
-                p99_ms: r.p99_ms,
-                p999_ms: r.p999_ms,
-                server_cpu_s,
-                wall_s,
-                client_cpu_pct: None,
-                errors: r.errors_seen,
-            });
-            check_alive(&mut sys)?;
+            rep.rows
+                .push(redis_bench_row(&mut sys, s, &params, &workload, secs)?);
         }
     }
 
@@ -495,32 +471,8 @@ fn run_load(
                 pipeline: 1,
                 command: Some(command),
             };
-            eprintln!("{workload:<14} redis-benchmark  {}", s.name());
-            let requests = redis_bench::calibrate(&params, secs)?;
-            let cpu0 = sys.cpu(s);
-            let t0 = Instant::now();
-            let r = redis_bench::run_once(&params, requests)?;
-            let wall_s = t0.elapsed().as_secs_f64();
-            let server_cpu_s = sys.cpu(s) - cpu0;
-            eprintln!(
-                "  {:.0} ops/s  p50 {} ms  p99 {} ms  p99.9 {} ms",
-                r.ops_per_sec, r.p50_ms, r.p99_ms, r.p999_ms
-            );
-            rep.rows.push(Row {
-                workload: workload.to_string(),
-                client: "redis-benchmark",
-                system: s,
-                variant: String::new(),
-                ops_per_sec: r.ops_per_sec,
-                p50_ms: r.p50_ms,
-                p99_ms: r.p99_ms,
-                p999_ms: r.p999_ms,
-                server_cpu_s,
-                wall_s,
-                client_cpu_pct: None,
-                errors: r.errors_seen,
-            });
-            check_alive(&mut sys)?;
+            rep.rows
+                .push(redis_bench_row(&mut sys, s, &params, workload, secs)?);
         }
     }
 
@@ -652,6 +604,43 @@ fn run_load(
     eprintln!("stopping the servers");
     sys.shoal.shutdown();
     Ok(())
+}
+
+/// One measured redis-benchmark run of `params` against `s`: calibrated
+/// to about `secs`, with the server's CPU, as a report row.
+fn redis_bench_row(
+    sys: &mut Systems,
+    s: System,
+    params: &redis_bench::Params,
+    workload: &str,
+    secs: f64,
+) -> Result<Row> {
+    eprintln!("{workload:<14} redis-benchmark  {}", s.name());
+    let requests = redis_bench::calibrate(params, secs)?;
+    let cpu0 = sys.cpu(s);
+    let t0 = Instant::now();
+    let r = redis_bench::run_once(params, requests)?;
+    let wall_s = t0.elapsed().as_secs_f64();
+    let server_cpu_s = sys.cpu(s) - cpu0;
+    eprintln!(
+        "  {:.0} ops/s  p50 {} ms  p99 {} ms  p99.9 {} ms",
+        r.ops_per_sec, r.p50_ms, r.p99_ms, r.p999_ms
+    );
+    check_alive(sys)?;
+    Ok(Row {
+        workload: workload.to_string(),
+        client: "redis-benchmark",
+        system: s,
+        variant: String::new(),
+        ops_per_sec: r.ops_per_sec,
+        p50_ms: r.p50_ms,
+        p99_ms: r.p99_ms,
+        p999_ms: r.p999_ms,
+        server_cpu_s,
+        wall_s,
+        client_cpu_pct: None,
+        errors: r.errors_seen,
+    })
 }
 
 fn check_alive(sys: &mut Systems) -> Result<()> {

@@ -152,13 +152,23 @@ impl Session {
         let first = args.next_bytes().unwrap_or_default();
         let code = if by_sha {
             let sha = String::from_utf8_lossy(&first).to_ascii_lowercase();
-            match self.shared.scripts.body(&sha) {
-                Some(body) => Code {
+            match self
+                .shared
+                .scripts
+                .body_or_stored(&self.shared.meta, &sha)
+                .await
+            {
+                Ok(Some(body)) => Code {
                     sha,
                     code: body,
                     function: String::new(),
                 },
-                None => return Reply::error(ERR_NOSCRIPT),
+                Ok(None) => return Reply::error(ERR_NOSCRIPT),
+                Err(e) => {
+                    return Reply::error(format!(
+                        "CLUSTERDOWN cannot read the script from etcd: {e}"
+                    ))
+                }
             }
         } else {
             let sha = sha1_hex(&first);
@@ -188,18 +198,25 @@ impl Session {
 
     async fn fcall_with(&mut self, args: &mut Args, ro_command: bool) -> Reply {
         let name = args.next_string().unwrap_or_default();
-        let (code, no_writes) = {
-            let libs = self.shared.scripts.libraries.borrow();
-            match libs.function(&name) {
-                Some((lib, f)) => (
-                    Code {
-                        sha: lib.sha.clone(),
-                        code: lib.code.clone(),
-                        function: name.clone(),
-                    },
-                    f.flags.iter().any(|f| f == "no-writes"),
-                ),
-                None => return Reply::error("ERR Function not found"),
+        let (code, no_writes) = match self
+            .shared
+            .scripts
+            .function_or_stored(&self.shared.meta, &name)
+            .await
+        {
+            Ok(Some((lib, f))) => (
+                Code {
+                    sha: lib.sha,
+                    code: lib.code,
+                    function: name.clone(),
+                },
+                f.flags.iter().any(|f| f == "no-writes"),
+            ),
+            Ok(None) => return Reply::error("ERR Function not found"),
+            Err(e) => {
+                return Reply::error(format!(
+                    "CLUSTERDOWN cannot read the function libraries from etcd: {e}"
+                ))
             }
         };
         let (keys, argv) = match keys_and_args(args) {
@@ -233,9 +250,9 @@ impl Session {
         if shards.any(|s| s != shard) {
             return Reply::error(ERR_CROSSSLOT);
         }
-        let descriptor = match serde_json::to_vec(&table.desc) {
-            Ok(d) => Bytes::from(d),
-            Err(e) => return Reply::error(format!("ERR cannot encode the table: {e}")),
+        let descriptor = match self.shared.scripts.encoded_table(&table) {
+            Ok(d) => d,
+            Err(e) => return Reply::error(e),
         };
         let call = ScriptCall {
             sha: code.sha,
@@ -492,7 +509,7 @@ impl Session {
                 "ERR a library may be at most {MAX_STORED_CODE} bytes"
             ));
         }
-        let info = match self.shared.scripts.parser.parse(&code) {
+        let info = match self.shared.scripts.parse(code.clone()).await {
             Ok(i) => i,
             Err(e) => return Reply::error(e),
         };
@@ -554,7 +571,8 @@ impl Session {
         };
         let mut puts = Vec::new();
         for code in codes {
-            let info = match self.shared.scripts.parser.parse(&code) {
+            let code = Bytes::from(code);
+            let info = match self.shared.scripts.parse(code.clone()).await {
                 Ok(i) => i,
                 Err(e) => return Reply::error(e),
             };
@@ -564,7 +582,6 @@ impl Session {
             if let Some(clash) = clashing_function(&after, &info) {
                 return Reply::error(format!("ERR Function {clash} already exists"));
             }
-            let code = Bytes::from(code);
             puts.push((format!("functions/{}", info.name), code.to_vec()));
             after.insert(
                 info.name.clone(),

@@ -124,6 +124,8 @@ pub struct Scripts {
     evaluated: Mutex<(HashMap<String, Bytes>, VecDeque<String>)>,
     pub libraries: watch::Receiver<Arc<Libraries>>,
     pub parser: Arc<dyn LibraryParser>,
+    /// Tables' descriptors encoded for scripts, by (table id, revision).
+    tables: Mutex<HashMap<(u64, i64), Bytes>>,
 }
 
 impl Scripts {
@@ -131,21 +133,29 @@ impl Scripts {
     pub async fn follow(meta: &Meta, parser: Arc<dyn LibraryParser>) -> Result<Scripts, MetaError> {
         let loaded = meta.follow("scripts/").await?;
         let mut records = meta.follow("functions/").await?;
-        let first = Libraries::build(
-            &records.borrow_and_update(),
-            parser.as_ref(),
-            &Libraries::default(),
-        );
-        let (tx, libraries) = watch::channel(Arc::new(first));
+        // Libraries are parsed (Lua runs) on blocking threads.
+        let build =
+            |state: Arc<PrefixState>, parser: Arc<dyn LibraryParser>, before: Arc<Libraries>| {
+                tokio::task::spawn_blocking(move || {
+                    Arc::new(Libraries::build(&state, parser.as_ref(), &before))
+                })
+            };
+        let initial = records.borrow_and_update().clone();
+        let first = build(initial, parser.clone(), Arc::default())
+            .await
+            .map_err(|e| {
+                MetaError::Corrupt(format!("parsing the function libraries failed: {e}"))
+            })?;
+        let (tx, libraries) = watch::channel(first);
         let p = parser.clone();
         tokio::spawn(async move {
             while records.changed().await.is_ok() {
                 let state = records.borrow_and_update().clone();
                 let before = tx.borrow().clone();
-                if tx
-                    .send(Arc::new(Libraries::build(&state, p.as_ref(), &before)))
-                    .is_err()
-                {
+                let Ok(next) = build(state, p.clone(), before).await else {
+                    return;
+                };
+                if tx.send(next).is_err() {
                     return;
                 }
             }
@@ -155,7 +165,42 @@ impl Scripts {
             evaluated: Mutex::new((HashMap::new(), VecDeque::new())),
             libraries,
             parser,
+            tables: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Parse a library on a blocking thread (its body may run for up to
+    /// the VM's load limit; an async thread must not wait on it).
+    pub async fn parse(&self, code: Bytes) -> Result<LibraryInfo, String> {
+        let parser = self.parser.clone();
+        tokio::task::spawn_blocking(move || parser.parse(&code))
+            .await
+            .map_err(|e| format!("ERR the library parser failed: {e}"))?
+    }
+
+    /// The table's descriptor as scripts carry it (JSON, see
+    /// `shard::command::ScriptCall::table`), encoded once per revision of
+    /// the table's record.
+    pub fn encoded_table(
+        &self,
+        table: &crate::cluster::routes::TableRoute,
+    ) -> Result<Bytes, String> {
+        let key = (table.desc.table_id, table.mod_revision);
+        if let Some(b) = self.tables.lock().ok().and_then(|t| t.get(&key).cloned()) {
+            return Ok(b);
+        }
+        let b = Bytes::from(
+            serde_json::to_vec(&table.desc)
+                .map_err(|e| format!("ERR cannot encode the table: {e}"))?,
+        );
+        if let Ok(mut t) = self.tables.lock() {
+            // Old revisions are dropped wholesale; tables are few.
+            if t.len() >= 1024 {
+                t.clear();
+            }
+            t.insert(key, b.clone());
+        }
+        Ok(b)
     }
 
     /// The body named `sha` (lowercase hex), loaded anywhere or evaluated
@@ -166,6 +211,47 @@ impl Scripts {
         }
         let e = self.evaluated.lock().ok()?;
         e.0.get(sha).cloned()
+    }
+
+    /// [`Scripts::body`], or on a miss the body SCRIPT LOAD stored in etcd
+    /// (a script loaded through another router a moment ago, which this
+    /// router's watch has not shown yet). `sha` must be 40 hex digits.
+    pub async fn body_or_stored(&self, meta: &Meta, sha: &str) -> Result<Option<Bytes>, MetaError> {
+        if let Some(b) = self.body(sha) {
+            return Ok(Some(b));
+        }
+        if sha.len() != 40 || !sha.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let stored = meta.get_record(&format!("scripts/{sha}")).await?;
+        Ok(stored.map(|(body, _)| {
+            let body = Bytes::from(body);
+            self.remember(sha, &body);
+            body
+        }))
+    }
+
+    /// The library holding function `name` and the function, from this
+    /// router's copy, or on a miss from etcd's records read afresh (a
+    /// library loaded through another router a moment ago).
+    pub async fn function_or_stored(
+        &self,
+        meta: &Meta,
+        name: &str,
+    ) -> Result<Option<(Library, FunctionInfo)>, MetaError> {
+        let found = |libs: &Libraries| libs.function(name).map(|(l, f)| (l.clone(), f.clone()));
+        let current = self.libraries.borrow().clone();
+        if let Some(hit) = found(&current) {
+            return Ok(Some(hit));
+        }
+        let state = meta.load_prefix("functions/").await?;
+        let parser = self.parser.clone();
+        let fresh = tokio::task::spawn_blocking(move || {
+            Libraries::build(&state, parser.as_ref(), &current)
+        })
+        .await
+        .map_err(|e| MetaError::Corrupt(format!("parsing the function libraries failed: {e}")))?;
+        Ok(found(&fresh))
     }
 
     /// Whether SCRIPT LOAD stored `sha` (as this router's watch shows).

@@ -292,21 +292,55 @@ pub fn describe_table(
     flat_map(&run(con, &["TABLE.DESCRIBE", name]).unwrap())
 }
 
-/// Run every line on both servers and collect the lines whose replies differ.
-pub fn mismatches(shoal: &mut Conn, redis: &mut Conn, script: &[&str]) -> Vec<String> {
+/// A request as a test script writes it: a line split on spaces (`""` is
+/// an empty argument), or the arguments themselves.
+pub trait Request: std::fmt::Debug {
+    fn args(&self) -> Vec<Vec<u8>>;
+}
+
+impl Request for &str {
+    fn args(&self) -> Vec<Vec<u8>> {
+        split(self)
+    }
+}
+
+impl Request for &[&str] {
+    fn args(&self) -> Vec<Vec<u8>> {
+        self.iter().map(|a| a.as_bytes().to_vec()).collect()
+    }
+}
+
+/// Run every request on both servers and collect those whose replies differ.
+pub fn mismatches<R: Request>(shoal: &mut Conn, redis: &mut Conn, script: &[R]) -> Vec<String> {
     let mut out = Vec::new();
-    for line in script {
-        let a = shoal.line(line);
-        let b = redis.line(line);
+    for req in script {
+        let args = req.args();
+        let refs: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
+        let a = shoal.cmd(&refs);
+        let b = redis.cmd(&refs);
         if a != b {
             out.push(format!(
-                "{line}\n    shoal: {}\n    redis: {}",
+                "{req:?}\n    shoal: {}\n    redis: {}",
                 show(&a),
                 show(&b)
             ));
         }
     }
     out
+}
+
+/// Run `script` on both servers in RESP2, then again after `HELLO 3`; every
+/// reply must be the same bytes.
+pub fn assert_same_as_redis<R: Request>(shoal: &mut Conn, redis: &mut Conn, script: &[R]) {
+    let mut diffs = mismatches(shoal, redis, script);
+    assert!(shoal.line("HELLO 3").starts_with(b"%"));
+    assert!(redis.line("HELLO 3").starts_with(b"%"));
+    diffs.extend(mismatches(shoal, redis, script));
+    assert!(
+        diffs.is_empty(),
+        "replies differ from Redis:\n{}",
+        diffs.join("\n")
+    );
 }
 
 /// The shard of `key` in a table of `shards` shards (fixed slot ranges).
