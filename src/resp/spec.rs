@@ -317,6 +317,12 @@ impl CommandSpec {
                 cats |= c;
             }
         }
+        // Redis (`setImplicitACLCategories`): a read-only scripting command
+        // (EVAL_RO, FCALL_RO) is not `@read`, its script decides what it
+        // reads.
+        if self.acl & acl::SCRIPTING != 0 {
+            cats &= !acl::READ | self.acl;
+        }
         if !self.has(flag::FAST) {
             cats |= acl::SLOW;
         }
