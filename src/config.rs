@@ -23,6 +23,8 @@ pub struct RouterConfig {
     pub requirepass_file: Option<PathBuf>,
     /// Where `GET /metrics` (Prometheus) is served; none when unset.
     pub metrics_listen: Option<String>,
+    /// Threads of the async runtime (none: one per core).
+    pub worker_threads: Option<usize>,
     /// Shards and replicas of `TABLE.CREATE` without them, and of `default`.
     pub default_shards: usize,
     pub default_replicas: usize,
@@ -112,6 +114,7 @@ impl Default for RouterConfig {
             requirepass: None,
             requirepass_file: None,
             metrics_listen: None,
+            worker_threads: None,
             default_shards: 8,
             default_replicas: 3,
             max_clients: 10_000,
@@ -165,6 +168,10 @@ pub struct NodeConfig {
     /// `always` (default) or `never` (benchmarks only: acknowledged writes
     /// may be lost on power failure).
     pub fsync: String,
+    /// Threads of the async runtime (none: one per core). A machine that
+    /// hosts several nodes gives each its share of the cores: `shoal dev`
+    /// and the test clusters do (docs/PERFORMANCE.md, "Worker threads").
+    pub worker_threads: Option<usize>,
     /// Raft heartbeat interval (ms). Heartbeats are per group.
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
@@ -227,6 +234,7 @@ impl Default for NodeConfig {
             etcd: vec!["http://127.0.0.1:2379".into()],
             cluster: "default".into(),
             fsync: "always".into(),
+            worker_threads: None,
             heartbeat_ms: 250,
             election_timeout_min_ms: 1_000,
             election_timeout_max_ms: 2_000,
@@ -277,6 +285,16 @@ impl Default for DevConfig {
 }
 
 /// Read a TOML config file, or the defaults when `path` is `None`.
+/// The async runtime's threads: `wanted` (a flag or a config file's
+/// `worker_threads`), or one per core when unset.
+pub fn worker_threads(wanted: Option<usize>) -> anyhow::Result<usize> {
+    match wanted {
+        Some(0) => anyhow::bail!("worker_threads must be at least 1"),
+        Some(n) => Ok(n),
+        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
+}
+
 pub fn load<T: for<'a> Deserialize<'a> + Default>(path: Option<&Path>) -> anyhow::Result<T> {
     match path {
         None => Ok(T::default()),

@@ -57,6 +57,9 @@ enum Command {
         etcd: Option<String>,
         #[arg(long)]
         cluster: Option<String>,
+        /// Threads of the async runtime (default: one per core).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        worker_threads: Option<u64>,
         /// always | never (never: benchmarks only).
         #[arg(long)]
         fsync: Option<String>,
@@ -91,6 +94,9 @@ enum Command {
         /// Serve Prometheus metrics (GET /metrics) on this address.
         #[arg(long)]
         metrics_listen: Option<String>,
+        /// Threads of the async runtime (default: one per core).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        worker_threads: Option<u64>,
         #[arg(long)]
         etcd: Option<String>,
         #[arg(long)]
@@ -368,13 +374,52 @@ fn etcd_security(f: EtcdFlags) -> shoal::meta::EtcdSecurity {
     }
 }
 
-#[tokio::main]
-async fn main() {
-    shoal::tls::install_crypto_provider();
-    if let Err(e) = run(Cli::parse()).await {
+fn main() {
+    let cli = Cli::parse();
+    let runtime = worker_threads(&cli).and_then(|threads| {
+        Ok(tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?)
+    });
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(async {
+            shoal::tls::install_crypto_provider();
+            run(cli).await
+        }),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
         eprintln!("shoal: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// The runtime's threads for this command: a node's or router's
+/// `--worker-threads`, else its config file's `worker_threads`, else one
+/// per core.
+fn worker_threads(cli: &Cli) -> anyhow::Result<usize> {
+    let wanted = match &cli.command {
+        Command::Node {
+            action: None,
+            config,
+            worker_threads,
+            ..
+        } => match worker_threads {
+            Some(n) => Some(*n as usize),
+            None => config::load::<NodeConfig>(config.as_deref())?.worker_threads,
+        },
+        Command::Router {
+            config,
+            worker_threads,
+            ..
+        } => match worker_threads {
+            Some(n) => Some(*n as usize),
+            None => config::load::<RouterConfig>(config.as_deref())?.worker_threads,
+        },
+        _ => None,
+    };
+    config::worker_threads(wanted)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -427,6 +472,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             etcd,
             cluster,
             fsync,
+            worker_threads: _,
             snapshot_threshold,
             max_value_len,
             max_reply_len,
@@ -488,6 +534,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             listen,
             metrics_listen,
+            worker_threads: _,
             etcd,
             cluster,
             requirepass,

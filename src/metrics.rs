@@ -208,6 +208,13 @@ pub fn registry(extra: Vec<Boxed>) -> Registry {
     let _ = r.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ));
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let _ = r.register(gauge(
+            "shoal_runtime_worker_threads",
+            "Threads of the process's async runtime (--worker-threads)",
+            runtime.metrics().num_workers() as u64,
+        ));
+    }
     for c in extra {
         if let Err(e) = r.register(c) {
             tracing::warn!("metrics: {e}");

@@ -2,14 +2,16 @@
 //! file: a dead etcd is one sentence naming the endpoint and the likely fix
 //! (router and `shoal status`), a router open to the network without a
 //! password warns at start, and `--requirepass-file` protects the router
-//! without showing the password in `ps`.
+//! without showing the password in `ps`. The runtime's worker threads come
+//! from `--worker-threads`, the config file, or the cores.
 
 mod common;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::{cluster, extra_router, Conn};
+use common::{cluster, extra_router, metrics_cluster, Conn};
+use shoal::devcluster::logged_metrics_addr;
 
 /// An etcd endpoint nobody listens on.
 fn dead_etcd() -> String {
@@ -124,4 +126,67 @@ fn the_password_comes_from_a_file() {
         .starts_with(b"-WRONGPASS"));
     assert_eq!(c.line("AUTH from-the-file"), b"+OK\r\n");
     assert_eq!(c.line("GET k"), b"$-1\r\n");
+}
+
+/// The `shoal_runtime_worker_threads` a process's metrics endpoint reports.
+fn runtime_workers(metrics_addr: &str) -> usize {
+    let (_, page) = common::http_get(metrics_addr, "/metrics");
+    page.lines()
+        .find_map(|l| l.strip_prefix("shoal_runtime_worker_threads "))
+        .unwrap_or_else(|| panic!("no worker threads gauge in:\n{page}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn worker_threads_come_from_the_flag_the_config_file_or_the_cores() {
+    // Zero threads is refused, from the flag and from the file.
+    let (ok, err) = run(&["node", "--worker-threads", "0"]);
+    assert!(!ok && err.contains("0 is not in 1..=1024"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let zero = dir.path().join("zero.toml");
+    std::fs::write(&zero, "worker_threads = 0\n").unwrap();
+    let (ok, err) = run(&[
+        "router",
+        "--config",
+        zero.to_str().unwrap(),
+        "--etcd",
+        &dead_etcd(),
+    ]);
+    assert!(
+        !ok && err.contains("worker_threads must be at least 1"),
+        "{err}"
+    );
+
+    // A local cluster's nodes share the machine's cores.
+    let (cluster, _, addrs) = metrics_cluster(&dir.path().join("c"));
+    let cores = std::thread::available_parallelism().unwrap().get();
+    for node in ["node-1", "node-2", "node-3"] {
+        assert_eq!(runtime_workers(&addrs[node]), (cores / 3).max(1), "{node}");
+    }
+    // A router: one per core by default, the file's count, the flag over
+    // the file.
+    assert_eq!(runtime_workers(&addrs["router-2"]), cores);
+    let metrics = ["--metrics-listen", "127.0.0.1:0"];
+    let from_file = extra_router(
+        &cluster,
+        &dir.path().join("r1"),
+        "worker_threads = 3\n",
+        &metrics,
+    )
+    .1;
+    let flags = [&metrics[..], &["--worker-threads", "5"]].concat();
+    let from_flag = extra_router(
+        &cluster,
+        &dir.path().join("r2"),
+        "worker_threads = 3\n",
+        &flags,
+    )
+    .1;
+    for (router, want) in [(from_file, 3), (from_flag, 5)] {
+        let log = std::fs::read_to_string(router.log_path()).unwrap();
+        let addr = logged_metrics_addr(&log).expect("the router logs its metrics address");
+        assert_eq!(runtime_workers(&addr), want);
+    }
 }

@@ -306,6 +306,20 @@ pub fn logged_metrics_addr(log: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// `args` for every node, plus `--worker-threads` with the node's share of
+/// this machine's cores (at least 1) unless `args` set it: the nodes of a
+/// local cluster share one machine, and a runtime with a thread per core
+/// in each of them spends its time waking threads for the others' work
+/// (docs/PERFORMANCE.md, "Worker threads"). Routers keep one per core.
+fn with_worker_share(mut args: Vec<String>, nodes: usize) -> Vec<String> {
+    if !args.iter().any(|a| a.starts_with("--worker-threads")) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        args.push("--worker-threads".into());
+        args.push((cores / nodes.max(1)).max(1).to_string());
+    }
+    args
+}
+
 impl LocalCluster {
     /// Start etcd (waiting until healthy), then the nodes and the router.
     /// Everything that can be checked is checked before any process starts:
@@ -384,7 +398,7 @@ impl LocalCluster {
             etcd_wanted: true,
             bin,
             base_dir,
-            node_args: opts.node_args,
+            node_args: with_worker_share(opts.node_args, opts.nodes),
             router_args: opts.router_args,
             default_shards: opts.default_shards,
             default_replicas: opts.default_replicas,
