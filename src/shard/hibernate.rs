@@ -33,6 +33,7 @@
 //! hibernating leader gets no acks, so a lease based on them lapses and a
 //! read after waking confirms leadership with a quorum again.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -274,7 +275,7 @@ impl Hibernation {
     pub fn touch(&self, gid: u64, sleep: &Sleep, raft: &super::types::Raft) {
         sleep.last_active.store(self.now_ms(), SeqCst);
         if sleep.state.load(SeqCst) != AWAKE
-            && raft.metrics().borrow().state == openraft::ServerState::Leader
+            && raft.metrics().borrow_watched().state == openraft::ServerState::Leader
         {
             self.wake(gid, sleep, raft, "a request");
         }
@@ -304,7 +305,7 @@ impl Hibernation {
             tracing::debug!(group = gid, "woken by {why}");
             let raft = raft.clone();
             tokio::spawn(async move {
-                if raft.metrics().borrow().state == openraft::ServerState::Leader {
+                if raft.metrics().borrow_watched().state == openraft::ServerState::Leader {
                     let _ = raft.trigger().heartbeat().await;
                 }
             });
@@ -371,7 +372,7 @@ impl Hibernation {
             .lock
             .lock()
             .map_err(|_| "hibernation state poisoned".to_string())?;
-        let m = raft.metrics().borrow().clone();
+        let m = raft.metrics().borrow_watched().clone();
         let view = FollowerView {
             is_follower: m.state == openraft::ServerState::Follower,
             leader: m.current_leader,

@@ -20,6 +20,7 @@
 //! * `<db>` is the table's index (TABLE.USE / SELECT), from the node's
 //!   mirror of the table records.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -661,7 +662,7 @@ impl Publisher {
         let leads = self
             .raft
             .get()
-            .is_some_and(|r| r.metrics().borrow().state == ServerState::Leader);
+            .is_some_and(|r| r.metrics().borrow_watched().state == ServerState::Leader);
         if !leads {
             return;
         }
