@@ -272,7 +272,7 @@ impl Hibernation {
     /// READONLY read or a misrouted write needs nothing from the group, and
     /// waking it (its election clock long expired) would depose a healthy
     /// leader.
-    pub fn touch(&self, gid: u64, sleep: &Sleep, raft: &super::types::Raft) {
+    pub fn touch(&self, gid: u64, sleep: &Sleep, raft: &super::store::Raft) {
         sleep.last_active.store(self.now_ms(), SeqCst);
         if sleep.state.load(SeqCst) != AWAKE
             && raft.metrics().borrow_watched().state == openraft::ServerState::Leader
@@ -288,7 +288,7 @@ impl Hibernation {
 
     /// Wake the replica of `gid` (either role): its timer runs again; a
     /// leader heartbeats at once.
-    pub fn wake(&self, gid: u64, sleep: &Sleep, raft: &super::types::Raft, why: &str) {
+    pub fn wake(&self, gid: u64, sleep: &Sleep, raft: &super::store::Raft, why: &str) {
         let Ok(_g) = sleep.lock.lock() else { return };
         if sleep.state.load(SeqCst) == AWAKE {
             return;
@@ -333,7 +333,7 @@ impl Hibernation {
         &self,
         gid: u64,
         sleep: &Sleep,
-        raft: &super::types::Raft,
+        raft: &super::store::Raft,
         stamp: u64,
         all_accepted: bool,
     ) -> bool {
@@ -365,7 +365,7 @@ impl Hibernation {
         &self,
         gid: u64,
         sleep: &Sleep,
-        raft: &super::types::Raft,
+        raft: &super::store::Raft,
         req: &HibernateRequest,
     ) -> Result<(), String> {
         let _g = sleep

@@ -27,8 +27,9 @@ use super::hibernate::{HibernateConfig, Hibernation, Sleep};
 use super::lease::Lease;
 use super::network::{NetworkFactory, Transport};
 use super::proposer;
+use super::store::Raft;
 use super::store::{destroy_group, DbRead, LogStore, StateMachine};
-use super::types::{NodeId, Raft};
+use super::types::NodeId;
 use super::value::{Corrupt, Kind, Stored};
 use super::ShardError;
 
@@ -335,7 +336,7 @@ impl Host {
             table: record.table.clone(),
             events: self.keyspace_events.clone(),
             registry: self.pubsub.clone(),
-            raft: std::sync::OnceLock::new(),
+            metrics: std::sync::OnceLock::new(),
         });
         sm.set_publisher(publisher.clone());
         let lease = Arc::new(Lease::new(
@@ -356,7 +357,7 @@ impl Host {
         )
         .await
         .map_err(|e| ShardError::Storage(format!("cannot start group {gid}: {e}")))?;
-        let _ = publisher.raft.set(raft.clone());
+        let _ = publisher.metrics.set(raft.metrics());
         let counters = Arc::new(proposer::GroupCounters::default());
         spawn_leader_logger(gid, raft.clone(), counters.clone());
         let (node_id, transport) = (self.node_id, self.transport.clone());

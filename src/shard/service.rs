@@ -58,7 +58,7 @@ fn decode<T: serde::de::DeserializeOwned>(format: Format, raw: &[u8]) -> Result<
 }
 
 impl NodeService {
-    fn raft(&self, gid: u64) -> Result<super::types::Raft, Status> {
+    fn raft(&self, gid: u64) -> Result<super::store::Raft, Status> {
         self.host
             .get(gid)
             .map(|r| r.raft.clone())

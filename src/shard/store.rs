@@ -57,6 +57,9 @@ use super::types::{
 };
 use super::value::{Corrupt, Kind, Place, Stored};
 
+/// A group's Raft: openraft 0.10 names the state machine in the type.
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
 fn read_err(e: impl std::fmt::Display) -> StorageError {
     std::io::Error::other(format!("reading the store: {e}"))
 }

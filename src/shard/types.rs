@@ -17,7 +17,9 @@ openraft::declare_raft_types!(
 pub type SnapshotBytes = Cursor<Vec<u8>>;
 pub type NodeId = u64;
 pub type Node = openraft::BasicNode;
-pub type Raft = openraft::Raft<TypeConfig, super::store::StateMachine>;
+/// What a replica's Raft publishes about itself (state, vote, leader...).
+pub type Metrics =
+    openraft::type_config::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>;
 pub type Payload = openraft::EntryPayload<LogCmd, NodeId, Node>;
 pub type Entry = openraft::Entry<CommittedLeaderId, Payload>;
 /// `(term, node)`: in openraft's "advanced" mode the committed leader id
