@@ -65,7 +65,7 @@ fn big_values_replicate_and_a_follower_catches_up_through_split_appends() {
     opts.nodes = 3;
     opts.default_shards = 1;
     opts.default_replicas = 3;
-    // openraft 0.9 gives one AppendEntries a heartbeat interval to be
+    // openraft gives one AppendEntries a heartbeat interval to be
     // sent, written and answered; a debug build on a shared machine needs
     // more than the default 250 ms for a 48 MiB entry, and more than the
     // default 3 s to commit it.
@@ -190,12 +190,12 @@ fn big_values_replicate_and_a_follower_catches_up_through_split_appends() {
         }
         assert_eq!(strlen_on(&rt, &addr, gid, "{over}0"), Ok(0));
     }
-    // The leader did split: openraft logs each PayloadTooLarge it is
-    // answered (at error level, as every RPC error).
+    // The leader did split: the transport logs each AppendEntries it sends
+    // in parts.
     let logs = cluster.logs();
     let splits = logs
         .lines()
-        .filter(|l| l.contains("payload too large: hint:(entries:"))
+        .filter(|l| l.contains("AppendEntries over the wire budget: sent in parts"))
         .count();
     eprintln!("{splits} log lines of split appends");
     assert!(splits > 0, "no append was split:\n{logs}");

@@ -29,7 +29,7 @@ fn start(dir: &std::path::Path) -> LocalCluster {
         format!(
             "max_value_len = {NODE_MAX_VALUE}\n\
              # Debug builds on a busy machine: the 200k-key entry (5 MB) takes\n\
-             # a while to apply, and openraft 0.9 gives one AppendEntries no\n\
+             # a while to apply, and openraft gives one AppendEntries no\n\
              # longer than a heartbeat interval to reach a follower.\n\
              write_timeout_ms = 30000\nread_timeout_ms = 30000\n\
              heartbeat_ms = 1500\nelection_timeout_min_ms = 4000\n\

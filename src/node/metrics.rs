@@ -11,6 +11,7 @@
 //! the process metrics. Read at each scrape; the hot paths only bump the
 //! statics of `crate::metrics`.
 
+use openraft::async_runtime::WatchReceiver;
 use std::sync::atomic::Ordering;
 
 use rocksdb::statistics::Ticker;
@@ -61,7 +62,7 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
     let mut waits = 0u64;
     let mut moves = 0u64;
     for r in &replicas {
-        let m = r.raft.metrics().borrow().clone();
+        let m = r.raft.metrics().borrow_watched().clone();
         let gid = r.record.group_id.to_string();
         let shard = r.record.shard.to_string();
         let labels = [gid.as_str(), r.record.table.as_str(), shard.as_str()];

@@ -179,6 +179,9 @@ impl Format {
             Format::ShardRequest => (1, 4),
             // Version 3 appended booleans and verbatim text (script replies).
             Format::ShardReply => (1, 3),
+            // Version 2 (openraft 0.10) appended `leadership_transfer` to
+            // the vote request; version 1 is read by its own decoder.
+            Format::RaftVote => (2, 2),
             Format::Vote
             | Format::Committed
             | Format::Purged
@@ -188,7 +191,6 @@ impl Format {
             | Format::KeyCount
             | Format::MembershipChange
             | Format::RaftAppendReply
-            | Format::RaftVote
             | Format::RaftVoteReply
             | Format::RaftSnapshot
             | Format::RaftSnapshotReply

@@ -497,6 +497,17 @@ pub enum LogCmd {
     Batch(Vec<WriteCmd>),
 }
 
+/// A short summary for openraft's log lines (never the values).
+impl std::fmt::Display for LogCmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogCmd::Write(_) => write!(f, "write"),
+            LogCmd::Txn(_) => write!(f, "txn"),
+            LogCmd::Batch(writes) => write!(f, "batch of {}", writes.len()),
+        }
+    }
+}
+
 /// A shard's answer, turned into a RESP reply by the router.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum OpReply {

@@ -12,14 +12,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 
 use bytes::Bytes;
-use openraft::error::{Fatal, InstallSnapshotError, RaftError, SnapshotMismatch};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
-use openraft::{
-    AnyError, CommittedLeaderId, EntryPayload, ErrorSubject, ErrorVerb, Membership,
-    SnapshotSegmentId, StorageIOError,
+use openraft::error::{ErrorSource, Fatal, RaftError};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::{EntryPayload, Membership};
+use openraft_legacy::network_v1::{
+    InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse, SnapshotMismatch,
+    SnapshotSegmentId,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -36,7 +34,7 @@ use super::host::MembershipChange;
 use super::store::SnapshotData;
 use super::txn::Prepared;
 use super::types::{
-    Entry, LogId, Node, NodeId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
+    log_id, Entry, LogId, Node, NodeId, Payload, SnapshotMeta, StoredMembership, TypeConfig, Vote,
 };
 use super::value::{Coll, Corrupt, Kind, Place, Stored};
 use super::ShardError;
@@ -84,11 +82,7 @@ fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
 
-fn log_id(term: u64, node: NodeId, index: u64) -> LogId {
-    LogId::new(CommittedLeaderId::new(term, node), index)
-}
-
-fn entry(index: u64, payload: EntryPayload<TypeConfig>) -> Entry {
+fn entry(index: u64, payload: Payload) -> Entry {
     Entry {
         log_id: log_id(3, 1, index),
         payload,
@@ -100,7 +94,7 @@ fn membership() -> Membership<NodeId, Node> {
         .into_iter()
         .map(|(id, addr)| (id, Node::new(addr)))
         .collect();
-    Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes)
+    Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes).unwrap()
 }
 
 fn set_with_expiry() -> WriteCmd {
@@ -687,15 +681,28 @@ fn raft_state_rows() {
     let meta = SnapshotMeta {
         last_log_id: Some(log_id(3, 1, 42)),
         last_membership: StoredMembership::new(Some(log_id(3, 1, 2)), membership()),
-        snapshot_id: "7-42-1".into(),
     };
+    // openraft 0.10 keeps the layout and writes the snapshot id (gone from
+    // its metadata) as an empty string: the same version.
     golden(
         Format::SnapshotMeta,
         &meta,
         "0106 \
          0103012a01030102 0103010203030107 6e313a3730303102 \
-         076e323a37303031 03076e333a373030 3106372d34322d31",
+         076e323a37303031 03076e333a373030 3100",
     );
+    // A row openraft 0.9 wrote, with its id, still reads (the id is
+    // ignored).
+    let old: SnapshotMeta = codec::decode(
+        Format::SnapshotMeta,
+        &unhex(
+            "0106 \
+             0103012a01030102 0103010203030107 6e313a3730303102 \
+             076e323a37303031 03076e333a373030 3106372d34322d31",
+        ),
+    )
+    .unwrap();
+    assert_eq!(old, meta);
     golden(Format::Lock, &9u64, "0109 09");
     golden(Format::KeyCount, &(42u64, 1000i64), "010a 2ad00f");
     golden(Format::DataDir, &(), "0115");
@@ -755,12 +762,23 @@ fn snapshot_data() {
 
 #[test]
 fn raft_messages() {
-    let vote = VoteRequest {
-        vote: Vote::new(4, 2),
-        last_log_id: Some(log_id(3, 1, 42)),
+    let vote = VoteRequest::<TypeConfig>::new(Vote::new(4, 2), Some(log_id(3, 1, 42)));
+    // Version 2 (openraft 0.10): `leadership_transfer` appended.
+    golden(Format::RaftVote, &vote, "0211 0402000103012a00");
+    let transfer = VoteRequest {
+        leadership_transfer: true,
+        ..vote.clone()
     };
-    golden(Format::RaftVote, &vote, "0111 0402000103012a");
-    let granted: Result<VoteResponse<NodeId>, RaftError<NodeId>> = Ok(VoteResponse {
+    golden(Format::RaftVote, &transfer, "0211 0402000103012a01");
+    // Version 1 (openraft 0.9) is still read, as no transfer; the generic
+    // decoder refuses it rather than misread it.
+    let v1 = unhex("0111 0402000103012a");
+    assert_eq!(
+        format!("{:?}", super::network::decode_vote(&v1).unwrap()),
+        format!("{vote:?}")
+    );
+    assert!(codec::decode::<VoteRequest<TypeConfig>>(Format::RaftVote, &v1).is_err());
+    let granted: Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>> = Ok(VoteResponse {
         vote: Vote::new(4, 2),
         vote_granted: true,
         last_log_id: Some(log_id(3, 1, 42)),
@@ -784,33 +802,35 @@ fn raft_messages() {
          02e0a499ffbc3101 0001030129",
     );
     for reply in [
-        AppendEntriesResponse::Success,
+        AppendEntriesResponse::<TypeConfig>::Success,
         AppendEntriesResponse::PartialSuccess(Some(log_id(3, 1, 42))),
         AppendEntriesResponse::Conflict,
         AppendEntriesResponse::HigherVote(Vote::new(5, 3)),
     ] {
-        round_trip(Format::RaftAppendReply, &Ok::<_, RaftError<NodeId>>(reply));
+        round_trip(
+            Format::RaftAppendReply,
+            &Ok::<_, RaftError<TypeConfig>>(reply),
+        );
     }
-    let ok: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+    let ok: Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>> =
         Ok(AppendEntriesResponse::Success);
     golden(Format::RaftAppendReply, &ok, "0110 0000");
-    let storage: StorageError = StorageIOError::new(
-        ErrorSubject::Store,
-        ErrorVerb::Read,
-        AnyError::error("disk on fire"),
-    )
-    .into();
+    let storage = openraft::StorageError::<TypeConfig>::read(
+        openraft::impls::BoxedErrorSource::from_string("disk on fire"),
+    );
     for fatal in [
         Fatal::StorageError(storage),
         Fatal::Panicked,
         Fatal::Stopped,
     ] {
-        let e: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+        let e: Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>> =
             Err(RaftError::Fatal(fatal));
         round_trip(Format::RaftAppendReply, &e);
     }
 
-    let meta = SnapshotMeta {
+    // The chunked InstallSnapshot of openraft-legacy keeps 0.9's layout,
+    // snapshot id included.
+    let meta = openraft_legacy::network_v1::SnapshotMeta {
         last_log_id: Some(log_id(3, 1, 42)),
         last_membership: StoredMembership::new(Some(log_id(3, 1, 2)), membership()),
         snapshot_id: "7-42-1".into(),
@@ -830,22 +850,26 @@ fn raft_messages() {
          303102076e323a37 30303103076e333a 3730303106372d34 \
          322d310004534853 4e00",
     );
-    let done: Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> =
-        Ok(InstallSnapshotResponse {
-            vote: Vote::new_committed(3, 1),
-        });
+    let done: Result<
+        InstallSnapshotResponse<TypeConfig>,
+        RaftError<TypeConfig, InstallSnapshotError>,
+    > = Ok(InstallSnapshotResponse {
+        vote: Vote::new_committed(3, 1),
+    });
     golden(Format::RaftSnapshotReply, &done, "0114 00030101");
     let at = |offset| SnapshotSegmentId {
         id: "7-42-1".into(),
         offset,
     };
-    let mismatch: Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> =
-        Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(
-            SnapshotMismatch {
-                expect: at(0),
-                got: at(4),
-            },
-        )));
+    let mismatch: Result<
+        InstallSnapshotResponse<TypeConfig>,
+        RaftError<TypeConfig, InstallSnapshotError>,
+    > = Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(
+        SnapshotMismatch {
+            expect: at(0),
+            got: at(4),
+        },
+    )));
     golden(
         Format::RaftSnapshotReply,
         &mismatch,

@@ -33,6 +33,7 @@
 //! hibernating leader gets no acks, so a lease based on them lapses and a
 //! read after waking confirms leadership with a quorum again.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -271,10 +272,10 @@ impl Hibernation {
     /// READONLY read or a misrouted write needs nothing from the group, and
     /// waking it (its election clock long expired) would depose a healthy
     /// leader.
-    pub fn touch(&self, gid: u64, sleep: &Sleep, raft: &super::types::Raft) {
+    pub fn touch(&self, gid: u64, sleep: &Sleep, raft: &super::store::Raft) {
         sleep.last_active.store(self.now_ms(), SeqCst);
         if sleep.state.load(SeqCst) != AWAKE
-            && raft.metrics().borrow().state == openraft::ServerState::Leader
+            && raft.metrics().borrow_watched().state == openraft::ServerState::Leader
         {
             self.wake(gid, sleep, raft, "a request");
         }
@@ -287,7 +288,7 @@ impl Hibernation {
 
     /// Wake the replica of `gid` (either role): its timer runs again; a
     /// leader heartbeats at once.
-    pub fn wake(&self, gid: u64, sleep: &Sleep, raft: &super::types::Raft, why: &str) {
+    pub fn wake(&self, gid: u64, sleep: &Sleep, raft: &super::store::Raft, why: &str) {
         let Ok(_g) = sleep.lock.lock() else { return };
         if sleep.state.load(SeqCst) == AWAKE {
             return;
@@ -304,7 +305,7 @@ impl Hibernation {
             tracing::debug!(group = gid, "woken by {why}");
             let raft = raft.clone();
             tokio::spawn(async move {
-                if raft.metrics().borrow().state == openraft::ServerState::Leader {
+                if raft.metrics().borrow_watched().state == openraft::ServerState::Leader {
                     let _ = raft.trigger().heartbeat().await;
                 }
             });
@@ -332,7 +333,7 @@ impl Hibernation {
         &self,
         gid: u64,
         sleep: &Sleep,
-        raft: &super::types::Raft,
+        raft: &super::store::Raft,
         stamp: u64,
         all_accepted: bool,
     ) -> bool {
@@ -364,14 +365,14 @@ impl Hibernation {
         &self,
         gid: u64,
         sleep: &Sleep,
-        raft: &super::types::Raft,
+        raft: &super::store::Raft,
         req: &HibernateRequest,
     ) -> Result<(), String> {
         let _g = sleep
             .lock
             .lock()
             .map_err(|_| "hibernation state poisoned".to_string())?;
-        let m = raft.metrics().borrow().clone();
+        let m = raft.metrics().borrow_watched().clone();
         let view = FollowerView {
             is_follower: m.state == openraft::ServerState::Follower,
             leader: m.current_leader,

@@ -4,6 +4,7 @@
 //! Kept apart from `hibernate` so that the host, which calls `hibernate`,
 //! and this loop, which walks the host's replicas, import in one direction.
 
+use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,7 +83,7 @@ pub async fn run(host: Arc<Host>) {
 
 fn leader_view(h: &Hibernation, r: &Replica) -> Option<LeaderView> {
     let rx = r.raft.metrics();
-    let m = rx.borrow();
+    let m = rx.borrow_watched();
     if m.state != openraft::ServerState::Leader {
         return None;
     }
@@ -113,7 +114,7 @@ async fn ask(host: Arc<Host>, r: Arc<Replica>) {
     let Some(stamp) = h.begin_asking(gid, &r.sleep) else {
         return;
     };
-    let m = r.raft.metrics().borrow().clone();
+    let m = r.raft.metrics().borrow_watched().clone();
     let req = HibernateRequest {
         leader: h.node_id,
         term: m.current_term,

@@ -7,12 +7,13 @@
 //! decided elsewhere (the reconciler in `node::reconcile`); this module only
 //! carries that out, and serves reads and writes on the replicas it has.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
 
@@ -26,8 +27,9 @@ use super::hibernate::{HibernateConfig, Hibernation, Sleep};
 use super::lease::Lease;
 use super::network::{NetworkFactory, Transport};
 use super::proposer;
+use super::store::Raft;
 use super::store::{destroy_group, DbRead, LogStore, StateMachine};
-use super::types::{NodeId, Raft};
+use super::types::NodeId;
 use super::value::{Corrupt, Kind, Stored};
 use super::ShardError;
 
@@ -186,7 +188,7 @@ impl Host {
         use openraft::storage::RaftStateMachine;
         let replica = self.get(gid)?;
         let me = self.node_id;
-        let m = replica.raft.metrics().borrow().clone();
+        let m = replica.raft.metrics().borrow_watched().clone();
         let effective = m.membership_config.membership();
         if m.last_log_index.is_none()
             && m.last_applied.is_none()
@@ -334,7 +336,7 @@ impl Host {
             table: record.table.clone(),
             events: self.keyspace_events.clone(),
             registry: self.pubsub.clone(),
-            raft: std::sync::OnceLock::new(),
+            metrics: std::sync::OnceLock::new(),
         });
         sm.set_publisher(publisher.clone());
         let lease = Arc::new(Lease::new(
@@ -355,7 +357,7 @@ impl Host {
         )
         .await
         .map_err(|e| ShardError::Storage(format!("cannot start group {gid}: {e}")))?;
-        let _ = publisher.raft.set(raft.clone());
+        let _ = publisher.metrics.set(raft.metrics());
         let counters = Arc::new(proposer::GroupCounters::default());
         spawn_leader_logger(gid, raft.clone(), counters.clone());
         let (node_id, transport) = (self.node_id, self.transport.clone());
@@ -659,7 +661,7 @@ impl Host {
         let raft = &replica.raft;
         let membership = raft
             .metrics()
-            .borrow()
+            .borrow_watched()
             .membership_config
             .membership()
             .clone();
@@ -716,7 +718,7 @@ impl Host {
             Ok(Ok(_)) => {
                 let voters: Vec<NodeId> = raft
                     .metrics()
-                    .borrow()
+                    .borrow_watched()
                     .membership_config
                     .membership()
                     .voter_ids()
@@ -762,7 +764,7 @@ impl Host {
                 while rx.changed().await.is_ok() {
                     let m = rx.borrow_and_update();
                     if m.state != ServerState::Leader
-                        || m.millis_since_quorum_ack.is_some_and(|ms| ms < fresh)
+                        || millis_since_quorum_ack(&m).is_some_and(|ms| ms < fresh)
                     {
                         break;
                     }
@@ -942,7 +944,7 @@ impl Host {
     /// holds everything committed before the read arrived.
     fn in_lease(&self, replica: &Replica) -> bool {
         let rx = replica.raft.metrics();
-        let m = rx.borrow();
+        let m = rx.borrow_watched();
         if m.state != ServerState::Leader
             || !m.vote.committed
             || m.vote.leader_id.node_id != self.node_id
@@ -966,15 +968,20 @@ impl Host {
     /// One ReadIndex round: leadership confirmed by a quorum, state machine
     /// applied up to the commit index seen at its start.
     async fn read_index(&self, replica: &Replica) -> Result<(), ShardError> {
-        match tokio::time::timeout(self.config.read_timeout, replica.raft.ensure_linearizable())
-            .await
+        match tokio::time::timeout(
+            self.config.read_timeout,
+            replica
+                .raft
+                .ensure_linearizable(openraft::ReadPolicy::ReadIndex),
+        )
+        .await
         {
             Err(_) => Err(ShardError::Timeout),
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
                 Err(self.not_leader(f.leader_id, f.leader_node))
             }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e)))) => {
                 Err(ShardError::NoQuorum(e.to_string()))
             }
             Ok(Err(e)) => Err(ShardError::Unavailable(e.to_string())),
@@ -1002,11 +1009,11 @@ impl Host {
     fn check_leader(&self, replica: &Replica) -> Result<(), ShardError> {
         let rx = replica.raft.metrics();
         let (leader, node) = {
-            let m = rx.borrow();
+            let m = rx.borrow_watched();
             if m.state == ServerState::Leader {
                 let voters = m.membership_config.membership().voter_ids().count();
                 let lease = self.config.raft.election_timeout_max;
-                return match m.millis_since_quorum_ack {
+                return match millis_since_quorum_ack(&m) {
                     Some(ms) if voters > 1 && ms > lease => Err(ShardError::NoQuorum(format!(
                         "leader {} has not heard from a majority for {ms} ms",
                         self.node_id
@@ -1188,6 +1195,15 @@ fn spawn_leader_logger(gid: u64, raft: Raft, counters: Arc<proposer::GroupCounte
     });
 }
 
+/// How long ago a quorum last acknowledged this leader, from its metrics
+/// (`None` when it is not a leader or never heard from one).
+fn millis_since_quorum_ack(m: &openraft::RaftMetrics<super::types::TypeConfig>) -> Option<u64> {
+    use openraft::Instant as _;
+    m.last_quorum_acked
+        .as_ref()
+        .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1258,7 +1274,7 @@ mod tests {
 
     fn set_entry(index: u64, key: &'static [u8]) -> crate::shard::types::Entry {
         openraft::Entry {
-            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(9, 1), index),
+            log_id: crate::shard::types::log_id(9, 1, index),
             payload: openraft::EntryPayload::Normal(LogCmd::Write(WriteCmd {
                 now_ms: 1,
                 op: WriteOp::Set {
@@ -1274,15 +1290,14 @@ mod tests {
 
     #[tokio::test]
     async fn an_apply_still_queued_when_its_replica_is_removed_writes_nothing() {
-        use openraft::storage::RaftStateMachine;
         let dir = tempfile::tempdir().unwrap();
         let (host, gid) = one_group_host(dir.path()).await;
         // openraft's state-machine worker holds its own handle and keeps
         // applying what was queued to it after `Raft::shutdown` returns.
-        let mut worker_sm = host.get(gid).unwrap().sm.clone();
+        let worker_sm = host.get(gid).unwrap().sm.clone();
         host.remove(gid).await.unwrap();
         assert_eq!(state_rows(&host, gid).await, Vec::<Vec<u8>>::new());
-        let late = worker_sm.apply(vec![set_entry(1000, b"k")]).await;
+        let late = worker_sm.apply_batch(vec![set_entry(1000, b"k")]).await;
         assert!(
             late.is_err(),
             "a removed replica applied an entry: {late:?}"
@@ -1302,8 +1317,11 @@ mod tests {
         host.remove(gid).await.unwrap();
         // What a late apply left behind before the fence existed: the
         // applied index (and a row) of the removed group.
-        let applied = Some(openraft::LogId::new(
-            openraft::CommittedLeaderId::new(9, 1),
+        let applied = Some(crate::shard::types::LogId::new(
+            crate::shard::types::LeaderId {
+                term: 9,
+                node_id: 1,
+            },
             1000,
         ));
         let row = crate::shard::codec::encode(

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ServerState};
 
 use super::codec;
@@ -471,7 +472,7 @@ async fn the_key_counter_follows_writes_and_is_kept_with_the_data() {
         .unwrap()
         .raft
         .metrics()
-        .borrow()
+        .borrow_watched()
         .last_applied
         .map_or(0, |l| l.index);
     let record = |index: u64, n: i64| codec::encode(codec::Format::KeyCount, &(index, n)).unwrap();
@@ -522,7 +523,7 @@ async fn add_learner_never_redirects_a_known_peer() {
         .unwrap()
         .raft
         .metrics()
-        .borrow()
+        .borrow_watched()
         .membership_config
         .membership()
         .clone();

@@ -149,12 +149,12 @@ impl LogTail {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+    use openraft::EntryPayload;
 
     fn entry(term: u64, index: u64) -> (Entry, usize) {
         (
             Entry {
-                log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+                log_id: crate::shard::types::log_id(term, 1, index),
                 payload: EntryPayload::Blank,
             },
             10,

@@ -16,14 +16,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
-    Unreachable,
-};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+use openraft::error::{NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft_legacy::network_v1::{
+    Adapter, InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse, RaftNetwork,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -32,7 +29,7 @@ use tonic::transport::Channel;
 use super::codec::{self, Format};
 use super::lease::Lease;
 use super::stream::{CallError, Service, Streams, KIND_APPEND, KIND_VOTE};
-use super::types::{Node, NodeId, TypeConfig};
+use super::types::{LogId, Node, NodeId, SnapshotBytes, TypeConfig};
 use super::wire;
 use crate::proto::raft_service_client::RaftServiceClient;
 use crate::proto::{RaftMessage, StreamRequest};
@@ -163,17 +160,20 @@ pub struct NetworkFactory {
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
-    type Network = GroupNetwork;
+    /// openraft 0.10 speaks `RaftNetworkV2`; the legacy adapter turns its
+    /// whole-snapshot sends into the chunked InstallSnapshot calls the
+    /// receiving `RaftService` takes (`wire::SNAPSHOT_CHUNK` at a time).
+    type Network = Adapter<TypeConfig, GroupNetwork, SnapshotBytes>;
 
-    async fn new_client(&mut self, target: NodeId, node: &Node) -> GroupNetwork {
-        GroupNetwork {
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
+        Adapter::new(GroupNetwork {
             transport: self.transport.clone(),
             gid: self.gid,
             target,
             fallback_addr: node.addr.clone(),
             lease: self.lease.clone(),
             sent: SentCounters::to(target),
-        }
+        })
     }
 }
 
@@ -249,7 +249,7 @@ impl GroupNetwork {
         rpc: Rpc,
         req: &Req,
         ttl: Duration,
-    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    ) -> Result<Resp, RPCError<TypeConfig, RaftError<TypeConfig, E>>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -303,7 +303,7 @@ impl GroupNetwork {
                 | CallError::Tls(why),
             ) => return Err(unreachable(why)),
         };
-        let result: Result<Resp, RaftError<NodeId, E>> = codec::decode(reply_format, &reply)
+        let result: Result<Resp, RaftError<TypeConfig, E>> = codec::decode(reply_format, &reply)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
@@ -316,7 +316,7 @@ impl GroupNetwork {
         payload: Vec<u8>,
         ttl: Duration,
         reply_format: Format,
-    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    ) -> Result<Resp, RPCError<TypeConfig, RaftError<TypeConfig, E>>>
     where
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
@@ -345,28 +345,25 @@ impl GroupNetwork {
             }
             Ok(Ok(reply)) => reply.into_inner(),
         };
-        let result: Result<Resp, RaftError<NodeId, E>> =
+        let result: Result<Resp, RaftError<TypeConfig, E>> =
             codec::decode(reply_format, &reply.payload)
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
-impl RaftNetwork<TypeConfig> for GroupNetwork {
-    async fn append_entries(
+impl GroupNetwork {
+    /// One AppendEntries as it is: the lease hears of each one the peer
+    /// accepts.
+    async fn append_one(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        if let Some(fit) = entries_over_budget(&rpc, wire::APPEND_BUDGET) {
-            // openraft sends the first `fit` entries, then the rest.
-            return Err(RPCError::PayloadTooLarge(
-                PayloadTooLarge::new_entries_hint(fit),
-            ));
-        }
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig, RaftError<TypeConfig>>>
+    {
         // Taken before the request leaves: the peer hears it later.
         let sent = Instant::now();
-        let reply = self.call(Rpc::Append, &rpc, option.hard_ttl()).await;
+        let reply = self.call(Rpc::Append, rpc, option.hard_ttl()).await;
         // Every answer but HigherVote means the peer took our vote (and
         // refreshed its own promise not to vote for another leader).
         if let Ok(
@@ -379,14 +376,81 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         }
         reply
     }
+}
+
+impl RaftNetwork<TypeConfig> for GroupNetwork {
+    /// An AppendEntries over [`wire::APPEND_BUDGET`] goes as several, one
+    /// after the other, each under the budget (openraft 0.10 has no
+    /// `PayloadTooLarge` for the network to ask for fewer entries). Each
+    /// part commits at most up to its own last entry, so a follower never
+    /// commits an entry of its own that a later part would replace. The
+    /// answer is the first part's failure, or `PartialSuccess` up to the
+    /// last part accepted when a later part fails.
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig, RaftError<TypeConfig>>>
+    {
+        let parts = split_entries(
+            rpc.entries.len(),
+            |i| codec::payload_len(&rpc.entries[i]),
+            wire::APPEND_BUDGET,
+        );
+        if parts.len() < 2 {
+            return self.append_one(&rpc, &option).await;
+        }
+        tracing::info!(
+            group = self.gid,
+            peer = self.target,
+            parts = parts.len(),
+            "AppendEntries over the wire budget: sent in parts"
+        );
+        let AppendEntriesRequest {
+            vote,
+            mut prev_log_id,
+            entries,
+            leader_commit,
+        } = rpc;
+        let mut entries = entries.into_iter();
+        let mut matched: Option<LogId> = None;
+        for (n, len) in parts.into_iter().enumerate() {
+            let part: Vec<_> = entries.by_ref().take(len).collect();
+            let last = part.last().map(|e| e.log_id);
+            let req = AppendEntriesRequest {
+                vote,
+                prev_log_id,
+                entries: part,
+                leader_commit: leader_commit.min(last),
+            };
+            let reply = self.append_one(&req, &option).await;
+            match reply {
+                Ok(AppendEntriesResponse::Success) => {
+                    matched = last;
+                    prev_log_id = last;
+                }
+                other if n == 0 => return other,
+                Ok(AppendEntriesResponse::PartialSuccess(upto)) => {
+                    return Ok(AppendEntriesResponse::PartialSuccess(upto.max(matched)))
+                }
+                Ok(AppendEntriesResponse::HigherVote(v)) => {
+                    return Ok(AppendEntriesResponse::HigherVote(v))
+                }
+                Ok(AppendEntriesResponse::Conflict) | Err(_) => {
+                    return Ok(AppendEntriesResponse::PartialSuccess(matched))
+                }
+            }
+        }
+        Ok(AppendEntriesResponse::Success)
+    }
 
     async fn install_snapshot(
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+        InstallSnapshotResponse<TypeConfig>,
+        RPCError<TypeConfig, RaftError<TypeConfig, InstallSnapshotError>>,
     > {
         // Test only: corrupt every snapshot this node sends until a receiver
         // has refused one (a send lost to a transient error does not count).
@@ -425,29 +489,51 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig, RaftError<TypeConfig>>> {
         self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
     }
 }
 
-/// When `rpc` would pass `budget` bytes on the wire and holds more than
-/// one entry: how many of its first entries fit (at least one, so an entry
-/// bigger than the budget still goes, alone). `None`: send it as it is.
-fn entries_over_budget(rpc: &AppendEntriesRequest<TypeConfig>, budget: usize) -> Option<u64> {
-    if rpc.entries.len() < 2 {
-        return None;
-    }
-    // Sizes are counted, not encoded: nothing is copied.
-    let mut total = 0usize;
-    for (fit, entry) in rpc.entries.iter().enumerate() {
-        total = total.saturating_add(codec::payload_len(entry));
-        if total > budget {
-            return Some((fit as u64).max(1));
+/// How to cut `n` entries (entry `i` taking `len(i)` bytes on the wire)
+/// into consecutive parts of at most `budget` bytes each: the number of
+/// entries in each part, in order. An entry bigger than the budget goes
+/// alone. Sizes are counted, not encoded: nothing is copied.
+fn split_entries(n: usize, len: impl Fn(usize) -> usize, budget: usize) -> Vec<usize> {
+    let mut parts = Vec::new();
+    let (mut count, mut bytes) = (0usize, 0usize);
+    for i in 0..n {
+        let l = len(i);
+        if count > 0 && bytes.saturating_add(l) > budget {
+            parts.push(count);
+            (count, bytes) = (0, 0);
         }
+        count += 1;
+        bytes = bytes.saturating_add(l);
     }
-    None
+    if count > 0 {
+        parts.push(count);
+    }
+    parts
+}
+
+/// A vote request as openraft 0.9 sent it (`Format::RaftVote` version 1).
+#[derive(serde::Deserialize)]
+struct VoteRequestV1 {
+    vote: super::types::Vote,
+    last_log_id: Option<LogId>,
+}
+
+/// Decode a `Format::RaftVote` request of any version: version 1 (openraft
+/// 0.9) has no `leadership_transfer`, which is then false.
+pub fn decode_vote(raw: &[u8]) -> Result<VoteRequest<TypeConfig>, codec::CodecError> {
+    let (version, payload) = codec::split(Format::RaftVote, raw)?;
+    if version >= Format::RaftVote.same_type_since() {
+        return codec::decode_payload(Format::RaftVote, version, payload);
+    }
+    let v1: VoteRequestV1 = codec::decode_payload(Format::RaftVote, version, payload)?;
+    Ok(VoteRequest::new(v1.vote, v1.last_log_id))
 }
 
 /// Encode a server-side result for the wire, as `format` (used by the
@@ -459,4 +545,25 @@ pub fn encode_result<T: Serialize, E: Serialize>(format: Format, r: &Result<T, E
         tracing::error!("cannot encode a reply: {e}");
         Vec::new()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_entries;
+
+    #[test]
+    fn appends_over_the_budget_are_cut_into_parts_that_fit() {
+        let sizes = |s: &'static [usize]| move |i: usize| s[i];
+        // Everything fits: one part, sent as it is.
+        assert_eq!(split_entries(3, sizes(&[10, 10, 10]), 30), vec![3]);
+        assert_eq!(split_entries(0, sizes(&[]), 30), Vec::<usize>::new());
+        // Parts as full as the budget allows, in order.
+        assert_eq!(
+            split_entries(5, sizes(&[10, 10, 10, 10, 10]), 25),
+            vec![2, 2, 1]
+        );
+        // An entry bigger than the budget goes alone, never held back.
+        assert_eq!(split_entries(3, sizes(&[5, 100, 5]), 20), vec![1, 1, 1]);
+        assert_eq!(split_entries(1, sizes(&[100]), 20), vec![1]);
+    }
 }

@@ -20,6 +20,7 @@
 //! * `<db>` is the table's index (TABLE.USE / SELECT), from the node's
 //!   mirror of the table records.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -33,7 +34,7 @@ use super::command::{Expiry, MoveMode, OpReply, SetCond, WriteCmd, WriteOp};
 use super::elements::{KeyView, SetOp};
 use super::list::{End, LWrite};
 use super::pubsub::{Registry, KIND_CHANNEL};
-use super::types::Raft;
+use super::types::Metrics;
 use super::value::Stored;
 use super::zset::{ZBy, ZWrite};
 
@@ -636,8 +637,9 @@ pub struct Publisher {
     pub table: String,
     pub events: Arc<KeyspaceEvents>,
     pub registry: Arc<Registry>,
-    /// The group's Raft, set once it runs: only its leader publishes.
-    pub raft: OnceLock<Raft>,
+    /// The group's Raft metrics, set once it runs: only its leader
+    /// publishes.
+    pub metrics: OnceLock<Metrics>,
 }
 
 impl Publisher {
@@ -659,9 +661,9 @@ impl Publisher {
             return;
         }
         let leads = self
-            .raft
+            .metrics
             .get()
-            .is_some_and(|r| r.metrics().borrow().state == ServerState::Leader);
+            .is_some_and(|m| m.borrow_watched().state == ServerState::Leader);
         if !leads {
             return;
         }
@@ -787,7 +789,7 @@ mod tests {
             table: "default".into(),
             events: events.clone(),
             registry: registry.clone(),
-            raft: OnceLock::new(),
+            metrics: OnceLock::new(),
         };
         assert_eq!(p.wanted(), 0);
         events.set_flags(parse_flags(b"KEA").unwrap_or(0));

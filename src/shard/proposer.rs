@@ -24,7 +24,8 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::oneshot;
 
 use super::command::{LogCmd, OpReply, WriteCmd};
-use super::types::{NodeId, Raft};
+use super::store::Raft;
+use super::types::NodeId;
 use super::ShardError;
 
 /// Proposals in flight per group at most.

@@ -4,6 +4,7 @@
 //! the state machine re-checks key by key). And the collector of dead
 //! collection elements on every replica ([`spawn_element_collector`]).
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +33,7 @@ pub fn spawn_expiry_purger(host: Arc<Host>, period: Duration) {
             for replica in host.replicas() {
                 let applied = {
                     let m = replica.raft.metrics();
-                    let m = m.borrow();
+                    let m = m.borrow_watched();
                     if m.state != ServerState::Leader {
                         continue;
                     }
@@ -163,7 +164,7 @@ pub fn spawn_element_collector(host: Arc<Host>, period: Duration) {
                 let applied = replica
                     .raft
                     .metrics()
-                    .borrow()
+                    .borrow_watched()
                     .last_applied
                     .map_or(0, |l| l.index);
                 let (cursor, seen) = states.entry(gid).or_insert((None, u64::MAX));

@@ -9,19 +9,22 @@ use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status, Streaming};
 
-use openraft::error::{InstallSnapshotError, RaftError, SnapshotMismatch};
-use openraft::raft::{InstallSnapshotRequest, VoteRequest, VoteResponse};
-use openraft::SnapshotSegmentId;
+use openraft::error::RaftError;
+use openraft::raft::{VoteRequest, VoteResponse};
+use openraft_legacy::network_v1::{
+    ChunkedSnapshotReceiver, InstallSnapshotError, InstallSnapshotRequest, SnapshotMismatch,
+    SnapshotSegmentId,
+};
 
 use super::codec::{self, Format};
 use super::command::{OpReply, ShardRequest};
 use super::hibernate::{HibernateRequest, Ping};
 use super::host::Host;
-use super::network::encode_result;
+use super::network::{decode_vote, encode_result};
 use super::snapshot::Receiver;
 use super::status::node_status;
 use super::stream::{KIND_APPEND, KIND_HIBERNATE, KIND_PING, KIND_VOTE};
-use super::types::{NodeId, TypeConfig};
+use super::types::TypeConfig;
 use super::wire;
 use super::ShardError;
 use crate::proto::raft_service_server::{RaftService, RaftServiceServer};
@@ -55,7 +58,7 @@ fn decode<T: serde::de::DeserializeOwned>(format: Format, raw: &[u8]) -> Result<
 }
 
 impl NodeService {
-    fn raft(&self, gid: u64) -> Result<super::types::Raft, Status> {
+    fn raft(&self, gid: u64) -> Result<super::store::Raft, Status> {
         self.host
             .get(gid)
             .map(|r| r.raft.clone())
@@ -99,7 +102,8 @@ impl RaftService for NodeService {
         let res = vote(
             &self.host,
             msg.group_id,
-            decode(Format::RaftVote, &msg.payload)?,
+            decode_vote(&msg.payload)
+                .map_err(|e| Status::invalid_argument(format!("bad payload: {e}")))?,
         )
         .await
         .ok_or_else(|| Status::not_found(format!("group {} is not hosted here", msg.group_id)))?;
@@ -134,7 +138,7 @@ impl RaftService for NodeService {
             self.max_snapshot_len,
         );
         let res = match checked {
-            Ok(_) => raft.install_snapshot(req).await,
+            Ok(_) => ChunkedSnapshotReceiver::install_snapshot(&raft, req).await,
             Err(e) => {
                 // Refused before openraft saw the last chunk: answer as
                 // openraft does to a chunk out of place, so the leader sends
@@ -297,8 +301,8 @@ fn expired(r: &StreamRequest, received: Instant) -> bool {
 async fn vote(
     host: &Host,
     gid: u64,
-    req: VoteRequest<NodeId>,
-) -> Option<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
+    req: VoteRequest<TypeConfig>,
+) -> Option<Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>>> {
     let replica = host.get(gid)?;
     replica.lease.vote_requested(&req.vote);
     let res = replica.raft.vote(req).await;
@@ -378,12 +382,12 @@ async fn serve_raft(host: Arc<Host>, r: StreamRequest, received: Instant) -> Str
             }
             Err(e) => refused(r.id, e.message().to_string()),
         },
-        KIND_VOTE => match decode(Format::RaftVote, &r.request) {
+        KIND_VOTE => match decode_vote(&r.request) {
             Ok(req) => match vote(&host, r.group_id, req).await {
                 Some(res) => reply(r.id, encode_result(Format::RaftVoteReply, &res)),
                 None => refused(r.id, format!("group {} is not hosted here", r.group_id)),
             },
-            Err(e) => refused(r.id, e.message().to_string()),
+            Err(e) => refused(r.id, format!("bad payload: {e}")),
         },
         KIND_HIBERNATE => match decode::<HibernateRequest>(Format::Hibernate, &r.request) {
             Ok(req) => {

@@ -1,6 +1,7 @@
 //! What a node reports about itself and its replicas (`ShardService.Status`),
 //! read by routers (is there a leader yet?) and by `shoal status`.
 
+use openraft::async_runtime::WatchReceiver;
 use serde::{Deserialize, Serialize};
 
 use super::host::Host;
@@ -78,7 +79,7 @@ pub fn node_status(host: &Host, gids: &[u64]) -> NodeStatus {
         .into_iter()
         .filter(|r| gids.is_empty() || gids.contains(&r.record.group_id))
         .map(|r| {
-            let m = r.raft.metrics().borrow().clone();
+            let m = r.raft.metrics().borrow_watched().clone();
             let membership = m.membership_config.membership();
             GroupStatus {
                 voters: membership.voter_ids().collect(),

@@ -4,7 +4,7 @@
 //! `raft_state` column families; every write goes through the engine's writer
 //! thread, so vote saves, appends, truncations and purges reach disk in the
 //! order openraft issued them, and appends are acknowledged (the
-//! `LogFlushed` callback) only once synced. The newest entries also stay in
+//! `IOFlushed` callback) only once synced. The newest entries also stay in
 //! memory ([`LogTail`]): replication and apply read what was just appended
 //! from there, not back from RocksDB. The committed index is queued to the
 //! writer, not awaited (`save_committed`).
@@ -34,11 +34,10 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine};
-use openraft::{
-    AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader,
-    RaftSnapshotBuilder, StorageIOError,
-};
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, IOFlushed, LogState, RaftLogStorage, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder};
+use openraft_legacy::network_v1::SnapshotReceiverFactory;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -53,20 +52,20 @@ use super::engine::{
 use super::log_tail::LogTail;
 use super::txn::{apply_txn_notified, blocked_by_lock, Prepared, TxnChange, TxnView};
 use super::types::{
-    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
+    Entry, LogId, Snapshot, SnapshotBytes, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig, Vote,
 };
 use super::value::{Corrupt, Kind, Place, Stored};
 
-fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::new(subject, verb, AnyError::error(e.to_string())).into()
-}
+/// A group's Raft: openraft 0.10 names the state machine in the type.
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
 fn read_err(e: impl std::fmt::Display) -> StorageError {
-    io_err(ErrorSubject::Store, ErrorVerb::Read, e)
+    std::io::Error::other(format!("reading the store: {e}"))
 }
 
 fn write_err(e: impl std::fmt::Display) -> StorageError {
-    io_err(ErrorSubject::Store, ErrorVerb::Write, e)
+    std::io::Error::other(format!("writing the store: {e}"))
 }
 
 fn encode<T: Serialize>(kind: Format, v: &T) -> Result<Vec<u8>, StorageError> {
@@ -238,6 +237,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
         entries.extend(from_tail);
         Ok(entries)
     }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.read_state(tag::VOTE, Format::Vote).await
+    }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
@@ -270,10 +273,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         self.put_state(tag::VOTE, Format::Vote, vote, true).await
-    }
-
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.read_state(tag::VOTE, Format::Vote).await
     }
 
     /// Queued, not awaited: openraft calls this in its core task before
@@ -322,21 +321,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn append<I>(
         &mut self,
         entries: I,
-        callback: LogFlushed<TypeConfig>,
+        callback: IOFlushed<TypeConfig>,
     ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         self.append_then(entries, move |r| {
-            callback.log_io_completed(r.map_err(|e| std::io::Error::other(e.to_string())))
+            callback.io_completed(r.map_err(|e| std::io::Error::other(e.to_string())))
         })
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.tail()?.truncate(log_id.index);
+    /// Keep the log up to `last_log_id` and delete every entry after it.
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), StorageError> {
+        let from = last_log_id.map_or(0, |l| l.index + 1);
+        self.tail()?.truncate(from);
         let (_, end) = group_range(self.gid);
-        let op = Op::DeleteRange(Cf::Log, log_key(self.gid, log_id.index), end);
+        let op = Op::DeleteRange(Cf::Log, log_key(self.gid, from), end);
         self.engine.write(vec![op], true).await.map_err(write_err)
     }
 
@@ -406,7 +407,6 @@ struct SmInner {
     gid: u64,
     applied: Option<LogId>,
     membership: StoredMembership,
-    snapshot_seq: u64,
     /// Prepared transactions held: while 0, plain writes skip the lock check.
     prepared_count: usize,
     /// Keys the group stores, as `(applied index it is true at, count)`:
@@ -966,7 +966,6 @@ impl StateMachine {
                 gid,
                 applied,
                 membership,
-                snapshot_seq: 0,
                 prepared_count,
                 key_count,
             })),
@@ -1147,6 +1146,7 @@ fn decode_key_count(raw: &[u8]) -> Option<(u64, i64)> {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotBytes;
     type SnapshotBuilder = StateMachine;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
@@ -1154,12 +1154,58 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((inner.applied, inner.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<OpReply>, StorageError>
+    /// Takes the whole batch openraft hands over, applies it as one
+    /// `WriteBatch` ([`StateMachine::apply_batch`]), then answers each
+    /// waiting client in log order.
+    async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), StorageError>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        Strm:
+            Stream<Item = Result<EntryResponder<TypeConfig>, StorageError>> + Unpin + OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
+        let items: Vec<EntryResponder<TypeConfig>> = entries
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        let (entries, responders): (Vec<Entry>, Vec<_>) = items.into_iter().unzip();
+        let replies = self.apply_batch(entries).await?;
+        for (reply, responder) in replies.into_iter().zip(responders) {
+            if let Some(responder) = responder {
+                responder.send(reply);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotBytes,
+    ) -> Result<(), StorageError> {
+        self.install(meta, snapshot).await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        self.current_snapshot().await
+    }
+}
+
+impl SnapshotReceiverFactory<TypeConfig> for StateMachine {
+    type SnapshotReceiver = SnapshotBytes;
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<SnapshotBytes, StorageError> {
+        Ok(Cursor::new(Vec::new()))
+    }
+}
+
+impl StateMachine {
+    /// Apply committed `entries` (one reply per entry, in order): their
+    /// data changes and the new applied index go into one `WriteBatch`.
+    pub async fn apply_batch(&self, entries: Vec<Entry>) -> Result<Vec<OpReply>, StorageError> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
@@ -1227,18 +1273,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(done.replies)
     }
 
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        self.clone()
-    }
-
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
-    async fn install_snapshot(
-        &mut self,
+    /// Replace the group's data with a received snapshot's.
+    async fn install(
+        &self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: SnapshotBytes,
     ) -> Result<(), StorageError> {
         let mut inner = self.inner.lock().await;
         self.check_open()?;
@@ -1309,7 +1348,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+    /// The stored snapshot, if there is one and it is sound.
+    async fn current_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
         let inner = self.inner.lock().await;
         let gid = inner.gid;
         let (meta, data) = inner
@@ -1335,7 +1375,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 Ok(Some(Snapshot {
                     meta: decode(Format::SnapshotMeta, &meta)?,
-                    snapshot: Box::new(Cursor::new(data)),
+                    snapshot: Cursor::new(data),
                 }))
             }
             _ => Ok(None),
@@ -1344,21 +1384,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotBytes;
+
     /// Copies the group's data while holding the state-machine lock, so no
     /// entry is applied half way through the copy.
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let mut inner = self.inner.lock().await;
+        let inner = self.inner.lock().await;
         self.check_open()?;
         let gid = inner.gid;
-        inner.snapshot_seq += 1;
         let meta = SnapshotMeta {
             last_log_id: inner.applied,
             last_membership: inner.membership.clone(),
-            snapshot_id: format!(
-                "{gid}-{}-{}",
-                inner.applied.map_or(0, |l| l.index),
-                inner.snapshot_seq
-            ),
         };
         let bytes = inner
             .engine
@@ -1404,7 +1440,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         inner.engine.write(ops, false).await.map_err(write_err)?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Cursor::new(bytes),
         })
     }
 }
@@ -1428,25 +1464,35 @@ pub async fn destroy_group(engine: &Engine, gid: u64) -> Result<(), engine::Engi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::testing::{StoreBuilder, Suite};
+    use openraft::errors::ErrorSource;
+    use openraft::testing::log::{StoreBuilder, Suite};
 
     struct Builder;
 
+    /// The suite's own error type, from ours.
+    fn suite_err(e: std::io::Error) -> openraft::StorageError<TypeConfig> {
+        openraft::StorageError::write(openraft::impls::BoxedErrorSource::from_error(&e))
+    }
+
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
-        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
-            let dir = tempfile::tempdir().map_err(write_err)?;
-            let engine = Arc::new(Engine::open(dir.path(), true).map_err(write_err)?);
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore, StateMachine), openraft::StorageError<TypeConfig>>
+        {
+            let dir = tempfile::tempdir().map_err(suite_err)?;
+            let engine =
+                Arc::new(Engine::open(dir.path(), true).map_err(|e| suite_err(write_err(e)))?);
             // A non-zero group id, with a neighbour group's keys around it, so
             // range bounds are exercised.
             let log = LogStore::new(engine.clone(), 7);
-            let sm = StateMachine::open(engine, 7).await?;
+            let sm = StateMachine::open(engine, 7).await.map_err(suite_err)?;
             Ok((dir, log, sm))
         }
     }
 
     fn blank(term: u64, index: u64) -> Entry {
         Entry {
-            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
+            log_id: crate::shard::types::log_id(term, 1, index),
             payload: EntryPayload::Blank,
         }
     }
@@ -1492,7 +1538,9 @@ mod tests {
             assert_eq!(indices, (a..b.min(601)).collect::<Vec<_>>());
         }
         // A new leader's entries replace the end of the log.
-        log.truncate(blank(1, 595).log_id).await.unwrap();
+        log.truncate_after(Some(blank(1, 594).log_id))
+            .await
+            .unwrap();
         append(&log, (595..605).map(|i| blank(2, i))).await;
         for (a, b) in ranges {
             let got = log.try_get_log_entries(a..b).await.unwrap();
@@ -1508,7 +1556,7 @@ mod tests {
 
     fn entry(index: u64, cmd: LogCmd) -> Entry {
         Entry {
-            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            log_id: crate::shard::types::log_id(1, 1, index),
             payload: EntryPayload::Normal(cmd),
         }
     }
@@ -1588,13 +1636,13 @@ mod tests {
     async fn a_collection_recreated_in_one_batch_starts_empty() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Arc::new(Engine::open(dir.path(), false).unwrap());
-        let mut sm = StateMachine::open(engine.clone(), 7).await.unwrap();
+        let sm = StateMachine::open(engine.clone(), 7).await.unwrap();
         let batch = LogCmd::Batch(vec![
             hset("h", &[("a", "1"), ("b", "2")]),
             del("h"),
             hset("h", &[("c", "3")]),
         ]);
-        let replies = sm.apply([entry(1, batch)]).await.unwrap();
+        let replies = sm.apply_batch(vec![entry(1, batch)]).await.unwrap();
         assert_eq!(
             replies,
             [OpReply::Array(vec![
@@ -1617,7 +1665,7 @@ mod tests {
     async fn a_destination_replaced_in_one_batch_holds_only_its_new_elements() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Arc::new(Engine::open(dir.path(), false).unwrap());
-        let mut sm = StateMachine::open(engine.clone(), 7).await.unwrap();
+        let sm = StateMachine::open(engine.clone(), 7).await.unwrap();
         let rename = WriteCmd {
             now_ms: 1,
             op: crate::shard::command::WriteOp::Move {
@@ -1631,7 +1679,7 @@ mod tests {
             hset("s", &[("new", "2")]),
             rename,
         ]);
-        sm.apply([entry(1, batch)]).await.unwrap();
+        sm.apply_batch(vec![entry(1, batch)]).await.unwrap();
         assert_eq!(
             hgetall(&engine, 7, "d"),
             [("new".to_string(), "2".to_string())]
@@ -1651,19 +1699,19 @@ mod tests {
         let pairs: Vec<(&str, &str)> = big.iter().map(|(f, v)| (f.as_str(), v.as_str())).collect();
         // Separate applies: rows written, then their record deleted (in one
         // apply the batch would drop them before writing anything).
-        sm.apply([
+        sm.apply_batch(vec![
             entry(1, LogCmd::Write(hset("gone", &pairs))),
             entry(2, LogCmd::Write(hset("kept", &[("x", "1")]))),
         ])
         .await
         .unwrap();
-        sm.apply([entry(3, LogCmd::Write(del("gone")))])
+        sm.apply_batch(vec![entry(3, LogCmd::Write(del("gone")))])
             .await
             .unwrap();
         assert_eq!(sub_rows_of(&engine, 7), 301);
         assert!(hgetall(&engine, 7, "gone").is_empty());
         // Re-created: a new generation, its old elements still invisible.
-        sm.apply([entry(4, LogCmd::Write(hset("gone", &[("new", "1")])))])
+        sm.apply_batch(vec![entry(4, LogCmd::Write(hset("gone", &[("new", "1")])))])
             .await
             .unwrap();
         assert_eq!(
@@ -1713,9 +1761,10 @@ mod tests {
     }
 
     #[test]
-    fn openraft_storage_suite() -> Result<(), StorageError> {
-        Suite::test_all(Builder)?;
-        Ok(())
+    fn openraft_storage_suite() -> Result<(), openraft::StorageError<TypeConfig>> {
+        tokio::runtime::Runtime::new()
+            .map_err(suite_err)?
+            .block_on(Suite::test_all(Builder))
     }
 }
 

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
-use openraft::{CommittedLeaderId, EntryPayload};
+use openraft::EntryPayload;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -114,7 +114,7 @@ struct Rows {
 
 impl Sm {
     async fn apply(&mut self, entries: &[Entry]) -> Vec<OpReply> {
-        self.sm.apply(entries.to_vec()).await.expect("apply")
+        self.sm.apply_batch(entries.to_vec()).await.expect("apply")
     }
 
     /// Apply `entries` in batches ending at `cuts`; every reply, in order.
@@ -404,7 +404,7 @@ fn entries(steps: &[Step]) -> Vec<Entry> {
         .iter()
         .enumerate()
         .map(|(i, s)| Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), i as u64 + 1),
+            log_id: crate::shard::types::log_id(1, 1, i as u64 + 1),
             payload: match s {
                 Step::Write(w) => EntryPayload::Normal(LogCmd::Write(w.clone())),
                 Step::Txn(t) => EntryPayload::Normal(LogCmd::Txn(t.clone())),
