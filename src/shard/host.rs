@@ -55,6 +55,13 @@ pub struct Replica {
     /// Plain writes waiting to be proposed together.
     proposer: Arc<proposer::Proposer>,
     target: proposer::Target,
+    /// Held by a script from its run to its entry's apply, so the scripts
+    /// of a group never race each other ([`Host::run_script`]).
+    script_turn: tokio::sync::Mutex<()>,
+    /// Read-held by every transaction entry's proposal; a script that
+    /// holds the group's writes back takes it to write (with
+    /// [`proposer::Proposer::pause`] for the plain writes).
+    txn_gate: tokio::sync::RwLock<()>,
     /// Whether the group hibernates here (`hibernate`).
     pub sleep: Sleep,
     /// Requests served and their time here (`served`).
@@ -121,6 +128,9 @@ pub struct HostConfig {
 
 /// Runs of one script before it gives up on keys that keep changing.
 const MAX_SCRIPT_ATTEMPTS: u32 = 50;
+/// Runs of a script that lost to other writes before it holds the group's
+/// plain writes back for its next run ([`proposer::Proposer::pause`]).
+const SCRIPT_ATTEMPTS_BEFORE_PAUSE: u32 = 2;
 
 pub struct Host {
     pub node_id: NodeId,
@@ -376,6 +386,8 @@ impl Host {
             removed: Default::default(),
             proposer: Arc::default(),
             target,
+            script_turn: Default::default(),
+            txn_gate: Default::default(),
             sleep: Sleep::default(),
             served: Default::default(),
         });
@@ -491,7 +503,10 @@ impl Host {
                 Err(refused) => Ok(refused),
             },
             ShardRequest::Txn(mut entry) => match entry.admit(&limits) {
-                Ok(()) => self.propose(replica, LogCmd::Txn(entry)).await,
+                Ok(()) => {
+                    let _gate = replica.txn_gate.read().await;
+                    self.propose(replica, LogCmd::Txn(entry)).await
+                }
                 Err(refused) => Ok(refused),
             },
             ShardRequest::Read {
@@ -820,11 +835,27 @@ impl Host {
         self.check_leader(replica)?;
         let call = Arc::new(call);
         let limits = self.config.limits;
+        let mut _turn = None;
         for attempt in 0..MAX_SCRIPT_ATTEMPTS {
             if attempt > 0 {
                 // Whoever changed the keys is likely still at it.
                 tokio::time::sleep(Duration::from_millis(attempt.min(20) as u64)).await;
+                // From its first retry on, a script takes the group's
+                // turn, held to its apply: retrying scripts never make each
+                // other run again. (A first run does not wait for it, so a
+                // script still meets `-BUSY` behind a long one.)
+                if _turn.is_none() {
+                    _turn = Some(replica.script_turn.lock().await);
+                }
             }
+            // Lost to plain writes twice: hold them back for this attempt,
+            // so a hot key's INCRs cannot starve the script.
+            let _paused = if attempt >= SCRIPT_ATTEMPTS_BEFORE_PAUSE {
+                let plain = replica.proposer.pause(&replica.target).await;
+                Some((plain, replica.txn_gate.write().await))
+            } else {
+                None
+            };
             self.linearize(replica).await?;
             let guard = match self.scripts.start(gid) {
                 Ok(g) => g,

@@ -65,12 +65,45 @@ pub struct GroupCounters {
 struct State {
     queue: Vec<(WriteCmd, oneshot::Sender<Reply>)>,
     running: usize,
+    /// [`Proposer::pause`] guards alive: while any is, writes queue up and
+    /// no proposer starts or goes on to a next batch.
+    paused: usize,
 }
 
 /// One group's queue of writes waiting to be proposed.
 #[derive(Default)]
 pub struct Proposer {
     state: Mutex<State>,
+    /// Told whenever the last running proposer stops.
+    idle: tokio::sync::Notify,
+}
+
+/// While alive, the group's plain writes wait in the queue; dropping it
+/// starts proposers for what queued meanwhile.
+pub struct Paused {
+    proposer: Arc<Proposer>,
+    target: Target,
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let starts = match self.proposer.state.lock() {
+            Ok(mut s) => {
+                s.paused -= 1;
+                let wanted = if s.paused == 0 && !s.queue.is_empty() {
+                    MAX_RUNNING.saturating_sub(s.running)
+                } else {
+                    0
+                };
+                s.running += wanted;
+                wanted
+            }
+            Err(_) => 0,
+        };
+        for _ in 0..starts {
+            tokio::spawn(run(self.proposer.clone(), self.target.clone()));
+        }
+    }
 }
 
 impl Proposer {
@@ -84,7 +117,7 @@ impl Proposer {
                 .lock()
                 .map_err(|_| ShardError::Unavailable("proposal queue poisoned".into()))?;
             s.queue.push((cmd, tx));
-            let start = s.running < MAX_RUNNING;
+            let start = s.paused == 0 && s.running < MAX_RUNNING;
             if start {
                 s.running += 1;
             }
@@ -100,12 +133,38 @@ impl Proposer {
         })
     }
 
+    /// Hold the group's plain writes back and wait until every proposal
+    /// of this proposer has returned (been applied, or failed): a script
+    /// that lost to plain writes too often runs against a state that no
+    /// plain write changes until its own entry is applied.
+    pub async fn pause(self: &Arc<Self>, target: &Target) -> Paused {
+        let paused = {
+            if let Ok(mut s) = self.state.lock() {
+                s.paused += 1;
+            }
+            Paused {
+                proposer: self.clone(),
+                target: target.clone(),
+            }
+        };
+        loop {
+            let idle = self.idle.notified();
+            if self.state.lock().map_or(true, |s| s.running == 0) {
+                return paused;
+            }
+            idle.await;
+        }
+    }
+
     /// The next batch, or `None` (and this proposer stops) when the queue
-    /// is empty.
+    /// is empty or a pause holds the writes back.
     fn next_batch(&self) -> Option<Vec<(WriteCmd, oneshot::Sender<Reply>)>> {
         let mut s = self.state.lock().ok()?;
-        if s.queue.is_empty() {
+        if s.queue.is_empty() || s.paused > 0 {
             s.running -= 1;
+            if s.running == 0 {
+                self.idle.notify_waiters();
+            }
             return None;
         }
         let mut bytes = 0usize;
