@@ -284,7 +284,6 @@ impl Default for DevConfig {
     }
 }
 
-/// Read a TOML config file, or the defaults when `path` is `None`.
 /// The async runtime's threads: `wanted` (a flag or a config file's
 /// `worker_threads`), or one per core when unset.
 pub fn worker_threads(wanted: Option<usize>) -> anyhow::Result<usize> {
@@ -295,6 +294,7 @@ pub fn worker_threads(wanted: Option<usize>) -> anyhow::Result<usize> {
     }
 }
 
+/// Read a TOML config file, or the defaults when `path` is `None`.
 pub fn load<T: for<'a> Deserialize<'a> + Default>(path: Option<&Path>) -> anyhow::Result<T> {
     match path {
         None => Ok(T::default()),

@@ -168,23 +168,13 @@ fn worker_threads_come_from_the_flag_the_config_file_or_the_cores() {
     // A router: one per core by default, the file's count, the flag over
     // the file.
     assert_eq!(runtime_workers(&addrs["router-2"]), cores);
-    let metrics = ["--metrics-listen", "127.0.0.1:0"];
-    let from_file = extra_router(
-        &cluster,
-        &dir.path().join("r1"),
-        "worker_threads = 3\n",
-        &metrics,
-    )
-    .1;
-    let flags = [&metrics[..], &["--worker-threads", "5"]].concat();
-    let from_flag = extra_router(
-        &cluster,
-        &dir.path().join("r2"),
-        "worker_threads = 3\n",
-        &flags,
-    )
-    .1;
-    for (router, want) in [(from_file, 3), (from_flag, 5)] {
+    for (name, flags, want) in [
+        ("r1", &[][..], 3),
+        ("r2", &["--worker-threads", "5"][..], 5),
+    ] {
+        let flags = [&["--metrics-listen", "127.0.0.1:0"][..], flags].concat();
+        let dir = dir.path().join(name);
+        let router = extra_router(&cluster, &dir, "worker_threads = 3\n", &flags).1;
         let log = std::fs::read_to_string(router.log_path()).unwrap();
         let addr = logged_metrics_addr(&log).expect("the router logs its metrics address");
         assert_eq!(runtime_workers(&addr), want);

@@ -7,12 +7,12 @@
 //! decided elsewhere (the reconciler in `node::reconcile`); this module only
 //! carries that out, and serves reads and writes on the replicas it has.
 
-use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
@@ -835,7 +835,7 @@ impl Host {
         self.check_leader(replica)?;
         let call = Arc::new(call);
         let limits = self.config.limits;
-        let mut _turn = None;
+        let mut turn = None;
         for attempt in 0..MAX_SCRIPT_ATTEMPTS {
             if attempt > 0 {
                 // Whoever changed the keys is likely still at it.
@@ -844,8 +844,8 @@ impl Host {
                 // turn, held to its apply: retrying scripts never make each
                 // other run again. (A first run does not wait for it, so a
                 // script still meets `-BUSY` behind a long one.)
-                if _turn.is_none() {
-                    _turn = Some(replica.script_turn.lock().await);
+                if turn.is_none() {
+                    turn = Some(replica.script_turn.lock().await);
                 }
             }
             // Lost to plain writes twice: hold them back for this attempt,
