@@ -174,7 +174,10 @@ impl Format {
             // Version 3 appended: cancellable waits (requests), whole
             // collections written at once and BITFIELD (operations, so log
             // entries, staged transactions and appends too).
-            Format::LogEntry | Format::Prepared | Format::RaftAppend => (1, 3),
+            Format::Prepared => (1, 3),
+            // Version 4 appended the mixed batch (`LogCmd::Mixed`: plain
+            // writes and one-phase transactions proposed together).
+            Format::LogEntry | Format::RaftAppend => (1, 4),
             // Version 4 appended pub/sub and scripts.
             Format::ShardRequest => (1, 4),
             // Version 3 appended booleans and verbatim text (script replies).

@@ -495,6 +495,28 @@ pub enum LogCmd {
     /// (`shard::proposer`): applied in order, each as if it were its own
     /// entry; the reply is an array of their replies.
     Batch(Vec<WriteCmd>),
+    /// Plain writes and one-phase transactions (a router's pipelines) of
+    /// several clients proposed together by the leader: [`LogCmd::Batch`]
+    /// when some of them are transactions. Applied in order, each as if it
+    /// were its own entry; the reply is an array of their replies.
+    Mixed(Vec<Proposal>),
+}
+
+/// One client's part of a [`LogCmd::Mixed`] entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Proposal {
+    Write(WriteCmd),
+    Txn(TxnEntry),
+}
+
+impl Proposal {
+    /// The bytes of keys and values it carries (the proposer's budget).
+    pub fn value_len(&self) -> usize {
+        match self {
+            Proposal::Write(cmd) => cmd.op.value_len(),
+            Proposal::Txn(t) => t.value_len(),
+        }
+    }
 }
 
 /// A short summary for openraft's log lines (never the values).
@@ -504,6 +526,7 @@ impl std::fmt::Display for LogCmd {
             LogCmd::Write(_) => write!(f, "write"),
             LogCmd::Txn(_) => write!(f, "txn"),
             LogCmd::Batch(writes) => write!(f, "batch of {}", writes.len()),
+            LogCmd::Mixed(parts) => write!(f, "mixed batch of {}", parts.len()),
         }
     }
 }

@@ -28,7 +28,7 @@ use super::command::{
     ExpireCond, Expiry, LogCmd, MoveMode, ObjectField, OpReply, ReadOp, SetCond, ShardRequest,
     WriteCmd, WriteOp,
 };
-use super::command::{TxnCmd, TxnEntry, TxnOp};
+use super::command::{Proposal, TxnCmd, TxnEntry, TxnOp};
 use super::engine::tag;
 use super::host::MembershipChange;
 use super::store::SnapshotData;
@@ -140,7 +140,7 @@ fn stored() -> Stored {
 fn log_entry_set_with_expiry() {
     let e = entry(42, EntryPayload::Normal(LogCmd::Write(set_with_expiry())));
     let pinned = concat!(
-        "0301",            // version 3, kind 1 (log entry)
+        "0401",            // version 4, kind 1 (log entry)
         "03 01 2a",        // log id: term 3, node 1, index 42 (varints)
         "01",              // EntryPayload::Normal
         "00",              // LogCmd::Write
@@ -167,7 +167,7 @@ fn log_entry_move_and_put_record() {
         Format::LogEntry,
         &entry(44, EntryPayload::Normal(LogCmd::Write(rename))),
         concat!(
-            "0301 03012c 01 00 05", // header, log id, Normal, Write, now_ms
+            "0401 03012c 01 00 05", // header, log id, Normal, Write, now_ms
             "0e",                   // WriteOp::Move (14)
             "0161 0162",            // src "a", dst "b"
             "01",                   // MoveMode::RenameNx
@@ -181,7 +181,7 @@ fn log_entry_move_and_put_record() {
         Format::LogEntry,
         &entry(45, EntryPayload::Normal(LogCmd::Write(put))),
         concat!(
-            "0301 03012d 01 00 05",
+            "0401 03012d 01 00 05",
             "0f",           // WriteOp::PutRecord (15)
             "016b",         // key "k"
             "2a",           // version 42
@@ -204,7 +204,7 @@ fn log_entry_mset() {
     golden(
         Format::LogEntry,
         &entry(43, EntryPayload::Normal(LogCmd::Write(cmd))),
-        "0301 03012b0100050202 0161013101620132 01",
+        "0401 03012b0100050202 0161013101620132 01",
     );
 }
 
@@ -227,13 +227,75 @@ fn log_entry_batch_of_writes() {
             EntryPayload::Normal(LogCmd::Batch(vec![set("a"), set("b")])),
         ),
         concat!(
-            "0301",     // version 3, kind 1 (log entry)
+            "0401",     // version 4, kind 1 (log entry)
             "03 01 2e", // log id: term 3, node 1, index 46
             "01",       // EntryPayload::Normal
             "02",       // LogCmd::Batch
             "02",       // two writes
             "05 00 0161 0176 00 00 00",
             "05 00 0162 0176 00 00 00",
+        ),
+    );
+    // Version 4 appended the mixed batch; a version 3 entry (a log written
+    // by the previous build) reads the same.
+    let old = codec::decode::<Entry>(
+        Format::LogEntry,
+        &unhex("0301 03012e 01 02 02 0500016101760000 00 0500016201760000 00"),
+    );
+    assert!(
+        matches!(&old, Ok(e) if e.log_id.index == 46
+            && matches!(&e.payload, EntryPayload::Normal(LogCmd::Batch(w)) if w.len() == 2)),
+        "{old:?}"
+    );
+}
+
+/// A pipeline's one-phase transaction proposed with another client's
+/// plain write (`LogCmd::Mixed`, after the kinds older nodes know).
+#[test]
+fn log_entry_mixed_batch() {
+    let set = WriteCmd {
+        now_ms: 5,
+        op: WriteOp::Set {
+            key: b("a"),
+            value: b("v"),
+            expiry: Expiry::Clear,
+            cond: SetCond::Always,
+            get: false,
+        },
+    };
+    let txn = TxnEntry {
+        now_ms: 6,
+        cmd: TxnCmd::OnePhase {
+            ops: vec![
+                TxnOp::Write(WriteOp::IncrBy { key: b("x"), by: 2 }),
+                TxnOp::Read(ReadOp::Get { key: b("x") }),
+            ],
+            watches: vec![],
+        },
+    };
+    golden(
+        Format::LogEntry,
+        &entry(
+            47,
+            EntryPayload::Normal(LogCmd::Mixed(vec![
+                Proposal::Write(set),
+                Proposal::Txn(txn),
+            ])),
+        ),
+        concat!(
+            "0401",     // version 4, kind 1 (log entry)
+            "03 01 2f", // log id: term 3, node 1, index 47
+            "01",       // EntryPayload::Normal
+            "03",       // LogCmd::Mixed
+            "02",       // two parts
+            "00",       // Proposal::Write
+            "05 00 0161 0176 00 00 00",
+            "01",            // Proposal::Txn
+            "06 00",         // now 6, one-phase
+            "02",            // two ops
+            "00 05 0178 04", // write: INCRBY x 2
+            "01 00 0178",    // read: GET x
+            "00",            // no watches
         ),
     );
 }
@@ -243,7 +305,7 @@ fn log_entry_transaction_prepare_and_commit() {
     golden(
         Format::LogEntry,
         &entry(44, EntryPayload::Normal(LogCmd::Txn(prepare()))),
-        "0301 \
+        "0401 \
          03012c010180d095 ffbc310109020005 0178030100017901 017905",
     );
     let commit = TxnEntry {
@@ -253,7 +315,7 @@ fn log_entry_transaction_prepare_and_commit() {
     golden(
         Format::LogEntry,
         &entry(45, EntryPayload::Normal(LogCmd::Txn(commit))),
-        "0301 03012d0101e4d095 ffbc310209",
+        "0401 03012d0101e4d095 ffbc310209",
     );
 }
 
@@ -262,12 +324,12 @@ fn log_entry_blank_and_membership() {
     golden(
         Format::LogEntry,
         &entry(1, EntryPayload::Blank),
-        "0301 03010100",
+        "0401 03010100",
     );
     golden(
         Format::LogEntry,
         &entry(2, EntryPayload::Membership(membership())),
-        "0301 \
+        "0401 \
          0301020201030102 030301076e313a37 30303102076e323a \
          3730303103076e33 3a37303031",
     );
@@ -797,9 +859,21 @@ fn raft_messages() {
     golden(
         Format::RaftAppend,
         &append,
-        "030f \
+        "040f \
          0301010103012901 03012a010080d095 ffbc3100016b0176 \
          02e0a499ffbc3101 0001030129",
+    );
+    // Version 3 (the previous build's appends) reads the same.
+    let old = codec::decode::<AppendEntriesRequest<TypeConfig>>(
+        Format::RaftAppend,
+        &unhex(
+            "030f 0301010103012901 03012a010080d095 ffbc3100016b0176 \
+             02e0a499ffbc3101 0001030129",
+        ),
+    );
+    assert_eq!(
+        format!("{old:?}"),
+        format!("{:?}", Ok::<_, CodecError>(append.clone()))
     );
     for reply in [
         AppendEntriesResponse::<TypeConfig>::Success,

@@ -18,7 +18,7 @@ use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
 
 use super::apply::{admit, apply_read, count_live, scan_page_of};
-use super::command::{Limits, LogCmd, OpReply, ReadOp, ShardRequest};
+use super::command::{Limits, LogCmd, OpReply, ReadOp, ShardRequest, TxnCmd};
 use super::elements::ReadView;
 use super::engine::{
     data_key, group_range, state_key, state_key_with, tag, Cf, DbView, Engine, EngineError, Op,
@@ -52,15 +52,17 @@ pub struct Replica {
     /// that overlapped the deletion must not be answered (found by the chaos
     /// harness: a GET on the leader that was just moved off answered nil).
     removed: std::sync::atomic::AtomicBool,
-    /// Plain writes waiting to be proposed together.
+    /// Plain writes and one-phase transactions waiting to be proposed
+    /// together.
     proposer: Arc<proposer::Proposer>,
     target: proposer::Target,
     /// Held by a script from its run to its entry's apply, so the scripts
     /// of a group never race each other ([`Host::run_script`]).
     script_turn: tokio::sync::Mutex<()>,
-    /// Read-held by every transaction entry's proposal; a script that
-    /// holds the group's writes back takes it to write (with
-    /// [`proposer::Proposer::pause`] for the plain writes).
+    /// Read-held by every 2PC step's proposal (PREPARE, COMMIT, ABORT); a
+    /// script that holds the group's writes back takes it to write (with
+    /// [`proposer::Proposer::pause`] for the plain writes and one-phase
+    /// transactions).
     txn_gate: tokio::sync::RwLock<()>,
     /// Whether the group hibernates here (`hibernate`).
     pub sleep: Sleep,
@@ -503,6 +505,14 @@ impl Host {
                 Err(refused) => Ok(refused),
             },
             ShardRequest::Txn(mut entry) => match entry.admit(&limits) {
+                // A one-phase transaction (a router's pipelined writes to
+                // one shard, a one-shard MULTI) joins the plain writes in
+                // the proposer, so pipelines of many connections share
+                // entries; a script's pause holds it back like them.
+                Ok(()) if matches!(entry.cmd, TxnCmd::OnePhase { .. }) => {
+                    self.check_leader(replica)?;
+                    replica.proposer.submit_txn(&replica.target, entry).await
+                }
                 Ok(()) => {
                     let _gate = replica.txn_gate.read().await;
                     self.propose(replica, LogCmd::Txn(entry)).await
@@ -1286,6 +1296,72 @@ mod tests {
             host.execute(gid, get()).await,
             Err(ShardError::UnknownGroup(_))
         ));
+    }
+
+    /// A router's pipelines (one-phase transactions) and plain writes of
+    /// many clients waiting together become one entry, and each client
+    /// gets its own reply.
+    #[tokio::test]
+    async fn pipelines_and_plain_writes_of_many_clients_share_an_entry() {
+        use crate::shard::command::{TxnCmd, TxnEntry, TxnOp};
+        let dir = tempfile::tempdir().unwrap();
+        let (host, gid) = one_group_host(dir.path()).await;
+        let b = |s: String| Bytes::from(s.into_bytes());
+        let set = |k: String, v: &str| WriteOp::Set {
+            key: b(k),
+            value: Bytes::copy_from_slice(v.as_bytes()),
+            expiry: crate::shard::command::Expiry::Clear,
+            cond: SetCond::Always,
+            get: false,
+        };
+        let before = host
+            .get(gid)
+            .unwrap()
+            .counters()
+            .proposals
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let mut calls = Vec::new();
+        for i in 0..32 {
+            let pipeline = ShardRequest::Txn(TxnEntry {
+                now_ms: 1,
+                cmd: TxnCmd::OnePhase {
+                    ops: vec![
+                        TxnOp::Write(set(format!("p{i}"), "a")),
+                        TxnOp::Read(ReadOp::Get {
+                            key: b(format!("p{i}")),
+                        }),
+                    ],
+                    watches: vec![],
+                },
+            });
+            let plain = ShardRequest::Write(WriteCmd {
+                now_ms: 1,
+                op: set(format!("w{i}"), "b"),
+            });
+            let host = host.clone();
+            calls.push(async move {
+                let (p, w) = tokio::join!(host.execute(gid, pipeline), host.execute(gid, plain));
+                (p.unwrap(), w.unwrap())
+            });
+        }
+        for (p, w) in futures::future::join_all(calls).await {
+            assert_eq!(
+                p,
+                OpReply::Array(vec![OpReply::Ok, OpReply::Bulk(Bytes::from_static(b"a"))])
+            );
+            assert_eq!(w, OpReply::Ok);
+        }
+        let proposals = host
+            .get(gid)
+            .unwrap()
+            .counters()
+            .proposals
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - before;
+        assert!(
+            (1..=4).contains(&proposals),
+            "64 requests took {proposals} proposals"
+        );
     }
 
     /// Every row of group `gid` in the `raft_state` column family.

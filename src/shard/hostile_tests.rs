@@ -269,7 +269,14 @@ async fn old_and_newer_formats_are_corrupt_data() {
         assert_eq!(got, OpReply::Error(want), "{key}");
     }
     // A lock in the old layout (the transaction id, 8 bytes big-endian),
-    // met by a transaction (which always checks locks).
+    // met by a transaction while another is prepared (lock rows exist, and
+    // are read, only while a transaction is prepared).
+    let prepare = txn(TxnCmd::Prepare {
+        txn_id: 77,
+        ops: vec![TxnOp::Write(set("p", "v"))],
+        watches: vec![],
+    });
+    assert_eq!(host.execute(GID, prepare).await.unwrap(), OpReply::Int(1));
     let lock = state_key_with(GID, tag::LOCK, b"l");
     put_raw(&host, Cf::State, lock, &0x0109u64.to_be_bytes()).await;
     let one_phase = txn(TxnCmd::OnePhase {

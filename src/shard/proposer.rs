@@ -1,20 +1,22 @@
-//! Proposal batching on a group's leader: the plain writes waiting for the
+//! Proposal batching on a group's leader: the plain writes and one-phase
+//! transactions (a router's pipelined writes to one shard) waiting for the
 //! group, from any number of router connections, become one Raft entry.
 //!
-//! A write joins the group's queue. At most [`MAX_RUNNING`] proposers run
-//! per group; a write that finds fewer running starts one (a task), and a
-//! proposer takes everything queued (up to [`MAX_BATCH`] writes or
-//! [`MAX_BATCH_BYTES`]), proposes it as one `LogCmd::Batch` entry (a lone
-//! write stays a `LogCmd::Write`), hands each write its own reply, and goes
-//! on while the queue is not empty. No timer: under no load a write is
+//! A proposal joins the group's queue. At most [`MAX_RUNNING`] proposers
+//! run per group; a proposal that finds fewer running starts one (a task),
+//! and a proposer takes everything queued (up to [`MAX_BATCH`] proposals
+//! or [`MAX_BATCH_BYTES`]), proposes it as one entry (`LogCmd::Batch` when
+//! all are plain writes, `LogCmd::Mixed` otherwise; a lone one stays a
+//! `LogCmd::Write` or `LogCmd::Txn`), hands each its own reply, and goes on
+//! while the queue is not empty. No timer: under no load a write is
 //! proposed at once; under load the batch is whatever arrived while the
 //! previous proposals were in flight, so batches grow with the load.
 //!
-//! The state machine applies a batch's writes in order, each exactly as if
+//! The state machine applies a batch's parts in order, each exactly as if
 //! it were its own entry (its own lock check, its own reply); only the
 //! version stamped on the keys (the entry's index) is shared.
 //! An error of the whole proposal (not the leader, timeout, outcome
-//! unknown) is every write's answer.
+//! unknown) is every part's answer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,14 +25,14 @@ use std::time::{Duration, Instant};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::oneshot;
 
-use super::command::{LogCmd, OpReply, WriteCmd};
+use super::command::{LogCmd, OpReply, Proposal, TxnEntry, WriteCmd};
 use super::store::Raft;
 use super::types::NodeId;
 use super::ShardError;
 
 /// Proposals in flight per group at most.
 pub const MAX_RUNNING: usize = 2;
-/// Writes in one entry at most.
+/// Proposals in one entry at most.
 pub const MAX_BATCH: usize = 256;
 /// An entry stops growing past this many bytes of values (a single write
 /// of any admitted size still goes alone).
@@ -63,7 +65,7 @@ pub struct GroupCounters {
 
 #[derive(Default)]
 struct State {
-    queue: Vec<(WriteCmd, oneshot::Sender<Reply>)>,
+    queue: Vec<(Proposal, oneshot::Sender<Reply>)>,
     running: usize,
     /// [`Proposer::pause`] guards alive: while any is, writes queue up and
     /// no proposer starts or goes on to a next batch.
@@ -110,6 +112,15 @@ impl Proposer {
     /// Propose `cmd` (already admitted, on a node that believes it leads)
     /// with whatever else is waiting, and wait for its own reply.
     pub async fn submit(self: &Arc<Self>, target: &Target, cmd: WriteCmd) -> Reply {
+        self.submit_proposal(target, Proposal::Write(cmd)).await
+    }
+
+    /// [`Proposer::submit`] for a one-phase transaction (already admitted).
+    pub async fn submit_txn(self: &Arc<Self>, target: &Target, entry: TxnEntry) -> Reply {
+        self.submit_proposal(target, Proposal::Txn(entry)).await
+    }
+
+    async fn submit_proposal(self: &Arc<Self>, target: &Target, cmd: Proposal) -> Reply {
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut s = self
@@ -158,7 +169,7 @@ impl Proposer {
 
     /// The next batch, or `None` (and this proposer stops) when the queue
     /// is empty or a pause holds the writes back.
-    fn next_batch(&self) -> Option<Vec<(WriteCmd, oneshot::Sender<Reply>)>> {
+    fn next_batch(&self) -> Option<Vec<(Proposal, oneshot::Sender<Reply>)>> {
         let mut s = self.state.lock().ok()?;
         if s.queue.is_empty() || s.paused > 0 {
             s.running -= 1;
@@ -173,7 +184,7 @@ impl Proposer {
             if take > 0 && (take >= MAX_BATCH || bytes >= MAX_BATCH_BYTES) {
                 break;
             }
-            bytes = bytes.saturating_add(cmd.op.value_len());
+            bytes = bytes.saturating_add(cmd.value_len());
             take += 1;
         }
         Some(s.queue.drain(..take).collect())
@@ -183,14 +194,9 @@ impl Proposer {
 /// A proposer: batches until the queue is empty.
 async fn run(proposer: Arc<Proposer>, target: Target) {
     while let Some(batch) = proposer.next_batch() {
-        let (cmds, waiters): (Vec<WriteCmd>, Vec<_>) = batch.into_iter().unzip();
-        let n = cmds.len();
-        let entry = if n == 1 {
-            LogCmd::Write(cmds.into_iter().next().expect("one write"))
-        } else {
-            LogCmd::Batch(cmds)
-        };
-        let result = propose(&target, entry).await;
+        let (parts, waiters): (Vec<Proposal>, Vec<_>) = batch.into_iter().unzip();
+        let n = parts.len();
+        let result = propose(&target, entry_of(parts)).await;
         match result {
             Ok(OpReply::Array(replies)) if n > 1 && replies.len() == n => {
                 for (w, r) in waiters.into_iter().zip(replies) {
@@ -217,6 +223,28 @@ async fn run(proposer: Arc<Proposer>, target: Target) {
     }
 }
 
+/// The entry that carries `parts`: a lone part as itself, plain writes as
+/// a `Batch` (the entry older nodes know), anything else as `Mixed`.
+fn entry_of(mut parts: Vec<Proposal>) -> LogCmd {
+    if parts.len() == 1 {
+        return match parts.pop().expect("one part") {
+            Proposal::Write(cmd) => LogCmd::Write(cmd),
+            Proposal::Txn(entry) => LogCmd::Txn(entry),
+        };
+    }
+    if parts.iter().all(|p| matches!(p, Proposal::Write(_))) {
+        let writes = parts
+            .into_iter()
+            .filter_map(|p| match p {
+                Proposal::Write(cmd) => Some(cmd),
+                Proposal::Txn(_) => None,
+            })
+            .collect();
+        return LogCmd::Batch(writes);
+    }
+    LogCmd::Mixed(parts)
+}
+
 /// Propose `entry` on the group's leader and wait for its applied result.
 /// Counts the proposal and, when it succeeds, its commit time (the
 /// `raft-commit` LATENCY event and histogram).
@@ -236,5 +264,51 @@ pub async fn propose(target: &Target, entry: LogCmd) -> Reply {
         }
         // The entry may have been appended before the failure.
         Ok(Err(e)) => Err(ShardError::OutcomeUnknown(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::command::{Expiry, SetCond, TxnCmd, WriteOp};
+    use bytes::Bytes;
+
+    fn set(k: &'static str) -> Proposal {
+        Proposal::Write(WriteCmd {
+            now_ms: 1,
+            op: WriteOp::Set {
+                key: Bytes::from_static(k.as_bytes()),
+                value: Bytes::from_static(b"v"),
+                expiry: Expiry::Clear,
+                cond: SetCond::Always,
+                get: false,
+            },
+        })
+    }
+
+    fn pipeline() -> Proposal {
+        Proposal::Txn(TxnEntry {
+            now_ms: 1,
+            cmd: TxnCmd::OnePhase {
+                ops: Vec::new(),
+                watches: Vec::new(),
+            },
+        })
+    }
+
+    /// Plain writes keep the entry kinds every node knows; only a batch
+    /// with a transaction in it is `Mixed`.
+    #[test]
+    fn parts_become_the_simplest_entry_that_carries_them() {
+        assert!(matches!(entry_of(vec![set("a")]), LogCmd::Write(_)));
+        assert!(matches!(entry_of(vec![pipeline()]), LogCmd::Txn(_)));
+        assert!(matches!(
+            entry_of(vec![set("a"), set("b")]),
+            LogCmd::Batch(w) if w.len() == 2
+        ));
+        assert!(matches!(
+            entry_of(vec![set("a"), pipeline(), set("b")]),
+            LogCmd::Mixed(p) if p.len() == 3 && matches!(p[1], Proposal::Txn(_))
+        ));
     }
 }

@@ -44,7 +44,7 @@ use tokio::sync::Mutex;
 
 use super::codec::{self, Format};
 use super::coll::{KeyView, Overlay, Range, ReadView};
-use super::command::{LogCmd, OpReply, WriteCmd};
+use super::command::{LogCmd, OpReply, Proposal, TxnCmd, WriteCmd};
 use super::engine::{
     self, data_key, group_range, log_key, prefix_end, state_key, state_key_with, sub_prefix, tag,
     Cf, DbView, Engine, Op,
@@ -437,6 +437,11 @@ struct Batch<'a> {
     /// Key records and element rows written by the batch so far.
     data: Overlay,
     locks: HashMap<Bytes, Option<u64>>,
+    /// Whether the database may hold lock rows: only while a transaction
+    /// is prepared (the count the plain writes' lock check relies on too).
+    /// When it holds none, a one-phase transaction's lock checks read
+    /// nothing but the locks this batch made.
+    locks_in_db: bool,
     prepared: HashMap<u64, Option<Prepared>>,
     /// Set by FLUSHDB: every data key not in `data` is gone.
     cleared: bool,
@@ -447,12 +452,13 @@ struct Batch<'a> {
 }
 
 impl<'a> Batch<'a> {
-    fn new(view: &'a DbView, gid: u64) -> Batch<'a> {
+    fn new(view: &'a DbView, gid: u64, locks_in_db: bool) -> Batch<'a> {
         Batch {
             view,
             gid,
             data: Overlay::default(),
             locks: HashMap::new(),
+            locks_in_db,
             prepared: HashMap::new(),
             cleared: false,
             existed: HashMap::new(),
@@ -630,6 +636,9 @@ impl TxnView for Batch<'_> {
         if let Some(v) = self.locks.get(key) {
             return Ok(*v);
         }
+        if !self.locks_in_db {
+            return Ok(None);
+        }
         let Some(raw) = self.db_get(Cf::State, &state_key_with(self.gid, tag::LOCK, key)) else {
             return Ok(None);
         };
@@ -804,9 +813,11 @@ fn compute_apply(
         mut prepared_count,
         key_count,
     } = before;
-    let mut batch = Batch::new(view, gid);
+    let mut batch = Batch::new(view, gid, prepared_count > 0);
     let mut replies = Vec::with_capacity(entries.len());
-    let mut any_txn = false;
+    // Whether a 2PC step (PREPARE, COMMIT, ABORT) was applied: only those
+    // make or remove locks and prepared transactions.
+    let mut two_phase = false;
     let mut events = Vec::new();
     for entry in entries {
         applied = Some(entry.log_id);
@@ -818,7 +829,7 @@ fn compute_apply(
                 replies.push(OpReply::Ok);
             }
             EntryPayload::Normal(LogCmd::Write(cmd)) => {
-                let locks = prepared_count > 0 || any_txn;
+                let locks = prepared_count > 0 || two_phase;
                 replies.push(apply_plain_write(
                     cmd,
                     index,
@@ -829,7 +840,7 @@ fn compute_apply(
                 ));
             }
             EntryPayload::Normal(LogCmd::Batch(cmds)) => {
-                let locks = prepared_count > 0 || any_txn;
+                let locks = prepared_count > 0 || two_phase;
                 let each = cmds
                     .iter()
                     .map(|cmd| {
@@ -839,11 +850,30 @@ fn compute_apply(
                 replies.push(OpReply::Array(each));
             }
             EntryPayload::Normal(LogCmd::Txn(t)) => {
-                any_txn = true;
+                two_phase |= !matches!(t.cmd, TxnCmd::OnePhase { .. });
                 let (reply, changes) =
                     apply_txn_notified(t, index, &mut batch, notify, &mut events);
                 batch.record(changes);
                 replies.push(reply);
+            }
+            EntryPayload::Normal(LogCmd::Mixed(parts)) => {
+                let mut each = Vec::with_capacity(parts.len());
+                for part in parts {
+                    each.push(match part {
+                        Proposal::Write(cmd) => {
+                            let locks = prepared_count > 0 || two_phase;
+                            apply_plain_write(cmd, index, locks, &mut batch, notify, &mut events)
+                        }
+                        Proposal::Txn(t) => {
+                            two_phase |= !matches!(t.cmd, TxnCmd::OnePhase { .. });
+                            let (reply, changes) =
+                                apply_txn_notified(t, index, &mut batch, notify, &mut events);
+                            batch.record(changes);
+                            reply
+                        }
+                    });
+                }
+                replies.push(OpReply::Array(each));
             }
         }
     }
@@ -876,9 +906,9 @@ fn compute_apply(
             encode(Format::KeyCount, &(applied_index(&applied), n))?,
         ));
     }
-    if any_txn {
-        // Recount after this batch lands (the count only gates the lock
-        // check of plain writes).
+    if two_phase {
+        // Recount after this batch lands (the count gates the lock checks:
+        // plain writes', and the reads of lock rows).
         prepared_count = count_prepared_after(view, gid, &ops)?;
     }
     Ok(Applied {

@@ -53,6 +53,21 @@ pub trait TxnView: ReadView {
 }
 
 impl TxnEntry {
+    /// The bytes of keys and values its writes carry (the proposer's
+    /// budget, [`super::proposer`]).
+    pub fn value_len(&self) -> usize {
+        let ops = match &self.cmd {
+            TxnCmd::OnePhase { ops, .. } | TxnCmd::Prepare { ops, .. } => ops,
+            TxnCmd::Commit { .. } | TxnCmd::Abort { .. } => return 0,
+        };
+        ops.iter()
+            .map(|op| match op {
+                TxnOp::Write(w) => w.value_len(),
+                TxnOp::Read(_) => 0,
+            })
+            .fold(0usize, usize::saturating_add)
+    }
+
     /// The leader's check before proposing ([`admit`] on every write of a
     /// one-phase transaction or PREPARE): the first refusal is the reply,
     /// and nothing is proposed.

@@ -364,6 +364,8 @@ enum Step {
     Txn(TxnEntry),
     /// Writes the leader proposed together.
     Batch(Vec<WriteCmd>),
+    /// Writes and transactions the leader proposed together.
+    Mixed(Vec<Proposal>),
     Blank,
 }
 
@@ -388,12 +390,39 @@ fn txn_entry() -> impl Strategy<Value = TxnEntry> {
     (clock(), cmd).prop_map(|(now_ms, cmd)| TxnEntry { now_ms, cmd })
 }
 
+/// A one-phase transaction without watches: what a router's pipeline
+/// sends, and what applies the same inside a mixed batch as alone (a
+/// watch compares versions, which a batch's parts share).
+fn pipeline_txn() -> impl Strategy<Value = TxnEntry> {
+    (clock(), vec(txn_op(), 1..4)).prop_map(|(now_ms, ops)| TxnEntry {
+        now_ms,
+        cmd: TxnCmd::OnePhase {
+            ops,
+            watches: Vec::new(),
+        },
+    })
+}
+
+fn proposal(any_txn: bool) -> BoxedStrategy<Proposal> {
+    let txn = if any_txn {
+        txn_entry().boxed()
+    } else {
+        pipeline_txn().boxed()
+    };
+    prop_oneof![
+        2 => write_cmd(true, false).prop_map(Proposal::Write),
+        1 => txn.prop_map(Proposal::Txn),
+    ]
+    .boxed()
+}
+
 /// Any step: plain writes mostly, transaction steps, blank entries.
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         12 => write_cmd(true, true).prop_map(Step::Write),
         3 => txn_entry().prop_map(Step::Txn),
         2 => vec(write_cmd(true, true), 1..5).prop_map(Step::Batch),
+        2 => vec(proposal(true), 1..5).prop_map(Step::Mixed),
         1 => Just(Step::Blank),
     ]
 }
@@ -409,6 +438,7 @@ fn entries(steps: &[Step]) -> Vec<Entry> {
                 Step::Write(w) => EntryPayload::Normal(LogCmd::Write(w.clone())),
                 Step::Txn(t) => EntryPayload::Normal(LogCmd::Txn(t.clone())),
                 Step::Batch(b) => EntryPayload::Normal(LogCmd::Batch(b.clone())),
+                Step::Mixed(m) => EntryPayload::Normal(LogCmd::Mixed(m.clone())),
                 Step::Blank => EntryPayload::Blank,
             },
         })
@@ -478,6 +508,45 @@ fn a_batch_is_its_writes_one_by_one() {
                     .collect::<Vec<_>>(),
             );
             let batched = entries(&[Step::Batch(writes.clone())]);
+            let mut a = env.fresh().await;
+            let mut b = env.fresh().await;
+            let replies_a = a.apply(&one_by_one).await;
+            let replies_b = b.apply(&batched).await;
+            prop_assert_eq!(replies_b, vec![OpReply::Array(replies_a)]);
+            let values = |rows: Rows| -> Vec<(Vec<u8>, Bytes, u64)> {
+                rows.data
+                    .into_iter()
+                    .map(|(k, raw)| {
+                        let s = Stored::decode(&raw).expect("a stored value");
+                        (k, s.data, s.expire_at_ms)
+                    })
+                    .collect()
+            };
+            prop_assert_eq!(values(a.rows(env)), values(b.rows(env)));
+            Ok(())
+        })
+    });
+}
+
+/// A mixed batch (plain writes and a pipeline's one-phase transactions
+/// of several clients) gives each part the reply it would get as its own
+/// entry, and leaves the same values and expiries.
+#[test]
+fn a_mixed_batch_is_its_parts_one_by_one() {
+    let env = Env::new();
+    let strategy = vec(proposal(false), 1..12);
+    env.run(256, strategy, |env, parts| {
+        env.rt.block_on(async {
+            let one_by_one: Vec<Entry> = entries(
+                &parts
+                    .iter()
+                    .map(|p| match p {
+                        Proposal::Write(w) => Step::Write(w.clone()),
+                        Proposal::Txn(t) => Step::Txn(t.clone()),
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            let batched = entries(&[Step::Mixed(parts.clone())]);
             let mut a = env.fresh().await;
             let mut b = env.fresh().await;
             let replies_a = a.apply(&one_by_one).await;
