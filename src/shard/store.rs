@@ -6,8 +6,9 @@
 //! order openraft issued them, and appends are acknowledged (the
 //! `IOFlushed` callback) only once synced. The newest entries also stay in
 //! memory ([`LogTail`]): replication and apply read what was just appended
-//! from there, not back from RocksDB. The committed index is queued to the
-//! writer, not awaited (`save_committed`).
+//! from there, not back from RocksDB. The committed index is kept in memory
+//! and its row rides along with the group's next append (`save_committed`):
+//! no write, and no wake-up of the writer thread, of its own.
 //!
 //! [`StateMachine`] applies committed entries with the pure
 //! `apply_write`: the data changes of a whole
@@ -104,9 +105,17 @@ struct LogMem {
     /// The newest entries, so replication and apply do not read back what
     /// was just appended.
     tail: std::sync::Mutex<LogTail>,
-    /// The last committed log id handed to `save_committed` (its row is
-    /// written behind, see there); `None` until the first save.
-    committed: std::sync::Mutex<Option<Option<LogId>>>,
+    /// The last committed log id handed to `save_committed`, and whether
+    /// its row still waits for the group's next append (see there).
+    committed: std::sync::Mutex<CommittedRow>,
+}
+
+#[derive(Default)]
+struct CommittedRow {
+    /// `None` until the first `save_committed`.
+    latest: Option<Option<LogId>>,
+    /// `latest` is not in the batch of any append yet.
+    unwritten: bool,
 }
 
 /// Budget of a group's in-memory log tail: the entries a follower a little
@@ -121,7 +130,7 @@ impl LogStore {
             gid,
             mem: Arc::new(LogMem {
                 tail: std::sync::Mutex::new(LogTail::new(TAIL_MAX_ENTRIES, TAIL_MAX_BYTES)),
-                committed: std::sync::Mutex::new(None),
+                committed: std::sync::Mutex::new(CommittedRow::default()),
             }),
         }
     }
@@ -149,6 +158,16 @@ impl LogStore {
             last = Some(index);
             kept.push((entry, raw.len()));
             ops.push(Op::Put(Cf::Log, log_key(self.gid, index), raw));
+        }
+        if let Ok(mut c) = self.mem.committed.lock() {
+            if let (true, Some(committed)) = (c.unwritten, c.latest) {
+                ops.push(Op::Put(
+                    Cf::State,
+                    state_key(self.gid, tag::COMMITTED),
+                    encode(Format::Committed, &committed)?,
+                ));
+                c.unwritten = false;
+            }
         }
         self.tail()?.append(kept);
         let mem = self.mem.clone();
@@ -275,40 +294,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.put_state(tag::VOTE, Format::Vote, vote, true).await
     }
 
-    /// Queued, not awaited: openraft calls this in its core task before
-    /// every apply, and waiting would put the whole group behind the fsync
-    /// the writer thread may be doing. The row only saves a restarted
-    /// replica from waiting for its leader before applying what it had
-    /// committed (the applied index is written with the data, so nothing
-    /// depends on it being current); it reaches disk with the next batch.
+    /// Kept in memory; the row is written with the group's next append
+    /// (`append_then`), not on its own. openraft calls this in its core task
+    /// before every apply: waiting would put the group behind the fsync the
+    /// writer thread may be doing, and a write of its own woke the writer
+    /// thread once per commit on every replica (a third of a lone SET's
+    /// writer wake-ups). The row only saves a restarted replica from waiting
+    /// for its leader before applying what it had committed (the applied
+    /// index is written with the data, and a committed index older than the
+    /// truth is always safe), so nothing depends on it being current.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        let op = Op::Put(
-            Cf::State,
-            state_key(self.gid, tag::COMMITTED),
-            encode(Format::Committed, &committed)?,
-        );
-        if let Ok(mut saved) = self.mem.committed.lock() {
-            *saved = Some(committed);
+        if let Ok(mut c) = self.mem.committed.lock() {
+            c.latest = Some(committed);
+            c.unwritten = true;
         }
-        let gid = self.gid;
-        self.engine.submit(
-            vec![op],
-            false,
-            Box::new(move |r| {
-                if let Err(e) = r {
-                    tracing::warn!(group = gid, "saving the committed index: {e}");
-                }
-            }),
-        );
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        if let Some(saved) = *self
+        if let Some(saved) = self
             .mem
             .committed
             .lock()
             .map_err(|_| read_err("the committed lock is poisoned"))?
+            .latest
         {
             return Ok(saved);
         }
@@ -1542,6 +1551,32 @@ mod tests {
             .iter()
             .map(|e| (e.log_id.leader_id.term, e.log_id.index))
             .collect()
+    }
+
+    /// The committed index is kept in memory and written with the group's
+    /// next append, never on its own; a restarted store reads that row.
+    #[tokio::test]
+    async fn the_committed_index_rides_with_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(Engine::open(dir.path(), false).unwrap());
+        let mut log = LogStore::new(engine.clone(), 7);
+        append(&log, (1..=3).map(|i| blank(1, i))).await;
+        let committed = Some(blank(1, 3).log_id);
+        log.save_committed(committed).await.unwrap();
+        assert_eq!(log.read_committed().await.unwrap(), committed);
+        let row = || {
+            let key = state_key(7, tag::COMMITTED);
+            engine.view().get(Cf::State, &key).unwrap()
+        };
+        assert_eq!(row(), None, "written on its own");
+        append(&log, (4..=5).map(|i| blank(1, i))).await;
+        let raw = row().expect("written with the append");
+        assert_eq!(
+            decode::<Option<LogId>>(Format::Committed, &raw).unwrap(),
+            committed
+        );
+        let mut restarted = LogStore::new(engine.clone(), 7);
+        assert_eq!(restarted.read_committed().await.unwrap(), committed);
     }
 
     /// Reads that straddle the tail's first index get the stored part from
