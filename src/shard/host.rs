@@ -131,7 +131,8 @@ pub struct HostConfig {
 /// Runs of one script before it gives up on keys that keep changing.
 const MAX_SCRIPT_ATTEMPTS: u32 = 50;
 /// Runs of a script that lost to other writes before it holds the group's
-/// plain writes back for its next run ([`proposer::Proposer::pause`]).
+/// other writes back for its next run ([`proposer::Proposer::pause`] and
+/// the 2PC gate).
 const SCRIPT_ATTEMPTS_BEFORE_PAUSE: u32 = 2;
 
 pub struct Host {
@@ -1314,12 +1315,14 @@ mod tests {
             cond: SetCond::Always,
             get: false,
         };
-        let before = host
-            .get(gid)
-            .unwrap()
-            .counters()
-            .proposals
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let proposals = || {
+            let replica = host.get(gid).unwrap();
+            replica
+                .counters()
+                .proposals
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let before = proposals();
         let mut calls = Vec::new();
         for i in 0..32 {
             let pipeline = ShardRequest::Txn(TxnEntry {
@@ -1351,13 +1354,7 @@ mod tests {
             );
             assert_eq!(w, OpReply::Ok);
         }
-        let proposals = host
-            .get(gid)
-            .unwrap()
-            .counters()
-            .proposals
-            .load(std::sync::atomic::Ordering::Relaxed)
-            - before;
+        let proposals = proposals() - before;
         assert!(
             (1..=4).contains(&proposals),
             "64 requests took {proposals} proposals"

@@ -45,7 +45,7 @@ use tokio::sync::Mutex;
 
 use super::codec::{self, Format};
 use super::coll::{KeyView, Overlay, Range, ReadView};
-use super::command::{LogCmd, OpReply, Proposal, TxnCmd, WriteCmd};
+use super::command::{LogCmd, OpReply, Proposal, TxnCmd, TxnEntry, WriteCmd};
 use super::engine::{
     self, data_key, group_range, log_key, prefix_end, state_key, state_key_with, sub_prefix, tag,
     Cf, DbView, Engine, Op,
@@ -860,10 +860,7 @@ fn compute_apply(
             }
             EntryPayload::Normal(LogCmd::Txn(t)) => {
                 two_phase |= !matches!(t.cmd, TxnCmd::OnePhase { .. });
-                let (reply, changes) =
-                    apply_txn_notified(t, index, &mut batch, notify, &mut events);
-                batch.record(changes);
-                replies.push(reply);
+                replies.push(apply_txn_step(t, index, &mut batch, notify, &mut events));
             }
             EntryPayload::Normal(LogCmd::Mixed(parts)) => {
                 let mut each = Vec::with_capacity(parts.len());
@@ -875,10 +872,7 @@ fn compute_apply(
                         }
                         Proposal::Txn(t) => {
                             two_phase |= !matches!(t.cmd, TxnCmd::OnePhase { .. });
-                            let (reply, changes) =
-                                apply_txn_notified(t, index, &mut batch, notify, &mut events);
-                            batch.record(changes);
-                            reply
+                            apply_txn_step(t, index, &mut batch, notify, &mut events)
                         }
                     });
                 }
@@ -932,6 +926,21 @@ fn compute_apply(
             key_count,
         },
     })
+}
+
+/// Apply one transaction step (alone or in a mixed batch) over `batch`,
+/// recording its changes there for the writes after it. Its reply; its
+/// keyspace events (those `notify` asks for) are appended to `events`.
+fn apply_txn_step(
+    t: &TxnEntry,
+    index: u64,
+    batch: &mut Batch,
+    notify: u32,
+    events: &mut Vec<super::notify::Event>,
+) -> OpReply {
+    let (reply, changes) = apply_txn_notified(t, index, batch, notify, events);
+    batch.record(changes);
+    reply
 }
 
 /// Apply one plain write (alone or in a batch) over `batch`: refused while

@@ -492,78 +492,60 @@ fn the_same_log_gives_the_same_state_whatever_the_batches() {
     });
 }
 
-/// A batch entry gives each write the reply it would get as its own entry,
-/// and leaves the same values and expiries (only the versions, the entry's
-/// index, differ).
+/// `batched` (one entry) gives each of its parts the reply it gets as the
+/// entry `one_by_one` gives it, and leaves the same values and expiries
+/// (only the versions, the entry's index, differ).
+async fn batched_is_one_by_one(
+    env: &Env,
+    one_by_one: &[Step],
+    batched: Step,
+) -> Result<(), TestCaseError> {
+    let mut a = env.fresh().await;
+    let mut b = env.fresh().await;
+    let replies_a = a.apply(&entries(one_by_one)).await;
+    let replies_b = b.apply(&entries(&[batched])).await;
+    prop_assert_eq!(replies_b, vec![OpReply::Array(replies_a)]);
+    let values = |rows: Rows| -> Vec<(Vec<u8>, Bytes, u64)> {
+        rows.data
+            .into_iter()
+            .map(|(k, raw)| {
+                let s = Stored::decode(&raw).expect("a stored value");
+                (k, s.data, s.expire_at_ms)
+            })
+            .collect()
+    };
+    prop_assert_eq!(values(a.rows(env)), values(b.rows(env)));
+    Ok(())
+}
+
+/// A batch entry is its writes one by one.
 #[test]
 fn a_batch_is_its_writes_one_by_one() {
     let env = Env::new();
     let strategy = vec(write_cmd(true, false), 1..12);
     env.run(256, strategy, |env, writes| {
-        env.rt.block_on(async {
-            let one_by_one: Vec<Entry> = entries(
-                &writes
-                    .iter()
-                    .map(|w| Step::Write(w.clone()))
-                    .collect::<Vec<_>>(),
-            );
-            let batched = entries(&[Step::Batch(writes.clone())]);
-            let mut a = env.fresh().await;
-            let mut b = env.fresh().await;
-            let replies_a = a.apply(&one_by_one).await;
-            let replies_b = b.apply(&batched).await;
-            prop_assert_eq!(replies_b, vec![OpReply::Array(replies_a)]);
-            let values = |rows: Rows| -> Vec<(Vec<u8>, Bytes, u64)> {
-                rows.data
-                    .into_iter()
-                    .map(|(k, raw)| {
-                        let s = Stored::decode(&raw).expect("a stored value");
-                        (k, s.data, s.expire_at_ms)
-                    })
-                    .collect()
-            };
-            prop_assert_eq!(values(a.rows(env)), values(b.rows(env)));
-            Ok(())
-        })
+        let one_by_one: Vec<Step> = writes.iter().cloned().map(Step::Write).collect();
+        env.rt
+            .block_on(batched_is_one_by_one(env, &one_by_one, Step::Batch(writes)))
     });
 }
 
 /// A mixed batch (plain writes and a pipeline's one-phase transactions
-/// of several clients) gives each part the reply it would get as its own
-/// entry, and leaves the same values and expiries.
+/// of several clients) is its parts one by one.
 #[test]
 fn a_mixed_batch_is_its_parts_one_by_one() {
     let env = Env::new();
     let strategy = vec(proposal(false), 1..12);
     env.run(256, strategy, |env, parts| {
-        env.rt.block_on(async {
-            let one_by_one: Vec<Entry> = entries(
-                &parts
-                    .iter()
-                    .map(|p| match p {
-                        Proposal::Write(w) => Step::Write(w.clone()),
-                        Proposal::Txn(t) => Step::Txn(t.clone()),
-                    })
-                    .collect::<Vec<_>>(),
-            );
-            let batched = entries(&[Step::Mixed(parts.clone())]);
-            let mut a = env.fresh().await;
-            let mut b = env.fresh().await;
-            let replies_a = a.apply(&one_by_one).await;
-            let replies_b = b.apply(&batched).await;
-            prop_assert_eq!(replies_b, vec![OpReply::Array(replies_a)]);
-            let values = |rows: Rows| -> Vec<(Vec<u8>, Bytes, u64)> {
-                rows.data
-                    .into_iter()
-                    .map(|(k, raw)| {
-                        let s = Stored::decode(&raw).expect("a stored value");
-                        (k, s.data, s.expire_at_ms)
-                    })
-                    .collect()
-            };
-            prop_assert_eq!(values(a.rows(env)), values(b.rows(env)));
-            Ok(())
-        })
+        let one_by_one: Vec<Step> = parts
+            .iter()
+            .map(|p| match p {
+                Proposal::Write(w) => Step::Write(w.clone()),
+                Proposal::Txn(t) => Step::Txn(t.clone()),
+            })
+            .collect();
+        env.rt
+            .block_on(batched_is_one_by_one(env, &one_by_one, Step::Mixed(parts)))
     });
 }
 
