@@ -397,6 +397,13 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
             |i| codec::payload_len(&rpc.entries[i]),
             wire::APPEND_BUDGET,
         );
+        if rpc.entries.is_empty() {
+            // Only the commit index (or a heartbeat): let the tasks that are
+            // ready run first, the apply of what was just committed and the
+            // client's reply among them, so the commit round to the
+            // followers is not on the client's path.
+            tokio::task::yield_now().await;
+        }
         if parts.len() < 2 {
             return self.append_one(&rpc, &option).await;
         }
