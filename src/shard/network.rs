@@ -392,18 +392,19 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig, RaftError<TypeConfig>>>
     {
+        if rpc.entries.is_empty() {
+            // Only the commit index (or a heartbeat): tokio resumes a
+            // yielded task once nothing else is ready on this worker (at
+            // the latest after 61 polls), so the apply of what was just
+            // committed and the client's reply go first and the commit
+            // round to the followers is off the client's path.
+            tokio::task::yield_now().await;
+        }
         let parts = split_entries(
             rpc.entries.len(),
             |i| codec::payload_len(&rpc.entries[i]),
             wire::APPEND_BUDGET,
         );
-        if rpc.entries.is_empty() {
-            // Only the commit index (or a heartbeat): let the tasks that are
-            // ready run first, the apply of what was just committed and the
-            // client's reply among them, so the commit round to the
-            // followers is not on the client's path.
-            tokio::task::yield_now().await;
-        }
         if parts.len() < 2 {
             return self.append_one(&rpc, &option).await;
         }
