@@ -222,6 +222,10 @@ pub struct NodeConfig {
     /// Largest reply the node builds for one request (bytes): a SCAN page
     /// ends there, a bigger MGET is refused.
     pub max_reply_len: usize,
+    /// Memory for the row cache (MiB): the latest bytes of recently read
+    /// or written keys, answered without a RocksDB lookup
+    /// (`shard::row_cache`); 0: none.
+    pub row_cache_mb: u64,
 }
 
 impl Default for NodeConfig {
@@ -258,6 +262,7 @@ impl Default for NodeConfig {
             log_level: "info".into(),
             max_value_len: 16 * 1024 * 1024,
             max_reply_len: 64 * 1024 * 1024,
+            row_cache_mb: 64,
         }
     }
 }

@@ -102,6 +102,10 @@ fn nodes_and_routers_serve_prometheus_metrics() {
         1.0
     );
 
+    // Reads of keys just written are answered by the leaders' row caches.
+    for i in 0..20 {
+        assert_eq!(c.line(&format!("GET k{i}")), b"$1\r\nv\r\n");
+    }
     // Every group has exactly one leader among the nodes, and the nodes
     // synced their logs to disk.
     let mut scrapes = Vec::new();
@@ -140,6 +144,8 @@ fn nodes_and_routers_serve_prometheus_metrics() {
             assert!(s.keys().any(|k| k.starts_with(name)), "{name} missing");
         }
         assert_eq!(total(s, "shoal_node_moves_in_progress"), 0.0);
+        // Every replica applied SETs: its row cache holds rows.
+        assert!(total(s, "shoal_row_cache_bytes") > 0.0, "{s:?}");
         let (free, size) = (
             total(s, "shoal_node_disk_free_bytes"),
             total(s, "shoal_node_disk_size_bytes"),
@@ -147,6 +153,10 @@ fn nodes_and_routers_serve_prometheus_metrics() {
         assert!(free > 0.0 && free <= size, "disk {free} of {size}");
     }
     let sum = |name: &str| scrapes.iter().map(|s| total(s, name)).sum::<f64>();
+    assert!(
+        sum("shoal_row_cache_hits_total") >= 20.0,
+        "GETs not from the row cache"
+    );
     // The leaders proposed the SETs (one client: one entry each) and timed
     // their commits; the replicas applied them.
     assert!(sum("shoal_group_proposals_total") >= 200.0);

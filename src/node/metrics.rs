@@ -106,6 +106,7 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
         waits += r.sm.waiters().len() as u64;
     }
     let engine = &host.engine;
+    let row_cache = engine.row_cache_stats();
     let stats = &crate::shard::status::COLLECTIONS_COLLECTED;
     let recovered = &crate::shard::status::TXN_RECOVERED;
     let mut collectors: Vec<crate::metrics::Boxed> = vec![
@@ -162,6 +163,21 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
             "shoal_rocksdb_block_cache_miss_total",
             "Block cache misses",
             engine.ticker(Ticker::BlockCacheMiss),
+        ),
+        counter(
+            "shoal_row_cache_hits_total",
+            "Point reads of data rows the row cache answered",
+            row_cache.hits,
+        ),
+        counter(
+            "shoal_row_cache_misses_total",
+            "Point reads of data rows that went to RocksDB",
+            row_cache.misses,
+        ),
+        gauge(
+            "shoal_row_cache_bytes",
+            "Bytes the row cache holds (keys, values and per-row overhead)",
+            row_cache.bytes,
         ),
         gauge(
             "shoal_rocksdb_write_stopped",

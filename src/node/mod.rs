@@ -48,7 +48,10 @@ pub async fn run(
     let db_path = c.data_dir.join("db");
     let engine = {
         let path = db_path.clone();
-        tokio::task::spawn_blocking(move || Engine::open(&path, fsync)).await?
+        let cache_bytes =
+            usize::try_from(c.row_cache_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        tokio::task::spawn_blocking(move || Engine::open_with_cache(&path, fsync, cache_bytes))
+            .await?
     }
     .with_context(|| format!("cannot open RocksDB at {}", db_path.display()))?;
     let engine = Arc::new(engine);

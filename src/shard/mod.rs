@@ -9,7 +9,8 @@
 //! * [`value`]: a stored value, and the corruption error.
 //! * [`txn`]: one-phase transactions and the participant side of 2PC.
 //! * [`engine`]: the RocksDB instance (column families, key layout, the
-//!   group-commit writer thread). Nothing else touches RocksDB.
+//!   group-commit writer thread). Nothing else touches RocksDB;
+//!   [`row_cache`] keeps the latest bytes of recently used rows in front of it.
 //! * [`store`]: openraft's log storage and state machine for one group;
 //!   [`log_tail`] keeps the newest log entries in memory.
 //! * [`network`]: Raft messages between nodes over gRPC, routed by group id.
@@ -49,6 +50,7 @@ pub mod notify;
 pub mod proposer;
 pub mod pubsub;
 pub mod purger;
+pub mod row_cache;
 pub mod script;
 pub mod served;
 pub mod service;
