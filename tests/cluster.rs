@@ -1,7 +1,9 @@
 //! Replication end to end, against real etcd and real `shoal node` /
 //! `shoal router` processes: writes survive a leader's SIGKILL, a shard
 //! without a majority answers `-CLUSTERDOWN` in bounded time, a restarted
-//! node catches up (from the log, or by snapshot when it fell far behind).
+//! node catches up (from the log, or by snapshot when it fell far behind),
+//! and a running replica caught up by snapshot answers from it, not from
+//! the rows its row cache held before.
 
 mod common;
 
@@ -215,4 +217,82 @@ fn lagging_replica_catches_up_by_snapshot_install() {
     // Leave the caught-up replica in the majority, and read everything.
     cluster.stop_node(leader).unwrap();
     read_all_eventually(&mut cluster, &written);
+}
+
+/// A replica that kept running (paused, not restarted) with rows in its
+/// row cache, then caught up by a snapshot that deleted and rewrote them,
+/// answers from the snapshot, never from what it had cached before.
+#[test]
+fn a_snapshot_install_replaces_what_a_running_replica_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start(&dir, 1, &["--snapshot-threshold", "20"]);
+    let mut con = connect(&cluster);
+    let (table, leaders) = leaders(&cluster);
+    let leader = leaders[&table.shards[0].group_id];
+    let lagging = (1..=3).find(|n| *n != leader).unwrap();
+    let other = (1..=3).find(|n| *n != leader && *n != lagging).unwrap();
+
+    // Every replica applies these and caches them.
+    for i in 0..40 {
+        set(&mut con, &format!("c:{i}"), &format!("old{i}")).unwrap();
+    }
+    let log = cluster
+        .node_dir(lagging)
+        .join(format!("node-{lagging}.log"));
+    let installs = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("snapshot installed")
+            .count()
+    };
+    // Let the lagging replica apply the old values before it stops.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = installs();
+    cluster.pause_node(lagging).unwrap();
+    for i in 0..40 {
+        if i < 10 {
+            let n: i64 = redis::cmd("DEL")
+                .arg(format!("c:{i}"))
+                .query(&mut con)
+                .unwrap();
+            assert_eq!(n, 1);
+        } else {
+            set(&mut con, &format!("c:{i}"), &format!("new{i}")).unwrap();
+        }
+    }
+    // Enough entries past the snapshot threshold that the log the paused
+    // replica needs is purged.
+    for i in 0..300 {
+        set(&mut con, &format!("fill:{i}"), "x").unwrap();
+    }
+    cluster.resume_node(lagging).unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(30), || installs() > before),
+        "node {lagging} never installed a snapshot\n{}",
+        cluster.logs()
+    );
+
+    // Only the caught-up replica is left: READONLY reads are its answers.
+    cluster.stop_node(leader).unwrap();
+    cluster.stop_node(other).unwrap();
+    let mut ro = connect(&cluster);
+    let _: () = redis::cmd("READONLY").query(&mut ro).unwrap();
+    for i in 0..40 {
+        let key = format!("c:{i}");
+        let want = (i >= 10).then(|| format!("new{i}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match get(&mut ro, &key) {
+                Ok(got) => {
+                    assert_eq!(got, want, "{key} on node {lagging}");
+                    break;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("retrying {key}: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("{key}: {e}\n{}", cluster.logs()),
+            }
+        }
+    }
 }
