@@ -177,16 +177,22 @@ fn shard_without_majority_answers_clusterdown_in_bounded_time() {
     assert_eq!(get(&mut con, "k").unwrap().as_deref(), Some("after"));
 }
 
-#[test]
-fn lagging_replica_catches_up_by_snapshot_install() {
-    let dir = tempfile::tempdir().unwrap();
-    // One shard, a tiny snapshot threshold: the log behind a snapshot is purged
-    // quickly, so a replica that missed it can only catch up by snapshot.
-    let mut cluster = start(&dir, 1, &["--snapshot-threshold", "20"]);
-    let mut con = connect(&cluster);
+/// One shard, a tiny snapshot threshold: the log behind a snapshot is
+/// purged quickly, so a replica that missed it can only catch up by
+/// snapshot. Returns the cluster, a connection, the leader and a follower.
+fn snapshot_cluster(dir: &tempfile::TempDir) -> (LocalCluster, Connection, u64, u64) {
+    let cluster = start(dir, 1, &["--snapshot-threshold", "20"]);
+    let con = connect(&cluster);
     let (table, leaders) = leaders(&cluster);
     let leader = leaders[&table.shards[0].group_id];
     let lagging = (1..=3).find(|n| *n != leader).unwrap();
+    (cluster, con, leader, lagging)
+}
+
+#[test]
+fn lagging_replica_catches_up_by_snapshot_install() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cluster, mut con, leader, lagging) = snapshot_cluster(&dir);
     cluster.stop_node(lagging).unwrap();
 
     let mut written = Vec::new();
@@ -225,11 +231,7 @@ fn lagging_replica_catches_up_by_snapshot_install() {
 #[test]
 fn a_snapshot_install_replaces_what_a_running_replica_cached() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = start(&dir, 1, &["--snapshot-threshold", "20"]);
-    let mut con = connect(&cluster);
-    let (table, leaders) = leaders(&cluster);
-    let leader = leaders[&table.shards[0].group_id];
-    let lagging = (1..=3).find(|n| *n != leader).unwrap();
+    let (mut cluster, mut con, leader, lagging) = snapshot_cluster(&dir);
     let other = (1..=3).find(|n| *n != leader && *n != lagging).unwrap();
 
     // Every replica applies these and caches them.
