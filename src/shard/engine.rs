@@ -426,6 +426,10 @@ fn begin_write<'a>(
     cache: &'a RowCache,
     ops: impl Iterator<Item = &'a Op>,
 ) -> Option<row_cache::WriteGuard<'a>> {
+    if cache.is_off() {
+        // It holds nothing, so nothing needs dropping.
+        return None;
+    }
     let changes: Vec<Change<'a>> = ops
         .filter_map(|op| match op {
             Op::Put(Cf::Data, k, v) => Some(Change::Put(k, v)),
@@ -480,40 +484,47 @@ impl DbView {
     }
 
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
-        let epoch = match cf {
-            Cf::Data => match self.cache.get(key) {
-                Ok(v) => return Ok(Some(v)),
-                Err(epoch) => Some(epoch),
-            },
-            _ => None,
+        let epoch = match self.cached_row(cf, key) {
+            Ok(v) => return Ok(Some(v)),
+            Err(epoch) => epoch,
         };
         let handle = self.cf(cf)?;
         let found = self.checked(self.db.get_cf_opt(&handle, key, &self.read_options()))?;
-        if let (Some(epoch), Some(v)) = (epoch, &found) {
-            self.cache.fill(key, v, epoch);
-        }
+        self.fill(epoch, key, found.as_deref());
         Ok(found)
     }
 
     /// Whether `key` is present, without copying its value out (unless it
     /// goes into the row cache).
     pub fn exists(&self, cf: Cf, key: &[u8]) -> Result<bool, EngineError> {
-        let epoch = match cf {
-            Cf::Data => match self.cache.get(key) {
-                Ok(_) => return Ok(true),
-                Err(epoch) => Some(epoch),
-            },
-            _ => None,
+        let epoch = match self.cached_row(cf, key) {
+            Ok(_) => return Ok(true),
+            Err(epoch) => epoch,
         };
         let handle = self.cf(cf)?;
         let found = self.checked(
             self.db
                 .get_pinned_cf_opt(&handle, key, &self.read_options()),
         )?;
-        if let (Some(epoch), Some(v)) = (epoch, &found) {
+        self.fill(epoch, key, found.as_deref());
+        Ok(found.is_some())
+    }
+
+    /// A `data` row from the row cache; on a miss, the epoch to
+    /// [`DbView::fill`] with (`None` for the other column families, which
+    /// it does not hold).
+    fn cached_row(&self, cf: Cf, key: &[u8]) -> Result<Vec<u8>, Option<u64>> {
+        match cf {
+            Cf::Data => self.cache.get(key).map_err(Some),
+            _ => Err(None),
+        }
+    }
+
+    /// Hand what RocksDB answered after a row-cache miss back to the cache.
+    fn fill(&self, epoch: Option<u64>, key: &[u8], found: Option<&[u8]>) {
+        if let (Some(epoch), Some(v)) = (epoch, found) {
             self.cache.fill(key, v, epoch);
         }
-        Ok(found.is_some())
     }
 
     /// A point read straight from RocksDB, past the row cache (tests

@@ -4,8 +4,10 @@
 //! A point read of a key RocksDB holds in its memtable walks a skip list of
 //! every version written since the last flush: under `GET -c 50` that walk
 //! was a quarter of a node's CPU, and under `SET -c 50` the key-count lookup
-//! of a blind SET a fifth of the worker's (docs/PERFORMANCE.md, "Fast path,
-//! step: a row cache"). This cache answers those reads with one hash lookup.
+//! of a blind SET a fifth of the worker's. This cache answers those reads
+//! with one hash lookup: reads got faster; SET did not, the CPU it freed
+//! went to the rest of the write path (docs/PERFORMANCE.md, "Fast path,
+//! step: a row cache").
 //!
 //! It holds exactly what RocksDB holds, or nothing: it is never a source of
 //! truth, only a shorter way to the same bytes. The rules that keep it so:
@@ -94,6 +96,11 @@ impl RowCache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the cache keeps nothing (`row_cache_mb = 0`).
+    pub fn is_off(&self) -> bool {
+        self.capacity == 0
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
