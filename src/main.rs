@@ -5,14 +5,14 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use shoal::config::{self, NodeConfig, RouterConfig};
 
-/// Every process this binary runs (router, node, `dev`) allocates through
-/// mimalloc: on a warm cluster it took 10-15 % off the server CPU of a
-/// replicated SET against glibc's malloc, whose free-list consolidation
-/// grows with the fragmentation of long-running heaps (docs/PERFORMANCE.md,
-/// "Fast path, step: mimalloc"). Built without transparent huge pages
-/// (`no_thp`), which cost idle nodes 2 MiB of RSS per group. RocksDB's own
-/// C++ allocations stay on glibc. The library (and its tests) keep the
-/// system allocator.
+/// Every `shoal` process (router, node, `dev`; not the etcd `dev` starts)
+/// allocates through mimalloc: on a warm cluster it took 10-15 % off the
+/// server CPU of a replicated SET against glibc's malloc, whose free-list
+/// consolidation grows with the fragmentation of long-running heaps
+/// (docs/PERFORMANCE.md, "Fast path, step: mimalloc"). Built without
+/// transparent huge pages (`no_thp`), which cost idle nodes about 2.3 MiB
+/// of RSS per group. RocksDB's own C++ allocations stay on glibc. The
+/// library (and its tests) keep the system allocator.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
