@@ -756,8 +756,58 @@ pub fn load_prepared(view: &DbView, gid: u64) -> Result<Vec<Prepared>, engine::E
         .collect()
 }
 
-/// How many prepared transactions the group holds once `ops` are written.
-fn count_prepared_after(view: &DbView, gid: u64, ops: &[Op]) -> Result<usize, StorageError> {
+/// How many prepared transactions the group holds once `ops` are written,
+/// from the `before` it holds now: each prepared row that `ops` put or
+/// delete is looked up (or followed through `ops`) to see whether it
+/// changes the count. A point lookup per row touched, not a scan of the
+/// group's prepared rows: such a scan also walks the tombstones of every
+/// transaction since the rows' last compaction, and once the WAL bound
+/// flushes `raft_state` often, those sit in SST blocks (docs/PERFORMANCE.md,
+/// "Fast path, step: WAL files reused"). A range delete of `raft_state`
+/// among `ops` falls back to the scan.
+fn count_prepared_after(
+    view: &DbView,
+    gid: u64,
+    before: usize,
+    ops: &[Op],
+) -> Result<usize, StorageError> {
+    let start = state_key(gid, tag::PREPARED);
+    if ops
+        .iter()
+        .any(|op| matches!(op, Op::DeleteRange(Cf::State, ..)))
+    {
+        return scan_prepared_after(view, gid, ops);
+    }
+    let mut now: HashMap<&[u8], bool> = HashMap::new();
+    let mut count = before as i64;
+    for op in ops {
+        let (key, present) = match op {
+            Op::Put(Cf::State, k, _) if k.starts_with(&start) => (k.as_slice(), true),
+            Op::Delete(Cf::State, k) if k.starts_with(&start) => (k.as_slice(), false),
+            _ => continue,
+        };
+        let was = match now.get(key) {
+            Some(&was) => was,
+            None => view.exists(Cf::State, key).map_err(read_err)?,
+        };
+        count += i64::from(present) - i64::from(was);
+        now.insert(key, present);
+    }
+    let count = usize::try_from(count).unwrap_or(0);
+    // Debug builds (the tests, the chaos harness) check it against the scan.
+    #[cfg(debug_assertions)]
+    {
+        let scanned = scan_prepared_after(view, gid, ops)?;
+        assert_eq!(
+            count, scanned,
+            "prepared rows of group {gid}, from {before}"
+        );
+    }
+    Ok(count)
+}
+
+/// [`count_prepared_after`] by a scan of the group's prepared rows.
+fn scan_prepared_after(view: &DbView, gid: u64, ops: &[Op]) -> Result<usize, StorageError> {
     let start = state_key(gid, tag::PREPARED);
     let end = state_key(gid, tag::PREPARED + 1);
     let mut keys: std::collections::BTreeSet<Vec<u8>> = view
@@ -912,7 +962,7 @@ fn compute_apply(
     if two_phase {
         // Recount after this batch lands (the count gates the lock checks:
         // plain writes', and the reads of lock rows).
-        prepared_count = count_prepared_after(view, gid, &ops)?;
+        prepared_count = count_prepared_after(view, gid, prepared_count, &ops)?;
     }
     Ok(Applied {
         replies,
