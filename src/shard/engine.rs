@@ -1038,15 +1038,22 @@ mod tests {
             let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
             let kill_after = 300 + round * 250;
             let mut acked = None;
+            let mut reached = false;
             for line in stdout.lines() {
                 if let Some(i) = line.unwrap().strip_prefix("acked ") {
                     let i: u64 = i.parse().unwrap();
                     acked = Some(i);
                     if i + 1 - next >= kill_after {
+                        reached = true;
                         break;
                     }
                 }
             }
+            // Killed while writing, not after it failed or stopped.
+            assert!(
+                reached && child.try_wait().unwrap().is_none(),
+                "the child stopped by itself after row {acked:?} (round {round})"
+            );
             child.kill().unwrap();
             child.wait().unwrap();
             let acked = acked.expect("the child acknowledged no write");
