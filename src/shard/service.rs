@@ -196,8 +196,9 @@ fn refused(id: u64, why: String) -> StreamReply {
 /// one task, and send finished replies packed into frames. A reply waits
 /// for room in the sender's queue, so a peer that stops reading stops the
 /// node from reading it.
-fn serve_stream<F, Fut>(inbound: Streaming<ExecuteBatch>, serve: F) -> ReplyFrames
+fn serve_stream<I, F, Fut>(inbound: I, serve: F) -> ReplyFrames
 where
+    I: futures::Stream<Item = Result<ExecuteBatch, Status>> + Send + Unpin + 'static,
     F: Fn(StreamRequest, Instant) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = StreamReply> + Send + 'static,
 {
@@ -211,7 +212,7 @@ where
         let mut error = None;
         loop {
             tokio::select! {
-                batch = inbound.message(), if open && running.len() < STREAM_IN_FLIGHT => match batch {
+                batch = inbound.next(), if open && running.len() < STREAM_IN_FLIGHT => match batch.transpose() {
                     Ok(Some(batch)) => {
                         let received = Instant::now();
                         for r in batch.requests {
@@ -262,6 +263,23 @@ where
         Some((Ok(ExecuteReplyBatch { replies }), (rx, ended)))
     });
     Box::pin(frames)
+}
+
+/// Serve a framed link ([`super::link`]) of `service`: the same requests,
+/// replies and limits as the gRPC stream of that service.
+pub fn serve_link(
+    host: Arc<Host>,
+    service: super::stream::Service,
+    inbound: super::link::Inbound,
+) -> ReplyFrames {
+    match service {
+        super::stream::Service::Shard => {
+            serve_stream(inbound, move |r, at| serve_execute(host.clone(), r, at))
+        }
+        super::stream::Service::Raft => {
+            serve_stream(inbound, move |r, at| serve_raft(host.clone(), r, at))
+        }
+    }
 }
 
 /// Whether tonic refused a message over the service's decoding limit.
