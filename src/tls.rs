@@ -35,6 +35,10 @@ use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+/// The ALPN protocol of a framed link (`shard::link`): a node's listener
+/// offers it beside `h2`, a link's dialer asks for it alone.
+pub const LINK_ALPN: &[u8] = b"shoal-link/1";
+
 /// A handshake that takes longer than this is abandoned.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -154,14 +158,14 @@ impl ClusterTls {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, private)
             .with_context(misfit)?;
-        server.alpn_protocols = vec![b"h2".to_vec(), crate::shard::link::ALPN.to_vec()];
+        server.alpn_protocols = vec![b"h2".to_vec(), LINK_ALPN.to_vec()];
         let mut link_client = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .context("TLS 1.3 unavailable")?
             .with_root_certificates(roots.clone())
             .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
             .with_context(misfit)?;
-        link_client.alpn_protocols = vec![crate::shard::link::ALPN.to_vec()];
+        link_client.alpn_protocols = vec![LINK_ALPN.to_vec()];
         let read =
             |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
         let client = tonic::transport::ClientTlsConfig::new()

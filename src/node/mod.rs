@@ -109,9 +109,9 @@ pub async fn run(
         Some(tls) => {
             let links = host.clone();
             let divert: crate::tls::Divert = Arc::new(move |stream, peer| {
-                if stream.get_ref().1.alpn_protocol() == Some(crate::shard::link::ALPN) {
+                if stream.get_ref().1.alpn_protocol() == Some(crate::tls::LINK_ALPN) {
                     crate::shard::link::keepalive(stream.get_ref().0);
-                    crate::shard::link::serve(stream, links.clone(), peer);
+                    crate::shard::service::serve_link(stream, links.clone(), peer);
                     None
                 } else {
                     Some(stream)
@@ -221,7 +221,7 @@ fn tokio_stream_incoming(
             tokio::spawn(async move {
                 if crate::shard::link::is_link(&socket).await {
                     crate::shard::link::keepalive(&socket);
-                    crate::shard::link::serve(socket, host, peer.to_string());
+                    crate::shard::service::serve_link(socket, host, peer.to_string());
                 } else {
                     let _ = tx.send(Ok(socket)).await;
                 }

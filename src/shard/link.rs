@@ -47,9 +47,6 @@ use tokio_rustls::rustls;
 use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite};
 use tonic::Status;
 
-use super::host::Host;
-use super::stream::Service;
-use super::wire;
 use crate::proto::{ExecuteBatch, ExecuteReplyBatch};
 
 /// What a dialer sends first on a link.
@@ -57,12 +54,21 @@ pub const MAGIC: &[u8; 8] = b"SHOALNK1";
 /// What a node answers when it serves the link.
 pub const ACK: &[u8; 8] = b"SHOALOK1";
 /// The ALPN protocol of a link under TLS.
-pub const ALPN: &[u8] = b"shoal-link/1";
+pub const ALPN: &[u8] = crate::tls::LINK_ALPN;
 /// How long the magic, the service byte and the ack may take.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of a frame reserved ahead of their arrival, at most: a length
 /// prefix alone makes the reader allocate no more than this.
 const RESERVE_AHEAD: usize = 64 << 10;
+
+/// Which service a stream (a link, or its gRPC fallback) carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// Requests of routers (`ShardService.ExecuteStream` over gRPC).
+    Shard,
+    /// Raft messages between nodes (`RaftService.Stream` over gRPC).
+    Raft,
+}
 
 fn service_byte(service: Service) -> u8 {
     match service {
@@ -76,15 +82,6 @@ fn service_of(byte: u8) -> Option<Service> {
         1 => Some(Service::Shard),
         2 => Some(Service::Raft),
         _ => None,
-    }
-}
-
-/// The largest request frame a node decodes for `service`: the decoding
-/// limits of its gRPC services.
-fn request_frame_max(service: Service) -> usize {
-    match service {
-        Service::Shard => wire::SHARD_FRAME_MAX,
-        Service::Raft => wire::RAFT_FRAME_MAX,
     }
 }
 
@@ -206,21 +203,12 @@ pub type Inbound = Pin<Box<dyn futures::Stream<Item = Result<ExecuteBatch, Statu
 /// Reply frames as a node sends them.
 pub type Replies = Pin<Box<dyn futures::Stream<Item = Result<ExecuteReplyBatch, Status>> + Send>>;
 
-/// Serve a link on `io` for this node's `host` (the dialer's magic not
-/// yet read). Runs on a task of its own.
-pub fn serve<IO>(io: IO, host: Arc<Host>, peer: String)
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    serve_with(io, peer, move |service, inbound| {
-        super::service::serve_link(host, service, inbound)
-    });
-}
-
-/// Serve a link on `io` with `replies`, which turns a service's request
-/// frames into its reply frames: check the magic and the service, answer
-/// [`ACK`], then move frames until either side ends.
-pub fn serve_with<IO, F>(io: IO, peer: String, replies: F)
+/// Serve a link on `io` (the dialer's magic not yet read) with
+/// `replies`, which turns a service's request frames into its reply
+/// frames; `max_request` is the largest request frame taken for a
+/// service. Checks the magic and the service, answers [`ACK`], then moves
+/// frames until either side ends, on a task of its own.
+pub fn serve<IO, F>(io: IO, peer: String, max_request: fn(Service) -> usize, replies: F)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: FnOnce(Service, Inbound) -> Replies + Send + 'static,
@@ -255,7 +243,7 @@ where
                 return;
             }
         };
-        let inbound = FramedRead::new(rd, FrameCodec::new(request_frame_max(service))).map(|f| {
+        let inbound = FramedRead::new(rd, FrameCodec::new(max_request(service))).map(|f| {
             f.map_err(status_of).and_then(|b| {
                 ExecuteBatch::decode(b)
                     .map_err(|e| Status::invalid_argument(format!("unreadable frame: {e}")))
@@ -406,9 +394,10 @@ async fn hello(
         })
     });
     // Request frames are bounded where they are made (`MAX_BATCH_BYTES`
-    // plus one request of at most `MAX_SHARD_REQUEST` / `MAX_APPEND`).
+    // plus one request of at most `MAX_SHARD_REQUEST` / `MAX_APPEND`), and
+    // the node checks them against its limit.
     Ok(Opened::Link(
-        FramedWrite::new(wr, FrameCodec::new(request_frame_max(service))),
+        FramedWrite::new(wr, FrameCodec::new(usize::MAX)),
         Box::pin(inbound),
     ))
 }
@@ -433,6 +422,7 @@ mod tests {
     use super::*;
     use crate::shard::stream::tests::{call, echo};
     use crate::shard::stream::{CallError, Streams};
+    use crate::shard::wire;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// How a fake node answers on its links.
@@ -469,11 +459,15 @@ mod tests {
             while let Ok((s, peer)) = l.accept().await {
                 if is_link(&s).await {
                     count.fetch_add(1, Ordering::SeqCst);
-                    serve_with(s, peer.to_string(), answer(fake));
+                    serve(s, peer.to_string(), max_request, answer(fake));
                 }
             }
         });
         (addr, links)
+    }
+
+    fn max_request(_: Service) -> usize {
+        wire::SHARD_FRAME_MAX
     }
 
     fn streams() -> Streams {

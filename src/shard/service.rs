@@ -20,6 +20,7 @@ use super::codec::{self, Format};
 use super::command::{OpReply, ShardRequest};
 use super::hibernate::{HibernateRequest, Ping};
 use super::host::Host;
+use super::link;
 use super::network::{decode_vote, encode_result};
 use super::snapshot::Receiver;
 use super::status::node_status;
@@ -265,20 +266,34 @@ where
     Box::pin(frames)
 }
 
-/// Serve a framed link ([`super::link`]) of `service`: the same requests,
-/// replies and limits as the gRPC stream of that service.
-pub fn serve_link(
-    host: Arc<Host>,
-    service: super::stream::Service,
-    inbound: super::link::Inbound,
-) -> ReplyFrames {
+/// Serve a framed link ([`super::link`]) accepted on `io` from `peer`:
+/// the same requests, replies and limits as the gRPC stream of the service
+/// it names. Runs on tasks of its own.
+pub fn serve_link<IO>(io: IO, host: Arc<Host>, peer: String)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    link::serve(
+        io,
+        peer,
+        request_frame_max,
+        move |service, inbound| match service {
+            link::Service::Shard => {
+                serve_stream(inbound, move |r, at| serve_execute(host.clone(), r, at))
+            }
+            link::Service::Raft => {
+                serve_stream(inbound, move |r, at| serve_raft(host.clone(), r, at))
+            }
+        },
+    );
+}
+
+/// The largest request frame a node decodes for `service`: its gRPC
+/// service's decoding limit.
+fn request_frame_max(service: link::Service) -> usize {
     match service {
-        super::stream::Service::Shard => {
-            serve_stream(inbound, move |r, at| serve_execute(host.clone(), r, at))
-        }
-        super::stream::Service::Raft => {
-            serve_stream(inbound, move |r, at| serve_raft(host.clone(), r, at))
-        }
+        link::Service::Shard => wire::SHARD_FRAME_MAX,
+        link::Service::Raft => wire::RAFT_FRAME_MAX,
     }
 }
 

@@ -86,14 +86,8 @@ pub struct Peer {
     pub link: Option<link::Dial>,
 }
 
-/// Which service's stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
-    /// `ShardService.ExecuteStream` (router → node).
-    Shard,
-    /// `RaftService.Stream` (node → node).
-    Raft,
-}
+/// Which service's stream (defined with the links that carry it).
+pub use super::link::Service;
 
 impl Service {
     /// What a dialer of this service is, for error sentences.
