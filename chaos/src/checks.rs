@@ -431,12 +431,23 @@ pub struct LockSummary {
     /// Acquires that answered `+OK` later than TTL/2 after they were sent
     /// (not counted as holding).
     pub late: usize,
+    /// The intervals were taken on the wall clock (every operation recorded
+    /// it), not on the monotonic one.
+    pub wall_clock: bool,
     pub violations: Vec<Violation>,
 }
 
 /// Slack taken off every TTL, for a store that keeps expiry times in whole
 /// milliseconds (its "now" may be up to 1 ms behind the real time).
 pub const TTL_SLACK_US: u64 = 1_000;
+
+/// An operation's (invoke, complete) on the clock [`locks`] works on.
+fn lock_times(op: &Op, wall_clock: bool) -> (u64, u64) {
+    match op.wall {
+        Some(w) if wall_clock => (w.invoke, w.complete),
+        _ => (op.invoke, op.complete),
+    }
+}
 
 /// Never two holders of one lock. Each acquire that answered `+OK` at most
 /// TTL/2 after it was sent holds the lock over
@@ -445,8 +456,8 @@ pub const TTL_SLACK_US: u64 = 1_000;
 /// overlap.
 ///
 /// Why this is sound with faults and unknown outcomes: every client is a
-/// thread of the harness and every time is on the recorder's one monotonic
-/// clock. The store grants the lock at some instant `g` between the SET's
+/// thread of the harness and every time is read from one clock of this
+/// machine. The store grants the lock at some instant `g` between the SET's
 /// sending (`invoke`) and the OK's arrival (`complete`), and from then on
 /// the key holds the token until a release deletes it (not before that
 /// release was sent) or the TTL runs out (not before `g + TTL`, and `g` is
@@ -458,15 +469,34 @@ pub const TTL_SLACK_US: u64 = 1_000;
 /// here (at most it keeps others out longer), and a release of unknown
 /// outcome still was sent at its `invoke`. The TTL/2 rule only removes
 /// holders; it keeps the holders that count those that knew in time that
-/// they held the lock, as Redlock's validity time does.
+/// they held the lock, as Redlock's validity time does (measured, as a
+/// client measures it, on the monotonic clock).
+///
+/// **Which clock.** The store stamps `PX` onto the wall clock (a router's
+/// `now + TTL`, as redis-server does with its own clock), so "not before
+/// `g + TTL`" holds on the wall clock, and the intervals are taken there
+/// whenever every operation recorded it ([`super::history::Wall`]). On the
+/// monotonic clock the argument breaks when the wall clock steps forward
+/// during a run: a virtual machine's wall clock jumped 0.69 s ahead of its
+/// monotonic clock in one chaos run (seed 2026, docs/RELIABILITY.md), so
+/// a lock expired 0.69 s "early" on the monotonic clock, exactly as it
+/// would have on redis-server, and the monotonic check reported two
+/// holders. The wall-clock check assumes the wall clock never steps back
+/// (as [`limiter`] does); a history without wall times (saved before they
+/// were recorded) is checked on the monotonic clock.
 pub fn locks(h: &History) -> LockSummary {
-    let mut sum = LockSummary::default();
+    let wall_clock = !h.ops.is_empty() && h.ops.iter().all(|o| o.wall.is_some());
+    let at = |op: &Op| lock_times(op, wall_clock);
+    let mut sum = LockSummary {
+        wall_clock,
+        ..LockSummary::default()
+    };
     // The first release of each token (tokens are unique per acquire).
     let mut released: HashMap<(&str, &str), &Op> = HashMap::new();
     for op in &h.ops {
         if let Call::Release { key, token } = &op.call {
             let e = released.entry((key, token)).or_insert(op);
-            if op.invoke < e.invoke {
+            if at(op).0 < at(e).0 {
                 *e = op;
             }
         }
@@ -496,17 +526,23 @@ pub fn locks(h: &History) -> LockSummary {
             sum.late += 1;
             continue;
         }
+        let (invoke, complete) = at(op);
         let release = released.get(&(key.as_str(), token.as_str())).copied();
-        let expiry = (op.invoke + ttl_us).saturating_sub(TTL_SLACK_US);
-        let end = release.map_or(expiry, |r| r.invoke.min(expiry));
-        if end <= op.complete {
+        let expiry = (invoke + ttl_us).saturating_sub(TTL_SLACK_US);
+        let end = release.map_or(expiry, |r| at(r).0.min(expiry));
+        if end <= complete {
             continue;
         }
         sum.held += 1;
         held.entry(key)
             .or_default()
-            .push((op.complete, end, op, release));
+            .push((complete, end, op, release));
     }
+    let clock = if wall_clock {
+        "wall clock, Unix µs"
+    } else {
+        "µs"
+    };
     for (key, mut hs) in held {
         hs.sort_by_key(|h| (h.0, h.2.id));
         // The holder whose interval reaches furthest so far.
@@ -520,8 +556,8 @@ pub fn locks(h: &History) -> LockSummary {
                         checker: "locks".into(),
                         key: Some(key.to_string()),
                         message: format!(
-                            "two holders of {key}: op {} ({:?}) held it over {}..{} µs and op {} \
-                             ({:?}) got it at {} µs",
+                            "two holders of {key}: op {} ({:?}) held it over {}..{} ({clock}) and \
+                             op {} ({:?}) got it at {}",
                             p.2.id,
                             token_of(p.2),
                             p.0,
@@ -540,6 +576,26 @@ pub fn locks(h: &History) -> LockSummary {
         }
     }
     sum
+}
+
+/// How far the wall clock moved against the monotonic one during a run:
+/// the least and the greatest (wall − monotonic) offset of any operation,
+/// in µs relative to the first operation's. `None` without wall times.
+/// Both readings of one end are taken back to back, so a few ms of noise
+/// (a thread preempted between them) is expected on a loaded machine.
+pub fn clock_drift_us(h: &History) -> Option<(i64, i64)> {
+    let mut offsets = h
+        .ops
+        .iter()
+        .map(|o| {
+            o.wall
+                .map(|w| (o.invoke, w.invoke as i64 - o.invoke as i64))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    offsets.sort_unstable();
+    let first = offsets.first()?.1;
+    let drift = offsets.iter().map(|(_, off)| off - first);
+    Some((drift.clone().min()?, drift.max()?))
 }
 
 fn token_of(op: &Op) -> &str {
@@ -642,6 +698,7 @@ mod tests {
             invoke,
             complete,
             outcome,
+            wall: None,
         }
     }
 
@@ -968,6 +1025,63 @@ mod tests {
             3,
             "both acquires and a's release"
         );
+    }
+
+    /// An op whose wall clock reads `base + offset` at both ends.
+    fn walled(mut o: Op, offset: u64) -> Op {
+        const BASE: u64 = 1_796_458_000_000_000;
+        o.wall = Some(super::super::history::Wall {
+            invoke: BASE + o.invoke + offset,
+            complete: BASE + o.complete + offset,
+        });
+        o
+    }
+
+    /// Seed 2026's false alarm in miniature: the wall clock, on which the
+    /// store counts TTLs, steps 69 ms ahead of the monotonic clock while
+    /// `a` holds a 100 ms lock, so `b`'s SET NX finds it expired 31 ms (on
+    /// the monotonic clock) after `a` sent its SET. The monotonic check
+    /// calls that two holders; the wall-clock check sees `b` get the lock
+    /// after `a`'s TTL ran out, and still catches a real overlap later.
+    #[test]
+    fn locks_are_checked_on_the_wall_clock_when_it_steps() {
+        let yes = || Outcome::Ok(Ret::Acquired(true));
+        let step = 69_000;
+        let ops = vec![
+            walled(acquire(0, "a", 0, 1_000, yes()), 0),
+            walled(acquire(1, "b", 40_000, 1_000, yes()), step),
+            // c holds from 151 ms (never released), d gets it 10 ms later:
+            // two holders on either clock.
+            walled(acquire(2, "c", 150_000, 1_000, yes()), step),
+            walled(acquire(3, "d", 160_000, 1_000, yes()), step),
+        ];
+        let on_wall = locks(&hist(ops.clone()));
+        assert!(on_wall.wall_clock);
+        let msgs: Vec<&str> = on_wall
+            .violations
+            .iter()
+            .map(|v| v.message.as_str())
+            .collect();
+        assert_eq!(msgs.len(), 1, "{msgs:#?}");
+        assert!(
+            msgs[0].contains("(\"c\")") && msgs[0].contains("op 3 (\"d\")"),
+            "{}",
+            msgs[0]
+        );
+        assert!(msgs[0].contains("wall clock"), "{}", msgs[0]);
+        assert_eq!(clock_drift_us(&hist(ops.clone())), Some((0, step as i64)));
+
+        // Without wall times (one op lacks them), the monotonic clock: the
+        // step shows as a's lock taken by b.
+        let mut mono = ops;
+        mono[3].wall = None;
+        let on_mono = locks(&hist(mono.clone()));
+        assert!(!on_mono.wall_clock);
+        assert_eq!(on_mono.violations.len(), 2, "{:#?}", on_mono.violations);
+        assert!(on_mono.violations[0]
+            .message
+            .contains("op 1 (\"b\") got it at 41000"));
+        assert_eq!(clock_drift_us(&hist(mono)), None);
     }
 
     fn admit(id: u64, at_us: i64, outcome: Option<bool>) -> Op {

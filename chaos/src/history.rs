@@ -1,6 +1,9 @@
 //! The history of a chaos run: every client operation as one record (its
 //! invocation and how it completed), plus the faults injected, with times in
-//! microseconds on one monotonic clock started with the run.
+//! microseconds on one monotonic clock started with the run. Each operation
+//! also carries the wall clock's reading at both ends ([`Wall`]): the store
+//! measures TTLs on the wall clock, and a virtual machine's wall clock can
+//! step against its monotonic one (see [`crate::checks::locks`]).
 //!
 //! A record is an `invoke` event paired with its completion: `ok` (the reply
 //! was seen), `fail` (an error reply that proves the operation did not take
@@ -188,6 +191,24 @@ pub struct Op {
     pub invoke: u64,
     pub complete: u64,
     pub outcome: Outcome,
+    /// The wall clock at `invoke` and `complete` (absent in histories saved
+    /// before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall: Option<Wall>,
+}
+
+/// Wall-clock readings (Unix microseconds) at an operation's two ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wall {
+    pub invoke: u64,
+    pub complete: u64,
+}
+
+/// Now on the wall clock, in Unix microseconds (0 before 1970).
+pub fn wall_now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 impl Op {
@@ -272,15 +293,20 @@ impl Recorder {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let invoke = self.now();
+        let (invoke, wall_invoke) = (self.now(), wall_now_us());
         let outcome = f(&call);
+        let (complete, wall_complete) = (self.now(), wall_now_us());
         let op = Op {
             id,
             client,
             call,
             invoke,
-            complete: self.now(),
+            complete,
             outcome,
+            wall: Some(Wall {
+                invoke: wall_invoke,
+                complete: wall_complete,
+            }),
         };
         self.lock().ops.push(op.clone());
         op

@@ -198,6 +198,13 @@ pub struct Report {
     pub limiter_rejected: usize,
     #[serde(default)]
     pub limiter_unknown: usize,
+    /// How far the wall clock moved against the monotonic one during the
+    /// run (least, greatest, in ms; see [`checks::clock_drift_us`]).
+    #[serde(default)]
+    pub clock_drift_ms: Option<(i64, i64)>,
+    /// The lock checker took its intervals on the wall clock.
+    #[serde(default)]
+    pub locks_on_wall_clock: bool,
     pub violations: Vec<Violation>,
     /// Processes that died without being killed by the harness.
     pub crashes: Vec<String>,
@@ -285,6 +292,17 @@ impl std::fmt::Display for Report {
                 self.limiter_admitted,
                 self.limiter_rejected,
                 self.limiter_unknown
+            )?;
+        }
+        if let Some((lo, hi)) = self.clock_drift_ms {
+            writeln!(
+                f,
+                "  clock        wall clock against the monotonic clock: {lo:+} .. {hi:+} ms over the run{}",
+                if self.locks && self.locks_on_wall_clock {
+                    "; locks checked on the wall clock"
+                } else {
+                    ""
+                }
             )?;
         }
         for c in &self.crashes {
@@ -391,6 +409,7 @@ pub fn check_history(
     took.sort_unstable();
     report.move_median_ms = took.get(took.len() / 2).copied().unwrap_or(0);
     report.ops = h.ops.len();
+    report.clock_drift_ms = checks::clock_drift_us(h).map(|(lo, hi)| (lo / 1000, hi / 1000));
     report.ops_ok = h.ops.iter().filter(|o| o.is_ok()).count();
     report.ops_unknown = h.ops.iter().filter(|o| o.is_unknown()).count();
     report.ops_fail = report.ops - report.ops_ok - report.ops_unknown;
@@ -427,6 +446,7 @@ pub fn script_checks(h: &History, report: &mut Report) {
         report.locks = true;
         report.locks_held = l.held;
         report.locks_late = l.late;
+        report.locks_on_wall_clock = l.wall_clock;
         report.violations.extend(l.violations);
     }
     if h.ops.iter().any(|o| matches!(o.call, Call::Admit { .. })) {
@@ -736,6 +756,7 @@ mod tests {
             invoke,
             complete,
             outcome: Outcome::Ok(ret),
+            wall: None,
         }
     }
 
