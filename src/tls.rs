@@ -35,6 +35,10 @@ use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+/// The ALPN protocol of a framed link (`shard::link`): a node's listener
+/// offers it beside `h2`, a link's dialer asks for it alone.
+pub const LINK_ALPN: &[u8] = b"shoal-link/1";
+
 /// A handshake that takes longer than this is abandoned.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -121,6 +125,9 @@ pub struct ClusterTls {
     pub server: Arc<ServerConfig>,
     /// Dialers: this certificate, and the CA for the node's.
     pub client: tonic::transport::ClientTlsConfig,
+    /// Dialers of framed links (`shard::link`): the same, TLS 1.3, ALPN
+    /// `shoal-link/1`.
+    pub link_client: Arc<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for ClusterTls {
@@ -134,8 +141,15 @@ impl ClusterTls {
         install_crypto_provider();
         let chain = read_certs(cert)?;
         let private = read_key(key)?;
+        let misfit = || {
+            format!(
+                "the key {} does not fit the certificate {}",
+                key.display(),
+                cert.display()
+            )
+        };
         let roots = Arc::new(read_roots(ca)?);
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .build()
             .with_context(|| format!("cannot use the CA in {}", ca.display()))?;
         let mut server = ServerConfig::builder_with_provider(provider())
@@ -143,14 +157,15 @@ impl ClusterTls {
             .context("TLS 1.3 unavailable")?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, private)
-            .with_context(|| {
-                format!(
-                    "the key {} does not fit the certificate {}",
-                    key.display(),
-                    cert.display()
-                )
-            })?;
-        server.alpn_protocols = vec![b"h2".to_vec()];
+            .with_context(misfit)?;
+        server.alpn_protocols = vec![b"h2".to_vec(), LINK_ALPN.to_vec()];
+        let mut link_client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .context("TLS 1.3 unavailable")?
+            .with_root_certificates(roots.clone())
+            .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
+            .with_context(misfit)?;
+        link_client.alpn_protocols = vec![LINK_ALPN.to_vec()];
         let read =
             |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
         let client = tonic::transport::ClientTlsConfig::new()
@@ -162,6 +177,7 @@ impl ClusterTls {
         Ok(ClusterTls {
             server: Arc::new(server),
             client,
+            link_client: Arc::new(link_client),
         })
     }
 
@@ -446,6 +462,11 @@ fn refused_by_node(alert: rustls::AlertDescription, dialer: &str) -> String {
     }
 }
 
+/// Whether `e` is a TLS failure (rustls's error, or a peer's alert).
+pub fn is_tls_error(e: &io::Error) -> bool {
+    dial_failure(e, "dialer").is_some()
+}
+
 /// Log a failed TLS dial to `addr` by this `dialer` ("router", "node") as
 /// one warning, at most once per address and reason every few seconds, and
 /// return that sentence; anything else stays at debug and is `None`.
@@ -470,6 +491,12 @@ pub fn log_dial_failure(
     Some(sentence)
 }
 
+/// What [`incoming`] does with a connection after its handshake: keep it
+/// (`None`: a framed link, served elsewhere) or give it back to be served
+/// as HTTP/2.
+pub type Divert =
+    Arc<dyn Fn(TlsStream<TcpStream>, String) -> Option<TlsStream<TcpStream>> + Send + Sync>;
+
 /// The accepted connections of `listener`, each after its TLS handshake
 /// (run concurrently, so a slow peer holds up no other), as the stream tonic
 /// serves. `name` is what logs call the listener.
@@ -477,6 +504,7 @@ pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     name: String,
+    divert: Divert,
 ) -> impl futures::Stream<Item = io::Result<TlsStream<TcpStream>>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<TlsStream<TcpStream>>(64);
     let acceptor = TlsAcceptor::from(config);
@@ -499,9 +527,12 @@ pub fn incoming(
                 return;
             }
             let (tx, acceptor, name) = (tx.clone(), acceptor.clone(), name.clone());
+            let divert = divert.clone();
             tokio::spawn(async move {
                 if let Some(stream) = accept(&acceptor, socket, &peer.to_string(), &name).await {
-                    let _ = tx.send(stream).await;
+                    if let Some(stream) = divert(stream, peer.to_string()) {
+                        let _ = tx.send(stream).await;
+                    }
                 }
             });
         }

@@ -309,6 +309,41 @@ fn a_tls_cluster_serves_tls_clients_and_refuses_the_rest() {
         ))
         .domain_name("127.0.0.1");
     assert!(node_status(&rt, &node, Some(client_only)).is_err());
+
+    // Framed links under TLS (ALPN shoal-link/1): the router and the nodes
+    // used them (none fell back to the gRPC stream), and a link takes the
+    // cluster's certificate and no other.
+    let mut logs = cluster.router_log(0);
+    for id in 1..=3 {
+        let path = cluster.node_dir(id).join(format!("node-{id}.log"));
+        logs.push_str(&std::fs::read_to_string(path).unwrap());
+    }
+    assert!(
+        !logs.contains("does not serve framed links"),
+        "a process fell back to the gRPC stream:\n{logs}"
+    );
+    let link = |cert: std::path::PathBuf, key: std::path::PathBuf| {
+        let tls = shoal::tls::ClusterTls::load(&cert, &key, &certs.ca()).unwrap();
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let dial = shoal::shard::link::Dial {
+            addr: node.clone(),
+            tls: Some((tls.link_client.clone(), name)),
+        };
+        rt.block_on(shoal::shard::link::open(
+            &dial,
+            shoal::shard::stream::Service::Shard,
+            1 << 20,
+        ))
+    };
+    assert!(matches!(
+        link(certs.router_cert(), certs.router_key()),
+        Ok(shoal::shard::link::Opened::Link(..))
+    ));
+    let refused = link(other.router_cert(), other.router_key());
+    assert!(
+        matches!(refused, Err(shoal::shard::link::OpenError::Tls(_))),
+        "{refused:?}"
+    );
     let log = std::fs::read_to_string(cluster.node_dir(1).join("node-1.log")).unwrap();
     for want in [
         "does not speak TLS",

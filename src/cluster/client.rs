@@ -401,7 +401,7 @@ impl ShardClient {
         req.timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
         let call = self
             .streams
-            .call(&addr, || self.transport.channel(&addr), req, timeout);
+            .call(&addr, || self.transport.peer(&addr), req, timeout);
         let reply = match call.await {
             // No answer in time: for a write the outcome is unknown; a read
             // may go to another replica.

@@ -559,6 +559,11 @@ impl LocalCluster {
         self.routers[0].addr()
     }
 
+    /// The whole log of router `index` (0 is the first).
+    pub fn router_log(&self, index: usize) -> String {
+        std::fs::read_to_string(self.routers[index].proc.log_path()).unwrap_or_default()
+    }
+
     /// Every router's address, the first one first.
     pub fn router_addrs(&self) -> Vec<String> {
         self.routers.iter().map(Member::addr).collect()

@@ -103,13 +103,30 @@ pub async fn run(
     let server = tonic::transport::Server::builder()
         .add_service(crate::shard::service::raft_server(service.clone()))
         .add_service(crate::shard::service::shard_server(service));
+    // Framed links (`shard::link`) share the port: told apart by ALPN
+    // under TLS, by their first bytes in plaintext.
     let server = match tls {
-        Some(tls) => tokio::spawn(server.serve_with_incoming(crate::tls::incoming(
-            listener,
-            tls.server,
-            format!("node {} gRPC {addr}", c.id),
-        ))),
-        None => tokio::spawn(server.serve_with_incoming(tokio_stream_incoming(listener))),
+        Some(tls) => {
+            let links = host.clone();
+            let divert: crate::tls::Divert = Arc::new(move |stream, peer| {
+                if stream.get_ref().1.alpn_protocol() == Some(crate::tls::LINK_ALPN) {
+                    crate::shard::link::keepalive(stream.get_ref().0);
+                    crate::shard::service::serve_link(stream, links.clone(), peer);
+                    None
+                } else {
+                    Some(stream)
+                }
+            });
+            tokio::spawn(server.serve_with_incoming(crate::tls::incoming(
+                listener,
+                tls.server,
+                format!("node {} gRPC {addr}", c.id),
+                divert,
+            )))
+        }
+        None => {
+            tokio::spawn(server.serve_with_incoming(tokio_stream_incoming(listener, host.clone())))
+        }
     };
 
     meta.register_member(c.id, &c.listen).await?;
@@ -177,14 +194,39 @@ async fn check_identity(meta: &Meta, c: &NodeConfig, host: &Host) -> anyhow::Res
     Ok(record)
 }
 
+/// The plaintext listener's connections for tonic; framed links
+/// (`shard::link`, told by their first bytes, looked at on a task per
+/// connection) are served apart.
 fn tokio_stream_incoming(
     listener: tokio::net::TcpListener,
+    host: Arc<Host>,
 ) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |l| async move {
-        let r = l.accept().await.map(|(s, _)| {
-            let _ = s.set_nodelay(true);
-            s
-        });
-        Some((r, l))
-    })
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<tokio::net::TcpStream>>(64);
+    tokio::spawn(async move {
+        loop {
+            let (socket, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, most likely: let a moment pass.
+                    tracing::debug!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if tx.is_closed() {
+                return;
+            }
+            let _ = socket.set_nodelay(true);
+            let (tx, host) = (tx.clone(), host.clone());
+            tokio::spawn(async move {
+                if crate::shard::link::is_link(&socket).await {
+                    crate::shard::link::keepalive(&socket);
+                    crate::shard::service::serve_link(socket, host, peer.to_string());
+                } else {
+                    let _ = tx.send(Ok(socket)).await;
+                }
+            });
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move { Some((rx.recv().await?, rx)) })
 }

@@ -43,6 +43,7 @@ pub mod hibernate;
 pub mod hibernate_loop;
 pub mod host;
 pub mod lease;
+pub mod link;
 pub mod list;
 pub mod log_tail;
 pub mod network;

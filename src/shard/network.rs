@@ -24,11 +24,13 @@ use openraft_legacy::network_v1::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio_rustls::rustls;
 use tonic::transport::Channel;
 
 use super::codec::{self, Format};
 use super::lease::Lease;
-use super::stream::{CallError, Service, Streams, KIND_APPEND, KIND_VOTE};
+use super::link;
+use super::stream::{CallError, Peer, Service, Streams, KIND_APPEND, KIND_VOTE};
 use super::types::{LogId, Node, NodeId, SnapshotBytes, TypeConfig};
 use super::wire;
 use crate::proto::raft_service_client::RaftServiceClient;
@@ -117,9 +119,31 @@ impl Transport {
             timeout_ms: u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX),
             kind,
         };
-        self.raft
-            .call(addr, || self.channel(addr), request, ttl)
-            .await
+        self.raft.call(addr, || self.peer(addr), request, ttl).await
+    }
+
+    /// How streams reach the node at `addr`: its channel, and a framed
+    /// link ([`super::link`]) dialled where `dial_via` says, under the
+    /// cluster's TLS when set (the node's certificate must name the host of
+    /// `addr`).
+    pub fn peer(&self, addr: &str) -> Result<Peer, String> {
+        let channel = self.channel(addr)?;
+        let dial = self.dial_via.get(addr).map_or(addr, String::as_str);
+        let tls = match &self.tls {
+            None => None,
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::try_from(crate::tls::host_of(addr))
+                    .map_err(|e| format!("bad host in {addr}: {e}"))?;
+                Some((tls.link_client.clone(), name))
+            }
+        };
+        Ok(Peer {
+            channel,
+            link: Some(link::Dial {
+                addr: dial.to_string(),
+                tls,
+            }),
+        })
     }
 
     /// A channel to `addr` (or to where `dial_via` sends it), created on
@@ -285,7 +309,7 @@ impl GroupNetwork {
         let transport = &self.transport;
         let reply = match transport
             .raft
-            .call(&addr, || transport.channel(&addr), request, ttl)
+            .call(&addr, || transport.peer(&addr), request, ttl)
             .await
         {
             Ok(reply) => reply,

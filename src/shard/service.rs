@@ -20,6 +20,7 @@ use super::codec::{self, Format};
 use super::command::{OpReply, ShardRequest};
 use super::hibernate::{HibernateRequest, Ping};
 use super::host::Host;
+use super::link;
 use super::network::{decode_vote, encode_result};
 use super::snapshot::Receiver;
 use super::status::node_status;
@@ -196,8 +197,9 @@ fn refused(id: u64, why: String) -> StreamReply {
 /// one task, and send finished replies packed into frames. A reply waits
 /// for room in the sender's queue, so a peer that stops reading stops the
 /// node from reading it.
-fn serve_stream<F, Fut>(inbound: Streaming<ExecuteBatch>, serve: F) -> ReplyFrames
+fn serve_stream<I, F, Fut>(inbound: I, serve: F) -> ReplyFrames
 where
+    I: futures::Stream<Item = Result<ExecuteBatch, Status>> + Send + Unpin + 'static,
     F: Fn(StreamRequest, Instant) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = StreamReply> + Send + 'static,
 {
@@ -211,7 +213,7 @@ where
         let mut error = None;
         loop {
             tokio::select! {
-                batch = inbound.message(), if open && running.len() < STREAM_IN_FLIGHT => match batch {
+                batch = inbound.next(), if open && running.len() < STREAM_IN_FLIGHT => match batch.transpose() {
                     Ok(Some(batch)) => {
                         let received = Instant::now();
                         for r in batch.requests {
@@ -262,6 +264,37 @@ where
         Some((Ok(ExecuteReplyBatch { replies }), (rx, ended)))
     });
     Box::pin(frames)
+}
+
+/// Serve a framed link ([`super::link`]) accepted on `io` from `peer`:
+/// the same requests, replies and limits as the gRPC stream of the service
+/// it names. Runs on tasks of its own.
+pub fn serve_link<IO>(io: IO, host: Arc<Host>, peer: String)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    link::serve(
+        io,
+        peer,
+        request_frame_max,
+        move |service, inbound| match service {
+            link::Service::Shard => {
+                serve_stream(inbound, move |r, at| serve_execute(host.clone(), r, at))
+            }
+            link::Service::Raft => {
+                serve_stream(inbound, move |r, at| serve_raft(host.clone(), r, at))
+            }
+        },
+    );
+}
+
+/// The largest request frame a node decodes for `service`: its gRPC
+/// service's decoding limit.
+fn request_frame_max(service: link::Service) -> usize {
+    match service {
+        link::Service::Shard => wire::SHARD_FRAME_MAX,
+        link::Service::Raft => wire::RAFT_FRAME_MAX,
+    }
 }
 
 /// Whether tonic refused a message over the service's decoding limit.

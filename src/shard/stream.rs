@@ -29,6 +29,7 @@ use futures::SinkExt;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 
+use super::link::{self, Opened};
 use crate::proto::raft_service_client::RaftServiceClient;
 use crate::proto::shard_service_client::ShardServiceClient;
 use crate::proto::{ExecuteBatch, ExecuteReplyBatch, StreamRequest};
@@ -77,14 +78,16 @@ struct Queued {
     reply: oneshot::Sender<Result<Vec<u8>, CallError>>,
 }
 
-/// Which service's stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
-    /// `ShardService.ExecuteStream` (router → node).
-    Shard,
-    /// `RaftService.Stream` (node → node).
-    Raft,
+/// How to reach a node: its gRPC channel, and where and how to open a
+/// framed link to it ([`super::link`]; `None`: the gRPC stream only).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub channel: Channel,
+    pub link: Option<link::Dial>,
 }
+
+/// Which service's stream (defined with the links that carry it).
+pub use super::link::Service;
 
 impl Service {
     /// What a dialer of this service is, for error sentences.
@@ -143,12 +146,12 @@ impl Streams {
         }
     }
 
-    /// Send `req` (its id is set here) to the node at `addr` over
-    /// `channel`, and wait up to `timeout` for the encoded reply.
+    /// Send `req` (its id is set here) to the node at `addr`, reached as
+    /// `peer` says, and wait up to `timeout` for the encoded reply.
     pub async fn call(
         &self,
         addr: &str,
-        channel: impl Fn() -> Result<Channel, String>,
+        peer: impl Fn() -> Result<Peer, String>,
         req: StreamRequest,
         timeout: Duration,
     ) -> Result<Vec<u8>, CallError> {
@@ -156,7 +159,7 @@ impl Streams {
         let mut item = Queued { req, reply: tx };
         // A closed queue is a stream that died: replace it once.
         for _ in 0..2 {
-            let queue = self.queue(addr, &channel)?;
+            let queue = self.queue(addr, &peer)?;
             match queue.send(item) {
                 Ok(()) => {
                     return match tokio::time::timeout(timeout, rx).await {
@@ -182,7 +185,7 @@ impl Streams {
     fn queue(
         &self,
         addr: &str,
-        channel: &impl Fn() -> Result<Channel, String>,
+        peer: &impl Fn() -> Result<Peer, String>,
     ) -> Result<mpsc::UnboundedSender<Queued>, CallError> {
         let mut streams = self
             .streams
@@ -191,13 +194,13 @@ impl Streams {
         if let Some(q) = streams.get(addr).filter(|q| !q.is_closed()) {
             return Ok(q.clone());
         }
-        let channel = channel().map_err(CallError::NeverSent)?;
+        let peer = peer().map_err(CallError::NeverSent)?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(drive(
             self.service,
             self.max_reply_frame,
             addr.to_string(),
-            channel,
+            peer,
             rx,
         ));
         streams.insert(addr.to_string(), tx.clone());
@@ -205,25 +208,62 @@ impl Streams {
     }
 }
 
-/// The driver of one stream: open it, then move frames out and replies in
-/// until it breaks; then fail every waiter.
+/// The driver of one stream: open it (a framed link when the node serves
+/// one, else the gRPC stream), then move frames out and replies in until
+/// it breaks; then fail every waiter.
 async fn drive(
     service: Service,
     max_reply_frame: usize,
     addr: String,
-    channel: Channel,
+    peer: Peer,
     mut queue: mpsc::UnboundedReceiver<Queued>,
 ) {
-    let (mut frames, outbound) = fmpsc::channel::<ExecuteBatch>(FRAMES_QUEUED);
+    // Why the link was not used, when it was tried: said once the gRPC
+    // stream is open, for only then is it known that the node is there.
+    let mut no_link = None;
+    if let Some(dial) = &peer.link {
+        // Nothing is sent on a link before the node acknowledged it, so a
+        // failure to open one means nothing was sent.
+        match link::open(dial, service, max_reply_frame).await {
+            Ok(Opened::Link(out, inbound)) => {
+                let out = out.with(|b: ExecuteBatch| {
+                    futures::future::ready(Ok::<_, std::io::Error>(link::frame(&b)))
+                });
+                run(addr, queue, Box::pin(out), inbound).await;
+                return;
+            }
+            Ok(Opened::NotSpoken) => no_link = Some("answered a framed link without its ack"),
+            Ok(Opened::Closed) => no_link = Some("closed a framed link before answering it"),
+            Err(e) => {
+                let error = match e {
+                    link::OpenError::Tls(e) => {
+                        match crate::tls::log_dial_failure(&addr, &e, service.dialer()) {
+                            Some(sentence) => CallError::Tls(sentence),
+                            None => CallError::NeverSent(format!(
+                                "could not open a link to {addr}: {e}"
+                            )),
+                        }
+                    }
+                    link::OpenError::Other(why) => {
+                        CallError::NeverSent(format!("could not open a link to {addr}: {why}"))
+                    }
+                };
+                fail_queued(&mut queue, &error);
+                return;
+            }
+        }
+    }
+    let (frames, outbound) = fmpsc::channel::<ExecuteBatch>(FRAMES_QUEUED);
     // Nothing is handed to the stream before the node accepted it, so a
     // failure to open it means nothing was sent.
-    let mut inbound = match service.open(channel, outbound, max_reply_frame).await {
+    let inbound = match service.open(peer.channel, outbound, max_reply_frame).await {
         Ok(r) => r,
         Err(status) => {
+            let link = no_link.map_or(String::new(), |why| format!(" (it {why})"));
             let error = match crate::tls::log_dial_failure(&addr, &status, service.dialer()) {
                 Some(sentence) => CallError::Tls(sentence),
                 None => CallError::NeverSent(format!(
-                    "could not open a stream to {addr}: {}",
+                    "could not open a stream to {addr}{link}: {}",
                     status.message()
                 )),
             };
@@ -231,11 +271,44 @@ async fn drive(
             return;
         }
     };
+    if let Some(why) = no_link {
+        tracing::info!(
+            node = %addr,
+            "node {addr} {why}: it does not serve framed links (an older version?); using its gRPC stream"
+        );
+    }
+    run(addr, queue, frames, Box::pin(inbound)).await;
+}
+
+/// Move frames out to `frames` and replies in from `inbound` until either
+/// breaks. A frame is written by this task itself (a link's socket, or the
+/// gRPC stream's queue); while it is being written no new frame is made,
+/// but replies keep being read, so a peer slow to read cannot stall them.
+async fn run<S, I>(
+    addr: String,
+    mut queue: mpsc::UnboundedReceiver<Queued>,
+    mut frames: S,
+    mut inbound: I,
+) where
+    S: futures::Sink<ExecuteBatch> + Unpin,
+    I: futures::Stream<Item = Result<ExecuteReplyBatch, tonic::Status>> + Unpin,
+{
+    use futures::StreamExt;
+    // A frame handed to `frames` and not yet flushed.
+    let mut flushing = false;
     let mut waiting: HashMap<u64, oneshot::Sender<Result<Vec<u8>, CallError>>> = HashMap::new();
     let mut next_id: u64 = 0;
     let why = loop {
         tokio::select! {
-            first = queue.recv() => {
+            flushed = std::future::poll_fn(|cx| frames.poll_flush_unpin(cx)), if flushing => {
+                flushing = false;
+                if flushed.is_err() {
+                    // Some of it may have gone out: what is waiting is
+                    // unknown (below).
+                    break format!("the stream to {addr} broke while sending");
+                }
+            }
+            first = queue.recv(), if !flushing => {
                 let Some(first) = first else {
                     // Every sender is gone (the router is shutting down).
                     break "the router closed the stream".to_string();
@@ -263,8 +336,10 @@ async fn drive(
                     continue;
                 }
                 let ids: Vec<u64> = batch.iter().map(|r| r.id).collect();
-                if frames.send(ExecuteBatch { requests: batch }).await.is_err() {
-                    // gRPC dropped its side: this frame never went out.
+                let ready = std::future::poll_fn(|cx| frames.poll_ready_unpin(cx)).await;
+                if ready.is_err() || frames.start_send_unpin(ExecuteBatch { requests: batch }).is_err() {
+                    // The stream's sending side closed: this frame never
+                    // went out.
                     for id in ids {
                         if let Some(w) = waiting.remove(&id) {
                             let _ = w.send(Err(CallError::NeverSent(format!("the stream to {addr} closed"))));
@@ -272,11 +347,12 @@ async fn drive(
                     }
                     break format!("the stream to {addr} closed");
                 }
+                flushing = true;
                 if waiting.len() > SWEEP_AT {
                     waiting.retain(|_, w| !w.is_closed());
                 }
             }
-            msg = inbound.message() => match msg {
+            msg = inbound.next() => match msg.transpose() {
                 Ok(Some(batch)) => {
                     for r in batch.replies {
                         if let Some(w) = waiting.remove(&r.id) {
@@ -311,7 +387,7 @@ fn fail_queued(queue: &mut mpsc::UnboundedReceiver<Queued>, error: &CallError) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::pin::Pin;
 
     use tonic::{Request, Response, Status, Streaming};
@@ -357,16 +433,7 @@ mod tests {
                 if dies {
                     return Some((Err(Status::unavailable("node died")), None));
                 }
-                let replies = batch
-                    .requests
-                    .into_iter()
-                    .map(|r| StreamReply {
-                        id: r.id,
-                        reply: r.request,
-                        refused: String::new(),
-                    })
-                    .collect();
-                Some((Ok(ExecuteReplyBatch { replies }), Some(inbound)))
+                Some((Ok(echo(batch)), Some(inbound)))
             });
             Ok(Response::new(Box::pin(out)))
         }
@@ -412,7 +479,22 @@ mod tests {
         })
     }
 
-    fn request(body: &[u8]) -> StreamRequest {
+    /// Each request's own bytes as its reply (shared with `link`'s tests).
+    pub(crate) fn echo(batch: ExecuteBatch) -> ExecuteReplyBatch {
+        let replies = batch
+            .requests
+            .into_iter()
+            .map(|r| StreamReply {
+                id: r.id,
+                reply: r.request,
+                refused: String::new(),
+            })
+            .collect();
+        ExecuteReplyBatch { replies }
+    }
+
+    /// A request of `body` for group 1 (shared with `link`'s tests).
+    pub(crate) fn request(body: &[u8]) -> StreamRequest {
         StreamRequest {
             id: 0,
             group_id: 1,
@@ -423,12 +505,18 @@ mod tests {
         }
     }
 
-    async fn call(streams: &Streams, addr: &str, body: &[u8]) -> Result<Vec<u8>, CallError> {
+    /// `body` sent to `addr` on `streams`, its reply within 5 s (shared
+    /// with `link`'s tests).
+    pub(crate) async fn call(
+        streams: &Streams,
+        addr: &str,
+        body: &[u8],
+    ) -> Result<Vec<u8>, CallError> {
         let transport = Transport::new();
         streams
             .call(
                 addr,
-                || transport.channel(addr),
+                || transport.peer(addr),
                 request(body),
                 Duration::from_secs(5),
             )
@@ -508,7 +596,7 @@ mod tests {
         let r = Streams::new(Service::Shard, wire::shard_reply_frame_max(1 << 20))
             .call(
                 &addr,
-                || transport.channel(&addr),
+                || transport.peer(&addr),
                 request(b"x"),
                 Duration::from_millis(300),
             )
