@@ -584,7 +584,7 @@ pub fn locks(h: &History) -> LockSummary {
 /// Both readings of one end are taken back to back, so a few ms of noise
 /// (a thread preempted between them) is expected on a loaded machine.
 pub fn clock_drift_us(h: &History) -> Option<(i64, i64)> {
-    let mut offsets = h
+    let offsets = h
         .ops
         .iter()
         .map(|o| {
@@ -592,8 +592,7 @@ pub fn clock_drift_us(h: &History) -> Option<(i64, i64)> {
                 .map(|w| (o.invoke, w.invoke as i64 - o.invoke as i64))
         })
         .collect::<Option<Vec<_>>>()?;
-    offsets.sort_unstable();
-    let first = offsets.first()?.1;
+    let first = offsets.iter().min_by_key(|(invoke, _)| *invoke)?.1;
     let drift = offsets.iter().map(|(_, off)| off - first);
     Some((drift.clone().min()?, drift.max()?))
 }
