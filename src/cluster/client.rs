@@ -78,6 +78,9 @@ pub struct ShardClient {
     transport: Arc<Transport>,
     /// Node → until when it is avoided (it did not answer an RPC).
     suspects: Mutex<HashMap<u64, Instant>>,
+    /// Whether `suspects` may hold anyone: while it does not (the common
+    /// case), a request takes no lock to learn that nobody is suspect.
+    any_suspect: std::sync::atomic::AtomicBool,
     routes: watch::Receiver<Arc<RouteView>>,
     leaders: Mutex<HashMap<u64, u64>>,
     config: ClientConfig,
@@ -117,6 +120,7 @@ impl ShardClient {
         Arc::new(ShardClient {
             transport: Transport::with(config.dial_via.clone(), config.tls.clone()),
             suspects: Mutex::new(HashMap::new()),
+            any_suspect: std::sync::atomic::AtomicBool::new(false),
             routes,
             leaders: Mutex::new(HashMap::new()),
             streams: Streams::new(
@@ -151,6 +155,9 @@ impl ShardClient {
     }
 
     fn is_suspect(&self, node: u64) -> bool {
+        if !self.any_suspect.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
         self.suspects
             .lock()
             .ok()
@@ -163,6 +170,8 @@ impl ShardClient {
     fn suspect(&self, node: u64, gid: u64) {
         if let Ok(mut s) = self.suspects.lock() {
             s.insert(node, Instant::now() + SUSPECT_FOR);
+            self.any_suspect
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         if self.cached_leader(gid) == Some(node) {
             self.set_leader(gid, None);
@@ -170,8 +179,15 @@ impl ShardClient {
     }
 
     fn answered(&self, node: u64) {
+        if !self.any_suspect.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         if let Ok(mut s) = self.suspects.lock() {
             s.remove(&node);
+            if s.is_empty() {
+                self.any_suspect
+                    .store(false, std::sync::atomic::Ordering::Release);
+            }
         }
     }
 
@@ -281,11 +297,12 @@ impl ShardClient {
         // A suspect cached leader is not asked first; a leader named by a
         // not-leader reply is, unless it already failed this request (it
         // may have come back and still lead).
-        let mut hint = if eventual {
+        let cached = if eventual {
             None
         } else {
-            self.cached_leader(gid).filter(|&l| !self.is_suspect(l))
+            self.cached_leader(gid)
         };
+        let mut hint = cached.filter(|&l| !self.is_suspect(l));
         let mut tried: Vec<u64> = Vec::new();
         let mut backoff = Duration::from_millis(20);
         loop {
@@ -331,7 +348,10 @@ impl ShardClient {
                 .await
             {
                 Ok(reply) => {
-                    if !eventual {
+                    // The cache is written only when it may have changed:
+                    // another leader, or an earlier attempt that failed
+                    // (and may have dropped the cached one).
+                    if !eventual && (cached != Some(target) || tried.len() > 1) {
                         self.set_leader(gid, Some(target));
                     }
                     return Ok(reply);

@@ -452,6 +452,55 @@ impl Host {
         reply
     }
 
+    /// Answer `req` at once, on the caller's thread, when it is a point read
+    /// that needs nothing to wait for: the replica is awake, a linearizable
+    /// read finds the leader lease holding (`Host::in_lease`), and the
+    /// keys are in memory (row cache, memtables, block cache). `None` means
+    /// "take the async path" ([`Host::execute_bounded`]), which reaches the
+    /// same answer the same way or waits for what this would not.
+    ///
+    /// The reply is what [`Host::execute_bounded`] would give; the point is
+    /// what it does not cost: a stream's request that is answered here
+    /// needs no future of its own on the node (one for the async path holds
+    /// every request kind's state, some kilobytes moved per request).
+    pub fn try_read_now(
+        &self,
+        gid: u64,
+        req: &ShardRequest,
+        max_reply: usize,
+    ) -> Option<Result<OpReply, ShardError>> {
+        let ShardRequest::Read {
+            op,
+            linearizable,
+            now_ms,
+        } = req
+        else {
+            return None;
+        };
+        if matches!(
+            op,
+            ReadOp::KeyCount | ReadOp::Scan { .. } | ReadOp::ScanType { .. } | ReadOp::DbSize
+        ) {
+            return None;
+        }
+        let replica = self.get(gid)?;
+        if replica.sleep.is_asleep() || (*linearizable && !self.in_lease(&replica)) {
+            return None;
+        }
+        let started = Instant::now();
+        let max_reply = max_reply.min(self.config.limits.max_reply_len);
+        let reply = self
+            .engine
+            .read_cached(|db| serve_read(db, gid, op, *now_ms, max_reply))?;
+        self.hibernation.touch(gid, &replica.sleep, &replica.raft);
+        // As in serve_bounded: not answered from a replica being removed.
+        let reply = reply.and_then(|r| replica.check_not_removed().map(|()| r));
+        if !matches!(reply, Err(ShardError::UnknownGroup(_))) {
+            replica.served.record(started.elapsed());
+        }
+        Some(reply)
+    }
+
     #[cfg(test)]
     async fn serve(&self, replica: &Replica, req: ShardRequest) -> Result<OpReply, ShardError> {
         self.serve_bounded(replica, req, usize::MAX).await
@@ -997,14 +1046,17 @@ impl Host {
         let applied_own_term = m
             .last_applied
             .is_some_and(|l| l.leader_id.term == term && l.leader_id.node_id == self.node_id);
-        let membership = m.membership_config.membership();
-        if !applied_own_term || membership.get_joint_config().len() != 1 {
+        // A uniform membership: one set of voters (a joint one takes the
+        // ReadIndex round).
+        let [voters] = m
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .as_slice()
+        else {
             return false;
-        }
-        let voters: Vec<NodeId> = membership.voter_ids().collect();
-        replica
-            .lease
-            .holds(term, &voters, std::time::Instant::now())
+        };
+        applied_own_term && replica.lease.holds(term, voters, std::time::Instant::now())
     }
 
     /// One ReadIndex round: leadership confirmed by a quorum, state machine
@@ -1257,11 +1309,9 @@ mod tests {
         (host, crate::shard::hostile_tests::GID)
     }
 
-    #[tokio::test]
-    async fn a_read_overlapping_the_removal_of_its_replica_is_not_answered() {
-        let dir = tempfile::tempdir().unwrap();
-        let (host, gid) = one_group_host(dir.path()).await;
-        let set = ShardRequest::Write(WriteCmd {
+    /// `SET k v`.
+    fn set_k_to_v() -> ShardRequest {
+        ShardRequest::Write(WriteCmd {
             now_ms: 1,
             op: WriteOp::Set {
                 key: Bytes::from_static(b"k"),
@@ -1270,7 +1320,14 @@ mod tests {
                 cond: SetCond::Always,
                 get: false,
             },
-        });
+        })
+    }
+
+    #[tokio::test]
+    async fn a_read_overlapping_the_removal_of_its_replica_is_not_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (host, gid) = one_group_host(dir.path()).await;
+        let set = set_k_to_v();
         host.execute(gid, set).await.unwrap();
         let get = || ShardRequest::Read {
             op: ReadOp::Get {
@@ -1297,6 +1354,76 @@ mod tests {
             host.execute(gid, get()).await,
             Err(ShardError::UnknownGroup(_))
         ));
+    }
+
+    /// A point read that needs nothing to wait for is answered at once,
+    /// with what the async path answers; anything else is left to it.
+    #[tokio::test]
+    async fn a_point_read_with_nothing_to_wait_for_is_answered_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (host, gid) = one_group_host(dir.path()).await;
+        let set = set_k_to_v();
+        assert!(host.try_read_now(gid, &set, usize::MAX).is_none());
+        host.execute(gid, set).await.unwrap();
+        let read = |op: ReadOp, linearizable: bool| ShardRequest::Read {
+            op,
+            linearizable,
+            now_ms: 2,
+        };
+        let get = |linearizable| {
+            read(
+                ReadOp::Get {
+                    key: Bytes::from_static(b"k"),
+                },
+                linearizable,
+            )
+        };
+        // The leader of a group of one holds its lease once it applied an
+        // entry of its term: both kinds of read are answered here.
+        for linearizable in [true, false] {
+            let now = host.try_read_now(gid, &get(linearizable), usize::MAX);
+            assert_eq!(
+                now,
+                Some(Ok(OpReply::Bulk(Bytes::from_static(b"v")))),
+                "linearizable: {linearizable}"
+            );
+            assert_eq!(
+                now.unwrap(),
+                host.execute(gid, get(linearizable)).await,
+                "the async path answers the same"
+            );
+        }
+        // A reply over the caller's limit is the same refusal either way.
+        let small = host.try_read_now(gid, &get(true), 0).expect("answered");
+        assert_eq!(
+            small,
+            host.execute_bounded(gid, get(true), 0).await,
+            "{small:?}"
+        );
+        // Scans, counts and unknown groups go the async way.
+        for op in [
+            ReadOp::DbSize,
+            ReadOp::KeyCount,
+            ReadOp::Scan {
+                after: Bytes::new(),
+                count: 10,
+                pattern: None,
+            },
+        ] {
+            assert!(host
+                .try_read_now(gid, &read(op, true), usize::MAX)
+                .is_none());
+        }
+        assert!(host.try_read_now(gid + 1, &get(true), usize::MAX).is_none());
+        // So does a linearizable read on a leader whose lease a vote
+        // request of its term ended; an eventual read does not wait on it.
+        let replica = host.get(gid).unwrap();
+        let term = replica.raft.metrics().borrow_watched().vote.leader_id.term;
+        replica
+            .lease
+            .vote_requested(&crate::shard::types::Vote::new(term, 99));
+        assert!(host.try_read_now(gid, &get(true), usize::MAX).is_none());
+        assert!(host.try_read_now(gid, &get(false), usize::MAX).is_some());
     }
 
     /// A router's pipelines (one-phase transactions) and plain writes of

@@ -102,10 +102,17 @@ impl Lease {
     /// newest of {`now` for itself, each other voter's newest acked send
     /// time} is less than the lease length ago, and no vote request of term
     /// `term` or above has arrived.
-    pub fn holds(&self, term: u64, voters: &[NodeId], now: Instant) -> bool {
-        if voters.is_empty() {
-            return false;
-        }
+    ///
+    /// Takes the voters as they are kept (openraft's set), so that no read
+    /// builds a list of them; a membership of more than [`MAX_VOTERS`]
+    /// voters (shoal makes 3 or 5) never holds the lease, and its reads
+    /// take the ReadIndex round.
+    pub fn holds<'a>(
+        &self,
+        term: u64,
+        voters: impl IntoIterator<Item = &'a NodeId>,
+        now: Instant,
+    ) -> bool {
         let Ok(s) = self.state.lock() else {
             return false;
         };
@@ -114,25 +121,35 @@ impl Lease {
         }
         // Acks recorded under another term say nothing about this one.
         let acked = (s.term == term).then_some(&s.acked);
-        let mut times: Vec<Option<Instant>> = voters
-            .iter()
-            .map(|v| {
-                if *v == self.me {
-                    Some(now)
-                } else {
-                    acked.and_then(|a| a.get(v).copied())
-                }
-            })
-            .collect();
+        let mut times = [None::<Instant>; MAX_VOTERS];
+        let mut n = 0;
+        for v in voters {
+            let Some(slot) = times.get_mut(n) else {
+                return false;
+            };
+            *slot = if *v == self.me {
+                Some(now)
+            } else {
+                acked.and_then(|a| a.get(v).copied())
+            };
+            n += 1;
+        }
+        if n == 0 {
+            return false;
+        }
+        let times = &mut times[..n];
         // Newest first; a voter never heard from (None) sorts last.
         times.sort_unstable_by(|a, b| b.cmp(a));
-        let majority = voters.len() / 2 + 1;
+        let majority = n / 2 + 1;
         match times[majority - 1] {
             Some(t) => now < t + self.length,
             None => false,
         }
     }
 }
+
+/// The most voters a lease is computed for.
+pub const MAX_VOTERS: usize = 16;
 
 #[cfg(test)]
 mod tests {
@@ -173,6 +190,24 @@ mod tests {
         // The majority-th newest is the older ack.
         assert!(lease.holds(3, &voters, t0 + 50 * MS));
         assert!(!lease.holds(3, &voters, t0 + 100 * MS));
+    }
+
+    #[test]
+    fn no_voters_or_more_than_the_most_counted_never_hold() {
+        let lease = Lease::new(1, 1000 * MS);
+        let t0 = Instant::now();
+        let none: [NodeId; 0] = [];
+        assert!(!lease.holds(3, &none, t0));
+        // Every voter acked just now; one too many, and the lease is not
+        // taken (its reads take a ReadIndex round instead).
+        let all: Vec<NodeId> = (1..=MAX_VOTERS as NodeId).collect();
+        for v in &all[1..] {
+            lease.acked(&vote(3, 1), *v, t0);
+        }
+        assert!(lease.holds(3, &all, t0 + MS));
+        let too_many: Vec<NodeId> = (1..=MAX_VOTERS as NodeId + 1).collect();
+        lease.acked(&vote(3, 1), MAX_VOTERS as NodeId + 1, t0);
+        assert!(!lease.holds(3, &too_many, t0 + MS));
     }
 
     #[test]

@@ -78,7 +78,7 @@ impl RaftService for NodeService {
         let host = self.host.clone();
         Ok(Response::new(serve_stream(
             req.into_inner(),
-            move |r, at| serve_raft(host.clone(), r, at),
+            move |r, at| Handled::Later(serve_raft(host.clone(), r, at)),
         )))
     }
 
@@ -200,9 +200,13 @@ fn refused(id: u64, why: String) -> StreamReply {
 fn serve_stream<I, F, Fut>(inbound: I, serve: F) -> ReplyFrames
 where
     I: futures::Stream<Item = Result<ExecuteBatch, Status>> + Send + Unpin + 'static,
-    F: Fn(StreamRequest, Instant) -> Fut + Send + 'static,
+    F: Fn(StreamRequest, Instant) -> Handled<Fut> + Send + 'static,
     Fut: std::future::Future<Output = StreamReply> + Send + 'static,
 {
+    use tokio::sync::mpsc::error::TrySendError;
+    /// What the set of running requests holds: a pointer each, so adding
+    /// one moves a few bytes, not the request's whole state.
+    type Running = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
     let (tx, rx) = tokio::sync::mpsc::channel::<StreamReply>(STREAM_IN_FLIGHT);
     let (broke, ended) = tokio::sync::oneshot::channel::<Option<Status>>();
     tokio::spawn(async move {
@@ -217,11 +221,26 @@ where
                     Ok(Some(batch)) => {
                         let received = Instant::now();
                         for r in batch.requests {
-                            let tx = tx.clone();
-                            let served = serve(r, received);
-                            running.push(async move {
-                                let _ = tx.send(served.await).await;
-                            });
+                            match serve(r, received) {
+                                // Answered already: no future to run, unless
+                                // the reply side is behind.
+                                Handled::Now(reply) => match tx.try_send(reply) {
+                                    Ok(()) => {}
+                                    Err(TrySendError::Full(reply)) => {
+                                        let tx = tx.clone();
+                                        running.push(Box::pin(async move {
+                                            let _ = tx.send(reply).await;
+                                        }) as Running);
+                                    }
+                                    Err(TrySendError::Closed(_)) => {}
+                                },
+                                Handled::Later(served) => {
+                                    let tx = tx.clone();
+                                    running.push(Box::pin(async move {
+                                        let _ = tx.send(served.await).await;
+                                    }) as Running);
+                                }
+                            }
                         }
                     }
                     // The sender closed its side, or the stream broke:
@@ -281,9 +300,9 @@ where
             link::Service::Shard => {
                 serve_stream(inbound, move |r, at| serve_execute(host.clone(), r, at))
             }
-            link::Service::Raft => {
-                serve_stream(inbound, move |r, at| serve_raft(host.clone(), r, at))
-            }
+            link::Service::Raft => serve_stream(inbound, move |r, at| {
+                Handled::Later(serve_raft(host.clone(), r, at))
+            }),
         },
     );
 }
@@ -359,26 +378,45 @@ fn execute_reply(result: &Result<OpReply, ShardError>, max_reply: u64) -> Vec<u8
     encode_result(Format::ShardReply, &refused)
 }
 
-/// One request off a router's stream, answered as `Execute` answers.
-async fn serve_execute(host: Arc<Host>, r: StreamRequest, received: Instant) -> StreamReply {
-    let result: Result<OpReply, ShardError> = if expired(&r, received) {
-        // The router stopped waiting before this could start: nothing done.
-        Err(ShardError::Unavailable(
-            "the request waited past its deadline on the node".into(),
-        ))
-    } else {
-        match decode::<ShardRequest>(Format::ShardRequest, &r.request) {
-            Ok(request) => {
-                let max_reply = match r.max_reply_len {
-                    0 => usize::MAX,
-                    n => usize::try_from(n).unwrap_or(usize::MAX),
-                };
-                host.execute_bounded(r.group_id, request, max_reply).await
-            }
-            Err(e) => Err(ShardError::BadRequest(e.message().to_string())),
-        }
+/// What a stream's handler makes of one request: its reply, when it could
+/// answer at once, or the work that will.
+pub(crate) enum Handled<F> {
+    Now(StreamReply),
+    Later(F),
+}
+
+/// The async part of a router's request, boxed: it holds the state of
+/// every kind of request, some kilobytes, moved once into the heap.
+type LaterReply = std::pin::Pin<Box<dyn std::future::Future<Output = StreamReply> + Send>>;
+
+/// One request off a router's stream, answered as `Execute` answers: a
+/// point read that needs nothing to wait for at once
+/// ([`Host::try_read_now`]), anything else by a future.
+fn serve_execute(host: Arc<Host>, r: StreamRequest, received: Instant) -> Handled<LaterReply> {
+    let answered = |result: Result<OpReply, ShardError>| {
+        Handled::Now(reply(r.id, execute_reply(&result, r.max_reply_len)))
     };
-    reply(r.id, execute_reply(&result, r.max_reply_len))
+    if expired(&r, received) {
+        // The router stopped waiting before this could start: nothing done.
+        return answered(Err(ShardError::Unavailable(
+            "the request waited past its deadline on the node".into(),
+        )));
+    }
+    let request = match decode::<ShardRequest>(Format::ShardRequest, &r.request) {
+        Ok(request) => request,
+        Err(e) => return answered(Err(ShardError::BadRequest(e.message().to_string()))),
+    };
+    let max_reply = match r.max_reply_len {
+        0 => usize::MAX,
+        n => usize::try_from(n).unwrap_or(usize::MAX),
+    };
+    if let Some(result) = host.try_read_now(r.group_id, &request, max_reply) {
+        return answered(result);
+    }
+    Handled::Later(Box::pin(async move {
+        let result = host.execute_bounded(r.group_id, request, max_reply).await;
+        reply(r.id, execute_reply(&result, r.max_reply_len))
+    }))
 }
 
 /// One AppendEntries or Vote off a peer's stream, answered as the unary
