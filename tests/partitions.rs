@@ -116,6 +116,29 @@ fn an_isolated_leader_loses_its_shard_and_serves_no_stale_read() {
         "minority GET failed after {} ms: {read:?}",
         t.elapsed().as_millis()
     );
+    // A pipeline of reads goes another way (all its reads queued at once,
+    // each first to the cached leader): the same rule holds for it.
+    let piped: redis::RedisResult<Vec<RedisValue>> = redis::pipe()
+        .cmd("GET")
+        .arg(&key)
+        .cmd("GET")
+        .arg(&key)
+        .query(&mut s);
+    assert!(
+        piped.is_err(),
+        "old leader {old} answered pipelined GETs across the partition: {piped:?}"
+    );
+    let piped: Vec<Option<String>> = redis::pipe()
+        .cmd("GET")
+        .arg(&key)
+        .cmd("GET")
+        .arg(&key)
+        .query(&mut m)
+        .expect("the majority answers pipelined GETs");
+    assert_eq!(
+        piped,
+        [Some("after".to_string()), Some("after".to_string())]
+    );
     let write = run(&mut s, &["SET", &key, "minority"]);
     assert!(write.is_err(), "the minority took a write: {write:?}");
 
@@ -271,9 +294,11 @@ fn a_leader_paused_past_the_election_timeout_serves_no_stale_read() {
     assert_eq!(text(&run(&mut m, &["GET", &key])).as_deref(), Some("after"));
 
     // Reads already sent to the paused leader wait in its socket, and more
-    // follow right after the SIGCONT: none may answer "before".
+    // follow right after the SIGCONT: none may answer "before". Half the
+    // readers send pipelines of GETs (the router queues a pipeline's reads
+    // at once, another way than a lone GET's).
     let readers: Vec<_> = (0..4)
-        .map(|_| {
+        .map(|i| {
             let addr = stale_router.clone();
             let key = key.clone();
             std::thread::spawn(move || {
@@ -281,7 +306,22 @@ fn a_leader_paused_past_the_election_timeout_serves_no_stale_read() {
                 let start = Instant::now();
                 let mut got = Vec::new();
                 while start.elapsed() < Duration::from_secs(3) {
-                    got.push(text(&run(&mut c, &["GET", &key])));
+                    if i % 2 == 0 {
+                        got.push(text(&run(&mut c, &["GET", &key])));
+                        continue;
+                    }
+                    let piped: redis::RedisResult<Vec<Option<String>>> = redis::pipe()
+                        .cmd("GET")
+                        .arg(&key)
+                        .cmd("GET")
+                        .arg(&key)
+                        .cmd("GET")
+                        .arg(&key)
+                        .query(&mut c);
+                    match piped {
+                        Ok(values) => got.extend(values),
+                        Err(_) => got.push(None),
+                    }
                 }
                 got
             })

@@ -225,6 +225,176 @@ impl ShardClient {
         req: ShardRequest,
         max_reply: usize,
     ) -> Result<OpReply, ClusterError> {
+        self.execute_from(table, shard, req, max_reply, Instant::now())
+            .await
+    }
+
+    /// Point reads of one pipeline (`(table, shard, read, reply limit)`),
+    /// their replies in the same order. Every read's first attempt is
+    /// queued at once, on the streams to the nodes that answer them (a
+    /// linearizable read to its group's cached leader, a READONLY read to a
+    /// replica in turn), under one timer for all of them. A read with no
+    /// cached leader, or whose first attempt failed in any way, then goes
+    /// the whole way of [`ShardClient::execute_bounded`] (a read is safe to
+    /// send again), its deadline running from the start.
+    pub async fn read_many(
+        &self,
+        reads: Vec<(&TableRoute, usize, ShardRequest, usize)>,
+    ) -> Vec<Result<OpReply, ClusterError>> {
+        use futures::StreamExt;
+        let started = Instant::now();
+        let mut out: Vec<Option<Result<OpReply, ClusterError>>> =
+            reads.iter().map(|_| None).collect();
+        // Where each read's first attempt went: (node, group, eventual).
+        let mut sent: Vec<Option<(u64, u64, bool)>> = reads.iter().map(|_| None).collect();
+        let timeout = self.config.rpc_timeout.min(self.config.request_timeout);
+        let routes = self.routes();
+        let mut by_addr: HashMap<&str, Vec<(usize, StreamRequest)>> = HashMap::new();
+        let mut turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for (i, (table, shard, req, max_reply)) in reads.iter().enumerate() {
+            let ShardRequest::Read { linearizable, .. } = req else {
+                continue;
+            };
+            let Some(sd) = table.desc.shards.get(*shard) else {
+                continue;
+            };
+            let gid = sd.group_id;
+            let node = if *linearizable {
+                self.cached_leader(gid).filter(|&l| !self.is_suspect(l))
+            } else {
+                (!sd.replicas.is_empty()).then(|| self.in_turn(&sd.replicas, &mut turn))
+            };
+            let Some(node) = node else { continue };
+            let Some(addr) = routes.addrs.get(&node) else {
+                continue;
+            };
+            let Ok(payload) = codec::encode(Format::ShardRequest, req) else {
+                continue;
+            };
+            if payload.len() > wire::MAX_SHARD_REQUEST {
+                continue;
+            }
+            sent[i] = Some((node, gid, !linearizable));
+            by_addr.entry(addr.as_str()).or_default().push((
+                i,
+                StreamRequest {
+                    id: 0,
+                    group_id: gid,
+                    request: payload,
+                    max_reply_len: (*max_reply as u64).max(1),
+                    timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+                    kind: 0,
+                },
+            ));
+        }
+        let mut pending = futures::stream::FuturesUnordered::new();
+        for (addr, items) in by_addr {
+            let (slots, reqs): (Vec<usize>, Vec<StreamRequest>) = items.into_iter().unzip();
+            let replies = self
+                .streams
+                .queue_many(addr, || self.transport.peer(addr), reqs);
+            for (i, reply) in slots.into_iter().zip(replies) {
+                match reply {
+                    Some(rx) => pending.push(async move { (i, rx.await) }),
+                    None => sent[i] = None,
+                }
+            }
+        }
+        if !pending.is_empty() {
+            let expired = tokio::time::sleep(timeout);
+            tokio::pin!(expired);
+            loop {
+                tokio::select! {
+                    next = pending.next() => {
+                        let Some((i, got)) = next else { break };
+                        if let Some((node, gid, eventual)) = sent[i].take() {
+                            out[i] = self.first_reply(node, gid, eventual, got);
+                        }
+                    }
+                    () = &mut expired => {
+                        // No answer in time: as for one request, the node
+                        // is a suspect and the read goes elsewhere.
+                        for (node, gid, _) in sent.iter_mut().filter_map(Option::take) {
+                            self.suspect(node, gid);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        let rest = reads
+            .into_iter()
+            .zip(&out)
+            .filter(|(_, done)| done.is_none())
+            .map(|((table, shard, req, max_reply), _)| {
+                self.execute_from(table, shard, req, max_reply, started)
+            });
+        let mut rest = futures::future::join_all(rest).await.into_iter();
+        out.into_iter()
+            .map(|done| match done {
+                Some(r) => r,
+                None => rest
+                    .next()
+                    .unwrap_or_else(|| Err(ClusterError::Internal("a read got no reply".into()))),
+            })
+            .collect()
+    }
+
+    /// What a read's first attempt on `node` got: its reply, or `None` to
+    /// send it again the whole way (noting what the failure says, as
+    /// [`ShardClient::attempt`] does).
+    fn first_reply(
+        &self,
+        node: u64,
+        gid: u64,
+        eventual: bool,
+        got: Result<Result<Vec<u8>, CallError>, tokio::sync::oneshot::error::RecvError>,
+    ) -> Option<Result<OpReply, ClusterError>> {
+        match got {
+            Ok(Ok(bytes)) => {
+                self.answered(node);
+                match codec::decode::<Result<OpReply, ShardError>>(Format::ShardReply, &bytes) {
+                    Ok(Ok(reply)) => Some(Ok(reply)),
+                    Ok(Err(ShardError::NotLeader { leader, .. })) if !eventual => {
+                        self.set_leader(gid, leader);
+                        None
+                    }
+                    _ => None,
+                }
+            }
+            Ok(Err(_)) => {
+                self.suspect(node, gid);
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// The next of `replicas` in `turn` that is not a suspect, or just the
+    /// next one if all are. `replicas` is not empty.
+    fn in_turn(&self, replicas: &[u64], turn: &mut usize) -> u64 {
+        let n = replicas.len().max(1);
+        for _ in 0..n {
+            *turn += 1;
+            let r = replicas[*turn % n];
+            if !self.is_suspect(r) {
+                return r;
+            }
+        }
+        *turn += 1;
+        replicas[*turn % n]
+    }
+
+    /// [`ShardClient::execute_bounded`] for a request first tried at
+    /// `started`: its deadline runs from then.
+    async fn execute_from(
+        &self,
+        table: &TableRoute,
+        shard: usize,
+        req: ShardRequest,
+        max_reply: usize,
+        started: Instant,
+    ) -> Result<OpReply, ClusterError> {
         let sd = table
             .desc
             .shards
@@ -291,8 +461,7 @@ impl ShardClient {
             timeout_ms: 0,
             kind: 0,
         };
-        let deadline = Instant::now() + request_timeout;
-        let n = sd.replicas.len().max(1);
+        let deadline = started + request_timeout;
         let mut turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // A suspect cached leader is not asked first; a leader named by a
         // not-leader reply is, unless it already failed this request (it
@@ -314,23 +483,7 @@ impl ShardClient {
                 {
                     l
                 }
-                _ => {
-                    // The next replica in turn that is not a suspect (or
-                    // just the next one if all are).
-                    let mut pick = None;
-                    for _ in 0..n {
-                        turn += 1;
-                        let r = sd.replicas[turn % n];
-                        if !self.is_suspect(r) {
-                            pick = Some(r);
-                            break;
-                        }
-                    }
-                    pick.unwrap_or_else(|| {
-                        turn += 1;
-                        sd.replicas[turn % n]
-                    })
-                }
+                _ => self.in_turn(&sd.replicas, &mut turn),
             };
             tried.push(target);
             let remaining = deadline.saturating_duration_since(Instant::now());

@@ -41,6 +41,7 @@ use super::session::{After, Session};
 use super::spec::{CommandSpec, Handler};
 use crate::clock::now_ms;
 use crate::cluster::plan::{merge, Plan};
+use crate::cluster::ClusterError;
 use crate::shard::command::{OpReply, ReadOp, ShardRequest, WriteCmd, WriteOp};
 use crate::shard::command::{TxnCmd, TxnEntry, TxnOp};
 
@@ -220,28 +221,34 @@ impl Session {
         self.shared
             .commands_processed
             .fetch_add(plans.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let reads = plans.iter().zip(shares).map(|((i, p), share)| async move {
+        // Each read on its shard, all queued at once (one frame per node
+        // when they arrive together).
+        let mut reads = Vec::with_capacity(plans.len());
+        let mut bad = Vec::new();
+        for ((i, p), share) in plans.iter().zip(shares) {
             let part = &p.parts[0];
-            let TxnOp::Read(op) = &part.op else {
-                return (
-                    *i,
-                    Err(Reply::error("ERR internal: a write in a read group")),
-                );
-            };
-            let req = self.read_with(op.clone(), p.stale_ok);
-            let r = self
-                .shared
-                .client
-                .execute_bounded(&p.table, part.shard, req, (*share).max(1))
-                .await;
-            (*i, r.map_err(cluster_err))
-        });
+            match &part.op {
+                TxnOp::Read(op) => reads.push((
+                    &*p.table,
+                    part.shard,
+                    self.read_with(op.clone(), p.stale_ok),
+                    (*share).max(1),
+                )),
+                _ => bad.push(*i),
+            }
+        }
+        let mut replies = self.shared.client.read_many(reads).await.into_iter();
         let mut refused = None;
-        for ((i, r), (_, p)) in futures::future::join_all(reads)
-            .await
-            .into_iter()
-            .zip(&plans)
-        {
+        for (i, p) in &plans {
+            let i = *i;
+            let r = if bad.contains(&i) {
+                Err(Reply::error("ERR internal: a write in a read group"))
+            } else {
+                replies
+                    .next()
+                    .unwrap_or_else(|| Err(ClusterError::Internal("a read got no reply".into())))
+                    .map_err(cluster_err)
+            };
             out[i].0 = match r {
                 Ok(OpReply::Error(e)) if e.starts_with("ERR reply too large") => {
                     refused = Some(refused.map_or(i, |f: usize| f.min(i)));

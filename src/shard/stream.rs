@@ -73,6 +73,10 @@ pub enum CallError {
 }
 
 /// A request waiting for the driver.
+/// Where a queued request's reply arrives: its bytes, or why there are
+/// none.
+pub type Reply = oneshot::Receiver<Result<Vec<u8>, CallError>>;
+
 struct Queued {
     req: StreamRequest,
     reply: oneshot::Sender<Result<Vec<u8>, CallError>>,
@@ -179,6 +183,28 @@ impl Streams {
             }
         }
         Err(CallError::NeverSent(format!("no stream to {addr}")))
+    }
+
+    /// Queue every request of `reqs` on the stream to `addr` at once (one
+    /// look-up of the stream, no timer: the caller keeps one deadline for
+    /// all of them). Each gets the receiver of its reply, or `None` when
+    /// it was not queued (no stream could be opened or it closed): such a
+    /// request was never sent.
+    pub fn queue_many(
+        &self,
+        addr: &str,
+        peer: impl Fn() -> Result<Peer, String>,
+        reqs: Vec<StreamRequest>,
+    ) -> Vec<Option<Reply>> {
+        let Ok(queue) = self.queue(addr, &peer) else {
+            return reqs.iter().map(|_| None).collect();
+        };
+        reqs.into_iter()
+            .map(|req| {
+                let (tx, rx) = oneshot::channel();
+                queue.send(Queued { req, reply: tx }).ok().map(|()| rx)
+            })
+            .collect()
     }
 
     /// The queue of the live stream to `addr`, opening one if needed.
@@ -535,6 +561,34 @@ pub(crate) mod tests {
             assert_eq!(r.unwrap(), i.to_be_bytes().to_vec());
         }
         assert_eq!(streams.streams.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn requests_queued_at_once_get_their_own_replies() {
+        let addr = serve(Fake::Echo).await;
+        let streams = Streams::new(Service::Shard, wire::shard_reply_frame_max(1 << 20));
+        let transport = Transport::new();
+        let reqs = (0..50u32).map(|i| request(&i.to_be_bytes())).collect();
+        let replies = streams.queue_many(&addr, || transport.peer(&addr), reqs);
+        assert_eq!(replies.len(), 50);
+        for (i, rx) in replies.into_iter().enumerate() {
+            let got = rx.expect("queued").await.expect("answered");
+            assert_eq!(got.unwrap(), (i as u32).to_be_bytes().to_vec());
+        }
+        // A node that refuses the connection: queued, then never sent.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let nowhere = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let replies =
+            streams.queue_many(&nowhere, || transport.peer(&nowhere), vec![request(b"x")]);
+        for rx in replies {
+            let got = rx.expect("queued").await.expect("answered");
+            assert!(matches!(got, Err(CallError::NeverSent(_))), "{got:?}");
+        }
+        // No way to reach it at all: not queued (never sent either).
+        let other = Streams::new(Service::Shard, wire::shard_reply_frame_max(1 << 20));
+        let replies = other.queue_many(&nowhere, || Err("no peer".into()), vec![request(b"x")]);
+        assert!(replies.iter().all(Option::is_none));
     }
 
     #[tokio::test]
