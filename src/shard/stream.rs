@@ -339,6 +339,15 @@ async fn run<S, I>(
                     // Every sender is gone (the router is shutting down).
                     break "the router closed the stream".to_string();
                 };
+                // Requests in flight mean other callers are busy, and the
+                // ones woken by the same readiness (other connections of
+                // the router) have yet to run: let them queue theirs first,
+                // so one frame carries them all (without this a frame
+                // carried 1.25 requests at 50 clients). A lone caller, with
+                // nothing in flight, is sent at once.
+                if !waiting.is_empty() {
+                    tokio::task::yield_now().await;
+                }
                 let mut batch = Vec::new();
                 let mut bytes = 0usize;
                 let mut item = Some(first);
