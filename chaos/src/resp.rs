@@ -68,18 +68,36 @@ impl Conn {
     }
 
     pub fn send<A: AsRef<[u8]>>(&mut self, args: &[A]) -> io::Result<()> {
-        let mut buf = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            let a = a.as_ref();
-            buf.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            buf.extend_from_slice(a);
-            buf.extend_from_slice(b"\r\n");
-        }
+        let mut buf = Vec::new();
+        encode(&mut buf, args);
         self.writer.write_all(&buf)
+    }
+
+    /// Send `n` copies of one command in one write (a pipeline the server
+    /// reads at once) and read their `n` replies. An `Err` means the
+    /// connection is no longer usable.
+    pub fn call_piped<A: AsRef<[u8]>>(&mut self, args: &[A], n: usize) -> io::Result<Vec<Value>> {
+        let mut buf = Vec::new();
+        for _ in 0..n {
+            encode(&mut buf, args);
+        }
+        self.writer.write_all(&buf)?;
+        (0..n).map(|_| self.read()).collect()
     }
 
     pub fn read(&mut self) -> io::Result<Value> {
         read_value(&mut self.reader, 0)
+    }
+}
+
+/// One command as a RESP array of bulk strings, appended to `buf`.
+fn encode<A: AsRef<[u8]>>(buf: &mut Vec<u8>, args: &[A]) {
+    buf.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        let a = a.as_ref();
+        buf.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        buf.extend_from_slice(a);
+        buf.extend_from_slice(b"\r\n");
     }
 }
 
