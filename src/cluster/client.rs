@@ -104,6 +104,33 @@ pub struct ClientStats {
     pub outcome_unknown: std::sync::atomic::AtomicU64,
 }
 
+/// `req` for group `gid` as a stream request taking replies of at most
+/// `max_reply` bytes (its timeout is set per attempt). One over the size a
+/// node accepts is refused here: the node would refuse it, and break the
+/// stream other requests share.
+fn stream_request(
+    gid: u64,
+    req: &ShardRequest,
+    max_reply: usize,
+) -> Result<StreamRequest, ClusterError> {
+    let payload = codec::encode(Format::ShardRequest, req)
+        .map_err(|e| ClusterError::Internal(e.to_string()))?;
+    if payload.len() > wire::MAX_SHARD_REQUEST {
+        return Err(ClusterError::Refused(wire::request_too_large(
+            payload.len(),
+        )));
+    }
+    Ok(StreamRequest {
+        id: 0,
+        group_id: gid,
+        request: payload,
+        // 0 means "no limit but the node's own".
+        max_reply_len: (max_reply as u64).max(1),
+        timeout_ms: 0,
+        kind: 0,
+    })
+}
+
 /// How a failed attempt should be handled.
 enum Attempt {
     /// Try again (at `leader` if known).
@@ -268,24 +295,13 @@ impl ShardClient {
             let Some(addr) = routes.addrs.get(&node) else {
                 continue;
             };
-            let Ok(payload) = codec::encode(Format::ShardRequest, req) else {
+            // One that cannot be sent says why on the whole way.
+            let Ok(mut request) = stream_request(gid, req, *max_reply) else {
                 continue;
             };
-            if payload.len() > wire::MAX_SHARD_REQUEST {
-                continue;
-            }
+            request.timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
             sent[i] = Some((node, gid, !linearizable));
-            by_addr.entry(addr.as_str()).or_default().push((
-                i,
-                StreamRequest {
-                    id: 0,
-                    group_id: gid,
-                    request: payload,
-                    max_reply_len: (*max_reply as u64).max(1),
-                    timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
-                    kind: 0,
-                },
-            ));
+            by_addr.entry(addr.as_str()).or_default().push((i, request));
         }
         let mut pending = futures::stream::FuturesUnordered::new();
         for (addr, items) in by_addr {
@@ -444,23 +460,7 @@ impl ShardClient {
         } else {
             (self.config.request_timeout, self.config.rpc_timeout)
         };
-        let payload = codec::encode(Format::ShardRequest, &req)
-            .map_err(|e| ClusterError::Internal(e.to_string()))?;
-        // The node would refuse it, and break the stream other requests share.
-        if payload.len() > wire::MAX_SHARD_REQUEST {
-            return Err(ClusterError::Refused(wire::request_too_large(
-                payload.len(),
-            )));
-        }
-        let request = StreamRequest {
-            id: 0,
-            group_id: gid,
-            request: payload,
-            // 0 means "no limit but the node's own".
-            max_reply_len: (max_reply as u64).max(1),
-            timeout_ms: 0,
-            kind: 0,
-        };
+        let request = stream_request(gid, &req, max_reply)?;
         let deadline = started + request_timeout;
         let mut turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // A suspect cached leader is not asked first; a leader named by a

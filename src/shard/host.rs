@@ -441,13 +441,8 @@ impl Host {
         );
         let started = Instant::now();
         let reply = self.serve_bounded(&replica, req, max_reply).await;
-        // What was turned away was not served here.
-        let turned_away = matches!(
-            reply,
-            Err(ShardError::NotLeader { .. } | ShardError::UnknownGroup(_))
-        );
-        if counted && !turned_away {
-            replica.served.record(started.elapsed());
+        if counted {
+            record_served(&replica, started, &reply);
         }
         reply
     }
@@ -477,10 +472,7 @@ impl Host {
         else {
             return None;
         };
-        if matches!(
-            op,
-            ReadOp::KeyCount | ReadOp::Scan { .. } | ReadOp::ScanType { .. } | ReadOp::DbSize
-        ) {
+        if !is_point_read(op) {
             return None;
         }
         let replica = self.get(gid)?;
@@ -495,9 +487,7 @@ impl Host {
         self.hibernation.touch(gid, &replica.sleep, &replica.raft);
         // As in serve_bounded: not answered from a replica being removed.
         let reply = reply.and_then(|r| replica.check_not_removed().map(|()| r));
-        if !matches!(reply, Err(ShardError::UnknownGroup(_))) {
-            replica.served.record(started.elapsed());
-        }
+        record_served(&replica, started, &reply);
         Some(reply)
     }
 
@@ -588,11 +578,7 @@ impl Host {
                 // A point read is served here from RocksDB's memory when
                 // its keys are there; a scan, or a key on disk, goes to a
                 // blocking thread.
-                let point = !matches!(
-                    op,
-                    ReadOp::Scan { .. } | ReadOp::ScanType { .. } | ReadOp::DbSize
-                );
-                if point {
+                if is_point_read(&op) {
                     let cached = self
                         .engine
                         .read_cached(|db| serve_read(db, gid, &op, now_ms, max_reply));
@@ -1183,6 +1169,27 @@ fn read_versions(db: &DbView, gid: u64, keys: &[Bytes]) -> Result<OpReply, Shard
         ]));
     }
     Ok(OpReply::Array(rows))
+}
+
+/// Whether `op` reads named keys (served from memory when they are
+/// there), not the group's counter or its whole range.
+fn is_point_read(op: &ReadOp) -> bool {
+    !matches!(
+        op,
+        ReadOp::KeyCount | ReadOp::Scan { .. } | ReadOp::ScanType { .. } | ReadOp::DbSize
+    )
+}
+
+/// Count a request served by `replica` since `started`, unless it was
+/// turned away (not the leader, or the replica is gone): that was not
+/// served here.
+fn record_served(replica: &Replica, started: Instant, reply: &Result<OpReply, ShardError>) {
+    if !matches!(
+        reply,
+        Err(ShardError::NotLeader { .. } | ShardError::UnknownGroup(_))
+    ) {
+        replica.served.record(started.elapsed());
+    }
 }
 
 /// Serve a read from `db` (a blocking thread's view, or a cached-only one

@@ -380,7 +380,7 @@ fn execute_reply(result: &Result<OpReply, ShardError>, max_reply: u64) -> Vec<u8
 
 /// What a stream's handler makes of one request: its reply, when it could
 /// answer at once, or the work that will.
-pub(crate) enum Handled<F> {
+enum Handled<F> {
     Now(StreamReply),
     Later(F),
 }

@@ -72,11 +72,11 @@ pub enum CallError {
     Tls(String),
 }
 
-/// A request waiting for the driver.
 /// Where a queued request's reply arrives: its bytes, or why there are
 /// none.
 pub type Reply = oneshot::Receiver<Result<Vec<u8>, CallError>>;
 
+/// A request waiting for the driver.
 struct Queued {
     req: StreamRequest,
     reply: oneshot::Sender<Result<Vec<u8>, CallError>>,
