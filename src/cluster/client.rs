@@ -35,7 +35,7 @@ use crate::shard::command::{OpReply, ShardRequest};
 use crate::shard::host::MembershipChange;
 use crate::shard::network::Transport;
 use crate::shard::status::NodeStatus;
-use crate::shard::stream::{CallError, Service, Streams};
+use crate::shard::stream::{CallError, Gathered, Service, Streams};
 use crate::shard::wire;
 use crate::shard::ShardError;
 
@@ -268,7 +268,6 @@ impl ShardClient {
         &self,
         reads: Vec<(&TableRoute, usize, ShardRequest, usize)>,
     ) -> Vec<Result<OpReply, ClusterError>> {
-        use futures::StreamExt;
         let started = Instant::now();
         let mut out: Vec<Option<Result<OpReply, ClusterError>>> =
             reads.iter().map(|_| None).collect();
@@ -303,38 +302,30 @@ impl ShardClient {
             sent[i] = Some((node, gid, !linearizable));
             by_addr.entry(addr.as_str()).or_default().push((i, request));
         }
-        let mut pending = futures::stream::FuturesUnordered::new();
+        let gathered = Gathered::new(reads.len());
+        let mut queued = false;
         for (addr, items) in by_addr {
-            let (slots, reqs): (Vec<usize>, Vec<StreamRequest>) = items.into_iter().unzip();
-            let replies = self
-                .streams
-                .queue_many(addr, || self.transport.peer(addr), reqs);
-            for (i, reply) in slots.into_iter().zip(replies) {
-                match reply {
-                    Some(rx) => pending.push(async move { (i, rx.await) }),
-                    None => sent[i] = None,
-                }
+            queued = true;
+            let unqueued =
+                self.streams
+                    .queue_gathered(addr, || self.transport.peer(addr), items, &gathered);
+            for i in unqueued {
+                sent[i] = None;
             }
         }
-        if !pending.is_empty() {
-            let expired = tokio::time::sleep(timeout);
-            tokio::pin!(expired);
-            loop {
-                tokio::select! {
-                    next = pending.next() => {
-                        let Some((i, got)) = next else { break };
-                        if let Some((node, gid, eventual)) = sent[i].take() {
-                            out[i] = self.first_reply(node, gid, eventual, got);
-                        }
-                    }
-                    () = &mut expired => {
-                        // No answer in time: as for one request, the node
-                        // is a suspect and the read goes elsewhere.
-                        for (node, gid, _) in sent.iter_mut().filter_map(Option::take) {
-                            self.suspect(node, gid);
-                        }
-                        break;
-                    }
+        if queued {
+            let timely = tokio::time::timeout(timeout, gathered.all()).await.is_ok();
+            for (i, got) in gathered.take().into_iter().enumerate() {
+                let Some(got) = got else { continue };
+                if let Some((node, gid, eventual)) = sent[i].take() {
+                    out[i] = self.first_reply(node, gid, eventual, got);
+                }
+            }
+            if !timely {
+                // No answer in time: as for one request, the node is a
+                // suspect and the read goes elsewhere.
+                for (node, gid, _) in sent.iter_mut().filter_map(Option::take) {
+                    self.suspect(node, gid);
                 }
             }
         }
@@ -364,10 +355,10 @@ impl ShardClient {
         node: u64,
         gid: u64,
         eventual: bool,
-        got: Result<Result<Vec<u8>, CallError>, tokio::sync::oneshot::error::RecvError>,
+        got: Result<Vec<u8>, CallError>,
     ) -> Option<Result<OpReply, ClusterError>> {
         match got {
-            Ok(Ok(bytes)) => {
+            Ok(bytes) => {
                 self.answered(node);
                 match codec::decode::<Result<OpReply, ShardError>>(Format::ShardReply, &bytes) {
                     Ok(Ok(reply)) => Some(Ok(reply)),
@@ -378,11 +369,10 @@ impl ShardClient {
                     _ => None,
                 }
             }
-            Ok(Err(_)) => {
+            Err(_) => {
                 self.suspect(node, gid);
                 None
             }
-            Err(_) => None,
         }
     }
 
