@@ -112,7 +112,7 @@ impl Waiter {
 /// is woken once, when the last has come, instead of once per answer
 /// through a one-shot of each (under `GET -P 16` the one-shots and the set
 /// of futures awaiting them were a tenth of the router's CPU).
-pub struct Gather {
+struct Gather {
     state: Mutex<Gathering>,
     /// The caller dropped its [`Gathered`]: nobody waits any more.
     abandoned: std::sync::atomic::AtomicBool,
@@ -175,8 +175,9 @@ impl Drop for Slot {
     }
 }
 
-/// The caller's side of a [`Gather`] of `n` requests
-/// ([`Streams::queue_gathered`]).
+/// The caller's side of the answers of up to `n` requests queued together
+/// ([`Streams::queue_gathered`]), each in a slot of its own: one place
+/// they are filled into, and one wake-up when the last is in.
 pub struct Gathered {
     gather: std::sync::Arc<Gather>,
 }
@@ -337,7 +338,8 @@ impl Streams {
     /// Queue every request of `reqs` on the stream to `addr` at once (one
     /// look-up of the stream, no timer: the caller keeps one deadline for
     /// all of them), each `(slot, request)` answered in its slot of
-    /// `gathered`. Returns the slots of the requests that were not queued
+    /// `gathered` (slots below its `n`, each used once, whichever stream
+    /// carries it). Returns the slots of the requests that were not queued
     /// (no stream could be opened or it closed): those were never sent.
     pub fn queue_gathered(
         &self,
