@@ -351,9 +351,11 @@ impl Streams {
         let Ok(queue) = self.queue(addr, &peer) else {
             return reqs.into_iter().map(|(i, _)| i).collect();
         };
+        // All of them are counted first, so answers to the first cannot
+        // look like the last while the rest are being queued.
+        gathered.gather.lock().left += reqs.len();
         let mut unqueued = Vec::new();
         for (index, req) in reqs {
-            gathered.gather.lock().left += 1;
             let slot = Slot {
                 gather: gathered.gather.clone(),
                 index,
