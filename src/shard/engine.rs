@@ -34,6 +34,22 @@
 //! and that report a miss instead of going to disk, and the state
 //! machine's unsynced [`Engine::write_direct`], which no fsync holds up.
 //!
+//! With fsync on, the WAL is flushed by hand (RocksDB's `manual_wal_flush`):
+//! a write puts its WAL record in RocksDB's buffer, and the buffer reaches
+//! the file only when the writer thread syncs (`FlushWAL(sync)`), when
+//! RocksDB switches memtables or closes, or when the buffer fills. So an
+//! apply (`write_direct`) costs no `write` system call of its own; its
+//! record goes out with the next synced log append, in the same `write`.
+//! What that changes: a process killed between an apply and the next sync
+//! loses the buffered records, as a machine losing power loses unsynced WAL
+//! records without it. Both lose a suffix of the WAL, never a record from
+//! its middle, and every record is one whole batch, so what is left is the
+//! state after some earlier apply, its applied index with it (they are in
+//! one batch): openraft applies the rest again from the log, which was
+//! synced before any of it was applied. A write the caller wants durable is
+//! synced, and a sync writes out every record before it. Measured in
+//! docs/PERFORMANCE.md, "WAL flushed by hand".
+//!
 //! Point reads of `data` rows ([`DbView::get`], [`DbView::exists`]) look in
 //! the [`row_cache`] first, and every write of `data` rows tells it what
 //! changes, before and after RocksDB takes it: the cache answers exactly
@@ -298,6 +314,9 @@ impl Engine {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
+        // See the module docs: the WAL reaches its file with the syncs.
+        // Without fsync nothing would flush it but memtable switches.
+        opts.set_manual_wal_flush(fsync);
         opts.set_keep_log_file_num(4);
         opts.set_recycle_log_file_num(wal.recycled);
         opts.set_max_total_wal_size(wal.max_total_bytes);
@@ -825,6 +844,66 @@ mod tests {
         assert!(
             matches!(&e, EngineError::Format(m) if m.contains("earlier build")),
             "{e}"
+        );
+    }
+
+    /// Every file of `from` copied to `to` while the database is open: what
+    /// a process killed at that moment leaves on disk.
+    fn crash_image(from: &Path, to: &Path) {
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
+    }
+
+    /// With fsync on, an unsynced apply's WAL record stays in RocksDB's
+    /// buffer until a sync, and a sync writes it out with its own: a
+    /// process killed after a synced write has every earlier write, and a
+    /// clean close loses nothing either.
+    #[test]
+    fn a_sync_writes_out_every_earlier_unsynced_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), true).unwrap();
+        let applied = data_key(1, b"applied");
+        engine
+            .write_direct(&[Op::Put(Cf::Data, applied.clone(), b"a".to_vec())])
+            .unwrap();
+        let log = log_key(1, 7);
+        let (tx, rx) = std::sync::mpsc::channel();
+        engine.submit(
+            vec![Op::Put(Cf::Log, log.clone(), b"entry".to_vec())],
+            true,
+            Box::new(move |r| tx.send(r).unwrap()),
+        );
+        rx.recv().unwrap().unwrap();
+        let later = data_key(1, b"later");
+        engine
+            .write_direct(&[Op::Put(Cf::Data, later.clone(), b"l".to_vec())])
+            .unwrap();
+
+        let image = tempfile::tempdir().unwrap();
+        crash_image(dir.path(), image.path());
+        let crashed = Engine::open(image.path(), true).unwrap();
+        assert_eq!(
+            crashed.view().get(Cf::Data, &applied).unwrap(),
+            Some(b"a".to_vec())
+        );
+        assert_eq!(
+            crashed.view().get(Cf::Log, &log).unwrap(),
+            Some(b"entry".to_vec())
+        );
+        // The apply after the sync is still in the buffer: no `write` of
+        // its own reached the file.
+        assert_eq!(crashed.view().get(Cf::Data, &later).unwrap(), None);
+        drop(crashed);
+
+        drop(engine);
+        let reopened = Engine::open(dir.path(), true).unwrap();
+        assert_eq!(
+            reopened.view().get(Cf::Data, &later).unwrap(),
+            Some(b"l".to_vec())
         );
     }
 
