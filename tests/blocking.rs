@@ -116,6 +116,23 @@ fn blocking_pops() {
         b"-ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR\r\n"
     );
 
+    // 4b. CLIENT KILL ends a client while it is blocked, after it has
+    // served other requests, and what it waited for stays in the list.
+    let mut blocked = Conn::connect(&b);
+    let id = String::from_utf8(blocked.line("CLIENT ID")).unwrap();
+    let id = id.trim_start_matches(':').trim().to_string();
+    assert_eq!(blocked.line("PING"), b"+PONG\r\n");
+    blocked.send(&[b"BLPOP", b"killed", b"0"]);
+    settle();
+    assert_eq!(admin.line(&format!("CLIENT KILL ID {id}")), b":1\r\n");
+    assert!(
+        blocked.is_closed(Duration::from_secs(5)),
+        "a client killed while blocked is still connected"
+    );
+    assert_eq!(c.line("RPUSH killed kept"), b":1\r\n");
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(c.line("LRANGE killed 0 -1"), b"*1\r\n$4\r\nkept\r\n");
+
     // 5. Inside MULTI a blocking command does not block.
     assert_eq!(c.line("MULTI"), b"+OK\r\n");
     assert_eq!(c.line("BLPOP nothing 0"), b"+QUEUED\r\n");

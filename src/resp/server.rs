@@ -287,6 +287,12 @@ async fn run<S: Halves>(
     peer: &str,
 ) -> std::io::Result<()> {
     let max_output = shared.config.max_output_len;
+    // CLIENT KILL (`notify_one`, which keeps a permit for a future not yet
+    // waiting): one future for the whole connection, not one per request
+    // in each `select!` (registering and dropping a waiter takes the
+    // Notify's lock each time).
+    let killed = kill.notified();
+    tokio::pin!(killed);
     // After MONITOR: the lines of the commands the router receives.
     let mut feed: Option<super::monitor::Feed> = None;
     // After SUBSCRIBE: the messages of the connection's subscriptions.
@@ -365,7 +371,7 @@ async fn run<S: Halves>(
                                 return Ok(());
                             }
                         }
-                        _ = kill.notified() => return Ok(()),
+                        _ = &mut killed => return Ok(()),
                     }
                 }
             };
@@ -458,7 +464,7 @@ async fn run<S: Halves>(
                 }
                 last_active = Instant::now();
             }
-            _ = kill.notified() => return Ok(()),
+            _ = &mut killed => return Ok(()),
             // Monitor lines, taken while the replies pending are few, so a
             // monitor that does not read leaves them queued, where the feed
             // bounds them (see `monitor.rs`).
