@@ -450,6 +450,39 @@ impl Engine {
             .map_err(|e| EngineError::Corrupt(format!("read task failed: {e}")))?
     }
 
+    /// Start `f` on a blocking thread against a RocksDB snapshot of the
+    /// whole database, taken there before `f` runs. The receiver is told
+    /// once the snapshot is taken: from then on no write changes what `f`
+    /// reads, so a caller that held writes back for a consistent view may
+    /// let them go on while `f` copies. The future yields what `f` returns.
+    pub fn read_snapshot<T, F>(
+        &self,
+        f: F,
+    ) -> (
+        tokio::sync::oneshot::Receiver<()>,
+        impl std::future::Future<Output = Result<T, EngineError>>,
+    )
+    where
+        F: FnOnce(&SnapshotView<'_>) -> Result<T, EngineError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let db = self.db.clone();
+        let (taken_tx, taken_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::task::spawn_blocking(move || {
+            let view = SnapshotView {
+                db: &db,
+                snapshot: db.snapshot(),
+            };
+            let _ = taken_tx.send(());
+            f(&view)
+        });
+        let out = async move {
+            task.await
+                .map_err(|e| EngineError::Corrupt(format!("read task failed: {e}")))?
+        };
+        (taken_rx, out)
+    }
+
     /// Run `f` right here, on the calling (async) thread, against what
     /// RocksDB holds in memory: its memtables and block cache. A read that
     /// would go to disk is not made; `None` then tells the caller to use
@@ -687,6 +720,31 @@ impl DbView {
         self.db
             .cf_handle(cf.name())
             .ok_or_else(|| EngineError::Corrupt(format!("missing column family {}", cf.name())))
+    }
+}
+
+/// Reads from one RocksDB snapshot ([`Engine::read_snapshot`]): every
+/// read sees the database as it was when the snapshot was taken, whatever
+/// was written since. Never the row cache, which holds only the latest.
+pub struct SnapshotView<'a> {
+    db: &'a DB,
+    snapshot: rocksdb::SnapshotWithThreadMode<'a, DB>,
+}
+
+impl SnapshotView<'_> {
+    /// Key-value pairs with `start <= key < end`, in key order.
+    pub fn scan(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Vec<Row>, EngineError> {
+        let handle = handle(self.db, cf)?;
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_upper_bound(end.to_vec());
+        self.snapshot
+            .iterator_cf_opt(
+                &handle,
+                ro,
+                rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward),
+            )
+            .map(|item| item.map_err(EngineError::from))
+            .collect()
     }
 }
 

@@ -18,8 +18,9 @@
 //! is in RocksDB's memory ([`Engine::read_cached`]: the keys just written,
 //! hot ones), and computed again from scratch on a blocking thread when one
 //! is only on disk; either way the same pure function of the same values.
-//! Snapshots are a full copy of the group's data range taken under the
-//! state-machine lock.
+//! Snapshots are a full copy of the group's data range, from a RocksDB
+//! snapshot taken under the state-machine lock: the copy runs while later
+//! entries are applied.
 //!
 //! The state machine also keeps the number of keys the group stores, updated
 //! by each applied batch and written with it (for INFO keyspace, which must
@@ -48,7 +49,7 @@ use super::coll::{KeyView, Overlay, Range, ReadView};
 use super::command::{LogCmd, OpReply, Proposal, TxnCmd, TxnEntry, WriteCmd};
 use super::engine::{
     self, data_key, group_range, log_key, prefix_end, state_key, state_key_with, sub_prefix, tag,
-    Cf, DbView, Engine, Op,
+    Cf, DbView, Engine, Op, SnapshotView,
 };
 use super::log_tail::LogTail;
 use super::txn::{apply_txn_notified, blocked_by_lock, Prepared, TxnChange, TxnView};
@@ -1488,8 +1489,13 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotBytes;
 
-    /// Copies the group's data while holding the state-machine lock, so no
-    /// entry is applied half way through the copy.
+    /// Copies the group's data from a RocksDB snapshot taken while the
+    /// state-machine lock is held, so the copy is the state at `applied`
+    /// exactly, no entry half in it. The lock is let go as soon as that
+    /// snapshot is taken: entries go on being applied while the copy is
+    /// made, which takes time in proportion to the group's data (holding
+    /// the lock throughout held every write to the group for as long:
+    /// docs/PERFORMANCE.md, "Snapshots built beside the writes").
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let inner = self.inner.lock().await;
         self.check_open()?;
@@ -1498,53 +1504,69 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_log_id: inner.applied,
             last_membership: inner.membership.clone(),
         };
-        let bytes = inner
+        let engine = inner.engine.clone();
+        let (taken, copy) = engine.read_snapshot(move |view| copy_group(view, gid));
+        // An error here means the copy ended before taking its snapshot;
+        // `copy` then reports why.
+        let _ = taken.await;
+        drop(inner);
+        let bytes = copy.await.map_err(read_err)?;
+        // Stored as the group's current snapshot, unless the replica was
+        // removed meanwhile or a newer one was installed while this one was
+        // copied (openraft, told of an older snapshot, ignores it).
+        let inner = self.inner.lock().await;
+        self.check_open()?;
+        let stored = inner
             .engine
-            .read(move |db| {
-                let (start, end) = group_range(gid);
-                let rows = db.scan(Cf::Data, &start, &end, usize::MAX)?;
-                let pairs = rows
-                    .into_iter()
-                    .map(|(k, v)| (k[8..].to_vec(), v.into_vec()))
-                    .collect();
-                let (txn_start, txn_end) = txn_state_range(gid);
-                let txn_state = db
-                    .scan(Cf::State, &txn_start, &txn_end, usize::MAX)?
-                    .into_iter()
-                    .map(|(k, v)| (k[8..].to_vec(), v.into_vec()))
-                    .collect();
-                let sub = db
-                    .scan(Cf::Sub, &start, &end, usize::MAX)?
-                    .into_iter()
-                    .map(|(k, v)| (k[8..].to_vec(), v.into_vec()))
-                    .collect();
-                codec::encode(
-                    Format::SnapshotData,
-                    &SnapshotData {
-                        pairs,
-                        txn_state,
-                        sub,
-                    },
-                )
-                .map(|payload| super::snapshot::seal(&payload))
-                .map_err(|e| engine::EngineError::Corrupt(e.to_string()))
-            })
+            .read(move |db| db.get(Cf::State, &state_key(gid, tag::SNAPSHOT_META)))
             .await
-            .map_err(read_err)?;
-        let ops = vec![
-            Op::Put(
-                Cf::State,
-                state_key(gid, tag::SNAPSHOT_META),
-                encode(Format::SnapshotMeta, &meta)?,
-            ),
-            Op::Put(Cf::State, state_key(gid, tag::SNAPSHOT_DATA), bytes.clone()),
-        ];
-        inner.engine.write(ops, false).await.map_err(write_err)?;
+            .map_err(read_err)?
+            .map(|raw| decode::<SnapshotMeta>(Format::SnapshotMeta, &raw))
+            .transpose()?;
+        if stored.is_none_or(|s| s.last_log_id < meta.last_log_id) {
+            let ops = vec![
+                Op::Put(
+                    Cf::State,
+                    state_key(gid, tag::SNAPSHOT_META),
+                    encode(Format::SnapshotMeta, &meta)?,
+                ),
+                Op::Put(Cf::State, state_key(gid, tag::SNAPSHOT_DATA), bytes.clone()),
+            ];
+            inner.engine.write(ops, false).await.map_err(write_err)?;
+        }
         Ok(Snapshot {
             meta,
             snapshot: Cursor::new(bytes),
         })
     }
+}
+
+/// The sealed snapshot payload of group `gid` as `view` shows it: its
+/// `data` and `sub` rows and its transaction state, keys without the group
+/// prefix.
+fn copy_group(view: &SnapshotView<'_>, gid: u64) -> Result<Vec<u8>, engine::EngineError> {
+    let strip = |rows: Vec<engine::Row>| -> Vec<(Vec<u8>, Vec<u8>)> {
+        rows.into_iter()
+            .map(|(k, v)| (k[8..].to_vec(), v.into_vec()))
+            .collect()
+    };
+    let (start, end) = group_range(gid);
+    let pairs = strip(view.scan(Cf::Data, &start, &end)?);
+    let (txn_start, txn_end) = txn_state_range(gid);
+    let txn_state = strip(view.scan(Cf::State, &txn_start, &txn_end)?);
+    let sub = strip(view.scan(Cf::Sub, &start, &end)?);
+    #[cfg(test)]
+    tests::copy_gate(gid);
+    codec::encode(
+        Format::SnapshotData,
+        &SnapshotData {
+            pairs,
+            txn_state,
+            sub,
+        },
+    )
+    .map(|payload| super::snapshot::seal(&payload))
+    .map_err(|e| engine::EngineError::Corrupt(e.to_string()))
 }
 
 fn closed_err() -> std::io::Error {
@@ -1886,6 +1908,159 @@ mod tests {
             [("new".to_string(), "1".to_string())]
         );
         assert_eq!(sub_rows_of(&engine2, 7), 2);
+    }
+
+    /// The group whose snapshot copy stops at [`copy_gate`], with the
+    /// channel it says so on and the one that lets it go on.
+    #[allow(clippy::type_complexity)]
+    static GATE: std::sync::Mutex<
+        Option<(
+            u64,
+            std::sync::mpsc::Sender<()>,
+            std::sync::mpsc::Receiver<()>,
+        )>,
+    > = std::sync::Mutex::new(None);
+
+    /// Called by [`copy_group`] after its reads: the gated group's copy
+    /// says it got here and waits to be let go.
+    pub(super) fn copy_gate(gid: u64) {
+        let gate = {
+            let mut g = GATE.lock().unwrap_or_else(|e| e.into_inner());
+            if g.as_ref().is_some_and(|(id, _, _)| *id == gid) {
+                g.take()
+            } else {
+                None
+            }
+        };
+        if let Some((_, reached, release)) = gate {
+            let _ = reached.send(());
+            let _ = release.recv();
+        }
+    }
+
+    /// Start building a snapshot of group `gid` and return once its copy
+    /// has read the group and waits at the gate: the build, and the
+    /// sender that lets it go on.
+    async fn gated_build(
+        sm: &mut StateMachine,
+        gid: u64,
+    ) -> (
+        tokio::task::JoinHandle<Result<Snapshot, StorageError>>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (reached_tx, reached_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel();
+        *GATE.lock().unwrap() = Some((gid, reached_tx, release_rx));
+        let mut builder = sm.get_snapshot_builder().await;
+        let build = tokio::spawn(async move { builder.build_snapshot().await });
+        tokio::task::spawn_blocking(move || reached_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        (build, release_tx)
+    }
+
+    /// A snapshot's copy does not hold the group's writes back: entries
+    /// are applied while it runs, and it still holds the state at its own
+    /// index, none of theirs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_are_applied_while_a_snapshot_is_copied() {
+        const GID: u64 = 4242;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(Engine::open(dir.path(), false).unwrap());
+        let mut sm = StateMachine::open(engine.clone(), GID).await.unwrap();
+        sm.apply_batch(vec![entry(1, LogCmd::Write(hset("h", &[("f", "before")])))])
+            .await
+            .unwrap();
+
+        let (build, release_tx) = gated_build(&mut sm, GID).await;
+
+        // The copy has read the group and waits at the gate: entries apply.
+        for i in 2..=21 {
+            let write = LogCmd::Write(hset("h", &[("f", "after")]));
+            let applied = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                sm.apply_batch(vec![entry(i, write)]),
+            )
+            .await;
+            assert!(applied.is_ok(), "entry {i} waited for the snapshot's copy");
+        }
+        assert!(!build.is_finished());
+        release_tx.send(()).unwrap();
+        let snap = build.await.unwrap().unwrap();
+        assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(1));
+        assert_eq!(
+            hgetall(&engine, GID, "h"),
+            [("f".to_string(), "after".to_string())]
+        );
+
+        // It holds the state at index 1, on a replica that installs it.
+        let dir2 = tempfile::tempdir().unwrap();
+        let engine2 = Arc::new(Engine::open(dir2.path(), false).unwrap());
+        let mut other = StateMachine::open(engine2.clone(), GID).await.unwrap();
+        other
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(
+            hgetall(&engine2, GID, "h"),
+            [("f".to_string(), "before".to_string())]
+        );
+        // And it is the group's current snapshot.
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.last_log_id, snap.meta.last_log_id);
+    }
+
+    /// A snapshot copied while a newer one was installed is not stored
+    /// over it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_older_copy_does_not_replace_a_newer_install() {
+        const GID: u64 = 4343;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(Engine::open(dir.path(), false).unwrap());
+        let mut sm = StateMachine::open(engine.clone(), GID).await.unwrap();
+        sm.apply_batch(vec![entry(1, LogCmd::Write(hset("h", &[("f", "old")])))])
+            .await
+            .unwrap();
+
+        // A newer snapshot, from another replica further on.
+        let dir2 = tempfile::tempdir().unwrap();
+        let engine2 = Arc::new(Engine::open(dir2.path(), false).unwrap());
+        let mut ahead = StateMachine::open(engine2.clone(), GID).await.unwrap();
+        ahead
+            .apply_batch(vec![
+                entry(1, LogCmd::Write(hset("h", &[("f", "old")]))),
+                entry(2, LogCmd::Write(hset("h", &[("f", "new")]))),
+            ])
+            .await
+            .unwrap();
+        let newer = ahead
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+
+        let (build, release_tx) = gated_build(&mut sm, GID).await;
+        let installed = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            sm.install_snapshot(&newer.meta, newer.snapshot),
+        )
+        .await;
+        assert!(
+            matches!(installed, Ok(Ok(()))),
+            "the install waited for the snapshot's copy"
+        );
+        release_tx.send(()).unwrap();
+        let older = build.await.unwrap().unwrap();
+        assert_eq!(older.meta.last_log_id.map(|l| l.index), Some(1));
+
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.last_log_id.map(|l| l.index), Some(2));
+        assert_eq!(
+            hgetall(&engine, GID, "h"),
+            [("f".to_string(), "new".to_string())]
+        );
     }
 
     #[test]
