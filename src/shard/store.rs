@@ -1451,21 +1451,23 @@ impl StateMachine {
         Ok(())
     }
 
-    /// The stored snapshot, if there is one and it is sound.
+    /// The stored snapshot, if there is one and it is sound. Its two rows
+    /// are always written together, so they are read together from one
+    /// RocksDB snapshot, without the state-machine lock: reading (and
+    /// checking) a large snapshot for a follower does not hold the
+    /// group's applies.
     async fn current_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
-        let inner = self.inner.lock().await;
-        let gid = inner.gid;
-        let (meta, data) = inner
-            .engine
-            .read(move |db| {
-                Ok((
-                    db.get(Cf::State, &state_key(gid, tag::SNAPSHOT_META))?,
-                    db.get(Cf::State, &state_key(gid, tag::SNAPSHOT_DATA))?,
-                ))
-            })
+        let (gid, engine) = {
+            let inner = self.inner.lock().await;
+            (inner.gid, inner.engine.clone())
+        };
+        let keys = [tag::SNAPSHOT_META, tag::SNAPSHOT_DATA].map(|t| (Cf::State, state_key(gid, t)));
+        let mut rows = engine
+            .read(move |db| db.get_many(&keys))
             .await
-            .map_err(read_err)?;
-        match (meta, data) {
+            .map_err(read_err)?
+            .into_iter();
+        match (rows.next().flatten(), rows.next().flatten()) {
             (Some(meta), Some(data)) => {
                 if let Err(e) = super::snapshot::open(&data) {
                     // Never send a damaged snapshot: without one, openraft
