@@ -1515,7 +1515,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let bytes = copy.await.map_err(read_err)?;
         // Stored as the group's current snapshot, unless the replica was
         // removed meanwhile or a newer one was installed while this one was
-        // copied (openraft, told of an older snapshot, ignores it).
+        // copied (openraft, told of an older snapshot, ignores it). A stored
+        // one that does not decode is reported, not overwritten.
         let inner = self.inner.lock().await;
         self.check_open()?;
         let stored = inner
@@ -1912,28 +1913,24 @@ mod tests {
         assert_eq!(sub_rows_of(&engine2, 7), 2);
     }
 
-    /// The group whose snapshot copy stops at [`copy_gate`], with the
-    /// channel it says so on and the one that lets it go on.
-    #[allow(clippy::type_complexity)]
-    static GATE: std::sync::Mutex<
-        Option<(
-            u64,
-            std::sync::mpsc::Sender<()>,
-            std::sync::mpsc::Receiver<()>,
-        )>,
-    > = std::sync::Mutex::new(None);
+    /// A gated group: its id, the channel its copy says it arrived on, and
+    /// the one that lets it go on.
+    type Gate = (
+        u64,
+        std::sync::mpsc::Sender<()>,
+        std::sync::mpsc::Receiver<()>,
+    );
+
+    /// The group whose snapshot copy stops at [`copy_gate`].
+    static GATE: std::sync::Mutex<Option<Gate>> = std::sync::Mutex::new(None);
 
     /// Called by [`copy_group`] after its reads: the gated group's copy
     /// says it got here and waits to be let go.
     pub(super) fn copy_gate(gid: u64) {
-        let gate = {
-            let mut g = GATE.lock().unwrap_or_else(|e| e.into_inner());
-            if g.as_ref().is_some_and(|(id, _, _)| *id == gid) {
-                g.take()
-            } else {
-                None
-            }
-        };
+        let gate = GATE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_if(|(id, _, _)| *id == gid);
         if let Some((_, reached, release)) = gate {
             let _ = reached.send(());
             let _ = release.recv();
