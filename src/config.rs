@@ -180,7 +180,9 @@ pub struct NodeConfig {
     /// heartbeats, no election timer, one liveness ping per node pair
     /// instead (`shard::hibernate`); 0: never.
     pub hibernate_after_ms: u64,
-    /// Log entries since the last snapshot that trigger a new one.
+    /// Log entries since the last snapshot after which a new one is asked
+    /// for; one over 1 MiB is built only once the log since is as large
+    /// (`shard::snapshot::worth_building`).
     pub snapshot_threshold: u64,
     /// Log entries kept behind a snapshot (so slightly lagging followers
     /// catch up from the log rather than a snapshot).

@@ -75,7 +75,7 @@ pub static RAFT_SENT_BYTES: LazyLock<prometheus::IntCounterVec> = LazyLock::new(
 pub static SNAPSHOTS: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "shoal_snapshots_total",
-        "Snapshots sent (complete transfers) and installed, by event",
+        "Snapshots built, deferred (asked for by the policy, not worth building yet: docs/ARCHITECTURE.md), sent (complete transfers) and installed, by event",
         &["event"],
     )
 });

@@ -2,8 +2,9 @@
 //! `shoal router` processes: writes survive a leader's SIGKILL, a shard
 //! without a majority answers `-CLUSTERDOWN` in bounded time, a restarted
 //! node catches up (from the log, or by snapshot when it fell far behind),
-//! and a running replica caught up by snapshot answers from it, not from
-//! the rows its row cache held before.
+//! a running replica caught up by snapshot answers from it, not from the
+//! rows its row cache held before, and a large group's snapshots wait for
+//! as much log as they hold.
 
 mod common;
 
@@ -181,7 +182,17 @@ fn shard_without_majority_answers_clusterdown_in_bounded_time() {
 /// purged quickly, so a replica that missed it can only catch up by
 /// snapshot. Returns the cluster, a connection, the leader and a follower.
 fn snapshot_cluster(dir: &tempfile::TempDir) -> (LocalCluster, Connection, u64, u64) {
-    let cluster = start(dir, 1, &["--snapshot-threshold", "20"]);
+    snapshot_cluster_with(dir, &[])
+}
+
+/// [`snapshot_cluster`] with more node arguments.
+fn snapshot_cluster_with(
+    dir: &tempfile::TempDir,
+    args: &[&str],
+) -> (LocalCluster, Connection, u64, u64) {
+    let mut node_args = vec!["--snapshot-threshold", "20"];
+    node_args.extend_from_slice(args);
+    let cluster = start(dir, 1, &node_args);
     let con = connect(&cluster);
     let (table, leaders) = leaders(&cluster);
     let leader = leaders[&table.shards[0].group_id];
@@ -297,4 +308,90 @@ fn a_snapshot_install_replaces_what_a_running_replica_cached() {
             }
         }
     }
+}
+
+/// The one group's snapshot index, purged index and deferred builds, as
+/// node `id`'s /metrics shows them.
+fn snapshot_gauges(cluster: &LocalCluster, id: u64) -> (f64, f64, f64) {
+    let addr = &cluster.metrics_addrs()[&format!("node-{id}")];
+    let s = common::samples(&common::http_get(addr, "/metrics").1);
+    (
+        common::total(&s, "shoal_group_snapshot_index"),
+        common::total(&s, "shoal_group_purged_index"),
+        common::total(&s, "shoal_snapshots_total{event=\"deferred\"}"),
+    )
+}
+
+/// A group whose snapshot is over 1 MiB: the builds openraft asks for
+/// every 20 entries wait until the log since is as large as that snapshot
+/// (counted as deferred on /metrics, the snapshot and purged index standing
+/// still), then one is built and the log behind it purged, and a replica
+/// that missed that log catches up by the snapshot, with every key.
+#[test]
+fn a_large_groups_snapshots_wait_for_as_much_log_and_still_catch_a_replica_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cluster, mut con, leader, lagging) =
+        snapshot_cluster_with(&dir, &["--metrics-listen", "127.0.0.1:0"]);
+    let big = |round: usize| format!("{round}").repeat(40 << 10);
+    let mut written = Vec::new();
+    // 60 values of 40 KiB: snapshots are built at the asks near entries
+    // 20 and 40 (at the first the group is under 1 MiB), the one near 60
+    // is deferred.
+    for i in 0..60 {
+        set(&mut con, &format!("big:{i}"), &big(1)).unwrap();
+    }
+    let mut at = (0.0, 0.0, 0.0);
+    assert!(
+        common::wait_until(Duration::from_secs(30), || {
+            at = snapshot_gauges(&cluster, leader);
+            at.0 >= 30.0 && at.2 >= 1.0
+        }),
+        "no second snapshot and deferred build: {at:?}\n{}",
+        cluster.logs()
+    );
+    let (snapshot, purged, deferred) = at;
+
+    // 100 small writes, five more asks: about 10 KB of log, nothing built.
+    cluster.stop_node(lagging).unwrap();
+    for i in 0..100 {
+        set(&mut con, &format!("small:{i}"), "v").unwrap();
+        written.push((format!("small:{i}"), "v".to_string()));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let now = snapshot_gauges(&cluster, leader);
+    assert_eq!((now.0, now.1), (snapshot, purged), "rebuilt too early");
+    assert!(now.2 >= deferred + 4.0, "asks not deferred: {now:?}");
+
+    // As much log again as the group holds: built, and the log purged past
+    // what the stopped replica has.
+    for i in 0..60 {
+        set(&mut con, &format!("big:{i}"), &big(2)).unwrap();
+        written.push((format!("big:{i}"), big(2)));
+    }
+    assert!(
+        common::wait_until(Duration::from_secs(30), || {
+            at = snapshot_gauges(&cluster, leader);
+            at.0 > snapshot + 100.0 && at.1 > snapshot + 100.0
+        }),
+        "no snapshot after as much log: {at:?}\n{}",
+        cluster.logs()
+    );
+    let log = cluster
+        .node_dir(lagging)
+        .join(format!("node-{lagging}.log"));
+    let installs = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("snapshot installed")
+            .count()
+    };
+    let before = installs();
+    cluster.start_node(lagging).unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(30), || installs() > before),
+        "node {lagging} never installed a snapshot\n{}",
+        cluster.logs()
+    );
+    cluster.stop_node(leader).unwrap();
+    read_all_eventually(&mut cluster, &written);
 }

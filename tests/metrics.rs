@@ -132,6 +132,11 @@ fn nodes_and_routers_serve_prometheus_metrics() {
     assert!(synced >= 1.0, "no fsync observed");
     for s in &scrapes {
         assert!(total(s, "shoal_group_applied_index") > 0.0, "{s:?}");
+        for name in ["shoal_group_snapshot_index", "shoal_group_purged_index"] {
+            let series = s.keys().filter(|k| k.starts_with(&format!("{name}{{")));
+            // 2 shards x 3 replicas over 3 nodes: 2 each.
+            assert_eq!(series.count(), 2, "{name}: {s:?}");
+        }
         assert!(total(s, "process_open_fds") > 0.0);
         // Every replica saw its group elect a leader.
         assert!(total(s, "shoal_group_leader_changes_total") >= 2.0, "{s:?}");

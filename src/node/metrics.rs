@@ -1,15 +1,16 @@
 //! What a node's `/metrics` shows (`crate::metrics` serves it): per group
 //! replica (labels `group`, `table`, `shard`: one series each per replica
-//! the node holds) whether it leads, its term, last log and applied index,
-//! proposals, requests served, leader changes, whether it hibernates, and
-//! on a leader each follower's lag; per node the replicas held, moves in
-//! progress (groups it leads whose membership has learners or is joint),
-//! blocked clients' waits, disk space, RocksDB's memtable bytes, pending
-//! compaction bytes, write stops and stall time, block cache hits and
-//! misses, the collections collected and transactions recovered, Raft messages and bytes sent per peer,
-//! snapshots sent and installed, the fsync, apply and commit histograms and
-//! the process metrics. Read at each scrape; the hot paths only bump the
-//! statics of `crate::metrics`.
+//! the node holds) whether it leads, its term, last log, applied, snapshot
+//! and purged index, proposals, requests served, leader changes, whether it
+//! hibernates, and on a leader each follower's lag; per node the replicas
+//! held, moves in progress (groups it leads whose membership has learners
+//! or is joint), blocked clients' waits, disk space, RocksDB's memtable
+//! bytes, pending compaction bytes, write stops and stall time, block cache
+//! hits and misses, the collections collected and transactions recovered,
+//! Raft messages and bytes sent per peer, snapshots built, deferred, sent
+//! and installed, the fsync, apply and commit histograms and the process
+//! metrics. Read at each scrape; the hot paths only bump the statics of
+//! `crate::metrics`.
 
 use openraft::async_runtime::WatchReceiver;
 use std::sync::atomic::Ordering;
@@ -39,6 +40,14 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
     let applied = gauge_vec(
         "shoal_group_applied_index",
         "Last index the replica applied",
+    );
+    let snapshot = gauge_vec(
+        "shoal_group_snapshot_index",
+        "Last index in the replica's current snapshot (0: none)",
+    );
+    let purged = gauge_vec(
+        "shoal_group_purged_index",
+        "Last index purged from the replica's log: it holds the entries after it",
     );
     let asleep = gauge_vec("shoal_group_hibernating", "1 when the replica hibernates");
     let proposals = counter_vec(
@@ -76,6 +85,12 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
         applied
             .with_label_values(&labels)
             .set(m.last_applied.map_or(0, |l| l.index) as i64);
+        snapshot
+            .with_label_values(&labels)
+            .set(m.snapshot.map_or(0, |l| l.index) as i64);
+        purged
+            .with_label_values(&labels)
+            .set(m.purged.map_or(0, |l| l.index) as i64);
         asleep
             .with_label_values(&labels)
             .set(r.sleep.is_asleep() as i64);
@@ -114,6 +129,8 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
         Box::new(term),
         Box::new(last_log),
         Box::new(applied),
+        Box::new(snapshot),
+        Box::new(purged),
         Box::new(asleep),
         Box::new(proposals),
         Box::new(served),

@@ -352,6 +352,7 @@ impl Host {
             metrics: std::sync::OnceLock::new(),
         });
         sm.set_publisher(publisher.clone());
+        sm.follow_log(log.log_bytes());
         let lease = Arc::new(Lease::new(
             self.node_id,
             Duration::from_millis(self.config.raft.election_timeout_max),

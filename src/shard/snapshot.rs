@@ -6,6 +6,8 @@
 //!
 //! Envelope: `b"SHSN"` | version (1 byte) | CRC-32 (IEEE, little endian) of
 //! the payload | payload (the state machine's encoding of the group's data).
+//!
+//! Also when a snapshot is worth building ([`worth_building`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -30,6 +32,31 @@ pub enum SnapshotError {
     Offset { id: String, expected: u64, got: u64 },
     #[error("snapshot {id} is larger than the limit of {limit} bytes")]
     TooLarge { id: String, limit: u64 },
+}
+
+/// Snapshots up to this size are built whenever openraft's policy asks
+/// (every `snapshot_threshold` log entries): copying them is cheap.
+pub const SMALL_SNAPSHOT: u64 = 1 << 20;
+
+/// Whether a snapshot openraft's policy asks for is worth building now.
+/// `since`: the size of the group's last snapshot and the log bytes
+/// appended since it was taken, if this replica knows them (it does not
+/// before its first build or install since it opened).
+///
+/// A build copies the whole group, so asked every N entries a group of G
+/// bytes would copy G per N entries, without bound as the group grows
+/// (16 MB per 10,000 entries at 2,000,000 keys over 8 groups). A snapshot
+/// larger than [`SMALL_SNAPSHOT`] is therefore built only once the log
+/// since it is at least as large: copying then costs at most a byte per
+/// byte logged, and the log a group keeps before it can be purged stays
+/// within about its snapshot's size (or the threshold's entries). The rule
+/// Redis uses for rewriting its AOF (`auto-aof-rewrite-percentage 100`)
+/// and CockroachDB for truncating a range's Raft log.
+pub fn worth_building(since: Option<(u64, u64)>) -> bool {
+    match since {
+        None => true,
+        Some((snapshot, logged)) => snapshot <= SMALL_SNAPSHOT || logged >= snapshot,
+    }
 }
 
 /// Wrap a payload in the envelope.
@@ -175,6 +202,16 @@ fn feed(inc: &mut Incoming, data: &[u8], limit: u64) -> Result<(), SnapshotError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_snapshot_is_worth_building_once_as_much_was_logged() {
+        let big = SMALL_SNAPSHOT + 1;
+        assert!(worth_building(None), "unknown: built");
+        assert!(worth_building(Some((SMALL_SNAPSHOT, 0))), "small: built");
+        assert!(!worth_building(Some((big, 0))));
+        assert!(!worth_building(Some((big, big - 1))));
+        assert!(worth_building(Some((big, big))));
+    }
 
     #[test]
     fn sealed_snapshots_open_and_any_flipped_byte_is_caught() {

@@ -109,6 +109,25 @@ struct LogMem {
     /// The last committed log id handed to `save_committed`, and whether
     /// its row still waits for the group's next append (see there).
     committed: std::sync::Mutex<CommittedRow>,
+    /// Encoded bytes appended since the store was opened.
+    appended: LogBytes,
+}
+
+/// Encoded log bytes a group's log store has appended since it was opened
+/// (only ever grows): shared with the group's state machine, which decides
+/// from it whether a snapshot is worth building
+/// ([`super::snapshot::worth_building`]).
+#[derive(Clone, Default)]
+pub struct LogBytes(Arc<std::sync::atomic::AtomicU64>);
+
+impl LogBytes {
+    fn add(&self, n: u64) {
+        self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 #[derive(Default)]
@@ -132,8 +151,15 @@ impl LogStore {
             mem: Arc::new(LogMem {
                 tail: std::sync::Mutex::new(LogTail::new(TAIL_MAX_ENTRIES, TAIL_MAX_BYTES)),
                 committed: std::sync::Mutex::new(CommittedRow::default()),
+                appended: LogBytes::default(),
             }),
         }
+    }
+
+    /// The count of bytes this store appends, for the group's state
+    /// machine ([`StateMachine::follow_log`]).
+    pub fn log_bytes(&self) -> LogBytes {
+        self.mem.appended.clone()
     }
 
     fn tail(&self) -> Result<std::sync::MutexGuard<'_, LogTail>, StorageError> {
@@ -153,10 +179,12 @@ impl LogStore {
         let mut ops = Vec::new();
         let mut kept = Vec::new();
         let mut last = None;
+        let mut bytes = 0;
         for entry in entries {
             let raw = encode(Format::LogEntry, &entry)?;
             let index = entry.log_id.index;
             last = Some(index);
+            bytes += raw.len() as u64;
             kept.push((entry, raw.len()));
             ops.push(Op::Put(Cf::Log, log_key(self.gid, index), raw));
         }
@@ -171,6 +199,7 @@ impl LogStore {
             }
         }
         self.tail()?.append(kept);
+        self.mem.appended.add(bytes);
         let mem = self.mem.clone();
         self.engine.submit(
             ops,
@@ -423,6 +452,16 @@ struct SmInner {
     /// known only while that index is the applied one (a snapshot install
     /// moves the applied index and so makes it unknown).
     key_count: Option<(u64, i64)>,
+    /// The group's current snapshot as this replica built or installed it
+    /// since it opened: its size, and the log bytes appended
+    /// ([`LogBytes`]) when it was taken. `None` until then.
+    last_snapshot: Option<SnapshotMark>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SnapshotMark {
+    bytes: u64,
+    log_mark: u64,
 }
 
 fn applied_index(applied: &Option<LogId>) -> u64 {
@@ -1030,6 +1069,8 @@ pub struct StateMachine {
     /// Publishes keyspace events (set once by the host; absent in tests
     /// that run a bare state machine).
     publisher: Arc<OnceLock<Arc<super::notify::Publisher>>>,
+    /// The group's log bytes appended (set once by the host).
+    log_bytes: Arc<OnceLock<LogBytes>>,
     /// Set by [`StateMachine::close`]: nothing is written any more. Held
     /// for reading by an apply while it writes, so closing waits for it.
     closed: Arc<std::sync::RwLock<bool>>,
@@ -1071,11 +1112,36 @@ impl StateMachine {
                 membership,
                 prepared_count,
                 key_count,
+                last_snapshot: None,
             })),
             closed: Arc::new(std::sync::RwLock::new(false)),
             waiters: Arc::default(),
             publisher: Arc::default(),
+            log_bytes: Arc::default(),
         })
+    }
+
+    /// Follow the bytes the group's log store appends (once), so that
+    /// snapshots openraft asks for are built only when worth it
+    /// ([`super::snapshot::worth_building`]). A state machine that follows
+    /// no log builds every one.
+    pub fn follow_log(&self, bytes: LogBytes) {
+        let _ = self.log_bytes.set(bytes);
+    }
+
+    fn logged(&self) -> Option<u64> {
+        self.log_bytes.get().map(LogBytes::get)
+    }
+
+    /// Whether a snapshot openraft's policy asks for is built now: the
+    /// size of the last one and the log bytes appended since, if known.
+    async fn snapshot_due(&self) -> bool {
+        let last = self.inner.lock().await.last_snapshot;
+        let since = match (last, self.logged()) {
+            (Some(m), Some(now)) => Some((m.bytes, now.saturating_sub(m.log_mark))),
+            _ => None,
+        };
+        super::snapshot::worth_building(since)
     }
 
     /// Give the state machine its keyspace event publisher (once).
@@ -1284,6 +1350,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
+    /// openraft asks for a snapshot every `snapshot_threshold` entries
+    /// (`force` false; it asks again as many entries later when refused).
+    /// A large group's is built only once the log since its last one is as
+    /// large as that one ([`super::snapshot::worth_building`]), so copying
+    /// the group costs at most a byte per byte logged, whatever its size.
+    async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
+        if force || self.snapshot_due().await {
+            return Some(self.clone());
+        }
+        crate::metrics::SNAPSHOTS
+            .with_label_values(&["deferred"])
+            .inc();
+        None
+    }
+
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
@@ -1429,12 +1510,17 @@ impl StateMachine {
             state_key(gid, tag::SNAPSHOT_META),
             encode(Format::SnapshotMeta, meta)?,
         ));
+        let size = bytes.len() as u64;
         ops.push(Op::Put(
             Cf::State,
             state_key(gid, tag::SNAPSHOT_DATA),
             bytes,
         ));
         inner.engine.write(ops, true).await.map_err(write_err)?;
+        inner.last_snapshot = self.logged().map(|log_mark| SnapshotMark {
+            bytes: size,
+            log_mark,
+        });
         inner.applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
         inner.prepared_count = prepared_count;
@@ -1476,6 +1562,8 @@ impl StateMachine {
                         group = gid,
                         "stored snapshot is unusable ({e}): building a new one"
                     );
+                    // Built at openraft's next ask, never deferred.
+                    self.inner.lock().await.last_snapshot = None;
                     return Ok(None);
                 }
                 Ok(Some(Snapshot {
@@ -1507,6 +1595,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_membership: inner.membership.clone(),
         };
         let engine = inner.engine.clone();
+        let log_mark = self.logged();
         let (taken, copy) = engine.read_snapshot(move |view| copy_group(view, gid));
         // An error here means the copy ended before taking its snapshot;
         // `copy` then reports why.
@@ -1515,9 +1604,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let bytes = copy.await.map_err(read_err)?;
         // Stored as the group's current snapshot, unless the replica was
         // removed meanwhile or a newer one was installed while this one was
-        // copied (openraft, told of an older snapshot, ignores it). A stored
-        // one that does not decode is reported, not overwritten.
-        let inner = self.inner.lock().await;
+        // copied (openraft, told of an older snapshot, ignores it). One at
+        // the same index holds the same state: replaced, which repairs a
+        // stored one found damaged. A stored one whose meta does not decode
+        // is reported, not overwritten.
+        let mut inner = self.inner.lock().await;
         self.check_open()?;
         let stored = inner
             .engine
@@ -1526,7 +1617,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             .map_err(read_err)?
             .map(|raw| decode::<SnapshotMeta>(Format::SnapshotMeta, &raw))
             .transpose()?;
-        if stored.is_none_or(|s| s.last_log_id < meta.last_log_id) {
+        if stored.is_none_or(|s| s.last_log_id <= meta.last_log_id) {
             let ops = vec![
                 Op::Put(
                     Cf::State,
@@ -1536,6 +1627,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 Op::Put(Cf::State, state_key(gid, tag::SNAPSHOT_DATA), bytes.clone()),
             ];
             inner.engine.write(ops, false).await.map_err(write_err)?;
+            inner.last_snapshot = log_mark.map(|log_mark| SnapshotMark {
+                bytes: bytes.len() as u64,
+                log_mark,
+            });
+            crate::metrics::SNAPSHOTS
+                .with_label_values(&["built"])
+                .inc();
         }
         Ok(Snapshot {
             meta,
@@ -2008,6 +2106,108 @@ mod tests {
         // And it is the group's current snapshot.
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta.last_log_id, snap.meta.last_log_id);
+    }
+
+    /// Openraft asks for a snapshot every `snapshot_threshold` entries. A
+    /// small group's is built whenever asked; a large one's (over
+    /// `SMALL_SNAPSHOT`) only once the log appended since is as large as
+    /// it, on the replica that built it and on one that installed it; a
+    /// forced one (a follower needs it) always.
+    #[tokio::test]
+    async fn a_large_snapshot_is_rebuilt_only_after_as_much_log() {
+        const GID: u64 = 4545;
+        let asked = |sm: &mut StateMachine, force| {
+            let mut sm = sm.clone();
+            async move { sm.try_create_snapshot_builder(force).await.is_some() }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(Engine::open(dir.path(), false).unwrap());
+        let log = LogStore::new(engine.clone(), GID);
+        let mut sm = StateMachine::open(engine.clone(), GID).await.unwrap();
+        sm.follow_log(log.log_bytes());
+        assert!(asked(&mut sm, false).await, "no snapshot yet");
+
+        // A small group: rebuilt whenever asked.
+        sm.apply_batch(vec![entry(1, LogCmd::Write(hset("h", &[("f", "v")])))])
+            .await
+            .unwrap();
+        sm.build_snapshot().await.unwrap();
+        assert!(asked(&mut sm, false).await, "small snapshot deferred");
+
+        // A large one: 24 values of 64 KiB, 1.5 MiB.
+        let big = "x".repeat(64 << 10);
+        let write = |i: u64| {
+            let key = format!("k{i}");
+            entry(i, LogCmd::Write(hset(&key, &[("f", big.as_str())])))
+        };
+        let mut index = 2;
+        for _ in 0..24 {
+            append(&log, [write(index)]).await;
+            sm.apply_batch(vec![write(index)]).await.unwrap();
+            index += 1;
+        }
+        let size = sm.build_snapshot().await.unwrap().snapshot.get_ref().len() as u64;
+        assert!(
+            size > crate::shard::snapshot::SMALL_SNAPSHOT,
+            "{size} bytes"
+        );
+        assert!(!asked(&mut sm, false).await, "rebuilt with no log since");
+        assert!(asked(&mut sm, true).await, "a forced build was refused");
+
+        // Found damaged when read for a follower: rebuilt at the next ask.
+        let stored = engine
+            .view()
+            .get(Cf::State, &state_key(GID, tag::SNAPSHOT_DATA))
+            .unwrap()
+            .unwrap();
+        let mut damaged = stored.to_vec();
+        *damaged.last_mut().unwrap() ^= 1;
+        let key = state_key(GID, tag::SNAPSHOT_DATA);
+        engine
+            .write(vec![Op::Put(Cf::State, key, damaged)], false)
+            .await
+            .unwrap();
+        assert!(sm.get_current_snapshot().await.unwrap().is_none());
+        assert!(
+            asked(&mut sm, false).await,
+            "a damaged snapshot's rebuild deferred"
+        );
+        // At the same index: the rebuild replaces it.
+        let snap = sm.build_snapshot().await.unwrap();
+        let size = snap.snapshot.get_ref().len() as u64;
+        assert!(sm.get_current_snapshot().await.unwrap().is_some());
+        assert!(!asked(&mut sm, false).await, "rebuilt with no log since");
+
+        // Half its size logged since: not yet; all of it: built.
+        let logged = log.log_bytes().get();
+        while log.log_bytes().get() - logged < size / 2 {
+            append(&log, [write(index)]).await;
+            index += 1;
+        }
+        assert!(
+            !asked(&mut sm, false).await,
+            "rebuilt after half as much log"
+        );
+        while log.log_bytes().get() - logged < size {
+            append(&log, [write(index)]).await;
+            index += 1;
+        }
+        assert!(asked(&mut sm, false).await, "not rebuilt after as much log");
+
+        // A replica that installs it waits for as much log too.
+        let dir2 = tempfile::tempdir().unwrap();
+        let engine2 = Arc::new(Engine::open(dir2.path(), false).unwrap());
+        let log2 = LogStore::new(engine2.clone(), GID);
+        let mut other = StateMachine::open(engine2, GID).await.unwrap();
+        other.follow_log(log2.log_bytes());
+        other
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        assert!(
+            !asked(&mut other, false).await,
+            "rebuilt right after install"
+        );
     }
 
     /// A snapshot copied while a newer one was installed is not stored
