@@ -605,12 +605,26 @@ impl<'a> Injector<'a> {
         parse_describe(&self.call_router(&["TABLE.DESCRIBE", "default"])?)
     }
 
+    /// The shards whose published leader is a node that runs: a drained
+    /// node, stopped and retired, may still be named the leader of a group
+    /// it led until etcd's record catches up.
+    fn led_shards(&mut self) -> Result<Vec<ShardInfo>> {
+        let mut led = Vec::new();
+        for s in self.describe()? {
+            let Some(l) = s.leader else { continue };
+            let known = l >= 1 && l as usize <= self.cluster.node_count();
+            if known && !self.retired.contains(&l) && self.cluster.node_pid(l).is_some() {
+                led.push(s);
+            }
+        }
+        Ok(led)
+    }
+
     fn kill_leader(&mut self, down: Duration, rng: &mut impl Rng) -> Result<()> {
-        let shards = self.describe()?;
-        let led: Vec<&ShardInfo> = shards.iter().filter(|s| s.leader.is_some()).collect();
+        let led = self.led_shards()?;
         if led.is_empty() {
             self.rec
-                .fault("kill-leader skipped: no shard has a known leader");
+                .fault("kill-leader skipped: no shard has a known leader that runs");
             return Ok(());
         }
         let shard = led[rng.gen_range(0..led.len())].clone();
@@ -682,11 +696,10 @@ impl<'a> Injector<'a> {
         router: usize,
         rng: &mut impl Rng,
     ) -> Result<()> {
-        let shards = self.describe()?;
-        let led: Vec<&ShardInfo> = shards.iter().filter(|s| s.leader.is_some()).collect();
+        let led = self.led_shards()?;
         if led.is_empty() {
             self.rec
-                .fault("pause-leader skipped: no shard has a known leader");
+                .fault("pause-leader skipped: no shard has a known leader that runs");
             return Ok(());
         }
         let shard = led[rng.gen_range(0..led.len())].clone();
