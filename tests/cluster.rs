@@ -200,6 +200,28 @@ fn snapshot_cluster_with(
     (cluster, con, leader, lagging)
 }
 
+/// Snapshots node `id` has installed, from its log (every start of it).
+fn snapshot_installs(cluster: &LocalCluster, id: u64) -> usize {
+    let log = cluster.node_dir(id).join(format!("node-{id}.log"));
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("snapshot installed")
+        .count()
+}
+
+/// Wait (up to 30 s) until node `id` has installed more than `before`
+/// snapshots.
+fn wait_for_install(cluster: &mut LocalCluster, id: u64, before: usize) {
+    let installed = common::wait_until(Duration::from_secs(30), || {
+        snapshot_installs(cluster, id) > before
+    });
+    assert!(
+        installed,
+        "node {id} never installed a snapshot\n{}",
+        cluster.logs()
+    );
+}
+
 #[test]
 fn lagging_replica_catches_up_by_snapshot_install() {
     let dir = tempfile::tempdir().unwrap();
@@ -214,22 +236,7 @@ fn lagging_replica_catches_up_by_snapshot_install() {
     }
 
     cluster.start_node(lagging).unwrap();
-    let log = cluster
-        .node_dir(lagging)
-        .join(format!("node-{lagging}.log"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("snapshot installed") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {lagging} never installed a snapshot\n{}",
-            cluster.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_install(&mut cluster, lagging, 0);
 
     // Leave the caught-up replica in the majority, and read everything.
     cluster.stop_node(leader).unwrap();
@@ -249,18 +256,9 @@ fn a_snapshot_install_replaces_what_a_running_replica_cached() {
     for i in 0..40 {
         set(&mut con, &format!("c:{i}"), &format!("old{i}")).unwrap();
     }
-    let log = cluster
-        .node_dir(lagging)
-        .join(format!("node-{lagging}.log"));
-    let installs = || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .matches("snapshot installed")
-            .count()
-    };
     // Let the lagging replica apply the old values before it stops.
     std::thread::sleep(Duration::from_secs(1));
-    let before = installs();
+    let before = snapshot_installs(&cluster, lagging);
     cluster.pause_node(lagging).unwrap();
     for i in 0..40 {
         if i < 10 {
@@ -279,11 +277,7 @@ fn a_snapshot_install_replaces_what_a_running_replica_cached() {
         set(&mut con, &format!("fill:{i}"), "x").unwrap();
     }
     cluster.resume_node(lagging).unwrap();
-    assert!(
-        common::wait_until(Duration::from_secs(30), || installs() > before),
-        "node {lagging} never installed a snapshot\n{}",
-        cluster.logs()
-    );
+    wait_for_install(&mut cluster, lagging, before);
 
     // Only the caught-up replica is left: READONLY reads are its answers.
     cluster.stop_node(leader).unwrap();
@@ -376,22 +370,9 @@ fn a_large_groups_snapshots_wait_for_as_much_log_and_still_catch_a_replica_up() 
         "no snapshot after as much log: {at:?}\n{}",
         cluster.logs()
     );
-    let log = cluster
-        .node_dir(lagging)
-        .join(format!("node-{lagging}.log"));
-    let installs = || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .matches("snapshot installed")
-            .count()
-    };
-    let before = installs();
+    let before = snapshot_installs(&cluster, lagging);
     cluster.start_node(lagging).unwrap();
-    assert!(
-        common::wait_until(Duration::from_secs(30), || installs() > before),
-        "node {lagging} never installed a snapshot\n{}",
-        cluster.logs()
-    );
+    wait_for_install(&mut cluster, lagging, before);
     cluster.stop_node(leader).unwrap();
     read_all_eventually(&mut cluster, &written);
 }

@@ -2116,7 +2116,7 @@ mod tests {
     #[tokio::test]
     async fn a_large_snapshot_is_rebuilt_only_after_as_much_log() {
         const GID: u64 = 4545;
-        let asked = |sm: &mut StateMachine, force| {
+        let asked = |sm: &StateMachine, force| {
             let mut sm = sm.clone();
             async move { sm.try_create_snapshot_builder(force).await.is_some() }
         };
@@ -2125,14 +2125,14 @@ mod tests {
         let log = LogStore::new(engine.clone(), GID);
         let mut sm = StateMachine::open(engine.clone(), GID).await.unwrap();
         sm.follow_log(log.log_bytes());
-        assert!(asked(&mut sm, false).await, "no snapshot yet");
+        assert!(asked(&sm, false).await, "no snapshot yet");
 
         // A small group: rebuilt whenever asked.
         sm.apply_batch(vec![entry(1, LogCmd::Write(hset("h", &[("f", "v")])))])
             .await
             .unwrap();
         sm.build_snapshot().await.unwrap();
-        assert!(asked(&mut sm, false).await, "small snapshot deferred");
+        assert!(asked(&sm, false).await, "small snapshot deferred");
 
         // A large one: 24 values of 64 KiB, 1.5 MiB.
         let big = "x".repeat(64 << 10);
@@ -2151,8 +2151,8 @@ mod tests {
             size > crate::shard::snapshot::SMALL_SNAPSHOT,
             "{size} bytes"
         );
-        assert!(!asked(&mut sm, false).await, "rebuilt with no log since");
-        assert!(asked(&mut sm, true).await, "a forced build was refused");
+        assert!(!asked(&sm, false).await, "rebuilt with no log since");
+        assert!(asked(&sm, true).await, "a forced build was refused");
 
         // Found damaged when read for a follower: rebuilt at the next ask.
         let stored = engine
@@ -2169,14 +2169,14 @@ mod tests {
             .unwrap();
         assert!(sm.get_current_snapshot().await.unwrap().is_none());
         assert!(
-            asked(&mut sm, false).await,
+            asked(&sm, false).await,
             "a damaged snapshot's rebuild deferred"
         );
         // At the same index: the rebuild replaces it.
         let snap = sm.build_snapshot().await.unwrap();
         let size = snap.snapshot.get_ref().len() as u64;
         assert!(sm.get_current_snapshot().await.unwrap().is_some());
-        assert!(!asked(&mut sm, false).await, "rebuilt with no log since");
+        assert!(!asked(&sm, false).await, "rebuilt with no log since");
 
         // Half its size logged since: not yet; all of it: built.
         let logged = log.log_bytes().get();
@@ -2184,15 +2184,12 @@ mod tests {
             append(&log, [write(index)]).await;
             index += 1;
         }
-        assert!(
-            !asked(&mut sm, false).await,
-            "rebuilt after half as much log"
-        );
+        assert!(!asked(&sm, false).await, "rebuilt after half as much log");
         while log.log_bytes().get() - logged < size {
             append(&log, [write(index)]).await;
             index += 1;
         }
-        assert!(asked(&mut sm, false).await, "not rebuilt after as much log");
+        assert!(asked(&sm, false).await, "not rebuilt after as much log");
 
         // A replica that installs it waits for as much log too.
         let dir2 = tempfile::tempdir().unwrap();
@@ -2204,10 +2201,7 @@ mod tests {
             .install_snapshot(&snap.meta, snap.snapshot)
             .await
             .unwrap();
-        assert!(
-            !asked(&mut other, false).await,
-            "rebuilt right after install"
-        );
+        assert!(!asked(&other, false).await, "rebuilt right after install");
     }
 
     /// A snapshot copied while a newer one was installed is not stored
