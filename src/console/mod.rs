@@ -11,8 +11,11 @@
 //! it. Throughput and p99 per node, table and shard are the nodes' own
 //! counts of the requests they served (`shard::served`, in their status),
 //! made into rates from the difference between this reading and the
-//! previous one; they cover every router's traffic. The slow commands are
-//! this router's SLOWLOG. Nothing here runs unless a page polls.
+//! previous one, each node's counts over that node's own interval between
+//! its two reads of them (a node that answers one poll late has counted
+//! for longer than the console waited); they cover every router's
+//! traffic. The slow commands are this router's SLOWLOG. Nothing here runs
+//! unless a page polls.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -24,7 +27,7 @@ use serde_json::{json, Value};
 
 use crate::metrics::{Page, Pages};
 use crate::resp::session::Shared;
-use crate::shard::served::{ServedCounts, Tally};
+use crate::shard::served::{CountedAt, ServedCounts, Tally};
 use crate::status::ClusterStatus;
 
 const INDEX_HTML: &str = include_str!("index.html");
@@ -53,10 +56,36 @@ struct State {
     prev: Option<Reading>,
 }
 
-/// Each replica's served counts at one instant, by (node, group).
+/// Each replica's served counts at one reading, by (node, group), and
+/// when each node read them.
 struct Reading {
+    /// When the console asked.
     at: Instant,
     counts: HashMap<(u64, u64), ServedCounts>,
+    counted_at: HashMap<u64, CountedAt>,
+}
+
+impl Reading {
+    /// The served counts `st` carries, as asked at `st.asked_at`.
+    fn of(st: &ClusterStatus) -> Reading {
+        Reading {
+            at: st.asked_at,
+            counts: st
+                .statuses
+                .iter()
+                .flat_map(|(n, s)| {
+                    s.groups
+                        .iter()
+                        .map(|g| ((*n, g.group_id), g.served.clone()))
+                })
+                .collect(),
+            counted_at: st
+                .statuses
+                .iter()
+                .map(|(n, s)| (*n, s.counted_at))
+                .collect(),
+        }
+    }
 }
 
 impl Console {
@@ -128,18 +157,7 @@ impl Console {
                 return json_page(status, body);
             }
         };
-        let reading = Reading {
-            at: st.asked_at,
-            counts: st
-                .statuses
-                .iter()
-                .flat_map(|(n, s)| {
-                    s.groups
-                        .iter()
-                        .map(|g| ((*n, g.group_id), g.served.clone()))
-                })
-                .collect(),
-        };
+        let reading = Reading::of(&st);
         let value = self.render(&st, &reading, state.prev.as_ref());
         let json = Bytes::from(value.to_string());
         state.prev = Some(reading);
@@ -300,54 +318,79 @@ impl Console {
 /// Requests served between two readings, summed per node, group, table
 /// and over the cluster.
 struct Rates {
-    /// Seconds between the readings; `None` on the first.
+    /// Seconds between the console's two asks; `None` on the first.
     interval: Option<f64>,
-    total: Tally,
-    nodes: HashMap<u64, Tally>,
-    groups: HashMap<u64, Tally>,
-    tables: HashMap<String, Tally>,
+    total: Load,
+    nodes: HashMap<u64, Load>,
+    groups: HashMap<u64, Load>,
+    tables: HashMap<String, Load>,
+}
+
+/// What some replicas served between two readings: the requests per
+/// second (each node's count over its own interval, summed) and their
+/// times.
+#[derive(Default, Clone)]
+struct Load {
+    ops: f64,
+    tally: Tally,
 }
 
 impl Rates {
     fn new(st: &ClusterStatus, now: &Reading, prev: Option<&Reading>) -> Rates {
         let mut r = Rates {
             interval: prev.map(|p| now.at.duration_since(p.at).as_secs_f64()),
-            total: Tally::default(),
+            total: Load::default(),
             nodes: HashMap::new(),
             groups: HashMap::new(),
             tables: HashMap::new(),
         };
-        let Some(prev) = prev else { return r };
+        let (Some(prev), Some(asked)) = (prev, r.interval) else {
+            return r;
+        };
         for (node, s) in &st.statuses {
+            // The node's own interval; the console's for a node that does
+            // not say when it counted.
+            let secs = prev
+                .counted_at
+                .get(node)
+                .and_then(|before| s.counted_at.secs_since(before))
+                .unwrap_or(asked);
+            if secs <= 0.0 {
+                continue;
+            }
             for g in &s.groups {
                 // A replica new since the last reading: its counts cover an
                 // unknown time, so they wait for the next.
                 let Some(before) = prev.counts.get(&(*node, g.group_id)) else {
                     continue;
                 };
-                for t in [
+                let mut delta = Tally::default();
+                delta.add_delta(&g.served, before);
+                let ops = delta.requests as f64 / secs;
+                for l in [
                     &mut r.total,
                     r.nodes.entry(*node).or_default(),
                     r.groups.entry(g.group_id).or_default(),
                     r.tables.entry(g.table.clone()).or_default(),
                 ] {
-                    t.add_delta(&g.served, before);
+                    l.ops += ops;
+                    l.tally.add(&delta);
                 }
             }
         }
         r
     }
 
-    /// `{ops, p99_ms}` of `t` (`null`s without two readings; no p99
+    /// `{ops, p99_ms}` of `l` (`null`s without two readings; no p99
     /// without a request).
-    fn json(&self, t: Option<&Tally>) -> Value {
-        let Some(secs) = self.interval.filter(|s| *s > 0.0) else {
+    fn json(&self, l: Option<&Load>) -> Value {
+        if !self.interval.is_some_and(|s| s > 0.0) {
             return json!({"ops": null, "p99_ms": null});
-        };
-        let t = t.cloned().unwrap_or_default();
+        }
+        let l = l.cloned().unwrap_or_default();
         json!({
-            "ops": t.requests as f64 / secs,
-            "p99_ms": t.percentile_us(99.0).map(|us| us as f64 / 1000.0),
+            "ops": l.ops,
+            "p99_ms": l.tally.percentile_us(99.0).map(|us| us as f64 / 1000.0),
         })
     }
 }
@@ -357,5 +400,96 @@ fn json_page(status: StatusCode, body: Bytes) -> Page {
         status,
         content_type: "application/json",
         body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::status::NodeStatus;
+
+    /// A node's status with `requests` served by each of `groups`, counted
+    /// at `us` on a clock anchored at `anchor_ms`.
+    fn node(id: u64, groups: &[u64], requests: u64, anchor_ms: u64, us: u64) -> NodeStatus {
+        let groups: Vec<Value> = groups
+            .iter()
+            .map(|g| {
+                json!({
+                    "group_id": g, "table": "default", "shard": 0, "role": "leader",
+                    "leader": id, "term": 1, "last_log_index": 1, "applied_index": 1,
+                    "replication": [],
+                    "served": {"requests": requests, "hist": [[40, requests]]},
+                })
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "node_id": id,
+            "groups": groups,
+            "counted_at": {"anchor_ms": anchor_ms, "us": us},
+        }))
+        .unwrap()
+    }
+
+    fn status(nodes: Vec<NodeStatus>) -> ClusterStatus {
+        ClusterStatus {
+            members: BTreeMap::new(),
+            live: Default::default(),
+            statuses: nodes.into_iter().map(|n| (n.node_id, n)).collect(),
+            asked_at: Instant::now(),
+            asked_ms: 0,
+            record: Ok(None),
+            tables: vec![],
+            unreadable: BTreeMap::new(),
+            tombstones: Ok(BTreeMap::new()),
+            moves: vec![],
+        }
+    }
+
+    fn reading(st: &ClusterStatus, at: Instant) -> Reading {
+        Reading {
+            at,
+            ..Reading::of(st)
+        }
+    }
+
+    #[test]
+    fn each_nodes_counts_are_a_rate_over_its_own_interval() {
+        let t0 = Instant::now();
+        // Every node serves 1,000 requests a second on each of its groups.
+        // The console asks one second apart; node 1 reads its counters at
+        // once both times, node 2 at once the first time and 0.6 s late
+        // the second (1.6 s of counts), node 3 restarted 0.5 s before the
+        // second reading, and node 4 does not say when it counted.
+        let first = status(vec![
+            node(1, &[10, 11], 5_000, 100, 2_000_000),
+            node(2, &[10, 12], 5_000, 200, 2_000_000),
+            node(3, &[12], 5_000, 300, 9_000_000),
+            node(4, &[13], 5_000, 0, 0),
+        ]);
+        let second = status(vec![
+            node(1, &[10, 11], 6_000, 100, 3_000_000),
+            node(2, &[10, 12], 6_600, 200, 3_600_000),
+            node(3, &[12], 500, 301, 500_000),
+            node(4, &[13], 6_000, 0, 0),
+        ]);
+        let (before, now) = (
+            reading(&first, t0),
+            reading(&second, t0 + Duration::from_secs(1)),
+        );
+        let r = Rates::new(&second, &now, Some(&before));
+        let ops = |l: Option<&Load>| l.unwrap().ops;
+        for n in 1..=4 {
+            let groups = second.statuses[&n].groups.len() as f64;
+            let got = ops(r.nodes.get(&n));
+            assert!((got - 1_000.0 * groups).abs() < 1e-6, "node {n}: {got}");
+        }
+        assert!((ops(r.groups.get(&10)) - 2_000.0).abs() < 1e-6);
+        assert!((ops(Some(&r.total)) - 6_000.0).abs() < 1e-6);
+        assert!((ops(r.tables.get("default")) - 6_000.0).abs() < 1e-6);
+        assert_eq!(r.total.tally.requests, 2 * 1_000 + 2 * 1_600 + 500 + 1_000);
+        assert_eq!(r.json(Some(&r.total))["ops"], 6_000.0);
+        // The first reading has no rates.
+        let r = Rates::new(&first, &before, None);
+        assert_eq!(r.json(Some(&r.total))["ops"], Value::Null);
     }
 }

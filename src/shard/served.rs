@@ -11,9 +11,16 @@
 //! The histogram has [`BUCKETS`] fixed buckets, four per power of two of
 //! microseconds (at most 25 % wide) up to about 67 s; the status carries
 //! only the buckets that counted something.
+//!
+//! A node also reports when it read its counters ([`CountedAt`]: its own
+//! monotonic clock), so that the console divides each node's counts by
+//! that node's interval between two readings, not by the interval between
+//! its own two asks: a node that answers one poll late under load has
+//! counted over a longer time than the console waited.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -53,8 +60,53 @@ pub struct Served {
     hist: Box<[AtomicU64]>,
 }
 
+/// This process's clock for [`CountedAt`]: an instant and the Unix time
+/// (ms) it stands for, fixed at the first replica's counters (before any
+/// request is counted).
+static ANCHOR: LazyLock<(Instant, u64)> =
+    LazyLock::new(|| (Instant::now(), crate::clock::now_ms()));
+
+/// When a node read its replicas' counters: microseconds on its monotonic
+/// clock since [`Self::anchor_ms`], the Unix time (ms) that clock started
+/// at in this process. A different `anchor_ms` between two readings means
+/// the node restarted, and its counters with it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountedAt {
+    pub anchor_ms: u64,
+    pub us: u64,
+}
+
+impl CountedAt {
+    /// Now, on this process's clock.
+    pub fn now() -> CountedAt {
+        let (start, anchor_ms) = *ANCHOR;
+        CountedAt {
+            anchor_ms,
+            us: u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Seconds the counters read at `self` cover beyond those read at
+    /// `before`: the time between the two reads on the node's own clock,
+    /// or, when the node restarted in between, the time since it started
+    /// (its counters started over then). `None` when either reading carries
+    /// no time (a node of an older version) or the time ran backwards.
+    pub fn secs_since(&self, before: &CountedAt) -> Option<f64> {
+        if self.anchor_ms == 0 || before.anchor_ms == 0 {
+            return None;
+        }
+        let us = if self.anchor_ms == before.anchor_ms {
+            self.us.checked_sub(before.us)?
+        } else {
+            self.us
+        };
+        Some(us as f64 / 1e6)
+    }
+}
+
 impl Default for Served {
     fn default() -> Self {
+        LazyLock::force(&ANCHOR);
         Served {
             requests: AtomicU64::new(0),
             hist: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
@@ -141,6 +193,14 @@ impl Tally {
         }
     }
 
+    /// Add `other`'s counts to these.
+    pub fn add(&mut self, other: &Tally) {
+        self.requests += other.requests;
+        for (mine, theirs) in self.hist.iter_mut().zip(&other.hist) {
+            *mine += theirs;
+        }
+    }
+
     /// The value (µs) at percentile `p` (0-100]: the top of the bucket
     /// holding it; `None` when nothing was counted.
     pub fn percentile_us(&self, p: f64) -> Option<u64> {
@@ -213,5 +273,20 @@ mod tests {
         assert_eq!(t.requests, 1);
         assert_eq!(t.hist.iter().sum::<u64>(), 1);
         assert_eq!(Tally::default().percentile_us(99.0), None);
+    }
+
+    #[test]
+    fn a_reading_covers_the_nodes_own_interval_or_its_time_since_a_restart() {
+        let at = |anchor_ms, us| CountedAt { anchor_ms, us };
+        assert_eq!(at(7, 3_500_000).secs_since(&at(7, 1_000_000)), Some(2.5));
+        // Restarted in between: its counters cover its time since then.
+        assert_eq!(at(9, 400_000).secs_since(&at(7, 1_000_000)), Some(0.4));
+        // Time that runs backwards, or a node that does not say: unknown.
+        assert_eq!(at(7, 1).secs_since(&at(7, 2)), None);
+        assert_eq!(at(7, 1).secs_since(&CountedAt::default()), None);
+        assert_eq!(CountedAt::default().secs_since(&at(7, 1)), None);
+        // This process's clock goes forward from a fixed anchor.
+        let (a, b) = (CountedAt::now(), CountedAt::now());
+        assert!(a.anchor_ms > 0 && a.anchor_ms == b.anchor_ms && b.us >= a.us);
     }
 }

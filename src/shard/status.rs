@@ -35,6 +35,10 @@ pub struct NodeStatus {
     /// The node's LATENCY events (`fsync`, `raft-commit`) of 1 ms or more.
     #[serde(default)]
     pub latency: std::collections::BTreeMap<String, crate::metrics::EventLog>,
+    /// When this node read its replicas' `served` counts, on its own clock
+    /// (all zero from a node that does not say).
+    #[serde(default)]
+    pub counted_at: super::served::CountedAt,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,6 +78,7 @@ pub struct GroupStatus {
 
 /// Status of the requested groups (all when `gids` is empty).
 pub fn node_status(host: &Host, gids: &[u64]) -> NodeStatus {
+    let counted_at = super::served::CountedAt::now();
     let groups = host
         .replicas()
         .into_iter()
@@ -118,5 +123,6 @@ pub fn node_status(host: &Host, gids: &[u64]) -> NodeStatus {
             .map(|r| r.sm.waiters().len() as u64)
             .sum(),
         latency: crate::metrics::NODE_EVENTS.snapshot(),
+        counted_at,
     }
 }
