@@ -396,27 +396,60 @@ fn table_drop_deletes_every_replica_even_on_a_node_that_was_down() {
     assert!(cluster.unexpected_exits().is_empty());
 }
 
-#[test]
-fn a_corrupted_snapshot_is_refused_and_the_replica_catches_up() {
-    let dir = tempfile::tempdir().unwrap();
-    // Small snapshots, and every node corrupts the first snapshot it sends.
+/// A one-shard cluster with small snapshots and `failpoint` armed on
+/// every node, where node 3 was stopped after 10 writes and started again
+/// after 300 (`{prefix}0`..`{prefix}299`), far past the snapshot threshold:
+/// it can only catch up by a snapshot.
+fn node_3_behind_a_snapshot(
+    dir: &tempfile::TempDir,
+    failpoint: &str,
+    prefix: &str,
+) -> (LocalCluster, Conn) {
     let mut cluster = start(
         dir.path(),
         1,
-        &[
-            "--snapshot-threshold",
-            "40",
-            "--failpoint",
-            "snapshot-send-corrupt",
-        ],
+        &["--snapshot-threshold", "40", "--failpoint", failpoint],
     );
-    let addr = cluster.router_addr();
-    let mut c = Conn::connect(&addr);
-    write_keys(&mut c, "s", 10);
+    let mut c = Conn::connect(&cluster.router_addr());
+    write_keys(&mut c, prefix, 10);
     cluster.stop_node(3).unwrap();
-    // Far past the snapshot threshold: node 3 can only catch up by snapshot.
-    write_keys(&mut c, "s", 300);
+    write_keys(&mut c, prefix, 300);
     cluster.start_node(3).unwrap();
+    (cluster, c)
+}
+
+/// A leader whose stored snapshot is found damaged when a follower needs
+/// it builds a sound one there and then and sends that: the follower
+/// catches up, and the group's replicas keep running (openraft takes "no
+/// snapshot" at that point for a storage error and stops the group's Raft
+/// on that node).
+#[test]
+fn a_damaged_stored_snapshot_is_rebuilt_for_the_follower_that_needs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each snapshot stored damaged on every node (as a disk that damaged
+    // the stored value would leave it).
+    let (mut cluster, mut c) = node_3_behind_a_snapshot(&dir, "snapshot-stored-damaged", "d");
+
+    let ok = wait_until(Duration::from_secs(60), || {
+        node_log(&cluster, 3).contains("snapshot installed")
+    });
+    let logs = || (1..=3).map(|id| node_log(&cluster, id)).collect::<String>();
+    assert!(ok, "node 3 never installed a snapshot:\n{}", logs());
+    assert!(
+        logs().contains("stored snapshot is unusable"),
+        "no leader found its stored snapshot damaged:\n{}",
+        logs()
+    );
+    // The group still takes writes, and node 3 has every key.
+    write_keys(&mut c, "e", 5);
+    only_survivor_serves_every_key(&mut cluster, 3, 3, "d", 300);
+}
+
+#[test]
+fn a_corrupted_snapshot_is_refused_and_the_replica_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every node corrupts the first snapshot it sends.
+    let (mut cluster, _) = node_3_behind_a_snapshot(&dir, "snapshot-send-corrupt", "s");
 
     // The first snapshot any leader sends is corrupted: whichever follower
     // got it (node 3, or one that lagged during the writes) refused it and

@@ -1537,11 +1537,11 @@ impl StateMachine {
         Ok(())
     }
 
-    /// The stored snapshot, if there is one and it is sound. Its two rows
-    /// are always written together, so they are read together from one
-    /// RocksDB snapshot, without the state-machine lock: reading (and
-    /// checking) a large snapshot for a follower does not hold the
-    /// group's applies.
+    /// The stored snapshot, if there is one; one found damaged (or half
+    /// there) is built anew and that one returned. Its two rows are always
+    /// written together, so they are read together from one RocksDB
+    /// snapshot, without the state-machine lock: reading (and checking) a
+    /// large snapshot for a follower does not hold the group's applies.
     async fn current_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
         let (gid, engine) = {
             let inner = self.inner.lock().await;
@@ -1553,26 +1553,30 @@ impl StateMachine {
             .await
             .map_err(read_err)?
             .into_iter();
-        match (rows.next().flatten(), rows.next().flatten()) {
-            (Some(meta), Some(data)) => {
-                if let Err(e) = super::snapshot::open(&data) {
-                    // Never send a damaged snapshot: without one, openraft
-                    // builds a fresh one from the data.
-                    tracing::error!(
-                        group = gid,
-                        "stored snapshot is unusable ({e}): building a new one"
-                    );
-                    // Built at openraft's next ask, never deferred.
-                    self.inner.lock().await.last_snapshot = None;
-                    return Ok(None);
+        let why = match (rows.next().flatten(), rows.next().flatten()) {
+            (None, None) => return Ok(None),
+            (Some(meta), Some(data)) => match super::snapshot::open(&data) {
+                Ok(_) => {
+                    return Ok(Some(Snapshot {
+                        meta: decode(Format::SnapshotMeta, &meta)?,
+                        snapshot: Cursor::new(data),
+                    }))
                 }
-                Ok(Some(Snapshot {
-                    meta: decode(Format::SnapshotMeta, &meta)?,
-                    snapshot: Cursor::new(data),
-                }))
-            }
-            _ => Ok(None),
-        }
+                Err(e) => e.to_string(),
+            },
+            (Some(_), None) => "its data row is missing".to_string(),
+            (None, Some(_)) => "its meta row is missing".to_string(),
+        };
+        // Never send a damaged snapshot, and never answer "none" here:
+        // openraft asks when a follower needs one, and takes "none" for a
+        // storage error that stops the group's Raft on this node. A fresh
+        // one is built from the data, stored in its place, and sent.
+        tracing::error!(
+            group = gid,
+            "stored snapshot is unusable ({why}): building a new one"
+        );
+        self.inner.lock().await.last_snapshot = None;
+        self.clone().build_snapshot().await.map(Some)
     }
 }
 
@@ -1624,7 +1628,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     state_key(gid, tag::SNAPSHOT_META),
                     encode(Format::SnapshotMeta, &meta)?,
                 ),
-                Op::Put(Cf::State, state_key(gid, tag::SNAPSHOT_DATA), bytes.clone()),
+                Op::Put(
+                    Cf::State,
+                    state_key(gid, tag::SNAPSHOT_DATA),
+                    stored_copy(&bytes),
+                ),
             ];
             inner.engine.write(ops, false).await.map_err(write_err)?;
             inner.last_snapshot = log_mark.map(|log_mark| SnapshotMark {
@@ -1640,6 +1648,19 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             snapshot: Cursor::new(bytes),
         })
     }
+}
+
+/// The snapshot as stored: `bytes`, or (test only, failpoint
+/// `snapshot-stored-damaged`) with its last byte flipped, as a disk that
+/// damaged the stored value would leave it.
+fn stored_copy(bytes: &[u8]) -> Vec<u8> {
+    let mut stored = bytes.to_vec();
+    if crate::failpoint::armed("snapshot-stored-damaged") {
+        if let Some(last) = stored.last_mut() {
+            *last ^= 1;
+        }
+    }
+    stored
 }
 
 /// The sealed snapshot payload of group `gid` as `view` shows it: its
@@ -2112,7 +2133,8 @@ mod tests {
     /// small group's is built whenever asked; a large one's (over
     /// `SMALL_SNAPSHOT`) only once the log appended since is as large as
     /// it, on the replica that built it and on one that installed it; a
-    /// forced one (a follower needs it) always.
+    /// forced one (a follower needs it) always. A stored one found damaged
+    /// when read is built anew and stored in its place.
     #[tokio::test]
     async fn a_large_snapshot_is_rebuilt_only_after_as_much_log() {
         const GID: u64 = 4545;
@@ -2154,7 +2176,9 @@ mod tests {
         assert!(!asked(&sm, false).await, "rebuilt with no log since");
         assert!(asked(&sm, true).await, "a forced build was refused");
 
-        // Found damaged when read for a follower: rebuilt at the next ask.
+        // Found damaged when read for a follower: a sound one is built at
+        // once, sent and stored in its place, at the same index.
+        let sound = sm.get_current_snapshot().await.unwrap().unwrap();
         let stored = engine
             .view()
             .get(Cf::State, &state_key(GID, tag::SNAPSHOT_DATA))
@@ -2167,15 +2191,21 @@ mod tests {
             .write(vec![Op::Put(Cf::State, key, damaged)], false)
             .await
             .unwrap();
-        assert!(sm.get_current_snapshot().await.unwrap().is_none());
-        assert!(
-            asked(&sm, false).await,
-            "a damaged snapshot's rebuild deferred"
+        let rebuilt = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(rebuilt.meta, sound.meta);
+        assert_eq!(rebuilt.snapshot.get_ref(), sound.snapshot.get_ref());
+        let read_again = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(read_again.snapshot.get_ref(), sound.snapshot.get_ref());
+        assert_eq!(
+            engine
+                .view()
+                .get(Cf::State, &state_key(GID, tag::SNAPSHOT_DATA))
+                .unwrap()
+                .unwrap(),
+            stored,
+            "the damaged one not replaced"
         );
-        // At the same index: the rebuild replaces it.
-        let snap = sm.build_snapshot().await.unwrap();
-        let size = snap.snapshot.get_ref().len() as u64;
-        assert!(sm.get_current_snapshot().await.unwrap().is_some());
+        let size = rebuilt.snapshot.get_ref().len() as u64;
         assert!(!asked(&sm, false).await, "rebuilt with no log since");
 
         // Half its size logged since: not yet; all of it: built.
@@ -2198,7 +2228,7 @@ mod tests {
         let mut other = StateMachine::open(engine2, GID).await.unwrap();
         other.follow_log(log2.log_bytes());
         other
-            .install_snapshot(&snap.meta, snap.snapshot)
+            .install_snapshot(&rebuilt.meta, rebuilt.snapshot)
             .await
             .unwrap();
         assert!(!asked(&other, false).await, "rebuilt right after install");
