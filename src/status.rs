@@ -272,13 +272,16 @@ pub async fn report_with(meta: &Meta, tls: Option<ClusterTls>) -> anyhow::Result
                 .iter()
                 .map(|(n, g)| match g {
                     Some(g) => format!(
-                        "{n}:{}{}",
+                        "{n}:{}{}{}",
                         g.role,
                         if head > 0 {
                             format!(" lag={}", head.saturating_sub(g.last_log_index))
                         } else {
                             String::new()
-                        }
+                        },
+                        g.stopped
+                            .as_ref()
+                            .map_or(String::new(), |why| format!(" STOPPED: {why}"))
                     ),
                     None => format!("{n}:unreachable"),
                 })

@@ -396,6 +396,86 @@ fn table_drop_deletes_every_replica_even_on_a_node_that_was_down() {
     assert!(cluster.unexpected_exits().is_empty());
 }
 
+/// A replica whose Raft stops on a fatal error (here a storage error of an
+/// apply, by failpoint, on each replica of one group that applies the
+/// write) says so: `shoal status` marks it STOPPED with why, `/metrics` has
+/// `shoal_group_stopped` 1 for it and 0 for the others, and the other
+/// group goes on. (The replica that never learns the write committed is
+/// left a candidate without a quorum.)
+#[test]
+fn a_replica_stopped_by_a_storage_error_shows_in_status_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(
+        dir.path(),
+        2,
+        &[
+            "--failpoint",
+            "apply-fails-on-key",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let mut c = Conn::connect(&cluster.router_addr());
+    let dead = b"failpoint:apply-fails";
+    let ranges = shoal::meta::descriptor::slot_ranges(2);
+    let shard_of = |key: &[u8]| {
+        let slot = shoal::slot::slot(key);
+        ranges
+            .iter()
+            .position(|[a, b]| (*a..=*b).contains(&slot))
+            .unwrap()
+    };
+    let live = (0..)
+        .map(|i| format!("other-{i}"))
+        .find(|k| shard_of(k.as_bytes()) != shard_of(dead))
+        .unwrap();
+    assert_eq!(c.cmd(&[b"SET", live.as_bytes(), b"1"]), b"+OK\r\n");
+    let reply = c.cmd(&[b"SET", dead, b"1"]);
+    assert!(
+        reply.starts_with(b"-"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+
+    let mut st = String::new();
+    let shown = wait_until(Duration::from_secs(30), || {
+        st = status(&cluster);
+        st.matches("STOPPED: ").count() >= 2
+    });
+    assert!(shown, "no majority of stopped replicas shown:\n{st}");
+    assert!(st.contains("failpoint apply-fails-on-key"), "{st}");
+    let stopped_lines: Vec<&str> = st.lines().filter(|l| l.contains("STOPPED")).collect();
+    assert_eq!(stopped_lines.len(), 1, "one group's line: {st}");
+
+    // Each node's metrics: a series per replica, 1 where `shoal status`
+    // says STOPPED.
+    let line = stopped_lines[0];
+    let mut stopped_nodes = 0;
+    for (name, addr) in cluster.metrics_addrs() {
+        if !name.starts_with("node") {
+            continue;
+        }
+        let (code, body) = common::http_get(&addr, "/metrics");
+        assert_eq!(code, 200, "{name}");
+        let values: Vec<&str> = body
+            .lines()
+            .filter(|l| l.starts_with("shoal_group_stopped{"))
+            .map(|l| l.rsplit(' ').next().unwrap())
+            .collect();
+        let id = name.trim_start_matches("node-");
+        let stopped = line.contains(&format!("{id}:shutdown STOPPED"));
+        stopped_nodes += stopped as usize;
+        let mut sorted = values.clone();
+        sorted.sort();
+        let want = if stopped { ["0", "1"] } else { ["0", "0"] };
+        assert_eq!(sorted, want, "{name}: {body}");
+    }
+    assert!(stopped_nodes >= 2, "{st}");
+    // The other group still takes writes.
+    assert_eq!(c.cmd(&[b"SET", live.as_bytes(), b"2"]), b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"GET", live.as_bytes()]), b"$1\r\n2\r\n");
+}
+
 /// A one-shard cluster with small snapshots and `failpoint` armed on
 /// every node, where node 3 was stopped after 10 writes and started again
 /// after 300 (`{prefix}0`..`{prefix}299`), far past the snapshot threshold:

@@ -52,6 +52,7 @@ function cell(r) {
   if (r.moving === "out") td.append(" ←");
   if (r.lag) td.append(el("span", { class: "lag", title: "log entries behind the leader" }, "lag " + r.lag));
   if (r.hibernating) td.append(el("span", { class: "sub", title: "hibernating" }, " zz"));
+  if (r.stopped) td.append(el("span", { class: "lag", title: "its Raft stopped: " + r.stopped }, " stopped"));
   return td;
 }
 

@@ -222,6 +222,7 @@ impl Console {
                                     "learner": s.learners.contains(n),
                                     "lag": head.zip(*g).map(|(h, g)| h.saturating_sub(g.last_log_index)),
                                     "hibernating": g.is_some_and(|g| g.hibernating),
+                                    "stopped": g.and_then(|g| g.stopped.clone()),
                                     "moving": moving,
                                 });
                                 (n.to_string(), cell)

@@ -50,6 +50,10 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
         "Last index purged from the replica's log: it holds the entries after it",
     );
     let asleep = gauge_vec("shoal_group_hibernating", "1 when the replica hibernates");
+    let stopped = gauge_vec(
+        "shoal_group_stopped",
+        "1 when the replica's Raft stopped on a fatal error (a storage error): it takes no part in its group until the node restarts",
+    );
     let proposals = counter_vec(
         "shoal_group_proposals_total",
         "Entries the replica proposed as its group's leader",
@@ -94,6 +98,9 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
         asleep
             .with_label_values(&labels)
             .set(r.sleep.is_asleep() as i64);
+        stopped
+            .with_label_values(&labels)
+            .set(m.running_state.is_err() as i64);
         served
             .with_label_values(&labels)
             .inc_by(r.served.counts().requests);
@@ -132,6 +139,7 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
         Box::new(snapshot),
         Box::new(purged),
         Box::new(asleep),
+        Box::new(stopped),
         Box::new(proposals),
         Box::new(served),
         Box::new(leader_changes),

@@ -74,6 +74,11 @@ pub struct GroupStatus {
     /// (`super::served`).
     #[serde(default)]
     pub served: super::served::ServedCounts,
+    /// Set when the replica's Raft stopped on a fatal error (openraft's,
+    /// e.g. a storage error): why. It takes no part in its group until
+    /// the node restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
 }
 
 /// Status of the requested groups (all when `gids` is empty).
@@ -93,6 +98,7 @@ pub fn node_status(host: &Host, gids: &[u64]) -> NodeStatus {
                 hibernating: r.sleep.is_asleep(),
                 orphaned: host.kept_reason(r.record.group_id),
                 served: r.served.counts(),
+                stopped: m.running_state.as_ref().err().map(|e| e.to_string()),
                 group_id: r.record.group_id,
                 table: r.record.table.clone(),
                 shard: r.record.shard,

@@ -1393,6 +1393,11 @@ impl StateMachine {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
+        if crate::failpoint::armed("apply-fails-on-key") && writes_failpoint_key(&entries) {
+            return Err(write_err(std::io::Error::other(
+                "failpoint apply-fails-on-key: a write of failpoint:apply-fails",
+            )));
+        }
         let mut inner = self.inner.lock().await;
         self.check_open()?;
         let _timer = crate::metrics::APPLY_SECONDS.start_timer();
@@ -1648,6 +1653,23 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             snapshot: Cursor::new(bytes),
         })
     }
+}
+
+/// Test only (failpoint `apply-fails-on-key`): whether a plain write of
+/// `entries` writes the key `failpoint:apply-fails`, whose apply then
+/// fails as a storage error would.
+fn writes_failpoint_key(entries: &[Entry]) -> bool {
+    let hit = |cmd: &super::command::WriteCmd| {
+        cmd.op
+            .keys()
+            .iter()
+            .any(|k| k.as_ref() == b"failpoint:apply-fails")
+    };
+    entries.iter().any(|e| match &e.payload {
+        EntryPayload::Normal(LogCmd::Write(cmd)) => hit(cmd),
+        EntryPayload::Normal(LogCmd::Batch(cmds)) => cmds.iter().any(hit),
+        _ => false,
+    })
 }
 
 /// The snapshot as stored: `bytes`, or (test only, failpoint
