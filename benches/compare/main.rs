@@ -5,7 +5,8 @@
 //! shoal cluster (3 nodes, 3 replicas, fsync on, from the release binary via
 //! `devcluster::LocalCluster`), fills the same key space in each, then runs
 //! one workload after another, one system after another:
-//! * redis-benchmark SET / GET, plain and `-P 16`, on redis and shoal;
+//! * redis-benchmark SET / GET, plain, `-P 16` and with one client (`-c 1`),
+//!   on redis and shoal;
 //! * our own client (`load.rs`) for SET / GET / READONLY GET on all three,
 //!   so that shoal and etcd are compared by the same client;
 //! * then the scale probes (`scale.rs`): idle 1-replica groups on a
@@ -422,18 +423,29 @@ fn run_load(
             ("lrange_100", 1),
         ]
     };
-    for &(test, pipeline) in benchmarks {
-        let workload = if pipeline > 1 {
-            format!("{} -P {pipeline}", test.to_uppercase())
-        } else {
-            test.to_uppercase()
+    // Then one client waiting for each reply (issue 15's `-c 1` targets:
+    // most application code is such a client).
+    let lone: &[(&str, usize)] = if args.fanout_only {
+        &[]
+    } else {
+        &[("set", 1), ("get", 1)]
+    };
+    let runs = benchmarks
+        .iter()
+        .map(|&(test, pipeline)| (test, pipeline, args.clients))
+        .chain(lone.iter().map(|&(test, pipeline)| (test, pipeline, 1)));
+    for (test, pipeline, clients) in runs {
+        let workload = match (pipeline, clients) {
+            (1, 1) => format!("{} -c 1", test.to_uppercase()),
+            (1, _) => test.to_uppercase(),
+            _ => format!("{} -P {pipeline}", test.to_uppercase()),
         };
         for s in [System::Redis, System::Shoal] {
             let addr = sys.resp_addr(s).unwrap_or_default();
             let params = redis_bench::Params {
                 addr: &addr,
                 test,
-                clients: args.clients,
+                clients,
                 value_size: args.value_size,
                 keyspace,
                 pipeline,
@@ -781,8 +793,103 @@ fn fsync_probe(dir: &Path) -> (String, String) {
     (fs_type, text)
 }
 
-/// Each target of issue #7 against the figures of this run.
+/// Each target of issue 15 (the fast path's milestones), then of issue #7
+/// (the goal beyond them), against the figures of this run.
 fn targets(rep: &Report) -> Vec<Target> {
+    let mut out = milestones(rep);
+    out.extend(goals(rep));
+    out
+}
+
+/// Issue 15's targets: ratios to redis-server and etcd, server CPU per
+/// operation, SET's p99.9, and one client's p50.
+fn milestones(rep: &Report) -> Vec<Target> {
+    let g = |w: &str, c: &'static str| Group {
+        workload: w.into(),
+        client: c,
+    };
+    let ops = |r: &Row| r.ops_per_sec;
+    let at_least = |name: &str, want: f64, v: Option<f64>| Target {
+        name: format!("issue 15: {name}"),
+        wanted: format!("≥ {want}x"),
+        measured: v.map_or("—".into(), |v| format!("{v:.2}x")),
+        met: v.map(|v| v >= want),
+    };
+    let at_most = |name: &str, want: f64, unit: &str, v: Option<f64>| Target {
+        name: format!("issue 15: {name}"),
+        wanted: format!("≤ {want} {unit}"),
+        measured: v.map_or("—".into(), |v| match unit {
+            "µs" => format!("{v:.0} {unit}"),
+            _ => format!("{v:.2} {unit}"),
+        }),
+        met: v.map(|v| v <= want),
+    };
+    let shoal = |w: &str| rep.row(&g(w, "redis-benchmark"), System::Shoal);
+    // Server CPU (router and every node) per operation, µs.
+    let cpu_us = |w: &str| {
+        shoal(w)
+            .filter(|r| r.ops_per_sec > 0.0 && r.wall_s > 0.0)
+            .map(|r| r.server_cpu_s * 1e6 / (r.ops_per_sec * r.wall_s))
+    };
+    let p50 = |w: &str| shoal(w).map(|r| r.p50_ms);
+    let rb = "redis-benchmark";
+    let set_p999 = rep.ratio(&g("SET", rb), System::Redis, |r| r.p999_ms);
+    vec![
+        at_least(
+            "SET -c 50 vs redis-server, redis-benchmark",
+            0.3,
+            rep.ratio(&g("SET", rb), System::Redis, ops),
+        ),
+        at_least(
+            "SET vs etcd put, our client",
+            2.0,
+            rep.ratio(&g("SET", "shoal-load"), System::Etcd, ops),
+        ),
+        at_least(
+            "linearizable GET -c 50 vs redis-server, redis-benchmark",
+            0.4,
+            rep.ratio(&g("GET", rb), System::Redis, ops),
+        ),
+        at_least(
+            "READONLY GET vs redis-server GET, our client",
+            0.5,
+            rep.ratio(&g("READONLY GET", "shoal-load"), System::Redis, ops),
+        ),
+        at_least(
+            "SET -P 16 vs redis-server, redis-benchmark",
+            0.1,
+            rep.ratio(&g("SET -P 16", rb), System::Redis, ops),
+        ),
+        at_least(
+            "GET -P 16 vs redis-server, redis-benchmark",
+            0.2,
+            rep.ratio(&g("GET -P 16", rb), System::Redis, ops),
+        ),
+        at_most(
+            "server CPU per SET at -c 50 (router + nodes)",
+            100.0,
+            "µs",
+            cpu_us("SET"),
+        ),
+        at_most(
+            "server CPU per GET at -c 50 (router + nodes)",
+            40.0,
+            "µs",
+            cpu_us("GET"),
+        ),
+        Target {
+            name: "issue 15: SET p99.9 at -c 50 vs redis-server's".into(),
+            wanted: "≤ 10x".into(),
+            measured: set_p999.map_or("—".into(), |v| format!("{v:.1}x")),
+            met: set_p999.map(|v| v <= 10.0),
+        },
+        at_most("SET -c 1 p50", 0.5, "ms", p50("SET -c 1")),
+        at_most("GET -c 1 p50", 0.25, "ms", p50("GET -c 1")),
+    ]
+}
+
+/// Issue #7's targets: the goal beyond issue 15's milestones.
+fn goals(rep: &Report) -> Vec<Target> {
     let g = |w: &str, c: &'static str| Group {
         workload: w.into(),
         client: c,
@@ -790,7 +897,7 @@ fn targets(rep: &Report) -> Vec<Target> {
     let ops = |r: &Row| r.ops_per_sec;
     let p999 = |r: &Row| r.p999_ms;
     let at_least = |name: &str, want: f64, v: Option<f64>| Target {
-        name: name.into(),
+        name: format!("goal: {name}"),
         wanted: format!("≥ {want}x"),
         measured: v.map_or("—".into(), |v| format!("{v:.2}x")),
         met: v.map(|v| v >= want),
@@ -825,7 +932,8 @@ fn targets(rep: &Report) -> Vec<Target> {
     let set = rep.ratio(&g("SET", "redis-benchmark"), System::Redis, p999);
     let get = rep.ratio(&g("GET", "redis-benchmark"), System::Redis, p999);
     out.push(Target {
-        name: "p99.9 latency vs redis-server at 50 clients (SET, GET; redis-benchmark)".into(),
+        name: "goal: p99.9 latency vs redis-server at 50 clients (SET, GET; redis-benchmark)"
+            .into(),
         wanted: "≤ 3x".into(),
         measured: format!(
             "SET {}, GET {}",
@@ -864,7 +972,7 @@ fn targets(rep: &Report) -> Vec<Target> {
     let worst_cpu = three.clone().map(|s| s.idle_cpu_pct).reduce(f64::max);
     let worst_rss = three.map(|s| s.rss_mib).reduce(f64::max);
     out.push(Target {
-        name: "1,000 idle 3-replica groups on each of 3 nodes (worst node)".into(),
+        name: "issue 15: 1,000 idle 3-replica groups on each of 3 nodes (worst node)".into(),
         wanted: "< 5% of a core, < 512 MiB RSS".into(),
         measured: match (worst_cpu, worst_rss) {
             (Some(c), Some(r)) => format!("{c:.1}% of a core, {r:.0} MiB"),
