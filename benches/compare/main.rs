@@ -76,6 +76,11 @@ struct Args {
     /// Seconds of CPU measurement at rest in the scale probe (default 10).
     #[arg(long)]
     idle_secs: Option<f64>,
+    /// Seconds the scale probe waits after every replica has a leader,
+    /// before it measures (default 30, as the 3-node probe; quick 12: idle
+    /// groups hibernate after 10 s; 3 measures groups not yet asleep).
+    #[arg(long)]
+    scale_settle_secs: Option<f64>,
     /// Skip the scale probe.
     #[arg(long)]
     no_scale: bool,
@@ -268,6 +273,11 @@ fn main() -> Result<()> {
             dir: &dir.join("scale"),
             steps: &steps,
             idle,
+            settle: Duration::from_secs_f64(args.scale_settle_secs.unwrap_or(if args.quick {
+                12.0
+            } else {
+                30.0
+            })),
         })?;
     }
     if !args.no_scale3 {

@@ -2,8 +2,8 @@
 //!
 //! * [`run`]: one `shoal node` hosting many idle 1-replica shard replicas.
 //!   For each step it tops the node up to that many replicas with
-//!   `TABLE.CREATE <name> <shards> 1`, lets it settle, measures CPU at rest
-//!   and RSS, then restarts the node and times until every replica is leader
+//!   `TABLE.CREATE <name> <shards> 1`, lets it settle (idle groups
+//!   hibernate), measures CPU at rest and RSS, then restarts the node and times until every replica is leader
 //!   again.
 //! * [`run3`]: three nodes and many idle 3-replica groups (issue 15 item 6),
 //!   so every node hosts one replica of every group and leads about a third.
@@ -28,6 +28,10 @@ pub struct Probe<'a> {
     pub bin: &'a Path,
     pub dir: &'a Path,
     pub steps: &'a [usize],
+    /// How long the node rests after every replica has a leader, before
+    /// its CPU is measured (idle groups hibernate after the node's
+    /// `hibernate_after_ms`, 10 s by default).
+    pub settle: Duration,
     pub idle: Duration,
 }
 
@@ -87,8 +91,9 @@ pub fn run(p: &Probe) -> Result<Vec<ScaleRow>> {
         hosted = target;
         wait_all_leaders(&rt, &client, hosted, Duration::from_secs(300))?;
 
-        // At rest: let start-up work (elections, first entries, flushes) end.
-        thread::sleep(Duration::from_secs(3));
+        // At rest: let start-up work (elections, first entries, flushes)
+        // end and idle groups hibernate.
+        thread::sleep(p.settle);
         let pid = cluster.node_pid(1).context("node 1 is not running")?;
         let a = procs::sample(pid).context("cannot read /proc of node 1")?;
         let t = Instant::now();
