@@ -811,20 +811,30 @@ fn targets(rep: &Report) -> Vec<Target> {
     out
 }
 
-/// Issue 15's targets: ratios to redis-server and etcd, server CPU per
-/// operation, SET's p99.9, and one client's p50.
-fn milestones(rep: &Report) -> Vec<Target> {
-    let g = |w: &str, c: &'static str| Group {
-        workload: w.into(),
-        client: c,
-    };
-    let ops = |r: &Row| r.ops_per_sec;
-    let at_least = |name: &str, want: f64, v: Option<f64>| Target {
-        name: format!("issue 15: {name}"),
+/// The rows of `workload` measured by `client`.
+fn group(workload: &str, client: &'static str) -> Group {
+    Group {
+        workload: workload.into(),
+        client,
+    }
+}
+
+/// A ratio of shoal to another system that must be at least `want`.
+fn at_least(name: String, want: f64, v: Option<f64>) -> Target {
+    Target {
+        name,
         wanted: format!("≥ {want}x"),
         measured: v.map_or("—".into(), |v| format!("{v:.2}x")),
         met: v.map(|v| v >= want),
-    };
+    }
+}
+
+/// Issue 15's targets: ratios to redis-server and etcd, server CPU per
+/// operation, SET's p99.9, and one client's p50.
+fn milestones(rep: &Report) -> Vec<Target> {
+    let g = group;
+    let ops = |r: &Row| r.ops_per_sec;
+    let at_least = |name: &str, want, v| at_least(format!("issue 15: {name}"), want, v);
     let at_most = |name: &str, want: f64, unit: &str, v: Option<f64>| Target {
         name: format!("issue 15: {name}"),
         wanted: format!("≤ {want} {unit}"),
@@ -900,18 +910,10 @@ fn milestones(rep: &Report) -> Vec<Target> {
 
 /// Issue #7's targets: the goal beyond issue 15's milestones.
 fn goals(rep: &Report) -> Vec<Target> {
-    let g = |w: &str, c: &'static str| Group {
-        workload: w.into(),
-        client: c,
-    };
+    let g = group;
     let ops = |r: &Row| r.ops_per_sec;
     let p999 = |r: &Row| r.p999_ms;
-    let at_least = |name: &str, want: f64, v: Option<f64>| Target {
-        name: format!("goal: {name}"),
-        wanted: format!("≥ {want}x"),
-        measured: v.map_or("—".into(), |v| format!("{v:.2}x")),
-        met: v.map(|v| v >= want),
-    };
+    let at_least = |name: &str, want, v| at_least(format!("goal: {name}"), want, v);
     let mut out = vec![
         at_least(
             "SET (3 replicas, fsync) vs redis-server, redis-benchmark",

@@ -410,8 +410,8 @@ mod tests {
     use crate::shard::status::NodeStatus;
 
     /// A node's status with `requests` served by each of `groups`, counted
-    /// at `us` on a clock anchored at `anchor_ms`.
-    fn node(id: u64, groups: &[u64], requests: u64, anchor_ms: u64, us: u64) -> NodeStatus {
+    /// `us` after the start of the node with boot id `boot`.
+    fn node(id: u64, groups: &[u64], requests: u64, boot: u64, us: u64) -> NodeStatus {
         let groups: Vec<Value> = groups
             .iter()
             .map(|g| {
@@ -426,7 +426,7 @@ mod tests {
         serde_json::from_value(json!({
             "node_id": id,
             "groups": groups,
-            "counted_at": {"anchor_ms": anchor_ms, "us": us},
+            "counted_at": {"boot": boot, "us": us},
         }))
         .unwrap()
     }

@@ -267,6 +267,12 @@ impl Hibernation {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// How long ago this node's hibernation (its host) started: with
+    /// [`Hibernation::boot`], a time a peer can compare across readings.
+    pub fn uptime(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
     /// A request reached the replica of `gid`: note it, and wake the group
     /// if it sleeps here as its leader. A sleeping follower stays asleep: a
     /// READONLY read or a misrouted write needs nothing from the group, and

@@ -13,14 +13,13 @@
 //! only the buckets that counted something.
 //!
 //! A node also reports when it read its counters ([`CountedAt`]: its own
-//! monotonic clock), so that the console divides each node's counts by
+//! monotonic clock since it started), so that the console divides each node's counts by
 //! that node's interval between two readings, not by the interval between
 //! its own two asks: a node that answers one poll late under load has
 //! counted over a longer time than the console waited.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::LazyLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -60,29 +59,22 @@ pub struct Served {
     hist: Box<[AtomicU64]>,
 }
 
-/// This process's clock for [`CountedAt`]: an instant and the Unix time
-/// (ms) it stands for, fixed at the first replica's counters (before any
-/// request is counted).
-static ANCHOR: LazyLock<(Instant, u64)> =
-    LazyLock::new(|| (Instant::now(), crate::clock::now_ms()));
-
-/// When a node read its replicas' counters: microseconds on its monotonic
-/// clock since [`Self::anchor_ms`], the Unix time (ms) that clock started
-/// at in this process. A different `anchor_ms` between two readings means
-/// the node restarted, and its counters with it.
+/// When a node read its replicas' counters: microseconds since the node
+/// started, and its boot id (`hibernate::Hibernation`'s, which peers
+/// already compare to tell a restart). A different `boot` between two
+/// readings means the node restarted, and its counters with it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CountedAt {
-    pub anchor_ms: u64,
+    pub boot: u64,
     pub us: u64,
 }
 
 impl CountedAt {
-    /// Now, on this process's clock.
-    pub fn now() -> CountedAt {
-        let (start, anchor_ms) = *ANCHOR;
+    /// A reading `uptime` after the start of the node with boot id `boot`.
+    pub fn new(boot: u64, uptime: Duration) -> CountedAt {
         CountedAt {
-            anchor_ms,
-            us: u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+            boot,
+            us: u64::try_from(uptime.as_micros()).unwrap_or(u64::MAX),
         }
     }
 
@@ -92,10 +84,10 @@ impl CountedAt {
     /// (its counters started over then). `None` when either reading carries
     /// no time (a node of an older version) or the time ran backwards.
     pub fn secs_since(&self, before: &CountedAt) -> Option<f64> {
-        if self.anchor_ms == 0 || before.anchor_ms == 0 {
+        if self.boot == 0 || before.boot == 0 {
             return None;
         }
-        let us = if self.anchor_ms == before.anchor_ms {
+        let us = if self.boot == before.boot {
             self.us.checked_sub(before.us)?
         } else {
             self.us
@@ -106,7 +98,6 @@ impl CountedAt {
 
 impl Default for Served {
     fn default() -> Self {
-        LazyLock::force(&ANCHOR);
         Served {
             requests: AtomicU64::new(0),
             hist: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
@@ -277,7 +268,7 @@ mod tests {
 
     #[test]
     fn a_reading_covers_the_nodes_own_interval_or_its_time_since_a_restart() {
-        let at = |anchor_ms, us| CountedAt { anchor_ms, us };
+        let at = |boot, us| CountedAt { boot, us };
         assert_eq!(at(7, 3_500_000).secs_since(&at(7, 1_000_000)), Some(2.5));
         // Restarted in between: its counters cover its time since then.
         assert_eq!(at(9, 400_000).secs_since(&at(7, 1_000_000)), Some(0.4));
@@ -285,8 +276,9 @@ mod tests {
         assert_eq!(at(7, 1).secs_since(&at(7, 2)), None);
         assert_eq!(at(7, 1).secs_since(&CountedAt::default()), None);
         assert_eq!(CountedAt::default().secs_since(&at(7, 1)), None);
-        // This process's clock goes forward from a fixed anchor.
-        let (a, b) = (CountedAt::now(), CountedAt::now());
-        assert!(a.anchor_ms > 0 && a.anchor_ms == b.anchor_ms && b.us >= a.us);
+        assert_eq!(
+            CountedAt::new(7, Duration::from_millis(1500)),
+            at(7, 1_500_000)
+        );
     }
 }

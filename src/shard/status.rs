@@ -83,7 +83,8 @@ pub struct GroupStatus {
 
 /// Status of the requested groups (all when `gids` is empty).
 pub fn node_status(host: &Host, gids: &[u64]) -> NodeStatus {
-    let counted_at = super::served::CountedAt::now();
+    let counted_at =
+        super::served::CountedAt::new(host.hibernation.boot, host.hibernation.uptime());
     let groups = host
         .replicas()
         .into_iter()
