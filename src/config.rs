@@ -25,6 +25,8 @@ pub struct RouterConfig {
     pub metrics_listen: Option<String>,
     /// Threads of the async runtime (none: one per core).
     pub worker_threads: Option<usize>,
+    /// CPU scheduling policy of the process's threads ([`crate::sched`]).
+    pub cpu_policy: crate::sched::CpuPolicy,
     /// Shards and replicas of `TABLE.CREATE` without them, and of `default`.
     pub default_shards: usize,
     pub default_replicas: usize,
@@ -115,6 +117,7 @@ impl Default for RouterConfig {
             requirepass_file: None,
             metrics_listen: None,
             worker_threads: None,
+            cpu_policy: crate::sched::CpuPolicy::default(),
             default_shards: 8,
             default_replicas: 3,
             max_clients: 10_000,
@@ -172,6 +175,8 @@ pub struct NodeConfig {
     /// hosts several nodes gives each its share of the cores: `shoal dev`
     /// and the test clusters do (docs/PERFORMANCE.md, "Worker threads").
     pub worker_threads: Option<usize>,
+    /// CPU scheduling policy of the process's threads ([`crate::sched`]).
+    pub cpu_policy: crate::sched::CpuPolicy,
     /// Raft heartbeat interval (ms). Heartbeats are per group.
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
@@ -241,6 +246,7 @@ impl Default for NodeConfig {
             cluster: "default".into(),
             fsync: "always".into(),
             worker_threads: None,
+            cpu_policy: crate::sched::CpuPolicy::default(),
             heartbeat_ms: 250,
             election_timeout_min_ms: 1_000,
             election_timeout_max_ms: 2_000,

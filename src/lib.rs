@@ -26,6 +26,7 @@ pub mod num;
 pub mod resp;
 pub mod rlimit;
 pub mod router;
+pub mod sched;
 pub mod script;
 pub mod shard;
 pub mod shutdown;

@@ -71,6 +71,9 @@ enum Command {
         /// Threads of the async runtime (default: one per core).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
         worker_threads: Option<u64>,
+        /// CPU scheduling policy of this process's threads (default: batch).
+        #[arg(long, value_enum)]
+        cpu_policy: Option<shoal::sched::CpuPolicy>,
         /// always | never (never: benchmarks only).
         #[arg(long)]
         fsync: Option<String>,
@@ -108,6 +111,9 @@ enum Command {
         /// Threads of the async runtime (default: one per core).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
         worker_threads: Option<u64>,
+        /// CPU scheduling policy of this process's threads (default: batch).
+        #[arg(long, value_enum)]
+        cpu_policy: Option<shoal::sched::CpuPolicy>,
         #[arg(long)]
         etcd: Option<String>,
         #[arg(long)]
@@ -387,7 +393,11 @@ fn etcd_security(f: EtcdFlags) -> shoal::meta::EtcdSecurity {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = worker_threads(&cli).and_then(|threads| {
+    let runtime = process_settings(&cli).and_then(|(threads, policy)| {
+        // Before the runtime starts its threads: they inherit the policy.
+        if let Some(policy) = policy {
+            shoal::sched::set_for_process(policy);
+        }
         Ok(tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .enable_all()
@@ -406,31 +416,40 @@ fn main() {
     }
 }
 
-/// The runtime's threads for this command: a node's or router's
-/// `--worker-threads`, else its config file's `worker_threads`, else one
-/// per core.
-fn worker_threads(cli: &Cli) -> anyhow::Result<usize> {
-    let wanted = match &cli.command {
+/// The runtime's threads and the CPU policy for this command: a node's or
+/// router's flags (`--worker-threads`, `--cpu-policy`), else its config
+/// file's, else one thread per core and `batch`. Other commands keep the
+/// default policy (`None`).
+fn process_settings(cli: &Cli) -> anyhow::Result<(usize, Option<shoal::sched::CpuPolicy>)> {
+    let (threads, policy) = match &cli.command {
         Command::Node {
             action: None,
             config,
             worker_threads,
+            cpu_policy,
             ..
-        } => match worker_threads {
-            Some(n) => Some(*n as usize),
-            None => config::load::<NodeConfig>(config.as_deref())?.worker_threads,
-        },
+        } => {
+            let file = config::load::<NodeConfig>(config.as_deref())?;
+            (
+                worker_threads.map(|n| n as usize).or(file.worker_threads),
+                Some(cpu_policy.unwrap_or(file.cpu_policy)),
+            )
+        }
         Command::Router {
             config,
             worker_threads,
+            cpu_policy,
             ..
-        } => match worker_threads {
-            Some(n) => Some(*n as usize),
-            None => config::load::<RouterConfig>(config.as_deref())?.worker_threads,
-        },
-        _ => None,
+        } => {
+            let file = config::load::<RouterConfig>(config.as_deref())?;
+            (
+                worker_threads.map(|n| n as usize).or(file.worker_threads),
+                Some(cpu_policy.unwrap_or(file.cpu_policy)),
+            )
+        }
+        _ => (None, None),
     };
-    config::worker_threads(wanted)
+    Ok((config::worker_threads(threads)?, policy))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -484,6 +503,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cluster,
             fsync,
             worker_threads: _,
+            cpu_policy: _,
             snapshot_threshold,
             max_value_len,
             max_reply_len,
@@ -535,6 +555,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             shoal::init_logging(&c.log_level);
             shoal::rlimit::raise_nofile_limit_logged();
+            shoal::sched::log_outcome();
             shoal::node::run(
                 c,
                 std::sync::Arc::new(shoal::script::node::NodeScripts::new()),
@@ -546,6 +567,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             metrics_listen,
             worker_threads: _,
+            cpu_policy: _,
             etcd,
             cluster,
             requirepass,
@@ -643,6 +665,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             shoal::rlimit::raise_nofile_limit_logged();
+            shoal::sched::log_outcome();
             shoal::router::run(c).await
         }
         Command::Status {

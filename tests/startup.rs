@@ -3,7 +3,9 @@
 //! (router and `shoal status`), a router open to the network without a
 //! password warns at start, and `--requirepass-file` protects the router
 //! without showing the password in `ps`. The runtime's worker threads come
-//! from `--worker-threads`, the config file, or the cores.
+//! from `--worker-threads`, the config file, or the cores; the CPU
+//! scheduling policy of every thread from `--cpu-policy`, the config file,
+//! or `batch`.
 
 mod common;
 
@@ -139,8 +141,34 @@ fn runtime_workers(metrics_addr: &str) -> usize {
         .unwrap()
 }
 
+/// The scheduling policy of each thread of a process (`/proc/<pid>/task`,
+/// field 41 of `stat`: 0 SCHED_OTHER, 3 SCHED_BATCH), by thread name.
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        let (name, rest) = stat.split_once(" (").unwrap().1.rsplit_once(") ").unwrap();
+        // Fields from the 3rd on; the policy is the 41st.
+        let policy = rest.split(' ').nth(41 - 3).unwrap().parse().unwrap();
+        out.push((name.to_string(), policy));
+    }
+    assert!(out.len() > 2, "threads of {pid}: {out:?}");
+    out
+}
+
+fn all_under(pid: u32, policy: u32) -> bool {
+    let threads = thread_policies(pid);
+    let ok = threads.iter().all(|(_, p)| *p == policy);
+    if !ok {
+        eprintln!("threads of {pid}, wanted policy {policy}: {threads:?}");
+    }
+    ok
+}
+
 #[test]
-fn worker_threads_come_from_the_flag_the_config_file_or_the_cores() {
+fn worker_threads_and_cpu_policy_come_from_the_flag_the_config_file_or_defaults() {
     // Zero threads is refused, from the flag and from the file.
     let (ok, err) = run(&["node", "--worker-threads", "0"]);
     assert!(!ok && err.contains("0 is not in 1..=1024"), "{err}");
@@ -165,18 +193,39 @@ fn worker_threads_come_from_the_flag_the_config_file_or_the_cores() {
     for node in ["node-1", "node-2", "node-3"] {
         assert_eq!(runtime_workers(&addrs[node]), (cores / 3).max(1), "{node}");
     }
+    // Every thread of every node runs under SCHED_BATCH by default
+    // (RocksDB's, the writer's and the runtime's alike).
+    let mut cluster = cluster;
+    for id in 1..=3 {
+        let pid = cluster.node_pid(id).expect("node runs");
+        assert!(all_under(pid, 3), "node {id}");
+    }
     // A router: one per core by default, the file's count, the flag over
-    // the file.
+    // the file; its policy likewise (default batch).
     assert_eq!(runtime_workers(&addrs["router-2"]), cores);
-    for (name, flags, want) in [
-        ("r1", &[][..], 3),
-        ("r2", &["--worker-threads", "5"][..], 5),
+    for (name, toml, flags, want, policy) in [
+        ("r1", "", &[][..], 3, 3),
+        ("r2", "", &["--worker-threads", "5"][..], 5, 3),
+        ("r3", "cpu_policy = \"normal\"\n", &[][..], 3, 0),
+        (
+            "r4",
+            "cpu_policy = \"normal\"\n",
+            &["--cpu-policy", "batch"][..],
+            3,
+            3,
+        ),
+        ("r5", "", &["--cpu-policy", "normal"][..], 3, 0),
     ] {
         let flags = [&["--metrics-listen", "127.0.0.1:0"][..], flags].concat();
         let dir = dir.path().join(name);
-        let router = extra_router(&cluster, &dir, "worker_threads = 3\n", &flags).1;
+        let toml = format!("worker_threads = 3\n{toml}");
+        let mut router = extra_router(&cluster, &dir, &toml, &flags).1;
         let log = std::fs::read_to_string(router.log_path()).unwrap();
         let addr = logged_metrics_addr(&log).expect("the router logs its metrics address");
-        assert_eq!(runtime_workers(&addr), want);
+        assert_eq!(runtime_workers(&addr), want, "{name}");
+        assert!(all_under(router.pid(), policy), "{name}");
+        router.terminate().unwrap();
     }
+    let (ok, err) = run(&["router", "--cpu-policy", "fifo"]);
+    assert!(!ok && err.contains("invalid value 'fifo'"), "{err}");
 }
