@@ -26,7 +26,7 @@ pub struct RouterConfig {
     /// Threads of the async runtime (none: one per core).
     pub worker_threads: Option<usize>,
     /// CPU scheduling policy of the process's threads ([`crate::sched`]).
-    pub cpu_policy: crate::sched::CpuPolicy,
+    pub cpu_policy: CpuPolicy,
     /// Shards and replicas of `TABLE.CREATE` without them, and of `default`.
     pub default_shards: usize,
     pub default_replicas: usize,
@@ -117,7 +117,7 @@ impl Default for RouterConfig {
             requirepass_file: None,
             metrics_listen: None,
             worker_threads: None,
-            cpu_policy: crate::sched::CpuPolicy::default(),
+            cpu_policy: CpuPolicy::default(),
             default_shards: 8,
             default_replicas: 3,
             max_clients: 10_000,
@@ -176,7 +176,7 @@ pub struct NodeConfig {
     /// and the test clusters do (docs/PERFORMANCE.md, "Worker threads").
     pub worker_threads: Option<usize>,
     /// CPU scheduling policy of the process's threads ([`crate::sched`]).
-    pub cpu_policy: crate::sched::CpuPolicy,
+    pub cpu_policy: CpuPolicy,
     /// Raft heartbeat interval (ms). Heartbeats are per group.
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
@@ -246,7 +246,7 @@ impl Default for NodeConfig {
             cluster: "default".into(),
             fsync: "always".into(),
             worker_threads: None,
-            cpu_policy: crate::sched::CpuPolicy::default(),
+            cpu_policy: CpuPolicy::default(),
             heartbeat_ms: 250,
             election_timeout_min_ms: 1_000,
             election_timeout_max_ms: 2_000,
@@ -305,6 +305,18 @@ pub fn worker_threads(wanted: Option<usize>) -> anyhow::Result<usize> {
         Some(n) => Ok(n),
         None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
     }
+}
+
+/// `cpu_policy` in a node's or router's config: the CPU scheduling policy
+/// of the process's threads ([`crate::sched`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuPolicy {
+    /// `SCHED_BATCH`: a waking thread does not preempt a running one.
+    #[default]
+    Batch,
+    /// Linux's default, `SCHED_OTHER`.
+    Normal,
 }
 
 /// Read a TOML config file, or the defaults when `path` is `None`.

@@ -21,32 +21,21 @@
 use std::io;
 use std::sync::OnceLock;
 
-use serde::{Deserialize, Serialize};
+pub use crate::config::CpuPolicy;
 
-/// `cpu_policy` in a node's or router's config.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum CpuPolicy {
-    /// `SCHED_BATCH`: a waking thread does not preempt a running one.
-    #[default]
-    Batch,
-    /// Linux's default, `SCHED_OTHER`.
-    Normal,
+/// Linux's constant for `policy`.
+fn linux(policy: CpuPolicy) -> libc::c_int {
+    match policy {
+        CpuPolicy::Batch => libc::SCHED_BATCH,
+        CpuPolicy::Normal => libc::SCHED_OTHER,
+    }
 }
 
-impl CpuPolicy {
-    fn linux(self) -> libc::c_int {
-        match self {
-            CpuPolicy::Batch => libc::SCHED_BATCH,
-            CpuPolicy::Normal => libc::SCHED_OTHER,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            CpuPolicy::Batch => "batch (SCHED_BATCH)",
-            CpuPolicy::Normal => "normal (SCHED_OTHER)",
-        }
+/// `policy` as the log says it.
+fn describe(policy: CpuPolicy) -> &'static str {
+    match policy {
+        CpuPolicy::Batch => "batch (SCHED_BATCH)",
+        CpuPolicy::Normal => "normal (SCHED_OTHER)",
     }
 }
 
@@ -68,7 +57,7 @@ pub fn set_for_thread(policy: CpuPolicy) -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler only reads the struct it is given; pid 0
     // is the calling thread.
-    if unsafe { libc::sched_setscheduler(0, policy.linux(), &param) } != 0 {
+    if unsafe { libc::sched_setscheduler(0, linux(policy), &param) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -88,10 +77,10 @@ pub fn current() -> io::Result<Option<CpuPolicy>> {
 /// Log what [`set_for_process`] did (after logging is set up).
 pub fn log_outcome() {
     match OUTCOME.get() {
-        Some((policy, Ok(()))) => tracing::info!("CPU scheduling policy: {}", policy.name()),
+        Some((policy, Ok(()))) => tracing::info!("CPU scheduling policy: {}", describe(*policy)),
         Some((policy, Err(e))) => tracing::warn!(
             "cannot set the CPU scheduling policy {}: {e}; the threads keep the default",
-            policy.name()
+            describe(*policy)
         ),
         None => {}
     }
@@ -120,6 +109,7 @@ mod tests {
 
     #[test]
     fn config_names_are_lowercase() {
+        use serde::Deserialize;
         #[derive(Deserialize)]
         struct C {
             cpu_policy: CpuPolicy,

@@ -27,6 +27,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("meta", 1),
     ("shard", 1),
     ("certs", 1),
+    ("sched", 1),
     // The router's cluster client; the node's drivers.
     ("cluster", 2),
     ("node", 2),
