@@ -17,6 +17,8 @@
 //! RocksDB start their threads: threads inherit it from the thread that
 //! creates them, so every thread of the process runs under it.
 //! `cpu_policy = "normal"` (or `--cpu-policy normal`) keeps the default.
+//! A process started under another policy (an operator's `chrt`: real-time,
+//! idle) keeps it.
 
 use std::io;
 use std::sync::OnceLock;
@@ -40,16 +42,37 @@ fn describe(policy: CpuPolicy) -> &'static str {
 }
 
 /// What [`set_for_process`] did, for [`log_outcome`] once logging runs.
-static OUTCOME: OnceLock<(CpuPolicy, Result<(), String>)> = OnceLock::new();
+static OUTCOME: OnceLock<(CpuPolicy, io::Result<Applied>)> = OnceLock::new();
 
-/// Put the calling thread under `policy`; threads it creates afterwards
+/// What [`apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The thread now runs under the policy asked for.
+    Set,
+    /// The thread ran under another policy than `SCHED_OTHER` or
+    /// `SCHED_BATCH` (an operator's `chrt`: real-time, idle...), left as
+    /// it was (Linux's number for it).
+    Kept(libc::c_int),
+}
+
+/// Put the calling thread under `policy`, unless it runs under a policy
+/// shoal does not choose between (see [`Applied::Kept`]).
+pub fn apply(policy: CpuPolicy) -> io::Result<Applied> {
+    // SAFETY: no arguments but the calling thread (pid 0).
+    match unsafe { libc::sched_getscheduler(0) } {
+        -1 => Err(io::Error::last_os_error()),
+        libc::SCHED_OTHER | libc::SCHED_BATCH => set_for_thread(policy).map(|()| Applied::Set),
+        other => Ok(Applied::Kept(other)),
+    }
+}
+
+/// [`apply`] `policy` to the calling thread; threads it creates afterwards
 /// inherit it. Call first thing in `main`, before any other thread starts.
 /// A failure (a sandbox that forbids `sched_setscheduler`) leaves the
-/// default policy and is logged by [`log_outcome`]; it never stops the
+/// policy as it was and is logged by [`log_outcome`]; it never stops the
 /// process.
 pub fn set_for_process(policy: CpuPolicy) {
-    let result = set_for_thread(policy).map_err(|e| e.to_string());
-    let _ = OUTCOME.set((policy, result));
+    let _ = OUTCOME.set((policy, apply(policy)));
 }
 
 /// Put the calling thread under `policy`.
@@ -77,7 +100,13 @@ pub fn current() -> io::Result<Option<CpuPolicy>> {
 /// Log what [`set_for_process`] did (after logging is set up).
 pub fn log_outcome() {
     match OUTCOME.get() {
-        Some((policy, Ok(()))) => tracing::info!("CPU scheduling policy: {}", describe(*policy)),
+        Some((policy, Ok(Applied::Set))) => {
+            tracing::info!("CPU scheduling policy: {}", describe(*policy))
+        }
+        Some((policy, Ok(Applied::Kept(other)))) => tracing::info!(
+            "CPU scheduling policy {other} (set from outside) kept; cpu_policy {} not applied",
+            describe(*policy)
+        ),
         Some((policy, Err(e))) => tracing::warn!(
             "cannot set the CPU scheduling policy {}: {e}; the threads keep the default",
             describe(*policy)
@@ -102,6 +131,31 @@ mod tests {
             set_for_thread(CpuPolicy::Normal).unwrap();
             let child = std::thread::spawn(|| current().unwrap()).join().unwrap();
             assert_eq!(child, Some(CpuPolicy::Normal));
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// A policy set from outside (here SCHED_IDLE, which needs no
+    /// privilege) is kept; batch and normal replace each other.
+    #[test]
+    fn a_policy_set_from_outside_is_kept() {
+        std::thread::spawn(|| {
+            assert_eq!(apply(CpuPolicy::Batch).unwrap(), Applied::Set);
+            assert_eq!(current().unwrap(), Some(CpuPolicy::Batch));
+            assert_eq!(apply(CpuPolicy::Normal).unwrap(), Applied::Set);
+            assert_eq!(current().unwrap(), Some(CpuPolicy::Normal));
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: as in set_for_thread.
+            assert_eq!(
+                unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) },
+                0
+            );
+            assert_eq!(
+                apply(CpuPolicy::Batch).unwrap(),
+                Applied::Kept(libc::SCHED_IDLE)
+            );
+            assert_eq!(current().unwrap(), None, "still SCHED_IDLE");
         })
         .join()
         .unwrap();
