@@ -58,10 +58,10 @@ pub enum Applied {
 /// Put the calling thread under `policy`, unless it runs under a policy
 /// shoal does not choose between (see [`Applied::Kept`]).
 pub fn apply(policy: CpuPolicy) -> io::Result<Applied> {
-    // SAFETY: no arguments but the calling thread (pid 0).
-    match unsafe { libc::sched_getscheduler(0) } {
-        -1 => Err(io::Error::last_os_error()),
-        libc::SCHED_OTHER | libc::SCHED_BATCH => set_for_thread(policy).map(|()| Applied::Set),
+    match thread_policy()? {
+        libc::SCHED_OTHER | libc::SCHED_BATCH => {
+            set_thread_policy(linux(policy)).map(|()| Applied::Set)
+        }
         other => Ok(Applied::Kept(other)),
     }
 }
@@ -75,26 +75,24 @@ pub fn set_for_process(policy: CpuPolicy) {
     let _ = OUTCOME.set((policy, apply(policy)));
 }
 
-/// Put the calling thread under `policy`.
-pub fn set_for_thread(policy: CpuPolicy) -> io::Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler only reads the struct it is given; pid 0
-    // is the calling thread.
-    if unsafe { libc::sched_setscheduler(0, linux(policy), &param) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// The calling thread's policy.
-pub fn current() -> io::Result<Option<CpuPolicy>> {
+/// The calling thread's policy (Linux's number).
+fn thread_policy() -> io::Result<libc::c_int> {
     // SAFETY: no arguments but the calling thread (pid 0).
     match unsafe { libc::sched_getscheduler(0) } {
         -1 => Err(io::Error::last_os_error()),
-        libc::SCHED_BATCH => Ok(Some(CpuPolicy::Batch)),
-        libc::SCHED_OTHER => Ok(Some(CpuPolicy::Normal)),
-        _ => Ok(None),
+        policy => Ok(policy),
     }
+}
+
+/// Put the calling thread under `policy` (Linux's number, priority 0).
+fn set_thread_policy(policy: libc::c_int) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler only reads the struct it is given; pid 0
+    // is the calling thread.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Log what [`set_for_process`] did (after logging is set up).
@@ -124,38 +122,33 @@ mod tests {
     #[test]
     fn threads_started_after_the_policy_inherit_it() {
         std::thread::spawn(|| {
-            set_for_thread(CpuPolicy::Batch).unwrap();
-            assert_eq!(current().unwrap(), Some(CpuPolicy::Batch));
-            let child = std::thread::spawn(|| current().unwrap()).join().unwrap();
-            assert_eq!(child, Some(CpuPolicy::Batch));
-            set_for_thread(CpuPolicy::Normal).unwrap();
-            let child = std::thread::spawn(|| current().unwrap()).join().unwrap();
-            assert_eq!(child, Some(CpuPolicy::Normal));
+            let child = || {
+                std::thread::spawn(|| thread_policy().unwrap())
+                    .join()
+                    .unwrap()
+            };
+            assert_eq!(apply(CpuPolicy::Batch).unwrap(), Applied::Set);
+            assert_eq!(thread_policy().unwrap(), libc::SCHED_BATCH);
+            assert_eq!(child(), libc::SCHED_BATCH);
+            assert_eq!(apply(CpuPolicy::Normal).unwrap(), Applied::Set);
+            assert_eq!(thread_policy().unwrap(), libc::SCHED_OTHER);
+            assert_eq!(child(), libc::SCHED_OTHER);
         })
         .join()
         .unwrap();
     }
 
     /// A policy set from outside (here SCHED_IDLE, which needs no
-    /// privilege) is kept; batch and normal replace each other.
+    /// privilege) is kept.
     #[test]
     fn a_policy_set_from_outside_is_kept() {
         std::thread::spawn(|| {
-            assert_eq!(apply(CpuPolicy::Batch).unwrap(), Applied::Set);
-            assert_eq!(current().unwrap(), Some(CpuPolicy::Batch));
-            assert_eq!(apply(CpuPolicy::Normal).unwrap(), Applied::Set);
-            assert_eq!(current().unwrap(), Some(CpuPolicy::Normal));
-            let param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: as in set_for_thread.
-            assert_eq!(
-                unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) },
-                0
-            );
+            set_thread_policy(libc::SCHED_IDLE).unwrap();
             assert_eq!(
                 apply(CpuPolicy::Batch).unwrap(),
                 Applied::Kept(libc::SCHED_IDLE)
             );
-            assert_eq!(current().unwrap(), None, "still SCHED_IDLE");
+            assert_eq!(thread_policy().unwrap(), libc::SCHED_IDLE);
         })
         .join()
         .unwrap();

@@ -3,8 +3,8 @@
 //! * [`run`]: one `shoal node` hosting many idle 1-replica shard replicas.
 //!   For each step it tops the node up to that many replicas with
 //!   `TABLE.CREATE <name> <shards> 1`, lets it settle (idle groups
-//!   hibernate), measures CPU at rest and RSS, then restarts the node and times until every replica is leader
-//!   again.
+//!   hibernate), measures CPU at rest and RSS, then restarts the node and
+//!   times until every replica is leader again.
 //! * [`run3`]: three nodes and many idle 3-replica groups (issue 15 item 6),
 //!   so every node hosts one replica of every group and leads about a third.
 //!   After every group has a leader and a settling time, it measures each

@@ -264,7 +264,7 @@ impl Hibernation {
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.uptime().as_millis() as u64
     }
 
     /// How long ago this node's hibernation (its host) started: with

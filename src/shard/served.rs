@@ -13,10 +13,10 @@
 //! only the buckets that counted something.
 //!
 //! A node also reports when it read its counters ([`CountedAt`]: its own
-//! monotonic clock since it started), so that the console divides each node's counts by
-//! that node's interval between two readings, not by the interval between
-//! its own two asks: a node that answers one poll late under load has
-//! counted over a longer time than the console waited.
+//! monotonic clock since it started), so that the console divides each
+//! node's counts by that node's interval between two readings, not by the
+//! interval between its own two asks: a node that answers one poll late
+//! under load has counted over a longer time than the console waited.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
