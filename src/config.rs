@@ -74,6 +74,10 @@ pub struct RouterConfig {
     pub repair_after_ms: u64,
     /// Replica moves touching one node at once.
     pub max_moves_per_node: usize,
+    /// How often (ms) the elected rebalancer moves shard leadership from
+    /// nodes leading more than their share to nodes leading fewer
+    /// (`meta::leaders`); 0 turns leader balance off.
+    pub leader_balance_interval_ms: u64,
     /// Dial a node's advertised address through another one, e.g.
     /// `"10.0.0.5:7001" = "127.0.0.1:17001"` (NAT, a local tunnel, or the
     /// chaos harness's fault-injecting links). Flag: `--dial-via FROM=TO`.
@@ -138,6 +142,7 @@ impl Default for RouterConfig {
             rebalance_interval_ms: 1_000,
             repair_after_ms: 300_000,
             max_moves_per_node: 2,
+            leader_balance_interval_ms: 5_000,
             dial_via: BTreeMap::new(),
             tls_listen: None,
             tls_cert_file: None,

@@ -134,6 +134,9 @@ enum Command {
         /// Replica moves touching one node at once.
         #[arg(long)]
         max_moves_per_node: Option<usize>,
+        /// How often (ms) shard leaders are balanced across nodes (0: never).
+        #[arg(long)]
+        leader_balance_interval_ms: Option<u64>,
         /// Close clients idle this many seconds (0: never).
         #[arg(long)]
         timeout: Option<u64>,
@@ -576,6 +579,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             default_replicas,
             repair_after_ms,
             max_moves_per_node,
+            leader_balance_interval_ms,
             timeout,
             tcp_keepalive,
             dial_via,
@@ -647,6 +651,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(v) = max_moves_per_node {
                 c.max_moves_per_node = v;
+            }
+            if let Some(v) = leader_balance_interval_ms {
+                c.leader_balance_interval_ms = v;
             }
             if let Some(v) = timeout {
                 c.timeout = v;

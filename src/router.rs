@@ -159,6 +159,7 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
                 interval: Duration::from_millis(c.rebalance_interval_ms),
                 repair_after: Duration::from_millis(c.repair_after_ms),
                 max_moves_per_node: c.max_moves_per_node,
+                leader_balance_interval: Duration::from_millis(c.leader_balance_interval_ms),
             },
             me,
         ));

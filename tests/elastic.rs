@@ -161,6 +161,32 @@ impl Observer {
         Ok(())
     }
 
+    /// Groups of the default table each of `nodes` leads, per their own
+    /// statuses (a group claimed by two, the newer term wins); `None` while
+    /// a node does not answer or some group has no leader.
+    fn leaders(&self, nodes: &[u64], groups: usize) -> Option<BTreeMap<u64, usize>> {
+        let mut led: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        for n in nodes {
+            let st = self.rt.block_on(self.client.node_status(*n, vec![])).ok()?;
+            for g in st.groups {
+                if g.role == "leader" && g.table == "default" {
+                    let e = led.entry(g.group_id).or_insert((g.term, *n));
+                    if g.term > e.0 {
+                        *e = (g.term, *n);
+                    }
+                }
+            }
+        }
+        if led.len() != groups {
+            return None;
+        }
+        let mut out: BTreeMap<u64, usize> = nodes.iter().map(|n| (*n, 0)).collect();
+        for (_, n) in led.values() {
+            *out.entry(*n).or_insert(0) += 1;
+        }
+        Some(out)
+    }
+
     /// Groups node `id` hosts, per its own status.
     fn hosted(&self, id: u64) -> usize {
         self.rt
@@ -417,6 +443,50 @@ fn dead_node_is_repaired_before_a_second_failure() {
         "dead_node_is_repaired_before_a_second_failure: {:?}",
         started.elapsed()
     );
+}
+
+/// A node that was stopped leads nothing when it comes back (its groups
+/// elected leaders elsewhere, and nothing else moves them): leader balance
+/// hands it its share again. The transfers are invisible to a client
+/// writing and reading its own writes meanwhile (no error, no retry), and
+/// every acknowledged write is still there.
+#[test]
+fn leader_balance_gives_a_restarted_node_its_share() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start(&dir, 3, 6, &["--leader-balance-interval-ms", "1000"]);
+    let router = cluster.router_addr();
+    let obs = Observer::new(&cluster);
+    let data = write_keys(&router, "k", 200);
+
+    cluster.stop_node(2).unwrap();
+    wait_for(
+        "all six groups led by nodes 1 and 3",
+        &mut cluster,
+        Duration::from_secs(60),
+        || obs.leaders(&[1, 3], 6).is_some(),
+    );
+    let more = write_keys(&router, "m", 100);
+    let work = Workload::start(router.clone());
+    cluster.start_node(2).unwrap();
+    wait_for(
+        "node 2 leads two of the six groups again",
+        &mut cluster,
+        Duration::from_secs(60),
+        || obs.leaders(&[1, 2, 3], 6) == Some(BTreeMap::from([(1, 2), (2, 2), (3, 2)])),
+    );
+    // Some traffic under the new leaders before the client stops.
+    std::thread::sleep(Duration::from_millis(500));
+    let (acked, retries) = work.finish();
+    assert!(acked.len() > 10, "the client kept writing: {}", acked.len());
+    assert_eq!(retries, 0, "leadership moved without a client seeing it");
+    read_all(&router, &data);
+    read_all(&router, &more);
+    read_all(&router, &acked);
+    // Balanced stays put: nothing moves in the next rounds.
+    let before = obs.leaders(&[1, 2, 3], 6);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(obs.leaders(&[1, 2, 3], 6), before);
 }
 
 /// The rebalancer dies right after adding a learner, the next one right

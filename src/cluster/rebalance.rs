@@ -43,6 +43,7 @@ use super::ClusterError;
 use crate::clock::now_ms;
 use crate::meta::descriptor::{ShardDescriptor, ShardMove, TableDescriptor, TableState};
 use crate::meta::etcd::{Leadership, MemberState, Meta};
+use crate::meta::leaders;
 use crate::meta::placement::{self, Health};
 use crate::shard::host::MembershipChange;
 use crate::shard::status::GroupStatus;
@@ -64,6 +65,23 @@ pub struct RebalanceConfig {
     pub repair_after: Duration,
     /// Moves touching one node at once.
     pub max_moves_per_node: usize,
+    /// How often the elected rebalancer balances shard leaders across
+    /// nodes (`meta::leaders`); zero: never.
+    pub leader_balance_interval: Duration,
+}
+
+/// Leadership transfers asked for in one round of leader balance.
+const TRANSFERS_PER_ROUND: usize = 16;
+
+/// A group whose leadership was just moved is not moved again for this
+/// long: the statuses that led to it may still be catching up.
+const TRANSFER_COOLDOWN: Duration = Duration::from_secs(10);
+
+/// What leader balance remembers between rounds.
+#[derive(Default)]
+struct LeaderBalance {
+    last: Option<Instant>,
+    moved: HashMap<u64, Instant>,
 }
 
 /// Health of every member as of now. `down_since` remembers when each
@@ -171,6 +189,7 @@ async fn lead(
     let mut down_since = HashMap::new();
     let health: SharedHealth = Arc::default();
     let mut drivers: HashMap<u64, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut leaders = LeaderBalance::default();
     while !leadership.is_lost() {
         if let Err(e) = tick(
             meta,
@@ -180,6 +199,7 @@ async fn lead(
             &mut down_since,
             &health,
             &mut drivers,
+            &mut leaders,
         )
         .await
         {
@@ -192,6 +212,7 @@ async fn lead(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn tick(
     meta: &Meta,
     client: &Arc<ShardClient>,
@@ -200,6 +221,7 @@ async fn tick(
     down_since: &mut HashMap<u64, Instant>,
     health: &SharedHealth,
     drivers: &mut HashMap<u64, tokio::task::JoinHandle<()>>,
+    leaders: &mut LeaderBalance,
 ) -> Result<(), ClusterError> {
     let members = meta.members().await?;
     let live: BTreeSet<u64> = meta.live_nodes().await?.keys().copied().collect();
@@ -248,6 +270,23 @@ async fn tick(
 
     // Start new moves.
     let moves = placement::plan(&descs, &h, config.max_moves_per_node);
+    // Leaders are balanced only on a settled cluster: no move planned or in
+    // flight, no node down, draining or dead.
+    let settled = moves.is_empty()
+        && descs
+            .iter()
+            .flat_map(|t| &t.shards)
+            .all(|s| s.moving.is_none())
+        && h.values()
+            .all(|x| matches!(x, Health::Active | Health::Removed));
+    let due = !config.leader_balance_interval.is_zero()
+        && leaders
+            .last
+            .is_none_or(|t| t.elapsed() >= config.leader_balance_interval);
+    if settled && due {
+        leaders.last = Some(Instant::now());
+        balance_leaders(client, &descs, &h, leaders).await;
+    }
     let mut by_table: BTreeMap<String, Vec<placement::PlannedMove>> = BTreeMap::new();
     for m in moves {
         by_table.entry(m.table.clone()).or_default().push(m);
@@ -283,6 +322,88 @@ async fn tick(
         }
     }
     Ok(())
+}
+
+/// One round of leader balance: ask every active node which groups it
+/// leads, plan (`meta::leaders`), and ask each chosen leader to hand its
+/// group over. A transfer that fails leaves the group where it is; the next
+/// round looks again.
+async fn balance_leaders(
+    client: &ShardClient,
+    descs: &[TableDescriptor],
+    health: &BTreeMap<u64, Health>,
+    state: &mut LeaderBalance,
+) {
+    let eligible: BTreeSet<u64> = health
+        .iter()
+        .filter(|(_, h)| **h == Health::Active)
+        .map(|(n, _)| *n)
+        .collect();
+    let asks = eligible
+        .iter()
+        .map(|n| async move { client.node_status(*n, Vec::new()).await });
+    let statuses = futures::future::join_all(asks).await;
+    let available: BTreeSet<&str> = descs
+        .iter()
+        .filter(|t| t.state == TableState::Available)
+        .map(|t| t.name.as_str())
+        .collect();
+    // Each group's newest leader, as it reports itself.
+    let mut led: BTreeMap<u64, (u64, leaders::GroupLead)> = BTreeMap::new();
+    for st in statuses.into_iter().flatten() {
+        for g in st.groups {
+            let settled = !g.joint && g.learners.is_empty() && g.stopped.is_none();
+            if g.role != "leader" || !settled || !available.contains(g.table.as_str()) {
+                continue;
+            }
+            if led
+                .get(&g.group_id)
+                .is_some_and(|(term, _)| *term >= g.term)
+            {
+                continue;
+            }
+            let ready = g
+                .replication
+                .iter()
+                .filter(|(n, matched)| {
+                    g.voters.contains(n) && matched + CAUGHT_UP_LAG >= g.last_log_index
+                })
+                .map(|(n, _)| *n)
+                .collect();
+            let lead = leaders::GroupLead {
+                table: g.table,
+                group_id: g.group_id,
+                leader: st.node_id,
+                voters: g.voters,
+                ready,
+            };
+            led.insert(g.group_id, (g.term, lead));
+        }
+    }
+    let groups: Vec<leaders::GroupLead> = led.into_values().map(|(_, g)| g).collect();
+    state.moved.retain(|_, at| at.elapsed() < TRANSFER_COOLDOWN);
+    let frozen: BTreeSet<u64> = state.moved.keys().copied().collect();
+    let plan = leaders::plan(&groups, &eligible, &frozen, TRANSFERS_PER_ROUND);
+    let asks = plan.iter().map(|t| async move {
+        let r = client
+            .change_membership(t.from, t.group_id, &MembershipChange::TransferLeader(t.to))
+            .await;
+        (t, r)
+    });
+    for (t, r) in futures::future::join_all(asks).await {
+        state.moved.insert(t.group_id, Instant::now());
+        let outcome = match r {
+            Ok(_) => "started".to_string(),
+            Err(e) => format!("not started: {e}"),
+        };
+        tracing::info!(
+            table = %t.table,
+            group = t.group_id,
+            from = t.from,
+            to = t.to,
+            "leader balance: leadership transfer {outcome}"
+        );
+    }
 }
 
 /// The group's leader and its status, asked of `nodes`.

@@ -9,6 +9,7 @@
 pub mod descriptor;
 pub mod etcd;
 pub mod identity;
+pub mod leaders;
 pub mod placement;
 
 /// How a process reaches etcd beyond its endpoints: TLS (`https://`

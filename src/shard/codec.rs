@@ -102,11 +102,16 @@ pub enum Format {
     HibernateReply,
     /// Node → node: the liveness ping (`hibernate::Ping`).
     Liveness,
+    /// Node → node: openraft `TransferLeaderRequest` (a leader hands its
+    /// group over; `MembershipChange::TransferLeader`).
+    RaftTransfer,
+    /// Node → node: `Result<TransferLeaderResponse, RaftError>`.
+    RaftTransferReply,
 }
 
 impl Format {
     /// Every kind, for tests and diagnostics.
-    pub const ALL: [Format; 24] = [
+    pub const ALL: [Format; 26] = [
         Format::LogEntry,
         Format::Vote,
         Format::Committed,
@@ -131,6 +136,8 @@ impl Format {
         Format::Hibernate,
         Format::HibernateReply,
         Format::Liveness,
+        Format::RaftTransfer,
+        Format::RaftTransferReply,
     ];
 
     /// The kind's tag, the second byte of every blob of this kind.
@@ -160,6 +167,8 @@ impl Format {
             Format::Hibernate => 22,
             Format::HibernateReply => 23,
             Format::Liveness => 24,
+            Format::RaftTransfer => 25,
+            Format::RaftTransferReply => 26,
         }
     }
 
@@ -185,6 +194,8 @@ impl Format {
             // Version 2 (openraft 0.10) appended `leadership_transfer` to
             // the vote request; version 1 is read by its own decoder.
             Format::RaftVote => (2, 2),
+            // Version 2 appended `TransferLeader`.
+            Format::MembershipChange => (1, 2),
             Format::Vote
             | Format::Committed
             | Format::Purged
@@ -192,7 +203,6 @@ impl Format {
             | Format::SnapshotMeta
             | Format::Lock
             | Format::KeyCount
-            | Format::MembershipChange
             | Format::RaftAppendReply
             | Format::RaftVoteReply
             | Format::RaftSnapshot
@@ -200,7 +210,9 @@ impl Format {
             | Format::DataDir
             | Format::Hibernate
             | Format::HibernateReply
-            | Format::Liveness => (1, 1),
+            | Format::Liveness
+            | Format::RaftTransfer
+            | Format::RaftTransferReply => (1, 1),
         }
     }
 
@@ -243,6 +255,8 @@ impl Format {
             Format::Hibernate => "hibernate request",
             Format::HibernateReply => "hibernate reply",
             Format::Liveness => "liveness ping",
+            Format::RaftTransfer => "raft transfer-leader request",
+            Format::RaftTransferReply => "raft transfer-leader reply",
         }
     }
 

@@ -13,7 +13,10 @@ use std::fmt::Debug;
 
 use bytes::Bytes;
 use openraft::error::{ErrorSource, Fatal, RaftError};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
 use openraft::{EntryPayload, Membership};
 use openraft_legacy::network_v1::{
     InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse, SnapshotMismatch,
@@ -703,18 +706,27 @@ fn membership_change() {
             id: 4,
             addr: "n4:7001".into(),
         },
-        "010e 0004076e343a3730 3031",
+        "020e 0004076e343a3730 3031",
     );
     golden(
         Format::MembershipChange,
         &MembershipChange::SetVoters(vec![1, 2, 4]),
-        "010e 0103010204",
+        "020e 0103010204",
     );
     golden(
         Format::MembershipChange,
         &MembershipChange::RemoveLearner(4),
-        "010e 0204",
+        "020e 0204",
     );
+    // Version 2 appended `TransferLeader`; version 1 blobs still read.
+    golden(
+        Format::MembershipChange,
+        &MembershipChange::TransferLeader(3),
+        "020e 0303",
+    );
+    let v1: MembershipChange =
+        codec::decode(Format::MembershipChange, &unhex("010e 0204")).unwrap();
+    assert_eq!(v1, MembershipChange::RemoveLearner(4));
 }
 
 #[test]
@@ -846,6 +858,14 @@ fn raft_messages() {
         last_log_id: Some(log_id(3, 1, 42)),
     });
     golden(Format::RaftVoteReply, &granted, "0112 0004020001010301 2a");
+    let transfer = TransferLeaderRequest::<TypeConfig>::new(
+        Vote::new_committed(4, 2),
+        3,
+        Some(log_id(4, 2, 50)),
+    );
+    golden(Format::RaftTransfer, &transfer, "0119 04020103 01040232");
+    let taken: Result<TransferLeaderResponse<TypeConfig>, RaftError<TypeConfig>> = Ok(Ok(()));
+    golden(Format::RaftTransferReply, &taken, "011a 0000");
 
     let append = AppendEntriesRequest::<TypeConfig> {
         vote: Vote::new_committed(3, 1),

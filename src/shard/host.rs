@@ -111,6 +111,10 @@ pub enum MembershipChange {
     SetVoters(Vec<NodeId>),
     /// Remove a learner (undo of a move that did not finish).
     RemoveLearner(NodeId),
+    /// Hand the group's leadership to this voter (leader balance; returns
+    /// once openraft took it: the target's election follows). A no-op when
+    /// the node asked already leads.
+    TransferLeader(NodeId),
 }
 
 /// Timeouts and Raft settings for every group on the node.
@@ -741,8 +745,12 @@ impl Host {
                 _ => {}
             }
         }
+        if let MembershipChange::TransferLeader(to) = change {
+            return self.transfer_leader(&replica, to).await;
+        }
         let fut = async {
             match &change {
+                MembershipChange::TransferLeader(_) => Ok(None),
                 MembershipChange::AddLearner { id, addr } => {
                     if membership.get_node(id).is_some() {
                         return Ok(None);
@@ -797,11 +805,66 @@ impl Host {
         }
     }
 
+    /// Hand `replica`'s leadership to voter `to` (openraft's
+    /// TransferLeader: this leader stops proposing, and the target, once
+    /// its log holds everything this leader has, starts an election that
+    /// the other voters grant at once). The lease ends first
+    /// ([`Lease::transferring`]): the voters stop refusing the target's
+    /// votes as soon as they hear of the transfer, so this leader must not
+    /// answer another read from its own state. Writes proposed meanwhile
+    /// are sent on to the target (`ForwardToLeader`, never appended here).
+    async fn transfer_leader(&self, replica: &Replica, to: NodeId) -> Result<OpReply, ShardError> {
+        let gid = replica.record.group_id;
+        let raft = &replica.raft;
+        let (me, voters) = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            (m.id, voters)
+        };
+        // Answered as the other steps are: the voters.
+        let answer = OpReply::Array(voters.iter().map(|v| OpReply::Int(*v as i64)).collect());
+        if to == me {
+            return Ok(answer);
+        }
+        if !voters.contains(&to) {
+            return Err(ShardError::BadRequest(format!(
+                "node {to} is not a voter of group {gid} (voters {voters:?})"
+            )));
+        }
+        replica.lease.transferring();
+        // A task of its own, so that a caller that stops waiting cannot
+        // leave the lease between `transferring` and `transferred`.
+        let (raft, lease) = (raft.clone(), replica.lease.clone());
+        let handed = tokio::spawn(async move {
+            let taken = async {
+                raft.trigger().transfer_leader(to).await?;
+                // Behind the transfer in openraft's queue: the term it was
+                // taken at.
+                raft.with_raft_state(|st| st.vote_ref().leader_id.term)
+                    .await
+            };
+            let taken = taken.await;
+            // The core stopped: no term to end, and no lease either (the
+            // replica answers nothing any more).
+            lease.transferred(*taken.as_ref().unwrap_or(&u64::MAX));
+            taken
+        });
+        match handed.await {
+            Ok(Ok(term)) => {
+                tracing::info!(group = gid, to, term, "leadership handed over");
+                Ok(answer)
+            }
+            Ok(Err(e)) => Err(ShardError::Unavailable(e.to_string())),
+            Err(e) => Err(ShardError::Unavailable(e.to_string())),
+        }
+    }
+
     /// A request reached `replica`: note it, and if the group hibernates,
     /// wake it. A leader then heartbeats and waits (at most an election
     /// timeout) for a majority's ack, so the request is judged on a fresh
     /// quorum, not on the ack before it fell asleep.
-    async fn awaken(&self, replica: &Replica) {
+    pub(crate) async fn awaken(&self, replica: &Replica) {
         let gid = replica.record.group_id;
         let h = &self.hibernation;
         if !replica.sleep.is_asleep() {

@@ -47,8 +47,12 @@ struct State {
     /// `term`.
     acked: HashMap<NodeId, Instant>,
     /// The highest term of a vote request this node has received from
-    /// another node: no lease for a term at or below it.
+    /// another node, or of a leadership transfer it started: no lease for a
+    /// term at or below it.
     vote_requested: u64,
+    /// Transfers being handed to openraft right now: no lease for any term
+    /// until each has said at which term openraft took it.
+    transfers_pending: u32,
 }
 
 impl Lease {
@@ -97,6 +101,27 @@ impl Lease {
         }
     }
 
+    /// This node is about to hand its leadership over (openraft's
+    /// TransferLeader). The target's election is granted by peers whose
+    /// promise would otherwise refuse it, so no lease holds from here, for
+    /// any term, until [`Lease::transferred`] says at which term openraft
+    /// took the transfer; that term's lease then stays ended for good,
+    /// even if the transfer fails.
+    pub fn transferring(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.transfers_pending += 1;
+        }
+    }
+
+    /// openraft took the transfer begun with [`Lease::transferring`] at
+    /// `term` or before (terms only grow).
+    pub fn transferred(&self, term: u64) {
+        if let Ok(mut s) = self.state.lock() {
+            s.transfers_pending = s.transfers_pending.saturating_sub(1);
+            s.vote_requested = s.vote_requested.max(term);
+        }
+    }
+
     /// Whether this node, leading with term `term` over exactly `voters`
     /// (a uniform membership), holds the lease at `now`: the majority-th
     /// newest of {`now` for itself, each other voter's newest acked send
@@ -116,7 +141,7 @@ impl Lease {
         let Ok(s) = self.state.lock() else {
             return false;
         };
-        if s.vote_requested >= term {
+        if s.vote_requested >= term || s.transfers_pending > 0 {
             return false;
         }
         // Acks recorded under another term say nothing about this one.
@@ -245,6 +270,28 @@ mod tests {
         // A later term of this node's own starts clean.
         lease.acked(&vote(7, 1), 2, t0 + 30 * MS);
         assert!(lease.holds(7, &voters, t0 + 40 * MS));
+    }
+
+    #[test]
+    fn a_transfer_ends_the_lease_of_its_term_for_good() {
+        let lease = Lease::new(1, 1000 * MS);
+        let t0 = Instant::now();
+        let voters = [1, 2, 3];
+        lease.acked(&vote(5, 1), 2, t0);
+        assert!(lease.holds(5, &voters, t0));
+        lease.transferring();
+        assert!(!lease.holds(5, &voters, t0), "while it is handed over");
+        assert!(!lease.holds(6, &voters, t0), "whatever the term");
+        lease.transferred(5);
+        assert!(!lease.holds(5, &voters, t0));
+        // Acks after the transfer started do not bring it back: a peer may
+        // already grant the target's election.
+        lease.acked(&vote(5, 1), 2, t0 + 10 * MS);
+        lease.acked(&vote(5, 1), 3, t0 + 10 * MS);
+        assert!(!lease.holds(5, &voters, t0 + 20 * MS));
+        // Leading again in a later term starts clean.
+        lease.acked(&vote(8, 1), 2, t0 + 30 * MS);
+        assert!(lease.holds(8, &voters, t0 + 40 * MS));
     }
 
     #[test]

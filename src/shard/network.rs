@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 
 use openraft::error::{NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
 use openraft_legacy::network_v1::{
     Adapter, InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse, RaftNetwork,
 };
@@ -30,7 +33,7 @@ use tonic::transport::Channel;
 use super::codec::{self, Format};
 use super::lease::Lease;
 use super::link;
-use super::stream::{CallError, Peer, Service, Streams, KIND_APPEND, KIND_VOTE};
+use super::stream::{CallError, Peer, Service, Streams, KIND_APPEND, KIND_TRANSFER, KIND_VOTE};
 use super::types::{LogId, Node, NodeId, SnapshotBytes, TypeConfig};
 use super::wire;
 use crate::proto::raft_service_client::RaftServiceClient;
@@ -204,18 +207,20 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 /// The sent-message and sent-byte counters of one peer, one pair per kind
 /// of message, looked up once when openraft makes the client (not per
 /// message on the replication path).
-struct SentCounters([(prometheus::IntCounter, prometheus::IntCounter); 3]);
+struct SentCounters([(prometheus::IntCounter, prometheus::IntCounter); 4]);
 
 impl SentCounters {
     fn to(target: NodeId) -> SentCounters {
         let peer = target.to_string();
-        SentCounters([Rpc::Append, Rpc::Vote, Rpc::Snapshot].map(|rpc| {
-            let labels = [peer.as_str(), rpc.name()];
-            (
-                crate::metrics::RAFT_SENT_MESSAGES.with_label_values(&labels),
-                crate::metrics::RAFT_SENT_BYTES.with_label_values(&labels),
-            )
-        }))
+        SentCounters(
+            [Rpc::Append, Rpc::Vote, Rpc::Snapshot, Rpc::Transfer].map(|rpc| {
+                let labels = [peer.as_str(), rpc.name()];
+                (
+                    crate::metrics::RAFT_SENT_MESSAGES.with_label_values(&labels),
+                    crate::metrics::RAFT_SENT_BYTES.with_label_values(&labels),
+                )
+            }),
+        )
     }
 
     fn count(&self, rpc: Rpc, bytes: usize) {
@@ -241,6 +246,7 @@ enum Rpc {
     Append,
     Vote,
     Snapshot,
+    Transfer,
 }
 
 impl Rpc {
@@ -250,6 +256,7 @@ impl Rpc {
             Rpc::Append => "append",
             Rpc::Vote => "vote",
             Rpc::Snapshot => "snapshot",
+            Rpc::Transfer => "transfer",
         }
     }
 
@@ -259,6 +266,7 @@ impl Rpc {
             Rpc::Append => (Format::RaftAppend, Format::RaftAppendReply),
             Rpc::Vote => (Format::RaftVote, Format::RaftVoteReply),
             Rpc::Snapshot => (Format::RaftSnapshot, Format::RaftSnapshotReply),
+            Rpc::Transfer => (Format::RaftTransfer, Format::RaftTransferReply),
         }
     }
 }
@@ -296,6 +304,7 @@ impl GroupNetwork {
         let kind = match rpc {
             Rpc::Append => KIND_APPEND,
             Rpc::Vote => KIND_VOTE,
+            Rpc::Transfer => KIND_TRANSFER,
             Rpc::Snapshot => return self.unary_snapshot(&addr, payload, ttl, reply_format).await,
         };
         let request = StreamRequest {
@@ -525,6 +534,31 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig, RaftError<TypeConfig>>> {
         self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
+    }
+
+    /// Sent by a leader that hands its group over (to the target and to
+    /// every other voter, which then stop refusing the target's votes).
+    /// The sender's lease already ended (`Host::change_membership`).
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .call::<_, TransferLeaderResponse<TypeConfig>, openraft::error::Infallible>(
+                Rpc::Transfer,
+                &rpc,
+                option.hard_ttl(),
+            )
+            .await
+        {
+            Ok(reply) => Ok(reply),
+            Err(RPCError::Timeout(t)) => Err(RPCError::Timeout(t)),
+            Err(RPCError::Unreachable(u)) => Err(RPCError::Unreachable(u)),
+            Err(e) => Err(RPCError::Network(NetworkError::new(&TransportError(
+                e.to_string(),
+            )))),
+        }
     }
 }
 

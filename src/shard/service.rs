@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status, Streaming};
 
 use openraft::error::RaftError;
-use openraft::raft::{VoteRequest, VoteResponse};
+use openraft::raft::{TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse};
 use openraft_legacy::network_v1::{
     ChunkedSnapshotReceiver, InstallSnapshotError, InstallSnapshotRequest, SnapshotMismatch,
     SnapshotSegmentId,
@@ -24,7 +24,7 @@ use super::link;
 use super::network::{decode_vote, encode_result};
 use super::snapshot::Receiver;
 use super::status::node_status;
-use super::stream::{KIND_APPEND, KIND_HIBERNATE, KIND_PING, KIND_VOTE};
+use super::stream::{KIND_APPEND, KIND_HIBERNATE, KIND_PING, KIND_TRANSFER, KIND_VOTE};
 use super::types::TypeConfig;
 use super::wire;
 use super::ShardError;
@@ -419,7 +419,7 @@ fn serve_execute(host: Arc<Host>, r: StreamRequest, received: Instant) -> Handle
     }))
 }
 
-/// One AppendEntries or Vote off a peer's stream, answered as the unary
+/// One AppendEntries, Vote or TransferLeader off a peer's stream, answered as the unary
 /// calls answer; a group not hosted here or an unreadable payload is
 /// refused (the sender sees the peer as unreachable for that group).
 async fn serve_raft(host: Arc<Host>, r: StreamRequest, received: Instant) -> StreamReply {
@@ -460,6 +460,21 @@ async fn serve_raft(host: Arc<Host>, r: StreamRequest, received: Instant) -> Str
             },
             Err(e) => refused(r.id, format!("bad payload: {e}")),
         },
+        KIND_TRANSFER => {
+            match decode::<TransferLeaderRequest<TypeConfig>>(Format::RaftTransfer, &r.request) {
+                Ok(req) => {
+                    // The group may sleep here: its timer must run again
+                    // under whichever leader comes out of the transfer.
+                    host.awaken(&replica).await;
+                    let res: Result<TransferLeaderResponse<TypeConfig>, RaftError<TypeConfig>> =
+                        raft.handle_transfer_leader(req)
+                            .await
+                            .map_err(RaftError::Fatal);
+                    reply(r.id, encode_result(Format::RaftTransferReply, &res))
+                }
+                Err(e) => refused(r.id, e.message().to_string()),
+            }
+        }
         KIND_HIBERNATE => match decode::<HibernateRequest>(Format::Hibernate, &r.request) {
             Ok(req) => {
                 let res = host

@@ -41,6 +41,8 @@ pub const KIND_VOTE: u32 = 2;
 pub const KIND_HIBERNATE: u32 = 3;
 /// The node-level liveness ping (group id 0).
 pub const KIND_PING: u32 = 4;
+/// A leader hands its group to a peer (openraft's TransferLeader).
+pub const KIND_TRANSFER: u32 = 5;
 
 /// Most requests in one frame.
 const MAX_BATCH: usize = 1024;
