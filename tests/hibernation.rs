@@ -34,6 +34,10 @@ fn start(dir: &tempfile::TempDir) -> LocalCluster {
     )
     .unwrap();
     opts.node_args = vec!["--config".into(), node_conf.display().to_string()];
+    // Leader balance off: a transfer is an election, and these tests check
+    // that idle groups hold none (leader balance has its own test, in
+    // tests/elastic.rs).
+    opts.router_args = vec!["--leader-balance-interval-ms".into(), "0".into()];
     LocalCluster::start(opts).expect("cluster starts")
 }
 
