@@ -14,11 +14,23 @@ use shoal::devcluster::{free_port, resp_request, wait_tcp, ClusterOpts, LocalClu
 
 /// Start a cluster under `dir` and wait until it accepts writes.
 pub fn cluster(dir: &Path, nodes: usize, shards: u32, replicas: u32) -> LocalCluster {
+    cluster_with_routers(dir, nodes, shards, replicas, &[])
+}
+
+/// [`cluster`] with these flags for its router.
+pub fn cluster_with_routers(
+    dir: &Path,
+    nodes: usize,
+    shards: u32,
+    replicas: u32,
+    router_args: &[&str],
+) -> LocalCluster {
     let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_shoal"), dir);
     opts.nodes = nodes;
     opts.default_shards = shards;
     opts.default_replicas = replicas;
     opts.node_args = vec!["--log-level".into(), "warn".into()];
+    opts.router_args = router_args.iter().map(|a| a.to_string()).collect();
     LocalCluster::start(opts).expect("cluster starts")
 }
 
