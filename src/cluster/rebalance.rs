@@ -343,6 +343,11 @@ async fn balance_leaders(
         .iter()
         .map(|n| async move { client.node_status(*n, Vec::new()).await });
     let statuses = futures::future::join_all(asks).await;
+    // A node that did not answer would count as leading nothing: no plan
+    // on a partial view.
+    if statuses.iter().any(Result::is_err) {
+        return;
+    }
     let available: BTreeSet<&str> = descs
         .iter()
         .filter(|t| t.state == TableState::Available)
