@@ -1,6 +1,8 @@
 //! Table descriptors (the routing truth stored in etcd) and the pure
 //! decisions made about them: slot ranges, replica placement, validation.
 
+use std::collections::{HashMap, VecDeque};
+
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
@@ -123,26 +125,107 @@ pub fn slot_ranges(n: usize) -> Vec<[u16; 2]> {
 
 /// Choose `replicas` distinct nodes for each of `shards` shards, spreading
 /// load: each shard takes the least-loaded live nodes, ties broken at random.
+///
+/// The first replica of a shard initializes its group and usually wins its
+/// first election, so it is spread too: each shard lists first the chosen
+/// node that is first in the fewest shards so far (ties at random). A new
+/// table's leaders then start balanced (8 shards on 3 nodes: 3, 3 and 2)
+/// instead of waiting for leader balance to move them.
 pub fn place_replicas(live: &[u64], shards: usize, replicas: usize) -> Option<Vec<Vec<u64>>> {
     if replicas == 0 || live.len() < replicas {
         return None;
     }
     let mut rng = rand::thread_rng();
     let mut load: Vec<(u64, usize)> = live.iter().map(|id| (*id, 0)).collect();
-    let mut out = Vec::with_capacity(shards);
+    let mut out: Vec<Vec<u64>> = Vec::with_capacity(shards);
     for _ in 0..shards {
         load.shuffle(&mut rng);
         load.sort_by_key(|(_, n)| *n);
-        let chosen: Vec<u64> = load[..replicas].iter().map(|(id, _)| *id).collect();
+        let mut chosen: Vec<u64> = load[..replicas].iter().map(|(id, _)| *id).collect();
         for entry in load[..replicas].iter_mut() {
             entry.1 += 1;
         }
-        // Spread the initializer (first replica) too.
-        let mut chosen = chosen;
         chosen.shuffle(&mut rng);
         out.push(chosen);
     }
+    spread_first_replicas(&mut out);
     Some(out)
+}
+
+/// Reorder each shard's replicas so that the nodes listed first differ in
+/// count as little as the replica sets allow. While some node is first in
+/// at least two more shards than another node it can hand one to (directly,
+/// or along a chain of shards: u is first in a shard that also holds v, v is
+/// first in one that holds w, ...), the chain is rotated: the first node
+/// loses one, the last gains one, those between keep their counts. Each
+/// rotation lowers the sum of squared counts, so it ends.
+fn spread_first_replicas(shards: &mut [Vec<u64>]) {
+    let mut first: HashMap<u64, usize> = HashMap::new();
+    for id in shards.iter().flat_map(|s| s.iter()) {
+        first.entry(*id).or_insert(0);
+    }
+    for shard in shards.iter() {
+        if let Some(id) = shard.first() {
+            *first.entry(*id).or_insert(0) += 1;
+        }
+    }
+    while let Some(path) = spread_path(shards, &first) {
+        // path: (shard, index of the replica that goes first), in order.
+        for &(s, i) in &path {
+            let head = shards[s][0];
+            *first.entry(head).or_insert(0) -= 1;
+            *first.entry(shards[s][i]).or_insert(0) += 1;
+            shards[s].swap(0, i);
+        }
+    }
+}
+
+/// A chain from a node first in the most shards to one first in at least two
+/// fewer (breadth first, so the shortest), or None when there is none.
+fn spread_path(shards: &[Vec<u64>], first: &HashMap<u64, usize>) -> Option<Vec<(usize, usize)>> {
+    let max = *first.values().max()?;
+    let mut parent: HashMap<u64, Option<(u64, usize, usize)>> = HashMap::new();
+    let mut queue: VecDeque<u64> = VecDeque::new();
+    let mut starts: Vec<u64> = first
+        .iter()
+        .filter(|(_, n)| **n == max)
+        .map(|(id, _)| *id)
+        .collect();
+    starts.sort_unstable();
+    for id in starts {
+        parent.insert(id, None);
+        queue.push_back(id);
+    }
+    let mut led: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (s, shard) in shards.iter().enumerate() {
+        if let Some(head) = shard.first() {
+            led.entry(*head).or_default().push(s);
+        }
+    }
+    while let Some(u) = queue.pop_front() {
+        for &s in led.get(&u).map(Vec::as_slice).unwrap_or(&[]) {
+            let shard = &shards[s];
+            for (i, v) in shard.iter().enumerate().skip(1) {
+                if parent.contains_key(v) {
+                    continue;
+                }
+                parent.insert(*v, Some((u, s, i)));
+                if first[v] + 2 <= max {
+                    let mut path = Vec::new();
+                    let mut at = *v;
+                    while let Some(Some((from, s, i))) = parent.get(&at) {
+                        path.push((*s, *i));
+                        at = *from;
+                    }
+                    // Each shard is on the path once: its head left the
+                    // queue once.
+                    return Some(path);
+                }
+                queue.push_back(*v);
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -211,5 +294,27 @@ mod tests {
         // 30 replicas over 5 nodes: exactly 6 each.
         assert!(count.values().all(|c| *c == 6), "{count:?}");
         assert!(place_replicas(&[1, 2], 1, 3).is_none());
+    }
+
+    #[test]
+    fn first_replicas_are_spread() {
+        // The first replica initializes its group and usually leads it.
+        for (live, shards, replicas) in [
+            (vec![1, 2, 3], 8, 3),
+            (vec![1, 2, 3], 3, 3),
+            (vec![1, 2, 3, 4, 5], 10, 3),
+            (vec![1, 2, 3, 4, 5], 7, 5),
+            ((1..=10).collect(), 16384, 3),
+        ] {
+            for _ in 0..if shards > 100 { 2 } else { 500 } {
+                let p = place_replicas(&live, shards, replicas).unwrap();
+                let mut firsts: HashMap<u64, usize> = live.iter().map(|id| (*id, 0)).collect();
+                for shard in &p {
+                    *firsts.get_mut(&shard[0]).unwrap() += 1;
+                }
+                let (lo, hi) = (firsts.values().min(), firsts.values().max());
+                assert!(hi.unwrap() - lo.unwrap() <= 1, "{live:?} {shards}: {p:?}");
+            }
+        }
     }
 }
