@@ -238,6 +238,8 @@ pub struct NodeConfig {
     /// or written keys, answered without a RocksDB lookup
     /// (`shard::row_cache`); 0: none.
     pub row_cache_mb: u64,
+    /// CPU priority of RocksDB's flush and compaction threads.
+    pub background_priority: BackgroundPriority,
 }
 
 impl Default for NodeConfig {
@@ -276,6 +278,7 @@ impl Default for NodeConfig {
             max_value_len: 16 * 1024 * 1024,
             max_reply_len: 64 * 1024 * 1024,
             row_cache_mb: 64,
+            background_priority: BackgroundPriority::default(),
         }
     }
 }
@@ -321,6 +324,18 @@ pub enum CpuPolicy {
     #[default]
     Batch,
     /// Linux's default, `SCHED_OTHER`.
+    Normal,
+}
+
+/// `background_priority` in a node's config: the CPU priority of RocksDB's
+/// flush and compaction threads ([`crate::shard::engine::lower_background_priority`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackgroundPriority {
+    /// Nice 19: when the cores are busy, request threads run first.
+    #[default]
+    Low,
+    /// The process's own priority.
     Normal,
 }
 
@@ -423,6 +438,10 @@ mod tests {
         let n: NodeConfig = load(Some(&dir.join("node.toml"))).unwrap();
         assert_eq!(n.fsync, "always");
         assert_eq!(n.max_value_len, NodeConfig::default().max_value_len);
+        assert_eq!(n.background_priority, BackgroundPriority::Low);
+        let normal: NodeConfig = toml::from_str("background_priority = \"normal\"").unwrap();
+        assert_eq!(normal.background_priority, BackgroundPriority::Normal);
+        assert!(toml::from_str::<NodeConfig>("background_priority = \"idle\"").is_err());
         let d: DevConfig = load(Some(&dir.join("dev.toml"))).unwrap();
         assert_eq!((d.port, d.nodes), (6379, 3));
     }

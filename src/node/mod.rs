@@ -46,6 +46,10 @@ pub async fn run(
     std::fs::create_dir_all(&c.data_dir)
         .with_context(|| format!("cannot create data dir {}", c.data_dir.display()))?;
     let db_path = c.data_dir.join("db");
+    if c.background_priority == crate::config::BackgroundPriority::Low {
+        crate::shard::engine::lower_background_priority()
+            .context("cannot lower the priority of RocksDB's background threads")?;
+    }
     let engine = {
         let path = db_path.clone();
         let cache_bytes =
