@@ -127,10 +127,9 @@ pub fn slot_ranges(n: usize) -> Vec<[u16; 2]> {
 /// load: each shard takes the least-loaded live nodes, ties broken at random.
 ///
 /// The first replica of a shard initializes its group and usually wins its
-/// first election, so it is spread too: each shard lists first the chosen
-/// node that is first in the fewest shards so far (ties at random). A new
-/// table's leaders then start balanced (8 shards on 3 nodes: 3, 3 and 2)
-/// instead of waiting for leader balance to move them.
+/// first election, so it is spread too (`spread_first_replicas`): a new
+/// table's leaders start balanced (8 shards on 3 nodes: 3, 3 and 2) instead
+/// of waiting for leader balance to move them.
 pub fn place_replicas(live: &[u64], shards: usize, replicas: usize) -> Option<Vec<Vec<u64>>> {
     if replicas == 0 || live.len() < replicas {
         return None;
