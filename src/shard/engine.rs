@@ -606,7 +606,7 @@ impl DbView {
     }
 
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
-        let epoch = match self.cached_row(cf, key) {
+        let epoch = match self.cached_row(cf, key, <[u8]>::to_vec) {
             Ok(v) => return Ok(Some(v)),
             Err(epoch) => epoch,
         };
@@ -619,8 +619,8 @@ impl DbView {
     /// Whether `key` is present, without copying its value out (unless it
     /// goes into the row cache).
     pub fn exists(&self, cf: Cf, key: &[u8]) -> Result<bool, EngineError> {
-        let epoch = match self.cached_row(cf, key) {
-            Ok(_) => return Ok(true),
+        let epoch = match self.cached_row(cf, key, |_| ()) {
+            Ok(()) => return Ok(true),
             Err(epoch) => epoch,
         };
         let handle = self.cf(cf)?;
@@ -632,12 +632,18 @@ impl DbView {
         Ok(found.is_some())
     }
 
-    /// A `data` row from the row cache; on a miss, the epoch to
+    /// What `f` makes of a `data` row in the row cache (a copy, or nothing
+    /// when only its presence matters); on a miss, the epoch to
     /// [`DbView::fill`] with (`None` for the other column families, which
     /// it does not hold).
-    fn cached_row(&self, cf: Cf, key: &[u8]) -> Result<Vec<u8>, Option<u64>> {
+    fn cached_row<T>(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T, Option<u64>> {
         match cf {
-            Cf::Data => self.cache.get(key).map_err(Some),
+            Cf::Data => self.cache.get_with(key, f).map_err(Some),
             _ => Err(None),
         }
     }

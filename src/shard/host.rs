@@ -1332,15 +1332,18 @@ fn serve_read(
 }
 
 /// One log line per leadership change of a group, not per request (and
-/// one count in the group's `leader_changes`).
+/// one count in the group's `leader_changes`). It watches openraft's server
+/// metrics (state, leader, vote, membership), which change with elections
+/// only; its full metrics change with every round, and a task woken by each
+/// would cost a wake-up per round per group on every node.
 fn spawn_leader_logger(gid: u64, raft: Raft, counters: Arc<proposer::GroupCounters>) {
-    let mut rx = raft.metrics();
+    let mut rx = raft.server_metrics();
     tokio::spawn(async move {
         let mut last = None;
         loop {
             let (leader, term) = {
                 let m = rx.borrow_and_update();
-                (m.current_leader, m.current_term)
+                (m.current_leader, m.vote.leader_id.term)
             };
             if leader != last {
                 if leader.is_some() {
