@@ -280,7 +280,11 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 /// A WAL file only becomes obsolete once every column family with rows in
 /// it has flushed them; `raft_state` gets few bytes and would keep every
 /// WAL alive until the default limit of several GiB, so the limit on the
-/// WALs' total size forces those flushes early.
+/// WALs' total size forces those flushes early. Reaching it flushes every
+/// column family at once; since all replicas of a group take the same
+/// writes, one limit for every node would have them all flush at the same
+/// moment, so each process draws its own (docs/PERFORMANCE.md, "WAL
+/// limits drawn per node").
 #[derive(Debug, Clone, Copy)]
 struct WalFiles {
     /// Obsolete WAL files kept for reuse.
@@ -296,7 +300,10 @@ impl Default for WalFiles {
     fn default() -> WalFiles {
         WalFiles {
             recycled: 4,
-            max_total_bytes: 32 << 20,
+            // Replicas take the same write stream: with one limit, every
+            // node would reach it, and flush, at the same moment. Each
+            // process draws its own between 32 and 48 MiB.
+            max_total_bytes: (32 << 20) + rand::random::<u64>() % (16 << 20),
             write_buffer_bytes: None,
         }
     }
