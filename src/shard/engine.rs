@@ -300,9 +300,7 @@ impl Default for WalFiles {
     fn default() -> WalFiles {
         WalFiles {
             recycled: 4,
-            // Replicas take the same write stream: with one limit, every
-            // node would reach it, and flush, at the same moment. Each
-            // process draws its own between 32 and 48 MiB.
+            // Drawn per process, between 32 and 48 MiB (see above).
             max_total_bytes: (32 << 20) + rand::random::<u64>() % (16 << 20),
             write_buffer_bytes: None,
         }
