@@ -648,7 +648,7 @@ impl DbView {
         f: impl FnOnce(&[u8]) -> T,
     ) -> Result<T, Option<u64>> {
         match cf {
-            Cf::Data => self.cache.get_with(key, f).map_err(Some),
+            Cf::Data => self.cache.get(key, f).map_err(Some),
             _ => Err(None),
         }
     }

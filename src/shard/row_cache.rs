@@ -109,16 +109,11 @@ impl RowCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The row's bytes, if cached. A miss returns the epoch to hand to
-    /// [`RowCache::fill`] once RocksDB answered.
-    pub fn get(&self, key: &[u8]) -> Result<Vec<u8>, u64> {
-        self.get_with(key, <[u8]>::to_vec)
-    }
-
-    /// [`RowCache::get`] that hands the cached bytes to `f` under the lock
-    /// instead of copying them out: whether a key exists (the key count of
-    /// every write) needs no copy of its value.
-    pub fn get_with<T>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> T) -> Result<T, u64> {
+    /// What `f` makes of the row's bytes, if cached (under the lock: a
+    /// caller that only asks whether the key exists copies nothing). A
+    /// miss returns the epoch to hand to [`RowCache::fill`] once RocksDB
+    /// answered.
+    pub fn get<T>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> T) -> Result<T, u64> {
         if self.capacity == 0 {
             return Err(0);
         }
@@ -282,26 +277,26 @@ mod tests {
     use super::*;
 
     fn hit(c: &RowCache, k: &[u8]) -> Option<Vec<u8>> {
-        c.get(k).ok()
+        c.get(k, <[u8]>::to_vec).ok()
     }
 
     #[test]
     fn a_fill_is_kept_only_when_no_write_came_between() {
         let c = RowCache::new(1 << 20);
-        let e = c.get(b"k").unwrap_err();
+        let e = c.get(b"k", |_| ()).unwrap_err();
         c.fill(b"k", b"v1", e);
         assert_eq!(hit(&c, b"k"), Some(b"v1".to_vec()));
 
         // A read began, then a write of another key ran: the read's value
         // may predate a write of its own key too, so it is not kept.
-        let e = c.get(b"j").unwrap_err();
+        let e = c.get(b"j", |_| ()).unwrap_err();
         c.begin_write(vec![Change::Put(b"x", b"1")]).written();
         c.fill(b"j", b"old", e);
         assert_eq!(hit(&c, b"j"), None);
 
         // No fill while a write is in progress, whatever its epoch.
         let g = c.begin_write(vec![Change::Put(b"y", b"1")]);
-        let e = c.get(b"j").unwrap_err();
+        let e = c.get(b"j", |_| ()).unwrap_err();
         c.fill(b"j", b"v", e);
         assert_eq!(hit(&c, b"j"), None);
         drop(g);
@@ -319,9 +314,9 @@ mod tests {
             .written();
         assert_eq!(hit(&c, b"a"), None);
         assert_eq!(hit(&c, b"b"), Some(b"3".to_vec()));
-        // A look without a copy sees the same row, and misses the same.
-        assert_eq!(c.get_with(b"b", |v| v == b"3"), Ok(true));
-        assert!(c.get_with(b"a", |_| ()).is_err());
+        // What the caller makes of the row is taken under the lock.
+        assert_eq!(c.get(b"b", |v| v == b"3"), Ok(true));
+        assert!(c.get(b"a", |_| ()).is_err());
         // A range delete empties everything.
         c.begin_write(vec![Change::DeleteRange, Change::Put(b"c", b"4")])
             .written();
