@@ -293,6 +293,9 @@ pub struct DevConfig {
     pub nodes: usize,
     /// etcd's data, every node's RocksDB and every log live under here.
     pub data_dir: PathBuf,
+    /// Shards of the `default` table when it is created (a table that
+    /// exists keeps its own).
+    pub shards: u32,
 }
 
 impl Default for DevConfig {
@@ -301,6 +304,7 @@ impl Default for DevConfig {
             port: 6379,
             nodes: 3,
             data_dir: PathBuf::from("./.shoal-dev"),
+            shards: 8,
         }
     }
 }
@@ -443,7 +447,9 @@ mod tests {
         assert_eq!(normal.background_priority, BackgroundPriority::Normal);
         assert!(toml::from_str::<NodeConfig>("background_priority = \"idle\"").is_err());
         let d: DevConfig = load(Some(&dir.join("dev.toml"))).unwrap();
-        assert_eq!((d.port, d.nodes), (6379, 3));
+        assert_eq!((d.port, d.nodes, d.shards), (6379, 3, 8));
+        let three: DevConfig = toml::from_str("shards = 3").unwrap();
+        assert_eq!(three.shards, 3);
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct DevOpts {
     pub nodes: usize,
     /// Where etcd's and the nodes' data and every log live.
     pub data_dir: PathBuf,
+    /// Shards of the `default` table when it is created.
+    pub shards: u32,
     /// The `shoal` binary to run the nodes and the router with
     /// (`std::env::current_exe()`).
     pub bin: PathBuf,
@@ -86,6 +88,9 @@ pub async fn run_until(opts: DevOpts, mut stop: StopRx) -> Result<()> {
     if opts.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
+    if !(1..=16384).contains(&opts.shards) {
+        bail!("--shards must be between 1 and 16384");
+    }
     devcluster::etcd_binary()?;
     let data_dir = std::path::absolute(&opts.data_dir)?;
     // Three replicas when there are enough nodes; a smaller cluster is a
@@ -95,6 +100,7 @@ pub async fn run_until(opts: DevOpts, mut stop: StopRx) -> Result<()> {
         nodes: opts.nodes,
         router_port: Some(opts.port),
         default_replicas: replicas,
+        default_shards: opts.shards,
         wait_ready: false,
         // Every process serves Prometheus metrics on a port of its own; the
         // banner names them and `prometheus-targets.json` lists them.
@@ -346,6 +352,7 @@ mod tests {
             port,
             nodes: 3,
             data_dir: tmp.join("dev"),
+            shards: 8,
             bin: fake_shoal(tmp),
             tls: false,
         }

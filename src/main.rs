@@ -31,7 +31,7 @@ struct Cli {
 enum Command {
     /// Start a whole local cluster: etcd, nodes and a router.
     Dev {
-        /// TOML file with `port`, `nodes`, `data_dir` (flags win).
+        /// TOML file with `port`, `nodes`, `data_dir`, `shards` (flags win).
         #[arg(long)]
         config: Option<PathBuf>,
         /// Router port on 127.0.0.1 (default 6379).
@@ -43,6 +43,10 @@ enum Command {
         /// Where etcd, the nodes and the logs keep their data (default ./.shoal-dev).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Shards of the `default` table when it is created (default 8; a
+        /// table that exists keeps its own).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16384))]
+        shards: Option<u32>,
         /// Everything over TLS: etcd, node links and the router's port
         /// (certificates made in <data-dir>/certs).
         #[arg(long)]
@@ -462,6 +466,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             port,
             nodes,
             data_dir,
+            shards,
             tls,
         } => {
             let c: config::DevConfig = config::load(config.as_deref())?;
@@ -470,6 +475,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 port: port.unwrap_or(c.port),
                 nodes: nodes.unwrap_or(c.nodes),
                 data_dir: data_dir.unwrap_or(c.data_dir),
+                shards: shards.unwrap_or(c.shards),
                 bin: std::env::current_exe()?,
                 tls,
             })

@@ -229,3 +229,70 @@ fn worker_threads_and_cpu_policy_come_from_the_flag_the_config_file_or_defaults(
     let (ok, err) = run(&["router", "--cpu-policy", "fifo"]);
     assert!(!ok && err.contains("invalid value 'fifo'"), "{err}");
 }
+
+/// A `shoal dev` process, stopped (SIGTERM, then SIGKILL) when dropped,
+/// also when the test fails; its children die with it (`PR_SET_PDEATHSIG`).
+struct Dev(std::process::Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.0.try_wait().ok().flatten().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = self.0.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn dev_creates_the_default_table_with_the_shards_asked_for() {
+    // Refused before anything starts.
+    let (ok, err) = run(&["dev", "--shards", "0"]);
+    assert!(!ok && err.contains("0 is not in 1..=16384"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = shoal::devcluster::free_port();
+    let data = dir.path().join("dev");
+    let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
+    let _dev = Dev(Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["dev", "--port", &port.to_string(), "--shards", "3"])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap());
+    let addr = format!("127.0.0.1:{port}");
+    assert!(
+        common::wait_until(Duration::from_secs(90), || {
+            std::net::TcpStream::connect(&addr).is_ok()
+                && Conn::connect(&addr).cmd(&[b"SET", b"k", b"v"]) == b"+OK\r\n"
+        }),
+        "shoal dev did not take a SET: {}",
+        std::fs::read_to_string(dir.path().join("dev.log")).unwrap_or_default()
+    );
+    let mut con = common::connect(&addr);
+    let d = common::describe_table(&mut con, "default");
+    let redis::Value::Array(shards) = d["shards"].clone() else {
+        panic!("no shards in {d:?}");
+    };
+    assert_eq!(shards.len(), 3);
+    // The banner, printed once dev's own readiness check passed.
+    let log = || std::fs::read_to_string(dir.path().join("dev.log")).unwrap_or_default();
+    assert!(
+        common::wait_until(Duration::from_secs(30), || log().contains("cluster is up")),
+        "{}",
+        log()
+    );
+    assert!(
+        log().contains("table `default`: 3 shards x 3 replicas"),
+        "{}",
+        log()
+    );
+}
