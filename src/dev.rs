@@ -93,6 +93,9 @@ pub async fn run_until(opts: DevOpts, mut stop: StopRx) -> Result<()> {
     }
     devcluster::etcd_binary()?;
     let data_dir = std::path::absolute(&opts.data_dir)?;
+    // A restart finds table `default` as it was first created, whatever
+    // `--shards` says now.
+    let restart = data_dir.join("etcd").exists();
     // Three replicas when there are enough nodes; a smaller cluster is a
     // single-replica development setup.
     let replicas = if opts.nodes >= 3 { 3 } else { 1 };
@@ -147,7 +150,12 @@ pub async fn run_until(opts: DevOpts, mut stop: StopRx) -> Result<()> {
         }
     }
 
-    let banner = with_cluster(&cluster, move |c| banner(c, &data_dir, shards, replicas)).await?;
+    let table = if restart {
+        "table `default` as first created: TABLE.DESCRIBE default".to_string()
+    } else {
+        format!("table `default`: {shards} shards x {replicas} replicas")
+    };
+    let banner = with_cluster(&cluster, move |c| banner(c, &data_dir, &table)).await?;
     println!("{banner}");
 
     let why = supervise(&cluster, &mut stop).await?;
@@ -220,7 +228,7 @@ async fn wait_ready(cluster: &Shared, stop: &mut StopRx) -> Result<Option<&'stat
     }
 }
 
-fn banner(cluster: &LocalCluster, data_dir: &Path, shards: u32, replicas: u32) -> String {
+fn banner(cluster: &LocalCluster, data_dir: &Path, table: &str) -> String {
     let router = cluster.router_addr();
     let port = router.rsplit(':').next().unwrap_or_default();
     let nodes: Vec<String> = (1..=cluster.node_count() as u64)
@@ -262,7 +270,7 @@ fn banner(cluster: &LocalCluster, data_dir: &Path, shards: u32, replicas: u32) -
         "\n\
          shoal dev cluster is up.\n\
          \x20 router  {router}   connect: {connect}\n\
-         \x20 nodes   {}   (table `default`: {shards} shards x {replicas} replicas)\n\
+         \x20 nodes   {}   ({table})\n\
          \x20 etcd    {etcd}   inspect: {inspect}\n\
          \x20 metrics {}   {listed}\n\
          \x20 console {console}\n\

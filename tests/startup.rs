@@ -249,6 +249,42 @@ impl Drop for Dev {
     }
 }
 
+/// Start `shoal dev` on `data` with `--shards shards`; once its banner is
+/// out, the shards of table `default` and the banner's line.
+fn dev_shards(dir: &std::path::Path, data: &std::path::Path, shards: &str) -> (usize, String) {
+    let port = shoal::devcluster::free_port();
+    let log_path = dir.join(format!("dev-{port}.log"));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let _dev = Dev(Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["dev", "--port", &port.to_string(), "--shards", shards])
+        .arg("--data-dir")
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap());
+    // The banner, printed once dev's own readiness check passed.
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        common::wait_until(Duration::from_secs(90), || log().contains("cluster is up")),
+        "shoal dev did not come up: {}",
+        log()
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let mut con = common::connect(&addr);
+    let d = common::describe_table(&mut con, "default");
+    let redis::Value::Array(table) = d["shards"].clone() else {
+        panic!("no shards in {d:?}");
+    };
+    let line = log()
+        .lines()
+        .find(|l| l.trim_start().starts_with("nodes "))
+        .unwrap_or_default()
+        .to_string();
+    (table.len(), line)
+}
+
 #[test]
 fn dev_creates_the_default_table_with_the_shards_asked_for() {
     // Refused before anything starts.
@@ -256,43 +292,16 @@ fn dev_creates_the_default_table_with_the_shards_asked_for() {
     assert!(!ok && err.contains("0 is not in 1..=16384"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
-    let port = shoal::devcluster::free_port();
     let data = dir.path().join("dev");
-    let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
-    let _dev = Dev(Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(["dev", "--port", &port.to_string(), "--shards", "3"])
-        .arg("--data-dir")
-        .arg(&data)
-        .env("RUST_LOG", "warn")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap());
-    let addr = format!("127.0.0.1:{port}");
+    let (shards, line) = dev_shards(dir.path(), &data, "3");
+    assert_eq!(shards, 3);
     assert!(
-        common::wait_until(Duration::from_secs(90), || {
-            std::net::TcpStream::connect(&addr).is_ok()
-                && Conn::connect(&addr).cmd(&[b"SET", b"k", b"v"]) == b"+OK\r\n"
-        }),
-        "shoal dev did not take a SET: {}",
-        std::fs::read_to_string(dir.path().join("dev.log")).unwrap_or_default()
+        line.contains("table `default`: 3 shards x 3 replicas"),
+        "{line}"
     );
-    let mut con = common::connect(&addr);
-    let d = common::describe_table(&mut con, "default");
-    let redis::Value::Array(shards) = d["shards"].clone() else {
-        panic!("no shards in {d:?}");
-    };
-    assert_eq!(shards.len(), 3);
-    // The banner, printed once dev's own readiness check passed.
-    let log = || std::fs::read_to_string(dir.path().join("dev.log")).unwrap_or_default();
-    assert!(
-        common::wait_until(Duration::from_secs(30), || log().contains("cluster is up")),
-        "{}",
-        log()
-    );
-    assert!(
-        log().contains("table `default`: 3 shards x 3 replicas"),
-        "{}",
-        log()
-    );
+    // Started again on the same data: the table stays as it was created,
+    // and the banner does not claim otherwise.
+    let (shards, line) = dev_shards(dir.path(), &data, "5");
+    assert_eq!(shards, 3);
+    assert!(line.contains("as first created"), "{line}");
 }
