@@ -88,8 +88,8 @@ pub async fn run_until(opts: DevOpts, mut stop: StopRx) -> Result<()> {
     if opts.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
-    if !(1..=16384).contains(&opts.shards) {
-        bail!("--shards must be between 1 and 16384");
+    if !(1..=crate::slot::MAX_SHARDS).contains(&opts.shards) {
+        bail!("--shards must be between 1 and {}", crate::slot::MAX_SHARDS);
     }
     devcluster::etcd_binary()?;
     let data_dir = std::path::absolute(&opts.data_dir)?;

@@ -45,7 +45,7 @@ enum Command {
         data_dir: Option<PathBuf>,
         /// Shards of the `default` table when it is created (default 8; a
         /// table that exists keeps its own).
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16384))]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(shoal::slot::MAX_SHARDS)))]
         shards: Option<u32>,
         /// Everything over TLS: etcd, node links and the router's port
         /// (certificates made in <data-dir>/certs).

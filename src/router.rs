@@ -21,8 +21,9 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
         "default_replicas must be 1, 3 or 5"
     );
     anyhow::ensure!(
-        (1..=16384).contains(&c.default_shards),
-        "default_shards must be between 1 and 16384"
+        (1..=crate::slot::MAX_SHARDS as usize).contains(&c.default_shards),
+        "default_shards must be between 1 and {}",
+        crate::slot::MAX_SHARDS
     );
     anyhow::ensure!(
         c.client_query_buffer_limit > 0 && c.max_multi_commands > 0 && c.max_watch_keys > 0,

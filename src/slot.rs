@@ -3,6 +3,9 @@
 
 pub const SLOTS: u16 = 16384;
 
+/// A table's shards at most: each shard owns at least one slot.
+pub const MAX_SHARDS: u32 = SLOTS as u32;
+
 /// The part of a key that is hashed: the inside of the first `{...}` when it
 /// is non-empty, else the whole key.
 pub fn hash_tag(key: &[u8]) -> &[u8] {

@@ -13,6 +13,7 @@ use crate::cluster::admin::{self, TableSpec};
 use crate::cluster::ClusterError;
 use crate::meta::descriptor::TableState;
 use crate::shard::command::{OpReply, ReadOp, ShardRequest};
+use crate::slot::MAX_SHARDS;
 
 impl Session {
     /// TABLE.USE name: the table and its database index.
@@ -150,8 +151,8 @@ impl Session {
         };
         let shards = if args.remaining() > 0 {
             match args.next_i64() {
-                Ok(n) if (1..=16384).contains(&n) => n as usize,
-                _ => return Reply::error("ERR shards must be between 1 and 16384"),
+                Ok(n) if (1..=i64::from(MAX_SHARDS)).contains(&n) => n as usize,
+                _ => return Reply::error(format!("ERR shards must be between 1 and {MAX_SHARDS}")),
             }
         } else {
             self.shared.config.default_shards
