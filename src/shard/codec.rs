@@ -107,11 +107,20 @@ pub enum Format {
     RaftTransfer,
     /// Node → node: `Result<TransferLeaderResponse, RaftError>`.
     RaftTransferReply,
+    /// A batch-engine group's log entry (`batch::StoredEntry`), in
+    /// `raft_log`.
+    BatchEntry,
+    /// A batch-engine group's hard state (`batch::StoredHardState`,
+    /// `raft_state`, tag BATCH_HARD_STATE).
+    BatchHardState,
+    /// A batch-engine group's configuration (`batch::StoredConfState`,
+    /// `raft_state`, tag BATCH_CONF_STATE).
+    BatchConfState,
 }
 
 impl Format {
     /// Every kind, for tests and diagnostics.
-    pub const ALL: [Format; 26] = [
+    pub const ALL: [Format; 29] = [
         Format::LogEntry,
         Format::Vote,
         Format::Committed,
@@ -138,6 +147,9 @@ impl Format {
         Format::Liveness,
         Format::RaftTransfer,
         Format::RaftTransferReply,
+        Format::BatchEntry,
+        Format::BatchHardState,
+        Format::BatchConfState,
     ];
 
     /// The kind's tag, the second byte of every blob of this kind.
@@ -169,6 +181,9 @@ impl Format {
             Format::Liveness => 24,
             Format::RaftTransfer => 25,
             Format::RaftTransferReply => 26,
+            Format::BatchEntry => 27,
+            Format::BatchHardState => 28,
+            Format::BatchConfState => 29,
         }
     }
 
@@ -212,7 +227,10 @@ impl Format {
             | Format::HibernateReply
             | Format::Liveness
             | Format::RaftTransfer
-            | Format::RaftTransferReply => (1, 1),
+            | Format::RaftTransferReply
+            | Format::BatchEntry
+            | Format::BatchHardState
+            | Format::BatchConfState => (1, 1),
         }
     }
 
@@ -257,6 +275,9 @@ impl Format {
             Format::Liveness => "liveness ping",
             Format::RaftTransfer => "raft transfer-leader request",
             Format::RaftTransferReply => "raft transfer-leader reply",
+            Format::BatchEntry => "batch-engine log entry",
+            Format::BatchHardState => "batch-engine hard state",
+            Format::BatchConfState => "batch-engine configuration",
         }
     }
 

@@ -4,8 +4,8 @@
 //!
 //! | column family | key | value |
 //! |---|---|---|
-//! | `raft_log`   | group id (8, BE) ++ log index (8, BE) | openraft `Entry` |
-//! | `raft_state` | group id (8, BE) ++ tag (1)            | vote, committed, purged, applied, snapshot, locks, prepared transactions, key count, replica record |
+//! | `raft_log`   | group id (8, BE) ++ log index (8, BE) | openraft `Entry` (a batch-engine group's: [`super::batch::log`]) |
+//! | `raft_state` | group id (8, BE) ++ tag (1)            | vote, committed, purged, applied, snapshot, locks, prepared transactions, key count, replica record; a batch-engine group's hard state and configuration |
 //! | `data`       | group id (8, BE) ++ user key           | [`Stored`](super::value::Stored) |
 //!
 //! Values are versioned [`codec`] blobs (the replica record is JSON, the
@@ -115,6 +115,11 @@ pub mod tag {
     /// written with the data; trusted only while the index is the
     /// group's applied index.
     pub const KEY_COUNT: u8 = 9;
+    /// A batch-engine group's Raft hard state (term, vote, commit)
+    /// (`Format::BatchHardState`; `super::batch`).
+    pub const BATCH_HARD_STATE: u8 = 10;
+    /// A batch-engine group's Raft configuration (`Format::BatchConfState`).
+    pub const BATCH_CONF_STATE: u8 = 11;
 }
 
 /// One change in a write batch.

@@ -1027,3 +1027,36 @@ fn unknown_versions_and_other_kinds_are_refused() {
         "ERR corrupt data at group 7 key \"k\""
     );
 }
+
+#[test]
+fn batch_engine_rows() {
+    use super::batch::log::{StoredConfState, StoredEntry, StoredHardState};
+    let e = StoredEntry {
+        term: 3,
+        kind: 0,
+        data: b"set".to_vec(),
+        context: vec![],
+    };
+    let pinned = concat!(
+        "011b",      // version 1, kind 27 (batch-engine log entry)
+        "03",        // term 3
+        "00",        // kind: normal entry
+        "03 736574", // data "set"
+        "00",        // context: empty
+    );
+    golden(Format::BatchEntry, &e, pinned);
+    let hs = StoredHardState {
+        term: 5,
+        vote: 2,
+        commit: 300,
+    };
+    golden(Format::BatchHardState, &hs, "011c 05 02 ac02");
+    let conf = StoredConfState {
+        voters: vec![1, 2, 3],
+        learners: vec![],
+        voters_outgoing: vec![],
+        learners_next: vec![],
+        auto_leave: false,
+    };
+    golden(Format::BatchConfState, &conf, "011d 03010203 00 00 00 00");
+}

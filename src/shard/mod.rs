@@ -11,6 +11,9 @@
 //! * [`engine`]: the RocksDB instance (column families, key layout, the
 //!   group-commit writer thread). Nothing else touches RocksDB;
 //!   [`row_cache`] keeps the latest bytes of recently used rows in front of it.
+//! * [`batch`]: the batch engine being built to replace openraft: every
+//!   group of a node driven by one raft-rs loop (not yet on the request
+//!   path).
 //! * [`store`]: openraft's log storage and state machine for one group;
 //!   [`log_tail`] keeps the newest log entries in memory.
 //! * [`network`]: Raft messages between nodes over gRPC, routed by group id.
@@ -31,6 +34,7 @@
 //! are values (`OpReply`), whose error texts are Redis's.
 
 pub mod apply;
+pub mod batch;
 pub mod bitmap;
 pub mod blocking;
 pub mod codec;

@@ -1,0 +1,645 @@
+//! The batch engine's node loop: one thread drives every group of the node.
+//!
+//! A turn of the loop:
+//! 1. takes everything queued for it (proposals, peers' messages, finished
+//!    disk writes) and steps each into its group;
+//! 2. ticks every group when a tick is due;
+//! 3. collects the ready work of every group that has some: the leaders'
+//!    messages go out at once, one [`Transport::send`] per peer node for
+//!    all groups; new entries and hard states of all groups become **one**
+//!    engine write with **one** sync; the entries each group may now apply
+//!    go to the [`Applier`] in **one** call.
+//!
+//! Once the engine reports the write synced (a later turn), each group in
+//! it learns that its ready is persisted, and the messages that had to
+//! wait for it (a follower's append replies and votes) go out, again one
+//! send per peer for all groups.
+//!
+//! A proposal is answered when its entry is applied: with the applier's
+//! reply if the entry at its index is still the one it proposed, or with
+//! [`ProposeError::Dropped`] if a new leader replaced it. A failed write or
+//! apply stops the loop (the node fails closed) and fails every waiter.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
+use raft::{RawNode, StateRole};
+use tokio::sync::oneshot;
+
+use super::log::GroupLog;
+use crate::shard::engine::{Engine, EngineError, Op};
+
+/// How a node's loop runs its groups.
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    /// This node's id: its peer id in every group it hosts.
+    pub node_id: u64,
+    /// One tick of every group's Raft clock.
+    pub tick: Duration,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Ticks without a leader before a follower stands (raft-rs randomizes
+    /// between this and twice this).
+    pub election_ticks: usize,
+    /// Most bytes of entries in one append message.
+    pub max_append_bytes: u64,
+    /// Most append messages in flight to one follower.
+    pub max_inflight: usize,
+}
+
+impl BatchConfig {
+    pub fn new(node_id: u64) -> BatchConfig {
+        BatchConfig {
+            node_id,
+            tick: Duration::from_millis(50),
+            heartbeat_ticks: 2,
+            election_ticks: 10,
+            max_append_bytes: 1 << 20,
+            max_inflight: 256,
+        }
+    }
+}
+
+/// Why a proposal was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("group {0} is not hosted on this node")]
+    NoGroup(u64),
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<u64> },
+    /// The entry was replaced by a new leader's: it was never applied.
+    #[error("the proposal was dropped by a change of leader")]
+    Dropped,
+    /// The loop stopped (shutdown, or a storage failure) before the
+    /// entry was applied: its outcome is unknown.
+    #[error("the node's Raft loop stopped: {0}")]
+    Stopped(String),
+}
+
+/// Applies committed entries to the node's state machines.
+pub trait Applier: Send + 'static {
+    /// What a proposal's waiter gets when its entry is applied.
+    type Reply: Send + 'static;
+
+    /// The last index `gid` has applied (0 for none); the loop hands over
+    /// the entries after it when it opens the group.
+    fn applied(&self, gid: u64) -> u64;
+
+    /// Apply one turn's newly committed entries of every group, each
+    /// group's in log order (empty entries included, so that an applied
+    /// index can follow them; configuration changes are the loop's and
+    /// come as empty entries). One reply per entry, in the same shape.
+    fn apply(&mut self, groups: &[(u64, Vec<Entry>)])
+        -> Result<Vec<Vec<Self::Reply>>, EngineError>;
+}
+
+/// Carries one turn's messages to a peer node.
+pub trait Transport: Send + 'static {
+    /// Send `msgs` (group id, message), every group's for node `to`
+    /// together. Delivery may fail silently: Raft resends.
+    fn send(&mut self, to: u64, msgs: Vec<(u64, Message)>);
+}
+
+/// Counters of what the loop did, for benchmarks and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Turns that found ready work.
+    pub turns: AtomicU64,
+    /// Engine writes (each with one sync).
+    pub syncs: AtomicU64,
+    /// Entries appended to logs (all groups).
+    pub entries: AtomicU64,
+    /// Raft messages sent.
+    pub messages: AtomicU64,
+    /// Sends to a peer (each carrying one turn's messages for it).
+    pub sends: AtomicU64,
+    /// Applier calls.
+    pub applies: AtomicU64,
+}
+
+impl Stats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// What a node knows of one of its groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub is_leader: bool,
+    /// The leader this replica knows of (0: none).
+    pub leader: u64,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub last_index: u64,
+}
+
+type Waiter<R> = oneshot::Sender<Result<R, ProposeError>>;
+
+enum Input<R> {
+    Propose {
+        gid: u64,
+        data: Vec<u8>,
+        reply: Waiter<R>,
+    },
+    Raft(Vec<(u64, Message)>),
+    Persisted {
+        seq: u64,
+        result: Result<(), EngineError>,
+    },
+    Open {
+        gid: u64,
+        voters: Vec<u64>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    Campaign(u64),
+    Status {
+        gid: u64,
+        reply: oneshot::Sender<Option<GroupStatus>>,
+    },
+    Stop,
+}
+
+/// The way in to a running loop; cheap to clone.
+pub struct Handle<R> {
+    tx: mpsc::Sender<Input<R>>,
+    stats: Arc<Stats>,
+}
+
+impl<R> Clone for Handle<R> {
+    fn clone(&self) -> Self {
+        Handle {
+            tx: self.tx.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+impl<R: Send + 'static> Handle<R> {
+    /// Propose `data` to `gid`; the answer comes once the entry is applied.
+    pub fn propose(&self, gid: u64, data: Vec<u8>) -> oneshot::Receiver<Result<R, ProposeError>> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(mpsc::SendError(Input::Propose { reply, .. })) =
+            self.tx.send(Input::Propose { gid, data, reply })
+        {
+            let _ = reply.send(Err(ProposeError::Stopped("not running".into())));
+        }
+        rx
+    }
+
+    /// Hand over messages a peer sent.
+    pub fn deliver(&self, msgs: Vec<(u64, Message)>) {
+        let _ = self.tx.send(Input::Raft(msgs));
+    }
+
+    /// Open `gid` from this node's storage, or create it with `voters` as
+    /// its first configuration if it has none here.
+    pub fn open_group(&self, gid: u64, voters: Vec<u64>) -> oneshot::Receiver<Result<(), String>> {
+        let (done, rx) = oneshot::channel();
+        let _ = self.tx.send(Input::Open { gid, voters, done });
+        rx
+    }
+
+    /// Make this replica stand for election now.
+    pub fn campaign(&self, gid: u64) {
+        let _ = self.tx.send(Input::Campaign(gid));
+    }
+
+    pub fn status(&self, gid: u64) -> oneshot::Receiver<Option<GroupStatus>> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.tx.send(Input::Status { gid, reply });
+        rx
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Ask the loop to stop; join the thread [`start`] returned to wait.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Input::Stop);
+    }
+}
+
+/// Start a node's loop on a thread of its own.
+pub fn start<A: Applier, T: Transport>(
+    config: BatchConfig,
+    engine: Arc<Engine>,
+    applier: A,
+    transport: T,
+) -> std::io::Result<(Handle<A::Reply>, JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel();
+    let stats = Arc::new(Stats::default());
+    let handle = Handle {
+        tx: tx.clone(),
+        stats: stats.clone(),
+    };
+    let logger = slog::Logger::root(super::ToTracing, slog::o!("node" => config.node_id));
+    let mut lp = Loop {
+        config,
+        engine,
+        applier,
+        transport,
+        groups: HashMap::new(),
+        rx,
+        tx,
+        logger,
+        jobs: VecDeque::new(),
+        next_seq: 0,
+        dirty_hard_states: HashSet::new(),
+        stats,
+        stopped: None,
+    };
+    let thread = std::thread::Builder::new()
+        .name("batch-raft".into())
+        .spawn(move || lp.run())?;
+    Ok((handle, thread))
+}
+
+struct Group<R> {
+    raw: RawNode<GroupLog>,
+    /// Proposals waiting for their entry: (index, term, waiter), by index.
+    waiting: VecDeque<(u64, u64, Waiter<R>)>,
+}
+
+/// A group's part of a pending engine write.
+struct Persist {
+    gid: u64,
+    ready: u64,
+    messages: Vec<Message>,
+}
+
+struct Loop<A: Applier, T> {
+    config: BatchConfig,
+    engine: Arc<Engine>,
+    applier: A,
+    transport: T,
+    groups: HashMap<u64, Group<A::Reply>>,
+    rx: mpsc::Receiver<Input<A::Reply>>,
+    tx: mpsc::Sender<Input<A::Reply>>,
+    logger: slog::Logger,
+    /// Engine writes not yet synced, oldest first: (seq, what each group
+    /// learns when it is).
+    jobs: VecDeque<(u64, Vec<Persist>)>,
+    next_seq: u64,
+    /// Groups whose hard state changed only in its commit index: written
+    /// with the next synced write, not on its own (a commit index may be
+    /// lost; Raft learns it again).
+    dirty_hard_states: HashSet<u64>,
+    stats: Arc<Stats>,
+    /// Why the loop stopped, once it has.
+    stopped: Option<String>,
+}
+
+impl<A: Applier, T: Transport> Loop<A, T> {
+    fn run(&mut self) {
+        let mut next_tick = Instant::now() + self.config.tick;
+        while self.stopped.is_none() {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(wait) {
+                Ok(input) => self.take(input),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            while self.stopped.is_none() {
+                match self.rx.try_recv() {
+                    Ok(input) => self.take(input),
+                    Err(_) => break,
+                }
+            }
+            if Instant::now() >= next_tick {
+                for g in self.groups.values_mut() {
+                    g.raw.tick();
+                }
+                next_tick += self.config.tick;
+                if next_tick < Instant::now() {
+                    next_tick = Instant::now() + self.config.tick;
+                }
+            }
+            if self.stopped.is_none() {
+                self.turn();
+            }
+        }
+        let why = self.stopped.clone().unwrap_or_else(|| "stopped".into());
+        for g in self.groups.values_mut() {
+            for (_, _, w) in g.waiting.drain(..) {
+                let _ = w.send(Err(ProposeError::Stopped(why.clone())));
+            }
+        }
+        // Fail what arrived after the stop, too.
+        while let Ok(input) = self.rx.try_recv() {
+            if let Input::Propose { reply, .. } = input {
+                let _ = reply.send(Err(ProposeError::Stopped(why.clone())));
+            }
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        tracing::error!(node = self.config.node_id, "batch Raft loop stops: {why}");
+        self.stopped = Some(why);
+    }
+
+    fn take(&mut self, input: Input<A::Reply>) {
+        match input {
+            Input::Propose { gid, data, reply } => self.propose(gid, data, reply),
+            Input::Raft(msgs) => {
+                for (gid, msg) in msgs {
+                    let Some(g) = self.groups.get_mut(&gid) else {
+                        tracing::debug!(gid, "a message for a group not hosted here");
+                        continue;
+                    };
+                    if let Err(e) = g.raw.step(msg) {
+                        tracing::debug!(gid, "step: {e}");
+                    }
+                }
+            }
+            Input::Persisted { seq, result } => self.persisted(seq, result),
+            Input::Open { gid, voters, done } => {
+                let r = self.open(gid, &voters);
+                let _ = done.send(r);
+            }
+            Input::Campaign(gid) => {
+                if let Some(g) = self.groups.get_mut(&gid) {
+                    if let Err(e) = g.raw.campaign() {
+                        tracing::debug!(gid, "campaign: {e}");
+                    }
+                }
+            }
+            Input::Status { gid, reply } => {
+                let s = self.groups.get(&gid).map(|g| {
+                    let r = &g.raw.raft;
+                    GroupStatus {
+                        is_leader: r.state == StateRole::Leader,
+                        leader: r.leader_id,
+                        term: r.term,
+                        commit: r.raft_log.committed,
+                        applied: r.raft_log.applied,
+                        last_index: r.raft_log.last_index(),
+                    }
+                });
+                let _ = reply.send(s);
+            }
+            Input::Stop => self.stopped = Some("the node is shutting down".into()),
+        }
+    }
+
+    fn open(&mut self, gid: u64, voters: &[u64]) -> Result<(), String> {
+        if self.groups.contains_key(&gid) {
+            return Ok(());
+        }
+        let view = self.engine.view();
+        let log = match GroupLog::open(&view, gid).map_err(|e| e.to_string())? {
+            Some(log) => log,
+            None => {
+                let mut ops = Vec::new();
+                let log = GroupLog::create(gid, voters, &mut ops);
+                self.engine
+                    .write_direct(&ops)
+                    .map_err(|e| format!("creating group {gid}: {e}"))?;
+                log
+            }
+        };
+        let applied = self.applier.applied(gid).min(log.hard_state().commit);
+        let cfg = raft::Config {
+            id: self.config.node_id,
+            election_tick: self.config.election_ticks,
+            heartbeat_tick: self.config.heartbeat_ticks,
+            max_size_per_msg: self.config.max_append_bytes,
+            max_inflight_msgs: self.config.max_inflight,
+            applied,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        let logger = self.logger.new(slog::o!("group" => gid));
+        let raw = RawNode::new(&cfg, log, &logger).map_err(|e| format!("group {gid}: {e}"))?;
+        self.groups.insert(
+            gid,
+            Group {
+                raw,
+                waiting: VecDeque::new(),
+            },
+        );
+        Ok(())
+    }
+
+    fn propose(&mut self, gid: u64, data: Vec<u8>, reply: Waiter<A::Reply>) {
+        let Some(g) = self.groups.get_mut(&gid) else {
+            let _ = reply.send(Err(ProposeError::NoGroup(gid)));
+            return;
+        };
+        let raft = &g.raw.raft;
+        if raft.state != StateRole::Leader {
+            let leader = (raft.leader_id != 0).then_some(raft.leader_id);
+            let _ = reply.send(Err(ProposeError::NotLeader { leader }));
+            return;
+        }
+        match g.raw.propose(Vec::new(), data) {
+            Ok(()) => {
+                let index = g.raw.raft.raft_log.last_index();
+                let term = g.raw.raft.term;
+                g.waiting.push_back((index, term, reply));
+            }
+            Err(e) => {
+                tracing::debug!(gid, "propose: {e}");
+                let _ = reply.send(Err(ProposeError::Dropped));
+            }
+        }
+    }
+
+    /// One turn's ready work of every group: see the module doc.
+    fn turn(&mut self) {
+        let mut ops: Vec<Op> = Vec::new();
+        let mut sync = false;
+        let mut out: HashMap<u64, Vec<(u64, Message)>> = HashMap::new();
+        let mut persists = Vec::new();
+        let mut applies = Vec::new();
+        let mut appended = 0;
+        for (&gid, g) in self.groups.iter_mut() {
+            if !g.raw.has_ready() {
+                continue;
+            }
+            let mut rd = g.raw.ready();
+            for m in rd.take_messages() {
+                out.entry(m.to).or_default().push((gid, m));
+            }
+            if !rd.snapshot().is_empty() {
+                // Never sent: no log is compacted yet (log.rs).
+                tracing::error!(
+                    gid,
+                    "a snapshot arrived; this engine does not install them yet"
+                );
+            }
+            let committed = rd.take_committed_entries();
+            if !rd.entries().is_empty() {
+                appended += rd.entries().len() as u64;
+                g.raw.mut_store().append(rd.take_entries(), &mut ops);
+                sync = true;
+            }
+            if let Some(hs) = rd.hs() {
+                let hs = hs.clone();
+                if rd.must_sync() {
+                    g.raw.mut_store().set_hard_state(hs, Some(&mut ops));
+                    self.dirty_hard_states.remove(&gid);
+                    sync = true;
+                } else {
+                    g.raw.mut_store().set_hard_state(hs, None);
+                    self.dirty_hard_states.insert(gid);
+                }
+            }
+            persists.push(Persist {
+                gid,
+                ready: rd.number(),
+                messages: rd.take_persisted_messages(),
+            });
+            g.raw.advance_append_async(rd);
+            if !committed.is_empty() {
+                applies.push((gid, committed));
+            }
+        }
+        if persists.is_empty() {
+            return;
+        }
+        Stats::add(&self.stats.turns, 1);
+        self.send(out);
+        if sync {
+            for gid in self.dirty_hard_states.drain() {
+                if let Some(g) = self.groups.get(&gid) {
+                    ops.push(g.raw.store().hard_state_row());
+                }
+            }
+            Stats::add(&self.stats.entries, appended);
+            Stats::add(&self.stats.syncs, 1);
+            self.next_seq += 1;
+            let seq = self.next_seq;
+            self.jobs.push_back((seq, persists));
+            let tx = self.tx.clone();
+            self.engine.submit(
+                ops,
+                true,
+                Box::new(move |result| {
+                    let _ = tx.send(Input::Persisted { seq, result });
+                }),
+            );
+        } else if let Some((_, last)) = self.jobs.back_mut() {
+            // Nothing of these readies needs the disk, but an earlier ready
+            // of the same group may still be on its way there: they are
+            // persisted when it is (readies complete in order).
+            last.extend(persists);
+        } else {
+            self.finish(persists);
+        }
+        if !applies.is_empty() {
+            self.apply(applies);
+        }
+    }
+
+    fn send(&mut self, out: HashMap<u64, Vec<(u64, Message)>>) {
+        for (to, msgs) in out {
+            Stats::add(&self.stats.messages, msgs.len() as u64);
+            Stats::add(&self.stats.sends, 1);
+            self.transport.send(to, msgs);
+        }
+    }
+
+    fn persisted(&mut self, seq: u64, result: Result<(), EngineError>) {
+        if let Err(e) = result {
+            return self.fail(format!("writing the Raft log: {e}"));
+        }
+        let Some((front, _)) = self.jobs.front() else {
+            return self.fail(format!("write {seq} reported, none pending"));
+        };
+        if *front != seq {
+            return self.fail(format!("write {seq} reported before write {front}"));
+        }
+        let (_, persists) = self.jobs.pop_front().expect("checked above");
+        self.finish(persists);
+    }
+
+    /// Tell each group its ready is on disk, and send what waited for it.
+    fn finish(&mut self, persists: Vec<Persist>) {
+        let mut out: HashMap<u64, Vec<(u64, Message)>> = HashMap::new();
+        for p in persists {
+            let Some(g) = self.groups.get_mut(&p.gid) else {
+                continue;
+            };
+            g.raw.on_persist_ready(p.ready);
+            for m in p.messages {
+                out.entry(m.to).or_default().push((p.gid, m));
+            }
+        }
+        self.send(out);
+    }
+
+    fn apply(&mut self, mut applies: Vec<(u64, Vec<Entry>)>) {
+        // Configuration changes are the loop's: apply them here and hand
+        // the applier an empty entry in their place.
+        let mut conf_ops = Vec::new();
+        for (gid, entries) in applies.iter_mut() {
+            for e in entries.iter_mut() {
+                if e.get_entry_type() == EntryType::EntryNormal {
+                    continue;
+                }
+                let g = self.groups.get_mut(gid).expect("a group with ready work");
+                let cs = if e.get_entry_type() == EntryType::EntryConfChange {
+                    let mut cc = ConfChange::default();
+                    cc.merge_from_bytes(&e.data)
+                        .map_err(|err| raft::Error::ConfChangeError(err.to_string()))
+                        .and_then(|()| g.raw.apply_conf_change(&cc))
+                } else {
+                    let mut cc = ConfChangeV2::default();
+                    cc.merge_from_bytes(&e.data)
+                        .map_err(|err| raft::Error::ConfChangeError(err.to_string()))
+                        .and_then(|()| g.raw.apply_conf_change(&cc))
+                };
+                match cs {
+                    Ok(cs) => g.raw.mut_store().set_conf_state(cs, &mut conf_ops),
+                    Err(err) => tracing::warn!(gid, "configuration change refused: {err}"),
+                }
+                e.set_entry_type(EntryType::EntryNormal);
+                e.data = Default::default();
+            }
+        }
+        if !conf_ops.is_empty() {
+            if let Err(e) = self.engine.write_direct(&conf_ops) {
+                return self.fail(format!("writing a configuration: {e}"));
+            }
+        }
+        Stats::add(&self.stats.applies, 1);
+        let replies = match self.applier.apply(&applies) {
+            Ok(r) => r,
+            Err(e) => return self.fail(format!("applying: {e}")),
+        };
+        for ((gid, entries), replies) in applies.into_iter().zip(replies) {
+            let Some(g) = self.groups.get_mut(&gid) else {
+                continue;
+            };
+            let mut last = 0;
+            for (e, reply) in entries.iter().zip(replies) {
+                last = e.index;
+                let mut reply = Some(reply);
+                while let Some(&(index, term, _)) = g.waiting.front() {
+                    if index > e.index {
+                        break;
+                    }
+                    let (_, _, w) = g.waiting.pop_front().expect("peeked");
+                    let r = if index == e.index && term == e.term {
+                        reply.take().ok_or(ProposeError::Dropped)
+                    } else {
+                        Err(ProposeError::Dropped)
+                    };
+                    let _ = w.send(r);
+                }
+            }
+            if last > 0 {
+                g.raw.advance_apply_to(last);
+            }
+        }
+    }
+}

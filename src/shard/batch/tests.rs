@@ -1,0 +1,421 @@
+//! Three batch-engine nodes in one process: each its own RocksDB in a
+//! temporary directory (fsync on) and its own loop thread; their messages
+//! cross by handing each turn's batch to the peer's loop, which a test can
+//! cut per node.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use raft::prelude::{Entry, Message};
+
+use super::{start, Applier, BatchConfig, Handle, ProposeError, Transport};
+use crate::shard::engine::{data_key, Cf, Engine, EngineError, Op};
+
+/// Group → (index, data) of each non-empty entry a node applied.
+type AppliedMap = HashMap<u64, Vec<(u64, Vec<u8>)>>;
+type Applied = Arc<Mutex<AppliedMap>>;
+
+/// Writes each entry's data as a row of its group (all groups of a turn in
+/// one RocksDB write) and remembers it; replies with the entry's index.
+struct RowApplier {
+    engine: Arc<Engine>,
+    applied: Applied,
+}
+
+impl Applier for RowApplier {
+    type Reply = u64;
+
+    fn applied(&self, _gid: u64) -> u64 {
+        // The memory of a restarted node starts empty: everything is
+        // applied again from the log, which the rows tolerate.
+        0
+    }
+
+    fn apply(&mut self, groups: &[(u64, Vec<Entry>)]) -> Result<Vec<Vec<u64>>, EngineError> {
+        let mut ops = Vec::new();
+        let mut replies = Vec::new();
+        let mut seen = self.applied.lock().unwrap();
+        for (gid, entries) in groups {
+            let list = seen.entry(*gid).or_default();
+            for e in entries {
+                if !e.data.is_empty() {
+                    ops.push(Op::Put(
+                        Cf::Data,
+                        data_key(*gid, &e.data),
+                        e.index.to_be_bytes().to_vec(),
+                    ));
+                    list.push((e.index, e.data.to_vec()));
+                }
+            }
+            replies.push(entries.iter().map(|e| e.index).collect());
+        }
+        self.engine.write_direct(&ops)?;
+        Ok(replies)
+    }
+}
+
+#[derive(Clone, Default)]
+struct Net {
+    nodes: Arc<Mutex<HashMap<u64, Handle<u64>>>>,
+    cut: Arc<Mutex<HashSet<u64>>>,
+}
+
+struct NetTransport {
+    from: u64,
+    net: Net,
+}
+
+impl Transport for NetTransport {
+    fn send(&mut self, to: u64, msgs: Vec<(u64, Message)>) {
+        let cut = self.net.cut.lock().unwrap();
+        if cut.contains(&self.from) || cut.contains(&to) {
+            return;
+        }
+        drop(cut);
+        if let Some(h) = self.net.nodes.lock().unwrap().get(&to) {
+            h.deliver(msgs);
+        }
+    }
+}
+
+struct Node {
+    handle: Handle<u64>,
+    thread: Option<JoinHandle<()>>,
+    applied: Applied,
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    dirs: BTreeMap<u64, PathBuf>,
+    net: Net,
+    nodes: BTreeMap<u64, Node>,
+    groups: Vec<u64>,
+}
+
+const VOTERS: [u64; 3] = [1, 2, 3];
+
+impl Cluster {
+    fn new(groups: &[u64]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = VOTERS
+            .iter()
+            .map(|&id| (id, dir.path().join(format!("n{id}"))))
+            .collect();
+        let mut c = Cluster {
+            _dir: dir,
+            dirs,
+            net: Net::default(),
+            nodes: BTreeMap::new(),
+            groups: groups.to_vec(),
+        };
+        for id in VOTERS {
+            c.start(id);
+        }
+        c
+    }
+
+    fn start(&mut self, id: u64) {
+        let engine = Arc::new(Engine::open(&self.dirs[&id], true).unwrap());
+        let applied = Applied::default();
+        let applier = RowApplier {
+            engine: engine.clone(),
+            applied: applied.clone(),
+        };
+        let transport = NetTransport {
+            from: id,
+            net: self.net.clone(),
+        };
+        let mut config = BatchConfig::new(id);
+        config.tick = Duration::from_millis(20);
+        let (handle, thread) = start(config, engine, applier, transport).unwrap();
+        self.net.nodes.lock().unwrap().insert(id, handle.clone());
+        for &gid in &self.groups {
+            let rx = handle.open_group(gid, VOTERS.to_vec());
+            let r = tokio::task::block_in_place(|| rx.blocking_recv());
+            r.unwrap().unwrap();
+        }
+        self.nodes.insert(
+            id,
+            Node {
+                handle,
+                thread: Some(thread),
+                applied,
+            },
+        );
+    }
+
+    /// Stop node `id`'s loop and close its database.
+    fn stop(&mut self, id: u64) {
+        self.net.nodes.lock().unwrap().remove(&id);
+        let mut node = self.nodes.remove(&id).unwrap();
+        node.handle.stop();
+        let thread = node.thread.take().unwrap();
+        tokio::task::block_in_place(|| thread.join().unwrap());
+    }
+
+    fn handle(&self, id: u64) -> &Handle<u64> {
+        &self.nodes[&id].handle
+    }
+
+    /// The node that leads `gid`, once one does.
+    async fn leader(&self, gid: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            for (&id, node) in &self.nodes {
+                if self.net.cut.lock().unwrap().contains(&id) {
+                    continue;
+                }
+                if let Ok(Some(s)) = node.handle.status(gid).await {
+                    if s.is_leader {
+                        return id;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "group {gid} elected no leader");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Propose until a leader applies it; the index it was applied at.
+    async fn write(&self, gid: u64, data: &[u8]) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let leader = self.leader(gid).await;
+            match self
+                .handle(leader)
+                .propose(gid, data.to_vec())
+                .await
+                .unwrap()
+            {
+                Ok(index) => return index,
+                Err(ProposeError::NotLeader { .. } | ProposeError::Dropped) => {}
+                Err(e) => panic!("group {gid}: {e}"),
+            }
+            assert!(Instant::now() < deadline, "group {gid}: no write applied");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait until every running node has applied the same entries of every
+    /// group, and return them.
+    async fn converged(&self) -> AppliedMap {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let views: Vec<AppliedMap> = self
+                .nodes
+                .values()
+                .map(|n| n.applied.lock().unwrap().clone())
+                .collect();
+            if views.windows(2).all(|w| w[0] == w[1]) {
+                return views.into_iter().next().unwrap();
+            }
+            assert!(Instant::now() < deadline, "the replicas did not converge");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.stop(id);
+        }
+    }
+}
+
+fn data(gid: u64, i: u32) -> Vec<u8> {
+    format!("g{gid}-w{i}").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_group_commits_the_same_entries_on_every_replica() {
+    let groups: Vec<u64> = (1..=8).collect();
+    let c = Cluster::new(&groups);
+    // Spread the leaders as the shard groups are: group g on node g % 3.
+    for &gid in &groups {
+        c.handle(gid % 3 + 1).campaign(gid);
+    }
+    let mut acked: HashMap<u64, Vec<(u64, Vec<u8>)>> = HashMap::new();
+    let mut tasks = Vec::new();
+    for &gid in &groups {
+        let leader = c.leader(gid).await;
+        for i in 0..25 {
+            let rx = c.handle(leader).propose(gid, data(gid, i));
+            tasks.push((gid, i, rx));
+        }
+    }
+    for (gid, i, rx) in tasks {
+        match rx.await.unwrap() {
+            Ok(index) => acked.entry(gid).or_default().push((index, data(gid, i))),
+            Err(e) => panic!("group {gid} write {i}: {e}"),
+        }
+    }
+    let applied = c.converged().await;
+    for &gid in &groups {
+        let mut want = acked.remove(&gid).unwrap();
+        want.sort();
+        assert_eq!(applied[&gid], want, "group {gid}");
+        // A proposal's reply is its own entry's index.
+        assert_eq!(want.len(), 25);
+    }
+    // The groups shared their rounds: fewer log syncs than entries.
+    let stats = c.handle(1).stats();
+    let syncs = stats.syncs.load(std::sync::atomic::Ordering::Relaxed);
+    let entries = stats.entries.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        syncs < entries,
+        "node 1 synced {syncs} times for {entries} entries"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_names_the_leader_and_an_unknown_group_is_refused() {
+    let c = Cluster::new(&[7]);
+    c.handle(2).campaign(7);
+    let leader = c.leader(7).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    // A follower learns its leader from the first append or heartbeat.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c.handle(follower).propose(7, b"x".to_vec()).await.unwrap();
+        match r {
+            Err(ProposeError::NotLeader { leader: Some(l) }) => {
+                assert_eq!(l, leader);
+                break;
+            }
+            Err(ProposeError::NotLeader { leader: None }) => {}
+            other => panic!("a follower answered {other:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower never named its leader"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = c.handle(leader).propose(99, b"x".to_vec()).await.unwrap();
+    assert_eq!(r, Err(ProposeError::NoGroup(99)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_reads_its_log_back_and_catches_up() {
+    let groups = [1, 2, 3];
+    let mut c = Cluster::new(&groups);
+    for &gid in &groups {
+        c.handle(gid % 3 + 1).campaign(gid);
+    }
+    for &gid in &groups {
+        for i in 0..10 {
+            c.write(gid, &data(gid, i)).await;
+        }
+    }
+    c.converged().await;
+    // Node 3 goes away (leading group 2); the others go on without it.
+    c.stop(3);
+    for &gid in &groups {
+        for i in 10..20 {
+            c.write(gid, &data(gid, i)).await;
+        }
+    }
+    // Back on the same data: it reads its log and Raft state from RocksDB
+    // (applying its entries again from index 1), then takes what it missed.
+    c.start(3);
+    let applied = c.converged().await;
+    for &gid in &groups {
+        let got: Vec<Vec<u8>> = applied[&gid].iter().map(|(_, d)| d.clone()).collect();
+        let want: Vec<Vec<u8>> = (0..20).map(|i| data(gid, i)).collect();
+        assert_eq!(got, want, "group {gid}");
+    }
+    // Its vote survived the restart: its term is the group's.
+    for &gid in &groups {
+        let leader = c.leader(gid).await;
+        let t_leader = c.handle(leader).status(gid).await.unwrap().unwrap().term;
+        let t3 = c.handle(3).status(gid).await.unwrap().unwrap().term;
+        assert_eq!(t3, t_leader, "group {gid}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_from_its_followers_acknowledges_nothing() {
+    let c = Cluster::new(&[5]);
+    c.handle(1).campaign(5);
+    assert_eq!(c.leader(5).await, 1);
+    c.write(5, b"before").await;
+    c.net.cut.lock().unwrap().extend([2, 3]);
+    let mut rx = c.handle(1).propose(5, b"alone".to_vec());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // No majority holds the entry: it must not be acknowledged. (A leader
+    // that lost its quorum steps down; the proposal stays unanswered until
+    // it is applied or replaced.)
+    match rx.try_recv() {
+        Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+        other => panic!("a write without a majority was answered: {other:?}"),
+    }
+    c.net.cut.lock().unwrap().clear();
+    // Healed: the entry is either applied everywhere or replaced by a new
+    // leader's log, and its waiter hears which.
+    let r = tokio::time::timeout(Duration::from_secs(20), rx)
+        .await
+        .expect("the proposal is answered once the group heals")
+        .unwrap();
+    let applied = c.converged().await;
+    let has = applied[&5].iter().any(|(_, d)| d == b"alone");
+    match r {
+        Ok(_) => assert!(has, "acknowledged but not applied"),
+        Err(ProposeError::Dropped) => assert!(!has, "applied but reported dropped"),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A new leader's entries replace an old uncommitted suffix, in memory and
+/// in RocksDB: what is read back after a restart is the log raft-rs saw.
+#[test]
+fn a_replaced_suffix_is_gone_from_the_stored_log_too() {
+    use raft::{GetEntriesContext, Storage};
+
+    use super::GroupLog;
+
+    fn entries(term: u64, indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        indexes
+            .map(|index| Entry {
+                term,
+                index,
+                data: format!("t{term}i{index}").into_bytes(),
+                ..Default::default()
+            })
+            .collect()
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), true).unwrap();
+    assert!(GroupLog::open(&engine.view(), 4).unwrap().is_none());
+    let mut ops = Vec::new();
+    let mut log = GroupLog::create(4, &VOTERS, &mut ops);
+    log.append(entries(1, 1..=5), &mut ops);
+    log.append(entries(2, 3..=4), &mut ops);
+    let hs = raft::prelude::HardState {
+        term: 2,
+        vote: 3,
+        commit: 2,
+    };
+    log.set_hard_state(hs.clone(), Some(&mut ops));
+    engine.write_direct(&ops).unwrap();
+
+    let stored = GroupLog::open(&engine.view(), 4).unwrap().unwrap();
+    for l in [&log, &stored] {
+        assert_eq!(l.last_index().unwrap(), 4);
+        let got = l
+            .entries(1, 5, None, GetEntriesContext::empty(false))
+            .unwrap();
+        let terms: Vec<u64> = got.iter().map(|e| e.term).collect();
+        assert_eq!(terms, [1, 1, 2, 2]);
+        assert_eq!(got[3].data, b"t2i4");
+        assert_eq!(l.term(0).unwrap(), 0);
+        assert!(l.term(5).is_err(), "entry 5 was replaced away");
+        let state = l.initial_state().unwrap();
+        assert_eq!(state.hard_state, hs);
+        assert_eq!(state.conf_state.voters, VOTERS);
+    }
+}
