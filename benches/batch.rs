@@ -16,12 +16,18 @@
 //! 100,000, a 64-byte value) to the leader of the key's group, one entry
 //! per SET (no proposer merging on either side).
 //!
-//! For each engine and group count it prints SETs per second, latency, the
-//! CPU of the whole process per SET (every thread: Raft, log writers,
-//! RocksDB, clients) and its context switches; for the batch engine also
-//! what lies behind it, summed over the nodes: log syncs, entries, loop
-//! turns, sends to peers, applier calls. Run it with `bench/batch`;
-//! `cargo test` never builds it.
+//! After every key is written once and a warm-up, the same clients send
+//! SETs, then linearizable GETs: a ReadIndex round (the batch loop shares
+//! one per group per turn; openraft's `ensure_linearizable` with
+//! `ReadPolicy::ReadIndex`), the apply caught up, then the row read from
+//! RocksDB.
+//!
+//! For each engine and group count it prints requests per second, latency,
+//! the CPU of the whole process per request (every thread: Raft, log
+//! writers, RocksDB, clients) and its context switches; for the batch
+//! engine also what lies behind it, summed over the nodes: log syncs,
+//! entries, loop turns, sends to peers, applier calls, ReadIndex rounds.
+//! Run it with `bench/batch`; `cargo test` never builds it.
 //!
 //!   cargo bench --bench batch -- [--writes N] [--clients N] [--warm N]
 //!                                [--groups 1,8] [--engines batch,openraft]
@@ -36,17 +42,19 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
-use openraft::{EntryPayload, ServerState};
+use openraft::ServerState;
 use openraft_legacy::network_v1::{
     Adapter, InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse, RaftNetwork,
 };
-use raft::prelude::{Entry, Message};
+use raft::prelude::Message;
 use shoal::config::NodeConfig;
-use shoal::shard::batch::{start, Applier, BatchConfig, Handle, ProposeError, Stats, Transport};
-use shoal::shard::command::{Expiry, LogCmd, SetCond, WriteCmd, WriteOp};
-use shoal::shard::engine::{Engine, EngineError};
+use shoal::shard::batch::{
+    encode_command, start, BatchConfig, Handle, ProposeError, ShardApplier, Stats, Transport,
+};
+use shoal::shard::command::{Expiry, LogCmd, OpReply, SetCond, WriteCmd, WriteOp};
+use shoal::shard::engine::{data_key, Cf, Engine};
 use shoal::shard::store::{LogStore, Raft, StateMachine};
-use shoal::shard::types::{log_id, Node, SnapshotBytes, TypeConfig};
+use shoal::shard::types::{Node, SnapshotBytes, TypeConfig};
 
 fn set_cmd(key: &str) -> LogCmd {
     LogCmd::Write(WriteCmd {
@@ -61,56 +69,7 @@ fn set_cmd(key: &str) -> LogCmd {
     })
 }
 
-// ---- the batch engine, applying through shoal's state machine ----
-
-struct ShoalApplier {
-    engine: Arc<Engine>,
-    rt: tokio::runtime::Handle,
-    machines: HashMap<u64, StateMachine>,
-}
-
-impl Applier for ShoalApplier {
-    type Reply = ();
-
-    fn applied(&self, _gid: u64) -> u64 {
-        0
-    }
-
-    fn apply(&mut self, groups: &[(u64, Vec<Entry>)]) -> Result<Vec<Vec<()>>, EngineError> {
-        let mut out = Vec::with_capacity(groups.len());
-        for (gid, entries) in groups {
-            if !self.machines.contains_key(gid) {
-                let sm = self
-                    .rt
-                    .block_on(StateMachine::open(self.engine.clone(), *gid))
-                    .map_err(|e| EngineError::Corrupt(e.to_string()))?;
-                self.machines.insert(*gid, sm);
-            }
-            let batch = entries
-                .iter()
-                .map(|e| {
-                    let payload = if e.data.is_empty() {
-                        EntryPayload::Blank
-                    } else {
-                        EntryPayload::Normal(postcard::from_bytes::<LogCmd>(&e.data).unwrap())
-                    };
-                    shoal::shard::types::Entry {
-                        log_id: log_id(e.term, 0, e.index),
-                        payload,
-                    }
-                })
-                .collect();
-            let sm = &self.machines[gid];
-            self.rt
-                .block_on(sm.apply_batch(batch))
-                .map_err(|e| EngineError::Corrupt(e.to_string()))?;
-            out.push(vec![(); entries.len()]);
-        }
-        Ok(out)
-    }
-}
-
-type Nodes = Arc<Mutex<HashMap<u64, Handle<()>>>>;
+type Nodes = Arc<Mutex<HashMap<u64, Handle<OpReply>>>>;
 
 struct Local {
     nodes: Nodes,
@@ -214,11 +173,13 @@ impl RaftNetwork<TypeConfig> for Peer {
 
 enum Cluster {
     Batch {
-        handles: Vec<Handle<()>>,
+        engines: Vec<Arc<Engine>>,
+        handles: Vec<Handle<OpReply>>,
         nodes: Nodes,
         threads: Vec<std::thread::JoinHandle<()>>,
     },
     OpenRaft {
+        engines: Vec<Arc<Engine>>,
         rafts: Rafts,
     },
 }
@@ -228,13 +189,11 @@ impl Cluster {
         let nodes: Nodes = Arc::default();
         let mut threads = Vec::new();
         let mut handles = Vec::new();
+        let mut engines = Vec::new();
         for id in 1..=3u64 {
             let engine = Arc::new(Engine::open(&dir.join(format!("n{id}")), true).unwrap());
-            let applier = ShoalApplier {
-                engine: engine.clone(),
-                rt: tokio::runtime::Handle::current(),
-                machines: HashMap::new(),
-            };
+            engines.push(engine.clone());
+            let applier = ShardApplier::new(engine.clone(), tokio::runtime::Handle::current());
             let transport = Local {
                 nodes: nodes.clone(),
             };
@@ -250,6 +209,7 @@ impl Cluster {
             handles[(gid % 3) as usize].campaign(gid);
         }
         Cluster::Batch {
+            engines,
             handles,
             nodes,
             threads,
@@ -259,8 +219,10 @@ impl Cluster {
     async fn openraft(dir: &std::path::Path, groups: u64) -> Cluster {
         let config = Arc::new(shoal::shard::raft_config(&NodeConfig::default()).unwrap());
         let rafts: Rafts = Arc::default();
+        let mut engines = Vec::new();
         for id in 1..=3u64 {
             let engine = Arc::new(Engine::open(&dir.join(format!("n{id}")), true).unwrap());
+            engines.push(engine.clone());
             for gid in 1..=groups {
                 let log = LogStore::new(engine.clone(), gid);
                 let sm = StateMachine::open(engine.clone(), gid).await.unwrap();
@@ -280,7 +242,7 @@ impl Cluster {
             let raft = rafts.read().unwrap()[&(gid % 3 + 1, gid)].clone();
             raft.initialize(members.clone()).await.unwrap();
         }
-        Cluster::OpenRaft { rafts }
+        Cluster::OpenRaft { engines, rafts }
     }
 
     /// The node that leads `gid` (index 0..3), once one does.
@@ -294,7 +256,7 @@ impl Cluster {
                         .await
                         .unwrap()
                         .is_some_and(|s| s.is_leader),
-                    Cluster::OpenRaft { rafts } => {
+                    Cluster::OpenRaft { rafts, .. } => {
                         let raft = rafts.read().unwrap()[&(id, gid)].clone();
                         let m = raft.metrics().borrow_watched().clone();
                         m.state == ServerState::Leader
@@ -313,9 +275,9 @@ impl Cluster {
     async fn write(&self, node: usize, gid: u64, cmd: LogCmd) -> Result<(), Option<usize>> {
         match self {
             Cluster::Batch { handles, .. } => {
-                let data = postcard::to_allocvec(&cmd).unwrap();
-                match handles[node].propose(gid, data).await.unwrap() {
-                    Ok(()) => Ok(()),
+                let data = encode_command(&cmd).unwrap();
+                match handles[node].propose(gid, data).await {
+                    Ok(_) => Ok(()),
                     Err(ProposeError::NotLeader { leader: Some(l) }) => Err(Some((l - 1) as usize)),
                     Err(ProposeError::NotLeader { leader: None } | ProposeError::Dropped) => {
                         Err(None)
@@ -323,7 +285,7 @@ impl Cluster {
                     Err(e) => panic!("{e}"),
                 }
             }
-            Cluster::OpenRaft { rafts } => {
+            Cluster::OpenRaft { rafts, .. } => {
                 let raft = rafts.read().unwrap()[&(node as u64 + 1, gid)].clone();
                 match raft.client_write(cmd).await {
                     Ok(_) => Ok(()),
@@ -336,11 +298,45 @@ impl Cluster {
         }
     }
 
-    fn stats(&self) -> Option<[u64; 5]> {
+    /// A linearizable GET: a ReadIndex round (shared with the reads that
+    /// come with it), the apply caught up, then the row read.
+    async fn read(&self, node: usize, gid: u64, key: &str) -> Result<(), Option<usize>> {
+        let engine = match self {
+            Cluster::Batch {
+                handles, engines, ..
+            } => {
+                match handles[node].read(gid).await {
+                    Ok(()) => {}
+                    Err(ProposeError::NotLeader { leader: Some(l) }) => {
+                        return Err(Some((l - 1) as usize))
+                    }
+                    Err(ProposeError::NotLeader { leader: None }) => return Err(None),
+                    Err(e) => panic!("{e}"),
+                }
+                &engines[node]
+            }
+            Cluster::OpenRaft { rafts, engines } => {
+                let raft = rafts.read().unwrap()[&(node as u64 + 1, gid)].clone();
+                if let Err(e) = raft
+                    .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+                    .await
+                {
+                    let leader = e.forward_to_leader().and_then(|f| f.leader_id);
+                    return Err(leader.map(|l| (l - 1) as usize));
+                }
+                &engines[node]
+            }
+        };
+        let row = engine.view().get(Cf::Data, &data_key(gid, key.as_bytes()));
+        assert!(row.unwrap().is_some(), "{key} was written");
+        Ok(())
+    }
+
+    fn stats(&self) -> Option<[u64; 6]> {
         let Cluster::Batch { handles, .. } = self else {
             return None;
         };
-        let mut t = [0; 5];
+        let mut t = [0; 6];
         for h in handles {
             let s: &Stats = h.stats();
             t[0] += s.syncs.load(Ordering::Relaxed);
@@ -348,6 +344,7 @@ impl Cluster {
             t[2] += s.turns.load(Ordering::Relaxed);
             t[3] += s.sends.load(Ordering::Relaxed);
             t[4] += s.applies.load(Ordering::Relaxed);
+            t[5] += s.read_rounds.load(Ordering::Relaxed);
         }
         Some(t)
     }
@@ -358,6 +355,7 @@ impl Cluster {
                 handles,
                 nodes,
                 threads,
+                ..
             } => {
                 for h in &handles {
                     h.stop();
@@ -367,7 +365,7 @@ impl Cluster {
                     tokio::task::block_in_place(|| t.join().unwrap());
                 }
             }
-            Cluster::OpenRaft { rafts } => {
+            Cluster::OpenRaft { rafts, .. } => {
                 let all: Vec<Raft> = rafts.write().unwrap().drain().map(|(_, r)| r).collect();
                 for r in all {
                     let _ = r.shutdown().await;
@@ -377,14 +375,20 @@ impl Cluster {
     }
 }
 
+struct Row {
+    set: Figures,
+    get: Figures,
+}
+
 struct Figures {
-    writes_per_s: f64,
+    per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
     cpu_us: f64,
     switches: f64,
-    /// syncs, entries, turns, sends, applier calls per write (batch only)
-    rounds: Option<[f64; 5]>,
+    /// syncs, entries, turns, sends, applier calls, ReadIndex rounds per
+    /// request (batch only)
+    rounds: Option<[f64; 6]>,
 }
 
 fn rusage() -> (f64, f64) {
@@ -397,31 +401,57 @@ fn rusage() -> (f64, f64) {
     (cpu, (ru.ru_nvcsw + ru.ru_nivcsw) as f64)
 }
 
-async fn phase(
-    cluster: &Arc<Cluster>,
-    leaders: &Arc<Mutex<HashMap<u64, usize>>>,
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Every key once (so that each GET finds its row).
+    Fill,
+    Set,
+    Get,
+}
+
+const KEYS: u64 = 100_000;
+
+/// Who the clients send to, and how they spread.
+struct Load {
+    cluster: Arc<Cluster>,
+    leaders: Arc<Mutex<HashMap<u64, usize>>>,
     groups: u64,
     clients: u64,
-    n: u64,
-) -> Vec<Duration> {
-    let per = n / clients;
+}
+
+async fn phase(load: &Load, n: u64, mode: Mode) -> Vec<Duration> {
+    let (groups, clients) = (load.groups, load.clients);
+    let per = if mode == Mode::Fill {
+        KEYS / clients
+    } else {
+        n / clients
+    };
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let cluster = cluster.clone();
-        let leaders = leaders.clone();
+        let cluster = load.cluster.clone();
+        let leaders = load.leaders.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per as usize);
             let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ (c + 1);
-            for _ in 0..per {
+            for i in 0..per {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                let key = format!("key:{:012}", x % 100_000);
-                let gid = x % groups + 1;
+                let k = match mode {
+                    Mode::Fill => c + i * clients,
+                    _ => x % KEYS,
+                };
+                let key = format!("key:{k:012}");
+                let gid = k % groups + 1;
                 let t0 = Instant::now();
                 loop {
                     let node = leaders.lock().unwrap()[&gid];
-                    match cluster.write(node, gid, set_cmd(&key)).await {
+                    let r = if mode == Mode::Get {
+                        cluster.read(node, gid, &key).await
+                    } else {
+                        cluster.write(node, gid, set_cmd(&key)).await
+                    };
+                    match r {
                         Ok(()) => break,
                         Err(Some(l)) => {
                             leaders.lock().unwrap().insert(gid, l);
@@ -441,7 +471,31 @@ async fn phase(
     all
 }
 
-async fn run(engine: &str, groups: u64, writes: u64, clients: u64, warm: u64) -> Figures {
+async fn measure(load: &Load, n: u64, mode: Mode) -> Figures {
+    let before = load.cluster.stats();
+    let (cpu0, sw0) = rusage();
+    let t0 = Instant::now();
+    let mut lat = phase(load, n, mode).await;
+    let wall = t0.elapsed().as_secs_f64();
+    let (cpu1, sw1) = rusage();
+    let after = load.cluster.stats();
+    lat.sort();
+    let n = lat.len() as f64;
+    let rounds = match (before, after) {
+        (Some(b), Some(a)) => Some(std::array::from_fn(|i| (a[i] - b[i]) as f64 / n)),
+        _ => None,
+    };
+    Figures {
+        per_s: n / wall,
+        p50_ms: lat[lat.len() / 2].as_secs_f64() * 1e3,
+        p99_ms: lat[lat.len() * 99 / 100].as_secs_f64() * 1e3,
+        cpu_us: (cpu1 - cpu0) / n,
+        switches: (sw1 - sw0) / n,
+        rounds,
+    }
+}
+
+async fn run(engine: &str, groups: u64, writes: u64, clients: u64, warm: u64) -> Row {
     let dir = tempfile::Builder::new()
         .prefix("shoal-bench-batch")
         .tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
@@ -456,33 +510,22 @@ async fn run(engine: &str, groups: u64, writes: u64, clients: u64, warm: u64) ->
         let l = cluster.leader(gid).await;
         leaders.lock().unwrap().insert(gid, l);
     }
-    phase(&cluster, &leaders, groups, clients, warm).await;
-    let before = cluster.stats();
-    let (cpu0, sw0) = rusage();
-    let t0 = Instant::now();
-    let mut lat = phase(&cluster, &leaders, groups, clients, writes).await;
-    let wall = t0.elapsed().as_secs_f64();
-    let (cpu1, sw1) = rusage();
-    let after = cluster.stats();
-    lat.sort();
-    let n = lat.len() as f64;
-    let rounds = match (before, after) {
-        (Some(b), Some(a)) => Some(std::array::from_fn(|i| (a[i] - b[i]) as f64 / n)),
-        _ => None,
+    let load = Load {
+        cluster,
+        leaders,
+        groups,
+        clients,
     };
-    let f = Figures {
-        writes_per_s: n / wall,
-        p50_ms: lat[lat.len() / 2].as_secs_f64() * 1e3,
-        p99_ms: lat[lat.len() * 99 / 100].as_secs_f64() * 1e3,
-        cpu_us: (cpu1 - cpu0) / n,
-        switches: (sw1 - sw0) / n,
-        rounds,
-    };
+    phase(&load, 0, Mode::Fill).await;
+    phase(&load, warm, Mode::Set).await;
+    let set = measure(&load, writes, Mode::Set).await;
+    let get = measure(&load, writes, Mode::Get).await;
+    let cluster = load.cluster;
     Arc::into_inner(cluster)
         .expect("the clients are done")
         .stop()
         .await;
-    f
+    Row { set, get }
 }
 
 fn main() {
@@ -520,35 +563,48 @@ fn main() {
     }
     println!(
         "3 nodes in one process, fsync on, {clients} clients, {writes} SETs of 64 B \
-         (after {warm}); columns: engine, groups"
+         (after {KEYS} to fill and {warm} of warm-up), then {writes} GETs; \
+         columns: engine, groups"
     );
-    print!("| per SET |");
-    for (name, _) in &rows {
-        print!(" {name} |");
-    }
-    println!();
-    print!("|---|");
-    for _ in &rows {
-        print!("---:|");
-    }
-    println!();
-    let line = |name: &str, get: &dyn Fn(&Figures) -> String| {
-        print!("| {name} |");
-        for (_, f) in &rows {
-            print!(" {} |", get(f));
+    for (what, get_row) in [
+        ("SET", (|r: &Row| &r.set) as fn(&Row) -> &Figures),
+        ("GET", |r: &Row| &r.get),
+    ] {
+        println!();
+        print!("| per {what} |");
+        for (name, _) in &rows {
+            print!(" {name} |");
         }
         println!();
-    };
-    let round =
-        |i: usize| move |f: &Figures| f.rounds.map_or("–".into(), |r| format!("{:.3}", r[i]));
-    line("SETs/s", &|f| format!("{:.0}", f.writes_per_s));
-    line("p50 ms", &|f| format!("{:.2}", f.p50_ms));
-    line("p99 ms", &|f| format!("{:.2}", f.p99_ms));
-    line("CPU µs, whole process", &|f| format!("{:.1}", f.cpu_us));
-    line("context switches", &|f| format!("{:.2}", f.switches));
-    line("log syncs (3 nodes)", &round(0));
-    line("entries appended (3 nodes)", &round(1));
-    line("loop turns (3 nodes)", &round(2));
-    line("sends to peers (3 nodes)", &round(3));
-    line("applier calls (3 nodes)", &round(4));
+        print!("|---|");
+        for _ in &rows {
+            print!("---:|");
+        }
+        println!();
+        let line = |name: &str, get: &dyn Fn(&Figures) -> String| {
+            print!("| {name} |");
+            for (_, r) in &rows {
+                print!(" {} |", get(get_row(r)));
+            }
+            println!();
+        };
+        let round =
+            |i: usize| move |f: &Figures| f.rounds.map_or("–".into(), |r| format!("{:.3}", r[i]));
+        line(&format!("{what}s/s"), &|f| format!("{:.0}", f.per_s));
+        line("p50 ms", &|f| format!("{:.2}", f.p50_ms));
+        line("p99 ms", &|f| format!("{:.2}", f.p99_ms));
+        line("CPU µs, whole process", &|f| format!("{:.1}", f.cpu_us));
+        line("context switches", &|f| format!("{:.2}", f.switches));
+        if what == "SET" {
+            line("log syncs (3 nodes)", &round(0));
+            line("entries appended (3 nodes)", &round(1));
+            line("loop turns (3 nodes)", &round(2));
+            line("sends to peers (3 nodes)", &round(3));
+            line("applier calls (3 nodes)", &round(4));
+        } else {
+            line("ReadIndex rounds (3 nodes)", &round(5));
+            line("loop turns (3 nodes)", &round(2));
+            line("sends to peers (3 nodes)", &round(3));
+        }
+    }
 }

@@ -116,11 +116,13 @@ pub enum Format {
     /// A batch-engine group's configuration (`batch::StoredConfState`,
     /// `raft_state`, tag BATCH_CONF_STATE).
     BatchConfState,
+    /// The data of a batch-engine shard group's log entry: one `LogCmd`.
+    BatchCommand,
 }
 
 impl Format {
     /// Every kind, for tests and diagnostics.
-    pub const ALL: [Format; 29] = [
+    pub const ALL: [Format; 30] = [
         Format::LogEntry,
         Format::Vote,
         Format::Committed,
@@ -150,6 +152,7 @@ impl Format {
         Format::BatchEntry,
         Format::BatchHardState,
         Format::BatchConfState,
+        Format::BatchCommand,
     ];
 
     /// The kind's tag, the second byte of every blob of this kind.
@@ -184,6 +187,7 @@ impl Format {
             Format::BatchEntry => 27,
             Format::BatchHardState => 28,
             Format::BatchConfState => 29,
+            Format::BatchCommand => 30,
         }
     }
 
@@ -202,6 +206,9 @@ impl Format {
             // Version 4 appended the mixed batch (`LogCmd::Mixed`: plain
             // writes and one-phase transactions proposed together).
             Format::LogEntry | Format::RaftAppend => (1, 4),
+            // A batch-engine entry carries a `LogCmd` too, so it starts at
+            // the log entry's version and moves with it.
+            Format::BatchCommand => (4, 4),
             // Version 4 appended pub/sub and scripts.
             Format::ShardRequest => (1, 4),
             // Version 3 appended booleans and verbatim text (script replies).
@@ -278,6 +285,7 @@ impl Format {
             Format::BatchEntry => "batch-engine log entry",
             Format::BatchHardState => "batch-engine hard state",
             Format::BatchConfState => "batch-engine configuration",
+            Format::BatchCommand => "batch-engine command",
         }
     }
 

@@ -1059,4 +1059,19 @@ fn batch_engine_rows() {
         auto_leave: false,
     };
     golden(Format::BatchConfState, &conf, "011d 03010203 00 00 00 00");
+    // A command is a log entry's payload on its own: the same bytes after
+    // the header as in `log_entry_set_with_expiry`.
+    let cmd = LogCmd::Write(set_with_expiry());
+    let pinned = concat!(
+        "041e",            // version 4 (the log entry's), kind 30 (batch-engine command)
+        "00",              // LogCmd::Write
+        "80d095ffbc31",    // now_ms 1_700_000_000_000
+        "00",              // WriteOp::Set
+        "01 6b",           // key "k"
+        "01 76",           // value "v"
+        "02 e0a499ffbc31", // Expiry::At(1_700_000_060_000)
+        "01",              // SetCond::IfAbsent
+        "00",              // get: false
+    );
+    golden(Format::BatchCommand, &cmd, pinned);
 }

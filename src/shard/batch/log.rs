@@ -267,6 +267,12 @@ impl GroupLog {
         )
     }
 
+    /// The commit index is at least `index` (known committed: applied).
+    /// In memory only; written with the next hard state.
+    pub fn raise_commit(&mut self, index: u64) {
+        self.hard.commit = self.hard.commit.max(index);
+    }
+
     /// Take a configuration a committed change produced, and its row.
     pub fn set_conf_state(&mut self, conf: ConfState, ops: &mut Vec<Op>) {
         ops.push(Op::Put(

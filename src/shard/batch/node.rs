@@ -15,6 +15,13 @@
 //! wait for it (a follower's append replies and votes) go out, again one
 //! send per peer for all groups.
 //!
+//! A linearizable read ([`Handle::read`]) waits for one ReadIndex round:
+//! the reads that reach a leader in one turn share one round (raft-rs's
+//! safe read-only mode: a heartbeat to a quorum confirms the leader), and
+//! each is answered once the group has applied up to the index that round
+//! returned. A leader that steps down fails the reads it had not confirmed
+//! with [`ProposeError::NotLeader`]; a read is always safe to retry.
+//!
 //! A proposal is answered when its entry is applied: with the applier's
 //! reply if the entry at its index is still the one it proposed, or with
 //! [`ProposeError::Dropped`] if a new leader replaced it. A failed write or
@@ -28,10 +35,11 @@ use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
-use raft::{RawNode, StateRole};
+use raft::{RawNode, StateRole, Storage};
 use tokio::sync::oneshot;
 
 use super::log::GroupLog;
+use super::BatchError;
 use crate::shard::engine::{Engine, EngineError, Op};
 
 /// How a node's loop runs its groups.
@@ -50,6 +58,13 @@ pub struct BatchConfig {
     pub max_append_bytes: u64,
     /// Most append messages in flight to one follower.
     pub max_inflight: usize,
+    /// Most bytes of proposals a leader holds uncommitted per group; past
+    /// it a proposal is refused ([`ProposeError::Dropped`]) instead of
+    /// growing memory while followers are away.
+    pub max_uncommitted_bytes: u64,
+    /// Most bytes of committed entries handed to the applier per group
+    /// per turn (a restarted node applies a long log in pieces).
+    pub max_apply_bytes: u64,
 }
 
 impl BatchConfig {
@@ -61,6 +76,8 @@ impl BatchConfig {
             election_ticks: 10,
             max_append_bytes: 1 << 20,
             max_inflight: 256,
+            max_uncommitted_bytes: 64 << 20,
+            max_apply_bytes: 16 << 20,
         }
     }
 }
@@ -88,14 +105,13 @@ pub trait Applier: Send + 'static {
 
     /// The last index `gid` has applied (0 for none); the loop hands over
     /// the entries after it when it opens the group.
-    fn applied(&self, gid: u64) -> u64;
+    fn applied(&mut self, gid: u64) -> Result<u64, BatchError>;
 
     /// Apply one turn's newly committed entries of every group, each
     /// group's in log order (empty entries included, so that an applied
     /// index can follow them; configuration changes are the loop's and
     /// come as empty entries). One reply per entry, in the same shape.
-    fn apply(&mut self, groups: &[(u64, Vec<Entry>)])
-        -> Result<Vec<Vec<Self::Reply>>, EngineError>;
+    fn apply(&mut self, groups: &[(u64, Vec<Entry>)]) -> Result<Vec<Vec<Self::Reply>>, BatchError>;
 }
 
 /// Carries one turn's messages to a peer node.
@@ -120,6 +136,9 @@ pub struct Stats {
     pub sends: AtomicU64,
     /// Applier calls.
     pub applies: AtomicU64,
+    /// ReadIndex rounds started (each for all the reads of a group that
+    /// arrived in one turn).
+    pub read_rounds: AtomicU64,
 }
 
 impl Stats {
@@ -141,6 +160,7 @@ pub struct GroupStatus {
 }
 
 type Waiter<R> = oneshot::Sender<Result<R, ProposeError>>;
+type ReadWaiter = oneshot::Sender<Result<(), ProposeError>>;
 
 enum Input<R> {
     Propose {
@@ -163,6 +183,10 @@ enum Input<R> {
         gid: u64,
         reply: oneshot::Sender<Option<GroupStatus>>,
     },
+    Read {
+        gid: u64,
+        reply: ReadWaiter,
+    },
     Stop,
 }
 
@@ -183,14 +207,23 @@ impl<R> Clone for Handle<R> {
 
 impl<R: Send + 'static> Handle<R> {
     /// Propose `data` to `gid`; the answer comes once the entry is applied.
-    pub fn propose(&self, gid: u64, data: Vec<u8>) -> oneshot::Receiver<Result<R, ProposeError>> {
+    /// A loop that is gone (stopped, or ended by a bug) answers
+    /// [`ProposeError::Stopped`]: the outcome is unknown.
+    pub fn propose(
+        &self,
+        gid: u64,
+        data: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<R, ProposeError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
         if let Err(mpsc::SendError(Input::Propose { reply, .. })) =
             self.tx.send(Input::Propose { gid, data, reply })
         {
             let _ = reply.send(Err(ProposeError::Stopped("not running".into())));
         }
-        rx
+        async move {
+            rx.await
+                .unwrap_or_else(|_| Err(ProposeError::Stopped("the Raft loop ended".into())))
+        }
     }
 
     /// Hand over messages a peer sent.
@@ -204,6 +237,22 @@ impl<R: Send + 'static> Handle<R> {
         let (done, rx) = oneshot::channel();
         let _ = self.tx.send(Input::Open { gid, voters, done });
         rx
+    }
+
+    /// Wait until `gid` may be read linearizably on this node: this replica
+    /// leads, a quorum confirmed it after the call, and it has applied
+    /// everything committed before the call. Then read its rows.
+    pub fn read(&self, gid: u64) -> impl std::future::Future<Output = Result<(), ProposeError>> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(mpsc::SendError(Input::Read { reply, .. })) =
+            self.tx.send(Input::Read { gid, reply })
+        {
+            let _ = reply.send(Err(ProposeError::Stopped("not running".into())));
+        }
+        async move {
+            rx.await
+                .unwrap_or_else(|_| Err(ProposeError::Stopped("the Raft loop ended".into())))
+        }
     }
 
     /// Make this replica stand for election now.
@@ -252,6 +301,8 @@ pub fn start<A: Applier, T: Transport>(
         logger,
         jobs: VecDeque::new(),
         next_seq: 0,
+        next_read: 1,
+        read_groups: HashSet::new(),
         dirty_hard_states: HashSet::new(),
         stats,
         stopped: None,
@@ -266,6 +317,40 @@ struct Group<R> {
     raw: RawNode<GroupLog>,
     /// Proposals waiting for their entry: (index, term, waiter), by index.
     waiting: VecDeque<(u64, u64, Waiter<R>)>,
+    /// Reads that arrived this turn, not yet in a ReadIndex round.
+    reads_new: Vec<ReadWaiter>,
+    /// ReadIndex rounds in flight, oldest first: (context, reads).
+    reads_asked: VecDeque<(u64, Vec<ReadWaiter>)>,
+    /// Confirmed rounds waiting for the apply: (read index, reads).
+    reads_ready: VecDeque<(u64, Vec<ReadWaiter>)>,
+}
+
+impl<R> Group<R> {
+    /// Fail the reads no quorum confirmed (this replica stopped leading).
+    fn fail_unconfirmed_reads(&mut self, err: &ProposeError) {
+        let asked = self.reads_asked.drain(..).flat_map(|(_, w)| w);
+        for w in self.reads_new.drain(..).chain(asked) {
+            let _ = w.send(Err(err.clone()));
+        }
+    }
+
+    /// Answer the confirmed reads the apply has reached.
+    fn answer_reads(&mut self) {
+        let applied = self.raw.raft.raft_log.applied;
+        while self.reads_ready.front().is_some_and(|(i, _)| *i <= applied) {
+            let (_, waiters) = self.reads_ready.pop_front().expect("checked");
+            for w in waiters {
+                let _ = w.send(Ok(()));
+            }
+        }
+    }
+
+    fn not_leader(&self) -> ProposeError {
+        let leader = self.raw.raft.leader_id;
+        ProposeError::NotLeader {
+            leader: (leader != 0).then_some(leader),
+        }
+    }
 }
 
 /// A group's part of a pending engine write.
@@ -288,6 +373,10 @@ struct Loop<A: Applier, T> {
     /// learns when it is).
     jobs: VecDeque<(u64, Vec<Persist>)>,
     next_seq: u64,
+    /// The context of the next ReadIndex round.
+    next_read: u64,
+    /// Groups with reads that arrived this turn.
+    read_groups: HashSet<u64>,
     /// Groups whose hard state changed only in its commit index: written
     /// with the next synced write, not on its own (a commit index may be
     /// lost; Raft learns it again).
@@ -331,11 +420,23 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             for (_, _, w) in g.waiting.drain(..) {
                 let _ = w.send(Err(ProposeError::Stopped(why.clone())));
             }
+            g.fail_unconfirmed_reads(&ProposeError::Stopped(why.clone()));
+            for (_, waiters) in g.reads_ready.drain(..) {
+                for w in waiters {
+                    let _ = w.send(Err(ProposeError::Stopped(why.clone())));
+                }
+            }
         }
         // Fail what arrived after the stop, too.
         while let Ok(input) = self.rx.try_recv() {
-            if let Input::Propose { reply, .. } = input {
-                let _ = reply.send(Err(ProposeError::Stopped(why.clone())));
+            match input {
+                Input::Propose { reply, .. } => {
+                    let _ = reply.send(Err(ProposeError::Stopped(why.clone())));
+                }
+                Input::Read { reply, .. } => {
+                    let _ = reply.send(Err(ProposeError::Stopped(why.clone())));
+                }
+                _ => {}
             }
         }
     }
@@ -385,6 +486,18 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 });
                 let _ = reply.send(s);
             }
+            Input::Read { gid, reply } => match self.groups.get_mut(&gid) {
+                None => {
+                    let _ = reply.send(Err(ProposeError::NoGroup(gid)));
+                }
+                Some(g) if g.raw.raft.state != StateRole::Leader => {
+                    let _ = reply.send(Err(g.not_leader()));
+                }
+                Some(g) => {
+                    g.reads_new.push(reply);
+                    self.read_groups.insert(gid);
+                }
+            },
             Input::Stop => self.stopped = Some("the node is shutting down".into()),
         }
     }
@@ -405,13 +518,30 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 log
             }
         };
-        let applied = self.applier.applied(gid).min(log.hard_state().commit);
+        let applied = self
+            .applier
+            .applied(gid)
+            .map_err(|e| format!("group {gid}: {e}"))?;
+        let last = log.last_index().map_err(|e| format!("group {gid}: {e}"))?;
+        if applied > last {
+            // The data is ahead of the log it came from: not this node's
+            // log, or a log that lost synced writes. Refuse the group.
+            return Err(format!(
+                "group {gid}: applied index {applied} is past the stored log's end {last}"
+            ));
+        }
+        // The stored commit index may lag (it is not synced on its own),
+        // but what was applied was committed.
+        let mut log = log;
+        log.raise_commit(applied);
         let cfg = raft::Config {
             id: self.config.node_id,
             election_tick: self.config.election_ticks,
             heartbeat_tick: self.config.heartbeat_ticks,
             max_size_per_msg: self.config.max_append_bytes,
             max_inflight_msgs: self.config.max_inflight,
+            max_uncommitted_size: self.config.max_uncommitted_bytes,
+            max_committed_size_per_ready: self.config.max_apply_bytes,
             applied,
             check_quorum: true,
             pre_vote: true,
@@ -424,6 +554,9 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             Group {
                 raw,
                 waiting: VecDeque::new(),
+                reads_new: Vec::new(),
+                reads_asked: VecDeque::new(),
+                reads_ready: VecDeque::new(),
             },
         );
         Ok(())
@@ -455,6 +588,27 @@ impl<A: Applier, T: Transport> Loop<A, T> {
 
     /// One turn's ready work of every group: see the module doc.
     fn turn(&mut self) {
+        // One ReadIndex round per group for all the reads of this turn.
+        for gid in std::mem::take(&mut self.read_groups) {
+            let Some(g) = self.groups.get_mut(&gid) else {
+                continue;
+            };
+            if g.reads_new.is_empty() {
+                continue;
+            }
+            if !g.raw.raft.commit_to_current_term() {
+                // A new leader answers no ReadIndex before an entry of its
+                // own term commits (raft-rs drops the request): wait.
+                self.read_groups.insert(gid);
+                continue;
+            }
+            let ctx = self.next_read;
+            self.next_read += 1;
+            g.raw.read_index(ctx.to_be_bytes().to_vec());
+            Stats::add(&self.stats.read_rounds, 1);
+            let reads = std::mem::take(&mut g.reads_new);
+            g.reads_asked.push_back((ctx, reads));
+        }
         let mut ops: Vec<Op> = Vec::new();
         let mut sync = false;
         let mut out: HashMap<u64, Vec<(u64, Message)>> = HashMap::new();
@@ -466,6 +620,33 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 continue;
             }
             let mut rd = g.raw.ready();
+            if rd.ss().is_some_and(|ss| ss.raft_state != StateRole::Leader) {
+                let err = g.not_leader();
+                g.fail_unconfirmed_reads(&err);
+            }
+            for rs in rd.take_read_states() {
+                let Ok(ctx) = <[u8; 8]>::try_from(&rs.request_ctx[..]) else {
+                    continue;
+                };
+                let ctx = u64::from_be_bytes(ctx);
+                // Rounds complete in order; one skipped was lost with a
+                // change of leader.
+                while let Some((asked, waiters)) = g.reads_asked.pop_front() {
+                    if asked == ctx {
+                        g.reads_ready.push_back((rs.index, waiters));
+                        break;
+                    }
+                    if asked > ctx {
+                        g.reads_asked.push_front((asked, waiters));
+                        break;
+                    }
+                    let err = g.not_leader();
+                    for w in waiters {
+                        let _ = w.send(Err(err.clone()));
+                    }
+                }
+            }
+            g.answer_reads();
             for m in rd.take_messages() {
                 out.entry(m.to).or_default().push((gid, m));
             }
@@ -640,6 +821,7 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             if last > 0 {
                 g.raw.advance_apply_to(last);
             }
+            g.answer_reads();
         }
     }
 }

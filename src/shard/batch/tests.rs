@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use raft::prelude::{Entry, Message};
 
-use super::{start, Applier, BatchConfig, Handle, ProposeError, Transport};
-use crate::shard::engine::{data_key, Cf, Engine, EngineError, Op};
+use super::{start, Applier, BatchConfig, BatchError, Handle, ProposeError, Transport};
+use crate::shard::engine::{data_key, Cf, Engine, Op};
 
 /// Group → (index, data) of each non-empty entry a node applied.
 type AppliedMap = HashMap<u64, Vec<(u64, Vec<u8>)>>;
@@ -28,13 +28,13 @@ struct RowApplier {
 impl Applier for RowApplier {
     type Reply = u64;
 
-    fn applied(&self, _gid: u64) -> u64 {
+    fn applied(&mut self, _gid: u64) -> Result<u64, BatchError> {
         // The memory of a restarted node starts empty: everything is
         // applied again from the log, which the rows tolerate.
-        0
+        Ok(0)
     }
 
-    fn apply(&mut self, groups: &[(u64, Vec<Entry>)]) -> Result<Vec<Vec<u64>>, EngineError> {
+    fn apply(&mut self, groups: &[(u64, Vec<Entry>)]) -> Result<Vec<Vec<u64>>, BatchError> {
         let mut ops = Vec::new();
         let mut replies = Vec::new();
         let mut seen = self.applied.lock().unwrap();
@@ -57,18 +57,35 @@ impl Applier for RowApplier {
     }
 }
 
-#[derive(Clone, Default)]
-struct Net {
-    nodes: Arc<Mutex<HashMap<u64, Handle<u64>>>>,
+struct Net<R = u64> {
+    nodes: Arc<Mutex<HashMap<u64, Handle<R>>>>,
     cut: Arc<Mutex<HashSet<u64>>>,
 }
 
-struct NetTransport {
-    from: u64,
-    net: Net,
+impl<R> Default for Net<R> {
+    fn default() -> Self {
+        Net {
+            nodes: Arc::default(),
+            cut: Arc::default(),
+        }
+    }
 }
 
-impl Transport for NetTransport {
+impl<R> Clone for Net<R> {
+    fn clone(&self) -> Self {
+        Net {
+            nodes: self.nodes.clone(),
+            cut: self.cut.clone(),
+        }
+    }
+}
+
+struct NetTransport<R = u64> {
+    from: u64,
+    net: Net<R>,
+}
+
+impl<R: Send + 'static> Transport for NetTransport<R> {
     fn send(&mut self, to: u64, msgs: Vec<(u64, Message)>) {
         let cut = self.net.cut.lock().unwrap();
         if cut.contains(&self.from) || cut.contains(&to) {
@@ -184,12 +201,7 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let leader = self.leader(gid).await;
-            match self
-                .handle(leader)
-                .propose(gid, data.to_vec())
-                .await
-                .unwrap()
-            {
+            match self.handle(leader).propose(gid, data.to_vec()).await {
                 Ok(index) => return index,
                 Err(ProposeError::NotLeader { .. } | ProposeError::Dropped) => {}
                 Err(e) => panic!("group {gid}: {e}"),
@@ -249,7 +261,7 @@ async fn every_group_commits_the_same_entries_on_every_replica() {
         }
     }
     for (gid, i, rx) in tasks {
-        match rx.await.unwrap() {
+        match rx.await {
             Ok(index) => acked.entry(gid).or_default().push((index, data(gid, i))),
             Err(e) => panic!("group {gid} write {i}: {e}"),
         }
@@ -281,7 +293,7 @@ async fn a_follower_names_the_leader_and_an_unknown_group_is_refused() {
     // A follower learns its leader from the first append or heartbeat.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = c.handle(follower).propose(7, b"x".to_vec()).await.unwrap();
+        let r = c.handle(follower).propose(7, b"x".to_vec()).await;
         match r {
             Err(ProposeError::NotLeader { leader: Some(l) }) => {
                 assert_eq!(l, leader);
@@ -296,7 +308,7 @@ async fn a_follower_names_the_leader_and_an_unknown_group_is_refused() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let r = c.handle(leader).propose(99, b"x".to_vec()).await.unwrap();
+    let r = c.handle(leader).propose(99, b"x".to_vec()).await;
     assert_eq!(r, Err(ProposeError::NoGroup(99)));
 }
 
@@ -345,28 +357,69 @@ async fn a_leader_cut_from_its_followers_acknowledges_nothing() {
     assert_eq!(c.leader(5).await, 1);
     c.write(5, b"before").await;
     c.net.cut.lock().unwrap().extend([2, 3]);
-    let mut rx = c.handle(1).propose(5, b"alone".to_vec());
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut rx = Box::pin(c.handle(1).propose(5, b"alone".to_vec()));
     // No majority holds the entry: it must not be acknowledged. (A leader
     // that lost its quorum steps down; the proposal stays unanswered until
     // it is applied or replaced.)
-    match rx.try_recv() {
-        Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
-        other => panic!("a write without a majority was answered: {other:?}"),
+    if let Ok(r) = tokio::time::timeout(Duration::from_millis(600), &mut rx).await {
+        panic!("a write without a majority was answered: {r:?}");
     }
     c.net.cut.lock().unwrap().clear();
     // Healed: the entry is either applied everywhere or replaced by a new
     // leader's log, and its waiter hears which.
     let r = tokio::time::timeout(Duration::from_secs(20), rx)
         .await
-        .expect("the proposal is answered once the group heals")
-        .unwrap();
+        .expect("the proposal is answered once the group heals");
     let applied = c.converged().await;
     let has = applied[&5].iter().any(|(_, d)| d == b"alone");
     match r {
         Ok(_) => assert!(has, "acknowledged but not applied"),
         Err(ProposeError::Dropped) => assert!(!has, "applied but reported dropped"),
         Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_wait_for_a_quorum_and_the_apply_and_share_rounds() {
+    let c = Cluster::new(&[6]);
+    c.handle(2).campaign(6);
+    let leader = c.leader(6).await;
+    let index = c.write(6, b"w1").await;
+    c.handle(leader).read(6).await.unwrap();
+    let status = c.handle(leader).status(6).await.unwrap().unwrap();
+    assert!(status.applied >= index, "read answered before the apply");
+
+    // Reads that reach the leader together share ReadIndex rounds.
+    let stats = c.handle(leader).stats();
+    let rounds = || stats.read_rounds.load(std::sync::atomic::Ordering::Relaxed);
+    let before = rounds();
+    let reads: Vec<_> = (0..50).map(|_| c.handle(leader).read(6)).collect();
+    for r in reads {
+        r.await.unwrap();
+    }
+    let used = rounds() - before;
+    assert!(used < 50, "50 reads took {used} rounds");
+
+    // Elsewhere: refused, and retryable.
+    let followers: Vec<u64> = VOTERS.iter().copied().filter(|&n| n != leader).collect();
+    let r = c.handle(followers[0]).read(6).await;
+    assert!(
+        matches!(r, Err(ProposeError::NotLeader { .. })),
+        "a follower answered {r:?}"
+    );
+    assert_eq!(
+        c.handle(leader).read(77).await,
+        Err(ProposeError::NoGroup(77))
+    );
+
+    // A leader cut from its followers confirms no read: the others may
+    // elect a leader and take writes it has not seen.
+    c.net.cut.lock().unwrap().extend(followers.iter().copied());
+    let r = tokio::time::timeout(Duration::from_millis(600), c.handle(leader).read(6)).await;
+    match r {
+        Err(_elapsed) => {}
+        Ok(Err(ProposeError::NotLeader { .. })) => {}
+        Ok(other) => panic!("a leader without a quorum answered a read: {other:?}"),
     }
 }
 
@@ -417,5 +470,90 @@ fn a_replaced_suffix_is_gone_from_the_stored_log_too() {
         let state = l.initial_state().unwrap();
         assert_eq!(state.hard_state, hs);
         assert_eq!(state.conf_state.voters, VOTERS);
+    }
+}
+
+/// Shard commands through the shard applier: replies are the state
+/// machine's, and a restarted replica starts from the index its state
+/// machine applied, so an INCR is applied once, not again from the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_commands_apply_once_across_a_restart() {
+    use crate::shard::command::{LogCmd, OpReply, WriteCmd, WriteOp};
+    use crate::shard::value::Stored;
+
+    use super::{encode_command, ShardApplier};
+
+    const GID: u64 = 9;
+    let dir = tempfile::tempdir().unwrap();
+    let net: Net<OpReply> = Net::default();
+    let start_node = |id: u64| {
+        let engine = Arc::new(Engine::open(&dir.path().join(format!("n{id}")), true).unwrap());
+        let applier = ShardApplier::new(engine.clone(), tokio::runtime::Handle::current());
+        let transport = NetTransport {
+            from: id,
+            net: net.clone(),
+        };
+        let mut config = BatchConfig::new(id);
+        config.tick = Duration::from_millis(20);
+        let (handle, thread) = start(config, engine.clone(), applier, transport).unwrap();
+        net.nodes.lock().unwrap().insert(id, handle.clone());
+        let rx = handle.open_group(GID, VOTERS.to_vec());
+        tokio::task::block_in_place(|| rx.blocking_recv())
+            .unwrap()
+            .unwrap();
+        (handle, thread, engine)
+    };
+    let mut nodes: BTreeMap<u64, _> = VOTERS.iter().map(|&id| (id, start_node(id))).collect();
+    nodes[&1].0.campaign(GID);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !nodes[&1].0.status(GID).await.unwrap().unwrap().is_leader {
+        assert!(Instant::now() < deadline, "node 1 was not elected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let incr = || {
+        encode_command(&LogCmd::Write(WriteCmd {
+            now_ms: 1_700_000_000_000,
+            op: WriteOp::IncrBy {
+                key: bytes::Bytes::from_static(b"k"),
+                by: 1,
+            },
+        }))
+        .unwrap()
+    };
+    for n in 1..=10 {
+        let r = nodes[&1].0.propose(GID, incr()).await.unwrap();
+        assert_eq!(r, OpReply::Int(n));
+    }
+    // Node 3 stops after applying some or all of them; five more commit
+    // without it.
+    let (handle, thread, engine) = nodes.remove(&3).unwrap();
+    net.nodes.lock().unwrap().remove(&3);
+    handle.stop();
+    tokio::task::block_in_place(|| thread.join().unwrap());
+    drop((handle, engine));
+    for n in 11..=15 {
+        let r = nodes[&1].0.propose(GID, incr()).await.unwrap();
+        assert_eq!(r, OpReply::Int(n));
+    }
+    nodes.insert(3, start_node(3));
+    let commit = nodes[&1].0.status(GID).await.unwrap().unwrap().commit;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while nodes[&3].0.status(GID).await.unwrap().unwrap().applied < commit {
+        assert!(Instant::now() < deadline, "node 3 did not catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (id, (_, _, engine)) in &nodes {
+        let raw = engine
+            .view()
+            .get(Cf::Data, &data_key(GID, b"k"))
+            .unwrap()
+            .expect("the key is stored");
+        let value = Stored::decode(&raw).unwrap().data;
+        assert_eq!(&value[..], b"15", "node {id}");
+    }
+    for (id, (handle, thread, _)) in nodes {
+        net.nodes.lock().unwrap().remove(&id);
+        handle.stop();
+        tokio::task::block_in_place(|| thread.join().unwrap());
     }
 }

@@ -1,0 +1,115 @@
+//! The batch engine's applier for shard groups: each group's committed
+//! entries go through the same [`StateMachine`] an openraft group uses
+//! (`StateMachine::apply_batch`: the pure apply, the row cache, the key
+//! count, and the applied index written in the same `WriteBatch` as the
+//! data), so a SET does on this engine exactly what it does on openraft.
+//!
+//! An entry's data is one [`LogCmd`] (`Format::BatchCommand`); an empty
+//! entry (a new leader's, or a configuration change the loop applied) is
+//! applied as a blank one, which only moves the applied index. The applied
+//! index each group's state machine holds is what the loop gives raft-rs
+//! when it opens the group, so a restarted node applies only what comes
+//! after it: an INCR is never applied twice. A command that does not decode
+//! is corrupt data and stops the loop; it is never skipped.
+//!
+//! The state machine's methods are async (a read that misses RocksDB's
+//! memory goes to a blocking thread); the loop thread, which is not a
+//! runtime thread, runs them to completion on the node's runtime.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::EntryPayload;
+use raft::prelude::Entry;
+
+use super::node::Applier;
+use super::BatchError;
+use crate::shard::codec::{self, Format};
+use crate::shard::command::{LogCmd, OpReply};
+use crate::shard::engine::Engine;
+use crate::shard::store::StateMachine;
+use crate::shard::types::{self, log_id};
+
+/// Encode a command as a batch-engine entry's data.
+pub fn encode_command(cmd: &LogCmd) -> Result<Vec<u8>, codec::CodecError> {
+    codec::encode(Format::BatchCommand, cmd)
+}
+
+/// Applies shard groups' entries with shoal's state machine; see the
+/// module doc.
+pub struct ShardApplier {
+    engine: Arc<Engine>,
+    runtime: tokio::runtime::Handle,
+    machines: HashMap<u64, StateMachine>,
+}
+
+impl ShardApplier {
+    /// `runtime` runs the state machines' async work; the loop thread must
+    /// not be one of its worker threads.
+    pub fn new(engine: Arc<Engine>, runtime: tokio::runtime::Handle) -> ShardApplier {
+        ShardApplier {
+            engine,
+            runtime,
+            machines: HashMap::new(),
+        }
+    }
+
+    fn machine(&mut self, gid: u64) -> Result<&mut StateMachine, BatchError> {
+        if !self.machines.contains_key(&gid) {
+            let sm = self
+                .runtime
+                .block_on(StateMachine::open(self.engine.clone(), gid))
+                .map_err(|e| {
+                    BatchError::Apply(format!("opening group {gid}'s state machine: {e}"))
+                })?;
+            self.machines.insert(gid, sm);
+        }
+        Ok(self.machines.get_mut(&gid).expect("inserted above"))
+    }
+}
+
+impl Applier for ShardApplier {
+    type Reply = OpReply;
+
+    fn applied(&mut self, gid: u64) -> Result<u64, BatchError> {
+        let runtime = self.runtime.clone();
+        let sm = self.machine(gid)?;
+        let (applied, _) = runtime
+            .block_on(sm.applied_state())
+            .map_err(|e| BatchError::Apply(format!("group {gid}: {e}")))?;
+        Ok(applied.map_or(0, |l| l.index))
+    }
+
+    fn apply(&mut self, groups: &[(u64, Vec<Entry>)]) -> Result<Vec<Vec<OpReply>>, BatchError> {
+        let mut out = Vec::with_capacity(groups.len());
+        for (gid, entries) in groups {
+            let gid = *gid;
+            let mut batch = Vec::with_capacity(entries.len());
+            for e in entries {
+                let payload = if e.data.is_empty() {
+                    EntryPayload::Blank
+                } else {
+                    let cmd: LogCmd =
+                        codec::decode(Format::BatchCommand, &e.data).map_err(|err| {
+                            BatchError::Corrupt(format!("group {gid} entry {}: {err}", e.index))
+                        })?;
+                    EntryPayload::Normal(cmd)
+                };
+                // The leader's node is not in a raft-rs entry; the state
+                // machine keeps only the index and term of what it applied.
+                batch.push(types::Entry {
+                    log_id: log_id(e.term, 0, e.index),
+                    payload,
+                });
+            }
+            let runtime = self.runtime.clone();
+            let sm = self.machine(gid)?;
+            let replies = runtime
+                .block_on(sm.apply_batch(batch))
+                .map_err(|e| BatchError::Apply(format!("group {gid}: {e}")))?;
+            out.push(replies);
+        }
+        Ok(out)
+    }
+}
