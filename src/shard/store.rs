@@ -1194,15 +1194,7 @@ impl StateMachine {
         ops: &[Op],
         blocking: bool,
     ) -> Result<bool, StorageError> {
-        let fence = self.closed.read().map_err(|_| write_err(closed_err()))?;
-        if *fence {
-            return Err(write_err(closed_err()));
-        }
-        if blocking {
-            engine.write_direct(ops).map_err(write_err)?;
-            return Ok(true);
-        }
-        engine.write_direct_unless_stalled(ops).map_err(write_err)
+        write_fenced(engine, std::slice::from_ref(&self.closed), ops, blocking)
     }
 
     /// Remove element rows of dead generations (a collection deleted,
@@ -1390,76 +1382,106 @@ impl StateMachine {
     /// Apply committed `entries` (one reply per entry, in order): their
     /// data changes and the new applied index go into one `WriteBatch`.
     pub async fn apply_batch(&self, entries: Vec<Entry>) -> Result<Vec<OpReply>, StorageError> {
-        if entries.is_empty() {
-            return Ok(Vec::new());
+        let mut replies = StateMachine::apply_many(vec![(self, entries)]).await?;
+        Ok(replies.pop().unwrap_or_default())
+    }
+
+    /// Apply the committed entries of several groups of one node (state
+    /// machines over the same engine): each group's replies, in order. The
+    /// data changes and new applied indexes of all of them go into **one**
+    /// `WriteBatch`, so a crash keeps or loses each group's batch whole, as
+    /// with one group. Each group's batch is computed right here from what
+    /// RocksDB holds in memory (the keys just written, hot ones), or on a
+    /// blocking thread when a value is only on disk; either way the same
+    /// pure function of the same values. The groups' locks are held from
+    /// the compute to the end of the write, taken in the order given.
+    pub async fn apply_many(
+        batches: Vec<(&StateMachine, Vec<Entry>)>,
+    ) -> Result<Vec<Vec<OpReply>>, StorageError> {
+        let mut replies: Vec<Vec<OpReply>> = vec![Vec::new(); batches.len()];
+        let failpoint = crate::failpoint::armed("apply-fails-on-key");
+        let mut work = Vec::with_capacity(batches.len());
+        for (slot, (sm, entries)) in batches.into_iter().enumerate() {
+            if entries.is_empty() {
+                continue;
+            }
+            if failpoint && writes_failpoint_key(&entries) {
+                return Err(write_err(std::io::Error::other(
+                    "failpoint apply-fails-on-key: a write of failpoint:apply-fails",
+                )));
+            }
+            let inner = sm.inner.lock().await;
+            sm.check_open()?;
+            work.push((slot, sm, inner, entries));
         }
-        if crate::failpoint::armed("apply-fails-on-key") && writes_failpoint_key(&entries) {
-            return Err(write_err(std::io::Error::other(
-                "failpoint apply-fails-on-key: a write of failpoint:apply-fails",
-            )));
-        }
-        let mut inner = self.inner.lock().await;
-        self.check_open()?;
+        let Some(engine) = work.first().map(|w| w.2.engine.clone()) else {
+            return Ok(replies);
+        };
         let _timer = crate::metrics::APPLY_SECONDS.start_timer();
-        let before = ApplyState {
-            applied: inner.applied,
-            membership: inner.membership.clone(),
-            prepared_count: inner.prepared_count,
-            key_count: inner
-                .key_count
-                .filter(|(index, _)| *index == applied_index(&inner.applied))
-                .map(|(_, n)| n),
-        };
-        let gid = inner.gid;
-        let engine = inner.engine.clone();
-        // Computed right here from what RocksDB holds in memory (the keys
-        // just written, hot ones); when a value would have to come from
-        // disk, again on a blocking thread.
-        let notify = self.publisher.get().map_or(0, |p| p.wanted());
-        let inline =
-            engine.read_cached(|view| compute_apply(view, gid, &entries, before.clone(), notify));
-        let done = match inline {
-            Some(done) => {
-                let done = done?;
-                // An unsynced write (the WAL sync of the log runs outside
-                // RocksDB's write queue): it does not wait for an fsync.
-                // One RocksDB would stall is made on a blocking thread.
-                if !self.write_applied(&engine, &done.ops, false)? {
-                    let (sm, engine) = (self.clone(), engine.clone());
-                    let ops = done.ops.clone();
-                    tokio::task::spawn_blocking(move || sm.write_applied(&engine, &ops, true))
-                        .await
-                        .map_err(write_err)??;
+        let mut done = Vec::with_capacity(work.len());
+        for (_, sm, inner, entries) in work.iter_mut() {
+            let before = ApplyState {
+                applied: inner.applied,
+                membership: inner.membership.clone(),
+                prepared_count: inner.prepared_count,
+                key_count: inner
+                    .key_count
+                    .filter(|(index, _)| *index == applied_index(&inner.applied))
+                    .map(|(_, n)| n),
+            };
+            let gid = inner.gid;
+            let notify = sm.publisher.get().map_or(0, |p| p.wanted());
+            let inline = engine
+                .read_cached(|view| compute_apply(view, gid, entries, before.clone(), notify));
+            let applied = match inline {
+                Some(applied) => applied?,
+                None => {
+                    let (engine, entries) = (engine.clone(), std::mem::take(entries));
+                    tokio::task::spawn_blocking(move || {
+                        compute_apply(&engine.view(), gid, &entries, before, notify)
+                    })
+                    .await
+                    .map_err(write_err)??
                 }
-                done
-            }
-            None => {
-                let sm = self.clone();
-                tokio::task::spawn_blocking(move || {
-                    let done = compute_apply(&engine.view(), gid, &entries, before, notify)?;
-                    sm.write_applied(&engine, &done.ops, true)?;
-                    Ok::<_, StorageError>(done)
-                })
-                .await
-                .map_err(write_err)??
-            }
+            };
+            done.push(applied);
+        }
+        // One write for all. An unsynced write (the WAL sync of the log
+        // runs outside RocksDB's write queue): it does not wait for an
+        // fsync. One RocksDB would stall is made on a blocking thread.
+        let ops: Vec<Op> = if done.len() == 1 {
+            std::mem::take(&mut done[0].ops)
+        } else {
+            done.iter_mut()
+                .flat_map(|d| std::mem::take(&mut d.ops))
+                .collect()
         };
-        inner.applied = done.after.applied;
-        inner.membership = done.after.membership;
-        inner.prepared_count = done.after.prepared_count;
-        inner.key_count = done
-            .after
-            .key_count
-            .map(|n| (applied_index(&inner.applied), n));
-        if !done.filled.is_empty() {
-            self.waiters.filled(&done.filled);
+        let fences: Vec<_> = work.iter().map(|w| w.1.closed.clone()).collect();
+        if !write_fenced(&engine, &fences, &ops, false)? {
+            let engine = engine.clone();
+            tokio::task::spawn_blocking(move || write_fenced(&engine, &fences, &ops, true))
+                .await
+                .map_err(write_err)??;
         }
-        if !done.events.is_empty() {
-            if let Some(p) = self.publisher.get() {
-                p.publish(&done.events);
+        for ((slot, sm, inner, _), applied) in work.iter_mut().zip(done) {
+            inner.applied = applied.after.applied;
+            inner.membership = applied.after.membership;
+            inner.prepared_count = applied.after.prepared_count;
+            inner.key_count = applied
+                .after
+                .key_count
+                .map(|n| (applied_index(&inner.applied), n));
+            if !applied.filled.is_empty() {
+                sm.waiters.filled(&applied.filled);
             }
+            if !applied.events.is_empty() {
+                if let Some(p) = sm.publisher.get() {
+                    p.publish(&applied.events);
+                }
+            }
+            replies[*slot] = applied.replies;
         }
-        Ok(done.replies)
+        Ok(replies)
     }
 
     /// Replace the group's data with a received snapshot's.
@@ -1713,6 +1735,31 @@ fn copy_group(view: &SnapshotView<'_>, gid: u64) -> Result<Vec<u8>, engine::Engi
     .map_err(|e| engine::EngineError::Corrupt(e.to_string()))
 }
 
+/// Write applied batches of the state machines whose fences are given:
+/// not once one of them is closed (removed), and each fence is held while
+/// writing, so closing waits. `blocking`: a write RocksDB would stall is
+/// made anyway; otherwise it is not made and `Ok(false)` says so.
+fn write_fenced(
+    engine: &Engine,
+    fences: &[Arc<std::sync::RwLock<bool>>],
+    ops: &[Op],
+    blocking: bool,
+) -> Result<bool, StorageError> {
+    let mut held = Vec::with_capacity(fences.len());
+    for f in fences {
+        let guard = f.read().map_err(|_| write_err(closed_err()))?;
+        if *guard {
+            return Err(write_err(closed_err()));
+        }
+        held.push(guard);
+    }
+    if blocking {
+        engine.write_direct(ops).map_err(write_err)?;
+        return Ok(true);
+    }
+    engine.write_direct_unless_stalled(ops).map_err(write_err)
+}
+
 fn closed_err() -> std::io::Error {
     std::io::Error::other("the replica was removed: its state machine is closed")
 }
@@ -1876,6 +1923,47 @@ mod tests {
                 .collect(),
             reply: crate::shard::coll::HSetReply::Added,
         })
+    }
+
+    /// Several groups applied together: one reply list per group in the
+    /// order given, each group's rows and applied index its own, all of it
+    /// read back by state machines opened again.
+    #[tokio::test]
+    async fn groups_applied_together_keep_their_own_rows_and_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(Engine::open(dir.path(), true).unwrap());
+        let a = StateMachine::open(engine.clone(), 21).await.unwrap();
+        let b = StateMachine::open(engine.clone(), 22).await.unwrap();
+        let c = StateMachine::open(engine.clone(), 23).await.unwrap();
+        let replies = StateMachine::apply_many(vec![
+            (&a, vec![entry(1, LogCmd::Write(hset("h", &[("f", "a")])))]),
+            (&c, vec![]),
+            (
+                &b,
+                vec![
+                    entry(1, LogCmd::Write(hset("h", &[("f", "b"), ("g", "b")]))),
+                    entry(2, LogCmd::Write(del("h"))),
+                ],
+            ),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(
+            replies,
+            vec![
+                vec![OpReply::Int(1)],
+                vec![],
+                vec![OpReply::Int(2), OpReply::Int(1)]
+            ]
+        );
+        for (gid, index, keys) in [(21, Some(1), 1), (22, Some(2), 0), (23, None, 0)] {
+            let mut sm = StateMachine::open(engine.clone(), gid).await.unwrap();
+            let (applied, _) = sm.applied_state().await.unwrap();
+            assert_eq!(applied.map(|l| l.index), index, "group {gid}");
+            // The key count was written with the data, not counted anew.
+            let recorded = sm.inner.lock().await.key_count;
+            assert_eq!(recorded, Some((index.unwrap_or(0), keys)), "group {gid}");
+        }
     }
 
     fn del(key: &str) -> WriteCmd {

@@ -1,8 +1,9 @@
 //! The batch engine's applier for shard groups: each group's committed
 //! entries go through the same [`StateMachine`] an openraft group uses
-//! (`StateMachine::apply_batch`: the pure apply, the row cache, the key
-//! count, and the applied index written in the same `WriteBatch` as the
-//! data), so a SET does on this engine exactly what it does on openraft.
+//! (the pure apply, the row cache, the key count, and the applied index
+//! written in the same `WriteBatch` as the data), so a SET does on this
+//! engine exactly what it does on openraft. All the groups of a turn go
+//! into one RocksDB write ([`StateMachine::apply_many`]).
 //!
 //! An entry's data is one [`LogCmd`] (`Format::BatchCommand`); an empty
 //! entry (a new leader's, or a configuration change the loop applied) is
@@ -82,7 +83,7 @@ impl Applier for ShardApplier {
     }
 
     fn apply(&mut self, groups: &[(u64, Vec<Entry>)]) -> Result<Vec<Vec<OpReply>>, BatchError> {
-        let mut out = Vec::with_capacity(groups.len());
+        let mut batches = Vec::with_capacity(groups.len());
         for (gid, entries) in groups {
             let gid = *gid;
             let mut batch = Vec::with_capacity(entries.len());
@@ -103,13 +104,16 @@ impl Applier for ShardApplier {
                     payload,
                 });
             }
-            let runtime = self.runtime.clone();
-            let sm = self.machine(gid)?;
-            let replies = runtime
-                .block_on(sm.apply_batch(batch))
-                .map_err(|e| BatchError::Apply(format!("group {gid}: {e}")))?;
-            out.push(replies);
+            self.machine(gid)?;
+            batches.push((gid, batch));
         }
-        Ok(out)
+        // Every group of the turn in one RocksDB write.
+        let batches = batches
+            .into_iter()
+            .map(|(gid, batch)| (&self.machines[&gid], batch))
+            .collect();
+        self.runtime
+            .block_on(StateMachine::apply_many(batches))
+            .map_err(|e| BatchError::Apply(e.to_string()))
     }
 }
