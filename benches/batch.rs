@@ -534,6 +534,12 @@ fn main() {
     let mut warm = 20_000u64;
     let mut groups = vec![1u64, 8];
     let mut engines = vec!["batch".to_string(), "openraft".to_string()];
+    if !std::env::args().any(|a| a == "--bench") {
+        // `cargo test --all-targets` runs bench targets too, without
+        // `--bench`: this is a benchmark, not a test.
+        println!("batch: a benchmark; run it with bench/batch (or cargo bench --bench batch)");
+        return;
+    }
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().expect("a value after the flag");
