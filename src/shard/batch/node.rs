@@ -307,9 +307,24 @@ pub fn start<A: Applier, T: Transport>(
         stats,
         stopped: None,
     };
+    let node_id = lp.config.node_id;
     let thread = std::thread::Builder::new()
         .name("batch-raft".into())
-        .spawn(move || lp.run())?;
+        .spawn(move || {
+            // raft-rs panics on what it holds impossible (a peer's commit
+            // index past this log, say). The loop then ends like a failed
+            // write: every waiter hears it stopped (its sender dropped),
+            // and the reason is logged, not lost with the thread.
+            let run = std::panic::AssertUnwindSafe(|| lp.run());
+            if let Err(panic) = std::panic::catch_unwind(run) {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "a panic".into());
+                tracing::error!(node = node_id, "batch Raft loop stops: {why}");
+            }
+        })?;
     Ok((handle, thread))
 }
 

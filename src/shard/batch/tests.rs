@@ -557,3 +557,35 @@ async fn shard_commands_apply_once_across_a_restart() {
         tokio::task::block_in_place(|| thread.join().unwrap());
     }
 }
+
+/// raft-rs panics on what it holds impossible (here a heartbeat whose
+/// commit index is past the follower's log, as only a broken or forged
+/// peer sends). The loop ends, its thread ends cleanly, and whoever waits
+/// on it or asks it later hears that it stopped: no caller hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_that_panics_stops_its_waiters_instead_of_hanging_them() {
+    use raft::prelude::MessageType;
+
+    let mut c = Cluster::new(&[3]);
+    c.handle(1).campaign(3);
+    assert_eq!(c.leader(3).await, 1);
+    c.write(3, b"w").await;
+    let term = c.handle(2).status(3).await.unwrap().unwrap().term;
+    let mut forged = Message::default();
+    forged.set_msg_type(MessageType::MsgHeartbeat);
+    forged.from = 1;
+    forged.to = 2;
+    forged.term = term;
+    forged.commit = 1_000_000;
+    c.handle(2).deliver(vec![(3, forged)]);
+    let r = tokio::time::timeout(Duration::from_secs(10), c.handle(2).read(3))
+        .await
+        .expect("a read of a dead loop is answered");
+    assert!(matches!(r, Err(ProposeError::Stopped(_))), "{r:?}");
+    let r = c.handle(2).propose(3, b"x".to_vec()).await;
+    assert!(matches!(r, Err(ProposeError::Stopped(_))), "{r:?}");
+    // The other two still make a quorum.
+    c.net.nodes.lock().unwrap().remove(&2);
+    c.write(3, b"after").await;
+    c.stop(2);
+}
