@@ -138,10 +138,27 @@ pub struct GroupLog {
 }
 
 impl GroupLog {
-    /// The group as this node stored it, or `None` if it has no
-    /// configuration row here (the group does not exist on this node).
+    /// The group as this node stored it, or `None` if it has no Raft rows
+    /// here at all (the group does not exist on this node). Rows of a log
+    /// or a vote without the configuration row (an openraft group's, or a
+    /// damaged one) are refused: creating the group over them would mix
+    /// two logs and could vote twice in a term.
     pub fn open(view: &DbView, gid: u64) -> Result<Option<GroupLog>, EngineError> {
         let Some(raw) = view.get(Cf::State, &state_key(gid, tag::BATCH_CONF_STATE))? else {
+            let (start, end) = (log_key(gid, 0), log_key(gid, u64::MAX));
+            let logged = view.iter(Cf::Log, &start, &end)?.next().is_some();
+            let voted = [tag::BATCH_HARD_STATE, tag::VOTE]
+                .into_iter()
+                .map(|t| view.get(Cf::State, &state_key(gid, t)))
+                .collect::<Result<Vec<_>, _>>()?
+                .iter()
+                .any(Option::is_some);
+            if logged || voted {
+                return Err(EngineError::Corrupt(format!(
+                    "group {gid}: Raft rows without a batch-engine configuration \
+                     (another engine's group, or a damaged one)"
+                )));
+            }
             return Ok(None);
         };
         let conf: StoredConfState = decode(Format::BatchConfState, gid, &raw)?;
@@ -160,9 +177,13 @@ impl GroupLog {
         let (start, end) = (log_key(gid, 0), log_key(gid, u64::MAX));
         for row in view.iter(Cf::Log, &start, &end)? {
             let (key, value) = row?;
-            let index = u64::from_be_bytes(key[8..16].try_into().map_err(|_| {
-                EngineError::Corrupt(format!("group {gid}: a log key of {} bytes", key.len()))
-            })?);
+            let index = key
+                .get(8..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| {
+                    EngineError::Corrupt(format!("group {gid}: a log key of {} bytes", key.len()))
+                })?;
             let want = entries.len() as u64 + 1;
             if index != want {
                 return Err(EngineError::Corrupt(format!(

@@ -349,6 +349,18 @@ impl<R> Group<R> {
         }
     }
 
+    /// Fail everything waiting on this group (the loop stops).
+    fn fail_all(&mut self, err: &ProposeError) {
+        self.fail_unconfirmed_reads(err);
+        let proposals = self.waiting.drain(..).map(|(_, _, w)| w);
+        for w in proposals {
+            let _ = w.send(Err(err.clone()));
+        }
+        for w in self.reads_ready.drain(..).flat_map(|(_, w)| w) {
+            let _ = w.send(Err(err.clone()));
+        }
+    }
+
     /// Answer the confirmed reads the apply has reached.
     fn answer_reads(&mut self) {
         let applied = self.raw.raft.raft_log.applied;
@@ -431,25 +443,18 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             }
         }
         let why = self.stopped.clone().unwrap_or_else(|| "stopped".into());
+        let err = ProposeError::Stopped(why);
         for g in self.groups.values_mut() {
-            for (_, _, w) in g.waiting.drain(..) {
-                let _ = w.send(Err(ProposeError::Stopped(why.clone())));
-            }
-            g.fail_unconfirmed_reads(&ProposeError::Stopped(why.clone()));
-            for (_, waiters) in g.reads_ready.drain(..) {
-                for w in waiters {
-                    let _ = w.send(Err(ProposeError::Stopped(why.clone())));
-                }
-            }
+            g.fail_all(&err);
         }
         // Fail what arrived after the stop, too.
         while let Ok(input) = self.rx.try_recv() {
             match input {
                 Input::Propose { reply, .. } => {
-                    let _ = reply.send(Err(ProposeError::Stopped(why.clone())));
+                    let _ = reply.send(Err(err.clone()));
                 }
                 Input::Read { reply, .. } => {
-                    let _ = reply.send(Err(ProposeError::Stopped(why.clone())));
+                    let _ = reply.send(Err(err.clone()));
                 }
                 _ => {}
             }
@@ -582,10 +587,8 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             let _ = reply.send(Err(ProposeError::NoGroup(gid)));
             return;
         };
-        let raft = &g.raw.raft;
-        if raft.state != StateRole::Leader {
-            let leader = (raft.leader_id != 0).then_some(raft.leader_id);
-            let _ = reply.send(Err(ProposeError::NotLeader { leader }));
+        if g.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(g.not_leader()));
             return;
         }
         match g.raw.propose(Vec::new(), data) {

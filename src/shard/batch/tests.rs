@@ -386,6 +386,10 @@ async fn reads_wait_for_a_quorum_and_the_apply_and_share_rounds() {
     let leader = c.leader(6).await;
     let index = c.write(6, b"w1").await;
     c.handle(leader).read(6).await.unwrap();
+    // A read sees every write acknowledged before it. (On a steady leader
+    // an acknowledged write is already applied, so this cannot catch a
+    // read answered before the apply reaches its index; the case that
+    // can, a new leader behind on its applies, is not forced here.)
     let status = c.handle(leader).status(6).await.unwrap().unwrap();
     assert!(status.applied >= index, "read answered before the apply");
 
@@ -588,4 +592,93 @@ async fn a_loop_that_panics_stops_its_waiters_instead_of_hanging_them() {
     c.net.nodes.lock().unwrap().remove(&2);
     c.write(3, b"after").await;
     c.stop(2);
+}
+
+/// Rows of a Raft log or vote for a group id with no batch-engine
+/// configuration (an openraft group's, or a damaged group) are refused,
+/// and nothing is written over them.
+#[test]
+fn a_group_is_not_created_over_another_logs_rows() {
+    use super::GroupLog;
+    use crate::shard::engine::{log_key, state_key, tag};
+
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), true).unwrap();
+    engine
+        .write_direct(&[
+            Op::Put(Cf::Log, log_key(8, 1), b"an openraft entry".to_vec()),
+            Op::Put(
+                Cf::State,
+                state_key(9, tag::VOTE),
+                b"an openraft vote".to_vec(),
+            ),
+        ])
+        .unwrap();
+    for gid in [8, 9] {
+        let err = GroupLog::open(&engine.view(), gid).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("without a batch-engine configuration"),
+            "{err}"
+        );
+    }
+    assert!(GroupLog::open(&engine.view(), 11).unwrap().is_none());
+
+    // Through the loop: the open is refused and no configuration row is
+    // written.
+    let (handle, thread) = start(
+        BatchConfig::new(1),
+        Arc::new(engine),
+        RowApplier {
+            engine: Arc::new(Engine::open(&dir.path().join("other"), true).unwrap()),
+            applied: Applied::default(),
+        },
+        NetTransport {
+            from: 1,
+            net: Net::<u64>::default(),
+        },
+    )
+    .unwrap();
+    let r = handle
+        .open_group(8, VOTERS.to_vec())
+        .blocking_recv()
+        .unwrap();
+    assert!(r.is_err(), "a group was created over another log");
+    handle.stop();
+    thread.join().unwrap();
+}
+
+/// A malformed log key (shorter than group id and index) is an error, not
+/// a crash.
+#[test]
+fn a_short_log_key_is_corrupt_data() {
+    use super::{log::StoredConfState, GroupLog};
+    use crate::shard::codec::{self, Format};
+    use crate::shard::engine::{state_key, tag};
+
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), true).unwrap();
+    let conf = StoredConfState {
+        voters: VOTERS.to_vec(),
+        learners: vec![],
+        voters_outgoing: vec![],
+        learners_next: vec![],
+        auto_leave: false,
+    };
+    engine
+        .write_direct(&[
+            Op::Put(
+                Cf::State,
+                state_key(10, tag::BATCH_CONF_STATE),
+                codec::encode(Format::BatchConfState, &conf).unwrap(),
+            ),
+            Op::Put(
+                Cf::Log,
+                [10u64.to_be_bytes().as_slice(), b"x"].concat(),
+                vec![],
+            ),
+        ])
+        .unwrap();
+    let err = GroupLog::open(&engine.view(), 10).unwrap_err();
+    assert!(err.to_string().contains("a log key of 9 bytes"), "{err}");
 }
