@@ -4,7 +4,11 @@
 //! run.
 //!
 //! Three nodes in this process, each its own RocksDB (fsync on, in a
-//! temporary directory on the data disk). Both engines use shoal's own log
+//! temporary directory on the data disk). Engine `batch-sockets` is the
+//! batch engine with its messages over real TCP links between the nodes
+//! (`batch::wire`: each turn's batch for a peer encoded and posted on the
+//! node pair's Raft stream, served by the node's own Raft service), to
+//! weigh the wire against the in-process hand-over. Both engines use shoal's own log
 //! writer thread (one sync for whatever is queued) and shoal's own state
 //! machine (`store::StateMachine::apply_batch`: the SET applied as on a
 //! shard, row cache, key count and applied index included). Messages cross
@@ -30,7 +34,7 @@
 //! Run it with `bench/batch`; `cargo test` never builds it.
 //!
 //!   cargo bench --bench batch -- [--writes N] [--clients N] [--warm N]
-//!                                [--groups 1,8] [--engines batch,openraft]
+//!                                [--groups 1,8] [--engines batch,batch-sockets,openraft]
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -48,11 +52,13 @@ use openraft_legacy::network_v1::{
 };
 use raft::prelude::Message;
 use shoal::config::NodeConfig;
+use shoal::shard::batch::wire::StreamTransport;
 use shoal::shard::batch::{
     encode_command, start, BatchConfig, Handle, ProposeError, ShardApplier, Stats, Transport,
 };
 use shoal::shard::command::{Expiry, LogCmd, OpReply, SetCond, WriteCmd, WriteOp};
 use shoal::shard::engine::{data_key, Cf, Engine};
+use shoal::shard::host::{Host, HostConfig};
 use shoal::shard::store::{LogStore, Raft, StateMachine};
 use shoal::shard::types::{Node, SnapshotBytes, TypeConfig};
 
@@ -81,6 +87,13 @@ impl Transport for Local {
             h.deliver(msgs);
         }
     }
+}
+
+/// A node's [`Host`] with no openraft groups: what serves the batch
+/// engine's messages off the links.
+fn host(id: u64, engine: Arc<Engine>) -> Arc<Host> {
+    let config = HostConfig::from_node(&NodeConfig::default()).unwrap();
+    Host::new(id, engine, shoal::shard::network::Transport::new(), config)
 }
 
 // ---- openraft, each group its own Raft, as shard groups run today ----
@@ -177,6 +190,8 @@ enum Cluster {
         handles: Vec<Handle<OpReply>>,
         nodes: Nodes,
         threads: Vec<std::thread::JoinHandle<()>>,
+        /// Over sockets: each node's listener task.
+        servers: Vec<tokio::task::JoinHandle<()>>,
     },
     OpenRaft {
         engines: Vec<Arc<Engine>>,
@@ -185,19 +200,45 @@ enum Cluster {
 }
 
 impl Cluster {
-    async fn batch(dir: &std::path::Path, groups: u64) -> Cluster {
+    /// The batch engine; `sockets`: its messages cross real TCP links
+    /// (each node a [`Host`] serving framed links with the node's own
+    /// Raft service, [`StreamTransport`] between them), else in process.
+    async fn batch(dir: &std::path::Path, groups: u64, sockets: bool) -> Cluster {
         let nodes: Nodes = Arc::default();
         let mut threads = Vec::new();
         let mut handles = Vec::new();
         let mut engines = Vec::new();
-        for id in 1..=3u64 {
+        let mut servers = Vec::new();
+        let mut listeners = Vec::new();
+        for _ in 1..=3u64 {
+            listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let addrs: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect();
+        for (id, listener) in (1..=3u64).zip(listeners) {
             let engine = Arc::new(Engine::open(&dir.join(format!("n{id}")), true).unwrap());
             engines.push(engine.clone());
-            let applier = ShardApplier::new(engine.clone(), tokio::runtime::Handle::current());
-            let transport = Local {
-                nodes: nodes.clone(),
+            let runtime = tokio::runtime::Handle::current();
+            let applier = ShardApplier::new(engine.clone(), runtime.clone());
+            let config = BatchConfig::new(id);
+            let (h, t) = if sockets {
+                let host = host(id, engine.clone());
+                for (peer, addr) in (1..=3u64).zip(&addrs) {
+                    host.transport.set_peer(peer, addr.clone());
+                }
+                servers.push(shoal::shard::service::serve_links(listener, host.clone()));
+                let transport = StreamTransport::new(host.transport.clone(), runtime);
+                let (h, t) = start(config, engine, applier, transport).unwrap();
+                host.set_batch(h.clone());
+                (h, t)
+            } else {
+                let transport = Local {
+                    nodes: nodes.clone(),
+                };
+                start(config, engine, applier, transport).unwrap()
             };
-            let (h, t) = start(BatchConfig::new(id), engine, applier, transport).unwrap();
             nodes.lock().unwrap().insert(id, h.clone());
             for gid in 1..=groups {
                 h.open_group(gid, vec![1, 2, 3]).await.unwrap().unwrap();
@@ -213,6 +254,7 @@ impl Cluster {
             handles,
             nodes,
             threads,
+            servers,
         }
     }
 
@@ -355,8 +397,12 @@ impl Cluster {
                 handles,
                 nodes,
                 threads,
+                servers,
                 ..
             } => {
+                for s in servers {
+                    s.abort();
+                }
                 for h in &handles {
                     h.stop();
                 }
@@ -501,7 +547,8 @@ async fn run(engine: &str, groups: u64, writes: u64, clients: u64, warm: u64) ->
         .tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
         .unwrap();
     let cluster = Arc::new(match engine {
-        "batch" => Cluster::batch(dir.path(), groups).await,
+        "batch" => Cluster::batch(dir.path(), groups, false).await,
+        "batch-sockets" => Cluster::batch(dir.path(), groups, true).await,
         "openraft" => Cluster::openraft(dir.path(), groups).await,
         other => panic!("unknown engine {other}"),
     });

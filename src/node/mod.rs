@@ -63,13 +63,7 @@ pub async fn run(
         c.id,
         engine,
         Transport::with(c.dial_via.clone(), tls.clone()),
-        HostConfig {
-            raft: Arc::new(crate::shard::raft_config(&c)?),
-            write_timeout: Duration::from_millis(c.write_timeout_ms),
-            read_timeout: Duration::from_millis(c.read_timeout_ms),
-            limits: crate::shard::limits(&c)?,
-            hibernate: crate::shard::hibernate::HibernateConfig::from_node(&c),
-        },
+        HostConfig::from_node(&c)?,
     );
     host.scripts.set_runner(scripts);
     if let Some(at) = &c.metrics_listen {

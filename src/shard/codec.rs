@@ -118,11 +118,14 @@ pub enum Format {
     BatchConfState,
     /// The data of a batch-engine shard group's log entry: one `LogCmd`.
     BatchCommand,
+    /// Node → node: one turn's batch-engine Raft messages for the
+    /// receiving node (`batch::wire::WireBatch`, `KIND_BATCH`).
+    BatchMessages,
 }
 
 impl Format {
     /// Every kind, for tests and diagnostics.
-    pub const ALL: [Format; 30] = [
+    pub const ALL: [Format; 31] = [
         Format::LogEntry,
         Format::Vote,
         Format::Committed,
@@ -153,6 +156,7 @@ impl Format {
         Format::BatchHardState,
         Format::BatchConfState,
         Format::BatchCommand,
+        Format::BatchMessages,
     ];
 
     /// The kind's tag, the second byte of every blob of this kind.
@@ -188,6 +192,7 @@ impl Format {
             Format::BatchHardState => 28,
             Format::BatchConfState => 29,
             Format::BatchCommand => 30,
+            Format::BatchMessages => 31,
         }
     }
 
@@ -237,7 +242,8 @@ impl Format {
             | Format::RaftTransferReply
             | Format::BatchEntry
             | Format::BatchHardState
-            | Format::BatchConfState => (1, 1),
+            | Format::BatchConfState
+            | Format::BatchMessages => (1, 1),
         }
     }
 
@@ -286,6 +292,7 @@ impl Format {
             Format::BatchHardState => "batch-engine hard state",
             Format::BatchConfState => "batch-engine configuration",
             Format::BatchCommand => "batch-engine command",
+            Format::BatchMessages => "batch-engine messages",
         }
     }
 

@@ -1074,4 +1074,19 @@ fn batch_engine_rows() {
         "00",              // get: false
     );
     golden(Format::BatchCommand, &cmd, pinned);
+    // A batch of messages between nodes: each raft-rs message stays in its
+    // own protobuf encoding, so only the list around them is pinned here.
+    let batch = super::batch::wire::WireBatch {
+        messages: vec![super::batch::wire::WireMessage {
+            group: 300,
+            raft: Bytes::from_static(&[0x08, 0x03]),
+        }],
+    };
+    let pinned = concat!(
+        "011f",    // version 1, kind 31 (batch-engine messages)
+        "01",      // one message
+        "ac02",    // group 300
+        "02 0803", // its protobuf bytes
+    );
+    golden(Format::BatchMessages, &batch, pinned);
 }

@@ -132,6 +132,19 @@ pub struct HostConfig {
     pub hibernate: HibernateConfig,
 }
 
+impl HostConfig {
+    /// The settings a node runs its groups with, from its configuration.
+    pub fn from_node(c: &crate::config::NodeConfig) -> anyhow::Result<HostConfig> {
+        Ok(HostConfig {
+            raft: Arc::new(super::raft_config(c)?),
+            write_timeout: Duration::from_millis(c.write_timeout_ms),
+            read_timeout: Duration::from_millis(c.read_timeout_ms),
+            limits: super::limits(c)?,
+            hibernate: super::hibernate::HibernateConfig::from_node(c),
+        })
+    }
+}
+
 /// Runs of one script before it gives up on keys that keep changing.
 const MAX_SCRIPT_ATTEMPTS: u32 = 50;
 /// Runs of a script that lost to other writes before it holds the group's
@@ -158,6 +171,9 @@ pub struct Host {
     pub keyspace_events: Arc<super::notify::KeyspaceEvents>,
     /// The script runner and the scripts running now.
     pub scripts: super::script::Scripts,
+    /// The node's batch-engine loop, once one runs: where peers' batches
+    /// (`KIND_BATCH`) go ([`Host::deliver_batch`]).
+    batch: RwLock<Option<super::batch::Handle<super::command::OpReply>>>,
 }
 
 impl Host {
@@ -179,7 +195,26 @@ impl Host {
             pubsub: Arc::new(crate::shard::pubsub::Registry::new()),
             keyspace_events: Arc::default(),
             scripts: super::script::Scripts::default(),
+            batch: RwLock::new(None),
         })
+    }
+
+    /// Route peers' batch-engine messages to `handle`'s loop (a restarted
+    /// loop replaces the one before).
+    pub fn set_batch(&self, handle: super::batch::Handle<super::command::OpReply>) {
+        if let Ok(mut b) = self.batch.write() {
+            *b = Some(handle);
+        }
+    }
+
+    /// Hand a peer's batch of Raft messages (`KIND_BATCH`) to this node's
+    /// loop. `Ok(false)`: dropped (no loop runs here, or its inbox is
+    /// full); an error: the batch is refused whole.
+    pub fn deliver_batch(&self, raw: &[u8]) -> Result<bool, super::batch::wire::WireError> {
+        let Some(handle) = self.batch.read().ok().and_then(|b| b.clone()) else {
+            return Ok(false);
+        };
+        super::batch::wire::deliver(&handle, self.node_id, raw)
     }
 
     /// Record which replicas are kept as orphans, and why (replaces the

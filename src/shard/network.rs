@@ -125,6 +125,28 @@ impl Transport {
         self.raft.call(addr, || self.peer(addr), request, ttl).await
     }
 
+    /// Post one one-way message of `kind` to the node at `addr` on the
+    /// Raft stream ([`Streams::post`]): an error says it was not queued;
+    /// once queued it may still be lost with its stream, silently. It is
+    /// dropped on the node past `ttl`.
+    pub fn post_raw(
+        &self,
+        addr: &str,
+        kind: u32,
+        payload: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), CallError> {
+        let request = StreamRequest {
+            id: 0,
+            group_id: 0,
+            request: payload,
+            max_reply_len: 0,
+            timeout_ms: u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX),
+            kind,
+        };
+        self.raft.post(addr, || self.peer(addr), request)
+    }
+
     /// How streams reach the node at `addr`: its channel, and a framed
     /// link ([`super::link`]) dialled where `dial_via` says, under the
     /// cluster's TLS when set (the node's certificate must name the host of

@@ -24,7 +24,7 @@ use super::link;
 use super::network::{decode_vote, encode_result};
 use super::snapshot::Receiver;
 use super::status::node_status;
-use super::stream::{KIND_APPEND, KIND_HIBERNATE, KIND_PING, KIND_TRANSFER, KIND_VOTE};
+use super::stream::{KIND_APPEND, KIND_BATCH, KIND_HIBERNATE, KIND_PING, KIND_TRANSFER, KIND_VOTE};
 use super::types::TypeConfig;
 use super::wire;
 use super::ShardError;
@@ -78,7 +78,7 @@ impl RaftService for NodeService {
         let host = self.host.clone();
         Ok(Response::new(serve_stream(
             req.into_inner(),
-            move |r, at| Handled::Later(serve_raft(host.clone(), r, at)),
+            move |r, at| serve_raft_request(&host, r, at),
         )))
     }
 
@@ -240,6 +240,7 @@ where
                                         let _ = tx.send(served.await).await;
                                     }) as Running);
                                 }
+                                Handled::Done => {}
                             }
                         }
                     }
@@ -300,11 +301,32 @@ where
             link::Service::Shard => {
                 serve_stream(inbound, move |r, at| serve_execute(host.clone(), r, at))
             }
-            link::Service::Raft => serve_stream(inbound, move |r, at| {
-                Handled::Later(serve_raft(host.clone(), r, at))
-            }),
+            link::Service::Raft => {
+                serve_stream(inbound, move |r, at| serve_raft_request(&host, r, at))
+            }
         },
     );
+}
+
+/// Serve framed links, and only them, on `listener` with `host`'s
+/// services: what a node serves on its port less the gRPC services (for
+/// tests and benchmarks of the wire between nodes). Ends when aborted.
+pub fn serve_links(
+    listener: tokio::net::TcpListener,
+    host: Arc<Host>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok((socket, peer)) = listener.accept().await {
+            let host = host.clone();
+            tokio::spawn(async move {
+                let _ = socket.set_nodelay(true);
+                if link::is_link(&socket).await {
+                    link::keepalive(&socket);
+                    serve_link(socket, host, peer.to_string());
+                }
+            });
+        }
+    })
 }
 
 /// The largest request frame a node decodes for `service`: its gRPC
@@ -383,6 +405,8 @@ fn execute_reply(result: &Result<OpReply, ShardError>, max_reply: u64) -> Vec<u8
 enum Handled<F> {
     Now(StreamReply),
     Later(F),
+    /// A one-way request, done: nothing to answer.
+    Done,
 }
 
 /// The async part of a router's request, boxed: it holds the state of
@@ -417,6 +441,33 @@ fn serve_execute(host: Arc<Host>, r: StreamRequest, received: Instant) -> Handle
         let result = host.execute_bounded(r.group_id, request, max_reply).await;
         reply(r.id, execute_reply(&result, r.max_reply_len))
     }))
+}
+
+/// One request off a peer's Raft stream: a batch-engine batch is handed to
+/// the node's loop at once, in the order of the stream, and answered with
+/// nothing (it is one-way: a batch that waited past its deadline, does not
+/// decode or finds no loop is dropped, and Raft sends again); every other
+/// kind is served by [`serve_raft`].
+fn serve_raft_request(
+    host: &Arc<Host>,
+    r: StreamRequest,
+    received: Instant,
+) -> Handled<impl std::future::Future<Output = StreamReply>> {
+    if r.kind != KIND_BATCH {
+        return Handled::Later(serve_raft(host.clone(), r, received));
+    }
+    if expired(&r, received) {
+        tracing::debug!("a batch of Raft messages waited past its deadline: dropped");
+        return Handled::Done;
+    }
+    match host.deliver_batch(&r.request) {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::debug!("a batch of Raft messages dropped (no loop, or its inbox is full)")
+        }
+        Err(e) => tracing::warn!("a batch of Raft messages refused: {e}"),
+    }
+    Handled::Done
 }
 
 /// One AppendEntries, Vote or TransferLeader off a peer's stream, answered as the unary

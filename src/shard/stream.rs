@@ -43,6 +43,10 @@ pub const KIND_HIBERNATE: u32 = 3;
 pub const KIND_PING: u32 = 4;
 /// A leader hands its group to a peer (openraft's TransferLeader).
 pub const KIND_TRANSFER: u32 = 5;
+/// One turn's Raft messages of the batch engine for the receiving node,
+/// every group's together (`shard::batch::wire`). One-way: posted
+/// ([`Streams::post`]), never answered.
+pub const KIND_BATCH: u32 = 6;
 
 /// Most requests in one frame.
 const MAX_BATCH: usize = 1024;
@@ -89,6 +93,9 @@ struct Queued {
 enum Waiter {
     One(oneshot::Sender<Answer>),
     Slot(Slot),
+    /// A one-way request ([`Streams::post`]): nobody waits, and the node
+    /// sends no answer.
+    Posted,
 }
 
 impl Waiter {
@@ -98,6 +105,7 @@ impl Waiter {
                 let _ = tx.send(answer);
             }
             Waiter::Slot(mut slot) => slot.fill(answer),
+            Waiter::Posted => {}
         }
     }
 
@@ -106,6 +114,7 @@ impl Waiter {
         match self {
             Waiter::One(tx) => tx.is_closed(),
             Waiter::Slot(slot) => slot.gather.abandoned(),
+            Waiter::Posted => false,
         }
     }
 }
@@ -309,21 +318,34 @@ impl Streams {
         timeout: Duration,
     ) -> Result<Vec<u8>, CallError> {
         let (tx, rx) = oneshot::channel();
-        let mut item = Queued {
-            req,
-            reply: Waiter::One(tx),
-        };
-        // A closed queue is a stream that died: replace it once.
+        self.enqueue(
+            addr,
+            &peer,
+            Queued {
+                req,
+                reply: Waiter::One(tx),
+            },
+        )?;
+        match tokio::time::timeout(timeout, rx).await {
+            Err(_) => Err(CallError::TimedOut),
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(CallError::Lost("the stream's driver stopped".into())),
+        }
+    }
+
+    /// Queue `item` on the live stream to `addr`. A closed queue is a
+    /// stream that died: it is replaced once. An error says the request
+    /// was not queued, so never sent.
+    fn enqueue(
+        &self,
+        addr: &str,
+        peer: &impl Fn() -> Result<Peer, String>,
+        mut item: Queued,
+    ) -> Result<(), CallError> {
         for _ in 0..2 {
-            let queue = self.queue(addr, &peer)?;
+            let queue = self.queue(addr, peer)?;
             match queue.send(item) {
-                Ok(()) => {
-                    return match tokio::time::timeout(timeout, rx).await {
-                        Err(_) => Err(CallError::TimedOut),
-                        Ok(Ok(r)) => r,
-                        Ok(Err(_)) => Err(CallError::Lost("the stream's driver stopped".into())),
-                    };
-                }
+                Ok(()) => return Ok(()),
                 Err(mpsc::error::SendError(back)) => {
                     item = back;
                     if let Ok(mut s) = self.streams.lock() {
@@ -335,6 +357,28 @@ impl Streams {
             }
         }
         Err(CallError::NeverSent(format!("no stream to {addr}")))
+    }
+
+    /// Queue the one-way request `req` on the stream to `addr`: it goes out
+    /// in the next frame, like any other, and nothing waits for it (the
+    /// node answers no [`KIND_BATCH`]). An error says it was not queued
+    /// (no stream could be opened); once queued, a stream that breaks
+    /// loses it silently: what posts must not need every request to
+    /// arrive (Raft resends).
+    pub fn post(
+        &self,
+        addr: &str,
+        peer: impl Fn() -> Result<Peer, String>,
+        req: StreamRequest,
+    ) -> Result<(), CallError> {
+        self.enqueue(
+            addr,
+            &peer,
+            Queued {
+                req,
+                reply: Waiter::Posted,
+            },
+        )
     }
 
     /// Queue every request of `reqs` on the stream to `addr` at once (one
@@ -529,7 +573,9 @@ async fn run<S, I>(
                         let mut req = q.req;
                         req.id = next_id;
                         bytes += req.request.len();
-                        waiting.insert(next_id, q.reply);
+                        if !matches!(q.reply, Waiter::Posted) {
+                            waiting.insert(next_id, q.reply);
+                        }
                         batch.push(req);
                     }
                     if batch.len() >= MAX_BATCH || bytes >= MAX_BATCH_BYTES {

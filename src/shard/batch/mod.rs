@@ -23,6 +23,8 @@
 //! * [`log`]: a group's Raft log, hard state and configuration, kept in
 //!   memory and in the node's RocksDB ([`Engine`](super::engine::Engine),
 //!   the same column families as the openraft groups).
+//! * [`wire`]: each turn's messages for a peer node as one-way batches on
+//!   the node pair's Raft stream, and their delivery on the receiving node.
 //!
 //! **Status.** The first step of moving shard groups onto this engine
 //! (docs/ARCHITECTURE.md, "The batch engine", has the plan). It is built
@@ -35,9 +37,12 @@
 pub mod apply;
 pub mod log;
 pub mod node;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wire_tests;
 
 pub use apply::{encode_command, ShardApplier};
 pub use log::GroupLog;

@@ -28,7 +28,7 @@
 //! apply stops the loop (the node fails closed) and fails every waiter.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -139,6 +139,8 @@ pub struct Stats {
     /// ReadIndex rounds started (each for all the reads of a group that
     /// arrived in one turn).
     pub read_rounds: AtomicU64,
+    /// Peers' messages dropped because the inbox was full.
+    pub dropped: AtomicU64,
 }
 
 impl Stats {
@@ -168,7 +170,8 @@ enum Input<R> {
         data: Vec<u8>,
         reply: Waiter<R>,
     },
-    Raft(Vec<(u64, Message)>),
+    /// Peers' messages and the bytes they were counted as in the inbox.
+    Raft(Vec<(u64, Message)>, usize),
     Persisted {
         seq: u64,
         result: Result<(), EngineError>,
@@ -190,10 +193,18 @@ enum Input<R> {
     Stop,
 }
 
+/// Most bytes of peers' messages queued for the loop and not yet taken.
+/// Past it, messages are dropped as a lossy network would drop them (Raft
+/// sends again), instead of growing memory while the loop is behind or a
+/// peer floods it.
+pub const MAX_INBOX_BYTES: usize = 256 << 20;
+
 /// The way in to a running loop; cheap to clone.
 pub struct Handle<R> {
     tx: mpsc::Sender<Input<R>>,
     stats: Arc<Stats>,
+    /// Bytes of peers' messages queued for the loop ([`MAX_INBOX_BYTES`]).
+    inbox: Arc<AtomicUsize>,
 }
 
 impl<R> Clone for Handle<R> {
@@ -201,8 +212,20 @@ impl<R> Clone for Handle<R> {
         Handle {
             tx: self.tx.clone(),
             stats: self.stats.clone(),
+            inbox: self.inbox.clone(),
         }
     }
+}
+
+/// What a message is counted as in the loop's inbox: its entries' bytes
+/// and a fixed share for the rest.
+pub fn message_bytes(msg: &Message) -> usize {
+    let entries: usize = msg
+        .entries
+        .iter()
+        .map(|e| e.data.len() + e.context.len() + 32)
+        .sum();
+    entries + msg.context.len() + msg.snapshot.as_ref().map_or(0, |s| s.data.len()) + 64
 }
 
 impl<R: Send + 'static> Handle<R> {
@@ -226,9 +249,20 @@ impl<R: Send + 'static> Handle<R> {
         }
     }
 
-    /// Hand over messages a peer sent.
-    pub fn deliver(&self, msgs: Vec<(u64, Message)>) {
-        let _ = self.tx.send(Input::Raft(msgs));
+    /// Hand over messages a peer sent. `false`: dropped, the loop's inbox
+    /// is full ([`MAX_INBOX_BYTES`]) or the loop is gone.
+    pub fn deliver(&self, msgs: Vec<(u64, Message)>) -> bool {
+        let bytes: usize = msgs.iter().map(|(_, m)| message_bytes(m)).sum();
+        if self.inbox.fetch_add(bytes, Ordering::Relaxed) + bytes > MAX_INBOX_BYTES {
+            self.inbox.fetch_sub(bytes, Ordering::Relaxed);
+            Stats::add(&self.stats.dropped, msgs.len() as u64);
+            return false;
+        }
+        if self.tx.send(Input::Raft(msgs, bytes)).is_err() {
+            self.inbox.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     /// Open `gid` from this node's storage, or create it with `voters` as
@@ -285,9 +319,11 @@ pub fn start<A: Applier, T: Transport>(
 ) -> std::io::Result<(Handle<A::Reply>, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel();
     let stats = Arc::new(Stats::default());
+    let inbox = Arc::new(AtomicUsize::new(0));
     let handle = Handle {
         tx: tx.clone(),
         stats: stats.clone(),
+        inbox: inbox.clone(),
     };
     let logger = slog::Logger::root(super::ToTracing, slog::o!("node" => config.node_id));
     let mut lp = Loop {
@@ -305,6 +341,7 @@ pub fn start<A: Applier, T: Transport>(
         read_groups: HashSet::new(),
         dirty_hard_states: HashSet::new(),
         stats,
+        inbox,
         stopped: None,
     };
     let node_id = lp.config.node_id;
@@ -409,6 +446,8 @@ struct Loop<A: Applier, T> {
     /// lost; Raft learns it again).
     dirty_hard_states: HashSet<u64>,
     stats: Arc<Stats>,
+    /// Bytes of peers' messages queued and not yet taken (the handles').
+    inbox: Arc<AtomicUsize>,
     /// Why the loop stopped, once it has.
     stopped: Option<String>,
 }
@@ -469,7 +508,8 @@ impl<A: Applier, T: Transport> Loop<A, T> {
     fn take(&mut self, input: Input<A::Reply>) {
         match input {
             Input::Propose { gid, data, reply } => self.propose(gid, data, reply),
-            Input::Raft(msgs) => {
+            Input::Raft(msgs, bytes) => {
+                self.inbox.fetch_sub(bytes, Ordering::Relaxed);
                 for (gid, msg) in msgs {
                     let Some(g) = self.groups.get_mut(&gid) else {
                         tracing::debug!(gid, "a message for a group not hosted here");
