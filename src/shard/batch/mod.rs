@@ -26,13 +26,14 @@
 //! * [`wire`]: each turn's messages for a peer node as one-way batches on
 //!   the node pair's Raft stream, and their delivery on the receiving node.
 //!
-//! **Status.** The first step of moving shard groups onto this engine
-//! (docs/ARCHITECTURE.md, "The batch engine", has the plan). It is built
-//! and tested on its own, with real RocksDB and real threads, and
-//! `bench/batch` measures its SETs and GETs beside openraft's at 1, 3 and 8
-//! groups. No shard group runs on it yet: the wire between nodes, the
-//! request path, snapshots, membership changes for moves, leases and
-//! hibernation still go through openraft.
+//! **Status.** Being built in steps (docs/ARCHITECTURE.md, "The batch
+//! engine", has the plan). Built and tested with real RocksDB, real
+//! threads and real TCP links: the loop, the shard applier, linearizable
+//! reads and the wire between nodes. `bench/batch` measures its SETs and
+//! GETs beside openraft's at 1, 3 and 8 groups, in process and over
+//! sockets. No shard group runs on it yet: the request path, snapshots,
+//! membership changes for moves, leases and hibernation still go through
+//! openraft.
 
 pub mod apply;
 pub mod log;
