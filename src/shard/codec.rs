@@ -121,11 +121,14 @@ pub enum Format {
     /// Node → node: one turn's batch-engine Raft messages for the
     /// receiving node (`batch::wire::WireBatch`, `KIND_BATCH`).
     BatchMessages,
+    /// Where a batch-engine group's log starts (`batch::log::StoredLogStart`,
+    /// `raft_state`, tag BATCH_LOG_START).
+    BatchLogStart,
 }
 
 impl Format {
     /// Every kind, for tests and diagnostics.
-    pub const ALL: [Format; 31] = [
+    pub const ALL: [Format; 32] = [
         Format::LogEntry,
         Format::Vote,
         Format::Committed,
@@ -157,6 +160,7 @@ impl Format {
         Format::BatchConfState,
         Format::BatchCommand,
         Format::BatchMessages,
+        Format::BatchLogStart,
     ];
 
     /// The kind's tag, the second byte of every blob of this kind.
@@ -193,6 +197,7 @@ impl Format {
             Format::BatchConfState => 29,
             Format::BatchCommand => 30,
             Format::BatchMessages => 31,
+            Format::BatchLogStart => 32,
         }
     }
 
@@ -243,7 +248,8 @@ impl Format {
             | Format::BatchEntry
             | Format::BatchHardState
             | Format::BatchConfState
-            | Format::BatchMessages => (1, 1),
+            | Format::BatchMessages
+            | Format::BatchLogStart => (1, 1),
         }
     }
 
@@ -293,6 +299,7 @@ impl Format {
             Format::BatchConfState => "batch-engine configuration",
             Format::BatchCommand => "batch-engine command",
             Format::BatchMessages => "batch-engine messages",
+            Format::BatchLogStart => "batch-engine log start",
         }
     }
 

@@ -120,6 +120,10 @@ pub mod tag {
     pub const BATCH_HARD_STATE: u8 = 10;
     /// A batch-engine group's Raft configuration (`Format::BatchConfState`).
     pub const BATCH_CONF_STATE: u8 = 11;
+    /// Where a batch-engine group's log starts: the index and term of the
+    /// last entry compacted away or covered by an installed snapshot
+    /// (`Format::BatchLogStart`).
+    pub const BATCH_LOG_START: u8 = 12;
 }
 
 /// One change in a write batch.

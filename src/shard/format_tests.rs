@@ -1089,4 +1089,9 @@ fn batch_engine_rows() {
         "02 0803", // its protobuf bytes
     );
     golden(Format::BatchMessages, &batch, pinned);
+    let start = super::batch::log::StoredLogStart {
+        index: 300,
+        term: 5,
+    };
+    golden(Format::BatchLogStart, &start, "0120 ac02 05");
 }

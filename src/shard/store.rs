@@ -1490,10 +1490,22 @@ impl StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotBytes,
     ) -> Result<(), StorageError> {
+        self.install_with(meta, snapshot.into_inner(), Vec::new())
+            .await
+    }
+
+    /// Replace the group's data with a snapshot's (`bytes`, sealed), and
+    /// write `extra` in the same synced write (the batch engine's log
+    /// rows, which must move with the data: `batch::apply`).
+    pub async fn install_with(
+        &self,
+        meta: &SnapshotMeta,
+        bytes: Vec<u8>,
+        extra: Vec<Op>,
+    ) -> Result<(), StorageError> {
         let mut inner = self.inner.lock().await;
         self.check_open()?;
         let gid = inner.gid;
-        let bytes = snapshot.into_inner();
         // The receiving service checked the envelope already; a snapshot
         // that fails here was damaged on this node: refuse it.
         let payload = super::snapshot::open(&bytes).map_err(|e| {
@@ -1543,6 +1555,7 @@ impl StateMachine {
             state_key(gid, tag::SNAPSHOT_DATA),
             bytes,
         ));
+        ops.extend(extra);
         inner.engine.write(ops, true).await.map_err(write_err)?;
         inner.last_snapshot = self.logged().map(|log_mark| SnapshotMark {
             bytes: size,
@@ -1562,6 +1575,26 @@ impl StateMachine {
             "snapshot installed"
         );
         Ok(())
+    }
+
+    /// Start copying the group's data as it is now, for a snapshot: the
+    /// copy reads a RocksDB snapshot taken before this returns (under the
+    /// state-machine lock, so at an applied index exactly, no entry half
+    /// in it), and the returned future makes the sealed bytes from it.
+    pub async fn start_copy(
+        &self,
+    ) -> Result<impl std::future::Future<Output = Result<Vec<u8>, engine::EngineError>>, StorageError>
+    {
+        let inner = self.inner.lock().await;
+        self.check_open()?;
+        let gid = inner.gid;
+        let (taken, copy) = inner
+            .engine
+            .read_snapshot(move |view| copy_group(view, gid));
+        // An error here means the copy ended before taking its snapshot;
+        // `copy` then reports why.
+        let _ = taken.await;
+        Ok(copy)
     }
 
     /// The stored snapshot, if there is one; one found damaged (or half

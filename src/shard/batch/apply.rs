@@ -24,11 +24,11 @@ use openraft::storage::RaftStateMachine;
 use openraft::EntryPayload;
 use raft::prelude::Entry;
 
-use super::node::Applier;
+use super::node::{Applier, SnapshotJob};
 use super::BatchError;
 use crate::shard::codec::{self, Format};
 use crate::shard::command::{LogCmd, OpReply};
-use crate::shard::engine::Engine;
+use crate::shard::engine::{Engine, Op};
 use crate::shard::store::StateMachine;
 use crate::shard::types::{self, log_id};
 
@@ -115,5 +115,39 @@ impl Applier for ShardApplier {
         self.runtime
             .block_on(StateMachine::apply_many(batches))
             .map_err(|e| BatchError::Apply(e.to_string()))
+    }
+
+    fn snapshot(&mut self, gid: u64) -> Result<SnapshotJob, BatchError> {
+        let runtime = self.runtime.clone();
+        let sm = self.machine(gid)?;
+        let copy = runtime
+            .block_on(sm.start_copy())
+            .map_err(|e| BatchError::Apply(format!("group {gid}: snapshot: {e}")))?;
+        Ok(Box::new(move || {
+            runtime
+                .block_on(copy)
+                .map_err(|e| BatchError::Apply(format!("group {gid}: snapshot: {e}")))
+        }))
+    }
+
+    fn install(
+        &mut self,
+        gid: u64,
+        index: u64,
+        term: u64,
+        data: Vec<u8>,
+        log_ops: Vec<Op>,
+    ) -> Result<(), BatchError> {
+        let runtime = self.runtime.clone();
+        let sm = self.machine(gid)?;
+        // Membership is the loop's (the configuration row), not the state
+        // machine's: an empty one is recorded with the applied index.
+        let meta = types::SnapshotMeta {
+            last_log_id: Some(log_id(term, 0, index)),
+            last_membership: types::StoredMembership::default(),
+        };
+        runtime
+            .block_on(sm.install_with(&meta, data, log_ops))
+            .map_err(|e| BatchError::Apply(format!("group {gid}: installing a snapshot: {e}")))
     }
 }

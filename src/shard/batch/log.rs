@@ -12,15 +12,24 @@
 //! group is run by one engine or the other, never both):
 //! * `raft_log`: `log_key(gid, index)` → [`StoredEntry`] (`Format::BatchEntry`);
 //! * `raft_state`: `state_key(gid, BATCH_HARD_STATE)` → [`StoredHardState`],
-//!   `state_key(gid, BATCH_CONF_STATE)` → [`StoredConfState`]. The
-//!   configuration row is what says the group exists on this node.
+//!   `state_key(gid, BATCH_CONF_STATE)` → [`StoredConfState`],
+//!   `state_key(gid, BATCH_LOG_START)` → [`StoredLogStart`] (absent: the
+//!   log starts at index 1). The configuration row is what says the group
+//!   exists on this node.
 //!
-//! The whole log is kept in memory and read back whole at open: this first
-//! step never compacts a log (snapshots come with the step that moves
-//! shard groups onto this engine; docs/ARCHITECTURE.md, "The batch
-//! engine"). A stored log that does not start at index 1 is refused.
+//! The log since its start is kept in memory and read back at open. The
+//! loop compacts it ([`GroupLog::compact`]: the entries up to an applied
+//! index leave memory and their rows go, and the start row moves) and
+//! replaces it with an installed snapshot ([`GroupLog::apply_snapshot`]).
+//! A leader asked for entries it no longer has answers with a snapshot:
+//! raft-rs asks [`Storage::snapshot`], which says what is wanted
+//! ([`GroupLog::take_wanted`]); the loop has the applier copy the group's
+//! data off its thread and hands the result back
+//! ([`GroupLog::set_prepared`]) for raft-rs's next ask.
 
-use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot};
+use std::cell::{Cell, RefCell};
+
+use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +53,13 @@ pub struct StoredHardState {
     pub term: u64,
     pub vote: u64,
     pub commit: u64,
+}
+
+/// Where the log starts, as stored: the last entry before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredLogStart {
+    pub index: u64,
+    pub term: u64,
 }
 
 /// The configuration as stored.
@@ -133,8 +149,22 @@ pub struct GroupLog {
     gid: u64,
     hard: HardState,
     conf: ConfState,
-    /// Every entry since index 1, in order.
+    /// The last entry before `entries` (compacted away, or covered by an
+    /// installed snapshot): (index, term); (0, 0) for a log from index 1.
+    start: (u64, u64),
+    /// Every entry after `start`, in order.
     entries: Vec<Entry>,
+    /// Bytes of the entries' data and context in memory.
+    bytes: u64,
+    /// The least index a snapshot asked for by raft-rs must cover (0:
+    /// none asked for since the last [`GroupLog::take_wanted`]).
+    wanted: Cell<u64>,
+    /// A snapshot built for raft-rs's next ask, handed out once.
+    prepared: RefCell<Option<Snapshot>>,
+}
+
+fn entry_bytes(e: &Entry) -> u64 {
+    (e.data.len() + e.context.len()) as u64
 }
 
 impl GroupLog {
@@ -147,7 +177,7 @@ impl GroupLog {
         let Some(raw) = view.get(Cf::State, &state_key(gid, tag::BATCH_CONF_STATE))? else {
             let (start, end) = (log_key(gid, 0), log_key(gid, u64::MAX));
             let logged = view.iter(Cf::Log, &start, &end)?.next().is_some();
-            let voted = [tag::BATCH_HARD_STATE, tag::VOTE]
+            let voted = [tag::BATCH_HARD_STATE, tag::VOTE, tag::BATCH_LOG_START]
                 .into_iter()
                 .map(|t| view.get(Cf::State, &state_key(gid, t)))
                 .collect::<Result<Vec<_>, _>>()?
@@ -173,9 +203,19 @@ impl GroupLog {
             }
             None => HardState::default(),
         };
+        let start = match view.get(Cf::State, &state_key(gid, tag::BATCH_LOG_START))? {
+            Some(raw) => {
+                let s: StoredLogStart = decode(Format::BatchLogStart, gid, &raw)?;
+                (s.index, s.term)
+            }
+            None => (0, 0),
+        };
         let mut entries = Vec::new();
-        let (start, end) = (log_key(gid, 0), log_key(gid, u64::MAX));
-        for row in view.iter(Cf::Log, &start, &end)? {
+        let mut bytes = 0;
+        // Rows at or before the start are never read: a compaction deletes
+        // them in the write that moves the start.
+        let (from, end) = (log_key(gid, start.0 + 1), log_key(gid, u64::MAX));
+        for row in view.iter(Cf::Log, &from, &end)? {
             let (key, value) = row?;
             let index = key
                 .get(8..)
@@ -184,21 +224,26 @@ impl GroupLog {
                 .ok_or_else(|| {
                     EngineError::Corrupt(format!("group {gid}: a log key of {} bytes", key.len()))
                 })?;
-            let want = entries.len() as u64 + 1;
+            let want = start.0 + entries.len() as u64 + 1;
             if index != want {
                 return Err(EngineError::Corrupt(format!(
-                    "group {gid}: log entry {index} where {want} was expected \
-                     (a compacted or holed log, which this engine does not read yet)"
+                    "group {gid}: log entry {index} where {want} was expected (a holed log)"
                 )));
             }
             let stored: StoredEntry = decode(Format::BatchEntry, gid, &value)?;
-            entries.push(stored.into_entry(index)?);
+            let e = stored.into_entry(index)?;
+            bytes += entry_bytes(&e);
+            entries.push(e);
         }
         Ok(Some(GroupLog {
             gid,
             hard,
             conf: conf.into(),
+            start,
             entries,
+            bytes,
+            wanted: Cell::new(0),
+            prepared: RefCell::new(None),
         }))
     }
 
@@ -218,7 +263,11 @@ impl GroupLog {
             gid,
             hard: HardState::default(),
             conf,
+            start: (0, 0),
             entries: Vec::new(),
+            bytes: 0,
+            wanted: Cell::new(0),
+            prepared: RefCell::new(None),
         }
     }
 
@@ -230,8 +279,22 @@ impl GroupLog {
         &self.hard
     }
 
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf
+    }
+
+    /// The first index still in the log.
+    fn first(&self) -> u64 {
+        self.start.0 + 1
+    }
+
     fn last(&self) -> u64 {
-        self.entries.len() as u64
+        self.start.0 + self.entries.len() as u64
+    }
+
+    /// Entries in memory, and their bytes.
+    pub fn len_and_bytes(&self) -> (u64, u64) {
+        (self.entries.len() as u64, self.bytes)
     }
 
     /// Append `ents` (contiguous, from raft-rs's ready), replacing any
@@ -244,11 +307,15 @@ impl GroupLog {
         let new_last = first + ents.len() as u64 - 1;
         let old_last = self.last();
         assert!(
-            first >= 1 && first <= old_last + 1,
-            "group {}: append at {first} leaves a gap after {old_last}",
-            self.gid
+            first > self.start.0 && first <= old_last + 1,
+            "group {}: append at {first} outside the log ({}..={old_last})",
+            self.gid,
+            self.first()
         );
-        self.entries.truncate((first - 1) as usize);
+        let keep = (first - self.first()) as usize;
+        let dropped: u64 = self.entries[keep..].iter().map(entry_bytes).sum();
+        self.bytes -= dropped;
+        self.entries.truncate(keep);
         if old_last > new_last {
             ops.push(Op::DeleteRange(
                 Cf::Log,
@@ -262,8 +329,78 @@ impl GroupLog {
                 log_key(self.gid, e.index),
                 encode(Format::BatchEntry, &StoredEntry::from_entry(&e)),
             ));
+            self.bytes += entry_bytes(&e);
             self.entries.push(e);
         }
+    }
+
+    /// Drop the entries up to `to` (applied on this node, so durable and
+    /// committed) from memory, and add the rows that delete them and move
+    /// the start. `false`: nothing to compact (`to` is before the log's
+    /// first index or past its end).
+    pub fn compact(&mut self, to: u64, ops: &mut Vec<Op>) -> bool {
+        if to < self.first() || to > self.last() {
+            return false;
+        }
+        let n = (to - self.start.0) as usize;
+        let term = self.entries[n - 1].term;
+        let dropped: u64 = self.entries[..n].iter().map(entry_bytes).sum();
+        self.bytes -= dropped;
+        self.entries.drain(..n);
+        self.start = (to, term);
+        ops.push(Op::DeleteRange(
+            Cf::Log,
+            log_key(self.gid, 0),
+            log_key(self.gid, to + 1),
+        ));
+        ops.push(self.start_row());
+        true
+    }
+
+    /// Replace the log with a snapshot's end: no entries, the start at the
+    /// snapshot's index and term, its configuration, and a commit index of
+    /// at least its index; and the rows that record it.
+    pub fn apply_snapshot(&mut self, meta: &SnapshotMetadata, ops: &mut Vec<Op>) {
+        self.entries.clear();
+        self.bytes = 0;
+        self.start = (meta.index, meta.term);
+        self.hard.commit = self.hard.commit.max(meta.index);
+        ops.push(Op::DeleteRange(
+            Cf::Log,
+            log_key(self.gid, 0),
+            log_key(self.gid, u64::MAX),
+        ));
+        ops.push(self.start_row());
+        ops.push(self.hard_state_row());
+        if let Some(conf) = meta.conf_state.as_ref() {
+            self.set_conf_state(conf.clone(), ops);
+        }
+    }
+
+    fn start_row(&self) -> Op {
+        let start = StoredLogStart {
+            index: self.start.0,
+            term: self.start.1,
+        };
+        Op::Put(
+            Cf::State,
+            state_key(self.gid, tag::BATCH_LOG_START),
+            encode(Format::BatchLogStart, &start),
+        )
+    }
+
+    /// The least index of a snapshot raft-rs asked for since the last
+    /// call, if it asked (and none was prepared for it).
+    pub fn take_wanted(&self) -> Option<u64> {
+        match self.wanted.replace(0) {
+            0 => None,
+            i => Some(i),
+        }
+    }
+
+    /// A snapshot built for raft-rs's next ask (replacing an older one).
+    pub fn set_prepared(&self, snapshot: Snapshot) {
+        *self.prepared.borrow_mut() = Some(snapshot);
     }
 
     /// Take a new hard state; with `ops`, also write it.
@@ -317,39 +454,57 @@ impl Storage for GroupLog {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        if low < 1 {
+        if low < self.first() {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
         if high > self.last() + 1 || low > high {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let mut ents = self.entries[(low - 1) as usize..(high - 1) as usize].to_vec();
+        let from = (low - self.first()) as usize;
+        let to = (high - self.first()) as usize;
+        let mut ents = self.entries[from..to].to_vec();
         raft::util::limit_size(&mut ents, max_size.into());
         Ok(ents)
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        if idx == 0 {
-            return Ok(0);
+        if idx == self.start.0 {
+            return Ok(self.start.1);
         }
-        match self.entries.get((idx - 1) as usize) {
+        if idx < self.start.0 {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        match self.entries.get((idx - self.first()) as usize) {
             Some(e) => Ok(e.term),
             None => Err(raft::Error::Store(StorageError::Unavailable)),
         }
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(1)
+        Ok(self.first())
     }
 
     fn last_index(&self) -> raft::Result<u64> {
         Ok(self.last())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Never asked for: a leader sends a snapshot only to a follower
-        // that needs entries the leader has compacted, and this step
-        // never compacts.
+    /// A leader needs a snapshot for a follower that is behind the log's
+    /// start. One prepared at or past `request_index` is handed out (once:
+    /// its bytes leave memory with it); otherwise the ask is noted for the
+    /// loop, which has one built off its thread, and raft-rs asks again
+    /// on the follower's next answer.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // One older than the log's start would leave the follower still
+        // short of it: built anew.
+        let least = request_index.max(self.start.0);
+        let mut prepared = self.prepared.borrow_mut();
+        if prepared
+            .as_ref()
+            .is_some_and(|s| s.get_metadata().index >= least)
+        {
+            return Ok(prepared.take().expect("checked above"));
+        }
+        self.wanted.set(self.wanted.get().max(least.max(1)));
         Err(raft::Error::Store(
             StorageError::SnapshotTemporarilyUnavailable,
         ))

@@ -29,7 +29,8 @@
 //! **Status.** Being built in steps (docs/ARCHITECTURE.md, "The batch
 //! engine", has the plan). Built and tested with real RocksDB, real
 //! threads and real TCP links: the loop, the shard applier, linearizable
-//! reads and the wire between nodes. `bench/batch` measures its SETs and
+//! reads, the wire between nodes, log compaction and snapshots (sent
+//! inline, so bounded in size until they get a channel of their own). `bench/batch` measures its SETs and
 //! GETs beside openraft's at 1, 3 and 8 groups, in process and over
 //! sockets. No shard group runs on it yet: the request path, snapshots,
 //! membership changes for moves, leases and hibernation still go through
@@ -47,7 +48,9 @@ mod wire_tests;
 
 pub use apply::{encode_command, ShardApplier};
 pub use log::GroupLog;
-pub use node::{start, Applier, BatchConfig, GroupStatus, Handle, ProposeError, Stats, Transport};
+pub use node::{
+    start, Applier, BatchConfig, GroupStatus, Handle, ProposeError, SnapshotJob, Stats, Transport,
+};
 
 use std::fmt::Write as _;
 

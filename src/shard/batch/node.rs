@@ -34,8 +34,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
-use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
-use raft::{RawNode, StateRole, Storage};
+use raft::prelude::{
+    ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot, SnapshotMetadata,
+};
+use raft::{RawNode, SnapshotStatus, StateRole, Storage};
 use tokio::sync::oneshot;
 
 use super::log::GroupLog;
@@ -65,6 +67,12 @@ pub struct BatchConfig {
     /// Most bytes of committed entries handed to the applier per group
     /// per turn (a restarted node applies a long log in pieces).
     pub max_apply_bytes: u64,
+    /// A group's log is compacted once it holds this many entries, or
+    /// [`BatchConfig::compact_bytes`] of them: up to what every follower
+    /// has, or, once the log is four times either bound, up to what this
+    /// replica applied (a follower further behind then gets a snapshot).
+    pub compact_entries: u64,
+    pub compact_bytes: u64,
 }
 
 impl BatchConfig {
@@ -78,6 +86,8 @@ impl BatchConfig {
             max_inflight: 256,
             max_uncommitted_bytes: 64 << 20,
             max_apply_bytes: 16 << 20,
+            compact_entries: 10_000,
+            compact_bytes: 64 << 20,
         }
     }
 }
@@ -112,7 +122,27 @@ pub trait Applier: Send + 'static {
     /// index can follow them; configuration changes are the loop's and
     /// come as empty entries). One reply per entry, in the same shape.
     fn apply(&mut self, groups: &[(u64, Vec<Entry>)]) -> Result<Vec<Vec<Self::Reply>>, BatchError>;
+
+    /// Start a snapshot of `gid`'s data as applied now: what the copy
+    /// reads is fixed before this returns (the loop applies nothing in
+    /// between); the job, run off the loop's thread, makes its bytes.
+    fn snapshot(&mut self, gid: u64) -> Result<SnapshotJob, BatchError>;
+
+    /// Replace `gid`'s data with a snapshot's, applied up to `index` (of
+    /// `term`), and write `log_ops` (the log's rows moved to the snapshot)
+    /// in the same synced write: a crash keeps both or neither.
+    fn install(
+        &mut self,
+        gid: u64,
+        index: u64,
+        term: u64,
+        data: Vec<u8>,
+        log_ops: Vec<Op>,
+    ) -> Result<(), BatchError>;
 }
+
+/// Makes a snapshot's bytes, off the loop's thread ([`Applier::snapshot`]).
+pub type SnapshotJob = Box<dyn FnOnce() -> Result<Vec<u8>, BatchError> + Send>;
 
 /// Carries one turn's messages to a peer node.
 pub trait Transport: Send + 'static {
@@ -141,6 +171,12 @@ pub struct Stats {
     pub read_rounds: AtomicU64,
     /// Peers' messages dropped because the inbox was full.
     pub dropped: AtomicU64,
+    /// Log compactions (all groups).
+    pub compactions: AtomicU64,
+    /// Snapshots built, sent and installed (all groups).
+    pub snapshots_built: AtomicU64,
+    pub snapshots_sent: AtomicU64,
+    pub snapshots_installed: AtomicU64,
 }
 
 impl Stats {
@@ -158,7 +194,11 @@ pub struct GroupStatus {
     pub term: u64,
     pub commit: u64,
     pub applied: u64,
+    /// The first index still in the log (compacted before it).
+    pub first_index: u64,
     pub last_index: u64,
+    /// Entries in memory.
+    pub log_entries: u64,
 }
 
 type Waiter<R> = oneshot::Sender<Result<R, ProposeError>>;
@@ -182,6 +222,13 @@ enum Input<R> {
         done: oneshot::Sender<Result<(), String>>,
     },
     Campaign(u64),
+    /// A snapshot job ended: the snapshot's index, term and configuration,
+    /// and its bytes or why there are none.
+    SnapshotBuilt {
+        gid: u64,
+        meta: SnapshotMetadata,
+        result: Result<Vec<u8>, BatchError>,
+    },
     Status {
         gid: u64,
         reply: oneshot::Sender<Option<GroupStatus>>,
@@ -342,6 +389,7 @@ pub fn start<A: Applier, T: Transport>(
         dirty_hard_states: HashSet::new(),
         stats,
         inbox,
+        snapshotting: HashSet::new(),
         stopped: None,
     };
     let node_id = lp.config.node_id;
@@ -422,6 +470,9 @@ struct Persist {
     gid: u64,
     ready: u64,
     messages: Vec<Message>,
+    /// The index of a snapshot this ready installed (0: none): applied
+    /// once the ready is persisted, as raft-rs requires.
+    snapshot: u64,
 }
 
 struct Loop<A: Applier, T> {
@@ -448,6 +499,8 @@ struct Loop<A: Applier, T> {
     stats: Arc<Stats>,
     /// Bytes of peers' messages queued and not yet taken (the handles').
     inbox: Arc<AtomicUsize>,
+    /// Groups with a snapshot job running.
+    snapshotting: HashSet<u64>,
     /// Why the loop stopped, once it has.
     stopped: Option<String>,
 }
@@ -518,8 +571,12 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                     if let Err(e) = g.raw.step(msg) {
                         tracing::debug!(gid, "step: {e}");
                     }
+                    if g.raw.store().take_wanted().is_some() {
+                        self.start_snapshot(gid);
+                    }
                 }
             }
+            Input::SnapshotBuilt { gid, meta, result } => self.snapshot_built(gid, meta, result),
             Input::Persisted { seq, result } => self.persisted(seq, result),
             Input::Open { gid, voters, done } => {
                 let r = self.open(gid, &voters);
@@ -541,7 +598,9 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                         term: r.term,
                         commit: r.raft_log.committed,
                         applied: r.raft_log.applied,
+                        first_index: r.raft_log.first_index(),
                         last_index: r.raft_log.last_index(),
+                        log_entries: g.raw.store().len_and_bytes().0,
                     }
                 });
                 let _ = reply.send(s);
@@ -588,6 +647,14 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             // log, or a log that lost synced writes. Refuse the group.
             return Err(format!(
                 "group {gid}: applied index {applied} is past the stored log's end {last}"
+            ));
+        }
+        let start = log.first_index().map_err(|e| format!("group {gid}: {e}"))? - 1;
+        if applied < start {
+            // Entries between the two were compacted or replaced by a
+            // snapshot that the data never got: they cannot be applied.
+            return Err(format!(
+                "group {gid}: applied index {applied} is before the stored log's start {start}"
             ));
         }
         // The stored commit index may lag (it is not synced on its own),
@@ -642,6 +709,9 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 let _ = reply.send(Err(ProposeError::Dropped));
             }
         }
+        if g.raw.store().take_wanted().is_some() {
+            self.start_snapshot(gid);
+        }
     }
 
     /// One turn's ready work of every group: see the module doc.
@@ -673,6 +743,8 @@ impl<A: Applier, T: Transport> Loop<A, T> {
         let mut persists = Vec::new();
         let mut applies = Vec::new();
         let mut appended = 0;
+        let mut snapshots_sent = Vec::new();
+        let mut failed = None;
         for (&gid, g) in self.groups.iter_mut() {
             if !g.raw.has_ready() {
                 continue;
@@ -706,14 +778,41 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             }
             g.answer_reads();
             for m in rd.take_messages() {
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    let len = m.snapshot.as_ref().map_or(0, |s| s.data.len());
+                    if len > super::wire::MAX_SNAPSHOT_MESSAGE {
+                        tracing::error!(
+                            gid,
+                            to = m.to,
+                            "a snapshot of {len} bytes is larger than one message may carry ({} bytes): not sent; the follower cannot catch up until snapshots have a channel of their own",
+                            super::wire::MAX_SNAPSHOT_MESSAGE
+                        );
+                        g.raw.report_snapshot(m.to, SnapshotStatus::Failure);
+                        continue;
+                    }
+                    snapshots_sent.push((gid, m.to));
+                }
                 out.entry(m.to).or_default().push((gid, m));
             }
+            let mut snapshot = 0;
             if !rd.snapshot().is_empty() {
-                // Never sent: no log is compacted yet (log.rs).
-                tracing::error!(
+                match install(
+                    &self.engine,
+                    &mut self.applier,
+                    !self.jobs.is_empty(),
                     gid,
-                    "a snapshot arrived; this engine does not install them yet"
-                );
+                    g,
+                    &rd,
+                ) {
+                    Ok(index) => {
+                        snapshot = index;
+                        Stats::add(&self.stats.snapshots_installed, 1);
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
             }
             let committed = rd.take_committed_entries();
             if !rd.entries().is_empty() {
@@ -736,17 +835,29 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 gid,
                 ready: rd.number(),
                 messages: rd.take_persisted_messages(),
+                snapshot,
             });
             g.raw.advance_append_async(rd);
             if !committed.is_empty() {
                 applies.push((gid, committed));
             }
         }
+        if let Some(why) = failed {
+            return self.fail(why);
+        }
         if persists.is_empty() {
             return;
         }
         Stats::add(&self.stats.turns, 1);
         self.send(out);
+        // Sent (handed to the transport): the follower answers once it
+        // installed it, and a lost one is sent again when it next asks.
+        for (gid, to) in snapshots_sent {
+            if let Some(g) = self.groups.get_mut(&gid) {
+                g.raw.report_snapshot(to, SnapshotStatus::Finish);
+                Stats::add(&self.stats.snapshots_sent, 1);
+            }
+        }
         if sync {
             for gid in self.dirty_hard_states.drain() {
                 if let Some(g) = self.groups.get(&gid) {
@@ -809,6 +920,9 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 continue;
             };
             g.raw.on_persist_ready(p.ready);
+            if p.snapshot > g.raw.raft.raft_log.applied {
+                g.raw.advance_apply_to(p.snapshot);
+            }
             for m in p.messages {
                 out.entry(m.to).or_default().push((p.gid, m));
             }
@@ -817,6 +931,7 @@ impl<A: Applier, T: Transport> Loop<A, T> {
     }
 
     fn apply(&mut self, mut applies: Vec<(u64, Vec<Entry>)>) {
+        let mut compacted = Vec::with_capacity(applies.len());
         // Configuration changes are the loop's: apply them here and hand
         // the applier an empty entry in their place.
         let mut conf_ops = Vec::new();
@@ -880,6 +995,163 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 g.raw.advance_apply_to(last);
             }
             g.answer_reads();
+            compacted.push(gid);
+        }
+        self.compact(compacted);
+    }
+
+    /// Compact the logs of `gids` that grew past the bounds
+    /// ([`BatchConfig::compact_entries`]); their rows go in one write.
+    fn compact(&mut self, gids: Vec<u64>) {
+        let mut ops = Vec::new();
+        let me = self.config.node_id;
+        for gid in gids {
+            let Some(g) = self.groups.get_mut(&gid) else {
+                continue;
+            };
+            let (len, bytes) = g.raw.store().len_and_bytes();
+            let (entries, size) = (self.config.compact_entries, self.config.compact_bytes);
+            if len < entries && bytes < size {
+                continue;
+            }
+            let applied = g.raw.raft.raft_log.applied;
+            let mut to = applied;
+            if g.raw.raft.state == StateRole::Leader && len < 4 * entries && bytes < 4 * size {
+                // Keep what a follower still lacks, within the bounds.
+                let behind = g
+                    .raw
+                    .raft
+                    .prs()
+                    .iter()
+                    .filter(|(id, _)| **id != me)
+                    .map(|(_, p)| p.matched)
+                    .min();
+                to = to.min(behind.unwrap_or(applied));
+            }
+            if g.raw.mut_store().compact(to, &mut ops) {
+                Stats::add(&self.stats.compactions, 1);
+            }
+        }
+        if ops.is_empty() {
+            return;
+        }
+        // Applied entries are durable already: deleting them needs no sync.
+        if let Err(e) = self.engine.write_direct(&ops) {
+            self.fail(format!("compacting logs: {e}"));
         }
     }
+
+    /// Have the applier copy `gid`'s data for a snapshot at its applied
+    /// index, unless a copy is under way; the bytes are made off this
+    /// thread and come back as [`Input::SnapshotBuilt`].
+    fn start_snapshot(&mut self, gid: u64) {
+        if self.snapshotting.contains(&gid) {
+            return;
+        }
+        let Some(g) = self.groups.get(&gid) else {
+            return;
+        };
+        let index = g.raw.raft.raft_log.applied;
+        let term = match g.raw.raft.raft_log.term(index) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(gid, "no term for applied index {index}: {e}");
+                return;
+            }
+        };
+        let meta = SnapshotMetadata {
+            conf_state: Some(g.raw.store().conf_state().clone()),
+            index,
+            term,
+        };
+        let job = match self.applier.snapshot(gid) {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::error!(gid, "cannot start a snapshot: {e}");
+                return;
+            }
+        };
+        let tx = self.tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("batch-snapshot".into())
+            .spawn(move || {
+                let result = job();
+                let _ = tx.send(Input::SnapshotBuilt { gid, meta, result });
+            });
+        match spawned {
+            Ok(_) => {
+                self.snapshotting.insert(gid);
+            }
+            Err(e) => tracing::error!(gid, "cannot start a snapshot thread: {e}"),
+        }
+    }
+
+    fn snapshot_built(
+        &mut self,
+        gid: u64,
+        meta: SnapshotMetadata,
+        result: Result<Vec<u8>, BatchError>,
+    ) {
+        self.snapshotting.remove(&gid);
+        let Some(g) = self.groups.get(&gid) else {
+            return;
+        };
+        match result {
+            Ok(data) => {
+                Stats::add(&self.stats.snapshots_built, 1);
+                tracing::info!(
+                    gid,
+                    index = meta.index,
+                    bytes = data.len(),
+                    "snapshot built for a follower behind the log"
+                );
+                g.raw.store().set_prepared(Snapshot {
+                    data,
+                    metadata: Some(meta),
+                });
+            }
+            Err(e) => tracing::error!(gid, "building a snapshot: {e}"),
+        }
+    }
+}
+
+/// Install the snapshot of `rd` for group `gid`: the data and the log's
+/// new start in one synced write, after every log write queued before it
+/// (`queued`: some are), so none of them lands after it. The snapshot's
+/// index, or why it failed (which stops the loop).
+fn install<A: Applier, R>(
+    engine: &Engine,
+    applier: &mut A,
+    queued: bool,
+    gid: u64,
+    g: &mut Group<R>,
+    rd: &raft::Ready,
+) -> Result<u64, String> {
+    if queued {
+        let (tx, rx) = mpsc::channel();
+        engine.submit(
+            Vec::new(),
+            false,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv()
+            .map_err(|_| "the log writer is gone".to_string())?
+            .map_err(|e| format!("writing the Raft log: {e}"))?;
+    }
+    let snap = rd.snapshot();
+    let meta = snap.get_metadata();
+    let mut log_ops = Vec::new();
+    g.raw.mut_store().apply_snapshot(meta, &mut log_ops);
+    applier
+        .install(gid, meta.index, meta.term, snap.data.clone(), log_ops)
+        .map_err(|e| format!("installing a snapshot of group {gid}: {e}"))?;
+    tracing::info!(
+        gid,
+        index = meta.index,
+        bytes = snap.data.len(),
+        "snapshot installed"
+    );
+    Ok(meta.index)
 }

@@ -55,6 +55,25 @@ impl Applier for RowApplier {
         self.engine.write_direct(&ops)?;
         Ok(replies)
     }
+
+    fn snapshot(&mut self, _gid: u64) -> Result<super::SnapshotJob, BatchError> {
+        Err(BatchError::Apply(
+            "this test applier makes no snapshots".into(),
+        ))
+    }
+
+    fn install(
+        &mut self,
+        _gid: u64,
+        _index: u64,
+        _term: u64,
+        _data: Vec<u8>,
+        _log_ops: Vec<Op>,
+    ) -> Result<(), BatchError> {
+        Err(BatchError::Apply(
+            "this test applier installs no snapshots".into(),
+        ))
+    }
 }
 
 struct Net<R = u64> {
@@ -480,50 +499,46 @@ fn a_replaced_suffix_is_gone_from_the_stored_log_too() {
 /// Shard commands through the shard applier: replies are the state
 /// machine's, and a restarted replica starts from the index its state
 /// machine applied, so an INCR is applied once, not again from the log.
+/// A node of shard group `gid` (shoal's state machine through
+/// [`ShardApplier`]) in `dir`, on `net`, ticking every 20 ms.
+fn shard_node(
+    dir: &std::path::Path,
+    id: u64,
+    net: &Net<crate::shard::command::OpReply>,
+    gid: u64,
+    mut config: BatchConfig,
+) -> (
+    Handle<crate::shard::command::OpReply>,
+    JoinHandle<()>,
+    Arc<Engine>,
+) {
+    let engine = Arc::new(Engine::open(&dir.join(format!("n{id}")), true).unwrap());
+    let applier = super::ShardApplier::new(engine.clone(), tokio::runtime::Handle::current());
+    let transport = NetTransport {
+        from: id,
+        net: net.clone(),
+    };
+    config.tick = Duration::from_millis(20);
+    let (handle, thread) = start(config, engine.clone(), applier, transport).unwrap();
+    net.nodes.lock().unwrap().insert(id, handle.clone());
+    let rx = handle.open_group(gid, VOTERS.to_vec());
+    tokio::task::block_in_place(|| rx.blocking_recv())
+        .unwrap()
+        .unwrap();
+    (handle, thread, engine)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shard_commands_apply_once_across_a_restart() {
-    use crate::shard::command::{LogCmd, OpReply, WriteCmd, WriteOp};
-    use crate::shard::value::Stored;
-
-    use super::{encode_command, ShardApplier};
+    use crate::shard::command::OpReply;
 
     const GID: u64 = 9;
     let dir = tempfile::tempdir().unwrap();
     let net: Net<OpReply> = Net::default();
-    let start_node = |id: u64| {
-        let engine = Arc::new(Engine::open(&dir.path().join(format!("n{id}")), true).unwrap());
-        let applier = ShardApplier::new(engine.clone(), tokio::runtime::Handle::current());
-        let transport = NetTransport {
-            from: id,
-            net: net.clone(),
-        };
-        let mut config = BatchConfig::new(id);
-        config.tick = Duration::from_millis(20);
-        let (handle, thread) = start(config, engine.clone(), applier, transport).unwrap();
-        net.nodes.lock().unwrap().insert(id, handle.clone());
-        let rx = handle.open_group(GID, VOTERS.to_vec());
-        tokio::task::block_in_place(|| rx.blocking_recv())
-            .unwrap()
-            .unwrap();
-        (handle, thread, engine)
-    };
+    let start_node = |id: u64| shard_node(dir.path(), id, &net, GID, BatchConfig::new(id));
     let mut nodes: BTreeMap<u64, _> = VOTERS.iter().map(|&id| (id, start_node(id))).collect();
-    nodes[&1].0.campaign(GID);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !nodes[&1].0.status(GID).await.unwrap().unwrap().is_leader {
-        assert!(Instant::now() < deadline, "node 1 was not elected");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let incr = || {
-        encode_command(&LogCmd::Write(WriteCmd {
-            now_ms: 1_700_000_000_000,
-            op: WriteOp::IncrBy {
-                key: bytes::Bytes::from_static(b"k"),
-                by: 1,
-            },
-        }))
-        .unwrap()
-    };
+    elect(&nodes[&1].0, GID).await;
+    let incr = incr_cmd;
     for n in 1..=10 {
         let r = nodes[&1].0.propose(GID, incr()).await.unwrap();
         assert_eq!(r, OpReply::Int(n));
@@ -541,19 +556,9 @@ async fn shard_commands_apply_once_across_a_restart() {
     }
     nodes.insert(3, start_node(3));
     let commit = nodes[&1].0.status(GID).await.unwrap().unwrap().commit;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while nodes[&3].0.status(GID).await.unwrap().unwrap().applied < commit {
-        assert!(Instant::now() < deadline, "node 3 did not catch up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    applied_everywhere(&nodes, GID, commit).await;
     for (id, (_, _, engine)) in &nodes {
-        let raw = engine
-            .view()
-            .get(Cf::Data, &data_key(GID, b"k"))
-            .unwrap()
-            .expect("the key is stored");
-        let value = Stored::decode(&raw).unwrap().data;
-        assert_eq!(&value[..], b"15", "node {id}");
+        assert_eq!(stored(engine, GID, b"k"), Some(b"15".to_vec()), "node {id}");
     }
     for (id, (handle, thread, _)) in nodes {
         net.nodes.lock().unwrap().remove(&id);
@@ -681,4 +686,177 @@ fn a_short_log_key_is_corrupt_data() {
         .unwrap();
     let err = GroupLog::open(&engine.view(), 10).unwrap_err();
     assert!(err.to_string().contains("a log key of 9 bytes"), "{err}");
+}
+
+/// Make `h`'s replica of `gid` stand, and wait until it leads.
+async fn elect<R: Send + 'static>(h: &Handle<R>, gid: u64) {
+    h.campaign(gid);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !h.status(gid).await.unwrap().unwrap().is_leader {
+        assert!(Instant::now() < deadline, "the replica was not elected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+type ShardNodes = BTreeMap<
+    u64,
+    (
+        Handle<crate::shard::command::OpReply>,
+        JoinHandle<()>,
+        Arc<Engine>,
+    ),
+>;
+
+/// Wait until every node of `nodes` applied `gid` up to `index`.
+async fn applied_everywhere(nodes: &ShardNodes, gid: u64, index: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (id, (h, _, _)) in nodes {
+        while h.status(gid).await.unwrap().unwrap().applied < index {
+            assert!(Instant::now() < deadline, "node {id} did not catch up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// `key` of group `gid` as stored on `engine`.
+fn stored(engine: &Engine, gid: u64, key: &[u8]) -> Option<Vec<u8>> {
+    let raw = engine.view().get(Cf::Data, &data_key(gid, key)).unwrap()?;
+    Some(
+        crate::shard::value::Stored::decode(&raw)
+            .unwrap()
+            .data
+            .to_vec(),
+    )
+}
+
+fn incr_cmd() -> Vec<u8> {
+    use crate::shard::command::{LogCmd, WriteCmd, WriteOp};
+    super::encode_command(&LogCmd::Write(WriteCmd {
+        now_ms: 1_700_000_000_000,
+        op: WriteOp::IncrBy {
+            key: bytes::Bytes::from_static(b"k"),
+            by: 1,
+        },
+    }))
+    .unwrap()
+}
+
+/// Rows of `gid`'s log on `engine`.
+fn log_rows(engine: &Engine, gid: u64) -> usize {
+    use crate::shard::engine::log_key;
+    let (start, end) = (log_key(gid, 0), log_key(gid, u64::MAX));
+    engine.view().iter(Cf::Log, &start, &end).unwrap().count()
+}
+
+/// A follower away while its leader's log was compacted past what it has
+/// gets the group's data by snapshot, then follows the log again; the
+/// logs stay bounded in memory and on disk; restarts read a compacted log
+/// (its start row) back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
+    use crate::shard::command::OpReply;
+
+    const GID: u64 = 5;
+    const BOUND: u64 = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let net: Net<OpReply> = Net::default();
+    let config = |id| {
+        let mut c = BatchConfig::new(id);
+        c.compact_entries = BOUND;
+        c
+    };
+    let start_node = |id: u64| shard_node(dir.path(), id, &net, GID, config(id));
+    let mut nodes: BTreeMap<u64, _> = VOTERS.iter().map(|&id| (id, start_node(id))).collect();
+    elect(&nodes[&1].0, GID).await;
+    for n in 1..=10 {
+        assert_eq!(
+            nodes[&1].0.propose(GID, incr_cmd()).await,
+            Ok(OpReply::Int(n))
+        );
+    }
+    // Node 3 is cut off; 200 more INCRs go through nodes 1 and 2 (in
+    // flights of 10, so that they share entries less), well past four
+    // times the bound, so the leader stops keeping the log for node 3.
+    net.cut.lock().unwrap().insert(3);
+    for flight in 0..20 {
+        let rxs: Vec<_> = (0..10)
+            .map(|_| nodes[&1].0.propose(GID, incr_cmd()))
+            .collect();
+        for (i, rx) in rxs.into_iter().enumerate() {
+            let want = 10 + flight * 10 + i as i64 + 1;
+            assert_eq!(rx.await, Ok(OpReply::Int(want)));
+        }
+    }
+    let leader = nodes[&1].0.status(GID).await.unwrap().unwrap();
+    let behind = nodes[&3].0.status(GID).await.unwrap().unwrap();
+    assert!(
+        leader.first_index > behind.applied + 1,
+        "the leader kept its log from {} for a follower at {}",
+        leader.first_index,
+        behind.applied
+    );
+    for (id, (h, _, engine)) in &nodes {
+        let s = h.status(GID).await.unwrap().unwrap();
+        assert!(
+            s.log_entries < 4 * BOUND,
+            "node {id} holds {} entries",
+            s.log_entries
+        );
+        let rows = log_rows(engine, GID) as u64;
+        assert!(rows < 4 * BOUND, "node {id} stores {rows} log rows");
+    }
+    // Back: node 3 installs a snapshot and applies what follows it.
+    net.cut.lock().unwrap().remove(&3);
+    for _ in 0..5 {
+        nodes[&1].0.propose(GID, incr_cmd()).await.unwrap();
+    }
+    let commit = nodes[&1].0.status(GID).await.unwrap().unwrap().commit;
+    applied_everywhere(&nodes, GID, commit).await;
+    let stat = |id: u64, f: fn(&super::Stats) -> &std::sync::atomic::AtomicU64| {
+        f(nodes[&id].0.stats()).load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert!(stat(1, |s| &s.snapshots_sent) >= 1);
+    assert!(stat(3, |s| &s.snapshots_installed) >= 1);
+    assert!(stat(1, |s| &s.compactions) >= 1);
+    for (id, (_, _, engine)) in &nodes {
+        assert_eq!(
+            stored(engine, GID, b"k"),
+            Some(b"215".to_vec()),
+            "node {id}"
+        );
+    }
+    // Every node restarts from its compacted log (node 3 from the start
+    // its snapshot left) and the group goes on.
+    for id in VOTERS {
+        let (handle, thread, engine) = nodes.remove(&id).unwrap();
+        net.nodes.lock().unwrap().remove(&id);
+        handle.stop();
+        tokio::task::block_in_place(|| thread.join().unwrap());
+        drop((handle, engine));
+    }
+    let mut nodes: BTreeMap<u64, _> = VOTERS.iter().map(|&id| (id, start_node(id))).collect();
+    for (id, (h, _, _)) in &nodes {
+        let s = h.status(GID).await.unwrap().unwrap();
+        assert!(s.first_index > 1, "node {id} read back a log from 1");
+        assert!(s.applied >= commit, "node {id} restarted at {}", s.applied);
+    }
+    nodes[&2].0.campaign(GID);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match nodes[&2].0.propose(GID, incr_cmd()).await {
+            Ok(r) => {
+                assert_eq!(r, OpReply::Int(216));
+                break;
+            }
+            Err(ProposeError::NotLeader { .. } | ProposeError::Dropped) => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(Instant::now() < deadline, "node 2 took no write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (id, (handle, thread, _)) in std::mem::take(&mut nodes) {
+        net.nodes.lock().unwrap().remove(&id);
+        handle.stop();
+        tokio::task::block_in_place(|| thread.join().unwrap());
+    }
 }

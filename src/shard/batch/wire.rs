@@ -41,6 +41,11 @@ use crate::shard::wire;
 /// A batch's payload past which no more messages join it.
 pub const BATCH_BYTES: usize = wire::APPEND_BUDGET;
 
+/// The largest snapshot sent in a message: a request of one message must
+/// fit the receiving node's frame ([`wire::RAFT_FRAME_MAX`]), with room
+/// for the message around the data.
+pub const MAX_SNAPSHOT_MESSAGE: usize = wire::MAX_APPEND - (64 << 10);
+
 /// How long a batch may wait on the receiving node before it is dropped
 /// unstepped: past a few election timeouts its messages are stale.
 pub const BATCH_TTL: Duration = Duration::from_secs(5);
