@@ -228,7 +228,11 @@ impl Cluster {
                 for (peer, addr) in (1..=3u64).zip(&addrs) {
                     host.transport.set_peer(peer, addr.clone());
                 }
-                servers.push(shoal::shard::service::serve_links(listener, host.clone()));
+                servers.push(shoal::shard::service::serve_plaintext(
+                    listener,
+                    host.clone(),
+                    1 << 30,
+                ));
                 let transport = StreamTransport::new(host.transport.clone(), runtime);
                 let (h, t) = start(config, engine, applier, transport).unwrap();
                 host.set_batch(h.clone());

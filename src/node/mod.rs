@@ -122,9 +122,9 @@ pub async fn run(
                 divert,
             )))
         }
-        None => {
-            tokio::spawn(server.serve_with_incoming(tokio_stream_incoming(listener, host.clone())))
-        }
+        None => tokio::spawn(server.serve_with_incoming(
+            crate::shard::service::plaintext_incoming(listener, host.clone()),
+        )),
     };
 
     meta.register_member(c.id, &c.listen).await?;
@@ -190,41 +190,4 @@ async fn check_identity(meta: &Meta, c: &NodeConfig, host: &Host) -> anyhow::Res
         tracing::info!(cluster = %record.name, id = %record.id, "data dir stamped with its cluster");
     }
     Ok(record)
-}
-
-/// The plaintext listener's connections for tonic; framed links
-/// (`shard::link`, told by their first bytes, looked at on a task per
-/// connection) are served apart.
-fn tokio_stream_incoming(
-    listener: tokio::net::TcpListener,
-    host: Arc<Host>,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<tokio::net::TcpStream>>(64);
-    tokio::spawn(async move {
-        loop {
-            let (socket, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of descriptors, most likely: let a moment pass.
-                    tracing::debug!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            if tx.is_closed() {
-                return;
-            }
-            let _ = socket.set_nodelay(true);
-            let (tx, host) = (tx.clone(), host.clone());
-            tokio::spawn(async move {
-                if crate::shard::link::is_link(&socket).await {
-                    crate::shard::link::keepalive(&socket);
-                    crate::shard::service::serve_link(socket, host, peer.to_string());
-                } else {
-                    let _ = tx.send(Ok(socket)).await;
-                }
-            });
-        }
-    });
-    futures::stream::unfold(rx, |mut rx| async move { Some((rx.recv().await?, rx)) })
 }

@@ -124,11 +124,14 @@ pub enum Format {
     /// Where a batch-engine group's log starts (`batch::log::StoredLogStart`,
     /// `raft_state`, tag BATCH_LOG_START).
     BatchLogStart,
+    /// Node → node: one chunk of a batch-engine snapshot
+    /// (`batch::wire::SnapshotChunk`, `RaftService.BatchSnapshot`).
+    BatchSnapshotChunk,
 }
 
 impl Format {
     /// Every kind, for tests and diagnostics.
-    pub const ALL: [Format; 32] = [
+    pub const ALL: [Format; 33] = [
         Format::LogEntry,
         Format::Vote,
         Format::Committed,
@@ -161,6 +164,7 @@ impl Format {
         Format::BatchCommand,
         Format::BatchMessages,
         Format::BatchLogStart,
+        Format::BatchSnapshotChunk,
     ];
 
     /// The kind's tag, the second byte of every blob of this kind.
@@ -198,6 +202,7 @@ impl Format {
             Format::BatchCommand => 30,
             Format::BatchMessages => 31,
             Format::BatchLogStart => 32,
+            Format::BatchSnapshotChunk => 33,
         }
     }
 
@@ -249,7 +254,8 @@ impl Format {
             | Format::BatchHardState
             | Format::BatchConfState
             | Format::BatchMessages
-            | Format::BatchLogStart => (1, 1),
+            | Format::BatchLogStart
+            | Format::BatchSnapshotChunk => (1, 1),
         }
     }
 
@@ -300,6 +306,7 @@ impl Format {
             Format::BatchCommand => "batch-engine command",
             Format::BatchMessages => "batch-engine messages",
             Format::BatchLogStart => "batch-engine log start",
+            Format::BatchSnapshotChunk => "batch-engine snapshot chunk",
         }
     }
 

@@ -1094,4 +1094,20 @@ fn batch_engine_rows() {
         term: 5,
     };
     golden(Format::BatchLogStart, &start, "0120 ac02 05");
+    let chunk = super::batch::wire::SnapshotChunk {
+        id: "s".into(),
+        offset: 300,
+        done: true,
+        message: Bytes::from_static(&[0x08]),
+        data: Bytes::from_static(b"ab"),
+    };
+    let pinned = concat!(
+        "0121",    // version 1, kind 33 (batch-engine snapshot chunk)
+        "01 73",   // id "s"
+        "ac02",    // offset 300
+        "01",      // done
+        "01 08",   // the message without its data (protobuf)
+        "02 6162", // data "ab"
+    );
+    golden(Format::BatchSnapshotChunk, &chunk, pinned);
 }

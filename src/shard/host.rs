@@ -174,6 +174,8 @@ pub struct Host {
     /// The node's batch-engine loop, once one runs: where peers' batches
     /// (`KIND_BATCH`) go ([`Host::deliver_batch`]).
     batch: RwLock<Option<super::batch::Handle<super::command::OpReply>>>,
+    /// Batch-engine snapshots being received, chunk by chunk.
+    batch_snapshots: super::batch::wire::Incoming,
 }
 
 impl Host {
@@ -196,6 +198,7 @@ impl Host {
             keyspace_events: Arc::default(),
             scripts: super::script::Scripts::default(),
             batch: RwLock::new(None),
+            batch_snapshots: Default::default(),
         })
     }
 
@@ -204,6 +207,34 @@ impl Host {
     pub fn set_batch(&self, handle: super::batch::Handle<super::command::OpReply>) {
         if let Ok(mut b) = self.batch.write() {
             *b = Some(handle);
+        }
+    }
+
+    /// Take one chunk of a peer's batch-engine snapshot of `gid`
+    /// (`RaftService.BatchSnapshot`), at most `limit` bytes in all; the
+    /// last one hands the whole snapshot to this node's loop. An error
+    /// refuses the chunk and drops the snapshot (the sender starts over).
+    pub fn receive_batch_snapshot(
+        &self,
+        gid: u64,
+        raw: &[u8],
+        limit: u64,
+    ) -> Result<(), super::batch::wire::WireError> {
+        let Some(msg) = self.batch_snapshots.chunk(gid, self.node_id, raw, limit)? else {
+            return Ok(());
+        };
+        let delivered = self
+            .batch
+            .read()
+            .ok()
+            .and_then(|b| b.clone())
+            .is_some_and(|h| h.deliver_snapshot(gid, msg));
+        if delivered {
+            Ok(())
+        } else {
+            Err(super::batch::wire::WireError::Snapshot(
+                "no batch-engine loop runs on this node".into(),
+            ))
         }
     }
 

@@ -114,6 +114,30 @@ impl RaftService for NodeService {
         }))
     }
 
+    async fn batch_snapshot(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let msg = req.into_inner();
+        if msg.payload.len() > wire::MAX_SNAPSHOT_MESSAGE {
+            return Err(Status::out_of_range(format!(
+                "snapshot chunk of {} bytes, over the limit of {}",
+                msg.payload.len(),
+                wire::MAX_SNAPSHOT_MESSAGE
+            )));
+        }
+        self.host
+            .receive_batch_snapshot(msg.group_id, &msg.payload, self.max_snapshot_len)
+            .map_err(|e| {
+                tracing::warn!(group = msg.group_id, "{e}");
+                Status::invalid_argument(e.to_string())
+            })?;
+        Ok(Response::new(RaftMessage {
+            group_id: msg.group_id,
+            payload: Vec::new(),
+        }))
+    }
+
     async fn install_snapshot(
         &self,
         req: Request<RaftMessage>,
@@ -308,24 +332,59 @@ where
     );
 }
 
-/// Serve framed links, and only them, on `listener` with `host`'s
-/// services: what a node serves on its port less the gRPC services (for
-/// tests and benchmarks of the wire between nodes). Ends when aborted.
-pub fn serve_links(
+/// The plaintext listener's connections for tonic; framed links
+/// (`shard::link`, told by their first bytes, looked at on a task per
+/// connection) are served apart.
+pub fn plaintext_incoming(
     listener: tokio::net::TcpListener,
     host: Arc<Host>,
-) -> tokio::task::JoinHandle<()> {
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<tokio::net::TcpStream>>(64);
     tokio::spawn(async move {
-        while let Ok((socket, peer)) = listener.accept().await {
-            let host = host.clone();
+        loop {
+            let (socket, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, most likely: let a moment pass.
+                    tracing::debug!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if tx.is_closed() {
+                return;
+            }
+            let _ = socket.set_nodelay(true);
+            let (tx, host) = (tx.clone(), host.clone());
             tokio::spawn(async move {
-                let _ = socket.set_nodelay(true);
                 if link::is_link(&socket).await {
                     link::keepalive(&socket);
                     serve_link(socket, host, peer.to_string());
+                } else {
+                    let _ = tx.send(Ok(socket)).await;
                 }
             });
         }
+    });
+    futures::stream::unfold(rx, |mut rx| async move { Some((rx.recv().await?, rx)) })
+}
+
+/// Serve on `listener` what a node serves on its port in plaintext: its
+/// gRPC services and framed links, with `host` (for tests and benchmarks
+/// of the wire between nodes). Ends when aborted.
+pub fn serve_plaintext(
+    listener: tokio::net::TcpListener,
+    host: Arc<Host>,
+    max_snapshot_len: u64,
+) -> tokio::task::JoinHandle<()> {
+    let service = NodeService::new(host.clone(), max_snapshot_len);
+    let server = tonic::transport::Server::builder()
+        .add_service(raft_server(service.clone()))
+        .add_service(shard_server(service));
+    tokio::spawn(async move {
+        let _ = server
+            .serve_with_incoming(plaintext_incoming(listener, host))
+            .await;
     })
 }
 

@@ -29,12 +29,11 @@
 //! **Status.** Being built in steps (docs/ARCHITECTURE.md, "The batch
 //! engine", has the plan). Built and tested with real RocksDB, real
 //! threads and real TCP links: the loop, the shard applier, linearizable
-//! reads, the wire between nodes, log compaction and snapshots (sent
-//! inline, so bounded in size until they get a channel of their own). `bench/batch` measures its SETs and
+//! reads, the wire between nodes, log compaction and snapshots (on a
+//! chunked channel of their own). `bench/batch` measures its SETs and
 //! GETs beside openraft's at 1, 3 and 8 groups, in process and over
-//! sockets. No shard group runs on it yet: the request path, snapshots,
-//! membership changes for moves, leases and hibernation still go through
-//! openraft.
+//! sockets. No shard group runs on it yet: the request path, membership
+//! changes for moves, leases and hibernation still go through openraft.
 
 pub mod apply;
 pub mod log;

@@ -149,6 +149,15 @@ pub trait Transport: Send + 'static {
     /// Send `msgs` (group id, message), every group's for node `to`
     /// together. Delivery may fail silently: Raft resends.
     fn send(&mut self, to: u64, msgs: Vec<(u64, Message)>);
+
+    /// Send a snapshot (`msg`, whose data may be large) of group `gid` to
+    /// node `to` without holding up [`Transport::send`]'s messages, and
+    /// call `done` with whether the node got it whole. By default it goes
+    /// as any message, and counts as sent.
+    fn send_snapshot(&mut self, to: u64, gid: u64, msg: Message, done: super::wire::SnapshotDone) {
+        self.send(to, vec![(gid, msg)]);
+        done(true);
+    }
 }
 
 /// Counters of what the loop did, for benchmarks and metrics.
@@ -222,6 +231,12 @@ enum Input<R> {
         done: oneshot::Sender<Result<(), String>>,
     },
     Campaign(u64),
+    /// A snapshot reached a follower whole (`ok`), or could not be sent.
+    SnapshotSent {
+        gid: u64,
+        to: u64,
+        ok: bool,
+    },
     /// A snapshot job ended: the snapshot's index, term and configuration,
     /// and its bytes or why there are none.
     SnapshotBuilt {
@@ -294,6 +309,12 @@ impl<R: Send + 'static> Handle<R> {
             rx.await
                 .unwrap_or_else(|_| Err(ProposeError::Stopped("the Raft loop ended".into())))
         }
+    }
+
+    /// Hand over a snapshot message a peer sent (received whole, within
+    /// the node's snapshot size limit: not counted against the inbox).
+    pub fn deliver_snapshot(&self, gid: u64, msg: Message) -> bool {
+        self.tx.send(Input::Raft(vec![(gid, msg)], 0)).is_ok()
     }
 
     /// Hand over messages a peer sent. `false`: dropped, the loop's inbox
@@ -390,6 +411,7 @@ pub fn start<A: Applier, T: Transport>(
         stats,
         inbox,
         snapshotting: HashSet::new(),
+        outbox: HashMap::new(),
         stopped: None,
     };
     let node_id = lp.config.node_id;
@@ -501,6 +523,9 @@ struct Loop<A: Applier, T> {
     inbox: Arc<AtomicUsize>,
     /// Groups with a snapshot job running.
     snapshotting: HashSet<u64>,
+    /// Messages that waited for the disk and may go now, per peer: sent
+    /// with the next turn's leader messages, in the same send.
+    outbox: HashMap<u64, Vec<(u64, Message)>>,
     /// Why the loop stopped, once it has.
     stopped: Option<String>,
 }
@@ -577,6 +602,17 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 }
             }
             Input::SnapshotBuilt { gid, meta, result } => self.snapshot_built(gid, meta, result),
+            Input::SnapshotSent { gid, to, ok } => {
+                if let Some(g) = self.groups.get_mut(&gid) {
+                    let status = if ok {
+                        Stats::add(&self.stats.snapshots_sent, 1);
+                        SnapshotStatus::Finish
+                    } else {
+                        SnapshotStatus::Failure
+                    };
+                    g.raw.report_snapshot(to, status);
+                }
+            }
             Input::Persisted { seq, result } => self.persisted(seq, result),
             Input::Open { gid, voters, done } => {
                 let r = self.open(gid, &voters);
@@ -739,11 +775,12 @@ impl<A: Applier, T: Transport> Loop<A, T> {
         }
         let mut ops: Vec<Op> = Vec::new();
         let mut sync = false;
-        let mut out: HashMap<u64, Vec<(u64, Message)>> = HashMap::new();
+        // What waited for the disk goes first, with this turn's messages.
+        let mut out = std::mem::take(&mut self.outbox);
         let mut persists = Vec::new();
         let mut applies = Vec::new();
         let mut appended = 0;
-        let mut snapshots_sent = Vec::new();
+        let mut snapshots_out = Vec::new();
         let mut failed = None;
         for (&gid, g) in self.groups.iter_mut() {
             if !g.raw.has_ready() {
@@ -779,18 +816,8 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             g.answer_reads();
             for m in rd.take_messages() {
                 if m.get_msg_type() == MessageType::MsgSnapshot {
-                    let len = m.snapshot.as_ref().map_or(0, |s| s.data.len());
-                    if len > super::wire::MAX_SNAPSHOT_MESSAGE {
-                        tracing::error!(
-                            gid,
-                            to = m.to,
-                            "a snapshot of {len} bytes is larger than one message may carry ({} bytes): not sent; the follower cannot catch up until snapshots have a channel of their own",
-                            super::wire::MAX_SNAPSHOT_MESSAGE
-                        );
-                        g.raw.report_snapshot(m.to, SnapshotStatus::Failure);
-                        continue;
-                    }
-                    snapshots_sent.push((gid, m.to));
+                    snapshots_out.push((gid, m));
+                    continue;
                 }
                 out.entry(m.to).or_default().push((gid, m));
             }
@@ -846,17 +873,19 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             return self.fail(why);
         }
         if persists.is_empty() {
+            self.send(out);
             return;
         }
         Stats::add(&self.stats.turns, 1);
         self.send(out);
-        // Sent (handed to the transport): the follower answers once it
-        // installed it, and a lost one is sent again when it next asks.
-        for (gid, to) in snapshots_sent {
-            if let Some(g) = self.groups.get_mut(&gid) {
-                g.raw.report_snapshot(to, SnapshotStatus::Finish);
-                Stats::add(&self.stats.snapshots_sent, 1);
-            }
+        // Snapshots on their own channel; raft-rs hears how each went
+        // (one that failed is sent again when the follower next answers).
+        for (gid, m) in snapshots_out {
+            let (to, tx) = (m.to, self.tx.clone());
+            let done = Box::new(move |ok| {
+                let _ = tx.send(Input::SnapshotSent { gid, to, ok });
+            });
+            self.transport.send_snapshot(to, gid, m, done);
         }
         if sync {
             for gid in self.dirty_hard_states.drain() {
@@ -884,6 +913,8 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             last.extend(persists);
         } else {
             self.finish(persists);
+            let ready = std::mem::take(&mut self.outbox);
+            self.send(ready);
         }
         if !applies.is_empty() {
             self.apply(applies);
@@ -912,9 +943,10 @@ impl<A: Applier, T: Transport> Loop<A, T> {
         self.finish(persists);
     }
 
-    /// Tell each group its ready is on disk, and send what waited for it.
+    /// Tell each group its ready is on disk; what waited for it goes out
+    /// with the next turn's messages ([`Loop::outbox`]: a turn follows
+    /// the inputs that brought the news at once).
     fn finish(&mut self, persists: Vec<Persist>) {
-        let mut out: HashMap<u64, Vec<(u64, Message)>> = HashMap::new();
         for p in persists {
             let Some(g) = self.groups.get_mut(&p.gid) else {
                 continue;
@@ -924,10 +956,9 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 g.raw.advance_apply_to(p.snapshot);
             }
             for m in p.messages {
-                out.entry(m.to).or_default().push((p.gid, m));
+                self.outbox.entry(m.to).or_default().push((p.gid, m));
             }
         }
-        self.send(out);
     }
 
     fn apply(&mut self, mut applies: Vec<(u64, Vec<Entry>)>) {

@@ -23,6 +23,17 @@
 //! its loop in one piece. A batch that does not decode, or names another
 //! node as its receiver, is refused whole: nothing of it is stepped. The
 //! loop's inbox is bounded ([`MAX_INBOX_BYTES`](super::node::MAX_INBOX_BYTES)).
+//!
+//! **Snapshots** have a channel of their own, so that a large one never
+//! holds up the stream: [`StreamTransport::send_snapshot`] sends the
+//! message without its data first, then the data, in chunks of
+//! [`wire::SNAPSHOT_CHUNK`], one `RaftService.BatchSnapshot` call each
+//! ([`SnapshotChunk`]), and tells the loop whether the whole went. The
+//! receiving node checks each chunk as openraft groups' snapshots are
+//! checked (offsets in order, the size limit, the envelope's checksum at
+//! the end: [`super::super::snapshot::Receiver`]), keeps the bytes
+//! ([`Incoming`]), and hands the whole message to its loop once the last
+//! chunk checks out.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,11 +51,6 @@ use crate::shard::wire;
 
 /// A batch's payload past which no more messages join it.
 pub const BATCH_BYTES: usize = wire::APPEND_BUDGET;
-
-/// The largest snapshot sent in a message: a request of one message must
-/// fit the receiving node's frame ([`wire::RAFT_FRAME_MAX`]), with room
-/// for the message around the data.
-pub const MAX_SNAPSHOT_MESSAGE: usize = wire::MAX_APPEND - (64 << 10);
 
 /// How long a batch may wait on the receiving node before it is dropped
 /// unstepped: past a few election timeouts its messages are stale.
@@ -64,6 +70,21 @@ pub struct WireMessage {
     pub raft: Bytes,
 }
 
+/// One chunk of a snapshot, as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    /// Names the snapshot: every chunk of one carries the same.
+    pub id: String,
+    /// Where `data` starts in the snapshot's data.
+    pub offset: u64,
+    /// The last chunk.
+    pub done: bool,
+    /// At offset 0: the raft-rs message carrying the snapshot, without its
+    /// data (protobuf); empty in later chunks.
+    pub message: Bytes,
+    pub data: Bytes,
+}
+
 /// Why a received batch was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -73,6 +94,8 @@ pub enum WireError {
     Message { group: u64 },
     #[error("a message for node {to} reached node {me}")]
     WrongNode { to: u64, me: u64 },
+    #[error("snapshot refused: {0}")]
+    Snapshot(String),
 }
 
 /// `msgs` (group id, message), all for one node, as the payloads of the
@@ -139,19 +162,169 @@ pub fn deliver<R: Send + 'static>(
     Ok(handle.deliver(msgs))
 }
 
+/// Snapshots being received by a node, one per group: the chunks so far
+/// (checked by [`Receiver`](crate::shard::snapshot::Receiver)) and the
+/// message they belong to.
+#[derive(Default)]
+pub struct Incoming {
+    checks: crate::shard::snapshot::Receiver,
+    parts: std::sync::Mutex<std::collections::HashMap<u64, Part>>,
+}
+
+/// A snapshot being received: its id, its message, its data so far.
+type Part = (String, Message, Vec<u8>);
+
+impl Incoming {
+    /// Take one chunk (`raw`, a [`SnapshotChunk`]) of a snapshot of group
+    /// `gid` for node `me`, whose data may be at most `limit` bytes. The
+    /// whole message once its last chunk checks out; an error drops the
+    /// group's snapshot (the sender starts again from the first chunk).
+    pub fn chunk(
+        &self,
+        gid: u64,
+        me: u64,
+        raw: &[u8],
+        limit: u64,
+    ) -> Result<Option<Message>, WireError> {
+        let chunk: SnapshotChunk = codec::decode(Format::BatchSnapshotChunk, raw)?;
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        let checked =
+            self.checks
+                .chunk(gid, &chunk.id, chunk.offset, &chunk.data, chunk.done, limit);
+        let complete = match checked {
+            Ok(c) => c == crate::shard::snapshot::Chunk::Complete,
+            Err(e) => {
+                parts.remove(&gid);
+                return Err(WireError::Snapshot(e.to_string()));
+            }
+        };
+        if chunk.offset == 0 {
+            let mut msg = Message::default();
+            let refused = if msg.merge_from_bytes(&chunk.message).is_err() {
+                Some(WireError::Message { group: gid })
+            } else if msg.to != me {
+                Some(WireError::WrongNode { to: msg.to, me })
+            } else {
+                None
+            };
+            if let Some(e) = refused {
+                parts.remove(&gid);
+                return Err(e);
+            }
+            parts.insert(gid, (chunk.id.clone(), msg, Vec::new()));
+        }
+        let Some((id, _, data)) = parts.get_mut(&gid) else {
+            return Err(WireError::Snapshot("a chunk of no snapshot".into()));
+        };
+        if *id != chunk.id {
+            // The checks above refuse it first; kept as a guard.
+            parts.remove(&gid);
+            return Err(WireError::Snapshot("a chunk of another snapshot".into()));
+        }
+        data.extend_from_slice(&chunk.data);
+        if !complete {
+            return Ok(None);
+        }
+        let (_, mut msg, data) = parts.remove(&gid).expect("looked up above");
+        if let Some(s) = msg.snapshot.as_mut() {
+            s.data = data;
+        }
+        Ok(Some(msg))
+    }
+}
+
+/// Tells the loop whether a snapshot reached its follower whole.
+pub type SnapshotDone = Box<dyn FnOnce(bool) + Send>;
+
+/// How long one snapshot chunk may take to be received.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The loop's [`Transport`] over the node's Raft streams: one post per
 /// batch, to the address the node's [`network::Transport`] knows for the
-/// peer.
+/// peer; snapshots in chunks, one call each, on the node's gRPC channel.
 pub struct StreamTransport {
     network: Arc<network::Transport>,
     /// The runtime the streams' tasks run on (the loop's thread is not
     /// one of its workers).
     runtime: tokio::runtime::Handle,
+    /// Bytes of snapshot data per call.
+    chunk: usize,
 }
 
 impl StreamTransport {
     pub fn new(network: Arc<network::Transport>, runtime: tokio::runtime::Handle) -> Self {
-        StreamTransport { network, runtime }
+        StreamTransport {
+            network,
+            runtime,
+            chunk: wire::SNAPSHOT_CHUNK,
+        }
+    }
+
+    /// Snapshot data sent `chunk` bytes per call (tests: many chunks).
+    pub fn with_snapshot_chunk(mut self, chunk: usize) -> Self {
+        self.chunk = chunk.max(1);
+        self
+    }
+}
+
+/// Send `msg`'s snapshot to the node at `addr` as [`SnapshotChunk`]s.
+async fn send_snapshot(
+    network: Arc<network::Transport>,
+    addr: String,
+    gid: u64,
+    mut msg: Message,
+    chunk: usize,
+) -> Result<(), String> {
+    use crate::proto::raft_service_client::RaftServiceClient;
+    let data = msg
+        .snapshot
+        .as_mut()
+        .map(|s| std::mem::take(&mut s.data))
+        .unwrap_or_default();
+    let meta = msg.snapshot.as_ref().and_then(|s| s.metadata.clone());
+    let (index, term) = meta.map_or((0, 0), |m| (m.index, m.term));
+    let id = format!(
+        "{gid}-{index}-{term}-{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let head = Bytes::from(msg.write_to_bytes().map_err(|e| e.to_string())?);
+    let channel = network.channel(&addr)?;
+    let mut client = RaftServiceClient::new(channel)
+        .max_encoding_message_size(usize::MAX)
+        .max_decoding_message_size(wire::RAFT_REPLY_FRAME_MAX);
+    let data = Bytes::from(data);
+    let mut offset = 0usize;
+    loop {
+        let end = (offset + chunk).min(data.len());
+        let done = end == data.len();
+        let piece = SnapshotChunk {
+            id: id.clone(),
+            offset: offset as u64,
+            done,
+            message: if offset == 0 {
+                head.clone()
+            } else {
+                Bytes::new()
+            },
+            data: data.slice(offset..end),
+        };
+        let payload =
+            codec::encode(Format::BatchSnapshotChunk, &piece).map_err(|e| e.to_string())?;
+        let call = client.batch_snapshot(crate::proto::RaftMessage {
+            group_id: gid,
+            payload,
+        });
+        match tokio::time::timeout(CHUNK_TIMEOUT, call).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(status)) => return Err(status.message().to_string()),
+            Err(_) => return Err("a chunk took too long".into()),
+        }
+        if done {
+            return Ok(());
+        }
+        offset = end;
     }
 }
 
@@ -169,5 +342,22 @@ impl Transport for StreamTransport {
                 return;
             }
         }
+    }
+
+    fn send_snapshot(&mut self, to: u64, gid: u64, msg: Message, done: SnapshotDone) {
+        let Some(addr) = self.network.peer_addr(to) else {
+            tracing::warn!(node = to, gid, "no address for a peer: snapshot not sent");
+            return done(false);
+        };
+        let (network, chunk) = (self.network.clone(), self.chunk);
+        self.runtime.spawn(async move {
+            match send_snapshot(network, addr, gid, msg, chunk).await {
+                Ok(()) => done(true),
+                Err(e) => {
+                    tracing::warn!(node = to, gid, "snapshot not sent: {e}");
+                    done(false)
+                }
+            }
+        });
     }
 }

@@ -52,13 +52,15 @@ fn host(id: u64, dir: &std::path::Path) -> Arc<Host> {
     Host::new(id, engine, Network::new(), config)
 }
 
-/// Start `host`'s loop over the wire and open `groups` in it.
-fn start_loop(host: &Arc<Host>, groups: &[u64]) -> (Handle<OpReply>, JoinHandle<()>) {
+/// Start `host`'s loop over the wire and open `groups` in it; logs are
+/// compacted past `compact` entries, snapshots sent 256 bytes a chunk.
+fn start_loop(host: &Arc<Host>, groups: &[u64], compact: u64) -> (Handle<OpReply>, JoinHandle<()>) {
     let runtime = tokio::runtime::Handle::current();
     let applier = ShardApplier::new(host.engine.clone(), runtime.clone());
-    let transport = StreamTransport::new(host.transport.clone(), runtime);
+    let transport = StreamTransport::new(host.transport.clone(), runtime).with_snapshot_chunk(256);
     let mut config = BatchConfig::new(host.node_id);
     config.tick = Duration::from_millis(20);
+    config.compact_entries = compact;
     let (handle, thread) = start(config, host.engine.clone(), applier, transport).unwrap();
     host.set_batch(handle.clone());
     for &gid in groups {
@@ -70,7 +72,7 @@ fn start_loop(host: &Arc<Host>, groups: &[u64]) -> (Handle<OpReply>, JoinHandle<
     (handle, thread)
 }
 
-async fn cluster(dir: &std::path::Path, groups: &[u64]) -> BTreeMap<u64, WireNode> {
+async fn cluster(dir: &std::path::Path, groups: &[u64], compact: u64) -> BTreeMap<u64, WireNode> {
     let mut listeners = BTreeMap::new();
     for id in VOTERS {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -86,8 +88,8 @@ async fn cluster(dir: &std::path::Path, groups: &[u64]) -> BTreeMap<u64, WireNod
         for (&peer, addr) in &addrs {
             host.transport.set_peer(peer, addr.clone());
         }
-        let accept = crate::shard::service::serve_links(listener, host.clone());
-        let (handle, thread) = start_loop(&host, groups);
+        let accept = crate::shard::service::serve_plaintext(listener, host.clone(), 1 << 30);
+        let (handle, thread) = start_loop(&host, groups, compact);
         nodes.insert(
             id,
             WireNode {
@@ -160,7 +162,7 @@ async fn incr_all(nodes: &BTreeMap<u64, WireNode>, groups: &[u64], n: i64, from:
 async fn groups_replicate_over_the_node_pairs_links_and_a_restarted_loop_catches_up() {
     let dir = tempfile::tempdir().unwrap();
     let groups: Vec<u64> = (1..=8).collect();
-    let mut nodes = cluster(dir.path(), &groups).await;
+    let mut nodes = cluster(dir.path(), &groups, 10_000).await;
     for &gid in &groups {
         nodes[&(gid % 3 + 1)].handle.campaign(gid);
     }
@@ -186,7 +188,7 @@ async fn groups_replicate_over_the_node_pairs_links_and_a_restarted_loop_catches
 
     // A new loop over node 3's RocksDB reads its logs back and catches up
     // through the links.
-    let (handle, thread) = start_loop(&nodes[&3].host, &groups);
+    let (handle, thread) = start_loop(&nodes[&3].host, &groups, 10_000);
     let n3 = nodes.get_mut(&3).unwrap();
     n3.handle = handle;
     n3.thread = Some(thread);
@@ -277,4 +279,164 @@ fn a_large_turn_is_split_into_batches_in_order() {
     for p in &payloads {
         assert!(p.len() <= wire::BATCH_BYTES + 1024, "{} bytes", p.len());
     }
+}
+
+fn set(key: &str, value: &[u8]) -> Vec<u8> {
+    use crate::shard::command::{Expiry, SetCond};
+    encode_command(&LogCmd::Write(WriteCmd {
+        now_ms: 1_700_000_000_000,
+        op: WriteOp::Set {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value),
+            expiry: Expiry::Clear,
+            cond: SetCond::Always,
+            get: false,
+        },
+    }))
+    .unwrap()
+}
+
+/// A node whose loop was down while its leader compacted the log past it
+/// gets the group's data back as a snapshot sent in many chunks over the
+/// gRPC channel (not the stream), and follows the log again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_the_compacted_log_gets_a_chunked_snapshot_over_the_wire() {
+    let dir = tempfile::tempdir().unwrap();
+    let groups = [7u64];
+    let mut nodes = cluster(dir.path(), &groups, 20).await;
+    nodes[&1].handle.campaign(7);
+    let l = leader(&nodes, 7).await;
+    // About 6 KB of data: two dozen chunks of 256 bytes.
+    for i in 0..30 {
+        let r = nodes[&l]
+            .handle
+            .propose(7, set(&format!("key{i}"), &[b'v'; 200]))
+            .await;
+        assert_eq!(r, Ok(OpReply::Ok));
+    }
+    nodes.get_mut(&3).unwrap().stop_loop();
+    let three = nodes.split_off(&3);
+    incr_all(&nodes, &groups, 200, 1).await;
+    let l = leader(&nodes, 7).await;
+    let status = nodes[&l].handle.status(7).await.unwrap().unwrap();
+    assert!(
+        status.first_index > 31,
+        "the leader kept its log from {}",
+        status.first_index
+    );
+    nodes.extend(three);
+
+    let (handle, thread) = start_loop(&nodes[&3].host, &groups, 20);
+    let n3 = nodes.get_mut(&3).unwrap();
+    n3.handle = handle;
+    n3.thread = Some(thread);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while counters(&nodes, 3, &groups) != vec![Some(b"200".to_vec())] {
+        assert!(
+            Instant::now() < deadline,
+            "node 3: {:?}",
+            counters(&nodes, 3, &groups)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let view = nodes[&3].host.engine.view();
+    for i in 0..30 {
+        let raw = view
+            .get(Cf::Data, &data_key(7, format!("key{i}").as_bytes()))
+            .unwrap();
+        let value = Stored::decode(&raw.expect("in the snapshot")).unwrap().data;
+        assert_eq!(&value[..], &[b'v'; 200][..]);
+    }
+    let installed = nodes[&3]
+        .handle
+        .stats()
+        .snapshots_installed
+        .load(Ordering::Relaxed);
+    assert!(installed >= 1);
+    // And it follows the log again.
+    incr_all(&nodes, &groups, 1, 201).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while counters(&nodes, 3, &groups) != vec![Some(b"201".to_vec())] {
+        assert!(Instant::now() < deadline, "node 3 stopped following");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn snapshot_chunks_are_checked_and_assembled() {
+    use super::wire::{Incoming, SnapshotChunk};
+    use raft::prelude::{Snapshot, SnapshotMetadata};
+    let data = crate::shard::snapshot::seal(b"the group's rows");
+    let mut msg = Message::default();
+    msg.set_msg_type(MessageType::MsgSnapshot);
+    msg.to = 2;
+    msg.snapshot = Some(Snapshot {
+        data: Vec::new(),
+        metadata: Some(SnapshotMetadata {
+            index: 40,
+            term: 3,
+            ..Default::default()
+        }),
+    });
+    let head = Bytes::from(protobuf::Message::write_to_bytes(&msg).unwrap());
+    let chunk = |offset: usize, end: usize, data: &[u8]| {
+        codec::encode(
+            Format::BatchSnapshotChunk,
+            &SnapshotChunk {
+                id: "s1".into(),
+                offset: offset as u64,
+                done: end == data.len(),
+                message: if offset == 0 {
+                    head.clone()
+                } else {
+                    Bytes::new()
+                },
+                data: Bytes::copy_from_slice(&data[offset..end]),
+            },
+        )
+        .unwrap()
+    };
+    let incoming = Incoming::default();
+    // Whole, in three chunks.
+    assert_eq!(
+        incoming.chunk(9, 2, &chunk(0, 10, &data), 1 << 20),
+        Ok(None)
+    );
+    assert_eq!(
+        incoming.chunk(9, 2, &chunk(10, 20, &data), 1 << 20),
+        Ok(None)
+    );
+    let whole = incoming
+        .chunk(9, 2, &chunk(20, data.len(), &data), 1 << 20)
+        .unwrap()
+        .expect("the last chunk completes it");
+    let mut want = msg.clone();
+    want.snapshot.as_mut().unwrap().data = data.clone();
+    assert_eq!(whole, want);
+    // A chunk out of place, a damaged byte, a snapshot over the limit, one
+    // for another node: refused, and the group's snapshot dropped.
+    assert!(incoming
+        .chunk(9, 2, &chunk(10, 20, &data), 1 << 20)
+        .is_err());
+    let mut damaged = data.clone();
+    *damaged.last_mut().unwrap() ^= 1;
+    assert_eq!(
+        incoming.chunk(9, 2, &chunk(0, 10, &damaged), 1 << 20),
+        Ok(None)
+    );
+    assert!(incoming
+        .chunk(9, 2, &chunk(10, damaged.len(), &damaged), 1 << 20)
+        .is_err());
+    assert!(incoming
+        .chunk(9, 2, &chunk(0, data.len(), &data), 8)
+        .is_err());
+    assert_eq!(
+        incoming.chunk(9, 3, &chunk(0, data.len(), &data), 1 << 20),
+        Err(WireError::WrongNode { to: 2, me: 3 })
+    );
+    // After all that, a clean send still goes through.
+    assert!(incoming
+        .chunk(9, 2, &chunk(0, data.len(), &data), 1 << 20)
+        .unwrap()
+        .is_some());
 }
