@@ -73,6 +73,9 @@ pub struct BatchConfig {
     /// replica applied (a follower further behind then gets a snapshot).
     pub compact_entries: u64,
     pub compact_bytes: u64,
+    /// Whether a leader answers reads alone, without a round, while it
+    /// holds a lease ([`BatchConfig::lease`]).
+    pub lease_reads: bool,
 }
 
 impl BatchConfig {
@@ -88,7 +91,27 @@ impl BatchConfig {
             max_apply_bytes: 16 << 20,
             compact_entries: 10_000,
             compact_bytes: 64 << 20,
+            lease_reads: true,
         }
+    }
+
+    /// How long a quorum's answer to a leader's heartbeat lets it answer
+    /// reads alone, from when the heartbeat was sent. A follower that took
+    /// the heartbeat refuses votes until `election_ticks` ticks have
+    /// passed since (raft-rs with check-quorum), so for at least
+    /// `election_ticks` less one tick lengths; the lease is 90 % of that,
+    /// the rest a margin for clocks that run at different rates and for
+    /// scheduling.
+    pub fn lease(&self) -> Duration {
+        let ticks = u32::try_from(self.election_ticks.saturating_sub(1)).unwrap_or(0);
+        self.tick * ticks * 9 / 10
+    }
+
+    /// How long a replica reopened from its stored log grants no vote: the
+    /// refusal a leader's lease counts on is in memory, so a follower that
+    /// restarted keeps it for a whole election timeout from its start.
+    fn quiet(&self) -> Duration {
+        self.tick * u32::try_from(self.election_ticks).unwrap_or(u32::MAX)
     }
 }
 
@@ -141,6 +164,10 @@ pub trait Applier: Send + 'static {
     ) -> Result<(), BatchError>;
 }
 
+/// Tells the loop whether a snapshot reached its follower whole
+/// ([`Transport::send_snapshot`]).
+pub type SnapshotDone = Box<dyn FnOnce(bool) + Send>;
+
 /// Makes a snapshot's bytes, off the loop's thread ([`Applier::snapshot`]).
 pub type SnapshotJob = Box<dyn FnOnce() -> Result<Vec<u8>, BatchError> + Send>;
 
@@ -154,7 +181,7 @@ pub trait Transport: Send + 'static {
     /// node `to` without holding up [`Transport::send`]'s messages, and
     /// call `done` with whether the node got it whole. By default it goes
     /// as any message, and counts as sent.
-    fn send_snapshot(&mut self, to: u64, gid: u64, msg: Message, done: super::wire::SnapshotDone) {
+    fn send_snapshot(&mut self, to: u64, gid: u64, msg: Message, done: SnapshotDone) {
         self.send(to, vec![(gid, msg)]);
         done(true);
     }
@@ -176,8 +203,10 @@ pub struct Stats {
     /// Applier calls.
     pub applies: AtomicU64,
     /// ReadIndex rounds started (each for all the reads of a group that
-    /// arrived in one turn).
+    /// arrived in one turn, or to renew a lease).
     pub read_rounds: AtomicU64,
+    /// Reads a leader answered in its lease, without a round.
+    pub lease_reads: AtomicU64,
     /// Peers' messages dropped because the inbox was full.
     pub dropped: AtomicU64,
     /// Log compactions (all groups).
@@ -441,16 +470,31 @@ struct Group<R> {
     waiting: VecDeque<(u64, u64, Waiter<R>)>,
     /// Reads that arrived this turn, not yet in a ReadIndex round.
     reads_new: Vec<ReadWaiter>,
-    /// ReadIndex rounds in flight, oldest first: (context, reads).
-    reads_asked: VecDeque<(u64, Vec<ReadWaiter>)>,
+    /// ReadIndex rounds in flight, oldest first.
+    reads_asked: VecDeque<Round>,
     /// Confirmed rounds waiting for the apply: (read index, reads).
     reads_ready: VecDeque<(u64, Vec<ReadWaiter>)>,
+    /// The lease this replica holds as leader: (term, until).
+    lease: Option<(u64, Instant)>,
+    /// Until when this replica grants no vote (reopened from a stored log:
+    /// [`BatchConfig::quiet`]).
+    quiet_until: Option<Instant>,
+}
+
+/// A ReadIndex round in flight.
+struct Round {
+    ctx: u64,
+    /// When it was asked (before its heartbeats went out), and in which
+    /// term: a quorum's answer gives a lease from then.
+    sent: Instant,
+    term: u64,
+    reads: Vec<ReadWaiter>,
 }
 
 impl<R> Group<R> {
     /// Fail the reads no quorum confirmed (this replica stopped leading).
     fn fail_unconfirmed_reads(&mut self, err: &ProposeError) {
-        let asked = self.reads_asked.drain(..).flat_map(|(_, w)| w);
+        let asked = self.reads_asked.drain(..).flat_map(|r| r.reads);
         for w in self.reads_new.drain(..).chain(asked) {
             let _ = w.send(Err(err.clone()));
         }
@@ -593,6 +637,14 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                         tracing::debug!(gid, "a message for a group not hosted here");
                         continue;
                     };
+                    let vote = matches!(
+                        msg.get_msg_type(),
+                        MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+                    );
+                    if vote && g.quiet_until.is_some_and(|t| Instant::now() < t) {
+                        tracing::debug!(gid, "a vote request while reopened lately: ignored");
+                        continue;
+                    }
                     if let Err(e) = g.raw.step(msg) {
                         tracing::debug!(gid, "step: {e}");
                     }
@@ -662,8 +714,14 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             return Ok(());
         }
         let view = self.engine.view();
+        let mut quiet_until = None;
         let log = match GroupLog::open(&view, gid).map_err(|e| e.to_string())? {
-            Some(log) => log,
+            Some(log) => {
+                if log.hard_state().term > 0 {
+                    quiet_until = Some(Instant::now() + self.config.quiet());
+                }
+                log
+            }
             None => {
                 let mut ops = Vec::new();
                 let log = GroupLog::create(gid, voters, &mut ops);
@@ -719,6 +777,8 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 waiting: VecDeque::new(),
                 reads_new: Vec::new(),
                 reads_asked: VecDeque::new(),
+                lease: None,
+                quiet_until,
                 reads_ready: VecDeque::new(),
             },
         );
@@ -766,12 +826,39 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 self.read_groups.insert(gid);
                 continue;
             }
+            let now = Instant::now();
+            let term = g.raw.raft.term;
+            let leased = self.config.lease_reads
+                && g.raw.raft.state == StateRole::Leader
+                && g.lease.is_some_and(|(t, until)| t == term && now < until);
+            let mut reads = std::mem::take(&mut g.reads_new);
+            if leased {
+                // No other leader can exist until the lease ends: what
+                // this one has committed is all that was acknowledged.
+                Stats::add(&self.stats.lease_reads, reads.len() as u64);
+                g.reads_ready
+                    .push_back((g.raw.raft.raft_log.committed, reads));
+                g.answer_reads();
+                // Renewed, by a round with no read waiting on it, once
+                // half used.
+                let until = g.lease.map_or(now, |(_, until)| until);
+                if until.saturating_duration_since(now) > self.config.lease() / 2
+                    || !g.reads_asked.is_empty()
+                {
+                    continue;
+                }
+                reads = Vec::new();
+            }
             let ctx = self.next_read;
             self.next_read += 1;
             g.raw.read_index(ctx.to_be_bytes().to_vec());
             Stats::add(&self.stats.read_rounds, 1);
-            let reads = std::mem::take(&mut g.reads_new);
-            g.reads_asked.push_back((ctx, reads));
+            g.reads_asked.push_back(Round {
+                ctx,
+                sent: now,
+                term,
+                reads,
+            });
         }
         let mut ops: Vec<Op> = Vec::new();
         let mut sync = false;
@@ -782,12 +869,14 @@ impl<A: Applier, T: Transport> Loop<A, T> {
         let mut appended = 0;
         let mut snapshots_out = Vec::new();
         let mut failed = None;
+        let lease = self.config.lease();
         for (&gid, g) in self.groups.iter_mut() {
             if !g.raw.has_ready() {
                 continue;
             }
             let mut rd = g.raw.ready();
             if rd.ss().is_some_and(|ss| ss.raft_state != StateRole::Leader) {
+                g.lease = None;
                 let err = g.not_leader();
                 g.fail_unconfirmed_reads(&err);
             }
@@ -798,17 +887,25 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 let ctx = u64::from_be_bytes(ctx);
                 // Rounds complete in order; one skipped was lost with a
                 // change of leader.
-                while let Some((asked, waiters)) = g.reads_asked.pop_front() {
-                    if asked == ctx {
-                        g.reads_ready.push_back((rs.index, waiters));
+                while let Some(round) = g.reads_asked.pop_front() {
+                    if round.ctx == ctx {
+                        // A quorum took heartbeats sent after the round
+                        // was asked: a lease from then, in its term.
+                        if round.term == g.raw.raft.term && g.raw.raft.state == StateRole::Leader {
+                            let until = round.sent + lease;
+                            if g.lease.is_none_or(|(t, u)| t != round.term || u < until) {
+                                g.lease = Some((round.term, until));
+                            }
+                        }
+                        g.reads_ready.push_back((rs.index, round.reads));
                         break;
                     }
-                    if asked > ctx {
-                        g.reads_asked.push_front((asked, waiters));
+                    if round.ctx > ctx {
+                        g.reads_asked.push_front(round);
                         break;
                     }
                     let err = g.not_leader();
-                    for w in waiters {
+                    for w in round.reads {
                         let _ = w.send(Err(err.clone()));
                     }
                 }

@@ -435,15 +435,84 @@ async fn reads_wait_for_a_quorum_and_the_apply_and_share_rounds() {
         Err(ProposeError::NoGroup(77))
     );
 
-    // A leader cut from its followers confirms no read: the others may
-    // elect a leader and take writes it has not seen.
+    // A leader cut from its followers confirms no read once its lease is
+    // over: the others may elect a leader and take writes it has not seen.
     c.net.cut.lock().unwrap().extend(followers.iter().copied());
+    tokio::time::sleep(test_lease() + Duration::from_millis(50)).await;
     let r = tokio::time::timeout(Duration::from_millis(600), c.handle(leader).read(6)).await;
     match r {
         Err(_elapsed) => {}
         Ok(Err(ProposeError::NotLeader { .. })) => {}
         Ok(other) => panic!("a leader without a quorum answered a read: {other:?}"),
     }
+}
+
+/// The lease of the test clusters' leaders (a tick of 20 ms).
+fn test_lease() -> Duration {
+    let mut config = BatchConfig::new(1);
+    config.tick = Duration::from_millis(20);
+    config.lease()
+}
+
+/// A leader that a quorum answered lately answers reads alone, with no
+/// round, and stops once the lease is over: cut from its followers (as a
+/// paused leader is: its clock runs on), it answers nothing after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_answers_reads_alone_in_its_lease_and_not_after_it() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let c = Cluster::new(&[8]);
+    c.handle(1).campaign(8);
+    assert_eq!(c.leader(8).await, 1);
+    c.write(8, b"w").await;
+    let stats = c.handle(1).stats();
+    let get = |f: fn(&super::Stats) -> &AtomicU64| f(stats).load(Ordering::Relaxed);
+    // The first read takes a round, and with it the lease.
+    c.handle(1).read(8).await.unwrap();
+    let (rounds, alone) = (get(|s| &s.read_rounds), get(|s| &s.lease_reads));
+    for _ in 0..20 {
+        c.handle(1).read(8).await.unwrap();
+    }
+    let (rounds, alone) = (
+        get(|s| &s.read_rounds) - rounds,
+        get(|s| &s.lease_reads) - alone,
+    );
+    assert!(alone >= 10, "{alone} of 20 reads answered in the lease");
+    assert!(rounds < 10, "{rounds} rounds for 20 reads");
+    // Cut off: once the lease is over, no read is answered.
+    c.net.cut.lock().unwrap().extend([2, 3]);
+    tokio::time::sleep(test_lease() + Duration::from_millis(50)).await;
+    let before = get(|s| &s.lease_reads);
+    let r = tokio::time::timeout(Duration::from_millis(600), c.handle(1).read(8)).await;
+    match r {
+        Err(_) | Ok(Err(ProposeError::NotLeader { .. })) => {}
+        Ok(other) => panic!("a leader past its lease answered a read: {other:?}"),
+    }
+    assert_eq!(get(|s| &s.lease_reads), before);
+}
+
+/// A follower that restarts forgets that it heard from the leader, which
+/// the leader's lease counts on: it grants no vote for an election
+/// timeout after it reopens, so a forced election elsewhere cannot win
+/// with its vote while the lease may still run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_follower_grants_no_vote_while_a_lease_may_run() {
+    let mut c = Cluster::new(&[3]);
+    c.handle(1).campaign(3);
+    assert_eq!(c.leader(3).await, 1);
+    c.write(3, b"w").await;
+    c.handle(1).read(3).await.unwrap();
+    c.stop(2);
+    c.start(2);
+    // Node 3 still hears from node 1 and would not vote; node 2 would,
+    // having forgotten.
+    c.handle(3).campaign(3);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let s = c.handle(3).status(3).await.unwrap().unwrap();
+    assert!(
+        !s.is_leader,
+        "node 3 won an election with a restarted node's vote"
+    );
+    assert!(c.handle(1).status(3).await.unwrap().unwrap().is_leader);
 }
 
 /// A new leader's entries replace an old uncommitted suffix, in memory and
@@ -840,18 +909,21 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
         assert!(s.first_index > 1, "node {id} read back a log from 1");
         assert!(s.applied >= commit, "node {id} restarted at {}", s.applied);
     }
-    nodes[&2].0.campaign(GID);
+    // Restarted replicas grant no vote for an election timeout (leases):
+    // whichever node wins after that takes the next write.
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match nodes[&2].0.propose(GID, incr_cmd()).await {
-            Ok(r) => {
-                assert_eq!(r, OpReply::Int(216));
-                break;
+    'written: loop {
+        for (h, _, _) in nodes.values() {
+            match h.propose(GID, incr_cmd()).await {
+                Ok(r) => {
+                    assert_eq!(r, OpReply::Int(216));
+                    break 'written;
+                }
+                Err(ProposeError::NotLeader { .. } | ProposeError::Dropped) => {}
+                Err(e) => panic!("{e}"),
             }
-            Err(ProposeError::NotLeader { .. } | ProposeError::Dropped) => {}
-            Err(e) => panic!("{e}"),
         }
-        assert!(Instant::now() < deadline, "node 2 took no write");
+        assert!(Instant::now() < deadline, "no node took a write");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for (id, (handle, thread, _)) in std::mem::take(&mut nodes) {

@@ -43,7 +43,7 @@ use protobuf::Message as _;
 use raft::prelude::Message;
 use serde::{Deserialize, Serialize};
 
-use super::node::{Handle, Transport};
+use super::node::{Handle, SnapshotDone, Transport};
 use crate::shard::codec::{self, Format};
 use crate::shard::network;
 use crate::shard::stream::KIND_BATCH;
@@ -232,9 +232,6 @@ impl Incoming {
         Ok(Some(msg))
     }
 }
-
-/// Tells the loop whether a snapshot reached its follower whole.
-pub type SnapshotDone = Box<dyn FnOnce(bool) + Send>;
 
 /// How long one snapshot chunk may take to be received.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
