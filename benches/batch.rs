@@ -35,6 +35,11 @@
 //!
 //!   cargo bench --bench batch -- [--writes N] [--clients N] [--warm N]
 //!                                [--groups 1,8] [--engines batch,batch-sockets,openraft]
+//!   cargo bench --bench batch -- --idle 1000
+//!
+//! `--idle N` measures instead N idle groups on the batch engine over
+//! sockets: the three nodes' CPU and memory over 10 s once every group has
+//! a leader (the idle-groups target of issue 15, before hibernation).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -579,12 +584,56 @@ async fn run(engine: &str, groups: u64, writes: u64, clients: u64, warm: u64) ->
     Row { set, get }
 }
 
+/// `groups` idle groups on the batch engine over sockets (each node
+/// hosting a replica of each, leaders spread): the CPU and memory of the
+/// three nodes over `secs` seconds once every group has a leader.
+async fn idle(groups: u64, secs: u64) {
+    let dir = tempfile::Builder::new()
+        .prefix("shoal-bench-batch")
+        .tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
+        .unwrap();
+    let rss = || {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    let before = rss();
+    let cluster = Cluster::batch(dir.path(), groups, true).await;
+    for gid in 1..=groups {
+        cluster.leader(gid).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t0 = Instant::now();
+    let (cpu0, _) = rusage();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let (cpu1, _) = rusage();
+    let wall = t0.elapsed().as_secs_f64();
+    let core = (cpu1 - cpu0) / 1e6 / wall * 100.0;
+    let after = rss();
+    println!(
+        "{groups} idle groups x 3 replicas, 3 nodes in one process (batch engine over sockets), {secs} s: \
+         CPU {:.2} % of a core per node ({core:.2} % for all three), \
+         memory {:.0} MiB per node ({:.0} MiB resident for all, {before:.0} before the cluster)",
+        core / 3.0,
+        (after - before) / 3.0,
+        after
+    );
+    cluster.stop().await;
+}
+
 fn main() {
     let mut writes = 100_000u64;
     let mut clients = 50u64;
     let mut warm = 20_000u64;
     let mut groups = vec![1u64, 8];
     let mut engines = vec!["batch".to_string(), "openraft".to_string()];
+    let mut idle_groups = None;
     if !std::env::args().any(|a| a == "--bench") {
         // `cargo test --all-targets` runs bench targets too, without
         // `--bench`: this is a benchmark, not a test.
@@ -600,6 +649,7 @@ fn main() {
             "--warm" => warm = val().parse().unwrap(),
             "--groups" => groups = val().split(',').map(|g| g.parse().unwrap()).collect(),
             "--engines" => engines = val().split(',').map(String::from).collect(),
+            "--idle" => idle_groups = Some(val().parse().unwrap()),
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -609,6 +659,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if let Some(groups) = idle_groups {
+        rt.block_on(idle(groups, 10));
+        return;
+    }
     let mut rows = Vec::new();
     for e in &engines {
         for &g in &groups {
