@@ -162,17 +162,33 @@ pub fn deliver<R: Send + 'static>(
     Ok(handle.deliver(msgs))
 }
 
-/// Snapshots being received by a node, one per group: the chunks so far
-/// (checked by [`Receiver`](crate::shard::snapshot::Receiver)) and the
-/// message they belong to.
+/// Snapshots received at once by a node, at most: with the size limit of
+/// each, what bounds the memory they hold (a peer could otherwise start
+/// one for every group id there is).
+pub const MAX_INCOMING: usize = 8;
+
+/// A snapshot that has had no chunk for this long is given up when room
+/// is needed for another (its sender died, or gave up on it).
+const INCOMING_STALE: Duration = Duration::from_secs(60);
+
+/// Snapshots being received by a node, one per group, at most
+/// [`MAX_INCOMING`]: the chunks so far (checked by
+/// [`Receiver`](crate::shard::snapshot::Receiver)) and the message they
+/// belong to.
 #[derive(Default)]
 pub struct Incoming {
     checks: crate::shard::snapshot::Receiver,
     parts: std::sync::Mutex<std::collections::HashMap<u64, Part>>,
 }
 
-/// A snapshot being received: its id, its message, its data so far.
-type Part = (String, Message, Vec<u8>);
+/// A snapshot being received.
+struct Part {
+    id: String,
+    msg: Message,
+    data: Vec<u8>,
+    /// When its last chunk came.
+    last: std::time::Instant,
+}
 
 impl Incoming {
     /// Take one chunk (`raw`, a [`SnapshotChunk`]) of a snapshot of group
@@ -188,6 +204,14 @@ impl Incoming {
     ) -> Result<Option<Message>, WireError> {
         let chunk: SnapshotChunk = codec::decode(Format::BatchSnapshotChunk, raw)?;
         let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        if chunk.offset == 0 && !parts.contains_key(&gid) && parts.len() >= MAX_INCOMING {
+            parts.retain(|_, p| p.last.elapsed() < INCOMING_STALE);
+            if parts.len() >= MAX_INCOMING {
+                return Err(WireError::Snapshot(format!(
+                    "{MAX_INCOMING} snapshots are being received already"
+                )));
+            }
+        }
         let checked =
             self.checks
                 .chunk(gid, &chunk.id, chunk.offset, &chunk.data, chunk.done, limit);
@@ -211,21 +235,28 @@ impl Incoming {
                 parts.remove(&gid);
                 return Err(e);
             }
-            parts.insert(gid, (chunk.id.clone(), msg, Vec::new()));
+            let part = Part {
+                id: chunk.id.clone(),
+                msg,
+                data: Vec::new(),
+                last: std::time::Instant::now(),
+            };
+            parts.insert(gid, part);
         }
-        let Some((id, _, data)) = parts.get_mut(&gid) else {
+        let Some(part) = parts.get_mut(&gid) else {
             return Err(WireError::Snapshot("a chunk of no snapshot".into()));
         };
-        if *id != chunk.id {
+        if part.id != chunk.id {
             // The checks above refuse it first; kept as a guard.
             parts.remove(&gid);
             return Err(WireError::Snapshot("a chunk of another snapshot".into()));
         }
-        data.extend_from_slice(&chunk.data);
+        part.data.extend_from_slice(&chunk.data);
+        part.last = std::time::Instant::now();
         if !complete {
             return Ok(None);
         }
-        let (_, mut msg, data) = parts.remove(&gid).expect("looked up above");
+        let Part { mut msg, data, .. } = parts.remove(&gid).expect("looked up above");
         if let Some(s) = msg.snapshot.as_mut() {
             s.data = data;
         }

@@ -440,4 +440,23 @@ fn snapshot_chunks_are_checked_and_assembled() {
         .chunk(9, 2, &chunk(0, data.len(), &data), 1 << 20)
         .unwrap()
         .is_some());
+    // Snapshots started for more groups than the bound: the one past it is
+    // refused (memory stays bounded); one that ends makes room.
+    for gid in 0..super::wire::MAX_INCOMING as u64 {
+        assert_eq!(
+            incoming.chunk(100 + gid, 2, &chunk(0, 10, &data), 1 << 20),
+            Ok(None)
+        );
+    }
+    assert!(incoming
+        .chunk(99, 2, &chunk(0, 10, &data), 1 << 20)
+        .is_err());
+    assert!(incoming
+        .chunk(100, 2, &chunk(10, data.len(), &data), 1 << 20)
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        incoming.chunk(99, 2, &chunk(0, 10, &data), 1 << 20),
+        Ok(None)
+    );
 }
