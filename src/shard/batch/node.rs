@@ -1180,6 +1180,21 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             return;
         };
         let index = g.raw.raft.raft_log.applied;
+        // The copy is of the data as applied; the metadata must name the
+        // same index. They differ only between a snapshot's install and
+        // raft-rs learning it is on disk: no snapshot then (raft-rs asks
+        // again).
+        match self.applier.applied(gid) {
+            Ok(data) if data == index => {}
+            Ok(data) => {
+                tracing::debug!(gid, "data at {data}, Raft at {index}: snapshot later");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(gid, "cannot start a snapshot: {e}");
+                return;
+            }
+        }
         let term = match g.raw.raft.raft_log.term(index) {
             Ok(t) => t,
             Err(e) => {
