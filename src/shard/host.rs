@@ -210,6 +210,11 @@ impl Host {
         }
     }
 
+    /// The node's batch-engine loop, if one runs.
+    fn batch_loop(&self) -> Option<super::batch::Handle<super::command::OpReply>> {
+        self.batch.read().ok().and_then(|b| b.clone())
+    }
+
     /// Take one chunk of a peer's batch-engine snapshot of `gid`
     /// (`RaftService.BatchSnapshot`), at most `limit` bytes in all; the
     /// last one hands the whole snapshot to this node's loop. An error
@@ -224,10 +229,7 @@ impl Host {
             return Ok(());
         };
         let delivered = self
-            .batch
-            .read()
-            .ok()
-            .and_then(|b| b.clone())
+            .batch_loop()
             .is_some_and(|h| h.deliver_snapshot(gid, msg));
         if delivered {
             Ok(())
@@ -242,7 +244,7 @@ impl Host {
     /// loop. `Ok(false)`: dropped (no loop runs here, or its inbox is
     /// full); an error: the batch is refused whole.
     pub fn deliver_batch(&self, raw: &[u8]) -> Result<bool, super::batch::wire::WireError> {
-        let Some(handle) = self.batch.read().ok().and_then(|b| b.clone()) else {
+        let Some(handle) = self.batch_loop() else {
             return Ok(false);
         };
         super::batch::wire::deliver(&handle, self.node_id, raw)

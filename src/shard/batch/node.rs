@@ -12,15 +12,17 @@
 //!
 //! Once the engine reports the write synced (a later turn), each group in
 //! it learns that its ready is persisted, and the messages that had to
-//! wait for it (a follower's append replies and votes) go out, again one
-//! send per peer for all groups.
+//! wait for it (a follower's append replies and votes) go out with the
+//! next turn's messages, in the same send per peer.
 //!
-//! A linearizable read ([`Handle::read`]) waits for one ReadIndex round:
-//! the reads that reach a leader in one turn share one round (raft-rs's
-//! safe read-only mode: a heartbeat to a quorum confirms the leader), and
-//! each is answered once the group has applied up to the index that round
-//! returned. A leader that steps down fails the reads it had not confirmed
-//! with [`ProposeError::NotLeader`]; a read is always safe to retry.
+//! A linearizable read ([`Handle::read`]) is answered by a leader alone
+//! while it holds a lease ([`BatchConfig::lease`]), at its commit index;
+//! otherwise it waits for one ReadIndex round: the reads that reach a
+//! leader in one turn share one round (raft-rs's safe read-only mode: a
+//! heartbeat to a quorum confirms the leader, and gives it the lease).
+//! Either way it is answered once the group has applied up to that index.
+//! A leader that steps down fails the reads it had not confirmed with
+//! [`ProposeError::NotLeader`]; a read is always safe to retry.
 //!
 //! A proposal is answered when its entry is applied: with the applier's
 //! reply if the entry at its index is still the one it proposed, or with
@@ -73,9 +75,6 @@ pub struct BatchConfig {
     /// replica applied (a follower further behind then gets a snapshot).
     pub compact_entries: u64,
     pub compact_bytes: u64,
-    /// Whether a leader answers reads alone, without a round, while it
-    /// holds a lease ([`BatchConfig::lease`]).
-    pub lease_reads: bool,
 }
 
 impl BatchConfig {
@@ -91,7 +90,6 @@ impl BatchConfig {
             max_apply_bytes: 16 << 20,
             compact_entries: 10_000,
             compact_bytes: 64 << 20,
-            lease_reads: true,
         }
     }
 
@@ -371,8 +369,9 @@ impl<R: Send + 'static> Handle<R> {
     }
 
     /// Wait until `gid` may be read linearizably on this node: this replica
-    /// leads, a quorum confirmed it after the call, and it has applied
-    /// everything committed before the call. Then read its rows.
+    /// leads, holds a lease or had a quorum confirm it after the call, and
+    /// has applied everything committed before the call. Then read its
+    /// rows.
     pub fn read(&self, gid: u64) -> impl std::future::Future<Output = Result<(), ProposeError>> {
         let (reply, rx) = oneshot::channel();
         if let Err(mpsc::SendError(Input::Read { reply, .. })) =
@@ -828,8 +827,7 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             }
             let now = Instant::now();
             let term = g.raw.raft.term;
-            let leased = self.config.lease_reads
-                && g.raw.raft.state == StateRole::Leader
+            let leased = g.raw.raft.state == StateRole::Leader
                 && g.lease.is_some_and(|(t, until)| t == term && now < until);
             let mut reads = std::mem::take(&mut g.reads_new);
             if leased {
