@@ -6,6 +6,43 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// What drives a table's Raft groups (docs/ARCHITECTURE.md, "The batch
+/// engine"). Chosen when the table is created, recorded in its
+/// descriptor, and never changed for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RaftEngine {
+    /// Each replica an openraft group of its own.
+    #[default]
+    Openraft,
+    /// Every group of a node driven by the node's one raft-rs loop
+    /// (`shard::batch`). Its tables take no replica moves or leadership
+    /// transfers yet.
+    Batch,
+}
+
+impl RaftEngine {
+    pub fn is_openraft(&self) -> bool {
+        *self == RaftEngine::Openraft
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RaftEngine::Openraft => "openraft",
+            RaftEngine::Batch => "batch",
+        }
+    }
+
+    /// `openraft` or `batch`, in any case.
+    pub fn parse(s: &str) -> Option<RaftEngine> {
+        match s.to_ascii_lowercase().as_str() {
+            "openraft" => Some(RaftEngine::Openraft),
+            "batch" => Some(RaftEngine::Batch),
+            _ => None,
+        }
+    }
+}
+
 /// Options shared by nodes and routers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -30,6 +67,9 @@ pub struct RouterConfig {
     /// Shards and replicas of `TABLE.CREATE` without them, and of `default`.
     pub default_shards: usize,
     pub default_replicas: usize,
+    /// The Raft engine of `TABLE.CREATE` without `ENGINE`, and of
+    /// `default` when this router creates it.
+    pub default_engine: RaftEngine,
     /// Connected clients at most; more are refused with an error.
     pub max_clients: usize,
     /// Largest bulk string a client may send (bytes).
@@ -124,6 +164,7 @@ impl Default for RouterConfig {
             cpu_policy: CpuPolicy::default(),
             default_shards: 8,
             default_replicas: 3,
+            default_engine: RaftEngine::Openraft,
             max_clients: 10_000,
             max_bulk_len: 64 * 1024 * 1024,
             max_args: 1024 * 1024,

@@ -132,6 +132,9 @@ enum Command {
         default_shards: Option<usize>,
         #[arg(long)]
         default_replicas: Option<usize>,
+        /// The Raft engine of new tables: openraft or batch.
+        #[arg(long)]
+        default_engine: Option<String>,
         /// A node down this long (ms) has its replicas re-created elsewhere.
         #[arg(long)]
         repair_after_ms: Option<u64>,
@@ -583,6 +586,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             requirepass_file,
             default_shards,
             default_replicas,
+            default_engine,
             repair_after_ms,
             max_moves_per_node,
             leader_balance_interval_ms,
@@ -651,6 +655,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(v) = default_replicas {
                 c.default_replicas = v;
+            }
+            if let Some(v) = default_engine {
+                c.default_engine = config::RaftEngine::parse(&v).ok_or_else(|| {
+                    anyhow::anyhow!("--default-engine must be openraft or batch, not '{v}'")
+                })?;
             }
             if let Some(v) = repair_after_ms {
                 c.repair_after_ms = v;

@@ -135,6 +135,7 @@ pub async fn run(c: RouterConfig) -> anyhow::Result<()> {
         client.clone(),
         c.default_shards,
         c.default_replicas,
+        c.default_engine,
     ));
     tokio::spawn(admin::janitor(
         meta.clone(),

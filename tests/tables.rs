@@ -6,17 +6,15 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{connect, ok, run};
+use common::{connect, ok, rows_for_groups, run, wait_for_cluster};
 use redis::{Connection, Value};
 use shoal::cluster::client::{ClientConfig, ShardClient};
 use shoal::cluster::routes;
 use shoal::devcluster::{ClusterOpts, LocalCluster};
 use shoal::meta::descriptor::TableDescriptor;
 use shoal::meta::etcd::Meta;
-use shoal::shard::engine::{group_range, Cf, Engine};
 
 fn start(dir: &tempfile::TempDir, router_config: Option<&str>) -> LocalCluster {
     let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_shoal"), dir.path());
@@ -88,30 +86,6 @@ fn hosted(cluster: &LocalCluster) -> HashMap<u64, BTreeSet<u64>> {
         }
         out
     })
-}
-
-fn wait_until(what: &str, cluster: &mut LocalCluster, mut cond: impl FnMut(&LocalCluster) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond(cluster) {
-        if Instant::now() > deadline {
-            panic!("timed out waiting until {what}\n{}", cluster.logs());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Rows of a stopped node's RocksDB that belong to any of `gids`.
-fn rows_for_groups(node_dir: &Path, gids: &[u64]) -> usize {
-    let engine = Engine::open(&node_dir.join("data").join("db"), false).unwrap();
-    let view = engine.view();
-    let mut n = 0;
-    for gid in gids {
-        let (start, end) = group_range(*gid);
-        for cf in [Cf::Log, Cf::State, Cf::Data] {
-            n += view.scan(cf, &start, &end, usize::MAX).unwrap().len();
-        }
-    }
-    n
 }
 
 #[test]
@@ -197,7 +171,7 @@ fn create_describe_write_drop_and_recreate() {
         err(&mut con, &["GET", "order:1"]),
         "ERR unknown table 'orders'"
     );
-    wait_until("no node hosts a dropped group", &mut cluster, |c| {
+    wait_for_cluster("no node hosts a dropped group", &mut cluster, |c| {
         hosted(c)
             .values()
             .all(|g| gids.iter().all(|id| !g.contains(id)))
@@ -242,7 +216,7 @@ fn node_down_during_drop_cleans_up_when_it_returns() {
     assert!(table(&cluster, "tmp").is_none());
 
     cluster.start_node(3).unwrap();
-    wait_until(
+    wait_for_cluster(
         "node 3 no longer hosts the dropped groups",
         &mut cluster,
         |c| {
@@ -280,7 +254,7 @@ fn creator_killed_half_way_leaves_no_routable_table() {
         }
     }
     // Rolled back by the surviving router; the name is usable again.
-    wait_until("the half-made table is rolled back", &mut cluster, |c| {
+    wait_for_cluster("the half-made table is rolled back", &mut cluster, |c| {
         table(c, "half").is_none()
     });
     let mut con = connect(&cluster.router_addr());

@@ -124,6 +124,10 @@ struct Args {
     /// 10000; quick 2000).
     #[arg(long)]
     fanout_messages: Option<u64>,
+    /// The Raft engine of shoal's tables in the workloads: openraft or
+    /// batch (`--default-engine` of the router).
+    #[arg(long, default_value = "openraft")]
+    engine: String,
     /// Accepted for `cargo bench` compatibility.
     #[arg(long, hide = true)]
     bench: bool,
@@ -388,6 +392,7 @@ fn run_load(
     opts.default_shards = 8;
     opts.default_replicas = 3;
     opts.node_args = vec!["--fsync".into(), "always".into()];
+    opts.router_args = vec!["--default-engine".into(), args.engine.clone()];
     opts.ready_timeout = Duration::from_secs(120);
     let shoal = LocalCluster::start(opts).context("shoal cluster")?;
     let mut sys = Systems { redis, etcd, shoal };

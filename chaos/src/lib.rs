@@ -102,6 +102,9 @@ pub struct RunConfig {
     pub quiet_ms: (u64, u64),
     pub keyspace_epoch_ms: u64,
     pub keys_per_epoch: u32,
+    /// The Raft engine of the cluster's tables (the router's
+    /// `--default-engine`): `openraft` or `batch`.
+    pub engine: String,
     /// The `shoal` binary.
     pub bin: PathBuf,
     /// Cluster directory (a fresh temporary one when `None`).
@@ -130,6 +133,7 @@ impl RunConfig {
             quiet_ms: (1_000, 4_000),
             keyspace_epoch_ms: 10_000,
             keys_per_epoch: 8,
+            engine: "openraft".into(),
             bin: bin.into(),
             dir: None,
             out_dir: std::env::temp_dir(),
@@ -494,6 +498,7 @@ pub fn run(cfg: &RunConfig) -> Result<Report> {
     opts.nodes = cfg.nodes;
     opts.default_shards = cfg.shards;
     opts.default_replicas = cfg.replicas;
+    opts.router_args = vec!["--default-engine".into(), cfg.engine.clone()];
     opts.links = cfg.fault_kinds.iter().any(|k| k.is_partition());
     let mut cluster = LocalCluster::start(opts).context("starting the cluster")?;
     cluster.add_router().context("starting the second router")?;

@@ -64,6 +64,9 @@ struct RunArgs {
     /// all by default.
     #[arg(long)]
     faults: Option<String>,
+    /// The Raft engine of the cluster's tables: openraft or batch.
+    #[arg(long, default_value = "openraft")]
+    engine: String,
     /// Where violation files go.
     #[arg(long, default_value = "chaos-out")]
     out: PathBuf,
@@ -118,6 +121,7 @@ fn run(a: RunArgs) -> ExitCode {
     cfg.limiter = a.limiter;
     cfg.incr = a.incr;
     cfg.out_dir = a.out;
+    cfg.engine = a.engine;
     if let Some(f) = a.faults {
         let mut kinds = Vec::new();
         for name in f.split(',').map(str::trim).filter(|s| !s.is_empty()) {

@@ -21,6 +21,7 @@ pub struct TableSpec {
     pub replicas: usize,
     /// Database index; `None` picks the lowest free one.
     pub db_index: Option<u32>,
+    pub engine: crate::config::RaftEngine,
 }
 
 /// Write the descriptor of a new table in state `creating`.
@@ -79,6 +80,7 @@ pub async fn create_record(meta: &Meta, spec: &TableSpec) -> Result<TableDescrip
             })
             .collect(),
         created_at: now_ms(),
+        engine: spec.engine,
     };
     if !meta.create_table_record(&desc).await? {
         return Err(ClusterError::Invalid(format!(
@@ -179,12 +181,14 @@ pub async fn ensure_default_table(
     client: Arc<ShardClient>,
     shards: usize,
     replicas: usize,
+    engine: crate::config::RaftEngine,
 ) {
     let spec = TableSpec {
         name: "default".into(),
         shards,
         replicas,
         db_index: Some(0),
+        engine,
     };
     let mut waiting_logged = false;
     loop {

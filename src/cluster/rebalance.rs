@@ -350,7 +350,8 @@ async fn balance_leaders(
     }
     let available: BTreeSet<&str> = descs
         .iter()
-        .filter(|t| t.state == TableState::Available)
+        // The batch engine transfers no leadership yet.
+        .filter(|t| t.state == TableState::Available && t.engine.is_openraft())
         .map(|t| t.name.as_str())
         .collect();
     // Each group's newest leader, as it reports itself.

@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+use crate::config::RaftEngine;
 use crate::slot::SLOTS;
 
 /// Lifecycle of a table; only `Available` tables are routable.
@@ -98,6 +99,10 @@ pub struct TableDescriptor {
     pub shards: Vec<ShardDescriptor>,
     /// Unix milliseconds.
     pub created_at: u64,
+    /// What drives the table's groups (absent: openraft, as every table
+    /// made before the field existed).
+    #[serde(default, skip_serializing_if = "RaftEngine::is_openraft")]
+    pub engine: RaftEngine,
 }
 
 impl TableDescriptor {
@@ -274,6 +279,7 @@ mod tests {
             replicas: 3,
             shards,
             created_at: 0,
+            engine: Default::default(),
         };
         for slot in [0u16, 2047, 2048, 8191, 16383] {
             let i = t.shard_for_slot(slot);

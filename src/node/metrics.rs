@@ -75,7 +75,11 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
     let mut waits = 0u64;
     let mut moves = 0u64;
     for r in &replicas {
-        let m = r.raft.metrics().borrow_watched().clone();
+        // Batch groups: their loop's figures are not per group yet.
+        let Some(raft) = r.openraft() else {
+            continue;
+        };
+        let m = raft.metrics().borrow_watched().clone();
         let gid = r.record.group_id.to_string();
         let shard = r.record.shard.to_string();
         let labels = [gid.as_str(), r.record.table.as_str(), shard.as_str()];

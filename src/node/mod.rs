@@ -93,6 +93,9 @@ pub async fn run(
         host.transport.set_peer(id, m.rpc_addr);
     }
     let cluster = check_identity(&meta, &c, &host).await?;
+    // The batch engine's loop first: its tables' replicas open on it.
+    host.start_batch(tokio::runtime::Handle::current())
+        .context("cannot start the batch engine's loop")?;
     let reopened = host.open_recorded().await?;
     tracing::info!(node = c.id, %addr, replicas = reopened, "node up");
 
@@ -145,8 +148,9 @@ pub async fn run(
         _ = crate::shutdown::signal() => { tracing::info!(node = c.id, "shutting down"); }
     }
     for r in host.replicas() {
-        let _ = r.raft.shutdown().await;
+        r.driver.shutdown().await;
     }
+    host.stop_batch();
     Ok(())
 }
 

@@ -116,6 +116,12 @@ pub fn plan(me: u64, view: &MetaView, hosted: &[ReplicaRecord]) -> Plan {
                     group_id: gid,
                     table: t.name.clone(),
                     shard: i as u32,
+                    engine: t.engine,
+                    voters: if t.engine.is_openraft() {
+                        Vec::new()
+                    } else {
+                        s.replicas.clone()
+                    },
                 },
                 members: s.replicas.clone(),
                 // Only a group that was never initialized may be: once a
@@ -420,6 +426,7 @@ mod tests {
                 })
                 .collect(),
             created_at: 0,
+            engine: Default::default(),
         }
     }
 
@@ -428,6 +435,8 @@ mod tests {
             group_id: gid,
             table: table.into(),
             shard: 0,
+            engine: Default::default(),
+            voters: Vec::new(),
         }
     }
 

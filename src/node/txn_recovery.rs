@@ -8,7 +8,6 @@
 //! idempotent Raft entries, so racing a live coordinator is harmless. The
 //! decision is [`resolve`], a pure function; [`run`] drives it.
 
-use openraft::async_runtime::WatchReceiver;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +43,7 @@ pub async fn run(meta: Meta, host: Arc<Host>, timeout: Duration) {
     loop {
         tokio::time::sleep(timeout / 2).await;
         for replica in host.replicas() {
-            if !replica.raft.metrics().borrow_watched().state.is_leader() {
+            if !replica.driver.leads() {
                 continue;
             }
             if !replica.sm.has_prepared().await {

@@ -11,6 +11,7 @@ use super::session::Session;
 use crate::clock::now_ms;
 use crate::cluster::admin::{self, TableSpec};
 use crate::cluster::ClusterError;
+use crate::config::RaftEngine;
 use crate::meta::descriptor::TableState;
 use crate::shard::command::{OpReply, ReadOp, ShardRequest};
 use crate::slot::MAX_SHARDS;
@@ -140,6 +141,7 @@ impl Session {
             (Reply::bulk("db_index"), Reply::Int(d.db_index as i64)),
             (Reply::bulk("state"), Reply::bulk(d.state.as_str())),
             (Reply::bulk("replicas"), Reply::Int(d.replicas as i64)),
+            (Reply::bulk("engine"), Reply::bulk(d.engine.as_str())),
             (Reply::bulk("shards"), Reply::Array(shards)),
         ])
     }
@@ -149,7 +151,8 @@ impl Session {
             Ok(n) => n,
             Err(e) => return arg_err(e),
         };
-        let shards = if args.remaining() > 0 {
+        let option_next = |args: &Args| args.peek_upper().as_deref() == Some("ENGINE");
+        let shards = if args.remaining() > 0 && !option_next(args) {
             match args.next_i64() {
                 Ok(n) if (1..=i64::from(MAX_SHARDS)).contains(&n) => n as usize,
                 _ => return Reply::error(format!("ERR shards must be between 1 and {MAX_SHARDS}")),
@@ -157,13 +160,27 @@ impl Session {
         } else {
             self.shared.config.default_shards
         };
-        let replicas = if args.remaining() > 0 {
+        let replicas = if args.remaining() > 0 && !option_next(args) {
             match args.next_i64() {
                 Ok(n) if [1, 3, 5].contains(&n) => n as usize,
                 _ => return Reply::error("ERR replicas must be 1, 3 or 5"),
             }
         } else {
             self.shared.config.default_replicas
+        };
+        let engine = if option_next(args) {
+            let _ = args.next_string();
+            match args
+                .next_string()
+                .ok()
+                .as_deref()
+                .and_then(RaftEngine::parse)
+            {
+                Some(e) => e,
+                None => return Reply::error("ERR ENGINE must be openraft or batch"),
+            }
+        } else {
+            self.shared.config.default_engine
         };
         if let Err(e) = args.finish() {
             return arg_err(e);
@@ -178,6 +195,7 @@ impl Session {
             shards,
             replicas,
             db_index: None,
+            engine,
         };
         let meta = &self.shared.meta;
         let desc = match admin::create_record(meta, &spec).await {

@@ -571,7 +571,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     row("sunsubscribe", -1, PUBSUB | NO_MULTI | NOSCRIPT | LOADING | STALE, NONE, PS, G::Pubsub,
         awaits!(sunsubscribe), "Stops listening to messages posted to shard channels."),
     row("table.create", -2, ADMIN | LOADING | STALE | NO_MULTI, NONE, 0, G::Shoal,
-        awaits!(table_create), "Creates a table: TABLE.CREATE name [shards [replicas]] (shoal)."),
+        awaits!(table_create), "Creates a table: TABLE.CREATE name [shards [replicas]] [ENGINE openraft|batch] (shoal)."),
     row("table.describe", 2, ADMIN | LOADING | STALE | NO_MULTI, NONE, 0, G::Shoal,
         awaits!(table_describe), "Describes a table's shards, replicas and leaders (shoal)."),
     row("table.drop", 2, ADMIN | LOADING | STALE | NO_MULTI, NONE, 0, G::Shoal,

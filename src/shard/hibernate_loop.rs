@@ -53,7 +53,9 @@ pub async fn run(host: Arc<Host>) {
             match host.get(gid) {
                 Some(r) => {
                     tracing::info!(group = gid, "hibernating follower wakes: {why}");
-                    h.wake(gid, &r.sleep, &r.raft, why);
+                    if let Some(raft) = r.openraft() {
+                        h.wake(gid, &r.sleep, raft, why);
+                    }
                 }
                 None => h.forget(gid),
             }
@@ -72,7 +74,9 @@ pub async fn run(host: Arc<Host>) {
                 // A proposal that did not come through a request (none
                 // should) still wakes the group it left unsettled.
                 if let Err(why) = leader_may_hibernate(&view, Duration::ZERO) {
-                    h.wake(r.record.group_id, &r.sleep, &r.raft, why);
+                    if let Some(raft) = r.openraft() {
+                        h.wake(r.record.group_id, &r.sleep, raft, why);
+                    }
                 }
             } else if r.sleep.is_awake() && leader_may_hibernate(&view, after).is_ok() {
                 tokio::spawn(ask(host.clone(), r));
@@ -81,8 +85,10 @@ pub async fn run(host: Arc<Host>) {
     }
 }
 
+/// `None` for a replica that does not lead, and for a batch group (which
+/// does not hibernate yet).
 fn leader_view(h: &Hibernation, r: &Replica) -> Option<LeaderView> {
-    let rx = r.raft.metrics();
+    let rx = r.openraft()?.metrics();
     let m = rx.borrow_watched();
     if m.state != openraft::ServerState::Leader {
         return None;
@@ -114,7 +120,10 @@ async fn ask(host: Arc<Host>, r: Arc<Replica>) {
     let Some(stamp) = h.begin_asking(gid, &r.sleep) else {
         return;
     };
-    let m = r.raft.metrics().borrow_watched().clone();
+    let Some(raft) = r.openraft() else {
+        return;
+    };
+    let m = raft.metrics().borrow_watched().clone();
     let req = HibernateRequest {
         leader: h.node_id,
         term: m.current_term,
@@ -168,7 +177,7 @@ async fn ask(host: Arc<Host>, r: Arc<Replica>) {
             }
         }
     };
-    if h.finish_asking(gid, &r.sleep, &r.raft, stamp, all) {
+    if h.finish_asking(gid, &r.sleep, raft, stamp, all) {
         tracing::debug!(group = gid, "hibernating");
     }
 }

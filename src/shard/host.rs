@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::apply::{admit, apply_read, count_live, scan_page_of};
 use super::command::{Limits, LogCmd, OpReply, ReadOp, ShardRequest, TxnCmd};
+use super::driver::{batch_read, BatchGroup, Driver};
 use super::elements::ReadView;
 use super::engine::{
     data_key, group_range, state_key, state_key_with, tag, Cf, DbView, Engine, EngineError, Op,
@@ -32,6 +33,7 @@ use super::store::{destroy_group, DbRead, LogStore, StateMachine};
 use super::types::NodeId;
 use super::value::{Corrupt, Kind, Stored};
 use super::ShardError;
+use crate::config::RaftEngine;
 
 /// What the node records about a replica it hosts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,11 +41,19 @@ pub struct ReplicaRecord {
     pub group_id: u64,
     pub table: String,
     pub shard: u32,
+    /// What drives the group (its table's engine; absent: openraft).
+    #[serde(default, skip_serializing_if = "RaftEngine::is_openraft")]
+    pub engine: RaftEngine,
+    /// A batch-engine group's first voters: its configuration when this
+    /// node creates its log (an openraft group learns them from the
+    /// replica that initializes it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub voters: Vec<NodeId>,
 }
 
 pub struct Replica {
     pub record: ReplicaRecord,
-    pub raft: Raft,
+    pub driver: Driver,
     pub sm: StateMachine,
     /// Evidence for answering linearizable reads without a network round.
     pub lease: Arc<Lease>,
@@ -71,6 +81,16 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// The replica's openraft instance, when openraft drives its group.
+    pub fn openraft(&self) -> Option<&Raft> {
+        self.driver.openraft()
+    }
+
+    /// How the group's entries are proposed here.
+    pub fn target(&self) -> &proposer::Target {
+        &self.target
+    }
+
     /// The group's proposal and leader-change counts on this replica.
     pub fn counters(&self) -> &proposer::GroupCounters {
         &self.target.counters
@@ -176,6 +196,9 @@ pub struct Host {
     batch: RwLock<Option<super::batch::Handle<super::command::OpReply>>>,
     /// Batch-engine snapshots being received, chunk by chunk.
     batch_snapshots: super::batch::wire::Incoming,
+    /// The state machines of the batch groups hosted here, which the
+    /// loop's applier applies to ([`Host::start_batch`]).
+    machines: super::batch::apply::Machines,
 }
 
 impl Host {
@@ -199,7 +222,33 @@ impl Host {
             scripts: super::script::Scripts::default(),
             batch: RwLock::new(None),
             batch_snapshots: Default::default(),
+            machines: Default::default(),
         })
+    }
+
+    /// Start the node's batch-engine loop on a thread of its own, its
+    /// state machines the replicas' and its messages on the node's Raft
+    /// streams; `runtime` runs their async work (the loop's thread is not
+    /// one of its workers). Stop it with [`Host::stop_batch`].
+    pub fn start_batch(
+        &self,
+        runtime: tokio::runtime::Handle,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        use super::batch;
+        let applier = batch::ShardApplier::new(self.engine.clone(), runtime.clone())
+            .shared(self.machines.clone());
+        let transport = batch::wire::StreamTransport::new(self.transport.clone(), runtime);
+        let config = batch::BatchConfig::new(self.node_id);
+        let (handle, thread) = batch::start(config, self.engine.clone(), applier, transport)?;
+        self.set_batch(handle);
+        Ok(thread)
+    }
+
+    /// Ask the node's batch loop to stop (its waiters hear it stopped).
+    pub fn stop_batch(&self) {
+        if let Some(h) = self.batch_loop() {
+            h.stop();
+        }
     }
 
     /// Route peers' batch-engine messages to `handle`'s loop (a restarted
@@ -273,7 +322,8 @@ impl Host {
         use openraft::storage::RaftStateMachine;
         let replica = self.get(gid)?;
         let me = self.node_id;
-        let m = replica.raft.metrics().borrow_watched().clone();
+        // A batch group's members never change yet: it has not left.
+        let m = replica.openraft()?.metrics().borrow_watched().clone();
         let effective = m.membership_config.membership();
         if m.last_log_index.is_none()
             && m.last_applied.is_none()
@@ -403,10 +453,21 @@ impl Host {
                 }
             }
         };
-        if initializer && !replica.raft.is_initialized().await.unwrap_or(true) {
-            match replica.raft.initialize(members).await {
-                Ok(()) => tracing::info!(group = record.group_id, "group initialized"),
-                Err(e) => tracing::debug!(group = record.group_id, "initialize: {e}"),
+        // A batch group's replicas each create it with its first voters;
+        // the one that would initialize an openraft group stands first, so
+        // a new table's leaders start where placement spread them.
+        if let Driver::Batch(g) = &replica.driver {
+            if initializer && g.role.leader().is_none() {
+                g.handle.campaign(g.gid);
+            }
+        }
+        let raft = replica.openraft();
+        if let Some(raft) = raft.filter(|_| initializer) {
+            if !raft.is_initialized().await.unwrap_or(true) {
+                match raft.initialize(members).await {
+                    Ok(()) => tracing::info!(group = record.group_id, "group initialized"),
+                    Err(e) => tracing::debug!(group = record.group_id, "initialize: {e}"),
+                }
             }
         }
         Ok(())
@@ -414,48 +475,48 @@ impl Host {
 
     async fn start(&self, record: ReplicaRecord) -> Result<Arc<Replica>, ShardError> {
         let gid = record.group_id;
-        let log = LogStore::new(self.engine.clone(), gid);
         let sm = StateMachine::open(self.engine.clone(), gid).await?;
         let publisher = Arc::new(super::notify::Publisher {
             gid,
             table: record.table.clone(),
             events: self.keyspace_events.clone(),
             registry: self.pubsub.clone(),
-            metrics: std::sync::OnceLock::new(),
+            leads: std::sync::OnceLock::new(),
         });
         sm.set_publisher(publisher.clone());
-        sm.follow_log(log.log_bytes());
         let lease = Arc::new(Lease::new(
             self.node_id,
             Duration::from_millis(self.config.raft.election_timeout_max),
         ));
-        let network = NetworkFactory {
-            transport: self.transport.clone(),
-            gid,
-            lease: lease.clone(),
-        };
-        let raft = Raft::new(
-            self.node_id,
-            self.config.raft.clone(),
-            network,
-            log,
-            sm.clone(),
-        )
-        .await
-        .map_err(|e| ShardError::Storage(format!("cannot start group {gid}: {e}")))?;
-        let _ = publisher.metrics.set(raft.metrics());
         let counters = Arc::new(proposer::GroupCounters::default());
-        spawn_leader_logger(gid, raft.clone(), counters.clone());
+        let driver = match record.engine {
+            RaftEngine::Openraft => {
+                let raft = self.start_openraft(gid, &sm, &lease).await?;
+                let _ = publisher
+                    .leads
+                    .set(super::notify::Leads::Openraft(raft.metrics()));
+                spawn_leader_logger(gid, raft.clone(), counters.clone());
+                Driver::Openraft(raft)
+            }
+            RaftEngine::Batch => {
+                let group = self.start_batch_group(&record, &sm).await?;
+                let _ = publisher.leads.set(super::notify::Leads::Batch(
+                    group.role.clone(),
+                    self.node_id,
+                ));
+                Driver::Batch(group)
+            }
+        };
         let (node_id, transport) = (self.node_id, self.transport.clone());
         let target = proposer::Target {
-            raft: raft.clone(),
+            driver: driver.clone(),
             write_timeout: self.config.write_timeout,
             not_leader: Arc::new(move |leader, node| not_leader(node_id, &transport, leader, node)),
             counters,
         };
         let replica = Arc::new(Replica {
             record,
-            raft,
+            driver,
             sm,
             lease,
             reads: ReadBatcher::default(),
@@ -473,6 +534,79 @@ impl Host {
         Ok(replica)
     }
 
+    /// Start `gid`'s openraft instance over its stored log.
+    async fn start_openraft(
+        &self,
+        gid: u64,
+        sm: &StateMachine,
+        lease: &Arc<Lease>,
+    ) -> Result<Raft, ShardError> {
+        let log = LogStore::new(self.engine.clone(), gid);
+        sm.follow_log(log.log_bytes());
+        let network = NetworkFactory {
+            transport: self.transport.clone(),
+            gid,
+            lease: lease.clone(),
+        };
+        Raft::new(
+            self.node_id,
+            self.config.raft.clone(),
+            network,
+            log,
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| ShardError::Storage(format!("cannot start group {gid}: {e}")))
+    }
+
+    /// Open `record`'s group on the node's batch loop, applying to `sm`
+    /// (created with the record's first voters when this node has no log
+    /// of it). A node without a loop refuses: the group is not created.
+    async fn start_batch_group(
+        &self,
+        record: &ReplicaRecord,
+        sm: &StateMachine,
+    ) -> Result<BatchGroup, ShardError> {
+        let gid = record.group_id;
+        let handle = self.batch_loop().ok_or_else(|| {
+            ShardError::Unavailable(format!(
+                "group {gid} runs on the batch engine, and no batch loop runs on this node"
+            ))
+        })?;
+        if record.voters.is_empty() {
+            return Err(ShardError::Storage(format!(
+                "group {gid} runs on the batch engine, but its record names no voters"
+            )));
+        }
+        if let Ok(mut m) = self.machines.lock() {
+            m.insert(gid, sm.clone());
+        }
+        let opened = handle
+            .open_group(gid, record.voters.clone())
+            .await
+            .map_err(|_| ShardError::Unavailable("the batch loop stopped".into()))
+            .and_then(|r| r.map_err(|e| ShardError::Storage(format!("cannot open group: {e}"))));
+        let role = opened.and_then(|()| {
+            handle
+                .role(gid)
+                .ok_or_else(|| ShardError::Storage(format!("group {gid} has no role")))
+        });
+        match role {
+            Ok(role) => Ok(BatchGroup {
+                gid,
+                me: self.node_id,
+                handle,
+                role,
+            }),
+            Err(e) => {
+                if let Ok(mut m) = self.machines.lock() {
+                    m.remove(&gid);
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Stop the group's replica and delete its log, state and data.
     pub async fn remove(&self, gid: u64) -> Result<(), ShardError> {
         let _guard = self.lifecycle.lock().await;
@@ -480,7 +614,19 @@ impl Host {
         if let Some(r) = &replica {
             r.removed.store(true, std::sync::atomic::Ordering::SeqCst);
             self.hibernation.forget(gid);
-            let _ = r.raft.shutdown().await;
+            match &r.driver {
+                Driver::Openraft(raft) => {
+                    let _ = raft.shutdown().await;
+                }
+                Driver::Batch(g) => {
+                    // Out of the loop, with every log write queued before
+                    // on disk: none lands after the deletion below.
+                    g.handle.close_group(gid).await;
+                    if let Ok(mut m) = self.machines.lock() {
+                        m.remove(&gid);
+                    }
+                }
+            }
             // The shutdown leaves openraft's state-machine worker running
             // the applies queued to it: fence them off before deleting.
             r.sm.close().await;
@@ -557,7 +703,9 @@ impl Host {
         let reply = self
             .engine
             .read_cached(|db| serve_read(db, gid, op, *now_ms, max_reply))?;
-        self.hibernation.touch(gid, &replica.sleep, &replica.raft);
+        if let Some(raft) = replica.openraft() {
+            self.hibernation.touch(gid, &replica.sleep, raft);
+        }
         // As in serve_bounded: not answered from a replica being removed.
         let reply = reply.and_then(|r| replica.check_not_removed().map(|()| r));
         record_served(&replica, started, &reply);
@@ -792,7 +940,9 @@ impl Host {
         let replica = self.get(gid).ok_or(ShardError::UnknownGroup(gid))?;
         self.awaken(&replica).await;
         self.check_leader(&replica)?;
-        let raft = &replica.raft;
+        let Some(raft) = replica.openraft() else {
+            return Err(replica.driver.unsupported("changing a group's membership"));
+        };
         let membership = raft
             .metrics()
             .borrow_watched()
@@ -883,7 +1033,9 @@ impl Host {
     /// are sent on to the target (`ForwardToLeader`, never appended here).
     async fn transfer_leader(&self, replica: &Replica, to: NodeId) -> Result<OpReply, ShardError> {
         let gid = replica.record.group_id;
-        let raft = &replica.raft;
+        let Some(raft) = replica.openraft() else {
+            return Err(replica.driver.unsupported("transferring leadership"));
+        };
         let (me, voters) = {
             let m = raft.metrics();
             let m = m.borrow_watched();
@@ -935,11 +1087,14 @@ impl Host {
     pub(crate) async fn awaken(&self, replica: &Replica) {
         let gid = replica.record.group_id;
         let h = &self.hibernation;
+        // Batch groups do not hibernate (yet).
+        let Some(raft) = replica.openraft() else {
+            return;
+        };
         if !replica.sleep.is_asleep() {
-            h.touch(gid, &replica.sleep, &replica.raft);
+            h.touch(gid, &replica.sleep, raft);
             return;
         }
-        let raft = &replica.raft;
         let mut rx = raft.metrics();
         let leads_many = {
             let m = rx.borrow_and_update();
@@ -971,9 +1126,8 @@ impl Host {
     /// replica wakes, its election clock starting from that message.
     pub fn raft_message_handled(&self, gid: u64) {
         if let Some(r) = self.get(gid) {
-            if !r.sleep.is_awake() {
-                self.hibernation
-                    .wake(gid, &r.sleep, &r.raft, "a raft message");
+            if let Some(raft) = r.openraft().filter(|_| !r.sleep.is_awake()) {
+                self.hibernation.wake(gid, &r.sleep, raft, "a raft message");
             }
         }
     }
@@ -982,7 +1136,9 @@ impl Host {
     pub fn wake_led(&self, why: &str) {
         for gid in self.hibernation.led() {
             if let Some(r) = self.get(gid) {
-                self.hibernation.wake(gid, &r.sleep, &r.raft, why);
+                if let Some(raft) = r.openraft() {
+                    self.hibernation.wake(gid, &r.sleep, raft, why);
+                }
             }
         }
     }
@@ -1123,6 +1279,14 @@ impl Host {
         if self.in_lease(replica) {
             return Ok(());
         }
+        if let Driver::Batch(group) = &replica.driver {
+            // The loop shares rounds, and answers at once in a lease
+            // (renewing it once half used).
+            return batch_read(group, self.config.read_timeout, |l| {
+                self.not_leader(l, None)
+            })
+            .await;
+        }
         self.check_leader(replica)?;
         let batch = &replica.reads;
         let ticket = batch.issued.fetch_add(1, SeqCst) + 1;
@@ -1136,7 +1300,11 @@ impl Host {
             return Ok(());
         }
         let covers = batch.issued.load(SeqCst);
-        let result = self.read_index(replica).await;
+        // (Batch groups returned above.)
+        let result = match replica.openraft() {
+            Some(raft) => self.read_index(raft).await,
+            None => Ok(()),
+        };
         if result.is_ok() {
             batch.covered.fetch_max(covers, SeqCst);
         }
@@ -1152,7 +1320,11 @@ impl Host {
     /// acknowledged was applied here before its reply, so the state machine
     /// holds everything committed before the read arrived.
     fn in_lease(&self, replica: &Replica) -> bool {
-        let rx = replica.raft.metrics();
+        let raft = match &replica.driver {
+            Driver::Openraft(raft) => raft,
+            Driver::Batch(g) => return g.role.reads_alone(self.node_id, std::time::Instant::now()),
+        };
+        let rx = raft.metrics();
         let m = rx.borrow_watched();
         if m.state != ServerState::Leader
             || !m.vote.committed
@@ -1179,12 +1351,10 @@ impl Host {
 
     /// One ReadIndex round: leadership confirmed by a quorum, state machine
     /// applied up to the commit index seen at its start.
-    async fn read_index(&self, replica: &Replica) -> Result<(), ShardError> {
+    async fn read_index(&self, raft: &Raft) -> Result<(), ShardError> {
         match tokio::time::timeout(
             self.config.read_timeout,
-            replica
-                .raft
-                .ensure_linearizable(openraft::ReadPolicy::ReadIndex),
+            raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex),
         )
         .await
         {
@@ -1219,7 +1389,18 @@ impl Host {
     }
 
     fn check_leader(&self, replica: &Replica) -> Result<(), ShardError> {
-        let rx = replica.raft.metrics();
+        let raft = match &replica.driver {
+            Driver::Openraft(raft) => raft,
+            // A leader cut off from its followers steps down after an
+            // election timeout (check-quorum), and its proposals wait.
+            Driver::Batch(g) => {
+                return match g.role.leader() {
+                    Some(l) if l == self.node_id => Ok(()),
+                    leader => Err(self.not_leader(leader, None)),
+                };
+            }
+        };
+        let rx = raft.metrics();
         let (leader, node) = {
             let m = rx.borrow_watched();
             if m.state == ServerState::Leader {
@@ -1560,7 +1741,14 @@ mod tests {
         // So does a linearizable read on a leader whose lease a vote
         // request of its term ended; an eventual read does not wait on it.
         let replica = host.get(gid).unwrap();
-        let term = replica.raft.metrics().borrow_watched().vote.leader_id.term;
+        let term = replica
+            .openraft()
+            .unwrap()
+            .metrics()
+            .borrow_watched()
+            .vote
+            .leader_id
+            .term;
         replica
             .lease
             .vote_requested(&crate::shard::types::Vote::new(term, 99));
@@ -1717,6 +1905,8 @@ mod tests {
             group_id: gid,
             table: "t".into(),
             shard: 0,
+            engine: Default::default(),
+            voters: Vec::new(),
         };
         host.ensure(record, BTreeMap::new(), false).await.unwrap();
         let mut sm = host.get(gid).unwrap().sm.clone();

@@ -49,10 +49,12 @@ pub(super) async fn host_with(dir: &std::path::Path, limits: Limits) -> Arc<Host
         group_id: GID,
         table: "t".into(),
         shard: 0,
+        engine: Default::default(),
+        voters: Vec::new(),
     };
     let members = BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]);
     host.ensure(record, members, true).await.unwrap();
-    let raft = host.get(GID).unwrap().raft.clone();
+    let raft = host.get(GID).unwrap().openraft().unwrap().clone();
     raft.wait(Some(Duration::from_secs(20)))
         .state(ServerState::Leader, "leads")
         .await
@@ -477,7 +479,8 @@ async fn the_key_counter_follows_writes_and_is_kept_with_the_data() {
     let applied = host
         .get(GID)
         .unwrap()
-        .raft
+        .openraft()
+        .unwrap()
         .metrics()
         .borrow_watched()
         .last_applied
@@ -528,7 +531,8 @@ async fn add_learner_never_redirects_a_known_peer() {
     let voters = host
         .get(GID)
         .unwrap()
-        .raft
+        .openraft()
+        .unwrap()
         .metrics()
         .borrow_watched()
         .membership_config

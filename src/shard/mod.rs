@@ -41,6 +41,7 @@ pub mod codec;
 pub mod coll;
 pub mod command;
 pub mod decimal;
+pub mod driver;
 pub mod elements;
 pub mod engine;
 pub mod hibernate;

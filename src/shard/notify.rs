@@ -637,9 +637,26 @@ pub struct Publisher {
     pub table: String,
     pub events: Arc<KeyspaceEvents>,
     pub registry: Arc<Registry>,
-    /// The group's Raft metrics, set once it runs: only its leader
-    /// publishes.
-    pub metrics: OnceLock<Metrics>,
+    /// Whether this replica leads, set once its group runs: only its
+    /// leader publishes.
+    pub leads: OnceLock<Leads>,
+}
+
+/// How a [`Publisher`] learns whether its replica leads.
+pub enum Leads {
+    /// From the group's openraft metrics.
+    Openraft(Metrics),
+    /// From the batch loop's view of the group, on node `me`.
+    Batch(Arc<super::batch::Role>, u64),
+}
+
+impl Leads {
+    fn now(&self) -> bool {
+        match self {
+            Leads::Openraft(m) => m.borrow_watched().state == ServerState::Leader,
+            Leads::Batch(role, me) => role.leader() == Some(*me),
+        }
+    }
 }
 
 impl Publisher {
@@ -660,10 +677,7 @@ impl Publisher {
         if events.is_empty() || flags == 0 {
             return;
         }
-        let leads = self
-            .metrics
-            .get()
-            .is_some_and(|m| m.borrow_watched().state == ServerState::Leader);
+        let leads = self.leads.get().is_some_and(Leads::now);
         if !leads {
             return;
         }
@@ -789,7 +803,7 @@ mod tests {
             table: "default".into(),
             events: events.clone(),
             registry: registry.clone(),
-            metrics: OnceLock::new(),
+            leads: OnceLock::new(),
         };
         assert_eq!(p.wanted(), 0);
         events.set_flags(parse_flags(b"KEA").unwrap_or(0));

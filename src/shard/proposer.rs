@@ -26,7 +26,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::oneshot;
 
 use super::command::{LogCmd, OpReply, Proposal, TxnEntry, WriteCmd};
-use super::store::Raft;
+use super::driver::{batch_propose, Driver};
 use super::types::NodeId;
 use super::ShardError;
 
@@ -48,7 +48,7 @@ pub type NotLeaderFn =
 /// What a proposer needs of its group.
 #[derive(Clone)]
 pub struct Target {
-    pub raft: Raft,
+    pub driver: Driver,
     pub write_timeout: Duration,
     pub not_leader: NotLeaderFn,
     pub counters: Arc<GroupCounters>,
@@ -251,20 +251,31 @@ fn entry_of(mut parts: Vec<Proposal>) -> LogCmd {
 pub async fn propose(target: &Target, entry: LogCmd) -> Reply {
     target.counters.proposals.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
-    match tokio::time::timeout(target.write_timeout, target.raft.client_write(entry)).await {
-        Err(_) => Err(ShardError::Timeout),
-        Ok(Ok(resp)) => {
-            let took = started.elapsed();
-            crate::metrics::COMMIT_SECONDS.observe(took.as_secs_f64());
-            crate::metrics::node_event("raft-commit", took);
-            Ok(resp.data)
+    let reply = match &target.driver {
+        Driver::Openraft(raft) => {
+            match tokio::time::timeout(target.write_timeout, raft.client_write(entry)).await {
+                Err(_) => Err(ShardError::Timeout),
+                Ok(Ok(resp)) => Ok(resp.data),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                    Err((target.not_leader)(f.leader_id, f.leader_node))
+                }
+                // The entry may have been appended before the failure.
+                Ok(Err(e)) => Err(ShardError::OutcomeUnknown(e.to_string())),
+            }
         }
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-            Err((target.not_leader)(f.leader_id, f.leader_node))
+        Driver::Batch(group) => {
+            batch_propose(group, &entry, target.write_timeout, |leader| {
+                (target.not_leader)(leader, None)
+            })
+            .await
         }
-        // The entry may have been appended before the failure.
-        Ok(Err(e)) => Err(ShardError::OutcomeUnknown(e.to_string())),
+    };
+    if reply.is_ok() {
+        let took = started.elapsed();
+        crate::metrics::COMMIT_SECONDS.observe(took.as_secs_f64());
+        crate::metrics::node_event("raft-commit", took);
     }
+    reply
 }
 
 #[cfg(test)]

@@ -4,12 +4,9 @@
 //! the state machine re-checks key by key). And the collector of dead
 //! collection elements on every replica ([`spawn_element_collector`]).
 
-use openraft::async_runtime::WatchReceiver;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-
-use openraft::ServerState;
 
 use super::command::{LogCmd, WriteCmd, WriteOp};
 use super::engine::{data_key, group_range, Cf};
@@ -31,14 +28,10 @@ pub fn spawn_expiry_purger(host: Arc<Host>, period: Duration) {
         loop {
             tokio::time::sleep(period).await;
             for replica in host.replicas() {
-                let applied = {
-                    let m = replica.raft.metrics();
-                    let m = m.borrow_watched();
-                    if m.state != ServerState::Leader {
-                        continue;
-                    }
-                    m.last_applied.map_or(0, |l| l.index)
-                };
+                if !replica.driver.leads() {
+                    continue;
+                }
+                let applied = replica.driver.applied();
                 let gid = replica.record.group_id;
                 let now = crate::clock::now_ms();
                 let st = states.entry(gid).or_default();
@@ -102,8 +95,11 @@ pub fn spawn_expiry_purger(host: Arc<Host>, period: Duration) {
                     op: WriteOp::PurgeExpired { keys: page.expired },
                 };
                 // A sleeping group wakes for it, as for a client's write.
-                host.hibernation.touch(gid, &replica.sleep, &replica.raft);
-                match replica.raft.client_write(LogCmd::Write(cmd)).await {
+                if let Some(raft) = replica.openraft() {
+                    host.hibernation.touch(gid, &replica.sleep, raft);
+                }
+                let target = replica.target();
+                match super::proposer::propose(target, LogCmd::Write(cmd)).await {
                     Ok(_) => tracing::debug!(group = gid, keys = n, "purged expired keys"),
                     Err(e) => tracing::debug!(group = gid, "expiry purge failed: {e}"),
                 }
@@ -161,12 +157,7 @@ pub fn spawn_element_collector(host: Arc<Host>, period: Duration) {
             states.retain(|gid, _| replicas.iter().any(|r| r.record.group_id == *gid));
             for replica in replicas {
                 let gid = replica.record.group_id;
-                let applied = replica
-                    .raft
-                    .metrics()
-                    .borrow_watched()
-                    .last_applied
-                    .map_or(0, |l| l.index);
+                let applied = replica.driver.applied();
                 let (cursor, seen) = states.entry(gid).or_insert((None, u64::MAX));
                 if cursor.is_none() {
                     if *seen == applied {

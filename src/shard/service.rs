@@ -62,7 +62,7 @@ impl NodeService {
     fn raft(&self, gid: u64) -> Result<super::store::Raft, Status> {
         self.host
             .get(gid)
-            .map(|r| r.raft.clone())
+            .and_then(|r| r.openraft().cloned())
             .ok_or_else(|| Status::not_found(format!("group {gid} is not hosted here")))
     }
 }
@@ -437,8 +437,9 @@ async fn vote(
     req: VoteRequest<TypeConfig>,
 ) -> Option<Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>>> {
     let replica = host.get(gid)?;
+    let raft = replica.openraft()?;
     replica.lease.vote_requested(&req.vote);
-    let res = replica.raft.vote(req).await;
+    let res = raft.vote(req).await;
     host.raft_message_handled(gid);
     Some(res)
 }
@@ -553,7 +554,12 @@ async fn serve_raft(host: Arc<Host>, r: StreamRequest, received: Instant) -> Str
     let Some(replica) = host.get(r.group_id) else {
         return refused(r.id, format!("group {} is not hosted here", r.group_id));
     };
-    let raft = replica.raft.clone();
+    let Some(raft) = replica.openraft().cloned() else {
+        return refused(
+            r.id,
+            format!("group {} is not an openraft group", r.group_id),
+        );
+    };
     match r.kind {
         KIND_APPEND => match decode(Format::RaftAppend, &r.request) {
             Ok(req) => {

@@ -81,6 +81,42 @@ pub struct GroupStatus {
     pub stopped: Option<String>,
 }
 
+/// A batch group's status, from what its loop publishes
+/// ([`super::batch::Role`]); its voters are its first ones (it takes no
+/// membership change yet), and its log and replication are the loop's.
+fn batch_status(
+    host: &Host,
+    r: &super::host::Replica,
+    g: &super::driver::BatchGroup,
+) -> GroupStatus {
+    use std::sync::atomic::Ordering::Acquire;
+    let leader = g.role.leader();
+    let applied = g.role.applied.load(Acquire);
+    GroupStatus {
+        voters: r.record.voters.clone(),
+        learners: Vec::new(),
+        joint: false,
+        hibernating: false,
+        orphaned: host.kept_reason(r.record.group_id),
+        served: r.served.counts(),
+        stopped: None,
+        group_id: r.record.group_id,
+        table: r.record.table.clone(),
+        shard: r.record.shard,
+        role: if leader == Some(host.node_id) {
+            "leader"
+        } else {
+            "follower"
+        }
+        .into(),
+        leader,
+        term: g.role.term.load(Acquire),
+        last_log_index: applied,
+        applied_index: applied,
+        replication: Default::default(),
+    }
+}
+
 /// Status of the requested groups (all when `gids` is empty).
 pub fn node_status(host: &Host, gids: &[u64]) -> NodeStatus {
     let counted_at =
@@ -90,7 +126,11 @@ pub fn node_status(host: &Host, gids: &[u64]) -> NodeStatus {
         .into_iter()
         .filter(|r| gids.is_empty() || gids.contains(&r.record.group_id))
         .map(|r| {
-            let m = r.raft.metrics().borrow_watched().clone();
+            let raft = match &r.driver {
+                super::driver::Driver::Openraft(raft) => raft,
+                super::driver::Driver::Batch(g) => return batch_status(host, &r, g),
+            };
+            let m = raft.metrics().borrow_watched().clone();
             let membership = m.membership_config.membership();
             GroupStatus {
                 voters: membership.voter_ids().collect(),

@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use shoal::devcluster::{free_port, resp_request, wait_tcp, ClusterOpts, LocalCluster, Proc};
+use shoal::shard::engine::{group_range, Cf, Engine};
 
 /// Start a cluster under `dir` and wait until it accepts writes.
 pub fn cluster(dir: &Path, nodes: usize, shards: u32, replicas: u32) -> LocalCluster {
@@ -478,4 +479,34 @@ pub fn leaders(
         }
         (table, out)
     })
+}
+
+/// Wait (30 s at most) until `cond` holds; on timeout, panic with the
+/// cluster's logs.
+pub fn wait_for_cluster(
+    what: &str,
+    cluster: &mut LocalCluster,
+    mut cond: impl FnMut(&LocalCluster) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond(cluster) {
+        if Instant::now() > deadline {
+            panic!("timed out waiting until {what}\n{}", cluster.logs());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Rows of a stopped node's RocksDB that belong to any of `gids`.
+pub fn rows_for_groups(node_dir: &Path, gids: &[u64]) -> usize {
+    let engine = Engine::open(&node_dir.join("data").join("db"), false).unwrap();
+    let view = engine.view();
+    let mut n = 0;
+    for gid in gids {
+        let (start, end) = group_range(*gid);
+        for cf in [Cf::Log, Cf::State, Cf::Data] {
+            n += view.scan(cf, &start, &end, usize::MAX).unwrap().len();
+        }
+    }
+    n
 }

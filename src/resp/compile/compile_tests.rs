@@ -55,6 +55,7 @@ fn table(shards: usize) -> Arc<TableRoute> {
             replicas: 1,
             shards,
             created_at: 0,
+            engine: Default::default(),
         },
         mod_revision: 0,
     })

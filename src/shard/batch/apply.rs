@@ -43,7 +43,15 @@ pub struct ShardApplier {
     engine: Arc<Engine>,
     runtime: tokio::runtime::Handle,
     machines: HashMap<u64, StateMachine>,
+    /// State machines the node opened for its replicas
+    /// ([`ShardApplier::shared`]), taken in place of opening another.
+    shared: Machines,
 }
+
+/// The state machines a node's replicas serve from, by group: the applier
+/// applies to the same one (its row cache, key count and waiters are the
+/// replica's), not to a second copy.
+pub type Machines = Arc<std::sync::Mutex<HashMap<u64, StateMachine>>>;
 
 impl ShardApplier {
     /// `runtime` runs the state machines' async work; the loop thread must
@@ -53,11 +61,24 @@ impl ShardApplier {
             engine,
             runtime,
             machines: HashMap::new(),
+            shared: Machines::default(),
         }
+    }
+
+    /// Apply to the state machines in `machines` (the node's replicas')
+    /// when a group is there.
+    pub fn shared(mut self, machines: Machines) -> ShardApplier {
+        self.shared = machines;
+        self
     }
 
     fn machine(&mut self, gid: u64) -> Result<&mut StateMachine, BatchError> {
         if !self.machines.contains_key(&gid) {
+            let shared = self.shared.lock().ok().and_then(|m| m.get(&gid).cloned());
+            if let Some(sm) = shared {
+                self.machines.insert(gid, sm);
+                return Ok(self.machines.get_mut(&gid).expect("inserted above"));
+            }
             let sm = self
                 .runtime
                 .block_on(StateMachine::open(self.engine.clone(), gid))
@@ -72,6 +93,10 @@ impl ShardApplier {
 
 impl Applier for ShardApplier {
     type Reply = OpReply;
+
+    fn forget(&mut self, gid: u64) {
+        self.machines.remove(&gid);
+    }
 
     fn applied(&mut self, gid: u64) -> Result<u64, BatchError> {
         let runtime = self.runtime.clone();

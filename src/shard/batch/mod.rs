@@ -32,8 +32,10 @@
 //! reads, the wire between nodes, log compaction and snapshots (on a
 //! chunked channel of their own). `bench/batch` measures its SETs and
 //! GETs beside openraft's at 1, 3 and 8 groups, in process and over
-//! sockets. No shard group runs on it yet: the request path, membership
-//! changes for moves, leases and hibernation still go through openraft.
+//! sockets. Tables created with `ENGINE batch` run on it (the node's
+//! side is `shard::driver`); membership changes for moves, leadership
+//! transfer and hibernation are not built yet, so those tables take no
+//! replica moves and their groups do not sleep.
 
 pub mod apply;
 pub mod log;
@@ -48,7 +50,8 @@ mod wire_tests;
 pub use apply::{encode_command, ShardApplier};
 pub use log::GroupLog;
 pub use node::{
-    start, Applier, BatchConfig, GroupStatus, Handle, ProposeError, SnapshotJob, Stats, Transport,
+    start, Applier, BatchConfig, GroupStatus, Handle, ProposeError, Role, SnapshotJob, Stats,
+    Transport,
 };
 
 use std::fmt::Write as _;

@@ -31,7 +31,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -160,6 +160,10 @@ pub trait Applier: Send + 'static {
         data: Vec<u8>,
         log_ops: Vec<Op>,
     ) -> Result<(), BatchError>;
+
+    /// `gid` left this node's loop ([`Handle::close_group`]): drop what
+    /// is kept for it.
+    fn forget(&mut self, _gid: u64) {}
 }
 
 /// Tells the loop whether a snapshot reached its follower whole
@@ -237,6 +241,59 @@ pub struct GroupStatus {
     pub log_entries: u64,
 }
 
+/// Who leads a group as this node last saw it, readable without asking
+/// the loop (the loop stores it after every ready of the group).
+#[derive(Debug, Default)]
+pub struct Role {
+    /// The leader this replica knows of (0: none).
+    pub leader: AtomicU64,
+    pub term: AtomicU64,
+    /// The last index applied here.
+    pub applied: AtomicU64,
+    /// The lease this replica holds as leader, as the loop last set it:
+    /// (term, until, the commit index when it was granted).
+    lease: std::sync::Mutex<Option<(u64, Instant, u64)>>,
+    /// Half of [`BatchConfig::lease`].
+    half_lease: Duration,
+}
+
+impl Role {
+    pub fn leader(&self) -> Option<u64> {
+        let l = self.leader.load(Ordering::Acquire);
+        (l != 0).then_some(l)
+    }
+
+    /// Whether this replica, as leader, may answer a linearizable read
+    /// from its applied state now, with no message to the loop: it holds
+    /// a lease in its current term that is not yet half used (past half,
+    /// a read through [`Handle::read`] renews it), and it has applied
+    /// everything committed when the lease was granted (an entry of its
+    /// own term among it, as for any lease). Every write it acknowledged
+    /// was applied before its reply, so the applied state holds every
+    /// write acknowledged before the read arrived.
+    pub fn reads_alone(&self, me: u64, now: Instant) -> bool {
+        let Ok(lease) = self.lease.lock() else {
+            return false;
+        };
+        let Some((term, until, floor)) = *lease else {
+            return false;
+        };
+        self.leader() == Some(me)
+            && self.term.load(Ordering::Acquire) == term
+            && until.saturating_duration_since(now) > self.half_lease
+            && self.applied.load(Ordering::Acquire) >= floor
+    }
+
+    fn set_lease(&self, lease: Option<(u64, Instant, u64)>) {
+        if let Ok(mut l) = self.lease.lock() {
+            *l = lease;
+        }
+    }
+}
+
+/// Every open group's [`Role`], shared by the loop and its handles.
+type Roles = Arc<RwLock<HashMap<u64, Arc<Role>>>>;
+
 type Waiter<R> = oneshot::Sender<Result<R, ProposeError>>;
 type ReadWaiter = oneshot::Sender<Result<(), ProposeError>>;
 
@@ -258,6 +315,12 @@ enum Input<R> {
         done: oneshot::Sender<Result<(), String>>,
     },
     Campaign(u64),
+    /// Take the group out of the loop; `done` once every log write queued
+    /// before is on disk (its rows may then be deleted).
+    Close {
+        gid: u64,
+        done: oneshot::Sender<()>,
+    },
     /// A snapshot reached a follower whole (`ok`), or could not be sent.
     SnapshotSent {
         gid: u64,
@@ -294,6 +357,7 @@ pub struct Handle<R> {
     stats: Arc<Stats>,
     /// Bytes of peers' messages queued for the loop ([`MAX_INBOX_BYTES`]).
     inbox: Arc<AtomicUsize>,
+    roles: Roles,
 }
 
 impl<R> Clone for Handle<R> {
@@ -302,6 +366,7 @@ impl<R> Clone for Handle<R> {
             tx: self.tx.clone(),
             stats: self.stats.clone(),
             inbox: self.inbox.clone(),
+            roles: self.roles.clone(),
         }
     }
 }
@@ -385,6 +450,25 @@ impl<R: Send + 'static> Handle<R> {
         }
     }
 
+    /// Take `gid` out of the loop: its waiters fail with
+    /// [`ProposeError::Stopped`] (a proposal's outcome is unknown), its
+    /// messages are dropped from then on,
+    /// and the answer comes once every log write queued before is on disk,
+    /// so that the group's rows may be deleted with none landing after.
+    /// `false`: the loop is gone (it writes nothing more either).
+    pub async fn close_group(&self, gid: u64) -> bool {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Input::Close { gid, done }).is_err() {
+            return false;
+        }
+        rx.await.is_ok()
+    }
+
+    /// The group's [`Role`] on this node, once it is open.
+    pub fn role(&self, gid: u64) -> Option<Arc<Role>> {
+        self.roles.read().ok()?.get(&gid).cloned()
+    }
+
     /// Make this replica stand for election now.
     pub fn campaign(&self, gid: u64) {
         let _ = self.tx.send(Input::Campaign(gid));
@@ -416,10 +500,12 @@ pub fn start<A: Applier, T: Transport>(
     let (tx, rx) = mpsc::channel();
     let stats = Arc::new(Stats::default());
     let inbox = Arc::new(AtomicUsize::new(0));
+    let roles = Roles::default();
     let handle = Handle {
         tx: tx.clone(),
         stats: stats.clone(),
         inbox: inbox.clone(),
+        roles: roles.clone(),
     };
     let logger = slog::Logger::root(super::ToTracing, slog::o!("node" => config.node_id));
     let mut lp = Loop {
@@ -440,6 +526,7 @@ pub fn start<A: Applier, T: Transport>(
         inbox,
         snapshotting: HashSet::new(),
         outbox: HashMap::new(),
+        roles,
         stopped: None,
     };
     let node_id = lp.config.node_id;
@@ -478,6 +565,7 @@ struct Group<R> {
     /// Until when this replica grants no vote (reopened from a stored log:
     /// [`BatchConfig::quiet`]).
     quiet_until: Option<Instant>,
+    role: Arc<Role>,
 }
 
 /// A ReadIndex round in flight.
@@ -569,6 +657,7 @@ struct Loop<A: Applier, T> {
     /// Messages that waited for the disk and may go now, per peer: sent
     /// with the next turn's leader messages, in the same send.
     outbox: HashMap<u64, Vec<(u64, Message)>>,
+    roles: Roles,
     /// Why the loop stopped, once it has.
     stopped: Option<String>,
 }
@@ -669,6 +758,7 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 let r = self.open(gid, &voters);
                 let _ = done.send(r);
             }
+            Input::Close { gid, done } => self.close(gid, done),
             Input::Campaign(gid) => {
                 if let Some(g) = self.groups.get_mut(&gid) {
                     if let Err(e) = g.raw.campaign() {
@@ -769,6 +859,15 @@ impl<A: Applier, T: Transport> Loop<A, T> {
         };
         let logger = self.logger.new(slog::o!("group" => gid));
         let raw = RawNode::new(&cfg, log, &logger).map_err(|e| format!("group {gid}: {e}"))?;
+        let role = Arc::new(Role {
+            half_lease: self.config.lease() / 2,
+            ..Role::default()
+        });
+        role.term.store(raw.raft.term, Ordering::Release);
+        role.applied.store(applied, Ordering::Release);
+        if let Ok(mut roles) = self.roles.write() {
+            roles.insert(gid, role.clone());
+        }
         self.groups.insert(
             gid,
             Group {
@@ -779,9 +878,39 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 lease: None,
                 quiet_until,
                 reads_ready: VecDeque::new(),
+                role,
             },
         );
         Ok(())
+    }
+
+    /// [`Handle::close_group`].
+    fn close(&mut self, gid: u64, done: oneshot::Sender<()>) {
+        if let Some(mut g) = self.groups.remove(&gid) {
+            // A proposal may still commit on the other replicas: its
+            // outcome is unknown, as when the loop stops.
+            g.fail_all(&ProposeError::Stopped(format!(
+                "group {gid} was closed on this node"
+            )));
+            if let Ok(mut roles) = self.roles.write() {
+                roles.remove(&gid);
+            }
+            self.read_groups.remove(&gid);
+            self.dirty_hard_states.remove(&gid);
+            for msgs in self.outbox.values_mut() {
+                msgs.retain(|(g, _)| *g != gid);
+            }
+            self.applier.forget(gid);
+        }
+        // Writes complete in order: once this empty one has, none queued
+        // before it can land after the caller deletes the rows.
+        self.engine.submit(
+            Vec::new(),
+            false,
+            Box::new(move |_| {
+                let _ = done.send(());
+            }),
+        );
     }
 
     fn propose(&mut self, gid: u64, data: Vec<u8>, reply: Waiter<A::Reply>) {
@@ -873,11 +1002,16 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 continue;
             }
             let mut rd = g.raw.ready();
-            if rd.ss().is_some_and(|ss| ss.raft_state != StateRole::Leader) {
-                g.lease = None;
-                let err = g.not_leader();
-                g.fail_unconfirmed_reads(&err);
+            if let Some(ss) = rd.ss() {
+                g.role.leader.store(ss.leader_id, Ordering::Release);
+                if ss.raft_state != StateRole::Leader {
+                    g.lease = None;
+                    g.role.set_lease(None);
+                    let err = g.not_leader();
+                    g.fail_unconfirmed_reads(&err);
+                }
             }
+            g.role.term.store(g.raw.raft.term, Ordering::Release);
             for rs in rd.take_read_states() {
                 let Ok(ctx) = <[u8; 8]>::try_from(&rs.request_ctx[..]) else {
                     continue;
@@ -893,6 +1027,8 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                             let until = round.sent + lease;
                             if g.lease.is_none_or(|(t, u)| t != round.term || u < until) {
                                 g.lease = Some((round.term, until));
+                                let floor = g.raw.raft.raft_log.committed;
+                                g.role.set_lease(Some((round.term, until, floor)));
                             }
                         }
                         g.reads_ready.push_back((rs.index, round.reads));
@@ -1049,6 +1185,7 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             g.raw.on_persist_ready(p.ready);
             if p.snapshot > g.raw.raft.raft_log.applied {
                 g.raw.advance_apply_to(p.snapshot);
+                g.role.applied.store(p.snapshot, Ordering::Release);
             }
             for m in p.messages {
                 self.outbox.entry(m.to).or_default().push((p.gid, m));
@@ -1119,6 +1256,7 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             }
             if last > 0 {
                 g.raw.advance_apply_to(last);
+                g.role.applied.store(last, Ordering::Release);
             }
             g.answer_reads();
             compacted.push(gid);

@@ -478,9 +478,20 @@ async fn a_leader_answers_reads_alone_in_its_lease_and_not_after_it() {
     );
     assert!(alone >= 10, "{alone} of 20 reads answered in the lease");
     assert!(rounds < 10, "{rounds} rounds for 20 reads");
+    // The node may answer without asking the loop while the lease is
+    // fresh; a follower never.
+    c.handle(1).read(8).await.unwrap();
+    let role = c.handle(1).role(8).unwrap();
+    assert!(role.reads_alone(1, Instant::now()));
+    assert!(!c.handle(2).role(8).unwrap().reads_alone(2, Instant::now()));
     // Cut off: once the lease is over, no read is answered.
     c.net.cut.lock().unwrap().extend([2, 3]);
-    tokio::time::sleep(test_lease() + Duration::from_millis(50)).await;
+    tokio::time::sleep(test_lease() / 2 + Duration::from_millis(10)).await;
+    assert!(
+        !role.reads_alone(1, Instant::now()),
+        "past half its lease the node asks the loop (which renews it)"
+    );
+    tokio::time::sleep(test_lease() / 2 + Duration::from_millis(50)).await;
     let before = get(|s| &s.lease_reads);
     let r = tokio::time::timeout(Duration::from_millis(600), c.handle(1).read(8)).await;
     match r {
@@ -930,5 +941,44 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
         net.nodes.lock().unwrap().remove(&id);
         handle.stop();
         tokio::task::block_in_place(|| thread.join().unwrap());
+    }
+}
+
+/// A closed group leaves its loop: what waited on it hears an unknown
+/// outcome (its entry may still commit on the other replicas), its role is
+/// gone, it takes no proposal, and its peers' messages for it are dropped
+/// while the loop's other groups go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_group_fails_its_waiters_and_leaves_the_others_running() {
+    let c = Cluster::new(&[7, 8]);
+    c.handle(1).campaign(7);
+    assert_eq!(c.leader(7).await, 1);
+    c.write(7, b"before").await;
+    let role = c.handle(1).role(7).expect("an open group has a role");
+    assert_eq!(role.leader(), Some(1));
+    // Never committed: its followers are cut off.
+    c.net.cut.lock().unwrap().extend([2, 3]);
+    let pending = c.handle(1).propose(7, b"waiting".to_vec());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(c.handle(1).close_group(7).await, "the loop answers");
+    let r = tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("the waiter is answered at the close");
+    assert!(matches!(r, Err(ProposeError::Stopped(_))), "{r:?}");
+    assert!(c.handle(1).role(7).is_none());
+    assert_eq!(
+        c.handle(1).propose(7, b"after".to_vec()).await,
+        Err(ProposeError::NoGroup(7))
+    );
+    c.net.cut.lock().unwrap().clear();
+    // Group 8 still commits everywhere, node 1 included.
+    let index = c.write(8, b"still").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.nodes[&1].applied.lock().unwrap()[&8]
+        .iter()
+        .any(|(i, _)| *i == index)
+    {
+        assert!(Instant::now() < deadline, "group 8 stopped on node 1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
