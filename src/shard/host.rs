@@ -1318,7 +1318,8 @@ impl Host {
     /// is uniform (a joint one takes the ReadIndex round), and
     /// [`Lease::holds`] for its term and voters. Every write this leader
     /// acknowledged was applied here before its reply, so the state machine
-    /// holds everything committed before the read arrived.
+    /// holds everything committed before the read arrived. A batch group
+    /// asks the lease its loop published ([`super::batch::Role::reads_alone`]).
     fn in_lease(&self, replica: &Replica) -> bool {
         let raft = match &replica.driver {
             Driver::Openraft(raft) => raft,
