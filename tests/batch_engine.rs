@@ -185,3 +185,33 @@ fn a_batch_table_serves_survives_a_node_and_drops_cleanly() {
     ok(&mut con, &["TABLE.USE", "default"]);
     assert_all(&mut con, 320, "at the end");
 }
+
+/// One node, one replica per group (`shoal dev` on one node): each group
+/// elects itself, serves, and after a restart reopens from its own log.
+#[test]
+fn a_one_replica_batch_table_serves_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster =
+        common::cluster_with_routers(dir.path(), 1, 2, 1, &["--default-engine", "batch"]);
+    let mut con = connect(&cluster.router_addr());
+    assert_eq!(engine_of(&mut con, "default"), "batch");
+    for i in 0..50 {
+        ok(&mut con, &["SET", &format!("k:{i}"), &format!("v{i}")]);
+    }
+    run(&mut con, &["INCR", "n"]).unwrap();
+    cluster.stop_node(1).unwrap();
+    cluster.start_node(1).unwrap();
+    let mut con = connect(&cluster.router_addr());
+    // The first requests after the restart may find no leader yet.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while run(&mut con, &["GET", "n"]).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leader after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    run(&mut con, &["INCR", "n"]).unwrap();
+    assert_eq!(get(&mut con, "n").as_deref(), Some("2"));
+    assert_all(&mut con, 50, "after the restart");
+}
