@@ -214,4 +214,22 @@ fn a_one_replica_batch_table_serves_and_restarts() {
     run(&mut con, &["INCR", "n"]).unwrap();
     assert_eq!(get(&mut con, "n").as_deref(), Some("2"));
     assert_all(&mut con, 50, "after the restart");
+    // A blocked client is woken by a push: the loop applies to the state
+    // machine whose waits the node registered.
+    let addr = cluster.router_addr();
+    let blocked = std::thread::spawn(move || {
+        let mut c = connect(&addr);
+        run(&mut c, &["BLPOP", "queue", "20"]).unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let pushed = std::time::Instant::now();
+    run(&mut con, &["LPUSH", "queue", "job"]).unwrap();
+    let got: Vec<String> = redis::from_redis_value(&blocked.join().unwrap()).unwrap();
+    assert_eq!(got, vec!["queue".to_string(), "job".to_string()]);
+    // Not found by the router's renewal of the wait (every 10 s): woken.
+    assert!(
+        pushed.elapsed() < Duration::from_secs(5),
+        "the blocked client waited {:?} after the push",
+        pushed.elapsed()
+    );
 }
