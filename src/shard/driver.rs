@@ -67,7 +67,9 @@ impl Driver {
         }
     }
 
-    /// Stop the group on this node (node shutdown).
+    /// Stop the group on this node (node shutdown, or its replica's
+    /// removal: a batch group leaves its loop once every log write queued
+    /// for it is on disk).
     pub async fn shutdown(&self) {
         match self {
             Driver::Openraft(raft) => {
@@ -97,7 +99,7 @@ impl Driver {
 
 /// How a batch group's proposal ended, as the node's errors say it.
 /// `not_leader` names the leader with its address.
-pub fn batch_result(
+fn batch_result(
     result: Result<Result<OpReply, ProposeError>, tokio::time::error::Elapsed>,
     not_leader: impl FnOnce(Option<NodeId>) -> ShardError,
 ) -> Result<OpReply, ShardError> {

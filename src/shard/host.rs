@@ -614,18 +614,11 @@ impl Host {
         if let Some(r) = &replica {
             r.removed.store(true, std::sync::atomic::Ordering::SeqCst);
             self.hibernation.forget(gid);
-            match &r.driver {
-                Driver::Openraft(raft) => {
-                    let _ = raft.shutdown().await;
-                }
-                Driver::Batch(g) => {
-                    // Out of the loop, with every log write queued before
-                    // on disk: none lands after the deletion below.
-                    g.handle.close_group(gid).await;
-                    if let Ok(mut m) = self.machines.lock() {
-                        m.remove(&gid);
-                    }
-                }
+            // A batch group leaves its loop with every log write queued
+            // before on disk: none lands after the deletion below.
+            r.driver.shutdown().await;
+            if let Ok(mut m) = self.machines.lock() {
+                m.remove(&gid);
             }
             // The shutdown leaves openraft's state-machine worker running
             // the applies queued to it: fence them off before deleting.
