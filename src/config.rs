@@ -337,6 +337,8 @@ pub struct DevConfig {
     /// Shards of the `default` table when it is created (a table that
     /// exists keeps its own).
     pub shards: u32,
+    /// The Raft engine of tables made without ENGINE, `default` among them.
+    pub engine: RaftEngine,
 }
 
 impl Default for DevConfig {
@@ -346,6 +348,7 @@ impl Default for DevConfig {
             nodes: 3,
             data_dir: PathBuf::from("./.shoal-dev"),
             shards: 8,
+            engine: RaftEngine::Openraft,
         }
     }
 }
@@ -489,8 +492,10 @@ mod tests {
         assert!(toml::from_str::<NodeConfig>("background_priority = \"idle\"").is_err());
         let d: DevConfig = load(Some(&dir.join("dev.toml"))).unwrap();
         assert_eq!((d.port, d.nodes, d.shards), (6379, 3, 8));
-        let three: DevConfig = toml::from_str("shards = 3").unwrap();
-        assert_eq!(three.shards, 3);
+        assert_eq!(d.engine, RaftEngine::Openraft);
+        let three: DevConfig = toml::from_str("shards = 3\nengine = \"batch\"").unwrap();
+        assert_eq!((three.shards, three.engine), (3, RaftEngine::Batch));
+        assert!(toml::from_str::<DevConfig>("engine = \"paxos\"").is_err());
     }
 
     #[test]

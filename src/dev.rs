@@ -47,6 +47,9 @@ pub struct DevOpts {
     /// Everything over TLS, certificates in `<data_dir>/certs`
     /// (`devcluster::DevCerts`).
     pub tls: bool,
+    /// The engine of tables made without ENGINE (the router's
+    /// `--default-engine`), `default` among them.
+    pub engine: crate::config::RaftEngine,
 }
 
 /// Stop requests: the name of what asked (a signal name, or anything a test
@@ -108,7 +111,12 @@ pub async fn run_until(opts: DevOpts, mut stop: StopRx) -> Result<()> {
         // Every process serves Prometheus metrics on a port of its own; the
         // banner names them and `prometheus-targets.json` lists them.
         node_args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
-        router_args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
+        router_args: vec![
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+            "--default-engine".into(),
+            opts.engine.as_str().into(),
+        ],
         tls: opts.tls,
         ..ClusterOpts::new(&opts.bin, &data_dir)
     };
@@ -360,6 +368,7 @@ mod tests {
             port,
             nodes: 3,
             data_dir: tmp.join("dev"),
+            engine: crate::config::RaftEngine::Openraft,
             shards: 8,
             bin: fake_shoal(tmp),
             tls: false,

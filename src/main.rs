@@ -51,6 +51,11 @@ enum Command {
         /// (certificates made in <data-dir>/certs).
         #[arg(long)]
         tls: bool,
+        /// The Raft engine of tables made without ENGINE, `default` among
+        /// them: `openraft` (default) or `batch` (the router's
+        /// `--default-engine`).
+        #[arg(long)]
+        engine: Option<String>,
     },
     /// Run a node hosting shard replicas (or `node drain <id>`).
     Node {
@@ -471,8 +476,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             shards,
             tls,
+            engine,
         } => {
             let c: config::DevConfig = config::load(config.as_deref())?;
+            let engine = match engine {
+                Some(v) => config::RaftEngine::parse(&v).ok_or_else(|| {
+                    anyhow::anyhow!("--engine must be openraft or batch, not '{v}'")
+                })?,
+                None => c.engine,
+            };
             shoal::init_logging("info");
             shoal::dev::run(shoal::dev::DevOpts {
                 port: port.unwrap_or(c.port),
@@ -481,6 +493,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 shards: shards.unwrap_or(c.shards),
                 bin: std::env::current_exe()?,
                 tls,
+                engine,
             })
             .await
         }

@@ -249,14 +249,21 @@ impl Drop for Dev {
     }
 }
 
-/// Start `shoal dev` on `data` with `--shards shards`; once its banner is
-/// out, the shards of table `default` and the banner's line.
-fn dev_shards(dir: &std::path::Path, data: &std::path::Path, shards: &str) -> (usize, String) {
+/// Start `shoal dev` on `data` with `--shards shards` and `extra`; once its
+/// banner is out, the shards and engine of table `default` and the
+/// banner's line.
+fn dev_shards(
+    dir: &std::path::Path,
+    data: &std::path::Path,
+    shards: &str,
+    extra: &[&str],
+) -> (usize, String, String) {
     let port = shoal::devcluster::free_port();
     let log_path = dir.join(format!("dev-{port}.log"));
     let log = std::fs::File::create(&log_path).unwrap();
     let _dev = Dev(Command::new(env!("CARGO_BIN_EXE_shoal"))
         .args(["dev", "--port", &port.to_string(), "--shards", shards])
+        .args(extra)
         .arg("--data-dir")
         .arg(data)
         .env("RUST_LOG", "warn")
@@ -277,12 +284,13 @@ fn dev_shards(dir: &std::path::Path, data: &std::path::Path, shards: &str) -> (u
     let redis::Value::Array(table) = d["shards"].clone() else {
         panic!("no shards in {d:?}");
     };
+    let engine: String = redis::from_redis_value(&d["engine"]).unwrap();
     let line = log()
         .lines()
         .find(|l| l.trim_start().starts_with("nodes "))
         .unwrap_or_default()
         .to_string();
-    (table.len(), line)
+    (table.len(), engine, line)
 }
 
 #[test]
@@ -290,18 +298,27 @@ fn dev_creates_the_default_table_with_the_shards_asked_for() {
     // Refused before anything starts.
     let (ok, err) = run(&["dev", "--shards", "0"]);
     assert!(!ok && err.contains("0 is not in 1..=16384"), "{err}");
+    let (ok, err) = run(&["dev", "--engine", "paxos"]);
+    assert!(
+        !ok && err.contains("--engine must be openraft or batch, not 'paxos'"),
+        "{err}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("dev");
-    let (shards, line) = dev_shards(dir.path(), &data, "3");
-    assert_eq!(shards, 3);
+    let (shards, engine, line) = dev_shards(dir.path(), &data, "3", &["--engine", "batch"]);
+    assert_eq!((shards, engine.as_str()), (3, "batch"));
     assert!(
         line.contains("table `default`: 3 shards x 3 replicas"),
         "{line}"
     );
     // Started again on the same data: the table stays as it was created,
     // and the banner does not claim otherwise.
-    let (shards, line) = dev_shards(dir.path(), &data, "5");
-    assert_eq!(shards, 3);
+    let (shards, engine, line) = dev_shards(dir.path(), &data, "5", &[]);
+    assert_eq!((shards, engine.as_str()), (3, "batch"));
     assert!(line.contains("as first created"), "{line}");
+    // A new cluster without --engine: openraft.
+    let other = dir.path().join("dev-openraft");
+    let (_, engine, _) = dev_shards(dir.path(), &other, "1", &[]);
+    assert_eq!(engine, "openraft");
 }

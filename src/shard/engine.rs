@@ -181,6 +181,8 @@ pub struct Engine {
     writer_thread: Option<std::thread::JoinHandle<()>>,
     /// The latest bytes of recently used `data` rows ([`row_cache`]).
     cache: Arc<RowCache>,
+    /// Whether synced writes reach the disk (`fsync` = `always`).
+    fsync: bool,
 }
 
 /// Dropping the engine stops the writer thread and waits for it, so the
@@ -382,6 +384,7 @@ impl Engine {
             writer: Some(tx),
             writer_thread: Some(writer_thread),
             cache,
+            fsync,
         })
     }
 
@@ -413,6 +416,15 @@ impl Engine {
         if let Err(mpsc::SendError(job)) = writer.send(job) {
             (job.done)(Err(EngineError::WriterGone));
         }
+    }
+
+    /// Write a batch from the calling thread and sync the WAL (when fsync
+    /// is on) before returning: the writer thread's work, done here by a
+    /// thread that has nothing better to do while it waits (the batch
+    /// engine's loop). It does not wait behind the writer's queue: what is
+    /// synced is the whole WAL up to this batch, whoever wrote it.
+    pub fn write_synced(&self, ops: &[Op]) -> Result<(), EngineError> {
+        write_synced(&self.db, &self.cache, std::iter::once(ops), self.fsync)
     }
 
     /// Write a batch and wait until it is written (and synced, if `sync`).
@@ -859,18 +871,28 @@ fn write_jobs(
     jobs: &[WriteJob],
     fsync: bool,
 ) -> Result<(), EngineError> {
+    let sync = jobs.iter().any(|j| j.sync);
+    write_synced(db, cache, jobs.iter().map(|j| &j.ops[..]), sync && fsync)
+}
+
+/// Write `ops` as one batch, then, if `sync`, sync the WAL once (see
+/// [`write_jobs`]).
+fn write_synced<'a>(
+    db: &DB,
+    cache: &'a RowCache,
+    ops: impl Iterator<Item = &'a [Op]> + Clone,
+    sync: bool,
+) -> Result<(), EngineError> {
     let mut batch = WriteBatch::default();
-    let mut sync = false;
-    for job in jobs {
-        sync |= job.sync;
-        add_ops(db, &mut batch, &job.ops)?;
+    for ops in ops.clone() {
+        add_ops(db, &mut batch, ops)?;
     }
-    let guard = begin_write(cache, jobs.iter().flat_map(|j| j.ops.iter()));
+    let guard = begin_write(cache, ops.flatten());
     db.write_opt(batch, &WriteOptions::default())?;
     if let Some(g) = guard {
         g.written();
     }
-    if sync && fsync {
+    if sync {
         let started = std::time::Instant::now();
         db.flush_wal(true)?;
         if crate::failpoint::armed("slow-fsync") {

@@ -10,10 +10,14 @@
 //!    engine write with **one** sync; the entries each group may now apply
 //!    go to the [`Applier`] in **one** call.
 //!
-//! Once the engine reports the write synced (a later turn), each group in
-//! it learns that its ready is persisted, and the messages that had to
-//! wait for it (a follower's append replies and votes) go out with the
-//! next turn's messages, in the same send per peer.
+//! The loop makes that write and sync itself ([`Engine::write_synced`]),
+//! then each group learns that its ready is persisted, and the messages
+//! that had to wait for it (a follower's append replies and votes) go out
+//! at once. After a sync that took longer than
+//! [`BatchConfig::slow_sync`], the loop hands its writes to the engine's
+//! writer thread for [`SLOW_DISK_HANDOFF`] and goes on turning: it hears
+//! of each sync in a later turn, and the messages that waited for it go
+//! out with that turn's, in the same send per peer.
 //!
 //! A linearizable read ([`Handle::read`]) is answered by a leader alone
 //! while it holds a lease ([`BatchConfig::lease`]), at its commit index;
@@ -46,6 +50,10 @@ use super::log::GroupLog;
 use super::BatchError;
 use crate::shard::engine::{Engine, EngineError, Op};
 
+/// How long the loop hands its synced writes to the writer thread after
+/// one of its own took longer than [`BatchConfig::slow_sync`].
+pub const SLOW_DISK_HANDOFF: Duration = Duration::from_secs(5);
+
 /// How a node's loop runs its groups.
 #[derive(Debug, Clone)]
 pub struct BatchConfig {
@@ -75,6 +83,9 @@ pub struct BatchConfig {
     /// replica applied (a follower further behind then gets a snapshot).
     pub compact_entries: u64,
     pub compact_bytes: u64,
+    /// A sync the loop made itself that took longer than this hands its
+    /// next writes to the writer thread for [`SLOW_DISK_HANDOFF`].
+    pub slow_sync: Duration,
 }
 
 impl BatchConfig {
@@ -90,6 +101,7 @@ impl BatchConfig {
             max_apply_bytes: 16 << 20,
             compact_entries: 10_000,
             compact_bytes: 64 << 20,
+            slow_sync: Duration::from_millis(50),
         }
     }
 
@@ -196,6 +208,9 @@ pub struct Stats {
     pub turns: AtomicU64,
     /// Engine writes (each with one sync).
     pub syncs: AtomicU64,
+    /// Those of them the loop made itself (the others went to the writer
+    /// thread: after a slow sync, see [`SLOW_DISK_HANDOFF`]).
+    pub syncs_in_loop: AtomicU64,
     /// Entries appended to logs (all groups).
     pub entries: AtomicU64,
     /// Raft messages sent.
@@ -519,6 +534,7 @@ pub fn start<A: Applier, T: Transport>(
         logger,
         jobs: VecDeque::new(),
         next_seq: 0,
+        slow_disk_until: None,
         next_read: 1,
         read_groups: HashSet::new(),
         dirty_hard_states: HashSet::new(),
@@ -641,6 +657,9 @@ struct Loop<A: Applier, T> {
     /// learns when it is).
     jobs: VecDeque<(u64, Vec<Persist>)>,
     next_seq: u64,
+    /// Until when synced writes go to the writer thread (after a sync of
+    /// the loop's own took longer than a tick).
+    slow_disk_until: Option<Instant>,
     /// The context of the next ReadIndex round.
     next_read: u64,
     /// Groups with reads that arrived this turn.
@@ -1126,6 +1145,40 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             }
             Stats::add(&self.stats.entries, appended);
             Stats::add(&self.stats.syncs, 1);
+            // While the disk is quick and nothing of ours is at the
+            // writer, the loop writes and syncs itself: the thread would
+            // only wait for the writer's news, and two wake-ups (to the
+            // writer and back) leave every Raft round's path. After a
+            // slow sync (`slow_sync`) it hands its writes to the writer
+            // thread for a while, so that a stalling disk does not stop its ticks
+            // (heartbeats, leases, elections) and its groups that can
+            // commit without this replica (a leader's followers are a
+            // quorum) go on committing.
+            let now = Instant::now();
+            if self.jobs.is_empty() && self.slow_disk_until.is_none_or(|t| now >= t) {
+                self.slow_disk_until = None;
+                if let Err(e) = self.engine.write_synced(&ops) {
+                    return self.fail(format!("writing the Raft log: {e}"));
+                }
+                Stats::add(&self.stats.syncs_in_loop, 1);
+                let took = now.elapsed();
+                if took > self.config.slow_sync {
+                    tracing::warn!(
+                        node = self.config.node_id,
+                        took_ms = took.as_millis() as u64,
+                        "slow Raft log sync: the batch loop hands its writes to the writer thread for {} s",
+                        SLOW_DISK_HANDOFF.as_secs()
+                    );
+                    self.slow_disk_until = Some(Instant::now() + SLOW_DISK_HANDOFF);
+                }
+                self.finish(persists);
+                let ready = std::mem::take(&mut self.outbox);
+                self.send(ready);
+                if !applies.is_empty() {
+                    self.apply(applies);
+                }
+                return;
+            }
             self.next_seq += 1;
             let seq = self.next_seq;
             self.jobs.push_back((seq, persists));

@@ -129,12 +129,18 @@ struct Cluster {
     net: Net,
     nodes: BTreeMap<u64, Node>,
     groups: Vec<u64>,
+    /// Each loop's `BatchConfig::slow_sync`.
+    slow_sync: Duration,
 }
 
 const VOTERS: [u64; 3] = [1, 2, 3];
 
 impl Cluster {
     fn new(groups: &[u64]) -> Cluster {
+        Cluster::with_slow_sync(groups, BatchConfig::new(0).slow_sync)
+    }
+
+    fn with_slow_sync(groups: &[u64], slow_sync: Duration) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let dirs = VOTERS
             .iter()
@@ -146,6 +152,7 @@ impl Cluster {
             net: Net::default(),
             nodes: BTreeMap::new(),
             groups: groups.to_vec(),
+            slow_sync,
         };
         for id in VOTERS {
             c.start(id);
@@ -166,6 +173,7 @@ impl Cluster {
         };
         let mut config = BatchConfig::new(id);
         config.tick = Duration::from_millis(20);
+        config.slow_sync = self.slow_sync;
         let (handle, thread) = start(config, engine, applier, transport).unwrap();
         self.net.nodes.lock().unwrap().insert(id, handle.clone());
         for &gid in &self.groups {
@@ -262,17 +270,16 @@ fn data(gid: u64, i: u32) -> Vec<u8> {
     format!("g{gid}-w{i}").into_bytes()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_group_commits_the_same_entries_on_every_replica() {
-    let groups: Vec<u64> = (1..=8).collect();
-    let c = Cluster::new(&groups);
+/// Every group's writes of [`every_group_commits_the_same_entries_on_every_replica`]:
+/// node 1's (syncs, syncs the loop made itself) once all are applied.
+async fn write_every_group(c: &Cluster, groups: &[u64]) -> (u64, u64) {
     // Spread the leaders as the shard groups are: group g on node g % 3.
-    for &gid in &groups {
+    for &gid in groups {
         c.handle(gid % 3 + 1).campaign(gid);
     }
     let mut acked: HashMap<u64, Vec<(u64, Vec<u8>)>> = HashMap::new();
     let mut tasks = Vec::new();
-    for &gid in &groups {
+    for &gid in groups {
         let leader = c.leader(gid).await;
         for i in 0..25 {
             let rx = c.handle(leader).propose(gid, data(gid, i));
@@ -286,7 +293,7 @@ async fn every_group_commits_the_same_entries_on_every_replica() {
         }
     }
     let applied = c.converged().await;
-    for &gid in &groups {
+    for &gid in groups {
         let mut want = acked.remove(&gid).unwrap();
         want.sort();
         assert_eq!(applied[&gid], want, "group {gid}");
@@ -300,6 +307,34 @@ async fn every_group_commits_the_same_entries_on_every_replica() {
     assert!(
         syncs < entries,
         "node 1 synced {syncs} times for {entries} entries"
+    );
+    let in_loop = stats
+        .syncs_in_loop
+        .load(std::sync::atomic::Ordering::Relaxed);
+    (syncs, in_loop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_group_commits_the_same_entries_on_every_replica() {
+    let groups: Vec<u64> = (1..=8).collect();
+    // No sync is slow enough to leave the loop: it makes every one itself.
+    let c = Cluster::with_slow_sync(&groups, Duration::from_secs(60));
+    let (syncs, in_loop) = write_every_group(&c, &groups).await;
+    assert_eq!(in_loop, syncs, "node 1's syncs made by its loop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_slow_sync_the_writer_thread_takes_the_log_writes() {
+    let groups: Vec<u64> = (1..=8).collect();
+    // Every sync counts as slow: the loop makes its first one, then hands
+    // its writes to the writer thread (for longer than this test runs),
+    // and the groups commit the same entries through it.
+    let c = Cluster::with_slow_sync(&groups, Duration::ZERO);
+    let (syncs, in_loop) = write_every_group(&c, &groups).await;
+    // (One more each SLOW_DISK_HANDOFF, should the test run that long.)
+    assert!(
+        in_loop >= 1 && in_loop * 2 < syncs,
+        "node 1 synced {syncs} times, {in_loop} of them in its loop"
     );
 }
 
