@@ -191,14 +191,41 @@ fn a_batch_table_serves_survives_a_node_and_drops_cleanly() {
 #[test]
 fn a_one_replica_batch_table_serves_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster =
-        common::cluster_with_routers(dir.path(), 1, 2, 1, &["--default-engine", "batch"]);
+    let mut cluster = common::cluster_with(
+        dir.path(),
+        (1, 2, 1),
+        &common::METRICS_NODE_ARGS,
+        &["--default-engine", "batch"],
+    );
     let mut con = connect(&cluster.router_addr());
     assert_eq!(engine_of(&mut con, "default"), "batch");
     for i in 0..50 {
         ok(&mut con, &["SET", &format!("k:{i}"), &format!("v{i}")]);
     }
     run(&mut con, &["INCR", "n"]).unwrap();
+    // The node's /metrics: each batch group's leader, term, applied index
+    // and proposals, and its loop's counters.
+    let addr = cluster.metrics_addrs()["node-1"].clone();
+    let m = common::samples(&common::http_get(&addr, "/metrics").1);
+    for gid in group_ids(&cluster, "default") {
+        let of = |name: &str| {
+            m.iter()
+                .find(|(k, _)| k.starts_with(&format!("{name}{{group=\"{gid}\",")))
+                .map(|(_, v)| *v)
+                .unwrap_or_else(|| panic!("no {name} for group {gid}"))
+        };
+        assert_eq!(of("shoal_group_leader"), 1.0, "group {gid}");
+        assert!(of("shoal_group_term") >= 1.0, "group {gid}");
+        assert!(of("shoal_group_applied_index") >= 2.0, "group {gid}");
+    }
+    // 51 writes, one after the other: one proposal each, and the few the
+    // node makes itself.
+    let proposals = common::total(&m, "shoal_group_proposals_total");
+    assert!((51.0..=60.0).contains(&proposals), "{proposals} proposals");
+    let syncs = common::total(&m, "shoal_batch_syncs_total");
+    assert!(syncs >= 1.0, "{syncs} syncs");
+    assert!(common::total(&m, "shoal_batch_entries_total") >= proposals);
+    assert!(common::total(&m, "shoal_batch_applies_total") >= 1.0);
     cluster.stop_node(1).unwrap();
     cluster.start_node(1).unwrap();
     let mut con = connect(&cluster.router_addr());

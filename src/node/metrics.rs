@@ -9,8 +9,11 @@
 //! hits and misses, the collections collected and transactions recovered,
 //! Raft messages and bytes sent per peer, snapshots built, deferred, sent
 //! and installed, the fsync, apply and commit histograms and the process
-//! metrics. Read at each scrape; the hot paths only bump the statics of
-//! `crate::metrics`.
+//! metrics. A batch-engine replica shows whether it leads, its term,
+//! applied index, proposals and requests served (what its loop publishes
+//! in the group's `Role`), and the node its loop's counters
+//! (`shoal_batch_*_total`, all groups together). Read at each scrape; the
+//! hot paths only bump the statics of `crate::metrics`.
 
 use openraft::async_runtime::WatchReceiver;
 use std::sync::atomic::Ordering;
@@ -18,6 +21,7 @@ use std::sync::atomic::Ordering;
 use rocksdb::statistics::Ticker;
 
 use crate::metrics::{counter, gauge};
+use crate::shard::driver::Driver;
 use crate::shard::host::Host;
 
 fn gauge_vec(name: &str, help: &str) -> prometheus::IntGaugeVec {
@@ -75,14 +79,36 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
     let mut waits = 0u64;
     let mut moves = 0u64;
     for r in &replicas {
-        // Batch groups: their loop's figures are not per group yet.
-        let Some(raft) = r.openraft() else {
-            continue;
-        };
-        let m = raft.metrics().borrow_watched().clone();
         let gid = r.record.group_id.to_string();
         let shard = r.record.shard.to_string();
         let labels = [gid.as_str(), r.record.table.as_str(), shard.as_str()];
+        waits += r.sm.waiters().len() as u64;
+        served
+            .with_label_values(&labels)
+            .inc_by(r.served.counts().requests);
+        let c = r.counters();
+        proposals
+            .with_label_values(&labels)
+            .inc_by(c.proposals.load(Ordering::Relaxed));
+        let raft = match &r.driver {
+            Driver::Openraft(raft) => raft,
+            // What the loop publishes for the group without being asked
+            // (its log's bounds and its peers' progress are the loop's:
+            // `shoal status` asks for them).
+            Driver::Batch(group) => {
+                let role = &group.role;
+                leader
+                    .with_label_values(&labels)
+                    .set((role.leader() == Some(host.node_id)) as i64);
+                term.with_label_values(&labels)
+                    .set(role.term.load(Ordering::Acquire) as i64);
+                applied
+                    .with_label_values(&labels)
+                    .set(role.applied.load(Ordering::Acquire) as i64);
+                continue;
+            }
+        };
+        let m = raft.metrics().borrow_watched().clone();
         leader
             .with_label_values(&labels)
             .set((m.current_leader == Some(host.node_id)) as i64);
@@ -105,13 +131,6 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
         stopped
             .with_label_values(&labels)
             .set(m.running_state.is_err() as i64);
-        served
-            .with_label_values(&labels)
-            .inc_by(r.served.counts().requests);
-        let c = r.counters();
-        proposals
-            .with_label_values(&labels)
-            .inc_by(c.proposals.load(Ordering::Relaxed));
         leader_changes
             .with_label_values(&labels)
             .inc_by(c.leader_changes.load(Ordering::Relaxed));
@@ -129,7 +148,6 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
                 moves += 1;
             }
         }
-        waits += r.sm.waiters().len() as u64;
     }
     let engine = &host.engine;
     let row_cache = engine.row_cache_stats();
@@ -230,6 +248,9 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
         Box::new(crate::metrics::RAFT_SENT_BYTES.clone()),
         Box::new(crate::metrics::SNAPSHOTS.clone()),
     ];
+    if let Some(batch) = host.batch_loop() {
+        collectors.extend(batch_loop_counters(batch.stats()));
+    }
     // Unknown space is left out, never reported as a full disk.
     if let Some((free, size)) = disk_space(data_dir) {
         collectors.push(gauge(
@@ -245,6 +266,87 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
     }
     let registry = crate::metrics::registry(collectors);
     crate::metrics::text(&registry)
+}
+
+/// The counters of the node's batch-engine loop (`shard::batch::Stats`),
+/// summed over its groups.
+fn batch_loop_counters(s: &crate::shard::batch::Stats) -> Vec<crate::metrics::Boxed> {
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    [
+        (
+            "turns",
+            "Turns of the batch loop that found ready work",
+            n(&s.turns),
+        ),
+        (
+            "syncs",
+            "Synced log writes of the batch loop (each for every group of a turn)",
+            n(&s.syncs),
+        ),
+        (
+            "syncs_in_loop",
+            "Those the loop made itself (the others went to the writer thread after a slow sync)",
+            n(&s.syncs_in_loop),
+        ),
+        (
+            "entries",
+            "Log entries the batch loop appended (all groups)",
+            n(&s.entries),
+        ),
+        (
+            "messages",
+            "Raft messages the batch loop sent",
+            n(&s.messages),
+        ),
+        (
+            "sends",
+            "Sends to a peer node (each with one turn's messages for it)",
+            n(&s.sends),
+        ),
+        (
+            "applies",
+            "Applier calls of the batch loop (each for every group of a turn)",
+            n(&s.applies),
+        ),
+        (
+            "read_rounds",
+            "ReadIndex rounds the batch loop started",
+            n(&s.read_rounds),
+        ),
+        (
+            "lease_reads",
+            "Reads the batch loop answered in a leader's lease, without a round",
+            n(&s.lease_reads),
+        ),
+        (
+            "dropped_messages",
+            "Peers' Raft messages dropped because the batch loop's inbox was full",
+            n(&s.dropped),
+        ),
+        (
+            "compactions",
+            "Log compactions of the batch loop (all groups)",
+            n(&s.compactions),
+        ),
+        (
+            "snapshots_built",
+            "Snapshots the batch loop built",
+            n(&s.snapshots_built),
+        ),
+        (
+            "snapshots_sent",
+            "Snapshots the batch loop sent",
+            n(&s.snapshots_sent),
+        ),
+        (
+            "snapshots_installed",
+            "Snapshots the batch loop installed",
+            n(&s.snapshots_installed),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, help, v)| counter(&format!("shoal_batch_{name}_total"), help, v))
+    .collect()
 }
 
 /// (available, total) bytes of the file system holding `path`.

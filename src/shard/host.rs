@@ -260,7 +260,7 @@ impl Host {
     }
 
     /// The node's batch-engine loop, if one runs.
-    fn batch_loop(&self) -> Option<super::batch::Handle<super::command::OpReply>> {
+    pub fn batch_loop(&self) -> Option<super::batch::Handle<super::command::OpReply>> {
         self.batch.read().ok().and_then(|b| b.clone())
     }
 

@@ -26,11 +26,23 @@ pub fn cluster_with_routers(
     replicas: u32,
     router_args: &[&str],
 ) -> LocalCluster {
+    let node_args = ["--log-level", "warn"];
+    cluster_with(dir, (nodes, shards, replicas), &node_args, router_args)
+}
+
+/// A cluster of `nodes` whose table `default` has `shards` x `replicas`,
+/// with these flags for its nodes and its router.
+pub fn cluster_with(
+    dir: &Path,
+    (nodes, shards, replicas): (usize, u32, u32),
+    node_args: &[&str],
+    router_args: &[&str],
+) -> LocalCluster {
     let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_shoal"), dir);
     opts.nodes = nodes;
     opts.default_shards = shards;
     opts.default_replicas = replicas;
-    opts.node_args = vec!["--log-level".into(), "warn".into()];
+    opts.node_args = node_args.iter().map(|a| a.to_string()).collect();
     opts.router_args = router_args.iter().map(|a| a.to_string()).collect();
     LocalCluster::start(opts).expect("cluster starts")
 }
@@ -407,6 +419,10 @@ pub fn total(s: &std::collections::BTreeMap<String, f64>, name: &str) -> f64 {
         .sum()
 }
 
+/// Node flags of a [`cluster_with`] whose nodes serve metrics on a port of
+/// their own each (`LocalCluster::metrics_addrs`).
+pub const METRICS_NODE_ARGS: [&str; 4] = ["--log-level", "info", "--metrics-listen", "127.0.0.1:0"];
+
 /// 3 nodes (table `default`: 2 shards x 3 replicas) and an extra router,
 /// every process serving metrics on a port of its own: the cluster, the
 /// router's address, and the metrics addresses by process name (`node-1`
@@ -418,14 +434,7 @@ pub fn metrics_cluster(
     String,
     std::collections::BTreeMap<String, String>,
 ) {
-    let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_shoal"), dir);
-    opts.nodes = 3;
-    opts.default_shards = 2;
-    opts.default_replicas = 3;
-    opts.node_args = ["--log-level", "info", "--metrics-listen", "127.0.0.1:0"]
-        .map(String::from)
-        .to_vec();
-    let mut cl = LocalCluster::start(opts).expect("cluster starts");
+    let mut cl = cluster_with(dir, (3, 2, 3), &METRICS_NODE_ARGS, &[]);
     let router = cl
         .add_router_with(&["--log-level", "info", "--metrics-listen", "127.0.0.1:0"])
         .unwrap();
