@@ -28,9 +28,8 @@ pub struct TableSpec {
 pub async fn create_record(meta: &Meta, spec: &TableSpec) -> Result<TableDescriptor, ClusterError> {
     // Draining and removed nodes take no new replicas.
     let members = meta.members().await?;
-    let live: Vec<u64> = meta
-        .live_nodes()
-        .await?
+    let live_nodes = meta.live_nodes().await?;
+    let live: Vec<u64> = live_nodes
         .keys()
         .copied()
         .filter(|id| {
@@ -39,6 +38,14 @@ pub async fn create_record(meta: &Meta, spec: &TableSpec) -> Result<TableDescrip
                 .is_none_or(|m| m.state == crate::meta::etcd::MemberState::Active)
         })
         .collect();
+    // A node too old to know the engine would host its replicas as
+    // openraft groups: the table waits until every node is upgraded.
+    if let Some(old) = live.iter().find(|id| !live_nodes[id].hosts(spec.engine)) {
+        return Err(ClusterError::Invalid(format!(
+            "node {old} runs a version without the {} engine: upgrade every node before creating a table on it",
+            spec.engine.as_str()
+        )));
+    }
     let placement = place_replicas(&live, spec.shards, spec.replicas).ok_or_else(|| {
         ClusterError::Invalid(format!(
             "cannot place {} replicas: only {} live node(s)",

@@ -90,6 +90,18 @@ pub struct LiveInfo {
     pub rpc_addr: String,
     pub started_at: u64,
     pub version: String,
+    /// The Raft engines this node can host replicas on
+    /// (`RaftEngine::as_str`). Empty in the records of nodes older than the
+    /// batch engine, which host only openraft groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engines: Vec<String>,
+}
+
+impl LiveInfo {
+    /// Whether this node can host replicas on `engine`.
+    pub fn hosts(&self, engine: crate::config::RaftEngine) -> bool {
+        engine.is_openraft() || self.engines.iter().any(|e| e == engine.as_str())
+    }
 }
 
 /// [`PrefixState::decode_all`]: (key, value, mod revision) of the values
@@ -304,6 +316,12 @@ impl Meta {
                 rpc_addr,
                 started_at: now_ms(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                engines: [
+                    crate::config::RaftEngine::Openraft,
+                    crate::config::RaftEngine::Batch,
+                ]
+                .map(|e| e.as_str().to_string())
+                .to_vec(),
             };
             loop {
                 if let Err(e) = meta.hold_lease(id, &info, ttl_secs).await {
@@ -996,5 +1014,26 @@ impl Meta {
             )
             .await?;
         Ok((resp.deleted(), resp.header().map_or(0, |h| h.revision())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RaftEngine;
+
+    #[test]
+    fn a_live_record_says_which_engines_its_node_hosts() {
+        // A node older than the batch engine wrote no `engines`.
+        let old: LiveInfo =
+            serde_json::from_str(r#"{"rpc_addr":"a:1","started_at":1,"version":"0.1.0"}"#).unwrap();
+        assert!(old.hosts(RaftEngine::Openraft));
+        assert!(!old.hosts(RaftEngine::Batch));
+        let new = LiveInfo {
+            engines: vec!["openraft".into(), "batch".into()],
+            ..old
+        };
+        let back: LiveInfo = serde_json::from_slice(&serde_json::to_vec(&new).unwrap()).unwrap();
+        assert!(back.hosts(RaftEngine::Batch) && back.hosts(RaftEngine::Openraft));
     }
 }
