@@ -658,7 +658,7 @@ struct Loop<A: Applier, T> {
     jobs: VecDeque<(u64, Vec<Persist>)>,
     next_seq: u64,
     /// Until when synced writes go to the writer thread (after a sync of
-    /// the loop's own took longer than a tick).
+    /// the loop's own took longer than `slow_sync`).
     slow_disk_until: Option<Instant>,
     /// The context of the next ReadIndex round.
     next_read: u64,
@@ -1149,60 +1149,75 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             // writer, the loop writes and syncs itself: the thread would
             // only wait for the writer's news, and two wake-ups (to the
             // writer and back) leave every Raft round's path. After a
-            // slow sync (`slow_sync`) it hands its writes to the writer
-            // thread for a while, so that a stalling disk does not stop its ticks
-            // (heartbeats, leases, elections) and its groups that can
-            // commit without this replica (a leader's followers are a
-            // quorum) go on committing.
-            let now = Instant::now();
-            if self.jobs.is_empty() && self.slow_disk_until.is_none_or(|t| now >= t) {
-                self.slow_disk_until = None;
-                if let Err(e) = self.engine.write_synced(&ops) {
+            // slow sync it hands its writes to the writer thread for a
+            // while (`sync_here`).
+            if self.jobs.is_empty() && self.slow_disk_until.is_none_or(|t| Instant::now() >= t) {
+                if let Err(e) = self.sync_here(&ops) {
                     return self.fail(format!("writing the Raft log: {e}"));
                 }
-                Stats::add(&self.stats.syncs_in_loop, 1);
-                let took = now.elapsed();
-                if took > self.config.slow_sync {
-                    tracing::warn!(
-                        node = self.config.node_id,
-                        took_ms = took.as_millis() as u64,
-                        "slow Raft log sync: the batch loop hands its writes to the writer thread for {} s",
-                        SLOW_DISK_HANDOFF.as_secs()
-                    );
-                    self.slow_disk_until = Some(Instant::now() + SLOW_DISK_HANDOFF);
-                }
-                self.finish(persists);
-                let ready = std::mem::take(&mut self.outbox);
-                self.send(ready);
-                if !applies.is_empty() {
-                    self.apply(applies);
-                }
-                return;
+                self.persisted_now(persists);
+            } else {
+                self.submit(ops, persists);
             }
-            self.next_seq += 1;
-            let seq = self.next_seq;
-            self.jobs.push_back((seq, persists));
-            let tx = self.tx.clone();
-            self.engine.submit(
-                ops,
-                true,
-                Box::new(move |result| {
-                    let _ = tx.send(Input::Persisted { seq, result });
-                }),
-            );
         } else if let Some((_, last)) = self.jobs.back_mut() {
             // Nothing of these readies needs the disk, but an earlier ready
             // of the same group may still be on its way there: they are
             // persisted when it is (readies complete in order).
             last.extend(persists);
         } else {
-            self.finish(persists);
-            let ready = std::mem::take(&mut self.outbox);
-            self.send(ready);
+            self.persisted_now(persists);
         }
         if !applies.is_empty() {
             self.apply(applies);
         }
+    }
+
+    /// Write and sync `ops` on the loop's thread. One that took longer
+    /// than `slow_sync` sends the loop's next writes to the writer thread
+    /// for [`SLOW_DISK_HANDOFF`], so that a stalling disk does not stop
+    /// its ticks (heartbeats, leases, elections) and its groups that can
+    /// commit without this replica (a leader's followers are a quorum) go
+    /// on committing.
+    fn sync_here(&mut self, ops: &[Op]) -> Result<(), EngineError> {
+        let started = Instant::now();
+        self.slow_disk_until = None;
+        self.engine.write_synced(ops)?;
+        Stats::add(&self.stats.syncs_in_loop, 1);
+        let took = started.elapsed();
+        if took > self.config.slow_sync {
+            tracing::warn!(
+                node = self.config.node_id,
+                took_ms = took.as_millis() as u64,
+                "slow Raft log sync: the batch loop hands its writes to the writer thread for {} s",
+                SLOW_DISK_HANDOFF.as_secs()
+            );
+            self.slow_disk_until = Some(Instant::now() + SLOW_DISK_HANDOFF);
+        }
+        Ok(())
+    }
+
+    /// Hand `ops` to the engine's writer thread; the groups of `persists`
+    /// learn in a later turn that they are on disk ([`Input::Persisted`]).
+    fn submit(&mut self, ops: Vec<Op>, persists: Vec<Persist>) {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        self.jobs.push_back((seq, persists));
+        let tx = self.tx.clone();
+        self.engine.submit(
+            ops,
+            true,
+            Box::new(move |result| {
+                let _ = tx.send(Input::Persisted { seq, result });
+            }),
+        );
+    }
+
+    /// Tell the groups of `persists` their readies are on disk, and send
+    /// what waited for that.
+    fn persisted_now(&mut self, persists: Vec<Persist>) {
+        self.finish(persists);
+        let ready = std::mem::take(&mut self.outbox);
+        self.send(ready);
     }
 
     fn send(&mut self, out: HashMap<u64, Vec<(u64, Message)>>) {
