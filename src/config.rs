@@ -22,6 +22,9 @@ pub enum RaftEngine {
 }
 
 impl RaftEngine {
+    /// Every engine this build can host replicas on.
+    pub const ALL: [RaftEngine; 2] = [RaftEngine::Openraft, RaftEngine::Batch];
+
     pub fn is_openraft(&self) -> bool {
         *self == RaftEngine::Openraft
     }
@@ -35,11 +38,9 @@ impl RaftEngine {
 
     /// `openraft` or `batch`, in any case.
     pub fn parse(s: &str) -> Option<RaftEngine> {
-        match s.to_ascii_lowercase().as_str() {
-            "openraft" => Some(RaftEngine::Openraft),
-            "batch" => Some(RaftEngine::Batch),
-            _ => None,
-        }
+        RaftEngine::ALL
+            .into_iter()
+            .find(|e| e.as_str().eq_ignore_ascii_case(s))
     }
 }
 

@@ -316,12 +316,9 @@ impl Meta {
                 rpc_addr,
                 started_at: now_ms(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
-                engines: [
-                    crate::config::RaftEngine::Openraft,
-                    crate::config::RaftEngine::Batch,
-                ]
-                .map(|e| e.as_str().to_string())
-                .to_vec(),
+                engines: crate::config::RaftEngine::ALL
+                    .map(|e| e.as_str().to_string())
+                    .to_vec(),
             };
             loop {
                 if let Err(e) = meta.hold_lease(id, &info, ttl_secs).await {
