@@ -212,6 +212,45 @@ fn wait_for(
     eprintln!("{what}: {:?}", started.elapsed());
 }
 
+/// Drain node `id` with the CLI while a client keeps writing, until etcd
+/// lists it removed; what the client wrote.
+fn drain_while_writing(
+    cluster: &mut LocalCluster,
+    obs: &Observer,
+    id: u64,
+) -> Vec<(String, String)> {
+    let work = Workload::start(cluster.router_addr());
+    let node = id.to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args([
+            "node",
+            "drain",
+            &node,
+            "--no-wait",
+            "--etcd",
+            &cluster.etcd_url(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        &format!("node {id} drained and removed"),
+        cluster,
+        Duration::from_secs(180),
+        || obs.member_state(id) == Some(MemberState::Removed),
+    );
+    let (acked, retries) = work.finish();
+    eprintln!(
+        "drained: client made {} writes, {retries} retries",
+        acked.len()
+    );
+    acked
+}
+
 fn info_cluster(addr: &str) -> String {
     let mut con = connect(addr);
     redis::cmd("INFO")
@@ -321,34 +360,7 @@ fn nodes_join_then_one_is_drained() {
     read_all(&router, &acked);
 
     // Drain node 2 with the CLI; a client keeps working meanwhile.
-    let work = Workload::start(router.clone());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args([
-            "node",
-            "drain",
-            "2",
-            "--no-wait",
-            "--etcd",
-            &cluster.etcd_url(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_for(
-        "node 2 drained and removed",
-        &mut cluster,
-        Duration::from_secs(180),
-        || obs.member_state(2) == Some(MemberState::Removed),
-    );
-    let (acked2, retries) = work.finish();
-    eprintln!(
-        "drained: client made {} writes, {retries} retries",
-        acked2.len()
-    );
+    let acked2 = drain_while_writing(&mut cluster, &obs, 2);
     let t = obs.table();
     let loads = obs.loads(&t);
     assert!(!loads.contains_key(&2), "{loads:?}");
@@ -487,6 +499,117 @@ fn leader_balance_gives_a_restarted_node_its_share() {
     let before = obs.leaders(&[1, 2, 3], 6);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(obs.leaders(&[1, 2, 3], 6), before);
+}
+
+/// Tables on the batch engine move and balance as openraft's do: node 4
+/// joins a 3-node cluster (6 shards x 3) and takes its share of replicas
+/// (each a raft-rs learner that gets the group by snapshot, then a voter
+/// through a joint configuration) while a client keeps working; node 2 is
+/// drained, its leaderships handed over first, and ends empty; a
+/// restarted node is given its share of leaders back. Nothing acknowledged
+/// is lost, and every group's voters are what etcd lists.
+#[test]
+fn batch_tables_move_drain_and_balance_their_leaders() {
+    let _serial = serial();
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start(
+        &dir,
+        3,
+        6,
+        &[
+            "--default-engine",
+            "batch",
+            "--max-moves-per-node",
+            "3",
+            "--leader-balance-interval-ms",
+            "1000",
+        ],
+    );
+    let router = cluster.router_addr();
+    let obs = Observer::new(&cluster);
+    assert_eq!(obs.table().engine, shoal::config::RaftEngine::Batch);
+    let data = write_keys(&router, "seed", 300);
+
+    let work = Workload::start(router.clone());
+    assert_eq!(cluster.add_node().unwrap(), 4);
+    wait_for(
+        "node 4 took its share: 18 replicas over 4 nodes",
+        &mut cluster,
+        Duration::from_secs(180),
+        || {
+            let t = obs.table();
+            let loads = obs.loads(&t);
+            loads.len() == 4
+                && loads.values().all(|c| *c == 4 || *c == 5)
+                && t.shards.iter().all(|s| s.moving.is_none())
+        },
+    );
+    let (acked, retries) = work.finish();
+    eprintln!(
+        "joined: client made {} writes, {retries} retries",
+        acked.len()
+    );
+    wait_for(
+        "memberships match etcd",
+        &mut cluster,
+        Duration::from_secs(30),
+        || obs.memberships_match(&obs.table()).is_ok(),
+    );
+    read_all(&router, &data);
+    read_all(&router, &acked);
+
+    let acked2 = drain_while_writing(&mut cluster, &obs, 2);
+    let t = obs.table();
+    assert!(!obs.loads(&t).contains_key(&2), "{:?}", obs.loads(&t));
+    wait_for(
+        "node 2 deleted its replicas",
+        &mut cluster,
+        Duration::from_secs(30),
+        || obs.hosted(2) == 0,
+    );
+    wait_for(
+        "memberships match etcd",
+        &mut cluster,
+        Duration::from_secs(30),
+        || obs.memberships_match(&obs.table()).is_ok(),
+    );
+    cluster.stop_node(2).unwrap();
+    read_all(&router, &data);
+    read_all(&router, &acked);
+    read_all(&router, &acked2);
+
+    // Leaders: node 3 stops, the others take its groups; back, it is
+    // handed its share by transfers.
+    wait_for(
+        "every replica moved off node 2: 18 over nodes 1, 3 and 4",
+        &mut cluster,
+        Duration::from_secs(120),
+        || {
+            let t = obs.table();
+            obs.loads(&t).values().all(|c| *c == 6) && t.shards.iter().all(|s| s.moving.is_none())
+        },
+    );
+    cluster.stop_node(3).unwrap();
+    wait_for(
+        "all six groups led by nodes 1 and 4",
+        &mut cluster,
+        Duration::from_secs(60),
+        || obs.leaders(&[1, 4], 6).is_some(),
+    );
+    cluster.start_node(3).unwrap();
+    wait_for(
+        "node 3 leads two of the six groups again",
+        &mut cluster,
+        Duration::from_secs(60),
+        || obs.leaders(&[1, 3, 4], 6) == Some(BTreeMap::from([(1, 2), (3, 2), (4, 2)])),
+    );
+    read_all(&router, &data);
+    read_all(&router, &acked2);
+    eprintln!(
+        "batch_tables_move_drain_and_balance_their_leaders: {:?}",
+        started.elapsed()
+    );
 }
 
 /// The rebalancer dies right after adding a learner, the next one right

@@ -350,8 +350,7 @@ async fn balance_leaders(
     }
     let available: BTreeSet<&str> = descs
         .iter()
-        // The batch engine transfers no leadership yet.
-        .filter(|t| t.state == TableState::Available && t.engine.is_openraft())
+        .filter(|t| t.state == TableState::Available)
         .map(|t| t.name.as_str())
         .collect();
     // Each group's newest leader, as it reports itself.

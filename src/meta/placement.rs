@@ -329,16 +329,7 @@ pub fn plan(
         }
         st.balance_total();
     }
-    // The batch engine has no membership changes yet: its tables' shards
-    // stay where they were placed (they still count in every node's load).
-    let mut moves = st.moves;
-    moves.retain(|m| {
-        tables
-            .iter()
-            .find(|t| t.name == m.table)
-            .is_none_or(|t| t.engine.is_openraft())
-    });
-    moves
+    st.moves
 }
 
 /// Whether node `id` can be drained: every table must still find
@@ -359,15 +350,6 @@ pub fn check_drain(
         .map(|(n, _)| *n)
         .collect();
     for t in tables.iter().filter(|t| t.state != TableState::Deleting) {
-        let holds = t.shards.iter().any(|s| s.all_nodes().contains(&id));
-        if !t.engine.is_openraft() && holds {
-            return Err(format!(
-                "cannot drain node {id}: it holds replicas of table '{}', whose engine ({}) \
-                 moves no replica yet",
-                t.name,
-                t.engine.as_str()
-            ));
-        }
         if t.replicas > remaining.len() {
             return Err(format!(
                 "cannot drain node {id}: table '{}' needs {} replicas per shard on distinct nodes, \

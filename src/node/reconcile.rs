@@ -111,13 +111,18 @@ pub fn plan(me: u64, view: &MetaView, hosted: &[ReplicaRecord]) -> Plan {
             continue;
         }
         if s.replicas.contains(&me) || s.learners.contains(&me) {
+            let joining = s.learners.contains(&me) || s.moving.as_ref().is_some_and(|m| m.to == me);
             p.create.push(Wanted {
                 record: ReplicaRecord {
                     group_id: gid,
                     table: t.name.clone(),
                     shard: i as u32,
                     engine: t.engine,
-                    voters: if t.engine.is_openraft() {
+                    // A batch replica starts with the group's first voters,
+                    // unless a move adds it: then it starts with none and
+                    // gets the group's configuration with its data by
+                    // snapshot (`batch::node`, `Group::drop_first`).
+                    voters: if t.engine.is_openraft() || joining {
                         Vec::new()
                     } else {
                         s.replicas.clone()

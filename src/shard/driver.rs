@@ -4,10 +4,9 @@
 //! ([`RaftEngine`]); a replica never changes engine.
 //!
 //! This module owns the few questions the node asks of either engine the
-//! same way: propose an entry, who leads. What only openraft does
-//! (membership changes, leadership transfer, hibernation, its metrics) is
-//! reached through [`Driver::openraft`], and a batch group answers those
-//! requests with an error that says its engine does not do it yet.
+//! same way: propose an entry, who leads. What each engine does its own
+//! way (membership changes and leadership transfer, `Host::change_membership`;
+//! openraft's hibernation and metrics) matches on the [`Driver`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,14 +86,6 @@ impl Driver {
             Driver::Batch(_) => None,
         }
     }
-
-    /// The error for what only openraft groups do yet.
-    pub fn unsupported(&self, what: &str) -> ShardError {
-        ShardError::BadRequest(format!(
-            "{what} is not supported for tables on the {} engine yet",
-            self.engine().as_str()
-        ))
-    }
 }
 
 /// How a batch group's proposal ended, as the node's errors say it.
@@ -114,6 +105,8 @@ fn batch_result(
         Ok(Err(ProposeError::Dropped)) => Err(ShardError::Unavailable(
             "the proposal was dropped by a change of leader; it was not applied".into(),
         )),
+        // Never proposed.
+        Ok(Err(ProposeError::Refused(why))) => Err(ShardError::Unavailable(why)),
         // Queued, then the loop stopped or the group closed: it may still
         // commit on the other replicas.
         Ok(Err(e @ ProposeError::Stopped(_))) => Err(ShardError::OutcomeUnknown(e.to_string())),

@@ -18,6 +18,7 @@ use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
 
 use super::apply::{admit, apply_read, count_live, scan_page_of};
+use super::batch::ProposeError;
 use super::command::{Limits, LogCmd, OpReply, ReadOp, ShardRequest, TxnCmd};
 use super::driver::{batch_read, BatchGroup, Driver};
 use super::elements::ReadView;
@@ -322,8 +323,25 @@ impl Host {
         use openraft::storage::RaftStateMachine;
         let replica = self.get(gid)?;
         let me = self.node_id;
-        // A batch group's members never change yet: it has not left.
-        let m = replica.openraft()?.metrics().borrow_watched().clone();
+        let raft = match &replica.driver {
+            Driver::Openraft(raft) => raft,
+            Driver::Batch(g) => {
+                // The configuration this replica applied last.
+                let m = g.role.membership();
+                if m.voters.is_empty() && m.learners.is_empty() {
+                    return Some("its replica here was never given the group's configuration and holds nothing".into());
+                }
+                let named =
+                    m.voters.contains(&me) || m.outgoing.contains(&me) || m.learners.contains(&me);
+                return (!m.joint() && !named).then(|| {
+                    format!(
+                        "its applied configuration, voters {:?}, no longer holds this node",
+                        m.voters
+                    )
+                });
+            }
+        };
+        let m = raft.metrics().borrow_watched().clone();
         let effective = m.membership_config.membership();
         if m.last_log_index.is_none()
             && m.last_applied.is_none()
@@ -561,7 +579,9 @@ impl Host {
 
     /// Open `record`'s group on the node's batch loop, applying to `sm`
     /// (created with the record's first voters when this node has no log
-    /// of it). A node without a loop refuses: the group is not created.
+    /// of it; with none for a replica a move adds, which waits for its
+    /// leader's snapshot). A node without a loop refuses: the group is not
+    /// created.
     async fn start_batch_group(
         &self,
         record: &ReplicaRecord,
@@ -573,11 +593,6 @@ impl Host {
                 "group {gid} runs on the batch engine, and no batch loop runs on this node"
             ))
         })?;
-        if record.voters.is_empty() {
-            return Err(ShardError::Storage(format!(
-                "group {gid} runs on the batch engine, but its record names no voters"
-            )));
-        }
         if let Ok(mut m) = self.machines.lock() {
             m.insert(gid, sm.clone());
         }
@@ -933,15 +948,6 @@ impl Host {
         let replica = self.get(gid).ok_or(ShardError::UnknownGroup(gid))?;
         self.awaken(&replica).await;
         self.check_leader(&replica)?;
-        let Some(raft) = replica.openraft() else {
-            return Err(replica.driver.unsupported("changing a group's membership"));
-        };
-        let membership = raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .clone();
         // The peer map follows etcd's member records only: an AddLearner
         // naming another address for a known node is refused, never
         // followed (it would send the shard's data there). An unknown node
@@ -956,6 +962,16 @@ impl Host {
                 _ => {}
             }
         }
+        let raft = match &replica.driver {
+            Driver::Openraft(raft) => raft,
+            Driver::Batch(g) => return self.change_batch_membership(g, change).await,
+        };
+        let membership = raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .clone();
         if let MembershipChange::TransferLeader(to) = change {
             return self.transfer_leader(&replica, to).await;
         }
@@ -1016,6 +1032,146 @@ impl Host {
         }
     }
 
+    /// [`Host::change_membership`] on a batch group, which this node
+    /// leads: one configuration change of raft-rs per step, the same
+    /// answers (the voters after the step; a step already taken answers
+    /// at once). `SetVoters` enters a joint configuration when it changes
+    /// more than one voter, which the leader leaves by itself; asked again
+    /// while joint (a leader elected half way), it leaves it. A leader
+    /// that `SetVoters` leaves out hands its leadership to a voter that
+    /// stays first and answers `Unavailable`: the caller asks the new
+    /// leader.
+    async fn change_batch_membership(
+        &self,
+        g: &BatchGroup,
+        change: MembershipChange,
+    ) -> Result<OpReply, ShardError> {
+        use raft::prelude::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
+        let gid = g.gid;
+        let m = g.role.membership();
+        let answer = |voters: &[NodeId]| {
+            Ok(OpReply::Array(
+                voters.iter().map(|v| OpReply::Int(*v as i64)).collect(),
+            ))
+        };
+        let single = |kind: ConfChangeType, id: NodeId| {
+            let mut c = ConfChangeSingle::default();
+            c.set_change_type(kind);
+            c.node_id = id;
+            c
+        };
+        let not_leader = |l| self.not_leader(l, None);
+        let mut cc = ConfChangeV2::default();
+        match change {
+            MembershipChange::TransferLeader(to) => {
+                if to == self.node_id {
+                    return answer(&m.voters);
+                }
+                if !m.voters.contains(&to) {
+                    return Err(ShardError::BadRequest(format!(
+                        "node {to} is not a voter of group {gid} (voters {:?})",
+                        m.voters
+                    )));
+                }
+                let started = tokio::time::timeout(
+                    self.config.write_timeout,
+                    g.handle.transfer_leader(gid, to),
+                )
+                .await;
+                return match started {
+                    Err(_) => Err(ShardError::Timeout),
+                    Ok(Ok(())) => {
+                        tracing::info!(group = gid, to, "leadership transfer started");
+                        answer(&m.voters)
+                    }
+                    Ok(Err(ProposeError::NotLeader { leader })) => Err(not_leader(leader)),
+                    Ok(Err(e)) => Err(ShardError::Unavailable(e.to_string())),
+                };
+            }
+            MembershipChange::AddLearner { id, addr } => {
+                if m.voters.contains(&id) || m.outgoing.contains(&id) || m.learners.contains(&id) {
+                    return answer(&m.voters);
+                }
+                if self.transport.peer_addr(id).is_none() {
+                    self.transport.set_peer(id, addr);
+                }
+                cc.changes.push(single(ConfChangeType::AddLearnerNode, id));
+            }
+            MembershipChange::RemoveLearner(id) => {
+                if !m.learners.contains(&id) {
+                    return answer(&m.voters);
+                }
+                cc.changes.push(single(ConfChangeType::RemoveNode, id));
+            }
+            MembershipChange::SetVoters(target) => {
+                let mut target = target;
+                target.sort_unstable();
+                target.dedup();
+                if target.is_empty() {
+                    return Err(ShardError::BadRequest(format!(
+                        "group {gid} needs at least one voter"
+                    )));
+                }
+                if m.joint() {
+                    if m.voters != target {
+                        return Err(ShardError::Unavailable(format!(
+                            "group {gid} is changing its voters to {:?}: ask again once it has",
+                            m.voters
+                        )));
+                    }
+                    // An empty change leaves the joint configuration.
+                } else if m.voters == target && m.learners.iter().all(|l| !target.contains(l)) {
+                    return answer(&m.voters);
+                } else if !target.contains(&self.node_id) {
+                    // Leave the leading to a voter that stays, first.
+                    let progress = g.role.progress();
+                    let to = target
+                        .iter()
+                        .filter(|t| m.voters.contains(t))
+                        .max_by_key(|t| progress.iter().find(|(id, _)| id == *t).map(|(_, i)| *i))
+                        .copied()
+                        .ok_or_else(|| {
+                            ShardError::Unavailable(format!(
+                                "group {gid}: no voter of {target:?} to hand the leadership to"
+                            ))
+                        })?;
+                    let _ = tokio::time::timeout(
+                        self.config.write_timeout,
+                        g.handle.transfer_leader(gid, to),
+                    )
+                    .await;
+                    return Err(ShardError::Unavailable(format!(
+                        "node {} leaves group {gid}: its leadership goes to node {to} first; ask again",
+                        self.node_id
+                    )));
+                } else {
+                    for &id in target.iter().filter(|id| !m.voters.contains(id)) {
+                        cc.changes.push(single(ConfChangeType::AddNode, id));
+                    }
+                    for &id in m.voters.iter().filter(|id| !target.contains(id)) {
+                        cc.changes.push(single(ConfChangeType::RemoveNode, id));
+                    }
+                    cc.set_transition(ConfChangeTransition::Auto);
+                }
+            }
+        }
+        let proposed = tokio::time::timeout(
+            self.config.write_timeout * 3,
+            g.handle.change_membership(gid, cc),
+        )
+        .await;
+        match proposed {
+            Err(_) => Err(ShardError::Timeout),
+            Ok(Ok(now)) => {
+                tracing::info!(group = gid, ?now, "membership changed");
+                answer(&now.voters)
+            }
+            Ok(Err(ProposeError::NotLeader { leader })) => Err(not_leader(leader)),
+            Ok(Err(ProposeError::NoGroup(gid))) => Err(ShardError::UnknownGroup(gid)),
+            Ok(Err(e)) => Err(ShardError::Unavailable(e.to_string())),
+        }
+    }
+
     /// Hand `replica`'s leadership to voter `to` (openraft's
     /// TransferLeader: this leader stops proposing, and the target, once
     /// its log holds everything this leader has, starts an election that
@@ -1027,7 +1183,9 @@ impl Host {
     async fn transfer_leader(&self, replica: &Replica, to: NodeId) -> Result<OpReply, ShardError> {
         let gid = replica.record.group_id;
         let Some(raft) = replica.openraft() else {
-            return Err(replica.driver.unsupported("transferring leadership"));
+            return Err(ShardError::BadRequest(format!(
+                "group {gid} is not an openraft group"
+            )));
         };
         let (me, voters) = {
             let m = raft.metrics();

@@ -82,8 +82,9 @@ pub struct GroupStatus {
 }
 
 /// A batch group's status, from what its loop publishes
-/// ([`super::batch::Role`]); its voters are its first ones (it takes no
-/// membership change yet), and its log and replication are the loop's.
+/// ([`super::batch::Role`]: its configuration as last applied here, its
+/// log's end and, on a leader, each replica's matched index as of the
+/// loop's last tick).
 fn batch_status(
     host: &Host,
     r: &super::host::Replica,
@@ -92,10 +93,25 @@ fn batch_status(
     use std::sync::atomic::Ordering::Acquire;
     let leader = g.role.leader();
     let applied = g.role.applied.load(Acquire);
+    let m = g.role.membership();
+    let me = host.node_id;
+    let role = if leader == Some(me) {
+        "leader"
+    } else if m.learners.contains(&me) {
+        "learner"
+    } else {
+        "follower"
+    };
+    let mut voters = m.voters.clone();
+    for v in &m.outgoing {
+        if !voters.contains(v) {
+            voters.push(*v);
+        }
+    }
     GroupStatus {
-        voters: r.record.voters.clone(),
-        learners: Vec::new(),
-        joint: false,
+        voters,
+        learners: m.learners.clone(),
+        joint: m.joint(),
         hibernating: false,
         orphaned: host.kept_reason(r.record.group_id),
         served: r.served.counts(),
@@ -103,17 +119,12 @@ fn batch_status(
         group_id: r.record.group_id,
         table: r.record.table.clone(),
         shard: r.record.shard,
-        role: if leader == Some(host.node_id) {
-            "leader"
-        } else {
-            "follower"
-        }
-        .into(),
+        role: role.into(),
         leader,
         term: g.role.term.load(Acquire),
-        last_log_index: applied,
+        last_log_index: g.role.last_index.load(Acquire).max(applied),
         applied_index: applied,
-        replication: Default::default(),
+        replication: g.role.progress(),
     }
 }
 

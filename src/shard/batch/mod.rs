@@ -33,9 +33,10 @@
 //! chunked channel of their own). `bench/batch` measures its SETs and
 //! GETs beside openraft's at 1, 3 and 8 groups, in process and over
 //! sockets. Tables created with `ENGINE batch` run on it (the node's
-//! side is `shard::driver`); membership changes for moves, leadership
-//! transfer and hibernation are not built yet, so those tables take no
-//! replica moves and their groups do not sleep.
+//! side is `shard::driver`), and take replica moves and leadership
+//! transfers (raft-rs configuration changes, `Handle::change_membership`
+//! and `Handle::transfer_leader`); hibernation is not built yet, so
+//! their groups do not sleep.
 
 pub mod apply;
 pub mod log;
@@ -50,8 +51,8 @@ mod wire_tests;
 pub use apply::{encode_command, ShardApplier};
 pub use log::GroupLog;
 pub use node::{
-    start, Applier, BatchConfig, GroupStatus, Handle, ProposeError, Role, SnapshotJob, Stats,
-    Transport,
+    start, Applier, BatchConfig, GroupStatus, Handle, Membership, ProposeError, Role, SnapshotJob,
+    Stats, Transport,
 };
 
 use std::fmt::Write as _;

@@ -139,6 +139,11 @@ pub enum ProposeError {
     /// entry was applied: its outcome is unknown.
     #[error("the node's Raft loop stopped: {0}")]
     Stopped(String),
+    /// A membership change or leadership transfer the group cannot take
+    /// now (another change under way, a target that is no voter): nothing
+    /// was proposed.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Applies committed entries to the node's state machines.
@@ -270,9 +275,66 @@ pub struct Role {
     lease: std::sync::Mutex<Option<(u64, Instant, u64)>>,
     /// Half of [`BatchConfig::lease`].
     half_lease: Duration,
+    /// The group's configuration as this replica last applied it.
+    membership: std::sync::Mutex<Membership>,
+    /// The last index in this replica's log, as of the last tick.
+    pub last_index: AtomicU64,
+    /// While this replica leads: each other replica's matched index, as
+    /// of the last tick (empty otherwise).
+    progress: std::sync::Mutex<Vec<(u64, u64)>>,
+}
+
+/// A group's configuration: who votes and who only follows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// The voters (in a joint configuration, the incoming ones).
+    pub voters: Vec<u64>,
+    /// In a joint configuration, the outgoing voters (else empty).
+    pub outgoing: Vec<u64>,
+    pub learners: Vec<u64>,
+}
+
+impl Membership {
+    fn of(conf: &raft::prelude::ConfState) -> Membership {
+        let sorted = |v: &[u64]| {
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            v
+        };
+        Membership {
+            voters: sorted(&conf.voters),
+            outgoing: sorted(&conf.voters_outgoing),
+            learners: sorted(&[conf.learners.as_slice(), &conf.learners_next].concat()),
+        }
+    }
+
+    /// A change half way: old and new voters both decide.
+    pub fn joint(&self) -> bool {
+        !self.outgoing.is_empty()
+    }
 }
 
 impl Role {
+    /// The group's configuration as this replica last applied it.
+    pub fn membership(&self) -> Membership {
+        self.membership
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// While this replica leads: each other replica's matched log index,
+    /// as of the last tick.
+    pub fn progress(&self) -> Vec<(u64, u64)> {
+        self.progress.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    fn set_membership(&self, conf: &raft::prelude::ConfState) {
+        if let Ok(mut m) = self.membership.lock() {
+            *m = Membership::of(conf);
+        }
+    }
+
     pub fn leader(&self) -> Option<u64> {
         let l = self.leader.load(Ordering::Acquire);
         (l != 0).then_some(l)
@@ -311,6 +373,7 @@ type Roles = Arc<RwLock<HashMap<u64, Arc<Role>>>>;
 
 type Waiter<R> = oneshot::Sender<Result<R, ProposeError>>;
 type ReadWaiter = oneshot::Sender<Result<(), ProposeError>>;
+type ConfWaiter = oneshot::Sender<Result<Membership, ProposeError>>;
 
 enum Input<R> {
     Propose {
@@ -356,6 +419,16 @@ enum Input<R> {
     Read {
         gid: u64,
         reply: ReadWaiter,
+    },
+    ConfChange {
+        gid: u64,
+        cc: ConfChangeV2,
+        reply: ConfWaiter,
+    },
+    Transfer {
+        gid: u64,
+        to: u64,
+        reply: oneshot::Sender<Result<(), ProposeError>>,
     },
     Stop,
 }
@@ -407,11 +480,21 @@ impl<R: Send + 'static> Handle<R> {
         data: Vec<u8>,
     ) -> impl std::future::Future<Output = Result<R, ProposeError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
-        if let Err(mpsc::SendError(Input::Propose { reply, .. })) =
-            self.tx.send(Input::Propose { gid, data, reply })
-        {
-            let _ = reply.send(Err(ProposeError::Stopped("not running".into())));
-        }
+        self.ask(Input::Propose { gid, data, reply }, rx)
+    }
+
+    /// Send the loop `input`, which holds the sender of `rx`, and wait for
+    /// the answer. A loop that is gone drops the input and with it the
+    /// sender: [`ProposeError::Stopped`].
+    fn ask<T>(
+        &self,
+        input: Input<R>,
+        rx: oneshot::Receiver<Result<T, ProposeError>>,
+    ) -> impl std::future::Future<Output = Result<T, ProposeError>> + Send + 'static
+    where
+        T: Send + 'static,
+    {
+        let _ = self.tx.send(input);
         async move {
             rx.await
                 .unwrap_or_else(|_| Err(ProposeError::Stopped("the Raft loop ended".into())))
@@ -454,15 +537,7 @@ impl<R: Send + 'static> Handle<R> {
     /// rows.
     pub fn read(&self, gid: u64) -> impl std::future::Future<Output = Result<(), ProposeError>> {
         let (reply, rx) = oneshot::channel();
-        if let Err(mpsc::SendError(Input::Read { reply, .. })) =
-            self.tx.send(Input::Read { gid, reply })
-        {
-            let _ = reply.send(Err(ProposeError::Stopped("not running".into())));
-        }
-        async move {
-            rx.await
-                .unwrap_or_else(|_| Err(ProposeError::Stopped("the Raft loop ended".into())))
-        }
+        self.ask(Input::Read { gid, reply }, rx)
     }
 
     /// Take `gid` out of the loop: its waiters fail with
@@ -477,6 +552,36 @@ impl<R: Send + 'static> Handle<R> {
             return false;
         }
         rx.await.is_ok()
+    }
+
+    /// Propose a change of `gid`'s configuration on its leader here; the
+    /// answer is the configuration once the change is applied. A change
+    /// that enters a joint configuration is answered when it is entered:
+    /// the leader leaves it by itself (`transition` auto), and a leader
+    /// elected in the middle leaves it when asked again with an empty
+    /// change. Refused ([`ProposeError::Refused`]) while another change is
+    /// under way.
+    pub fn change_membership(
+        &self,
+        gid: u64,
+        cc: ConfChangeV2,
+    ) -> impl std::future::Future<Output = Result<Membership, ProposeError>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        self.ask(Input::ConfChange { gid, cc, reply }, rx)
+    }
+
+    /// Hand `gid`'s leadership from this replica to voter `to` (raft-rs's
+    /// transfer: `to` stands once its log holds all of this leader's, and
+    /// the voters grant it at once). Answered when the transfer starts;
+    /// this replica's lease ends first, and it takes no proposal until the
+    /// transfer ends or is given up (after an election timeout).
+    pub fn transfer_leader(
+        &self,
+        gid: u64,
+        to: u64,
+    ) -> impl std::future::Future<Output = Result<(), ProposeError>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        self.ask(Input::Transfer { gid, to, reply }, rx)
     }
 
     /// The group's [`Role`] on this node, once it is open.
@@ -581,6 +686,14 @@ struct Group<R> {
     /// Until when this replica grants no vote (reopened from a stored log:
     /// [`BatchConfig::quiet`]).
     quiet_until: Option<Instant>,
+    /// A configuration change proposed here: (index, term, waiter).
+    conf_waiting: Option<(u64, u64, ConfWaiter)>,
+    /// A change that adds a replica was applied: the log's first entry
+    /// goes once applied ([`Loop::compact`]), so that no leader's log
+    /// starts at index 1 any more and a new replica, whose empty log
+    /// starts at 0, gets the group by snapshot, with its configuration,
+    /// instead of entries that would leave it without one.
+    drop_first: bool,
     role: Arc<Role>,
 }
 
@@ -611,6 +724,9 @@ impl<R> Group<R> {
             let _ = w.send(Err(err.clone()));
         }
         for w in self.reads_ready.drain(..).flat_map(|(_, w)| w) {
+            let _ = w.send(Err(err.clone()));
+        }
+        if let Some((_, _, w)) = self.conf_waiting.take() {
             let _ = w.send(Err(err.clone()));
         }
     }
@@ -698,8 +814,10 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 }
             }
             if Instant::now() >= next_tick {
+                let me = self.config.node_id;
                 for g in self.groups.values_mut() {
                     g.raw.tick();
+                    publish_progress(me, g);
                 }
                 next_tick += self.config.tick;
                 if next_tick < Instant::now() {
@@ -813,8 +931,79 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                     self.read_groups.insert(gid);
                 }
             },
+            Input::ConfChange { gid, cc, reply } => self.change_conf(gid, cc, reply),
+            Input::Transfer { gid, to, reply } => {
+                let _ = reply.send(self.transfer(gid, to));
+            }
             Input::Stop => self.stopped = Some("the node is shutting down".into()),
         }
+    }
+
+    /// [`Handle::change_membership`].
+    fn change_conf(&mut self, gid: u64, cc: ConfChangeV2, reply: ConfWaiter) {
+        let g = match self.led(gid) {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        // raft-rs would turn a change it cannot take into an empty entry;
+        // say why instead.
+        let joint = !g
+            .raw
+            .raft
+            .prs()
+            .conf()
+            .to_conf_state()
+            .voters_outgoing
+            .is_empty();
+        let leave = cc.changes.is_empty();
+        let why = if g.raw.raft.has_pending_conf() || g.conf_waiting.is_some() {
+            Some("another membership change of the group is not applied yet")
+        } else if g.raw.raft.lead_transferee.is_some() {
+            Some("a leadership transfer is under way")
+        } else if joint && !leave {
+            Some("the group is in a joint configuration: leave it first")
+        } else if !joint && leave {
+            Some("the group is not in a joint configuration")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            let _ = reply.send(Err(ProposeError::Refused(format!("group {gid}: {why}"))));
+            return;
+        }
+        match g.raw.propose_conf_change(Vec::new(), cc) {
+            Ok(()) => {
+                let index = g.raw.raft.raft_log.last_index();
+                g.conf_waiting = Some((index, g.raw.raft.term, reply));
+            }
+            Err(e) => {
+                tracing::debug!(gid, "propose a configuration change: {e}");
+                let _ = reply.send(Err(ProposeError::Dropped));
+            }
+        }
+    }
+
+    /// [`Handle::transfer_leader`].
+    fn transfer(&mut self, gid: u64, to: u64) -> Result<(), ProposeError> {
+        let me = self.config.node_id;
+        let g = self.led(gid)?;
+        if to == me {
+            return Ok(());
+        }
+        if !g.raw.raft.prs().conf().voters().contains(to) {
+            return Err(ProposeError::Refused(format!(
+                "node {to} is not a voter of group {gid}"
+            )));
+        }
+        // The voters grant the target's vote at once, lease or not: this
+        // leader answers no read alone from now on.
+        g.lease = None;
+        g.role.set_lease(None);
+        g.raw.transfer_leader(to);
+        Ok(())
     }
 
     fn open(&mut self, gid: u64, voters: &[u64]) -> Result<(), String> {
@@ -884,6 +1073,9 @@ impl<A: Applier, T: Transport> Loop<A, T> {
         });
         role.term.store(raw.raft.term, Ordering::Release);
         role.applied.store(applied, Ordering::Release);
+        role.last_index
+            .store(raw.raft.raft_log.last_index(), Ordering::Release);
+        role.set_membership(raw.store().conf_state());
         if let Ok(mut roles) = self.roles.write() {
             roles.insert(gid, role.clone());
         }
@@ -897,6 +1089,8 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 lease: None,
                 quiet_until,
                 reads_ready: VecDeque::new(),
+                conf_waiting: None,
+                drop_first: false,
                 role,
             },
         );
@@ -932,15 +1126,26 @@ impl<A: Applier, T: Transport> Loop<A, T> {
         );
     }
 
-    fn propose(&mut self, gid: u64, data: Vec<u8>, reply: Waiter<A::Reply>) {
-        let Some(g) = self.groups.get_mut(&gid) else {
-            let _ = reply.send(Err(ProposeError::NoGroup(gid)));
-            return;
-        };
+    /// `gid`'s group, which this replica must lead; else why not.
+    fn led(&mut self, gid: u64) -> Result<&mut Group<A::Reply>, ProposeError> {
+        let g = self
+            .groups
+            .get_mut(&gid)
+            .ok_or(ProposeError::NoGroup(gid))?;
         if g.raw.raft.state != StateRole::Leader {
-            let _ = reply.send(Err(g.not_leader()));
-            return;
+            return Err(g.not_leader());
         }
+        Ok(g)
+    }
+
+    fn propose(&mut self, gid: u64, data: Vec<u8>, reply: Waiter<A::Reply>) {
+        let g = match self.led(gid) {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
         match g.raw.propose(Vec::new(), data) {
             Ok(()) => {
                 let index = g.raw.raft.raft_log.last_index();
@@ -1041,8 +1246,13 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 while let Some(round) = g.reads_asked.pop_front() {
                     if round.ctx == ctx {
                         // A quorum took heartbeats sent after the round
-                        // was asked: a lease from then, in its term.
-                        if round.term == g.raw.raft.term && g.raw.raft.state == StateRole::Leader {
+                        // was asked: a lease from then, in its term; none
+                        // while a leadership transfer is under way (the
+                        // voters grant its target's vote at once).
+                        if round.term == g.raw.raft.term
+                            && g.raw.raft.state == StateRole::Leader
+                            && g.raw.raft.lead_transferee.is_none()
+                        {
                             let until = round.sent + lease;
                             if g.lease.is_none_or(|(t, u)| t != round.term || u < until) {
                                 g.lease = Some((round.term, until));
@@ -1254,6 +1464,7 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             if p.snapshot > g.raw.raft.raft_log.applied {
                 g.raw.advance_apply_to(p.snapshot);
                 g.role.applied.store(p.snapshot, Ordering::Release);
+                g.role.set_membership(g.raw.store().conf_state());
             }
             for m in p.messages {
                 self.outbox.entry(m.to).or_default().push((p.gid, m));
@@ -1283,12 +1494,41 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                         .map_err(|err| raft::Error::ConfChangeError(err.to_string()))
                         .and_then(|()| g.raw.apply_conf_change(&cc))
                 };
+                let ours = g
+                    .conf_waiting
+                    .take_if(|(index, term, _)| *index == e.index && *term == e.term);
                 match cs {
-                    Ok(cs) => g.raw.mut_store().set_conf_state(cs, &mut conf_ops),
-                    Err(err) => tracing::warn!(gid, "configuration change refused: {err}"),
+                    Ok(cs) => {
+                        // A replica added: its empty log must not be
+                        // followed from index 1 (`Group::drop_first`).
+                        g.drop_first |= conf_adds(e, &cs);
+                        g.role.set_membership(&cs);
+                        g.raw.mut_store().set_conf_state(cs, &mut conf_ops);
+                        tracing::info!(gid, membership = ?g.role.membership(), "configuration changed");
+                        if let Some((_, _, w)) = ours {
+                            let _ = w.send(Ok(g.role.membership()));
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(gid, "configuration change refused: {err}");
+                        if let Some((_, _, w)) = ours {
+                            let _ = w.send(Err(ProposeError::Refused(format!(
+                                "group {gid}: the change was refused: {err}"
+                            ))));
+                        }
+                    }
                 }
                 e.set_entry_type(EntryType::EntryNormal);
                 e.data = Default::default();
+            }
+            // A change proposed here whose index now holds another entry
+            // (a new leader's, or an empty one raft-rs put in its place)
+            // was never applied.
+            if let Some(g) = self.groups.get_mut(gid) {
+                let last = entries.last().map_or(0, |e| e.index);
+                if let Some((_, _, w)) = g.conf_waiting.take_if(|(index, _, _)| *index <= last) {
+                    let _ = w.send(Err(ProposeError::Dropped));
+                }
             }
         }
         if !conf_ops.is_empty() {
@@ -1341,6 +1581,12 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             let Some(g) = self.groups.get_mut(&gid) else {
                 continue;
             };
+            if std::mem::take(&mut g.drop_first)
+                && g.raw.raft.raft_log.applied >= 1
+                && g.raw.mut_store().compact(1, &mut ops)
+            {
+                Stats::add(&self.stats.compactions, 1);
+            }
             let (len, bytes) = g.raw.store().len_and_bytes();
             let (entries, size) = (self.config.compact_entries, self.config.compact_bytes);
             if len < entries && bytes < size {
@@ -1460,6 +1706,59 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             Err(e) => tracing::error!(gid, "building a snapshot: {e}"),
         }
     }
+}
+
+/// Store what `shoal status` and the replica mover read of `g` without
+/// asking the loop: its log's end and, on a leader, how far each other
+/// replica matches it.
+fn publish_progress<R>(me: u64, g: &Group<R>) {
+    let r = &g.raw.raft;
+    g.role
+        .last_index
+        .store(r.raft_log.last_index(), Ordering::Release);
+    let progress = if r.state == StateRole::Leader {
+        let mut p: Vec<(u64, u64)> = r
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .map(|(id, p)| (*id, p.matched))
+            .collect();
+        p.sort_unstable();
+        p
+    } else {
+        Vec::new()
+    };
+    if let Ok(mut held) = g.role.progress.lock() {
+        if *held != progress {
+            *held = progress;
+        }
+    }
+}
+
+/// Whether the change in `e` (applied, giving `cs`) added a replica.
+fn conf_adds(e: &Entry, cs: &raft::prelude::ConfState) -> bool {
+    use raft::prelude::ConfChangeType;
+    let mut v2 = ConfChangeV2::default();
+    let changes = if e.get_entry_type() == EntryType::EntryConfChange {
+        let mut cc = ConfChange::default();
+        if cc.merge_from_bytes(&e.data).is_err() {
+            return false;
+        }
+        vec![(cc.get_change_type(), cc.node_id)]
+    } else if v2.merge_from_bytes(&e.data).is_ok() {
+        v2.changes
+            .iter()
+            .map(|c| (c.get_change_type(), c.node_id))
+            .collect()
+    } else {
+        return false;
+    };
+    changes.into_iter().any(|(kind, id)| {
+        matches!(
+            kind,
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode
+        ) && (cs.voters.contains(&id) || cs.learners.contains(&id))
+    })
 }
 
 /// Install the snapshot of `rd` for group `gid`: the data and the log's

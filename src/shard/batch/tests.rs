@@ -621,7 +621,23 @@ fn shard_node(
     id: u64,
     net: &Net<crate::shard::command::OpReply>,
     gid: u64,
+    config: BatchConfig,
+) -> (
+    Handle<crate::shard::command::OpReply>,
+    JoinHandle<()>,
+    Arc<Engine>,
+) {
+    shard_node_with(dir, id, net, gid, config, &VOTERS)
+}
+
+/// [`shard_node`], its group created with `voters` if it has none stored.
+fn shard_node_with(
+    dir: &std::path::Path,
+    id: u64,
+    net: &Net<crate::shard::command::OpReply>,
+    gid: u64,
     mut config: BatchConfig,
+    voters: &[u64],
 ) -> (
     Handle<crate::shard::command::OpReply>,
     JoinHandle<()>,
@@ -636,7 +652,7 @@ fn shard_node(
     config.tick = Duration::from_millis(20);
     let (handle, thread) = start(config, engine.clone(), applier, transport).unwrap();
     net.nodes.lock().unwrap().insert(id, handle.clone());
-    let rx = handle.open_group(gid, VOTERS.to_vec());
+    let rx = handle.open_group(gid, voters.to_vec());
     tokio::task::block_in_place(|| rx.blocking_recv())
         .unwrap()
         .unwrap();
@@ -1015,5 +1031,205 @@ async fn a_closed_group_fails_its_waiters_and_leaves_the_others_running() {
     {
         assert!(Instant::now() < deadline, "group 8 stopped on node 1");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A leader hands its leadership to a voter: its lease ends at once (the
+/// voters grant the target's vote whatever lease they gave), the target
+/// leads and takes writes. A target that is no voter is refused, and a
+/// follower asked names the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_hands_its_leadership_over_and_its_lease_ends_first() {
+    let c = Cluster::new(&[4]);
+    c.handle(1).campaign(4);
+    assert_eq!(c.leader(4).await, 1);
+    c.write(4, b"before").await;
+    c.handle(1).read(4).await.unwrap();
+    let role = c.handle(1).role(4).unwrap();
+    assert!(role.reads_alone(1, Instant::now()), "a fresh lease");
+    assert!(matches!(
+        c.handle(1).transfer_leader(4, 9).await,
+        Err(ProposeError::Refused(_))
+    ));
+    assert_eq!(
+        c.handle(2).transfer_leader(4, 3).await,
+        Err(ProposeError::NotLeader { leader: Some(1) })
+    );
+    c.handle(1).transfer_leader(4, 2).await.unwrap();
+    assert!(
+        !role.reads_alone(1, Instant::now()),
+        "a leader handing over still answers reads alone"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.handle(2).role(4).unwrap().leader() != Some(2) {
+        assert!(Instant::now() < deadline, "node 2 did not take the lead");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let index = c.write(4, b"after").await;
+    assert_eq!(c.leader(4).await, 2);
+    let applied = c.converged().await;
+    assert!(applied[&4]
+        .iter()
+        .any(|(i, d)| *i == index && d == b"after"));
+    // A transfer to a node cut off stays under way (up to an election
+    // timeout): a quorum still confirms reads meanwhile, but gives the
+    // leader no lease.
+    c.handle(2).read(4).await.unwrap();
+    let role = c.handle(2).role(4).unwrap();
+    assert!(role.reads_alone(2, Instant::now()));
+    c.net.cut.lock().unwrap().insert(3);
+    c.handle(2).transfer_leader(4, 3).await.unwrap();
+    c.handle(2).read(4).await.unwrap();
+    assert!(
+        !role.reads_alone(2, Instant::now()),
+        "a read round during a transfer gave a lease"
+    );
+}
+
+/// A node that hosts none of the group joins it as a learner: it starts
+/// with no configuration, gets the group's data and configuration by
+/// snapshot (its leader's log no longer starts at index 1 once a replica
+/// was added), then follows the log. It is made a voter in place of node
+/// 3 through a joint configuration, which the leader leaves by itself;
+/// the group then commits without node 3, and node 4 reopens with the
+/// new configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_joins_by_snapshot_and_replaces_a_voter() {
+    use crate::shard::command::OpReply;
+    use raft::prelude::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
+
+    const GID: u64 = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let net: Net<OpReply> = Net::default();
+    let start_node = |id: u64, voters: &[u64]| {
+        shard_node_with(dir.path(), id, &net, GID, BatchConfig::new(id), voters)
+    };
+    let mut nodes: ShardNodes = VOTERS
+        .iter()
+        .map(|&id| (id, start_node(id, &VOTERS)))
+        .collect();
+    elect(&nodes[&1].0, GID).await;
+    for n in 1..=10 {
+        assert_eq!(
+            nodes[&1].0.propose(GID, incr_cmd()).await,
+            Ok(OpReply::Int(n))
+        );
+    }
+    nodes.insert(4, start_node(4, &[]));
+    let joining = nodes[&4].0.role(GID).unwrap();
+    assert_eq!(joining.membership(), super::node::Membership::default());
+    let change = |changes: &[(ConfChangeType, u64)]| {
+        let mut cc = ConfChangeV2::default();
+        for &(kind, id) in changes {
+            let mut c = ConfChangeSingle::default();
+            c.set_change_type(kind);
+            c.node_id = id;
+            cc.changes.push(c);
+        }
+        cc.set_transition(ConfChangeTransition::Auto);
+        cc
+    };
+    // A follower proposes no change; leaving a joint configuration that
+    // is not there is refused.
+    assert!(matches!(
+        nodes[&2]
+            .0
+            .change_membership(GID, change(&[(ConfChangeType::AddLearnerNode, 4)]))
+            .await,
+        Err(ProposeError::NotLeader { leader: Some(1) })
+    ));
+    assert!(matches!(
+        nodes[&1]
+            .0
+            .change_membership(GID, ConfChangeV2::default())
+            .await,
+        Err(ProposeError::Refused(_))
+    ));
+    let m = nodes[&1]
+        .0
+        .change_membership(GID, change(&[(ConfChangeType::AddLearnerNode, 4)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (m.voters.as_slice(), m.learners.as_slice()),
+        (&VOTERS[..], &[4][..])
+    );
+    let commit = nodes[&1].0.status(GID).await.unwrap().unwrap().commit;
+    applied_everywhere(&nodes, GID, commit).await;
+    assert_eq!(stored(&nodes[&4].2, GID, b"k"), Some(b"10".to_vec()));
+    let installed = nodes[&4]
+        .0
+        .stats()
+        .snapshots_installed
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(installed, 1, "node 4 got the group by snapshot");
+    assert_eq!(joining.membership().learners, [4]);
+    // The leader publishes how far each replica matches its log.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let leader_role = nodes[&1].0.role(GID).unwrap();
+    while !leader_role
+        .progress()
+        .iter()
+        .any(|&(id, m)| id == 4 && m >= commit)
+    {
+        assert!(Instant::now() < deadline, "{:?}", leader_role.progress());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let m = nodes[&1]
+        .0
+        .change_membership(
+            GID,
+            change(&[
+                (ConfChangeType::AddNode, 4),
+                (ConfChangeType::RemoveNode, 3),
+            ]),
+        )
+        .await
+        .unwrap();
+    assert!(m.joint(), "two voters changed: a joint configuration {m:?}");
+    assert_eq!(m.voters, [1, 2, 4]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leader_role.membership().joint() {
+        assert!(Instant::now() < deadline, "the leader stayed joint");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        leader_role.membership(),
+        super::node::Membership {
+            voters: vec![1, 2, 4],
+            ..Default::default()
+        }
+    );
+    // Without node 3 (stopped) the group commits on 1, 2 and 4.
+    let (handle, thread, engine) = nodes.remove(&3).unwrap();
+    net.nodes.lock().unwrap().remove(&3);
+    handle.stop();
+    tokio::task::block_in_place(|| thread.join().unwrap());
+    drop((handle, engine));
+    for n in 11..=15 {
+        assert_eq!(
+            nodes[&1].0.propose(GID, incr_cmd()).await,
+            Ok(OpReply::Int(n))
+        );
+    }
+    let commit = nodes[&1].0.status(GID).await.unwrap().unwrap().commit;
+    applied_everywhere(&nodes, GID, commit).await;
+    assert_eq!(stored(&nodes[&4].2, GID, b"k"), Some(b"15".to_vec()));
+    // Node 4 reopens with the configuration it applied, not an empty one.
+    let (handle, thread, engine) = nodes.remove(&4).unwrap();
+    net.nodes.lock().unwrap().remove(&4);
+    handle.stop();
+    tokio::task::block_in_place(|| thread.join().unwrap());
+    drop((handle, engine));
+    nodes.insert(4, start_node(4, &[]));
+    assert_eq!(
+        nodes[&4].0.role(GID).unwrap().membership().voters,
+        [1, 2, 4]
+    );
+    for (id, (handle, thread, _)) in nodes {
+        net.nodes.lock().unwrap().remove(&id);
+        handle.stop();
+        tokio::task::block_in_place(|| thread.join().unwrap());
     }
 }
