@@ -39,7 +39,8 @@
 //!
 //! `--idle N` measures instead N idle groups on the batch engine over
 //! sockets: the three nodes' CPU and memory over 10 s once every group has
-//! a leader (the idle-groups target of issue 15, before hibernation).
+//! a leader (the idle-groups target of issue 15), without hibernation and
+//! then, on a second cluster, with every replica asleep.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -208,7 +209,13 @@ impl Cluster {
     /// The batch engine; `sockets`: its messages cross real TCP links
     /// (each node a [`Host`] serving framed links with the node's own
     /// Raft service, [`StreamTransport`] between them), else in process.
-    async fn batch(dir: &std::path::Path, groups: u64, sockets: bool) -> Cluster {
+    /// `hibernate`: each loop's `BatchConfig::hibernate_after`.
+    async fn batch(
+        dir: &std::path::Path,
+        groups: u64,
+        sockets: bool,
+        hibernate: Option<Duration>,
+    ) -> Cluster {
         let nodes: Nodes = Arc::default();
         let mut threads = Vec::new();
         let mut handles = Vec::new();
@@ -227,7 +234,8 @@ impl Cluster {
             engines.push(engine.clone());
             let runtime = tokio::runtime::Handle::current();
             let applier = ShardApplier::new(engine.clone(), runtime.clone());
-            let config = BatchConfig::new(id);
+            let mut config = BatchConfig::new(id);
+            config.hibernate_after = hibernate;
             let (h, t) = if sockets {
                 let host = host(id, engine.clone());
                 for (peer, addr) in (1..=3u64).zip(&addrs) {
@@ -556,8 +564,8 @@ async fn run(engine: &str, groups: u64, writes: u64, clients: u64, warm: u64) ->
         .tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
         .unwrap();
     let cluster = Arc::new(match engine {
-        "batch" => Cluster::batch(dir.path(), groups, false).await,
-        "batch-sockets" => Cluster::batch(dir.path(), groups, true).await,
+        "batch" => Cluster::batch(dir.path(), groups, false, None).await,
+        "batch-sockets" => Cluster::batch(dir.path(), groups, true, None).await,
         "openraft" => Cluster::openraft(dir.path(), groups).await,
         other => panic!("unknown engine {other}"),
     });
@@ -586,8 +594,9 @@ async fn run(engine: &str, groups: u64, writes: u64, clients: u64, warm: u64) ->
 
 /// `groups` idle groups on the batch engine over sockets (each node
 /// hosting a replica of each, leaders spread): the CPU and memory of the
-/// three nodes over `secs` seconds once every group has a leader.
-async fn idle(groups: u64, secs: u64) {
+/// three nodes over `secs` seconds once every group has a leader, and
+/// with `hibernate`, once every replica of every group sleeps.
+async fn idle(groups: u64, secs: u64, hibernate: Option<Duration>) {
     let dir = tempfile::Builder::new()
         .prefix("shoal-bench-batch")
         .tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
@@ -604,11 +613,26 @@ async fn idle(groups: u64, secs: u64) {
             / 1024.0
     };
     let before = rss();
-    let cluster = Cluster::batch(dir.path(), groups, true).await;
+    let cluster = Cluster::batch(dir.path(), groups, true, hibernate).await;
     for gid in 1..=groups {
         cluster.leader(gid).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut asleep = 0;
+    if let (Some(after), Cluster::Batch { handles, .. }) = (hibernate, &cluster) {
+        let deadline = Instant::now() + after + Duration::from_secs(30);
+        loop {
+            asleep = handles
+                .iter()
+                .flat_map(|h| (1..=groups).filter_map(|gid| h.role(gid)))
+                .filter(|r| r.asleep.load(Ordering::Acquire))
+                .count();
+            if asleep as u64 == 3 * groups || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let t0 = Instant::now();
     let (cpu0, _) = rusage();
     tokio::time::sleep(Duration::from_secs(secs)).await;
@@ -616,8 +640,16 @@ async fn idle(groups: u64, secs: u64) {
     let wall = t0.elapsed().as_secs_f64();
     let core = (cpu1 - cpu0) / 1e6 / wall * 100.0;
     let after = rss();
+    let how = match hibernate {
+        None => "no hibernation".to_string(),
+        Some(after) => format!(
+            "hibernating after {} s ({asleep} of {} replicas asleep)",
+            after.as_secs_f64(),
+            3 * groups
+        ),
+    };
     println!(
-        "{groups} idle groups x 3 replicas, 3 nodes in one process (batch engine over sockets), {secs} s: \
+        "{groups} idle groups x 3 replicas, 3 nodes in one process (batch engine over sockets), {how}, {secs} s: \
          CPU {:.2} % of a core per node ({core:.2} % for all three), \
          memory {:.0} MiB per node ({:.0} MiB resident for all, {before:.0} before the cluster)",
         core / 3.0,
@@ -660,7 +692,8 @@ fn main() {
         .build()
         .unwrap();
     if let Some(groups) = idle_groups {
-        rt.block_on(idle(groups, 10));
+        rt.block_on(idle(groups, 10, None));
+        rt.block_on(idle(groups, 10, Some(Duration::from_secs(2))));
         return;
     }
     let mut rows = Vec::new();

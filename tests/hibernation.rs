@@ -23,7 +23,8 @@ use shoal::slot::slot;
 
 const SHARDS: u32 = 4;
 
-fn start(dir: &tempfile::TempDir) -> LocalCluster {
+/// A cluster whose tables run on `engine` (openraft or batch).
+fn start(dir: &tempfile::TempDir, engine: &str) -> LocalCluster {
     let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_shoal"), dir.path());
     opts.default_shards = SHARDS;
     opts.default_replicas = 3;
@@ -37,7 +38,15 @@ fn start(dir: &tempfile::TempDir) -> LocalCluster {
     // Leader balance off: a transfer is an election, and these tests check
     // that idle groups hold none (leader balance has its own test, in
     // tests/elastic.rs).
-    opts.router_args = vec!["--leader-balance-interval-ms".into(), "0".into()];
+    opts.router_args = [
+        "--leader-balance-interval-ms",
+        "0",
+        "--default-engine",
+        engine,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     LocalCluster::start(opts).expect("cluster starts")
 }
 
@@ -183,8 +192,19 @@ fn wait_all_asleep(cluster: &LocalCluster, rt: &tokio::runtime::Runtime, nodes: 
 
 #[test]
 fn idle_groups_sleep_wake_on_writes_and_fail_over_when_their_leader_dies() {
+    sleep_wake_and_fail_over("openraft");
+}
+
+/// The same on the batch engine (its loop's own hibernation,
+/// `shard::batch::node`).
+#[test]
+fn batch_idle_groups_sleep_wake_on_writes_and_fail_over_when_their_leader_dies() {
+    sleep_wake_and_fail_over("batch");
+}
+
+fn sleep_wake_and_fail_over(engine: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = start(&dir);
+    let mut cluster = start(&dir, engine);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut con = connect(&cluster);
     let table = view(&cluster, &rt).table;
@@ -270,8 +290,17 @@ fn idle_groups_sleep_wake_on_writes_and_fail_over_when_their_leader_dies() {
 /// (it has no lease: hibernation fakes no ack).
 #[test]
 fn a_sleeping_leader_paused_and_resumed_serves_no_stale_read() {
+    paused_sleeping_leader("openraft");
+}
+
+#[test]
+fn batch_a_sleeping_leader_paused_and_resumed_serves_no_stale_read() {
+    paused_sleeping_leader("batch");
+}
+
+fn paused_sleeping_leader(engine: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = start(&dir);
+    let mut cluster = start(&dir, engine);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut con = connect(&cluster);
     let table = view(&cluster, &rt).table;

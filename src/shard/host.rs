@@ -239,7 +239,8 @@ impl Host {
         let applier = batch::ShardApplier::new(self.engine.clone(), runtime.clone())
             .shared(self.machines.clone());
         let transport = batch::wire::StreamTransport::new(self.transport.clone(), runtime);
-        let config = batch::BatchConfig::new(self.node_id);
+        let mut config = batch::BatchConfig::new(self.node_id);
+        config.hibernate_after = self.hibernation.config.hibernate_after;
         let (handle, thread) = batch::start(config, self.engine.clone(), applier, transport)?;
         self.set_batch(handle);
         Ok(thread)
@@ -1238,7 +1239,7 @@ impl Host {
     pub(crate) async fn awaken(&self, replica: &Replica) {
         let gid = replica.record.group_id;
         let h = &self.hibernation;
-        // Batch groups do not hibernate (yet).
+        // Batch groups sleep and wake in their loop (`batch::node`).
         let Some(raft) = replica.openraft() else {
             return;
         };

@@ -112,7 +112,7 @@ fn batch_status(
         voters,
         learners: m.learners.clone(),
         joint: m.joint(),
-        hibernating: false,
+        hibernating: g.role.asleep.load(Acquire),
         orphaned: host.kept_reason(r.record.group_id),
         served: r.served.counts(),
         stopped: None,

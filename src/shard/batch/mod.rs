@@ -35,8 +35,8 @@
 //! sockets. Tables created with `ENGINE batch` run on it (the node's
 //! side is `shard::driver`), and take replica moves and leadership
 //! transfers (raft-rs configuration changes, `Handle::change_membership`
-//! and `Handle::transfer_leader`); hibernation is not built yet, so
-//! their groups do not sleep.
+//! and `Handle::transfer_leader`); their idle groups hibernate (the
+//! loop's own, `node`'s module doc).
 
 pub mod apply;
 pub mod log;

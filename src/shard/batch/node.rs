@@ -32,6 +32,26 @@
 //! reply if the entry at its index is still the one it proposed, or with
 //! [`ProposeError::Dropped`] if a new leader replaced it. A failed write or
 //! apply stops the loop (the node fails closed) and fails every waiter.
+//!
+//! **Hibernation.** A leader whose group had no request (proposal, read,
+//! configuration change, transfer) for [`BatchConfig::hibernate_after`],
+//! with every entry committed, applied and matched by every voter, one
+//! configuration and no learner, stops ticking the group and sends each
+//! follower a hibernate message (a heartbeat the loop keeps to itself,
+//! never stepped into raft-rs) naming its term and last index. A follower
+//! that follows that leader in that term and holds and applied the same
+//! last entry stops ticking it too; one that does not stays awake, and
+//! its election clock's (pre-)vote request wakes the leader. A sleeping
+//! group sends nothing and runs no clock. It wakes on any request, and on
+//! any message but a late answer to its leader's last heartbeats or
+//! appends; a woken leader heartbeats at once and counts its quorum check
+//! from then. For liveness each loop pings (a message of no group) every
+//! peer that shares a sleeping group with it and was sent nothing for a
+//! heartbeat interval; a sleeping follower whose leader's node was not
+//! heard from for an election timeout wakes, and campaigns once its
+//! election clock, stopped while it slept, runs out. No ack is faked: a
+//! sleeping leader's lease lapses on its own clock, and a follower's
+//! refusal to vote, counted in ticks, only lasts longer while it sleeps.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -49,6 +69,18 @@ use tokio::sync::oneshot;
 use super::log::GroupLog;
 use super::BatchError;
 use crate::shard::engine::{Engine, EngineError, Op};
+
+/// The group id of a node's liveness ping to a peer (no group's): sent
+/// while groups sleep, in place of their heartbeats.
+const PING_GID: u64 = u64::MAX;
+
+/// The context of the loop's own hibernate message (a heartbeat that is
+/// never stepped into raft-rs).
+const HIBERNATE: &[u8] = b"shoal-batch-hibernate";
+
+fn is_hibernate(m: &Message) -> bool {
+    m.get_msg_type() == MessageType::MsgHeartbeat && m.context[..] == *HIBERNATE
+}
 
 /// How long the loop hands its synced writes to the writer thread after
 /// one of its own took longer than [`BatchConfig::slow_sync`].
@@ -86,6 +118,9 @@ pub struct BatchConfig {
     /// A sync the loop made itself that took longer than this hands its
     /// next writes to the writer thread for [`SLOW_DISK_HANDOFF`].
     pub slow_sync: Duration,
+    /// A group whose leader had no request for this long hibernates
+    /// (module doc, "Hibernation"); `None`: never.
+    pub hibernate_after: Option<Duration>,
 }
 
 impl BatchConfig {
@@ -102,7 +137,21 @@ impl BatchConfig {
             compact_entries: 10_000,
             compact_bytes: 64 << 20,
             slow_sync: Duration::from_millis(50),
+            hibernate_after: None,
         }
+    }
+
+    /// Ticks of no request after which a leader puts its group to sleep.
+    fn hibernate_ticks(&self) -> Option<usize> {
+        let after = self.hibernate_after?;
+        let tick = self.tick.as_micros().max(1);
+        Some(usize::try_from(after.as_micros().div_ceil(tick)).unwrap_or(usize::MAX))
+    }
+
+    /// How long a sleeping follower waits to hear from its leader's node
+    /// before it wakes: an election timeout.
+    fn lost_after(&self) -> Duration {
+        self.quiet()
     }
 
     /// How long a quorum's answer to a leader's heartbeat lets it answer
@@ -237,6 +286,9 @@ pub struct Stats {
     pub snapshots_built: AtomicU64,
     pub snapshots_sent: AtomicU64,
     pub snapshots_installed: AtomicU64,
+    /// Groups put to sleep here (as leader or follower), and woken.
+    pub hibernated: AtomicU64,
+    pub woken: AtomicU64,
 }
 
 impl Stats {
@@ -282,6 +334,8 @@ pub struct Role {
     /// While this replica leads: each other replica's matched index, as
     /// of the last tick (empty otherwise).
     progress: std::sync::Mutex<Vec<(u64, u64)>>,
+    /// The group hibernates on this replica.
+    pub asleep: std::sync::atomic::AtomicBool,
 }
 
 /// A group's configuration: who votes and who only follows.
@@ -649,6 +703,8 @@ pub fn start<A: Applier, T: Transport>(
         outbox: HashMap::new(),
         roles,
         stopped: None,
+        last_heard: HashMap::new(),
+        last_sent: HashMap::new(),
     };
     let node_id = lp.config.node_id;
     let thread = std::thread::Builder::new()
@@ -694,6 +750,10 @@ struct Group<R> {
     /// starts at 0, gets the group by snapshot, with its configuration,
     /// instead of entries that would leave it without one.
     drop_first: bool,
+    /// Ticks since the last request, while this replica leads.
+    idle_ticks: usize,
+    /// Hibernating: not ticked (module doc, "Hibernation").
+    asleep: bool,
     role: Arc<Role>,
 }
 
@@ -708,6 +768,73 @@ struct Round {
 }
 
 impl<R> Group<R> {
+    /// A request reached the group: it is not idle, and if it sleeps it
+    /// wakes (a leader heartbeats at once, and its check of a quorum
+    /// counts from now). `true`: it slept.
+    fn touch(&mut self) -> bool {
+        self.idle_ticks = 0;
+        self.wake()
+    }
+
+    fn wake(&mut self) -> bool {
+        if !self.asleep {
+            return false;
+        }
+        self.asleep = false;
+        self.role.asleep.store(false, Ordering::Release);
+        if self.raw.raft.state == StateRole::Leader {
+            self.raw.raft.election_elapsed = 0;
+            self.raw.ping();
+        }
+        true
+    }
+
+    fn sleep(&mut self) {
+        self.asleep = true;
+        self.role.asleep.store(true, Ordering::Release);
+    }
+
+    /// Whether this leader may put its group to sleep: idle long enough,
+    /// nothing waiting, every entry committed, applied and matched by
+    /// every voter, which all answered lately; one configuration, no
+    /// learner, no change or transfer under way.
+    fn may_hibernate(&self, me: u64, idle_ticks: usize) -> bool {
+        let r = &self.raw.raft;
+        let last = r.raft_log.last_index();
+        let conf = r.prs().conf();
+        r.state == StateRole::Leader
+            && self.idle_ticks >= idle_ticks
+            && r.lead_transferee.is_none()
+            && !r.has_pending_conf()
+            && conf.learners().is_empty()
+            && conf.to_conf_state().voters_outgoing.is_empty()
+            && r.raft_log.committed == last
+            && r.raft_log.applied == last
+            && self.waiting.is_empty()
+            && self.conf_waiting.is_none()
+            && self.reads_new.is_empty()
+            && self.reads_asked.is_empty()
+            && self.reads_ready.is_empty()
+            && r.prs()
+                .iter()
+                .filter(|(id, _)| **id != me)
+                .all(|(_, p)| p.matched == last && p.recent_active)
+    }
+
+    /// Whether this follower may sleep on its leader's word (`m`, the
+    /// leader's hibernate message): it follows that leader in that term
+    /// and holds, has committed and has applied the leader's last entry.
+    fn may_sleep_on(&self, m: &Message) -> bool {
+        let r = &self.raw.raft;
+        r.state == StateRole::Follower
+            && r.leader_id == m.from
+            && r.term == m.term
+            && r.raft_log.last_index() == m.commit
+            && r.raft_log.committed == m.commit
+            && r.raft_log.applied == m.commit
+            && !self.raw.has_ready()
+    }
+
     /// Fail the reads no quorum confirmed (this replica stopped leading).
     fn fail_unconfirmed_reads(&mut self, err: &ProposeError) {
         let asked = self.reads_asked.drain(..).flat_map(|r| r.reads);
@@ -795,6 +922,10 @@ struct Loop<A: Applier, T> {
     roles: Roles,
     /// Why the loop stopped, once it has.
     stopped: Option<String>,
+    /// When each peer node was last heard from (any batch of messages),
+    /// and when this node last sent it one: sleeping groups' liveness.
+    last_heard: HashMap<u64, Instant>,
+    last_sent: HashMap<u64, Instant>,
 }
 
 impl<A: Applier, T: Transport> Loop<A, T> {
@@ -815,10 +946,23 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             }
             if Instant::now() >= next_tick {
                 let me = self.config.node_id;
-                for g in self.groups.values_mut() {
+                let idle = self.config.hibernate_ticks();
+                let mut sleepy = Vec::new();
+                for (&gid, g) in self.groups.iter_mut() {
+                    if g.asleep {
+                        continue;
+                    }
                     g.raw.tick();
                     publish_progress(me, g);
+                    if let Some(idle) = idle {
+                        g.idle_ticks = g.idle_ticks.saturating_add(1);
+                        if g.may_hibernate(me, idle) {
+                            sleepy.push(gid);
+                        }
+                    }
                 }
+                self.hibernate(sleepy);
+                self.check_sleepers();
                 next_tick += self.config.tick;
                 if next_tick < Instant::now() {
                     next_tick = Instant::now() + self.config.tick;
@@ -857,11 +1001,36 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             Input::Propose { gid, data, reply } => self.propose(gid, data, reply),
             Input::Raft(msgs, bytes) => {
                 self.inbox.fetch_sub(bytes, Ordering::Relaxed);
+                // A batch comes from one node: it is alive.
+                if let Some((_, m)) = msgs.first() {
+                    self.last_heard.insert(m.from, Instant::now());
+                }
                 for (gid, msg) in msgs {
+                    if gid == PING_GID {
+                        continue;
+                    }
                     let Some(g) = self.groups.get_mut(&gid) else {
                         tracing::debug!(gid, "a message for a group not hosted here");
                         continue;
                     };
+                    if is_hibernate(&msg) {
+                        // Never stepped: raft-rs knows nothing of it.
+                        if !g.asleep && g.may_sleep_on(&msg) {
+                            g.sleep();
+                            Stats::add(&self.stats.hibernated, 1);
+                        }
+                        continue;
+                    }
+                    // Any message wakes a group, but answers to a leader's
+                    // last heartbeats and appends, which may land after
+                    // it fell asleep.
+                    let answer = matches!(
+                        msg.get_msg_type(),
+                        MessageType::MsgHeartbeatResponse | MessageType::MsgAppendResponse
+                    );
+                    if !answer && g.wake() {
+                        Stats::add(&self.stats.woken, 1);
+                    }
                     let vote = matches!(
                         msg.get_msg_type(),
                         MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
@@ -898,6 +1067,9 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             Input::Close { gid, done } => self.close(gid, done),
             Input::Campaign(gid) => {
                 if let Some(g) = self.groups.get_mut(&gid) {
+                    if g.touch() {
+                        Stats::add(&self.stats.woken, 1);
+                    }
                     if let Err(e) = g.raw.campaign() {
                         tracing::debug!(gid, "campaign: {e}");
                     }
@@ -927,6 +1099,9 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                     let _ = reply.send(Err(g.not_leader()));
                 }
                 Some(g) => {
+                    if g.touch() {
+                        Stats::add(&self.stats.woken, 1);
+                    }
                     g.reads_new.push(reply);
                     self.read_groups.insert(gid);
                 }
@@ -937,6 +1112,83 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             }
             Input::Stop => self.stopped = Some("the node is shutting down".into()),
         }
+    }
+
+    /// Put `gids` (this node leads them, [`Group::may_hibernate`]) to
+    /// sleep, and ask their followers to sleep too: a heartbeat message
+    /// of the loop's own ([`is_hibernate`]) naming the leader's term and
+    /// last index, which a follower takes only if it holds and applied
+    /// the same ([`Group::may_sleep_on`]). A follower that does not stays
+    /// awake; its election clock then runs out, and its (pre-)vote
+    /// request wakes the leader, which heartbeats again.
+    fn hibernate(&mut self, gids: Vec<u64>) {
+        if gids.is_empty() {
+            return;
+        }
+        let me = self.config.node_id;
+        let mut out: HashMap<u64, Vec<(u64, Message)>> = HashMap::new();
+        for gid in gids {
+            let Some(g) = self.groups.get_mut(&gid) else {
+                continue;
+            };
+            g.sleep();
+            Stats::add(&self.stats.hibernated, 1);
+            let r = &g.raw.raft;
+            for to in r.prs().conf().voters().ids().iter().filter(|&id| id != me) {
+                let mut m = Message::default();
+                m.set_msg_type(MessageType::MsgHeartbeat);
+                m.from = me;
+                m.to = to;
+                m.term = r.term;
+                m.commit = r.raft_log.last_index();
+                m.context = HIBERNATE.to_vec();
+                out.entry(to).or_default().push((gid, m));
+            }
+        }
+        self.send(out);
+    }
+
+    /// Once a tick, while some group sleeps here: wake each sleeping
+    /// follower whose leader's node has not been heard from for an
+    /// election timeout (it campaigns once its election clock, stopped
+    /// while it slept, runs out), and ping each node that shares a
+    /// sleeping group with this one and was sent nothing for a heartbeat
+    /// interval, so that its sleeping followers hear this node lives.
+    fn check_sleepers(&mut self) {
+        let now = Instant::now();
+        let me = self.config.node_id;
+        let lost = self.config.lost_after();
+        let mut peers = HashSet::new();
+        let mut woken = 0;
+        for g in self.groups.values_mut().filter(|g| g.asleep) {
+            let r = &g.raw.raft;
+            if r.state != StateRole::Leader {
+                let heard = self.last_heard.get(&r.leader_id);
+                if heard.is_none_or(|t| now.saturating_duration_since(*t) > lost) {
+                    g.wake();
+                    woken += 1;
+                    continue;
+                }
+            }
+            peers.extend(r.prs().conf().voters().ids().iter().filter(|&id| id != me));
+        }
+        Stats::add(&self.stats.woken, woken);
+        let every = self.config.tick * u32::try_from(self.config.heartbeat_ticks).unwrap_or(1);
+        let mut out: HashMap<u64, Vec<(u64, Message)>> = HashMap::new();
+        for to in peers {
+            let quiet = self
+                .last_sent
+                .get(&to)
+                .is_none_or(|t| now.saturating_duration_since(*t) >= every);
+            if quiet {
+                let mut m = Message::default();
+                m.set_msg_type(MessageType::MsgHeartbeat);
+                m.from = me;
+                m.to = to;
+                out.entry(to).or_default().push((PING_GID, m));
+            }
+        }
+        self.send(out);
     }
 
     /// [`Handle::change_membership`].
@@ -1091,6 +1343,8 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 reads_ready: VecDeque::new(),
                 conf_waiting: None,
                 drop_first: false,
+                idle_ticks: 0,
+                asleep: false,
                 role,
             },
         );
@@ -1134,6 +1388,9 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             .ok_or(ProposeError::NoGroup(gid))?;
         if g.raw.raft.state != StateRole::Leader {
             return Err(g.not_leader());
+        }
+        if g.touch() {
+            Stats::add(&self.stats.woken, 1);
         }
         Ok(g)
     }
@@ -1431,7 +1688,9 @@ impl<A: Applier, T: Transport> Loop<A, T> {
     }
 
     fn send(&mut self, out: HashMap<u64, Vec<(u64, Message)>>) {
+        let now = Instant::now();
         for (to, msgs) in out {
+            self.last_sent.insert(to, now);
             Stats::add(&self.stats.messages, msgs.len() as u64);
             Stats::add(&self.stats.sends, 1);
             self.transport.send(to, msgs);

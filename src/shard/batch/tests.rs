@@ -131,6 +131,8 @@ struct Cluster {
     groups: Vec<u64>,
     /// Each loop's `BatchConfig::slow_sync`.
     slow_sync: Duration,
+    /// Each loop's `BatchConfig::hibernate_after`.
+    hibernate_after: Option<Duration>,
 }
 
 const VOTERS: [u64; 3] = [1, 2, 3];
@@ -153,6 +155,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             groups: groups.to_vec(),
             slow_sync,
+            hibernate_after: None,
         };
         for id in VOTERS {
             c.start(id);
@@ -174,6 +177,7 @@ impl Cluster {
         let mut config = BatchConfig::new(id);
         config.tick = Duration::from_millis(20);
         config.slow_sync = self.slow_sync;
+        config.hibernate_after = self.hibernate_after;
         let (handle, thread) = start(config, engine, applier, transport).unwrap();
         self.net.nodes.lock().unwrap().insert(id, handle.clone());
         for &gid in &self.groups {
@@ -1231,5 +1235,85 @@ async fn a_new_replica_joins_by_snapshot_and_replaces_a_voter() {
         net.nodes.lock().unwrap().remove(&id);
         handle.stop();
         tokio::task::block_in_place(|| thread.join().unwrap());
+    }
+}
+
+/// Idle groups hibernate on every replica: no heartbeats and no election
+/// clock, one liveness ping per node pair instead. A write or a read wakes
+/// a group (its leader heartbeats at once) and leaves the others asleep;
+/// when the leaders' node stops, the followers it left asleep wake after
+/// an election timeout without its pings and elect a leader among them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_groups_hibernate_wake_on_requests_and_on_their_leaders_loss() {
+    use std::sync::atomic::Ordering;
+    let mut c = Cluster::new(&[]);
+    c.stop(1);
+    c.stop(2);
+    c.stop(3);
+    c.groups = vec![1, 2];
+    c.hibernate_after = Some(Duration::from_millis(200));
+    for id in VOTERS {
+        c.start(id);
+    }
+    for gid in [1, 2] {
+        c.handle(1).campaign(gid);
+        assert_eq!(c.leader(gid).await, 1);
+        c.write(gid, b"w").await;
+    }
+    let asleep = |c: &Cluster, gid: u64| {
+        VOTERS.iter().all(|&id| {
+            c.handle(id)
+                .role(gid)
+                .unwrap()
+                .asleep
+                .load(Ordering::Acquire)
+        })
+    };
+    let wait = |what: &str, mut f: Box<dyn FnMut() -> bool + '_>| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait(
+        "both groups asleep everywhere",
+        Box::new(|| asleep(&c, 1) && asleep(&c, 2)),
+    );
+    // Asleep for longer than an election timeout: no one wakes, no
+    // election (the term stays), the leader stays.
+    let woken = |c: &Cluster| -> u64 {
+        VOTERS
+            .iter()
+            .map(|&id| c.handle(id).stats().woken.load(Ordering::Relaxed))
+            .sum()
+    };
+    let (before, term) = (
+        woken(&c),
+        c.handle(2).status(2).await.unwrap().unwrap().term,
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(woken(&c), before, "a group woke with nothing to do");
+    assert!(asleep(&c, 1) && asleep(&c, 2));
+    assert_eq!(c.handle(2).status(2).await.unwrap().unwrap().term, term);
+    // A write wakes its group only.
+    let index = c.write(1, b"wakes").await;
+    assert!(c.converged().await[&1].iter().any(|(i, _)| *i == index));
+    assert!(asleep(&c, 2), "a write to group 1 woke group 2");
+    assert!(!c.handle(1).role(1).unwrap().asleep.load(Ordering::Acquire));
+    // A read too.
+    c.handle(1).read(2).await.unwrap();
+    assert!(!c.handle(1).role(2).unwrap().asleep.load(Ordering::Acquire));
+    wait(
+        "both asleep again",
+        Box::new(|| asleep(&c, 1) && asleep(&c, 2)),
+    );
+    // The leaders' node stops: its followers wake without its pings and
+    // elect one of theirs.
+    c.stop(1);
+    for gid in [1, 2] {
+        let leader = c.leader(gid).await;
+        assert_ne!(leader, 1);
+        c.write(gid, b"after").await;
     }
 }
