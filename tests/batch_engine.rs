@@ -237,8 +237,8 @@ fn a_one_replica_batch_table_serves_and_restarts() {
         ok(&mut con, &["SET", &format!("k:{i}"), &format!("v{i}")]);
     }
     run(&mut con, &["INCR", "n"]).unwrap();
-    // The node's /metrics: each batch group's leader, term, applied index
-    // and proposals, and its loop's counters.
+    // The node's /metrics: each batch group's leader, term, log end,
+    // applied index, sleep and proposals, and its loop's counters.
     let addr = cluster.metrics_addrs()["node-1"].clone();
     let m = common::samples(&common::http_get(&addr, "/metrics").1);
     for gid in group_ids(&cluster, "default") {
@@ -251,7 +251,13 @@ fn a_one_replica_batch_table_serves_and_restarts() {
         assert_eq!(of("shoal_group_leader"), 1.0, "group {gid}");
         assert!(of("shoal_group_term") >= 1.0, "group {gid}");
         assert!(of("shoal_group_applied_index") >= 2.0, "group {gid}");
+        // The log's end as of the loop's last tick (50 ms).
+        assert!(of("shoal_group_last_log_index") >= 2.0, "group {gid}");
+        assert_eq!(of("shoal_group_hibernating"), 0.0, "group {gid}");
     }
+    assert!(m
+        .iter()
+        .any(|(k, _)| k.starts_with("shoal_batch_hibernated_total")));
     // 51 writes, one after the other: one proposal each, and the few the
     // node makes itself.
     let proposals = common::total(&m, "shoal_group_proposals_total");

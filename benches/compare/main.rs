@@ -295,6 +295,7 @@ fn main() -> Result<()> {
             settle: Duration::from_secs_f64(args.scale3_settle_secs),
             idle: Duration::from_secs_f64(args.scale3_idle_secs),
             hibernate_after_ms: args.scale3_hibernate_after_ms,
+            engine: &args.engine,
         })?;
     }
     rep.machine

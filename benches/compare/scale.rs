@@ -162,6 +162,8 @@ pub struct Probe3<'a> {
     /// The nodes' `hibernate_after_ms`, when not their default (0: the
     /// groups never hibernate, for a before/after on one build).
     pub hibernate_after_ms: Option<u64>,
+    /// The engine of the probe's tables (the router's `--default-engine`).
+    pub engine: &'a str,
 }
 
 /// The 3-node, 3-replica idle probe: one row per node.
@@ -179,7 +181,12 @@ pub fn run3(p: &Probe3) -> Result<Vec<Scale3Row>> {
     opts.nodes = 3;
     opts.default_shards = 1;
     opts.default_replicas = 3;
-    opts.router_args = vec!["--config".into(), router_conf.display().to_string()];
+    opts.router_args = vec![
+        "--config".into(),
+        router_conf.display().to_string(),
+        "--default-engine".into(),
+        p.engine.into(),
+    ];
     opts.node_args = vec!["--fsync".into(), "always".into()];
     if let Some(ms) = p.hibernate_after_ms {
         let node_conf = p.dir.join("node.toml");
@@ -208,7 +215,10 @@ pub fn run3(p: &Probe3) -> Result<Vec<Scale3Row>> {
         ))
     })?;
     let shards = p.groups - 1;
-    eprintln!("scale probe (3 nodes): TABLE.CREATE probe {shards} 3");
+    eprintln!(
+        "scale probe (3 nodes, {} engine): TABLE.CREATE probe {shards} 3",
+        p.engine
+    );
     let t0 = Instant::now();
     let reply = resp_request(
         &cluster.router_addr(),

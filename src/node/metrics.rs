@@ -93,18 +93,33 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
         let raft = match &r.driver {
             Driver::Openraft(raft) => raft,
             // What the loop publishes for the group without being asked
-            // (its log's bounds and its peers' progress are the loop's:
-            // `shoal status` asks for them).
+            // (`batch::Role`; the log's end and the peers' progress as of
+            // its last tick).
             Driver::Batch(group) => {
                 let role = &group.role;
-                leader
-                    .with_label_values(&labels)
-                    .set((role.leader() == Some(host.node_id)) as i64);
+                let leads = role.leader() == Some(host.node_id);
+                let last = role.last_index.load(Ordering::Acquire);
+                leader.with_label_values(&labels).set(leads as i64);
                 term.with_label_values(&labels)
                     .set(role.term.load(Ordering::Acquire) as i64);
+                last_log.with_label_values(&labels).set(last as i64);
                 applied
                     .with_label_values(&labels)
                     .set(role.applied.load(Ordering::Acquire) as i64);
+                asleep
+                    .with_label_values(&labels)
+                    .set(role.asleep.load(Ordering::Acquire) as i64);
+                if leads {
+                    for (peer, matched) in role.progress() {
+                        let peer = peer.to_string();
+                        lag.with_label_values(&[labels[0], labels[1], labels[2], peer.as_str()])
+                            .set(last.saturating_sub(matched) as i64);
+                    }
+                    let m = role.membership();
+                    if m.joint() || !m.learners.is_empty() {
+                        moves += 1;
+                    }
+                }
                 continue;
             }
         };
@@ -343,6 +358,12 @@ fn batch_loop_counters(s: &crate::shard::batch::Stats) -> Vec<crate::metrics::Bo
             "Snapshots the batch loop installed",
             n(&s.snapshots_installed),
         ),
+        (
+            "hibernated",
+            "Groups the batch loop put to sleep (as leader or follower)",
+            n(&s.hibernated),
+        ),
+        ("woken", "Sleeping groups the batch loop woke", n(&s.woken)),
     ]
     .into_iter()
     .map(|(name, help, v)| counter(&format!("shoal_batch_{name}_total"), help, v))

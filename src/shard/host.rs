@@ -1113,18 +1113,15 @@ impl Host {
                         "group {gid} needs at least one voter"
                     )));
                 }
-                if m.joint() {
-                    if m.voters != target {
-                        return Err(ShardError::Unavailable(format!(
-                            "group {gid} is changing its voters to {:?}: ask again once it has",
-                            m.voters
-                        )));
-                    }
-                    // An empty change leaves the joint configuration.
-                } else if m.voters == target && m.learners.iter().all(|l| !target.contains(l)) {
+                if !m.joint()
+                    && m.voters == target
+                    && m.learners.iter().all(|l| !target.contains(l))
+                {
                     return answer(&m.voters);
-                } else if !target.contains(&self.node_id) {
-                    // Leave the leading to a voter that stays, first.
+                }
+                if !target.contains(&self.node_id) {
+                    // Leave the leading to a voter that stays, first (raft-rs
+                    // keeps a leader its configuration leaves out leading).
                     let progress = g.role.progress();
                     let to = target
                         .iter()
@@ -1145,6 +1142,15 @@ impl Host {
                         "node {} leaves group {gid}: its leadership goes to node {to} first; ask again",
                         self.node_id
                     )));
+                }
+                if m.joint() {
+                    if m.voters != target {
+                        return Err(ShardError::Unavailable(format!(
+                            "group {gid} is changing its voters to {:?}: ask again once it has",
+                            m.voters
+                        )));
+                    }
+                    // An empty change leaves the joint configuration.
                 } else {
                     for &id in target.iter().filter(|id| !m.voters.contains(id)) {
                         cc.changes.push(single(ConfChangeType::AddNode, id));
