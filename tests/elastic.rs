@@ -251,6 +251,11 @@ fn drain_while_writing(
     acked
 }
 
+/// The engine of table `default`, as etcd records it.
+fn obs_engine(cluster: &LocalCluster) -> &'static str {
+    Observer::new(cluster).table().engine.as_str()
+}
+
 fn info_cluster(addr: &str) -> String {
     let mut con = connect(addr);
     redis::cmd("INFO")
@@ -617,10 +622,33 @@ fn batch_tables_move_drain_and_balance_their_leaders() {
 /// is left without its replicas.
 #[test]
 fn killed_rebalancers_moves_are_finished_by_the_next() {
+    moves_of_killed_rebalancers_finished("openraft");
+}
+
+/// The same on the batch engine: the second rebalancer dies with groups
+/// in a joint configuration, which their leaders leave by themselves or
+/// when the third asks again.
+#[test]
+fn batch_killed_rebalancers_moves_are_finished_by_the_next() {
+    moves_of_killed_rebalancers_finished("batch");
+}
+
+fn moves_of_killed_rebalancers_finished(engine: &str) {
     let _serial = serial();
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = start(&dir, 3, 4, &["--failpoint", "rebalance-after-learner"]);
+    let mut cluster = start(
+        &dir,
+        3,
+        4,
+        &[
+            "--failpoint",
+            "rebalance-after-learner",
+            "--default-engine",
+            engine,
+        ],
+    );
+    assert_eq!(obs_engine(&cluster), engine);
     let router = cluster.router_addr();
     let obs = Observer::new(&cluster);
     let data = write_keys(&router, "k", 300);
@@ -675,7 +703,7 @@ fn killed_rebalancers_moves_are_finished_by_the_next() {
     let _ = second;
     let _ = router;
     eprintln!(
-        "killed_rebalancers_moves_are_finished_by_the_next: {:?}",
+        "killed_rebalancers_moves_are_finished_by_the_next ({engine}): {:?}",
         started.elapsed()
     );
 }
@@ -691,10 +719,32 @@ fn first_router_aborted(dir: &tempfile::TempDir) -> bool {
 /// out of the descriptor) and the shards keep their three replicas.
 #[test]
 fn half_made_move_to_a_dead_node_is_undone() {
+    half_made_move_undone("openraft");
+}
+
+/// The same on the batch engine: the learner removed from a raft-rs
+/// configuration, its replica never given one.
+#[test]
+fn batch_half_made_move_to_a_dead_node_is_undone() {
+    half_made_move_undone("batch");
+}
+
+fn half_made_move_undone(engine: &str) {
     let _serial = serial();
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = start(&dir, 3, 4, &["--failpoint", "rebalance-after-learner"]);
+    let mut cluster = start(
+        &dir,
+        3,
+        4,
+        &[
+            "--failpoint",
+            "rebalance-after-learner",
+            "--default-engine",
+            engine,
+        ],
+    );
+    assert_eq!(obs_engine(&cluster), engine);
     let router = cluster.router_addr();
     let obs = Observer::new(&cluster);
     let data = write_keys(&router, "k", 200);
@@ -733,7 +783,7 @@ fn half_made_move_to_a_dead_node_is_undone() {
     read_all(&second, &data);
     let _ = router;
     eprintln!(
-        "half_made_move_to_a_dead_node_is_undone: {:?}",
+        "half_made_move_to_a_dead_node_is_undone ({engine}): {:?}",
         started.elapsed()
     );
 }
