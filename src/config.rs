@@ -232,6 +232,12 @@ pub struct NodeConfig {
     /// heartbeats, no election timer, one liveness ping per node pair
     /// instead (`shard::hibernate`); 0: never.
     pub hibernate_after_ms: u64,
+    /// The batch engine's heartbeat interval and election timeout (ms; a
+    /// follower stands after one to two of them), rounded up to its loop's
+    /// 50 ms ticks (`shard::batch_clock`). Shorter than openraft's: all of a
+    /// node's heartbeats to a peer go in one send.
+    pub batch_heartbeat_ms: u64,
+    pub batch_election_timeout_ms: u64,
     /// Log entries since the last snapshot after which a new one is asked
     /// for; one over 1 MiB is built only once the log since is as large
     /// (`shard::snapshot::worth_building`).
@@ -300,6 +306,8 @@ impl Default for NodeConfig {
             election_timeout_min_ms: 1_000,
             election_timeout_max_ms: 2_000,
             hibernate_after_ms: 10_000,
+            batch_heartbeat_ms: 100,
+            batch_election_timeout_ms: 500,
             snapshot_threshold: 10_000,
             snapshot_keep_logs: 1_000,
             write_timeout_ms: 3_000,

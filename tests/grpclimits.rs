@@ -60,6 +60,17 @@ fn value(len: usize, fill: u8) -> Vec<u8> {
 
 #[test]
 fn big_values_replicate_and_a_follower_catches_up_through_split_appends() {
+    big_values_replicate("openraft");
+}
+
+/// The same on the batch engine, whose loop sends a 16 MiB entry as one
+/// message of its own and catches the follower up entry by entry.
+#[test]
+fn batch_big_values_replicate_and_a_follower_catches_up() {
+    big_values_replicate("batch");
+}
+
+fn big_values_replicate(engine: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_shoal"), tmp.path());
     opts.nodes = 3;
@@ -68,17 +79,25 @@ fn big_values_replicate_and_a_follower_catches_up_through_split_appends() {
     // openraft gives one AppendEntries a heartbeat interval to be
     // sent, written and answered; a debug build on a shared machine needs
     // more than the default 250 ms for a 48 MiB entry, and more than the
-    // default 3 s to commit it.
+    // default 3 s to commit it. The batch loop heartbeats nothing while it
+    // encodes, writes and applies such an entry (a debug build takes
+    // seconds): with its default 500 ms election timeout the followers
+    // stand again and again, and each new leader replaces the entry.
     let node_conf = tmp.path().join("node-test.toml");
     std::fs::write(
         &node_conf,
         "heartbeat_ms = 2000\nelection_timeout_min_ms = 6000\nelection_timeout_max_ms = 9000\n\
+         batch_heartbeat_ms = 2000\nbatch_election_timeout_ms = 6000\n\
          write_timeout_ms = 30000\n",
     )
     .unwrap();
     opts.node_args = vec!["--config".into(), node_conf.display().to_string()];
     let router_conf = tmp.path().join("router-test.toml");
-    std::fs::write(&router_conf, "request_timeout_ms = 60000\n").unwrap();
+    std::fs::write(
+        &router_conf,
+        format!("request_timeout_ms = 60000\ndefault_engine = \"{engine}\"\n"),
+    )
+    .unwrap();
     opts.router_args = vec!["--config".into(), router_conf.display().to_string()];
     let mut cluster = LocalCluster::start(opts).expect("cluster starts");
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -198,6 +217,10 @@ fn big_values_replicate_and_a_follower_catches_up_through_split_appends() {
         .filter(|l| l.contains("AppendEntries over the wire budget: sent in parts"))
         .count();
     eprintln!("{splits} log lines of split appends");
-    assert!(splits > 0, "no append was split:\n{logs}");
+    // (openraft's transport splits; raft-rs sends each entry over the
+    // budget alone, `batch::wire`.)
+    if engine == "openraft" {
+        assert!(splits > 0, "no append was split:\n{logs}");
+    }
     cluster.shutdown();
 }

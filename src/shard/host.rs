@@ -151,6 +151,9 @@ pub struct HostConfig {
     pub limits: Limits,
     /// When idle groups hibernate.
     pub hibernate: HibernateConfig,
+    /// The batch loop's heartbeat and election timeout, in its ticks
+    /// ([`super::batch_clock`]).
+    pub batch_clock: (usize, usize),
 }
 
 impl HostConfig {
@@ -162,6 +165,7 @@ impl HostConfig {
             read_timeout: Duration::from_millis(c.read_timeout_ms),
             limits: super::limits(c)?,
             hibernate: super::hibernate::HibernateConfig::from_node(c),
+            batch_clock: super::batch_clock(c)?,
         })
     }
 }
@@ -241,6 +245,7 @@ impl Host {
         let transport = batch::wire::StreamTransport::new(self.transport.clone(), runtime);
         let mut config = batch::BatchConfig::new(self.node_id);
         config.hibernate_after = self.hibernation.config.hibernate_after;
+        (config.heartbeat_ticks, config.election_ticks) = self.config.batch_clock;
         let (handle, thread) = batch::start(config, self.engine.clone(), applier, transport)?;
         self.set_batch(handle);
         Ok(thread)

@@ -43,6 +43,7 @@ pub(super) async fn host_with(dir: &std::path::Path, limits: Limits) -> Arc<Host
             hibernate: crate::shard::hibernate::HibernateConfig::from_node(
                 &crate::config::NodeConfig::default(),
             ),
+            batch_clock: (2, 10),
         },
     );
     let record = ReplicaRecord {

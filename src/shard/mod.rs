@@ -147,6 +147,21 @@ pub fn limits(c: &crate::config::NodeConfig) -> anyhow::Result<command::Limits> 
     })
 }
 
+/// The batch loop's heartbeat interval and election timeout for every
+/// group on a node, in its ticks: (heartbeat, election).
+pub fn batch_clock(c: &crate::config::NodeConfig) -> anyhow::Result<(usize, usize)> {
+    let tick = batch::BatchConfig::new(0).tick.as_millis().max(1) as u64;
+    let heartbeat = c.batch_heartbeat_ms.div_ceil(tick).max(1);
+    let election = c.batch_election_timeout_ms.div_ceil(tick);
+    anyhow::ensure!(
+        election > heartbeat,
+        "batch_election_timeout_ms ({}) must be longer than batch_heartbeat_ms ({}) in ticks of {tick} ms",
+        c.batch_election_timeout_ms,
+        c.batch_heartbeat_ms
+    );
+    Ok((usize::try_from(heartbeat)?, usize::try_from(election)?))
+}
+
 /// openraft settings for every group on a node.
 pub fn raft_config(c: &crate::config::NodeConfig) -> anyhow::Result<openraft::Config> {
     let cfg = openraft::Config {
@@ -180,5 +195,26 @@ mod config_tests {
         };
         assert!(crate::shard::limits(&tiny).is_err());
         assert!(crate::shard::raft_config(&NodeConfig::default()).is_ok());
+    }
+
+    /// The batch loop's clock: the defaults are its own (100 ms
+    /// heartbeats, 500 ms elections in 50 ms ticks), others round up to
+    /// ticks, and an election no longer than a heartbeat is refused.
+    #[test]
+    fn the_batch_clock_comes_from_the_config_in_ticks() {
+        use crate::shard::batch_clock;
+        assert_eq!(batch_clock(&NodeConfig::default()).unwrap(), (2, 10));
+        let slow = NodeConfig {
+            batch_heartbeat_ms: 2_000,
+            batch_election_timeout_ms: 6_010,
+            ..NodeConfig::default()
+        };
+        assert_eq!(batch_clock(&slow).unwrap(), (40, 121));
+        let bad = NodeConfig {
+            batch_heartbeat_ms: 500,
+            batch_election_timeout_ms: 480,
+            ..NodeConfig::default()
+        };
+        assert!(batch_clock(&bad).is_err());
     }
 }
