@@ -560,4 +560,31 @@ mod tests {
         assert!(p.create.is_empty() && p.drop.is_empty() && p.kept.is_empty());
         assert_eq!(p.moved, vec![(1, vec![4, 2, 3])]);
     }
+
+    /// A batch replica starts with the shard's voters as its group's first
+    /// configuration, unless a move adds it: then with none, to be given
+    /// the group by snapshot.
+    #[test]
+    fn a_batch_replica_a_move_adds_starts_with_no_voters() {
+        let mut t = table("a", TableState::Available, vec![(1, vec![1, 2, 3])]);
+        t.engine = crate::config::RaftEngine::Batch;
+        let p = plan(2, &view(vec![t.clone()]), &[]);
+        assert_eq!(p.create[0].record.voters, vec![1, 2, 3]);
+        t.shards[0].learners = vec![4];
+        t.shards[0].moving = Some(crate::meta::descriptor::ShardMove {
+            to: 4,
+            from: Some(1),
+            reason: "balance".into(),
+            started_at: 0,
+        });
+        let p = plan(4, &view(vec![t.clone()]), &[]);
+        assert_eq!(p.create.len(), 1);
+        assert!(p.create[0].record.voters.is_empty());
+        // Named among the replicas while the move is still recorded (a
+        // descriptor written half way): still joining.
+        t.shards[0].replicas = vec![2, 3, 4];
+        t.shards[0].learners.clear();
+        let p = plan(4, &view(vec![t]), &[]);
+        assert!(p.create[0].record.voters.is_empty());
+    }
 }
