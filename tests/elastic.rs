@@ -251,11 +251,6 @@ fn drain_while_writing(
     acked
 }
 
-/// The engine of table `default`, as etcd records it.
-fn obs_engine(cluster: &LocalCluster) -> &'static str {
-    Observer::new(cluster).table().engine.as_str()
-}
-
 fn info_cluster(addr: &str) -> String {
     let mut con = connect(addr);
     redis::cmd("INFO")
@@ -637,29 +632,8 @@ fn moves_of_killed_rebalancers_finished(engine: &str) {
     let _serial = serial();
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = start(
-        &dir,
-        3,
-        4,
-        &[
-            "--failpoint",
-            "rebalance-after-learner",
-            "--default-engine",
-            engine,
-        ],
-    );
-    assert_eq!(obs_engine(&cluster), engine);
+    let (mut cluster, obs, data) = half_made_move(&dir, engine, 300);
     let router = cluster.router_addr();
-    let obs = Observer::new(&cluster);
-    let data = write_keys(&router, "k", 300);
-
-    cluster.add_node().unwrap();
-    wait_for(
-        "first rebalancer hits its failpoint",
-        &mut cluster,
-        Duration::from_secs(60),
-        || first_router_aborted(&dir),
-    );
     let t = obs.table();
     assert!(
         t.shards.iter().any(|s| s.moving.is_some()),
@@ -708,6 +682,38 @@ fn moves_of_killed_rebalancers_finished(engine: &str) {
     );
 }
 
+/// A 3-node cluster (4 shards on `engine`, `keys` keys written) whose
+/// rebalancer stopped at its failpoint right after adding a learner on
+/// node 4, which just joined: a move left half made.
+fn half_made_move(
+    dir: &tempfile::TempDir,
+    engine: &str,
+    keys: usize,
+) -> (LocalCluster, Observer, Vec<(String, String)>) {
+    let mut cluster = start(
+        dir,
+        3,
+        4,
+        &[
+            "--failpoint",
+            "rebalance-after-learner",
+            "--default-engine",
+            engine,
+        ],
+    );
+    let obs = Observer::new(&cluster);
+    assert_eq!(obs.table().engine.as_str(), engine);
+    let data = write_keys(&cluster.router_addr(), "k", keys);
+    cluster.add_node().unwrap();
+    wait_for(
+        "first rebalancer hits its failpoint",
+        &mut cluster,
+        Duration::from_secs(60),
+        || first_router_aborted(dir),
+    );
+    (cluster, obs, data)
+}
+
 /// Whether the first router's log shows it aborted at its failpoint.
 fn first_router_aborted(dir: &tempfile::TempDir) -> bool {
     std::fs::read_to_string(dir.path().join("router/router.log"))
@@ -733,29 +739,8 @@ fn half_made_move_undone(engine: &str) {
     let _serial = serial();
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = start(
-        &dir,
-        3,
-        4,
-        &[
-            "--failpoint",
-            "rebalance-after-learner",
-            "--default-engine",
-            engine,
-        ],
-    );
-    assert_eq!(obs_engine(&cluster), engine);
+    let (mut cluster, obs, data) = half_made_move(&dir, engine, 200);
     let router = cluster.router_addr();
-    let obs = Observer::new(&cluster);
-    let data = write_keys(&router, "k", 200);
-
-    cluster.add_node().unwrap();
-    wait_for(
-        "first rebalancer hits its failpoint",
-        &mut cluster,
-        Duration::from_secs(60),
-        || first_router_aborted(&dir),
-    );
     cluster.kill_node(4).unwrap();
     wait_for(
         "node 4 not live",

@@ -88,12 +88,13 @@ impl Driver {
     }
 }
 
-/// How a batch group's proposal ended, as the node's errors say it.
-/// `not_leader` names the leader with its address.
-fn batch_result(
-    result: Result<Result<OpReply, ProposeError>, tokio::time::error::Elapsed>,
+/// How a batch group's proposal (an entry, a configuration change, a
+/// transfer) ended, as the node's errors say it. `not_leader` names the
+/// leader with its address.
+pub fn batch_result<T>(
+    result: Result<Result<T, ProposeError>, tokio::time::error::Elapsed>,
     not_leader: impl FnOnce(Option<NodeId>) -> ShardError,
-) -> Result<OpReply, ShardError> {
+) -> Result<T, ShardError> {
     match result {
         Err(_) => Err(ShardError::Timeout),
         Ok(Ok(reply)) => Ok(reply),

@@ -18,9 +18,8 @@ use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
 
 use super::apply::{admit, apply_read, count_live, scan_page_of};
-use super::batch::ProposeError;
 use super::command::{Limits, LogCmd, OpReply, ReadOp, ShardRequest, TxnCmd};
-use super::driver::{batch_read, BatchGroup, Driver};
+use super::driver::{batch_read, batch_result, BatchGroup, Driver};
 use super::elements::ReadView;
 use super::engine::{
     data_key, group_range, state_key, state_key_with, tag, Cf, DbView, Engine, EngineError, Op,
@@ -1084,15 +1083,9 @@ impl Host {
                     g.handle.transfer_leader(gid, to),
                 )
                 .await;
-                return match started {
-                    Err(_) => Err(ShardError::Timeout),
-                    Ok(Ok(())) => {
-                        tracing::info!(group = gid, to, "leadership transfer started");
-                        answer(&m.voters)
-                    }
-                    Ok(Err(ProposeError::NotLeader { leader })) => Err(not_leader(leader)),
-                    Ok(Err(e)) => Err(ShardError::Unavailable(e.to_string())),
-                };
+                batch_result(started, not_leader)?;
+                tracing::info!(group = gid, to, "leadership transfer started");
+                return answer(&m.voters);
             }
             MembershipChange::AddLearner { id, addr } => {
                 if m.voters.contains(&id) || m.outgoing.contains(&id) || m.learners.contains(&id) {
@@ -1172,16 +1165,9 @@ impl Host {
             g.handle.change_membership(gid, cc),
         )
         .await;
-        match proposed {
-            Err(_) => Err(ShardError::Timeout),
-            Ok(Ok(now)) => {
-                tracing::info!(group = gid, ?now, "membership changed");
-                answer(&now.voters)
-            }
-            Ok(Err(ProposeError::NotLeader { leader })) => Err(not_leader(leader)),
-            Ok(Err(ProposeError::NoGroup(gid))) => Err(ShardError::UnknownGroup(gid)),
-            Ok(Err(e)) => Err(ShardError::Unavailable(e.to_string())),
-        }
+        let now = batch_result(proposed, not_leader)?;
+        tracing::info!(group = gid, ?now, "membership changed");
+        answer(&now.voters)
     }
 
     /// Hand `replica`'s leadership to voter `to` (openraft's

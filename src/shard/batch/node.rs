@@ -61,7 +61,8 @@ use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::prelude::{
-    ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot, SnapshotMetadata,
+    ConfChange, ConfChangeSingle, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot,
+    SnapshotMetadata,
 };
 use raft::{RawNode, SnapshotStatus, StateRole, Storage};
 use tokio::sync::oneshot;
@@ -77,6 +78,16 @@ const PING_GID: u64 = u64::MAX;
 /// The context of the loop's own hibernate message (a heartbeat that is
 /// never stepped into raft-rs).
 const HIBERNATE: &[u8] = b"shoal-batch-hibernate";
+
+/// A heartbeat the loop sends of its own (a ping, or a hibernate
+/// message): the receiving loop handles it, raft-rs never sees it.
+fn loop_heartbeat(from: u64, to: u64) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgHeartbeat);
+    m.from = from;
+    m.to = to;
+    m
+}
 
 fn is_hibernate(m: &Message) -> bool {
     m.get_msg_type() == MessageType::MsgHeartbeat && m.context[..] == *HIBERNATE
@@ -752,8 +763,6 @@ struct Group<R> {
     drop_first: bool,
     /// Ticks since the last request, while this replica leads.
     idle_ticks: usize,
-    /// Hibernating: not ticked (module doc, "Hibernation").
-    asleep: bool,
     role: Arc<Role>,
 }
 
@@ -776,11 +785,16 @@ impl<R> Group<R> {
         self.wake()
     }
 
+    /// Hibernating: not ticked (module doc, "Hibernation"). The loop
+    /// alone sets it; [`Role::asleep`] is also what `Status` reports.
+    fn asleep(&self) -> bool {
+        self.role.asleep.load(Ordering::Relaxed)
+    }
+
     fn wake(&mut self) -> bool {
-        if !self.asleep {
+        if !self.asleep() {
             return false;
         }
-        self.asleep = false;
         self.role.asleep.store(false, Ordering::Release);
         if self.raw.raft.state == StateRole::Leader {
             self.raw.raft.election_elapsed = 0;
@@ -790,8 +804,12 @@ impl<R> Group<R> {
     }
 
     fn sleep(&mut self) {
-        self.asleep = true;
         self.role.asleep.store(true, Ordering::Release);
+    }
+
+    /// The configuration this replica applied last is joint.
+    fn joint(&self) -> bool {
+        !self.raw.store().conf_state().voters_outgoing.is_empty()
     }
 
     /// Whether this leader may put its group to sleep: idle long enough,
@@ -807,7 +825,7 @@ impl<R> Group<R> {
             && r.lead_transferee.is_none()
             && !r.has_pending_conf()
             && conf.learners().is_empty()
-            && conf.to_conf_state().voters_outgoing.is_empty()
+            && !self.joint()
             && r.raft_log.committed == last
             && r.raft_log.applied == last
             && self.waiting.is_empty()
@@ -949,7 +967,7 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 let idle = self.config.hibernate_ticks();
                 let mut sleepy = Vec::new();
                 for (&gid, g) in self.groups.iter_mut() {
-                    if g.asleep {
+                    if g.asleep() {
                         continue;
                     }
                     g.raw.tick();
@@ -1015,7 +1033,7 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                     };
                     if is_hibernate(&msg) {
                         // Never stepped: raft-rs knows nothing of it.
-                        if !g.asleep && g.may_sleep_on(&msg) {
+                        if !g.asleep() && g.may_sleep_on(&msg) {
                             g.sleep();
                             Stats::add(&self.stats.hibernated, 1);
                         }
@@ -1135,10 +1153,7 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             Stats::add(&self.stats.hibernated, 1);
             let r = &g.raw.raft;
             for to in r.prs().conf().voters().ids().iter().filter(|&id| id != me) {
-                let mut m = Message::default();
-                m.set_msg_type(MessageType::MsgHeartbeat);
-                m.from = me;
-                m.to = to;
+                let mut m = loop_heartbeat(me, to);
                 m.term = r.term;
                 m.commit = r.raft_log.last_index();
                 m.context = HIBERNATE.to_vec();
@@ -1160,7 +1175,7 @@ impl<A: Applier, T: Transport> Loop<A, T> {
         let lost = self.config.lost_after();
         let mut peers = HashSet::new();
         let mut woken = 0;
-        for g in self.groups.values_mut().filter(|g| g.asleep) {
+        for g in self.groups.values_mut().filter(|g| g.asleep()) {
             let r = &g.raw.raft;
             if r.state != StateRole::Leader {
                 let heard = self.last_heard.get(&r.leader_id);
@@ -1181,11 +1196,9 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 .get(&to)
                 .is_none_or(|t| now.saturating_duration_since(*t) >= every);
             if quiet {
-                let mut m = Message::default();
-                m.set_msg_type(MessageType::MsgHeartbeat);
-                m.from = me;
-                m.to = to;
-                out.entry(to).or_default().push((PING_GID, m));
+                out.entry(to)
+                    .or_default()
+                    .push((PING_GID, loop_heartbeat(me, to)));
             }
         }
         self.send(out);
@@ -1202,14 +1215,7 @@ impl<A: Applier, T: Transport> Loop<A, T> {
         };
         // raft-rs would turn a change it cannot take into an empty entry;
         // say why instead.
-        let joint = !g
-            .raw
-            .raft
-            .prs()
-            .conf()
-            .to_conf_state()
-            .voters_outgoing
-            .is_empty();
+        let joint = g.joint();
         let leave = cc.changes.is_empty();
         let why = if g.raw.raft.has_pending_conf() || g.conf_waiting.is_some() {
             Some("another membership change of the group is not applied yet")
@@ -1344,7 +1350,6 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 conf_waiting: None,
                 drop_first: false,
                 idle_ticks: 0,
-                asleep: false,
                 role,
             },
         );
@@ -1742,17 +1747,11 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                     continue;
                 }
                 let g = self.groups.get_mut(gid).expect("a group with ready work");
-                let cs = if e.get_entry_type() == EntryType::EntryConfChange {
-                    let mut cc = ConfChange::default();
-                    cc.merge_from_bytes(&e.data)
-                        .map_err(|err| raft::Error::ConfChangeError(err.to_string()))
-                        .and_then(|()| g.raw.apply_conf_change(&cc))
-                } else {
-                    let mut cc = ConfChangeV2::default();
-                    cc.merge_from_bytes(&e.data)
-                        .map_err(|err| raft::Error::ConfChangeError(err.to_string()))
-                        .and_then(|()| g.raw.apply_conf_change(&cc))
-                };
+                let cc = decode_conf_change(e);
+                let cs = cc
+                    .as_ref()
+                    .map_err(|err| raft::Error::ConfChangeError(err.clone()))
+                    .and_then(|cc| g.raw.apply_conf_change(cc));
                 let ours = g
                     .conf_waiting
                     .take_if(|(index, term, _)| *index == e.index && *term == e.term);
@@ -1760,12 +1759,13 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                     Ok(cs) => {
                         // A replica added: its empty log must not be
                         // followed from index 1 (`Group::drop_first`).
-                        g.drop_first |= conf_adds(e, &cs);
+                        g.drop_first |= cc.as_ref().is_ok_and(|cc| conf_adds(cc, &cs));
+                        let membership = Membership::of(&cs);
+                        tracing::info!(gid, ?membership, "configuration changed");
                         g.role.set_membership(&cs);
                         g.raw.mut_store().set_conf_state(cs, &mut conf_ops);
-                        tracing::info!(gid, membership = ?g.role.membership(), "configuration changed");
                         if let Some((_, _, w)) = ours {
-                            let _ = w.send(Ok(g.role.membership()));
+                            let _ = w.send(Ok(membership));
                         }
                     }
                     Err(err) => {
@@ -1988,35 +1988,39 @@ fn publish_progress<R>(me: u64, g: &Group<R>) {
         Vec::new()
     };
     if let Ok(mut held) = g.role.progress.lock() {
-        if *held != progress {
-            *held = progress;
-        }
+        *held = progress;
     }
 }
 
-/// Whether the change in `e` (applied, giving `cs`) added a replica.
-fn conf_adds(e: &Entry, cs: &raft::prelude::ConfState) -> bool {
+/// The configuration change an entry holds, as a `ConfChangeV2` (a v1
+/// change is its one step, as raft-rs applies it).
+fn decode_conf_change(e: &Entry) -> Result<ConfChangeV2, String> {
+    if e.get_entry_type() != EntryType::EntryConfChange {
+        let mut cc = ConfChangeV2::default();
+        cc.merge_from_bytes(&e.data)
+            .map_err(|err| err.to_string())?;
+        return Ok(cc);
+    }
+    let mut v1 = ConfChange::default();
+    v1.merge_from_bytes(&e.data)
+        .map_err(|err| err.to_string())?;
+    let mut step = ConfChangeSingle::default();
+    step.set_change_type(v1.get_change_type());
+    step.node_id = v1.node_id;
+    let mut cc = ConfChangeV2::default();
+    cc.changes.push(step);
+    cc.context = v1.context;
+    Ok(cc)
+}
+
+/// Whether `cc` (applied, giving `cs`) added a replica.
+fn conf_adds(cc: &ConfChangeV2, cs: &raft::prelude::ConfState) -> bool {
     use raft::prelude::ConfChangeType;
-    let mut v2 = ConfChangeV2::default();
-    let changes = if e.get_entry_type() == EntryType::EntryConfChange {
-        let mut cc = ConfChange::default();
-        if cc.merge_from_bytes(&e.data).is_err() {
-            return false;
-        }
-        vec![(cc.get_change_type(), cc.node_id)]
-    } else if v2.merge_from_bytes(&e.data).is_ok() {
-        v2.changes
-            .iter()
-            .map(|c| (c.get_change_type(), c.node_id))
-            .collect()
-    } else {
-        return false;
-    };
-    changes.into_iter().any(|(kind, id)| {
+    cc.changes.iter().any(|c| {
         matches!(
-            kind,
+            c.get_change_type(),
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode
-        ) && (cs.voters.contains(&id) || cs.learners.contains(&id))
+        ) && (cs.voters.contains(&c.node_id) || cs.learners.contains(&c.node_id))
     })
 }
 

@@ -143,6 +143,15 @@ impl Cluster {
     }
 
     fn with_slow_sync(groups: &[u64], slow_sync: Duration) -> Cluster {
+        Cluster::with_config(groups, slow_sync, None)
+    }
+
+    /// Each loop with `slow_sync` and `hibernate_after` of its config.
+    fn with_config(
+        groups: &[u64],
+        slow_sync: Duration,
+        hibernate_after: Option<Duration>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let dirs = VOTERS
             .iter()
@@ -155,7 +164,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             groups: groups.to_vec(),
             slow_sync,
-            hibernate_after: None,
+            hibernate_after,
         };
         for id in VOTERS {
             c.start(id);
@@ -680,11 +689,7 @@ async fn shard_commands_apply_once_across_a_restart() {
     }
     // Node 3 stops after applying some or all of them; five more commit
     // without it.
-    let (handle, thread, engine) = nodes.remove(&3).unwrap();
-    net.nodes.lock().unwrap().remove(&3);
-    handle.stop();
-    tokio::task::block_in_place(|| thread.join().unwrap());
-    drop((handle, engine));
+    stop_shard_node(&mut nodes, &net, 3);
     for n in 11..=15 {
         let r = nodes[&1].0.propose(GID, incr()).await.unwrap();
         assert_eq!(r, OpReply::Int(n));
@@ -695,11 +700,7 @@ async fn shard_commands_apply_once_across_a_restart() {
     for (id, (_, _, engine)) in &nodes {
         assert_eq!(stored(engine, GID, b"k"), Some(b"15".to_vec()), "node {id}");
     }
-    for (id, (handle, thread, _)) in nodes {
-        net.nodes.lock().unwrap().remove(&id);
-        handle.stop();
-        tokio::task::block_in_place(|| thread.join().unwrap());
-    }
+    stop_shard_nodes(&mut nodes, &net);
 }
 
 /// raft-rs panics on what it holds impossible (here a heartbeat whose
@@ -842,6 +843,24 @@ type ShardNodes = BTreeMap<
     ),
 >;
 
+/// Stop shard node `id` of `nodes`: off `net`, its loop joined, its
+/// database closed.
+fn stop_shard_node(nodes: &mut ShardNodes, net: &Net<crate::shard::command::OpReply>, id: u64) {
+    let (handle, thread, engine) = nodes.remove(&id).unwrap();
+    net.nodes.lock().unwrap().remove(&id);
+    handle.stop();
+    tokio::task::block_in_place(|| thread.join().unwrap());
+    drop((handle, engine));
+}
+
+/// Stop every node of `nodes`.
+fn stop_shard_nodes(nodes: &mut ShardNodes, net: &Net<crate::shard::command::OpReply>) {
+    let ids: Vec<u64> = nodes.keys().copied().collect();
+    for id in ids {
+        stop_shard_node(nodes, net, id);
+    }
+}
+
 /// Wait until every node of `nodes` applied `gid` up to `index`.
 async fn applied_everywhere(nodes: &ShardNodes, gid: u64, index: u64) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -962,13 +981,7 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
     }
     // Every node restarts from its compacted log (node 3 from the start
     // its snapshot left) and the group goes on.
-    for id in VOTERS {
-        let (handle, thread, engine) = nodes.remove(&id).unwrap();
-        net.nodes.lock().unwrap().remove(&id);
-        handle.stop();
-        tokio::task::block_in_place(|| thread.join().unwrap());
-        drop((handle, engine));
-    }
+    stop_shard_nodes(&mut nodes, &net);
     let mut nodes: BTreeMap<u64, _> = VOTERS.iter().map(|&id| (id, start_node(id))).collect();
     for (id, (h, _, _)) in &nodes {
         let s = h.status(GID).await.unwrap().unwrap();
@@ -992,11 +1005,7 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
         assert!(Instant::now() < deadline, "no node took a write");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for (id, (handle, thread, _)) in std::mem::take(&mut nodes) {
-        net.nodes.lock().unwrap().remove(&id);
-        handle.stop();
-        tokio::task::block_in_place(|| thread.join().unwrap());
-    }
+    stop_shard_nodes(&mut nodes, &net);
 }
 
 /// A closed group leaves its loop: what waited on it hears an unknown
@@ -1206,11 +1215,7 @@ async fn a_new_replica_joins_by_snapshot_and_replaces_a_voter() {
         }
     );
     // Without node 3 (stopped) the group commits on 1, 2 and 4.
-    let (handle, thread, engine) = nodes.remove(&3).unwrap();
-    net.nodes.lock().unwrap().remove(&3);
-    handle.stop();
-    tokio::task::block_in_place(|| thread.join().unwrap());
-    drop((handle, engine));
+    stop_shard_node(&mut nodes, &net, 3);
     for n in 11..=15 {
         assert_eq!(
             nodes[&1].0.propose(GID, incr_cmd()).await,
@@ -1221,21 +1226,13 @@ async fn a_new_replica_joins_by_snapshot_and_replaces_a_voter() {
     applied_everywhere(&nodes, GID, commit).await;
     assert_eq!(stored(&nodes[&4].2, GID, b"k"), Some(b"15".to_vec()));
     // Node 4 reopens with the configuration it applied, not an empty one.
-    let (handle, thread, engine) = nodes.remove(&4).unwrap();
-    net.nodes.lock().unwrap().remove(&4);
-    handle.stop();
-    tokio::task::block_in_place(|| thread.join().unwrap());
-    drop((handle, engine));
+    stop_shard_node(&mut nodes, &net, 4);
     nodes.insert(4, start_node(4, &[]));
     assert_eq!(
         nodes[&4].0.role(GID).unwrap().membership().voters,
         [1, 2, 4]
     );
-    for (id, (handle, thread, _)) in nodes {
-        net.nodes.lock().unwrap().remove(&id);
-        handle.stop();
-        tokio::task::block_in_place(|| thread.join().unwrap());
-    }
+    stop_shard_nodes(&mut nodes, &net);
 }
 
 /// Idle groups hibernate on every replica: no heartbeats and no election
@@ -1246,15 +1243,8 @@ async fn a_new_replica_joins_by_snapshot_and_replaces_a_voter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_groups_hibernate_wake_on_requests_and_on_their_leaders_loss() {
     use std::sync::atomic::Ordering;
-    let mut c = Cluster::new(&[]);
-    c.stop(1);
-    c.stop(2);
-    c.stop(3);
-    c.groups = vec![1, 2];
-    c.hibernate_after = Some(Duration::from_millis(200));
-    for id in VOTERS {
-        c.start(id);
-    }
+    let slow_sync = BatchConfig::new(0).slow_sync;
+    let mut c = Cluster::with_config(&[1, 2], slow_sync, Some(Duration::from_millis(200)));
     for gid in [1, 2] {
         c.handle(1).campaign(gid);
         assert_eq!(c.leader(gid).await, 1);
