@@ -88,10 +88,11 @@ struct Local {
 }
 
 impl Transport for Local {
-    fn send(&mut self, to: u64, msgs: Vec<(u64, Message)>) {
+    fn send(&mut self, to: u64, msgs: Vec<(u64, Message)>) -> usize {
         if let Some(h) = self.nodes.lock().unwrap().get(&to) {
             h.deliver(msgs);
         }
+        0
     }
 }
 

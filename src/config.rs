@@ -12,12 +12,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RaftEngine {
-    /// Each replica an openraft group of its own.
+    /// Each replica an openraft group of its own. What a descriptor or
+    /// replica record without an engine names (they predate the batch
+    /// engine); no longer what new tables get by default.
     #[default]
     Openraft,
     /// Every group of a node driven by the node's one raft-rs loop
-    /// (`shard::batch`). Its tables take no replica moves or leadership
-    /// transfers yet.
+    /// (`shard::batch`). What tables are created on unless they name an
+    /// engine (the router's `default_engine`).
     Batch,
 }
 
@@ -165,7 +167,7 @@ impl Default for RouterConfig {
             cpu_policy: CpuPolicy::default(),
             default_shards: 8,
             default_replicas: 3,
-            default_engine: RaftEngine::Openraft,
+            default_engine: RaftEngine::Batch,
             max_clients: 10_000,
             max_bulk_len: 64 * 1024 * 1024,
             max_args: 1024 * 1024,
@@ -357,7 +359,7 @@ impl Default for DevConfig {
             nodes: 3,
             data_dir: PathBuf::from("./.shoal-dev"),
             shards: 8,
-            engine: RaftEngine::Openraft,
+            engine: RaftEngine::Batch,
         }
     }
 }
@@ -492,6 +494,8 @@ mod tests {
         assert_eq!((r.timeout, r.tcp_keepalive), (0, 300));
         assert_eq!(r.client_query_buffer_limit, 1 << 30);
         assert_eq!((r.max_multi_commands, r.max_watch_keys), (10_000, 10_000));
+        assert_eq!(r.default_engine, RaftEngine::Batch);
+        assert_eq!(RouterConfig::default().default_engine, RaftEngine::Batch);
         let n: NodeConfig = load(Some(&dir.join("node.toml"))).unwrap();
         assert_eq!(n.fsync, "always");
         assert_eq!(n.max_value_len, NodeConfig::default().max_value_len);
@@ -501,9 +505,10 @@ mod tests {
         assert!(toml::from_str::<NodeConfig>("background_priority = \"idle\"").is_err());
         let d: DevConfig = load(Some(&dir.join("dev.toml"))).unwrap();
         assert_eq!((d.port, d.nodes, d.shards), (6379, 3, 8));
-        assert_eq!(d.engine, RaftEngine::Openraft);
-        let three: DevConfig = toml::from_str("shards = 3\nengine = \"batch\"").unwrap();
-        assert_eq!((three.shards, three.engine), (3, RaftEngine::Batch));
+        assert_eq!(d.engine, RaftEngine::Batch);
+        assert_eq!(DevConfig::default().engine, RaftEngine::Batch);
+        let three: DevConfig = toml::from_str("shards = 3\nengine = \"openraft\"").unwrap();
+        assert_eq!((three.shards, three.engine), (3, RaftEngine::Openraft));
         assert!(toml::from_str::<DevConfig>("engine = \"paxos\"").is_err());
     }
 

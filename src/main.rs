@@ -52,7 +52,7 @@ enum Command {
         #[arg(long)]
         tls: bool,
         /// The Raft engine of tables made without ENGINE, `default` among
-        /// them: `openraft` (default) or `batch` (the router's
+        /// them: `batch` (default) or `openraft` (the router's
         /// `--default-engine`).
         #[arg(long)]
         engine: Option<String>,

@@ -11,6 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisResult};
+use shoal::config::RaftEngine;
 use shoal::devcluster::{ClusterOpts, LocalCluster};
 use shoal::meta::descriptor::TableDescriptor;
 use shoal::slot::slot;
@@ -18,9 +19,22 @@ use shoal::slot::slot;
 use common::leaders;
 
 fn start(dir: &tempfile::TempDir, shards: u32, node_args: &[&str]) -> LocalCluster {
+    start_on(dir, shards, node_args, None)
+}
+
+/// [`start`] with table `default` on `engine` (none: the router's default).
+fn start_on(
+    dir: &tempfile::TempDir,
+    shards: u32,
+    node_args: &[&str],
+    engine: Option<RaftEngine>,
+) -> LocalCluster {
     let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_shoal"), dir.path());
     opts.default_shards = shards;
     opts.node_args = node_args.iter().map(|s| s.to_string()).collect();
+    if let Some(engine) = engine {
+        opts.router_args = vec!["--default-engine".into(), engine.as_str().into()];
+    }
     LocalCluster::start(opts).expect("cluster starts")
 }
 
@@ -190,9 +204,12 @@ fn snapshot_cluster_with(
     dir: &tempfile::TempDir,
     args: &[&str],
 ) -> (LocalCluster, Connection, u64, u64) {
+    // openraft's snapshot policy (`--snapshot-threshold`, the deferred
+    // large snapshots and their gauges); the batch engine's compaction and
+    // snapshots are tested in `shard::batch`.
     let mut node_args = vec!["--snapshot-threshold", "20"];
     node_args.extend_from_slice(args);
-    let cluster = start(dir, 1, &node_args);
+    let cluster = start_on(dir, 1, &node_args, Some(RaftEngine::Openraft));
     let con = connect(&cluster);
     let (table, leaders) = leaders(&cluster);
     let leader = leaders[&table.shards[0].group_id];

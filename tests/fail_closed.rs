@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{wait_until, Conn};
+use shoal::config::RaftEngine;
 use shoal::devcluster::{free_port, ClusterOpts, LocalCluster};
 
 /// Run one etcd call on a throwaway runtime.
@@ -74,6 +75,16 @@ fn etcd_del(url: &str, key: &str) {
 }
 
 fn start(dir: &std::path::Path, shards: u32, node_args: &[&str]) -> LocalCluster {
+    start_on(dir, shards, node_args, None)
+}
+
+/// [`start`] with table `default` on `engine` (none: the router's default).
+fn start_on(
+    dir: &std::path::Path,
+    shards: u32,
+    node_args: &[&str],
+    engine: Option<RaftEngine>,
+) -> LocalCluster {
     let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_shoal"), dir);
     opts.nodes = 3;
     opts.default_shards = shards;
@@ -82,6 +93,10 @@ fn start(dir: &std::path::Path, shards: u32, node_args: &[&str]) -> LocalCluster
     opts.node_args
         .extend(node_args.iter().map(|s| s.to_string()));
     opts.router_args = vec!["--log-level".into(), "warn".into()];
+    if let Some(engine) = engine {
+        opts.router_args
+            .extend(["--default-engine".into(), engine.as_str().into()]);
+    }
     LocalCluster::start(opts).expect("cluster starts")
 }
 
@@ -404,8 +419,19 @@ fn table_drop_deletes_every_replica_even_on_a_node_that_was_down() {
 /// left a candidate without a quorum.)
 #[test]
 fn a_replica_stopped_by_a_storage_error_shows_in_status_and_metrics() {
+    a_replica_stopped_by_a_storage_error_shows(RaftEngine::Openraft);
+}
+
+/// The same on the batch engine: the replica that cannot apply leaves its
+/// node's loop alone; the loop and its other groups go on.
+#[test]
+fn a_batch_replica_stopped_by_a_storage_error_shows_in_status_and_metrics() {
+    a_replica_stopped_by_a_storage_error_shows(RaftEngine::Batch);
+}
+
+fn a_replica_stopped_by_a_storage_error_shows(engine: RaftEngine) {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = start(
+    let cluster = start_on(
         dir.path(),
         2,
         &[
@@ -414,6 +440,7 @@ fn a_replica_stopped_by_a_storage_error_shows_in_status_and_metrics() {
             "--metrics-listen",
             "127.0.0.1:0",
         ],
+        Some(engine),
     );
     let mut c = Conn::connect(&cluster.router_addr());
     let dead = b"failpoint:apply-fails";
@@ -485,10 +512,14 @@ fn node_3_behind_a_snapshot(
     failpoint: &str,
     prefix: &str,
 ) -> (LocalCluster, Conn) {
-    let mut cluster = start(
+    // openraft's stored snapshots; the batch engine keeps none (it copies
+    // a group's data when a follower needs it), and checks every chunk it
+    // receives (`shard::batch`).
+    let mut cluster = start_on(
         dir.path(),
         1,
         &["--snapshot-threshold", "40", "--failpoint", failpoint],
+        Some(RaftEngine::Openraft),
     );
     let mut c = Conn::connect(&cluster.router_addr());
     write_keys(&mut c, prefix, 10);

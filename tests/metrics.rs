@@ -11,8 +11,20 @@ use common::{http_get, samples, total};
 
 #[test]
 fn nodes_and_routers_serve_prometheus_metrics() {
+    serve_prometheus_metrics("batch");
+}
+
+/// The same with table `default` on openraft groups, whose network
+/// counts each group's messages by peer and kind.
+#[test]
+fn nodes_and_routers_serve_prometheus_metrics_of_openraft_groups() {
+    serve_prometheus_metrics("openraft");
+}
+
+fn serve_prometheus_metrics(engine: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut cl, router, addrs) = common::metrics_cluster(&dir.path().join("cluster"));
+    let (mut cl, router, addrs) =
+        common::metrics_cluster_on(&dir.path().join("cluster"), &["--default-engine", engine]);
     let router_metrics = addrs
         .iter()
         .find(|(n, _)| n.starts_with("router"))
@@ -179,9 +191,29 @@ fn nodes_and_routers_serve_prometheus_metrics() {
         .iter()
         .find(|s| total(s, "shoal_group_leader") > 0.0)
         .unwrap();
-    assert_eq!(appends(leader_scrape, "shoal_raft_sent_messages_total"), 2);
-    assert_eq!(appends(leader_scrape, "shoal_raft_sent_bytes_total"), 2);
-    assert!(sum("shoal_raft_sent_bytes_total") > 200.0 * 20.0);
+    if engine == "openraft" {
+        assert_eq!(appends(leader_scrape, "shoal_raft_sent_messages_total"), 2);
+        assert_eq!(appends(leader_scrape, "shoal_raft_sent_bytes_total"), 2);
+        assert!(sum("shoal_raft_sent_bytes_total") > 200.0 * 20.0);
+    } else {
+        // A batch loop counts its messages and sends for all its groups
+        // (one send per peer and turn, not per group): the leaders'
+        // appends, and each node's replies.
+        for s in &scrapes {
+            assert!(total(s, "shoal_batch_sends_total") > 0.0, "{s:?}");
+            // Bytes to each of the two other nodes.
+            let peers = s
+                .iter()
+                .filter(|(k, v)| k.starts_with("shoal_batch_sent_bytes_total{") && **v > 0.0)
+                .count();
+            assert_eq!(peers, 2, "{s:?}");
+        }
+        assert!(
+            total(leader_scrape, "shoal_batch_messages_total") >= 2.0 * 200.0,
+            "{leader_scrape:?}"
+        );
+        assert!(sum("shoal_batch_entries_total") >= 3.0 * 200.0);
+    }
     assert!(
         common::wait_until(Duration::from_secs(5), || {
             let s = samples(&http_get(&nodes[0], "/metrics").1);

@@ -306,19 +306,20 @@ fn dev_creates_the_default_table_with_the_shards_asked_for() {
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("dev");
-    let (shards, engine, line) = dev_shards(dir.path(), &data, "3", &["--engine", "batch"]);
-    assert_eq!((shards, engine.as_str()), (3, "batch"));
+    let (shards, engine, line) = dev_shards(dir.path(), &data, "3", &["--engine", "openraft"]);
+    assert_eq!((shards, engine.as_str()), (3, "openraft"));
     assert!(
         line.contains("table `default`: 3 shards x 3 replicas"),
         "{line}"
     );
-    // Started again on the same data: the table stays as it was created,
-    // and the banner does not claim otherwise.
+    // Started again on the same data (the default engine since): the
+    // table stays as it was created, and the banner does not claim
+    // otherwise.
     let (shards, engine, line) = dev_shards(dir.path(), &data, "5", &[]);
-    assert_eq!((shards, engine.as_str()), (3, "batch"));
+    assert_eq!((shards, engine.as_str()), (3, "openraft"));
     assert!(line.contains("as first created"), "{line}");
-    // A new cluster without --engine: openraft.
-    let other = dir.path().join("dev-openraft");
+    // A new cluster without --engine: the batch engine.
+    let other = dir.path().join("dev-batch");
     let (_, engine, _) = dev_shards(dir.path(), &other, "1", &[]);
-    assert_eq!(engine, "openraft");
+    assert_eq!(engine, "batch");
 }

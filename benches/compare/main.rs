@@ -124,9 +124,9 @@ struct Args {
     /// 10000; quick 2000).
     #[arg(long)]
     fanout_messages: Option<u64>,
-    /// The Raft engine of shoal's tables in the workloads: openraft or
-    /// batch (`--default-engine` of the router).
-    #[arg(long, default_value = "openraft")]
+    /// The Raft engine of shoal's tables in the workloads: batch or
+    /// openraft (`--default-engine` of the router).
+    #[arg(long, default_value = "batch")]
     engine: String,
     /// Accepted for `cargo bench` compatibility.
     #[arg(long, hide = true)]

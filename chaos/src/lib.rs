@@ -133,7 +133,7 @@ impl RunConfig {
             quiet_ms: (1_000, 4_000),
             keyspace_epoch_ms: 10_000,
             keys_per_epoch: 8,
-            engine: "openraft".into(),
+            engine: "batch".into(),
             bin: bin.into(),
             dir: None,
             out_dir: std::env::temp_dir(),

@@ -64,8 +64,8 @@ struct RunArgs {
     /// all by default.
     #[arg(long)]
     faults: Option<String>,
-    /// The Raft engine of the cluster's tables: openraft or batch.
-    #[arg(long, default_value = "openraft")]
+    /// The Raft engine of the cluster's tables: batch or openraft.
+    #[arg(long, default_value = "batch")]
     engine: String,
     /// Where violation files go.
     #[arg(long, default_value = "chaos-out")]

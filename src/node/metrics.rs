@@ -109,6 +109,21 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
                 asleep
                     .with_label_values(&labels)
                     .set(role.asleep.load(Ordering::Acquire) as i64);
+                // The batch engine keeps no snapshot: it builds one when a
+                // follower needs it. Its log starts after what it compacted
+                // away or a snapshot covered.
+                snapshot
+                    .with_label_values(&labels)
+                    .set(role.snapshot.load(Ordering::Acquire) as i64);
+                purged
+                    .with_label_values(&labels)
+                    .set(role.log_start.load(Ordering::Acquire) as i64);
+                stopped
+                    .with_label_values(&labels)
+                    .set(group.stopped().is_some() as i64);
+                leader_changes
+                    .with_label_values(&labels)
+                    .inc_by(role.leader_changes.load(Ordering::Relaxed));
                 if leads {
                     for (peer, matched) in role.progress() {
                         let peer = peer.to_string();
@@ -265,6 +280,18 @@ pub fn render(host: &Host, data_dir: &std::path::Path) -> String {
     ];
     if let Some(batch) = host.batch_loop() {
         collectors.extend(batch_loop_counters(batch.stats()));
+        let sent = crate::metrics::counter_vec(
+            "shoal_batch_sent_bytes_total",
+            "Bytes of Raft messages the batch loop sent to each peer node (all its groups)",
+            &["peer"],
+        );
+        if let Ok(bytes) = batch.stats().sent_bytes.lock() {
+            for (peer, n) in bytes.iter() {
+                sent.with_label_values(&[peer.to_string().as_str()])
+                    .inc_by(*n);
+            }
+        }
+        collectors.push(Box::new(sent));
     }
     // Unknown space is left out, never reported as a full disk.
     if let Some((free, size)) = disk_space(data_dir) {
@@ -364,6 +391,11 @@ fn batch_loop_counters(s: &crate::shard::batch::Stats) -> Vec<crate::metrics::Bo
             n(&s.hibernated),
         ),
         ("woken", "Sleeping groups the batch loop woke", n(&s.woken)),
+        (
+            "late_ticks",
+            "Ticks of the batch loop that came a whole tick late (its thread was held), after which its leaders heartbeat at once",
+            n(&s.late_ticks),
+        ),
     ]
     .into_iter()
     .map(|(name, help, v)| counter(&format!("shoal_batch_{name}_total"), help, v))

@@ -377,6 +377,55 @@ pub fn encode<T: Serialize + ?Sized>(kind: Format, v: &T) -> Result<Vec<u8>, Cod
     })
 }
 
+/// [`encode`] into a buffer sized once from the value's encoded length:
+/// for values of megabytes, which would otherwise be copied at each of
+/// the buffer's doublings.
+pub fn encode_sized<T: Serialize + ?Sized>(kind: Format, v: &T) -> Result<Vec<u8>, CodecError> {
+    let len = payload_len(v);
+    let mut out = Vec::with_capacity(len.saturating_add(2).min(1 << 30));
+    out.push(kind.version());
+    out.push(kind.tag());
+    postcard::to_extend(v, out).map_err(|e| CodecError::Encode {
+        kind,
+        reason: e.to_string(),
+    })
+}
+
+/// Byte fields written as one run of bytes (`#[serde(serialize_with =
+/// "codec::as_bytes", deserialize_with = "codec::byte_buf")]`) rather
+/// than as a sequence of `u8`s, one call per byte. postcard writes both
+/// the same way (a varint length, then the bytes), so a field may switch
+/// without a new format version; the golden-bytes tests hold that.
+pub fn as_bytes<B: AsRef<[u8]>, S: serde::Serializer>(v: &B, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bytes(v.as_ref())
+}
+
+/// Reads what [`as_bytes`] wrote (or a sequence of `u8`s) into a `Vec<u8>`.
+pub fn byte_buf<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    struct Buf;
+    impl<'de> serde::de::Visitor<'de> for Buf {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("bytes")
+        }
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            // A length from the input is not trusted for the allocation.
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(b) = seq.next_element()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_byte_buf(Buf)
+}
+
 /// The length of `v`'s payload as [`encode`] writes it (header not
 /// counted), without writing it. `usize::MAX` if it does not encode.
 pub fn payload_len<T: Serialize + ?Sized>(v: &T) -> usize {
@@ -443,6 +492,29 @@ pub fn decode_payload<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bytes written as one run encode exactly as a sequence of `u8`s, and
+    /// read back from either: a field may switch without a new version.
+    #[test]
+    fn byte_runs_encode_as_sequences_of_bytes() {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Seq {
+            data: Vec<u8>,
+        }
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        struct Run {
+            #[serde(serialize_with = "as_bytes", deserialize_with = "byte_buf")]
+            data: Vec<u8>,
+        }
+        for len in [0usize, 1, 127, 128, 300, 70_000] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let seq = encode(Format::BatchEntry, &Seq { data: data.clone() }).unwrap();
+            let run = encode_sized(Format::BatchEntry, &Run { data: data.clone() }).unwrap();
+            assert_eq!(seq, run, "{len} bytes");
+            let back: Run = decode(Format::BatchEntry, &seq).unwrap();
+            assert_eq!(back.data, data);
+        }
+    }
 
     #[test]
     fn tags_are_distinct_and_nonzero_and_round_trip() {

@@ -38,6 +38,23 @@ pub struct BatchGroup {
     pub role: Arc<Role>,
 }
 
+impl BatchGroup {
+    /// Why this replica stopped, if it has: an error of its own (an entry
+    /// it could not apply), or its node's loop stopping (a failed log
+    /// write: every replica on it stops). It takes no part in its group
+    /// until the node restarts.
+    pub fn stopped(&self) -> Option<String> {
+        if let Some(why) = self.role.stopped.get() {
+            return Some(why.clone());
+        }
+        self.handle
+            .stats()
+            .stopped
+            .get()
+            .map(|why| format!("the node's batch Raft loop stopped: {why}"))
+    }
+}
+
 impl Driver {
     pub fn engine(&self) -> RaftEngine {
         match self {
@@ -108,6 +125,7 @@ pub fn batch_result<T>(
         )),
         // Never proposed.
         Ok(Err(ProposeError::Refused(why))) => Err(ShardError::Unavailable(why)),
+        Ok(Err(e @ ProposeError::GroupStopped(..))) => Err(ShardError::Unavailable(e.to_string())),
         // Queued, then the loop stopped or the group closed: it may still
         // commit on the other replicas.
         Ok(Err(e @ ProposeError::Stopped(_))) => Err(ShardError::OutcomeUnknown(e.to_string())),

@@ -446,7 +446,7 @@ impl Engine {
     /// fsync). For the state machine, whose writes need no sync (the log is
     /// the durable record) and are ordered by the state-machine lock.
     pub fn write_direct(&self, ops: &[Op]) -> Result<(), EngineError> {
-        let mut batch = WriteBatch::default();
+        let mut batch = batch_for(ops.iter());
         add_ops(&self.db, &mut batch, ops)?;
         let guard = begin_write(&self.cache, ops.iter());
         self.db.write_opt(batch, &WriteOptions::default())?;
@@ -461,7 +461,7 @@ impl Engine {
     /// waiting for flush or compaction) is not made, and `Ok(false)` tells
     /// the caller to make it with `write_direct` on a blocking thread.
     pub fn write_direct_unless_stalled(&self, ops: &[Op]) -> Result<bool, EngineError> {
-        let mut batch = WriteBatch::default();
+        let mut batch = batch_for(ops.iter());
         add_ops(&self.db, &mut batch, ops)?;
         let mut wo = WriteOptions::default();
         wo.set_no_slowdown(true);
@@ -883,7 +883,7 @@ fn write_synced<'a>(
     ops: impl Iterator<Item = &'a [Op]> + Clone,
     sync: bool,
 ) -> Result<(), EngineError> {
-    let mut batch = WriteBatch::default();
+    let mut batch = batch_for(ops.clone().flatten());
     for ops in ops.clone() {
         add_ops(db, &mut batch, ops)?;
     }
@@ -903,6 +903,20 @@ fn write_synced<'a>(
         crate::metrics::node_event("fsync", took);
     }
     Ok(())
+}
+
+/// An empty batch with room for `ops`: a batch of a large value is not
+/// copied at each doubling of RocksDB's buffer.
+fn batch_for<'a>(ops: impl Iterator<Item = &'a Op>) -> WriteBatch {
+    let bytes: usize = ops
+        .map(|op| match op {
+            Op::Put(_, k, v) => k.len() + v.len() + 16,
+            Op::Delete(_, k) => k.len() + 8,
+            Op::DeleteRange(_, from, to) => from.len() + to.len() + 12,
+        })
+        .sum();
+    // RocksDB's header (12 bytes) is added to what is asked.
+    WriteBatch::with_capacity_bytes(bytes + 12)
 }
 
 fn add_ops(db: &DB, batch: &mut WriteBatch, ops: &[Op]) -> Result<(), EngineError> {

@@ -74,9 +74,9 @@ pub struct GroupStatus {
     /// (`super::served`).
     #[serde(default)]
     pub served: super::served::ServedCounts,
-    /// Set when the replica's Raft stopped on a fatal error (openraft's,
-    /// e.g. a storage error): why. It takes no part in its group until
-    /// the node restarts.
+    /// Set when the replica's Raft stopped on a fatal error (a storage
+    /// error; on the batch engine also its node's loop stopping): why. It
+    /// takes no part in its group until the node restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
 }
@@ -95,7 +95,10 @@ fn batch_status(
     let applied = g.role.applied.load(Acquire);
     let m = g.role.membership();
     let me = host.node_id;
-    let role = if leader == Some(me) {
+    let stopped = g.stopped();
+    let role = if stopped.is_some() {
+        "shutdown"
+    } else if leader == Some(me) {
         "leader"
     } else if m.learners.contains(&me) {
         "learner"
@@ -115,7 +118,7 @@ fn batch_status(
         hibernating: g.role.asleep.load(Acquire),
         orphaned: host.kept_reason(r.record.group_id),
         served: r.served.counts(),
-        stopped: None,
+        stopped,
         group_id: r.record.group_id,
         table: r.record.table.clone(),
         shard: r.record.shard,

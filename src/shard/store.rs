@@ -1383,7 +1383,7 @@ impl StateMachine {
     /// data changes and the new applied index go into one `WriteBatch`.
     pub async fn apply_batch(&self, entries: Vec<Entry>) -> Result<Vec<OpReply>, StorageError> {
         let mut replies = StateMachine::apply_many(vec![(self, entries)]).await?;
-        Ok(replies.pop().unwrap_or_default())
+        replies.pop().unwrap_or_else(|| Ok(Vec::new()))
     }
 
     /// Apply the committed entries of several groups of one node (state
@@ -1395,10 +1395,16 @@ impl StateMachine {
     /// blocking thread when a value is only on disk; either way the same
     /// pure function of the same values. The groups' locks are held from
     /// the compute to the end of the write, taken in the order given.
+    ///
+    /// A group whose batch cannot be computed (a closed state machine, a
+    /// row that does not decode) fails alone: its slot holds the error,
+    /// nothing of it is written, and the others are applied. The outer
+    /// error is the shared write's, which fails every group.
     pub async fn apply_many(
         batches: Vec<(&StateMachine, Vec<Entry>)>,
-    ) -> Result<Vec<Vec<OpReply>>, StorageError> {
-        let mut replies: Vec<Vec<OpReply>> = vec![Vec::new(); batches.len()];
+    ) -> Result<Vec<Result<Vec<OpReply>, StorageError>>, StorageError> {
+        let mut replies: Vec<Result<Vec<OpReply>, StorageError>> =
+            (0..batches.len()).map(|_| Ok(Vec::new())).collect();
         let failpoint = crate::failpoint::armed("apply-fails-on-key");
         let mut work = Vec::with_capacity(batches.len());
         for (slot, (sm, entries)) in batches.into_iter().enumerate() {
@@ -1406,12 +1412,16 @@ impl StateMachine {
                 continue;
             }
             if failpoint && writes_failpoint_key(&entries) {
-                return Err(write_err(std::io::Error::other(
+                replies[slot] = Err(write_err(std::io::Error::other(
                     "failpoint apply-fails-on-key: a write of failpoint:apply-fails",
                 )));
+                continue;
             }
             let inner = sm.inner.lock().await;
-            sm.check_open()?;
+            if let Err(e) = sm.check_open() {
+                replies[slot] = Err(e);
+                continue;
+            }
             work.push((slot, sm, inner, entries));
         }
         let Some(engine) = work.first().map(|w| w.2.engine.clone()) else {
@@ -1419,7 +1429,7 @@ impl StateMachine {
         };
         let _timer = crate::metrics::APPLY_SECONDS.start_timer();
         let mut done = Vec::with_capacity(work.len());
-        for (_, sm, inner, entries) in work.iter_mut() {
+        for (slot, sm, inner, entries) in work.iter_mut() {
             let before = ApplyState {
                 applied: inner.applied,
                 membership: inner.membership.clone(),
@@ -1434,17 +1444,34 @@ impl StateMachine {
             let inline = engine
                 .read_cached(|view| compute_apply(view, gid, entries, before.clone(), notify));
             let applied = match inline {
-                Some(applied) => applied?,
+                Some(applied) => applied,
                 None => {
                     let (engine, entries) = (engine.clone(), std::mem::take(entries));
                     tokio::task::spawn_blocking(move || {
                         compute_apply(&engine.view(), gid, &entries, before, notify)
                     })
                     .await
-                    .map_err(write_err)??
+                    .map_err(write_err)?
                 }
             };
-            done.push(applied);
+            match applied {
+                Ok(applied) => done.push(Some(applied)),
+                Err(e) => {
+                    tracing::error!(group = gid, "applying committed entries: {e}");
+                    replies[*slot] = Err(e);
+                    done.push(None);
+                }
+            }
+        }
+        // Only the groups computed go on (their locks are held to the end).
+        let (work, done): (Vec<_>, Vec<_>) = work
+            .into_iter()
+            .zip(done)
+            .filter_map(|(w, d)| d.map(|d| (w, d)))
+            .unzip();
+        let (mut work, mut done) = (work, done);
+        if work.is_empty() {
+            return Ok(replies);
         }
         // One write for all. An unsynced write (the WAL sync of the log
         // runs outside RocksDB's write queue): it does not wait for an
@@ -1479,7 +1506,7 @@ impl StateMachine {
                     p.publish(&applied.events);
                 }
             }
-            replies[*slot] = applied.replies;
+            replies[*slot] = Ok(applied.replies);
         }
         Ok(replies)
     }
@@ -1981,6 +2008,7 @@ mod tests {
         ])
         .await
         .unwrap();
+        let replies: Vec<Vec<OpReply>> = replies.into_iter().map(|r| r.unwrap()).collect();
         assert_eq!(
             replies,
             vec![
@@ -1996,6 +2024,33 @@ mod tests {
             // The key count was written with the data, not counted anew.
             let recorded = sm.inner.lock().await.key_count;
             assert_eq!(recorded, Some((index.unwrap_or(0), keys)), "group {gid}");
+        }
+    }
+
+    /// A group that cannot be applied (here: closed) fails alone: the
+    /// others of the same call are applied and written, it is not.
+    #[tokio::test]
+    async fn a_group_that_fails_to_apply_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(Engine::open(dir.path(), true).unwrap());
+        let a = StateMachine::open(engine.clone(), 31).await.unwrap();
+        let b = StateMachine::open(engine.clone(), 32).await.unwrap();
+        let c = StateMachine::open(engine.clone(), 33).await.unwrap();
+        b.close().await;
+        let replies = StateMachine::apply_many(vec![
+            (&a, vec![entry(1, LogCmd::Write(hset("h", &[("f", "a")])))]),
+            (&b, vec![entry(1, LogCmd::Write(hset("h", &[("f", "b")])))]),
+            (&c, vec![entry(1, LogCmd::Write(hset("h", &[("f", "c")])))]),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(replies[0].as_ref().unwrap(), &vec![OpReply::Int(1)]);
+        assert!(replies[1].is_err(), "{:?}", replies[1]);
+        assert_eq!(replies[2].as_ref().unwrap(), &vec![OpReply::Int(1)]);
+        for (gid, index) in [(31, Some(1)), (32, None), (33, Some(1))] {
+            let mut sm = StateMachine::open(engine.clone(), gid).await.unwrap();
+            let (applied, _) = sm.applied_state().await.unwrap();
+            assert_eq!(applied.map(|l| l.index), index, "group {gid}");
         }
     }
 

@@ -434,7 +434,19 @@ pub fn metrics_cluster(
     String,
     std::collections::BTreeMap<String, String>,
 ) {
-    let mut cl = cluster_with(dir, (3, 2, 3), &METRICS_NODE_ARGS, &[]);
+    metrics_cluster_on(dir, &[])
+}
+
+/// [`metrics_cluster`] with more router arguments (`--default-engine`).
+pub fn metrics_cluster_on(
+    dir: &Path,
+    router_args: &[&str],
+) -> (
+    LocalCluster,
+    String,
+    std::collections::BTreeMap<String, String>,
+) {
+    let mut cl = cluster_with(dir, (3, 2, 3), &METRICS_NODE_ARGS, router_args);
     let router = cl
         .add_router_with(&["--log-level", "info", "--metrics-listen", "127.0.0.1:0"])
         .unwrap();

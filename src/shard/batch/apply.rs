@@ -24,7 +24,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::EntryPayload;
 use raft::prelude::Entry;
 
-use super::node::{Applier, SnapshotJob};
+use super::node::{Applier, GroupReplies, SnapshotJob};
 use super::BatchError;
 use crate::shard::codec::{self, Format};
 use crate::shard::command::{LogCmd, OpReply};
@@ -72,6 +72,30 @@ impl ShardApplier {
         self
     }
 
+    /// `gid`'s committed entries as its state machine applies them (and
+    /// its state machine open).
+    fn decode(&mut self, gid: u64, entries: &[Entry]) -> Result<Vec<types::Entry>, BatchError> {
+        let mut batch = Vec::with_capacity(entries.len());
+        for e in entries {
+            let payload = if e.data.is_empty() {
+                EntryPayload::Blank
+            } else {
+                let cmd: LogCmd = codec::decode(Format::BatchCommand, &e.data).map_err(|err| {
+                    BatchError::Corrupt(format!("group {gid} entry {}: {err}", e.index))
+                })?;
+                EntryPayload::Normal(cmd)
+            };
+            // The leader's node is not in a raft-rs entry; the state
+            // machine keeps only the index and term of what it applied.
+            batch.push(types::Entry {
+                log_id: log_id(e.term, 0, e.index),
+                payload,
+            });
+        }
+        self.machine(gid)?;
+        Ok(batch)
+    }
+
     fn machine(&mut self, gid: u64) -> Result<&mut StateMachine, BatchError> {
         if !self.machines.contains_key(&gid) {
             let shared = self.shared.lock().ok().and_then(|m| m.get(&gid).cloned());
@@ -107,39 +131,30 @@ impl Applier for ShardApplier {
         Ok(applied.map_or(0, |l| l.index))
     }
 
-    fn apply(&mut self, groups: &[(u64, Vec<Entry>)]) -> Result<Vec<Vec<OpReply>>, BatchError> {
+    fn apply(&mut self, groups: &[(u64, Vec<Entry>)]) -> Result<GroupReplies<OpReply>, BatchError> {
+        let mut replies: GroupReplies<OpReply> =
+            (0..groups.len()).map(|_| Ok(Vec::new())).collect();
         let mut batches = Vec::with_capacity(groups.len());
-        for (gid, entries) in groups {
-            let gid = *gid;
-            let mut batch = Vec::with_capacity(entries.len());
-            for e in entries {
-                let payload = if e.data.is_empty() {
-                    EntryPayload::Blank
-                } else {
-                    let cmd: LogCmd =
-                        codec::decode(Format::BatchCommand, &e.data).map_err(|err| {
-                            BatchError::Corrupt(format!("group {gid} entry {}: {err}", e.index))
-                        })?;
-                    EntryPayload::Normal(cmd)
-                };
-                // The leader's node is not in a raft-rs entry; the state
-                // machine keeps only the index and term of what it applied.
-                batch.push(types::Entry {
-                    log_id: log_id(e.term, 0, e.index),
-                    payload,
-                });
+        for (slot, (gid, entries)) in groups.iter().enumerate() {
+            match self.decode(*gid, entries) {
+                Ok(batch) => batches.push((slot, *gid, batch)),
+                Err(e) => replies[slot] = Err(e),
             }
-            self.machine(gid)?;
-            batches.push((gid, batch));
         }
         // Every group of the turn in one RocksDB write.
+        let slots: Vec<usize> = batches.iter().map(|(slot, _, _)| *slot).collect();
         let batches = batches
             .into_iter()
-            .map(|(gid, batch)| (&self.machines[&gid], batch))
+            .map(|(_, gid, batch)| (&self.machines[&gid], batch))
             .collect();
-        self.runtime
+        let applied = self
+            .runtime
             .block_on(StateMachine::apply_many(batches))
-            .map_err(|e| BatchError::Apply(e.to_string()))
+            .map_err(|e| BatchError::Apply(e.to_string()))?;
+        for (slot, result) in slots.into_iter().zip(applied) {
+            replies[slot] = result.map_err(|e| BatchError::Apply(e.to_string()));
+        }
+        Ok(replies)
     }
 
     fn snapshot(&mut self, gid: u64) -> Result<SnapshotJob, BatchError> {

@@ -43,8 +43,28 @@ pub struct StoredEntry {
     /// raft-rs's `EntryType`: 0 normal, 1 configuration change, 2
     /// configuration change v2.
     pub kind: u8,
+    #[serde(
+        serialize_with = "codec::as_bytes",
+        deserialize_with = "codec::byte_buf"
+    )]
     pub data: Vec<u8>,
+    #[serde(
+        serialize_with = "codec::as_bytes",
+        deserialize_with = "codec::byte_buf"
+    )]
     pub context: Vec<u8>,
+}
+
+/// A [`StoredEntry`] as written: the entry's bytes borrowed, not copied
+/// (the same encoding).
+#[derive(Serialize)]
+struct StoredEntryRef<'a> {
+    term: u64,
+    kind: u8,
+    #[serde(serialize_with = "codec::as_bytes")]
+    data: &'a [u8],
+    #[serde(serialize_with = "codec::as_bytes")]
+    context: &'a [u8],
 }
 
 /// The hard state as stored.
@@ -72,16 +92,18 @@ pub struct StoredConfState {
     pub auto_leave: bool,
 }
 
-impl StoredEntry {
-    fn from_entry(e: &Entry) -> StoredEntry {
-        StoredEntry {
+impl StoredEntryRef<'_> {
+    fn of(e: &Entry) -> StoredEntryRef<'_> {
+        StoredEntryRef {
             term: e.term,
             kind: e.entry_type as u8,
-            data: e.data.to_vec(),
-            context: e.context.to_vec(),
+            data: &e.data,
+            context: &e.context,
         }
     }
+}
 
+impl StoredEntry {
     fn into_entry(self, index: u64) -> Result<Entry, EngineError> {
         let kind = match self.kind {
             0 => EntryType::EntryNormal,
@@ -133,6 +155,11 @@ fn encode<T: Serialize>(kind: Format, v: &T) -> Vec<u8> {
     // The stored types are plain structs of integers and byte strings:
     // postcard cannot fail on them (the golden tests encode each).
     codec::encode(kind, v).expect("batch-engine rows always encode")
+}
+
+/// [`encode`] for entries, which may be megabytes: one allocation.
+fn encode_sized<T: Serialize>(kind: Format, v: &T) -> Vec<u8> {
+    codec::encode_sized(kind, v).expect("batch-engine rows always encode")
 }
 
 fn decode<T: serde::de::DeserializeOwned>(
@@ -288,6 +315,12 @@ impl GroupLog {
         self.start.0 + 1
     }
 
+    /// The last index before the log (compacted away or covered by a
+    /// snapshot; 0 while the log starts at 1).
+    pub fn log_start(&self) -> u64 {
+        self.start.0
+    }
+
     fn last(&self) -> u64 {
         self.start.0 + self.entries.len() as u64
     }
@@ -327,7 +360,7 @@ impl GroupLog {
             ops.push(Op::Put(
                 Cf::Log,
                 log_key(self.gid, e.index),
-                encode(Format::BatchEntry, &StoredEntry::from_entry(&e)),
+                encode_sized(Format::BatchEntry, &StoredEntryRef::of(&e)),
             ));
             self.bytes += entry_bytes(&e);
             self.entries.push(e);

@@ -51,8 +51,8 @@ mod wire_tests;
 pub use apply::{encode_command, ShardApplier};
 pub use log::GroupLog;
 pub use node::{
-    start, Applier, BatchConfig, GroupStatus, Handle, Membership, ProposeError, Role, SnapshotJob,
-    Stats, Transport,
+    start, Applier, BatchConfig, GroupReplies, GroupStatus, Handle, Membership, ProposeError, Role,
+    SnapshotJob, Stats, Transport,
 };
 
 use std::fmt::Write as _;

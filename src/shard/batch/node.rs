@@ -53,7 +53,7 @@
 //! sleeping leader's lease lapses on its own clock, and a follower's
 //! refusal to vote, counted in ticks, only lasts longer while it sleeps.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
 use std::thread::JoinHandle;
@@ -204,7 +204,14 @@ pub enum ProposeError {
     /// was proposed.
     #[error("{0}")]
     Refused(String),
+    /// This replica had stopped on an error of its own (an entry it could
+    /// not apply) before the request came: nothing was proposed.
+    #[error("group {0} stopped on this node until it restarts: {1}")]
+    GroupStopped(u64, String),
 }
+
+/// Each group's replies of an [`Applier::apply`], or why it failed.
+pub type GroupReplies<R> = Vec<Result<Vec<R>, BatchError>>;
 
 /// Applies committed entries to the node's state machines.
 pub trait Applier: Send + 'static {
@@ -219,7 +226,15 @@ pub trait Applier: Send + 'static {
     /// group's in log order (empty entries included, so that an applied
     /// index can follow them; configuration changes are the loop's and
     /// come as empty entries). One reply per entry, in the same shape.
-    fn apply(&mut self, groups: &[(u64, Vec<Entry>)]) -> Result<Vec<Vec<Self::Reply>>, BatchError>;
+    ///
+    /// A group that cannot be applied fails alone (its slot holds why;
+    /// the loop stops that group and applies the others); the outer error
+    /// fails them all (a write of the data that failed), and stops the
+    /// loop.
+    fn apply(
+        &mut self,
+        groups: &[(u64, Vec<Entry>)],
+    ) -> Result<GroupReplies<Self::Reply>, BatchError>;
 
     /// Start a snapshot of `gid`'s data as applied now: what the copy
     /// reads is fixed before this returns (the loop applies nothing in
@@ -253,8 +268,9 @@ pub type SnapshotJob = Box<dyn FnOnce() -> Result<Vec<u8>, BatchError> + Send>;
 /// Carries one turn's messages to a peer node.
 pub trait Transport: Send + 'static {
     /// Send `msgs` (group id, message), every group's for node `to`
-    /// together. Delivery may fail silently: Raft resends.
-    fn send(&mut self, to: u64, msgs: Vec<(u64, Message)>);
+    /// together. Delivery may fail silently: Raft resends. Returns the
+    /// bytes put on the wire (0 when none was, or in process).
+    fn send(&mut self, to: u64, msgs: Vec<(u64, Message)>) -> usize;
 
     /// Send a snapshot (`msg`, whose data may be large) of group `gid` to
     /// node `to` without holding up [`Transport::send`]'s messages, and
@@ -300,6 +316,15 @@ pub struct Stats {
     /// Groups put to sleep here (as leader or follower), and woken.
     pub hibernated: AtomicU64,
     pub woken: AtomicU64,
+    /// Ticks that came a whole tick late (the thread was held), after
+    /// which the loop's leaders heartbeat at once.
+    pub late_ticks: AtomicU64,
+    /// Bytes sent to each peer node ([`Transport::send`]'s count).
+    pub sent_bytes: std::sync::Mutex<BTreeMap<u64, u64>>,
+    /// Why the loop stopped, once it has on an error (a failed write or
+    /// apply, a panic inside raft-rs): every replica on it is then stopped
+    /// until the node restarts. Not set by a shutdown.
+    pub stopped: std::sync::OnceLock<String>,
 }
 
 impl Stats {
@@ -342,11 +367,23 @@ pub struct Role {
     membership: std::sync::Mutex<Membership>,
     /// The last index in this replica's log, as of the last tick.
     pub last_index: AtomicU64,
+    /// The last index before this replica's log (compacted away or
+    /// covered by a snapshot; 0: the log starts at 1), as of the last tick.
+    pub log_start: AtomicU64,
+    /// The index of the last snapshot this replica installed or built for
+    /// a follower (0: none since it opened).
+    pub snapshot: AtomicU64,
+    /// Times this replica saw its group's leader change (to a leader or to
+    /// none).
+    pub leader_changes: AtomicU64,
     /// While this replica leads: each other replica's matched index, as
     /// of the last tick (empty otherwise).
     progress: std::sync::Mutex<Vec<(u64, u64)>>,
     /// The group hibernates on this replica.
     pub asleep: std::sync::atomic::AtomicBool,
+    /// Why this replica stopped on an error of its own (an entry it could
+    /// not apply): it takes no part in its group until the node restarts.
+    pub stopped: std::sync::OnceLock<String>,
 }
 
 /// A group's configuration: who votes and who only follows.
@@ -714,10 +751,12 @@ pub fn start<A: Applier, T: Transport>(
         outbox: HashMap::new(),
         roles,
         stopped: None,
+        stopped_groups: HashMap::new(),
         last_heard: HashMap::new(),
         last_sent: HashMap::new(),
     };
     let node_id = lp.config.node_id;
+    let stats = lp.stats.clone();
     let thread = std::thread::Builder::new()
         .name("batch-raft".into())
         .spawn(move || {
@@ -733,6 +772,7 @@ pub fn start<A: Applier, T: Transport>(
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_else(|| "a panic".into());
                 tracing::error!(node = node_id, "batch Raft loop stops: {why}");
+                let _ = stats.stopped.set(why);
             }
         })?;
     Ok((handle, thread))
@@ -940,6 +980,9 @@ struct Loop<A: Applier, T> {
     roles: Roles,
     /// Why the loop stopped, once it has.
     stopped: Option<String>,
+    /// Replicas stopped on an error of their own ([`Loop::stop_group`]),
+    /// and why: they are out of `groups` until the node restarts.
+    stopped_groups: HashMap<u64, String>,
     /// When each peer node was last heard from (any batch of messages),
     /// and when this node last sent it one: sleeping groups' liveness.
     last_heard: HashMap<u64, Instant>,
@@ -966,11 +1009,23 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 let me = self.config.node_id;
                 let idle = self.config.hibernate_ticks();
                 let mut sleepy = Vec::new();
+                // A whole tick missed: the thread was held (a huge entry
+                // encoded, written or applied here). Its leaders' followers
+                // heard nothing meanwhile, so they hear from them now
+                // rather than at the next heartbeat tick, which could be
+                // past their election timeout.
+                let late = Instant::now().saturating_duration_since(next_tick) >= self.config.tick;
+                if late {
+                    Stats::add(&self.stats.late_ticks, 1);
+                }
                 for (&gid, g) in self.groups.iter_mut() {
                     if g.asleep() {
                         continue;
                     }
                     g.raw.tick();
+                    if late {
+                        g.raw.ping();
+                    }
                     publish_progress(me, g);
                     if let Some(idle) = idle {
                         g.idle_ticks = g.idle_ticks.saturating_add(1);
@@ -1011,6 +1066,7 @@ impl<A: Applier, T: Transport> Loop<A, T> {
 
     fn fail(&mut self, why: String) {
         tracing::error!(node = self.config.node_id, "batch Raft loop stops: {why}");
+        let _ = self.stats.stopped.set(why.clone());
         self.stopped = Some(why);
     }
 
@@ -1111,7 +1167,11 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             }
             Input::Read { gid, reply } => match self.groups.get_mut(&gid) {
                 None => {
-                    let _ = reply.send(Err(ProposeError::NoGroup(gid)));
+                    let err = match self.stopped_groups.get(&gid) {
+                        Some(why) => ProposeError::GroupStopped(gid, why.clone()),
+                        None => ProposeError::NoGroup(gid),
+                    };
+                    let _ = reply.send(Err(err));
                 }
                 Some(g) if g.raw.raft.state != StateRole::Leader => {
                     let _ = reply.send(Err(g.not_leader()));
@@ -1268,6 +1328,9 @@ impl<A: Applier, T: Transport> Loop<A, T> {
         if self.groups.contains_key(&gid) {
             return Ok(());
         }
+        if let Some(why) = self.stopped_groups.get(&gid) {
+            return Err(ProposeError::GroupStopped(gid, why.clone()).to_string());
+        }
         let view = self.engine.view();
         let mut quiet_until = None;
         let log = match GroupLog::open(&view, gid).map_err(|e| e.to_string())? {
@@ -1333,6 +1396,8 @@ impl<A: Applier, T: Transport> Loop<A, T> {
         role.applied.store(applied, Ordering::Release);
         role.last_index
             .store(raw.raft.raft_log.last_index(), Ordering::Release);
+        role.log_start
+            .store(raw.store().log_start(), Ordering::Release);
         role.set_membership(raw.store().conf_state());
         if let Ok(mut roles) = self.roles.write() {
             roles.insert(gid, role.clone());
@@ -1358,6 +1423,9 @@ impl<A: Applier, T: Transport> Loop<A, T> {
 
     /// [`Handle::close_group`].
     fn close(&mut self, gid: u64, done: oneshot::Sender<()>) {
+        if self.stopped_groups.remove(&gid).is_some() {
+            self.applier.forget(gid);
+        }
         if let Some(mut g) = self.groups.remove(&gid) {
             // A proposal may still commit on the other replicas: its
             // outcome is unknown, as when the loop stops.
@@ -1385,8 +1453,40 @@ impl<A: Applier, T: Transport> Loop<A, T> {
         );
     }
 
+    /// Take `gid`'s replica out of the loop after an error of its own (an
+    /// entry it could not apply): it takes no part in its group (no vote,
+    /// no append, no apply) until the node restarts and reopens it from
+    /// its log, as an openraft replica stopped by its storage. Its waiters
+    /// hear it stopped (outcome unknown: the entry may be applied by the
+    /// other replicas), `Status` and `/metrics` show it (`Role::stopped`),
+    /// and the loop's other groups go on.
+    fn stop_group(&mut self, gid: u64, why: String) {
+        tracing::error!(
+            node = self.config.node_id,
+            gid,
+            "the replica stops until the node restarts: {why}"
+        );
+        let Some(mut g) = self.groups.remove(&gid) else {
+            return;
+        };
+        let err = ProposeError::Stopped(format!("group {gid} stopped on this node: {why}"));
+        g.fail_all(&err);
+        g.role.leader.store(0, Ordering::Release);
+        g.role.set_lease(None);
+        let _ = g.role.stopped.set(why.clone());
+        self.stopped_groups.insert(gid, why);
+        self.read_groups.remove(&gid);
+        self.dirty_hard_states.remove(&gid);
+        for msgs in self.outbox.values_mut() {
+            msgs.retain(|(g, _)| *g != gid);
+        }
+    }
+
     /// `gid`'s group, which this replica must lead; else why not.
     fn led(&mut self, gid: u64) -> Result<&mut Group<A::Reply>, ProposeError> {
+        if let Some(why) = self.stopped_groups.get(&gid) {
+            return Err(ProposeError::GroupStopped(gid, why.clone()));
+        }
         let g = self
             .groups
             .get_mut(&gid)
@@ -1489,7 +1589,9 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             }
             let mut rd = g.raw.ready();
             if let Some(ss) = rd.ss() {
-                g.role.leader.store(ss.leader_id, Ordering::Release);
+                if g.role.leader.swap(ss.leader_id, Ordering::AcqRel) != ss.leader_id {
+                    g.role.leader_changes.fetch_add(1, Ordering::Relaxed);
+                }
                 if ss.raft_state != StateRole::Leader {
                     g.lease = None;
                     g.role.set_lease(None);
@@ -1555,6 +1657,7 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                 ) {
                     Ok(index) => {
                         snapshot = index;
+                        g.role.snapshot.store(index, Ordering::Release);
                         Stats::add(&self.stats.snapshots_installed, 1);
                     }
                     Err(e) => {
@@ -1698,7 +1801,12 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             self.last_sent.insert(to, now);
             Stats::add(&self.stats.messages, msgs.len() as u64);
             Stats::add(&self.stats.sends, 1);
-            self.transport.send(to, msgs);
+            let bytes = self.transport.send(to, msgs) as u64;
+            if bytes > 0 {
+                if let Ok(mut sent) = self.stats.sent_bytes.lock() {
+                    *sent.entry(to).or_default() += bytes;
+                }
+            }
         }
     }
 
@@ -1801,6 +1909,13 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             Err(e) => return self.fail(format!("applying: {e}")),
         };
         for ((gid, entries), replies) in applies.into_iter().zip(replies) {
+            let replies = match replies {
+                Ok(replies) => replies,
+                Err(e) => {
+                    self.stop_group(gid, format!("applying: {e}"));
+                    continue;
+                }
+            };
             let Some(g) = self.groups.get_mut(&gid) else {
                 continue;
             };
@@ -1951,6 +2066,7 @@ impl<A: Applier, T: Transport> Loop<A, T> {
         match result {
             Ok(data) => {
                 Stats::add(&self.stats.snapshots_built, 1);
+                g.role.snapshot.store(meta.index, Ordering::Release);
                 tracing::info!(
                     gid,
                     index = meta.index,
@@ -1975,6 +2091,9 @@ fn publish_progress<R>(me: u64, g: &Group<R>) {
     g.role
         .last_index
         .store(r.raft_log.last_index(), Ordering::Release);
+    g.role
+        .log_start
+        .store(g.raw.store().log_start(), Ordering::Release);
     let progress = if r.state == StateRole::Leader {
         let mut p: Vec<(u64, u64)> = r
             .prs()

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use raft::prelude::{Entry, Message};
 
-use super::{start, Applier, BatchConfig, BatchError, Handle, ProposeError, Transport};
+use super::{
+    start, Applier, BatchConfig, BatchError, GroupReplies, Handle, ProposeError, Transport,
+};
 use crate::shard::engine::{data_key, Cf, Engine, Op};
 
 /// Group → (index, data) of each non-empty entry a node applied.
@@ -34,11 +36,16 @@ impl Applier for RowApplier {
         Ok(0)
     }
 
-    fn apply(&mut self, groups: &[(u64, Vec<Entry>)]) -> Result<Vec<Vec<u64>>, BatchError> {
+    fn apply(&mut self, groups: &[(u64, Vec<Entry>)]) -> Result<GroupReplies<u64>, BatchError> {
         let mut ops = Vec::new();
         let mut replies = Vec::new();
         let mut seen = self.applied.lock().unwrap();
         for (gid, entries) in groups {
+            // An entry this applier cannot apply: its group fails alone.
+            if entries.iter().any(|e| e.data == POISON) {
+                replies.push(Err(BatchError::Apply(format!("group {gid}: poison"))));
+                continue;
+            }
             let list = seen.entry(*gid).or_default();
             for e in entries {
                 if !e.data.is_empty() {
@@ -50,7 +57,7 @@ impl Applier for RowApplier {
                     list.push((e.index, e.data.to_vec()));
                 }
             }
-            replies.push(entries.iter().map(|e| e.index).collect());
+            replies.push(Ok(entries.iter().map(|e| e.index).collect()));
         }
         self.engine.write_direct(&ops)?;
         Ok(replies)
@@ -75,6 +82,9 @@ impl Applier for RowApplier {
         ))
     }
 }
+
+/// An entry [`RowApplier`] fails to apply.
+const POISON: &[u8] = b"poison";
 
 struct Net<R = u64> {
     nodes: Arc<Mutex<HashMap<u64, Handle<R>>>>,
@@ -105,15 +115,16 @@ struct NetTransport<R = u64> {
 }
 
 impl<R: Send + 'static> Transport for NetTransport<R> {
-    fn send(&mut self, to: u64, msgs: Vec<(u64, Message)>) {
+    fn send(&mut self, to: u64, msgs: Vec<(u64, Message)>) -> usize {
         let cut = self.net.cut.lock().unwrap();
         if cut.contains(&self.from) || cut.contains(&to) {
-            return;
+            return 0;
         }
         drop(cut);
         if let Some(h) = self.net.nodes.lock().unwrap().get(&to) {
             h.deliver(msgs);
         }
+        0
     }
 }
 
@@ -1044,6 +1055,65 @@ async fn a_closed_group_fails_its_waiters_and_leaves_the_others_running() {
     {
         assert!(Instant::now() < deadline, "group 8 stopped on node 1");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An entry a replica cannot apply stops that replica alone: its group
+/// (every replica of which applies the same entry) stops on every node,
+/// its waiters and later callers hear why, its role says so, and the
+/// loop's other groups go on committing on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_that_cannot_be_applied_stops_its_group_alone() {
+    let c = Cluster::new(&[7, 8]);
+    c.handle(1).campaign(7);
+    assert_eq!(c.leader(7).await, 1);
+    c.write(7, b"before").await;
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.handle(1).propose(7, POISON.to_vec()),
+    )
+    .await
+    .expect("the waiter is answered");
+    assert!(
+        matches!(&r, Err(ProposeError::Stopped(why)) if why.contains("poison")),
+        "{r:?}"
+    );
+    for id in VOTERS {
+        let role = c.handle(id).role(7).expect("the role stays for status");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while role.stopped.get().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "group 7 not stopped on node {id}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(role.leader(), None, "node {id}");
+        // Later requests are refused, never queued.
+        let again = c.handle(id).propose(7, b"after".to_vec()).await;
+        assert!(
+            matches!(again, Err(ProposeError::GroupStopped(7, _))),
+            "{again:?}"
+        );
+        let read = c.handle(id).read(7).await;
+        assert!(
+            matches!(read, Err(ProposeError::GroupStopped(7, _))),
+            "{read:?}"
+        );
+        // The loop itself runs on.
+        assert!(c.handle(id).stats().stopped.get().is_none());
+    }
+    // Group 8 still commits everywhere.
+    let index = c.write(8, b"still").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for id in VOTERS {
+        while !c.nodes[&id].applied.lock().unwrap()[&8]
+            .iter()
+            .any(|(i, _)| *i == index)
+        {
+            assert!(Instant::now() < deadline, "group 8 stopped on node {id}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

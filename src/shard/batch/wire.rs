@@ -357,19 +357,23 @@ async fn send_snapshot(
 }
 
 impl Transport for StreamTransport {
-    fn send(&mut self, to: u64, msgs: Vec<(u64, Message)>) {
+    fn send(&mut self, to: u64, msgs: Vec<(u64, Message)>) -> usize {
         let Some(addr) = self.network.peer_addr(to) else {
             tracing::debug!(node = to, "no address for a peer: its messages are dropped");
-            return;
+            return 0;
         };
         let _in_runtime = self.runtime.enter();
+        let mut sent = 0;
         for payload in encode(&msgs) {
+            let len = payload.len();
             if let Err(e) = self.network.post_raw(&addr, KIND_BATCH, payload, BATCH_TTL) {
                 // Not queued: no stream could be opened. Raft sends again.
                 tracing::debug!(node = to, "Raft messages not sent: {e:?}");
-                return;
+                return sent;
             }
+            sent += len;
         }
+        sent
     }
 
     fn send_snapshot(&mut self, to: u64, gid: u64, msg: Message, done: SnapshotDone) {
