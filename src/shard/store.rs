@@ -1464,12 +1464,11 @@ impl StateMachine {
             }
         }
         // Only the groups computed go on (their locks are held to the end).
-        let (work, done): (Vec<_>, Vec<_>) = work
+        let (mut work, mut done): (Vec<_>, Vec<_>) = work
             .into_iter()
             .zip(done)
             .filter_map(|(w, d)| d.map(|d| (w, d)))
             .unzip();
-        let (mut work, mut done) = (work, done);
         if work.is_empty() {
             return Ok(replies);
         }

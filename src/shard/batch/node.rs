@@ -1023,15 +1023,18 @@ impl<A: Applier, T: Transport> Loop<A, T> {
                         continue;
                     }
                     g.raw.tick();
-                    if late {
-                        g.raw.ping();
-                    }
                     publish_progress(me, g);
                     if let Some(idle) = idle {
                         g.idle_ticks = g.idle_ticks.saturating_add(1);
                         if g.may_hibernate(me, idle) {
+                            // Its followers are told to sleep now; a
+                            // heartbeat after that would wake them.
                             sleepy.push(gid);
+                            continue;
                         }
+                    }
+                    if late {
+                        g.raw.ping();
                     }
                 }
                 self.hibernate(sleepy);
