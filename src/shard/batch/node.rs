@@ -373,8 +373,8 @@ pub struct Role {
     /// The index of the last snapshot this replica installed or built for
     /// a follower (0: none since it opened).
     pub snapshot: AtomicU64,
-    /// Times this replica saw its group's leader change (to a leader or to
-    /// none).
+    /// Leaders this replica saw elected (as openraft replicas count them:
+    /// a change to no leader is not one).
     pub leader_changes: AtomicU64,
     /// While this replica leads: each other replica's matched index, as
     /// of the last tick (empty otherwise).
@@ -1592,7 +1592,8 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             }
             let mut rd = g.raw.ready();
             if let Some(ss) = rd.ss() {
-                if g.role.leader.swap(ss.leader_id, Ordering::AcqRel) != ss.leader_id {
+                let before = g.role.leader.swap(ss.leader_id, Ordering::AcqRel);
+                if ss.leader_id != 0 && before != ss.leader_id {
                     g.role.leader_changes.fetch_add(1, Ordering::Relaxed);
                 }
                 if ss.raft_state != StateRole::Leader {
