@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -238,13 +238,55 @@ pub(super) fn pick_port(saved: Option<u16>, taken: &mut BTreeSet<u16>) -> u16 {
 
 /// An exclusive `flock` on `<base>/lock`, so two clusters never share one
 /// directory. Released when dropped or when the process dies.
+///
+/// A `flock` belongs to the open file, and a child forked from this process
+/// (by any thread, for any cluster) shares that file until its `exec`
+/// closes it: a lock dropped while another child is between fork and exec
+/// stays held for that moment. So the directories this process holds are
+/// also kept in [`HELD_DIRS`], which refuses a second cluster here at once,
+/// and a lock found held whose file names this process, by a directory no
+/// longer in that set, is such a leftover and is retried for
+/// [`LEFTOVER_LOCK_WAIT`] instead of refused.
 #[derive(Debug)]
 struct DirLock {
+    dir: PathBuf,
     _file: File,
+}
+
+/// The directories whose [`DirLock`] this process holds.
+static HELD_DIRS: std::sync::Mutex<BTreeSet<PathBuf>> = std::sync::Mutex::new(BTreeSet::new());
+
+/// How long [`DirLock::acquire`] waits for a lock that only a child of this
+/// process, between its fork and its exec, still holds.
+const LEFTOVER_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+fn held_dirs() -> std::sync::MutexGuard<'static, BTreeSet<PathBuf>> {
+    HELD_DIRS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl DirLock {
     fn acquire(dir: &Path) -> Result<DirLock> {
+        let in_use = |holder: &str| {
+            anyhow!(
+                "{} is in use by another shoal cluster (pid {holder}): stop that one first, or use another data dir",
+                dir.display()
+            )
+        };
+        let me = std::process::id().to_string();
+        if !held_dirs().insert(dir.to_path_buf()) {
+            return Err(in_use(&me));
+        }
+        let locked = DirLock::lock_file(dir, &me, in_use);
+        if locked.is_err() {
+            held_dirs().remove(dir);
+        }
+        locked.map(|file| DirLock {
+            dir: dir.to_path_buf(),
+            _file: file,
+        })
+    }
+
+    fn lock_file(dir: &Path, me: &str, in_use: impl Fn(&str) -> anyhow::Error) -> Result<File> {
         let path = dir.join("lock");
         let mut file = OpenOptions::new()
             .read(true)
@@ -253,23 +295,31 @@ impl DirLock {
             .truncate(false)
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
+        let deadline = Instant::now() + LEFTOVER_LOCK_WAIT;
         // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                bail!(
-                    "{} is in use by another shoal cluster (pid {}): stop that one first, or use another data dir",
-                    dir.display(),
-                    holder.trim()
-                );
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(err).with_context(|| format!("cannot lock {}", path.display()));
             }
-            return Err(err).with_context(|| format!("cannot lock {}", path.display()));
+            let mut holder = String::new();
+            file.seek(io::SeekFrom::Start(0))?;
+            let _ = file.read_to_string(&mut holder);
+            if holder.trim() != me || Instant::now() >= deadline {
+                return Err(in_use(holder.trim()));
+            }
+            thread::sleep(Duration::from_millis(10));
         }
         file.set_len(0)?;
-        writeln!(file, "{}", std::process::id())?;
-        Ok(DirLock { _file: file })
+        file.seek(io::SeekFrom::Start(0))?;
+        writeln!(file, "{me}")?;
+        Ok(file)
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        held_dirs().remove(&self.dir);
     }
 }
 
@@ -837,5 +887,87 @@ fn wait_member(member: &mut Member, timeout: Duration, ready: impl Fn(&str) -> b
             );
         }
         thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    #[test]
+    fn a_directory_is_locked_once_and_free_again_when_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lock = DirLock::acquire(tmp.path()).unwrap();
+        let started = Instant::now();
+        let err = DirLock::acquire(tmp.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "in use by another shoal cluster (pid {})",
+                std::process::id()
+            )),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "refused at once"
+        );
+        drop(lock);
+        drop(DirLock::acquire(tmp.path()).unwrap());
+    }
+
+    /// A child forked while the lock was held shares its file until it
+    /// execs: the lock, dropped meanwhile, is taken again once it has.
+    #[test]
+    fn a_lock_a_forked_child_holds_until_its_exec_is_taken_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lock = DirLock::acquire(tmp.path()).unwrap();
+        let mut cmd = Command::new("true");
+        // SAFETY: the hook only sleeps (nanosleep is async-signal-safe).
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::usleep(300_000);
+                Ok(())
+            });
+        }
+        let spawning = thread::spawn(move || cmd.status().unwrap());
+        // Let the fork happen before the lock is dropped.
+        thread::sleep(Duration::from_millis(100));
+        drop(lock);
+        let again = DirLock::acquire(tmp.path());
+        assert!(spawning.join().unwrap().success());
+        again.unwrap();
+    }
+
+    #[test]
+    fn a_directory_another_process_locks_is_refused_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("lock");
+        fs::write(&path, "424242\n").unwrap();
+        let mut holder = Command::new("flock")
+            .arg("-x")
+            .arg(&path)
+            .args(["sleep", "30"])
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let err = loop {
+            match DirLock::acquire(tmp.path()) {
+                // `flock` has not taken it yet.
+                Ok(lock) if Instant::now() < deadline => {
+                    drop(lock);
+                    fs::write(&path, "424242\n").unwrap();
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Ok(_) => panic!("flock never took the lock"),
+                Err(e) => break e.to_string(),
+            }
+        };
+        let _ = holder.kill();
+        let _ = holder.wait();
+        assert!(
+            err.contains("in use by another shoal cluster (pid 424242)"),
+            "{err}"
+        );
     }
 }
