@@ -13,7 +13,11 @@
 //! The loop makes that write and sync itself ([`Engine::write_synced`]),
 //! then each group learns that its ready is persisted, and the messages
 //! that had to wait for it (a follower's append replies and votes) go out
-//! at once. After a sync that took longer than
+//! at once. A turn that leaves one of its groups with ready work of the
+//! turn's own making (a lone voter's entries, committed once its sync
+//! persisted them; the rest of an apply held to
+//! [`BatchConfig::max_apply_bytes`]) is followed by another at once: no
+//! input would come to prompt it before the next tick. After a sync that took longer than
 //! [`BatchConfig::slow_sync`], the loop hands its writes to the engine's
 //! writer thread for [`SLOW_DISK_HANDOFF`] and goes on turning: it hears
 //! of each sync in a later turn, and the messages that waited for it go
@@ -754,6 +758,7 @@ pub fn start<A: Applier, T: Transport>(
         stopped_groups: HashMap::new(),
         last_heard: HashMap::new(),
         last_sent: HashMap::new(),
+        again: false,
     };
     let node_id = lp.config.node_id;
     let stats = lp.stats.clone();
@@ -987,13 +992,21 @@ struct Loop<A: Applier, T> {
     /// and when this node last sent it one: sleeping groups' liveness.
     last_heard: HashMap<u64, Instant>,
     last_sent: HashMap<u64, Instant>,
+    /// The last turn left a group with ready work of its own making (see
+    /// [`Loop::turn`]): the next turn comes at once, not with the next
+    /// input or tick.
+    again: bool,
 }
 
 impl<A: Applier, T: Transport> Loop<A, T> {
     fn run(&mut self) {
         let mut next_tick = Instant::now() + self.config.tick;
         while self.stopped.is_none() {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let wait = if self.again {
+                Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
+            };
             match self.rx.recv_timeout(wait) {
                 Ok(input) => self.take(input),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -1529,6 +1542,7 @@ impl<A: Applier, T: Transport> Loop<A, T> {
 
     /// One turn's ready work of every group: see the module doc.
     fn turn(&mut self) {
+        self.again = false;
         // One ReadIndex round per group for all the reads of this turn.
         for gid in std::mem::take(&mut self.read_groups) {
             let Some(g) = self.groups.get_mut(&gid) else {
@@ -1706,6 +1720,7 @@ impl<A: Applier, T: Transport> Loop<A, T> {
             return;
         }
         Stats::add(&self.stats.turns, 1);
+        let turned: Vec<u64> = persists.iter().map(|p| p.gid).collect();
         self.send(out);
         // Snapshots on their own channel; raft-rs hears how each went
         // (one that failed is sent again when the follower next answers).
@@ -1749,6 +1764,13 @@ impl<A: Applier, T: Transport> Loop<A, T> {
         if !applies.is_empty() {
             self.apply(applies);
         }
+        // What this turn did may itself make ready work that no input
+        // will come to prompt: a lone voter commits its entries once its
+        // own sync has persisted them, and an apply held to
+        // `max_apply_bytes` leaves the rest for the next ready.
+        self.again = turned
+            .iter()
+            .any(|gid| self.groups.get(gid).is_some_and(|g| g.raw.has_ready()));
     }
 
     /// Write and sync `ops` on the loop's thread. One that took longer

@@ -347,6 +347,51 @@ async fn every_group_commits_the_same_entries_on_every_replica() {
     assert_eq!(in_loop, syncs, "node 1's syncs made by its loop");
 }
 
+/// A lone voter commits its entry once its own sync has persisted it, in
+/// the turn that made the sync: no input comes to prompt the turn that
+/// applies it and answers, so that turn must follow at once, not with the
+/// next tick (here longer than the test waits for any write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_voter_answers_without_waiting_for_a_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(Engine::open(dir.path(), true).unwrap());
+    let applier = RowApplier {
+        engine: engine.clone(),
+        applied: Applied::default(),
+    };
+    let transport: NetTransport = NetTransport {
+        from: 1,
+        net: Net::default(),
+    };
+    let mut config = BatchConfig::new(1);
+    config.tick = Duration::from_secs(60);
+    let (handle, thread) = start(config, engine, applier, transport).unwrap();
+    handle.open_group(5, vec![1]).await.unwrap().unwrap();
+    handle.campaign(5);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !handle
+        .status(5)
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|s| s.is_leader)
+    {
+        assert!(Instant::now() < deadline, "the lone voter did not lead");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut indexes = Vec::new();
+    for i in 0..5 {
+        let answer = tokio::time::timeout(Duration::from_secs(20), handle.propose(5, data(5, i)));
+        match answer.await {
+            Ok(Ok(index)) => indexes.push(index),
+            other => panic!("write {i}: {other:?}"),
+        }
+    }
+    assert!(indexes.windows(2).all(|w| w[0] + 1 == w[1]), "{indexes:?}");
+    handle.stop();
+    tokio::task::block_in_place(|| thread.join().unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_slow_sync_the_writer_thread_takes_the_log_writes() {
     let groups: Vec<u64> = (1..=8).collect();
