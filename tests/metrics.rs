@@ -199,15 +199,19 @@ fn serve_prometheus_metrics(engine: &str) {
         // A batch loop counts its messages and sends for all its groups
         // (one send per peer and turn, not per group): the leaders'
         // appends, and each node's replies.
+        let peers = |s: &BTreeMap<String, f64>| {
+            s.iter()
+                .filter(|(k, v)| k.starts_with("shoal_batch_sent_bytes_total{") && **v > 0.0)
+                .count()
+        };
         for s in &scrapes {
             assert!(total(s, "shoal_batch_sends_total") > 0.0, "{s:?}");
-            // Bytes to each of the two other nodes.
-            let peers = s
-                .iter()
-                .filter(|(k, v)| k.starts_with("shoal_batch_sent_bytes_total{") && **v > 0.0)
-                .count();
-            assert_eq!(peers, 2, "{s:?}");
+            // Bytes to each peer it sent to: a node that only follows
+            // answers its leaders, which may all be on one node.
+            assert!(peers(s) >= 1, "{s:?}");
         }
+        // A leader's appends went to both other nodes.
+        assert_eq!(peers(leader_scrape), 2, "{leader_scrape:?}");
         assert!(
             total(leader_scrape, "shoal_batch_messages_total") >= 2.0 * 200.0,
             "{leader_scrape:?}"
