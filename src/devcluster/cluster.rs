@@ -266,17 +266,11 @@ fn held_dirs() -> std::sync::MutexGuard<'static, BTreeSet<PathBuf>> {
 
 impl DirLock {
     fn acquire(dir: &Path) -> Result<DirLock> {
-        let in_use = |holder: &str| {
-            anyhow!(
-                "{} is in use by another shoal cluster (pid {holder}): stop that one first, or use another data dir",
-                dir.display()
-            )
-        };
         let me = std::process::id().to_string();
         if !held_dirs().insert(dir.to_path_buf()) {
-            return Err(in_use(&me));
+            return Err(DirLock::in_use(dir, &me));
         }
-        let locked = DirLock::lock_file(dir, &me, in_use);
+        let locked = DirLock::lock_file(dir, &me);
         if locked.is_err() {
             held_dirs().remove(dir);
         }
@@ -286,7 +280,14 @@ impl DirLock {
         })
     }
 
-    fn lock_file(dir: &Path, me: &str, in_use: impl Fn(&str) -> anyhow::Error) -> Result<File> {
+    fn in_use(dir: &Path, holder: &str) -> anyhow::Error {
+        anyhow!(
+            "{} is in use by another shoal cluster (pid {holder}): stop that one first, or use another data dir",
+            dir.display()
+        )
+    }
+
+    fn lock_file(dir: &Path, me: &str) -> Result<File> {
         let path = dir.join("lock");
         let mut file = OpenOptions::new()
             .read(true)
@@ -306,7 +307,7 @@ impl DirLock {
             file.seek(io::SeekFrom::Start(0))?;
             let _ = file.read_to_string(&mut holder);
             if holder.trim() != me || Instant::now() >= deadline {
-                return Err(in_use(holder.trim()));
+                return Err(DirLock::in_use(dir, holder.trim()));
             }
             thread::sleep(Duration::from_millis(10));
         }
@@ -951,7 +952,8 @@ mod tests {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        let err = loop {
+        let (err, took) = loop {
+            let started = Instant::now();
             match DirLock::acquire(tmp.path()) {
                 // `flock` has not taken it yet.
                 Ok(lock) if Instant::now() < deadline => {
@@ -960,7 +962,7 @@ mod tests {
                     thread::sleep(Duration::from_millis(20));
                 }
                 Ok(_) => panic!("flock never took the lock"),
-                Err(e) => break e.to_string(),
+                Err(e) => break (e.to_string(), started.elapsed()),
             }
         };
         let _ = holder.kill();
@@ -969,5 +971,7 @@ mod tests {
             err.contains("in use by another shoal cluster (pid 424242)"),
             "{err}"
         );
+        // Not waited on as a leftover of this process's children.
+        assert!(took < LEFTOVER_LOCK_WAIT / 2, "refused after {took:?}");
     }
 }

@@ -17,7 +17,9 @@
 //! turn's own making (a lone voter's entries, committed once its sync
 //! persisted them; the rest of an apply held to
 //! [`BatchConfig::max_apply_bytes`]) is followed by another at once: no
-//! input would come to prompt it before the next tick. After a sync that took longer than
+//! input would come to prompt it before the next tick.
+//!
+//! After a sync that took longer than
 //! [`BatchConfig::slow_sync`], the loop hands its writes to the engine's
 //! writer thread for [`SLOW_DISK_HANDOFF`] and goes on turning: it hears
 //! of each sync in a later turn, and the messages that waited for it go
