@@ -200,9 +200,20 @@ fn worker_threads_and_cpu_policy_come_from_the_flag_the_config_file_or_defaults(
         let pid = cluster.node_pid(id).expect("node runs");
         assert!(all_under(pid, 3), "node {id}");
     }
-    // A router: one per core by default, the file's count, the flag over
-    // the file; its policy likewise (default batch).
-    assert_eq!(runtime_workers(&addrs["router-2"]), cores);
+    // A local cluster's router gets the same share; a router started
+    // alone one per core by default, the file's count, the flag over the
+    // file; its policy likewise (default batch).
+    assert_eq!(runtime_workers(&addrs["router-2"]), (cores / 3).max(1));
+    let (_, mut alone) = extra_router(
+        &cluster,
+        &dir.path().join("r0"),
+        "",
+        &["--metrics-listen", "127.0.0.1:0"],
+    );
+    let log = std::fs::read_to_string(alone.log_path()).unwrap();
+    let addr = logged_metrics_addr(&log).expect("the router logs its metrics address");
+    assert_eq!(runtime_workers(&addr), cores, "a router started alone");
+    alone.terminate().unwrap();
     for (name, toml, flags, want, policy) in [
         ("r1", "", &[][..], 3, 3),
         ("r2", "", &["--worker-threads", "5"][..], 5, 3),

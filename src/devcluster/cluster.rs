@@ -357,18 +357,44 @@ pub fn logged_metrics_addr(log: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// `args` for every node, plus `--worker-threads` with the node's share of
-/// this machine's cores (at least 1) unless `args` set it: the nodes of a
-/// local cluster share one machine, and a runtime with a thread per core
-/// in each of them spends its time waking threads for the others' work
-/// (docs/PERFORMANCE.md, "Worker threads"). Routers keep one per core.
+/// `args` for every node or router, plus `--worker-threads` with a
+/// process's share of this machine's cores (its cores over the nodes, at
+/// least 1) unless `args` set it: the processes of a local cluster share
+/// one machine, and a runtime with a thread per core in each of them
+/// spends its time waking threads for the others' work
+/// (docs/PERFORMANCE.md, "Worker threads", and for the router "A local
+/// cluster's router gets its share of the cores"). A router started
+/// alone keeps its default, one per core.
 fn with_worker_share(mut args: Vec<String>, nodes: usize) -> Vec<String> {
-    if !args.iter().any(|a| a.starts_with("--worker-threads")) {
+    if !sets_worker_threads(&args) {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         args.push("--worker-threads".into());
         args.push((cores / nodes.max(1)).max(1).to_string());
     }
     args
+}
+
+fn sets_worker_threads<S: AsRef<str>>(args: &[S]) -> bool {
+    args.iter()
+        .any(|a| a.as_ref().starts_with("--worker-threads"))
+}
+
+/// `args` without their `--worker-threads` when `extra` sets it (a router
+/// added with a count of its own), else `args`.
+fn without_worker_threads(args: &[String], extra: &[&str]) -> Vec<String> {
+    if !sets_worker_threads(extra) {
+        return args.to_vec();
+    }
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--worker-threads" {
+            it.next();
+        } else if !a.starts_with("--worker-threads=") {
+            out.push(a.clone());
+        }
+    }
+    out
 }
 
 impl LocalCluster {
@@ -450,7 +476,7 @@ impl LocalCluster {
             bin,
             base_dir,
             node_args: with_worker_share(opts.node_args, opts.nodes),
-            router_args: opts.router_args,
+            router_args: with_worker_share(opts.router_args, opts.nodes),
             default_shards: opts.default_shards,
             default_replicas: opts.default_replicas,
             links,
@@ -522,7 +548,7 @@ impl LocalCluster {
             .arg(self.default_shards.to_string())
             .arg("--default-replicas")
             .arg(self.default_replicas.to_string())
-            .args(&self.router_args)
+            .args(without_worker_threads(&self.router_args, extra_args))
             .args(extra_args);
         if let Some(links) = &self.links {
             cmd.args(links.dial_args(name)?);
@@ -895,6 +921,46 @@ fn wait_member(member: &mut Member, timeout: Duration, ready: impl Fn(&str) -> b
 mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn a_process_gets_its_share_of_the_cores_unless_told_otherwise() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let share = |nodes: usize| (cores / nodes).max(1).to_string();
+        let args = with_worker_share(strings(&["--x", "1"]), 3);
+        assert_eq!(args, strings(&["--x", "1", "--worker-threads", &share(3)]));
+        assert_eq!(
+            with_worker_share(Vec::new(), 1),
+            strings(&["--worker-threads", &share(1)])
+        );
+        assert_eq!(
+            with_worker_share(strings(&["--worker-threads", "7"]), 3),
+            strings(&["--worker-threads", "7"])
+        );
+        assert_eq!(
+            with_worker_share(strings(&["--worker-threads=7"]), 3),
+            strings(&["--worker-threads=7"])
+        );
+        // A router added with a count of its own drops the share.
+        assert_eq!(
+            without_worker_threads(&args, &["--worker-threads", "5"]),
+            strings(&["--x", "1"])
+        );
+        assert_eq!(
+            without_worker_threads(
+                &strings(&["--worker-threads=2", "--y"]),
+                &["--worker-threads=5"]
+            ),
+            strings(&["--y"])
+        );
+        assert_eq!(
+            without_worker_threads(&args, &["--log-level", "info"]),
+            args
+        );
+    }
 
     #[test]
     fn a_directory_is_locked_once_and_free_again_when_dropped() {
