@@ -338,6 +338,8 @@ pub struct LocalCluster {
     base_dir: PathBuf,
     node_args: Vec<String>,
     router_args: Vec<String>,
+    /// `--worker-threads` of a router whose arguments do not set it.
+    router_threads: usize,
     default_shards: u32,
     default_replicas: u32,
     links: Option<Links>,
@@ -357,44 +359,25 @@ pub fn logged_metrics_addr(log: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// `args` for every node or router, plus `--worker-threads` with a
-/// process's share of this machine's cores (its cores over the nodes, at
-/// least 1) unless `args` set it: the processes of a local cluster share
-/// one machine, and a runtime with a thread per core in each of them
+/// A process's share of this machine's cores in a local cluster: its
+/// cores over the nodes, at least 1. The processes of a local cluster
+/// share one machine, and a runtime with a thread per core in each of them
 /// spends its time waking threads for the others' work
 /// (docs/PERFORMANCE.md, "Worker threads", and for the router "A local
-/// cluster's router gets its share of the cores"). A router started
-/// alone keeps its default, one per core.
-fn with_worker_share(mut args: Vec<String>, nodes: usize) -> Vec<String> {
-    if !sets_worker_threads(&args) {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+/// cluster's router gets its share of the cores"). A router started alone
+/// keeps its default, one per core.
+fn worker_share(nodes: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / nodes.max(1)).max(1)
+}
+
+/// `args` plus `--worker-threads threads` unless `args` set it.
+fn with_worker_threads(mut args: Vec<String>, threads: usize) -> Vec<String> {
+    if !args.iter().any(|a| a.starts_with("--worker-threads")) {
         args.push("--worker-threads".into());
-        args.push((cores / nodes.max(1)).max(1).to_string());
+        args.push(threads.to_string());
     }
     args
-}
-
-fn sets_worker_threads<S: AsRef<str>>(args: &[S]) -> bool {
-    args.iter()
-        .any(|a| a.as_ref().starts_with("--worker-threads"))
-}
-
-/// `args` without their `--worker-threads` when `extra` sets it (a router
-/// added with a count of its own), else `args`.
-fn without_worker_threads(args: &[String], extra: &[&str]) -> Vec<String> {
-    if !sets_worker_threads(extra) {
-        return args.to_vec();
-    }
-    let mut out = Vec::with_capacity(args.len());
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--worker-threads" {
-            it.next();
-        } else if !a.starts_with("--worker-threads=") {
-            out.push(a.clone());
-        }
-    }
-    out
 }
 
 impl LocalCluster {
@@ -475,8 +458,9 @@ impl LocalCluster {
             etcd_wanted: true,
             bin,
             base_dir,
-            node_args: with_worker_share(opts.node_args, opts.nodes),
-            router_args: with_worker_share(opts.router_args, opts.nodes),
+            node_args: with_worker_threads(opts.node_args, worker_share(opts.nodes)),
+            router_args: opts.router_args,
+            router_threads: worker_share(opts.nodes),
             default_shards: opts.default_shards,
             default_replicas: opts.default_replicas,
             links,
@@ -548,8 +532,14 @@ impl LocalCluster {
             .arg(self.default_shards.to_string())
             .arg("--default-replicas")
             .arg(self.default_replicas.to_string())
-            .args(without_worker_threads(&self.router_args, extra_args))
-            .args(extra_args);
+            .args(with_worker_threads(
+                self.router_args
+                    .iter()
+                    .cloned()
+                    .chain(extra_args.iter().map(|a| a.to_string()))
+                    .collect(),
+                self.router_threads,
+            ));
         if let Some(links) = &self.links {
             cmd.args(links.dial_args(name)?);
         }
@@ -929,37 +919,19 @@ mod tests {
     #[test]
     fn a_process_gets_its_share_of_the_cores_unless_told_otherwise() {
         let cores = std::thread::available_parallelism().unwrap().get();
-        let share = |nodes: usize| (cores / nodes).max(1).to_string();
-        let args = with_worker_share(strings(&["--x", "1"]), 3);
-        assert_eq!(args, strings(&["--x", "1", "--worker-threads", &share(3)]));
+        assert_eq!(worker_share(3), (cores / 3).max(1));
+        assert_eq!(worker_share(1), cores);
+        assert_eq!(worker_share(0), cores);
         assert_eq!(
-            with_worker_share(Vec::new(), 1),
-            strings(&["--worker-threads", &share(1)])
+            with_worker_threads(strings(&["--x", "1"]), 2),
+            strings(&["--x", "1", "--worker-threads", "2"])
         );
-        assert_eq!(
-            with_worker_share(strings(&["--worker-threads", "7"]), 3),
-            strings(&["--worker-threads", "7"])
-        );
-        assert_eq!(
-            with_worker_share(strings(&["--worker-threads=7"]), 3),
-            strings(&["--worker-threads=7"])
-        );
-        // A router added with a count of its own drops the share.
-        assert_eq!(
-            without_worker_threads(&args, &["--worker-threads", "5"]),
-            strings(&["--x", "1"])
-        );
-        assert_eq!(
-            without_worker_threads(
-                &strings(&["--worker-threads=2", "--y"]),
-                &["--worker-threads=5"]
-            ),
-            strings(&["--y"])
-        );
-        assert_eq!(
-            without_worker_threads(&args, &["--log-level", "info"]),
-            args
-        );
+        // Arguments that set it (a router added with a count of its own)
+        // keep theirs.
+        for set in [&["--worker-threads", "7"][..], &["--worker-threads=7"][..]] {
+            let args = [&["--log-level", "info"][..], set].concat();
+            assert_eq!(with_worker_threads(strings(&args), 2), strings(&args));
+        }
     }
 
     #[test]
